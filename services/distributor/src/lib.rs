@@ -1,0 +1,1 @@
+//! Distributor: remote-write endpoint, validation, per-tenant limits, sharding to ingesters.

@@ -1,0 +1,1 @@
+//! Ingester: per-tenant TSDB heads and WALs; takes pushes from distributors and serves recent data.

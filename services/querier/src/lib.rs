@@ -1,0 +1,1 @@
+//! Querier: the Prometheus query HTTP API over the PromQL engine.

@@ -1,0 +1,23 @@
+//! Norn's shared vocabulary: the types every crate speaks.
+//!
+//! Labels and label sets, samples and stale markers, label matchers, tenant ids, the error kinds
+//! that decide HTTP/gRPC status codes, and the [`Queryable`] read interface that the PromQL
+//! engine evaluates over (implemented by the ingester's head, and later by store-gateways and
+//! the querier's fan-out). Nothing here does I/O.
+
+pub mod error;
+pub mod labels;
+pub mod matcher;
+pub mod query;
+pub mod sample;
+pub mod tenant;
+
+pub use error::ErrorKind;
+pub use labels::{Label, Labels, METRIC_NAME};
+pub use matcher::{MatchType, Matcher, MatcherError};
+pub use query::{Queryable, Series, StorageError};
+pub use sample::{STALE_NAN_BITS, Sample, is_stale_nan, stale_nan};
+pub use tenant::{TenantError, TenantId};
+pub use labels::{hash_label_pairs, is_valid_label_name, is_valid_metric_name};
+pub use matcher::matches_all;
+pub use tenant::{ANONYMOUS, ORG_ID_HEADER};

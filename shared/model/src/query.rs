@@ -1,0 +1,69 @@
+//! The read interface the PromQL engine evaluates over.
+//!
+//! A [`Queryable`] is already scoped to one tenant: whoever builds it (the querier, the
+//! ruler, a test) binds the tenant, so the engine cannot read across tenants by mistake.
+//! Selection returns materialised float series sorted by labels; the engine bounds memory with
+//! its own sample limit.
+
+use async_trait::async_trait;
+
+use crate::{ErrorKind, Labels, Matcher, Sample};
+
+/// A series and its samples within the selected time range, in time order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub labels: Labels,
+    pub samples: Vec<Sample>,
+}
+
+/// A storage read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Limit(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl StorageError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StorageError::Unavailable(_) => ErrorKind::Unavailable,
+            StorageError::Limit(_) => ErrorKind::Execution,
+            StorageError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+/// Tenant-scoped read access to stored series. Time bounds are inclusive milliseconds.
+#[async_trait]
+pub trait Queryable: Send + Sync {
+    /// Series matching every matcher, with their samples in `[start_ms, end_ms]`, sorted by
+    /// labels. Series with no sample in the range may be omitted.
+    async fn select(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<Series>, StorageError>;
+
+    /// Sorted, unique label names of series matching `matchers` (all series when empty) that
+    /// have data in the range.
+    async fn label_names(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<String>, StorageError>;
+
+    /// Sorted, unique values of label `name` over series matching `matchers`.
+    async fn label_values(
+        &self,
+        name: &str,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<String>, StorageError>;
+}

@@ -1,0 +1,92 @@
+//! Tenant ids (`X-Scope-OrgID`), validated with Mimir's rules.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Header that carries the tenant id.
+pub const ORG_ID_HEADER: &str = "X-Scope-OrgID";
+
+/// The tenant every request belongs to when multitenancy is disabled.
+pub const ANONYMOUS: &str = "anonymous";
+
+const MAX_TENANT_ID_LEN: usize = 150;
+
+/// Why a tenant id was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TenantError {
+    #[error("no org id")]
+    Missing,
+    #[error("tenant ID is too long: max {MAX_TENANT_ID_LEN} characters")]
+    TooLong,
+    #[error("tenant ID '{0}' contains unsupported character '{1}'")]
+    BadCharacter(String, char),
+    #[error("tenant ID is '.' or '..'")]
+    Dots,
+    #[error("tenant ID '{0}' is reserved")]
+    Reserved(String),
+}
+
+/// A validated tenant id. Cheap to clone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantId(Arc<str>);
+
+impl TenantId {
+    /// Validates a tenant id: 1–150 characters from `[a-zA-Z0-9!-_.*'()]`, not `.` or `..`,
+    /// and not `__mimir_cluster` — the same rules as Mimir, so ids are safe as path segments.
+    pub fn new(id: &str) -> Result<Self, TenantError> {
+        if id.is_empty() {
+            return Err(TenantError::Missing);
+        }
+        if id.len() > MAX_TENANT_ID_LEN {
+            return Err(TenantError::TooLong);
+        }
+        if let Some(c) = id.chars().find(|c| !is_allowed(*c)) {
+            return Err(TenantError::BadCharacter(id.to_string(), c));
+        }
+        if id == "." || id == ".." {
+            return Err(TenantError::Dots);
+        }
+        if id == "__mimir_cluster" {
+            return Err(TenantError::Reserved(id.to_string()));
+        }
+        Ok(Self(Arc::from(id)))
+    }
+
+    /// The anonymous tenant used when multitenancy is off.
+    pub fn anonymous() -> Self {
+        Self(Arc::from(ANONYMOUS))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn is_allowed(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '!' | '-' | '_' | '.' | '*' | '\'' | '(' | ')')
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_mimir_charset() {
+        assert!(TenantId::new("team-a_1.prod(x)'*!").is_ok());
+    }
+
+    #[test]
+    fn rejects_bad_ids() {
+        assert_eq!(TenantId::new(""), Err(TenantError::Missing));
+        assert_eq!(TenantId::new(".."), Err(TenantError::Dots));
+        assert!(matches!(TenantId::new("a/b"), Err(TenantError::BadCharacter(_, '/'))));
+        assert_eq!(TenantId::new(&"x".repeat(151)), Err(TenantError::TooLong));
+        assert!(matches!(TenantId::new("__mimir_cluster"), Err(TenantError::Reserved(_))));
+    }
+}
