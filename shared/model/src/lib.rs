@@ -11,6 +11,7 @@ pub mod matcher;
 pub mod query;
 pub mod sample;
 pub mod tenant;
+pub mod write;
 
 pub use error::ErrorKind;
 pub use labels::{Label, Labels, METRIC_NAME};
@@ -21,3 +22,4 @@ pub use tenant::{TenantError, TenantId};
 pub use labels::{hash_label_pairs, is_valid_label_name, is_valid_metric_name};
 pub use matcher::matches_all;
 pub use tenant::{ANONYMOUS, ORG_ID_HEADER};
+pub use write::{MetricMetadata, MetricType, SeriesView, WriteBatch, WriteBatchBuilder};

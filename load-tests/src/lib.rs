@@ -1,0 +1,1 @@
+//! Load generator, continuous correctness tester and benchmark harness for Norn.

@@ -1,0 +1,386 @@
+//! Decoding of remote-write 1.0 requests (snappy block compression + protobuf) into a
+//! [`WriteBatch`] without allocating per label.
+//!
+//! The decoder walks the protobuf wire format by hand: `WriteRequest.timeseries` (1) and
+//! `metadata` (3); `TimeSeries.labels` (1), `samples` (2), `exemplars` (3) and `histograms` (4)
+//! (the last two are counted and skipped: Norn stores float samples); unknown fields are
+//! skipped by wire type, as protobuf requires. Label names and values are recorded as byte
+//! ranges of the decompressed body and checked to be UTF-8.
+
+use bytes::Bytes;
+use norn_model::{MetricMetadata, MetricType, Sample, WriteBatch, WriteBatchBuilder};
+
+/// Why a request body could not be decoded. All of these are the sender's fault (HTTP 400),
+/// except `TooLarge` (413).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("snappy decompression failed: {0}")]
+    Snappy(String),
+    #[error("request body too large: {size} bytes decompressed, limit is {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("protobuf decode failed at byte {offset}: {what}")]
+    Protobuf { offset: usize, what: &'static str },
+}
+
+/// Decompresses a snappy block-format body, refusing before allocating when the declared
+/// decompressed size exceeds `limit`.
+pub fn decompress_snappy(body: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
+    let size =
+        snap::raw::decompress_len(body).map_err(|e| DecodeError::Snappy(e.to_string()))?;
+    if size > limit {
+        return Err(DecodeError::TooLarge { size, limit });
+    }
+    let mut out = vec![0u8; size];
+    let n = snap::raw::Decoder::new()
+        .decompress(body, &mut out)
+        .map_err(|e| DecodeError::Snappy(e.to_string()))?;
+    out.truncate(n);
+    Ok(out)
+}
+
+/// Decodes an uncompressed `prometheus.WriteRequest`.
+pub fn decode_write_request(body: Bytes) -> Result<WriteBatch, DecodeError> {
+    let mut builder = WriteBatch::builder(body.clone());
+    let mut r = Reader { buf: &body, pos: 0, end: body.len() };
+    while !r.done() {
+        let (field, wt) = r.key()?;
+        match (field, wt) {
+            (1, WIRE_LEN) => {
+                let end = r.len_end()?;
+                decode_series(&mut r, end, &mut builder)?;
+            }
+            (3, WIRE_LEN) => {
+                let end = r.len_end()?;
+                let m = decode_metadata(&mut r, end)?;
+                builder.add_metadata(m);
+            }
+            _ => r.skip(wt)?,
+        }
+    }
+    Ok(builder.build())
+}
+
+const WIRE_VARINT: u8 = 0;
+const WIRE_I64: u8 = 1;
+const WIRE_LEN: u8 = 2;
+const WIRE_I32: u8 = 5;
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    end: usize,
+}
+
+impl Reader<'_> {
+    fn done(&self) -> bool {
+        self.pos >= self.end
+    }
+
+    fn err(&self, what: &'static str) -> DecodeError {
+        DecodeError::Protobuf { offset: self.pos, what }
+    }
+
+    #[inline]
+    fn varint(&mut self) -> Result<u64, DecodeError> {
+        let mut v: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let Some(&b) = self.buf[..self.end].get(self.pos) else {
+                return Err(self.err("truncated varint"));
+            };
+            self.pos += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Ok(v);
+            }
+        }
+        Err(self.err("varint longer than 10 bytes"))
+    }
+
+    #[inline]
+    fn key(&mut self) -> Result<(u32, u8), DecodeError> {
+        let k = self.varint()?;
+        let field = (k >> 3) as u32;
+        if field == 0 {
+            return Err(self.err("field number 0"));
+        }
+        Ok((field, (k & 7) as u8))
+    }
+
+    /// Reads a length prefix and returns the absolute end offset of the value.
+    #[inline]
+    fn len_end(&mut self) -> Result<usize, DecodeError> {
+        let len = self.varint()? as usize;
+        let end = self.pos.checked_add(len).ok_or_else(|| self.err("length overflow"))?;
+        if end > self.end {
+            return Err(self.err("length-delimited field runs past its message"));
+        }
+        Ok(end)
+    }
+
+    #[inline]
+    fn fixed64(&mut self) -> Result<u64, DecodeError> {
+        let bytes = self.buf[..self.end]
+            .get(self.pos..self.pos + 8)
+            .ok_or_else(|| self.err("truncated fixed64"))?;
+        self.pos += 8;
+        Ok(u64::from_le_bytes(bytes.try_into().unwrap_or([0; 8])))
+    }
+
+    fn skip(&mut self, wt: u8) -> Result<(), DecodeError> {
+        match wt {
+            WIRE_VARINT => {
+                self.varint()?;
+            }
+            WIRE_I64 => {
+                self.fixed64()?;
+            }
+            WIRE_LEN => {
+                self.pos = self.len_end()?;
+            }
+            WIRE_I32 => {
+                if self.pos + 4 > self.end {
+                    return Err(self.err("truncated fixed32"));
+                }
+                self.pos += 4;
+            }
+            _ => return Err(self.err("unsupported wire type")),
+        }
+        Ok(())
+    }
+
+    /// Runs `f` over a nested message ending at `end`, restoring the outer bound afterwards.
+    #[inline]
+    fn nested<T>(
+        &mut self,
+        end: usize,
+        f: impl FnOnce(&mut Self) -> Result<T, DecodeError>,
+    ) -> Result<T, DecodeError> {
+        let outer = self.end;
+        self.end = end;
+        let out = f(self)?;
+        self.end = outer;
+        Ok(out)
+    }
+}
+
+fn decode_series(
+    r: &mut Reader<'_>,
+    end: usize,
+    b: &mut WriteBatchBuilder,
+) -> Result<(), DecodeError> {
+    let res = r.nested(end, |r| {
+        let (mut histograms, mut exemplars) = (0, 0);
+        while !r.done() {
+            let (field, wt) = r.key()?;
+            match (field, wt) {
+                (1, WIRE_LEN) => {
+                    let end = r.len_end()?;
+                    let (name, value) = r.nested(end, |r| {
+                        let (mut name, mut value) = (r.pos..r.pos, r.pos..r.pos);
+                        while !r.done() {
+                            let (f, wt) = r.key()?;
+                            match (f, wt) {
+                                (1, WIRE_LEN) => {
+                                    let e = r.len_end()?;
+                                    name = r.pos..e;
+                                    r.pos = e;
+                                }
+                                (2, WIRE_LEN) => {
+                                    let e = r.len_end()?;
+                                    value = r.pos..e;
+                                    r.pos = e;
+                                }
+                                _ => r.skip(wt)?,
+                            }
+                        }
+                        Ok((name, value))
+                    })?;
+                    b.add_label(name, value)
+                        .map_err(|_| r.err("label name or value is not valid UTF-8"))?;
+                }
+                (2, WIRE_LEN) => {
+                    let end = r.len_end()?;
+                    let s = r.nested(end, |r| {
+                        let mut s = Sample { t: 0, v: 0.0 };
+                        while !r.done() {
+                            let (f, wt) = r.key()?;
+                            match (f, wt) {
+                                (1, WIRE_I64) => s.v = f64::from_bits(r.fixed64()?),
+                                (2, WIRE_VARINT) => s.t = r.varint()? as i64,
+                                _ => r.skip(wt)?,
+                            }
+                        }
+                        Ok(s)
+                    })?;
+                    b.add_sample(s);
+                }
+                (3, WIRE_LEN) => {
+                    exemplars += 1;
+                    r.skip(wt)?;
+                }
+                (4, WIRE_LEN) => {
+                    histograms += 1;
+                    r.skip(wt)?;
+                }
+                _ => r.skip(wt)?,
+            }
+        }
+        Ok((histograms, exemplars))
+    });
+    match res {
+        Ok((h, e)) => {
+            b.note_histograms(h);
+            b.note_exemplars(e);
+            b.finish_series();
+            Ok(())
+        }
+        Err(e) => {
+            b.abandon_series();
+            Err(e)
+        }
+    }
+}
+
+fn decode_metadata(r: &mut Reader<'_>, end: usize) -> Result<MetricMetadata, DecodeError> {
+    r.nested(end, |r| {
+        let mut m = MetricMetadata {
+            metric_family_name: String::new(),
+            metric_type: MetricType::Unknown,
+            help: String::new(),
+            unit: String::new(),
+        };
+        while !r.done() {
+            let (f, wt) = r.key()?;
+            match (f, wt) {
+                (1, WIRE_VARINT) => m.metric_type = MetricType::from_proto(r.varint()? as i32),
+                (2 | 4 | 5, WIRE_LEN) => {
+                    let e = r.len_end()?;
+                    let s = std::str::from_utf8(&r.buf[r.pos..e])
+                        .map_err(|_| r.err("metadata string is not valid UTF-8"))?
+                        .to_string();
+                    r.pos = e;
+                    match f {
+                        2 => m.metric_family_name = s,
+                        4 => m.help = s,
+                        _ => m.unit = s,
+                    }
+                }
+                _ => r.skip(wt)?,
+            }
+        }
+        Ok(m)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prometheus as pb;
+    use prost::Message;
+    use proptest::prelude::*;
+
+    fn encode(req: &pb::WriteRequest) -> Bytes {
+        Bytes::from(req.encode_to_vec())
+    }
+
+    fn series(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> pb::TimeSeries {
+        pb::TimeSeries {
+            labels: labels
+                .iter()
+                .map(|(n, v)| pb::Label { name: n.to_string(), value: v.to_string() })
+                .collect(),
+            samples: samples.iter().map(|(t, v)| pb::Sample { timestamp: *t, value: *v }).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn decodes_what_prost_encodes() {
+        let req = pb::WriteRequest {
+            timeseries: vec![
+                series(&[("__name__", "up"), ("job", "a")], &[(1000, 1.0), (2000, f64::NAN)]),
+                series(&[("__name__", "x")], &[(-5, f64::INFINITY)]),
+            ],
+            metadata: vec![pb::MetricMetadata {
+                r#type: 1,
+                metric_family_name: "up".into(),
+                help: "h".into(),
+                unit: "u".into(),
+            }],
+        };
+        let b = decode_write_request(encode(&req)).unwrap();
+        assert_eq!(b.len(), 2);
+        assert_eq!(b.series(0).labels().collect::<Vec<_>>(), [("__name__", "up"), ("job", "a")]);
+        assert_eq!(b.series(0).samples()[0], Sample::new(1000, 1.0));
+        assert!(b.series(0).samples()[1].v.is_nan());
+        assert_eq!(b.series(1).samples()[0], Sample::new(-5, f64::INFINITY));
+        assert_eq!(b.metadata()[0].metric_type, MetricType::Counter);
+        assert_eq!(b.metadata()[0].help, "h");
+    }
+
+    #[test]
+    fn histograms_and_exemplars_are_counted_not_stored() {
+        let mut ts = series(&[("__name__", "h")], &[]);
+        ts.histograms.push(pb::Histogram::default());
+        ts.exemplars.push(pb::Exemplar::default());
+        let b = decode_write_request(encode(&pb::WriteRequest { timeseries: vec![ts], metadata: vec![] }))
+            .unwrap();
+        assert_eq!(b.skipped_histograms, 1);
+        assert_eq!(b.skipped_exemplars, 1);
+        assert_eq!(b.num_samples(), 0);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for body in [&b"\xff\xff\xff"[..], b"\x0a\x05abc", b"\x0a\x02\x0a\x09", b"hello world"] {
+            assert!(decode_write_request(Bytes::copy_from_slice(body)).is_err(), "{body:?}");
+        }
+    }
+
+    #[test]
+    fn snappy_round_trip_and_limits() {
+        let raw = vec![7u8; 1000];
+        let c = snap::raw::Encoder::new().compress_vec(&raw).unwrap();
+        assert_eq!(decompress_snappy(&c, 1000).unwrap(), raw);
+        assert!(matches!(decompress_snappy(&c, 999), Err(DecodeError::TooLarge { .. })));
+        assert!(matches!(decompress_snappy(b"\x05garbage", 100), Err(DecodeError::Snappy(_))));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_write_request(Bytes::from(body));
+        }
+
+        #[test]
+        fn round_trips_arbitrary_requests(
+            input in proptest::collection::vec(
+                (proptest::collection::vec(("[a-z_]{1,6}", ".{0,6}"), 0..5),
+                 proptest::collection::vec((any::<i64>(), any::<f64>()), 0..5)), 0..5)
+        ) {
+            let req = pb::WriteRequest {
+                timeseries: input.iter().map(|(ls, ss)| pb::TimeSeries {
+                    labels: ls.iter().map(|(n, v)| pb::Label { name: n.clone(), value: v.clone() }).collect(),
+                    samples: ss.iter().map(|(t, v)| pb::Sample { timestamp: *t, value: *v }).collect(),
+                    ..Default::default()
+                }).collect(),
+                metadata: vec![],
+            };
+            // prost is the reference decoder (it also normalises what proto3 cannot carry,
+            // such as -0.0, which an encoder omits as the default value).
+            let bytes = encode(&req);
+            let reference = pb::WriteRequest::decode(bytes.clone()).unwrap();
+            let b = decode_write_request(bytes).unwrap();
+            prop_assert_eq!(b.len(), reference.timeseries.len());
+            for (i, ts) in reference.timeseries.iter().enumerate() {
+                let got: Vec<(String, String)> = b.series(i).labels().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+                let want: Vec<(String, String)> = ts.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect();
+                prop_assert_eq!(got, want);
+                let gs: Vec<(i64, u64)> = b.series(i).samples().iter().map(|s| (s.t, s.v.to_bits())).collect();
+                let want: Vec<(i64, u64)> = ts.samples.iter().map(|s| (s.timestamp, s.value.to_bits())).collect();
+                prop_assert_eq!(gs, want);
+            }
+            prop_assert_eq!(b.len(), input.len());
+        }
+    }
+}
