@@ -1,1 +1,244 @@
-//! Per-tenant limits with Mimir's defaults and a runtime-reloaded overrides file.
+//! Per-tenant limits.
+//!
+//! [`Limits`] holds every limit with Mimir's defaults and Mimir's YAML names (the `limits:`
+//! block of the config file). [`Overrides`] answers "what are tenant T's limits": the
+//! defaults, overlaid with the tenant's entry from the runtime config file
+//! (`--runtime-config.file`, Mimir's format `overrides: {tenant: {key: value}}`), which is
+//! re-read periodically so operators change limits without a restart. A tenant entry only
+//! lists what differs; every other key keeps the default.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use norn_model::duration::serde_duration;
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+/// Errors loading limits or overrides.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitsError {
+    #[error("reading runtime config {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("parsing runtime config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+pub type Result<T, E = LimitsError> = std::result::Result<T, E>;
+
+/// Every per-tenant limit. Field names are Mimir's YAML keys; defaults are Mimir's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Samples per second a tenant may push (token bucket refill rate).
+    pub ingestion_rate: f64,
+    /// Token bucket size: how many samples a tenant may push at once.
+    pub ingestion_burst_size: usize,
+    /// Whether series must carry a valid `__name__`.
+    pub enforce_metric_name: bool,
+    pub max_label_name_length: usize,
+    pub max_label_value_length: usize,
+    pub max_label_names_per_series: usize,
+    /// How far in the future a sample's timestamp may be.
+    #[serde(with = "serde_duration")]
+    pub creation_grace_period: Duration,
+    /// How far in the past a sample may be (0 = no limit besides the head's window).
+    #[serde(with = "serde_duration")]
+    pub past_grace_period: Duration,
+    /// In-memory series per tenant across the cluster (0 = unlimited).
+    pub max_global_series_per_user: usize,
+    /// In-memory series per metric name per tenant (0 = unlimited).
+    pub max_global_series_per_metric: usize,
+    pub max_metadata_length: usize,
+    /// HA dedup: accept samples from HA pairs, electing one replica per cluster.
+    pub accept_ha_samples: bool,
+    pub ha_cluster_label: String,
+    pub ha_replica_label: String,
+    /// Longest range a query may cover (0 = unlimited).
+    #[serde(with = "serde_duration")]
+    pub max_total_query_length: Duration,
+    /// How far back queries may look (0 = unlimited).
+    #[serde(with = "serde_duration")]
+    pub max_query_lookback: Duration,
+    /// Series one query may fetch (0 = unlimited).
+    pub max_fetched_series_per_query: usize,
+    /// Per-tenant retention of blocks in the bucket (0 = forever).
+    #[serde(with = "serde_duration")]
+    pub compactor_blocks_retention_period: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            ingestion_rate: 10_000.0,
+            ingestion_burst_size: 200_000,
+            enforce_metric_name: true,
+            max_label_name_length: 1024,
+            max_label_value_length: 2048,
+            max_label_names_per_series: 30,
+            creation_grace_period: Duration::from_secs(600),
+            past_grace_period: Duration::ZERO,
+            max_global_series_per_user: 150_000,
+            max_global_series_per_metric: 0,
+            max_metadata_length: 1024,
+            accept_ha_samples: false,
+            ha_cluster_label: "cluster".to_string(),
+            ha_replica_label: "__replica__".to_string(),
+            max_total_query_length: Duration::ZERO,
+            max_query_lookback: Duration::ZERO,
+            max_fetched_series_per_query: 0,
+            compactor_blocks_retention_period: Duration::ZERO,
+        }
+    }
+}
+
+/// The runtime config file's shape (Mimir's): per-tenant partial limits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuntimeConfig {
+    #[serde(default)]
+    overrides: HashMap<String, serde_yaml::Value>,
+}
+
+/// Default limits plus per-tenant overrides, safe to share and to reload while in use.
+#[derive(Debug)]
+pub struct Overrides {
+    defaults: Arc<Limits>,
+    path: Option<PathBuf>,
+    tenants: RwLock<HashMap<String, Arc<Limits>>>,
+}
+
+impl Overrides {
+    /// Limits for everyone, no overrides file.
+    pub fn new(defaults: Limits) -> Self {
+        Self { defaults: Arc::new(defaults), path: None, tenants: RwLock::default() }
+    }
+
+    /// Defaults plus the overrides file at `path`, loaded now. A missing or invalid file at
+    /// start-up is an error (the operator asked for it); later reload failures keep the last
+    /// good overrides.
+    pub fn with_file(defaults: Limits, path: &Path) -> Result<Self> {
+        let o = Self {
+            defaults: Arc::new(defaults),
+            path: Some(path.to_path_buf()),
+            tenants: RwLock::default(),
+        };
+        o.reload()?;
+        Ok(o)
+    }
+
+    /// Builds overrides from YAML text (tests and the config-validation endpoint).
+    pub fn from_yaml(defaults: Limits, yaml: &str) -> Result<Self> {
+        let o = Self::new(defaults);
+        let tenants = o.parse(yaml, Path::new("<inline>"))?;
+        *o.tenants.write() = tenants;
+        Ok(o)
+    }
+
+    /// The limits that apply to `tenant`.
+    pub fn for_tenant(&self, tenant: &str) -> Arc<Limits> {
+        self.tenants.read().get(tenant).cloned().unwrap_or_else(|| Arc::clone(&self.defaults))
+    }
+
+    pub fn defaults(&self) -> &Limits {
+        &self.defaults
+    }
+
+    /// Re-reads the overrides file, if any. Returns whether anything changed.
+    pub fn reload(&self) -> Result<bool> {
+        let Some(path) = &self.path else { return Ok(false) };
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| LimitsError::Io { path: path.clone(), source })?;
+        let tenants = self.parse(&text, path)?;
+        let mut cur = self.tenants.write();
+        let changed = *cur != tenants;
+        if changed {
+            tracing::info!(path = %path.display(), tenants = tenants.len(), "loaded runtime overrides");
+            *cur = tenants;
+        }
+        Ok(changed)
+    }
+
+    /// The runtime config file, if one is configured.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    fn parse(&self, text: &str, path: &Path) -> Result<HashMap<String, Arc<Limits>>> {
+        let perr = |message: String| LimitsError::Parse { path: path.to_path_buf(), message };
+        let rc: RuntimeConfig = if text.trim().is_empty() {
+            RuntimeConfig::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| perr(e.to_string()))?
+        };
+        let base = serde_yaml::to_value(&*self.defaults).map_err(|e| perr(e.to_string()))?;
+        let mut out = HashMap::new();
+        for (tenant, partial) in rc.overrides {
+            let mut merged = base.clone();
+            match (&mut merged, partial) {
+                (serde_yaml::Value::Mapping(m), serde_yaml::Value::Mapping(p)) => {
+                    for (k, v) in p {
+                        if !m.contains_key(&k) {
+                            return Err(perr(format!(
+                                "tenant {tenant}: unknown limit {}",
+                                serde_yaml::to_string(&k).unwrap_or_default().trim()
+                            )));
+                        }
+                        m.insert(k, v);
+                    }
+                }
+                (_, serde_yaml::Value::Null) => {}
+                _ => return Err(perr(format!("tenant {tenant}: overrides must be a mapping"))),
+            }
+            let limits: Limits = serde_yaml::from_value(merged)
+                .map_err(|e| perr(format!("tenant {tenant}: {e}")))?;
+            out.insert(tenant, Arc::new(limits));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_entry_overrides_only_what_it_names() {
+        let o = Overrides::from_yaml(
+            Limits::default(),
+            "overrides:\n  t1:\n    ingestion_rate: 5\n    creation_grace_period: 1m\n",
+        )
+        .unwrap();
+        let t1 = o.for_tenant("t1");
+        assert_eq!(t1.ingestion_rate, 5.0);
+        assert_eq!(t1.creation_grace_period, Duration::from_secs(60));
+        assert_eq!(t1.max_label_names_per_series, 30);
+        assert_eq!(o.for_tenant("other").ingestion_rate, 10_000.0);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Overrides::from_yaml(Limits::default(), "overrides:\n  t1:\n    bogus: 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bogus"), "{err}");
+        let err = Overrides::from_yaml(Limits::default(), "nope: {}\n").unwrap_err().to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn reload_picks_up_changes_and_keeps_last_good_on_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runtime.yaml");
+        std::fs::write(&path, "overrides:\n  a:\n    ingestion_rate: 1\n").unwrap();
+        let o = Overrides::with_file(Limits::default(), &path).unwrap();
+        assert_eq!(o.for_tenant("a").ingestion_rate, 1.0);
+        std::fs::write(&path, "overrides:\n  a:\n    ingestion_rate: 2\n").unwrap();
+        assert!(o.reload().unwrap());
+        assert_eq!(o.for_tenant("a").ingestion_rate, 2.0);
+        std::fs::write(&path, "overrides: [").unwrap();
+        assert!(o.reload().is_err());
+        assert_eq!(o.for_tenant("a").ingestion_rate, 2.0);
+    }
+}

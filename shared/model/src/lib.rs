@@ -5,6 +5,7 @@
 //! engine evaluates over (implemented by the ingester's head, and later by store-gateways and
 //! the querier's fan-out). Nothing here does I/O.
 
+pub mod duration;
 pub mod error;
 pub mod labels;
 pub mod matcher;
@@ -23,3 +24,4 @@ pub use labels::{hash_label_pairs, is_valid_label_name, is_valid_metric_name};
 pub use matcher::matches_all;
 pub use tenant::{ANONYMOUS, ORG_ID_HEADER};
 pub use write::{MetricMetadata, MetricType, SeriesView, WriteBatch, WriteBatchBuilder};
+pub use duration::{DurationError, format_duration, parse_duration};

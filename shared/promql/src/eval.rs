@@ -1,0 +1,571 @@
+//! The step evaluator: computes an expression's value at one timestamp from series that the
+//! engine fetched up front. Range queries call it once per step.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant, SystemTime};
+
+use norn_model::{Labels, METRIC_NAME, Series, is_stale_nan};
+use promql_parser::label::Matchers;
+use promql_parser::parser::token::{self, TokenType};
+use promql_parser::parser::{
+    AtModifier, BinaryExpr, Expr, LabelModifier, Offset, SubqueryExpr, VectorMatchCardinality,
+    VectorSelector,
+};
+
+use crate::error::{PromqlError, Result, exec_err};
+use crate::value::{MatrixVal, RSeries, SCHEMA_LABELS, Sample, Val, final_labels};
+
+/// Fetched series per selector node, keyed by the node's address in the (pinned) AST.
+pub(crate) type Fetched = HashMap<usize, Vec<Series>>;
+
+/// Address of a selector node; the AST is boxed and never mutated while a query runs.
+pub(crate) fn node_key(vs: &VectorSelector) -> usize {
+    vs as *const VectorSelector as usize
+}
+
+/// Milliseconds of an offset modifier (negative offsets look ahead).
+pub(crate) fn offset_ms(o: &Option<Offset>) -> i64 {
+    match o {
+        None => 0,
+        Some(Offset::Pos(d)) => dur_ms(d),
+        Some(Offset::Neg(d)) => -dur_ms(d),
+    }
+}
+
+pub(crate) fn dur_ms(d: &Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+/// The fixed evaluation time an `@` modifier pins a node to, if any.
+pub(crate) fn at_ms(at: &Option<AtModifier>, start: i64, end: i64) -> Option<i64> {
+    match at {
+        None => None,
+        Some(AtModifier::Start) => Some(start),
+        Some(AtModifier::End) => Some(end),
+        Some(AtModifier::At(st)) => Some(match st.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(d) => dur_ms(&d),
+            Err(e) => -dur_ms(&e.duration()),
+        }),
+    }
+}
+
+/// Default resolution of a subquery without an explicit step (Prometheus' test setting and
+/// the usual global evaluation interval).
+pub(crate) const DEFAULT_SUBQUERY_STEP_MS: i64 = 60_000;
+
+/// Annotations collected while evaluating, rendered at the end.
+#[derive(Debug, Default)]
+pub(crate) struct Annotations {
+    pub warnings: Vec<String>,
+    pub infos: Vec<String>,
+}
+
+pub(crate) struct Evaluator<'a> {
+    pub data: &'a Fetched,
+    pub query: &'a str,
+    pub query_start: i64,
+    pub query_end: i64,
+    pub lookback: i64,
+    pub max_samples: usize,
+    pub deadline: Instant,
+    pub range_mode: bool,
+    pub annotations: Annotations,
+}
+
+impl Evaluator<'_> {
+    /// Position `(1:col)` of the first occurrence of `needle` in the query, as Prometheus
+    /// renders annotation positions (the AST carries no positions, so this is a best guess).
+    pub fn pos(&self, needle: &str) -> String {
+        let col = self.query.find(needle).map(|i| self.query[..i].chars().count() + 1).unwrap_or(1);
+        format!("(1:{col})")
+    }
+
+    pub fn warn(&mut self, msg: String, needle: &str) {
+        let s = format!("PromQL warning: {msg} {}", self.pos(needle));
+        if !self.annotations.warnings.contains(&s) {
+            self.annotations.warnings.push(s);
+        }
+    }
+
+    pub fn info(&mut self, msg: String, needle: &str) {
+        let s = format!("PromQL info: {msg} {}", self.pos(needle));
+        if !self.annotations.infos.contains(&s) {
+            self.annotations.infos.push(s);
+        }
+    }
+
+    pub fn check_deadline(&self) -> Result<()> {
+        if Instant::now() > self.deadline { Err(PromqlError::Timeout) } else { Ok(()) }
+    }
+
+    pub fn eval(&mut self, e: &Expr, t: i64) -> Result<Val> {
+        match e {
+            Expr::NumberLiteral(n) => Ok(Val::Scalar(n.val)),
+            Expr::StringLiteral(s) => Ok(Val::Str(s.val.clone())),
+            Expr::Paren(p) => self.eval(&p.expr, t),
+            Expr::Unary(u) => match self.eval(&u.expr, t)? {
+                Val::Scalar(v) => Ok(Val::Scalar(-v)),
+                Val::Vector(vec) => Ok(Val::Vector(
+                    vec.into_iter()
+                        .map(|s| Sample { metric: s.metric, v: -s.v, drop_name: true })
+                        .collect(),
+                )),
+                other => exec_err(format!("unary minus on {}", other.type_name())),
+            },
+            Expr::VectorSelector(vs) => Ok(Val::Vector(self.eval_vector_selector(vs, t, false))),
+            Expr::MatrixSelector(ms) => {
+                let range = dur_ms(&ms.range);
+                self.eval_matrix_selector(&ms.vs, range, t).map(Val::Matrix)
+            }
+            Expr::Subquery(sq) => self.eval_subquery(sq, t).map(Val::Matrix),
+            Expr::Binary(b) => self.eval_binary(b, t),
+            Expr::Aggregate(a) => self.eval_aggregate(a, t),
+            Expr::Call(c) => self.eval_call(c, t),
+            Expr::Extension(_) => exec_err("extension expressions are not supported"),
+        }
+    }
+
+    /// Evaluates an expression that must yield a scalar (function and aggregation params).
+    pub fn eval_scalar(&mut self, e: &Expr, t: i64) -> Result<f64> {
+        match self.eval(e, t)? {
+            Val::Scalar(v) => Ok(v),
+            other => exec_err(format!("expected scalar, got {}", other.type_name())),
+        }
+    }
+
+    pub fn eval_string(&mut self, e: &Expr, t: i64) -> Result<String> {
+        match self.eval(e, t)? {
+            Val::Str(s) => Ok(s),
+            other => exec_err(format!("expected string, got {}", other.type_name())),
+        }
+    }
+
+    pub fn eval_vector(&mut self, e: &Expr, t: i64) -> Result<Vec<Sample>> {
+        match self.eval(e, t)? {
+            Val::Vector(v) => Ok(v),
+            other => exec_err(format!("expected instant vector, got {}", other.type_name())),
+        }
+    }
+
+    pub fn eval_matrix(&mut self, e: &Expr, t: i64) -> Result<MatrixVal> {
+        match self.eval(e, t)? {
+            Val::Matrix(m) => Ok(m),
+            other => exec_err(format!("expected range vector, got {}", other.type_name())),
+        }
+    }
+
+    fn series_of(&self, vs: &VectorSelector) -> &[Series] {
+        self.data.get(&node_key(vs)).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// The instant vector a selector yields at `t`: per series the newest sample within the
+    /// lookback window, unless that sample is a stale marker. With `keep_ts` the value is the
+    /// sample's own timestamp in seconds (what `timestamp()` needs).
+    pub fn eval_vector_selector(&self, vs: &VectorSelector, t: i64, keep_ts: bool) -> Vec<Sample> {
+        let ref_t = at_ms(&vs.at, self.query_start, self.query_end).unwrap_or(t) - offset_ms(&vs.offset);
+        let mut out = Vec::new();
+        for s in self.series_of(vs) {
+            let hi = s.samples.partition_point(|x| x.t <= ref_t);
+            if hi == 0 {
+                continue;
+            }
+            let last = s.samples[hi - 1];
+            if last.t <= ref_t - self.lookback || is_stale_nan(last.v) {
+                continue;
+            }
+            let v = if keep_ts { last.t as f64 / 1000.0 } else { last.v };
+            out.push(Sample { metric: s.labels.clone(), v, drop_name: false });
+        }
+        out
+    }
+
+    pub fn eval_matrix_selector(&self, vs: &VectorSelector, range: i64, t: i64) -> Result<MatrixVal> {
+        let ref_t = at_ms(&vs.at, self.query_start, self.query_end).unwrap_or(t) - offset_ms(&vs.offset);
+        let start = ref_t - range;
+        let mut series = Vec::new();
+        let mut total = 0usize;
+        for s in self.series_of(vs) {
+            let lo = s.samples.partition_point(|x| x.t <= start);
+            let hi = s.samples.partition_point(|x| x.t <= ref_t);
+            let points: Vec<(i64, f64)> = s.samples[lo..hi]
+                .iter()
+                .filter(|x| !is_stale_nan(x.v))
+                .map(|x| (x.t, x.v))
+                .collect();
+            if points.is_empty() {
+                continue;
+            }
+            total += points.len();
+            if total > self.max_samples {
+                return Err(PromqlError::TooManySamples);
+            }
+            series.push(RSeries { metric: s.labels.clone(), points, drop_name: false });
+        }
+        Ok(MatrixVal { series, range_start: start, range_end: ref_t })
+    }
+
+    fn eval_subquery(&mut self, sq: &SubqueryExpr, t: i64) -> Result<MatrixVal> {
+        let ref_t = at_ms(&sq.at, self.query_start, self.query_end).unwrap_or(t) - offset_ms(&sq.offset);
+        let range = dur_ms(&sq.range);
+        let step = sq.step.as_ref().map(dur_ms).filter(|s| *s > 0).unwrap_or(DEFAULT_SUBQUERY_STEP_MS);
+        let start = ref_t - range;
+        // First step-aligned timestamp strictly after the window start.
+        let mut ts = start.div_euclid(step) * step + step;
+        let mut by_labels: HashMap<Labels, usize> = HashMap::new();
+        let mut series: Vec<RSeries> = Vec::new();
+        let mut total = 0usize;
+        while ts <= ref_t {
+            self.check_deadline()?;
+            match self.eval(&sq.expr, ts)? {
+                Val::Scalar(v) => {
+                    push_point(&mut by_labels, &mut series, Labels::empty(), false, ts, v);
+                    total += 1;
+                }
+                Val::Vector(vec) => {
+                    total += vec.len();
+                    for s in vec {
+                        push_point(&mut by_labels, &mut series, s.metric, s.drop_name, ts, s.v);
+                    }
+                }
+                other => return exec_err(format!("subquery over {} is not allowed", other.type_name())),
+            }
+            if total > self.max_samples {
+                return Err(PromqlError::TooManySamples);
+            }
+            ts += step;
+        }
+        series.sort_by(|a, b| a.metric.cmp(&b.metric));
+        Ok(MatrixVal { series, range_start: start, range_end: ref_t })
+    }
+
+    fn eval_binary(&mut self, b: &BinaryExpr, t: i64) -> Result<Val> {
+        let op = b.op;
+        let return_bool = b.modifier.as_ref().is_some_and(|m| m.return_bool);
+        let lhs = self.eval(&b.lhs, t)?;
+        let rhs = self.eval(&b.rhs, t)?;
+        match (lhs, rhs) {
+            (Val::Scalar(l), Val::Scalar(r)) => {
+                let (v, keep) = scalar_binop(op, l, r)?;
+                if is_comparison(op) {
+                    // Comparisons between scalars always carry `bool`.
+                    Ok(Val::Scalar(if keep { 1.0 } else { 0.0 }))
+                } else {
+                    Ok(Val::Scalar(v))
+                }
+            }
+            (Val::Vector(vec), Val::Scalar(s)) => {
+                Ok(Val::Vector(vector_scalar(op, vec, s, false, return_bool)?))
+            }
+            (Val::Scalar(s), Val::Vector(vec)) => {
+                Ok(Val::Vector(vector_scalar(op, vec, s, true, return_bool)?))
+            }
+            (Val::Vector(l), Val::Vector(r)) => {
+                let modifier = b.modifier.as_ref();
+                let matching = modifier.and_then(|m| m.matching.clone());
+                let card = modifier.map(|m| m.card.clone()).unwrap_or(VectorMatchCardinality::OneToOne);
+                let id = op.id();
+                if id == token::T_LAND || id == token::T_LOR || id == token::T_LUNLESS {
+                    Ok(Val::Vector(set_op(id, l, r, matching.as_ref())))
+                } else {
+                    Ok(Val::Vector(vector_binop(op, l, r, matching.as_ref(), &card, return_bool)?))
+                }
+            }
+            (l, r) => exec_err(format!(
+                "binary expression must contain only scalar and instant vector types, got {} and {}",
+                l.type_name(),
+                r.type_name()
+            )),
+        }
+    }
+}
+
+fn push_point(
+    idx: &mut HashMap<Labels, usize>,
+    series: &mut Vec<RSeries>,
+    metric: Labels,
+    drop_name: bool,
+    t: i64,
+    v: f64,
+) {
+    match idx.get(&metric) {
+        Some(&i) => {
+            series[i].points.push((t, v));
+            series[i].drop_name |= drop_name;
+        }
+        None => {
+            idx.insert(metric.clone(), series.len());
+            series.push(RSeries { metric, points: vec![(t, v)], drop_name });
+        }
+    }
+}
+
+pub(crate) fn is_comparison(op: TokenType) -> bool {
+    op.is_comparison_operator()
+}
+
+/// Applies an arithmetic or comparison operator; returns the value and, for comparisons,
+/// whether the comparison held.
+pub(crate) fn scalar_binop(op: TokenType, l: f64, r: f64) -> Result<(f64, bool)> {
+    let v = match op.id() {
+        token::T_ADD => l + r,
+        token::T_SUB => l - r,
+        token::T_MUL => l * r,
+        token::T_DIV => l / r,
+        token::T_MOD => l % r,
+        token::T_POW => l.powf(r),
+        token::T_ATAN2 => l.atan2(r),
+        token::T_EQLC => return Ok((l, l == r)),
+        token::T_NEQ => return Ok((l, l != r)),
+        token::T_GTR => return Ok((l, l > r)),
+        token::T_LSS => return Ok((l, l < r)),
+        token::T_GTE => return Ok((l, l >= r)),
+        token::T_LTE => return Ok((l, l <= r)),
+        _ => return exec_err(format!("operator {op} not allowed here")),
+    };
+    Ok((v, true))
+}
+
+fn vector_scalar(op: TokenType, vec: Vec<Sample>, s: f64, swap: bool, return_bool: bool) -> Result<Vec<Sample>> {
+    let cmp = is_comparison(op);
+    let mut out = Vec::with_capacity(vec.len());
+    for mut smp in vec {
+        let (l, r) = if swap { (s, smp.v) } else { (smp.v, s) };
+        let (mut v, keep) = scalar_binop(op, l, r)?;
+        if cmp && swap {
+            // The vector element's value is what a filter keeps, whichever side it is on.
+            v = r;
+        }
+        if return_bool {
+            smp.v = if keep { 1.0 } else { 0.0 };
+            smp.drop_name = true;
+        } else if !keep {
+            continue;
+        } else {
+            smp.v = v;
+            if !cmp {
+                smp.drop_name = true;
+            }
+        }
+        out.push(smp);
+    }
+    Ok(out)
+}
+
+/// The key two samples are matched on: the `on` labels, or all but the `ignoring` labels
+/// (and the metric name).
+pub(crate) fn signature(m: &Labels, matching: Option<&LabelModifier>) -> String {
+    let mut key = String::new();
+    let mut add = |n: &str, v: &str| {
+        key.push_str(n);
+        key.push('\u{0}');
+        key.push_str(v);
+        key.push('\u{1}');
+    };
+    match matching {
+        Some(LabelModifier::Include(on)) => {
+            for l in m.iter() {
+                if on.labels.iter().any(|n| n == &l.name) {
+                    add(&l.name, &l.value);
+                }
+            }
+        }
+        Some(LabelModifier::Exclude(ign)) => {
+            for l in m.iter() {
+                if l.name != METRIC_NAME && !ign.labels.iter().any(|n| n == &l.name) {
+                    add(&l.name, &l.value);
+                }
+            }
+        }
+        None => {
+            for l in m.iter() {
+                if l.name != METRIC_NAME {
+                    add(&l.name, &l.value);
+                }
+            }
+        }
+    }
+    key
+}
+
+fn match_labels(m: &Labels, matching: Option<&LabelModifier>) -> Labels {
+    match matching {
+        Some(LabelModifier::Include(on)) => m.keep(&on.labels),
+        Some(LabelModifier::Exclude(ign)) => {
+            let mut names: Vec<&str> = ign.labels.iter().map(String::as_str).collect();
+            names.push(METRIC_NAME);
+            m.drop_names(&names)
+        }
+        None => m.without_metric_name(),
+    }
+}
+
+fn set_op(op: u16, lhs: Vec<Sample>, rhs: Vec<Sample>, matching: Option<&LabelModifier>) -> Vec<Sample> {
+    match op {
+        token::T_LAND => {
+            let sigs: HashSet<String> = rhs.iter().map(|s| signature(&s.metric, matching)).collect();
+            lhs.into_iter().filter(|s| sigs.contains(&signature(&s.metric, matching))).collect()
+        }
+        token::T_LUNLESS => {
+            let sigs: HashSet<String> = rhs.iter().map(|s| signature(&s.metric, matching)).collect();
+            lhs.into_iter().filter(|s| !sigs.contains(&signature(&s.metric, matching))).collect()
+        }
+        _ => {
+            let sigs: HashSet<String> = lhs.iter().map(|s| signature(&s.metric, matching)).collect();
+            let mut out = lhs;
+            out.extend(rhs.into_iter().filter(|s| !sigs.contains(&signature(&s.metric, matching))));
+            out
+        }
+    }
+}
+
+fn vector_binop(
+    op: TokenType,
+    lhs: Vec<Sample>,
+    rhs: Vec<Sample>,
+    matching: Option<&LabelModifier>,
+    card: &VectorMatchCardinality,
+    return_bool: bool,
+) -> Result<Vec<Sample>> {
+    if lhs.is_empty() || rhs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let one_to_many = matches!(card, VectorMatchCardinality::OneToMany(_));
+    let (many, one) = if one_to_many { (rhs, lhs) } else { (lhs, rhs) };
+    let mut one_sigs: HashMap<String, usize> = HashMap::new();
+    for (i, s) in one.iter().enumerate() {
+        let sig = signature(&s.metric, matching);
+        if let Some(&j) = one_sigs.get(&sig) {
+            let side = if one_to_many { "left" } else { "right" };
+            let mut pair = [one[j].metric.to_string(), s.metric.to_string()];
+            pair.sort();
+            return exec_err(format!(
+                "found duplicate series for the match group {} on the {side} hand-side of the operation: [{}, {}];many-to-many matching not allowed: matching labels must be unique on one side",
+                match_labels(&s.metric, matching),
+                pair[0],
+                pair[1]
+            ));
+        }
+        one_sigs.insert(sig, i);
+    }
+    let include: Vec<String> = match card {
+        VectorMatchCardinality::ManyToOne(l) | VectorMatchCardinality::OneToMany(l) => l.labels.clone(),
+        _ => Vec::new(),
+    };
+    let cmp = is_comparison(op);
+    let mut matched: HashMap<String, HashSet<Labels>> = HashMap::new();
+    let mut out = Vec::new();
+    for ms in &many {
+        let sig = signature(&ms.metric, matching);
+        let Some(&oi) = one_sigs.get(&sig) else { continue };
+        let os = &one[oi];
+        let (l, r) = if one_to_many { (os.v, ms.v) } else { (ms.v, os.v) };
+        let (mut v, keep) = scalar_binop(op, l, r)?;
+        if return_bool {
+            v = if keep { 1.0 } else { 0.0 };
+        } else if !keep {
+            continue;
+        }
+        // Result labels come from the "many" side.
+        let mut metric = ms.metric.clone();
+        if matches!(card, VectorMatchCardinality::OneToOne) {
+            metric = match matching {
+                Some(LabelModifier::Include(on)) => metric.keep(&on.labels),
+                Some(LabelModifier::Exclude(ign)) => metric.drop_names(&ign.labels),
+                None => metric,
+            };
+        }
+        for ln in &include {
+            match os.metric.get(ln) {
+                Some(v) if !v.is_empty() => metric.set(ln, v),
+                _ => metric.remove(ln),
+            }
+        }
+        let drop_name = return_bool || !cmp || ms.drop_name;
+        let entry = matched.entry(sig).or_default();
+        if matches!(card, VectorMatchCardinality::OneToOne) {
+            if !entry.is_empty() {
+                return exec_err(
+                    "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)",
+                );
+            }
+            entry.insert(Labels::empty());
+        } else {
+            let key = final_labels(&metric, drop_name);
+            if !entry.insert(key) {
+                return exec_err("multiple matches for labels: grouping labels must ensure unique matches");
+            }
+        }
+        out.push(Sample { metric, v, drop_name });
+    }
+    Ok(out)
+}
+
+/// Whether two samples of a vector end up with the same labels.
+pub(crate) fn has_duplicate_labelsets(vec: &[Sample], apply_drop: bool) -> bool {
+    let mut seen = HashSet::with_capacity(vec.len());
+    vec.iter().any(|s| {
+        let l = if apply_drop { final_labels(&s.metric, s.drop_name) } else { s.metric.clone() };
+        !seen.insert(l)
+    })
+}
+
+/// Whether `name` is one of the labels dropped with the metric name.
+pub(crate) fn is_schema_label(name: &str) -> bool {
+    SCHEMA_LABELS.contains(&name)
+}
+
+/// Converts a selector's matchers (plus its name) into storage matchers, one set per `or`
+/// alternative.
+pub(crate) fn selector_matchers(vs: &VectorSelector) -> Result<Vec<Vec<norn_model::Matcher>>> {
+    let groups: Vec<&Vec<promql_parser::label::Matcher>> = if vs.matchers.or_matchers.is_empty() {
+        vec![&vs.matchers.matchers]
+    } else {
+        vs.matchers.or_matchers.iter().collect()
+    };
+    let mut out = Vec::new();
+    for g in groups {
+        let mut ms = Vec::new();
+        for m in g {
+            ms.push(convert_matcher(m)?);
+        }
+        if let Some(name) = &vs.name
+            && !ms.iter().any(|m: &norn_model::Matcher| m.name == METRIC_NAME)
+        {
+            ms.push(norn_model::Matcher::equal(METRIC_NAME, name.clone()));
+        }
+        out.push(ms);
+    }
+    Ok(out)
+}
+
+fn convert_matcher(m: &promql_parser::label::Matcher) -> Result<norn_model::Matcher> {
+    use norn_model::MatchType;
+    use promql_parser::label::MatchOp;
+    let kind = match m.op {
+        MatchOp::Equal => MatchType::Equal,
+        MatchOp::NotEqual => MatchType::NotEqual,
+        MatchOp::Re(_) => MatchType::Regex,
+        MatchOp::NotRe(_) => MatchType::NotRegex,
+    };
+    norn_model::Matcher::new(kind, m.name.clone(), m.value.clone())
+        .map_err(|e| PromqlError::Parse(e.to_string()))
+}
+
+/// Equality matchers of a selector, for `absent()`'s output labels.
+pub(crate) fn absent_labels(matchers: &Matchers) -> Labels {
+    use promql_parser::label::MatchOp;
+    let mut l = Labels::empty();
+    let mut has: HashSet<&str> = HashSet::new();
+    for m in &matchers.matchers {
+        if m.name == METRIC_NAME {
+            continue;
+        }
+        if matches!(m.op, MatchOp::Equal) && !has.contains(m.name.as_str()) {
+            l.set(&m.name, &m.value);
+            has.insert(&m.name);
+        } else {
+            l.remove(&m.name);
+        }
+    }
+    l
+}
