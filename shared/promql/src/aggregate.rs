@@ -1,0 +1,349 @@
+//! Aggregation operators (`sum`, `avg`, `topk`, `quantile`, `count_values`, ...) with
+//! `by`/`without` grouping, following Prometheus' float arithmetic (Kahan sums,
+//! incremental means) so results match its test expectations.
+
+use std::collections::HashMap;
+
+use norn_model::{Labels, METRIC_NAME};
+use promql_parser::parser::token;
+use promql_parser::parser::{AggregateExpr, LabelModifier};
+
+use crate::error::{PromqlError, Result, exec_err};
+use crate::eval::{Evaluator, is_schema_label};
+use crate::value::{Sample, Val};
+
+/// Neumaier-improved Kahan summation step, as Prometheus' `kahanSumInc`.
+pub(crate) fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
+    let t = sum + inc;
+    let c = if t.is_infinite() {
+        0.0
+    } else if sum.abs() >= inc.abs() {
+        c + ((sum - t) + inc)
+    } else {
+        c + ((inc - t) + sum)
+    };
+    (t, c)
+}
+
+/// Prometheus' `quantile`: linear interpolation between closest ranks.
+pub(crate) fn quantile(q: f64, values: &mut [f64]) -> f64 {
+    if values.is_empty() || q.is_nan() {
+        return f64::NAN;
+    }
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    // NaNs sort after +Inf with total_cmp but Prometheus treats them as smallest-first
+    // through sort.Float64s: move them to the front.
+    let nans = values.iter().filter(|v| v.is_nan()).count();
+    values.rotate_right(nans);
+    let n = values.len() as f64;
+    let rank = q * (n - 1.0);
+    let lower = rank.floor().max(0.0);
+    let upper = (lower + 1.0).min(n - 1.0);
+    let weight = rank - rank.floor();
+    values[lower as usize] * (1.0 - weight) + values[upper as usize] * weight
+}
+
+/// Running mean the way Prometheus' `avg` computes it: a Kahan sum while it does not
+/// overflow, then an incremental mean.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct AvgAcc {
+    count: f64,
+    sum: f64,
+    c: f64,
+    mean: f64,
+    incremental: bool,
+}
+
+impl AvgAcc {
+    pub fn add(&mut self, v: f64) {
+        self.count += 1.0;
+        if self.count == 1.0 {
+            self.sum = v;
+            self.c = 0.0;
+            return;
+        }
+        if !self.incremental {
+            let (ns, nc) = kahan_inc(v, self.sum, self.c);
+            if !ns.is_infinite() {
+                self.sum = ns;
+                self.c = nc;
+                return;
+            }
+            self.incremental = true;
+            self.mean = self.sum / (self.count - 1.0);
+            self.c /= self.count - 1.0;
+        }
+        if self.mean.is_infinite() {
+            if v.is_infinite() && (self.mean > 0.0) == (v > 0.0) {
+                return;
+            }
+            if !v.is_infinite() && !v.is_nan() {
+                return;
+            }
+        }
+        let current = self.mean + self.c;
+        let (m, c) = kahan_inc(v / self.count - current / self.count, self.mean, self.c);
+        self.mean = m;
+        self.c = c;
+    }
+
+    pub fn value(&self) -> f64 {
+        if self.incremental { self.mean + self.c } else { (self.sum + self.c) / self.count }
+    }
+}
+
+/// Welford's running variance, as Prometheus' `stdvar`/`stddev`.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct VarAcc {
+    count: f64,
+    mean: f64,
+    value: f64,
+}
+
+impl VarAcc {
+    pub fn add(&mut self, v: f64) {
+        self.count += 1.0;
+        let delta = v - self.mean;
+        self.mean += delta / self.count;
+        self.value += delta * (v - self.mean);
+    }
+
+    pub fn variance(&self) -> f64 {
+        self.value / self.count
+    }
+}
+
+/// Go's `strconv.FormatFloat(f, 'f', -1, 64)`.
+pub(crate) fn format_float(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{v}")
+    }
+}
+
+struct Group {
+    labels: Labels,
+    drop_name: bool,
+    members: Vec<usize>,
+}
+
+impl Evaluator<'_> {
+    pub(crate) fn eval_aggregate(&mut self, a: &AggregateExpr, t: i64) -> Result<Val> {
+        let op = a.op.id();
+        let vec = self.eval_vector(&a.expr, t)?;
+        let param = match &a.param {
+            Some(p) => Some(self.eval(p, t)?),
+            None => None,
+        };
+        // Group samples in first-seen order, as Prometheus' output order follows it.
+        let mut groups: Vec<Group> = Vec::new();
+        let mut index: HashMap<Labels, usize> = HashMap::new();
+        for (i, s) in vec.iter().enumerate() {
+            let key = group_labels(&s.metric, a.modifier.as_ref());
+            let gi = *index.entry(key.clone()).or_insert_with(|| {
+                groups.push(Group { labels: key, drop_name: false, members: Vec::new() });
+                groups.len() - 1
+            });
+            groups[gi].members.push(i);
+            groups[gi].drop_name |= s.drop_name;
+        }
+        let mut out = Vec::new();
+        match op {
+            token::T_TOPK | token::T_BOTTOMK | token::T_LIMITK => {
+                let k = match param {
+                    Some(Val::Scalar(k)) => k,
+                    _ => return exec_err("k parameter must be a scalar"),
+                };
+                if k.is_nan() {
+                    return exec_err("Parameter value is NaN");
+                }
+                if k < 1.0 {
+                    return Ok(Val::Vector(Vec::new()));
+                }
+                let k = if k >= 9.0e18 { usize::MAX } else { k as usize };
+                for g in &groups {
+                    let mut members = g.members.clone();
+                    if op != token::T_LIMITK {
+                        let top = op == token::T_TOPK;
+                        members.sort_by(|&x, &y| {
+                            let (a, b) = (vec[x].v, vec[y].v);
+                            // NaNs always lose, in both directions.
+                            match (a.is_nan(), b.is_nan()) {
+                                (true, true) => std::cmp::Ordering::Equal,
+                                (true, false) => std::cmp::Ordering::Greater,
+                                (false, true) => std::cmp::Ordering::Less,
+                                _ if top => b.total_cmp(&a),
+                                _ => a.total_cmp(&b),
+                            }
+                        });
+                    }
+                    for &i in members.iter().take(k) {
+                        out.push(vec[i].clone());
+                    }
+                }
+                return Ok(Val::Vector(out));
+            }
+            token::T_LIMIT_RATIO => {
+                let r = match param {
+                    Some(Val::Scalar(r)) => r,
+                    _ => return exec_err("ratio parameter must be a scalar"),
+                };
+                if r.is_nan() {
+                    return exec_err("Ratio value is NaN");
+                }
+                let r = if r > 1.0 {
+                    self.warn(format!("ratio value should be between -1 and 1, got {}, capping to 1", format_float(r)), "limit_ratio");
+                    1.0
+                } else if r < -1.0 {
+                    self.warn(format!("ratio value should be between -1 and 1, got {}, capping to -1", format_float(r)), "limit_ratio");
+                    -1.0
+                } else {
+                    r
+                };
+                for s in vec {
+                    let h = s.metric.stable_hash() as f64 / u64::MAX as f64;
+                    let keep = if r >= 0.0 { h < r } else { h >= 1.0 + r };
+                    if keep {
+                        out.push(s);
+                    }
+                }
+                return Ok(Val::Vector(out));
+            }
+            _ => {}
+        }
+        for g in &groups {
+            let vals = g.members.iter().map(|&i| vec[i].v);
+            let v = match op {
+                token::T_SUM => {
+                    let (mut s, mut c) = (0.0, 0.0);
+                    for v in vals {
+                        (s, c) = kahan_inc(v, s, c);
+                    }
+                    if s.is_infinite() { s } else { s + c }
+                }
+                token::T_AVG => {
+                    let mut acc = AvgAcc::default();
+                    vals.for_each(|v| acc.add(v));
+                    acc.value()
+                }
+                token::T_COUNT => g.members.len() as f64,
+                token::T_GROUP => 1.0,
+                token::T_MIN => vals.fold(f64::NAN, |m, v| if m.is_nan() || v < m { v } else { m }),
+                token::T_MAX => vals.fold(f64::NAN, |m, v| if m.is_nan() || v > m { v } else { m }),
+                token::T_STDDEV | token::T_STDVAR => {
+                    let mut acc = VarAcc::default();
+                    vals.for_each(|v| acc.add(v));
+                    let var = acc.variance();
+                    if op == token::T_STDDEV { var.sqrt() } else { var }
+                }
+                token::T_QUANTILE => {
+                    let q = match param {
+                        Some(Val::Scalar(q)) => q,
+                        _ => return exec_err("quantile parameter must be a scalar"),
+                    };
+                    if !(0.0..=1.0).contains(&q) {
+                        self.warn(
+                            format!("quantile value should be between 0 and 1, got {}", format_float(q)),
+                            "quantile",
+                        );
+                    }
+                    let mut vs: Vec<f64> = vals.collect();
+                    quantile(q, &mut vs)
+                }
+                token::T_COUNT_VALUES => {
+                    let label = match &param {
+                        Some(Val::Str(s)) => s.clone(),
+                        _ => return exec_err("count_values parameter must be a string"),
+                    };
+                    if label.is_empty() {
+                        return exec_err(format!("invalid label name {label:?}"));
+                    }
+                    let mut counts: Vec<(String, usize)> = Vec::new();
+                    for v in vals {
+                        let s = format_float(v);
+                        match counts.iter_mut().find(|(x, _)| *x == s) {
+                            Some(e) => e.1 += 1,
+                            None => counts.push((s, 1)),
+                        }
+                    }
+                    for (s, n) in counts {
+                        let mut l = g.labels.clone();
+                        l.set(&label, &s);
+                        out.push(Sample { metric: l, v: n as f64, drop_name: false });
+                    }
+                    continue;
+                }
+                _ => return exec_err(format!("unsupported aggregation {}", a.op)),
+            };
+            let drop_name = g.drop_name && g.labels.get(METRIC_NAME).is_some();
+            out.push(Sample { metric: g.labels.clone(), v, drop_name });
+        }
+        if op == token::T_COUNT_VALUES && crate::eval::has_duplicate_labelsets(&out, true) {
+            return Err(PromqlError::Execution("vector cannot contain metrics with the same labelset".into()));
+        }
+        Ok(Val::Vector(out))
+    }
+}
+
+/// The labels a sample is grouped by: only the `by` labels, or all but the `without`
+/// labels and the metric name.
+fn group_labels(m: &Labels, modifier: Option<&LabelModifier>) -> Labels {
+    match modifier {
+        None => Labels::empty(),
+        Some(LabelModifier::Include(by)) => m.keep(&by.labels),
+        Some(LabelModifier::Exclude(without)) => Labels::from_sorted(
+            m.iter()
+                .filter(|l| !is_schema_label(&l.name) && !without.labels.iter().any(|n| n == &l.name))
+                .cloned()
+                .collect(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantile_interpolates() {
+        assert_eq!(quantile(0.5, &mut [1.0, 2.0, 3.0, 4.0]), 2.5);
+        assert_eq!(quantile(0.0, &mut [3.0, 1.0]), 1.0);
+        assert_eq!(quantile(2.0, &mut [1.0]), f64::INFINITY);
+        assert!(quantile(0.5, &mut []).is_nan());
+    }
+
+    #[test]
+    fn kahan_keeps_small_terms() {
+        let (mut s, mut c) = (0.0, 0.0);
+        for v in [1e100, 1.0, -1e100] {
+            (s, c) = kahan_inc(v, s, c);
+        }
+        assert_eq!(s + c, 1.0);
+    }
+
+    #[test]
+    fn avg_survives_overflow() {
+        let mut a = AvgAcc::default();
+        a.add(f64::MAX);
+        a.add(f64::MAX);
+        assert_eq!(a.value(), f64::MAX);
+    }
+
+    #[test]
+    fn go_float_format() {
+        assert_eq!(format_float(1.0), "1");
+        assert_eq!(format_float(0.5), "0.5");
+        assert_eq!(format_float(f64::INFINITY), "+Inf");
+    }
+}

@@ -1,0 +1,124 @@
+//! The process' metric registry and the request-latency histogram every route reports to.
+
+use std::sync::Arc;
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, Registry, TextEncoder};
+
+/// The registry `/metrics` serves, plus the metrics the harness itself records.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub request_duration: HistogramVec,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "norn_request_duration_seconds",
+                "Time spent serving HTTP requests, by route, method and status code.",
+            )
+            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["method", "route", "status_code"],
+        )
+        .expect("valid metric definition");
+        registry.register(Box::new(request_duration.clone())).expect("registered once");
+        #[cfg(target_os = "linux")]
+        {
+            // Process CPU/RSS/fd metrics come from /proc; harmless to skip if unavailable.
+            let _ = registry.register(Box::new(ProcessCollector::new()));
+        }
+        Arc::new(Self { registry, request_duration })
+    }
+
+    /// The registry in Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let enc = TextEncoder::new();
+        if let Err(e) = enc.encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_open_fds` and
+/// `process_start_time_seconds`, read from /proc (the prometheus crate's own collector needs
+/// a feature that pulls in more dependencies than these four numbers are worth).
+#[cfg(target_os = "linux")]
+struct ProcessCollector {
+    descs: Vec<prometheus::core::Desc>,
+    cpu: prometheus::Counter,
+    rss: prometheus::Gauge,
+    fds: prometheus::Gauge,
+    start: prometheus::Gauge,
+}
+
+#[cfg(target_os = "linux")]
+impl ProcessCollector {
+    fn new() -> Self {
+        let cpu = prometheus::Counter::new("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.").expect("valid");
+        let rss = prometheus::Gauge::new("process_resident_memory_bytes", "Resident memory size in bytes.").expect("valid");
+        let fds = prometheus::Gauge::new("process_open_fds", "Number of open file descriptors.").expect("valid");
+        let start = prometheus::Gauge::new("process_start_time_seconds", "Start time of the process since unix epoch in seconds.").expect("valid");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        start.set(now);
+        let descs = [cpu.desc(), rss.desc(), fds.desc(), start.desc()]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        Self { descs, cpu, rss, fds, start }
+    }
+}
+
+#[cfg(target_os = "linux")]
+use prometheus::core::Collector;
+
+#[cfg(target_os = "linux")]
+impl Collector for ProcessCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let ticks = 100.0; // USER_HZ on Linux
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the parenthesised command name; utime and stime are 14th and 15th.
+            if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                if f.len() > 13 {
+                    let total = f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0);
+                    let secs = total / ticks;
+                    let cur = self.cpu.get();
+                    if secs > cur {
+                        self.cpu.inc_by(secs - cur);
+                    }
+                }
+            }
+        }
+        if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+            if let Some(kb) = status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+            {
+                self.rss.set(kb * 1024.0);
+            }
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            self.fds.set(dir.count() as f64);
+        }
+        let mut out = Vec::new();
+        out.extend(self.cpu.collect());
+        out.extend(self.rss.collect());
+        out.extend(self.fds.collect());
+        out.extend(self.start.collect());
+        out
+    }
+}
