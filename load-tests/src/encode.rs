@@ -106,13 +106,18 @@ fn sample_body_len(s: &Sample) -> usize {
 }
 
 /// Builds remote-write 1.0 request bodies in reused buffers.
-#[derive(Default)]
 pub struct WriteRequestEncoder {
     buf: Vec<u8>,
     compressed: Vec<u8>,
     snappy: snap::raw::Encoder,
     series: usize,
     samples: usize,
+}
+
+impl Default for WriteRequestEncoder {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl std::fmt::Debug for WriteRequestEncoder {
@@ -128,7 +133,7 @@ impl std::fmt::Debug for WriteRequestEncoder {
 impl WriteRequestEncoder {
     /// A fresh encoder; buffers grow to the largest request and are then reused.
     pub fn new() -> Self {
-        Self::default()
+        Self { buf: Vec::new(), compressed: Vec::new(), snappy: snap::raw::Encoder::new(), series: 0, samples: 0 }
     }
 
     /// Forgets the current request but keeps the allocated buffers.

@@ -227,7 +227,6 @@ impl Worker {
         let mut labels: Vec<(u64, Vec<u8>)> = self.slots.clone().map(|s| (0, g.encoded_labels(s, 0))).collect();
         let mut enc = WriteRequestEncoder::new();
         let mut samples: Vec<Sample> = Vec::with_capacity(per_series);
-        let mut body = Vec::new();
         let mut sent_here: u64 = 0;
 
         let mut k = 0;
@@ -267,17 +266,13 @@ impl Worker {
                 }
                 let n = enc.samples() as u64;
                 match enc.compress() {
-                    Ok(b) => {
-                        body.clear();
-                        body.extend_from_slice(b);
-                    }
+                    Ok(body) => self.send(body, n).await,
                     Err(e) => {
                         tracing::error!(error = %e, "cannot compress request");
                         self.counters.error("encode");
                         continue;
                     }
                 }
-                self.send(&body, n).await;
                 sent_here += n;
                 self.pace(sent_here).await;
             }

@@ -1,1 +1,257 @@
-//! Distributor: remote-write endpoint, validation, per-tenant limits, sharding to ingesters.
+//! The distributor: Norn's write front door.
+//!
+//! `POST /api/v1/push` takes remote write 1.0 (snappy + protobuf). The pipeline is
+//! decode → validate → rate-limit → push: labels are sorted and checked with Mimir's rules,
+//! samples too far in the future/past are dropped, the tenant's token bucket is charged, and
+//! what is valid goes to the [`Pusher`] (the ingester in-process; replication over the ring in
+//! a cluster). Responses follow the remote-write spec: 2xx when everything was stored; 400
+//! naming the first refused series when some data will never be accepted (the rest is still
+//! stored); 429 over the rate limit; 5xx only when a retry can succeed.
+
+pub mod rate;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use norn_limits::Overrides;
+use norn_model::{ErrorKind, Pusher, TenantId, WriteBatch};
+use norn_proto::DecodeError;
+use norn_server::{HttpError, Metrics, Service, TenantResolver};
+use prometheus::{IntCounterVec, Opts};
+use serde::{Deserialize, Serialize};
+
+use crate::rate::RateLimiter;
+use crate::validate::{sample_time_ok, validate_sample, validate_series};
+
+/// Distributor configuration (YAML block `distributor`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Largest push body accepted, compressed and decompressed (bytes).
+    pub max_recv_msg_size: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { max_recv_msg_size: 100 << 20 }
+    }
+}
+
+struct DistributorMetrics {
+    received_samples: IntCounterVec,
+    incoming_samples: IntCounterVec,
+    received_metadata: IntCounterVec,
+    requests: IntCounterVec,
+}
+
+impl DistributorMetrics {
+    fn new(m: &Metrics) -> Self {
+        let counter = |name: &str, help: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &["tenant"]).expect("valid metric");
+            m.registry.register(Box::new(c.clone())).expect("registered once");
+            c
+        };
+        Self {
+            received_samples: counter(
+                "norn_distributor_received_samples_total",
+                "Samples accepted by the distributor and handed to ingesters (after validation and limits).",
+            ),
+            incoming_samples: counter(
+                "norn_distributor_samples_in_total",
+                "Samples received in push requests, before validation and limits.",
+            ),
+            received_metadata: counter(
+                "norn_distributor_received_metadata_total",
+                "Metric metadata entries received in push requests.",
+            ),
+            requests: counter("norn_distributor_requests_in_total", "Push requests received."),
+        }
+    }
+}
+
+/// The distributor service.
+pub struct Distributor {
+    config: Config,
+    overrides: Arc<Overrides>,
+    pusher: Arc<dyn Pusher>,
+    tenants: TenantResolver,
+    limiter: RateLimiter,
+    metrics: Arc<Metrics>,
+    own: DistributorMetrics,
+}
+
+impl Distributor {
+    pub fn new(
+        config: Config,
+        overrides: Arc<Overrides>,
+        pusher: Arc<dyn Pusher>,
+        tenants: TenantResolver,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let own = DistributorMetrics::new(&metrics);
+        Arc::new(Self { config, overrides, pusher, tenants, limiter: RateLimiter::default(), metrics, own })
+    }
+
+    fn discard(&self, tenant: &TenantId, reason: &str, n: usize) {
+        if n > 0 {
+            self.metrics.discarded_samples.with_label_values(&[tenant.as_str(), reason]).inc_by(n as u64);
+        }
+    }
+
+    /// Handles one push body end to end; the HTTP handler only maps the result.
+    pub async fn push(&self, headers: &HeaderMap, body: Bytes) -> Result<(), HttpError> {
+        let tenant = self.tenants.resolve(headers)?;
+        self.own.requests.with_label_values(&[tenant.as_str()]).inc();
+        let limit = self.config.max_recv_msg_size;
+        if body.len() > limit {
+            return Err(HttpError::new(
+                ErrorKind::PayloadTooLarge,
+                format!("the incoming push request has been rejected because its message size of {} bytes is larger than the allowed limit of {limit} bytes", body.len()),
+            ));
+        }
+        let encoding = headers.get("content-encoding").and_then(|v| v.to_str().ok()).unwrap_or("snappy");
+        if !encoding.eq_ignore_ascii_case("snappy") {
+            return Err(HttpError::new(
+                ErrorKind::BadData,
+                format!("unsupported Content-Encoding {encoding:?}: remote write bodies must be snappy-compressed"),
+            ));
+        }
+        // Big bodies take milliseconds to decode: keep them off the async reactor.
+        let decode = move || -> Result<WriteBatch, DecodeError> {
+            let raw = norn_proto::decompress_snappy(&body, limit)?;
+            norn_proto::decode_write_request(raw.into())
+        };
+        let decoded = if body.len() > (256 << 10) {
+            tokio::task::spawn_blocking(decode)
+                .await
+                .map_err(|e| HttpError::internal(format!("decode task failed: {e}")))?
+        } else {
+            decode()
+        };
+        let mut batch = decoded.map_err(|e| match e {
+            DecodeError::TooLarge { .. } => HttpError::new(ErrorKind::PayloadTooLarge, e.to_string()),
+            other => HttpError::bad_data(other.to_string()),
+        })?;
+        self.own.incoming_samples.with_label_values(&[tenant.as_str()]).inc_by(batch.num_samples() as u64);
+        if !batch.metadata().is_empty() {
+            self.own.received_metadata.with_label_values(&[tenant.as_str()]).inc_by(batch.metadata().len() as u64);
+        }
+        let limits = self.overrides.for_tenant(tenant.as_str());
+
+        // Empty values mean "label absent" in remote write; sorting is required by the spec
+        // but senders get it wrong, and sorting is cheaper than a round trip.
+        batch.retain_labels(|_, v| !v.is_empty());
+        batch.sort_labels();
+
+        let mut first_error: Option<String> = None;
+        let mut bad = vec![false; batch.len()];
+        for (i, s) in batch.iter().enumerate() {
+            if let Err(r) = validate_series(&s, &limits) {
+                self.discard(&tenant, r.reason, s.samples().len());
+                first_error.get_or_insert(r.message);
+                bad[i] = true;
+            }
+        }
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        // Pass 1 finds refused samples (rare); only then is the batch rewritten.
+        let mut any_refused = false;
+        for (_, s) in batch.iter().enumerate().filter(|(i, _)| !bad[*i]) {
+            for sample in s.samples() {
+                if let Err(r) = validate_sample(&s, sample, &limits, now_ms) {
+                    self.discard(&tenant, r.reason, 1);
+                    first_error.get_or_insert(r.message);
+                    any_refused = true;
+                }
+            }
+        }
+        if any_refused {
+            batch.retain_samples(|i, sample| !bad[i] && sample_time_ok(sample.t, &limits, now_ms));
+        }
+        let keep: Vec<usize> =
+            (0..batch.len()).filter(|&i| !bad[i] && !batch.series(i).samples().is_empty()).collect();
+        let valid_samples: usize = keep.iter().map(|&i| batch.series(i).samples().len()).sum();
+
+        if !self.limiter.allow(
+            tenant.as_str(),
+            valid_samples,
+            limits.ingestion_rate,
+            limits.ingestion_burst_size,
+            Instant::now(),
+        ) {
+            self.discard(&tenant, "rate_limited", valid_samples);
+            return Err(HttpError::new(
+                ErrorKind::TooManyRequests,
+                format!(
+                    "the request has been rejected because the tenant exceeded the ingestion rate limit, set to {} items/s with a maximum allowed burst of {}",
+                    limits.ingestion_rate, limits.ingestion_burst_size
+                ),
+            ));
+        }
+
+        if !keep.is_empty() || !batch.metadata().is_empty() {
+            let to_push = if keep.len() == batch.len() { batch } else { batch.subset(&keep, true) };
+            let outcome = self
+                .pusher
+                .push(&tenant, to_push)
+                .await
+                .map_err(|e| HttpError::new(e.kind(), e.to_string()))?;
+            self.own
+                .received_samples
+                .with_label_values(&[tenant.as_str()])
+                .inc_by(outcome.appended as u64);
+            if let Some(e) = outcome.first_error {
+                first_error.get_or_insert(e);
+            }
+        }
+        match first_error {
+            None => Ok(()),
+            Some(message) => Err(HttpError::bad_data(message)),
+        }
+    }
+}
+
+async fn push_handler(
+    State(d): State<Arc<Distributor>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match d.push(&headers, body).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => {
+            if e.kind != ErrorKind::BadData {
+                tracing::debug!(status = e.kind.http_status(), error = %e.message, "push refused");
+            }
+            e.into_response()
+        }
+    }
+}
+
+/// The routes and lifecycle of a distributor inside the process.
+pub struct DistributorService(pub Arc<Distributor>);
+
+#[async_trait]
+impl Service for DistributorService {
+    fn name(&self) -> &'static str {
+        "distributor"
+    }
+
+    fn routes(&self) -> Router {
+        Router::new()
+            .route("/api/v1/push", post(push_handler))
+            .with_state(Arc::clone(&self.0))
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn shutdown(&self) {}
+}

@@ -7,7 +7,9 @@
 
 use async_trait::async_trait;
 
-use crate::{ErrorKind, Labels, Matcher, Sample};
+use std::sync::Arc;
+
+use crate::{ErrorKind, Labels, Matcher, MetricMetadata, Sample, TenantId};
 
 /// A series and its samples within the selected time range, in time order.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,4 +68,22 @@ pub trait Queryable: Send + Sync {
         end_ms: i64,
         matchers: &[Matcher],
     ) -> Result<Vec<String>, StorageError>;
+}
+
+/// Hands out tenant-scoped [`Queryable`]s: the querier's view of storage for one tenant.
+pub trait QueryableProvider: Send + Sync {
+    fn queryable(&self, tenant: &TenantId) -> Arc<dyn Queryable>;
+}
+
+/// Reads metric metadata (type, help, unit) that remote write carried.
+#[async_trait]
+pub trait MetadataReader: Send + Sync {
+    /// Metadata per metric family name; `metric` restricts to one family, `limit` (0 = no
+    /// limit) caps the number of families.
+    async fn metadata(
+        &self,
+        tenant: &TenantId,
+        metric: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<MetricMetadata>, StorageError>;
 }

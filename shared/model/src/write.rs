@@ -178,11 +178,17 @@ impl WriteBatch {
 
     /// Removes label `name` from every series that has it (e.g. the HA replica label).
     pub fn remove_label(&mut self, name: &str) {
+        self.retain_labels(|n, _| n != name.as_bytes());
+    }
+
+    /// Keeps only the labels for which `keep(name, value)` is true (e.g. drops empty values,
+    /// which mean "label absent").
+    pub fn retain_labels(&mut self, mut keep: impl FnMut(&[u8], &[u8]) -> bool) {
         let mut labels = Vec::with_capacity(self.labels.len());
         for e in &mut self.series {
             let start = labels.len() as u32;
             for l in &self.labels[e.labels.start as usize..e.labels.end as usize] {
-                if slice(&self.buf, l.name) != name.as_bytes() {
+                if keep(slice(&self.buf, l.name), slice(&self.buf, l.value)) {
                     labels.push(*l);
                 }
             }
@@ -228,6 +234,51 @@ impl WriteBatch {
             e.samples = start..samples.len() as u32;
         }
         self.samples = samples;
+    }
+}
+
+/// What an ingester did with a pushed batch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PushOutcome {
+    /// Samples stored.
+    pub appended: usize,
+    /// Samples refused, by reason (Mimir's reason strings, e.g. `sample-out-of-order`).
+    pub rejected: Vec<(&'static str, usize)>,
+    /// A human-readable message naming the first refused series and why.
+    pub first_error: Option<String>,
+}
+
+impl PushOutcome {
+    pub fn rejected_samples(&self) -> usize {
+        self.rejected.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// Anything that stores write batches for a tenant: an ingester in-process, an ingester over
+/// gRPC, or the distributor's replication over several of them.
+#[async_trait::async_trait]
+pub trait Pusher: Send + Sync {
+    /// Stores `batch` durably before returning `Ok`. Per-sample refusals (out of order, series
+    /// limits, …) are reported in the outcome, not as an error: the rest is stored.
+    async fn push(&self, tenant: &crate::TenantId, batch: WriteBatch) -> Result<PushOutcome, PushError>;
+}
+
+/// A push failed as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// Storage cannot take writes right now (starting, stopping, disk trouble): retry.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl PushError {
+    pub fn kind(&self) -> crate::ErrorKind {
+        match self {
+            PushError::Unavailable(_) => crate::ErrorKind::Unavailable,
+            PushError::Internal(_) => crate::ErrorKind::Internal,
+        }
     }
 }
 

@@ -1,1 +1,18 @@
-//! PromQL engine: parses with promql-parser and evaluates instant and range queries over a Queryable.
+//! PromQL engine: parses with promql-parser and evaluates instant and range queries over a
+//! [`norn_model::Queryable`], with Prometheus 3.x semantics (left-open range windows, 5m
+//! lookback, stale markers, delayed `__name__` removal).
+//!
+//! The querier's HTTP API and the ruler call [`Engine::instant_query`] and
+//! [`Engine::range_query`]; [`memstore::MemStore`] is an in-memory store for tests and rules.
+
+mod aggregate;
+mod engine;
+mod error;
+mod eval;
+mod functions;
+pub mod memstore;
+mod value;
+
+pub use engine::{Engine, EngineOptions, SharedEngine};
+pub use error::{PromqlError, Result};
+pub use value::{QueryResult, Value, VectorSample};

@@ -2,13 +2,16 @@
 
 use std::sync::Arc;
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, Registry, TextEncoder};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 
 /// The registry `/metrics` serves, plus the metrics the harness itself records.
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
     pub request_duration: HistogramVec,
+    /// Samples refused anywhere on the write path, by tenant and reason. One counter for the
+    /// whole process because the distributor and the ingester both refuse samples.
+    pub discarded_samples: IntCounterVec,
 }
 
 impl Metrics {
@@ -24,12 +27,18 @@ impl Metrics {
         )
         .expect("valid metric definition");
         registry.register(Box::new(request_duration.clone())).expect("registered once");
+        let discarded_samples = IntCounterVec::new(
+            Opts::new("norn_discarded_samples_total", "Samples refused, by tenant and reason."),
+            &["tenant", "reason"],
+        )
+        .expect("valid metric definition");
+        registry.register(Box::new(discarded_samples.clone())).expect("registered once");
         #[cfg(target_os = "linux")]
         {
             // Process CPU/RSS/fd metrics come from /proc; harmless to skip if unavailable.
             let _ = registry.register(Box::new(ProcessCollector::new()));
         }
-        Arc::new(Self { registry, request_duration })
+        Arc::new(Self { registry, request_duration, discarded_samples })
     }
 
     /// The registry in Prometheus text exposition format.

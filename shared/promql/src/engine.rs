@@ -1,0 +1,311 @@
+//! The query engine: parses, works out which series every selector needs over which time
+//! range, fetches them from the [`Queryable`] up front, then evaluates step by step off the
+//! async reactor.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use norn_model::{Labels, Queryable, Sample as ModelSample, Series};
+use promql_parser::parser::value::ValueType;
+use promql_parser::parser::{self, Expr, VectorSelector};
+
+use crate::error::{PromqlError, Result};
+use crate::eval::{
+    DEFAULT_SUBQUERY_STEP_MS, Evaluator, Fetched, at_ms, dur_ms, node_key, offset_ms, selector_matchers,
+};
+use crate::value::{QueryResult, Sample, Val, Value, VectorSample, final_labels};
+
+/// Engine limits and defaults.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// How far back an instant selector looks for the newest sample.
+    pub lookback_delta_ms: i64,
+    /// Most samples a query may hold in memory at once.
+    pub max_samples: usize,
+    /// Longest a query may run.
+    pub timeout: Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self { lookback_delta_ms: 300_000, max_samples: 50_000_000, timeout: Duration::from_secs(120) }
+    }
+}
+
+/// Evaluates PromQL over any [`Queryable`]. Cheap to share; holds no per-query state.
+#[derive(Debug, Clone, Default)]
+pub struct Engine {
+    opts: EngineOptions,
+}
+
+/// Which series a selector needs: the storage matchers (one set per `or` alternative) and
+/// the inclusive time range covering every evaluation of the node.
+struct SelectorNeed {
+    matchers: Vec<Vec<norn_model::Matcher>>,
+    mint: i64,
+    maxt: i64,
+}
+
+impl Engine {
+    pub fn new(opts: EngineOptions) -> Self {
+        Self { opts }
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.opts
+    }
+
+    /// Evaluates `query` at one instant.
+    pub async fn instant_query(&self, q: &dyn Queryable, query: &str, time_ms: i64) -> Result<QueryResult> {
+        self.run(q, query, time_ms, time_ms, 0, false).await
+    }
+
+    /// Evaluates `query` at every step from `start_ms` to `end_ms`; the result is a matrix
+    /// sorted by labels.
+    pub async fn range_query(
+        &self,
+        q: &dyn Queryable,
+        query: &str,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+    ) -> Result<QueryResult> {
+        if step_ms <= 0 {
+            return Err(PromqlError::Parse(
+                "zero or negative query resolution step widths are not accepted. Try a positive integer".into(),
+            ));
+        }
+        if end_ms < start_ms {
+            return Err(PromqlError::Parse("end timestamp must not be before start time".into()));
+        }
+        self.run(q, query, start_ms, end_ms, step_ms, true).await
+    }
+
+    async fn run(
+        &self,
+        q: &dyn Queryable,
+        query: &str,
+        start: i64,
+        end: i64,
+        step: i64,
+        range: bool,
+    ) -> Result<QueryResult> {
+        let deadline = Instant::now() + self.opts.timeout;
+        // Boxed so that node addresses stay put when the AST moves into the blocking task.
+        let expr = Box::new(parser::parse(query).map_err(PromqlError::Parse)?);
+        if range {
+            let vt = expr.value_type();
+            if vt != ValueType::Scalar && vt != ValueType::Vector {
+                return Err(PromqlError::Parse(format!(
+                    "invalid expression type \"{}\" for range query, must be Scalar or instant Vector",
+                    type_display(vt)
+                )));
+            }
+        }
+        let mut needs: HashMap<usize, SelectorNeed> = HashMap::new();
+        plan(&expr, start, end, start, end, self.opts.lookback_delta_ms, &mut needs)?;
+        let fetch = async {
+            let mut data: Fetched = HashMap::with_capacity(needs.len());
+            for (key, need) in &needs {
+                data.insert(*key, fetch_selector(q, need).await?);
+            }
+            Ok::<_, PromqlError>(data)
+        };
+        let data = tokio::time::timeout(self.opts.timeout, fetch).await.map_err(|_| PromqlError::Timeout)??;
+        let opts = self.opts.clone();
+        let query = query.to_string();
+        let task = tokio::task::spawn_blocking(move || {
+            evaluate(&expr, &data, &query, &opts, deadline, start, end, step, range)
+        });
+        match task.await {
+            Ok(r) => r,
+            Err(e) if e.is_cancelled() => Err(PromqlError::Canceled),
+            Err(e) => Err(PromqlError::Internal(format!("evaluation task failed: {e}"))),
+        }
+    }
+}
+
+fn type_display(vt: ValueType) -> &'static str {
+    match vt {
+        ValueType::Scalar => "scalar",
+        ValueType::String => "string",
+        ValueType::Vector => "instant vector",
+        ValueType::Matrix => "range vector",
+    }
+}
+
+async fn fetch_selector(q: &dyn Queryable, need: &SelectorNeed) -> Result<Vec<Series>> {
+    if need.matchers.len() == 1 {
+        return Ok(q.select(need.mint, need.maxt, &need.matchers[0]).await?);
+    }
+    // `or` alternatives: union by labels.
+    let mut merged: BTreeMap<Labels, Vec<ModelSample>> = BTreeMap::new();
+    for ms in &need.matchers {
+        for s in q.select(need.mint, need.maxt, ms).await? {
+            merged.entry(s.labels).or_insert(s.samples);
+        }
+    }
+    Ok(merged.into_iter().map(|(labels, samples)| Series { labels, samples }).collect())
+}
+
+/// Records, for every selector under `e`, the time range it must be fetched for when `e`
+/// is evaluated at times within `[s, e_t]`.
+fn plan(
+    e: &Expr,
+    s: i64,
+    e_t: i64,
+    qstart: i64,
+    qend: i64,
+    lookback: i64,
+    needs: &mut HashMap<usize, SelectorNeed>,
+) -> Result<()> {
+    let mut add = |vs: &VectorSelector, window: i64| -> Result<()> {
+        let (lo, hi) = match at_ms(&vs.at, qstart, qend) {
+            Some(a) => (a, a),
+            None => (s, e_t),
+        };
+        let off = offset_ms(&vs.offset);
+        let mint = lo.saturating_sub(off).saturating_sub(window);
+        let maxt = hi.saturating_sub(off);
+        match needs.get_mut(&node_key(vs)) {
+            Some(n) => {
+                n.mint = n.mint.min(mint);
+                n.maxt = n.maxt.max(maxt);
+            }
+            None => {
+                needs.insert(node_key(vs), SelectorNeed { matchers: selector_matchers(vs)?, mint, maxt });
+            }
+        }
+        Ok(())
+    };
+    match e {
+        Expr::VectorSelector(vs) => add(vs, lookback),
+        Expr::MatrixSelector(ms) => add(&ms.vs, dur_ms(&ms.range)),
+        Expr::Subquery(sq) => {
+            let (lo, hi) = match at_ms(&sq.at, qstart, qend) {
+                Some(a) => (a, a),
+                None => (s, e_t),
+            };
+            let off = offset_ms(&sq.offset);
+            let range = dur_ms(&sq.range);
+            let step = sq.step.as_ref().map(dur_ms).filter(|x| *x > 0).unwrap_or(DEFAULT_SUBQUERY_STEP_MS);
+            plan(&sq.expr, lo - off - range - step, hi - off, qstart, qend, lookback, needs)
+        }
+        Expr::Paren(p) => plan(&p.expr, s, e_t, qstart, qend, lookback, needs),
+        Expr::Unary(u) => plan(&u.expr, s, e_t, qstart, qend, lookback, needs),
+        Expr::Binary(b) => {
+            plan(&b.lhs, s, e_t, qstart, qend, lookback, needs)?;
+            plan(&b.rhs, s, e_t, qstart, qend, lookback, needs)
+        }
+        Expr::Aggregate(a) => {
+            if let Some(p) = &a.param {
+                plan(p, s, e_t, qstart, qend, lookback, needs)?;
+            }
+            plan(&a.expr, s, e_t, qstart, qend, lookback, needs)
+        }
+        Expr::Call(c) => {
+            for a in &c.args.args {
+                plan(a, s, e_t, qstart, qend, lookback, needs)?;
+            }
+            Ok(())
+        }
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => Ok(()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn evaluate(
+    expr: &Expr,
+    data: &Fetched,
+    query: &str,
+    opts: &EngineOptions,
+    deadline: Instant,
+    start: i64,
+    end: i64,
+    step: i64,
+    range: bool,
+) -> Result<QueryResult> {
+    let mut ev = Evaluator {
+        data,
+        query,
+        query_start: start,
+        query_end: end,
+        lookback: opts.lookback_delta_ms,
+        max_samples: opts.max_samples,
+        deadline,
+        range_mode: range,
+        annotations: Default::default(),
+    };
+    let value = if !range {
+        match ev.eval(expr, start)? {
+            Val::Scalar(v) => Value::Scalar { t: start, v },
+            Val::Str(v) => Value::String { t: start, v },
+            Val::Vector(vec) => Value::Vector(finish_vector(vec, start)?),
+            Val::Matrix(m) => {
+                let mut out: Vec<Series> = m
+                    .series
+                    .into_iter()
+                    .map(|s| Series {
+                        labels: final_labels(&s.metric, s.drop_name),
+                        samples: s.points.into_iter().map(|(t, v)| ModelSample::new(t, v)).collect(),
+                    })
+                    .collect();
+                out.sort_by(|a, b| a.labels.cmp(&b.labels));
+                for w in out.windows(2) {
+                    if w[0].labels == w[1].labels {
+                        return Err(PromqlError::Execution(
+                            "vector cannot contain metrics with the same labelset".into(),
+                        ));
+                    }
+                }
+                Value::Matrix(out)
+            }
+        }
+    } else {
+        let mut series: BTreeMap<Labels, Vec<ModelSample>> = BTreeMap::new();
+        let mut total = 0usize;
+        let mut t = start;
+        while t <= end {
+            ev.check_deadline()?;
+            match ev.eval(expr, t)? {
+                Val::Scalar(v) => series.entry(Labels::empty()).or_default().push(ModelSample::new(t, v)),
+                Val::Vector(vec) => {
+                    for s in finish_vector(vec, t)? {
+                        series.entry(s.labels).or_default().push(ModelSample::new(t, s.v));
+                    }
+                }
+                other => {
+                    return Err(PromqlError::Execution(format!(
+                        "invalid expression type \"{}\" for range query, must be Scalar or instant Vector",
+                        other.type_name()
+                    )));
+                }
+            }
+            total = series.values().map(Vec::len).sum::<usize>().max(total);
+            if total > opts.max_samples {
+                return Err(PromqlError::TooManySamples);
+            }
+            t += step;
+        }
+        Value::Matrix(series.into_iter().map(|(labels, samples)| Series { labels, samples }).collect())
+    };
+    Ok(QueryResult { value, warnings: ev.annotations.warnings, infos: ev.annotations.infos })
+}
+
+/// Applies delayed name removal and rejects vectors whose elements became indistinguishable.
+fn finish_vector(vec: Vec<Sample>, t: i64) -> Result<Vec<VectorSample>> {
+    let mut seen = std::collections::HashSet::with_capacity(vec.len());
+    let mut out = Vec::with_capacity(vec.len());
+    for s in vec {
+        let labels = final_labels(&s.metric, s.drop_name);
+        if !seen.insert(labels.clone()) {
+            return Err(PromqlError::Execution("vector cannot contain metrics with the same labelset".into()));
+        }
+        out.push(VectorSample { labels, t, v: s.v });
+    }
+    Ok(out)
+}
+
+/// Shared handle type callers commonly hold.
+pub type SharedEngine = Arc<Engine>;
