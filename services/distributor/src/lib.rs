@@ -125,11 +125,12 @@ impl Distributor {
             ));
         }
         // Big bodies take milliseconds to decode: keep them off the async reactor.
+        let big = body.len() > (256 << 10);
         let decode = move || -> Result<WriteBatch, DecodeError> {
             let raw = norn_proto::decompress_snappy(&body, limit)?;
             norn_proto::decode_write_request(raw.into())
         };
-        let decoded = if body.len() > (256 << 10) {
+        let decoded = if big {
             tokio::task::spawn_blocking(decode)
                 .await
                 .map_err(|e| HttpError::internal(format!("decode task failed: {e}")))?
