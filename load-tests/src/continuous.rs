@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use crate::encode::{Sample, WriteRequestEncoder, encode_labels};
 use crate::http::USER_AGENT;
-use crate::promapi::{self, QueryResult};
 use crate::now_ms;
+use crate::promapi::{self, QueryResult};
 use crate::series::splitmix64;
 
 /// Metric written and read back.
@@ -75,15 +75,35 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         for (name, help, v) in [
-            ("writes_total", "Remote-write requests made.", &self.writes_total),
-            ("writes_failed_total", "Remote-write requests that failed.", &self.writes_failed_total),
+            (
+                "writes_total",
+                "Remote-write requests made.",
+                &self.writes_total,
+            ),
+            (
+                "writes_failed_total",
+                "Remote-write requests that failed.",
+                &self.writes_failed_total,
+            ),
             ("queries_total", "Queries made.", &self.queries_total),
-            ("query_mismatches_total", "Queries whose result differed from the written data.", &self.query_mismatches_total),
-            ("queries_failed_total", "Queries that failed.", &self.queries_failed_total),
+            (
+                "query_mismatches_total",
+                "Queries whose result differed from the written data.",
+                &self.query_mismatches_total,
+            ),
+            (
+                "queries_failed_total",
+                "Queries that failed.",
+                &self.queries_failed_total,
+            ),
         ] {
             let _ = writeln!(out, "# HELP norn_continuous_test_{name} {help}");
             let _ = writeln!(out, "# TYPE norn_continuous_test_{name} counter");
-            let _ = writeln!(out, "norn_continuous_test_{name} {}", v.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "norn_continuous_test_{name} {}",
+                v.load(Ordering::Relaxed)
+            );
         }
         out
     }
@@ -92,7 +112,8 @@ impl Metrics {
 /// The exact value of `series_id` at `ts_ms`.
 pub fn expected_value(seed: u64, series_id: usize, ts_ms: i64) -> f64 {
     // A sine wave with a 10 minute period, phase-shifted per series, plus a small seeded offset.
-    let phase = series_id as f64 * 0.7 + (splitmix64(seed ^ series_id as u64) % 1000) as f64 / 1000.0;
+    let phase =
+        series_id as f64 * 0.7 + (splitmix64(seed ^ series_id as u64) % 1000) as f64 / 1000.0;
     let v = 100.0 * ((ts_ms as f64 / 600_000.0) * std::f64::consts::TAU + phase).sin();
     // n / 1000 is the correctly rounded double of the decimal text "x.yyy", which is what any
     // store that keeps decimals will hand back.
@@ -100,12 +121,23 @@ pub fn expected_value(seed: u64, series_id: usize, ts_ms: i64) -> f64 {
 }
 
 /// Serves `/metrics` on `listener` until the task is dropped.
-pub async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) -> std::io::Result<()> {
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<()> {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let m = Arc::clone(&metrics);
-            async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render()) }
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    m.render(),
+                )
+            }
         }),
     );
     axum::serve(listener, app).await
@@ -115,8 +147,9 @@ pub async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<Metri
 pub async fn run(http: reqwest::Client, cfg: ContinuousConfig, metrics: Arc<Metrics>) {
     let api = promapi::Client::new(http.clone(), &cfg.query_base, cfg.tenant.clone());
     let interval_ms = (cfg.interval.as_millis() as i64).max(1);
-    let labels: Vec<Vec<u8>> =
-        (0..cfg.series).map(|i| encode_labels([("__name__", METRIC), ("series_id", &i.to_string())])).collect();
+    let labels: Vec<Vec<u8>> = (0..cfg.series)
+        .map(|i| encode_labels([("__name__", METRIC), ("series_id", &i.to_string())]))
+        .collect();
     let mut enc = WriteRequestEncoder::new();
     let mut acked: BTreeSet<i64> = BTreeSet::new();
     let started = Instant::now();
@@ -136,7 +169,13 @@ pub async fn run(http: reqwest::Client, cfg: ContinuousConfig, metrics: Arc<Metr
             last_ts = ts;
             enc.clear();
             for (i, l) in labels.iter().enumerate() {
-                enc.push_series(l, &[Sample { value: expected_value(cfg.seed, i, ts), timestamp_ms: ts }]);
+                enc.push_series(
+                    l,
+                    &[Sample {
+                        value: expected_value(cfg.seed, i, ts),
+                        timestamp_ms: ts,
+                    }],
+                );
             }
             if write(&http, &cfg, &mut enc, &metrics).await {
                 acked.insert(ts);
@@ -147,7 +186,9 @@ pub async fn run(http: reqwest::Client, cfg: ContinuousConfig, metrics: Arc<Metr
         acked = acked.split_off(&oldest);
 
         let newest_visible = now_ms() - cfg.query_delay.as_millis() as i64;
-        let Some(&end) = acked.range(..=newest_visible).next_back() else { continue };
+        let Some(&end) = acked.range(..=newest_visible).next_back() else {
+            continue;
+        };
         check_instant(&api, &cfg, end, &metrics).await;
         let candidates: Vec<i64> = acked.range(..=end).copied().collect();
         let start = candidates[(splitmix64(cfg.seed ^ cycle) % candidates.len() as u64) as usize];
@@ -156,7 +197,12 @@ pub async fn run(http: reqwest::Client, cfg: ContinuousConfig, metrics: Arc<Metr
     }
 }
 
-async fn write(http: &reqwest::Client, cfg: &ContinuousConfig, enc: &mut WriteRequestEncoder, metrics: &Metrics) -> bool {
+async fn write(
+    http: &reqwest::Client,
+    cfg: &ContinuousConfig,
+    enc: &mut WriteRequestEncoder,
+    metrics: &Metrics,
+) -> bool {
     metrics.writes_total.fetch_add(1, Ordering::Relaxed);
     let body = match enc.compress() {
         Ok(b) => b.to_vec(),
@@ -229,7 +275,10 @@ pub fn compare(
     let mut out = Vec::new();
     let mut by_id: BTreeMap<usize, BTreeMap<i64, f64>> = BTreeMap::new();
     for (labels, points) in returned {
-        let id = labels.get("series_id").and_then(|s| s.parse::<usize>().ok()).filter(|&i| i < series);
+        let id = labels
+            .get("series_id")
+            .and_then(|s| s.parse::<usize>().ok())
+            .filter(|&i| i < series);
         match id {
             Some(id) if !by_id.contains_key(&id) => {
                 by_id.insert(id, points.iter().copied().collect());
@@ -244,9 +293,12 @@ pub fn compare(
             match got.and_then(|p| p.get(&ts)) {
                 None => out.push(Mismatch::Missing { series_id: id, ts }),
                 // Bit equality: the check is exact, and -0.0 vs 0.0 would be a real difference.
-                Some(&v) if v.to_bits() != expected.to_bits() => {
-                    out.push(Mismatch::Value { series_id: id, ts, expected, got: v })
-                }
+                Some(&v) if v.to_bits() != expected.to_bits() => out.push(Mismatch::Value {
+                    series_id: id,
+                    ts,
+                    expected,
+                    got: v,
+                }),
                 Some(_) => {}
             }
         }
@@ -258,15 +310,35 @@ fn report(query: &str, kind: &str, mismatches: &[Mismatch], metrics: &Metrics) {
     if mismatches.is_empty() {
         return;
     }
-    metrics.query_mismatches_total.fetch_add(1, Ordering::Relaxed);
+    metrics
+        .query_mismatches_total
+        .fetch_add(1, Ordering::Relaxed);
     // Log every difference of the first few; a systematically broken store would flood the log.
     for m in mismatches.iter().take(20) {
         match m {
-            Mismatch::Value { series_id, ts, expected, got } => tracing::error!(
-                query, kind, series_id, ts, expected, got, difference = got - expected, "query result mismatch: wrong value"
+            Mismatch::Value {
+                series_id,
+                ts,
+                expected,
+                got,
+            } => tracing::error!(
+                query,
+                kind,
+                series_id,
+                ts,
+                expected,
+                got,
+                difference = got - expected,
+                "query result mismatch: wrong value"
             ),
             Mismatch::Missing { series_id, ts } => {
-                tracing::error!(query, kind, series_id, ts, "query result mismatch: missing sample")
+                tracing::error!(
+                    query,
+                    kind,
+                    series_id,
+                    ts,
+                    "query result mismatch: missing sample"
+                )
             }
             Mismatch::UnexpectedSeries(labels) => {
                 tracing::error!(query, kind, labels = %labels, "query result mismatch: unexpected series")
@@ -274,7 +346,12 @@ fn report(query: &str, kind: &str, mismatches: &[Mismatch], metrics: &Metrics) {
         }
     }
     if mismatches.len() > 20 {
-        tracing::error!(query, kind, total = mismatches.len(), "further mismatches not logged");
+        tracing::error!(
+            query,
+            kind,
+            total = mismatches.len(),
+            "further mismatches not logged"
+        );
     }
 }
 
@@ -309,7 +386,12 @@ async fn check_range(
     match api.query_range(METRIC, start, end, cfg.interval).await {
         Ok(QueryResult::Matrix(m)) => {
             let mismatches = compare(cfg.seed, cfg.series, expected_ts, &m);
-            report(&format!("{METRIC} [{start}..{end}]"), "range", &mismatches, metrics);
+            report(
+                &format!("{METRIC} [{start}..{end}]"),
+                "range",
+                &mismatches,
+                metrics,
+            );
         }
         Ok(other) => {
             metrics.queries_failed_total.fetch_add(1, Ordering::Relaxed);
@@ -327,16 +409,26 @@ mod tests {
     use super::*;
 
     fn labels(id: &str) -> promapi::Labels {
-        [("__name__".to_string(), METRIC.to_string()), ("series_id".to_string(), id.to_string())].into()
+        [
+            ("__name__".to_string(), METRIC.to_string()),
+            ("series_id".to_string(), id.to_string()),
+        ]
+        .into()
     }
 
     #[test]
     fn values_are_deterministic_and_decimal() {
         for id in 0..5 {
             let v = expected_value(1, id, 1_700_000_000_000);
-            assert_eq!(v.to_bits(), expected_value(1, id, 1_700_000_000_000).to_bits());
+            assert_eq!(
+                v.to_bits(),
+                expected_value(1, id, 1_700_000_000_000).to_bits()
+            );
             // Printing and parsing gives back the same double (what a JSON API does).
-            assert_eq!(format!("{v}").parse::<f64>().unwrap().to_bits(), v.to_bits());
+            assert_eq!(
+                format!("{v}").parse::<f64>().unwrap().to_bits(),
+                v.to_bits()
+            );
             assert!((-100.0..=100.0).contains(&v));
         }
     }
@@ -344,21 +436,47 @@ mod tests {
     #[test]
     fn compare_finds_value_missing_and_extra() {
         let ts: BTreeSet<i64> = [1000, 2000].into();
-        let good = |id: usize| (labels(&id.to_string()), ts.iter().map(|&t| (t, expected_value(7, id, t))).collect::<Vec<_>>());
+        let good = |id: usize| {
+            (
+                labels(&id.to_string()),
+                ts.iter()
+                    .map(|&t| (t, expected_value(7, id, t)))
+                    .collect::<Vec<_>>(),
+            )
+        };
         let clean = vec![good(0), good(1)];
         assert!(compare(7, 2, &ts, &clean).is_empty());
 
         let mut corrupt = clean.clone();
         corrupt[1].1[0].1 += 0.001;
         let m = compare(7, 2, &ts, &corrupt);
-        assert!(matches!(m.as_slice(), [Mismatch::Value { series_id: 1, ts: 1000, .. }]), "{m:?}");
+        assert!(
+            matches!(
+                m.as_slice(),
+                [Mismatch::Value {
+                    series_id: 1,
+                    ts: 1000,
+                    ..
+                }]
+            ),
+            "{m:?}"
+        );
 
         let mut missing = clean.clone();
         missing[0].1.pop();
-        assert_eq!(compare(7, 2, &ts, &missing), vec![Mismatch::Missing { series_id: 0, ts: 2000 }]);
+        assert_eq!(
+            compare(7, 2, &ts, &missing),
+            vec![Mismatch::Missing {
+                series_id: 0,
+                ts: 2000
+            }]
+        );
 
         let mut extra = clean;
         extra.push((labels("9"), vec![]));
-        assert!(matches!(compare(7, 2, &ts, &extra).as_slice(), [Mismatch::UnexpectedSeries(_)]));
+        assert!(matches!(
+            compare(7, 2, &ts, &extra).as_slice(),
+            [Mismatch::UnexpectedSeries(_)]
+        ));
     }
 }

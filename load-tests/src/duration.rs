@@ -16,9 +16,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 {
-            return Err(format!("invalid duration {s:?}: expected a number at {rest:?}"));
+            return Err(format!(
+                "invalid duration {s:?}: expected a number at {rest:?}"
+            ));
         }
-        let n: u64 = rest[..digits].parse().map_err(|e| format!("invalid duration {s:?}: {e}"))?;
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|e| format!("invalid duration {s:?}: {e}"))?;
         rest = &rest[digits..];
         let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         let unit_ms = match &rest[..unit_len] {
@@ -29,7 +33,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "d" => 86_400_000,
             "w" => 7 * 86_400_000,
             "y" => 365 * 86_400_000,
-            "" => return Err(format!("invalid duration {s:?}: missing unit (ms, s, m, h, d, w, y)")),
+            "" => {
+                return Err(format!(
+                    "invalid duration {s:?}: missing unit (ms, s, m, h, d, w, y)"
+                ));
+            }
             u => return Err(format!("invalid duration {s:?}: unknown unit {u:?}")),
         };
         rest = &rest[unit_len..];

@@ -71,7 +71,12 @@ pub const fn varint_len(v: u64) -> usize {
 /// Callers pass labels sorted by name (the spec requires it); the encoder does not sort, because
 /// sorting belongs to series creation, not to the per-request hot path.
 pub fn encode_label(buf: &mut Vec<u8>, name: &str, value: &str) {
-    let inner = 1 + varint_len(name.len() as u64) + name.len() + 1 + varint_len(value.len() as u64) + value.len();
+    let inner = 1
+        + varint_len(name.len() as u64)
+        + name.len()
+        + 1
+        + varint_len(value.len() as u64)
+        + value.len();
     buf.push(tag(1, WIRE_LEN));
     put_varint(buf, inner as u64);
     buf.push(tag(1, WIRE_LEN));
@@ -133,7 +138,13 @@ impl std::fmt::Debug for WriteRequestEncoder {
 impl WriteRequestEncoder {
     /// A fresh encoder; buffers grow to the largest request and are then reused.
     pub fn new() -> Self {
-        Self { buf: Vec::new(), compressed: Vec::new(), snappy: snap::raw::Encoder::new(), series: 0, samples: 0 }
+        Self {
+            buf: Vec::new(),
+            compressed: Vec::new(),
+            snappy: snap::raw::Encoder::new(),
+            series: 0,
+            samples: 0,
+        }
     }
 
     /// Forgets the current request but keeps the allocated buffers.
@@ -233,8 +244,13 @@ mod tests {
         timestamp: i64,
     }
 
+    type LabelPairs<'a> = Vec<(&'a str, &'a str)>;
+
     fn label(n: &str, v: &str) -> Label {
-        Label { name: n.into(), value: v.into() }
+        Label {
+            name: n.into(),
+            value: v.into(),
+        }
     }
 
     #[test]
@@ -253,17 +269,45 @@ mod tests {
     fn decodes_with_prost_reference_and_matches_its_bytes() {
         use prost::Message;
         let stale = f64::from_bits(0x7ff0_0000_0000_0002);
-        let series: Vec<(Vec<(&str, &str)>, Vec<Sample>)> = vec![
+        // A name over 127 bytes exercises two-byte length varints.
+        let long_name = "x".repeat(300);
+        let series: Vec<(LabelPairs, Vec<Sample>)> = vec![
             (
-                vec![("__name__", "node_cpu_seconds_total"), ("cpu", "0"), ("mode", "idle"), ("instance", "é-ü")],
                 vec![
-                    Sample { value: 1.5, timestamp_ms: 1_700_000_000_000 },
-                    Sample { value: 0.0, timestamp_ms: 1_700_000_015_000 },
-                    Sample { value: stale, timestamp_ms: 1_700_000_030_000 },
+                    ("__name__", "node_cpu_seconds_total"),
+                    ("cpu", "0"),
+                    ("mode", "idle"),
+                    ("instance", "é-ü"),
+                ],
+                vec![
+                    Sample {
+                        value: 1.5,
+                        timestamp_ms: 1_700_000_000_000,
+                    },
+                    Sample {
+                        value: 0.0,
+                        timestamp_ms: 1_700_000_015_000,
+                    },
+                    Sample {
+                        value: stale,
+                        timestamp_ms: 1_700_000_030_000,
+                    },
                 ],
             ),
-            (vec![("__name__", "up")], vec![Sample { value: -3.25, timestamp_ms: -5 }, Sample { value: 1.0, timestamp_ms: 0 }]),
-            (vec![("__name__", &"x".repeat(300))], vec![]),
+            (
+                vec![("__name__", "up")],
+                vec![
+                    Sample {
+                        value: -3.25,
+                        timestamp_ms: -5,
+                    },
+                    Sample {
+                        value: 1.0,
+                        timestamp_ms: 0,
+                    },
+                ],
+            ),
+            (vec![("__name__", long_name.as_str())], vec![]),
         ];
         let mut enc = WriteRequestEncoder::new();
         // Encode twice through the same encoder: reused buffers must not leak old bytes.
@@ -281,7 +325,13 @@ mod tests {
                 .iter()
                 .map(|(labels, samples)| TimeSeries {
                     labels: labels.iter().map(|(n, v)| label(n, v)).collect(),
-                    samples: samples.iter().map(|s| PSample { value: s.value, timestamp: s.timestamp_ms }).collect(),
+                    samples: samples
+                        .iter()
+                        .map(|s| PSample {
+                            value: s.value,
+                            timestamp: s.timestamp_ms,
+                        })
+                        .collect(),
                 })
                 .collect(),
         };
@@ -301,16 +351,26 @@ mod tests {
         // The snappy block round-trips to the same protobuf.
         let proto = enc.protobuf().to_vec();
         let compressed = enc.compress().expect("compress").to_vec();
-        let raw = snap::raw::Decoder::new().decompress_vec(&compressed).expect("snappy block format");
+        let raw = snap::raw::Decoder::new()
+            .decompress_vec(&compressed)
+            .expect("snappy block format");
         assert_eq!(raw, proto);
     }
 
     #[test]
     fn hand_checked_bytes_for_a_tiny_request() {
         let mut enc = WriteRequestEncoder::new();
-        enc.push_series(&encode_labels([("a", "b")]), &[Sample { value: 1.0, timestamp_ms: 1 }]);
+        enc.push_series(
+            &encode_labels([("a", "b")]),
+            &[Sample {
+                value: 1.0,
+                timestamp_ms: 1,
+            }],
+        );
         let one = 1.0f64.to_le_bytes();
-        let mut want = vec![0x0a, 21, 0x0a, 6, 0x0a, 1, b'a', 0x12, 1, b'b', 0x12, 11, 0x09];
+        let mut want = vec![
+            0x0a, 21, 0x0a, 6, 0x0a, 1, b'a', 0x12, 1, b'b', 0x12, 11, 0x09,
+        ];
         want.extend_from_slice(&one);
         want.extend_from_slice(&[0x10, 0x01]);
         assert_eq!(enc.protobuf(), want.as_slice());

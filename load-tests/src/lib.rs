@@ -24,7 +24,9 @@ pub fn parse_time_ms(s: &str) -> Result<i64, String> {
     if s == "now" {
         return Ok(now_ms());
     }
-    let secs: f64 = s.parse().map_err(|_| format!("invalid time {s:?}: expected unix seconds or `now`"))?;
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("invalid time {s:?}: expected unix seconds or `now`"))?;
     if !secs.is_finite() {
         return Err(format!("invalid time {s:?}"));
     }

@@ -95,7 +95,11 @@ pub struct Client {
 impl Client {
     /// A client for `base` (e.g. `http://127.0.0.1:9090/api/v1`), sending `X-Scope-OrgID: tenant`.
     pub fn new(http: reqwest::Client, base: &str, tenant: Option<String>) -> Self {
-        Self { http, base: base.trim_end_matches('/').to_string(), tenant }
+        Self {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            tenant,
+        }
     }
 
     /// Instant query at `time_ms`.
@@ -105,7 +109,13 @@ impl Client {
     }
 
     /// Range query over `[start_ms, end_ms]` every `step`.
-    pub async fn query_range(&self, query: &str, start_ms: i64, end_ms: i64, step: Duration) -> Result<QueryResult> {
+    pub async fn query_range(
+        &self,
+        query: &str,
+        start_ms: i64,
+        end_ms: i64,
+        step: Duration,
+    ) -> Result<QueryResult> {
         let params = [
             ("query", query.to_string()),
             ("start", format_time(start_ms)),
@@ -116,16 +126,28 @@ impl Client {
     }
 
     async fn get(&self, endpoint: &str, params: &[(&str, String)]) -> Result<QueryResult> {
-        let mut req = self.http.get(format!("{}/{endpoint}", self.base)).query(params);
+        let mut req = self
+            .http
+            .get(format!("{}/{endpoint}", self.base))
+            .query(params);
         if let Some(t) = &self.tenant {
             req = req.header("X-Scope-OrgID", t);
         }
-        let resp = req.send().await.map_err(|e| ApiError::Transport { class: classify_error(&e), source: e })?;
+        let resp = req.send().await.map_err(|e| ApiError::Transport {
+            class: classify_error(&e),
+            source: e,
+        })?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| ApiError::Transport { class: classify_error(&e), source: e })?;
+        let body = resp.bytes().await.map_err(|e| ApiError::Transport {
+            class: classify_error(&e),
+            source: e,
+        })?;
         if !status.is_success() {
             let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
-            return Err(ApiError::Status { status: status.as_u16(), body: text });
+            return Err(ApiError::Status {
+                status: status.as_u16(),
+                body: text,
+            });
         }
         parse_response(&body)
     }
@@ -133,39 +155,63 @@ impl Client {
 
 /// Parses a Prometheus API success envelope.
 pub fn parse_response(body: &[u8]) -> Result<QueryResult> {
-    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| ApiError::Parse(format!("not JSON: {e}")))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::Parse(format!("not JSON: {e}")))?;
     if v["status"] != "success" {
-        return Err(ApiError::Parse(format!("status is not success: {}", v["error"])));
+        return Err(ApiError::Parse(format!(
+            "status is not success: {}",
+            v["error"]
+        )));
     }
     let data = &v["data"];
     let result = &data["result"];
     match data["resultType"].as_str() {
         Some("vector") => {
-            let items = result.as_array().ok_or_else(|| ApiError::Parse("vector result is not an array".into()))?;
-            items.iter().map(|s| Ok((parse_labels(&s["metric"])?, parse_point(&s["value"])?))).collect::<Result<_>>().map(QueryResult::Vector)
+            let items = result
+                .as_array()
+                .ok_or_else(|| ApiError::Parse("vector result is not an array".into()))?;
+            items
+                .iter()
+                .map(|s| Ok((parse_labels(&s["metric"])?, parse_point(&s["value"])?)))
+                .collect::<Result<_>>()
+                .map(QueryResult::Vector)
         }
         Some("matrix") => {
-            let items = result.as_array().ok_or_else(|| ApiError::Parse("matrix result is not an array".into()))?;
+            let items = result
+                .as_array()
+                .ok_or_else(|| ApiError::Parse("matrix result is not an array".into()))?;
             items
                 .iter()
                 .map(|s| {
-                    let values = s["values"].as_array().map(Vec::as_slice).unwrap_or_default();
-                    Ok((parse_labels(&s["metric"])?, values.iter().map(parse_point).collect::<Result<Vec<_>>>()?))
+                    let values = s["values"]
+                        .as_array()
+                        .map(Vec::as_slice)
+                        .unwrap_or_default();
+                    Ok((
+                        parse_labels(&s["metric"])?,
+                        values.iter().map(parse_point).collect::<Result<Vec<_>>>()?,
+                    ))
                 })
                 .collect::<Result<_>>()
                 .map(QueryResult::Matrix)
         }
         Some("scalar") => parse_point(result).map(QueryResult::Scalar),
-        Some("string") => Ok(QueryResult::String(result[1].as_str().unwrap_or_default().to_string())),
+        Some("string") => Ok(QueryResult::String(
+            result[1].as_str().unwrap_or_default().to_string(),
+        )),
         other => Err(ApiError::Parse(format!("unknown resultType {other:?}"))),
     }
 }
 
 fn parse_labels(v: &serde_json::Value) -> Result<Labels> {
-    let obj = v.as_object().ok_or_else(|| ApiError::Parse("metric is not an object".into()))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| ApiError::Parse("metric is not an object".into()))?;
     obj.iter()
         .map(|(k, v)| {
-            let s = v.as_str().ok_or_else(|| ApiError::Parse(format!("label {k} is not a string")))?;
+            let s = v
+                .as_str()
+                .ok_or_else(|| ApiError::Parse(format!("label {k} is not a string")))?;
             Ok((k.clone(), s.to_string()))
         })
         .collect()
@@ -173,8 +219,12 @@ fn parse_labels(v: &serde_json::Value) -> Result<Labels> {
 
 /// Parses `[<unix seconds>, "<value>"]`.
 fn parse_point(v: &serde_json::Value) -> Result<(i64, f64)> {
-    let ts = v[0].as_f64().ok_or_else(|| ApiError::Parse(format!("bad timestamp in {v}")))?;
-    let s = v[1].as_str().ok_or_else(|| ApiError::Parse(format!("bad value in {v}")))?;
+    let ts = v[0]
+        .as_f64()
+        .ok_or_else(|| ApiError::Parse(format!("bad timestamp in {v}")))?;
+    let s = v[1]
+        .as_str()
+        .ok_or_else(|| ApiError::Parse(format!("bad value in {v}")))?;
     Ok(((ts * 1000.0).round() as i64, parse_value(s)?))
 }
 
@@ -184,7 +234,9 @@ pub fn parse_value(s: &str) -> Result<f64> {
         "NaN" => Ok(f64::NAN),
         "+Inf" | "Inf" => Ok(f64::INFINITY),
         "-Inf" => Ok(f64::NEG_INFINITY),
-        _ => s.parse().map_err(|e| ApiError::Parse(format!("bad value {s:?}: {e}"))),
+        _ => s
+            .parse()
+            .map_err(|e| ApiError::Parse(format!("bad value {s:?}: {e}"))),
     }
 }
 
@@ -210,7 +262,9 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(parse_response(br#"{"status":"error","errorType":"bad_data","error":"x"}"#).is_err());
+        assert!(
+            parse_response(br#"{"status":"error","errorType":"bad_data","error":"x"}"#).is_err()
+        );
         assert_eq!(format_time(1_700_000_000_005), "1700000000.005");
         assert_eq!(format_time(-1), "-0.001");
     }

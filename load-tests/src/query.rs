@@ -63,18 +63,33 @@ pub fn parse_templates(text: &str) -> Result<Vec<QueryTemplate>, String> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let mut parts = line.splitn(3, char::is_whitespace);
-        let (kind, name, expr) = (parts.next(), parts.next(), parts.next().map(str::trim));
+        let (kind, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        let (name, expr) = match rest.trim_start().split_once(char::is_whitespace) {
+            Some((name, expr)) => (Some(name), Some(expr.trim())),
+            None => (None, None),
+        };
         let kind = match kind {
-            Some("instant") => QueryKind::Instant,
-            Some("range") => QueryKind::Range,
-            other => return Err(format!("line {}: expected `instant` or `range`, found {other:?}", i + 1)),
+            "instant" => QueryKind::Instant,
+            "range" => QueryKind::Range,
+            other => {
+                return Err(format!(
+                    "line {}: expected `instant` or `range`, found {other:?}",
+                    i + 1
+                ));
+            }
         };
         match (name, expr) {
-            (Some(name), Some(expr)) if !expr.is_empty() => {
-                out.push(QueryTemplate { name: name.to_string(), kind, expr: expr.to_string() })
+            (Some(name), Some(expr)) if !expr.is_empty() => out.push(QueryTemplate {
+                name: name.to_string(),
+                kind,
+                expr: expr.to_string(),
+            }),
+            _ => {
+                return Err(format!(
+                    "line {}: expected `<instant|range> <name> <PromQL>`",
+                    i + 1
+                ));
             }
-            _ => return Err(format!("line {}: expected `<instant|range> <name> <PromQL>`", i + 1)),
         }
     }
     if out.is_empty() {
@@ -171,8 +186,16 @@ impl QueryReport {
 
 impl std::fmt::Display for QueryReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let p = |l: &mut Latencies, q| l.percentile(q).map(format_seconds).unwrap_or_else(|| "-".into());
-        writeln!(f, "{:<20} {:<8} {:>7} {:>9} {:>9} {:>9} {:>7}  errors", "query", "kind", "count", "p50", "p90", "p99", "series")?;
+        let p = |l: &mut Latencies, q| {
+            l.percentile(q)
+                .map(format_seconds)
+                .unwrap_or_else(|| "-".into())
+        };
+        writeln!(
+            f,
+            "{:<20} {:<8} {:>7} {:>9} {:>9} {:>9} {:>7}  errors",
+            "query", "kind", "count", "p50", "p90", "p99", "series"
+        )?;
         for q in &self.queries {
             let mut l = q.latencies.clone();
             writeln!(
@@ -206,12 +229,23 @@ impl std::fmt::Display for QueryReport {
 }
 
 /// Runs the mix until `duration` or `max_queries`, whichever comes first.
-pub async fn run(http: reqwest::Client, templates: Vec<QueryTemplate>, cfg: QueryConfig) -> QueryReport {
+pub async fn run(
+    http: reqwest::Client,
+    templates: Vec<QueryTemplate>,
+    cfg: QueryConfig,
+) -> QueryReport {
     let client = promapi::Client::new(http, &cfg.base, cfg.tenant.clone());
     let stats: Arc<Vec<Mutex<QueryStats>>> = Arc::new(
         templates
             .iter()
-            .map(|t| Mutex::new(QueryStats { template: t.clone(), latencies: Latencies::default(), errors: ErrorCounts::new(), last_series: 0 }))
+            .map(|t| {
+                Mutex::new(QueryStats {
+                    template: t.clone(),
+                    latencies: Latencies::default(),
+                    errors: ErrorCounts::new(),
+                    last_series: 0,
+                })
+            })
             .collect(),
     );
     let next = Arc::new(AtomicU64::new(0));
@@ -221,7 +255,12 @@ pub async fn run(http: reqwest::Client, templates: Vec<QueryTemplate>, cfg: Quer
 
     let mut handles = Vec::new();
     for _ in 0..cfg.concurrency.max(1) {
-        let (client, stats, next, cfg) = (client.clone(), Arc::clone(&stats), Arc::clone(&next), cfg.clone());
+        let (client, stats, next, cfg) = (
+            client.clone(),
+            Arc::clone(&stats),
+            Arc::clone(&next),
+            cfg.clone(),
+        );
         handles.push(tokio::spawn(async move {
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
@@ -272,7 +311,10 @@ pub async fn run(http: reqwest::Client, templates: Vec<QueryTemplate>, cfg: Quer
         }
     }
     let queries = stats.iter().map(|m| lock(m).clone()).collect();
-    QueryReport { queries, elapsed: started.elapsed() }
+    QueryReport {
+        queries,
+        elapsed: started.elapsed(),
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -288,16 +330,37 @@ mod tests {
     fn default_mix_parses() {
         let mix = parse_templates(DEFAULT_MIX).unwrap();
         assert_eq!(mix.len(), 7);
-        assert_eq!(mix[0], QueryTemplate { name: "rate_5m".into(), kind: QueryKind::Instant, expr: "rate(node_network_receive_bytes_total[5m])".into() });
-        assert!(mix.iter().any(|q| q.expr.starts_with("histogram_quantile(0.99")));
+        assert_eq!(
+            mix[0],
+            QueryTemplate {
+                name: "rate_5m".into(),
+                kind: QueryKind::Instant,
+                expr: "rate(node_network_receive_bytes_total[5m])".into()
+            }
+        );
+        assert!(
+            mix.iter()
+                .any(|q| q.expr.starts_with("histogram_quantile(0.99"))
+        );
         assert!(mix.iter().any(|q| q.expr.contains("=~")));
         assert!(mix.iter().any(|q| q.expr.starts_with("topk")));
     }
 
     #[test]
     fn bad_lines_are_named() {
-        assert_eq!(parse_templates("# only a comment\n").unwrap_err(), "no queries");
-        assert!(parse_templates("instant x up\nfoo y up").unwrap_err().starts_with("line 2:"));
-        assert!(parse_templates("range onlyname").unwrap_err().starts_with("line 1:"));
+        assert_eq!(
+            parse_templates("# only a comment\n").unwrap_err(),
+            "no queries"
+        );
+        assert!(
+            parse_templates("instant x up\nfoo y up")
+                .unwrap_err()
+                .starts_with("line 2:")
+        );
+        assert!(
+            parse_templates("range onlyname")
+                .unwrap_err()
+                .starts_with("line 1:")
+        );
     }
 }

@@ -28,7 +28,12 @@ enum Kind {
     /// Counter that increases by one every `period` intervals on average.
     SlowCounter,
     /// Gauge wandering around a per-series base in `[lo, hi)` by ±`swing` (relative), rounded.
-    Gauge { lo: f64, hi: f64, swing: f64, round: f64 },
+    Gauge {
+        lo: f64,
+        hi: f64,
+        swing: f64,
+        round: f64,
+    },
     /// Constant value.
     Constant(f64),
     /// The scrape timestamp in seconds (node_time_seconds).
@@ -54,13 +59,23 @@ struct Template {
 }
 
 /// Upper bounds of the histogram buckets (`le`), Prometheus client defaults.
-const LE: [&str; 12] = ["0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "+Inf"];
+const LE: [&str; 12] = [
+    "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "+Inf",
+];
 /// Fraction of requests at or below each bound; ascending, ending at 1 for `+Inf`.
-const LE_CDF: [f64; 12] = [0.05, 0.12, 0.25, 0.4, 0.6, 0.8, 0.9, 0.95, 0.98, 0.995, 0.999, 1.0];
+const LE_CDF: [f64; 12] = [
+    0.05, 0.12, 0.25, 0.4, 0.6, 0.8, 0.9, 0.95, 0.98, 0.995, 0.999, 1.0,
+];
 
 fn templates() -> Vec<Template> {
     let mut t = Vec::with_capacity(SERIES_PER_TARGET);
-    let node = |name, labels: Vec<(&'static str, String)>, kind| Template { name, job: "node", labels, kind, group: 0 };
+    let node = |name, labels: Vec<(&'static str, String)>, kind| Template {
+        name,
+        job: "node",
+        labels,
+        kind,
+        group: 0,
+    };
     // node_cpu_seconds_total{cpu, mode}: 4 cpus x 8 modes = 32 counters.
     for cpu in 0..4 {
         for (mode, lo, hi) in [
@@ -76,36 +91,101 @@ fn templates() -> Vec<Template> {
             t.push(node(
                 "node_cpu_seconds_total",
                 vec![("cpu", cpu.to_string()), ("mode", mode.to_string())],
-                Kind::Counter { lo, hi, round: 0.01 },
+                Kind::Counter {
+                    lo,
+                    hi,
+                    round: 0.01,
+                },
             ));
         }
     }
     // Network bytes: 3 devices x rx/tx = 6 counters.
     for dev in ["eth0", "eth1", "lo"] {
-        for name in ["node_network_receive_bytes_total", "node_network_transmit_bytes_total"] {
-            t.push(node(name, vec![("device", dev.to_string())], Kind::Counter { lo: 1e4, hi: 5e7, round: 1.0 }));
+        for name in [
+            "node_network_receive_bytes_total",
+            "node_network_transmit_bytes_total",
+        ] {
+            t.push(node(
+                name,
+                vec![("device", dev.to_string())],
+                Kind::Counter {
+                    lo: 1e4,
+                    hi: 5e7,
+                    round: 1.0,
+                },
+            ));
         }
     }
     // Filesystems: 3 x avail/size = 6 gauges.
-    for (dev, mp, fs) in [("/dev/vda1", "/", "ext4"), ("/dev/vdb1", "/var/lib/data", "xfs"), ("tmpfs", "/run", "tmpfs")] {
-        let labels = vec![("device", dev.to_string()), ("fstype", fs.to_string()), ("mountpoint", mp.to_string())];
+    for (dev, mp, fs) in [
+        ("/dev/vda1", "/", "ext4"),
+        ("/dev/vdb1", "/var/lib/data", "xfs"),
+        ("tmpfs", "/run", "tmpfs"),
+    ] {
+        let labels = vec![
+            ("device", dev.to_string()),
+            ("fstype", fs.to_string()),
+            ("mountpoint", mp.to_string()),
+        ];
         t.push(node(
             "node_filesystem_avail_bytes",
             labels.clone(),
-            Kind::Gauge { lo: 1e9, hi: 5e10, swing: 0.05, round: 4096.0 },
+            Kind::Gauge {
+                lo: 1e9,
+                hi: 5e10,
+                swing: 0.05,
+                round: 4096.0,
+            },
         ));
-        t.push(node("node_filesystem_size_bytes", labels, Kind::Constant(1.073_741_824e11)));
+        t.push(node(
+            "node_filesystem_size_bytes",
+            labels,
+            Kind::Constant(1.073_741_824e11),
+        ));
     }
     // Memory and load: 5 gauges.
-    t.push(node("node_memory_MemAvailable_bytes", vec![], Kind::Gauge { lo: 2e9, hi: 3e10, swing: 0.2, round: 4096.0 }));
-    t.push(node("node_memory_MemTotal_bytes", vec![], Kind::Constant(3.435_973_836_8e10)));
+    t.push(node(
+        "node_memory_MemAvailable_bytes",
+        vec![],
+        Kind::Gauge {
+            lo: 2e9,
+            hi: 3e10,
+            swing: 0.2,
+            round: 4096.0,
+        },
+    ));
+    t.push(node(
+        "node_memory_MemTotal_bytes",
+        vec![],
+        Kind::Constant(3.435_973_836_8e10),
+    ));
     for name in ["node_load1", "node_load5", "node_load15"] {
-        t.push(node(name, vec![], Kind::Gauge { lo: 0.1, hi: 4.0, swing: 0.5, round: 0.01 }));
+        t.push(node(
+            name,
+            vec![],
+            Kind::Gauge {
+                lo: 0.1,
+                hi: 4.0,
+                swing: 0.5,
+                round: 0.01,
+            },
+        ));
     }
     // Disks: 2 devices x read/written = 4 counters.
     for dev in ["vda", "vdb"] {
-        for name in ["node_disk_read_bytes_total", "node_disk_written_bytes_total"] {
-            t.push(node(name, vec![("device", dev.to_string())], Kind::Counter { lo: 1e3, hi: 1e7, round: 512.0 }));
+        for name in [
+            "node_disk_read_bytes_total",
+            "node_disk_written_bytes_total",
+        ] {
+            t.push(node(
+                name,
+                vec![("device", dev.to_string())],
+                Kind::Counter {
+                    lo: 1e3,
+                    hi: 1e7,
+                    round: 512.0,
+                },
+            ));
         }
     }
     // A classic histogram: 2 handlers x (12 buckets + sum + count) = 28 series.
@@ -113,20 +193,48 @@ fn templates() -> Vec<Template> {
         let group = t.len();
         let h = |name, mut labels: Vec<(&'static str, String)>, kind| {
             labels.push(("handler", handler.to_string()));
-            Template { name, job: "app", labels, kind, group }
+            Template {
+                name,
+                job: "app",
+                labels,
+                kind,
+                group,
+            }
         };
         for (i, le) in LE.iter().enumerate() {
-            t.push(h("http_request_duration_seconds_bucket", vec![("le", le.to_string())], Kind::Bucket(i)));
+            t.push(h(
+                "http_request_duration_seconds_bucket",
+                vec![("le", le.to_string())],
+                Kind::Bucket(i),
+            ));
         }
-        t.push(h("http_request_duration_seconds_sum", vec![], Kind::HistSum));
-        t.push(h("http_request_duration_seconds_count", vec![], Kind::HistCount));
+        t.push(h(
+            "http_request_duration_seconds_sum",
+            vec![],
+            Kind::HistSum,
+        ));
+        t.push(h(
+            "http_request_duration_seconds_count",
+            vec![],
+            Kind::HistCount,
+        ));
     }
     // kube-state-metrics: 5 container restart counters, 5 pod phases, 3 deployments = 13.
-    let ksm = |name, labels, kind| Template { name, job: "kube-state-metrics", labels, kind, group: 0 };
+    let ksm = |name, labels, kind| Template {
+        name,
+        job: "kube-state-metrics",
+        labels,
+        kind,
+        group: 0,
+    };
     for c in ["app", "sidecar", "init", "exporter", "proxy"] {
         t.push(ksm(
             "kube_pod_container_status_restarts_total",
-            vec![("container", c.to_string()), ("namespace", "default".into()), ("pod", "web-0".into())],
+            vec![
+                ("container", c.to_string()),
+                ("namespace", "default".into()),
+                ("pod", "web-0".into()),
+            ],
             Kind::SlowCounter,
         ));
     }
@@ -134,26 +242,63 @@ fn templates() -> Vec<Template> {
         let v = if phase == "Running" { 1.0 } else { 0.0 };
         t.push(ksm(
             "kube_pod_status_phase",
-            vec![("namespace", "default".into()), ("phase", phase.to_string()), ("pod", "web-0".into())],
+            vec![
+                ("namespace", "default".into()),
+                ("phase", phase.to_string()),
+                ("pod", "web-0".into()),
+            ],
             Kind::Constant(v),
         ));
     }
     for d in ["web", "api", "worker"] {
         t.push(ksm(
             "kube_deployment_status_replicas",
-            vec![("deployment", d.to_string()), ("namespace", "default".into())],
-            Kind::Gauge { lo: 1.0, hi: 10.0, swing: 0.0, round: 1.0 },
+            vec![
+                ("deployment", d.to_string()),
+                ("namespace", "default".into()),
+            ],
+            Kind::Gauge {
+                lo: 1.0,
+                hi: 10.0,
+                swing: 0.0,
+                round: 1.0,
+            },
         ));
     }
-    // Process-wide node counters and gauges: 7 more, 100 in all.
-    for name in ["node_context_switches_total", "node_intr_total", "node_forks_total"] {
-        t.push(node(name, vec![], Kind::Counter { lo: 10.0, hi: 1e5, round: 1.0 }));
+    // Process-wide node counters and gauges: 6 more, 100 in all.
+    for name in ["node_context_switches_total", "node_intr_total"] {
+        t.push(node(
+            name,
+            vec![],
+            Kind::Counter {
+                lo: 10.0,
+                hi: 1e5,
+                round: 1.0,
+            },
+        ));
     }
-    t.push(node("node_boot_time_seconds", vec![], Kind::Constant(1.7e9)));
+    t.push(node(
+        "node_boot_time_seconds",
+        vec![],
+        Kind::Constant(1.7e9),
+    ));
     t.push(node("node_time_seconds", vec![], Kind::TimeSeconds));
-    t.push(node("node_procs_running", vec![], Kind::Gauge { lo: 1.0, hi: 20.0, swing: 0.5, round: 1.0 }));
+    t.push(node(
+        "node_procs_running",
+        vec![],
+        Kind::Gauge {
+            lo: 1.0,
+            hi: 20.0,
+            swing: 0.5,
+            round: 1.0,
+        },
+    ));
     t.push(node("up", vec![], Kind::Constant(1.0)));
-    assert_eq!(t.len(), SERIES_PER_TARGET, "target template must have exactly {SERIES_PER_TARGET} slots");
+    assert_eq!(
+        t.len(),
+        SERIES_PER_TARGET,
+        "target template must have exactly {SERIES_PER_TARGET} slots"
+    );
     t
 }
 
@@ -202,7 +347,10 @@ pub struct Generator {
 impl Generator {
     /// A generator for `cfg`.
     pub fn new(cfg: GeneratorConfig) -> Self {
-        Self { cfg, templates: templates() }
+        Self {
+            cfg,
+            templates: templates(),
+        }
     }
 
     /// The configuration.
@@ -219,7 +367,11 @@ impl Generator {
     pub fn generation(&self, slot: usize, k: u64) -> u64 {
         let churned = k.saturating_mul(self.cfg.churn_per_interval as u64);
         let s = slot as u64;
-        if churned > s { (churned - s - 1) / self.cfg.series as u64 + 1 } else { 0 }
+        if churned > s {
+            (churned - s - 1) / self.cfg.series as u64 + 1
+        } else {
+            0
+        }
     }
 
     /// The first interval in which `slot` is in generation `gen`.
@@ -235,8 +387,11 @@ impl Generator {
     pub fn labels(&self, slot: usize, generation: u64) -> Vec<(&'static str, String)> {
         let t = &self.templates[slot % SERIES_PER_TARGET];
         let target = slot / SERIES_PER_TARGET;
-        let instance =
-            if generation == 0 { format!("host-{target:05}:9100") } else { format!("host-{target:05}-g{generation}:9100") };
+        let instance = if generation == 0 {
+            format!("host-{target:05}:9100")
+        } else {
+            format!("host-{target:05}-g{generation}:9100")
+        };
         let mut labels = Vec::with_capacity(t.labels.len() + 3);
         labels.push(("__name__", t.name.to_string()));
         labels.push(("instance", instance));
@@ -269,11 +424,20 @@ impl Generator {
                 let period = 200.0 + 1800.0 * fixed;
                 (age / period).floor()
             }
-            Kind::Gauge { lo, hi, swing, round } => {
+            Kind::Gauge {
+                lo,
+                hi,
+                swing,
+                round,
+            } => {
                 let base = lo + (hi - lo) * fixed;
                 let phase = fixed * std::f64::consts::TAU;
                 let wave = (k as f64 / 40.0 + phase).sin();
-                round_to(base * (1.0 + swing * (0.8 * wave + 0.2 * (2.0 * noise - 1.0))), round).max(0.0)
+                round_to(
+                    base * (1.0 + swing * (0.8 * wave + 0.2 * (2.0 * noise - 1.0))),
+                    round,
+                )
+                .max(0.0)
             }
             Kind::Constant(v) => v,
             Kind::TimeSeconds => self.timestamp_ms(k) as f64 / 1000.0,
@@ -281,7 +445,8 @@ impl Generator {
                 // All series of one histogram share one identity, so buckets, count and sum stay
                 // consistent with each other.
                 let group = slot - slot % SERIES_PER_TARGET + t.group;
-                let hist_id = splitmix64(self.cfg.seed ^ splitmix64(group as u64 ^ splitmix64(generation)));
+                let hist_id =
+                    splitmix64(self.cfg.seed ^ splitmix64(group as u64 ^ splitmix64(generation)));
                 let hist_noise = unit(splitmix64(hist_id ^ k.wrapping_mul(0xa076_1d64_78bd_642f)));
                 let rate = 10.0 + 90.0 * unit(splitmix64(hist_id ^ 0x5555));
                 let count = (rate * (age + 0.9 * hist_noise)).floor();
@@ -300,7 +465,13 @@ mod tests {
     use super::*;
 
     fn cfg(series: usize, churn: usize) -> GeneratorConfig {
-        GeneratorConfig { series, churn_per_interval: churn, seed: 42, start_ms: 1_700_000_000_000, interval_ms: 15_000 }
+        GeneratorConfig {
+            series,
+            churn_per_interval: churn,
+            seed: 42,
+            start_ms: 1_700_000_000_000,
+            interval_ms: 15_000,
+        }
     }
 
     #[test]
@@ -317,7 +488,10 @@ mod tests {
             }
         }
         // A different seed changes the values.
-        let c = Generator::new(GeneratorConfig { seed: 43, ..cfg(1000, 7) });
+        let c = Generator::new(GeneratorConfig {
+            seed: 43,
+            ..cfg(1000, 7)
+        });
         assert!((0..100).any(|s| c.value(s, 0, 5) != a.value(s, 0, 5)));
     }
 
@@ -326,17 +500,26 @@ mod tests {
         let g = Generator::new(cfg(200, 0));
         for slot in 0..200 {
             let name = g.labels(slot, 0)[0].1.clone();
-            if name.ends_with("_total") || name.ends_with("_bucket") || name.ends_with("_count") || name.ends_with("_sum") {
+            if name.ends_with("_total")
+                || name.ends_with("_bucket")
+                || name.ends_with("_count")
+                || name.ends_with("_sum")
+            {
                 let mut prev = f64::MIN;
                 for k in 0..500 {
                     let v = g.value(slot, 0, k);
-                    assert!(v >= prev, "{name} slot {slot} went down at {k}: {prev} -> {v}");
+                    assert!(
+                        v >= prev,
+                        "{name} slot {slot} went down at {k}: {prev} -> {v}"
+                    );
                     prev = v;
                 }
             }
         }
         // Buckets ascend with `le`, and +Inf equals _count.
-        let first_bucket = (0..100).find(|&s| g.labels(s, 0)[0].1 == "http_request_duration_seconds_bucket").unwrap();
+        let first_bucket = (0..100)
+            .find(|&s| g.labels(s, 0)[0].1 == "http_request_duration_seconds_bucket")
+            .unwrap();
         for k in [1, 10, 300] {
             let buckets: Vec<f64> = (0..12).map(|i| g.value(first_bucket + i, 0, k)).collect();
             assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
@@ -361,9 +544,18 @@ mod tests {
     fn churn_replaces_round_robin() {
         let g = Generator::new(cfg(10, 3));
         // After interval 0 nothing churned; interval 1 replaced slots 0..3; interval 4 wraps.
-        assert_eq!((0..10).map(|s| g.generation(s, 0)).collect::<Vec<_>>(), [0; 10]);
-        assert_eq!((0..10).map(|s| g.generation(s, 1)).collect::<Vec<_>>(), [1, 1, 1, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!((0..10).map(|s| g.generation(s, 4)).collect::<Vec<_>>(), [2, 2, 1, 1, 1, 1, 1, 1, 1, 1]);
+        assert_eq!(
+            (0..10).map(|s| g.generation(s, 0)).collect::<Vec<_>>(),
+            [0; 10]
+        );
+        assert_eq!(
+            (0..10).map(|s| g.generation(s, 1)).collect::<Vec<_>>(),
+            [1, 1, 1, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            (0..10).map(|s| g.generation(s, 4)).collect::<Vec<_>>(),
+            [2, 2, 1, 1, 1, 1, 1, 1, 1, 1]
+        );
         // Each new generation is born when it first appears.
         for s in 0..10 {
             for k in 0..20 {

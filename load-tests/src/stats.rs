@@ -60,7 +60,8 @@ impl Latencies {
 
     /// Arithmetic mean in seconds.
     pub fn mean(&self) -> Option<f64> {
-        (!self.seconds.is_empty()).then(|| self.seconds.iter().sum::<f64>() / self.seconds.len() as f64)
+        (!self.seconds.is_empty())
+            .then(|| self.seconds.iter().sum::<f64>() / self.seconds.len() as f64)
     }
 }
 
@@ -72,7 +73,11 @@ pub fn format_errors(errors: &ErrorCounts) -> String {
     if errors.is_empty() {
         return "none".into();
     }
-    errors.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+    errors
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Formats seconds as a short human latency (`850µs`, `12.3ms`, `1.52s`).

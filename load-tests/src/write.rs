@@ -96,7 +96,11 @@ impl std::fmt::Display for WriteSummary {
             format_errors(&self.errors),
             self.elapsed.as_secs_f64(),
             self.samples_per_second(),
-            if self.truncated { "  (stopped by --duration before the last interval)" } else { "" }
+            if self.truncated {
+                "  (stopped by --duration before the last interval)"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -121,17 +125,27 @@ impl Counters {
     }
 
     fn errors(&self) -> ErrorCounts {
-        self.errors.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
 /// Runs the write load to completion (or to `max_duration`) and returns the totals.
-pub async fn run(client: reqwest::Client, generator: Arc<Generator>, cfg: WriteConfig) -> WriteSummary {
+pub async fn run(
+    client: reqwest::Client,
+    generator: Arc<Generator>,
+    cfg: WriteConfig,
+) -> WriteSummary {
     let counters = Arc::new(Counters::default());
     let started = Instant::now();
     let deadline = cfg.max_duration.map(|d| started + d);
-    let tenants: Vec<Option<String>> =
-        if cfg.tenants.is_empty() { vec![None] } else { cfg.tenants.iter().cloned().map(Some).collect() };
+    let tenants: Vec<Option<String>> = if cfg.tenants.is_empty() {
+        vec![None]
+    } else {
+        cfg.tenants.iter().cloned().map(Some).collect()
+    };
     let concurrency = cfg.concurrency.max(1);
     let workers_total = tenants.len() * concurrency;
     let series = generator.config().series;
@@ -219,12 +233,20 @@ struct Worker {
 impl Worker {
     async fn run(self) {
         let g = &*self.generator;
-        let per_series = if self.cfg.live { 1 } else { self.cfg.samples_per_series.max(1) };
+        let per_series = if self.cfg.live {
+            1
+        } else {
+            self.cfg.samples_per_series.max(1)
+        };
         let series_per_request = (self.cfg.samples_per_request / per_series).max(1);
         let interval = Duration::from_millis(g.config().interval_ms.max(1) as u64);
         // Encoded label blocks, one per slot, with the generation they were encoded for; only
         // churned series are re-encoded.
-        let mut labels: Vec<(u64, Vec<u8>)> = self.slots.clone().map(|s| (0, g.encoded_labels(s, 0))).collect();
+        let mut labels: Vec<(u64, Vec<u8>)> = self
+            .slots
+            .clone()
+            .map(|s| (0, g.encoded_labels(s, 0)))
+            .collect();
         let mut enc = WriteRequestEncoder::new();
         let mut samples: Vec<Sample> = Vec::with_capacity(per_series);
         let mut sent_here: u64 = 0;
@@ -258,7 +280,10 @@ impl Worker {
                         }
                         samples.clear();
                         while j < block_end && g.generation(slot, j) == generation {
-                            samples.push(Sample { value: g.value(slot, generation, j), timestamp_ms: g.timestamp_ms(j) });
+                            samples.push(Sample {
+                                value: g.value(slot, generation, j),
+                                timestamp_ms: g.timestamp_ms(j),
+                            });
                             j += 1;
                         }
                         enc.push_series(&cached.1, &samples);
@@ -318,7 +343,9 @@ impl Worker {
             self.counters.requests.fetch_add(1, Ordering::Relaxed);
             let retry = match req.send().await {
                 Ok(resp) if resp.status().is_success() => {
-                    self.counters.samples_sent.fetch_add(samples, Ordering::Relaxed);
+                    self.counters
+                        .samples_sent
+                        .fetch_add(samples, Ordering::Relaxed);
                     return;
                 }
                 Ok(resp) => {
@@ -339,12 +366,15 @@ impl Worker {
                     true
                 }
             };
-            if !retry || attempt == self.cfg.retries || self.past_deadline(Instant::now() + backoff) {
+            if !retry || attempt == self.cfg.retries || self.past_deadline(Instant::now() + backoff)
+            {
                 break;
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
-        self.counters.samples_failed.fetch_add(samples, Ordering::Relaxed);
+        self.counters
+            .samples_failed
+            .fetch_add(samples, Ordering::Relaxed);
     }
 }

@@ -12,7 +12,11 @@ use norn_loadtests::duration::parse_duration;
 use norn_loadtests::http;
 
 #[derive(Parser)]
-#[command(name = "norn-continuous-test", version, about = "Continuously write, read back and verify a small set of series")]
+#[command(
+    name = "norn-continuous-test",
+    version,
+    about = "Continuously write, read back and verify a small set of series"
+)]
 struct Cli {
     /// Remote-write URL (Norn: /api/v1/push; Prometheus, VictoriaMetrics: /api/v1/write).
     #[arg(long, default_value = "http://127.0.0.1:8080/api/v1/push")]

@@ -11,7 +11,11 @@ use norn_loadtests::series::{Generator, GeneratorConfig};
 use norn_loadtests::{http, now_ms, parse_time_ms, query, write};
 
 #[derive(Parser)]
-#[command(name = "norn-loadgen", version, about = "Remote-write and query load generator for Norn and its peers")]
+#[command(
+    name = "norn-loadgen",
+    version,
+    about = "Remote-write and query load generator for Norn and its peers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -216,17 +220,22 @@ async fn run_write(a: WriteArgs) -> anyhow::Result<()> {
         println!("{}", summary.to_json());
     }
     if summary.samples_sent == 0 {
-        bail!("no sample was accepted: errors {}", norn_loadtests::stats::format_errors(&summary.errors));
+        bail!(
+            "no sample was accepted: errors {}",
+            norn_loadtests::stats::format_errors(&summary.errors)
+        );
     }
     Ok(())
 }
 
 async fn run_query(a: QueryArgs) -> anyhow::Result<()> {
     let text = match &a.queries {
-        Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read query file {}", path.display()))?,
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read query file {}", path.display()))?,
         None => query::DEFAULT_MIX.to_string(),
     };
-    let templates = query::parse_templates(&text).map_err(|e| anyhow::anyhow!("query file: {e}"))?;
+    let templates =
+        query::parse_templates(&text).map_err(|e| anyhow::anyhow!("query file: {e}"))?;
     let client = http::client(a.timeout, a.concurrency)?;
     let report = query::run(
         client,

@@ -1,1 +1,370 @@
-//! Querier: the Prometheus query HTTP API over the PromQL engine.
+//! The querier: Prometheus' HTTP query API over the PromQL engine.
+//!
+//! Routes are served under Mimir's `/prometheus` prefix and, for scripts written against a
+//! plain Prometheus, at `/api/v1/...` too. Every read is scoped to the caller's tenant
+//! through a [`QueryableProvider`], so no handler can reach another tenant's series.
+//! Responses use Prometheus' JSON envelope, float formatting and error types.
+
+pub mod json;
+pub mod params;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use norn_model::duration::serde_duration;
+use norn_model::{ErrorKind, MetadataReader, QueryableProvider, TenantId};
+use norn_promql::{Engine, EngineOptions};
+use norn_server::{HttpError, Service, TenantResolver};
+use serde::{Deserialize, Serialize};
+
+use crate::params::{MAX_TIME_MS, MIN_TIME_MS, Params, matcher_sets, parse_duration_ms, time_or};
+
+/// Most points a range query may return per series (Prometheus' rule).
+const MAX_POINTS: i64 = 11_000;
+
+/// Querier configuration (YAML block `querier`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Most samples one query may hold in memory.
+    pub max_samples: usize,
+    /// Longest a query may run.
+    #[serde(with = "serde_duration")]
+    pub timeout: Duration,
+    /// How far back an instant selector looks for a sample.
+    #[serde(with = "serde_duration")]
+    pub lookback_delta: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_samples: 50_000_000,
+            timeout: Duration::from_secs(120),
+            lookback_delta: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The query API service.
+pub struct Querier {
+    config: Config,
+    engine: Engine,
+    storage: Arc<dyn QueryableProvider>,
+    metadata: Arc<dyn MetadataReader>,
+    tenants: TenantResolver,
+}
+
+impl Querier {
+    pub fn new(
+        config: Config,
+        storage: Arc<dyn QueryableProvider>,
+        metadata: Arc<dyn MetadataReader>,
+        tenants: TenantResolver,
+    ) -> Arc<Self> {
+        let engine = Engine::new(EngineOptions {
+            lookback_delta_ms: config.lookback_delta.as_millis() as i64,
+            max_samples: config.max_samples,
+            timeout: config.timeout,
+        });
+        Arc::new(Self { config, engine, storage, metadata, tenants })
+    }
+
+    fn tenant(&self, headers: &HeaderMap) -> Result<TenantId, HttpError> {
+        self.tenants.resolve(headers).map_err(HttpError::into_json)
+    }
+
+    /// A per-request `timeout` parameter can only shorten the configured one.
+    fn timeout(&self, p: &Params) -> Result<Duration, HttpError> {
+        match p.get("timeout") {
+            None | Some("") => Ok(self.config.timeout),
+            Some(s) => {
+                let ms = parse_duration_ms("timeout", s)?;
+                Ok(Duration::from_millis(ms.max(0) as u64).min(self.config.timeout))
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn ok_json(body: String) -> Response {
+    ([("content-type", "application/json")], body).into_response()
+}
+
+fn engine_error(e: norn_promql::PromqlError) -> HttpError {
+    HttpError::new(e.kind(), e.to_string()).into_json()
+}
+
+fn storage_error(e: norn_model::StorageError) -> HttpError {
+    HttpError::new(e.kind(), e.to_string()).into_json()
+}
+
+async fn with_timeout<T>(
+    d: Duration,
+    f: impl std::future::Future<Output = Result<T, HttpError>>,
+) -> Result<T, HttpError> {
+    match tokio::time::timeout(d, f).await {
+        Ok(r) => r,
+        Err(_) => Err(HttpError::new(ErrorKind::Timeout, "query timed out in expression evaluation").into_json()),
+    }
+}
+
+type Q = State<Arc<Querier>>;
+
+async fn query(State(q): Q, headers: HeaderMap, RawQuery(rq): RawQuery, body: Bytes) -> Response {
+    into_response(query_inner(&q, &headers, rq.as_deref(), &body).await)
+}
+
+async fn query_inner(q: &Querier, headers: &HeaderMap, rq: Option<&str>, body: &[u8]) -> Result<Response, HttpError> {
+    let tenant = q.tenant(headers)?;
+    let p = Params::parse(rq, body);
+    let expr = p.get("query").unwrap_or("");
+    let t = time_or(&p, "time", now_ms())?;
+    let timeout = q.timeout(&p)?;
+    let store = q.storage.queryable(&tenant);
+    let r = with_timeout(timeout, async { q.engine.instant_query(store.as_ref(), expr, t).await.map_err(engine_error) }).await?;
+    Ok(ok_json(json::query_response(&r)))
+}
+
+async fn query_range(State(q): Q, headers: HeaderMap, RawQuery(rq): RawQuery, body: Bytes) -> Response {
+    into_response(query_range_inner(&q, &headers, rq.as_deref(), &body).await)
+}
+
+async fn query_range_inner(q: &Querier, headers: &HeaderMap, rq: Option<&str>, body: &[u8]) -> Result<Response, HttpError> {
+    let tenant = q.tenant(headers)?;
+    let p = Params::parse(rq, body);
+    let bad = |m: &str| HttpError::bad_data(m.to_string()).into_json();
+    let start = params::parse_time("start", p.get("start").unwrap_or(""))?;
+    let end = params::parse_time("end", p.get("end").unwrap_or(""))?;
+    if end < start {
+        return Err(bad("invalid parameter \"end\": end timestamp must not be before start time"));
+    }
+    let step = parse_duration_ms("step", p.get("step").unwrap_or(""))?;
+    if step <= 0 {
+        return Err(bad("invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer"));
+    }
+    if (end - start) / step > MAX_POINTS {
+        return Err(bad("exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)"));
+    }
+    let expr = p.get("query").unwrap_or("");
+    let timeout = q.timeout(&p)?;
+    let store = q.storage.queryable(&tenant);
+    let r = with_timeout(timeout, async {
+        q.engine.range_query(store.as_ref(), expr, start, end, step).await.map_err(engine_error)
+    })
+    .await?;
+    Ok(ok_json(json::query_response(&r)))
+}
+
+fn limit_param(p: &Params) -> Result<usize, HttpError> {
+    match p.get("limit") {
+        None | Some("") => Ok(0),
+        Some(s) => s.parse::<usize>().map_err(|_| {
+            HttpError::bad_data(format!("invalid parameter \"limit\": cannot parse {s:?} to a valid limit")).into_json()
+        }),
+    }
+}
+
+/// Truncates to `limit` (0 = none) and says so, as Prometheus does.
+fn apply_limit<T>(items: &mut Vec<T>, limit: usize, warnings: &mut Vec<String>) {
+    if limit > 0 && items.len() > limit {
+        items.truncate(limit);
+        warnings.push("results truncated due to limit".to_string());
+    }
+}
+
+async fn series(State(q): Q, headers: HeaderMap, RawQuery(rq): RawQuery, body: Bytes) -> Response {
+    into_response(series_inner(&q, &headers, rq.as_deref(), &body).await)
+}
+
+async fn series_inner(q: &Querier, headers: &HeaderMap, rq: Option<&str>, body: &[u8]) -> Result<Response, HttpError> {
+    let tenant = q.tenant(headers)?;
+    let p = Params::parse(rq, body);
+    let sets = matcher_sets(&p)?;
+    if sets.is_empty() {
+        return Err(HttpError::bad_data("no match[] parameter provided").into_json());
+    }
+    let start = time_or(&p, "start", MIN_TIME_MS)?;
+    let end = time_or(&p, "end", MAX_TIME_MS)?;
+    let limit = limit_param(&p)?;
+    let store = q.storage.queryable(&tenant);
+    let mut all = BTreeSet::new();
+    for m in &sets {
+        for s in store.select(start, end, m).await.map_err(storage_error)? {
+            all.insert(s.labels);
+        }
+    }
+    let mut list: Vec<_> = all.into_iter().collect();
+    let mut warnings = Vec::new();
+    apply_limit(&mut list, limit, &mut warnings);
+    let mut data = String::from("[");
+    for (i, l) in list.iter().enumerate() {
+        if i > 0 {
+            data.push(',');
+        }
+        json::write_labels(&mut data, l);
+    }
+    data.push(']');
+    Ok(ok_json(json::success(&data, &warnings)))
+}
+
+async fn labels(State(q): Q, headers: HeaderMap, RawQuery(rq): RawQuery, body: Bytes) -> Response {
+    into_response(labels_inner(&q, &headers, rq.as_deref(), &body, None).await)
+}
+
+async fn label_values(
+    State(q): Q,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    RawQuery(rq): RawQuery,
+) -> Response {
+    into_response(labels_inner(&q, &headers, rq.as_deref(), &[], Some(name)).await)
+}
+
+async fn labels_inner(
+    q: &Querier,
+    headers: &HeaderMap,
+    rq: Option<&str>,
+    body: &[u8],
+    name: Option<String>,
+) -> Result<Response, HttpError> {
+    let tenant = q.tenant(headers)?;
+    let p = Params::parse(rq, body);
+    if let Some(n) = &name {
+        if n != "__name__" && !norn_model::is_valid_label_name(n.as_bytes()) {
+            return Err(HttpError::bad_data(format!("invalid label name: {n:?}")).into_json());
+        }
+    }
+    let mut sets = matcher_sets(&p)?;
+    if sets.is_empty() {
+        sets.push(Vec::new());
+    }
+    let start = time_or(&p, "start", MIN_TIME_MS)?;
+    let end = time_or(&p, "end", MAX_TIME_MS)?;
+    let limit = limit_param(&p)?;
+    let store = q.storage.queryable(&tenant);
+    let mut all = BTreeSet::new();
+    for m in &sets {
+        let got = match &name {
+            None => store.label_names(start, end, m).await,
+            Some(n) => store.label_values(n, start, end, m).await,
+        }
+        .map_err(storage_error)?;
+        all.extend(got);
+    }
+    let mut list: Vec<String> = all.into_iter().collect();
+    let mut warnings = Vec::new();
+    apply_limit(&mut list, limit, &mut warnings);
+    Ok(ok_json(json::success(&json::string_array(&list), &warnings)))
+}
+
+async fn metadata(State(q): Q, headers: HeaderMap, RawQuery(rq): RawQuery) -> Response {
+    let r = async {
+        let tenant = q.tenant(&headers)?;
+        let p = Params::parse(rq.as_deref(), &[]);
+        let limit = match p.get("limit") {
+            None | Some("") => 0,
+            Some(s) => s.parse::<i64>().map_err(|_| HttpError::bad_data("limit must be a number").into_json())?.max(0) as usize,
+        };
+        let md = q.metadata.metadata(&tenant, p.get("metric"), limit).await.map_err(storage_error)?;
+        let mut data = String::from("{");
+        let mut families: Vec<&str> = md.iter().map(|m| m.metric_family_name.as_str()).collect();
+        families.dedup();
+        for (i, fam) in families.iter().enumerate() {
+            if i > 0 {
+                data.push(',');
+            }
+            json::write_str(&mut data, fam);
+            data.push_str(":[");
+            for (j, m) in md.iter().filter(|m| m.metric_family_name == *fam).enumerate() {
+                if j > 0 {
+                    data.push(',');
+                }
+                data.push_str("{\"type\":");
+                json::write_str(&mut data, m.metric_type.as_str());
+                data.push_str(",\"help\":");
+                json::write_str(&mut data, &m.help);
+                data.push_str(",\"unit\":");
+                json::write_str(&mut data, &m.unit);
+                data.push('}');
+            }
+            data.push(']');
+        }
+        data.push('}');
+        Ok::<_, HttpError>(ok_json(json::success(&data, &[])))
+    }
+    .await;
+    into_response(r)
+}
+
+async fn buildinfo() -> Response {
+    let data = format!(
+        "{{\"version\":\"{}\",\"revision\":\"\",\"branch\":\"\",\"buildUser\":\"\",\"buildDate\":\"\",\"goVersion\":\"rust\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    ok_json(json::success(&data, &[]))
+}
+
+async fn format_query(RawQuery(rq): RawQuery, body: Bytes) -> Response {
+    let p = Params::parse(rq.as_deref(), &body);
+    let r = promql_parser::parser::parse(p.get("query").unwrap_or(""))
+        .map(|e| {
+            let mut s = String::new();
+            json::write_str(&mut s, &e.prettify());
+            ok_json(json::success(&s, &[]))
+        })
+        .map_err(|e| HttpError::bad_data(format!("invalid parameter \"query\": {e}")).into_json());
+    into_response(r)
+}
+
+fn into_response(r: Result<Response, HttpError>) -> Response {
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Routes of the query API, with and without the `/prometheus` prefix.
+pub fn routes(q: Arc<Querier>) -> Router {
+    let mut r = Router::new();
+    for prefix in ["/prometheus", ""] {
+        r = r
+            .route(&format!("{prefix}/api/v1/query"), get(query).post(query))
+            .route(&format!("{prefix}/api/v1/query_range"), get(query_range).post(query_range))
+            .route(&format!("{prefix}/api/v1/series"), get(series).post(series))
+            .route(&format!("{prefix}/api/v1/labels"), get(labels).post(labels))
+            .route(&format!("{prefix}/api/v1/label/{{name}}/values"), get(label_values))
+            .route(&format!("{prefix}/api/v1/metadata"), get(metadata))
+            .route(&format!("{prefix}/api/v1/status/buildinfo"), get(buildinfo))
+            .route(&format!("{prefix}/api/v1/format_query"), get(format_query).post(format_query));
+    }
+    r.with_state(q)
+}
+
+/// The querier inside the process.
+pub struct QuerierService(pub Arc<Querier>);
+
+#[async_trait]
+impl Service for QuerierService {
+    fn name(&self) -> &'static str {
+        "querier"
+    }
+
+    fn routes(&self) -> Router {
+        routes(Arc::clone(&self.0))
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn shutdown(&self) {}
+}

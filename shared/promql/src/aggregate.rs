@@ -94,7 +94,11 @@ impl AvgAcc {
     }
 
     pub fn value(&self) -> f64 {
-        if self.incremental { self.mean + self.c } else { (self.sum + self.c) / self.count }
+        if self.incremental {
+            self.mean + self.c
+        } else {
+            (self.sum + self.c) / self.count
+        }
     }
 }
 
@@ -152,7 +156,11 @@ impl Evaluator<'_> {
         for (i, s) in vec.iter().enumerate() {
             let key = group_labels(&s.metric, a.modifier.as_ref());
             let gi = *index.entry(key.clone()).or_insert_with(|| {
-                groups.push(Group { labels: key, drop_name: false, members: Vec::new() });
+                groups.push(Group {
+                    labels: key,
+                    drop_name: false,
+                    members: Vec::new(),
+                });
                 groups.len() - 1
             });
             groups[gi].members.push(i);
@@ -203,10 +211,22 @@ impl Evaluator<'_> {
                     return exec_err("Ratio value is NaN");
                 }
                 let r = if r > 1.0 {
-                    self.warn(format!("ratio value should be between -1 and 1, got {}, capping to 1", format_float(r)), "limit_ratio");
+                    self.warn(
+                        format!(
+                            "ratio value should be between -1 and 1, got {}, capping to 1",
+                            format_float(r)
+                        ),
+                        "limit_ratio",
+                    );
                     1.0
                 } else if r < -1.0 {
-                    self.warn(format!("ratio value should be between -1 and 1, got {}, capping to -1", format_float(r)), "limit_ratio");
+                    self.warn(
+                        format!(
+                            "ratio value should be between -1 and 1, got {}, capping to -1",
+                            format_float(r)
+                        ),
+                        "limit_ratio",
+                    );
                     -1.0
                 } else {
                     r
@@ -245,7 +265,11 @@ impl Evaluator<'_> {
                     let mut acc = VarAcc::default();
                     vals.for_each(|v| acc.add(v));
                     let var = acc.variance();
-                    if op == token::T_STDDEV { var.sqrt() } else { var }
+                    if op == token::T_STDDEV {
+                        var.sqrt()
+                    } else {
+                        var
+                    }
                 }
                 token::T_QUANTILE => {
                     let q = match param {
@@ -254,7 +278,10 @@ impl Evaluator<'_> {
                     };
                     if !(0.0..=1.0).contains(&q) {
                         self.warn(
-                            format!("quantile value should be between 0 and 1, got {}", format_float(q)),
+                            format!(
+                                "quantile value should be between 0 and 1, got {}",
+                                format_float(q)
+                            ),
                             "quantile",
                         );
                     }
@@ -280,17 +307,27 @@ impl Evaluator<'_> {
                     for (s, n) in counts {
                         let mut l = g.labels.clone();
                         l.set(&label, &s);
-                        out.push(Sample { metric: l, v: n as f64, drop_name: false });
+                        out.push(Sample {
+                            metric: l,
+                            v: n as f64,
+                            drop_name: false,
+                        });
                     }
                     continue;
                 }
                 _ => return exec_err(format!("unsupported aggregation {}", a.op)),
             };
             let drop_name = g.drop_name && g.labels.get(METRIC_NAME).is_some();
-            out.push(Sample { metric: g.labels.clone(), v, drop_name });
+            out.push(Sample {
+                metric: g.labels.clone(),
+                v,
+                drop_name,
+            });
         }
         if op == token::T_COUNT_VALUES && crate::eval::has_duplicate_labelsets(&out, true) {
-            return Err(PromqlError::Execution("vector cannot contain metrics with the same labelset".into()));
+            return Err(PromqlError::Execution(
+                "vector cannot contain metrics with the same labelset".into(),
+            ));
         }
         Ok(Val::Vector(out))
     }
@@ -304,7 +341,9 @@ fn group_labels(m: &Labels, modifier: Option<&LabelModifier>) -> Labels {
         Some(LabelModifier::Include(by)) => m.keep(&by.labels),
         Some(LabelModifier::Exclude(without)) => Labels::from_sorted(
             m.iter()
-                .filter(|l| !is_schema_label(&l.name) && !without.labels.iter().any(|n| n == &l.name))
+                .filter(|l| {
+                    !is_schema_label(&l.name) && !without.labels.iter().any(|n| n == &l.name)
+                })
                 .cloned()
                 .collect(),
         ),

@@ -12,7 +12,8 @@ use promql_parser::parser::{self, Expr, VectorSelector};
 
 use crate::error::{PromqlError, Result};
 use crate::eval::{
-    DEFAULT_SUBQUERY_STEP_MS, Evaluator, Fetched, at_ms, dur_ms, node_key, offset_ms, selector_matchers,
+    DEFAULT_SUBQUERY_STEP_MS, Evaluator, Fetched, at_ms, dur_ms, node_key, offset_ms,
+    selector_matchers,
 };
 use crate::value::{QueryResult, Sample, Val, Value, VectorSample, final_labels};
 
@@ -29,7 +30,11 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { lookback_delta_ms: 300_000, max_samples: 50_000_000, timeout: Duration::from_secs(120) }
+        Self {
+            lookback_delta_ms: 300_000,
+            max_samples: 50_000_000,
+            timeout: Duration::from_secs(120),
+        }
     }
 }
 
@@ -57,7 +62,12 @@ impl Engine {
     }
 
     /// Evaluates `query` at one instant.
-    pub async fn instant_query(&self, q: &dyn Queryable, query: &str, time_ms: i64) -> Result<QueryResult> {
+    pub async fn instant_query(
+        &self,
+        q: &dyn Queryable,
+        query: &str,
+        time_ms: i64,
+    ) -> Result<QueryResult> {
         self.run(q, query, time_ms, time_ms, 0, false).await
     }
 
@@ -77,7 +87,9 @@ impl Engine {
             ));
         }
         if end_ms < start_ms {
-            return Err(PromqlError::Parse("end timestamp must not be before start time".into()));
+            return Err(PromqlError::Parse(
+                "end timestamp must not be before start time".into(),
+            ));
         }
         self.run(q, query, start_ms, end_ms, step_ms, true).await
     }
@@ -104,7 +116,15 @@ impl Engine {
             }
         }
         let mut needs: HashMap<usize, SelectorNeed> = HashMap::new();
-        plan(&expr, start, end, start, end, self.opts.lookback_delta_ms, &mut needs)?;
+        plan(
+            &expr,
+            start,
+            end,
+            start,
+            end,
+            self.opts.lookback_delta_ms,
+            &mut needs,
+        )?;
         let fetch = async {
             let mut data: Fetched = HashMap::with_capacity(needs.len());
             for (key, need) in &needs {
@@ -112,16 +132,22 @@ impl Engine {
             }
             Ok::<_, PromqlError>(data)
         };
-        let data = tokio::time::timeout(self.opts.timeout, fetch).await.map_err(|_| PromqlError::Timeout)??;
+        let data = tokio::time::timeout(self.opts.timeout, fetch)
+            .await
+            .map_err(|_| PromqlError::Timeout)??;
         let opts = self.opts.clone();
         let query = query.to_string();
         let task = tokio::task::spawn_blocking(move || {
-            evaluate(&expr, &data, &query, &opts, deadline, start, end, step, range)
+            evaluate(
+                &expr, &data, &query, &opts, deadline, start, end, step, range,
+            )
         });
         match task.await {
             Ok(r) => r,
             Err(e) if e.is_cancelled() => Err(PromqlError::Canceled),
-            Err(e) => Err(PromqlError::Internal(format!("evaluation task failed: {e}"))),
+            Err(e) => Err(PromqlError::Internal(format!(
+                "evaluation task failed: {e}"
+            ))),
         }
     }
 }
@@ -146,7 +172,10 @@ async fn fetch_selector(q: &dyn Queryable, need: &SelectorNeed) -> Result<Vec<Se
             merged.entry(s.labels).or_insert(s.samples);
         }
     }
-    Ok(merged.into_iter().map(|(labels, samples)| Series { labels, samples }).collect())
+    Ok(merged
+        .into_iter()
+        .map(|(labels, samples)| Series { labels, samples })
+        .collect())
 }
 
 /// Records, for every selector under `e`, the time range it must be fetched for when `e`
@@ -174,7 +203,14 @@ fn plan(
                 n.maxt = n.maxt.max(maxt);
             }
             None => {
-                needs.insert(node_key(vs), SelectorNeed { matchers: selector_matchers(vs)?, mint, maxt });
+                needs.insert(
+                    node_key(vs),
+                    SelectorNeed {
+                        matchers: selector_matchers(vs)?,
+                        mint,
+                        maxt,
+                    },
+                );
             }
         }
         Ok(())
@@ -189,8 +225,21 @@ fn plan(
             };
             let off = offset_ms(&sq.offset);
             let range = dur_ms(&sq.range);
-            let step = sq.step.as_ref().map(dur_ms).filter(|x| *x > 0).unwrap_or(DEFAULT_SUBQUERY_STEP_MS);
-            plan(&sq.expr, lo - off - range - step, hi - off, qstart, qend, lookback, needs)
+            let step = sq
+                .step
+                .as_ref()
+                .map(dur_ms)
+                .filter(|x| *x > 0)
+                .unwrap_or(DEFAULT_SUBQUERY_STEP_MS);
+            plan(
+                &sq.expr,
+                lo - off - range - step,
+                hi - off,
+                qstart,
+                qend,
+                lookback,
+                needs,
+            )
         }
         Expr::Paren(p) => plan(&p.expr, s, e_t, qstart, qend, lookback, needs),
         Expr::Unary(u) => plan(&u.expr, s, e_t, qstart, qend, lookback, needs),
@@ -203,6 +252,29 @@ fn plan(
                 plan(p, s, e_t, qstart, qend, lookback, needs)?;
             }
             plan(&a.expr, s, e_t, qstart, qend, lookback, needs)
+        }
+        Expr::Call(c) if c.func.name == "info" => {
+            // The info series are read at the base expression's reference times, so they
+            // are fetched over the union of that expression's windows, keyed by the call.
+            let Some(base) = c.args.args.first() else { return Ok(()) };
+            let mut inner: HashMap<usize, SelectorNeed> = HashMap::new();
+            plan(base, s, e_t, qstart, qend, lookback, &mut inner)?;
+            let mint = inner.values().map(|n| n.mint).min().unwrap_or(s).saturating_sub(lookback);
+            let maxt = inner.values().map(|n| n.maxt).max().unwrap_or(e_t);
+            for (k, n) in inner {
+                match needs.get_mut(&k) {
+                    Some(e) => {
+                        e.mint = e.mint.min(n.mint);
+                        e.maxt = e.maxt.max(n.maxt);
+                    }
+                    None => {
+                        needs.insert(k, n);
+                    }
+                }
+            }
+            let matchers = crate::info::info_matchers(c)?;
+            needs.insert(crate::info::call_key(c), SelectorNeed { matchers, mint, maxt });
+            Ok(())
         }
         Expr::Call(c) => {
             for a in &c.args.args {
@@ -231,6 +303,7 @@ fn evaluate(
         query,
         query_start: start,
         query_end: end,
+        query_step: step,
         lookback: opts.lookback_delta_ms,
         max_samples: opts.max_samples,
         deadline,
@@ -248,7 +321,11 @@ fn evaluate(
                     .into_iter()
                     .map(|s| Series {
                         labels: final_labels(&s.metric, s.drop_name),
-                        samples: s.points.into_iter().map(|(t, v)| ModelSample::new(t, v)).collect(),
+                        samples: s
+                            .points
+                            .into_iter()
+                            .map(|(t, v)| ModelSample::new(t, v))
+                            .collect(),
                     })
                     .collect();
                 out.sort_by(|a, b| a.labels.cmp(&b.labels));
@@ -269,10 +346,16 @@ fn evaluate(
         while t <= end {
             ev.check_deadline()?;
             match ev.eval(expr, t)? {
-                Val::Scalar(v) => series.entry(Labels::empty()).or_default().push(ModelSample::new(t, v)),
+                Val::Scalar(v) => series
+                    .entry(Labels::empty())
+                    .or_default()
+                    .push(ModelSample::new(t, v)),
                 Val::Vector(vec) => {
                     for s in finish_vector(vec, t)? {
-                        series.entry(s.labels).or_default().push(ModelSample::new(t, s.v));
+                        series
+                            .entry(s.labels)
+                            .or_default()
+                            .push(ModelSample::new(t, s.v));
                     }
                 }
                 other => {
@@ -288,9 +371,18 @@ fn evaluate(
             }
             t += step;
         }
-        Value::Matrix(series.into_iter().map(|(labels, samples)| Series { labels, samples }).collect())
+        Value::Matrix(
+            series
+                .into_iter()
+                .map(|(labels, samples)| Series { labels, samples })
+                .collect(),
+        )
     };
-    Ok(QueryResult { value, warnings: ev.annotations.warnings, infos: ev.annotations.infos })
+    Ok(QueryResult {
+        value,
+        warnings: ev.annotations.warnings,
+        infos: ev.annotations.infos,
+    })
 }
 
 /// Applies delayed name removal and rejects vectors whose elements became indistinguishable.
@@ -300,7 +392,9 @@ fn finish_vector(vec: Vec<Sample>, t: i64) -> Result<Vec<VectorSample>> {
     for s in vec {
         let labels = final_labels(&s.metric, s.drop_name);
         if !seen.insert(labels.clone()) {
-            return Err(PromqlError::Execution("vector cannot contain metrics with the same labelset".into()));
+            return Err(PromqlError::Execution(
+                "vector cannot contain metrics with the same labelset".into(),
+            ));
         }
         out.push(VectorSample { labels, t, v: s.v });
     }
@@ -309,3 +403,6 @@ fn finish_vector(vec: Vec<Sample>, t: i64) -> Result<Vec<VectorSample>> {
 
 /// Shared handle type callers commonly hold.
 pub type SharedEngine = Arc<Engine>;
+
+#[cfg(test)]
+mod tests;

@@ -65,6 +65,8 @@ pub(crate) struct Evaluator<'a> {
     pub query: &'a str,
     pub query_start: i64,
     pub query_end: i64,
+    /// Resolution of a range query (0 for instant queries), for `step()`.
+    pub query_step: i64,
     pub lookback: i64,
     pub max_samples: usize,
     pub deadline: Instant,
@@ -76,7 +78,11 @@ impl Evaluator<'_> {
     /// Position `(1:col)` of the first occurrence of `needle` in the query, as Prometheus
     /// renders annotation positions (the AST carries no positions, so this is a best guess).
     pub fn pos(&self, needle: &str) -> String {
-        let col = self.query.find(needle).map(|i| self.query[..i].chars().count() + 1).unwrap_or(1);
+        let col = self
+            .query
+            .find(needle)
+            .map(|i| self.query[..i].chars().count() + 1)
+            .unwrap_or(1);
         format!("(1:{col})")
     }
 
@@ -95,7 +101,11 @@ impl Evaluator<'_> {
     }
 
     pub fn check_deadline(&self) -> Result<()> {
-        if Instant::now() > self.deadline { Err(PromqlError::Timeout) } else { Ok(()) }
+        if Instant::now() > self.deadline {
+            Err(PromqlError::Timeout)
+        } else {
+            Ok(())
+        }
     }
 
     pub fn eval(&mut self, e: &Expr, t: i64) -> Result<Val> {
@@ -107,7 +117,11 @@ impl Evaluator<'_> {
                 Val::Scalar(v) => Ok(Val::Scalar(-v)),
                 Val::Vector(vec) => Ok(Val::Vector(
                     vec.into_iter()
-                        .map(|s| Sample { metric: s.metric, v: -s.v, drop_name: true })
+                        .map(|s| Sample {
+                            metric: s.metric,
+                            v: -s.v,
+                            drop_name: true,
+                        })
                         .collect(),
                 )),
                 other => exec_err(format!("unary minus on {}", other.type_name())),
@@ -143,7 +157,10 @@ impl Evaluator<'_> {
     pub fn eval_vector(&mut self, e: &Expr, t: i64) -> Result<Vec<Sample>> {
         match self.eval(e, t)? {
             Val::Vector(v) => Ok(v),
-            other => exec_err(format!("expected instant vector, got {}", other.type_name())),
+            other => exec_err(format!(
+                "expected instant vector, got {}",
+                other.type_name()
+            )),
         }
     }
 
@@ -155,14 +172,18 @@ impl Evaluator<'_> {
     }
 
     fn series_of(&self, vs: &VectorSelector) -> &[Series] {
-        self.data.get(&node_key(vs)).map(Vec::as_slice).unwrap_or(&[])
+        self.data
+            .get(&node_key(vs))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     /// The instant vector a selector yields at `t`: per series the newest sample within the
     /// lookback window, unless that sample is a stale marker. With `keep_ts` the value is the
     /// sample's own timestamp in seconds (what `timestamp()` needs).
     pub fn eval_vector_selector(&self, vs: &VectorSelector, t: i64, keep_ts: bool) -> Vec<Sample> {
-        let ref_t = at_ms(&vs.at, self.query_start, self.query_end).unwrap_or(t) - offset_ms(&vs.offset);
+        let ref_t =
+            at_ms(&vs.at, self.query_start, self.query_end).unwrap_or(t) - offset_ms(&vs.offset);
         let mut out = Vec::new();
         for s in self.series_of(vs) {
             let hi = s.samples.partition_point(|x| x.t <= ref_t);
@@ -173,14 +194,28 @@ impl Evaluator<'_> {
             if last.t <= ref_t - self.lookback || is_stale_nan(last.v) {
                 continue;
             }
-            let v = if keep_ts { last.t as f64 / 1000.0 } else { last.v };
-            out.push(Sample { metric: s.labels.clone(), v, drop_name: false });
+            let v = if keep_ts {
+                last.t as f64 / 1000.0
+            } else {
+                last.v
+            };
+            out.push(Sample {
+                metric: s.labels.clone(),
+                v,
+                drop_name: false,
+            });
         }
         out
     }
 
-    pub fn eval_matrix_selector(&self, vs: &VectorSelector, range: i64, t: i64) -> Result<MatrixVal> {
-        let ref_t = at_ms(&vs.at, self.query_start, self.query_end).unwrap_or(t) - offset_ms(&vs.offset);
+    pub fn eval_matrix_selector(
+        &self,
+        vs: &VectorSelector,
+        range: i64,
+        t: i64,
+    ) -> Result<MatrixVal> {
+        let ref_t =
+            at_ms(&vs.at, self.query_start, self.query_end).unwrap_or(t) - offset_ms(&vs.offset);
         let start = ref_t - range;
         let mut series = Vec::new();
         let mut total = 0usize;
@@ -199,15 +234,29 @@ impl Evaluator<'_> {
             if total > self.max_samples {
                 return Err(PromqlError::TooManySamples);
             }
-            series.push(RSeries { metric: s.labels.clone(), points, drop_name: false });
+            series.push(RSeries {
+                metric: s.labels.clone(),
+                points,
+                drop_name: false,
+            });
         }
-        Ok(MatrixVal { series, range_start: start, range_end: ref_t })
+        Ok(MatrixVal {
+            series,
+            range_start: start,
+            range_end: ref_t,
+        })
     }
 
     fn eval_subquery(&mut self, sq: &SubqueryExpr, t: i64) -> Result<MatrixVal> {
-        let ref_t = at_ms(&sq.at, self.query_start, self.query_end).unwrap_or(t) - offset_ms(&sq.offset);
+        let ref_t =
+            at_ms(&sq.at, self.query_start, self.query_end).unwrap_or(t) - offset_ms(&sq.offset);
         let range = dur_ms(&sq.range);
-        let step = sq.step.as_ref().map(dur_ms).filter(|s| *s > 0).unwrap_or(DEFAULT_SUBQUERY_STEP_MS);
+        let step = sq
+            .step
+            .as_ref()
+            .map(dur_ms)
+            .filter(|s| *s > 0)
+            .unwrap_or(DEFAULT_SUBQUERY_STEP_MS);
         let start = ref_t - range;
         // First step-aligned timestamp strictly after the window start.
         let mut ts = start.div_euclid(step) * step + step;
@@ -227,7 +276,12 @@ impl Evaluator<'_> {
                         push_point(&mut by_labels, &mut series, s.metric, s.drop_name, ts, s.v);
                     }
                 }
-                other => return exec_err(format!("subquery over {} is not allowed", other.type_name())),
+                other => {
+                    return exec_err(format!(
+                        "subquery over {} is not allowed",
+                        other.type_name()
+                    ));
+                }
             }
             if total > self.max_samples {
                 return Err(PromqlError::TooManySamples);
@@ -235,7 +289,11 @@ impl Evaluator<'_> {
             ts += step;
         }
         series.sort_by(|a, b| a.metric.cmp(&b.metric));
-        Ok(MatrixVal { series, range_start: start, range_end: ref_t })
+        Ok(MatrixVal {
+            series,
+            range_start: start,
+            range_end: ref_t,
+        })
     }
 
     fn eval_binary(&mut self, b: &BinaryExpr, t: i64) -> Result<Val> {
@@ -262,12 +320,25 @@ impl Evaluator<'_> {
             (Val::Vector(l), Val::Vector(r)) => {
                 let modifier = b.modifier.as_ref();
                 let matching = modifier.and_then(|m| m.matching.clone());
-                let card = modifier.map(|m| m.card.clone()).unwrap_or(VectorMatchCardinality::OneToOne);
+                let card = modifier
+                    .map(|m| m.card.clone())
+                    .unwrap_or(VectorMatchCardinality::OneToOne);
                 let id = op.id();
                 if id == token::T_LAND || id == token::T_LOR || id == token::T_LUNLESS {
                     Ok(Val::Vector(set_op(id, l, r, matching.as_ref())))
                 } else {
-                    Ok(Val::Vector(vector_binop(op, l, r, matching.as_ref(), &card, return_bool)?))
+                    let fill = modifier
+                        .map(|m| (m.fill_values.lhs, m.fill_values.rhs))
+                        .unwrap_or((None, None));
+                    Ok(Val::Vector(vector_binop(
+                        op,
+                        l,
+                        r,
+                        matching.as_ref(),
+                        &card,
+                        return_bool,
+                        fill,
+                    )?))
                 }
             }
             (l, r) => exec_err(format!(
@@ -294,7 +365,11 @@ fn push_point(
         }
         None => {
             idx.insert(metric.clone(), series.len());
-            series.push(RSeries { metric, points: vec![(t, v)], drop_name });
+            series.push(RSeries {
+                metric,
+                points: vec![(t, v)],
+                drop_name,
+            });
         }
     }
 }
@@ -325,7 +400,13 @@ pub(crate) fn scalar_binop(op: TokenType, l: f64, r: f64) -> Result<(f64, bool)>
     Ok((v, true))
 }
 
-fn vector_scalar(op: TokenType, vec: Vec<Sample>, s: f64, swap: bool, return_bool: bool) -> Result<Vec<Sample>> {
+fn vector_scalar(
+    op: TokenType,
+    vec: Vec<Sample>,
+    s: f64,
+    swap: bool,
+    return_bool: bool,
+) -> Result<Vec<Sample>> {
     let cmp = is_comparison(op);
     let mut out = Vec::with_capacity(vec.len());
     for mut smp in vec {
@@ -399,25 +480,41 @@ fn match_labels(m: &Labels, matching: Option<&LabelModifier>) -> Labels {
     }
 }
 
-fn set_op(op: u16, lhs: Vec<Sample>, rhs: Vec<Sample>, matching: Option<&LabelModifier>) -> Vec<Sample> {
+fn set_op(
+    op: u16,
+    lhs: Vec<Sample>,
+    rhs: Vec<Sample>,
+    matching: Option<&LabelModifier>,
+) -> Vec<Sample> {
     match op {
         token::T_LAND => {
-            let sigs: HashSet<String> = rhs.iter().map(|s| signature(&s.metric, matching)).collect();
-            lhs.into_iter().filter(|s| sigs.contains(&signature(&s.metric, matching))).collect()
+            let sigs: HashSet<String> =
+                rhs.iter().map(|s| signature(&s.metric, matching)).collect();
+            lhs.into_iter()
+                .filter(|s| sigs.contains(&signature(&s.metric, matching)))
+                .collect()
         }
         token::T_LUNLESS => {
-            let sigs: HashSet<String> = rhs.iter().map(|s| signature(&s.metric, matching)).collect();
-            lhs.into_iter().filter(|s| !sigs.contains(&signature(&s.metric, matching))).collect()
+            let sigs: HashSet<String> =
+                rhs.iter().map(|s| signature(&s.metric, matching)).collect();
+            lhs.into_iter()
+                .filter(|s| !sigs.contains(&signature(&s.metric, matching)))
+                .collect()
         }
         _ => {
-            let sigs: HashSet<String> = lhs.iter().map(|s| signature(&s.metric, matching)).collect();
+            let sigs: HashSet<String> =
+                lhs.iter().map(|s| signature(&s.metric, matching)).collect();
             let mut out = lhs;
-            out.extend(rhs.into_iter().filter(|s| !sigs.contains(&signature(&s.metric, matching))));
+            out.extend(
+                rhs.into_iter()
+                    .filter(|s| !sigs.contains(&signature(&s.metric, matching))),
+            );
             out
         }
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn vector_binop(
     op: TokenType,
     lhs: Vec<Sample>,
@@ -425,8 +522,12 @@ fn vector_binop(
     matching: Option<&LabelModifier>,
     card: &VectorMatchCardinality,
     return_bool: bool,
+    fill: (Option<f64>, Option<f64>),
 ) -> Result<Vec<Sample>> {
-    if lhs.is_empty() || rhs.is_empty() {
+    // `fill_left` stands in for a missing "many" side, `fill_right` for a missing "one"
+    // side (sides as seen after group_right swaps them, as in Prometheus).
+    let (fill_many, fill_one) = fill;
+    if (lhs.is_empty() && fill_many.is_none()) || (rhs.is_empty() && fill_one.is_none()) {
         return Ok(Vec::new());
     }
     let one_to_many = matches!(card, VectorMatchCardinality::OneToMany(_));
@@ -436,11 +537,14 @@ fn vector_binop(
         let sig = signature(&s.metric, matching);
         if let Some(&j) = one_sigs.get(&sig) {
             let side = if one_to_many { "left" } else { "right" };
-            let mut pair = [one[j].metric.to_string(), s.metric.to_string()];
+            let mut pair = [
+                prom_labels_string(&one[j].metric),
+                prom_labels_string(&s.metric),
+            ];
             pair.sort();
             return exec_err(format!(
                 "found duplicate series for the match group {} on the {side} hand-side of the operation: [{}, {}];many-to-many matching not allowed: matching labels must be unique on one side",
-                match_labels(&s.metric, matching),
+                prom_labels_string(&match_labels(&s.metric, matching)),
                 pair[0],
                 pair[1]
             ));
@@ -448,17 +552,48 @@ fn vector_binop(
         one_sigs.insert(sig, i);
     }
     let include: Vec<String> = match card {
-        VectorMatchCardinality::ManyToOne(l) | VectorMatchCardinality::OneToMany(l) => l.labels.clone(),
+        VectorMatchCardinality::ManyToOne(l) | VectorMatchCardinality::OneToMany(l) => {
+            l.labels.clone()
+        }
         _ => Vec::new(),
     };
+    if matches!(card, VectorMatchCardinality::OneToOne) {
+        // Checked before any filtering, so a comparison cannot hide an ambiguous match.
+        let mut seen: HashSet<&String> = HashSet::new();
+        let sigs: Vec<String> = many
+            .iter()
+            .map(|s| signature(&s.metric, matching))
+            .collect();
+        for sig in &sigs {
+            if one_sigs.contains_key(sig) && !seen.insert(sig) {
+                return exec_err(
+                    "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)",
+                );
+            }
+        }
+    }
     let cmp = is_comparison(op);
     let mut matched: HashMap<String, HashSet<Labels>> = HashMap::new();
     let mut out = Vec::new();
+    let empty = Labels::empty();
+    let mut one_matched: HashSet<usize> = HashSet::new();
     for ms in &many {
         let sig = signature(&ms.metric, matching);
-        let Some(&oi) = one_sigs.get(&sig) else { continue };
-        let os = &one[oi];
-        let (l, r) = if one_to_many { (os.v, ms.v) } else { (ms.v, os.v) };
+        let (one_metric, one_v) = match one_sigs.get(&sig) {
+            Some(&oi) => {
+                one_matched.insert(oi);
+                (&one[oi].metric, one[oi].v)
+            }
+            None => match fill_one {
+                Some(f) => (&empty, f),
+                None => continue,
+            },
+        };
+        let (l, r) = if one_to_many {
+            (one_v, ms.v)
+        } else {
+            (ms.v, one_v)
+        };
         let (mut v, keep) = scalar_binop(op, l, r)?;
         if return_bool {
             v = if keep { 1.0 } else { 0.0 };
@@ -475,7 +610,7 @@ fn vector_binop(
             };
         }
         for ln in &include {
-            match os.metric.get(ln) {
+            match one_metric.get(ln) {
                 Some(v) if !v.is_empty() => metric.set(ln, v),
                 _ => metric.remove(ln),
             }
@@ -492,19 +627,57 @@ fn vector_binop(
         } else {
             let key = final_labels(&metric, drop_name);
             if !entry.insert(key) {
-                return exec_err("multiple matches for labels: grouping labels must ensure unique matches");
+                return exec_err(
+                    "multiple matches for labels: grouping labels must ensure unique matches",
+                );
             }
         }
-        out.push(Sample { metric, v, drop_name });
+        out.push(Sample {
+            metric,
+            v,
+            drop_name,
+        });
+    }
+    if let Some(f) = fill_many {
+        for (oi, os) in one.iter().enumerate() {
+            if one_matched.contains(&oi) {
+                continue;
+            }
+            let (l, r) = if one_to_many { (os.v, f) } else { (f, os.v) };
+            let (mut v, keep) = scalar_binop(op, l, r)?;
+            if return_bool {
+                v = if keep { 1.0 } else { 0.0 };
+            } else if !keep {
+                continue;
+            }
+            out.push(Sample {
+                metric: match_labels(&os.metric, matching),
+                v,
+                drop_name: true,
+            });
+        }
     }
     Ok(out)
+}
+
+/// Prometheus' `labels.String()`: `{a="b", c="d"}` with the name as an ordinary label.
+pub(crate) fn prom_labels_string(l: &Labels) -> String {
+    let parts: Vec<String> = l
+        .iter()
+        .map(|x| format!("{}={:?}", x.name, x.value))
+        .collect();
+    format!("{{{}}}", parts.join(", "))
 }
 
 /// Whether two samples of a vector end up with the same labels.
 pub(crate) fn has_duplicate_labelsets(vec: &[Sample], apply_drop: bool) -> bool {
     let mut seen = HashSet::with_capacity(vec.len());
     vec.iter().any(|s| {
-        let l = if apply_drop { final_labels(&s.metric, s.drop_name) } else { s.metric.clone() };
+        let l = if apply_drop {
+            final_labels(&s.metric, s.drop_name)
+        } else {
+            s.metric.clone()
+        };
         !seen.insert(l)
     })
 }
@@ -529,7 +702,9 @@ pub(crate) fn selector_matchers(vs: &VectorSelector) -> Result<Vec<Vec<norn_mode
             ms.push(convert_matcher(m)?);
         }
         if let Some(name) = &vs.name
-            && !ms.iter().any(|m: &norn_model::Matcher| m.name == METRIC_NAME)
+            && !ms
+                .iter()
+                .any(|m: &norn_model::Matcher| m.name == METRIC_NAME)
         {
             ms.push(norn_model::Matcher::equal(METRIC_NAME, name.clone()));
         }

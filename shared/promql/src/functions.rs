@@ -15,12 +15,20 @@ use crate::value::{MatrixVal, Sample, Val};
 
 /// Go's `math.Max`: NaN wins.
 fn go_max(a: f64, b: f64) -> f64 {
-    if a.is_nan() || b.is_nan() { f64::NAN } else { a.max(b) }
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
 }
 
 /// Go's `math.Min`: NaN wins.
 fn go_min(a: f64, b: f64) -> f64 {
-    if a.is_nan() || b.is_nan() { f64::NAN } else { a.min(b) }
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.min(b)
+    }
 }
 
 fn unwrap_parens(e: &Expr) -> &Expr {
@@ -77,7 +85,11 @@ fn date_fn(name: &str) -> Option<fn(&DateTime<Utc>) -> f64> {
         "month" => |d| d.month() as f64,
         "year" => |d| d.year() as f64,
         "days_in_month" => |d| {
-            let (y, m) = if d.month() == 12 { (d.year() + 1, 1) } else { (d.year(), d.month() + 1) };
+            let (y, m) = if d.month() == 12 {
+                (d.year() + 1, 1)
+            } else {
+                (d.year(), d.month() + 1)
+            };
             let next = chrono::NaiveDate::from_ymd_opt(y, m, 1);
             let this = chrono::NaiveDate::from_ymd_opt(d.year(), d.month(), 1);
             match (next, this) {
@@ -90,7 +102,12 @@ fn date_fn(name: &str) -> Option<fn(&DateTime<Utc>) -> f64> {
 }
 
 /// Prometheus' `extrapolatedRate` for `rate`, `increase` and `delta`.
-fn extrapolated_rate(points: &[(i64, f64)], m: &MatrixVal, is_counter: bool, is_rate: bool) -> Option<f64> {
+fn extrapolated_rate(
+    points: &[(i64, f64)],
+    m: &MatrixVal,
+    is_counter: bool,
+    is_rate: bool,
+) -> Option<f64> {
     if points.len() < 2 {
         return None;
     }
@@ -200,7 +217,11 @@ fn natural_cmp(a: &str, b: &str) -> Ordering {
                 }
                 let ta = da.trim_start_matches('0');
                 let tb = db.trim_start_matches('0');
-                let o = ta.len().cmp(&tb.len()).then_with(|| ta.cmp(tb)).then_with(|| da.len().cmp(&db.len()));
+                let o = ta
+                    .len()
+                    .cmp(&tb.len())
+                    .then_with(|| ta.cmp(tb))
+                    .then_with(|| da.len().cmp(&db.len()));
                 if o != Ordering::Equal {
                     return o;
                 }
@@ -217,7 +238,7 @@ fn natural_cmp(a: &str, b: &str) -> Ordering {
 }
 
 /// Classic-bucket quantile, as Prometheus' `BucketQuantile` (with its monotonicity fixes).
-pub(crate) fn bucket_quantile(q: f64, buckets: &mut Vec<(f64, f64)>) -> f64 {
+pub(crate) fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> f64 {
     if q.is_nan() {
         return f64::NAN;
     }
@@ -312,40 +333,86 @@ impl Evaluator<'_> {
         let name = c.func.name;
         let args: Vec<&Expr> = c.args.args.iter().map(|b| b.as_ref()).collect();
         let arg = |i: usize| -> Result<&Expr> {
-            args.get(i).copied().ok_or_else(|| PromqlError::Execution(format!("missing argument {i} to {name}")))
+            args.get(i)
+                .copied()
+                .ok_or_else(|| PromqlError::Execution(format!("missing argument {i} to {name}")))
         };
         if let Some(f) = simple_fn(name) {
             let vec = self.eval_vector(arg(0)?, t)?;
             return Ok(Val::Vector(
-                vec.into_iter().map(|s| Sample { metric: s.metric, v: f(s.v), drop_name: true }).collect(),
+                vec.into_iter()
+                    .map(|s| Sample {
+                        metric: s.metric,
+                        v: f(s.v),
+                        drop_name: true,
+                    })
+                    .collect(),
             ));
         }
         if let Some(f) = date_fn(name) {
             let vec = match args.first() {
                 Some(e) => self.eval_vector(e, t)?,
-                None => vec![Sample { metric: Labels::empty(), v: t as f64 / 1000.0, drop_name: false }],
+                None => vec![Sample {
+                    metric: Labels::empty(),
+                    v: t as f64 / 1000.0,
+                    drop_name: false,
+                }],
             };
             let mut out = Vec::with_capacity(vec.len());
             for s in vec {
                 if s.v.is_nan() || s.v.is_infinite() {
-                    out.push(Sample { metric: s.metric, v: f64::NAN, drop_name: true });
+                    out.push(Sample {
+                        metric: s.metric,
+                        v: f64::NAN,
+                        drop_name: true,
+                    });
                     continue;
                 }
-                let Some(d) = DateTime::from_timestamp(s.v as i64, 0) else { continue };
-                out.push(Sample { metric: s.metric, v: f(&d), drop_name: true });
+                let Some(d) = DateTime::from_timestamp(s.v as i64, 0) else {
+                    continue;
+                };
+                out.push(Sample {
+                    metric: s.metric,
+                    v: f(&d),
+                    drop_name: true,
+                });
             }
             return Ok(Val::Vector(out));
         }
         match name {
+            "info" => self.eval_info(c, t),
             "time" => Ok(Val::Scalar(t as f64 / 1000.0)),
+            "start" => Ok(Val::Scalar(self.query_start as f64 / 1000.0)),
+            "end" => Ok(Val::Scalar(self.query_end as f64 / 1000.0)),
+            "range" => Ok(Val::Scalar(
+                (self.query_end - self.query_start) as f64 / 1000.0,
+            )),
+            "step" => Ok(Val::Scalar(self.query_step as f64 / 1000.0)),
+            "min_of" | "max_of" => {
+                let a = self.eval_scalar(arg(0)?, t)?;
+                let b = self.eval_scalar(arg(1)?, t)?;
+                Ok(Val::Scalar(if name == "min_of" {
+                    go_min(a, b)
+                } else {
+                    go_max(a, b)
+                }))
+            }
             "pi" => Ok(Val::Scalar(std::f64::consts::PI)),
             "vector" => {
                 let v = self.eval_scalar(arg(0)?, t)?;
-                Ok(Val::Vector(vec![Sample { metric: Labels::empty(), v, drop_name: false }]))
+                Ok(Val::Vector(vec![Sample {
+                    metric: Labels::empty(),
+                    v,
+                    drop_name: false,
+                }]))
             }
             "scalar" => {
                 let vec = self.eval_vector(arg(0)?, t)?;
-                Ok(Val::Scalar(if vec.len() == 1 { vec[0].v } else { f64::NAN }))
+                Ok(Val::Scalar(if vec.len() == 1 {
+                    vec[0].v
+                } else {
+                    f64::NAN
+                }))
             }
             "timestamp" => {
                 let a = unwrap_parens(arg(0)?);
@@ -354,10 +421,20 @@ impl Evaluator<'_> {
                     other => self
                         .eval_vector(other, t)?
                         .into_iter()
-                        .map(|s| Sample { v: t as f64 / 1000.0, ..s })
+                        .map(|s| Sample {
+                            v: t as f64 / 1000.0,
+                            ..s
+                        })
                         .collect(),
                 };
-                Ok(Val::Vector(vec.into_iter().map(|s| Sample { drop_name: true, ..s }).collect()))
+                Ok(Val::Vector(
+                    vec.into_iter()
+                        .map(|s| Sample {
+                            drop_name: true,
+                            ..s
+                        })
+                        .collect(),
+                ))
             }
             "round" => {
                 let vec = self.eval_vector(arg(0)?, t)?;
@@ -368,7 +445,11 @@ impl Evaluator<'_> {
                 let inv = 1.0 / to;
                 Ok(Val::Vector(
                     vec.into_iter()
-                        .map(|s| Sample { metric: s.metric, v: (s.v * inv + 0.5).floor() / inv, drop_name: true })
+                        .map(|s| Sample {
+                            metric: s.metric,
+                            v: (s.v * inv + 0.5).floor() / inv,
+                            drop_name: true,
+                        })
                         .collect(),
                 ))
             }
@@ -384,7 +465,11 @@ impl Evaluator<'_> {
                 }
                 Ok(Val::Vector(
                     vec.into_iter()
-                        .map(|s| Sample { metric: s.metric, v: go_max(lo, go_min(hi, s.v)), drop_name: true })
+                        .map(|s| Sample {
+                            metric: s.metric,
+                            v: go_max(lo, go_min(hi, s.v)),
+                            drop_name: true,
+                        })
                         .collect(),
                 ))
             }
@@ -394,10 +479,15 @@ impl Evaluator<'_> {
                 let repl = self.eval_string(arg(2)?, t)?;
                 let src = self.eval_string(arg(3)?, t)?;
                 let re_s = self.eval_string(arg(4)?, t)?;
-                let re = regex::Regex::new(&format!("^(?s:{re_s})$"))
-                    .map_err(|e| PromqlError::Execution(format!("invalid regular expression in label_replace(): {e}")))?;
+                let re = regex::Regex::new(&format!("^(?s:{re_s})$")).map_err(|e| {
+                    PromqlError::Execution(format!(
+                        "invalid regular expression in label_replace(): {e}"
+                    ))
+                })?;
                 if dst.is_empty() {
-                    return exec_err(format!("invalid destination label name in label_replace(): {dst}"));
+                    return exec_err(format!(
+                        "invalid destination label name in label_replace(): {dst}"
+                    ));
                 }
                 let mut out = Vec::with_capacity(vec.len());
                 for mut s in vec {
@@ -426,11 +516,14 @@ impl Evaluator<'_> {
                     srcs.push(self.eval_string(e, t)?);
                 }
                 if dst.is_empty() {
-                    return exec_err(format!("invalid destination label name in label_join(): {dst}"));
+                    return exec_err(format!(
+                        "invalid destination label name in label_join(): {dst}"
+                    ));
                 }
                 let mut out = Vec::with_capacity(vec.len());
                 for mut s in vec {
-                    let joined: Vec<&str> = srcs.iter().map(|n| s.metric.get(n).unwrap_or("")).collect();
+                    let joined: Vec<&str> =
+                        srcs.iter().map(|n| s.metric.get(n).unwrap_or("")).collect();
                     let v = joined.join(&sep);
                     s.metric.set(&dst, &v);
                     if dst == METRIC_NAME {
@@ -453,7 +546,11 @@ impl Evaluator<'_> {
                     Expr::VectorSelector(vs) => absent_labels(&vs.matchers),
                     _ => Labels::empty(),
                 };
-                Ok(Val::Vector(vec![Sample { metric, v: 1.0, drop_name: false }]))
+                Ok(Val::Vector(vec![Sample {
+                    metric,
+                    v: 1.0,
+                    drop_name: false,
+                }]))
             }
             "absent_over_time" => {
                 let a = arg(0)?;
@@ -465,7 +562,11 @@ impl Evaluator<'_> {
                     Expr::MatrixSelector(ms) => absent_labels(&ms.vs.matchers),
                     _ => Labels::empty(),
                 };
-                Ok(Val::Vector(vec![Sample { metric, v: 1.0, drop_name: false }]))
+                Ok(Val::Vector(vec![Sample {
+                    metric,
+                    v: 1.0,
+                    drop_name: false,
+                }]))
             }
             "sort" | "sort_desc" => {
                 if self.range_mode {
@@ -510,13 +611,20 @@ impl Evaluator<'_> {
             }
             "histogram_quantile" => {
                 let q = self.eval_scalar(arg(0)?, t)?;
-                let vec = self.eval_vector(arg(1)?, t)?;
-                self.histogram_quantile(q, vec)
+                let a = arg(1)?;
+                let vec = self.eval_vector(a, t)?;
+                self.histogram_quantile(q, vec, &a.to_string())
             }
             "quantile_over_time" => {
                 let q = self.eval_scalar(arg(0)?, t)?;
                 if !(0.0..=1.0).contains(&q) {
-                    self.warn(format!("quantile value should be between 0 and 1, got {}", format_float(q)), name);
+                    self.warn(
+                        format!(
+                            "quantile value should be between 0 and 1, got {}",
+                            format_float(q)
+                        ),
+                        name,
+                    );
                 }
                 let m = self.eval_matrix(arg(1)?, t)?;
                 Ok(Val::Vector(
@@ -524,7 +632,11 @@ impl Evaluator<'_> {
                         .into_iter()
                         .map(|s| {
                             let mut vs: Vec<f64> = s.points.iter().map(|p| p.1).collect();
-                            Sample { metric: s.metric, v: quantile(q, &mut vs), drop_name: true }
+                            Sample {
+                                metric: s.metric,
+                                v: quantile(q, &mut vs),
+                                drop_name: true,
+                            }
                         })
                         .collect(),
                 ))
@@ -538,7 +650,11 @@ impl Evaluator<'_> {
                         continue;
                     }
                     let (slope, intercept) = linear_regression(&s.points, t);
-                    out.push(Sample { metric: s.metric, v: slope * d + intercept, drop_name: true });
+                    out.push(Sample {
+                        metric: s.metric,
+                        v: slope * d + intercept,
+                        drop_name: true,
+                    });
                 }
                 Ok(Val::Vector(out))
             }
@@ -547,10 +663,14 @@ impl Evaluator<'_> {
                 let sf = self.eval_scalar(arg(1)?, t)?;
                 let tf = self.eval_scalar(arg(2)?, t)?;
                 if sf <= 0.0 || sf >= 1.0 {
-                    return exec_err(format!("invalid smoothing factor. Expected: 0 < sf < 1, got: {sf:.6}"));
+                    return exec_err(format!(
+                        "invalid smoothing factor. Expected: 0 < sf < 1, got: {sf:.6}"
+                    ));
                 }
                 if tf <= 0.0 || tf >= 1.0 {
-                    return exec_err(format!("invalid trend factor. Expected: 0 < tf < 1, got: {tf:.6}"));
+                    return exec_err(format!(
+                        "invalid trend factor. Expected: 0 < tf < 1, got: {tf:.6}"
+                    ));
                 }
                 let mut out = Vec::new();
                 for s in m.series {
@@ -568,7 +688,11 @@ impl Evaluator<'_> {
                         s0 = s1;
                         s1 = x + y;
                     }
-                    out.push(Sample { metric: s.metric, v: s1, drop_name: true });
+                    out.push(Sample {
+                        metric: s.metric,
+                        v: s1,
+                        drop_name: true,
+                    });
                 }
                 Ok(Val::Vector(out))
             }
@@ -594,7 +718,11 @@ impl Evaluator<'_> {
                     } else {
                         let (lt, lv) = p[p.len() - 1];
                         let (pt, pv) = p[p.len() - 2];
-                        let mut d = if name == "irate" && lv < pv { lv } else { lv - pv };
+                        let mut d = if name == "irate" && lv < pv {
+                            lv
+                        } else {
+                            lv - pv
+                        };
                         if name == "irate" {
                             let dt = lt - pt;
                             if dt == 0 {
@@ -622,8 +750,12 @@ impl Evaluator<'_> {
                     Some(if sum.is_infinite() { sum } else { sum + c })
                 }
                 "count_over_time" => Some(p.len() as f64),
-                "min_over_time" => Some(vals().fold(f64::NAN, |m, v| if m.is_nan() || v < m { v } else { m })),
-                "max_over_time" => Some(vals().fold(f64::NAN, |m, v| if m.is_nan() || v > m { v } else { m })),
+                "min_over_time" => {
+                    Some(vals().fold(f64::NAN, |m, v| if m.is_nan() || v < m { v } else { m }))
+                }
+                "max_over_time" => {
+                    Some(vals().fold(f64::NAN, |m, v| if m.is_nan() || v > m { v } else { m }))
+                }
                 "stddev_over_time" => Some(variance(vals()).sqrt()),
                 "stdvar_over_time" => Some(variance(vals())),
                 "last_over_time" => {
@@ -642,7 +774,11 @@ impl Evaluator<'_> {
                     for &(pt, pv) in p {
                         best = match best {
                             None => Some((pt, pv)),
-                            Some((_, bv)) if bv.is_nan() || (max && pv >= bv) || (!max && pv <= bv) => Some((pt, pv)),
+                            Some((_, bv))
+                                if bv.is_nan() || (max && pv >= bv) || (!max && pv <= bv) =>
+                            {
+                                Some((pt, pv))
+                            }
                             keep => keep,
                         };
                     }
@@ -675,7 +811,9 @@ impl Evaluator<'_> {
             if let Some(v) = v {
                 if is_counter_fn
                     && let Some(metric_name) = s.metric.get(METRIC_NAME)
-                    && !["_total", "_sum", "_count", "_bucket"].iter().any(|suf| metric_name.ends_with(suf))
+                    && !["_total", "_sum", "_count", "_bucket"]
+                        .iter()
+                        .any(|suf| metric_name.ends_with(suf))
                 {
                     let needle = metric_name.to_string();
                     self.info(
@@ -695,9 +833,15 @@ impl Evaluator<'_> {
         Ok(Val::Vector(out))
     }
 
-    fn histogram_quantile(&mut self, q: f64, vec: Vec<Sample>) -> Result<Val> {
+    fn histogram_quantile(&mut self, q: f64, vec: Vec<Sample>, arg_text: &str) -> Result<Val> {
         if q.is_nan() || !(0.0..=1.0).contains(&q) {
-            self.warn(format!("quantile value should be between 0 and 1, got {}", format_float(q)), "histogram_quantile");
+            self.warn(
+                format!(
+                    "quantile value should be between 0 and 1, got {}",
+                    format_float(q)
+                ),
+                "histogram_quantile",
+            );
         }
         let mut groups: Vec<(Labels, Vec<(f64, f64)>)> = Vec::new();
         let mut index: HashMap<Labels, usize> = HashMap::new();
@@ -709,7 +853,7 @@ impl Evaluator<'_> {
                     format!(
                         "bucket label \"le\" is missing or has a malformed value of {le:?} for metric name {metric_name:?}"
                     ),
-                    "histogram_quantile",
+                    arg_text,
                 );
                 continue;
             };
@@ -725,7 +869,11 @@ impl Evaluator<'_> {
         let mut out = Vec::with_capacity(groups.len());
         for (metric, mut buckets) in groups {
             let v = bucket_quantile(q, &mut buckets);
-            out.push(Sample { metric, v, drop_name: true });
+            out.push(Sample {
+                metric,
+                v,
+                drop_name: true,
+            });
         }
         Ok(Val::Vector(out))
     }

@@ -10,6 +10,7 @@ mod engine;
 mod error;
 mod eval;
 mod functions;
+mod info;
 pub mod memstore;
 mod value;
 

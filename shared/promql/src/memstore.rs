@@ -41,7 +41,10 @@ impl MemStore {
 
     /// Drops every series.
     pub fn clear(&self) {
-        self.series.write().unwrap_or_else(|e| e.into_inner()).clear();
+        self.series
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// Number of series held.
@@ -80,7 +83,10 @@ impl Queryable for MemStore {
     ) -> Result<Vec<Series>, StorageError> {
         let map = self.series.read().unwrap_or_else(|e| e.into_inner());
         Ok(Self::matching(&map, start_ms, end_ms, matchers)
-            .map(|(labels, samples)| Series { labels: labels.clone(), samples: samples.to_vec() })
+            .map(|(labels, samples)| Series {
+                labels: labels.clone(),
+                samples: samples.to_vec(),
+            })
             .collect())
     }
 
@@ -122,7 +128,10 @@ mod tests {
     use norn_model::MatchType;
 
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread().build().map(|rt| rt.block_on(f)).unwrap()
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map(|rt| rt.block_on(f))
+            .unwrap()
     }
 
     #[test]
@@ -130,16 +139,32 @@ mod tests {
         let s = MemStore::new();
         let a = Labels::from_pairs([("__name__", "up"), ("job", "a")]);
         let b = Labels::from_pairs([("__name__", "up"), ("job", "b")]);
-        s.add_series(&a, [Sample::new(0, 1.0), Sample::new(10, 2.0), Sample::new(20, 3.0)]);
+        s.add_series(
+            &a,
+            [
+                Sample::new(0, 1.0),
+                Sample::new(10, 2.0),
+                Sample::new(20, 3.0),
+            ],
+        );
         s.add_series(&b, [Sample::new(30, 4.0)]);
         let m = [Matcher::equal("__name__", "up")];
         let got = block_on(s.select(5, 20, &m)).unwrap();
         assert_eq!(got.len(), 1, "series without samples in range are omitted");
-        assert_eq!(got[0].samples, vec![Sample::new(10, 2.0), Sample::new(20, 3.0)]);
+        assert_eq!(
+            got[0].samples,
+            vec![Sample::new(10, 2.0), Sample::new(20, 3.0)]
+        );
         let re = [Matcher::new(MatchType::Regex, "job", "a|b").unwrap()];
         assert_eq!(block_on(s.select(0, 100, &re)).unwrap().len(), 2);
-        assert_eq!(block_on(s.label_values("job", 0, 100, &[])).unwrap(), ["a", "b"]);
-        assert_eq!(block_on(s.label_names(0, 100, &[])).unwrap(), ["__name__", "job"]);
+        assert_eq!(
+            block_on(s.label_values("job", 0, 100, &[])).unwrap(),
+            ["a", "b"]
+        );
+        assert_eq!(
+            block_on(s.label_names(0, 100, &[])).unwrap(),
+            ["__name__", "job"]
+        );
     }
 
     #[test]
@@ -150,6 +175,9 @@ mod tests {
         s.add_sample(&a, 5, 2.0);
         s.add_sample(&a, 10, 3.0);
         let got = block_on(s.select(0, 100, &[])).unwrap();
-        assert_eq!(got[0].samples, vec![Sample::new(5, 2.0), Sample::new(10, 3.0)]);
+        assert_eq!(
+            got[0].samples,
+            vec![Sample::new(5, 2.0), Sample::new(10, 3.0)]
+        );
     }
 }

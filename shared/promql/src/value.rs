@@ -92,11 +92,18 @@ pub(crate) fn drop_schema_labels(l: &Labels) -> Labels {
         return l.clone();
     }
     Labels::from_sorted(
-        l.iter().filter(|x| !SCHEMA_LABELS.contains(&x.name.as_str())).cloned().collect::<Vec<Label>>(),
+        l.iter()
+            .filter(|x| !SCHEMA_LABELS.contains(&x.name.as_str()))
+            .cloned()
+            .collect::<Vec<Label>>(),
     )
 }
 
 /// The final labels of a sample once delayed name removal is applied.
 pub(crate) fn final_labels(metric: &Labels, drop_name: bool) -> Labels {
-    if drop_name { drop_schema_labels(metric) } else { metric.clone() }
+    if drop_name {
+        drop_schema_labels(metric)
+    } else {
+        metric.clone()
+    }
 }

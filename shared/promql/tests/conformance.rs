@@ -14,19 +14,16 @@ use norn_promql::memstore::MemStore;
 use norn_promql::{Engine, EngineOptions, QueryResult, Value};
 
 const STALE_BITS: u64 = 0x7ff0_0000_0000_0002;
+
+/// How many extra `@`-pinned and range-mode checks ran (reported so a silent no-op shows).
+static AT_CHECKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static RANGE_CHECKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 /// Failure details printed per file.
 const MAX_DETAILS: usize = 8;
 
 /// Functions the parser knows that the engine does not implement (experimental ones).
 const UNSUPPORTED_FUNCTIONS: &[&str] = &[
-    "info",
-    "start",
-    "end",
-    "range",
-    "step",
     "histogram_quantiles",
-    "min_of",
-    "max_of",
     "integral",
     "start_timestamp",
     "histogram_avg",
@@ -110,7 +107,12 @@ fn parse_number(s: &str) -> Option<f64> {
     if let Some(bin) = body.strip_prefix("0b") {
         return i64::from_str_radix(bin, 2).ok().map(|v| sign * v as f64);
     }
-    if body.is_empty() || !body.chars().next().is_some_and(|c| c.is_ascii_digit() || c == '.') {
+    if body.is_empty()
+        || !body
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit() || c == '.')
+    {
         return None;
     }
     if body.chars().any(|c| c.is_ascii_alphabetic() && c != 'e') {
@@ -272,12 +274,20 @@ fn expand_values(items: &str) -> Result<Vec<Slot>, String> {
             out.extend(std::iter::repeat_n(None, n));
             continue;
         }
-        if let Some(v) = parse_number(tok) {
-            out.push(Some(v));
-            continue;
-        }
-        let Some(xi) = tok.rfind('x') else { return Err(format!("bad item {tok}")) };
-        let n: usize = tok[xi + 1..].parse().map_err(|_| format!("bad item {tok}"))?;
+        // `AxN` wins over a hex literal: `0x59` is 60 zeros, as in Prometheus' series lexer.
+        let repeat = tok.rfind('x').and_then(|xi| {
+            let n: usize = tok[xi + 1..].parse().ok()?;
+            Some((xi, n))
+        });
+        let Some((xi, n)) = repeat else {
+            match parse_number(tok) {
+                Some(v) => {
+                    out.push(Some(v));
+                    continue;
+                }
+                None => return Err(format!("bad item {tok}")),
+            }
+        };
         let head = &tok[..xi];
         let (a, b) = if let Some(a) = parse_number(head) {
             (a, 0.0)
@@ -323,7 +333,9 @@ impl Matchspec {
         match self {
             Matchspec::Any => true,
             Matchspec::Msg(m) => m == s,
-            Matchspec::Regex(r) => regex::Regex::new(r).map(|re| re.is_match(s)).unwrap_or(false),
+            Matchspec::Regex(r) => regex::Regex::new(r)
+                .map(|re| re.is_match(s))
+                .unwrap_or(false),
         }
     }
 }
@@ -410,7 +422,10 @@ fn parse_eval_header(line: &str, lineno: usize) -> Result<Eval, String> {
             ev.expr = skip_words(3);
         }
         Some(&"range") => {
-            if words.get(1) != Some(&"from") || words.get(3) != Some(&"to") || words.get(5) != Some(&"step") {
+            if words.get(1) != Some(&"from")
+                || words.get(3) != Some(&"to")
+                || words.get(5) != Some(&"step")
+            {
                 return Err("bad range eval".into());
             }
             let from = parse_duration(words[2]).ok_or("bad from")?;
@@ -448,7 +463,12 @@ fn float_eq(a: f64, b: f64) -> bool {
     diff / sum.min(f64::MAX) < 1e-6
 }
 
-fn check_annotations(kind: &str, got: &[String], want: &[Matchspec], none: bool) -> Result<(), String> {
+fn check_annotations(
+    kind: &str,
+    got: &[String],
+    want: &[Matchspec],
+    none: bool,
+) -> Result<(), String> {
     if none && !got.is_empty() {
         return Err(format!("expected no {kind} annotations, got {got:?}"));
     }
@@ -465,7 +485,9 @@ fn check_annotations(kind: &str, got: &[String], want: &[Matchspec], none: bool)
     }
     for w in want {
         if !got.iter().any(|g| w.matches(g)) {
-            return Err(format!("expected {kind} annotation {w:?} not found in {got:?}"));
+            return Err(format!(
+                "expected {kind} annotation {w:?} not found in {got:?}"
+            ));
         }
     }
     Ok(())
@@ -474,7 +496,10 @@ fn check_annotations(kind: &str, got: &[String], want: &[Matchspec], none: bool)
 fn compare_matrix(got: &[Series], ev: &Eval, start: i64, step: i64) -> Result<(), String> {
     for w in got.windows(2) {
         if w[0].labels >= w[1].labels {
-            return Err(format!("matrix not sorted: {} before {}", w[0].labels, w[1].labels));
+            return Err(format!(
+                "matrix not sorted: {} before {}",
+                w[0].labels, w[1].labels
+            ));
         }
     }
     let mut expected: BTreeMap<&Labels, &ExpectedSeries> = BTreeMap::new();
@@ -497,10 +522,16 @@ fn compare_matrix(got: &[Series], ev: &Eval, start: i64, step: i64) -> Result<()
             .filter_map(|(k, v)| v.map(|v| (start + k as i64 * step, v)))
             .collect();
         let ok = want.len() == s.samples.len()
-            && want.iter().zip(&s.samples).all(|(w, g)| w.0 == g.t && float_eq(w.1, g.v));
+            && want
+                .iter()
+                .zip(&s.samples)
+                .all(|(w, g)| w.0 == g.t && float_eq(w.1, g.v));
         if !ok {
             let got_pts: Vec<(i64, f64)> = s.samples.iter().map(|x| (x.t, x.v)).collect();
-            return Err(format!("series {}: want {want:?}, got {got_pts:?}", e.labels));
+            return Err(format!(
+                "series {}: want {want:?}, got {got_pts:?}",
+                e.labels
+            ));
         }
     }
     Ok(())
@@ -552,13 +583,20 @@ fn compare(ev: &Eval, res: Result<QueryResult, norn_promql::PromqlError>) -> Res
             }
             if v.len() != ev.series.len() {
                 let got: Vec<String> = v.iter().map(|s| format!("{} {}", s.labels, s.v)).collect();
-                return Err(format!("want {} samples, got {}: {got:?}", ev.series.len(), v.len()));
+                return Err(format!(
+                    "want {} samples, got {}: {got:?}",
+                    ev.series.len(),
+                    v.len()
+                ));
             }
             for (i, s) in v.iter().enumerate() {
                 let e = if ev.ordered {
                     let e = &ev.series[i];
                     if e.labels != s.labels {
-                        return Err(format!("order: position {i} want {}, got {}", e.labels, s.labels));
+                        return Err(format!(
+                            "order: position {i} want {}, got {}",
+                            e.labels, s.labels
+                        ));
                     }
                     e
                 } else {
@@ -654,7 +692,11 @@ fn run_file(rt: &tokio::runtime::Runtime, engine: &Engine, text: &str) -> Stats 
             if cmd == "load_with_nhcb" {
                 has_hist = true;
             }
-            let interval = line.split_whitespace().nth(1).and_then(parse_duration).unwrap_or(0);
+            let interval = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(parse_duration)
+                .unwrap_or(0);
             i += 1;
             while i < lines.len() && !is_block_end(lines[i]) {
                 let l = lines[i];
@@ -664,7 +706,9 @@ fn run_file(rt: &tokio::runtime::Runtime, engine: &Engine, text: &str) -> Stats 
                     continue;
                 }
                 let Ok((labels, rest)) = parse_series_line(l) else {
-                    stats.details.push(format!("line {i}: cannot parse load line {l:?}"));
+                    stats
+                        .details
+                        .push(format!("line {i}: cannot parse load line {l:?}"));
                     continue;
                 };
                 if rest.starts_with("@st") || l.contains("}@st") {
@@ -685,7 +729,9 @@ fn run_file(rt: &tokio::runtime::Runtime, engine: &Engine, text: &str) -> Stats 
             continue;
         }
         if !cmd.starts_with("eval") {
-            stats.details.push(format!("line {}: unknown command {line:?}", i + 1));
+            stats
+                .details
+                .push(format!("line {}: unknown command {line:?}", i + 1));
             i += 1;
             continue;
         }
@@ -714,7 +760,11 @@ fn run_file(rt: &tokio::runtime::Runtime, engine: &Engine, text: &str) -> Stats 
             if let Some(rest) = l.strip_prefix("expect range vector") {
                 let w: Vec<&str> = rest.split_whitespace().collect();
                 let parsed = (|| {
-                    Some((parse_duration(w.get(1)?)?, parse_duration(w.get(3)?)?, parse_duration(w.get(5)?)?))
+                    Some((
+                        parse_duration(w.get(1)?)?,
+                        parse_duration(w.get(3)?)?,
+                        parse_duration(w.get(5)?)?,
+                    ))
                 })();
                 match parsed {
                     Some(rv) => {
@@ -754,14 +804,18 @@ fn run_file(rt: &tokio::runtime::Runtime, engine: &Engine, text: &str) -> Stats 
                 ev.histogram_expected = true;
                 continue;
             }
-            match parse_series_line(l).and_then(|(labels, rest)| Ok((labels, expand_values(&rest)?))) {
+            match parse_series_line(l)
+                .and_then(|(labels, rest)| Ok((labels, expand_values(&rest)?)))
+            {
                 Ok((labels, values)) => ev.series.push(ExpectedSeries { labels, values }),
                 Err(e) => block_err = Some(format!("bad expected line {l:?}: {e}")),
             }
         }
         let Some(ev) = ev else {
             stats.fail += 1;
-            stats.details.push(format!("line {i}: {}", block_err.unwrap_or_default()));
+            stats
+                .details
+                .push(format!("line {i}: {}", block_err.unwrap_or_default()));
             continue;
         };
         if has_hist || ev.histogram_expected {
@@ -787,21 +841,20 @@ fn run_file(rt: &tokio::runtime::Runtime, engine: &Engine, text: &str) -> Stats 
         }
         if let Some(e) = block_err {
             stats.fail += 1;
-            stats.details.push(format!("line {}: script error {e}", ev.line));
+            stats
+                .details
+                .push(format!("line {}: script error {e}", ev.line));
             continue;
         }
-        let res = rt.block_on(async {
-            match ev.range {
-                Some((from, to, step)) => engine.range_query(&store, &ev.expr, from, to, step).await,
-                None => engine.instant_query(&store, &ev.expr, ev.at).await,
-            }
-        });
-        match compare(&ev, res) {
+        let outcome = rt.block_on(run_eval(engine, &store, &ev, &parsed, &fns));
+        match outcome {
             Ok(()) => stats.pass += 1,
             Err(e) => {
                 stats.fail += 1;
                 if stats.details.len() < MAX_DETAILS {
-                    stats.details.push(format!("line {}: {} -- {e}", ev.line, ev.expr));
+                    stats
+                        .details
+                        .push(format!("line {}: {} -- {e}", ev.line, ev.expr));
                 }
             }
         }
@@ -809,17 +862,181 @@ fn run_file(rt: &tokio::runtime::Runtime, engine: &Engine, text: &str) -> Stats 
     stats
 }
 
+/// Functions whose result depends on the evaluation time itself, so pinning selectors with
+/// `@` would change the answer (upstream skips the `@` check for them).
+const TIME_DEPENDENT: &[&str] = &[
+    "time",
+    "timestamp",
+    "predict_linear",
+    "start",
+    "end",
+    "range",
+    "step",
+    "days_in_month",
+    "day_of_month",
+    "day_of_week",
+    "day_of_year",
+    "hour",
+    "minute",
+    "month",
+    "year",
+];
+
+/// Adds `@ at` to every selector and subquery that has none; does not descend into
+/// subqueries, whose inner selectors must keep following the subquery's steps.
+fn pin_at(e: &mut promql_parser::parser::Expr, at: std::time::SystemTime) {
+    use promql_parser::parser::{AtModifier, Expr};
+    match e {
+        Expr::VectorSelector(vs) if vs.at.is_none() => vs.at = Some(AtModifier::At(at)),
+        Expr::MatrixSelector(ms) if ms.vs.at.is_none() => ms.vs.at = Some(AtModifier::At(at)),
+        Expr::Subquery(sq) if sq.at.is_none() => sq.at = Some(AtModifier::At(at)),
+        Expr::Aggregate(a) => {
+            pin_at(&mut a.expr, at);
+            if let Some(p) = a.param.as_mut() {
+                pin_at(p, at);
+            }
+        }
+        Expr::Unary(u) => pin_at(&mut u.expr, at),
+        Expr::Binary(b) => {
+            pin_at(&mut b.lhs, at);
+            pin_at(&mut b.rhs, at);
+        }
+        Expr::Paren(p) => pin_at(&mut p.expr, at),
+        Expr::Call(c) => {
+            for a in c.args.args.iter_mut() {
+                pin_at(a, at);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn system_time(ms: i64) -> std::time::SystemTime {
+    let d = std::time::Duration::from_millis(ms.unsigned_abs());
+    if ms >= 0 {
+        std::time::UNIX_EPOCH + d
+    } else {
+        std::time::UNIX_EPOCH - d
+    }
+}
+
+/// Turns a range-mode result into what the instant query would have returned at `t`.
+fn point_at(res: QueryResult, t: i64, want_scalar: bool) -> Result<QueryResult, String> {
+    let Value::Matrix(m) = &res.value else {
+        return Err(format!("range query returned {:?}", res.value));
+    };
+    for w in m.windows(2) {
+        if w[0].labels >= w[1].labels {
+            return Err("range-mode matrix not sorted".into());
+        }
+    }
+    let pts: Vec<norn_promql::VectorSample> = m
+        .iter()
+        .filter_map(|s| {
+            s.samples
+                .iter()
+                .find(|x| x.t == t)
+                .map(|x| norn_promql::VectorSample {
+                    labels: s.labels.clone(),
+                    t,
+                    v: x.v,
+                })
+        })
+        .collect();
+    let value = if want_scalar && pts.len() == 1 && pts[0].labels.is_empty() {
+        Value::Scalar { t, v: pts[0].v }
+    } else {
+        Value::Vector(pts)
+    };
+    Ok(QueryResult {
+        value,
+        warnings: res.warnings,
+        infos: res.infos,
+    })
+}
+
+/// Runs one eval plus upstream's extra checks for instant evals: the same expectations must
+/// hold with every selector pinned by `@` at other evaluation times, and in range mode.
+async fn run_eval(
+    engine: &Engine,
+    store: &MemStore,
+    ev: &Eval,
+    parsed: &promql_parser::parser::Expr,
+    fns: &[&'static str],
+) -> Result<(), String> {
+    if let Some((from, to, step)) = ev.range {
+        return compare(
+            ev,
+            engine.range_query(store, &ev.expr, from, to, step).await,
+        );
+    }
+    compare(ev, engine.instant_query(store, &ev.expr, ev.at).await)?;
+    let t = ev.at;
+    let range_mode_ok = ev.range_vector.is_none()
+        && ev.string.is_none()
+        && !ev.ordered
+        && !fns
+            .iter()
+            .any(|f| ["start", "end", "range", "step"].contains(f));
+    let mut variants = vec![(ev.expr.clone(), "")];
+    if !fns.iter().any(|f| TIME_DEPENDENT.contains(f)) {
+        let mut pinned = parsed.clone();
+        pin_at(&mut pinned, system_time(t));
+        let text = pinned.to_string();
+        if promql_parser::parser::parse(&text).is_ok() && text != ev.expr {
+            let times: Vec<i64> = if t == 0 {
+                vec![-1000, 0, 1000]
+            } else {
+                vec![-10 * t, 0, t / 5, t, 10 * t]
+            };
+            for at in times {
+                AT_CHECKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                compare(ev, engine.instant_query(store, &text, at).await)
+                    .map_err(|e| format!("with @ pinned ({text}) at {at}ms: {e}"))?;
+            }
+            variants.push((text, " @-pinned"));
+        }
+    }
+    if range_mode_ok {
+        for (text, what) in variants {
+            RANGE_CHECKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let res = engine
+                .range_query(store, &text, t - 60_000, t + 60_000, 60_000)
+                .await;
+            let res = match res {
+                Ok(r) => point_at(r, t, ev.scalar.is_some())
+                    .map_err(|e| format!("range mode{what}: {e}"))?,
+                Err(e) => {
+                    compare(ev, Err(e)).map_err(|e| format!("range mode{what}: {e}"))?;
+                    continue;
+                }
+            };
+            compare(ev, Ok(res)).map_err(|e| format!("range mode{what} ({text}): {e}"))?;
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn prometheus_conformance() {
     let dir = tests_dir();
     let Ok(entries) = std::fs::read_dir(&dir) else {
-        println!("PromQL conformance scripts not found at {}; skipping", dir.display());
+        println!(
+            "PromQL conformance scripts not found at {}; skipping",
+            dir.display()
+        );
         return;
     };
-    let mut files: Vec<PathBuf> =
-        entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "test")).collect();
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "test"))
+        .collect();
     files.sort();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let engine = Engine::new(EngineOptions {
         lookback_delta_ms: 300_000,
         max_samples: 50_000_000,
@@ -829,13 +1046,22 @@ fn prometheus_conformance() {
     let mut total = Stats::default();
     let mut report = String::new();
     for f in &files {
-        let name = f.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
         if only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
             continue;
         }
-        let Ok(text) = std::fs::read_to_string(f) else { continue };
+        let Ok(text) = std::fs::read_to_string(f) else {
+            continue;
+        };
         let s = run_file(&rt, &engine, &text);
-        let _ = writeln!(report, "{name:28} pass {:4}  fail {:4}  skip {:4}", s.pass, s.fail, s.skip);
+        let _ = writeln!(
+            report,
+            "{name:28} pass {:4}  fail {:4}  skip {:4}",
+            s.pass, s.fail, s.skip
+        );
         for (r, n) in &s.skip_reasons {
             let _ = writeln!(report, "    skipped {n:4}: {r}");
         }
@@ -849,10 +1075,20 @@ fn prometheus_conformance() {
             *total.skip_reasons.entry(r).or_default() += n;
         }
     }
-    let _ = writeln!(report, "{:28} pass {:4}  fail {:4}  skip {:4}", "TOTAL", total.pass, total.fail, total.skip);
+    let _ = writeln!(
+        report,
+        "{:28} pass {:4}  fail {:4}  skip {:4}",
+        "TOTAL", total.pass, total.fail, total.skip
+    );
     for (r, n) in &total.skip_reasons {
         let _ = writeln!(report, "    skipped {n:4}: {r}");
     }
+    let _ = writeln!(
+        report,
+        "extra checks run on passing instant evals: {} with @ pinned, {} in range mode",
+        AT_CHECKS.load(std::sync::atomic::Ordering::Relaxed),
+        RANGE_CHECKS.load(std::sync::atomic::Ordering::Relaxed)
+    );
     println!("{report}");
     let floor_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance_floor.txt");
     let floor: usize = std::fs::read_to_string(&floor_path)
@@ -860,6 +1096,10 @@ fn prometheus_conformance() {
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0);
     if only.is_none() {
-        assert!(total.pass >= floor, "conformance regressed: {} evals pass, floor is {floor}", total.pass);
+        assert!(
+            total.pass >= floor,
+            "conformance regressed: {} evals pass, floor is {floor}",
+            total.pass
+        );
     }
 }

@@ -61,7 +61,16 @@ impl XorChunk {
     pub fn with_capacity(cap: usize) -> Self {
         let mut buf = Vec::with_capacity(cap.max(HEADER));
         buf.extend_from_slice(&[0, 0]);
-        Self { buf, free: 0, num: 0, t: 0, t_delta: 0, v: 0, leading: 0xff, trailing: 0 }
+        Self {
+            buf,
+            free: 0,
+            num: 0,
+            t: 0,
+            t_delta: 0,
+            v: 0,
+            leading: 0xff,
+            trailing: 0,
+        }
     }
 
     /// Number of samples in the chunk.
@@ -209,7 +218,8 @@ impl XorChunk {
         let i = self.buf.len() - 1;
         self.buf[i] |= byte >> (8 - self.free);
         // `byte << 8` is 0 in Go; checked_shl keeps that meaning in Rust.
-        self.buf.push(byte.checked_shl(u32::from(self.free)).unwrap_or(0));
+        self.buf
+            .push(byte.checked_shl(u32::from(self.free)).unwrap_or(0));
     }
 
     fn write_bits(&mut self, u: u64, mut nbits: u32) {
@@ -335,7 +345,10 @@ impl<'a> XorIterator<'a> {
             _ => (0, !data.is_empty()),
         };
         Self {
-            r: BitReader { data, pos: HEADER * 8 },
+            r: BitReader {
+                data,
+                pos: HEADER * 8,
+            },
             total,
             read: 0,
             t: 0,

@@ -37,7 +37,10 @@ pub enum TsdbError {
 
 impl TsdbError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        TsdbError::Io { path: path.into(), source }
+        TsdbError::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     /// How a client should see this error.

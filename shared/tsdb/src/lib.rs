@@ -7,9 +7,14 @@
 
 pub mod chunkenc;
 pub mod error;
+pub mod head;
 pub mod metrics;
 pub mod wal;
 
 pub use error::{Result, TsdbError};
+pub use head::{
+    AppendLimits, AppendOutcome, ChunkMeta, Head, HeadOptions, HeadQueryable, RejectReason,
+    Rejection, ReplayStats, SeriesChunks,
+};
 pub use metrics::TsdbMetrics;
 pub use wal::{FsyncPolicy, ReplayResult, Wal, WalOptions};

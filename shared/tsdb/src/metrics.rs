@@ -59,7 +59,9 @@ impl TsdbMetrics {
                     "norn_ingester_wal_fsync_duration_seconds",
                     "Duration of WAL fsyncs (one per group commit).",
                 )
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                ]),
             )
             .expect("static metric definition"),
             wal_corruptions: counter(

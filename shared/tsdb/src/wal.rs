@@ -108,7 +108,10 @@ pub struct WalOptions {
 
 impl Default for WalOptions {
     fn default() -> Self {
-        Self { segment_size: DEFAULT_SEGMENT_SIZE, fsync: FsyncPolicy::Always }
+        Self {
+            segment_size: DEFAULT_SEGMENT_SIZE,
+            fsync: FsyncPolicy::Always,
+        }
     }
 }
 
@@ -140,7 +143,10 @@ pub struct Wal {
 
 impl std::fmt::Debug for Wal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Wal").field("dir", &self.dir).field("opts", &self.opts).finish()
+        f.debug_struct("Wal")
+            .field("dir", &self.dir)
+            .field("opts", &self.opts)
+            .finish()
     }
 }
 
@@ -175,10 +181,11 @@ pub fn list_segments(dir: &Path) -> Result<Vec<u32>> {
         let entry = entry.map_err(|e| TsdbError::io(dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.len() == 8 && name.bytes().all(|b| b.is_ascii_digit()) {
-            if let Ok(n) = name.parse::<u32>() {
-                out.push(n);
-            }
+        if name.len() == 8
+            && name.bytes().all(|b| b.is_ascii_digit())
+            && let Ok(n) = name.parse::<u32>()
+        {
+            out.push(n);
         }
     }
     out.sort_unstable();
@@ -186,13 +193,19 @@ pub fn list_segments(dir: &Path) -> Result<Vec<u32>> {
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| TsdbError::io(dir, e))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| TsdbError::io(dir, e))
 }
 
 impl Wal {
     /// Opens the WAL in `dir` (created if missing) and starts a new segment after the
     /// existing ones. Replay ([`replay`]) first if the data matters.
-    pub fn open(dir: impl Into<PathBuf>, opts: WalOptions, metrics: Arc<TsdbMetrics>) -> Result<Wal> {
+    pub fn open(
+        dir: impl Into<PathBuf>,
+        opts: WalOptions,
+        metrics: Arc<TsdbMetrics>,
+    ) -> Result<Wal> {
         let dir = dir.into();
         let mut opts = opts;
         let page = PAGE_SIZE as u64;
@@ -269,7 +282,9 @@ impl Wal {
             self.broken.store(true, Ordering::Release);
             return Err(TsdbError::io(segment_path(&self.dir, segment), e));
         }
-        self.metrics.wal_fsync_duration.observe(start.elapsed().as_secs_f64());
+        self.metrics
+            .wal_fsync_duration
+            .observe(start.elapsed().as_secs_f64());
         *synced = target;
         Ok(())
     }
@@ -280,7 +295,9 @@ impl Wal {
         }
         self.flush_out(w)?;
         w.seq += 1;
-        self.metrics.wal_records_written.inc_by(records.len() as u64);
+        self.metrics
+            .wal_records_written
+            .inc_by(records.len() as u64);
         Ok(())
     }
 
@@ -360,7 +377,9 @@ impl Wal {
             w.file
                 .sync_data()
                 .map_err(|e| TsdbError::io(segment_path(&self.dir, w.segment), e))?;
-            self.metrics.wal_fsync_duration.observe(start.elapsed().as_secs_f64());
+            self.metrics
+                .wal_fsync_duration
+                .observe(start.elapsed().as_secs_f64());
         }
         let next = w.segment + 1;
         let file = create_segment(&self.dir, next)?;
@@ -387,7 +406,8 @@ impl Wal {
     pub fn rotate(&self) -> Result<u32> {
         let mut w = self.writer.lock();
         let closed = w.segment;
-        self.next_segment(&mut w).inspect_err(|_| self.broken.store(true, Ordering::Release))?;
+        self.next_segment(&mut w)
+            .inspect_err(|_| self.broken.store(true, Ordering::Release))?;
         Ok(closed)
     }
 
@@ -415,7 +435,9 @@ impl Wal {
         }
         w.closed = true;
         self.flush_out(&mut w)?;
-        w.file.sync_all().map_err(|e| TsdbError::io(segment_path(&self.dir, w.segment), e))?;
+        w.file
+            .sync_all()
+            .map_err(|e| TsdbError::io(segment_path(&self.dir, w.segment), e))?;
         *self.synced.lock() = w.seq;
         Ok(())
     }
@@ -478,32 +500,56 @@ fn read_segment(
             // Page padding: must be all zeros up to the page end (or the end of the file).
             let end = page_end.min(data.len());
             if data[pos..end].iter().any(|&b| b != 0) {
-                return (good_end, records, Some((pos, Damage::Corrupt("non-zero page padding"))));
+                return (
+                    good_end,
+                    records,
+                    Some((pos, Damage::Corrupt("non-zero page padding"))),
+                );
             }
             pos = end;
             continue;
         }
         if pos + HEADER_SIZE > data.len() {
-            return (good_end, records, Some((pos, Damage::Torn("short fragment header"))));
+            return (
+                good_end,
+                records,
+                Some((pos, Damage::Torn("short fragment header"))),
+            );
         }
         let typ = data[pos];
         let kind = typ & 0x07;
         let flag = typ & SNAPPY;
         if typ & !0x0f != 0 || kind > LAST {
-            return (good_end, records, Some((pos, Damage::Corrupt("unknown fragment type"))));
+            return (
+                good_end,
+                records,
+                Some((pos, Damage::Corrupt("unknown fragment type"))),
+            );
         }
         let len = u16::from_be_bytes([data[pos + 1], data[pos + 2]]) as usize;
         let crc = u32::from_be_bytes([data[pos + 3], data[pos + 4], data[pos + 5], data[pos + 6]]);
         if HEADER_SIZE + len > page_left {
-            return (good_end, records, Some((pos, Damage::Corrupt("fragment crosses a page"))));
+            return (
+                good_end,
+                records,
+                Some((pos, Damage::Corrupt("fragment crosses a page"))),
+            );
         }
         let start = pos + HEADER_SIZE;
         if start + len > data.len() {
-            return (good_end, records, Some((pos, Damage::Torn("short fragment payload"))));
+            return (
+                good_end,
+                records,
+                Some((pos, Damage::Torn("short fragment payload"))),
+            );
         }
         let part = &data[start..start + len];
         if crc32c::crc32c(part) != crc {
-            return (good_end, records, Some((pos, Damage::Corrupt("fragment CRC mismatch"))));
+            return (
+                good_end,
+                records,
+                Some((pos, Damage::Corrupt("fragment CRC mismatch"))),
+            );
         }
         match (kind, in_record) {
             (FULL | FIRST, false) => {
@@ -513,7 +559,11 @@ fn read_segment(
             }
             (MIDDLE | LAST, true) if flag == record_flag => {}
             _ => {
-                return (good_end, records, Some((pos, Damage::Corrupt("bad fragment sequence"))));
+                return (
+                    good_end,
+                    records,
+                    Some((pos, Damage::Corrupt("bad fragment sequence"))),
+                );
             }
         }
         buf.extend_from_slice(part);
@@ -553,7 +603,11 @@ fn read_segment(
         }
     }
     if in_record {
-        return (good_end, records, Some((record_start, Damage::Torn("record cut short"))));
+        return (
+            good_end,
+            records,
+            Some((record_start, Damage::Torn("record cut short"))),
+        );
     }
     (good_end, records, None)
 }
@@ -570,7 +624,9 @@ pub fn replay(dir: &Path, metrics: &TsdbMetrics, mut f: impl FnMut(&[u8])) -> Re
         res.segments += 1;
         let (good_end, records, damage) = read_segment(&data, &mut decoder, &mut f);
         res.records += records;
-        let Some((offset, damage)) = damage else { continue };
+        let Some((offset, damage)) = damage else {
+            continue;
+        };
         tracing::warn!(
             segment = %path.display(),
             offset,
@@ -582,8 +638,12 @@ pub fn replay(dir: &Path, metrics: &TsdbMetrics, mut f: impl FnMut(&[u8])) -> Re
         metrics.wal_corruptions.inc();
         res.corruptions += 1;
         res.truncated_bytes += (data.len() - good_end) as u64;
-        let file = OpenOptions::new().write(true).open(&path).map_err(|e| TsdbError::io(&path, e))?;
-        file.set_len(good_end as u64).map_err(|e| TsdbError::io(&path, e))?;
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| TsdbError::io(&path, e))?;
+        file.set_len(good_end as u64)
+            .map_err(|e| TsdbError::io(&path, e))?;
         file.sync_all().map_err(|e| TsdbError::io(&path, e))?;
         for &later in &segments[i + 1..] {
             let p = segment_path(dir, later);
@@ -638,7 +698,10 @@ mod tests {
         {
             let wal = Wal::open(
                 dir.path(),
-                WalOptions { segment_size: 64 * 1024, fsync: FsyncPolicy::Always },
+                WalOptions {
+                    segment_size: 64 * 1024,
+                    fsync: FsyncPolicy::Always,
+                },
                 metrics(),
             )
             .unwrap();
@@ -704,8 +767,15 @@ mod tests {
     }
 
     fn write_wal(dir: &Path, recs: &[Vec<u8>], segment_size: u64) {
-        let wal = Wal::open(dir, WalOptions { segment_size, fsync: FsyncPolicy::Never }, metrics())
-            .unwrap();
+        let wal = Wal::open(
+            dir,
+            WalOptions {
+                segment_size,
+                fsync: FsyncPolicy::Never,
+            },
+            metrics(),
+        )
+        .unwrap();
         for r in recs {
             wal.log(&[r]).unwrap();
         }
@@ -764,7 +834,7 @@ mod tests {
             prop_assert!(got.len() <= recs.len());
             prop_assert_eq!(&got[..], &recs[..got.len()]);
             // …and every record that ends before the damage is in it.
-            let damage_at = if flip { cut as u64 } else { cut as u64 };
+            let damage_at = cut as u64;
             let intact = ends
                 .iter()
                 .filter(|&&(s, e)| s < last || (s == last && e <= damage_at))

@@ -161,7 +161,10 @@ pub fn decode(rec: &[u8]) -> Result<Record, DecodeError> {
                     let value = d.string()?;
                     labels.push(Label::new(name, value));
                 }
-                out.push(RefSeries { series, labels: Labels::new(labels) });
+                out.push(RefSeries {
+                    series,
+                    labels: Labels::new(labels),
+                });
             }
             Ok(Record::Series(out))
         }
@@ -198,7 +201,18 @@ mod tests {
         let mut buf = Vec::new();
         encode_samples(
             &mut buf,
-            &[RefSample { series: 5, t: 1000, v: 1.0 }, RefSample { series: 4, t: 1001, v: 2.0 }],
+            &[
+                RefSample {
+                    series: 5,
+                    t: 1000,
+                    v: 1.0,
+                },
+                RefSample {
+                    series: 4,
+                    t: 1001,
+                    v: 2.0,
+                },
+            ],
         );
         let mut want = vec![2];
         want.extend_from_slice(&5u64.to_be_bytes());

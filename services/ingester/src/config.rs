@@ -1,0 +1,57 @@
+//! Ingester configuration: the `blocks_storage.tsdb` keys Mimir uses for the ingester's TSDB.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use norn_model::duration::serde_duration;
+use norn_tsdb::FsyncPolicy;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Everything the ingester needs to know.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Config {
+    pub tsdb: TsdbConfig,
+}
+
+/// `blocks_storage.tsdb`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TsdbConfig {
+    /// Where per-tenant WALs (and later local blocks) live.
+    pub dir: PathBuf,
+    /// Width of a block; the head accepts samples up to half of it behind its newest sample.
+    #[serde(with = "serde_duration")]
+    pub block_ranges_period: Duration,
+    /// How long shipped blocks stay on local disk.
+    #[serde(with = "serde_duration")]
+    pub retention_period: Duration,
+    /// WAL segment size in bytes.
+    pub wal_segment_size_bytes: u64,
+    /// `always`: group-commit fsync before a push is acknowledged; `never`: leave it to the OS.
+    #[serde(serialize_with = "ser_fsync", deserialize_with = "de_fsync")]
+    pub wal_fsync: FsyncPolicy,
+}
+
+impl Default for TsdbConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("./tsdb"),
+            block_ranges_period: Duration::from_secs(2 * 3600),
+            retention_period: Duration::from_secs(13 * 3600),
+            wal_segment_size_bytes: 128 << 20,
+            wal_fsync: FsyncPolicy::Always,
+        }
+    }
+}
+
+fn ser_fsync<S: Serializer>(p: &FsyncPolicy, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(match p {
+        FsyncPolicy::Always => "always",
+        FsyncPolicy::Never => "never",
+    })
+}
+
+fn de_fsync<'de, D: Deserializer<'de>>(d: D) -> Result<FsyncPolicy, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}

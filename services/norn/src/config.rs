@@ -1,0 +1,421 @@
+//! Norn's configuration: Mimir's YAML layout (`--config.file`) overlaid with Mimir-named flags.
+//!
+//! Precedence: built-in defaults < YAML file < command-line flags. Unknown YAML keys are an
+//! error that names the key (serde's `deny_unknown_fields` on every block), so a typo never
+//! silently falls back to a default. `/config` shows the effective config with secrets masked.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use norn_model::duration::{parse_duration, serde_duration};
+use serde::{Deserialize, Serialize};
+
+/// Command-line flags. Every flag has a YAML key; flags win.
+#[derive(Debug, Parser)]
+#[command(name = "norn", version, about = "Norn: horizontally scalable long-term storage for Prometheus metrics.")]
+pub struct Args {
+    /// YAML configuration file in Mimir's layout.
+    #[arg(long = "config.file")]
+    pub config_file: Option<PathBuf>,
+    /// Comma-separated services to run: all (default), distributor, ingester, querier.
+    #[arg(long = "target")]
+    pub target: Option<String>,
+    /// Address the HTTP server listens on (all interfaces when empty).
+    #[arg(long = "server.http-listen-address")]
+    pub http_listen_address: Option<String>,
+    /// HTTP port (default 8080).
+    #[arg(long = "server.http-listen-port")]
+    pub http_listen_port: Option<u16>,
+    /// Address the gRPC server listens on.
+    #[arg(long = "server.grpc-listen-address")]
+    pub grpc_listen_address: Option<String>,
+    /// gRPC port (default 9095).
+    #[arg(long = "server.grpc-listen-port")]
+    pub grpc_listen_port: Option<u16>,
+    /// Log level: debug, info, warn, error.
+    #[arg(long = "log.level")]
+    pub log_level: Option<String>,
+    /// Require X-Scope-OrgID on every request (true); when false every request is tenant `anonymous`.
+    #[arg(long = "auth.multitenancy-enabled", num_args = 0..=1, default_missing_value = "true")]
+    pub multitenancy_enabled: Option<bool>,
+    /// Object storage backend: filesystem or s3.
+    #[arg(long = "common.storage.backend")]
+    pub storage_backend: Option<String>,
+    /// Bucket directory for the filesystem backend.
+    #[arg(long = "common.storage.filesystem.dir")]
+    pub storage_filesystem_dir: Option<PathBuf>,
+    /// S3 endpoint (host:port).
+    #[arg(long = "common.storage.s3.endpoint")]
+    pub s3_endpoint: Option<String>,
+    /// S3 bucket name.
+    #[arg(long = "common.storage.s3.bucket-name")]
+    pub s3_bucket_name: Option<String>,
+    /// S3 access key id.
+    #[arg(long = "common.storage.s3.access-key-id")]
+    pub s3_access_key_id: Option<String>,
+    /// S3 secret access key.
+    #[arg(long = "common.storage.s3.secret-access-key")]
+    pub s3_secret_access_key: Option<String>,
+    /// S3 region.
+    #[arg(long = "common.storage.s3.region")]
+    pub s3_region: Option<String>,
+    /// Use plain HTTP to talk to S3.
+    #[arg(long = "common.storage.s3.insecure", num_args = 0..=1, default_missing_value = "true")]
+    pub s3_insecure: Option<bool>,
+    /// Directory of the ingesters' per-tenant WALs and local blocks.
+    #[arg(long = "blocks-storage.tsdb.dir")]
+    pub tsdb_dir: Option<PathBuf>,
+    /// Block width (e.g. 2h); the head takes samples up to half of it behind its newest sample.
+    #[arg(long = "blocks-storage.tsdb.block-ranges-period")]
+    pub tsdb_block_ranges_period: Option<String>,
+    /// How long shipped blocks stay on the ingester's disk.
+    #[arg(long = "blocks-storage.tsdb.retention-period")]
+    pub tsdb_retention_period: Option<String>,
+    /// WAL segment size in bytes.
+    #[arg(long = "blocks-storage.tsdb.wal-segment-size-bytes")]
+    pub tsdb_wal_segment_size_bytes: Option<u64>,
+    /// WAL fsync policy: always (group commit before acknowledging) or never.
+    #[arg(long = "blocks-storage.tsdb.wal-fsync")]
+    pub tsdb_wal_fsync: Option<String>,
+    /// Largest push body accepted, compressed and decompressed, in bytes.
+    #[arg(long = "distributor.max-recv-msg-size")]
+    pub distributor_max_recv_msg_size: Option<usize>,
+    /// Per-tenant overrides file, re-read periodically.
+    #[arg(long = "runtime-config.file")]
+    pub runtime_config_file: Option<PathBuf>,
+    /// How often the runtime config file is re-read.
+    #[arg(long = "runtime-config.reload-period")]
+    pub runtime_config_reload_period: Option<String>,
+    /// Most samples one query may hold in memory.
+    #[arg(long = "querier.max-samples")]
+    pub querier_max_samples: Option<usize>,
+    /// Longest a query may run.
+    #[arg(long = "querier.timeout")]
+    pub querier_timeout: Option<String>,
+    /// How far back an instant vector selector looks for a sample.
+    #[arg(long = "querier.lookback-delta")]
+    pub querier_lookback_delta: Option<String>,
+    /// Default samples/s per tenant.
+    #[arg(long = "distributor.ingestion-rate-limit")]
+    pub ingestion_rate: Option<f64>,
+    /// Default token-bucket burst per tenant.
+    #[arg(long = "distributor.ingestion-burst-size")]
+    pub ingestion_burst_size: Option<usize>,
+    /// Default in-memory series per tenant (0 = unlimited).
+    #[arg(long = "ingester.max-global-series-per-user")]
+    pub max_global_series_per_user: Option<usize>,
+    /// Default in-memory series per metric per tenant (0 = unlimited).
+    #[arg(long = "ingester.max-global-series-per-metric")]
+    pub max_global_series_per_metric: Option<usize>,
+}
+
+/// The whole configuration, in Mimir's YAML layout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub target: String,
+    pub multitenancy_enabled: bool,
+    pub server: ServerConfig,
+    pub common: CommonConfig,
+    pub blocks_storage: BlocksStorageConfig,
+    pub distributor: norn_distributor::Config,
+    pub querier: norn_querier::Config,
+    pub limits: norn_limits::Limits,
+    pub runtime_config: RuntimeConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            target: "all".into(),
+            multitenancy_enabled: true,
+            server: ServerConfig::default(),
+            common: CommonConfig::default(),
+            blocks_storage: BlocksStorageConfig::default(),
+            distributor: Default::default(),
+            querier: Default::default(),
+            limits: Default::default(),
+            runtime_config: RuntimeConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub http_listen_address: String,
+    pub http_listen_port: u16,
+    pub grpc_listen_address: String,
+    pub grpc_listen_port: u16,
+    pub log_level: String,
+    #[serde(with = "serde_duration")]
+    pub graceful_shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            http_listen_address: String::new(),
+            http_listen_port: 8080,
+            grpc_listen_address: String::new(),
+            grpc_listen_port: 9095,
+            log_level: "info".into(),
+            graceful_shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommonConfig {
+    pub storage: StorageConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub backend: String,
+    pub filesystem: FilesystemConfig,
+    pub s3: S3Config,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { backend: "filesystem".into(), filesystem: Default::default(), s3: Default::default() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilesystemConfig {
+    pub dir: PathBuf,
+}
+
+impl Default for FilesystemConfig {
+    fn default() -> Self {
+        Self { dir: PathBuf::from("./data/bucket") }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    pub endpoint: String,
+    pub bucket_name: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub region: String,
+    pub insecure: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlocksStorageConfig {
+    pub tsdb: norn_ingester::config::TsdbConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    pub file: Option<PathBuf>,
+    #[serde(with = "serde_duration")]
+    pub period: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self { file: None, period: Duration::from_secs(10) }
+    }
+}
+
+const MASK: &str = "********";
+
+impl Config {
+    /// Defaults, then the YAML file named by `--config.file`, then flags.
+    pub fn load(args: &Args) -> anyhow::Result<Config> {
+        let mut cfg = match &args.config_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                Self::from_yaml(&text).with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_flags(args)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses YAML; an empty document is the defaults.
+    pub fn from_yaml(text: &str) -> anyhow::Result<Config> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        Ok(serde_yaml::from_str(text)?)
+    }
+
+    fn apply_flags(&mut self, a: &Args) -> anyhow::Result<()> {
+        let dur = |s: &Option<String>, name: &str| -> anyhow::Result<Option<Duration>> {
+            s.as_deref().map(|s| parse_duration(s).with_context(|| format!("flag --{name}"))).transpose()
+        };
+        macro_rules! set {
+            ($field:expr, $flag:expr) => {
+                if let Some(v) = $flag.clone() {
+                    $field = v;
+                }
+            };
+        }
+        set!(self.target, a.target);
+        set!(self.multitenancy_enabled, a.multitenancy_enabled);
+        set!(self.server.http_listen_address, a.http_listen_address);
+        set!(self.server.http_listen_port, a.http_listen_port);
+        set!(self.server.grpc_listen_address, a.grpc_listen_address);
+        set!(self.server.grpc_listen_port, a.grpc_listen_port);
+        set!(self.server.log_level, a.log_level);
+        set!(self.common.storage.backend, a.storage_backend);
+        set!(self.common.storage.filesystem.dir, a.storage_filesystem_dir);
+        set!(self.common.storage.s3.endpoint, a.s3_endpoint);
+        set!(self.common.storage.s3.bucket_name, a.s3_bucket_name);
+        set!(self.common.storage.s3.access_key_id, a.s3_access_key_id);
+        set!(self.common.storage.s3.secret_access_key, a.s3_secret_access_key);
+        set!(self.common.storage.s3.region, a.s3_region);
+        set!(self.common.storage.s3.insecure, a.s3_insecure);
+        let tsdb = &mut self.blocks_storage.tsdb;
+        set!(tsdb.dir, a.tsdb_dir);
+        if let Some(d) = dur(&a.tsdb_block_ranges_period, "blocks-storage.tsdb.block-ranges-period")? {
+            tsdb.block_ranges_period = d;
+        }
+        if let Some(d) = dur(&a.tsdb_retention_period, "blocks-storage.tsdb.retention-period")? {
+            tsdb.retention_period = d;
+        }
+        set!(tsdb.wal_segment_size_bytes, a.tsdb_wal_segment_size_bytes);
+        if let Some(p) = &a.tsdb_wal_fsync {
+            tsdb.wal_fsync = p.parse().map_err(|e| anyhow::anyhow!("flag --blocks-storage.tsdb.wal-fsync: {e}"))?;
+        }
+        set!(self.distributor.max_recv_msg_size, a.distributor_max_recv_msg_size);
+        if a.runtime_config_file.is_some() {
+            self.runtime_config.file = a.runtime_config_file.clone();
+        }
+        if let Some(d) = dur(&a.runtime_config_reload_period, "runtime-config.reload-period")? {
+            self.runtime_config.period = d;
+        }
+        set!(self.querier.max_samples, a.querier_max_samples);
+        if let Some(d) = dur(&a.querier_timeout, "querier.timeout")? {
+            self.querier.timeout = d;
+        }
+        if let Some(d) = dur(&a.querier_lookback_delta, "querier.lookback-delta")? {
+            self.querier.lookback_delta = d;
+        }
+        set!(self.limits.ingestion_rate, a.ingestion_rate);
+        set!(self.limits.ingestion_burst_size, a.ingestion_burst_size);
+        set!(self.limits.max_global_series_per_user, a.max_global_series_per_user);
+        set!(self.limits.max_global_series_per_metric, a.max_global_series_per_metric);
+        Ok(())
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        for t in self.targets() {
+            if !matches!(t.as_str(), "all" | "distributor" | "ingester" | "querier") {
+                bail!("unknown target {t:?}: expected all, distributor, ingester or querier");
+            }
+        }
+        if !matches!(self.common.storage.backend.as_str(), "filesystem" | "s3") {
+            bail!("common.storage.backend must be filesystem or s3, got {:?}", self.common.storage.backend);
+        }
+        if self.blocks_storage.tsdb.block_ranges_period < Duration::from_secs(60) {
+            bail!("blocks_storage.tsdb.block_ranges_period must be at least 1m");
+        }
+        for (name, addr) in [
+            ("server.http_listen_address", &self.server.http_listen_address),
+            ("server.grpc_listen_address", &self.server.grpc_listen_address),
+        ] {
+            if !addr.is_empty() && addr.parse::<IpAddr>().is_err() {
+                bail!("{name} must be an IP address, got {addr:?}");
+            }
+        }
+        Ok(())
+    }
+
+    /// The services `target` names.
+    pub fn targets(&self) -> Vec<String> {
+        self.target.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+    }
+
+    /// The effective configuration as YAML with secrets replaced by a mask.
+    pub fn masked_yaml(&self) -> String {
+        let mut c = self.clone();
+        if !c.common.storage.s3.secret_access_key.is_empty() {
+            c.common.storage.s3.secret_access_key = MASK.to_string();
+        }
+        serde_yaml::to_string(&c).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Args {
+        Args::parse_from(std::iter::once("norn").chain(list.iter().copied()))
+    }
+
+    #[test]
+    fn yaml_in_mimir_layout() {
+        let c = Config::from_yaml(
+            "multitenancy_enabled: false\nserver:\n  http_listen_port: 9009\nblocks_storage:\n  tsdb:\n    dir: /x\n    block_ranges_period: 1h\nlimits:\n  ingestion_rate: 5\n",
+        )
+        .unwrap();
+        assert!(!c.multitenancy_enabled);
+        assert_eq!(c.server.http_listen_port, 9009);
+        assert_eq!(c.blocks_storage.tsdb.dir, PathBuf::from("/x"));
+        assert_eq!(c.blocks_storage.tsdb.block_ranges_period, Duration::from_secs(3600));
+        assert_eq!(c.limits.ingestion_rate, 5.0);
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key() {
+        let err = Config::from_yaml("server:\n  http_listen_prot: 1\n").unwrap_err().to_string();
+        assert!(err.contains("http_listen_prot"), "{err}");
+        let err = Config::from_yaml("bogus_block: {}\n").unwrap_err().to_string();
+        assert!(err.contains("bogus_block"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_yaml() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.yaml");
+        std::fs::write(&f, "server:\n  http_listen_port: 1\n").unwrap();
+        let a = args(&[
+            "--config.file",
+            f.to_str().unwrap(),
+            "--server.http-listen-port=2",
+            "--auth.multitenancy-enabled=false",
+            "--blocks-storage.tsdb.block-ranges-period=30m",
+        ]);
+        let c = Config::load(&a).unwrap();
+        assert_eq!(c.server.http_listen_port, 2);
+        assert!(!c.multitenancy_enabled);
+        assert_eq!(c.blocks_storage.tsdb.block_ranges_period, Duration::from_secs(1800));
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        let a = args(&["--common.storage.s3.secret-access-key=hunter2"]);
+        let c = Config::load(&a).unwrap();
+        let y = c.masked_yaml();
+        assert!(!y.contains("hunter2"));
+        assert!(y.contains(MASK));
+        // And the masked YAML is itself a valid config.
+        Config::from_yaml(&y).unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        assert!(Config::load(&args(&["--target=bogus"])).is_err());
+        assert!(Config::load(&args(&["--common.storage.backend=gcs"])).is_err());
+        assert!(Config::load(&args(&["--querier.timeout=soon"])).is_err());
+    }
+}

@@ -1,0 +1,172 @@
+//! `norn`: runs Norn's services in one process.
+//!
+//! `--target=all` (the default) wires the distributor, ingester and querier in-process with
+//! no network hops between them; the same services talk gRPC in microservices mode (a later
+//! step). The process serves HTTP until SIGTERM/SIGINT, then stops taking requests, lets
+//! in-flight ones finish, and shuts services down in reverse order so the ingester's WAL is
+//! synced last.
+
+mod config;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use norn_distributor::{Distributor, DistributorService};
+use norn_ingester::{Ingester, IngesterService};
+use norn_limits::Overrides;
+use norn_model::{MetadataReader, Pusher, QueryableProvider};
+use norn_querier::{Querier, QuerierService};
+use norn_server::http::{Harness, router, serve};
+use norn_server::{Metrics, Service, TenantResolver};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Args, Config};
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let cfg = Config::load(&args)?;
+    init_logging(&cfg.server.log_level)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("norn")
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(run(cfg))
+}
+
+fn init_logging(level: &str) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .with_context(|| format!("invalid log level {level:?}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    Ok(())
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    let targets = cfg.targets();
+    if targets.iter().any(|t| t != "all") {
+        bail!(
+            "target {:?} is not available yet: this build runs the all-in-one process only (--target=all); \
+             microservices mode with gRPC between services is planned",
+            cfg.target
+        );
+    }
+    let metrics = Metrics::new();
+    let overrides = Arc::new(match &cfg.runtime_config.file {
+        Some(path) => Overrides::with_file(cfg.limits.clone(), path)
+            .with_context(|| format!("loading runtime config {}", path.display()))?,
+        None => Overrides::new(cfg.limits.clone()),
+    });
+    let shutdown = CancellationToken::new();
+    if overrides.path().is_some() {
+        spawn_overrides_reloader(Arc::clone(&overrides), cfg.runtime_config.period, shutdown.clone());
+    }
+    let tenants = TenantResolver { multitenancy_enabled: cfg.multitenancy_enabled };
+
+    let ingester = Ingester::start(
+        norn_ingester::Config { tsdb: cfg.blocks_storage.tsdb.clone() },
+        Arc::clone(&overrides),
+        Arc::clone(&metrics),
+    )
+    .context("starting the ingester")?;
+    let distributor = Distributor::new(
+        cfg.distributor.clone(),
+        Arc::clone(&overrides),
+        Arc::clone(&ingester) as Arc<dyn Pusher>,
+        tenants,
+        Arc::clone(&metrics),
+    );
+    let querier = Querier::new(
+        cfg.querier.clone(),
+        Arc::clone(&ingester) as Arc<dyn QueryableProvider>,
+        Arc::clone(&ingester) as Arc<dyn MetadataReader>,
+        tenants,
+    );
+    // Start order; shutdown runs in reverse, so the ingester (and its WAL) stops last.
+    let services: Vec<Arc<dyn Service>> = vec![
+        Arc::new(IngesterService(ingester)),
+        Arc::new(DistributorService(distributor)),
+        Arc::new(QuerierService(querier)),
+    ];
+
+    let ip: IpAddr = if cfg.server.http_listen_address.is_empty() {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        cfg.server.http_listen_address.parse()?
+    };
+    let addr = SocketAddr::new(ip, cfg.server.http_listen_port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding HTTP listener on {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, target = %cfg.target, "Norn HTTP server listening");
+
+    let app = router(Harness {
+        services: services.clone(),
+        metrics: Arc::clone(&metrics),
+        config_yaml: Arc::from(cfg.masked_yaml()),
+    });
+    let server = tokio::spawn(serve(listener, app, shutdown.clone()));
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: draining HTTP requests");
+    shutdown.cancel();
+    match tokio::time::timeout(cfg.server.graceful_shutdown_timeout, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server error"),
+        Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
+        Err(_) => tracing::warn!("graceful shutdown timed out; stopping with requests in flight"),
+    }
+    for s in services.iter().rev() {
+        tracing::info!(service = s.name(), "stopping");
+        s.shutdown().await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn spawn_overrides_reloader(o: Arc<Overrides>, period: std::time::Duration, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period.max(std::time::Duration::from_secs(1)));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {
+                    if let Err(e) = o.reload() {
+                        tracing::error!(error = %e, "reloading runtime config failed; keeping the previous overrides");
+                    }
+                }
+            }
+        }
+    });
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("received SIGTERM"),
+                    _ = int.recv() => tracing::info!("received SIGINT"),
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,235 @@
+//! Prometheus' JSON shapes, written by hand for speed and exactness.
+//!
+//! Timestamps are seconds with up to three decimals (`1435781451.781`), values are strings in
+//! Go's shortest round-trip `'f'` format (`"1"`, `"0.1"`, `"NaN"`, `"+Inf"`), and `warnings`
+//! and `infos` appear only when non-empty — exactly what Grafana's Prometheus data source and
+//! Prometheus' own clients parse.
+
+use std::fmt::Write;
+
+use norn_model::Labels;
+use norn_promql::{QueryResult, Value};
+
+/// Appends a millisecond timestamp as Prometheus writes it.
+pub fn write_timestamp(out: &mut String, t: i64) {
+    let (sign, t) = if t < 0 { ("-", t.unsigned_abs()) } else { ("", t as u64) };
+    let _ = write!(out, "{sign}{}", t / 1000);
+    let frac = t % 1000;
+    if frac != 0 {
+        let _ = write!(out, ".{frac:03}");
+    }
+}
+
+/// Formats a sample value as Prometheus does (`strconv.FormatFloat(v, 'f', -1, 64)`).
+pub fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".to_string()
+    } else if v == f64::INFINITY {
+        "+Inf".to_string()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".to_string()
+    } else {
+        // Rust's Display for f64 is the shortest round-trip decimal without an exponent:
+        // the same digits Go's 'f' with precision -1 prints.
+        format!("{v}")
+    }
+}
+
+/// Appends a JSON string literal.
+pub fn write_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            // Go's encoder escapes these for safe embedding in HTML; clients accept either.
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Appends a label set as a JSON object.
+pub fn write_labels(out: &mut String, labels: &Labels) {
+    out.push('{');
+    for (i, l) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_str(out, &l.name);
+        out.push(':');
+        write_str(out, &l.value);
+    }
+    out.push('}');
+}
+
+fn write_point(out: &mut String, t: i64, v: f64) {
+    out.push('[');
+    write_timestamp(out, t);
+    out.push(',');
+    write_str(out, &format_value(v));
+    out.push(']');
+}
+
+/// Appends `,"warnings":[…],"infos":[…]` when there are any.
+pub fn write_annotations(out: &mut String, warnings: &[String], infos: &[String]) {
+    for (key, list) in [("warnings", warnings), ("infos", infos)] {
+        if list.is_empty() {
+            continue;
+        }
+        let _ = write!(out, ",\"{key}\":[");
+        for (i, w) in list.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            write_str(out, w);
+        }
+        out.push(']');
+    }
+}
+
+/// The whole success envelope of `query` / `query_range`.
+pub fn query_response(r: &QueryResult) -> String {
+    let mut out = String::with_capacity(256);
+    out.push_str("{\"status\":\"success\",\"data\":{\"resultType\":");
+    match &r.value {
+        Value::Scalar { t, v } => {
+            out.push_str("\"scalar\",\"result\":");
+            write_point(&mut out, *t, *v);
+        }
+        Value::String { t, v } => {
+            out.push_str("\"string\",\"result\":[");
+            write_timestamp(&mut out, *t);
+            out.push(',');
+            write_str(&mut out, v);
+            out.push(']');
+        }
+        Value::Vector(samples) => {
+            out.push_str("\"vector\",\"result\":[");
+            for (i, s) in samples.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str("{\"metric\":");
+                write_labels(&mut out, &s.labels);
+                out.push_str(",\"value\":");
+                write_point(&mut out, s.t, s.v);
+                out.push('}');
+            }
+            out.push(']');
+        }
+        Value::Matrix(series) => {
+            out.push_str("\"matrix\",\"result\":[");
+            for (i, s) in series.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str("{\"metric\":");
+                write_labels(&mut out, &s.labels);
+                out.push_str(",\"values\":[");
+                for (j, p) in s.samples.iter().enumerate() {
+                    if j > 0 {
+                        out.push(',');
+                    }
+                    write_point(&mut out, p.t, p.v);
+                }
+                out.push_str("]}");
+            }
+            out.push(']');
+        }
+    }
+    out.push('}');
+    write_annotations(&mut out, &r.warnings, &r.infos);
+    out.push('}');
+    out
+}
+
+/// `{"status":"success","data":<data>}` plus annotations.
+pub fn success(data: &str, warnings: &[String]) -> String {
+    let mut out = String::with_capacity(data.len() + 40);
+    out.push_str("{\"status\":\"success\",\"data\":");
+    out.push_str(data);
+    write_annotations(&mut out, warnings, &[]);
+    out.push('}');
+    out
+}
+
+/// A JSON array of strings.
+pub fn string_array(items: &[String]) -> String {
+    let mut out = String::from("[");
+    for (i, s) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_str(&mut out, s);
+    }
+    out.push(']');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use norn_model::{Sample, Series};
+    use norn_promql::VectorSample;
+
+    #[test]
+    fn timestamps_like_prometheus() {
+        let f = |t| {
+            let mut s = String::new();
+            write_timestamp(&mut s, t);
+            s
+        };
+        assert_eq!(f(1_435_781_451_781), "1435781451.781");
+        assert_eq!(f(1000), "1");
+        assert_eq!(f(1005), "1.005");
+        assert_eq!(f(1100), "1.100");
+        assert_eq!(f(-1500), "-1.500");
+    }
+
+    #[test]
+    fn values_like_go_format_float() {
+        assert_eq!(format_value(1.0), "1");
+        assert_eq!(format_value(0.1), "0.1");
+        assert_eq!(format_value(1e21), "1000000000000000000000");
+        assert_eq!(format_value(1e-7), "0.0000001");
+        assert_eq!(format_value(f64::NAN), "NaN");
+        assert_eq!(format_value(f64::INFINITY), "+Inf");
+        assert_eq!(format_value(f64::NEG_INFINITY), "-Inf");
+        assert_eq!(format_value(-0.0), "-0");
+    }
+
+    #[test]
+    fn golden_vector_matrix_scalar() {
+        let labels = Labels::from_pairs([("__name__", "up"), ("job", "a\"b")]);
+        let v = QueryResult {
+            value: Value::Vector(vec![VectorSample { labels: labels.clone(), t: 1500, v: 1.0 }]),
+            warnings: vec![],
+            infos: vec![],
+        };
+        assert_eq!(
+            query_response(&v),
+            r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"__name__":"up","job":"a\"b"},"value":[1.500,"1"]}]}}"#
+        );
+        let m = QueryResult {
+            value: Value::Matrix(vec![Series { labels, samples: vec![Sample::new(0, 2.5), Sample::new(15000, f64::NAN)] }]),
+            warnings: vec!["w".into()],
+            infos: vec![],
+        };
+        assert_eq!(
+            query_response(&m),
+            r#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"__name__":"up","job":"a\"b"},"values":[[0,"2.5"],[15,"NaN"]]}]},"warnings":["w"]}"#
+        );
+        let s = QueryResult { value: Value::Scalar { t: 1000, v: 3.0 }, warnings: vec![], infos: vec![] };
+        assert_eq!(query_response(&s), r#"{"status":"success","data":{"resultType":"scalar","result":[1,"3"]}}"#);
+    }
+}

@@ -1,0 +1,962 @@
+//! The per-tenant in-memory TSDB ("head"): series with their XOR chunks, a postings index,
+//! appends from write requests and reads for PromQL, made durable by the [`wal`](crate::wal).
+//!
+//! # Write path
+//!
+//! For each series of a [`WriteBatch`] the head hashes the borrowed label bytes and looks the
+//! series up in one of [`SHARDS`] hash shards, comparing labels against the interned symbols
+//! without allocating. Only a new series is copied (interned, given an id, indexed). Samples
+//! are checked (too old, out of order, duplicate) and appended under the series' own mutex,
+//! so appenders only contend when they write the same series. Everything accepted is then
+//! written to the WAL, new series records before the samples, and `append` returns after the
+//! WAL's group commit made it durable.
+//!
+//! Memory is written before the WAL, so two concurrent appends to one series can reach the WAL
+//! in the opposite order from memory, and a sample can reach the WAL before the series
+//! record another appender is about to log. Replay handles both: it re-inserts an older
+//! sample in order, and holds samples of a not-yet-seen series until its record arrives.
+//!
+//! # Read path
+//!
+//! Matchers resolve to sorted series ids through the postings index; each series' chunks
+//! are decoded for the requested range. [`HeadQueryable`] exposes this as a
+//! [`Queryable`] for the PromQL engine, and [`Head::series_chunks`] hands whole chunks to
+//! the block writer.
+//!
+//! # Memory
+//!
+//! A series costs one `Arc` allocation (id, symbol ids, chunk state), 16 bytes in a hash
+//! shard, 8 in the id table and 4 per label in the postings; label strings are stored once in
+//! the [`symbols`] table.
+
+mod postings;
+mod series;
+mod symbols;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use hashbrown::HashMap;
+use norn_model::{
+    Label, Labels, METRIC_NAME, Matcher, Queryable, Series, SeriesView, StorageError, WriteBatch,
+};
+use parking_lot::{Mutex, RwLock};
+
+use crate::error::{Result, TsdbError};
+use crate::metrics::TsdbMetrics;
+use crate::wal::record::{self, RefSample};
+use crate::wal::{self, FsyncPolicy, ReplayResult, Wal, WalOptions};
+
+use postings::MemPostings;
+use series::MemSeries;
+use symbols::SymbolTable;
+
+/// Number of lock shards for the series hash table and the id table (a power of two).
+pub const SHARDS: usize = 256;
+
+/// Default block range: 2 h.
+pub const DEFAULT_BLOCK_RANGE_MS: i64 = 2 * 3600 * 1000;
+
+/// Settings of a head.
+#[derive(Debug, Clone)]
+pub struct HeadOptions {
+    /// The tenant's TSDB directory; the WAL goes to `dir/wal`.
+    pub dir: PathBuf,
+    /// Maximum WAL segment size (default 128 MiB).
+    pub wal_segment_size: u64,
+    /// WAL fsync policy (default: group-commit fsync before `append` returns).
+    pub fsync: FsyncPolicy,
+    /// Block range, also the chunk range for cutting chunks (default 2 h).
+    pub block_range_ms: i64,
+    /// Samples older than `max_t - too_old_window_ms` are rejected as too old (default:
+    /// half the block range, as Prometheus).
+    pub too_old_window_ms: i64,
+    /// Shared metric handles.
+    pub metrics: Arc<TsdbMetrics>,
+}
+
+impl HeadOptions {
+    /// Defaults for a head in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            wal_segment_size: wal::DEFAULT_SEGMENT_SIZE,
+            fsync: FsyncPolicy::Always,
+            block_range_ms: DEFAULT_BLOCK_RANGE_MS,
+            too_old_window_ms: DEFAULT_BLOCK_RANGE_MS / 2,
+            metrics: Arc::new(TsdbMetrics::unregistered()),
+        }
+    }
+}
+
+/// Per-tenant series limits applied when creating series (0 = unlimited).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppendLimits {
+    pub max_series: usize,
+    pub max_series_per_metric: usize,
+}
+
+/// Why samples were not appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// Older than the series' last sample.
+    OutOfOrder,
+    /// Older than the head's lower bound (`max_t - window`).
+    TooOld,
+    /// Same timestamp as the last sample, different value.
+    DuplicateTimestamp,
+    /// The tenant has `max_series` series.
+    MaxSeriesPerUser,
+    /// The metric has `max_series_per_metric` series.
+    MaxSeriesPerMetric,
+}
+
+impl RejectReason {
+    /// Mimir's reason string (used as the `reason` label of discarded-samples metrics).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::OutOfOrder => "sample-out-of-order",
+            RejectReason::TooOld => "sample-too-old",
+            RejectReason::DuplicateTimestamp => "new-value-for-timestamp",
+            RejectReason::MaxSeriesPerUser => "per_user_series_limit",
+            RejectReason::MaxSeriesPerMetric => "per_metric_series_limit",
+        }
+    }
+}
+
+/// Samples of one series rejected for one reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejection {
+    /// Index of the series in the batch.
+    pub series_index: usize,
+    pub reason: RejectReason,
+    pub samples: usize,
+}
+
+/// Result of [`Head::append`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Samples appended (exact duplicates of the last sample are accepted but not counted).
+    pub appended: usize,
+    pub series_created: usize,
+    pub rejected: Vec<Rejection>,
+}
+
+/// What opening a head found in its WAL.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayStats {
+    pub wal: ReplayResult,
+    /// Series restored.
+    pub series: u64,
+    /// Samples restored.
+    pub samples: u64,
+    /// Samples whose series record was never found (dropped).
+    pub unknown_series_samples: u64,
+    /// Records whose payload did not decode (skipped).
+    pub bad_records: u64,
+    pub duration: Duration,
+}
+
+/// One chunk of a series, for the block writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkMeta {
+    pub min_t: i64,
+    /// Time of the last sample (inclusive).
+    pub max_t: i64,
+    /// XOR chunk data (encoding 1), as a block's chunk file stores it.
+    pub data: Vec<u8>,
+}
+
+/// A series with its chunks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesChunks {
+    pub labels: Labels,
+    pub chunks: Vec<ChunkMeta>,
+}
+
+/// Rough memory accounting of a head.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeadMemory {
+    pub series: usize,
+    pub symbols: usize,
+    pub symbol_bytes: usize,
+    pub postings_bytes: usize,
+    pub chunk_bytes: usize,
+}
+
+#[derive(Default)]
+struct HashShard {
+    /// Series by label hash; the common case of one series per hash.
+    main: HashMap<u64, Arc<MemSeries>, IdentityHash>,
+    /// Further series whose hash collides with one in `main` (practically never used).
+    collisions: HashMap<u64, Vec<Arc<MemSeries>>, IdentityHash>,
+}
+
+/// The label hash is already a good 64-bit hash; hashing it again would be wasted work.
+#[derive(Default, Clone, Copy)]
+struct IdentityHash;
+
+impl std::hash::BuildHasher for IdentityHash {
+    type Hasher = IdentityHasher;
+    fn build_hasher(&self) -> IdentityHasher {
+        IdentityHasher(0)
+    }
+}
+
+struct IdentityHasher(u64);
+
+impl std::hash::Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// Shard of a label hash: middle bits, because the hash table itself uses the low bits for
+/// the bucket and the top 7 for its control bytes.
+fn hash_shard(hash: u64) -> usize {
+    ((hash >> 32) as usize) & (SHARDS - 1)
+}
+
+/// The per-tenant in-memory TSDB. `Send + Sync`: share it behind an `Arc`.
+pub struct Head {
+    chunk_range: i64,
+    too_old_window: i64,
+    symbols: SymbolTable,
+    hashes: Box<[RwLock<HashShard>]>,
+    /// Series by id: shard `id % SHARDS`, index `id / SHARDS`.
+    ids: Box<[IdShard]>,
+    postings: RwLock<MemPostings>,
+    next_id: AtomicU32,
+    num_series: AtomicUsize,
+    /// Series per metric-name symbol, for `max_series_per_metric`.
+    per_metric: Mutex<HashMap<u32, u32>>,
+    min_t: AtomicI64,
+    max_t: AtomicI64,
+    wal: Wal,
+    metrics: Arc<TsdbMetrics>,
+}
+
+impl std::fmt::Debug for Head {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Head")
+            .field("wal", &self.wal)
+            .field("num_series", &self.num_series())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One shard of the id table: series `id` lives in shard `id % SHARDS` at `id / SHARDS`.
+type IdShard = RwLock<Vec<Option<Arc<MemSeries>>>>;
+
+/// Samples of a series not known yet during replay, by ref.
+type Pending = std::collections::HashMap<u64, Vec<(i64, f64)>>;
+
+impl Head {
+    /// Opens the head in `opts.dir`, replaying its WAL.
+    pub fn open(opts: HeadOptions) -> Result<(Head, ReplayStats)> {
+        if opts.block_range_ms <= 0 || opts.too_old_window_ms < 0 {
+            return Err(TsdbError::InvalidOption(
+                "block range must be positive and the too-old window non-negative".into(),
+            ));
+        }
+        std::fs::create_dir_all(&opts.dir).map_err(|e| TsdbError::io(&opts.dir, e))?;
+        let wal_dir = opts.dir.join("wal");
+        let start = Instant::now();
+        let mut stats = ReplayStats::default();
+        let mut state = ReplayState {
+            pending: Pending::new(),
+        };
+
+        // The WAL is opened after replay (it starts a new segment), so build the head in two
+        // steps: replay into the in-memory part, then attach the WAL.
+        let mem = HeadMem::new(opts.block_range_ms);
+        stats.wal = wal::replay(&wal_dir, &opts.metrics, |rec| {
+            mem.replay_record(rec, &mut state, &mut stats);
+        })?;
+        stats.unknown_series_samples += state.pending.values().map(|v| v.len() as u64).sum::<u64>();
+        if stats.unknown_series_samples > 0 {
+            tracing::warn!(
+                samples = stats.unknown_series_samples,
+                "WAL replay dropped samples of series without a series record"
+            );
+        }
+        let wal = Wal::open(
+            wal_dir,
+            WalOptions {
+                segment_size: opts.wal_segment_size,
+                fsync: opts.fsync,
+            },
+            Arc::clone(&opts.metrics),
+        )?;
+        stats.duration = start.elapsed();
+        opts.metrics
+            .wal_replay_duration
+            .set(stats.duration.as_secs_f64());
+        let head = Head {
+            chunk_range: opts.block_range_ms,
+            too_old_window: opts.too_old_window_ms,
+            symbols: mem.symbols,
+            hashes: mem.hashes,
+            ids: mem.ids,
+            postings: mem.postings,
+            next_id: mem.next_id,
+            num_series: mem.num_series,
+            per_metric: mem.per_metric,
+            min_t: mem.min_t,
+            max_t: mem.max_t,
+            wal,
+            metrics: opts.metrics,
+        };
+        tracing::info!(
+            series = stats.series,
+            samples = stats.samples,
+            duration_ms = stats.duration.as_millis() as u64,
+            "head replayed WAL"
+        );
+        Ok((head, stats))
+    }
+
+    fn as_mem(&self) -> HeadMemRef<'_> {
+        HeadMemRef {
+            symbols: &self.symbols,
+            hashes: &self.hashes,
+            ids: &self.ids,
+            postings: &self.postings,
+            next_id: &self.next_id,
+            num_series: &self.num_series,
+            per_metric: &self.per_metric,
+        }
+    }
+
+    /// Appends a batch. Per-sample problems are reported in the outcome, not as errors;
+    /// an error means nothing can be promised about durability (WAL I/O failed).
+    pub fn append(&self, batch: &WriteBatch, limits: &AppendLimits) -> Result<AppendOutcome> {
+        let mut out = AppendOutcome::default();
+        let mut series_rec: Vec<u8> = Vec::new();
+        let mut wal_samples: Vec<RefSample> = Vec::with_capacity(batch.num_samples());
+        let max_t = self.max_t.load(Ordering::Acquire);
+        let min_valid = if max_t == i64::MIN {
+            i64::MIN
+        } else {
+            max_t.saturating_sub(self.too_old_window)
+        };
+        let mut batch_min = i64::MAX;
+        let mut batch_max = i64::MIN;
+        let mem = self.as_mem();
+
+        for (idx, sv) in batch.iter().enumerate() {
+            let samples = sv.samples();
+            if samples.is_empty() {
+                continue;
+            }
+            let hash = sv.labels_hash();
+            let series = match mem.get(hash, &sv) {
+                Some(s) => s,
+                None => match mem.create(hash, &sv, limits) {
+                    Ok((s, created)) => {
+                        if created {
+                            out.series_created += 1;
+                            if series_rec.is_empty() {
+                                record::begin_series(&mut series_rec);
+                            }
+                            record::push_series(&mut series_rec, u64::from(s.id), sv.label_bytes());
+                        }
+                        s
+                    }
+                    Err(reason) => {
+                        out.rejected.push(Rejection {
+                            series_index: idx,
+                            reason,
+                            samples: samples.len(),
+                        });
+                        continue;
+                    }
+                },
+            };
+            let (mut too_old, mut ooo, mut dup) = (0usize, 0usize, 0usize);
+            {
+                let mut st = series.state.lock();
+                let mut last = st.last();
+                for s in samples {
+                    if s.t < min_valid {
+                        too_old += 1;
+                        continue;
+                    }
+                    if let Some((lt, lv)) = last {
+                        if s.t < lt {
+                            ooo += 1;
+                            continue;
+                        }
+                        if s.t == lt {
+                            if s.v.to_bits() != lv {
+                                dup += 1;
+                            }
+                            continue;
+                        }
+                    }
+                    st.append(s.t, s.v, self.chunk_range);
+                    last = Some((s.t, s.v.to_bits()));
+                    wal_samples.push(RefSample {
+                        series: u64::from(series.id),
+                        t: s.t,
+                        v: s.v,
+                    });
+                    batch_min = batch_min.min(s.t);
+                    batch_max = batch_max.max(s.t);
+                }
+            }
+            for (reason, n) in [
+                (RejectReason::TooOld, too_old),
+                (RejectReason::OutOfOrder, ooo),
+                (RejectReason::DuplicateTimestamp, dup),
+            ] {
+                if n > 0 {
+                    out.rejected.push(Rejection {
+                        series_index: idx,
+                        reason,
+                        samples: n,
+                    });
+                }
+            }
+        }
+
+        out.appended = wal_samples.len();
+        let mut samples_rec = Vec::new();
+        if !wal_samples.is_empty() {
+            record::encode_samples(&mut samples_rec, &wal_samples);
+        }
+        let recs: Vec<&[u8]> = [&series_rec[..], &samples_rec[..]]
+            .into_iter()
+            .filter(|r| !r.is_empty())
+            .collect();
+        self.wal.log(&recs)?;
+
+        if batch_max != i64::MIN {
+            self.min_t.fetch_min(batch_min, Ordering::AcqRel);
+            self.max_t.fetch_max(batch_max, Ordering::AcqRel);
+        }
+        self.metrics
+            .head_samples_appended
+            .inc_by(out.appended as u64);
+        self.metrics
+            .head_series_created
+            .inc_by(out.series_created as u64);
+        Ok(out)
+    }
+
+    fn series_by_id(&self, id: u32) -> Option<Arc<MemSeries>> {
+        self.as_mem().by_id(id)
+    }
+
+    fn labels_of(&self, s: &MemSeries) -> Labels {
+        Labels::from_sorted(
+            s.labels
+                .chunks_exact(2)
+                .map(|p| Label::new(self.symbols.get(p[0]), self.symbols.get(p[1])))
+                .collect(),
+        )
+    }
+
+    fn matching(&self, matchers: &[Matcher]) -> Vec<Arc<MemSeries>> {
+        let ids = self.postings.read().select(&self.symbols, matchers);
+        ids.into_iter()
+            .filter_map(|id| self.series_by_id(id))
+            .collect()
+    }
+
+    /// Series matching every matcher with their samples in `[mint, maxt]`, sorted by labels;
+    /// series without samples in the range are left out.
+    pub fn select(&self, mint: i64, maxt: i64, matchers: &[Matcher]) -> Vec<Series> {
+        let mut out = Vec::new();
+        for s in self.matching(matchers) {
+            let samples = s.state.lock().samples(mint, maxt);
+            if !samples.is_empty() {
+                out.push(Series {
+                    labels: self.labels_of(&s),
+                    samples,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        out
+    }
+
+    /// Whether `[mint, maxt]` overlaps the head's data.
+    fn overlaps(&self, mint: i64, maxt: i64) -> bool {
+        match (self.min_time(), self.max_time()) {
+            (Some(lo), Some(hi)) => lo <= maxt && hi >= mint,
+            _ => false,
+        }
+    }
+
+    /// Sorted label names of series matching `matchers` (all series when empty) with data
+    /// in `[mint, maxt]`. Without matchers, every indexed name when the range overlaps the
+    /// head (as Prometheus' head does).
+    pub fn label_names(&self, mint: i64, maxt: i64, matchers: &[Matcher]) -> Vec<String> {
+        if !self.overlaps(mint, maxt) {
+            return Vec::new();
+        }
+        let mut syms: Vec<u32> = if matchers.is_empty() {
+            self.postings.read().names().collect()
+        } else {
+            let mut syms = Vec::new();
+            for s in self.matching(matchers) {
+                if s.state.lock().overlaps(mint, maxt) {
+                    syms.extend(s.labels.chunks_exact(2).map(|p| p[0]));
+                }
+            }
+            syms
+        };
+        syms.sort_unstable();
+        syms.dedup();
+        let mut names: Vec<String> = syms
+            .into_iter()
+            .map(|s| self.symbols.get(s).to_string())
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Sorted values of label `name` over series matching `matchers` with data in
+    /// `[mint, maxt]`. Without matchers, every indexed value when the range overlaps.
+    pub fn label_values(
+        &self,
+        name: &str,
+        mint: i64,
+        maxt: i64,
+        matchers: &[Matcher],
+    ) -> Vec<String> {
+        if !self.overlaps(mint, maxt) {
+            return Vec::new();
+        }
+        let Some(name_sym) = self.symbols.lookup(name) else {
+            return Vec::new();
+        };
+        let mut syms: Vec<u32> = if matchers.is_empty() {
+            self.postings.read().values(name_sym).collect()
+        } else {
+            let mut syms = Vec::new();
+            for s in self.matching(matchers) {
+                if let Some(p) = s.labels.chunks_exact(2).find(|p| p[0] == name_sym)
+                    && s.state.lock().overlaps(mint, maxt)
+                {
+                    syms.push(p[1]);
+                }
+            }
+            syms
+        };
+        syms.sort_unstable();
+        syms.dedup();
+        let mut values: Vec<String> = syms
+            .into_iter()
+            .map(|s| self.symbols.get(s).to_string())
+            .filter(|v| !v.is_empty())
+            .collect();
+        values.sort_unstable();
+        values
+    }
+
+    /// Every series with samples in `[mint, maxt]` and its chunks overlapping that range,
+    /// sorted by labels (input for the block writer). Chunks never straddle a multiple of
+    /// the block range, so for an aligned range they lie entirely inside it.
+    pub fn series_chunks(&self, mint: i64, maxt: i64) -> Vec<SeriesChunks> {
+        let mut out = Vec::new();
+        for s in self.matching(&[]) {
+            let chunks: Vec<ChunkMeta> = s
+                .state
+                .lock()
+                .chunks(mint, maxt)
+                .map(|(min_t, max_t, data)| ChunkMeta {
+                    min_t,
+                    max_t,
+                    data: data.to_vec(),
+                })
+                .collect();
+            if !chunks.is_empty() {
+                out.push(SeriesChunks {
+                    labels: self.labels_of(&s),
+                    chunks,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        out
+    }
+
+    /// Number of series.
+    pub fn num_series(&self) -> usize {
+        self.num_series.load(Ordering::Acquire)
+    }
+
+    /// Time of the oldest sample, if any.
+    pub fn min_time(&self) -> Option<i64> {
+        let t = self.min_t.load(Ordering::Acquire);
+        (t != i64::MAX).then_some(t)
+    }
+
+    /// Time of the newest sample, if any.
+    pub fn max_time(&self) -> Option<i64> {
+        let t = self.max_t.load(Ordering::Acquire);
+        (t != i64::MIN).then_some(t)
+    }
+
+    /// The head's WAL (segment listing and truncation hooks for block cutting).
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+
+    /// Rough memory accounting (walks every series; for diagnostics and benchmarks).
+    pub fn memory(&self) -> HeadMemory {
+        let mut chunk_bytes = 0;
+        for shard in self.ids.iter() {
+            for s in shard.read().iter().flatten() {
+                chunk_bytes += s.state.lock().heap_size();
+            }
+        }
+        HeadMemory {
+            series: self.num_series(),
+            symbols: self.symbols.len(),
+            symbol_bytes: self.symbols.heap_size(),
+            postings_bytes: self.postings.read().heap_size(),
+            chunk_bytes,
+        }
+    }
+
+    /// Flushes and fsyncs the WAL; later appends fail with [`TsdbError::Closed`].
+    pub fn close(&self) -> Result<()> {
+        self.wal.close()
+    }
+}
+
+/// The parts of a head that exist before its WAL is opened (during replay).
+struct HeadMem {
+    chunk_range: i64,
+    symbols: SymbolTable,
+    hashes: Box<[RwLock<HashShard>]>,
+    ids: Box<[IdShard]>,
+    postings: RwLock<MemPostings>,
+    next_id: AtomicU32,
+    num_series: AtomicUsize,
+    per_metric: Mutex<HashMap<u32, u32>>,
+    min_t: AtomicI64,
+    max_t: AtomicI64,
+}
+
+struct ReplayState {
+    pending: Pending,
+}
+
+/// Borrowed view of the series structures, shared by the write path and replay.
+#[derive(Clone, Copy)]
+struct HeadMemRef<'a> {
+    symbols: &'a SymbolTable,
+    hashes: &'a [RwLock<HashShard>],
+    ids: &'a [IdShard],
+    postings: &'a RwLock<MemPostings>,
+    next_id: &'a AtomicU32,
+    num_series: &'a AtomicUsize,
+    per_metric: &'a Mutex<HashMap<u32, u32>>,
+}
+
+impl HeadMem {
+    fn new(chunk_range: i64) -> Self {
+        Self {
+            chunk_range,
+            symbols: SymbolTable::new(),
+            hashes: (0..SHARDS)
+                .map(|_| RwLock::new(HashShard::default()))
+                .collect(),
+            ids: (0..SHARDS).map(|_| RwLock::new(Vec::new())).collect(),
+            postings: RwLock::new(MemPostings::default()),
+            next_id: AtomicU32::new(0),
+            num_series: AtomicUsize::new(0),
+            per_metric: Mutex::new(HashMap::new()),
+            min_t: AtomicI64::new(i64::MAX),
+            max_t: AtomicI64::new(i64::MIN),
+        }
+    }
+
+    fn view(&self) -> HeadMemRef<'_> {
+        HeadMemRef {
+            symbols: &self.symbols,
+            hashes: &self.hashes,
+            ids: &self.ids,
+            postings: &self.postings,
+            next_id: &self.next_id,
+            num_series: &self.num_series,
+            per_metric: &self.per_metric,
+        }
+    }
+
+    fn replay_record(&self, rec: &[u8], state: &mut ReplayState, stats: &mut ReplayStats) {
+        match record::decode(rec) {
+            Ok(record::Record::Series(series)) => {
+                for rs in series {
+                    self.replay_series(rs, state, stats);
+                }
+            }
+            Ok(record::Record::Samples(samples)) => {
+                let mut last: Option<Arc<MemSeries>> = None;
+                for s in &samples {
+                    let series = match &last {
+                        Some(l) if u64::from(l.id) == s.series => Some(Arc::clone(l)),
+                        _ => u32::try_from(s.series)
+                            .ok()
+                            .and_then(|id| self.view().by_id(id)),
+                    };
+                    match series {
+                        Some(series) => {
+                            if self.replay_sample(&series, s.t, s.v) {
+                                stats.samples += 1;
+                            }
+                            last = Some(series);
+                        }
+                        None => state.pending.entry(s.series).or_default().push((s.t, s.v)),
+                    }
+                }
+            }
+            Ok(record::Record::Unknown(_)) => {}
+            Err(e) => {
+                stats.bad_records += 1;
+                tracing::warn!(error = %e, "skipping undecodable WAL record");
+            }
+        }
+    }
+
+    fn replay_series(
+        &self,
+        rs: record::RefSeries,
+        state: &mut ReplayState,
+        stats: &mut ReplayStats,
+    ) {
+        let Ok(id) = u32::try_from(rs.series) else {
+            stats.bad_records += 1;
+            return;
+        };
+        let mem = self.view();
+        if mem.by_id(id).is_some() {
+            return;
+        }
+        let flat: Box<[u32]> = rs
+            .labels
+            .iter()
+            .flat_map(|l| [self.symbols.intern(&l.name), self.symbols.intern(&l.value)])
+            .collect();
+        let series = Arc::new(MemSeries::new(id, flat));
+        mem.insert(rs.labels.stable_hash(), &series);
+        stats.series += 1;
+        self.next_id
+            .fetch_max(id.saturating_add(1), Ordering::AcqRel);
+        if let Some(samples) = state.pending.remove(&rs.series) {
+            for (t, v) in samples {
+                if self.replay_sample(&series, t, v) {
+                    stats.samples += 1;
+                }
+            }
+        }
+    }
+
+    /// Appends a replayed sample; older ones are inserted in order (see the module docs).
+    fn replay_sample(&self, series: &MemSeries, t: i64, v: f64) -> bool {
+        let mut st = series.state.lock();
+        let ok = match st.last() {
+            Some((lt, _)) if t == lt => false,
+            Some((lt, _)) if t < lt => st.insert_out_of_order(t, v, self.chunk_range),
+            _ => {
+                st.append(t, v, self.chunk_range);
+                true
+            }
+        };
+        if ok {
+            self.min_t.fetch_min(t, Ordering::AcqRel);
+            self.max_t.fetch_max(t, Ordering::AcqRel);
+        }
+        ok
+    }
+}
+
+impl<'a> HeadMemRef<'a> {
+    fn by_id(&self, id: u32) -> Option<Arc<MemSeries>> {
+        let shard = self.ids[id as usize % SHARDS].read();
+        shard
+            .get(id as usize / SHARDS)
+            .and_then(|s| s.as_ref().map(Arc::clone))
+    }
+
+    fn labels_eq(&self, s: &MemSeries, sv: &SeriesView<'_>) -> bool {
+        s.labels.len() == sv.num_labels() * 2
+            && s.labels
+                .chunks_exact(2)
+                .zip(sv.label_bytes())
+                .all(|(p, (n, v))| {
+                    self.symbols.get(p[0]).as_bytes() == n && self.symbols.get(p[1]).as_bytes() == v
+                })
+    }
+
+    fn find_in(&self, shard: &HashShard, hash: u64, sv: &SeriesView<'_>) -> Option<Arc<MemSeries>> {
+        let s = shard.main.get(&hash)?;
+        if self.labels_eq(s, sv) {
+            return Some(Arc::clone(s));
+        }
+        shard
+            .collisions
+            .get(&hash)?
+            .iter()
+            .find(|s| self.labels_eq(s, sv))
+            .map(Arc::clone)
+    }
+
+    /// The existing series with these labels.
+    fn get(&self, hash: u64, sv: &SeriesView<'_>) -> Option<Arc<MemSeries>> {
+        let shard = self.hashes[hash_shard(hash)].read();
+        self.find_in(&shard, hash, sv)
+    }
+
+    /// Finds or creates the series; `Ok((series, true))` when this call created it.
+    fn create(
+        &self,
+        hash: u64,
+        sv: &SeriesView<'_>,
+        limits: &AppendLimits,
+    ) -> Result<(Arc<MemSeries>, bool), RejectReason> {
+        // Cheap pre-check so a flood of series over the limit does not fill the symbol table.
+        if limits.max_series > 0 && self.num_series.load(Ordering::Acquire) >= limits.max_series {
+            if let Some(s) = self.get(hash, sv) {
+                return Ok((s, false));
+            }
+            return Err(RejectReason::MaxSeriesPerUser);
+        }
+        // Intern before taking the shard lock: the symbol table has its own lock.
+        let flat: Box<[u32]> = sv
+            .labels()
+            .flat_map(|(n, v)| [self.symbols.intern(n), self.symbols.intern(v)])
+            .collect();
+        let mut shard = self.hashes[hash_shard(hash)].write();
+        if let Some(s) = self.find_in(&shard, hash, sv) {
+            return Ok((s, false));
+        }
+        let reserved = self
+            .num_series
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (limits.max_series == 0 || n < limits.max_series).then_some(n + 1)
+            });
+        if reserved.is_err() {
+            return Err(RejectReason::MaxSeriesPerUser);
+        }
+        let name = self.symbols.lookup(METRIC_NAME).and_then(|name_sym| {
+            flat.chunks_exact(2)
+                .find(|p| p[0] == name_sym)
+                .map(|p| p[1])
+        });
+        if let Some(name) = name {
+            let mut pm = self.per_metric.lock();
+            let n = pm.entry(name).or_insert(0);
+            if limits.max_series_per_metric > 0 && *n as usize >= limits.max_series_per_metric {
+                drop(pm);
+                self.num_series.fetch_sub(1, Ordering::AcqRel);
+                return Err(RejectReason::MaxSeriesPerMetric);
+            }
+            *n += 1;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::AcqRel);
+        let series = Arc::new(MemSeries::new(id, flat));
+        insert_hash(&mut shard, hash, &series);
+        drop(shard);
+        self.insert_id_and_postings(&series);
+        Ok((series, true))
+    }
+
+    /// Inserts a series built elsewhere (replay): hash table, id table, postings, counters.
+    fn insert(&self, hash: u64, series: &Arc<MemSeries>) {
+        insert_hash(&mut self.hashes[hash_shard(hash)].write(), hash, series);
+        self.num_series.fetch_add(1, Ordering::AcqRel);
+        if let Some(name_sym) = self.symbols.lookup(METRIC_NAME)
+            && let Some(p) = series.labels.chunks_exact(2).find(|p| p[0] == name_sym)
+        {
+            *self.per_metric.lock().entry(p[1]).or_insert(0) += 1;
+        }
+        self.insert_id_and_postings(series);
+    }
+
+    fn insert_id_and_postings(&self, series: &Arc<MemSeries>) {
+        let id = series.id as usize;
+        {
+            let mut shard = self.ids[id % SHARDS].write();
+            let idx = id / SHARDS;
+            if shard.len() <= idx {
+                shard.resize(idx + 1, None);
+            }
+            shard[idx] = Some(Arc::clone(series));
+        }
+        self.postings.write().add(series.id, &series.labels);
+    }
+}
+
+fn insert_hash(shard: &mut HashShard, hash: u64, series: &Arc<MemSeries>) {
+    if shard.main.contains_key(&hash) {
+        shard
+            .collisions
+            .entry(hash)
+            .or_default()
+            .push(Arc::clone(series));
+    } else {
+        shard.main.insert(hash, Arc::clone(series));
+    }
+}
+
+impl Drop for Head {
+    fn drop(&mut self) {
+        if let Err(e) = self.wal.close() {
+            tracing::error!(error = %e, "closing head WAL failed");
+        }
+    }
+}
+
+/// A head as a PromQL [`Queryable`].
+#[derive(Debug, Clone)]
+pub struct HeadQueryable(pub Arc<Head>);
+
+#[async_trait]
+impl Queryable for HeadQueryable {
+    async fn select(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<Series>, StorageError> {
+        Ok(self.0.select(start_ms, end_ms, matchers))
+    }
+
+    async fn label_names(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<String>, StorageError> {
+        Ok(self.0.label_names(start_ms, end_ms, matchers))
+    }
+
+    async fn label_values(
+        &self,
+        name: &str,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<String>, StorageError> {
+        Ok(self.0.label_values(name, start_ms, end_ms, matchers))
+    }
+}
+
+#[cfg(test)]
+mod tests;
