@@ -242,6 +242,8 @@ impl Evaluator<'_> {
             }
             _ => {}
         }
+        let mut cv_index: HashMap<Labels, usize> = HashMap::new();
+        let mut cv_counts: Vec<(Labels, f64)> = Vec::new();
         for g in &groups {
             let vals = g.members.iter().map(|&i| vec[i].v);
             let v = match op {
@@ -289,29 +291,26 @@ impl Evaluator<'_> {
                     quantile(q, &mut vs)
                 }
                 token::T_COUNT_VALUES => {
+                    // Counted per output label set: groups that collapse once the value label
+                    // overwrites a grouping label are merged, as in Prometheus.
                     let label = match &param {
                         Some(Val::Str(s)) => s.clone(),
                         _ => return exec_err("count_values parameter must be a string"),
                     };
-                    if label.is_empty() {
-                        return exec_err(format!("invalid label name {label:?}"));
+                    if label.is_empty() || self.invalid_utf8.contains_key(&label) {
+                        let shown = self.invalid_utf8.get(&label).cloned().unwrap_or_else(|| label.clone());
+                        return exec_err(format!("invalid label name \"{shown}\""));
                     }
-                    let mut counts: Vec<(String, usize)> = Vec::new();
                     for v in vals {
-                        let s = format_float(v);
-                        match counts.iter_mut().find(|(x, _)| *x == s) {
-                            Some(e) => e.1 += 1,
-                            None => counts.push((s, 1)),
-                        }
-                    }
-                    for (s, n) in counts {
                         let mut l = g.labels.clone();
-                        l.set(&label, &s);
-                        out.push(Sample {
-                            metric: l,
-                            v: n as f64,
-                            drop_name: false,
-                        });
+                        l.set(&label, &format_float(v));
+                        match cv_index.get(&l) {
+                            Some(&i) => cv_counts[i].1 += 1.0,
+                            None => {
+                                cv_index.insert(l.clone(), cv_counts.len());
+                                cv_counts.push((l, 1.0));
+                            }
+                        }
                     }
                     continue;
                 }
@@ -324,11 +323,7 @@ impl Evaluator<'_> {
                 drop_name,
             });
         }
-        if op == token::T_COUNT_VALUES && crate::eval::has_duplicate_labelsets(&out, true) {
-            return Err(PromqlError::Execution(
-                "vector cannot contain metrics with the same labelset".into(),
-            ));
-        }
+        out.extend(cv_counts.into_iter().map(|(metric, v)| Sample { metric, v, drop_name: false }));
         Ok(Val::Vector(out))
     }
 }

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 
 use norn_model::{Labels, METRIC_NAME, MatchType, Matcher, is_stale_nan};
+
+use crate::error::PromqlError;
 use promql_parser::parser::{Call, Expr};
 
 use crate::error::{Result, exec_err};
@@ -34,8 +36,13 @@ pub(crate) fn info_matchers(c: &Call) -> Result<Vec<Vec<Matcher>>> {
         None => vec![Vec::new()],
     };
     for g in &mut groups {
-        if !g.iter().any(|m| m.name == METRIC_NAME) {
+        let mut names = g.iter().filter(|m| m.name == METRIC_NAME).peekable();
+        if names.peek().is_none() {
             g.push(Matcher::equal(METRIC_NAME, DEFAULT_INFO_METRIC));
+        } else if names.all(|m| matches!(m.kind, MatchType::NotEqual | MatchType::NotRegex)) {
+            // Only exclusions given: the candidates are still info metrics, not every series.
+            let m = Matcher::new(MatchType::Regex, METRIC_NAME, ".+_info").map_err(|e| PromqlError::Internal(e.to_string()))?;
+            g.push(m);
         }
     }
     Ok(groups)
@@ -67,8 +74,8 @@ impl Evaluator<'_> {
         let rt = ref_time(base_expr, t, self.query_start, self.query_end).unwrap_or(t);
         let sel = info_matchers(c)?;
         let name_matchers: Vec<&Matcher> = sel[0].iter().filter(|m| m.name == METRIC_NAME).collect();
-        let data_matchers: Vec<&Matcher> =
-            sel[0].iter().filter(|m| m.name != METRIC_NAME && !IDENTIFYING.contains(&m.name.as_str())).collect();
+        // Any label matcher (identifying ones too) limits which labels get copied.
+        let data_matchers: Vec<&Matcher> = sel[0].iter().filter(|m| m.name != METRIC_NAME).collect();
         let all_match_empty = data_matchers.iter().all(|m| m.matches_empty());
         // Info series current at the reference time, with their sample timestamps.
         let mut current: Vec<(&Labels, i64)> = Vec::new();
@@ -147,7 +154,6 @@ impl Evaluator<'_> {
     }
 }
 
-/// Whether a matcher is an equality on the metric name (used by tests).
 #[cfg(test)]
 fn is_name_equal(m: &Matcher) -> bool {
     m.name == METRIC_NAME && m.kind == MatchType::Equal
@@ -156,6 +162,19 @@ fn is_name_equal(m: &Matcher) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn call(q: &str) -> Call {
+        match promql_parser::parser::parse(q) {
+            Ok(Expr::Call(c)) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn negative_name_matchers_still_select_info_metrics() {
+        let m = info_matchers(&call("info(up, {__name__!=\"target_info\", a=\"b\"})")).unwrap();
+        assert!(m[0].iter().any(|m| m.name == METRIC_NAME && m.kind == MatchType::Regex));
+    }
 
     #[test]
     fn default_selector_is_target_info() {

@@ -19,7 +19,9 @@ const STALE_BITS: u64 = 0x7ff0_0000_0000_0002;
 static AT_CHECKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 static RANGE_CHECKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 /// Failure details printed per file.
-const MAX_DETAILS: usize = 8;
+fn max_details() -> usize {
+    std::env::var("NORN_PROMQL_DETAILS").ok().and_then(|v| v.parse().ok()).unwrap_or(8)
+}
 
 /// Functions the parser knows that the engine does not implement (experimental ones).
 const UNSUPPORTED_FUNCTIONS: &[&str] = &[
@@ -663,6 +665,12 @@ fn called_functions(e: &promql_parser::parser::Expr, out: &mut Vec<&'static str>
     }
 }
 
+/// `NORN_PROMQL_LENIENT=1` runs float evals even while histograms are loaded (they are simply
+/// absent from the store); a debugging aid to find float bugs hidden by the strict rule.
+fn lenient() -> bool {
+    std::env::var("NORN_PROMQL_LENIENT").is_ok_and(|v| v == "1")
+}
+
 fn is_block_end(l: &str) -> bool {
     l.is_empty() || l.starts_with('#')
 }
@@ -818,7 +826,7 @@ fn run_file(rt: &tokio::runtime::Runtime, engine: &Engine, text: &str) -> Stats 
                 .push(format!("line {i}: {}", block_err.unwrap_or_default()));
             continue;
         };
-        if has_hist || ev.histogram_expected {
+        if ev.histogram_expected || (has_hist && !lenient()) {
             stats.skip("native histograms");
             continue;
         }
@@ -851,7 +859,7 @@ fn run_file(rt: &tokio::runtime::Runtime, engine: &Engine, text: &str) -> Stats 
             Ok(()) => stats.pass += 1,
             Err(e) => {
                 stats.fail += 1;
-                if stats.details.len() < MAX_DETAILS {
+                if stats.details.len() < max_details() {
                     stats
                         .details
                         .push(format!("line {}: {} -- {e}", ev.line, ev.expr));
@@ -1095,7 +1103,7 @@ fn prometheus_conformance() {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0);
-    if only.is_none() {
+    if only.is_none() && !lenient() {
         assert!(
             total.pass >= floor,
             "conformance regressed: {} evals pass, floor is {floor}",

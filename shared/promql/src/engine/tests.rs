@@ -628,3 +628,21 @@ fn bad_queries_never_panic() {
         let _ = instant(&s, q, 10 * M);
     }
 }
+
+#[test]
+fn byte_escapes_that_are_not_utf8_are_invalid_label_names() {
+    let s = counters();
+    let err = instant(&s, "count_values(\"a\\xc5z\", req_total)", 10 * M).unwrap_err();
+    assert_eq!(err.to_string(), "invalid label name \"a\\xc5z\"");
+    assert!(instant(&s, "label_replace(req_total, \"\\xff\", \"\", \"job\", \"(.*)\")", 10 * M).is_err());
+    // A valid two-byte sequence spelled with escapes is fine.
+    assert!(instant(&s, "count_values(\"\\xc3\\xa9\", req_total)", 10 * M).is_ok());
+}
+
+#[test]
+fn count_values_merges_groups_that_collapse() {
+    let s = MemStore::new();
+    load(&s, &[("__name__", "v"), ("job", "a")], M, &vals(&[6.]));
+    load(&s, &[("__name__", "v"), ("job", "b")], M, &vals(&[6.]));
+    assert_eq!(vector(&s, "count_values by (job) (\"job\", v)", 0), [("{job=\"6\"}".into(), 2.0)]);
+}

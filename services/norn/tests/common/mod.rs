@@ -1,0 +1,244 @@
+//! Test support for process-level tests: start the real `norn` binary on 127.0.0.1 with free
+//! ports and a temporary data directory, push remote-write requests, query the HTTP API,
+//! kill it (gracefully or with SIGKILL) and restart it on the same data.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use norn_proto::prometheus as pb;
+use prost::Message;
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// A running Norn process.
+pub struct Norn {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub extra_args: Vec<String>,
+    agent: ureq::Agent,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+impl Norn {
+    /// Starts Norn with its data under `dir` and waits for `/ready`.
+    pub fn start(dir: &Path, extra_args: &[&str]) -> Norn {
+        let mut n = Norn {
+            child: None,
+            port: free_port(),
+            dir: dir.to_path_buf(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            agent: agent(),
+        };
+        n.spawn();
+        n
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("norn.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_norn"))
+            .arg("--server.http-listen-address=127.0.0.1")
+            .arg(format!("--server.http-listen-port={}", self.port))
+            .arg(format!("--server.grpc-listen-port={}", free_port()))
+            .arg(format!("--blocks-storage.tsdb.dir={}", self.dir.join("tsdb").display()))
+            .arg(format!("--common.storage.filesystem.dir={}", self.dir.join("bucket").display()))
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start norn");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("norn exited before becoming ready: {status}\n{}", self.log());
+                }
+            }
+            if let Ok(r) = self.agent.get(&self.url("/ready")).call() {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "norn not ready in 60s\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("norn.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "norn did not stop within 30s after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill first");
+        self.port = free_port();
+        self.spawn();
+    }
+
+    /// POSTs a raw body to /api/v1/push; returns (status, body text).
+    pub fn push_raw(&self, tenant: Option<&str>, body: &[u8]) -> (u16, String) {
+        let mut req = self.agent.post(&self.url("/api/v1/push"))
+            .header("Content-Encoding", "snappy")
+            .header("Content-Type", "application/x-protobuf")
+            .header("X-Prometheus-Remote-Write-Version", "0.1.0");
+        if let Some(t) = tenant {
+            req = req.header("X-Scope-OrgID", t);
+        }
+        let mut resp = req.send(body).expect("push request");
+        let status = resp.status().as_u16();
+        let mut text = String::new();
+        let _ = resp.body_mut().as_reader().read_to_string(&mut text);
+        (status, text)
+    }
+
+    /// Encodes and pushes a write request.
+    pub fn push(&self, tenant: Option<&str>, req: &pb::WriteRequest) -> (u16, String) {
+        self.push_raw(tenant, &snappy(&req.encode_to_vec()))
+    }
+
+    /// GET an API path; returns (status, parsed JSON).
+    pub fn get_json(&self, tenant: Option<&str>, path_and_query: &str) -> (u16, serde_json::Value) {
+        let mut req = self.agent.get(&self.url(path_and_query));
+        if let Some(t) = tenant {
+            req = req.header("X-Scope-OrgID", t);
+        }
+        let mut resp = req.call().expect("query request");
+        let status = resp.status().as_u16();
+        let mut text = String::new();
+        let _ = resp.body_mut().as_reader().read_to_string(&mut text);
+        let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        (status, v)
+    }
+
+    pub fn get_text(&self, path: &str) -> (u16, String) {
+        let mut resp = self.agent.get(&self.url(path)).call().expect("request");
+        let status = resp.status().as_u16();
+        let mut text = String::new();
+        let _ = resp.body_mut().as_reader().read_to_string(&mut text);
+        (status, text)
+    }
+
+    /// Every sample of series matching `selector` in [start, end] (ms), via a range query
+    /// over `selector[range]` evaluated at `end` — returns raw samples, not lookback points.
+    pub fn raw_samples(&self, tenant: Option<&str>, selector: &str, start: i64, end: i64) -> Vec<(String, Vec<(i64, f64)>)> {
+        let range_s = ((end - start) / 1000).max(1) + 1;
+        let q = format!("{selector}[{range_s}s]");
+        let (status, v) = self.get_json(
+            tenant,
+            &format!("/prometheus/api/v1/query?query={}&time={}", urlencode(&q), end as f64 / 1000.0),
+        );
+        assert_eq!(status, 200, "{v}");
+        let mut out = Vec::new();
+        for s in v["data"]["result"].as_array().unwrap() {
+            let samples = s["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| ((p[0].as_f64().unwrap() * 1000.0).round() as i64, p[1].as_str().unwrap().parse::<f64>().unwrap()))
+                .collect();
+            out.push((s["metric"].to_string(), samples));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Reads one metric value from /metrics (sum over all series whose line starts with `prefix`).
+    pub fn metric(&self, prefix: &str) -> f64 {
+        let (_, text) = self.get_text("/metrics");
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Norn {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn snappy(raw: &[u8]) -> Vec<u8> {
+    snap::raw::Encoder::new().compress_vec(raw).unwrap()
+}
+
+pub fn urlencode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A series with the given labels (in the given order) and samples.
+pub fn series(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> pb::TimeSeries {
+    pb::TimeSeries {
+        labels: labels.iter().map(|(n, v)| pb::Label { name: n.to_string(), value: v.to_string() }).collect(),
+        samples: samples.iter().map(|(t, v)| pb::Sample { timestamp: *t, value: *v }).collect(),
+        ..Default::default()
+    }
+}
+
+pub fn request(ts: Vec<pb::TimeSeries>) -> pb::WriteRequest {
+    pb::WriteRequest { timeseries: ts, metadata: vec![] }
+}
