@@ -3,12 +3,13 @@
 //! incremental means) so results match its test expectations.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use norn_model::{Labels, METRIC_NAME};
 use promql_parser::parser::token;
 use promql_parser::parser::{AggregateExpr, LabelModifier};
 
-use crate::error::{PromqlError, Result, exec_err};
+use crate::error::{Result, exec_err};
 use crate::eval::{Evaluator, is_schema_label};
 use crate::value::{Sample, Val};
 
@@ -123,6 +124,19 @@ impl VarAcc {
     }
 }
 
+/// Prometheus' `labels.Hash()` (XXH64 over `name 0xff value 0xff ...`): `limit_ratio` picks
+/// series by it, so the same hash keeps the selection identical to Prometheus'.
+pub(crate) fn prometheus_labels_hash(l: &Labels) -> u64 {
+    let mut h = xxhash_rust::xxh64::Xxh64::new(0);
+    for x in l.iter() {
+        h.update(x.name.as_bytes());
+        h.update(&[0xff]);
+        h.update(x.value.as_bytes());
+        h.update(&[0xff]);
+    }
+    h.digest()
+}
+
 /// Go's `strconv.FormatFloat(f, 'f', -1, 64)`.
 pub(crate) fn format_float(v: f64) -> String {
     if v.is_nan() {
@@ -232,7 +246,7 @@ impl Evaluator<'_> {
                     r
                 };
                 for s in vec {
-                    let h = s.metric.stable_hash() as f64 / u64::MAX as f64;
+                    let h = prometheus_labels_hash(&s.metric) as f64 / u64::MAX as f64;
                     let keep = if r >= 0.0 { h < r } else { h >= 1.0 + r };
                     if keep {
                         out.push(s);
@@ -298,7 +312,11 @@ impl Evaluator<'_> {
                         _ => return exec_err("count_values parameter must be a string"),
                     };
                     if label.is_empty() || self.invalid_utf8.contains_key(&label) {
-                        let shown = self.invalid_utf8.get(&label).cloned().unwrap_or_else(|| label.clone());
+                        let shown = self
+                            .invalid_utf8
+                            .get(&label)
+                            .cloned()
+                            .unwrap_or_else(|| label.clone());
                         return exec_err(format!("invalid label name \"{shown}\""));
                     }
                     for v in vals {
@@ -318,12 +336,16 @@ impl Evaluator<'_> {
             };
             let drop_name = g.drop_name && g.labels.get(METRIC_NAME).is_some();
             out.push(Sample {
-                metric: g.labels.clone(),
+                metric: Arc::new(g.labels.clone()),
                 v,
                 drop_name,
             });
         }
-        out.extend(cv_counts.into_iter().map(|(metric, v)| Sample { metric, v, drop_name: false }));
+        out.extend(cv_counts.into_iter().map(|(metric, v)| Sample {
+            metric: Arc::new(metric),
+            v,
+            drop_name: false,
+        }));
         Ok(Val::Vector(out))
     }
 }

@@ -15,7 +15,7 @@ use crate::eval::{
     DEFAULT_SUBQUERY_STEP_MS, Evaluator, Fetched, at_ms, dur_ms, node_key, offset_ms,
     selector_matchers,
 };
-use crate::value::{QueryResult, Sample, Val, Value, VectorSample, final_labels};
+use crate::value::{FetchedSeries, QueryResult, Sample, Val, Value, VectorSample, final_labels};
 
 /// Engine limits and defaults.
 #[derive(Debug, Clone)]
@@ -135,6 +135,11 @@ impl Engine {
         let data = tokio::time::timeout(self.opts.timeout, fetch)
             .await
             .map_err(|_| PromqlError::Timeout)??;
+        // Everything fetched is held in memory for the whole evaluation.
+        let held: usize = data.values().flatten().map(|s| s.samples.len()).sum();
+        if held > self.opts.max_samples {
+            return Err(PromqlError::TooManySamples);
+        }
         let opts = self.opts.clone();
         let query = query.to_string();
         let task = tokio::task::spawn_blocking(move || {
@@ -161,9 +166,10 @@ fn type_display(vt: ValueType) -> &'static str {
     }
 }
 
-async fn fetch_selector(q: &dyn Queryable, need: &SelectorNeed) -> Result<Vec<Series>> {
+async fn fetch_selector(q: &dyn Queryable, need: &SelectorNeed) -> Result<Vec<FetchedSeries>> {
+    let wrap = |s: Series| FetchedSeries { labels: Arc::new(s.labels), samples: s.samples };
     if need.matchers.len() == 1 {
-        return Ok(q.select(need.mint, need.maxt, &need.matchers[0]).await?);
+        return Ok(q.select(need.mint, need.maxt, &need.matchers[0]).await?.into_iter().map(wrap).collect());
     }
     // `or` alternatives: union by labels.
     let mut merged: BTreeMap<Labels, Vec<ModelSample>> = BTreeMap::new();
@@ -172,10 +178,7 @@ async fn fetch_selector(q: &dyn Queryable, need: &SelectorNeed) -> Result<Vec<Se
             merged.entry(s.labels).or_insert(s.samples);
         }
     }
-    Ok(merged
-        .into_iter()
-        .map(|(labels, samples)| Series { labels, samples })
-        .collect())
+    Ok(merged.into_iter().map(|(labels, samples)| wrap(Series { labels, samples })).collect())
 }
 
 /// Records, for every selector under `e`, the time range it must be fetched for when `e`
@@ -256,10 +259,17 @@ fn plan(
         Expr::Call(c) if c.func.name == "info" => {
             // The info series are read at the base expression's reference times, so they
             // are fetched over the union of that expression's windows, keyed by the call.
-            let Some(base) = c.args.args.first() else { return Ok(()) };
+            let Some(base) = c.args.args.first() else {
+                return Ok(());
+            };
             let mut inner: HashMap<usize, SelectorNeed> = HashMap::new();
             plan(base, s, e_t, qstart, qend, lookback, &mut inner)?;
-            let mint = inner.values().map(|n| n.mint).min().unwrap_or(s).saturating_sub(lookback);
+            let mint = inner
+                .values()
+                .map(|n| n.mint)
+                .min()
+                .unwrap_or(s)
+                .saturating_sub(lookback);
             let maxt = inner.values().map(|n| n.maxt).max().unwrap_or(e_t);
             for (k, n) in inner {
                 match needs.get_mut(&k) {
@@ -273,7 +283,14 @@ fn plan(
                 }
             }
             let matchers = crate::info::info_matchers(c)?;
-            needs.insert(crate::info::call_key(c), SelectorNeed { matchers, mint, maxt });
+            needs.insert(
+                crate::info::call_key(c),
+                SelectorNeed {
+                    matchers,
+                    mint,
+                    maxt,
+                },
+            );
             Ok(())
         }
         Expr::Call(c) => {
@@ -309,6 +326,7 @@ fn evaluate(
         deadline,
         range_mode: range,
         annotations: Default::default(),
+        invalid_utf8: crate::eval::invalid_utf8_literals(query),
     };
     let value = if !range {
         match ev.eval(expr, start)? {

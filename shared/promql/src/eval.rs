@@ -2,9 +2,10 @@
 //! engine fetched up front. Range queries call it once per step.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use norn_model::{Labels, METRIC_NAME, Series, is_stale_nan};
+use norn_model::{Labels, METRIC_NAME, is_stale_nan};
 use promql_parser::label::Matchers;
 use promql_parser::parser::token::{self, TokenType};
 use promql_parser::parser::{
@@ -13,10 +14,10 @@ use promql_parser::parser::{
 };
 
 use crate::error::{PromqlError, Result, exec_err};
-use crate::value::{MatrixVal, RSeries, SCHEMA_LABELS, Sample, Val, final_labels};
+use crate::value::{FetchedSeries, Metric, MatrixVal, RSeries, SCHEMA_LABELS, Sample, Val, final_labels};
 
 /// Fetched series per selector node, keyed by the node's address in the (pinned) AST.
-pub(crate) type Fetched = HashMap<usize, Vec<Series>>;
+pub(crate) type Fetched = HashMap<usize, Vec<FetchedSeries>>;
 
 /// Address of a selector node; the AST is boxed and never mutated while a query runs.
 pub(crate) fn node_key(vs: &VectorSelector) -> usize {
@@ -72,6 +73,10 @@ pub(crate) struct Evaluator<'a> {
     pub deadline: Instant,
     pub range_mode: bool,
     pub annotations: Annotations,
+    /// String literals that are not valid UTF-8 under PromQL's (Go's) byte semantics, e.g.
+    /// `"\xff"`, mapped to their source text. The parser decodes such escapes to chars, so
+    /// label names built from them are rejected by looking them up here.
+    pub invalid_utf8: HashMap<String, String>,
 }
 
 impl Evaluator<'_> {
@@ -171,7 +176,7 @@ impl Evaluator<'_> {
         }
     }
 
-    fn series_of(&self, vs: &VectorSelector) -> &[Series] {
+    fn series_of(&self, vs: &VectorSelector) -> &[FetchedSeries] {
         self.data
             .get(&node_key(vs))
             .map(Vec::as_slice)
@@ -182,8 +187,9 @@ impl Evaluator<'_> {
     /// lookback window, unless that sample is a stale marker. With `keep_ts` the value is the
     /// sample's own timestamp in seconds (what `timestamp()` needs).
     pub fn eval_vector_selector(&self, vs: &VectorSelector, t: i64, keep_ts: bool) -> Vec<Sample> {
-        let ref_t =
-            at_ms(&vs.at, self.query_start, self.query_end).unwrap_or(t) - offset_ms(&vs.offset);
+        let ref_t = at_ms(&vs.at, self.query_start, self.query_end)
+            .unwrap_or(t)
+            .saturating_sub(offset_ms(&vs.offset));
         let mut out = Vec::new();
         for s in self.series_of(vs) {
             let hi = s.samples.partition_point(|x| x.t <= ref_t);
@@ -191,7 +197,7 @@ impl Evaluator<'_> {
                 continue;
             }
             let last = s.samples[hi - 1];
-            if last.t <= ref_t - self.lookback || is_stale_nan(last.v) {
+            if last.t <= ref_t.saturating_sub(self.lookback) || is_stale_nan(last.v) {
                 continue;
             }
             let v = if keep_ts {
@@ -214,9 +220,10 @@ impl Evaluator<'_> {
         range: i64,
         t: i64,
     ) -> Result<MatrixVal> {
-        let ref_t =
-            at_ms(&vs.at, self.query_start, self.query_end).unwrap_or(t) - offset_ms(&vs.offset);
-        let start = ref_t - range;
+        let ref_t = at_ms(&vs.at, self.query_start, self.query_end)
+            .unwrap_or(t)
+            .saturating_sub(offset_ms(&vs.offset));
+        let start = ref_t.saturating_sub(range);
         let mut series = Vec::new();
         let mut total = 0usize;
         for s in self.series_of(vs) {
@@ -248,8 +255,9 @@ impl Evaluator<'_> {
     }
 
     fn eval_subquery(&mut self, sq: &SubqueryExpr, t: i64) -> Result<MatrixVal> {
-        let ref_t =
-            at_ms(&sq.at, self.query_start, self.query_end).unwrap_or(t) - offset_ms(&sq.offset);
+        let ref_t = at_ms(&sq.at, self.query_start, self.query_end)
+            .unwrap_or(t)
+            .saturating_sub(offset_ms(&sq.offset));
         let range = dur_ms(&sq.range);
         let step = sq
             .step
@@ -257,17 +265,17 @@ impl Evaluator<'_> {
             .map(dur_ms)
             .filter(|s| *s > 0)
             .unwrap_or(DEFAULT_SUBQUERY_STEP_MS);
-        let start = ref_t - range;
+        let start = ref_t.saturating_sub(range);
         // First step-aligned timestamp strictly after the window start.
         let mut ts = start.div_euclid(step) * step + step;
-        let mut by_labels: HashMap<Labels, usize> = HashMap::new();
+        let mut by_labels: HashMap<Metric, usize> = HashMap::new();
         let mut series: Vec<RSeries> = Vec::new();
         let mut total = 0usize;
         while ts <= ref_t {
             self.check_deadline()?;
             match self.eval(&sq.expr, ts)? {
                 Val::Scalar(v) => {
-                    push_point(&mut by_labels, &mut series, Labels::empty(), false, ts, v);
+                    push_point(&mut by_labels, &mut series, Metric::default(), false, ts, v);
                     total += 1;
                 }
                 Val::Vector(vec) => {
@@ -286,7 +294,10 @@ impl Evaluator<'_> {
             if total > self.max_samples {
                 return Err(PromqlError::TooManySamples);
             }
-            ts += step;
+            match ts.checked_add(step) {
+                Some(n) => ts = n,
+                None => break,
+            }
         }
         series.sort_by(|a, b| a.metric.cmp(&b.metric));
         Ok(MatrixVal {
@@ -351,9 +362,9 @@ impl Evaluator<'_> {
 }
 
 fn push_point(
-    idx: &mut HashMap<Labels, usize>,
+    idx: &mut HashMap<Metric, usize>,
     series: &mut Vec<RSeries>,
-    metric: Labels,
+    metric: Metric,
     drop_name: bool,
     t: i64,
     v: f64,
@@ -575,7 +586,7 @@ fn vector_binop(
     let cmp = is_comparison(op);
     let mut matched: HashMap<String, HashSet<Labels>> = HashMap::new();
     let mut out = Vec::new();
-    let empty = Labels::empty();
+    let empty = Metric::default();
     let mut one_matched: HashSet<usize> = HashSet::new();
     for ms in &many {
         let sig = signature(&ms.metric, matching);
@@ -604,15 +615,17 @@ fn vector_binop(
         let mut metric = ms.metric.clone();
         if matches!(card, VectorMatchCardinality::OneToOne) {
             metric = match matching {
-                Some(LabelModifier::Include(on)) => metric.keep(&on.labels),
-                Some(LabelModifier::Exclude(ign)) => metric.drop_names(&ign.labels),
-                None => metric,
+                Some(LabelModifier::Include(on)) => Arc::new(metric.keep(&on.labels)),
+                Some(LabelModifier::Exclude(ign)) if !ign.labels.is_empty() => {
+                    Arc::new(metric.drop_names(&ign.labels))
+                }
+                _ => metric,
             };
         }
         for ln in &include {
             match one_metric.get(ln) {
-                Some(v) if !v.is_empty() => metric.set(ln, v),
-                _ => metric.remove(ln),
+                Some(v) if !v.is_empty() => Arc::make_mut(&mut metric).set(ln, v),
+                _ => Arc::make_mut(&mut metric).remove(ln),
             }
         }
         let drop_name = return_bool || !cmp || ms.drop_name;
@@ -651,7 +664,7 @@ fn vector_binop(
                 continue;
             }
             out.push(Sample {
-                metric: match_labels(&os.metric, matching),
+                metric: Arc::new(match_labels(&os.metric, matching)),
                 v,
                 drop_name: true,
             });
@@ -676,7 +689,7 @@ pub(crate) fn has_duplicate_labelsets(vec: &[Sample], apply_drop: bool) -> bool 
         let l = if apply_drop {
             final_labels(&s.metric, s.drop_name)
         } else {
-            s.metric.clone()
+            Labels::clone(&s.metric)
         };
         !seen.insert(l)
     })
@@ -743,4 +756,72 @@ pub(crate) fn absent_labels(matchers: &Matchers) -> Labels {
         }
     }
     l
+}
+
+/// Finds the string literals of `query` whose escapes make them invalid UTF-8 when decoded
+/// as bytes (Go semantics), keyed by how promql-parser decodes them (each `\xHH` or octal
+/// escape becomes the char U+00HH).
+pub(crate) fn invalid_utf8_literals(query: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let chars: Vec<char> = query.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let q = chars[i];
+        if q != '"' && q != '\'' {
+            i += 1;
+            continue;
+        }
+        i += 1;
+        let start = i;
+        let mut bytes: Vec<u8> = Vec::new();
+        let mut parser_view = String::new();
+        let mut has_byte_escape = false;
+        while i < chars.len() && chars[i] != q {
+            let c = chars[i];
+            if c == '\\' && i + 1 < chars.len() {
+                let e = chars[i + 1];
+                let digits: String = if e == 'x' {
+                    chars.iter().skip(i + 2).take(2).collect()
+                } else {
+                    chars.iter().skip(i + 1).take(3).collect()
+                };
+                let radix = if e == 'x' { 16 } else { 8 };
+                let byte = (e == 'x' || e.is_digit(8))
+                    .then(|| u8::from_str_radix(&digits, radix).ok())
+                    .flatten()
+                    .filter(|_| digits.len() == if e == 'x' { 2 } else { 3 });
+                if let Some(b) = byte {
+                    bytes.push(b);
+                    parser_view.push(char::from(b));
+                    has_byte_escape |= b >= 0x80;
+                    i += 4;
+                    continue;
+                }
+                // Other escapes decode to valid UTF-8 either way.
+                let decoded = match e {
+                    'n' => '\n',
+                    't' => '\t',
+                    'r' => '\r',
+                    other => other,
+                };
+                let mut buf = [0u8; 4];
+                bytes.extend_from_slice(decoded.encode_utf8(&mut buf).as_bytes());
+                parser_view.push(decoded);
+                i += 2;
+                continue;
+            }
+            let mut buf = [0u8; 4];
+            bytes.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            parser_view.push(c);
+            i += 1;
+        }
+        if has_byte_escape && std::str::from_utf8(&bytes).is_err() {
+            out.insert(
+                parser_view,
+                chars[start..i.min(chars.len())].iter().collect(),
+            );
+        }
+        i += 1;
+    }
+    out
 }

@@ -3,6 +3,7 @@
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use norn_model::{Labels, METRIC_NAME};
@@ -11,7 +12,7 @@ use promql_parser::parser::{Call, Expr};
 use crate::aggregate::{AvgAcc, format_float, kahan_inc, quantile};
 use crate::error::{PromqlError, Result, exec_err};
 use crate::eval::{Evaluator, absent_labels, has_duplicate_labelsets};
-use crate::value::{MatrixVal, Sample, Val};
+use crate::value::{MatrixVal, Metric, Sample, Val};
 
 /// Go's `math.Max`: NaN wins.
 fn go_max(a: f64, b: f64) -> f64 {
@@ -353,7 +354,7 @@ impl Evaluator<'_> {
             let vec = match args.first() {
                 Some(e) => self.eval_vector(e, t)?,
                 None => vec![Sample {
-                    metric: Labels::empty(),
+                    metric: Metric::default(),
                     v: t as f64 / 1000.0,
                     drop_name: false,
                 }],
@@ -401,7 +402,7 @@ impl Evaluator<'_> {
             "vector" => {
                 let v = self.eval_scalar(arg(0)?, t)?;
                 Ok(Val::Vector(vec![Sample {
-                    metric: Labels::empty(),
+                    metric: Metric::default(),
                     v,
                     drop_name: false,
                 }]))
@@ -484,7 +485,7 @@ impl Evaluator<'_> {
                         "invalid regular expression in label_replace(): {e}"
                     ))
                 })?;
-                if dst.is_empty() {
+                if dst.is_empty() || self.invalid_utf8.contains_key(&dst) {
                     return exec_err(format!(
                         "invalid destination label name in label_replace(): {dst}"
                     ));
@@ -495,7 +496,7 @@ impl Evaluator<'_> {
                     if let Some(caps) = re.captures(&src_val) {
                         let mut res = String::new();
                         caps.expand(&repl, &mut res);
-                        s.metric.set(&dst, &res);
+                        Arc::make_mut(&mut s.metric).set(&dst, &res);
                         if dst == METRIC_NAME {
                             s.drop_name = false;
                         }
@@ -515,7 +516,7 @@ impl Evaluator<'_> {
                 for e in args.iter().skip(3) {
                     srcs.push(self.eval_string(e, t)?);
                 }
-                if dst.is_empty() {
+                if dst.is_empty() || self.invalid_utf8.contains_key(&dst) {
                     return exec_err(format!(
                         "invalid destination label name in label_join(): {dst}"
                     ));
@@ -525,7 +526,7 @@ impl Evaluator<'_> {
                     let joined: Vec<&str> =
                         srcs.iter().map(|n| s.metric.get(n).unwrap_or("")).collect();
                     let v = joined.join(&sep);
-                    s.metric.set(&dst, &v);
+                    Arc::make_mut(&mut s.metric).set(&dst, &v);
                     if dst == METRIC_NAME {
                         s.drop_name = false;
                     }
@@ -547,7 +548,7 @@ impl Evaluator<'_> {
                     _ => Labels::empty(),
                 };
                 Ok(Val::Vector(vec![Sample {
-                    metric,
+                    metric: Arc::new(metric),
                     v: 1.0,
                     drop_name: false,
                 }]))
@@ -563,7 +564,7 @@ impl Evaluator<'_> {
                     _ => Labels::empty(),
                 };
                 Ok(Val::Vector(vec![Sample {
-                    metric,
+                    metric: Arc::new(metric),
                     v: 1.0,
                     drop_name: false,
                 }]))
@@ -800,6 +801,7 @@ impl Evaluator<'_> {
                     }
                     Some(n)
                 }
+                "mad_over_time" if p.iter().any(|x| x.1.is_nan()) => Some(f64::NAN),
                 "mad_over_time" => {
                     let mut vs: Vec<f64> = vals().collect();
                     let med = quantile(0.5, &mut vs);
@@ -857,9 +859,10 @@ impl Evaluator<'_> {
                 );
                 continue;
             };
-            let mut key = s.metric.clone();
+            // The name stays in the key so different histograms never merge; it is
+            // dropped from the output (delayed, like every name-changing function).
+            let mut key = Labels::clone(&s.metric);
             key.remove("le");
-            let key = crate::value::drop_schema_labels(&key);
             let gi = *index.entry(key.clone()).or_insert_with(|| {
                 groups.push((key, Vec::new()));
                 groups.len() - 1
@@ -870,7 +873,7 @@ impl Evaluator<'_> {
         for (metric, mut buckets) in groups {
             let v = bucket_quantile(q, &mut buckets);
             out.push(Sample {
-                metric,
+                metric: Arc::new(metric),
                 v,
                 drop_name: true,
             });

@@ -1,6 +1,18 @@
 //! The public result types of a query and the engine's internal per-step values.
 
-use norn_model::{Label, Labels, METRIC_NAME, Series};
+use std::sync::Arc;
+
+use norn_model::{Label, Labels, METRIC_NAME, Sample as ModelSample, Series};
+
+/// Label sets are shared between steps and values; cloning one is a reference count bump.
+pub(crate) type Metric = Arc<Labels>;
+
+/// A series fetched from storage for one selector.
+#[derive(Debug, Clone)]
+pub(crate) struct FetchedSeries {
+    pub labels: Metric,
+    pub samples: Vec<ModelSample>,
+}
 
 /// Labels that describe the metric rather than the series; they go together with the name
 /// when a function or operator changes what the value means.
@@ -36,7 +48,7 @@ pub struct QueryResult {
 /// delayed name removal: the name stays visible to `label_replace` & co. until the end.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Sample {
-    pub metric: Labels,
+    pub metric: Metric,
     pub v: f64,
     pub drop_name: bool,
 }
@@ -44,7 +56,7 @@ pub(crate) struct Sample {
 /// One series of a range vector during evaluation (points in time order).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct RSeries {
-    pub metric: Labels,
+    pub metric: Metric,
     pub points: Vec<(i64, f64)>,
     pub drop_name: bool,
 }

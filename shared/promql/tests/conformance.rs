@@ -20,7 +20,10 @@ static AT_CHECKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsiz
 static RANGE_CHECKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 /// Failure details printed per file.
 fn max_details() -> usize {
-    std::env::var("NORN_PROMQL_DETAILS").ok().and_then(|v| v.parse().ok()).unwrap_or(8)
+    std::env::var("NORN_PROMQL_DETAILS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8)
 }
 
 /// Functions the parser knows that the engine does not implement (experimental ones).
@@ -987,7 +990,9 @@ async fn run_eval(
             .iter()
             .any(|f| ["start", "end", "range", "step"].contains(f));
     let mut variants = vec![(ev.expr.clone(), "")];
-    if !fns.iter().any(|f| TIME_DEPENDENT.contains(f)) {
+    // The AST printer turns byte escapes like `\xff` into chars, which changes their
+    // meaning, so such queries are not rewritten.
+    if !fns.iter().any(|f| TIME_DEPENDENT.contains(f)) && !ev.expr.contains("\\x") {
         let mut pinned = parsed.clone();
         pin_at(&mut pinned, system_time(t));
         let text = pinned.to_string();

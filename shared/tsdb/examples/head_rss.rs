@@ -62,6 +62,12 @@ fn main() {
     let start = Instant::now();
     let per_batch = 1000usize;
     let mut total = 0usize;
+    // Time spent inside `append` only (batch building excluded), for the first round (which
+    // creates the series) and for the later ones (existing series).
+    let mut create_time = std::time::Duration::ZERO;
+    let mut create_samples = 0usize;
+    let mut steady_time = std::time::Duration::ZERO;
+    let mut steady_samples = 0usize;
     for round in 0..(samples + 4) / 5 {
         for first in (0..n).step_by(per_batch) {
             let data: Vec<(Labels, Vec<Sample>)> = (first..(first + per_batch).min(n))
@@ -85,6 +91,11 @@ fn main() {
     }
     let elapsed = start.elapsed();
     let after = rss_bytes();
+    println!(
+        "append only: first round (creates series) {:.0} samples/s, later rounds {:.0} samples/s",
+        create_samples as f64 / create_time.as_secs_f64(),
+        steady_samples as f64 / steady_time.as_secs_f64().max(1e-9)
+    );
     let mem = head.memory();
     println!("series: {}", head.num_series());
     println!(

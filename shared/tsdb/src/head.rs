@@ -342,6 +342,7 @@ impl Head {
     /// Appends a batch. Per-sample problems are reported in the outcome, not as errors;
     /// an error means nothing can be promised about durability (WAL I/O failed).
     pub fn append(&self, batch: &WriteBatch, limits: &AppendLimits) -> Result<AppendOutcome> {
+        self.wal.check_writable()?;
         let mut out = AppendOutcome::default();
         let mut series_rec: Vec<u8> = Vec::new();
         let mut wal_samples: Vec<RefSample> = Vec::with_capacity(batch.num_samples());
@@ -614,6 +615,19 @@ impl Head {
     /// The head's WAL (segment listing and truncation hooks for block cutting).
     pub fn wal(&self) -> &Wal {
         &self.wal
+    }
+
+    /// Checkpoints the WAL: closes the current segment, rewrites every older one into a
+    /// checkpoint keeping the series still in the head and samples at or after `mint`, and
+    /// deletes the rewritten segments. For after a block covering `< mint` was cut.
+    pub fn checkpoint_wal(&self, mint: i64) -> Result<wal::CheckpointStats> {
+        let closed = self.wal.rotate()?;
+        let mem = self.as_mem();
+        self.wal.checkpoint(
+            closed,
+            |r| u32::try_from(r).ok().and_then(|id| mem.by_id(id)).is_some(),
+            mint,
+        )
     }
 
     /// Rough memory accounting (walks every series; for diagnostics and benchmarks).

@@ -43,9 +43,13 @@
 //!
 //! # Truncation
 //!
-//! When the head has been cut into a block, the segments that only hold older data can go:
-//! [`Wal::segments`] lists them and [`Wal::truncate_before`] deletes them. (A checkpoint that
-//! keeps the series records of still-active series is a later addition.)
+//! When the head has been cut into a block, the segments that only hold older data can go.
+//! Their series records are still needed for series that live on, so [`Wal::checkpoint`]
+//! first rewrites segments `..=n` into `checkpoint.n/` (Prometheus' layout: a directory of
+//! segments in the same format) keeping only live series and samples at or after a given
+//! time, then deletes the segments. Replay reads the newest checkpoint, then the segments
+//! after it. [`Wal::segments`], [`Wal::rotate`] and [`Wal::truncate_before`] are the
+//! lower-level hooks.
 
 pub mod record;
 
@@ -138,6 +142,8 @@ pub struct Wal {
     /// Highest write sequence number known to be on stable storage.
     synced: Mutex<u64>,
     broken: AtomicBool,
+    /// Mirrors `Writer::closed` for lock-free checks.
+    closed: AtomicBool,
     metrics: Arc<TsdbMetrics>,
 }
 
@@ -211,7 +217,11 @@ impl Wal {
         let page = PAGE_SIZE as u64;
         opts.segment_size = opts.segment_size.max(2 * page).div_ceil(page) * page;
         fs::create_dir_all(&dir).map_err(|e| TsdbError::io(&dir, e))?;
-        let next = list_segments(&dir)?.last().map_or(0, |n| n + 1);
+        // Continue after both segments and checkpoints: replay skips segments a checkpoint
+        // covers, so a new segment must never reuse such a number.
+        let after_segments = list_segments(&dir)?.last().map_or(0, |n| n + 1);
+        let after_checkpoints = list_checkpoints(&dir)?.last().map_or(0, |n| n + 1);
+        let next = after_segments.max(after_checkpoints);
         let file = create_segment(&dir, next)?;
         Ok(Wal {
             dir,
@@ -229,8 +239,21 @@ impl Wal {
             }),
             synced: Mutex::new(0),
             broken: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             metrics,
         })
+    }
+
+    /// Fails when `log` would fail because the WAL is closed or broken (lets the head refuse
+    /// a write before touching memory).
+    pub fn check_writable(&self) -> Result<()> {
+        if self.broken.load(Ordering::Acquire) {
+            return Err(TsdbError::WalBroken);
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(TsdbError::Closed);
+        }
+        Ok(())
     }
 
     /// The WAL directory.
@@ -434,6 +457,7 @@ impl Wal {
             return Ok(());
         }
         w.closed = true;
+        self.closed.store(true, Ordering::Release);
         self.flush_out(&mut w)?;
         w.file
             .sync_all()
@@ -612,17 +636,51 @@ fn read_segment(
     (good_end, records, None)
 }
 
-/// Reads every segment in `dir` in order and calls `f` with each record payload
-/// (decompressed). Repairs a damaged tail as described in the module docs.
-pub fn replay(dir: &Path, metrics: &TsdbMetrics, mut f: impl FnMut(&[u8])) -> Result<ReplayResult> {
-    let mut res = ReplayResult::default();
-    let segments = list_segments(dir)?;
+/// Checkpoint directories (`checkpoint.NNNNNNNN`) in `dir`, ascending by the segment they
+/// cover. Unfinished ones (`.tmp`) are not listed.
+pub fn list_checkpoints(dir: &Path) -> Result<Vec<u32>> {
+    let mut out = Vec::new();
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(TsdbError::io(dir, e)),
+    };
+    for entry in rd {
+        let entry = entry.map_err(|e| TsdbError::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("checkpoint.")) else {
+            continue;
+        };
+        if rest.len() == 8
+            && rest.bytes().all(|b| b.is_ascii_digit())
+            && let Ok(n) = rest.parse::<u32>()
+        {
+            out.push(n);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+fn checkpoint_path(dir: &Path, n: u32) -> PathBuf {
+    dir.join(format!("checkpoint.{n:08}"))
+}
+
+/// Replays `segments` of `dir`, repairing a damaged one (truncate it, delete the later ones
+/// of this list). Returns whether damage was found.
+fn replay_segments(
+    dir: &Path,
+    segments: &[u32],
+    metrics: &TsdbMetrics,
+    res: &mut ReplayResult,
+    f: &mut dyn FnMut(&[u8]),
+) -> Result<bool> {
     let mut decoder = snap::raw::Decoder::new();
     for (i, &seg) in segments.iter().enumerate() {
         let path = segment_path(dir, seg);
         let data = fs::read(&path).map_err(|e| TsdbError::io(&path, e))?;
         res.segments += 1;
-        let (good_end, records, damage) = read_segment(&data, &mut decoder, &mut f);
+        let (good_end, records, damage) = read_segment(&data, &mut decoder, f);
         res.records += records;
         let Some((offset, damage)) = damage else {
             continue;
@@ -638,12 +696,8 @@ pub fn replay(dir: &Path, metrics: &TsdbMetrics, mut f: impl FnMut(&[u8])) -> Re
         metrics.wal_corruptions.inc();
         res.corruptions += 1;
         res.truncated_bytes += (data.len() - good_end) as u64;
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(|e| TsdbError::io(&path, e))?;
-        file.set_len(good_end as u64)
-            .map_err(|e| TsdbError::io(&path, e))?;
+        let file = OpenOptions::new().write(true).open(&path).map_err(|e| TsdbError::io(&path, e))?;
+        file.set_len(good_end as u64).map_err(|e| TsdbError::io(&path, e))?;
         file.sync_all().map_err(|e| TsdbError::io(&path, e))?;
         for &later in &segments[i + 1..] {
             let p = segment_path(dir, later);
@@ -654,9 +708,171 @@ pub fn replay(dir: &Path, metrics: &TsdbMetrics, mut f: impl FnMut(&[u8])) -> Re
             res.deleted_segments += 1;
         }
         sync_dir(dir)?;
-        break;
+        return Ok(true);
     }
+    Ok(false)
+}
+
+/// Reads the newest checkpoint (if any) and then every later segment in `dir`, in order,
+/// calling `f` with each record payload (decompressed). Repairs a damaged tail as described
+/// in the module docs; a damaged checkpoint is truncated the same way and replay goes on
+/// with the segments.
+pub fn replay(dir: &Path, metrics: &TsdbMetrics, mut f: impl FnMut(&[u8])) -> Result<ReplayResult> {
+    let mut res = ReplayResult::default();
+    let mut first_segment = 0u32;
+    if let Some(&cp) = list_checkpoints(dir)?.last() {
+        let cp_dir = checkpoint_path(dir, cp);
+        let segs = list_segments(&cp_dir)?;
+        replay_segments(&cp_dir, &segs, metrics, &mut res, &mut f)?;
+        first_segment = cp.saturating_add(1);
+    }
+    // Segments the checkpoint covers may still exist if a crash interrupted their deletion.
+    let segments: Vec<u32> =
+        list_segments(dir)?.into_iter().filter(|&s| s >= first_segment).collect();
+    replay_segments(dir, &segments, metrics, &mut res, &mut f)?;
     Ok(res)
+}
+
+/// What [`Wal::checkpoint`] kept and dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckpointStats {
+    /// The last segment the checkpoint covers (its directory is `checkpoint.<this>`).
+    pub segment: u32,
+    pub series_kept: u64,
+    pub series_dropped: u64,
+    pub samples_kept: u64,
+    pub samples_dropped: u64,
+    /// Segments deleted after the checkpoint was written.
+    pub segments_deleted: usize,
+}
+
+impl Wal {
+    /// Compacts segments `..= upto` (and the previous checkpoint) into
+    /// `checkpoint.<upto>`: series records of series for which `keep_series(ref)` holds and
+    /// their samples at or after `mint`; everything else is dropped. Then deletes those
+    /// segments and older checkpoints. Call [`Wal::rotate`] first so `upto` is complete;
+    /// `upto` must be below the current segment. Crash-safe: the checkpoint is written to a
+    /// `.tmp` directory, fsynced and renamed before anything is deleted.
+    pub fn checkpoint(
+        &self,
+        upto: u32,
+        keep_series: impl Fn(u64) -> bool,
+        mint: i64,
+    ) -> Result<CheckpointStats> {
+        if upto >= self.current_segment() {
+            return Err(TsdbError::InvalidOption(format!(
+                "checkpoint must end before the current segment, got {upto}"
+            )));
+        }
+        let mut stats = CheckpointStats { segment: upto, ..Default::default() };
+        let prev = list_checkpoints(&self.dir)?.into_iter().rfind(|&c| c <= upto);
+        let tmp = self.dir.join(format!("checkpoint.{upto:08}.tmp"));
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(|e| TsdbError::io(&tmp, e))?;
+        }
+        {
+            let out = Wal::open(
+                &tmp,
+                WalOptions { segment_size: self.opts.segment_size, fsync: FsyncPolicy::Never },
+                Arc::clone(&self.metrics),
+            )?;
+            let mut inputs: Vec<(PathBuf, Vec<u32>)> = Vec::new();
+            let first = match prev {
+                Some(cp) => {
+                    let d = checkpoint_path(&self.dir, cp);
+                    let segs = list_segments(&d)?;
+                    inputs.push((d, segs));
+                    cp + 1
+                }
+                None => 0,
+            };
+            let segs: Vec<u32> =
+                list_segments(&self.dir)?.into_iter().filter(|&s| s >= first && s <= upto).collect();
+            inputs.push((self.dir.clone(), segs));
+
+            let mut decoder = snap::raw::Decoder::new();
+            let mut err: Option<TsdbError> = None;
+            let mut buf = Vec::new();
+            for (dir, segs) in &inputs {
+                for &seg in segs {
+                    let path = segment_path(dir, seg);
+                    let data = fs::read(&path).map_err(|e| TsdbError::io(&path, e))?;
+                    let mut on_record = |rec: &[u8]| {
+                        if err.is_some() {
+                            return;
+                        }
+                        buf.clear();
+                        match record::decode(rec) {
+                            Ok(record::Record::Series(series)) => {
+                                record::begin_series(&mut buf);
+                                let before = buf.len();
+                                for s in series {
+                                    if keep_series(s.series) {
+                                        stats.series_kept += 1;
+                                        record::push_series(
+                                            &mut buf,
+                                            s.series,
+                                            s.labels.iter().map(|l| (l.name.as_bytes(), l.value.as_bytes())),
+                                        );
+                                    } else {
+                                        stats.series_dropped += 1;
+                                    }
+                                }
+                                if buf.len() == before {
+                                    buf.clear();
+                                }
+                            }
+                            Ok(record::Record::Samples(samples)) => {
+                                let kept: Vec<record::RefSample> = samples
+                                    .iter()
+                                    .filter(|s| s.t >= mint && keep_series(s.series))
+                                    .copied()
+                                    .collect();
+                                stats.samples_kept += kept.len() as u64;
+                                stats.samples_dropped += (samples.len() - kept.len()) as u64;
+                                if !kept.is_empty() {
+                                    record::encode_samples(&mut buf, &kept);
+                                }
+                            }
+                            Ok(record::Record::Unknown(_)) | Err(_) => {}
+                        }
+                        if !buf.is_empty()
+                            && let Err(e) = out.log(&[&buf])
+                        {
+                            err = Some(e);
+                        }
+                    };
+                    let (_, _, damage) = read_segment(&data, &mut decoder, &mut on_record);
+                    if let Some(e) = err.take() {
+                        return Err(e);
+                    }
+                    if let Some((offset, damage)) = damage {
+                        return Err(TsdbError::Corrupt {
+                            path,
+                            msg: format!("{} at offset {offset}", damage.reason()),
+                        });
+                    }
+                }
+            }
+            out.close()?;
+        }
+        let final_dir = checkpoint_path(&self.dir, upto);
+        if final_dir.exists() {
+            fs::remove_dir_all(&final_dir).map_err(|e| TsdbError::io(&final_dir, e))?;
+        }
+        fs::rename(&tmp, &final_dir).map_err(|e| TsdbError::io(&tmp, e))?;
+        sync_dir(&self.dir)?;
+        // Only now is it safe to delete what the checkpoint replaces.
+        stats.segments_deleted = self.truncate_before(upto + 1)?;
+        for cp in list_checkpoints(&self.dir)? {
+            if cp < upto {
+                let d = checkpoint_path(&self.dir, cp);
+                fs::remove_dir_all(&d).map_err(|e| TsdbError::io(&d, e))?;
+            }
+        }
+        sync_dir(&self.dir)?;
+        Ok(stats)
+    }
 }
 
 #[cfg(test)]
@@ -766,6 +982,58 @@ mod tests {
         assert_eq!(read_all(dir.path()).0, [b"b".to_vec()]);
     }
 
+    #[test]
+    fn checkpoint_keeps_live_series_and_recent_samples() {
+        use record::{RefSample, Record};
+        let dir = tempfile::tempdir().unwrap();
+        let m = metrics();
+        let series_rec = |r: u64, name: &str| {
+            let mut b = Vec::new();
+            record::begin_series(&mut b);
+            record::push_series(&mut b, r, [(&b"__name__"[..], name.as_bytes())].into_iter());
+            b
+        };
+        let samples_rec = |s: &[(u64, i64)]| {
+            let mut b = Vec::new();
+            let v: Vec<RefSample> = s.iter().map(|&(r, t)| RefSample { series: r, t, v: 1.0 }).collect();
+            record::encode_samples(&mut b, &v);
+            b
+        };
+        let wal = Wal::open(dir.path(), WalOptions::default(), Arc::clone(&m)).unwrap();
+        wal.log(&[&series_rec(1, "a"), &series_rec(2, "b")]).unwrap();
+        wal.log(&[&samples_rec(&[(1, 10), (2, 10), (1, 20)])]).unwrap();
+        let closed = wal.rotate().unwrap();
+        wal.log(&[&samples_rec(&[(1, 30)])]).unwrap();
+        let stats = wal.checkpoint(closed, |r| r == 1, 15).unwrap();
+        assert_eq!(stats.series_kept, 1);
+        assert_eq!(stats.samples_kept, 1);
+        assert_eq!(stats.segments_deleted, 1);
+        assert!(wal.checkpoint(wal.current_segment(), |_| true, 0).is_err());
+        // A second checkpoint folds the first one in.
+        let closed = wal.rotate().unwrap();
+        wal.log(&[&samples_rec(&[(1, 40)])]).unwrap();
+        wal.checkpoint(closed, |_| true, 0).unwrap();
+        assert_eq!(list_checkpoints(dir.path()).unwrap(), [closed]);
+        drop(wal);
+        // Reopening numbers segments after the checkpoint even if none are left before it.
+        let wal = Wal::open(dir.path(), WalOptions::default(), Arc::clone(&m)).unwrap();
+        assert!(wal.current_segment() > closed);
+        drop(wal);
+        let (recs, _) = read_all(dir.path());
+        let decoded: Vec<Record> = recs.iter().map(|r| record::decode(r).unwrap()).collect();
+        let mut ts = Vec::new();
+        let mut series = Vec::new();
+        for r in decoded {
+            match r {
+                Record::Series(s) => series.extend(s.into_iter().map(|s| s.series)),
+                Record::Samples(s) => ts.extend(s.into_iter().map(|s| (s.series, s.t))),
+                Record::Unknown(_) => {}
+            }
+        }
+        assert_eq!(series, [1]);
+        assert_eq!(ts, [(1, 20), (1, 30), (1, 40)]);
+    }
+
     fn write_wal(dir: &Path, recs: &[Vec<u8>], segment_size: u64) {
         let wal = Wal::open(
             dir,
@@ -781,8 +1049,8 @@ mod tests {
         }
     }
 
-    /// Concatenated segment bytes and where each record ends (segment, offset).
-    fn record_ends(dir: &Path, recs: &[Vec<u8>]) -> Vec<(u32, u64)> {
+    /// Where each record ends (segment, file length after it).
+    fn record_ends(recs: &[Vec<u8>]) -> Vec<(u32, u64)> {
         // Re-derive by writing each prefix into a fresh WAL: the framing is deterministic.
         let mut ends = Vec::new();
         for n in 1..=recs.len() {
@@ -793,7 +1061,6 @@ mod tests {
             let len = fs::metadata(segment_path(d.path(), last)).unwrap().len();
             ends.push((last, len));
         }
-        let _ = dir;
         ends
     }
 
@@ -814,7 +1081,7 @@ mod tests {
                 .collect();
             let dir = tempfile::tempdir().unwrap();
             write_wal(dir.path(), &recs, 64 * 1024);
-            let ends = record_ends(dir.path(), &recs);
+            let ends = record_ends(&recs);
             // Damage the last segment: cut it somewhere, then maybe append garbage or flip a byte.
             let segs = list_segments(dir.path()).unwrap();
             let last = *segs.last().unwrap();

@@ -634,7 +634,14 @@ fn byte_escapes_that_are_not_utf8_are_invalid_label_names() {
     let s = counters();
     let err = instant(&s, "count_values(\"a\\xc5z\", req_total)", 10 * M).unwrap_err();
     assert_eq!(err.to_string(), "invalid label name \"a\\xc5z\"");
-    assert!(instant(&s, "label_replace(req_total, \"\\xff\", \"\", \"job\", \"(.*)\")", 10 * M).is_err());
+    assert!(
+        instant(
+            &s,
+            "label_replace(req_total, \"\\xff\", \"\", \"job\", \"(.*)\")",
+            10 * M
+        )
+        .is_err()
+    );
     // A valid two-byte sequence spelled with escapes is fine.
     assert!(instant(&s, "count_values(\"\\xc3\\xa9\", req_total)", 10 * M).is_ok());
 }
@@ -644,5 +651,28 @@ fn count_values_merges_groups_that_collapse() {
     let s = MemStore::new();
     load(&s, &[("__name__", "v"), ("job", "a")], M, &vals(&[6.]));
     load(&s, &[("__name__", "v"), ("job", "b")], M, &vals(&[6.]));
-    assert_eq!(vector(&s, "count_values by (job) (\"job\", v)", 0), [("{job=\"6\"}".into(), 2.0)]);
+    assert_eq!(
+        vector(&s, "count_values by (job) (\"job\", v)", 0),
+        [("{job=\"6\"}".into(), 2.0)]
+    );
+}
+
+#[test]
+#[ignore]
+fn perf_probe() {
+    let s = MemStore::new();
+    for i in 0..1000 {
+        let l = labels(&[("__name__", "http_requests_total"), ("job", &format!("j{}", i % 10)), ("instance", &format!("i{i}")), ("path", "/api/v1/query"), ("method", "GET")]);
+        for k in 0..1440 {
+            s.add_sample(&l, k * 15_000 * 4, k as f64);
+        }
+    }
+    let t0 = std::time::Instant::now();
+    let r = run(Engine::default().range_query(&s, "sum by (job) (rate(http_requests_total[5m]))", 0, 1440 * M, M)).unwrap();
+    println!("range sum(rate) 1000 series x 1441 steps: {:?}", t0.elapsed());
+    let Value::Matrix(m) = r.value else { panic!() };
+    assert_eq!(m.len(), 10);
+    let t0 = std::time::Instant::now();
+    let _ = run(Engine::default().range_query(&s, "http_requests_total", 0, 1440 * M, M)).unwrap();
+    println!("range raw selector: {:?}", t0.elapsed());
 }
