@@ -50,6 +50,7 @@ struct DistributorMetrics {
     incoming_samples: IntCounterVec,
     received_metadata: IntCounterVec,
     requests: IntCounterVec,
+    discarded_metadata: IntCounterVec,
 }
 
 impl DistributorMetrics {
@@ -73,6 +74,15 @@ impl DistributorMetrics {
                 "Metric metadata entries received in push requests.",
             ),
             requests: counter("norn_distributor_requests_in_total", "Push requests received."),
+            discarded_metadata: {
+                let c = IntCounterVec::new(
+                    Opts::new("norn_discarded_metadata_total", "Metadata entries refused, by tenant and reason."),
+                    &["tenant", "reason"],
+                )
+                .expect("valid metric");
+                m.registry.register(Box::new(c.clone())).expect("registered once");
+                c
+            },
         }
     }
 }
@@ -146,6 +156,13 @@ impl Distributor {
             self.own.received_metadata.with_label_values(&[tenant.as_str()]).inc_by(batch.metadata().len() as u64);
         }
         let limits = self.overrides.for_tenant(tenant.as_str());
+        let max_md = limits.max_metadata_length;
+        let dropped_md = batch.retain_metadata(|m| {
+            m.metric_family_name.len() <= max_md && m.help.len() <= max_md && m.unit.len() <= max_md
+        });
+        if dropped_md > 0 {
+            self.own.discarded_metadata.with_label_values(&[tenant.as_str(), "metadata_too_long"]).inc_by(dropped_md as u64);
+        }
 
         // Empty values mean "label absent" in remote write; sorting is required by the spec
         // but senders get it wrong, and sorting is cheaper than a round trip.

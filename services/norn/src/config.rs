@@ -419,3 +419,49 @@ mod tests {
         assert!(Config::load(&args(&["--querier.timeout=soon"])).is_err());
     }
 }
+
+#[cfg(test)]
+mod docs_drift {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn yaml_paths(v: &serde_yaml::Value, prefix: &str, out: &mut Vec<String>) {
+        if let serde_yaml::Value::Mapping(m) = v {
+            for (k, v) in m {
+                let k = k.as_str().unwrap_or_default();
+                let path = if prefix.is_empty() { k.to_string() } else { format!("{prefix}.{k}") };
+                match v {
+                    serde_yaml::Value::Mapping(_) => yaml_paths(v, &path, out),
+                    _ => out.push(path),
+                }
+            }
+        }
+    }
+
+    /// docs/configuration.md must name every flag and every YAML key the code accepts.
+    #[test]
+    fn configuration_reference_lists_every_option() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/configuration.md"))
+            .expect("docs/configuration.md exists");
+        let mut missing = Vec::new();
+        for arg in Args::command().get_arguments() {
+            if let Some(long) = arg.get_long() {
+                if !["help", "version"].contains(&long) && !doc.contains(&format!("`--{long}`")) {
+                    missing.push(format!("--{long}"));
+                }
+            }
+        }
+        let mut paths = Vec::new();
+        yaml_paths(&serde_yaml::to_value(Config::default()).unwrap(), "", &mut paths);
+        // Optional keys that default to null still belong in the reference.
+        paths.push("runtime_config.file".into());
+        for p in paths {
+            if !doc.contains(&format!("`{p}`")) {
+                missing.push(p);
+            }
+        }
+        missing.sort();
+        missing.dedup();
+        assert!(missing.is_empty(), "docs/configuration.md does not mention: {missing:?}");
+    }
+}

@@ -89,6 +89,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         Arc::clone(&ingester) as Arc<dyn QueryableProvider>,
         Arc::clone(&ingester) as Arc<dyn MetadataReader>,
         tenants,
+        Arc::clone(&overrides),
     );
     // Start order; shutdown runs in reverse, so the ingester (and its WAL) stops last.
     let services: Vec<Arc<dyn Service>> = vec![

@@ -6,6 +6,7 @@
 //! Responses use Prometheus' JSON envelope, float formatting and error types.
 
 pub mod json;
+pub mod limited;
 pub mod params;
 
 use std::collections::BTreeSet;
@@ -20,11 +21,13 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use norn_model::duration::serde_duration;
-use norn_model::{ErrorKind, MetadataReader, QueryableProvider, TenantId};
+use norn_limits::Overrides;
+use norn_model::{ErrorKind, MetadataReader, Queryable, QueryableProvider, TenantId};
 use norn_promql::{Engine, EngineOptions};
 use norn_server::{HttpError, Service, TenantResolver};
 use serde::{Deserialize, Serialize};
 
+use crate::limited::SeriesLimited;
 use crate::params::{MAX_TIME_MS, MIN_TIME_MS, Params, matcher_sets, parse_duration_ms, time_or};
 
 /// Most points a range query may return per series (Prometheus' rule).
@@ -61,6 +64,7 @@ pub struct Querier {
     storage: Arc<dyn QueryableProvider>,
     metadata: Arc<dyn MetadataReader>,
     tenants: TenantResolver,
+    overrides: Arc<Overrides>,
 }
 
 impl Querier {
@@ -69,13 +73,35 @@ impl Querier {
         storage: Arc<dyn QueryableProvider>,
         metadata: Arc<dyn MetadataReader>,
         tenants: TenantResolver,
+        overrides: Arc<Overrides>,
     ) -> Arc<Self> {
         let engine = Engine::new(EngineOptions {
             lookback_delta_ms: config.lookback_delta.as_millis() as i64,
             max_samples: config.max_samples,
             timeout: config.timeout,
         });
-        Arc::new(Self { config, engine, storage, metadata, tenants })
+        Arc::new(Self { config, engine, storage, metadata, tenants, overrides })
+    }
+
+    /// The tenant's storage view for one query, with the per-query series limit applied.
+    fn store(&self, tenant: &TenantId) -> SeriesLimited {
+        let limit = self.overrides.for_tenant(tenant.as_str()).max_fetched_series_per_query;
+        SeriesLimited::new(self.storage.queryable(tenant), limit)
+    }
+
+    /// Refuses a query whose time range is longer than the tenant's `max_total_query_length`.
+    fn check_length(&self, tenant: &TenantId, start: i64, end: i64) -> Result<(), HttpError> {
+        let max = self.overrides.for_tenant(tenant.as_str()).max_total_query_length;
+        let len = end.saturating_sub(start);
+        if !max.is_zero() && len > max.as_millis() as i64 {
+            return Err(HttpError::bad_data(format!(
+                "the total query time range exceeds the limit (query length: {}, limit: {}) (err-mimir-max-total-query-length)",
+                norn_model::format_duration(Duration::from_millis(len as u64)),
+                norn_model::format_duration(max)
+            ))
+            .into_json());
+        }
+        Ok(())
     }
 
     fn tenant(&self, headers: &HeaderMap) -> Result<TenantId, HttpError> {
@@ -132,8 +158,8 @@ async fn query_inner(q: &Querier, headers: &HeaderMap, rq: Option<&str>, body: &
     let expr = p.get("query").unwrap_or("");
     let t = time_or(&p, "time", now_ms())?;
     let timeout = q.timeout(&p)?;
-    let store = q.storage.queryable(&tenant);
-    let r = with_timeout(timeout, async { q.engine.instant_query(store.as_ref(), expr, t).await.map_err(engine_error) }).await?;
+    let store = q.store(&tenant);
+    let r = with_timeout(timeout, async { q.engine.instant_query(&store, expr, t).await.map_err(engine_error) }).await?;
     Ok(ok_json(json::query_response(&r)))
 }
 
@@ -157,11 +183,12 @@ async fn query_range_inner(q: &Querier, headers: &HeaderMap, rq: Option<&str>, b
     if (end - start) / step > MAX_POINTS {
         return Err(bad("exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)"));
     }
+    q.check_length(&tenant, start, end)?;
     let expr = p.get("query").unwrap_or("");
     let timeout = q.timeout(&p)?;
-    let store = q.storage.queryable(&tenant);
+    let store = q.store(&tenant);
     let r = with_timeout(timeout, async {
-        q.engine.range_query(store.as_ref(), expr, start, end, step).await.map_err(engine_error)
+        q.engine.range_query(&store, expr, start, end, step).await.map_err(engine_error)
     })
     .await?;
     Ok(ok_json(json::query_response(&r)))
@@ -198,7 +225,7 @@ async fn series_inner(q: &Querier, headers: &HeaderMap, rq: Option<&str>, body: 
     let start = time_or(&p, "start", MIN_TIME_MS)?;
     let end = time_or(&p, "end", MAX_TIME_MS)?;
     let limit = limit_param(&p)?;
-    let store = q.storage.queryable(&tenant);
+    let store = q.store(&tenant);
     let mut all = BTreeSet::new();
     for m in &sets {
         for s in store.select(start, end, m).await.map_err(storage_error)? {

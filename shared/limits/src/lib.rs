@@ -50,22 +50,13 @@ pub struct Limits {
     pub max_global_series_per_user: usize,
     /// In-memory series per metric name per tenant (0 = unlimited).
     pub max_global_series_per_metric: usize,
+    /// Longest metric name, help or unit accepted in remote-write metadata.
     pub max_metadata_length: usize,
-    /// HA dedup: accept samples from HA pairs, electing one replica per cluster.
-    pub accept_ha_samples: bool,
-    pub ha_cluster_label: String,
-    pub ha_replica_label: String,
     /// Longest range a query may cover (0 = unlimited).
     #[serde(with = "serde_duration")]
     pub max_total_query_length: Duration,
-    /// How far back queries may look (0 = unlimited).
-    #[serde(with = "serde_duration")]
-    pub max_query_lookback: Duration,
     /// Series one query may fetch (0 = unlimited).
     pub max_fetched_series_per_query: usize,
-    /// Per-tenant retention of blocks in the bucket (0 = forever).
-    #[serde(with = "serde_duration")]
-    pub compactor_blocks_retention_period: Duration,
 }
 
 impl Default for Limits {
@@ -82,13 +73,8 @@ impl Default for Limits {
             max_global_series_per_user: 150_000,
             max_global_series_per_metric: 0,
             max_metadata_length: 1024,
-            accept_ha_samples: false,
-            ha_cluster_label: "cluster".to_string(),
-            ha_replica_label: "__replica__".to_string(),
             max_total_query_length: Duration::ZERO,
-            max_query_lookback: Duration::ZERO,
             max_fetched_series_per_query: 0,
-            compactor_blocks_retention_period: Duration::ZERO,
         }
     }
 }

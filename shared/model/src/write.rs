@@ -164,6 +164,13 @@ impl WriteBatch {
         &self.metadata
     }
 
+    /// Keeps only the metadata entries for which `keep` is true; returns how many were dropped.
+    pub fn retain_metadata(&mut self, keep: impl FnMut(&MetricMetadata) -> bool) -> usize {
+        let before = self.metadata.len();
+        self.metadata.retain(keep);
+        before - self.metadata.len()
+    }
+
     /// Sorts every series' labels by name (remote write requires sorted labels, but senders
     /// get it wrong; Prometheus sorts rather than rejects).
     pub fn sort_labels(&mut self) {

@@ -165,18 +165,26 @@ impl Evaluator<'_> {
             None => None,
         };
         // Group samples in first-seen order, as Prometheus' output order follows it.
+        // Keyed by a hash of the grouping labels (no allocation per sample); hash collisions
+        // are resolved by comparing the labels themselves.
         let mut groups: Vec<Group> = Vec::new();
-        let mut index: HashMap<Labels, usize> = HashMap::new();
+        let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
+        let modifier = a.modifier.as_ref();
         for (i, s) in vec.iter().enumerate() {
-            let key = group_labels(&s.metric, a.modifier.as_ref());
-            let gi = *index.entry(key.clone()).or_insert_with(|| {
-                groups.push(Group {
-                    labels: key,
-                    drop_name: false,
-                    members: Vec::new(),
-                });
-                groups.len() - 1
-            });
+            let h = group_hash(&s.metric, modifier);
+            let chain = index.entry(h).or_default();
+            let gi = match chain.iter().find(|&&g| in_group(&groups[g].labels, &s.metric, modifier)) {
+                Some(&g) => g,
+                None => {
+                    groups.push(Group {
+                        labels: group_labels(&s.metric, modifier),
+                        drop_name: false,
+                        members: Vec::new(),
+                    });
+                    chain.push(groups.len() - 1);
+                    groups.len() - 1
+                }
+            };
             groups[gi].members.push(i);
             groups[gi].drop_name |= s.drop_name;
         }
@@ -352,6 +360,36 @@ impl Evaluator<'_> {
 
 /// The labels a sample is grouped by: only the `by` labels, or all but the `without`
 /// labels and the metric name.
+fn grouped<'a>(
+    m: &'a Labels,
+    modifier: Option<&'a LabelModifier>,
+) -> impl Iterator<Item = &'a norn_model::Label> + 'a {
+    m.iter().filter(move |l| match modifier {
+        None => false,
+        Some(LabelModifier::Include(by)) => by.labels.iter().any(|n| n == &l.name),
+        Some(LabelModifier::Exclude(without)) => {
+            !is_schema_label(&l.name) && !without.labels.iter().any(|n| n == &l.name)
+        }
+    })
+}
+
+fn group_hash(m: &Labels, modifier: Option<&LabelModifier>) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3Default::new();
+    for l in grouped(m, modifier) {
+        h.update(l.name.as_bytes());
+        h.update(&[0xff]);
+        h.update(l.value.as_bytes());
+        h.update(&[0xff]);
+    }
+    h.digest()
+}
+
+/// Whether `m`'s grouping labels are exactly `group`.
+fn in_group(group: &Labels, m: &Labels, modifier: Option<&LabelModifier>) -> bool {
+    let mut it = grouped(m, modifier);
+    group.iter().all(|g| it.next() == Some(g)) && it.next().is_none()
+}
+
 fn group_labels(m: &Labels, modifier: Option<&LabelModifier>) -> Labels {
     match modifier {
         None => Labels::empty(),

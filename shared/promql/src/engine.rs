@@ -15,7 +15,9 @@ use crate::eval::{
     DEFAULT_SUBQUERY_STEP_MS, Evaluator, Fetched, at_ms, dur_ms, node_key, offset_ms,
     selector_matchers,
 };
-use crate::value::{FetchedSeries, QueryResult, Sample, Val, Value, VectorSample, final_labels};
+use crate::value::{
+    FetchedSeries, Metric, QueryResult, SCHEMA_LABELS, Sample, Val, Value, VectorSample, final_labels,
+};
 
 /// Engine limits and defaults.
 #[derive(Debug, Clone)]
@@ -358,43 +360,51 @@ fn evaluate(
             }
         }
     } else {
-        let mut series: BTreeMap<Labels, Vec<ModelSample>> = BTreeMap::new();
+        // Output series in a vector, found through a hash index of their labels.
+        let mut series: Vec<(Metric, Vec<ModelSample>)> = Vec::new();
+        let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
         let mut total = 0usize;
         let mut t = start;
         while t <= end {
             ev.check_deadline()?;
-            match ev.eval(expr, t)? {
-                Val::Scalar(v) => series
-                    .entry(Labels::empty())
-                    .or_default()
-                    .push(ModelSample::new(t, v)),
-                Val::Vector(vec) => {
-                    for s in finish_vector(vec, t)? {
-                        series
-                            .entry(s.labels)
-                            .or_default()
-                            .push(ModelSample::new(t, s.v));
-                    }
+            let step_out = match ev.eval(expr, t)? {
+                Val::Scalar(v) => {
+                    let metric = Metric::default();
+                    vec![StepSample { hash: metric.stable_hash(), metric, v }]
                 }
+                Val::Vector(vec) => finish_step(vec)?,
                 other => {
                     return Err(PromqlError::Execution(format!(
                         "invalid expression type \"{}\" for range query, must be Scalar or instant Vector",
                         other.type_name()
                     )));
                 }
-            }
-            total = series.values().map(Vec::len).sum::<usize>().max(total);
+            };
+            total += step_out.len();
             if total > opts.max_samples {
                 return Err(PromqlError::TooManySamples);
             }
-            t += step;
+            for s in step_out {
+                let chain = index.entry(s.hash).or_default();
+                match chain.iter().find(|&&i| same_labels(&series[i].0, &s.metric)) {
+                    Some(&i) => series[i].1.push(ModelSample::new(t, s.v)),
+                    None => {
+                        chain.push(series.len());
+                        series.push((s.metric, vec![ModelSample::new(t, s.v)]));
+                    }
+                }
+            }
+            t = match t.checked_add(step) {
+                Some(n) => n,
+                None => break,
+            };
         }
-        Value::Matrix(
-            series
-                .into_iter()
-                .map(|(labels, samples)| Series { labels, samples })
-                .collect(),
-        )
+        let mut out: Vec<Series> = series
+            .into_iter()
+            .map(|(m, samples)| Series { labels: Arc::unwrap_or_clone(m), samples })
+            .collect();
+        out.sort_unstable_by(|a, b| a.labels.cmp(&b.labels));
+        Value::Matrix(out)
     };
     Ok(QueryResult {
         value,
@@ -403,20 +413,53 @@ fn evaluate(
     })
 }
 
-/// Applies delayed name removal and rejects vectors whose elements became indistinguishable.
-fn finish_vector(vec: Vec<Sample>, t: i64) -> Result<Vec<VectorSample>> {
-    let mut seen = std::collections::HashSet::with_capacity(vec.len());
-    let mut out = Vec::with_capacity(vec.len());
-    for s in vec {
-        let labels = final_labels(&s.metric, s.drop_name);
-        if !seen.insert(labels.clone()) {
-            return Err(PromqlError::Execution(
-                "vector cannot contain metrics with the same labelset".into(),
-            ));
+/// One finished element of a step: final labels, their hash and the value.
+struct StepSample {
+    metric: Metric,
+    hash: u64,
+    v: f64,
+}
+
+fn same_labels(a: &Metric, b: &Metric) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
+/// Applies delayed name removal and rejects a step whose elements became indistinguishable.
+/// Each label set is hashed once (xxh3); collisions are settled by comparing labels.
+fn finish_step(vec: Vec<Sample>) -> Result<Vec<StepSample>> {
+    let out: Vec<StepSample> = vec
+        .into_iter()
+        .map(|s| {
+            let metric = if s.drop_name
+                && s.metric.iter().any(|l| SCHEMA_LABELS.contains(&l.name.as_str()))
+            {
+                Arc::new(final_labels(&s.metric, true))
+            } else {
+                s.metric
+            };
+            StepSample { hash: metric.stable_hash(), metric, v: s.v }
+        })
+        .collect();
+    if out.len() > 1 {
+        let mut seen: HashMap<u64, Vec<usize>> = HashMap::with_capacity(out.len());
+        for (i, s) in out.iter().enumerate() {
+            let chain = seen.entry(s.hash).or_default();
+            if chain.iter().any(|&j| same_labels(&out[j].metric, &s.metric)) {
+                return Err(PromqlError::Execution(
+                    "vector cannot contain metrics with the same labelset".into(),
+                ));
+            }
+            chain.push(i);
         }
-        out.push(VectorSample { labels, t, v: s.v });
     }
     Ok(out)
+}
+
+fn finish_vector(vec: Vec<Sample>, t: i64) -> Result<Vec<VectorSample>> {
+    Ok(finish_step(vec)?
+        .into_iter()
+        .map(|s| VectorSample { labels: Arc::unwrap_or_clone(s.metric), t, v: s.v })
+        .collect())
 }
 
 /// Shared handle type callers commonly hold.

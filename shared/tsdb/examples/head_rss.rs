@@ -83,10 +83,20 @@ fn main() {
                 })
                 .collect();
             let batch = WriteBatch::from_series(&data);
-            total += head
+            let t0 = Instant::now();
+            let appended = head
                 .append(&batch, &AppendLimits::default())
                 .expect("append")
                 .appended;
+            let dt = t0.elapsed();
+            if round == 0 {
+                create_time += dt;
+                create_samples += appended;
+            } else {
+                steady_time += dt;
+                steady_samples += appended;
+            }
+            total += appended;
         }
     }
     let elapsed = start.elapsed();

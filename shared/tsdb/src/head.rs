@@ -27,8 +27,10 @@
 //!
 //! A series costs one `Arc` allocation (id, symbol ids, chunk state), 16 bytes in a hash
 //! shard, 8 in the id table and 4 per label in the postings; label strings are stored once in
-//! the [`symbols`] table.
+//! the symbol table. Only the open chunk of a series is on the heap: completed chunks are
+//! written to `chunks_head/` and read back through memory maps (see `mmap_chunks`).
 
+mod mmap_chunks;
 mod postings;
 mod series;
 mod symbols;
@@ -50,8 +52,9 @@ use crate::metrics::TsdbMetrics;
 use crate::wal::record::{self, RefSample};
 use crate::wal::{self, FsyncPolicy, ReplayResult, Wal, WalOptions};
 
+use mmap_chunks::ChunkMapper;
 use postings::MemPostings;
-use series::MemSeries;
+use series::{MemSeries, Store};
 use symbols::SymbolTable;
 
 /// Number of lock shards for the series hash table and the id table (a power of two).
@@ -231,6 +234,8 @@ fn hash_shard(hash: u64) -> usize {
 /// The per-tenant in-memory TSDB. `Send + Sync`: share it behind an `Arc`.
 pub struct Head {
     chunk_range: i64,
+    /// Completed chunks, memory-mapped from `chunks_head/`.
+    mapper: ChunkMapper,
     too_old_window: i64,
     symbols: SymbolTable,
     hashes: Box<[RwLock<HashShard>]>,
@@ -280,7 +285,10 @@ impl Head {
 
         // The WAL is opened after replay (it starts a new segment), so build the head in two
         // steps: replay into the in-memory part, then attach the WAL.
-        let mem = HeadMem::new(opts.block_range_ms);
+        let mem = HeadMem::new(
+            opts.block_range_ms,
+            ChunkMapper::open(opts.dir.join("chunks_head"))?,
+        );
         stats.wal = wal::replay(&wal_dir, &opts.metrics, |rec| {
             mem.replay_record(rec, &mut state, &mut stats);
         })?;
@@ -305,6 +313,7 @@ impl Head {
             .set(stats.duration.as_secs_f64());
         let head = Head {
             chunk_range: opts.block_range_ms,
+            mapper: mem.mapper,
             too_old_window: opts.too_old_window_ms,
             symbols: mem.symbols,
             hashes: mem.hashes,
@@ -325,6 +334,13 @@ impl Head {
             "head replayed WAL"
         );
         Ok((head, stats))
+    }
+
+    fn store(&self) -> Store<'_> {
+        Store {
+            chunk_range: self.chunk_range,
+            mapper: Some(&self.mapper),
+        }
     }
 
     fn as_mem(&self) -> HeadMemRef<'_> {
@@ -355,6 +371,7 @@ impl Head {
         let mut batch_min = i64::MAX;
         let mut batch_max = i64::MIN;
         let mem = self.as_mem();
+        let store = self.store();
 
         for (idx, sv) in batch.iter().enumerate() {
             let samples = sv.samples();
@@ -406,7 +423,7 @@ impl Head {
                             continue;
                         }
                     }
-                    st.append(s.t, s.v, self.chunk_range);
+                    st.append(series.id, s.t, s.v, store);
                     last = Some((s.t, s.v.to_bits()));
                     wal_samples.push(RefSample {
                         series: u64::from(series.id),
@@ -481,7 +498,7 @@ impl Head {
     pub fn select(&self, mint: i64, maxt: i64, matchers: &[Matcher]) -> Vec<Series> {
         let mut out = Vec::new();
         for s in self.matching(matchers) {
-            let samples = s.state.lock().samples(mint, maxt);
+            let samples = s.state.lock().samples(mint, maxt, self.store());
             if !samples.is_empty() {
                 out.push(Series {
                     labels: self.labels_of(&s),
@@ -577,11 +594,11 @@ impl Head {
             let chunks: Vec<ChunkMeta> = s
                 .state
                 .lock()
-                .chunks(mint, maxt)
+                .chunks(mint, maxt, self.store())
                 .map(|(min_t, max_t, data)| ChunkMeta {
                     min_t,
                     max_t,
-                    data: data.to_vec(),
+                    data: data.bytes().to_vec(),
                 })
                 .collect();
             if !chunks.is_empty() {
@@ -656,6 +673,7 @@ impl Head {
 /// The parts of a head that exist before its WAL is opened (during replay).
 struct HeadMem {
     chunk_range: i64,
+    mapper: ChunkMapper,
     symbols: SymbolTable,
     hashes: Box<[RwLock<HashShard>]>,
     ids: Box<[IdShard]>,
@@ -684,9 +702,10 @@ struct HeadMemRef<'a> {
 }
 
 impl HeadMem {
-    fn new(chunk_range: i64) -> Self {
+    fn new(chunk_range: i64, mapper: ChunkMapper) -> Self {
         Self {
             chunk_range,
+            mapper,
             symbols: SymbolTable::new(),
             hashes: (0..SHARDS)
                 .map(|_| RwLock::new(HashShard::default()))
@@ -783,12 +802,16 @@ impl HeadMem {
 
     /// Appends a replayed sample; older ones are inserted in order (see the module docs).
     fn replay_sample(&self, series: &MemSeries, t: i64, v: f64) -> bool {
+        let store = Store {
+            chunk_range: self.chunk_range,
+            mapper: Some(&self.mapper),
+        };
         let mut st = series.state.lock();
         let ok = match st.last() {
             Some((lt, _)) if t == lt => false,
-            Some((lt, _)) if t < lt => st.insert_out_of_order(t, v, self.chunk_range),
+            Some((lt, _)) if t < lt => st.insert_out_of_order(series.id, t, v, store),
             _ => {
-                st.append(t, v, self.chunk_range);
+                st.append(series.id, t, v, store);
                 true
             }
         };

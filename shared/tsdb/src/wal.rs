@@ -696,8 +696,12 @@ fn replay_segments(
         metrics.wal_corruptions.inc();
         res.corruptions += 1;
         res.truncated_bytes += (data.len() - good_end) as u64;
-        let file = OpenOptions::new().write(true).open(&path).map_err(|e| TsdbError::io(&path, e))?;
-        file.set_len(good_end as u64).map_err(|e| TsdbError::io(&path, e))?;
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| TsdbError::io(&path, e))?;
+        file.set_len(good_end as u64)
+            .map_err(|e| TsdbError::io(&path, e))?;
         file.sync_all().map_err(|e| TsdbError::io(&path, e))?;
         for &later in &segments[i + 1..] {
             let p = segment_path(dir, later);
@@ -727,8 +731,10 @@ pub fn replay(dir: &Path, metrics: &TsdbMetrics, mut f: impl FnMut(&[u8])) -> Re
         first_segment = cp.saturating_add(1);
     }
     // Segments the checkpoint covers may still exist if a crash interrupted their deletion.
-    let segments: Vec<u32> =
-        list_segments(dir)?.into_iter().filter(|&s| s >= first_segment).collect();
+    let segments: Vec<u32> = list_segments(dir)?
+        .into_iter()
+        .filter(|&s| s >= first_segment)
+        .collect();
     replay_segments(dir, &segments, metrics, &mut res, &mut f)?;
     Ok(res)
 }
@@ -764,8 +770,13 @@ impl Wal {
                 "checkpoint must end before the current segment, got {upto}"
             )));
         }
-        let mut stats = CheckpointStats { segment: upto, ..Default::default() };
-        let prev = list_checkpoints(&self.dir)?.into_iter().rfind(|&c| c <= upto);
+        let mut stats = CheckpointStats {
+            segment: upto,
+            ..Default::default()
+        };
+        let prev = list_checkpoints(&self.dir)?
+            .into_iter()
+            .rfind(|&c| c <= upto);
         let tmp = self.dir.join(format!("checkpoint.{upto:08}.tmp"));
         if tmp.exists() {
             fs::remove_dir_all(&tmp).map_err(|e| TsdbError::io(&tmp, e))?;
@@ -773,7 +784,10 @@ impl Wal {
         {
             let out = Wal::open(
                 &tmp,
-                WalOptions { segment_size: self.opts.segment_size, fsync: FsyncPolicy::Never },
+                WalOptions {
+                    segment_size: self.opts.segment_size,
+                    fsync: FsyncPolicy::Never,
+                },
                 Arc::clone(&self.metrics),
             )?;
             let mut inputs: Vec<(PathBuf, Vec<u32>)> = Vec::new();
@@ -786,8 +800,10 @@ impl Wal {
                 }
                 None => 0,
             };
-            let segs: Vec<u32> =
-                list_segments(&self.dir)?.into_iter().filter(|&s| s >= first && s <= upto).collect();
+            let segs: Vec<u32> = list_segments(&self.dir)?
+                .into_iter()
+                .filter(|&s| s >= first && s <= upto)
+                .collect();
             inputs.push((self.dir.clone(), segs));
 
             let mut decoder = snap::raw::Decoder::new();
@@ -812,7 +828,9 @@ impl Wal {
                                         record::push_series(
                                             &mut buf,
                                             s.series,
-                                            s.labels.iter().map(|l| (l.name.as_bytes(), l.value.as_bytes())),
+                                            s.labels
+                                                .iter()
+                                                .map(|l| (l.name.as_bytes(), l.value.as_bytes())),
                                         );
                                     } else {
                                         stats.series_dropped += 1;
@@ -984,7 +1002,7 @@ mod tests {
 
     #[test]
     fn checkpoint_keeps_live_series_and_recent_samples() {
-        use record::{RefSample, Record};
+        use record::{Record, RefSample};
         let dir = tempfile::tempdir().unwrap();
         let m = metrics();
         let series_rec = |r: u64, name: &str| {
@@ -995,13 +1013,22 @@ mod tests {
         };
         let samples_rec = |s: &[(u64, i64)]| {
             let mut b = Vec::new();
-            let v: Vec<RefSample> = s.iter().map(|&(r, t)| RefSample { series: r, t, v: 1.0 }).collect();
+            let v: Vec<RefSample> = s
+                .iter()
+                .map(|&(r, t)| RefSample {
+                    series: r,
+                    t,
+                    v: 1.0,
+                })
+                .collect();
             record::encode_samples(&mut b, &v);
             b
         };
         let wal = Wal::open(dir.path(), WalOptions::default(), Arc::clone(&m)).unwrap();
-        wal.log(&[&series_rec(1, "a"), &series_rec(2, "b")]).unwrap();
-        wal.log(&[&samples_rec(&[(1, 10), (2, 10), (1, 20)])]).unwrap();
+        wal.log(&[&series_rec(1, "a"), &series_rec(2, "b")])
+            .unwrap();
+        wal.log(&[&samples_rec(&[(1, 10), (2, 10), (1, 20)])])
+            .unwrap();
         let closed = wal.rotate().unwrap();
         wal.log(&[&samples_rec(&[(1, 30)])]).unwrap();
         let stats = wal.checkpoint(closed, |r| r == 1, 15).unwrap();

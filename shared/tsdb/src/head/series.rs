@@ -7,7 +7,40 @@
 use norn_model::Sample;
 use parking_lot::Mutex;
 
+use super::mmap_chunks::{ChunkMapper, MappedChunk};
 use crate::chunkenc::{ChunkCutter, XorChunk, XorIterator};
+
+/// Where completed chunks go, and the chunk range for cutting.
+#[derive(Clone, Copy)]
+pub(crate) struct Store<'a> {
+    pub(crate) chunk_range: i64,
+    /// `None` keeps completed chunks on the heap (tests, or no chunks directory).
+    pub(crate) mapper: Option<&'a ChunkMapper>,
+}
+
+/// Bytes of a completed chunk: on the heap, or a ref into `chunks_head/`.
+pub(crate) enum ChunkData {
+    Heap(Box<[u8]>),
+    Mapped(u64),
+}
+
+/// A chunk's bytes while being read.
+pub(crate) enum ChunkBytes<'a> {
+    Borrowed(&'a [u8]),
+    Mapped(MappedChunk),
+    /// A mapped chunk that could not be found (never expected; reads as empty).
+    Missing,
+}
+
+impl ChunkBytes<'_> {
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            ChunkBytes::Borrowed(b) => b,
+            ChunkBytes::Mapped(m) => m.bytes(),
+            ChunkBytes::Missing => &[],
+        }
+    }
+}
 
 /// Initial capacity of a head chunk: a handful of samples; a full 120-sample chunk of
 /// regular scrapes is ~150–250 bytes and grows by doubling.
@@ -34,7 +67,7 @@ impl MemSeries {
 pub(crate) struct ClosedChunk {
     pub(crate) min_t: i64,
     pub(crate) max_t: i64,
-    pub(crate) data: Box<[u8]>,
+    pub(crate) data: ChunkData,
 }
 
 pub(crate) struct HeadChunk {
@@ -82,21 +115,35 @@ impl SeriesState {
         }
     }
 
-    /// Appends a sample newer than the last one, cutting a chunk when Prometheus would.
-    pub(crate) fn append(&mut self, t: i64, v: f64, chunk_range: i64) {
+    /// Appends a sample newer than the last one, cutting a chunk when Prometheus would. A
+    /// completed chunk goes to the store's mapper (heap if that fails: memory is not a
+    /// reason to lose data).
+    pub(crate) fn append(&mut self, id: u32, t: i64, v: f64, store: Store<'_>) {
         let (min_t, max_t, num) = match &self.head {
             Some(h) => (h.min_t, h.chunk.last_t(), h.chunk.num_samples()),
             None => (0, 0, 0),
         };
         if self.cutter.must_cut(t, min_t, max_t, num) {
             if let Some(h) = self.head.take() {
+                let max_t = h.chunk.last_t();
+                let mapped = store.mapper.and_then(|m| {
+                    m.write(u64::from(id), h.min_t, max_t, h.chunk.bytes())
+                        .inspect_err(|e| {
+                            tracing::warn!(error = %e, "cannot write head chunk to disk; keeping it in memory");
+                        })
+                        .ok()
+                });
+                let data = match mapped {
+                    Some(r) => ChunkData::Mapped(r),
+                    None => ChunkData::Heap(h.chunk.into_bytes()),
+                };
                 self.closed.push(ClosedChunk {
                     min_t: h.min_t,
-                    max_t: h.chunk.last_t(),
-                    data: h.chunk.into_bytes(),
+                    max_t,
+                    data,
                 });
             }
-            self.cutter.cut(t, chunk_range);
+            self.cutter.cut(t, store.chunk_range);
             self.head = Some(HeadChunk {
                 chunk: XorChunk::with_capacity(INITIAL_CHUNK_CAPACITY),
                 min_t: t,
@@ -110,15 +157,21 @@ impl SeriesState {
     /// Inserts a sample older than the last one by re-encoding the series (WAL replay only:
     /// two concurrent appends to one series can reach the WAL in the opposite order from
     /// memory). Returns false if the timestamp already exists.
-    pub(crate) fn insert_out_of_order(&mut self, t: i64, v: f64, chunk_range: i64) -> bool {
-        let mut all = self.samples(i64::MIN, i64::MAX);
+    pub(crate) fn insert_out_of_order(
+        &mut self,
+        id: u32,
+        t: i64,
+        v: f64,
+        store: Store<'_>,
+    ) -> bool {
+        let mut all = self.samples(i64::MIN, i64::MAX, store);
         match all.binary_search_by_key(&t, |s| s.t) {
             Ok(_) => false,
             Err(i) => {
                 all.insert(i, Sample::new(t, v));
                 *self = SeriesState::default();
                 for s in all {
-                    self.append(s.t, s.v, chunk_range);
+                    self.append(id, s.t, s.v, store);
                 }
                 true
             }
@@ -126,23 +179,45 @@ impl SeriesState {
     }
 
     /// Chunks overlapping `[mint, maxt]` as (min_t, max_t, bytes), oldest first.
-    pub(crate) fn chunks(&self, mint: i64, maxt: i64) -> impl Iterator<Item = (i64, i64, &[u8])> {
-        self.closed
+    pub(crate) fn chunks<'a>(
+        &'a self,
+        mint: i64,
+        maxt: i64,
+        store: Store<'a>,
+    ) -> impl Iterator<Item = (i64, i64, ChunkBytes<'a>)> + 'a {
+        let closed = self
+            .closed
             .iter()
-            .map(|c| (c.min_t, c.max_t, &c.data[..]))
-            .chain(
-                self.head
-                    .as_ref()
-                    .map(|h| (h.min_t, h.chunk.last_t(), h.chunk.bytes())),
-            )
-            .filter(move |&(lo, hi, _)| lo <= maxt && hi >= mint)
+            .filter(move |c| c.min_t <= maxt && c.max_t >= mint)
+            .map(move |c| {
+                let bytes = match &c.data {
+                    ChunkData::Heap(b) => ChunkBytes::Borrowed(b),
+                    ChunkData::Mapped(r) => store
+                        .mapper
+                        .and_then(|m| m.get(*r))
+                        .map_or(ChunkBytes::Missing, ChunkBytes::Mapped),
+                };
+                (c.min_t, c.max_t, bytes)
+            });
+        let head = self
+            .head
+            .as_ref()
+            .filter(move |h| h.min_t <= maxt && h.chunk.last_t() >= mint)
+            .map(|h| {
+                (
+                    h.min_t,
+                    h.chunk.last_t(),
+                    ChunkBytes::Borrowed(h.chunk.bytes()),
+                )
+            });
+        closed.chain(head)
     }
 
     /// Samples in `[mint, maxt]`.
-    pub(crate) fn samples(&self, mint: i64, maxt: i64) -> Vec<Sample> {
+    pub(crate) fn samples(&self, mint: i64, maxt: i64, store: Store<'_>) -> Vec<Sample> {
         let mut out = Vec::new();
-        for (_, _, data) in self.chunks(mint, maxt) {
-            for (t, v) in XorIterator::new(data) {
+        for (_, _, data) in self.chunks(mint, maxt, store) {
+            for (t, v) in XorIterator::new(data.bytes()) {
                 if t > maxt {
                     break;
                 }
@@ -157,7 +232,14 @@ impl SeriesState {
     /// Heap bytes held by the chunks.
     pub(crate) fn heap_size(&self) -> usize {
         self.closed.capacity() * std::mem::size_of::<ClosedChunk>()
-            + self.closed.iter().map(|c| c.data.len()).sum::<usize>()
+            + self
+                .closed
+                .iter()
+                .map(|c| match &c.data {
+                    ChunkData::Heap(b) => b.len(),
+                    ChunkData::Mapped(_) => 0,
+                })
+                .sum::<usize>()
             + self.head.as_ref().map_or(0, |h| h.chunk.heap_size())
     }
 }
@@ -166,29 +248,63 @@ impl SeriesState {
 mod tests {
     use super::*;
 
+    const HEAP: Store<'static> = Store {
+        chunk_range: 7_200_000,
+        mapper: None,
+    };
+
     #[test]
     fn out_of_order_insert_rebuilds_in_order() {
         let mut s = SeriesState::default();
-        let range = 7_200_000;
         for t in [10, 20, 40] {
-            s.append(t, t as f64, range);
+            s.append(1, t, t as f64, HEAP);
         }
-        assert!(s.insert_out_of_order(30, 30.0, range));
-        assert!(!s.insert_out_of_order(20, 99.0, range));
-        let ts: Vec<i64> = s.samples(i64::MIN, i64::MAX).iter().map(|x| x.t).collect();
+        assert!(s.insert_out_of_order(1, 30, 30.0, HEAP));
+        assert!(!s.insert_out_of_order(1, 20, 99.0, HEAP));
+        let ts: Vec<i64> = s
+            .samples(i64::MIN, i64::MAX, HEAP)
+            .iter()
+            .map(|x| x.t)
+            .collect();
         assert_eq!(ts, [10, 20, 30, 40]);
-        assert_eq!(s.samples(15, 30).len(), 2);
+        assert_eq!(s.samples(15, 30, HEAP).len(), 2);
+    }
+
+    #[test]
+    fn completed_chunks_go_to_the_mapper() {
+        let dir = tempfile::tempdir().unwrap();
+        let mapper = ChunkMapper::open(dir.path().join("chunks_head")).unwrap();
+        let store = Store {
+            chunk_range: 1000,
+            mapper: Some(&mapper),
+        };
+        let mut s = SeriesState::default();
+        for t in (0..3000).step_by(10) {
+            s.append(1, t, t as f64, store);
+        }
+        assert!(
+            s.closed
+                .iter()
+                .all(|c| matches!(c.data, ChunkData::Mapped(_)))
+        );
+        assert_eq!(s.closed.len(), 2);
+        let got = s.samples(995, 1005, store);
+        assert_eq!(got, [Sample::new(1000, 1000.0)]);
+        assert_eq!(s.samples(i64::MIN, i64::MAX, store).len(), 300);
     }
 
     #[test]
     fn chunks_are_cut_at_range_end() {
         let mut s = SeriesState::default();
-        let range = 1000;
+        let store = Store {
+            chunk_range: 1000,
+            mapper: None,
+        };
         for t in (0..3000).step_by(100) {
-            s.append(t, 1.0, range);
+            s.append(1, t, 1.0, store);
         }
         let chunks: Vec<(i64, i64)> = s
-            .chunks(i64::MIN, i64::MAX)
+            .chunks(i64::MIN, i64::MAX, store)
             .map(|(a, b, _)| (a, b))
             .collect();
         assert_eq!(chunks, [(0, 900), (1000, 1900), (2000, 2900)]);

@@ -565,12 +565,19 @@ fn wal_checkpoint_then_replay() {
     let b = labels(&[("__name__", "b")]);
     {
         let (head, _) = Head::open(opts(dir.path())).unwrap();
-        head.append(&batch(&[(a.clone(), vec![(10, 1.0), (20, 2.0)]), (b.clone(), vec![(10, 1.0)])]), &NO_LIMITS)
-            .unwrap();
+        head.append(
+            &batch(&[
+                (a.clone(), vec![(10, 1.0), (20, 2.0)]),
+                (b.clone(), vec![(10, 1.0)]),
+            ]),
+            &NO_LIMITS,
+        )
+        .unwrap();
         let stats = head.checkpoint_wal(15).unwrap();
         assert_eq!(stats.series_kept, 2);
         assert_eq!(stats.samples_kept, 1);
-        head.append(&batch(&[(a.clone(), vec![(30, 3.0)])]), &NO_LIMITS).unwrap();
+        head.append(&batch(&[(a.clone(), vec![(30, 3.0)])]), &NO_LIMITS)
+            .unwrap();
     }
     let (head, stats) = Head::open(opts(dir.path())).unwrap();
     assert_eq!(stats.series, 2);
@@ -578,6 +585,8 @@ fn wal_checkpoint_then_replay() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].samples, [Sample::new(20, 2.0), Sample::new(30, 3.0)]);
     // Series b survived without samples and accepts new ones under its old id.
-    let out = head.append(&batch(&[(b.clone(), vec![(40, 1.0)])]), &NO_LIMITS).unwrap();
+    let out = head
+        .append(&batch(&[(b.clone(), vec![(40, 1.0)])]), &NO_LIMITS)
+        .unwrap();
     assert_eq!(out.series_created, 0);
 }

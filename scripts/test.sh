@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs Norn's whole test suite on a fresh machine: installs the real peers the end-to-end
+# tests use (Debian's prometheus), then formatting, lints, and every test in the workspace.
+# Usage: ./scripts/test.sh            (CI runs exactly this via .ci/run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/norn-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        echo "need root to run: $*" >&2; return 1; fi
+}
+
+# Real peers for the end-to-end tests (the tests refuse to skip them when NORN_REQUIRE_PEERS=1).
+need_pkgs=()
+command -v prometheus >/dev/null 2>&1 || need_pkgs+=(prometheus)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    echo "== installing ${need_pkgs[*]}"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+export NORN_REQUIRE_PEERS=1
+# The background service the Debian package may have started is not ours: tests start their own.
+if command -v systemctl >/dev/null 2>&1; then as_root systemctl stop prometheus >/dev/null 2>&1 || true; fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "== cargo test"
+set +e
+cargo test --workspace --no-fail-fast 2>&1 | tee "${CARGO_TARGET_DIR}/last-test-run.log"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(grep -Eo '^test result: [a-zA-Z]+\. [0-9]+ passed' "${CARGO_TARGET_DIR}/last-test-run.log" | awk '{s+=$4} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed;' "${CARGO_TARGET_DIR}/last-test-run.log" | awk '{s+=$1} END {print s+0}')
+echo "tests: ${passed} passed, ${failed} failed"
+exit "$status"
