@@ -173,7 +173,10 @@ impl Evaluator<'_> {
         for (i, s) in vec.iter().enumerate() {
             let h = group_hash(&s.metric, modifier);
             let chain = index.entry(h).or_default();
-            let gi = match chain.iter().find(|&&g| in_group(&groups[g].labels, &s.metric, modifier)) {
+            let gi = match chain
+                .iter()
+                .find(|&&g| in_group(&groups[g].labels, &s.metric, modifier))
+            {
                 Some(&g) => g,
                 None => {
                     groups.push(Group {

@@ -16,7 +16,8 @@ use crate::eval::{
     selector_matchers,
 };
 use crate::value::{
-    FetchedSeries, Metric, QueryResult, SCHEMA_LABELS, Sample, Val, Value, VectorSample, final_labels,
+    FetchedSeries, Metric, QueryResult, SCHEMA_LABELS, Sample, Val, Value, VectorSample,
+    final_labels,
 };
 
 /// Engine limits and defaults.
@@ -169,9 +170,17 @@ fn type_display(vt: ValueType) -> &'static str {
 }
 
 async fn fetch_selector(q: &dyn Queryable, need: &SelectorNeed) -> Result<Vec<FetchedSeries>> {
-    let wrap = |s: Series| FetchedSeries { labels: Arc::new(s.labels), samples: s.samples };
+    let wrap = |s: Series| FetchedSeries {
+        labels: Arc::new(s.labels),
+        samples: s.samples,
+    };
     if need.matchers.len() == 1 {
-        return Ok(q.select(need.mint, need.maxt, &need.matchers[0]).await?.into_iter().map(wrap).collect());
+        return Ok(q
+            .select(need.mint, need.maxt, &need.matchers[0])
+            .await?
+            .into_iter()
+            .map(wrap)
+            .collect());
     }
     // `or` alternatives: union by labels.
     let mut merged: BTreeMap<Labels, Vec<ModelSample>> = BTreeMap::new();
@@ -180,7 +189,10 @@ async fn fetch_selector(q: &dyn Queryable, need: &SelectorNeed) -> Result<Vec<Fe
             merged.entry(s.labels).or_insert(s.samples);
         }
     }
-    Ok(merged.into_iter().map(|(labels, samples)| wrap(Series { labels, samples })).collect())
+    Ok(merged
+        .into_iter()
+        .map(|(labels, samples)| wrap(Series { labels, samples }))
+        .collect())
 }
 
 /// Records, for every selector under `e`, the time range it must be fetched for when `e`
@@ -329,6 +341,7 @@ fn evaluate(
         range_mode: range,
         annotations: Default::default(),
         invalid_utf8: crate::eval::invalid_utf8_literals(query),
+        subquery_cache: HashMap::new(),
     };
     let value = if !range {
         match ev.eval(expr, start)? {
@@ -370,7 +383,11 @@ fn evaluate(
             let step_out = match ev.eval(expr, t)? {
                 Val::Scalar(v) => {
                     let metric = Metric::default();
-                    vec![StepSample { hash: metric.stable_hash(), metric, v }]
+                    vec![StepSample {
+                        hash: metric.stable_hash(),
+                        metric,
+                        v,
+                    }]
                 }
                 Val::Vector(vec) => finish_step(vec)?,
                 other => {
@@ -386,7 +403,10 @@ fn evaluate(
             }
             for s in step_out {
                 let chain = index.entry(s.hash).or_default();
-                match chain.iter().find(|&&i| same_labels(&series[i].0, &s.metric)) {
+                match chain
+                    .iter()
+                    .find(|&&i| same_labels(&series[i].0, &s.metric))
+                {
                     Some(&i) => series[i].1.push(ModelSample::new(t, s.v)),
                     None => {
                         chain.push(series.len());
@@ -401,7 +421,10 @@ fn evaluate(
         }
         let mut out: Vec<Series> = series
             .into_iter()
-            .map(|(m, samples)| Series { labels: Arc::unwrap_or_clone(m), samples })
+            .map(|(m, samples)| Series {
+                labels: Arc::unwrap_or_clone(m),
+                samples,
+            })
             .collect();
         out.sort_unstable_by(|a, b| a.labels.cmp(&b.labels));
         Value::Matrix(out)
@@ -431,25 +454,36 @@ fn finish_step(vec: Vec<Sample>) -> Result<Vec<StepSample>> {
         .into_iter()
         .map(|s| {
             let metric = if s.drop_name
-                && s.metric.iter().any(|l| SCHEMA_LABELS.contains(&l.name.as_str()))
+                && s.metric
+                    .iter()
+                    .any(|l| SCHEMA_LABELS.contains(&l.name.as_str()))
             {
                 Arc::new(final_labels(&s.metric, true))
             } else {
                 s.metric
             };
-            StepSample { hash: metric.stable_hash(), metric, v: s.v }
+            StepSample {
+                hash: metric.stable_hash(),
+                metric,
+                v: s.v,
+            }
         })
         .collect();
     if out.len() > 1 {
-        let mut seen: HashMap<u64, Vec<usize>> = HashMap::with_capacity(out.len());
-        for (i, s) in out.iter().enumerate() {
-            let chain = seen.entry(s.hash).or_default();
-            if chain.iter().any(|&j| same_labels(&out[j].metric, &s.metric)) {
-                return Err(PromqlError::Execution(
-                    "vector cannot contain metrics with the same labelset".into(),
-                ));
+        // Sorting hashes finds candidate duplicates without allocating per element.
+        let mut order: Vec<usize> = (0..out.len()).collect();
+        order.sort_unstable_by_key(|&i| out[i].hash);
+        for run in order.chunk_by(|&a, &b| out[a].hash == out[b].hash) {
+            for (k, &a) in run.iter().enumerate() {
+                if run[k + 1..]
+                    .iter()
+                    .any(|&b| same_labels(&out[a].metric, &out[b].metric))
+                {
+                    return Err(PromqlError::Execution(
+                        "vector cannot contain metrics with the same labelset".into(),
+                    ));
+                }
             }
-            chain.push(i);
         }
     }
     Ok(out)
@@ -458,7 +492,11 @@ fn finish_step(vec: Vec<Sample>) -> Result<Vec<StepSample>> {
 fn finish_vector(vec: Vec<Sample>, t: i64) -> Result<Vec<VectorSample>> {
     Ok(finish_step(vec)?
         .into_iter()
-        .map(|s| VectorSample { labels: Arc::unwrap_or_clone(s.metric), t, v: s.v })
+        .map(|s| VectorSample {
+            labels: Arc::unwrap_or_clone(s.metric),
+            t,
+            v: s.v,
+        })
         .collect())
 }
 

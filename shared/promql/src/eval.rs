@@ -1,7 +1,7 @@
 //! The step evaluator: computes an expression's value at one timestamp from series that the
 //! engine fetched up front. Range queries call it once per step.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -14,7 +14,9 @@ use promql_parser::parser::{
 };
 
 use crate::error::{PromqlError, Result, exec_err};
-use crate::value::{FetchedSeries, Metric, MatrixVal, RSeries, SCHEMA_LABELS, Sample, Val, final_labels};
+use crate::value::{
+    FetchedSeries, MatrixVal, Metric, RSeries, SCHEMA_LABELS, Sample, Val, final_labels,
+};
 
 /// Fetched series per selector node, keyed by the node's address in the (pinned) AST.
 pub(crate) type Fetched = HashMap<usize, Vec<FetchedSeries>>;
@@ -77,6 +79,10 @@ pub(crate) struct Evaluator<'a> {
     /// `"\xff"`, mapped to their source text. The parser decodes such escapes to chars, so
     /// label names built from them are rejected by looking them up here.
     pub invalid_utf8: HashMap<String, String>,
+    /// Inner results of each subquery node by timestamp. The value of the inner expression
+    /// at an absolute time does not depend on the outer step, so consecutive outer steps
+    /// (whose windows overlap) reuse them instead of re-evaluating.
+    pub subquery_cache: HashMap<usize, BTreeMap<i64, Val>>,
 }
 
 impl Evaluator<'_> {
@@ -206,7 +212,7 @@ impl Evaluator<'_> {
                 last.v
             };
             out.push(Sample {
-                metric: s.labels.clone(),
+                metric: Arc::clone(&s.labels),
                 v,
                 drop_name: false,
             });
@@ -242,7 +248,7 @@ impl Evaluator<'_> {
                 return Err(PromqlError::TooManySamples);
             }
             series.push(RSeries {
-                metric: s.labels.clone(),
+                metric: Arc::clone(&s.labels),
                 points,
                 drop_name: false,
             });
@@ -271,9 +277,20 @@ impl Evaluator<'_> {
         let mut by_labels: HashMap<Metric, usize> = HashMap::new();
         let mut series: Vec<RSeries> = Vec::new();
         let mut total = 0usize;
+        let key = sq as *const SubqueryExpr as usize;
+        let first_ts = ts;
         while ts <= ref_t {
             self.check_deadline()?;
-            match self.eval(&sq.expr, ts)? {
+            let cached = self.subquery_cache.get(&key).and_then(|c| c.get(&ts)).cloned();
+            let val = match cached {
+                Some(v) => v,
+                None => {
+                    let v = self.eval(&sq.expr, ts)?;
+                    self.subquery_cache.entry(key).or_default().insert(ts, v.clone());
+                    v
+                }
+            };
+            match val {
                 Val::Scalar(v) => {
                     push_point(&mut by_labels, &mut series, Metric::default(), false, ts, v);
                     total += 1;
@@ -298,6 +315,10 @@ impl Evaluator<'_> {
                 Some(n) => ts = n,
                 None => break,
             }
+        }
+        // Outer steps move forward in time: what lies before this window is not needed again.
+        if let Some(c) = self.subquery_cache.get_mut(&key) {
+            *c = c.split_off(&first_ts);
         }
         series.sort_by(|a, b| a.metric.cmp(&b.metric));
         Ok(MatrixVal {
@@ -375,7 +396,7 @@ fn push_point(
             series[i].drop_name |= drop_name;
         }
         None => {
-            idx.insert(metric.clone(), series.len());
+            idx.insert(Arc::clone(&metric), series.len());
             series.push(RSeries {
                 metric,
                 points: vec![(t, v)],
@@ -501,22 +522,19 @@ fn set_op(
 ) -> Vec<Sample> {
     match op {
         token::T_LAND => {
-            let sigs: HashSet<u64> =
-                rhs.iter().map(|s| signature(&s.metric, matching)).collect();
+            let sigs: HashSet<u64> = rhs.iter().map(|s| signature(&s.metric, matching)).collect();
             lhs.into_iter()
                 .filter(|s| sigs.contains(&signature(&s.metric, matching)))
                 .collect()
         }
         token::T_LUNLESS => {
-            let sigs: HashSet<u64> =
-                rhs.iter().map(|s| signature(&s.metric, matching)).collect();
+            let sigs: HashSet<u64> = rhs.iter().map(|s| signature(&s.metric, matching)).collect();
             lhs.into_iter()
                 .filter(|s| !sigs.contains(&signature(&s.metric, matching)))
                 .collect()
         }
         _ => {
-            let sigs: HashSet<u64> =
-                lhs.iter().map(|s| signature(&s.metric, matching)).collect();
+            let sigs: HashSet<u64> = lhs.iter().map(|s| signature(&s.metric, matching)).collect();
             let mut out = lhs;
             out.extend(
                 rhs.into_iter()
@@ -614,7 +632,7 @@ fn vector_binop(
             continue;
         }
         // Result labels come from the "many" side.
-        let mut metric = ms.metric.clone();
+        let mut metric = Arc::clone(&ms.metric);
         if matches!(card, VectorMatchCardinality::OneToOne) {
             metric = match matching {
                 Some(LabelModifier::Include(on)) => Arc::new(metric.keep(&on.labels)),

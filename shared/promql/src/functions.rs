@@ -826,7 +826,7 @@ impl Evaluator<'_> {
                     );
                 }
                 out.push(Sample {
-                    metric: s.metric.clone(),
+                    metric: Arc::clone(&s.metric),
                     v,
                     drop_name: if keep_name { s.drop_name } else { true },
                 });

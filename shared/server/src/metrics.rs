@@ -110,15 +110,14 @@ impl Collector for ProcessCollector {
                 }
             }
         }
-        if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
-            if let Some(kb) = status
+        if let Some(kb) = std::fs::read_to_string("/proc/self/status").ok().and_then(|status| {
+            status
                 .lines()
                 .find(|l| l.starts_with("VmRSS:"))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse::<f64>().ok())
-            {
-                self.rss.set(kb * 1024.0);
-            }
+        }) {
+            self.rss.set(kb * 1024.0);
         }
         if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
             self.fds.set(dir.count() as f64);

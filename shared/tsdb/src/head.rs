@@ -225,6 +225,20 @@ impl std::hash::Hasher for IdentityHasher {
     }
 }
 
+/// The same value as [`SeriesView::labels_hash`] (xxh3-64 over `name 0xff value 0xff …`),
+/// computed in one shot over a reused buffer: the streaming hasher behind `labels_hash` pays
+/// per call for the ~24 small pieces of a typical series, several times the one-shot cost.
+fn labels_hash(sv: &SeriesView<'_>, buf: &mut Vec<u8>) -> u64 {
+    buf.clear();
+    for (n, v) in sv.label_bytes() {
+        buf.extend_from_slice(n);
+        buf.push(0xff);
+        buf.extend_from_slice(v);
+        buf.push(0xff);
+    }
+    xxhash_rust::xxh3::xxh3_64(buf)
+}
+
 /// Shard of a label hash: middle bits, because the hash table itself uses the low bits for
 /// the bucket and the top 7 for its control bytes.
 fn hash_shard(hash: u64) -> usize {
@@ -372,13 +386,14 @@ impl Head {
         let mut batch_max = i64::MIN;
         let mem = self.as_mem();
         let store = self.store();
+        let mut hash_buf = Vec::with_capacity(256);
 
         for (idx, sv) in batch.iter().enumerate() {
             let samples = sv.samples();
             if samples.is_empty() {
                 continue;
             }
-            let hash = sv.labels_hash();
+            let hash = labels_hash(&sv, &mut hash_buf);
             let series = match mem.get(hash, &sv) {
                 Some(s) => s,
                 None => match mem.create(hash, &sv, limits) {

@@ -13,8 +13,8 @@ pub mod wal;
 
 pub use error::{Result, TsdbError};
 pub use head::{
-    AppendLimits, AppendOutcome, ChunkMeta, Head, HeadOptions, HeadQueryable, RejectReason,
-    Rejection, ReplayStats, SeriesChunks,
+    AppendLimits, AppendOutcome, ChunkMeta, Head, HeadMemory, HeadOptions, HeadQueryable,
+    RejectReason, Rejection, ReplayStats, SeriesChunks,
 };
 pub use metrics::TsdbMetrics;
-pub use wal::{FsyncPolicy, ReplayResult, Wal, WalOptions};
+pub use wal::{CheckpointStats, FsyncPolicy, ReplayResult, Wal, WalOptions};

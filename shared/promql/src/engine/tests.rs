@@ -656,23 +656,3 @@ fn count_values_merges_groups_that_collapse() {
         [("{job=\"6\"}".into(), 2.0)]
     );
 }
-
-#[test]
-#[ignore]
-fn perf_probe() {
-    let s = MemStore::new();
-    for i in 0..1000 {
-        let l = labels(&[("__name__", "http_requests_total"), ("job", &format!("j{}", i % 10)), ("instance", &format!("i{i}")), ("path", "/api/v1/query"), ("method", "GET")]);
-        for k in 0..1440 {
-            s.add_sample(&l, k * 15_000 * 4, k as f64);
-        }
-    }
-    let t0 = std::time::Instant::now();
-    let r = run(Engine::default().range_query(&s, "sum by (job) (rate(http_requests_total[5m]))", 0, 1440 * M, M)).unwrap();
-    println!("range sum(rate) 1000 series x 1441 steps: {:?}", t0.elapsed());
-    let Value::Matrix(m) = r.value else { panic!() };
-    assert_eq!(m.len(), 10);
-    let t0 = std::time::Instant::now();
-    let _ = run(Engine::default().range_query(&s, "http_requests_total", 0, 1440 * M, M)).unwrap();
-    println!("range raw selector: {:?}", t0.elapsed());
-}

@@ -590,3 +590,13 @@ fn wal_checkpoint_then_replay() {
         .unwrap();
     assert_eq!(out.series_created, 0);
 }
+
+proptest! {
+    #[test]
+    fn one_shot_hash_equals_model_hash(pairs in proptest::collection::btree_map("[a-z_]{1,8}", ".{0,12}", 0..12)) {
+        let b = batch(&[(Labels::from_pairs(pairs), vec![(1, 1.0)])]);
+        let sv = b.series(0);
+        let mut buf = Vec::new();
+        prop_assert_eq!(labels_hash(&sv, &mut buf), sv.labels_hash());
+    }
+}
