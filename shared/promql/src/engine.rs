@@ -106,7 +106,11 @@ impl Engine {
         step: i64,
         range: bool,
     ) -> Result<QueryResult> {
-        let deadline = Instant::now() + self.opts.timeout;
+        let now = Instant::now();
+        // A timeout too large to represent means "no timeout" in practice.
+        let deadline = now
+            .checked_add(self.opts.timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(10 * 365 * 86_400));
         // Boxed so that node addresses stay put when the AST moves into the blocking task.
         let expr = Box::new(parser::parse(query).map_err(PromqlError::Parse)?);
         if range {
@@ -250,8 +254,10 @@ fn plan(
                 .unwrap_or(DEFAULT_SUBQUERY_STEP_MS);
             plan(
                 &sq.expr,
-                lo - off - range - step,
-                hi - off,
+                lo.saturating_sub(off)
+                    .saturating_sub(range)
+                    .saturating_sub(step),
+                hi.saturating_sub(off),
                 qstart,
                 qend,
                 lookback,

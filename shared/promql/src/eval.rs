@@ -63,6 +63,8 @@ pub(crate) struct Annotations {
     pub infos: Vec<String>,
 }
 
+/// Evaluation state of one query: the fetched series, query bounds, limits, and what the
+/// evaluation has collected so far (annotations, subquery results).
 pub(crate) struct Evaluator<'a> {
     pub data: &'a Fetched,
     pub query: &'a str,
@@ -273,7 +275,17 @@ impl Evaluator<'_> {
             .unwrap_or(DEFAULT_SUBQUERY_STEP_MS);
         let start = ref_t.saturating_sub(range);
         // First step-aligned timestamp strictly after the window start.
-        let mut ts = start.div_euclid(step) * step + step;
+        let Some(mut ts) = start
+            .div_euclid(step)
+            .checked_mul(step)
+            .and_then(|x| x.checked_add(step))
+        else {
+            return Ok(MatrixVal {
+                series: Vec::new(),
+                range_start: start,
+                range_end: ref_t,
+            });
+        };
         let mut by_labels: HashMap<Metric, usize> = HashMap::new();
         let mut series: Vec<RSeries> = Vec::new();
         let mut total = 0usize;
@@ -281,12 +293,19 @@ impl Evaluator<'_> {
         let first_ts = ts;
         while ts <= ref_t {
             self.check_deadline()?;
-            let cached = self.subquery_cache.get(&key).and_then(|c| c.get(&ts)).cloned();
+            let cached = self
+                .subquery_cache
+                .get(&key)
+                .and_then(|c| c.get(&ts))
+                .cloned();
             let val = match cached {
                 Some(v) => v,
                 None => {
                     let v = self.eval(&sq.expr, ts)?;
-                    self.subquery_cache.entry(key).or_default().insert(ts, v.clone());
+                    self.subquery_cache
+                        .entry(key)
+                        .or_default()
+                        .insert(ts, v.clone());
                     v
                 }
             };

@@ -278,6 +278,8 @@ impl BitReader<'_> {
         Some(bit)
     }
 
+    /// Reads `n` ≤ 64 bits through a 128-bit big-endian window, so a value costs a load and
+    /// two shifts rather than a loop over bytes.
     fn read_bits(&mut self, n: u32) -> Option<u64> {
         if n == 0 {
             return Some(0);
@@ -285,18 +287,19 @@ impl BitReader<'_> {
         if self.pos + n as usize > self.data.len() * 8 {
             return None;
         }
-        let mut v: u64 = 0;
-        let mut remaining = n;
-        while remaining > 0 {
-            let byte = u64::from(self.data[self.pos >> 3]);
-            let avail = 8 - (self.pos & 7) as u32;
-            let take = avail.min(remaining);
-            let bits = (byte >> (avail - take)) & ((1u64 << take) - 1);
-            v = (v << take) | bits;
-            self.pos += take as usize;
-            remaining -= take;
-        }
-        Some(v)
+        let byte = self.pos >> 3;
+        let bit = (self.pos & 7) as u32;
+        let window = match self.data.get(byte..byte + 16) {
+            Some(w) => u128::from_be_bytes(w.try_into().expect("16 bytes")),
+            None => {
+                let mut buf = [0u8; 16];
+                let rest = &self.data[byte..];
+                buf[..rest.len()].copy_from_slice(rest);
+                u128::from_be_bytes(buf)
+            }
+        };
+        self.pos += n as usize;
+        Some(((window << bit) >> (128 - n)) as u64)
     }
 
     fn read_uvarint(&mut self) -> Option<u64> {

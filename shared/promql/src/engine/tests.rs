@@ -656,3 +656,20 @@ fn count_values_merges_groups_that_collapse() {
         [("{job=\"6\"}".into(), 2.0)]
     );
 }
+
+#[test]
+fn extreme_times_do_not_overflow() {
+    let s = counters();
+    let e = Engine::new(EngineOptions {
+        timeout: Duration::MAX,
+        ..Default::default()
+    });
+    for q in [
+        "req_total[5m:1m]",
+        "max_over_time(req_total[100000w:1m])",
+        "req_total offset 100000w",
+    ] {
+        let _ = run(e.instant_query(&s, q, i64::MIN / 2));
+        let _ = run(e.instant_query(&s, q, i64::MAX / 2));
+    }
+}
