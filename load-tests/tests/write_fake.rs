@@ -53,14 +53,21 @@ struct Receiver {
     requests: AtomicU64,
 }
 
-async fn push(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: axum::body::Bytes) -> StatusCode {
+async fn push(
+    State(r): State<Arc<Receiver>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> StatusCode {
     let n = r.requests.fetch_add(1, Ordering::Relaxed);
     if n < r.fail_first {
         return StatusCode::from_u16(r.fail_status).unwrap();
     }
     assert_eq!(headers["content-encoding"], "snappy");
     assert_eq!(headers["x-prometheus-remote-write-version"], "0.1.0");
-    let tenant = headers.get("x-scope-orgid").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let tenant = headers
+        .get("x-scope-orgid")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
     let raw = snap::raw::Decoder::new().decompress_vec(&body).unwrap();
     let req = WriteRequest::decode(raw.as_slice()).unwrap();
     let mut data = r.data.lock().unwrap();
@@ -73,14 +80,21 @@ async fn push(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: axum::bo
 }
 
 async fn start(receiver: Arc<Receiver>) -> String {
-    let app = axum::Router::new().route("/api/v1/write", post(push)).with_state(receiver);
+    let app = axum::Router::new()
+        .route("/api/v1/write", post(push))
+        .with_state(receiver);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     format!("http://{addr}/api/v1/write")
 }
 
-fn config(url: String, concurrency: usize, samples_per_request: usize, samples_per_series: usize) -> WriteConfig {
+fn config(
+    url: String,
+    concurrency: usize,
+    samples_per_request: usize,
+    samples_per_series: usize,
+) -> WriteConfig {
     WriteConfig {
         url,
         tenants: vec!["a".into(), "b".into()],
@@ -106,11 +120,20 @@ fn generator() -> Arc<Generator> {
     }))
 }
 
-async fn load(concurrency: usize, per_request: usize, per_series: usize) -> (Data, write::WriteSummary) {
+async fn load(
+    concurrency: usize,
+    per_request: usize,
+    per_series: usize,
+) -> (Data, write::WriteSummary) {
     let receiver = Arc::new(Receiver::default());
     let url = start(Arc::clone(&receiver)).await;
     let client = norn_loadtests::http::client(Duration::from_secs(10), 4).unwrap();
-    let summary = write::run(client, generator(), config(url, concurrency, per_request, per_series)).await;
+    let summary = write::run(
+        client,
+        generator(),
+        config(url, concurrency, per_request, per_series),
+    )
+    .await;
     let data = receiver.data.lock().unwrap().clone();
     (data, summary)
 }
@@ -124,7 +147,10 @@ async fn all_samples_arrive_in_order_whatever_the_concurrency() {
     assert_eq!(s2.samples_sent, 3500);
     assert!(s1.errors.is_empty() && s2.errors.is_empty());
     for series in one.values() {
-        assert!(series.windows(2).all(|w| w[0].0 < w[1].0), "out of order: {series:?}");
+        assert!(
+            series.windows(2).all(|w| w[0].0 < w[1].0),
+            "out of order: {series:?}"
+        );
     }
     // Churn made more distinct series than slots; the data is identical in both runs.
     assert!(one.len() > 500, "{} series", one.len());
@@ -136,10 +162,18 @@ async fn retries_5xx_but_not_4xx() {
     let client = norn_loadtests::http::client(Duration::from_secs(10), 4).unwrap();
     for (status, sent, failed) in [(503u16, 3500, 0), (400, 3500 - 200, 200)] {
         // The first two requests fail: a 503 is retried and lands, a 400 is dropped.
-        let receiver = Arc::new(Receiver { fail_status: status, fail_first: 2, ..Receiver::default() });
+        let receiver = Arc::new(Receiver {
+            fail_status: status,
+            fail_first: 2,
+            ..Receiver::default()
+        });
         let url = start(Arc::clone(&receiver)).await;
         let summary = write::run(client.clone(), generator(), config(url, 1, 100, 1)).await;
-        assert_eq!(summary.errors.get(&status.to_string()), Some(&2), "{status}: {summary}");
+        assert_eq!(
+            summary.errors.get(&status.to_string()),
+            Some(&2),
+            "{status}: {summary}"
+        );
         assert_eq!(summary.samples_sent, sent, "{status}: {summary}");
         assert_eq!(summary.samples_failed, failed, "{status}: {summary}");
     }

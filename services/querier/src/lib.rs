@@ -8,6 +8,7 @@
 pub mod json;
 pub mod limited;
 pub mod params;
+pub mod parse_error;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -128,8 +129,13 @@ fn ok_json(body: String) -> Response {
     ([("content-type", "application/json")], body).into_response()
 }
 
-fn engine_error(e: norn_promql::PromqlError) -> HttpError {
-    HttpError::new(e.kind(), e.to_string()).into_json()
+fn engine_error(query: &str, e: norn_promql::PromqlError) -> HttpError {
+    match e {
+        norn_promql::PromqlError::Parse(msg) => {
+            HttpError::bad_data(parse_error::describe(query, &msg)).into_json()
+        }
+        e => HttpError::new(e.kind(), e.to_string()).into_json(),
+    }
 }
 
 fn storage_error(e: norn_model::StorageError) -> HttpError {
@@ -159,7 +165,7 @@ async fn query_inner(q: &Querier, headers: &HeaderMap, rq: Option<&str>, body: &
     let t = time_or(&p, "time", now_ms())?;
     let timeout = q.timeout(&p)?;
     let store = q.store(&tenant);
-    let r = with_timeout(timeout, async { q.engine.instant_query(&store, expr, t).await.map_err(engine_error) }).await?;
+    let r = with_timeout(timeout, async { q.engine.instant_query(&store, expr, t).await.map_err(|e| engine_error(expr, e)) }).await?;
     Ok(ok_json(json::query_response(&r)))
 }
 
@@ -188,7 +194,7 @@ async fn query_range_inner(q: &Querier, headers: &HeaderMap, rq: Option<&str>, b
     let timeout = q.timeout(&p)?;
     let store = q.store(&tenant);
     let r = with_timeout(timeout, async {
-        q.engine.range_query(&store, expr, start, end, step).await.map_err(engine_error)
+        q.engine.range_query(&store, expr, start, end, step).await.map_err(|e| engine_error(expr, e))
     })
     .await?;
     Ok(ok_json(json::query_response(&r)))

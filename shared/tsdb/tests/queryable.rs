@@ -28,8 +28,22 @@ fn series(pairs: &[(&str, &str)], samples: &[(i64, f64)]) -> (Labels, Vec<Sample
 fn queryable_reads_what_was_written_and_survives_restart() {
     let dir = tempfile::tempdir().unwrap();
     let batch = WriteBatch::from_series(&[
-        series(&[("__name__", "http_requests_total"), ("code", "200"), ("job", "api")], &[(1000, 1.0), (16_000, 2.0)]),
-        series(&[("__name__", "http_requests_total"), ("code", "500"), ("job", "api")], &[(1000, 0.0)]),
+        series(
+            &[
+                ("__name__", "http_requests_total"),
+                ("code", "200"),
+                ("job", "api"),
+            ],
+            &[(1000, 1.0), (16_000, 2.0)],
+        ),
+        series(
+            &[
+                ("__name__", "http_requests_total"),
+                ("code", "500"),
+                ("job", "api"),
+            ],
+            &[(1000, 0.0)],
+        ),
         series(&[("__name__", "up"), ("job", "api")], &[(1000, 1.0)]),
     ]);
     {
@@ -47,7 +61,10 @@ fn queryable_reads_what_was_written_and_survives_restart() {
     ];
     let got = ready(q.select(0, 20_000, &m)).unwrap();
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].samples, [Sample::new(1000, 1.0), Sample::new(16_000, 2.0)]);
+    assert_eq!(
+        got[0].samples,
+        [Sample::new(1000, 1.0), Sample::new(16_000, 2.0)]
+    );
 
     let names = ready(q.label_names(0, 20_000, &[])).unwrap();
     assert_eq!(names, ["__name__", "code", "job"]);

@@ -77,7 +77,10 @@ pub(crate) struct HeadChunk {
 
 pub(crate) struct SeriesState {
     pub(crate) head: Option<HeadChunk>,
-    pub(crate) closed: Vec<ClosedChunk>,
+    /// Completed chunks, oldest first. A boxed slice rather than a `Vec`: chunks complete
+    /// every ~30 minutes, so an exact-size reallocation then costs less than a `Vec`'s
+    /// spare capacity and length field in every series.
+    pub(crate) closed: Box<[ClosedChunk]>,
     cutter: ChunkCutter,
 }
 
@@ -85,7 +88,7 @@ impl Default for SeriesState {
     fn default() -> Self {
         Self {
             head: None,
-            closed: Vec::new(),
+            closed: Box::default(),
             cutter: ChunkCutter { next_at: i64::MIN },
         }
     }
@@ -137,11 +140,14 @@ impl SeriesState {
                     Some(r) => ChunkData::Mapped(r),
                     None => ChunkData::Heap(h.chunk.into_bytes()),
                 };
-                self.closed.push(ClosedChunk {
+                let mut closed = std::mem::take(&mut self.closed).into_vec();
+                closed.reserve_exact(1);
+                closed.push(ClosedChunk {
                     min_t: h.min_t,
                     max_t,
                     data,
                 });
+                self.closed = closed.into_boxed_slice();
             }
             self.cutter.cut(t, store.chunk_range);
             self.head = Some(HeadChunk {
@@ -231,7 +237,7 @@ impl SeriesState {
 
     /// Heap bytes held by the chunks.
     pub(crate) fn heap_size(&self) -> usize {
-        self.closed.capacity() * std::mem::size_of::<ClosedChunk>()
+        self.closed.len() * std::mem::size_of::<ClosedChunk>()
             + self
                 .closed
                 .iter()
@@ -291,6 +297,16 @@ mod tests {
         let got = s.samples(995, 1005, store);
         assert_eq!(got, [Sample::new(1000, 1000.0)]);
         assert_eq!(s.samples(i64::MIN, i64::MAX, store).len(), 300);
+    }
+
+    #[test]
+    fn series_struct_stays_small() {
+        // The per-series allocation is the largest fixed cost of the head; keep an eye on it.
+        assert!(
+            std::mem::size_of::<MemSeries>() <= 120,
+            "{}",
+            std::mem::size_of::<MemSeries>()
+        );
     }
 
     #[test]
