@@ -14,20 +14,33 @@ fn request() -> Vec<u8> {
             ("cpu", (i % 16).to_string()),
             ("instance", format!("host-{}.example.com:9100", i / 64)),
             ("job", "node".to_string()),
-            ("mode", ["idle", "user", "system", "iowait"][i % 4].to_string()),
+            (
+                "mode",
+                ["idle", "user", "system", "iowait"][i % 4].to_string(),
+            ),
         ];
         ts.push(pb::TimeSeries {
             labels: labels
                 .iter()
-                .map(|(n, v)| pb::Label { name: n.to_string(), value: v.clone() })
+                .map(|(n, v)| pb::Label {
+                    name: n.to_string(),
+                    value: v.clone(),
+                })
                 .collect(),
             samples: (0..5)
-                .map(|j| pb::Sample { timestamp: 1_700_000_000_000 + j * 15_000, value: (i * j) as f64 })
+                .map(|j| pb::Sample {
+                    timestamp: 1_700_000_000_000 + j * 15_000,
+                    value: (i * j) as f64,
+                })
                 .collect(),
             ..Default::default()
         });
     }
-    let raw = pb::WriteRequest { timeseries: ts, metadata: vec![] }.encode_to_vec();
+    let raw = pb::WriteRequest {
+        timeseries: ts,
+        metadata: vec![],
+    }
+    .encode_to_vec();
     snap::raw::Encoder::new().compress_vec(&raw).unwrap()
 }
 

@@ -25,8 +25,7 @@ pub enum DecodeError {
 /// Decompresses a snappy block-format body, refusing before allocating when the declared
 /// decompressed size exceeds `limit`.
 pub fn decompress_snappy(body: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
-    let size =
-        snap::raw::decompress_len(body).map_err(|e| DecodeError::Snappy(e.to_string()))?;
+    let size = snap::raw::decompress_len(body).map_err(|e| DecodeError::Snappy(e.to_string()))?;
     if size > limit {
         return Err(DecodeError::TooLarge { size, limit });
     }
@@ -41,7 +40,11 @@ pub fn decompress_snappy(body: &[u8], limit: usize) -> Result<Vec<u8>, DecodeErr
 /// Decodes an uncompressed `prometheus.WriteRequest`.
 pub fn decode_write_request(body: Bytes) -> Result<WriteBatch, DecodeError> {
     let mut builder = WriteBatch::builder(body.clone());
-    let mut r = Reader { buf: &body, pos: 0, end: body.len() };
+    let mut r = Reader {
+        buf: &body,
+        pos: 0,
+        end: body.len(),
+    };
     while !r.done() {
         let (field, wt) = r.key()?;
         match (field, wt) {
@@ -77,7 +80,10 @@ impl Reader<'_> {
     }
 
     fn err(&self, what: &'static str) -> DecodeError {
-        DecodeError::Protobuf { offset: self.pos, what }
+        DecodeError::Protobuf {
+            offset: self.pos,
+            what,
+        }
     }
 
     #[inline]
@@ -110,7 +116,10 @@ impl Reader<'_> {
     #[inline]
     fn len_end(&mut self) -> Result<usize, DecodeError> {
         let len = self.varint()? as usize;
-        let end = self.pos.checked_add(len).ok_or_else(|| self.err("length overflow"))?;
+        let end = self
+            .pos
+            .checked_add(len)
+            .ok_or_else(|| self.err("length overflow"))?;
         if end > self.end {
             return Err(self.err("length-delimited field runs past its message"));
         }
@@ -276,8 +285,8 @@ fn decode_metadata(r: &mut Reader<'_>, end: usize) -> Result<MetricMetadata, Dec
 mod tests {
     use super::*;
     use crate::prometheus as pb;
-    use prost::Message;
     use proptest::prelude::*;
+    use prost::Message;
 
     fn encode(req: &pb::WriteRequest) -> Bytes {
         Bytes::from(req.encode_to_vec())
@@ -287,9 +296,18 @@ mod tests {
         pb::TimeSeries {
             labels: labels
                 .iter()
-                .map(|(n, v)| pb::Label { name: n.to_string(), value: v.to_string() })
+                .map(|(n, v)| pb::Label {
+                    name: n.to_string(),
+                    value: v.to_string(),
+                })
                 .collect(),
-            samples: samples.iter().map(|(t, v)| pb::Sample { timestamp: *t, value: *v }).collect(),
+            samples: samples
+                .iter()
+                .map(|(t, v)| pb::Sample {
+                    timestamp: *t,
+                    value: *v,
+                })
+                .collect(),
             ..Default::default()
         }
     }
@@ -298,7 +316,10 @@ mod tests {
     fn decodes_what_prost_encodes() {
         let req = pb::WriteRequest {
             timeseries: vec![
-                series(&[("__name__", "up"), ("job", "a")], &[(1000, 1.0), (2000, f64::NAN)]),
+                series(
+                    &[("__name__", "up"), ("job", "a")],
+                    &[(1000, 1.0), (2000, f64::NAN)],
+                ),
                 series(&[("__name__", "x")], &[(-5, f64::INFINITY)]),
             ],
             metadata: vec![pb::MetricMetadata {
@@ -310,7 +331,10 @@ mod tests {
         };
         let b = decode_write_request(encode(&req)).unwrap();
         assert_eq!(b.len(), 2);
-        assert_eq!(b.series(0).labels().collect::<Vec<_>>(), [("__name__", "up"), ("job", "a")]);
+        assert_eq!(
+            b.series(0).labels().collect::<Vec<_>>(),
+            [("__name__", "up"), ("job", "a")]
+        );
         assert_eq!(b.series(0).samples()[0], Sample::new(1000, 1.0));
         assert!(b.series(0).samples()[1].v.is_nan());
         assert_eq!(b.series(1).samples()[0], Sample::new(-5, f64::INFINITY));
@@ -323,8 +347,11 @@ mod tests {
         let mut ts = series(&[("__name__", "h")], &[]);
         ts.histograms.push(pb::Histogram::default());
         ts.exemplars.push(pb::Exemplar::default());
-        let b = decode_write_request(encode(&pb::WriteRequest { timeseries: vec![ts], metadata: vec![] }))
-            .unwrap();
+        let b = decode_write_request(encode(&pb::WriteRequest {
+            timeseries: vec![ts],
+            metadata: vec![],
+        }))
+        .unwrap();
         assert_eq!(b.skipped_histograms, 1);
         assert_eq!(b.skipped_exemplars, 1);
         assert_eq!(b.num_samples(), 0);
@@ -332,8 +359,16 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for body in [&b"\xff\xff\xff"[..], b"\x0a\x05abc", b"\x0a\x02\x0a\x09", b"hello world"] {
-            assert!(decode_write_request(Bytes::copy_from_slice(body)).is_err(), "{body:?}");
+        for body in [
+            &b"\xff\xff\xff"[..],
+            b"\x0a\x05abc",
+            b"\x0a\x02\x0a\x09",
+            b"hello world",
+        ] {
+            assert!(
+                decode_write_request(Bytes::copy_from_slice(body)).is_err(),
+                "{body:?}"
+            );
         }
     }
 
@@ -342,8 +377,14 @@ mod tests {
         let raw = vec![7u8; 1000];
         let c = snap::raw::Encoder::new().compress_vec(&raw).unwrap();
         assert_eq!(decompress_snappy(&c, 1000).unwrap(), raw);
-        assert!(matches!(decompress_snappy(&c, 999), Err(DecodeError::TooLarge { .. })));
-        assert!(matches!(decompress_snappy(b"\x05garbage", 100), Err(DecodeError::Snappy(_))));
+        assert!(matches!(
+            decompress_snappy(&c, 999),
+            Err(DecodeError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            decompress_snappy(b"\x05garbage", 100),
+            Err(DecodeError::Snappy(_))
+        ));
     }
 
     proptest! {

@@ -15,12 +15,12 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::Router;
 use norn_limits::Overrides;
 use norn_model::{ErrorKind, Pusher, TenantId, WriteBatch};
 use norn_proto::DecodeError;
@@ -41,7 +41,9 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Self { max_recv_msg_size: 100 << 20 }
+        Self {
+            max_recv_msg_size: 100 << 20,
+        }
     }
 }
 
@@ -57,7 +59,9 @@ impl DistributorMetrics {
     fn new(m: &Metrics) -> Self {
         let counter = |name: &str, help: &str| {
             let c = IntCounterVec::new(Opts::new(name, help), &["tenant"]).expect("valid metric");
-            m.registry.register(Box::new(c.clone())).expect("registered once");
+            m.registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
             c
         };
         Self {
@@ -73,14 +77,22 @@ impl DistributorMetrics {
                 "norn_distributor_received_metadata_total",
                 "Metric metadata entries received in push requests.",
             ),
-            requests: counter("norn_distributor_requests_in_total", "Push requests received."),
+            requests: counter(
+                "norn_distributor_requests_in_total",
+                "Push requests received.",
+            ),
             discarded_metadata: {
                 let c = IntCounterVec::new(
-                    Opts::new("norn_discarded_metadata_total", "Metadata entries refused, by tenant and reason."),
+                    Opts::new(
+                        "norn_discarded_metadata_total",
+                        "Metadata entries refused, by tenant and reason.",
+                    ),
                     &["tenant", "reason"],
                 )
                 .expect("valid metric");
-                m.registry.register(Box::new(c.clone())).expect("registered once");
+                m.registry
+                    .register(Box::new(c.clone()))
+                    .expect("registered once");
                 c
             },
         }
@@ -107,31 +119,53 @@ impl Distributor {
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let own = DistributorMetrics::new(&metrics);
-        Arc::new(Self { config, overrides, pusher, tenants, limiter: RateLimiter::default(), metrics, own })
+        Arc::new(Self {
+            config,
+            overrides,
+            pusher,
+            tenants,
+            limiter: RateLimiter::default(),
+            metrics,
+            own,
+        })
     }
 
     fn discard(&self, tenant: &TenantId, reason: &str, n: usize) {
         if n > 0 {
-            self.metrics.discarded_samples.with_label_values(&[tenant.as_str(), reason]).inc_by(n as u64);
+            self.metrics
+                .discarded_samples
+                .with_label_values(&[tenant.as_str(), reason])
+                .inc_by(n as u64);
         }
     }
 
     /// Handles one push body end to end; the HTTP handler only maps the result.
     pub async fn push(&self, headers: &HeaderMap, body: Bytes) -> Result<(), HttpError> {
         let tenant = self.tenants.resolve(headers)?;
-        self.own.requests.with_label_values(&[tenant.as_str()]).inc();
+        self.own
+            .requests
+            .with_label_values(&[tenant.as_str()])
+            .inc();
         let limit = self.config.max_recv_msg_size;
         if body.len() > limit {
             return Err(HttpError::new(
                 ErrorKind::PayloadTooLarge,
-                format!("the incoming push request has been rejected because its message size of {} bytes is larger than the allowed limit of {limit} bytes", body.len()),
+                format!(
+                    "the incoming push request has been rejected because its message size of {} bytes is larger than the allowed limit of {limit} bytes",
+                    body.len()
+                ),
             ));
         }
-        let encoding = headers.get("content-encoding").and_then(|v| v.to_str().ok()).unwrap_or("snappy");
+        let encoding = headers
+            .get("content-encoding")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("snappy");
         if !encoding.eq_ignore_ascii_case("snappy") {
             return Err(HttpError::new(
                 ErrorKind::BadData,
-                format!("unsupported Content-Encoding {encoding:?}: remote write bodies must be snappy-compressed"),
+                format!(
+                    "unsupported Content-Encoding {encoding:?}: remote write bodies must be snappy-compressed"
+                ),
             ));
         }
         // Big bodies take milliseconds to decode: keep them off the async reactor.
@@ -148,12 +182,20 @@ impl Distributor {
             decode()
         };
         let mut batch = decoded.map_err(|e| match e {
-            DecodeError::TooLarge { .. } => HttpError::new(ErrorKind::PayloadTooLarge, e.to_string()),
+            DecodeError::TooLarge { .. } => {
+                HttpError::new(ErrorKind::PayloadTooLarge, e.to_string())
+            }
             other => HttpError::bad_data(other.to_string()),
         })?;
-        self.own.incoming_samples.with_label_values(&[tenant.as_str()]).inc_by(batch.num_samples() as u64);
+        self.own
+            .incoming_samples
+            .with_label_values(&[tenant.as_str()])
+            .inc_by(batch.num_samples() as u64);
         if !batch.metadata().is_empty() {
-            self.own.received_metadata.with_label_values(&[tenant.as_str()]).inc_by(batch.metadata().len() as u64);
+            self.own
+                .received_metadata
+                .with_label_values(&[tenant.as_str()])
+                .inc_by(batch.metadata().len() as u64);
         }
         let limits = self.overrides.for_tenant(tenant.as_str());
         let max_md = limits.max_metadata_length;
@@ -161,7 +203,10 @@ impl Distributor {
             m.metric_family_name.len() <= max_md && m.help.len() <= max_md && m.unit.len() <= max_md
         });
         if dropped_md > 0 {
-            self.own.discarded_metadata.with_label_values(&[tenant.as_str(), "metadata_too_long"]).inc_by(dropped_md as u64);
+            self.own
+                .discarded_metadata
+                .with_label_values(&[tenant.as_str(), "metadata_too_long"])
+                .inc_by(dropped_md as u64);
         }
 
         // Empty values mean "label absent" in remote write; sorting is required by the spec
@@ -178,7 +223,10 @@ impl Distributor {
                 bad[i] = true;
             }
         }
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
         // Pass 1 finds refused samples (rare); only then is the batch rewritten.
         let mut any_refused = false;
         for (_, s) in batch.iter().enumerate().filter(|(i, _)| !bad[*i]) {
@@ -193,8 +241,9 @@ impl Distributor {
         if any_refused {
             batch.retain_samples(|i, sample| !bad[i] && sample_time_ok(sample.t, &limits, now_ms));
         }
-        let keep: Vec<usize> =
-            (0..batch.len()).filter(|&i| !bad[i] && !batch.series(i).samples().is_empty()).collect();
+        let keep: Vec<usize> = (0..batch.len())
+            .filter(|&i| !bad[i] && !batch.series(i).samples().is_empty())
+            .collect();
         let valid_samples: usize = keep.iter().map(|&i| batch.series(i).samples().len()).sum();
 
         if !self.limiter.allow(
@@ -215,7 +264,11 @@ impl Distributor {
         }
 
         if !keep.is_empty() || !batch.metadata().is_empty() {
-            let to_push = if keep.len() == batch.len() { batch } else { batch.subset(&keep, true) };
+            let to_push = if keep.len() == batch.len() {
+                batch
+            } else {
+                batch.subset(&keep, true)
+            };
             let outcome = self
                 .pusher
                 .push(&tenant, to_push)

@@ -30,9 +30,10 @@ impl RateLimiter {
         }
         let burst = burst as f64;
         let mut buckets = self.buckets.lock();
-        let b = buckets
-            .entry(tenant.to_string())
-            .or_insert(Bucket { tokens: burst, last: now });
+        let b = buckets.entry(tenant.to_string()).or_insert(Bucket {
+            tokens: burst,
+            last: now,
+        });
         let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
         b.tokens = (b.tokens + elapsed * rate).min(burst);
         b.last = now;
@@ -60,6 +61,9 @@ mod tests {
         assert!(l.allow("b", 100, 10.0, 100, t0), "tenants are independent");
         assert!(l.allow("a", 10, 10.0, 100, t0 + Duration::from_secs(1)));
         assert!(!l.allow("a", 1, 10.0, 100, t0 + Duration::from_secs(1)));
-        assert!(!l.allow("a", 101, 10.0, 100, t0 + Duration::from_secs(100)), "over burst never fits");
+        assert!(
+            !l.allow("a", 101, 10.0, 100, t0 + Duration::from_secs(100)),
+            "over burst never fits"
+        );
     }
 }

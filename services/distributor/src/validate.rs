@@ -28,13 +28,19 @@ pub fn validate_series(s: &SeriesView<'_>, limits: &Limits) -> Result<(), Refusa
             None | Some("") => {
                 return Err(refuse(
                     "missing_metric_name",
-                    format!("received a series without a metric name, series: '{}'", series()),
+                    format!(
+                        "received a series without a metric name, series: '{}'",
+                        series()
+                    ),
                 ));
             }
             Some(name) if !is_valid_metric_name(name.as_bytes()) => {
                 return Err(refuse(
                     "invalid_metric_name",
-                    format!("received a series with an invalid metric name: '{name}' series: '{}'", series()),
+                    format!(
+                        "received a series with an invalid metric name: '{name}' series: '{}'",
+                        series()
+                    ),
                 ));
             }
             Some(_) => {}
@@ -56,13 +62,19 @@ pub fn validate_series(s: &SeriesView<'_>, limits: &Limits) -> Result<(), Refusa
         if name != METRIC_NAME && !is_valid_label_name(name.as_bytes()) {
             return Err(refuse(
                 "label_invalid",
-                format!("received a series with an invalid label name: '{name}' series: '{}'", series()),
+                format!(
+                    "received a series with an invalid label name: '{name}' series: '{}'",
+                    series()
+                ),
             ));
         }
         if prev == Some(name) {
             return Err(refuse(
                 "duplicate_label_names",
-                format!("received a series with duplicate label name, label: '{name}' series: '{}'", series()),
+                format!(
+                    "received a series with duplicate label name, label: '{name}' series: '{}'",
+                    series()
+                ),
             ));
         }
         prev = Some(name);
@@ -160,12 +172,24 @@ mod tests {
         assert_eq!(check(&[("__name__", "up"), ("job", "a")]), Ok(()));
         assert_eq!(check(&[("job", "a")]), Err("missing_metric_name"));
         assert_eq!(check(&[("__name__", "a-b")]), Err("invalid_metric_name"));
-        assert_eq!(check(&[("__name__", "up"), ("a-b", "x")]), Err("label_invalid"));
-        assert_eq!(check(&[("__name__", "up"), ("a", "x"), ("a", "y")]), Err("duplicate_label_names"));
+        assert_eq!(
+            check(&[("__name__", "up"), ("a-b", "x")]),
+            Err("label_invalid")
+        );
+        assert_eq!(
+            check(&[("__name__", "up"), ("a", "x"), ("a", "y")]),
+            Err("duplicate_label_names")
+        );
         let long = "x".repeat(2049);
-        assert_eq!(check(&[("__name__", "up"), ("a", &long)]), Err("label_value_too_long"));
-        let many: Vec<(String, String)> = (0..31).map(|i| (format!("l{i:02}"), "v".to_string())).collect();
-        let mut refs: Vec<(&str, &str)> = many.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        assert_eq!(
+            check(&[("__name__", "up"), ("a", &long)]),
+            Err("label_value_too_long")
+        );
+        let many: Vec<(String, String)> = (0..31)
+            .map(|i| (format!("l{i:02}"), "v".to_string()))
+            .collect();
+        let mut refs: Vec<(&str, &str)> =
+            many.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
         refs.push(("__name__", "up"));
         assert_eq!(check(&refs), Err("max_label_names_per_series"));
     }
@@ -178,13 +202,17 @@ mod tests {
         let now = 1_000_000_000;
         assert!(validate_sample(&s, &Sample::new(now + 600_000, 1.0), &l, now).is_ok());
         assert_eq!(
-            validate_sample(&s, &Sample::new(now + 600_001, 1.0), &l, now).unwrap_err().reason,
+            validate_sample(&s, &Sample::new(now + 600_001, 1.0), &l, now)
+                .unwrap_err()
+                .reason,
             "sample_too_far_in_future"
         );
         assert!(validate_sample(&s, &Sample::new(0, 1.0), &l, now).is_ok());
         l.past_grace_period = std::time::Duration::from_secs(60);
         assert_eq!(
-            validate_sample(&s, &Sample::new(0, 1.0), &l, now).unwrap_err().reason,
+            validate_sample(&s, &Sample::new(0, 1.0), &l, now)
+                .unwrap_err()
+                .reason,
             "sample_too_far_in_past"
         );
     }

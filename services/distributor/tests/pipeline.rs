@@ -28,7 +28,10 @@ impl Pusher for Recorder {
         }
         let names = batch.iter().map(|s| format!("{s:?}")).collect();
         self.pushed.lock().push((tenant.to_string(), names));
-        Ok(PushOutcome { appended: batch.num_samples(), ..Default::default() })
+        Ok(PushOutcome {
+            appended: batch.num_samples(),
+            ..Default::default()
+        })
     }
 }
 
@@ -37,25 +40,46 @@ fn distributor(limits: Limits, pusher: Arc<Recorder>) -> Arc<Distributor> {
         Config::default(),
         Arc::new(Overrides::new(limits)),
         pusher,
-        TenantResolver { multitenancy_enabled: true },
+        TenantResolver {
+            multitenancy_enabled: true,
+        },
         Metrics::new(),
     )
 }
 
 fn body(series: &[(&[(&str, &str)], usize)]) -> Bytes {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     let req = pb::WriteRequest {
         timeseries: series
             .iter()
             .map(|(labels, n)| pb::TimeSeries {
-                labels: labels.iter().map(|(k, v)| pb::Label { name: k.to_string(), value: v.to_string() }).collect(),
-                samples: (0..*n).map(|i| pb::Sample { timestamp: now - 1000 * i as i64, value: 1.0 }).rev().collect(),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| pb::Label {
+                        name: k.to_string(),
+                        value: v.to_string(),
+                    })
+                    .collect(),
+                samples: (0..*n)
+                    .map(|i| pb::Sample {
+                        timestamp: now - 1000 * i as i64,
+                        value: 1.0,
+                    })
+                    .rev()
+                    .collect(),
                 ..Default::default()
             })
             .collect(),
         metadata: vec![],
     };
-    Bytes::from(snap::raw::Encoder::new().compress_vec(&req.encode_to_vec()).unwrap())
+    Bytes::from(
+        snap::raw::Encoder::new()
+            .compress_vec(&req.encode_to_vec())
+            .unwrap(),
+    )
 }
 
 fn headers(tenant: &str) -> HeaderMap {
@@ -68,7 +92,12 @@ fn headers(tenant: &str) -> HeaderMap {
 async fn valid_push_reaches_the_pusher_with_sorted_labels_and_no_empty_values() {
     let rec = Arc::new(Recorder::default());
     let d = distributor(Limits::default(), Arc::clone(&rec));
-    d.push(&headers("t"), body(&[(&[("job", "a"), ("__name__", "up"), ("empty", "")], 2)])).await.unwrap();
+    d.push(
+        &headers("t"),
+        body(&[(&[("job", "a"), ("__name__", "up"), ("empty", "")], 2)]),
+    )
+    .await
+    .unwrap();
     let pushed = rec.pushed.lock();
     assert_eq!(pushed.len(), 1);
     assert_eq!(pushed[0].0, "t");
@@ -80,7 +109,13 @@ async fn mixed_push_stores_the_valid_part_and_names_the_bad_series() {
     let rec = Arc::new(Recorder::default());
     let d = distributor(Limits::default(), Arc::clone(&rec));
     let err = d
-        .push(&headers("t"), body(&[(&[("__name__", "good")], 1), (&[("__name__", "bad"), ("x-y", "1")], 1)]))
+        .push(
+            &headers("t"),
+            body(&[
+                (&[("__name__", "good")], 1),
+                (&[("__name__", "bad"), ("x-y", "1")], 1),
+            ]),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::BadData);
@@ -91,21 +126,38 @@ async fn mixed_push_stores_the_valid_part_and_names_the_bad_series() {
 #[tokio::test]
 async fn over_the_rate_limit_nothing_is_stored_and_429() {
     let rec = Arc::new(Recorder::default());
-    let limits = Limits { ingestion_rate: 1.0, ingestion_burst_size: 3, ..Limits::default() };
+    let limits = Limits {
+        ingestion_rate: 1.0,
+        ingestion_burst_size: 3,
+        ..Limits::default()
+    };
     let d = distributor(limits, Arc::clone(&rec));
-    d.push(&headers("t"), body(&[(&[("__name__", "a")], 3)])).await.unwrap();
-    let err = d.push(&headers("t"), body(&[(&[("__name__", "a")], 3)])).await.unwrap_err();
+    d.push(&headers("t"), body(&[(&[("__name__", "a")], 3)]))
+        .await
+        .unwrap();
+    let err = d
+        .push(&headers("t"), body(&[(&[("__name__", "a")], 3)]))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::TooManyRequests);
     assert_eq!(rec.pushed.lock().len(), 1);
     // Another tenant has its own bucket.
-    d.push(&headers("u"), body(&[(&[("__name__", "a")], 3)])).await.unwrap();
+    d.push(&headers("u"), body(&[(&[("__name__", "a")], 3)]))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn storage_failure_is_retryable() {
-    let rec = Arc::new(Recorder { fail: true, ..Default::default() });
+    let rec = Arc::new(Recorder {
+        fail: true,
+        ..Default::default()
+    });
     let d = distributor(Limits::default(), rec);
-    let err = d.push(&headers("t"), body(&[(&[("__name__", "a")], 1)])).await.unwrap_err();
+    let err = d
+        .push(&headers("t"), body(&[(&[("__name__", "a")], 1)]))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Unavailable);
     assert_eq!(err.status().as_u16(), 503);
 }

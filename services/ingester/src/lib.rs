@@ -62,28 +62,44 @@ impl Ingester {
         overrides: Arc<Overrides>,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, TsdbError> {
-        std::fs::create_dir_all(&config.tsdb.dir)
-            .map_err(|source| TsdbError::Io { path: config.tsdb.dir.clone(), source })?;
+        std::fs::create_dir_all(&config.tsdb.dir).map_err(|source| TsdbError::Io {
+            path: config.tsdb.dir.clone(),
+            source,
+        })?;
         let tsdb_metrics = Arc::new(
             TsdbMetrics::new(&metrics.registry)
                 .map_err(|e| TsdbError::InvalidOption(format!("registering TSDB metrics: {e}")))?,
         );
         let memory_series = IntGaugeVec::new(
-            Opts::new("norn_ingester_memory_series", "Series held in the ingester's heads, by tenant."),
+            Opts::new(
+                "norn_ingester_memory_series",
+                "Series held in the ingester's heads, by tenant.",
+            ),
             &["tenant"],
         )
         .expect("valid metric");
-        let memory_users =
-            IntGauge::new("norn_ingester_memory_users", "Tenants with a head in this ingester.")
-                .expect("valid metric");
-        metrics.registry.register(Box::new(memory_series.clone())).expect("registered once");
-        metrics.registry.register(Box::new(memory_users.clone())).expect("registered once");
+        let memory_users = IntGauge::new(
+            "norn_ingester_memory_users",
+            "Tenants with a head in this ingester.",
+        )
+        .expect("valid metric");
+        metrics
+            .registry
+            .register(Box::new(memory_series.clone()))
+            .expect("registered once");
+        metrics
+            .registry
+            .register(Box::new(memory_users.clone()))
+            .expect("registered once");
         let ing = Arc::new(Self {
             config,
             overrides,
             metrics,
             tsdb_metrics,
-            own: IngesterMetrics { memory_series, memory_users },
+            own: IngesterMetrics {
+                memory_series,
+                memory_users,
+            },
             tenants: RwLock::default(),
             create_lock: Mutex::new(()),
             ready: AtomicBool::new(false),
@@ -93,7 +109,10 @@ impl Ingester {
         std::thread::Builder::new()
             .name("wal-replay".into())
             .spawn(move || bg.replay_all())
-            .map_err(|source| TsdbError::Io { path: PathBuf::from("wal-replay thread"), source })?;
+            .map_err(|source| TsdbError::Io {
+                path: PathBuf::from("wal-replay thread"),
+                source,
+            })?;
         Ok(ing)
     }
 
@@ -110,11 +129,15 @@ impl Ingester {
                     let name = e.file_name().to_string_lossy().to_string();
                     match TenantId::new(&name) {
                         Ok(t) => tenants.push(t),
-                        Err(err) => tracing::warn!(dir = %name, error = %err, "skipping directory that is not a tenant"),
+                        Err(err) => {
+                            tracing::warn!(dir = %name, error = %err, "skipping directory that is not a tenant")
+                        }
                     }
                 }
             }
-            Err(e) => tracing::error!(dir = %self.config.tsdb.dir.display(), error = %e, "listing TSDB dir"),
+            Err(e) => {
+                tracing::error!(dir = %self.config.tsdb.dir.display(), error = %e, "listing TSDB dir")
+            }
         }
         for t in tenants {
             if let Err(e) = self.open_tenant(&t) {
@@ -122,7 +145,11 @@ impl Ingester {
             }
         }
         self.ready.store(true, Ordering::SeqCst);
-        tracing::info!(tenants = self.tenants.read().len(), elapsed_ms = start.elapsed().as_millis() as u64, "ingester ready: WAL replay done");
+        tracing::info!(
+            tenants = self.tenants.read().len(),
+            elapsed_ms = start.elapsed().as_millis() as u64,
+            "ingester ready: WAL replay done"
+        );
     }
 
     fn head_options(&self, tenant: &TenantId) -> HeadOptions {
@@ -144,11 +171,17 @@ impl Ingester {
         }
         let (head, stats) = Head::open(self.head_options(tenant))?;
         tracing::info!(tenant = %tenant, series = head.num_series(), ?stats, "opened tenant head");
-        let db = Arc::new(TenantDb { head: Arc::new(head), metadata: Mutex::default() });
+        let db = Arc::new(TenantDb {
+            head: Arc::new(head),
+            metadata: Mutex::default(),
+        });
         let mut tenants = self.tenants.write();
         tenants.insert(tenant.clone(), Arc::clone(&db));
         self.own.memory_users.set(tenants.len() as i64);
-        self.own.memory_series.with_label_values(&[tenant.as_str()]).set(db.head.num_series() as i64);
+        self.own
+            .memory_series
+            .with_label_values(&[tenant.as_str()])
+            .set(db.head.num_series() as i64);
         Ok(db)
     }
 
@@ -168,7 +201,9 @@ impl Ingester {
 
     /// Series in memory for a tenant (0 if unknown).
     pub fn num_series(&self, tenant: &TenantId) -> usize {
-        self.tenant(tenant).map(|db| db.head.num_series()).unwrap_or(0)
+        self.tenant(tenant)
+            .map(|db| db.head.num_series())
+            .unwrap_or(0)
     }
 
     fn store_metadata(&self, db: &TenantDb, batch: &WriteBatch) {
@@ -191,11 +226,21 @@ impl Ingester {
 fn reject_message(reason: RejectReason, batch: &WriteBatch, series_index: usize) -> String {
     let series = batch.series(series_index).to_labels();
     let what = match reason {
-        RejectReason::OutOfOrder => "the sample has been rejected because another sample with a more recent timestamp has already been ingested and out-of-order samples are not allowed",
-        RejectReason::TooOld => "the sample has been rejected because its timestamp is too old: it is older than the ingester's head window (half a block range behind the newest sample)",
-        RejectReason::DuplicateTimestamp => "the sample has been rejected because another sample with the same timestamp, but a different value, has already been ingested",
-        RejectReason::MaxSeriesPerUser => "per-user series limit exceeded: this tenant has too many series in memory; adjust max_global_series_per_user or reduce the number of series sent",
-        RejectReason::MaxSeriesPerMetric => "per-metric series limit exceeded: this metric has too many series in memory; adjust max_global_series_per_metric or reduce the number of series sent",
+        RejectReason::OutOfOrder => {
+            "the sample has been rejected because another sample with a more recent timestamp has already been ingested and out-of-order samples are not allowed"
+        }
+        RejectReason::TooOld => {
+            "the sample has been rejected because its timestamp is too old: it is older than the ingester's head window (half a block range behind the newest sample)"
+        }
+        RejectReason::DuplicateTimestamp => {
+            "the sample has been rejected because another sample with the same timestamp, but a different value, has already been ingested"
+        }
+        RejectReason::MaxSeriesPerUser => {
+            "per-user series limit exceeded: this tenant has too many series in memory; adjust max_global_series_per_user or reduce the number of series sent"
+        }
+        RejectReason::MaxSeriesPerMetric => {
+            "per-metric series limit exceeded: this metric has too many series in memory; adjust max_global_series_per_metric or reduce the number of series sent"
+        }
     };
     format!("{what} (reason: {}), series: '{series}'", reason.as_str())
 }
@@ -207,11 +252,15 @@ impl Pusher for Ingester {
             return Err(PushError::Unavailable("ingester is shutting down".into()));
         }
         if !self.ready.load(Ordering::SeqCst) {
-            return Err(PushError::Unavailable("ingester is starting: WAL replay in progress".into()));
+            return Err(PushError::Unavailable(
+                "ingester is starting: WAL replay in progress".into(),
+            ));
         }
         let db = match self.tenant(tenant) {
             Some(db) => db,
-            None => self.open_tenant(tenant).map_err(|e| PushError::Internal(format!("opening TSDB for tenant {tenant}: {e}")))?,
+            None => self.open_tenant(tenant).map_err(|e| {
+                PushError::Internal(format!("opening TSDB for tenant {tenant}: {e}"))
+            })?,
         };
         let limits = self.overrides.for_tenant(tenant.as_str());
         let append_limits = AppendLimits {
@@ -231,12 +280,21 @@ impl Pusher for Ingester {
             norn_model::ErrorKind::Unavailable => PushError::Unavailable(e.to_string()),
             _ => PushError::Internal(e.to_string()),
         })?;
-        self.own.memory_series.with_label_values(&[tenant.as_str()]).set(db.head.num_series() as i64);
-        let mut out = PushOutcome { appended: outcome.appended, ..Default::default() };
+        self.own
+            .memory_series
+            .with_label_values(&[tenant.as_str()])
+            .set(db.head.num_series() as i64);
+        let mut out = PushOutcome {
+            appended: outcome.appended,
+            ..Default::default()
+        };
         let mut by_reason: Vec<(&'static str, usize)> = Vec::new();
         for r in &outcome.rejected {
             let reason = r.reason.as_str();
-            self.metrics.discarded_samples.with_label_values(&[tenant.as_str(), reason]).inc_by(r.samples as u64);
+            self.metrics
+                .discarded_samples
+                .with_label_values(&[tenant.as_str(), reason])
+                .inc_by(r.samples as u64);
             match by_reason.iter_mut().find(|(n, _)| *n == reason) {
                 Some((_, c)) => *c += r.samples,
                 None => by_reason.push((reason, r.samples)),
@@ -255,13 +313,29 @@ struct EmptyQueryable;
 
 #[async_trait]
 impl Queryable for EmptyQueryable {
-    async fn select(&self, _: i64, _: i64, _: &[norn_model::Matcher]) -> Result<Vec<norn_model::Series>, StorageError> {
+    async fn select(
+        &self,
+        _: i64,
+        _: i64,
+        _: &[norn_model::Matcher],
+    ) -> Result<Vec<norn_model::Series>, StorageError> {
         Ok(Vec::new())
     }
-    async fn label_names(&self, _: i64, _: i64, _: &[norn_model::Matcher]) -> Result<Vec<String>, StorageError> {
+    async fn label_names(
+        &self,
+        _: i64,
+        _: i64,
+        _: &[norn_model::Matcher],
+    ) -> Result<Vec<String>, StorageError> {
         Ok(Vec::new())
     }
-    async fn label_values(&self, _: &str, _: i64, _: i64, _: &[norn_model::Matcher]) -> Result<Vec<String>, StorageError> {
+    async fn label_values(
+        &self,
+        _: &str,
+        _: i64,
+        _: i64,
+        _: &[norn_model::Matcher],
+    ) -> Result<Vec<String>, StorageError> {
         Ok(Vec::new())
     }
 }
@@ -277,8 +351,15 @@ impl QueryableProvider for Ingester {
 
 #[async_trait]
 impl MetadataReader for Ingester {
-    async fn metadata(&self, tenant: &TenantId, metric: Option<&str>, limit: usize) -> Result<Vec<MetricMetadata>, StorageError> {
-        let Some(db) = self.tenant(tenant) else { return Ok(Vec::new()) };
+    async fn metadata(
+        &self,
+        tenant: &TenantId,
+        metric: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<MetricMetadata>, StorageError> {
+        let Some(db) = self.tenant(tenant) else {
+            return Ok(Vec::new());
+        };
         let md = db.metadata.lock();
         let mut out = Vec::new();
         for (name, list) in md.iter() {

@@ -15,7 +15,11 @@ use serde::{Deserialize, Serialize};
 
 /// Command-line flags. Every flag has a YAML key; flags win.
 #[derive(Debug, Parser)]
-#[command(name = "norn", version, about = "Norn: horizontally scalable long-term storage for Prometheus metrics.")]
+#[command(
+    name = "norn",
+    version,
+    about = "Norn: horizontally scalable long-term storage for Prometheus metrics."
+)]
 pub struct Args {
     /// YAML configuration file in Mimir's layout.
     #[arg(long = "config.file")]
@@ -184,7 +188,11 @@ pub struct StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { backend: "filesystem".into(), filesystem: Default::default(), s3: Default::default() }
+        Self {
+            backend: "filesystem".into(),
+            filesystem: Default::default(),
+            s3: Default::default(),
+        }
     }
 }
 
@@ -196,7 +204,9 @@ pub struct FilesystemConfig {
 
 impl Default for FilesystemConfig {
     fn default() -> Self {
-        Self { dir: PathBuf::from("./data/bucket") }
+        Self {
+            dir: PathBuf::from("./data/bucket"),
+        }
     }
 }
 
@@ -227,7 +237,10 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        Self { file: None, period: Duration::from_secs(10) }
+        Self {
+            file: None,
+            period: Duration::from_secs(10),
+        }
     }
 }
 
@@ -240,7 +253,8 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading config file {}", path.display()))?;
-                Self::from_yaml(&text).with_context(|| format!("parsing config file {}", path.display()))?
+                Self::from_yaml(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
             }
             None => Config::default(),
         };
@@ -259,7 +273,9 @@ impl Config {
 
     fn apply_flags(&mut self, a: &Args) -> anyhow::Result<()> {
         let dur = |s: &Option<String>, name: &str| -> anyhow::Result<Option<Duration>> {
-            s.as_deref().map(|s| parse_duration(s).with_context(|| format!("flag --{name}"))).transpose()
+            s.as_deref()
+                .map(|s| parse_duration(s).with_context(|| format!("flag --{name}")))
+                .transpose()
         };
         macro_rules! set {
             ($field:expr, $flag:expr) => {
@@ -280,26 +296,43 @@ impl Config {
         set!(self.common.storage.s3.endpoint, a.s3_endpoint);
         set!(self.common.storage.s3.bucket_name, a.s3_bucket_name);
         set!(self.common.storage.s3.access_key_id, a.s3_access_key_id);
-        set!(self.common.storage.s3.secret_access_key, a.s3_secret_access_key);
+        set!(
+            self.common.storage.s3.secret_access_key,
+            a.s3_secret_access_key
+        );
         set!(self.common.storage.s3.region, a.s3_region);
         set!(self.common.storage.s3.insecure, a.s3_insecure);
         let tsdb = &mut self.blocks_storage.tsdb;
         set!(tsdb.dir, a.tsdb_dir);
-        if let Some(d) = dur(&a.tsdb_block_ranges_period, "blocks-storage.tsdb.block-ranges-period")? {
+        if let Some(d) = dur(
+            &a.tsdb_block_ranges_period,
+            "blocks-storage.tsdb.block-ranges-period",
+        )? {
             tsdb.block_ranges_period = d;
         }
-        if let Some(d) = dur(&a.tsdb_retention_period, "blocks-storage.tsdb.retention-period")? {
+        if let Some(d) = dur(
+            &a.tsdb_retention_period,
+            "blocks-storage.tsdb.retention-period",
+        )? {
             tsdb.retention_period = d;
         }
         set!(tsdb.wal_segment_size_bytes, a.tsdb_wal_segment_size_bytes);
         if let Some(p) = &a.tsdb_wal_fsync {
-            tsdb.wal_fsync = p.parse().map_err(|e| anyhow::anyhow!("flag --blocks-storage.tsdb.wal-fsync: {e}"))?;
+            tsdb.wal_fsync = p
+                .parse()
+                .map_err(|e| anyhow::anyhow!("flag --blocks-storage.tsdb.wal-fsync: {e}"))?;
         }
-        set!(self.distributor.max_recv_msg_size, a.distributor_max_recv_msg_size);
+        set!(
+            self.distributor.max_recv_msg_size,
+            a.distributor_max_recv_msg_size
+        );
         if a.runtime_config_file.is_some() {
             self.runtime_config.file = a.runtime_config_file.clone();
         }
-        if let Some(d) = dur(&a.runtime_config_reload_period, "runtime-config.reload-period")? {
+        if let Some(d) = dur(
+            &a.runtime_config_reload_period,
+            "runtime-config.reload-period",
+        )? {
             self.runtime_config.period = d;
         }
         set!(self.querier.max_samples, a.querier_max_samples);
@@ -311,8 +344,14 @@ impl Config {
         }
         set!(self.limits.ingestion_rate, a.ingestion_rate);
         set!(self.limits.ingestion_burst_size, a.ingestion_burst_size);
-        set!(self.limits.max_global_series_per_user, a.max_global_series_per_user);
-        set!(self.limits.max_global_series_per_metric, a.max_global_series_per_metric);
+        set!(
+            self.limits.max_global_series_per_user,
+            a.max_global_series_per_user
+        );
+        set!(
+            self.limits.max_global_series_per_metric,
+            a.max_global_series_per_metric
+        );
         Ok(())
     }
 
@@ -323,14 +362,23 @@ impl Config {
             }
         }
         if !matches!(self.common.storage.backend.as_str(), "filesystem" | "s3") {
-            bail!("common.storage.backend must be filesystem or s3, got {:?}", self.common.storage.backend);
+            bail!(
+                "common.storage.backend must be filesystem or s3, got {:?}",
+                self.common.storage.backend
+            );
         }
         if self.blocks_storage.tsdb.block_ranges_period < Duration::from_secs(60) {
             bail!("blocks_storage.tsdb.block_ranges_period must be at least 1m");
         }
         for (name, addr) in [
-            ("server.http_listen_address", &self.server.http_listen_address),
-            ("server.grpc_listen_address", &self.server.grpc_listen_address),
+            (
+                "server.http_listen_address",
+                &self.server.http_listen_address,
+            ),
+            (
+                "server.grpc_listen_address",
+                &self.server.grpc_listen_address,
+            ),
         ] {
             if !addr.is_empty() && addr.parse::<IpAddr>().is_err() {
                 bail!("{name} must be an IP address, got {addr:?}");
@@ -341,7 +389,11 @@ impl Config {
 
     /// The services `target` names.
     pub fn targets(&self) -> Vec<String> {
-        self.target.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+        self.target
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
     }
 
     /// The effective configuration as YAML with secrets replaced by a mask.
@@ -371,15 +423,22 @@ mod tests {
         assert!(!c.multitenancy_enabled);
         assert_eq!(c.server.http_listen_port, 9009);
         assert_eq!(c.blocks_storage.tsdb.dir, PathBuf::from("/x"));
-        assert_eq!(c.blocks_storage.tsdb.block_ranges_period, Duration::from_secs(3600));
+        assert_eq!(
+            c.blocks_storage.tsdb.block_ranges_period,
+            Duration::from_secs(3600)
+        );
         assert_eq!(c.limits.ingestion_rate, 5.0);
     }
 
     #[test]
     fn unknown_keys_name_the_key() {
-        let err = Config::from_yaml("server:\n  http_listen_prot: 1\n").unwrap_err().to_string();
+        let err = Config::from_yaml("server:\n  http_listen_prot: 1\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("http_listen_prot"), "{err}");
-        let err = Config::from_yaml("bogus_block: {}\n").unwrap_err().to_string();
+        let err = Config::from_yaml("bogus_block: {}\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bogus_block"), "{err}");
     }
 
@@ -398,7 +457,10 @@ mod tests {
         let c = Config::load(&a).unwrap();
         assert_eq!(c.server.http_listen_port, 2);
         assert!(!c.multitenancy_enabled);
-        assert_eq!(c.blocks_storage.tsdb.block_ranges_period, Duration::from_secs(1800));
+        assert_eq!(
+            c.blocks_storage.tsdb.block_ranges_period,
+            Duration::from_secs(1800)
+        );
     }
 
     #[test]
@@ -429,7 +491,11 @@ mod docs_drift {
         if let serde_yaml::Value::Mapping(m) = v {
             for (k, v) in m {
                 let k = k.as_str().unwrap_or_default();
-                let path = if prefix.is_empty() { k.to_string() } else { format!("{prefix}.{k}") };
+                let path = if prefix.is_empty() {
+                    k.to_string()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 match v {
                     serde_yaml::Value::Mapping(_) => yaml_paths(v, &path, out),
                     _ => out.push(path),
@@ -441,8 +507,11 @@ mod docs_drift {
     /// docs/configuration.md must name every flag and every YAML key the code accepts.
     #[test]
     fn configuration_reference_lists_every_option() {
-        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/configuration.md"))
-            .expect("docs/configuration.md exists");
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/configuration.md"
+        ))
+        .expect("docs/configuration.md exists");
         let mut missing = Vec::new();
         for arg in Args::command().get_arguments() {
             if let Some(long) = arg.get_long() {
@@ -452,7 +521,11 @@ mod docs_drift {
             }
         }
         let mut paths = Vec::new();
-        yaml_paths(&serde_yaml::to_value(Config::default()).unwrap(), "", &mut paths);
+        yaml_paths(
+            &serde_yaml::to_value(Config::default()).unwrap(),
+            "",
+            &mut paths,
+        );
         // Optional keys that default to null still belong in the reference.
         paths.push("runtime_config.file".into());
         for p in paths {
@@ -462,6 +535,9 @@ mod docs_drift {
         }
         missing.sort();
         missing.dedup();
-        assert!(missing.is_empty(), "docs/configuration.md does not mention: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "docs/configuration.md does not mention: {missing:?}"
+        );
     }
 }

@@ -67,12 +67,20 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     });
     let shutdown = CancellationToken::new();
     if overrides.path().is_some() {
-        spawn_overrides_reloader(Arc::clone(&overrides), cfg.runtime_config.period, shutdown.clone());
+        spawn_overrides_reloader(
+            Arc::clone(&overrides),
+            cfg.runtime_config.period,
+            shutdown.clone(),
+        );
     }
-    let tenants = TenantResolver { multitenancy_enabled: cfg.multitenancy_enabled };
+    let tenants = TenantResolver {
+        multitenancy_enabled: cfg.multitenancy_enabled,
+    };
 
     let ingester = Ingester::start(
-        norn_ingester::Config { tsdb: cfg.blocks_storage.tsdb.clone() },
+        norn_ingester::Config {
+            tsdb: cfg.blocks_storage.tsdb.clone(),
+        },
         Arc::clone(&overrides),
         Arc::clone(&metrics),
     )
@@ -133,7 +141,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn_overrides_reloader(o: Arc<Overrides>, period: std::time::Duration, stop: CancellationToken) {
+fn spawn_overrides_reloader(
+    o: Arc<Overrides>,
+    period: std::time::Duration,
+    stop: CancellationToken,
+) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(period.max(std::time::Duration::from_secs(1)));
         tick.tick().await;
@@ -154,7 +166,10 @@ async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => tracing::info!("received SIGTERM"),

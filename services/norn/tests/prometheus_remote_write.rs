@@ -104,7 +104,10 @@ remote_write:
         Command::new(&prom_bin)
             .arg(format!("--config.file={}", cfg.display()))
             .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("prom-data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("prom-data").display()
+            ))
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
@@ -121,23 +124,54 @@ remote_write:
     let want = raw(&base, None, all, t);
     let got = raw(&base, Some(&norn), all, t);
     let (want, got) = (want.as_array().unwrap(), got.as_array().unwrap());
-    assert!(want.len() > 100, "Prometheus has only {} series after {:?}", want.len(), started.elapsed());
-    let keys = |v: &[serde_json::Value]| v.iter().map(|s| s["metric"].to_string()).collect::<std::collections::BTreeSet<_>>();
+    assert!(
+        want.len() > 100,
+        "Prometheus has only {} series after {:?}",
+        want.len(),
+        started.elapsed()
+    );
+    let keys = |v: &[serde_json::Value]| {
+        v.iter()
+            .map(|s| s["metric"].to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
     let missing: Vec<_> = keys(want).difference(&keys(got)).take(5).cloned().collect();
     assert!(missing.is_empty(), "series missing in Norn: {missing:?}");
-    let differing: Vec<_> = want.iter().zip(got.iter()).filter(|(a, b)| a != b).take(3).collect();
-    assert!(differing.is_empty(), "samples differ (prometheus, norn): {differing:?}");
+    let differing: Vec<_> = want
+        .iter()
+        .zip(got.iter())
+        .filter(|(a, b)| a != b)
+        .take(3)
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "samples differ (prometheus, norn): {differing:?}"
+    );
     assert_eq!(want.len(), got.len());
-    let samples: usize = want.iter().map(|s| s["values"].as_array().unwrap().len()).sum();
-    eprintln!("compared {} series, {samples} samples: identical", want.len());
+    let samples: usize = want
+        .iter()
+        .map(|s| s["values"].as_array().unwrap().len())
+        .sum();
+    eprintln!(
+        "compared {} series, {samples} samples: identical",
+        want.len()
+    );
 
     // Prometheus saw no failures, and Norn's counters agree that samples arrived.
-    let failed = http_json(&format!("{base}/api/v1/query?query=sum(prometheus_remote_storage_samples_failed_total)"));
+    let failed = http_json(&format!(
+        "{base}/api/v1/query?query=sum(prometheus_remote_storage_samples_failed_total)"
+    ));
     assert_eq!(failed["data"]["result"][0]["value"][1], "0", "{failed}");
     assert!(norn.metric("norn_distributor_received_samples_total{tenant=\"e2e\"}") > 1000.0);
     assert_eq!(norn.metric("norn_discarded_samples_total"), 0.0);
     // Metadata arrived too.
-    let (_, md) = norn.get_json(Some("e2e"), "/prometheus/api/v1/metadata?metric=prometheus_http_requests_total");
-    assert_eq!(md["data"]["prometheus_http_requests_total"][0]["type"], "counter", "{md}");
+    let (_, md) = norn.get_json(
+        Some("e2e"),
+        "/prometheus/api/v1/metadata?metric=prometheus_http_requests_total",
+    );
+    assert_eq!(
+        md["data"]["prometheus_http_requests_total"][0]["type"], "counter",
+        "{md}"
+    );
     drop(prom);
 }

@@ -148,7 +148,12 @@ impl Drop for Peer {
 fn dataset(start: i64, points: usize) -> Vec<(Vec<(String, String)>, Vec<(i64, f64)>)> {
     let mut out = Vec::new();
     let ts = |i: usize| start + 7_000 + 15_000 * i as i64;
-    let lbl = |pairs: &[(&str, &str)]| pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
+    let lbl = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect::<Vec<_>>()
+    };
     for (j, job) in ["api", "web"].iter().enumerate() {
         for inst in 0..3 {
             let instance = format!("i{inst}");
@@ -167,18 +172,35 @@ fn dataset(start: i64, points: usize) -> Vec<(Vec<(String, String)>, Vec<(i64, f
                         })
                         .collect();
                     out.push((
-                        lbl(&[("__name__", "http_requests_total"), ("job", job), ("instance", &instance), ("method", method), ("status", status)]),
+                        lbl(&[
+                            ("__name__", "http_requests_total"),
+                            ("job", job),
+                            ("instance", &instance),
+                            ("method", method),
+                            ("status", status),
+                        ]),
                         samples,
                     ));
                 }
             }
             let base = 2e8 + (j * 3 + inst) as f64 * 5e7;
             out.push((
-                lbl(&[("__name__", "memory_bytes"), ("job", job), ("instance", &instance)]),
-                (0..points).map(|i| (ts(i), base + ((i * 7919 + inst * 13) % 1000) as f64 * 1e5)).collect(),
+                lbl(&[
+                    ("__name__", "memory_bytes"),
+                    ("job", job),
+                    ("instance", &instance),
+                ]),
+                (0..points)
+                    .map(|i| (ts(i), base + ((i * 7919 + inst * 13) % 1000) as f64 * 1e5))
+                    .collect(),
             ));
             out.push((
-                lbl(&[("__name__", "build_info"), ("job", job), ("instance", &instance), ("version", &format!("1.{inst}"))]),
+                lbl(&[
+                    ("__name__", "build_info"),
+                    ("job", job),
+                    ("instance", &instance),
+                    ("version", &format!("1.{inst}")),
+                ]),
                 (0..points).map(|i| (ts(i), 1.0)).collect(),
             ));
             let mut cum = 0.0;
@@ -188,7 +210,10 @@ fn dataset(start: i64, points: usize) -> Vec<(Vec<(String, String)>, Vec<(i64, f
                 for i in 0..points {
                     cum += 1.0;
                     let obs = ((i * 37 + inst * 11 + j * 5) % 100) as f64 / 100.0;
-                    for (b, le) in [0.05, 0.1, 0.25, 0.5, 1.0, f64::INFINITY].iter().enumerate() {
+                    for (b, le) in [0.05, 0.1, 0.25, 0.5, 1.0, f64::INFINITY]
+                        .iter()
+                        .enumerate()
+                    {
                         if obs <= *le {
                             counts[b] += 3.0;
                         }
@@ -197,9 +222,17 @@ fn dataset(start: i64, points: usize) -> Vec<(Vec<(String, String)>, Vec<(i64, f
                 }
                 per
             };
-            for (b, le) in ["0.05", "0.1", "0.25", "0.5", "1", "+Inf"].iter().enumerate() {
+            for (b, le) in ["0.05", "0.1", "0.25", "0.5", "1", "+Inf"]
+                .iter()
+                .enumerate()
+            {
                 out.push((
-                    lbl(&[("__name__", "request_duration_seconds_bucket"), ("job", job), ("instance", &instance), ("le", le)]),
+                    lbl(&[
+                        ("__name__", "request_duration_seconds_bucket"),
+                        ("job", job),
+                        ("instance", &instance),
+                        ("le", le),
+                    ]),
                     series_of[b].clone(),
                 ));
             }
@@ -212,8 +245,16 @@ fn dataset(start: i64, points: usize) -> Vec<(Vec<(String, String)>, Vec<(i64, f
     out
 }
 
-fn write_all(url: &str, tenant_header: bool, data: &[(Vec<(String, String)>, Vec<(i64, f64)>)], points: usize) {
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+fn write_all(
+    url: &str,
+    tenant_header: bool,
+    data: &[(Vec<(String, String)>, Vec<(i64, f64)>)],
+    points: usize,
+) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
     // Time-ordered requests of 20 points each for every series.
     for chunk in (0..points).step_by(20) {
         let ts: Vec<pb::TimeSeries> = data
@@ -223,7 +264,10 @@ fn write_all(url: &str, tenant_header: bool, data: &[(Vec<(String, String)>, Vec
                 if part.is_empty() {
                     return None;
                 }
-                let l: Vec<(&str, &str)> = labels.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+                let l: Vec<(&str, &str)> = labels
+                    .iter()
+                    .map(|(a, b)| (a.as_str(), b.as_str()))
+                    .collect();
                 Some(series(&l, &part))
             })
             .collect();
@@ -231,7 +275,10 @@ fn write_all(url: &str, tenant_header: bool, data: &[(Vec<(String, String)>, Vec
             continue;
         }
         let body = snappy(&request(ts).encode_to_vec());
-        let mut req = agent.post(url).header("Content-Encoding", "snappy").header("Content-Type", "application/x-protobuf");
+        let mut req = agent
+            .post(url)
+            .header("Content-Encoding", "snappy")
+            .header("Content-Type", "application/x-protobuf");
         if tenant_header {
             req = req.header("X-Scope-OrgID", "diff");
         }
@@ -257,7 +304,10 @@ fn get(url: &str, tenant: bool) -> (u16, serde_json::Value) {
     };
     let status = resp.status().as_u16();
     let text = resp.body_mut().read_to_string().unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
 }
 
 /// A result as labels → list of (t, value) so order does not matter (except for sort()).
@@ -267,15 +317,23 @@ fn normalise(v: &serde_json::Value) -> (String, BTreeMap<String, Vec<(String, St
     let r = &v["data"]["result"];
     match kind.as_str() {
         "scalar" | "string" => {
-            out.insert(String::new(), vec![(r[0].to_string(), r[1].as_str().unwrap_or("").to_string())]);
+            out.insert(
+                String::new(),
+                vec![(r[0].to_string(), r[1].as_str().unwrap_or("").to_string())],
+            );
         }
         _ => {
             for s in r.as_array().into_iter().flatten() {
                 let key = s["metric"].to_string();
                 let points = if let Some(vals) = s["values"].as_array() {
-                    vals.iter().map(|p| (p[0].to_string(), p[1].as_str().unwrap_or("").to_string())).collect()
+                    vals.iter()
+                        .map(|p| (p[0].to_string(), p[1].as_str().unwrap_or("").to_string()))
+                        .collect()
                 } else {
-                    vec![(s["value"][0].to_string(), s["value"][1].as_str().unwrap_or("").to_string())]
+                    vec![(
+                        s["value"][0].to_string(),
+                        s["value"][1].as_str().unwrap_or("").to_string(),
+                    )]
                 };
                 out.insert(key, points);
             }
@@ -311,12 +369,20 @@ fn compare(q: &str, prom: &serde_json::Value, norn: &serde_json::Value) -> Resul
     if pkeys != nkeys {
         let only_p: Vec<_> = pr.keys().filter(|k| !nr.contains_key(*k)).take(3).collect();
         let only_n: Vec<_> = nr.keys().filter(|k| !pr.contains_key(*k)).take(3).collect();
-        return Err(format!("series differ ({} vs {}): only in prometheus {only_p:?}, only in norn {only_n:?}", pr.len(), nr.len()));
+        return Err(format!(
+            "series differ ({} vs {}): only in prometheus {only_p:?}, only in norn {only_n:?}",
+            pr.len(),
+            nr.len()
+        ));
     }
     for (k, pp) in &pr {
         let np = &nr[k];
         if pp.len() != np.len() {
-            return Err(format!("{k}: {} points in prometheus, {} in norn", pp.len(), np.len()));
+            return Err(format!(
+                "{k}: {} points in prometheus, {} in norn",
+                pp.len(),
+                np.len()
+            ));
         }
         for ((pt, pv), (nt, nv)) in pp.iter().zip(np) {
             if pt != nt || !close(pv, nv) {
@@ -330,7 +396,10 @@ fn compare(q: &str, prom: &serde_json::Value, norn: &serde_json::Value) -> Resul
 
 #[test]
 fn promql_matches_prometheus_on_identical_data() {
-    let Some(prom_bin) = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"].into_iter().find(|p| std::path::Path::new(p).exists()) else {
+    let Some(prom_bin) = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+    else {
         if std::env::var("NORN_REQUIRE_PEERS").as_deref() == Ok("1") {
             panic!("prometheus is not installed but NORN_REQUIRE_PEERS=1");
         }
@@ -338,17 +407,35 @@ fn promql_matches_prometheus_on_identical_data() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let norn = Norn::start(dir.path(), &["--distributor.ingestion-rate-limit=100000000", "--distributor.ingestion-burst-size=100000000"]);
+    let norn = Norn::start(
+        dir.path(),
+        &[
+            "--distributor.ingestion-rate-limit=100000000",
+            "--distributor.ingestion-burst-size=100000000",
+        ],
+    );
     let prom_port = free_port();
-    std::fs::write(dir.path().join("prom.yml"), "global:\n  scrape_interval: 1h\n").unwrap();
+    std::fs::write(
+        dir.path().join("prom.yml"),
+        "global:\n  scrape_interval: 1h\n",
+    )
+    .unwrap();
     let _prom = Peer(
         Command::new(prom_bin)
-            .arg(format!("--config.file={}", dir.path().join("prom.yml").display()))
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prom.yml").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("prom-data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("prom-data").display()
+            ))
             .arg("--web.enable-remote-write-receiver")
             .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(dir.path().join("prom.log")).unwrap()))
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.path().join("prom.log")).unwrap(),
+            ))
             .spawn()
             .expect("start prometheus"),
     );
@@ -375,14 +462,29 @@ fn promql_matches_prometheus_on_identical_data() {
         }
         let enc = urlencode(q);
         for (kind, params) in [
-            ("instant", format!("query?query={enc}&time={}", (end - 60_000 + 3_000) as f64 / 1000.0)),
-            ("range", format!("query_range?query={enc}&start={}&end={}&step=60", (range_start + 3_000) as f64 / 1000.0, (range_end + 3_000) as f64 / 1000.0)),
+            (
+                "instant",
+                format!(
+                    "query?query={enc}&time={}",
+                    (end - 60_000 + 3_000) as f64 / 1000.0
+                ),
+            ),
+            (
+                "range",
+                format!(
+                    "query_range?query={enc}&start={}&end={}&step=60",
+                    (range_start + 3_000) as f64 / 1000.0,
+                    (range_end + 3_000) as f64 / 1000.0
+                ),
+            ),
         ] {
             let (ps, pv) = get(&format!("{prom}/api/v1/{params}"), false);
             let (ns, nv) = get(&norn.url(&format!("/prometheus/api/v1/{params}")), true);
             compared += 1;
             if ps != ns {
-                failures.push(format!("{kind} {q}: status prometheus {ps} norn {ns}: {nv}"));
+                failures.push(format!(
+                    "{kind} {q}: status prometheus {ps} norn {ns}: {nv}"
+                ));
                 continue;
             }
             if ps != 200 {
@@ -393,7 +495,16 @@ fn promql_matches_prometheus_on_identical_data() {
             }
         }
     }
-    eprintln!("differential: {} of {compared} query runs match Prometheus ({} queries × instant/range)", compared - failures.len(), QUERIES.len());
+    eprintln!(
+        "differential: {} of {compared} query runs match Prometheus ({} queries × instant/range)",
+        compared - failures.len(),
+        QUERIES.len()
+    );
     assert!(QUERIES.len() >= 60);
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

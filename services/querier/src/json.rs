@@ -12,7 +12,11 @@ use norn_promql::{QueryResult, Value};
 
 /// Appends a millisecond timestamp as Prometheus writes it.
 pub fn write_timestamp(out: &mut String, t: i64) {
-    let (sign, t) = if t < 0 { ("-", t.unsigned_abs()) } else { ("", t as u64) };
+    let (sign, t) = if t < 0 {
+        ("-", t.unsigned_abs())
+    } else {
+        ("", t as u64)
+    };
     let _ = write!(out, "{sign}{}", t / 1000);
     let frac = t % 1000;
     if frac != 0 {
@@ -212,7 +216,11 @@ mod tests {
     fn golden_vector_matrix_scalar() {
         let labels = Labels::from_pairs([("__name__", "up"), ("job", "a\"b")]);
         let v = QueryResult {
-            value: Value::Vector(vec![VectorSample { labels: labels.clone(), t: 1500, v: 1.0 }]),
+            value: Value::Vector(vec![VectorSample {
+                labels: labels.clone(),
+                t: 1500,
+                v: 1.0,
+            }]),
             warnings: vec![],
             infos: vec![],
         };
@@ -221,7 +229,10 @@ mod tests {
             r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"__name__":"up","job":"a\"b"},"value":[1.500,"1"]}]}}"#
         );
         let m = QueryResult {
-            value: Value::Matrix(vec![Series { labels, samples: vec![Sample::new(0, 2.5), Sample::new(15000, f64::NAN)] }]),
+            value: Value::Matrix(vec![Series {
+                labels,
+                samples: vec![Sample::new(0, 2.5), Sample::new(15000, f64::NAN)],
+            }]),
             warnings: vec!["w".into()],
             infos: vec![],
         };
@@ -229,7 +240,14 @@ mod tests {
             query_response(&m),
             r#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"__name__":"up","job":"a\"b"},"values":[[0,"2.5"],[15,"NaN"]]}]},"warnings":["w"]}"#
         );
-        let s = QueryResult { value: Value::Scalar { t: 1000, v: 3.0 }, warnings: vec![], infos: vec![] };
-        assert_eq!(query_response(&s), r#"{"status":"success","data":{"resultType":"scalar","result":[1,"3"]}}"#);
+        let s = QueryResult {
+            value: Value::Scalar { t: 1000, v: 3.0 },
+            warnings: vec![],
+            infos: vec![],
+        };
+        assert_eq!(
+            query_response(&s),
+            r#"{"status":"success","data":{"resultType":"scalar","result":[1,"3"]}}"#
+        );
     }
 }

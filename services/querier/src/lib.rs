@@ -21,8 +21,8 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use norn_model::duration::serde_duration;
 use norn_limits::Overrides;
+use norn_model::duration::serde_duration;
 use norn_model::{ErrorKind, MetadataReader, Queryable, QueryableProvider, TenantId};
 use norn_promql::{Engine, EngineOptions};
 use norn_server::{HttpError, Service, TenantResolver};
@@ -81,18 +81,31 @@ impl Querier {
             max_samples: config.max_samples,
             timeout: config.timeout,
         });
-        Arc::new(Self { config, engine, storage, metadata, tenants, overrides })
+        Arc::new(Self {
+            config,
+            engine,
+            storage,
+            metadata,
+            tenants,
+            overrides,
+        })
     }
 
     /// The tenant's storage view for one query, with the per-query series limit applied.
     fn store(&self, tenant: &TenantId) -> SeriesLimited {
-        let limit = self.overrides.for_tenant(tenant.as_str()).max_fetched_series_per_query;
+        let limit = self
+            .overrides
+            .for_tenant(tenant.as_str())
+            .max_fetched_series_per_query;
         SeriesLimited::new(self.storage.queryable(tenant), limit)
     }
 
     /// Refuses a query whose time range is longer than the tenant's `max_total_query_length`.
     fn check_length(&self, tenant: &TenantId, start: i64, end: i64) -> Result<(), HttpError> {
-        let max = self.overrides.for_tenant(tenant.as_str()).max_total_query_length;
+        let max = self
+            .overrides
+            .for_tenant(tenant.as_str())
+            .max_total_query_length;
         let len = end.saturating_sub(start);
         if !max.is_zero() && len > max.as_millis() as i64 {
             return Err(HttpError::bad_data(format!(
@@ -122,7 +135,10 @@ impl Querier {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn ok_json(body: String) -> Response {
@@ -148,7 +164,11 @@ async fn with_timeout<T>(
 ) -> Result<T, HttpError> {
     match tokio::time::timeout(d, f).await {
         Ok(r) => r,
-        Err(_) => Err(HttpError::new(ErrorKind::Timeout, "query timed out in expression evaluation").into_json()),
+        Err(_) => Err(HttpError::new(
+            ErrorKind::Timeout,
+            "query timed out in expression evaluation",
+        )
+        .into_json()),
     }
 }
 
@@ -158,43 +178,73 @@ async fn query(State(q): Q, headers: HeaderMap, RawQuery(rq): RawQuery, body: By
     into_response(query_inner(&q, &headers, rq.as_deref(), &body).await)
 }
 
-async fn query_inner(q: &Querier, headers: &HeaderMap, rq: Option<&str>, body: &[u8]) -> Result<Response, HttpError> {
+async fn query_inner(
+    q: &Querier,
+    headers: &HeaderMap,
+    rq: Option<&str>,
+    body: &[u8],
+) -> Result<Response, HttpError> {
     let tenant = q.tenant(headers)?;
     let p = Params::parse(rq, body);
     let expr = p.get("query").unwrap_or("");
     let t = time_or(&p, "time", now_ms())?;
     let timeout = q.timeout(&p)?;
     let store = q.store(&tenant);
-    let r = with_timeout(timeout, async { q.engine.instant_query(&store, expr, t).await.map_err(|e| engine_error(expr, e)) }).await?;
+    let r = with_timeout(timeout, async {
+        q.engine
+            .instant_query(&store, expr, t)
+            .await
+            .map_err(|e| engine_error(expr, e))
+    })
+    .await?;
     Ok(ok_json(json::query_response(&r)))
 }
 
-async fn query_range(State(q): Q, headers: HeaderMap, RawQuery(rq): RawQuery, body: Bytes) -> Response {
+async fn query_range(
+    State(q): Q,
+    headers: HeaderMap,
+    RawQuery(rq): RawQuery,
+    body: Bytes,
+) -> Response {
     into_response(query_range_inner(&q, &headers, rq.as_deref(), &body).await)
 }
 
-async fn query_range_inner(q: &Querier, headers: &HeaderMap, rq: Option<&str>, body: &[u8]) -> Result<Response, HttpError> {
+async fn query_range_inner(
+    q: &Querier,
+    headers: &HeaderMap,
+    rq: Option<&str>,
+    body: &[u8],
+) -> Result<Response, HttpError> {
     let tenant = q.tenant(headers)?;
     let p = Params::parse(rq, body);
     let bad = |m: &str| HttpError::bad_data(m.to_string()).into_json();
     let start = params::parse_time("start", p.get("start").unwrap_or(""))?;
     let end = params::parse_time("end", p.get("end").unwrap_or(""))?;
     if end < start {
-        return Err(bad("invalid parameter \"end\": end timestamp must not be before start time"));
+        return Err(bad(
+            "invalid parameter \"end\": end timestamp must not be before start time",
+        ));
     }
     let step = parse_duration_ms("step", p.get("step").unwrap_or(""))?;
     if step <= 0 {
-        return Err(bad("invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer"));
+        return Err(bad(
+            "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer",
+        ));
     }
     if (end - start) / step > MAX_POINTS {
-        return Err(bad("exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)"));
+        return Err(bad(
+            "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
+        ));
     }
     q.check_length(&tenant, start, end)?;
     let expr = p.get("query").unwrap_or("");
     let timeout = q.timeout(&p)?;
     let store = q.store(&tenant);
     let r = with_timeout(timeout, async {
-        q.engine.range_query(&store, expr, start, end, step).await.map_err(|e| engine_error(expr, e))
+        q.engine
+            .range_query(&store, expr, start, end, step)
+            .await
+            .map_err(|e| engine_error(expr, e))
     })
     .await?;
     Ok(ok_json(json::query_response(&r)))
@@ -204,7 +254,10 @@ fn limit_param(p: &Params) -> Result<usize, HttpError> {
     match p.get("limit") {
         None | Some("") => Ok(0),
         Some(s) => s.parse::<usize>().map_err(|_| {
-            HttpError::bad_data(format!("invalid parameter \"limit\": cannot parse {s:?} to a valid limit")).into_json()
+            HttpError::bad_data(format!(
+                "invalid parameter \"limit\": cannot parse {s:?} to a valid limit"
+            ))
+            .into_json()
         }),
     }
 }
@@ -221,7 +274,12 @@ async fn series(State(q): Q, headers: HeaderMap, RawQuery(rq): RawQuery, body: B
     into_response(series_inner(&q, &headers, rq.as_deref(), &body).await)
 }
 
-async fn series_inner(q: &Querier, headers: &HeaderMap, rq: Option<&str>, body: &[u8]) -> Result<Response, HttpError> {
+async fn series_inner(
+    q: &Querier,
+    headers: &HeaderMap,
+    rq: Option<&str>,
+    body: &[u8],
+) -> Result<Response, HttpError> {
     let tenant = q.tenant(headers)?;
     let p = Params::parse(rq, body);
     let sets = matcher_sets(&p)?;
@@ -299,7 +357,10 @@ async fn labels_inner(
     let mut list: Vec<String> = all.into_iter().collect();
     let mut warnings = Vec::new();
     apply_limit(&mut list, limit, &mut warnings);
-    Ok(ok_json(json::success(&json::string_array(&list), &warnings)))
+    Ok(ok_json(json::success(
+        &json::string_array(&list),
+        &warnings,
+    )))
 }
 
 async fn metadata(State(q): Q, headers: HeaderMap, RawQuery(rq): RawQuery) -> Response {
@@ -308,9 +369,16 @@ async fn metadata(State(q): Q, headers: HeaderMap, RawQuery(rq): RawQuery) -> Re
         let p = Params::parse(rq.as_deref(), &[]);
         let limit = match p.get("limit") {
             None | Some("") => 0,
-            Some(s) => s.parse::<i64>().map_err(|_| HttpError::bad_data("limit must be a number").into_json())?.max(0) as usize,
+            Some(s) => s
+                .parse::<i64>()
+                .map_err(|_| HttpError::bad_data("limit must be a number").into_json())?
+                .max(0) as usize,
         };
-        let md = q.metadata.metadata(&tenant, p.get("metric"), limit).await.map_err(storage_error)?;
+        let md = q
+            .metadata
+            .metadata(&tenant, p.get("metric"), limit)
+            .await
+            .map_err(storage_error)?;
         let mut data = String::from("{");
         let mut families: Vec<&str> = md.iter().map(|m| m.metric_family_name.as_str()).collect();
         families.dedup();
@@ -320,7 +388,11 @@ async fn metadata(State(q): Q, headers: HeaderMap, RawQuery(rq): RawQuery) -> Re
             }
             json::write_str(&mut data, fam);
             data.push_str(":[");
-            for (j, m) in md.iter().filter(|m| m.metric_family_name == *fam).enumerate() {
+            for (j, m) in md
+                .iter()
+                .filter(|m| m.metric_family_name == *fam)
+                .enumerate()
+            {
                 if j > 0 {
                     data.push(',');
                 }
@@ -371,13 +443,22 @@ pub fn routes(q: Arc<Querier>) -> Router {
     for prefix in ["/prometheus", ""] {
         r = r
             .route(&format!("{prefix}/api/v1/query"), get(query).post(query))
-            .route(&format!("{prefix}/api/v1/query_range"), get(query_range).post(query_range))
+            .route(
+                &format!("{prefix}/api/v1/query_range"),
+                get(query_range).post(query_range),
+            )
             .route(&format!("{prefix}/api/v1/series"), get(series).post(series))
             .route(&format!("{prefix}/api/v1/labels"), get(labels).post(labels))
-            .route(&format!("{prefix}/api/v1/label/{{name}}/values"), get(label_values))
+            .route(
+                &format!("{prefix}/api/v1/label/{{name}}/values"),
+                get(label_values),
+            )
             .route(&format!("{prefix}/api/v1/metadata"), get(metadata))
             .route(&format!("{prefix}/api/v1/status/buildinfo"), get(buildinfo))
-            .route(&format!("{prefix}/api/v1/format_query"), get(format_query).post(format_query));
+            .route(
+                &format!("{prefix}/api/v1/format_query"),
+                get(format_query).post(format_query),
+            );
     }
     r.with_state(q)
 }

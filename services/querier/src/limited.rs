@@ -17,13 +17,22 @@ pub struct SeriesLimited {
 impl SeriesLimited {
     /// Wraps `inner`; `limit == 0` means unlimited.
     pub fn new(inner: Arc<dyn Queryable>, limit: usize) -> Self {
-        Self { inner, limit, fetched: AtomicUsize::new(0) }
+        Self {
+            inner,
+            limit,
+            fetched: AtomicUsize::new(0),
+        }
     }
 }
 
 #[async_trait]
 impl Queryable for SeriesLimited {
-    async fn select(&self, start_ms: i64, end_ms: i64, matchers: &[Matcher]) -> Result<Vec<Series>, StorageError> {
+    async fn select(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<Series>, StorageError> {
         let out = self.inner.select(start_ms, end_ms, matchers).await?;
         let total = self.fetched.fetch_add(out.len(), Ordering::Relaxed) + out.len();
         if self.limit > 0 && total > self.limit {
@@ -35,11 +44,24 @@ impl Queryable for SeriesLimited {
         Ok(out)
     }
 
-    async fn label_names(&self, start_ms: i64, end_ms: i64, matchers: &[Matcher]) -> Result<Vec<String>, StorageError> {
+    async fn label_names(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<String>, StorageError> {
         self.inner.label_names(start_ms, end_ms, matchers).await
     }
 
-    async fn label_values(&self, name: &str, start_ms: i64, end_ms: i64, matchers: &[Matcher]) -> Result<Vec<String>, StorageError> {
-        self.inner.label_values(name, start_ms, end_ms, matchers).await
+    async fn label_values(
+        &self,
+        name: &str,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<String>, StorageError> {
+        self.inner
+            .label_values(name, start_ms, end_ms, matchers)
+            .await
     }
 }

@@ -50,7 +50,9 @@ fn decode(s: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(b) => {
                         out.push(b);
@@ -79,12 +81,18 @@ pub fn parse_time(param: &str, s: &str) -> Result<i64, HttpError> {
                 return Ok(ms as i64);
             }
         }
-        return Err(bad(param, format!("cannot parse {s:?} to a valid timestamp")));
+        return Err(bad(
+            param,
+            format!("cannot parse {s:?} to a valid timestamp"),
+        ));
     }
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.timestamp_millis());
     }
-    Err(bad(param, format!("cannot parse {s:?} to a valid timestamp")))
+    Err(bad(
+        param,
+        format!("cannot parse {s:?} to a valid timestamp"),
+    ))
 }
 
 /// A time parameter, or `default` when absent.
@@ -100,7 +108,10 @@ pub fn parse_duration_ms(param: &str, s: &str) -> Result<i64, HttpError> {
     if let Ok(f) = s.parse::<f64>() {
         let ms = f * 1000.0;
         if !ms.is_finite() || ms.abs() > i64::MAX as f64 {
-            return Err(bad(param, format!("cannot parse {s:?} to a valid duration. It overflows int64")));
+            return Err(bad(
+                param,
+                format!("cannot parse {s:?} to a valid duration. It overflows int64"),
+            ));
         }
         return Ok(ms.round() as i64);
     }
@@ -116,8 +127,9 @@ pub fn matcher_sets(p: &Params) -> Result<Vec<Vec<Matcher>>, HttpError> {
 
 /// Parses one series selector (`up{job="x"}`) into matchers.
 pub fn parse_selector(s: &str) -> Result<Vec<Matcher>, HttpError> {
-    let expr = promql_parser::parser::parse(s)
-        .map_err(|e| HttpError::bad_data(format!("invalid parameter \"match[]\": {e}")).into_json())?;
+    let expr = promql_parser::parser::parse(s).map_err(|e| {
+        HttpError::bad_data(format!("invalid parameter \"match[]\": {e}")).into_json()
+    })?;
     let promql_parser::parser::Expr::VectorSelector(vs) = expr else {
         return Err(HttpError::bad_data(format!(
             "invalid parameter \"match[]\": {s:?} is not a series selector"
@@ -135,12 +147,17 @@ pub fn parse_selector(s: &str) -> Result<Vec<Matcher>, HttpError> {
             promql_parser::label::MatchOp::Re(_) => MatchType::Regex,
             promql_parser::label::MatchOp::NotRe(_) => MatchType::NotRegex,
         };
-        out.push(Matcher::new(kind, m.name.clone(), m.value.clone()).map_err(|e| {
-            HttpError::bad_data(format!("invalid parameter \"match[]\": {e}")).into_json()
-        })?);
+        out.push(
+            Matcher::new(kind, m.name.clone(), m.value.clone()).map_err(|e| {
+                HttpError::bad_data(format!("invalid parameter \"match[]\": {e}")).into_json()
+            })?,
+        );
     }
     if !vs.matchers.or_matchers.is_empty() {
-        return Err(HttpError::bad_data("invalid parameter \"match[]\": 'or' in selectors is not supported").into_json());
+        return Err(HttpError::bad_data(
+            "invalid parameter \"match[]\": 'or' in selectors is not supported",
+        )
+        .into_json());
     }
     if out.iter().all(|m| m.matches_empty()) {
         return Err(HttpError::bad_data(
@@ -158,7 +175,10 @@ mod tests {
     #[test]
     fn times() {
         assert_eq!(parse_time("t", "1.5").unwrap(), 1500);
-        assert_eq!(parse_time("t", "2015-07-01T20:10:51.781Z").unwrap(), 1_435_781_451_781);
+        assert_eq!(
+            parse_time("t", "2015-07-01T20:10:51.781Z").unwrap(),
+            1_435_781_451_781
+        );
         assert!(parse_time("t", "yesterday").is_err());
         assert!(parse_time("t", "NaN").is_err());
     }

@@ -16,7 +16,10 @@ pub fn describe(query: &str, message: &str) -> String {
 fn line_col(s: &str, offset: usize) -> (usize, usize) {
     let before = &s[..offset.min(s.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map(|i| before.len() - i).unwrap_or(before.len() + 1);
+    let col = before
+        .rfind('\n')
+        .map(|i| before.len() - i)
+        .unwrap_or(before.len() + 1);
     (line, col)
 }
 
@@ -170,11 +173,35 @@ fn outside_strings_with_strings(q: &str) -> Vec<(usize, Tok)> {
 
 /// Completions tried after a prefix: if none makes it parse, the error is in the prefix.
 const COMPLETIONS: &[&str] = &[
-    "", " x", " 1", ")", "))", ")))", "}", "\"}", "]", ")]", "m]", "m:]", " x)", " 1)", "\"", "\")", "=\"\"}", "(x)", " by (x) (x)", " x)", "x", "1", "5m]",
+    "",
+    " x",
+    " 1",
+    ")",
+    "))",
+    ")))",
+    "}",
+    "\"}",
+    "]",
+    ")]",
+    "m]",
+    "m:]",
+    " x)",
+    " 1)",
+    "\"",
+    "\")",
+    "=\"\"}",
+    "(x)",
+    " by (x) (x)",
+    " x)",
+    "x",
+    "1",
+    "5m]",
 ];
 
 fn completable(prefix: &str) -> bool {
-    COMPLETIONS.iter().any(|c| promql_parser::parser::parse(&format!("{prefix}{c}")).is_ok())
+    COMPLETIONS
+        .iter()
+        .any(|c| promql_parser::parser::parse(&format!("{prefix}{c}")).is_ok())
 }
 
 /// The start of the first token whose prefix can no longer be completed into a valid query.
@@ -200,16 +227,32 @@ mod tests {
 
     #[test]
     fn lexer_errors_point_at_the_culprit() {
-        assert!(pos("sum(").contains("1:4: parse error: unclosed left parenthesis"), "{}", pos("sum("));
-        assert!(pos("up{job=\"a}").contains("1:8:"), "{}", pos("up{job=\"a}"));
+        assert!(
+            pos("sum(").contains("1:4: parse error: unclosed left parenthesis"),
+            "{}",
+            pos("sum(")
+        );
+        assert!(
+            pos("up{job=\"a}").contains("1:8:"),
+            "{}",
+            pos("up{job=\"a}")
+        );
         assert!(pos("up $ x").contains("1:4:"), "{}", pos("up $ x"));
     }
 
     #[test]
     fn grammar_errors_point_at_the_first_impossible_token() {
         assert!(pos("foo bar").contains("1:5:"), "{}", pos("foo bar"));
-        assert!(pos("sum(up) by").contains(": parse error:"), "{}", pos("sum(up) by"));
-        assert!(pos("1 +").starts_with("invalid parameter \"query\": 1:"), "{}", pos("1 +"));
+        assert!(
+            pos("sum(up) by").contains(": parse error:"),
+            "{}",
+            pos("sum(up) by")
+        );
+        assert!(
+            pos("1 +").starts_with("invalid parameter \"query\": 1:"),
+            "{}",
+            pos("1 +")
+        );
     }
 
     #[test]

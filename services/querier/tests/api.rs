@@ -23,7 +23,11 @@ struct Stores {
 
 impl QueryableProvider for Stores {
     fn queryable(&self, tenant: &TenantId) -> Arc<dyn Queryable> {
-        if tenant.as_str() == "a" { Arc::clone(&self.a) as Arc<dyn Queryable> } else { Arc::new(MemStore::new()) }
+        if tenant.as_str() == "a" {
+            Arc::clone(&self.a) as Arc<dyn Queryable>
+        } else {
+            Arc::new(MemStore::new())
+        }
     }
 }
 
@@ -31,7 +35,12 @@ struct Md;
 
 #[async_trait]
 impl MetadataReader for Md {
-    async fn metadata(&self, _: &TenantId, _: Option<&str>, _: usize) -> Result<Vec<MetricMetadata>, StorageError> {
+    async fn metadata(
+        &self,
+        _: &TenantId,
+        _: Option<&str>,
+        _: usize,
+    ) -> Result<Vec<MetricMetadata>, StorageError> {
         Ok(vec![MetricMetadata {
             metric_family_name: "http_requests_total".into(),
             metric_type: MetricType::Counter,
@@ -45,23 +54,36 @@ fn app(config: Config) -> axum::Router {
     let a = Arc::new(MemStore::new());
     for (job, base) in [("api", 0.0), ("web", 100.0)] {
         let l = Labels::from_pairs([("__name__", "http_requests_total"), ("job", job)]);
-        a.add_series(&l, (0..=20).map(|i| Sample::new(i * 15_000, base + i as f64 * 15.0)));
+        a.add_series(
+            &l,
+            (0..=20).map(|i| Sample::new(i * 15_000, base + i as f64 * 15.0)),
+        );
     }
-    a.add_series(&Labels::from_pairs([("__name__", "up"), ("job", "api")]), (0..=20).map(|i| Sample::new(i * 15_000, 1.0)));
+    a.add_series(
+        &Labels::from_pairs([("__name__", "up"), ("job", "api")]),
+        (0..=20).map(|i| Sample::new(i * 15_000, 1.0)),
+    );
     routes(Querier::new(
         config,
         Arc::new(Stores { a }),
         Arc::new(Md),
-        TenantResolver { multitenancy_enabled: true },
+        TenantResolver {
+            multitenancy_enabled: true,
+        },
         Arc::new(Overrides::new(Limits::default())),
     ))
 }
 
 async fn get(app: axum::Router, uri: &str) -> (u16, String) {
-    let req = Request::get(uri).header("X-Scope-OrgID", "a").body(Body::empty()).unwrap();
+    let req = Request::get(uri)
+        .header("X-Scope-OrgID", "a")
+        .body(Body::empty())
+        .unwrap();
     let resp = app.oneshot(req).await.unwrap();
     let status = resp.status().as_u16();
-    let body = axum::body::to_bytes(resp.into_body(), 1 << 24).await.unwrap();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 24)
+        .await
+        .unwrap();
     (status, String::from_utf8(body.to_vec()).unwrap())
 }
 
@@ -77,9 +99,18 @@ async fn golden_grafana_shapes() {
             "/prometheus/api/v1/query_range?query=sum(http_requests_total)&start=120&end=240&step=60",
             r#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":[[120,"340"],[180,"460"],[240,"580"]]}]}}"#,
         ),
-        ("/prometheus/api/v1/query?query=1%2B1&time=10.5", r#"{"status":"success","data":{"resultType":"scalar","result":[10.500,"2"]}}"#),
-        ("/prometheus/api/v1/labels", r#"{"status":"success","data":["__name__","job"]}"#),
-        ("/prometheus/api/v1/label/__name__/values", r#"{"status":"success","data":["http_requests_total","up"]}"#),
+        (
+            "/prometheus/api/v1/query?query=1%2B1&time=10.5",
+            r#"{"status":"success","data":{"resultType":"scalar","result":[10.500,"2"]}}"#,
+        ),
+        (
+            "/prometheus/api/v1/labels",
+            r#"{"status":"success","data":["__name__","job"]}"#,
+        ),
+        (
+            "/prometheus/api/v1/label/__name__/values",
+            r#"{"status":"success","data":["http_requests_total","up"]}"#,
+        ),
         (
             "/prometheus/api/v1/series?match[]=up",
             r#"{"status":"success","data":[{"__name__":"up","job":"api"}]}"#,
@@ -111,41 +142,118 @@ async fn golden_grafana_shapes() {
 async fn bad_input_like_prometheus() {
     let a = app(Config::default());
     let cases = [
-        ("/prometheus/api/v1/query?query=sum(", 400, "bad_data", "1:4: parse error: unclosed left parenthesis"),
-        ("/prometheus/api/v1/query?query=foo%20bar", 400, "bad_data", "1:5: parse error"),
-        ("/prometheus/api/v1/query?query=up&time=yesterday", 400, "bad_data", "invalid parameter \"time\""),
-        ("/prometheus/api/v1/query_range?query=up&start=10&end=5&step=1", 400, "bad_data", "end timestamp must not be before start time"),
-        ("/prometheus/api/v1/query_range?query=up&start=0&end=10&step=0", 400, "bad_data", "zero or negative query resolution step"),
-        ("/prometheus/api/v1/query_range?query=up&start=0&end=100000&step=1", 400, "bad_data", "exceeded maximum resolution of 11,000 points"),
-        ("/prometheus/api/v1/query_range?query=up&end=10&step=1", 400, "bad_data", "invalid parameter \"start\""),
-        ("/prometheus/api/v1/series", 400, "bad_data", "no match[] parameter provided"),
-        ("/prometheus/api/v1/series?match[]=%7Bjob%3D%22%22%7D", 400, "bad_data", "at least one non-empty matcher"),
-        ("/prometheus/api/v1/label/bad-name/values", 400, "bad_data", "invalid label name"),
-        ("/prometheus/api/v1/labels?limit=x", 400, "bad_data", "limit"),
+        (
+            "/prometheus/api/v1/query?query=sum(",
+            400,
+            "bad_data",
+            "1:4: parse error: unclosed left parenthesis",
+        ),
+        (
+            "/prometheus/api/v1/query?query=foo%20bar",
+            400,
+            "bad_data",
+            "1:5: parse error",
+        ),
+        (
+            "/prometheus/api/v1/query?query=up&time=yesterday",
+            400,
+            "bad_data",
+            "invalid parameter \"time\"",
+        ),
+        (
+            "/prometheus/api/v1/query_range?query=up&start=10&end=5&step=1",
+            400,
+            "bad_data",
+            "end timestamp must not be before start time",
+        ),
+        (
+            "/prometheus/api/v1/query_range?query=up&start=0&end=10&step=0",
+            400,
+            "bad_data",
+            "zero or negative query resolution step",
+        ),
+        (
+            "/prometheus/api/v1/query_range?query=up&start=0&end=100000&step=1",
+            400,
+            "bad_data",
+            "exceeded maximum resolution of 11,000 points",
+        ),
+        (
+            "/prometheus/api/v1/query_range?query=up&end=10&step=1",
+            400,
+            "bad_data",
+            "invalid parameter \"start\"",
+        ),
+        (
+            "/prometheus/api/v1/series",
+            400,
+            "bad_data",
+            "no match[] parameter provided",
+        ),
+        (
+            "/prometheus/api/v1/series?match[]=%7Bjob%3D%22%22%7D",
+            400,
+            "bad_data",
+            "at least one non-empty matcher",
+        ),
+        (
+            "/prometheus/api/v1/label/bad-name/values",
+            400,
+            "bad_data",
+            "invalid label name",
+        ),
+        (
+            "/prometheus/api/v1/labels?limit=x",
+            400,
+            "bad_data",
+            "limit",
+        ),
     ];
     for (uri, status, etype, msg) in cases {
         let (s, body) = get(a.clone(), uri).await;
         assert_eq!(s, status, "{uri}: {body}");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{uri}: not JSON: {body}"));
+        let v: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|_| panic!("{uri}: not JSON: {body}"));
         assert_eq!(v["status"], "error", "{uri}");
         assert_eq!(v["errorType"], etype, "{uri}: {body}");
         assert!(v["error"].as_str().unwrap().contains(msg), "{uri}: {body}");
     }
     // Missing tenant.
-    let resp = a.clone().oneshot(Request::get("/prometheus/api/v1/query?query=up").body(Body::empty()).unwrap()).await.unwrap();
+    let resp = a
+        .clone()
+        .oneshot(
+            Request::get("/prometheus/api/v1/query?query=up")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 401);
 }
 
 #[tokio::test]
 async fn sample_limit_and_timeout() {
-    let limited = app(Config { max_samples: 5, ..Config::default() });
-    let (s, body) = get(limited, "/prometheus/api/v1/query_range?query=http_requests_total&start=0&end=300&step=15").await;
+    let limited = app(Config {
+        max_samples: 5,
+        ..Config::default()
+    });
+    let (s, body) = get(
+        limited,
+        "/prometheus/api/v1/query_range?query=http_requests_total&start=0&end=300&step=15",
+    )
+    .await;
     assert_eq!(s, 422, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["errorType"], "execution");
-    assert!(v["error"].as_str().unwrap().contains("too many samples"), "{body}");
+    assert!(
+        v["error"].as_str().unwrap().contains("too many samples"),
+        "{body}"
+    );
 
-    let slow = app(Config { timeout: Duration::from_nanos(1), ..Config::default() });
+    let slow = app(Config {
+        timeout: Duration::from_nanos(1),
+        ..Config::default()
+    });
     let (s, body) = get(slow, "/prometheus/api/v1/query_range?query=sum(rate(http_requests_total%5B5m%5D))&start=0&end=300&step=1").await;
     assert_eq!(s, 503, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();

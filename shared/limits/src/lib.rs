@@ -20,7 +20,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum LimitsError {
     #[error("reading runtime config {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("parsing runtime config {path}: {message}")]
     Parse { path: PathBuf, message: String },
 }
@@ -98,7 +101,11 @@ pub struct Overrides {
 impl Overrides {
     /// Limits for everyone, no overrides file.
     pub fn new(defaults: Limits) -> Self {
-        Self { defaults: Arc::new(defaults), path: None, tenants: RwLock::default() }
+        Self {
+            defaults: Arc::new(defaults),
+            path: None,
+            tenants: RwLock::default(),
+        }
     }
 
     /// Defaults plus the overrides file at `path`, loaded now. A missing or invalid file at
@@ -124,7 +131,11 @@ impl Overrides {
 
     /// The limits that apply to `tenant`.
     pub fn for_tenant(&self, tenant: &str) -> Arc<Limits> {
-        self.tenants.read().get(tenant).cloned().unwrap_or_else(|| Arc::clone(&self.defaults))
+        self.tenants
+            .read()
+            .get(tenant)
+            .cloned()
+            .unwrap_or_else(|| Arc::clone(&self.defaults))
     }
 
     pub fn defaults(&self) -> &Limits {
@@ -133,9 +144,13 @@ impl Overrides {
 
     /// Re-reads the overrides file, if any. Returns whether anything changed.
     pub fn reload(&self) -> Result<bool> {
-        let Some(path) = &self.path else { return Ok(false) };
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| LimitsError::Io { path: path.clone(), source })?;
+        let Some(path) = &self.path else {
+            return Ok(false);
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| LimitsError::Io {
+            path: path.clone(),
+            source,
+        })?;
         let tenants = self.parse(&text, path)?;
         let mut cur = self.tenants.write();
         let changed = *cur != tenants;
@@ -152,7 +167,10 @@ impl Overrides {
     }
 
     fn parse(&self, text: &str, path: &Path) -> Result<HashMap<String, Arc<Limits>>> {
-        let perr = |message: String| LimitsError::Parse { path: path.to_path_buf(), message };
+        let perr = |message: String| LimitsError::Parse {
+            path: path.to_path_buf(),
+            message,
+        };
         let rc: RuntimeConfig = if text.trim().is_empty() {
             RuntimeConfig::default()
         } else {
@@ -175,7 +193,11 @@ impl Overrides {
                     }
                 }
                 (_, serde_yaml::Value::Null) => {}
-                _ => return Err(perr(format!("tenant {tenant}: overrides must be a mapping"))),
+                _ => {
+                    return Err(perr(format!(
+                        "tenant {tenant}: overrides must be a mapping"
+                    )));
+                }
             }
             let limits: Limits = serde_yaml::from_value(merged)
                 .map_err(|e| perr(format!("tenant {tenant}: {e}")))?;
@@ -209,7 +231,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("bogus"), "{err}");
-        let err = Overrides::from_yaml(Limits::default(), "nope: {}\n").unwrap_err().to_string();
+        let err = Overrides::from_yaml(Limits::default(), "nope: {}\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("nope"), "{err}");
     }
 

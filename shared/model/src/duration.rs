@@ -26,7 +26,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
         if digits == 0 {
             return Err(err());
         }
-        let n: u128 = std::str::from_utf8(&rest[..digits]).ok().and_then(|d| d.parse().ok()).ok_or_else(err)?;
+        let n: u128 = std::str::from_utf8(&rest[..digits])
+            .ok()
+            .and_then(|d| d.parse().ok())
+            .ok_or_else(err)?;
         rest = &rest[digits..];
         let (unit_ms, len) = match rest {
             [b'm', b's', ..] => (1, 2),
@@ -43,7 +46,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
         }
         last_unit = unit_ms;
         rest = &rest[len..];
-        total = total.checked_add(n.checked_mul(unit_ms).ok_or_else(err)?).ok_or_else(err)?;
+        total = total
+            .checked_add(n.checked_mul(unit_ms).ok_or_else(err)?)
+            .ok_or_else(err)?;
     }
     let ms = u64::try_from(total).map_err(|_| err())?;
     Ok(Duration::from_millis(ms))

@@ -47,9 +47,7 @@ impl ErrorKind {
     /// The Prometheus HTTP API `errorType` string for this kind.
     pub fn prometheus_error_type(self) -> &'static str {
         match self {
-            ErrorKind::BadData | ErrorKind::Unauthorized | ErrorKind::PayloadTooLarge => {
-                "bad_data"
-            }
+            ErrorKind::BadData | ErrorKind::Unauthorized | ErrorKind::PayloadTooLarge => "bad_data",
             ErrorKind::Execution => "execution",
             ErrorKind::TooManyRequests => "too_many_requests",
             ErrorKind::NotFound => "not_found",
@@ -67,11 +65,19 @@ mod tests {
 
     #[test]
     fn retryable_kinds_are_429_or_5xx() {
-        for kind in [ErrorKind::TooManyRequests, ErrorKind::Unavailable, ErrorKind::Internal] {
+        for kind in [
+            ErrorKind::TooManyRequests,
+            ErrorKind::Unavailable,
+            ErrorKind::Internal,
+        ] {
             let s = kind.http_status();
             assert!(s == 429 || s >= 500, "{kind:?} -> {s}");
         }
-        for kind in [ErrorKind::BadData, ErrorKind::PayloadTooLarge, ErrorKind::Unauthorized] {
+        for kind in [
+            ErrorKind::BadData,
+            ErrorKind::PayloadTooLarge,
+            ErrorKind::Unauthorized,
+        ] {
             let s = kind.http_status();
             assert!((400..500).contains(&s) && s != 429, "{kind:?} -> {s}");
         }

@@ -21,7 +21,10 @@ pub struct Label {
 
 impl Label {
     pub fn new(name: impl Into<String>, value: impl Into<String>) -> Self {
-        Self { name: name.into(), value: value.into() }
+        Self {
+            name: name.into(),
+            value: value.into(),
+        }
     }
 }
 
@@ -49,7 +52,10 @@ impl Labels {
 
     /// Wraps labels that the caller guarantees are sorted by name and unique.
     pub fn from_sorted(labels: Vec<Label>) -> Self {
-        debug_assert!(labels.windows(2).all(|w| w[0].name < w[1].name), "labels not sorted");
+        debug_assert!(
+            labels.windows(2).all(|w| w[0].name < w[1].name),
+            "labels not sorted"
+        );
         Self(labels)
     }
 
@@ -115,7 +121,13 @@ impl Labels {
 
     /// A copy without the metric name.
     pub fn without_metric_name(&self) -> Labels {
-        Labels(self.0.iter().filter(|l| l.name != METRIC_NAME).cloned().collect())
+        Labels(
+            self.0
+                .iter()
+                .filter(|l| l.name != METRIC_NAME)
+                .cloned()
+                .collect(),
+        )
     }
 
     /// Only the named labels (used by `by (...)` grouping).
@@ -143,7 +155,11 @@ impl Labels {
     /// The stable 64-bit hash of this label set; equal to [`hash_label_pairs`] over the same
     /// names and values.
     pub fn stable_hash(&self) -> u64 {
-        hash_label_pairs(self.0.iter().map(|l| (l.name.as_bytes(), l.value.as_bytes())))
+        hash_label_pairs(
+            self.0
+                .iter()
+                .map(|l| (l.name.as_bytes(), l.value.as_bytes())),
+        )
     }
 }
 
@@ -212,7 +228,9 @@ pub fn is_valid_metric_name(name: &[u8]) -> bool {
         None => false,
         Some((first, rest)) => {
             (first.is_ascii_alphabetic() || *first == b'_' || *first == b':')
-                && rest.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b':')
+                && rest
+                    .iter()
+                    .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b':')
         }
     }
 }
@@ -224,7 +242,11 @@ mod tests {
 
     #[test]
     fn new_sorts_and_last_duplicate_wins() {
-        let l = Labels::new(vec![Label::new("b", "1"), Label::new("a", "2"), Label::new("b", "3")]);
+        let l = Labels::new(vec![
+            Label::new("b", "1"),
+            Label::new("a", "2"),
+            Label::new("b", "3"),
+        ]);
         assert_eq!(l.len(), 2);
         assert_eq!(l.get("a"), Some("2"));
         assert_eq!(l.get("b"), Some("3"));
@@ -242,7 +264,10 @@ mod tests {
     fn set_and_remove_keep_order() {
         let mut l = Labels::from_pairs([("a", "1"), ("c", "3")]);
         l.set("b", "2");
-        assert_eq!(l.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(
+            l.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
         l.set("b", "");
         assert_eq!(l.get("b"), None);
         l.remove("a");

@@ -14,16 +14,17 @@ pub mod sample;
 pub mod tenant;
 pub mod write;
 
+pub use duration::{DurationError, format_duration, parse_duration};
 pub use error::ErrorKind;
 pub use labels::{Label, Labels, METRIC_NAME};
+pub use labels::{hash_label_pairs, is_valid_label_name, is_valid_metric_name};
+pub use matcher::matches_all;
 pub use matcher::{MatchType, Matcher, MatcherError};
 pub use query::{MetadataReader, Queryable, QueryableProvider, Series, StorageError};
 pub use sample::{STALE_NAN_BITS, Sample, is_stale_nan, stale_nan};
-pub use tenant::{TenantError, TenantId};
-pub use labels::{hash_label_pairs, is_valid_label_name, is_valid_metric_name};
-pub use matcher::matches_all;
 pub use tenant::{ANONYMOUS, ORG_ID_HEADER};
+pub use tenant::{TenantError, TenantId};
 pub use write::{
-    MetricMetadata, MetricType, PushError, PushOutcome, Pusher, SeriesView, WriteBatch, WriteBatchBuilder,
+    MetricMetadata, MetricType, PushError, PushOutcome, Pusher, SeriesView, WriteBatch,
+    WriteBatchBuilder,
 };
-pub use duration::{DurationError, format_duration, parse_duration};

@@ -64,21 +64,31 @@ impl Matcher {
         let name = name.into();
         let value = value.into();
         let re = match kind {
-            MatchType::Regex | MatchType::NotRegex => {
-                Some(Regex::new(&format!("^(?s:{value})$")).map_err(|source| MatcherError {
+            MatchType::Regex | MatchType::NotRegex => Some(
+                Regex::new(&format!("^(?s:{value})$")).map_err(|source| MatcherError {
                     name: name.clone(),
                     pattern: value.clone(),
                     source,
-                })?)
-            }
+                })?,
+            ),
             _ => None,
         };
-        Ok(Self { kind, name, value, re })
+        Ok(Self {
+            kind,
+            name,
+            value,
+            re,
+        })
     }
 
     /// An `=` matcher (cannot fail).
     pub fn equal(name: impl Into<String>, value: impl Into<String>) -> Self {
-        Self { kind: MatchType::Equal, name: name.into(), value: value.into(), re: None }
+        Self {
+            kind: MatchType::Equal,
+            name: name.into(),
+            value: value.into(),
+            re: None,
+        }
     }
 
     /// Whether a label value (empty when the label is absent) satisfies the matcher.
@@ -123,7 +133,9 @@ impl fmt::Display for Matcher {
 
 /// Whether a label set (given as a lookup function) satisfies every matcher.
 pub fn matches_all<'a>(matchers: &[Matcher], get: impl Fn(&str) -> Option<&'a str>) -> bool {
-    matchers.iter().all(|m| m.matches(get(&m.name).unwrap_or("")))
+    matchers
+        .iter()
+        .all(|m| m.matches(get(&m.name).unwrap_or("")))
 }
 
 #[cfg(test)]
@@ -143,15 +155,28 @@ mod tests {
     #[test]
     fn empty_matchers() {
         assert!(Matcher::equal("a", "").matches_empty());
-        assert!(!Matcher::new(MatchType::Regex, "a", ".+").unwrap().matches_empty());
-        assert!(Matcher::new(MatchType::NotRegex, "a", ".+").unwrap().matches_empty());
+        assert!(
+            !Matcher::new(MatchType::Regex, "a", ".+")
+                .unwrap()
+                .matches_empty()
+        );
+        assert!(
+            Matcher::new(MatchType::NotRegex, "a", ".+")
+                .unwrap()
+                .matches_empty()
+        );
     }
 
     #[test]
     fn set_matches_only_for_literal_alternations() {
         let m = Matcher::new(MatchType::Regex, "a", "x|y|zz").unwrap();
         assert_eq!(m.set_matches().unwrap(), ["x", "y", "zz"]);
-        assert!(Matcher::new(MatchType::Regex, "a", "x.*").unwrap().set_matches().is_none());
+        assert!(
+            Matcher::new(MatchType::Regex, "a", "x.*")
+                .unwrap()
+                .set_matches()
+                .is_none()
+        );
     }
 
     #[test]

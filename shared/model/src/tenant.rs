@@ -85,8 +85,14 @@ mod tests {
     fn rejects_bad_ids() {
         assert_eq!(TenantId::new(""), Err(TenantError::Missing));
         assert_eq!(TenantId::new(".."), Err(TenantError::Dots));
-        assert!(matches!(TenantId::new("a/b"), Err(TenantError::BadCharacter(_, '/'))));
+        assert!(matches!(
+            TenantId::new("a/b"),
+            Err(TenantError::BadCharacter(_, '/'))
+        ));
         assert_eq!(TenantId::new(&"x".repeat(151)), Err(TenantError::TooLong));
-        assert!(matches!(TenantId::new("__mimir_cluster"), Err(TenantError::Reserved(_))));
+        assert!(matches!(
+            TenantId::new("__mimir_cluster"),
+            Err(TenantError::Reserved(_))
+        ));
     }
 }

@@ -103,7 +103,10 @@ impl WriteBatch {
     /// Starts a batch over `buf`; label ranges given to the builder index into it.
     pub fn builder(buf: Bytes) -> WriteBatchBuilder {
         WriteBatchBuilder {
-            batch: WriteBatch { buf, ..Default::default() },
+            batch: WriteBatch {
+                buf,
+                ..Default::default()
+            },
             label_start: 0,
             sample_start: 0,
         }
@@ -153,11 +156,16 @@ impl WriteBatch {
 
     /// The series at `idx`.
     pub fn series(&self, idx: usize) -> SeriesView<'_> {
-        SeriesView { batch: self, entry: &self.series[idx] }
+        SeriesView {
+            batch: self,
+            entry: &self.series[idx],
+        }
     }
 
     pub fn iter(&self) -> impl ExactSizeIterator<Item = SeriesView<'_>> {
-        self.series.iter().map(move |entry| SeriesView { batch: self, entry })
+        self.series
+            .iter()
+            .map(move |entry| SeriesView { batch: self, entry })
     }
 
     pub fn metadata(&self) -> &[MetricMetadata] {
@@ -177,7 +185,10 @@ impl WriteBatch {
         let buf = &self.buf;
         for e in &self.series {
             let s = &mut self.labels[e.labels.start as usize..e.labels.end as usize];
-            if !s.windows(2).all(|w| slice(buf, w[0].name) <= slice(buf, w[1].name)) {
+            if !s
+                .windows(2)
+                .all(|w| slice(buf, w[0].name) <= slice(buf, w[1].name))
+            {
                 s.sort_by(|a, b| slice(buf, a.name).cmp(slice(buf, b.name)));
             }
         }
@@ -209,13 +220,18 @@ impl WriteBatch {
     pub fn subset(&self, keep: &[usize], with_metadata: bool) -> WriteBatch {
         let mut out = WriteBatch {
             buf: self.buf.clone(),
-            metadata: if with_metadata { self.metadata.clone() } else { Vec::new() },
+            metadata: if with_metadata {
+                self.metadata.clone()
+            } else {
+                Vec::new()
+            },
             ..Default::default()
         };
         for &i in keep {
             let e = &self.series[i];
             let ls = out.labels.len() as u32;
-            out.labels.extend_from_slice(&self.labels[e.labels.start as usize..e.labels.end as usize]);
+            out.labels
+                .extend_from_slice(&self.labels[e.labels.start as usize..e.labels.end as usize]);
             let ss = out.samples.len() as u32;
             out.samples
                 .extend_from_slice(&self.samples[e.samples.start as usize..e.samples.end as usize]);
@@ -267,7 +283,11 @@ impl PushOutcome {
 pub trait Pusher: Send + Sync {
     /// Stores `batch` durably before returning `Ok`. Per-sample refusals (out of order, series
     /// limits, …) are reported in the outcome, not as an error: the rest is stored.
-    async fn push(&self, tenant: &crate::TenantId, batch: WriteBatch) -> Result<PushOutcome, PushError>;
+    async fn push(
+        &self,
+        tenant: &crate::TenantId,
+        batch: WriteBatch,
+    ) -> Result<PushOutcome, PushError>;
 }
 
 /// A push failed as a whole.
@@ -377,7 +397,11 @@ impl WriteBatchBuilder {
     }
 
     /// Adds a label of the current series; ranges index the buffer and must be UTF-8.
-    pub fn add_label(&mut self, name: Range<usize>, value: Range<usize>) -> Result<(), InvalidUtf8> {
+    pub fn add_label(
+        &mut self,
+        name: Range<usize>,
+        value: Range<usize>,
+    ) -> Result<(), InvalidUtf8> {
         let buf = &self.batch.buf;
         if name.end > buf.len() || value.end > buf.len() {
             return Err(InvalidUtf8);
@@ -403,7 +427,10 @@ impl WriteBatchBuilder {
     pub fn finish_series(&mut self) {
         let l = self.batch.labels.len() as u32;
         let s = self.batch.samples.len() as u32;
-        self.batch.series.push(SeriesEntry { labels: self.label_start..l, samples: self.sample_start..s });
+        self.batch.series.push(SeriesEntry {
+            labels: self.label_start..l,
+            samples: self.sample_start..s,
+        });
         self.label_start = l;
         self.sample_start = s;
     }
@@ -438,7 +465,10 @@ mod tests {
 
     fn batch() -> WriteBatch {
         WriteBatch::from_series(&[
-            (Labels::from_pairs([("__name__", "up"), ("job", "a")]), vec![Sample::new(1, 1.0)]),
+            (
+                Labels::from_pairs([("__name__", "up"), ("job", "a")]),
+                vec![Sample::new(1, 1.0)],
+            ),
             (
                 Labels::from_pairs([("__name__", "up"), ("job", "b"), ("replica", "r1")]),
                 vec![Sample::new(1, 2.0), Sample::new(2, 3.0)],

@@ -17,7 +17,11 @@ pub struct HttpError {
 
 impl HttpError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), json: false }
+        Self {
+            kind,
+            message: message.into(),
+            json: false,
+        }
     }
 
     pub fn bad_data(message: impl Into<String>) -> Self {
@@ -50,7 +54,11 @@ impl IntoResponse for HttpError {
             });
             (status, axum::Json(body)).into_response()
         } else {
-            (status, [("content-type", "text/plain; charset=utf-8")], format!("{}\n", self.message))
+            (
+                status,
+                [("content-type", "text/plain; charset=utf-8")],
+                format!("{}\n", self.message),
+            )
                 .into_response()
         }
     }
@@ -63,7 +71,13 @@ mod tests {
     #[test]
     fn kinds_map_to_statuses() {
         assert_eq!(HttpError::bad_data("x").status(), StatusCode::BAD_REQUEST);
-        assert_eq!(HttpError::new(ErrorKind::TooManyRequests, "x").status(), StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(HttpError::new(ErrorKind::Canceled, "x").status().as_u16(), 499);
+        assert_eq!(
+            HttpError::new(ErrorKind::TooManyRequests, "x").status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(
+            HttpError::new(ErrorKind::Canceled, "x").status().as_u16(),
+            499
+        );
     }
 }

@@ -5,12 +5,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -67,7 +67,10 @@ fn route_label(path: &str) -> String {
 async fn ready(State(h): State<Harness>) -> Response {
     for s in &h.services {
         if let Err(reason) = s.ready() {
-            return (StatusCode::SERVICE_UNAVAILABLE, format!("{} not ready: {reason}\n", s.name()))
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{} not ready: {reason}\n", s.name()),
+            )
                 .into_response();
         }
     }
@@ -75,18 +78,29 @@ async fn ready(State(h): State<Harness>) -> Response {
 }
 
 async fn metrics_handler(State(h): State<Harness>) -> Response {
-    ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], h.metrics.render())
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        h.metrics.render(),
+    )
         .into_response()
 }
 
 async fn config(State(h): State<Harness>) -> Response {
-    ([("content-type", "text/plain; charset=utf-8")], h.config_yaml.to_string()).into_response()
+    (
+        [("content-type", "text/plain; charset=utf-8")],
+        h.config_yaml.to_string(),
+    )
+        .into_response()
 }
 
 async fn services(State(h): State<Harness>) -> Response {
     let mut out = String::new();
     for s in &h.services {
-        let state = if s.ready().is_ok() { "Running" } else { "Starting" };
+        let state = if s.ready().is_ok() {
+            "Running"
+        } else {
+            "Starting"
+        };
         out.push_str(&format!("{} {}\n", s.name(), state));
     }
     ([("content-type", "text/plain; charset=utf-8")], out).into_response()
@@ -119,15 +133,24 @@ mod tests {
             "fake"
         }
         fn ready(&self) -> Result<(), String> {
-            if self.0 { Ok(()) } else { Err("replaying WAL".into()) }
+            if self.0 {
+                Ok(())
+            } else {
+                Err("replaying WAL".into())
+            }
         }
         async fn shutdown(&self) {}
     }
 
     async fn get_status(app: Router, path: &str) -> (StatusCode, String) {
-        let resp = app.oneshot(Request::get(path).body(Body::empty()).unwrap()).await.unwrap();
+        let resp = app
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         let status = resp.status();
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
         (status, String::from_utf8_lossy(&body).to_string())
     }
 

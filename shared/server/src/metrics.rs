@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
 
 /// The registry `/metrics` serves, plus the metrics the harness itself records.
 #[derive(Clone)]
@@ -22,23 +24,37 @@ impl Metrics {
                 "norn_request_duration_seconds",
                 "Time spent serving HTTP requests, by route, method and status code.",
             )
-            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
             &["method", "route", "status_code"],
         )
         .expect("valid metric definition");
-        registry.register(Box::new(request_duration.clone())).expect("registered once");
+        registry
+            .register(Box::new(request_duration.clone()))
+            .expect("registered once");
         let discarded_samples = IntCounterVec::new(
-            Opts::new("norn_discarded_samples_total", "Samples refused, by tenant and reason."),
+            Opts::new(
+                "norn_discarded_samples_total",
+                "Samples refused, by tenant and reason.",
+            ),
             &["tenant", "reason"],
         )
         .expect("valid metric definition");
-        registry.register(Box::new(discarded_samples.clone())).expect("registered once");
+        registry
+            .register(Box::new(discarded_samples.clone()))
+            .expect("registered once");
         #[cfg(target_os = "linux")]
         {
             // Process CPU/RSS/fd metrics come from /proc; harmless to skip if unavailable.
             let _ = registry.register(Box::new(ProcessCollector::new()));
         }
-        Arc::new(Self { registry, request_duration, discarded_samples })
+        Arc::new(Self {
+            registry,
+            request_duration,
+            discarded_samples,
+        })
     }
 
     /// The registry in Prometheus text exposition format.
@@ -67,10 +83,23 @@ struct ProcessCollector {
 #[cfg(target_os = "linux")]
 impl ProcessCollector {
     fn new() -> Self {
-        let cpu = prometheus::Counter::new("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.").expect("valid");
-        let rss = prometheus::Gauge::new("process_resident_memory_bytes", "Resident memory size in bytes.").expect("valid");
-        let fds = prometheus::Gauge::new("process_open_fds", "Number of open file descriptors.").expect("valid");
-        let start = prometheus::Gauge::new("process_start_time_seconds", "Start time of the process since unix epoch in seconds.").expect("valid");
+        let cpu = prometheus::Counter::new(
+            "process_cpu_seconds_total",
+            "Total user and system CPU time spent in seconds.",
+        )
+        .expect("valid");
+        let rss = prometheus::Gauge::new(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+        )
+        .expect("valid");
+        let fds = prometheus::Gauge::new("process_open_fds", "Number of open file descriptors.")
+            .expect("valid");
+        let start = prometheus::Gauge::new(
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds.",
+        )
+        .expect("valid");
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
@@ -81,7 +110,13 @@ impl ProcessCollector {
             .flatten()
             .cloned()
             .collect();
-        Self { descs, cpu, rss, fds, start }
+        Self {
+            descs,
+            cpu,
+            rss,
+            fds,
+            start,
+        }
     }
 }
 
@@ -101,7 +136,8 @@ impl Collector for ProcessCollector {
             if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
                 let f: Vec<&str> = rest.split_whitespace().collect();
                 if f.len() > 13 {
-                    let total = f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0);
+                    let total =
+                        f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0);
                     let secs = total / ticks;
                     let cur = self.cpu.get();
                     if secs > cur {
@@ -110,13 +146,16 @@ impl Collector for ProcessCollector {
                 }
             }
         }
-        if let Some(kb) = std::fs::read_to_string("/proc/self/status").ok().and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        }) {
+        if let Some(kb) = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        {
             self.rss.set(kb * 1024.0);
         }
         if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {

@@ -24,9 +24,9 @@ impl TenantResolver {
         }
         let from_basic_auth;
         let raw = match headers.get(ORG_ID_HEADER) {
-            Some(raw) => {
-                raw.to_str().map_err(|_| HttpError::bad_data("X-Scope-OrgID is not valid ASCII"))?
-            }
+            Some(raw) => raw
+                .to_str()
+                .map_err(|_| HttpError::bad_data("X-Scope-OrgID is not valid ASCII"))?,
             None => match basic_auth_user(headers) {
                 Some(user) => {
                     from_basic_auth = user;
@@ -106,20 +106,43 @@ mod tests {
 
     #[test]
     fn resolves_or_rejects() {
-        let on = TenantResolver { multitenancy_enabled: true };
-        assert_eq!(on.resolve(&headers(Some("team-a"))).unwrap().as_str(), "team-a");
-        assert_eq!(on.resolve(&headers(None)).unwrap_err().kind, ErrorKind::Unauthorized);
-        assert_eq!(on.resolve(&headers(Some("a/b"))).unwrap_err().kind, ErrorKind::BadData);
+        let on = TenantResolver {
+            multitenancy_enabled: true,
+        };
+        assert_eq!(
+            on.resolve(&headers(Some("team-a"))).unwrap().as_str(),
+            "team-a"
+        );
+        assert_eq!(
+            on.resolve(&headers(None)).unwrap_err().kind,
+            ErrorKind::Unauthorized
+        );
+        assert_eq!(
+            on.resolve(&headers(Some("a/b"))).unwrap_err().kind,
+            ErrorKind::BadData
+        );
         // "team-b:secret" in base64
         let mut h = headers(None);
-        h.insert("authorization", "Basic dGVhbS1iOnNlY3JldA==".parse().unwrap());
+        h.insert(
+            "authorization",
+            "Basic dGVhbS1iOnNlY3JldA==".parse().unwrap(),
+        );
         assert_eq!(on.resolve(&h).unwrap().as_str(), "team-b");
         h.insert(ORG_ID_HEADER, "team-a".parse().unwrap());
-        assert_eq!(on.resolve(&h).unwrap().as_str(), "team-a", "the header wins");
+        assert_eq!(
+            on.resolve(&h).unwrap().as_str(),
+            "team-a",
+            "the header wins"
+        );
         let mut h = headers(None);
         h.insert("authorization", "Bearer xyz".parse().unwrap());
         assert_eq!(on.resolve(&h).unwrap_err().kind, ErrorKind::Unauthorized);
-        let off = TenantResolver { multitenancy_enabled: false };
-        assert_eq!(off.resolve(&headers(Some("x"))).unwrap().as_str(), "anonymous");
+        let off = TenantResolver {
+            multitenancy_enabled: false,
+        };
+        assert_eq!(
+            off.resolve(&headers(Some("x"))).unwrap().as_str(),
+            "anonymous"
+        );
     }
 }

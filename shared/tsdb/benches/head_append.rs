@@ -104,6 +104,44 @@ fn bench_append(c: &mut Criterion) {
         });
     }
 
+    // Two appenders on disjoint series (two remote-write clients), WAL fsync `always`, so
+    // their records share group commits. 10,000 samples per iteration.
+    {
+        let series_b = node_series(2000)[1000..].to_vec();
+        let batches_b: Vec<WriteBatch> = (0..400).map(|r| make_batch(&series_b, r)).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let (head, _) = Head::open(HeadOptions::new(dir.path())).unwrap();
+        let mut round = 0usize;
+        let mut offset = 0i64;
+        group.throughput(Throughput::Elements(10_000));
+        group.bench_function("append_2x5000_two_threads_fsync_always", |b| {
+            b.iter_batched(
+                || {
+                    if round == batches.len() {
+                        round = 0;
+                        offset += batches.len() as i64;
+                    }
+                    let pair = if offset == 0 {
+                        (batches[round].clone(), batches_b[round].clone())
+                    } else {
+                        let r = offset + round as i64;
+                        (make_batch(&series, r), make_batch(&series_b, r))
+                    };
+                    round += 1;
+                    pair
+                },
+                |(a, b)| {
+                    std::thread::scope(|s| {
+                        s.spawn(|| head.append(&a, &AppendLimits::default()).unwrap());
+                        head.append(&b, &AppendLimits::default()).unwrap();
+                    })
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        });
+        group.throughput(Throughput::Elements(5000));
+    }
+
     let dir = tempfile::tempdir().unwrap();
     let mut opts = HeadOptions::new(dir.path());
     opts.fsync = FsyncPolicy::Never;

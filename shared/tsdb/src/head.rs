@@ -1,5 +1,5 @@
 //! The per-tenant in-memory TSDB ("head"): series with their XOR chunks, a postings index,
-//! appends from write requests and reads for PromQL, made durable by the [`wal`](crate::wal).
+//! appends from write requests and reads for PromQL, made durable by the [WAL](crate::wal).
 //!
 //! # Write path
 //!
@@ -369,8 +369,11 @@ impl Head {
         }
     }
 
-    /// Appends a batch. Per-sample problems are reported in the outcome, not as errors;
-    /// an error means nothing can be promised about durability (WAL I/O failed).
+    /// Appends a batch and returns once everything accepted is durable in the WAL (with
+    /// fsync policy `always`; it blocks on fsync, so async callers should use
+    /// `spawn_blocking`). Per-sample problems are reported in the outcome, not as errors;
+    /// an error means the WAL failed and nothing about this batch can be promised (the head
+    /// then refuses further writes with [`TsdbError::WalBroken`]).
     pub fn append(&self, batch: &WriteBatch, limits: &AppendLimits) -> Result<AppendOutcome> {
         self.wal.check_writable()?;
         let mut out = AppendOutcome::default();

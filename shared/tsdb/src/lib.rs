@@ -5,6 +5,7 @@
 //! * [`wal`]: the write-ahead log (Prometheus' `wlog` format), group commit, repair on replay.
 //! * [`head`]: the per-tenant in-memory TSDB: series, postings index, appends, selects.
 
+pub mod block;
 pub mod chunkenc;
 pub mod error;
 pub mod head;

@@ -15,11 +15,18 @@ use prost::Message;
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 /// A running Norn process.
@@ -63,8 +70,14 @@ impl Norn {
             .arg("--server.http-listen-address=127.0.0.1")
             .arg(format!("--server.http-listen-port={}", self.port))
             .arg(format!("--server.grpc-listen-port={}", free_port()))
-            .arg(format!("--blocks-storage.tsdb.dir={}", self.dir.join("tsdb").display()))
-            .arg(format!("--common.storage.filesystem.dir={}", self.dir.join("bucket").display()))
+            .arg(format!(
+                "--blocks-storage.tsdb.dir={}",
+                self.dir.join("tsdb").display()
+            ))
+            .arg(format!(
+                "--common.storage.filesystem.dir={}",
+                self.dir.join("bucket").display()
+            ))
             .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
@@ -83,7 +96,10 @@ impl Norn {
         loop {
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
-                    panic!("norn exited before becoming ready: {status}\n{}", self.log());
+                    panic!(
+                        "norn exited before becoming ready: {status}\n{}",
+                        self.log()
+                    );
                 }
             }
             if let Ok(r) = self.agent.get(&self.url("/ready")).call() {
@@ -91,7 +107,11 @@ impl Norn {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "norn not ready in 60s\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "norn not ready in 60s\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -120,7 +140,10 @@ impl Norn {
             if let Some(s) = c.try_wait().unwrap() {
                 return s;
             }
-            assert!(Instant::now() < deadline, "norn did not stop within 30s after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "norn did not stop within 30s after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -133,7 +156,9 @@ impl Norn {
 
     /// POSTs a raw body to /api/v1/push; returns (status, body text).
     pub fn push_raw(&self, tenant: Option<&str>, body: &[u8]) -> (u16, String) {
-        let mut req = self.agent.post(&self.url("/api/v1/push"))
+        let mut req = self
+            .agent
+            .post(&self.url("/api/v1/push"))
             .header("Content-Encoding", "snappy")
             .header("Content-Type", "application/x-protobuf")
             .header("X-Prometheus-Remote-Write-Version", "0.1.0");
@@ -176,12 +201,22 @@ impl Norn {
 
     /// Every sample of series matching `selector` in [start, end] (ms), via a range query
     /// over `selector[range]` evaluated at `end` — returns raw samples, not lookback points.
-    pub fn raw_samples(&self, tenant: Option<&str>, selector: &str, start: i64, end: i64) -> Vec<(String, Vec<(i64, f64)>)> {
+    pub fn raw_samples(
+        &self,
+        tenant: Option<&str>,
+        selector: &str,
+        start: i64,
+        end: i64,
+    ) -> Vec<(String, Vec<(i64, f64)>)> {
         let range_s = ((end - start) / 1000).max(1) + 1;
         let q = format!("{selector}[{range_s}s]");
         let (status, v) = self.get_json(
             tenant,
-            &format!("/prometheus/api/v1/query?query={}&time={}", urlencode(&q), end as f64 / 1000.0),
+            &format!(
+                "/prometheus/api/v1/query?query={}&time={}",
+                urlencode(&q),
+                end as f64 / 1000.0
+            ),
         );
         assert_eq!(status, 200, "{v}");
         let mut out = Vec::new();
@@ -190,7 +225,12 @@ impl Norn {
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|p| ((p[0].as_f64().unwrap() * 1000.0).round() as i64, p[1].as_str().unwrap().parse::<f64>().unwrap()))
+                .map(|p| {
+                    (
+                        (p[0].as_f64().unwrap() * 1000.0).round() as i64,
+                        p[1].as_str().unwrap().parse::<f64>().unwrap(),
+                    )
+                })
                 .collect();
             out.push((s["metric"].to_string(), samples));
         }
@@ -233,12 +273,27 @@ pub fn urlencode(s: &str) -> String {
 /// A series with the given labels (in the given order) and samples.
 pub fn series(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> pb::TimeSeries {
     pb::TimeSeries {
-        labels: labels.iter().map(|(n, v)| pb::Label { name: n.to_string(), value: v.to_string() }).collect(),
-        samples: samples.iter().map(|(t, v)| pb::Sample { timestamp: *t, value: *v }).collect(),
+        labels: labels
+            .iter()
+            .map(|(n, v)| pb::Label {
+                name: n.to_string(),
+                value: v.to_string(),
+            })
+            .collect(),
+        samples: samples
+            .iter()
+            .map(|(t, v)| pb::Sample {
+                timestamp: *t,
+                value: *v,
+            })
+            .collect(),
         ..Default::default()
     }
 }
 
 pub fn request(ts: Vec<pb::TimeSeries>) -> pb::WriteRequest {
-    pb::WriteRequest { timeseries: ts, metadata: vec![] }
+    pb::WriteRequest {
+        timeseries: ts,
+        metadata: vec![],
+    }
 }

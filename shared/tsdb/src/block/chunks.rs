@@ -266,7 +266,7 @@ impl ChunkReader {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The spec's worked example: the whole 32-byte `chunks/000001` of `foo{a="b"}`.
@@ -311,7 +311,8 @@ mod tests {
 
     #[test]
     fn damaged_segments_are_reported_not_served() {
-        let seg = |b: Vec<u8>| ChunkReader::from_segments(vec![(PathBuf::from("chunks/000001"), b)]);
+        let seg =
+            |b: Vec<u8>| ChunkReader::from_segments(vec![(PathBuf::from("chunks/000001"), b)]);
         assert!(seg(SPEC_SEGMENT[..5].to_vec()).is_err());
         let mut bad = SPEC_SEGMENT.to_vec();
         bad[0] ^= 1;
@@ -324,7 +325,10 @@ mod tests {
         }
         let r = seg(SPEC_SEGMENT[..20].to_vec()).unwrap();
         let e = r.chunk(8).unwrap_err().to_string();
-        assert!(e.contains("chunks/000001") && e.contains("truncated"), "{e}");
+        assert!(
+            e.contains("chunks/000001") && e.contains("truncated"),
+            "{e}"
+        );
         assert!(r.chunk(2 << 32 | 8).is_err());
         assert!(r.chunk(3).is_err());
     }

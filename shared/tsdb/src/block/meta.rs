@@ -54,7 +54,11 @@ pub struct BlockStats {
     pub num_tombstones: u64,
     #[serde(rename = "numFloatSamples", default, skip_serializing_if = "is_zero")]
     pub num_float_samples: u64,
-    #[serde(rename = "numHistogramSamples", default, skip_serializing_if = "is_zero")]
+    #[serde(
+        rename = "numHistogramSamples",
+        default,
+        skip_serializing_if = "is_zero"
+    )]
     pub num_histogram_samples: u64,
 }
 
@@ -198,7 +202,10 @@ mod tests {
         assert_eq!(meta.max_time, 3001);
         assert_eq!(meta.stats.num_samples, 3);
         assert_eq!(meta.compaction.sources, vec![meta.ulid.clone()]);
-        assert_eq!(String::from_utf8(meta.to_json().unwrap()).unwrap(), PROMTOOL_META);
+        assert_eq!(
+            String::from_utf8(meta.to_json().unwrap()).unwrap(),
+            PROMTOOL_META
+        );
     }
 
     #[test]
@@ -221,15 +228,30 @@ mod tests {
     fn bad_meta_is_rejected_with_the_reason() {
         let cases = [
             ("{", "invalid JSON"),
-            (r#"{"ulid":"01M827DMG4XHMT31HS5KJK0VWH","minTime":0,"maxTime":1,"version":2}"#, "version"),
-            (r#"{"ulid":"nope","minTime":0,"maxTime":1,"version":1}"#, "ULID"),
-            (r#"{"ulid":"01M827DMG4XHMT31HS5KJK0VWH","minTime":5,"maxTime":1,"version":1}"#, "after"),
-            (r#"{"ulid":"01M827DMG4XHMT31HS5KJK0VWH","maxTime":1,"version":1}"#, "minTime"),
+            (
+                r#"{"ulid":"01M827DMG4XHMT31HS5KJK0VWH","minTime":0,"maxTime":1,"version":2}"#,
+                "version",
+            ),
+            (
+                r#"{"ulid":"nope","minTime":0,"maxTime":1,"version":1}"#,
+                "ULID",
+            ),
+            (
+                r#"{"ulid":"01M827DMG4XHMT31HS5KJK0VWH","minTime":5,"maxTime":1,"version":1}"#,
+                "after",
+            ),
+            (
+                r#"{"ulid":"01M827DMG4XHMT31HS5KJK0VWH","maxTime":1,"version":1}"#,
+                "minTime",
+            ),
         ];
         for (json, want) in cases {
             let err = BlockMeta::from_json(json.as_bytes(), Path::new("b/meta.json")).unwrap_err();
             let msg = err.to_string();
-            assert!(msg.contains("b/meta.json") && msg.contains(want), "{json}: {msg}");
+            assert!(
+                msg.contains("b/meta.json") && msg.contains(want),
+                "{json}: {msg}"
+            );
         }
     }
 }

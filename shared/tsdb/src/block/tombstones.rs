@@ -23,7 +23,10 @@ pub struct Tombstones {
 impl Tombstones {
     /// Adds a deleted interval.
     pub fn add(&mut self, series_ref: u64, mint: i64, maxt: i64) {
-        self.by_ref.entry(series_ref).or_default().push((mint, maxt));
+        self.by_ref
+            .entry(series_ref)
+            .or_default()
+            .push((mint, maxt));
     }
 
     /// Intervals deleted from a series (empty for most).

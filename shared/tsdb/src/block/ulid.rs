@@ -132,13 +132,21 @@ mod tests {
         assert_eq!(s.len(), 26);
         assert!(s.as_bytes()[0] <= b'7');
         assert_eq!(s.parse::<Ulid>().unwrap(), a);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
         assert!(now - a.timestamp_ms() < 60_000);
     }
 
     #[test]
     fn rejects_bad_strings() {
-        for s in ["", "01M827DMG4XHMT31HS5KJK0VW", "81M827DMG4XHMT31HS5KJK0VWH", "01M827DMG4XHMT31HS5KJK0VWU"] {
+        for s in [
+            "",
+            "01M827DMG4XHMT31HS5KJK0VW",
+            "81M827DMG4XHMT31HS5KJK0VWH",
+            "01M827DMG4XHMT31HS5KJK0VWU",
+        ] {
             assert!(s.parse::<Ulid>().is_err(), "{s}");
         }
         assert_eq!(Ulid(u128::MAX).to_string(), "7ZZZZZZZZZZZZZZZZZZZZZZZZZ");

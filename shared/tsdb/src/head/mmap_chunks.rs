@@ -40,6 +40,8 @@ struct Writer {
     number: u32,
     offset: u64,
     buf: Vec<u8>,
+    /// Newest sample time in each file (by number - 1), to know when a file is obsolete.
+    max_t: Vec<i64>,
 }
 
 /// Writes completed chunks to `chunks_head/` and reads them back by ref.
@@ -82,6 +84,7 @@ impl ChunkMapper {
                 number: 0,
                 offset: 0,
                 buf: Vec::new(),
+                max_t: Vec::new(),
             }),
             maps: RwLock::new(Vec::new()),
         })
@@ -155,7 +158,37 @@ impl ChunkMapper {
             .map_err(|e| TsdbError::io(file_path(&self.dir, w.number), e))?;
         let r = (u64::from(w.number) << 32) | w.offset;
         w.offset += w.buf.len() as u64;
+        let idx = w.number as usize - 1;
+        if w.max_t.len() <= idx {
+            w.max_t.resize(idx + 1, i64::MIN);
+        }
+        w.max_t[idx] = w.max_t[idx].max(maxt);
         Ok(r)
+    }
+
+    /// Deletes finished files holding only chunks that end before `mint` (the head dropped
+    /// those chunks). Returns how many files were deleted.
+    pub(crate) fn truncate(&self, mint: i64) -> usize {
+        let w = self.writer.lock();
+        let mut maps = self.maps.write();
+        let mut n = 0;
+        for (idx, &max_t) in w.max_t.iter().enumerate() {
+            let number = idx as u32 + 1;
+            if number == w.number || max_t >= mint {
+                continue;
+            }
+            if let Some(slot) = maps.get_mut(idx)
+                && slot.take().is_some()
+            {
+                // Readers holding the mapping keep it valid after the unlink.
+                let path = file_path(&self.dir, number);
+                if let Err(e) = fs::remove_file(&path) {
+                    tracing::warn!(error = %e, file = %path.display(), "cannot delete head chunk file");
+                }
+                n += 1;
+            }
+        }
+        n
     }
 
     /// The data of the chunk at `r` (None for a ref this mapper never wrote).
@@ -222,6 +255,8 @@ mod tests {
         assert_eq!(m.get(r1).unwrap().bytes(), b"\x00\x03abc");
         assert_eq!(m.get(r2).unwrap().bytes(), b"xy");
         assert!(m.get(5 << 32).is_none());
+        // The current file is never deleted.
+        assert_eq!(m.truncate(i64::MAX), 0);
         assert_eq!(m.written(), 8 + (25 + 1 + 5 + 4) + (25 + 1 + 2 + 4));
         drop(m);
         let data = fs::read(dir.path().join("chunks_head/000001")).unwrap();

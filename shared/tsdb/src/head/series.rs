@@ -4,6 +4,8 @@
 //! few bytes per label. Samples live in XOR chunks: a mutable head chunk plus completed
 //! chunks, cut with Prometheus' rule so blocks get the chunks Prometheus would write.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use norn_model::Sample;
 use parking_lot::Mutex;
 
@@ -48,6 +50,10 @@ const INITIAL_CHUNK_CAPACITY: usize = 32;
 
 pub(crate) struct MemSeries {
     pub(crate) id: u32,
+    /// Set (under the state lock) when head truncation removed this series from the index:
+    /// an appender that found it just before must look it up again. Sits in the padding
+    /// after `id`, so it costs nothing.
+    pub(crate) removed: AtomicBool,
     /// Flattened (name, value) symbol ids, sorted by name.
     pub(crate) labels: Box<[u32]>,
     pub(crate) state: Mutex<SeriesState>,
@@ -57,9 +63,14 @@ impl MemSeries {
     pub(crate) fn new(id: u32, labels: Box<[u32]>) -> Self {
         Self {
             id,
+            removed: AtomicBool::new(false),
             labels,
             state: Mutex::new(SeriesState::default()),
         }
+    }
+
+    pub(crate) fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
     }
 }
 
@@ -100,6 +111,31 @@ impl SeriesState {
         self.head
             .as_ref()
             .map(|h| (h.chunk.last_t(), h.chunk.last_v().to_bits()))
+    }
+
+    /// Whether the series holds no sample.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.head.is_none() && self.closed.is_empty()
+    }
+
+    /// Drops the chunks that end before `mint`; returns how many.
+    pub(crate) fn truncate(&mut self, mint: i64) -> usize {
+        let mut removed = 0;
+        if self.closed.iter().any(|c| c.max_t < mint) {
+            let before = self.closed.len();
+            let keep: Vec<ClosedChunk> = std::mem::take(&mut self.closed)
+                .into_vec()
+                .into_iter()
+                .filter(|c| c.max_t >= mint)
+                .collect();
+            removed += before - keep.len();
+            self.closed = keep.into_boxed_slice();
+        }
+        if self.head.as_ref().is_some_and(|h| h.chunk.last_t() < mint) {
+            self.head = None;
+            removed += 1;
+        }
+        removed
     }
 
     /// Time of the first sample.
@@ -297,6 +333,25 @@ mod tests {
         let got = s.samples(995, 1005, store);
         assert_eq!(got, [Sample::new(1000, 1000.0)]);
         assert_eq!(s.samples(i64::MIN, i64::MAX, store).len(), 300);
+    }
+
+    #[test]
+    fn truncate_drops_old_chunks() {
+        let store = Store {
+            chunk_range: 1000,
+            mapper: None,
+        };
+        let mut s = SeriesState::default();
+        for t in (0..3000).step_by(100) {
+            s.append(1, t, 1.0, store);
+        }
+        assert_eq!(s.truncate(1000), 1);
+        assert_eq!(s.min_t(), Some(1000));
+        assert_eq!(s.truncate(2950), 1);
+        assert_eq!(s.truncate(5000), 1);
+        assert!(s.is_empty());
+        s.append(1, 5000, 1.0, store);
+        assert_eq!(s.samples(0, 10_000, store), [Sample::new(5000, 1.0)]);
     }
 
     #[test]

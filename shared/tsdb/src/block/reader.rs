@@ -1,0 +1,487 @@
+//! Opens a block directory and answers queries over it.
+//!
+//! [`Block::open`] parses and validates `meta.json`, memory-maps the index and the chunk
+//! segments, checks the index TOC, symbol table and postings offset table (with CRCs), the
+//! segment headers and the tombstones. Series entries, postings lists and chunks are
+//! CRC-checked as they are read; any failure makes the whole call fail with an error naming
+//! the file and the problem, so a damaged block never serves partial data.
+//! [`Block::verify`] checks every byte a query could touch, for the compactor and tests.
+//!
+//! Matchers resolve to series refs the way Prometheus' `PostingsForMatchers` does (spec §7):
+//! matchers that cannot match the empty string intersect, the others subtract the series
+//! whose value fails them, and only-subtracting selections start from all postings.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use norn_model::{Labels, MatchType, Matcher, Sample, Series};
+
+use super::chunks::ChunkReader;
+use super::index::{ChunkRef, IndexReader, SeriesEntry};
+use super::meta::BlockMeta;
+use super::tombstones::Tombstones;
+use super::writer::chunks_from_samples;
+use super::{CHUNKS_DIRNAME, INDEX_FILENAME, META_FILENAME, TOMBSTONES_FILENAME};
+use crate::chunkenc::{ENCODING_XOR, SAMPLES_PER_CHUNK, XorIterator};
+use crate::error::{Result, TsdbError};
+use crate::head::{ChunkMeta, SeriesChunks};
+
+/// An open, validated block.
+#[derive(Debug)]
+pub struct Block {
+    dir: PathBuf,
+    meta: BlockMeta,
+    index: IndexReader,
+    chunks: ChunkReader,
+    tombstones: Tombstones,
+    meta_size: u64,
+    tombstones_size: u64,
+    /// Chunks with a non-XOR encoding (native histograms, Thanos aggregates) skipped so far.
+    skipped_chunks: AtomicU64,
+}
+
+impl Block {
+    /// Opens and validates the block in `dir`.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        let meta_path = dir.join(META_FILENAME);
+        let meta_bytes = std::fs::read(&meta_path).map_err(|e| TsdbError::io(&meta_path, e))?;
+        let meta = BlockMeta::from_json(&meta_bytes, &meta_path)?;
+        let index = IndexReader::open(&dir.join(INDEX_FILENAME))?;
+        let chunks = ChunkReader::open(&dir.join(CHUNKS_DIRNAME))?;
+        let ts_path = dir.join(TOMBSTONES_FILENAME);
+        // Very old blocks may lack the file; Prometheus treats that as "no tombstones".
+        let (tombstones, tombstones_size) = match std::fs::read(&ts_path) {
+            Ok(b) => (Tombstones::decode(&b, &ts_path)?, b.len() as u64),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Tombstones::default(), 0),
+            Err(e) => return Err(TsdbError::io(&ts_path, e)),
+        };
+        Ok(Self {
+            dir,
+            meta,
+            index,
+            chunks,
+            tombstones,
+            meta_size: meta_bytes.len() as u64,
+            tombstones_size,
+            skipped_chunks: AtomicU64::new(0),
+        })
+    }
+
+    /// The block directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Parsed `meta.json`.
+    pub fn meta(&self) -> &BlockMeta {
+        &self.meta
+    }
+
+    /// Bytes of all the block's files (what `promtool tsdb list` reports as SIZE).
+    pub fn size_bytes(&self) -> u64 {
+        self.index.size_bytes() + self.chunks.size_bytes() + self.meta_size + self.tombstones_size
+    }
+
+    /// Number of non-float chunks skipped by reads so far (histograms are not served yet).
+    pub fn skipped_chunks(&self) -> u64 {
+        self.skipped_chunks.load(Ordering::Relaxed)
+    }
+
+    /// Float series matching `matchers` with their samples in `[mint, maxt]` (both
+    /// inclusive, as a PromQL select), sorted by labels. Series with no sample in the range
+    /// are left out. Samples under tombstones are dropped.
+    pub fn select(&self, mint: i64, maxt: i64, matchers: &[Matcher]) -> Result<Vec<Series>> {
+        let mut out = Vec::new();
+        let mut skipped = 0;
+        for r in self.postings_for_matchers(matchers)? {
+            let s = self.index.series(r)?;
+            let deleted = self.tombstones.get(u64::from(r));
+            let mut samples = Vec::new();
+            for c in overlapping(&s.chunks, mint, maxt) {
+                let Some(data) = self.xor_chunk(c, &s, &mut skipped)? else {
+                    continue;
+                };
+                self.decode_into(data, c, &s, |t, v| {
+                    if t >= mint && t <= maxt && !Tombstones::is_deleted(deleted, t) {
+                        samples.push(Sample::new(t, v));
+                    }
+                })?;
+            }
+            if !samples.is_empty() {
+                out.push(Series {
+                    labels: s.labels,
+                    samples,
+                });
+            }
+        }
+        self.note_skipped(skipped);
+        Ok(out)
+    }
+
+    /// Raw XOR chunks overlapping `[mint, maxt]` of the series matching `matchers`, for
+    /// compaction and streaming to queriers: chunks are not clipped to the range. A chunk
+    /// touched by a tombstone is re-encoded without the deleted samples.
+    pub fn series_chunks(
+        &self,
+        mint: i64,
+        maxt: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<SeriesChunks>> {
+        let mut out = Vec::new();
+        let mut skipped = 0;
+        for r in self.postings_for_matchers(matchers)? {
+            let s = self.index.series(r)?;
+            let deleted = self.tombstones.get(u64::from(r));
+            let mut chunks = Vec::new();
+            for c in overlapping(&s.chunks, mint, maxt) {
+                let Some(data) = self.xor_chunk(c, &s, &mut skipped)? else {
+                    continue;
+                };
+                // Decoding proves the chunk is intact before it is handed on.
+                let mut samples = Vec::new();
+                self.decode_into(data, c, &s, |t, v| {
+                    if !Tombstones::is_deleted(deleted, t) {
+                        samples.push(Sample::new(t, v));
+                    }
+                })?;
+                let n = u16::from_be_bytes([data[0], data[1]]);
+                if samples.len() == usize::from(n) {
+                    chunks.push(ChunkMeta {
+                        min_t: c.min_t,
+                        max_t: c.max_t,
+                        data: data.to_vec(),
+                    });
+                } else if !samples.is_empty() {
+                    chunks.extend(chunks_from_samples(
+                        &samples,
+                        usize::from(SAMPLES_PER_CHUNK),
+                    )?);
+                }
+            }
+            if !chunks.is_empty() {
+                out.push(SeriesChunks {
+                    labels: s.labels,
+                    chunks,
+                });
+            }
+        }
+        self.note_skipped(skipped);
+        Ok(out)
+    }
+
+    /// Label names of the series matching `matchers` (all names when there are none), sorted.
+    pub fn label_names(&self, matchers: &[Matcher]) -> Result<Vec<String>> {
+        if matchers.is_empty() {
+            return Ok(self.index.label_names().map(str::to_string).collect());
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for r in self.postings_for_matchers(matchers)? {
+            for l in &self.index.series(r)?.labels {
+                if !names.contains(&l.name) {
+                    names.insert(l.name.clone());
+                }
+            }
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    /// Values of label `name` among the series matching `matchers` (all values when there
+    /// are none), sorted.
+    pub fn label_values(&self, name: &str, matchers: &[Matcher]) -> Result<Vec<String>> {
+        if matchers.is_empty() {
+            return Ok(self
+                .index
+                .values(name)
+                .iter()
+                .map(|(v, _)| v.clone())
+                .collect());
+        }
+        let mut values = std::collections::BTreeSet::new();
+        for r in self.postings_for_matchers(matchers)? {
+            if let Some(v) = self.index.series(r)?.labels.get(name)
+                && !values.contains(v)
+            {
+                values.insert(v.to_string());
+            }
+        }
+        Ok(values.into_iter().collect())
+    }
+
+    /// Reads every series, postings list and chunk and checks that the index agrees with
+    /// `meta.json`: proof that nothing a query could touch is damaged.
+    pub fn verify(&self) -> Result<()> {
+        let corrupt = |msg: String| TsdbError::Corrupt {
+            path: self.dir.clone(),
+            msg,
+        };
+        let all = self.index.all_postings()?;
+        for name in self.index.label_names() {
+            for (_, off) in self.index.values(name) {
+                self.index.postings_at(*off)?;
+            }
+        }
+        let (mut nchunks, mut nsamples) = (0u64, 0u64);
+        let mut prev: Option<Labels> = None;
+        for &r in &all {
+            let s = self.index.series(r)?;
+            if prev.as_ref().is_some_and(|p| p >= &s.labels) {
+                return Err(corrupt(format!("series {} is out of order", s.labels)));
+            }
+            for c in &s.chunks {
+                let raw = self.chunks.chunk(c.r)?;
+                nchunks += 1;
+                if raw.encoding == ENCODING_XOR {
+                    nsamples += self.decode_into(raw.data, c, &s, |_, _| {})?;
+                } else {
+                    nsamples += u64::from(u16::from_be_bytes(
+                        raw.data
+                            .get(..2)
+                            .and_then(|b| b.try_into().ok())
+                            .unwrap_or([0, 0]),
+                    ));
+                }
+                if c.min_t < self.meta.min_time || c.max_t >= self.meta.max_time {
+                    return Err(corrupt(format!(
+                        "series {}: chunk [{}, {}] outside the block range [{}, {})",
+                        s.labels, c.min_t, c.max_t, self.meta.min_time, self.meta.max_time
+                    )));
+                }
+            }
+            prev = Some(s.labels);
+        }
+        self.chunks.verify_all()?;
+        let st = &self.meta.stats;
+        let mismatch = |what: &str, meta: u64, index: u64| {
+            corrupt(format!(
+                "meta.json says {meta} {what}, the block holds {index}"
+            ))
+        };
+        if st.num_series != 0 && st.num_series != all.len() as u64 {
+            return Err(mismatch("series", st.num_series, all.len() as u64));
+        }
+        if st.num_chunks != 0 && st.num_chunks != nchunks {
+            return Err(mismatch("chunks", st.num_chunks, nchunks));
+        }
+        if st.num_samples != 0 && st.num_samples != nsamples {
+            return Err(mismatch("samples", st.num_samples, nsamples));
+        }
+        Ok(())
+    }
+
+    /// Reads the chunk behind `c`; `None` (counted) when it is not an XOR chunk.
+    fn xor_chunk(&self, c: &ChunkRef, s: &SeriesEntry, skipped: &mut u64) -> Result<Option<&[u8]>> {
+        let raw = self.chunks.chunk(c.r)?;
+        if raw.encoding != ENCODING_XOR {
+            *skipped += 1;
+            tracing::debug!(
+                block = %self.meta.ulid,
+                series = %s.labels,
+                encoding = raw.encoding,
+                "skipping non-float chunk"
+            );
+            return Ok(None);
+        }
+        if raw.data.len() < 2 {
+            return Err(self.chunk_corrupt(c, s, "shorter than its header"));
+        }
+        Ok(Some(raw.data))
+    }
+
+    /// Decodes XOR data, checking it holds the samples it claims inside `[min_t, max_t]`.
+    fn decode_into(
+        &self,
+        data: &[u8],
+        c: &ChunkRef,
+        s: &SeriesEntry,
+        mut f: impl FnMut(i64, f64),
+    ) -> Result<u64> {
+        let mut it = XorIterator::new(data);
+        let want = u64::from(it.num_samples());
+        let mut n = 0u64;
+        let mut last = i64::MIN;
+        for (t, v) in it.by_ref() {
+            if t < c.min_t || t > c.max_t || (n > 0 && t <= last) {
+                return Err(self.chunk_corrupt(c, s, "sample time outside the chunk's range"));
+            }
+            last = t;
+            n += 1;
+            f(t, v);
+        }
+        if it.error().is_some() || n != want {
+            return Err(self.chunk_corrupt(c, s, "XOR data is truncated or malformed"));
+        }
+        Ok(n)
+    }
+
+    fn chunk_corrupt(&self, c: &ChunkRef, s: &SeriesEntry, msg: &str) -> TsdbError {
+        TsdbError::Corrupt {
+            path: self
+                .dir
+                .join(CHUNKS_DIRNAME)
+                .join(super::chunks::segment_name((c.r >> 32) as u32 + 1)),
+            msg: format!(
+                "chunk ref {:#x} of series {} ({}..{}): {msg}",
+                c.r, s.labels, c.min_t, c.max_t
+            ),
+        }
+    }
+
+    fn note_skipped(&self, skipped: u64) {
+        if skipped > 0 {
+            self.skipped_chunks.fetch_add(skipped, Ordering::Relaxed);
+            tracing::warn!(
+                block = %self.meta.ulid,
+                chunks = skipped,
+                "skipped non-float chunks (histograms are not supported yet)"
+            );
+        }
+    }
+
+    /// Series refs matching every matcher, ascending (spec §7).
+    pub fn postings_for_matchers(&self, matchers: &[Matcher]) -> Result<Vec<u32>> {
+        let mut positive: Option<Vec<u32>> = None;
+        let mut negatives: Vec<Vec<u32>> = Vec::new();
+        for m in matchers {
+            let list = if m.matches_empty() {
+                // Series whose value fails the matcher; missing labels (value "") pass.
+                let failing: Vec<u64> = self
+                    .index
+                    .values(&m.name)
+                    .iter()
+                    .filter(|(v, _)| !m.matches(v))
+                    .map(|(_, off)| *off)
+                    .collect();
+                negatives.push(self.union(&failing)?);
+                continue;
+            } else {
+                self.postings_for(m)?
+            };
+            positive = Some(match positive {
+                None => list,
+                Some(p) => intersect(&p, &list),
+            });
+            if positive.as_ref().is_some_and(Vec::is_empty) {
+                return Ok(Vec::new());
+            }
+        }
+        let mut result = match positive {
+            Some(p) => p,
+            None => self.index.all_postings()?,
+        };
+        for n in &negatives {
+            result = subtract(&result, n);
+        }
+        Ok(result)
+    }
+
+    /// Series whose value of `m.name` satisfies a matcher that rejects the empty string.
+    fn postings_for(&self, m: &Matcher) -> Result<Vec<u32>> {
+        let values = self.index.values(&m.name);
+        let offsets: Vec<u64> = match m.kind {
+            MatchType::Equal => {
+                return self.index.postings(&m.name, &m.value);
+            }
+            MatchType::Regex => match m.set_matches() {
+                // `a|b|c`: look the literals up instead of running the regex on every value.
+                Some(set) => set
+                    .iter()
+                    .filter_map(|v| {
+                        values
+                            .binary_search_by(|(x, _)| x.as_str().cmp(v))
+                            .ok()
+                            .map(|i| values[i].1)
+                    })
+                    .collect(),
+                None => values
+                    .iter()
+                    .filter(|(v, _)| m.matches(v))
+                    .map(|(_, o)| *o)
+                    .collect(),
+            },
+            MatchType::NotEqual | MatchType::NotRegex => values
+                .iter()
+                .filter(|(v, _)| m.matches(v))
+                .map(|(_, o)| *o)
+                .collect(),
+        };
+        self.union(&offsets)
+    }
+
+    fn union(&self, offsets: &[u64]) -> Result<Vec<u32>> {
+        let mut out = Vec::new();
+        for &off in offsets {
+            out.extend(self.index.postings_at(off)?);
+        }
+        if offsets.len() > 1 {
+            out.sort_unstable();
+            out.dedup();
+        }
+        Ok(out)
+    }
+}
+
+fn overlapping(chunks: &[ChunkRef], mint: i64, maxt: i64) -> impl Iterator<Item = &ChunkRef> {
+    chunks
+        .iter()
+        .filter(move |c| c.max_t >= mint && c.min_t <= maxt)
+}
+
+fn intersect(a: &[u32], b: &[u32]) -> Vec<u32> {
+    let (mut i, mut j) = (0, 0);
+    let mut out = Vec::with_capacity(a.len().min(b.len()));
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                out.push(a[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out
+}
+
+fn subtract(a: &[u32], b: &[u32]) -> Vec<u32> {
+    let mut j = 0;
+    let mut out = Vec::with_capacity(a.len());
+    for &x in a {
+        while j < b.len() && b[j] < x {
+            j += 1;
+        }
+        if j >= b.len() || b[j] != x {
+            out.push(x);
+        }
+    }
+    out
+}
+
+/// Opens a block from bytes already in memory (unit tests of the reader without files).
+#[cfg(test)]
+pub(crate) fn index_from_bytes(b: Vec<u8>) -> Result<IndexReader> {
+    IndexReader::from_bytes(Path::new("index"), super::io::FileBytes::Owned(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_operations() {
+        assert_eq!(intersect(&[1, 3, 5, 7], &[3, 4, 7, 9]), [3, 7]);
+        assert_eq!(subtract(&[1, 3, 5, 7], &[3, 4, 7, 9]), [1, 5]);
+        assert_eq!(subtract(&[1, 3], &[]), [1, 3]);
+        assert!(intersect(&[], &[1]).is_empty());
+    }
+
+    #[test]
+    fn spec_index_parses_without_files() {
+        let r = index_from_bytes(crate::block::index::tests::hex(
+            crate::block::index::tests::SPEC_INDEX,
+        ))
+        .unwrap();
+        assert_eq!(r.values("__name__").len(), 1);
+    }
+}
