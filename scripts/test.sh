@@ -21,6 +21,20 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
+# The S3 server of the storage and end-to-end tests: moto_server, from PyPI's moto[server].
+if ! command -v moto_server >/dev/null 2>&1; then
+    echo "== installing moto[server]"
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        as_root apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+    fi
+    # A distribution's Python may refuse installs outside a venv (PEP 668): fall back to --user.
+    python3 -m pip install --quiet 'moto[server]' \
+        || python3 -m pip install --quiet --user --break-system-packages 'moto[server]'
+    export PATH="$PATH:$(python3 -m site --user-base)/bin"
+    if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+    command -v moto_server >/dev/null 2>&1 || { echo "moto_server still not on PATH" >&2; exit 1; }
+fi
 export NORN_REQUIRE_PEERS=1
 # The background service the Debian package may have started is not ours: tests start their own.
 if command -v systemctl >/dev/null 2>&1; then as_root systemctl stop prometheus >/dev/null 2>&1 || true; fi

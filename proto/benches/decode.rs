@@ -30,7 +30,7 @@ fn request() -> Vec<u8> {
             samples: (0..5)
                 .map(|j| pb::Sample {
                     timestamp: 1_700_000_000_000 + j * 15_000,
-                    value: (i * j) as f64,
+                    value: (i as i64 * j) as f64,
                 })
                 .collect(),
             ..Default::default()

@@ -1,4 +1,5 @@
-//! Ingester configuration: the `blocks_storage.tsdb` keys Mimir uses for the ingester's TSDB.
+//! Ingester configuration: the `blocks_storage.tsdb` keys Mimir uses for the ingester's TSDB
+//! (WAL, head, block cutting and shipping).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,9 +23,20 @@ pub struct TsdbConfig {
     /// Width of a block; the head accepts samples up to half of it behind its newest sample.
     #[serde(with = "serde_duration")]
     pub block_ranges_period: Duration,
-    /// How long shipped blocks stay on local disk.
+    /// How long shipped blocks stay on local disk (from the block's creation).
     #[serde(with = "serde_duration")]
     pub retention_period: Duration,
+    /// How often the ingester checks whether a head range is complete and cuts it.
+    #[serde(with = "serde_duration")]
+    pub head_compaction_interval: Duration,
+    /// A tenant's head that received nothing for this long is cut whole (0 disables).
+    #[serde(with = "serde_duration")]
+    pub head_compaction_idle_timeout: Duration,
+    /// How often new local blocks are uploaded to the bucket (0 disables shipping).
+    #[serde(with = "serde_duration")]
+    pub ship_interval: Duration,
+    /// Cut and ship every head on shutdown (otherwise the WAL keeps the data for the restart).
+    pub flush_blocks_on_shutdown: bool,
     /// WAL segment size in bytes.
     pub wal_segment_size_bytes: u64,
     /// `always`: group-commit fsync before a push is acknowledged; `never`: leave it to the OS.
@@ -38,6 +50,10 @@ impl Default for TsdbConfig {
             dir: PathBuf::from("./tsdb"),
             block_ranges_period: Duration::from_secs(2 * 3600),
             retention_period: Duration::from_secs(13 * 3600),
+            head_compaction_interval: Duration::from_secs(60),
+            head_compaction_idle_timeout: Duration::from_secs(3600),
+            ship_interval: Duration::from_secs(60),
+            flush_blocks_on_shutdown: false,
             wal_segment_size_bytes: 128 << 20,
             wal_fsync: FsyncPolicy::Always,
         }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use norn_model::duration::{parse_duration, serde_duration};
+pub use norn_storage::{FilesystemConfig, S3Config, StorageConfig};
 use serde::{Deserialize, Serialize};
 
 /// Command-line flags. Every flag has a YAML key; flags win.
@@ -84,6 +85,27 @@ pub struct Args {
     /// WAL fsync policy: always (group commit before acknowledging) or never.
     #[arg(long = "blocks-storage.tsdb.wal-fsync")]
     pub tsdb_wal_fsync: Option<String>,
+    /// How often heads are checked for a complete range to cut into a block.
+    #[arg(long = "blocks-storage.tsdb.head-compaction-interval")]
+    pub tsdb_head_compaction_interval: Option<String>,
+    /// Cut a tenant's whole head after this long without a push (0 disables).
+    #[arg(long = "blocks-storage.tsdb.head-compaction-idle-timeout")]
+    pub tsdb_head_compaction_idle_timeout: Option<String>,
+    /// How often new blocks are uploaded to the bucket (0 disables shipping).
+    #[arg(long = "blocks-storage.tsdb.ship-interval")]
+    pub tsdb_ship_interval: Option<String>,
+    /// Cut and ship every head on shutdown.
+    #[arg(long = "blocks-storage.tsdb.flush-blocks-on-shutdown", num_args = 0..=1, default_missing_value = "true")]
+    pub tsdb_flush_blocks_on_shutdown: Option<bool>,
+    /// Blocks backend, overriding common.storage.backend.
+    #[arg(long = "blocks-storage.backend")]
+    pub blocks_storage_backend: Option<String>,
+    /// Where the query path keeps local copies of bucket blocks.
+    #[arg(long = "blocks-storage.bucket-store.sync-dir")]
+    pub bucket_store_sync_dir: Option<PathBuf>,
+    /// How often the query path re-reads the bucket's block list.
+    #[arg(long = "blocks-storage.bucket-store.sync-interval")]
+    pub bucket_store_sync_interval: Option<String>,
     /// Largest push body accepted, compressed and decompressed, in bytes.
     #[arg(long = "distributor.max-recv-msg-size")]
     pub distributor_max_recv_msg_size: Option<usize>,
@@ -178,53 +200,55 @@ pub struct CommonConfig {
     pub storage: StorageConfig,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StorageConfig {
-    pub backend: String,
-    pub filesystem: FilesystemConfig,
-    pub s3: S3Config,
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        Self {
-            backend: "filesystem".into(),
-            filesystem: Default::default(),
-            s3: Default::default(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FilesystemConfig {
-    pub dir: PathBuf,
-}
-
-impl Default for FilesystemConfig {
-    fn default() -> Self {
-        Self {
-            dir: PathBuf::from("./data/bucket"),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct S3Config {
-    pub endpoint: String,
-    pub bucket_name: String,
-    pub access_key_id: String,
-    pub secret_access_key: String,
-    pub region: String,
-    pub insecure: bool,
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BlocksStorageConfig {
+    /// Overrides `common.storage.backend` for blocks (Mimir's per-component storage keys).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filesystem: Option<FilesystemConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Config>,
     pub tsdb: norn_ingester::config::TsdbConfig,
+    pub bucket_store: BucketStoreConfig,
+}
+
+/// `blocks_storage.bucket_store`: how the query path reads blocks from the bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BucketStoreConfig {
+    /// Local copies of bucket blocks.
+    pub sync_dir: PathBuf,
+    /// How often the bucket's block list is re-read.
+    #[serde(with = "serde_duration")]
+    pub sync_interval: Duration,
+}
+
+impl Default for BucketStoreConfig {
+    fn default() -> Self {
+        Self {
+            sync_dir: PathBuf::from("./tsdb-sync"),
+            sync_interval: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+impl Config {
+    /// The bucket blocks live in: `common.storage` with `blocks_storage`'s overrides.
+    pub fn blocks_bucket(&self) -> StorageConfig {
+        let mut c = self.common.storage.clone();
+        if let Some(b) = &self.blocks_storage.backend {
+            c.backend = b.clone();
+        }
+        if let Some(f) = &self.blocks_storage.filesystem {
+            c.filesystem = f.clone();
+        }
+        if let Some(s3) = &self.blocks_storage.s3 {
+            c.s3 = s3.clone();
+        }
+        c
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -244,6 +268,7 @@ impl Default for RuntimeConfig {
     }
 }
 
+#[cfg(test)]
 const MASK: &str = "********";
 
 impl Config {
@@ -317,6 +342,42 @@ impl Config {
             tsdb.retention_period = d;
         }
         set!(tsdb.wal_segment_size_bytes, a.tsdb_wal_segment_size_bytes);
+        for (flag, value, field) in [
+            (
+                "blocks-storage.tsdb.head-compaction-interval",
+                &a.tsdb_head_compaction_interval,
+                &mut tsdb.head_compaction_interval,
+            ),
+            (
+                "blocks-storage.tsdb.head-compaction-idle-timeout",
+                &a.tsdb_head_compaction_idle_timeout,
+                &mut tsdb.head_compaction_idle_timeout,
+            ),
+            (
+                "blocks-storage.tsdb.ship-interval",
+                &a.tsdb_ship_interval,
+                &mut tsdb.ship_interval,
+            ),
+        ] {
+            if let Some(d) = dur(value, flag)? {
+                *field = d;
+            }
+        }
+        set!(
+            tsdb.flush_blocks_on_shutdown,
+            a.tsdb_flush_blocks_on_shutdown
+        );
+        if a.blocks_storage_backend.is_some() {
+            self.blocks_storage.backend = a.blocks_storage_backend.clone();
+        }
+        let bs = &mut self.blocks_storage.bucket_store;
+        set!(bs.sync_dir, a.bucket_store_sync_dir);
+        if let Some(d) = dur(
+            &a.bucket_store_sync_interval,
+            "blocks-storage.bucket-store.sync-interval",
+        )? {
+            bs.sync_interval = d;
+        }
         if let Some(p) = &a.tsdb_wal_fsync {
             tsdb.wal_fsync = p
                 .parse()
@@ -367,6 +428,9 @@ impl Config {
                 self.common.storage.backend
             );
         }
+        self.blocks_bucket()
+            .validate()
+            .context("blocks storage (common.storage with blocks_storage overrides)")?;
         if self.blocks_storage.tsdb.block_ranges_period < Duration::from_secs(60) {
             bail!("blocks_storage.tsdb.block_ranges_period must be at least 1m");
         }
@@ -399,8 +463,9 @@ impl Config {
     /// The effective configuration as YAML with secrets replaced by a mask.
     pub fn masked_yaml(&self) -> String {
         let mut c = self.clone();
-        if !c.common.storage.s3.secret_access_key.is_empty() {
-            c.common.storage.s3.secret_access_key = MASK.to_string();
+        c.common.storage = c.common.storage.masked();
+        if let Some(s3) = &mut c.blocks_storage.s3 {
+            *s3 = s3.masked();
         }
         serde_yaml::to_string(&c).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
@@ -514,10 +579,11 @@ mod docs_drift {
         .expect("docs/configuration.md exists");
         let mut missing = Vec::new();
         for arg in Args::command().get_arguments() {
-            if let Some(long) = arg.get_long() {
-                if !["help", "version"].contains(&long) && !doc.contains(&format!("`--{long}`")) {
-                    missing.push(format!("--{long}"));
-                }
+            if let Some(long) = arg.get_long()
+                && !["help", "version"].contains(&long)
+                && !doc.contains(&format!("`--{long}`"))
+            {
+                missing.push(format!("--{long}"));
             }
         }
         let mut paths = Vec::new();

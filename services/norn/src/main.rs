@@ -16,10 +16,11 @@ use clap::Parser;
 use norn_distributor::{Distributor, DistributorService};
 use norn_ingester::{Ingester, IngesterService};
 use norn_limits::Overrides;
-use norn_model::{MetadataReader, Pusher, QueryableProvider};
+use norn_model::{MergedProvider, MetadataReader, Pusher, QueryableProvider};
 use norn_querier::{Querier, QuerierService};
 use norn_server::http::{Harness, router, serve};
 use norn_server::{Metrics, Service, TenantResolver};
+use norn_tsdb::BucketStore;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -77,14 +78,43 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         multitenancy_enabled: cfg.multitenancy_enabled,
     };
 
+    let bucket_metrics = Arc::new(
+        norn_storage::BucketMetrics::new(&metrics.registry)
+            .context("registering bucket metrics")?,
+    );
+    let bucket = norn_storage::Bucket::from_config(&cfg.blocks_bucket())
+        .context("opening the blocks bucket")?
+        .with_metrics(bucket_metrics);
+    tracing::info!(bucket = bucket.describe(), "blocks bucket");
     let ingester = Ingester::start(
         norn_ingester::Config {
             tsdb: cfg.blocks_storage.tsdb.clone(),
         },
         Arc::clone(&overrides),
         Arc::clone(&metrics),
+        Some(bucket.clone()),
     )
     .context("starting the ingester")?;
+    ingester.spawn_background(shutdown.clone());
+    // All-in-one mode reads the bucket's blocks directly; the store-gateway takes this over
+    // in microservices mode.
+    let bucket_store = Arc::new(
+        BucketStore::new(
+            bucket,
+            &cfg.blocks_storage.bucket_store.sync_dir,
+            Some(&metrics.registry),
+        )
+        .context("registering bucket store metrics")?,
+    );
+    spawn_bucket_sync(
+        Arc::clone(&bucket_store),
+        cfg.blocks_storage.bucket_store.sync_interval,
+        shutdown.clone(),
+    );
+    let storage: Arc<dyn QueryableProvider> = Arc::new(MergedProvider(vec![
+        Arc::clone(&ingester) as Arc<dyn QueryableProvider>,
+        bucket_store as Arc<dyn QueryableProvider>,
+    ]));
     let distributor = Distributor::new(
         cfg.distributor.clone(),
         Arc::clone(&overrides),
@@ -94,7 +124,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     );
     let querier = Querier::new(
         cfg.querier.clone(),
-        Arc::clone(&ingester) as Arc<dyn QueryableProvider>,
+        storage,
         Arc::clone(&ingester) as Arc<dyn MetadataReader>,
         tenants,
         Arc::clone(&overrides),
@@ -139,6 +169,36 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Syncs the bucket store at start and then every `period` (failures keep the old list).
+fn spawn_bucket_sync(
+    store: Arc<BucketStore>,
+    period: std::time::Duration,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period.max(std::time::Duration::from_millis(100)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match store.sync().await {
+                Ok(s) => tracing::debug!(
+                    tenants = s.tenants,
+                    blocks = s.blocks,
+                    loaded = s.loaded,
+                    failed = s.failed,
+                    "bucket store synced"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "bucket store sync failed; keeping the blocks already loaded")
+                }
+            }
+        }
+    });
 }
 
 fn spawn_overrides_reloader(

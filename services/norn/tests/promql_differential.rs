@@ -145,7 +145,10 @@ impl Drop for Peer {
 }
 
 /// The data set: (labels, samples) per series, timestamps `start + 7s + 15s*i`.
-fn dataset(start: i64, points: usize) -> Vec<(Vec<(String, String)>, Vec<(i64, f64)>)> {
+/// A series as (label pairs, samples).
+type DataSeries = (Vec<(String, String)>, Vec<(i64, f64)>);
+
+fn dataset(start: i64, points: usize) -> Vec<DataSeries> {
     let mut out = Vec::new();
     let ts = |i: usize| start + 7_000 + 15_000 * i as i64;
     let lbl = |pairs: &[(&str, &str)]| {
@@ -204,7 +207,7 @@ fn dataset(start: i64, points: usize) -> Vec<(Vec<(String, String)>, Vec<(i64, f
                 (0..points).map(|i| (ts(i), 1.0)).collect(),
             ));
             let mut cum = 0.0;
-            let mut counts = vec![0.0; 6];
+            let mut counts = [0.0; 6];
             let series_of: Vec<Vec<(i64, f64)>> = {
                 let mut per = vec![Vec::new(); 6];
                 for i in 0..points {
@@ -245,12 +248,7 @@ fn dataset(start: i64, points: usize) -> Vec<(Vec<(String, String)>, Vec<(i64, f
     out
 }
 
-fn write_all(
-    url: &str,
-    tenant_header: bool,
-    data: &[(Vec<(String, String)>, Vec<(i64, f64)>)],
-    points: usize,
-) {
+fn write_all(url: &str, tenant_header: bool, data: &[DataSeries], points: usize) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()

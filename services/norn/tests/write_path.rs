@@ -135,7 +135,9 @@ fn bad_input_gets_the_right_status_and_message() {
     );
     let now = now_ms();
     let ok = |name: &str| series(&[("__name__", name), ("job", "j")], &[(now, 1.0)]);
-    let cases: Vec<(&str, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    // (what, tenant, body, expected status, expected message part)
+    type Case<'a> = (&'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "garbage body",
             T,

@@ -332,10 +332,11 @@ async fn labels_inner(
 ) -> Result<Response, HttpError> {
     let tenant = q.tenant(headers)?;
     let p = Params::parse(rq, body);
-    if let Some(n) = &name {
-        if n != "__name__" && !norn_model::is_valid_label_name(n.as_bytes()) {
-            return Err(HttpError::bad_data(format!("invalid label name: {n:?}")).into_json());
-        }
+    if let Some(n) = &name
+        && n != "__name__"
+        && !norn_model::is_valid_label_name(n.as_bytes())
+    {
+        return Err(HttpError::bad_data(format!("invalid label name: {n:?}")).into_json());
     }
     let mut sets = matcher_sets(&p)?;
     if sets.is_empty() {

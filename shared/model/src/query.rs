@@ -87,3 +87,212 @@ pub trait MetadataReader: Send + Sync {
         limit: usize,
     ) -> Result<Vec<MetricMetadata>, StorageError>;
 }
+
+/// Several stores seen as one: the head and the blocks of an ingester, or ingesters and
+/// the bucket in the querier. The same series from several sources becomes one series whose
+/// samples are the union by timestamp: where sources overlap (a block still in the head
+/// while it is being cut, a block both on an ingester's disk and in the bucket, replicas)
+/// each timestamp is returned once, the first source's value winning.
+#[derive(Clone)]
+pub struct MergeQueryable {
+    sources: Vec<Arc<dyn Queryable>>,
+}
+
+impl MergeQueryable {
+    pub fn new(sources: Vec<Arc<dyn Queryable>>) -> Self {
+        Self { sources }
+    }
+
+    /// One source needs no merging: hand it out as it is.
+    pub fn of(mut sources: Vec<Arc<dyn Queryable>>) -> Arc<dyn Queryable> {
+        if sources.len() == 1 {
+            return sources.pop().expect("one source");
+        }
+        Arc::new(Self::new(sources))
+    }
+}
+
+/// Several [`QueryableProvider`]s as one: each tenant's view is the merge of theirs (the
+/// querier over ingesters and the bucket store).
+pub struct MergedProvider(pub Vec<Arc<dyn QueryableProvider>>);
+
+impl QueryableProvider for MergedProvider {
+    fn queryable(&self, tenant: &TenantId) -> Arc<dyn Queryable> {
+        MergeQueryable::of(self.0.iter().map(|p| p.queryable(tenant)).collect())
+    }
+}
+
+/// Merges two runs of samples sorted by time, keeping `a`'s sample on equal timestamps.
+pub fn merge_samples(a: Vec<Sample>, b: Vec<Sample>) -> Vec<Sample> {
+    if b.is_empty() {
+        return a;
+    }
+    if a.is_empty() {
+        return b;
+    }
+    // The common case of disjoint sources (head after its blocks): a plain append.
+    if a.last().is_some_and(|x| x.t < b[0].t) {
+        let mut a = a;
+        a.extend(b);
+        return a;
+    }
+    if b.last().is_some_and(|x| x.t < a[0].t) {
+        let mut b = b;
+        b.extend(a);
+        return b;
+    }
+    let mut out = Vec::with_capacity(a.len().max(b.len()));
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].t.cmp(&b[j].t) {
+            std::cmp::Ordering::Less => {
+                out.push(a[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(b[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                out.push(a[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out
+}
+
+/// Merges label-sorted series lists into one, joining series with equal labels.
+pub fn merge_series(lists: Vec<Vec<Series>>) -> Vec<Series> {
+    let mut lists = lists.into_iter().filter(|l| !l.is_empty());
+    let Some(mut acc) = lists.next() else {
+        return Vec::new();
+    };
+    for list in lists {
+        let mut out = Vec::with_capacity(acc.len().max(list.len()));
+        let mut a = acc.into_iter().peekable();
+        let mut b = list.into_iter().peekable();
+        loop {
+            let ord = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) => x.labels.cmp(&y.labels),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => break,
+            };
+            match ord {
+                std::cmp::Ordering::Less => out.extend(a.next()),
+                std::cmp::Ordering::Greater => out.extend(b.next()),
+                std::cmp::Ordering::Equal => {
+                    let (x, y) = (a.next().expect("peeked"), b.next().expect("peeked"));
+                    out.push(Series {
+                        labels: x.labels,
+                        samples: merge_samples(x.samples, y.samples),
+                    });
+                }
+            }
+        }
+        acc = out;
+    }
+    acc
+}
+
+fn merge_strings(lists: Vec<Vec<String>>) -> Vec<String> {
+    let mut all: Vec<String> = lists.into_iter().flatten().collect();
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
+#[async_trait]
+impl Queryable for MergeQueryable {
+    async fn select(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<Series>, StorageError> {
+        let mut lists = Vec::with_capacity(self.sources.len());
+        for s in &self.sources {
+            lists.push(s.select(start_ms, end_ms, matchers).await?);
+        }
+        Ok(merge_series(lists))
+    }
+
+    async fn label_names(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<String>, StorageError> {
+        let mut lists = Vec::with_capacity(self.sources.len());
+        for s in &self.sources {
+            lists.push(s.label_names(start_ms, end_ms, matchers).await?);
+        }
+        Ok(merge_strings(lists))
+    }
+
+    async fn label_values(
+        &self,
+        name: &str,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<String>, StorageError> {
+        let mut lists = Vec::with_capacity(self.sources.len());
+        for s in &self.sources {
+            lists.push(s.label_values(name, start_ms, end_ms, matchers).await?);
+        }
+        Ok(merge_strings(lists))
+    }
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::*;
+
+    fn s(t: i64, v: f64) -> Sample {
+        Sample::new(t, v)
+    }
+
+    fn series(name: &str, samples: Vec<Sample>) -> Series {
+        Series {
+            labels: Labels::from_pairs([("__name__", name)]),
+            samples,
+        }
+    }
+
+    #[test]
+    fn overlapping_samples_appear_once() {
+        assert_eq!(
+            merge_samples(
+                vec![s(1, 1.0), s(3, 3.0)],
+                vec![s(2, 2.0), s(3, 9.0), s(4, 4.0)]
+            ),
+            [s(1, 1.0), s(2, 2.0), s(3, 3.0), s(4, 4.0)]
+        );
+        assert_eq!(
+            merge_samples(vec![s(5, 5.0)], vec![s(1, 1.0)]),
+            [s(1, 1.0), s(5, 5.0)]
+        );
+        assert_eq!(merge_samples(vec![], vec![s(1, 1.0)]), [s(1, 1.0)]);
+    }
+
+    #[test]
+    fn series_join_by_labels_and_stay_sorted() {
+        let merged = merge_series(vec![
+            vec![series("a", vec![s(1, 1.0)]), series("c", vec![s(1, 1.0)])],
+            vec![],
+            vec![
+                series("b", vec![s(1, 1.0)]),
+                series("c", vec![s(1, 1.0), s(2, 2.0)]),
+            ],
+        ]);
+        let names: Vec<String> = merged.iter().map(|x| x.labels.to_string()).collect();
+        assert_eq!(names.len(), 3);
+        assert!(names.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(merged[2].samples, [s(1, 1.0), s(2, 2.0)]);
+    }
+}

@@ -47,6 +47,7 @@ use norn_model::{
 };
 use parking_lot::{Mutex, RwLock};
 
+use crate::block::{BlockMeta, BlockOptions, BlockWriter};
 use crate::error::{Result, TsdbError};
 use crate::metrics::TsdbMetrics;
 use crate::wal::record::{self, RefSample};
@@ -77,6 +78,9 @@ pub struct HeadOptions {
     /// Samples older than `max_t - too_old_window_ms` are rejected as too old (default:
     /// half the block range, as Prometheus).
     pub too_old_window_ms: i64,
+    /// Samples before this time are already in blocks: replay drops them and appends reject
+    /// them as too old (the ingester passes the newest local block's end).
+    pub min_valid_time: i64,
     /// Shared metric handles.
     pub metrics: Arc<TsdbMetrics>,
 }
@@ -90,6 +94,7 @@ impl HeadOptions {
             fsync: FsyncPolicy::Always,
             block_range_ms: DEFAULT_BLOCK_RANGE_MS,
             too_old_window_ms: DEFAULT_BLOCK_RANGE_MS / 2,
+            min_valid_time: i64::MIN,
             metrics: Arc::new(TsdbMetrics::unregistered()),
         }
     }
@@ -180,6 +185,24 @@ pub struct SeriesChunks {
     pub chunks: Vec<ChunkMeta>,
 }
 
+/// What [`Head::truncate`] released.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TruncateStats {
+    pub series_removed: usize,
+    pub chunks_removed: usize,
+    pub files_removed: usize,
+}
+
+/// What [`Head::cut_block`] did.
+#[derive(Debug, Clone)]
+pub struct CutOutcome {
+    /// The block written, `None` when the range held no data.
+    pub meta: Option<BlockMeta>,
+    pub truncated: TruncateStats,
+    pub checkpoint: wal::CheckpointStats,
+    pub duration: Duration,
+}
+
 /// Rough memory accounting of a head.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HeadMemory {
@@ -251,6 +274,12 @@ pub struct Head {
     /// Completed chunks, memory-mapped from `chunks_head/`.
     mapper: ChunkMapper,
     too_old_window: i64,
+    /// Samples before this are in blocks (set when a block is cut); appends reject them.
+    min_valid_time: AtomicI64,
+    /// Appends hold it shared for their whole run; a block cut takes it exclusively for an
+    /// instant after raising `min_valid_time`, so no append that read the old bound is still
+    /// running when the cut reads the head.
+    append_gate: RwLock<()>,
     symbols: SymbolTable,
     hashes: Box<[RwLock<HashShard>]>,
     /// Series by id: shard `id % SHARDS`, index `id / SHARDS`.
@@ -299,10 +328,11 @@ impl Head {
 
         // The WAL is opened after replay (it starts a new segment), so build the head in two
         // steps: replay into the in-memory part, then attach the WAL.
-        let mem = HeadMem::new(
+        let mut mem = HeadMem::new(
             opts.block_range_ms,
             ChunkMapper::open(opts.dir.join("chunks_head"))?,
         );
+        mem.min_valid_time = opts.min_valid_time;
         stats.wal = wal::replay(&wal_dir, &opts.metrics, |rec| {
             mem.replay_record(rec, &mut state, &mut stats);
         })?;
@@ -329,6 +359,8 @@ impl Head {
             chunk_range: opts.block_range_ms,
             mapper: mem.mapper,
             too_old_window: opts.too_old_window_ms,
+            min_valid_time: AtomicI64::new(opts.min_valid_time),
+            append_gate: RwLock::new(()),
             symbols: mem.symbols,
             hashes: mem.hashes,
             ids: mem.ids,
@@ -341,8 +373,12 @@ impl Head {
             wal,
             metrics: opts.metrics,
         };
+        if opts.min_valid_time != i64::MIN {
+            // Series whose samples all lie in blocks were replayed empty: drop them now.
+            head.truncate(opts.min_valid_time);
+        }
         tracing::info!(
-            series = stats.series,
+            series = head.num_series(),
             samples = stats.samples,
             duration_ms = stats.duration.as_millis() as u64,
             "head replayed WAL"
@@ -376,6 +412,7 @@ impl Head {
     /// then refuses further writes with [`TsdbError::WalBroken`]).
     pub fn append(&self, batch: &WriteBatch, limits: &AppendLimits) -> Result<AppendOutcome> {
         self.wal.check_writable()?;
+        let _gate = self.append_gate.read();
         let mut out = AppendOutcome::default();
         let mut series_rec: Vec<u8> = Vec::new();
         let mut wal_samples: Vec<RefSample> = Vec::with_capacity(batch.num_samples());
@@ -384,45 +421,56 @@ impl Head {
             i64::MIN
         } else {
             max_t.saturating_sub(self.too_old_window)
-        };
+        }
+        .max(self.min_valid_time.load(Ordering::Acquire));
         let mut batch_min = i64::MAX;
         let mut batch_max = i64::MIN;
         let mem = self.as_mem();
         let store = self.store();
         let mut hash_buf = Vec::with_capacity(256);
 
-        for (idx, sv) in batch.iter().enumerate() {
+        'series: for (idx, sv) in batch.iter().enumerate() {
             let samples = sv.samples();
             if samples.is_empty() {
                 continue;
             }
             let hash = labels_hash(&sv, &mut hash_buf);
-            let series = match mem.get(hash, &sv) {
-                Some(s) => s,
-                None => match mem.create(hash, &sv, limits) {
-                    Ok((s, created)) => {
-                        if created {
-                            out.series_created += 1;
-                            if series_rec.is_empty() {
-                                record::begin_series(&mut series_rec);
-                            }
-                            record::push_series(&mut series_rec, u64::from(s.id), sv.label_bytes());
-                        }
-                        s
-                    }
-                    Err(reason) => {
-                        out.rejected.push(Rejection {
-                            series_index: idx,
-                            reason,
-                            samples: samples.len(),
-                        });
-                        continue;
-                    }
-                },
-            };
             let (mut too_old, mut ooo, mut dup) = (0usize, 0usize, 0usize);
-            {
+            // A series found here may be removed by a concurrent truncation before its lock
+            // is taken (the flag is set under that lock); then it is looked up, and so
+            // created, again.
+            loop {
+                let series = match mem.get(hash, &sv) {
+                    Some(s) => s,
+                    None => match mem.create(hash, &sv, limits) {
+                        Ok((s, created)) => {
+                            if created {
+                                out.series_created += 1;
+                                if series_rec.is_empty() {
+                                    record::begin_series(&mut series_rec);
+                                }
+                                record::push_series(
+                                    &mut series_rec,
+                                    u64::from(s.id),
+                                    sv.label_bytes(),
+                                );
+                            }
+                            s
+                        }
+                        Err(reason) => {
+                            out.rejected.push(Rejection {
+                                series_index: idx,
+                                reason,
+                                samples: samples.len(),
+                            });
+                            continue 'series;
+                        }
+                    },
+                };
                 let mut st = series.state.lock();
+                if series.is_removed() {
+                    continue;
+                }
                 let mut last = st.last();
                 for s in samples {
                     if s.t < min_valid {
@@ -451,6 +499,7 @@ impl Head {
                     batch_min = batch_min.min(s.t);
                     batch_max = batch_max.max(s.t);
                 }
+                break;
             }
             for (reason, n) in [
                 (RejectReason::TooOld, too_old),
@@ -630,6 +679,244 @@ impl Head {
         out
     }
 
+    /// Writes the head's data in `[mint, maxt)` as a block under `dir` (streaming series by
+    /// series, so the head's chunks are never copied all at once). `None` when no series has
+    /// data there. Chunks straddling `maxt` are cut by the chunk cutter at block-range
+    /// multiples, so for an aligned range every chunk lies inside it; a forced flush of an
+    /// unaligned range keeps whole chunks, whose samples all lie in `[mint, maxt)` once
+    /// `min_valid_time` is `maxt`.
+    pub fn write_block(
+        &self,
+        dir: &std::path::Path,
+        mint: i64,
+        maxt: i64,
+        opts: BlockOptions,
+    ) -> Result<Option<BlockMeta>> {
+        let last = maxt.saturating_sub(1);
+        let mut series: Vec<Arc<MemSeries>> = self
+            .matching(&[])
+            .into_iter()
+            .filter(|s| s.state.lock().overlaps(mint, last))
+            .collect();
+        if series.is_empty() {
+            return Ok(None);
+        }
+        // Sort by label strings through the symbol table: materialising every series' labels
+        // first would cost as much memory as the index itself.
+        series.sort_by(|a, b| self.cmp_labels(a, b));
+        let mut w = BlockWriter::create(dir, opts.with_range(mint, maxt))?;
+        let mut chunks = Vec::new();
+        for s in &series {
+            chunks.clear();
+            {
+                let st = s.state.lock();
+                for (min_t, max_t, data) in st.chunks(mint, last, self.store()) {
+                    if matches!(data, series::ChunkBytes::Missing) {
+                        return Err(TsdbError::Corrupt {
+                            path: self.mapper.dir().to_path_buf(),
+                            msg: format!("head chunk of series {} is missing", s.id),
+                        });
+                    }
+                    chunks.push(ChunkMeta {
+                        min_t,
+                        max_t,
+                        data: data.bytes().to_vec(),
+                    });
+                }
+            }
+            if !chunks.is_empty() {
+                w.add_series(&self.labels_of(s), &chunks)?;
+            }
+        }
+        w.finish().map(Some)
+    }
+
+    fn cmp_labels(&self, a: &MemSeries, b: &MemSeries) -> std::cmp::Ordering {
+        let pa = a.labels.chunks_exact(2);
+        let pb = b.labels.chunks_exact(2);
+        for (x, y) in pa.zip(pb) {
+            let o = self
+                .symbols
+                .get(x[0])
+                .cmp(self.symbols.get(y[0]))
+                .then_with(|| self.symbols.get(x[1]).cmp(self.symbols.get(y[1])));
+            if o.is_ne() {
+                return o;
+            }
+        }
+        a.labels.len().cmp(&b.labels.len())
+    }
+
+    /// Samples before this time are in blocks and rejected as too old.
+    pub fn min_valid_time(&self) -> i64 {
+        self.min_valid_time.load(Ordering::Acquire)
+    }
+
+    /// Raises `min_valid_time` to `t`; returns once no append that could still add a sample
+    /// before `t` is running.
+    pub fn set_min_valid_time(&self, t: i64) {
+        self.min_valid_time.fetch_max(t, Ordering::AcqRel);
+        drop(self.append_gate.write());
+    }
+
+    /// The oldest block-range-aligned range `[mint, maxt)` that is complete: the head's newest
+    /// sample is half a range past its end, so no sample can be added to it any more (as
+    /// Prometheus: compact once the head spans 1.5 block ranges).
+    pub fn compactable_range(&self) -> Option<(i64, i64)> {
+        let (lo, hi) = (self.min_time()?, self.max_time()?);
+        let lo = lo.max(self.min_valid_time());
+        let mint = lo.div_euclid(self.chunk_range) * self.chunk_range;
+        let maxt = mint.checked_add(self.chunk_range)?;
+        (hi >= maxt.saturating_add(self.chunk_range / 2)).then_some((mint, maxt))
+    }
+
+    /// Every range a forced flush cuts: block-range-aligned pieces from the oldest sample to
+    /// the newest, the last one ending right after the newest sample.
+    pub fn flush_ranges(&self) -> Vec<(i64, i64)> {
+        let (Some(lo), Some(hi)) = (self.min_time(), self.max_time()) else {
+            return Vec::new();
+        };
+        let lo = lo.max(self.min_valid_time());
+        let end = hi.saturating_add(1);
+        let mut out = Vec::new();
+        let mut mint = lo;
+        while mint < end {
+            let aligned_end = (mint.div_euclid(self.chunk_range) + 1) * self.chunk_range;
+            let maxt = aligned_end.min(end);
+            out.push((mint, maxt));
+            mint = maxt;
+        }
+        out
+    }
+
+    /// Cuts `[mint, maxt)` into a block under `dir`, then releases it from the head: no
+    /// sample before `maxt` is accepted any more, chunks ending before it are dropped (series
+    /// left empty are removed) and the WAL is checkpointed to what the head still holds.
+    /// The block is durable (fsynced, renamed) before anything is dropped, so a crash at any
+    /// point leaves the data in the block, the WAL, or both (replay then skips what the
+    /// block holds, see [`HeadOptions::min_valid_time`]).
+    ///
+    /// `publish` runs once the block is durable and before the head lets go of its data:
+    /// the caller makes the block queryable there, so a query never falls into a gap
+    /// (for a moment both hold the data; readers merge duplicates).
+    pub fn cut_block(
+        &self,
+        dir: &std::path::Path,
+        mint: i64,
+        maxt: i64,
+        opts: BlockOptions,
+        publish: impl FnOnce(Option<&BlockMeta>) -> Result<()>,
+    ) -> Result<CutOutcome> {
+        let start = Instant::now();
+        self.set_min_valid_time(maxt);
+        let meta = self.write_block(dir, mint, maxt, opts)?;
+        publish(meta.as_ref())?;
+        let truncated = self.truncate(maxt);
+        let checkpoint = self.checkpoint_wal(maxt)?;
+        Ok(CutOutcome {
+            meta,
+            truncated,
+            checkpoint,
+            duration: start.elapsed(),
+        })
+    }
+
+    /// Drops every chunk that ends before `mint` and removes the series left empty; raises
+    /// `min_valid_time` to `mint`. Head-chunk files holding only dropped chunks are deleted.
+    pub fn truncate(&self, mint: i64) -> TruncateStats {
+        self.set_min_valid_time(mint);
+        let mut stats = TruncateStats::default();
+        let mut removed: Vec<(u32, Box<[u32]>)> = Vec::new();
+        let mut new_min = i64::MAX;
+        let name_sym = self.symbols.lookup(METRIC_NAME);
+        for shard in self.ids.iter() {
+            let series: Vec<Arc<MemSeries>> = shard.read().iter().flatten().cloned().collect();
+            for s in series {
+                let mut st = s.state.lock();
+                stats.chunks_removed += st.truncate(mint);
+                if !st.is_empty() {
+                    if let Some(t) = st.min_t() {
+                        new_min = new_min.min(t);
+                    }
+                    continue;
+                }
+                // Under the series lock, so an appender holding this series sees the flag
+                // once it gets the lock, and looks the series up afresh.
+                s.removed.store(true, Ordering::Release);
+                self.remove_series(&s, name_sym);
+                drop(st);
+                removed.push((s.id, s.labels.clone()));
+            }
+        }
+        stats.series_removed = removed.len();
+        self.postings.write().remove_all(&removed);
+        self.min_t.store(new_min, Ordering::Release);
+        stats.files_removed = self.mapper.truncate(mint);
+        self.metrics
+            .head_series_removed
+            .inc_by(stats.series_removed as u64);
+        tracing::debug!(
+            mint,
+            series_removed = stats.series_removed,
+            chunks_removed = stats.chunks_removed,
+            "head truncated"
+        );
+        stats
+    }
+
+    /// Takes a series out of the hash and id tables and the counters (postings are done in
+    /// bulk by the caller).
+    fn remove_series(&self, s: &Arc<MemSeries>, name_sym: Option<u32>) {
+        let hash = self.labels_hash_of(s);
+        {
+            let mut shard = self.hashes[hash_shard(hash)].write();
+            if shard.main.get(&hash).is_some_and(|m| Arc::ptr_eq(m, s)) {
+                shard.main.remove(&hash);
+                // Promote a colliding series, if any, into the main slot.
+                let next = shard.collisions.get_mut(&hash).and_then(|list| list.pop());
+                if let Some(next) = next {
+                    shard.main.insert(hash, next);
+                }
+                if shard.collisions.get(&hash).is_some_and(|l| l.is_empty()) {
+                    shard.collisions.remove(&hash);
+                }
+            } else if let Some(list) = shard.collisions.get_mut(&hash) {
+                list.retain(|m| !Arc::ptr_eq(m, s));
+                if list.is_empty() {
+                    shard.collisions.remove(&hash);
+                }
+            }
+        }
+        let id = s.id as usize;
+        if let Some(slot) = self.ids[id % SHARDS].write().get_mut(id / SHARDS) {
+            *slot = None;
+        }
+        self.num_series.fetch_sub(1, Ordering::AcqRel);
+        if let Some(name_sym) = name_sym
+            && let Some(p) = s.labels.chunks_exact(2).find(|p| p[0] == name_sym)
+        {
+            let mut pm = self.per_metric.lock();
+            if let Some(n) = pm.get_mut(&p[1]) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    pm.remove(&p[1]);
+                }
+            }
+        }
+    }
+
+    /// The label hash of a stored series (the same value the write path computes).
+    fn labels_hash_of(&self, s: &MemSeries) -> u64 {
+        let mut buf = Vec::with_capacity(256);
+        for p in s.labels.chunks_exact(2) {
+            buf.extend_from_slice(self.symbols.get(p[0]).as_bytes());
+            buf.push(0xff);
+            buf.extend_from_slice(self.symbols.get(p[1]).as_bytes());
+            buf.push(0xff);
+        }
+        xxhash_rust::xxh3::xxh3_64(&buf)
+    }
+
     /// Number of series.
     pub fn num_series(&self) -> usize {
         self.num_series.load(Ordering::Acquire)
@@ -691,6 +978,8 @@ impl Head {
 /// The parts of a head that exist before its WAL is opened (during replay).
 struct HeadMem {
     chunk_range: i64,
+    /// Replay drops samples before this (they are in blocks already).
+    min_valid_time: i64,
     mapper: ChunkMapper,
     symbols: SymbolTable,
     hashes: Box<[RwLock<HashShard>]>,
@@ -723,6 +1012,7 @@ impl HeadMem {
     fn new(chunk_range: i64, mapper: ChunkMapper) -> Self {
         Self {
             chunk_range,
+            min_valid_time: i64::MIN,
             mapper,
             symbols: SymbolTable::new(),
             hashes: (0..SHARDS)
@@ -820,6 +1110,9 @@ impl HeadMem {
 
     /// Appends a replayed sample; older ones are inserted in order (see the module docs).
     fn replay_sample(&self, series: &MemSeries, t: i64, v: f64) -> bool {
+        if t < self.min_valid_time {
+            return false;
+        }
         let store = Store {
             chunk_range: self.chunk_range,
             mapper: Some(&self.mapper),

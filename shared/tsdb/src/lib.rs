@@ -1,21 +1,29 @@
 //! Norn's time-series database: XOR chunks, WAL, in-memory head with postings index, and
-//! (later) blocks in Prometheus' on-disk format.
+//! blocks in Prometheus' on-disk format.
 //!
 //! * [`chunkenc`]: Prometheus' XOR chunk encoding and its chunk-cutting rule.
 //! * [`wal`]: the write-ahead log (Prometheus' `wlog` format), group commit, repair on replay.
-//! * [`head`]: the per-tenant in-memory TSDB: series, postings index, appends, selects.
+//! * [`head`]: the per-tenant in-memory TSDB: series, postings index, appends, selects, and
+//!   cutting a completed range into a block.
+//! * [`block`]: block writer and reader (meta.json, index v2, chunk segments, tombstones).
+//! * [`block_queryable`]: a set of blocks as a PromQL `Queryable`.
+//! * [`bucket_store`]: the blocks in the bucket, synced and verified for the query path.
 
 pub mod block;
+pub mod block_queryable;
+pub mod bucket_store;
 pub mod chunkenc;
 pub mod error;
 pub mod head;
 pub mod metrics;
 pub mod wal;
 
+pub use block_queryable::BlocksQueryable;
+pub use bucket_store::{BucketStore, SyncStats};
 pub use error::{Result, TsdbError};
 pub use head::{
-    AppendLimits, AppendOutcome, ChunkMeta, Head, HeadMemory, HeadOptions, HeadQueryable,
-    RejectReason, Rejection, ReplayStats, SeriesChunks,
+    AppendLimits, AppendOutcome, ChunkMeta, CutOutcome, Head, HeadMemory, HeadOptions,
+    HeadQueryable, RejectReason, Rejection, ReplayStats, SeriesChunks, TruncateStats,
 };
 pub use metrics::TsdbMetrics;
 pub use wal::{CheckpointStats, FsyncPolicy, ReplayResult, Wal, WalOptions};

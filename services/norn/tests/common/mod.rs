@@ -78,6 +78,10 @@ impl Norn {
                 "--common.storage.filesystem.dir={}",
                 self.dir.join("bucket").display()
             ))
+            .arg(format!(
+                "--blocks-storage.bucket-store.sync-dir={}",
+                self.dir.join("tsdb-sync").display()
+            ))
             .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
@@ -94,18 +98,18 @@ impl Norn {
     pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    panic!(
-                        "norn exited before becoming ready: {status}\n{}",
-                        self.log()
-                    );
-                }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!(
+                    "norn exited before becoming ready: {status}\n{}",
+                    self.log()
+                );
             }
-            if let Ok(r) = self.agent.get(&self.url("/ready")).call() {
-                if r.status() == 200 {
-                    return;
-                }
+            if let Ok(r) = self.agent.get(&self.url("/ready")).call()
+                && r.status() == 200
+            {
+                return;
             }
             assert!(
                 Instant::now() < deadline,

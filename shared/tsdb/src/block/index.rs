@@ -515,6 +515,21 @@ impl IndexReader {
         }
     }
 
+    /// Number of series, from the header of the all-postings list (not CRC-checked: a cheap
+    /// plausibility check at open; [`Self::all_postings`] verifies the list).
+    pub fn num_series(&self) -> Result<u32> {
+        let mut d = Decbuf::new(&self.b[..self.b.len() - TOC_SIZE]);
+        d.pos = usize::try_from(self.all_postings).unwrap_or(usize::MAX);
+        d.pos = d.pos.min(self.b.len());
+        match (d.be32(), d.be32()) {
+            (Some(_), Some(n)) => Ok(n),
+            _ => Err(self.corrupt(format!(
+                "all-postings list at {}: truncated",
+                self.all_postings
+            ))),
+        }
+    }
+
     /// Every series ref.
     pub fn all_postings(&self) -> Result<Vec<u32>> {
         self.postings_at(self.all_postings)
@@ -573,6 +588,9 @@ impl IndexReader {
                 let dt = d.uvarint().ok_or_else(malformed)?;
                 let dr = d.varint().ok_or_else(malformed)?;
                 let min_t = prev.max_t.wrapping_add(gap as i64);
+                if min_t < prev.max_t {
+                    return Err(bad("chunk gap overflows the time range"));
+                }
                 ChunkRef {
                     min_t,
                     max_t: min_t.wrapping_add(dt as i64),

@@ -171,7 +171,7 @@ impl<'a> Decbuf<'a> {
     }
 
     pub fn remaining(&self) -> usize {
-        self.b.len() - self.pos
+        self.b.len().saturating_sub(self.pos)
     }
 
     pub fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {

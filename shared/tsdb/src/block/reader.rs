@@ -2,7 +2,9 @@
 //!
 //! [`Block::open`] parses and validates `meta.json`, memory-maps the index and the chunk
 //! segments, checks the index TOC, symbol table and postings offset table (with CRCs), the
-//! segment headers and the tombstones. Series entries, postings lists and chunks are
+//! segment headers (numbered 1…N without gaps) and the tombstones; when meta.json has a
+//! Thanos section it also checks the segment names and file sizes listed there, so a
+//! missing or truncated file is reported at open. Series entries, postings lists and chunks are
 //! CRC-checked as they are read; any failure makes the whole call fail with an error naming
 //! the file and the problem, so a damaged block never serves partial data.
 //! [`Block::verify`] checks every byte a query could touch, for the compactor and tests.
@@ -49,6 +51,7 @@ impl Block {
         let meta = BlockMeta::from_json(&meta_bytes, &meta_path)?;
         let index = IndexReader::open(&dir.join(INDEX_FILENAME))?;
         let chunks = ChunkReader::open(&dir.join(CHUNKS_DIRNAME))?;
+        Self::check_files(&dir, &meta, &index, &chunks)?;
         let ts_path = dir.join(TOMBSTONES_FILENAME);
         // Very old blocks may lack the file; Prometheus treats that as "no tombstones".
         let (tombstones, tombstones_size) = match std::fs::read(&ts_path) {
@@ -66,6 +69,86 @@ impl Block {
             tombstones_size,
             skipped_chunks: AtomicU64::new(0),
         })
+    }
+
+    /// Cheap cross-checks at open that catch a missing or truncated file before a query
+    /// trips over it: series without any chunk segment, and (when meta.json has a Thanos
+    /// section, as every block Thanos or Mimir uploaded does) the listed segment names
+    /// and file sizes.
+    fn check_files(
+        dir: &Path,
+        meta: &BlockMeta,
+        index: &IndexReader,
+        chunks: &ChunkReader,
+    ) -> Result<()> {
+        let chunks_dir = dir.join(CHUNKS_DIRNAME);
+        if chunks.num_segments() == 0 && (meta.stats.num_chunks > 0 || index.num_series()? > 0) {
+            return Err(TsdbError::Corrupt {
+                path: chunks_dir.join(super::chunks::segment_name(1)),
+                msg: "chunk segment is missing: the block has series but no chunk files".into(),
+            });
+        }
+        let Some(thanos) = &meta.thanos else {
+            return Ok(());
+        };
+        let meta_path = dir.join(META_FILENAME);
+        if !thanos.segment_files.is_empty() {
+            let have: Vec<String> = chunks
+                .segments()
+                .map(|(p, _)| {
+                    p.file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .collect();
+            if have != thanos.segment_files {
+                let missing = thanos.segment_files.iter().find(|f| !have.contains(f));
+                return Err(TsdbError::Corrupt {
+                    path: missing.map_or_else(|| meta_path.clone(), |f| chunks_dir.join(f)),
+                    msg: format!(
+                        "chunk segments {have:?} differ from the {:?} meta.json lists",
+                        thanos.segment_files
+                    ),
+                });
+            }
+        }
+        let mut sizes: Vec<(String, PathBuf, u64)> = chunks
+            .segments()
+            .map(|(p, n)| {
+                let name = p.file_name().unwrap_or_default().to_string_lossy();
+                (format!("{CHUNKS_DIRNAME}/{name}"), p.to_path_buf(), n)
+            })
+            .collect();
+        sizes.push((
+            INDEX_FILENAME.to_string(),
+            index.path().to_path_buf(),
+            index.size_bytes(),
+        ));
+        for f in &thanos.files {
+            if f.size_bytes == 0 {
+                continue;
+            }
+            match sizes.iter().find(|(rel, _, _)| *rel == f.rel_path) {
+                Some((_, path, n)) if *n != f.size_bytes => {
+                    return Err(TsdbError::Corrupt {
+                        path: path.clone(),
+                        msg: format!(
+                            "file is {n} bytes but meta.json lists {} (truncated or replaced?)",
+                            f.size_bytes
+                        ),
+                    });
+                }
+                None if f.rel_path.starts_with(&format!("{CHUNKS_DIRNAME}/")) => {
+                    return Err(TsdbError::Corrupt {
+                        path: dir.join(&f.rel_path),
+                        msg: "chunk segment listed in meta.json is missing".into(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// The block directory.
@@ -211,8 +294,10 @@ impl Block {
     /// Reads every series, postings list and chunk and checks that the index agrees with
     /// `meta.json`: proof that nothing a query could touch is damaged.
     pub fn verify(&self) -> Result<()> {
+        // Disagreements between meta.json (which has no checksum) and the checksummed
+        // index and chunks are blamed on meta.json.
         let corrupt = |msg: String| TsdbError::Corrupt {
-            path: self.dir.clone(),
+            path: self.dir.join(META_FILENAME),
             msg,
         };
         let all = self.index.all_postings()?;
@@ -226,7 +311,10 @@ impl Block {
         for &r in &all {
             let s = self.index.series(r)?;
             if prev.as_ref().is_some_and(|p| p >= &s.labels) {
-                return Err(corrupt(format!("series {} is out of order", s.labels)));
+                return Err(TsdbError::Corrupt {
+                    path: self.index.path().to_path_buf(),
+                    msg: format!("series {} is out of order", s.labels),
+                });
             }
             for c in &s.chunks {
                 let raw = self.chunks.chunk(c.r)?;
@@ -319,7 +407,7 @@ impl Block {
             path: self
                 .dir
                 .join(CHUNKS_DIRNAME)
-                .join(super::chunks::segment_name((c.r >> 32) as u32 + 1)),
+                .join(super::chunks::segment_name((c.r >> 32) + 1)),
             msg: format!(
                 "chunk ref {:#x} of series {} ({}..{}): {msg}",
                 c.r, s.labels, c.min_t, c.max_t

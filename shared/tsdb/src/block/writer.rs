@@ -224,15 +224,21 @@ impl BlockWriter {
             .chunks
             .as_mut()
             .ok_or_else(|| TsdbError::InvalidOption("block writer already finished".into()))?;
-        let mut refs = Vec::with_capacity(chunks.len());
-        for c in chunks {
-            let r = cw.write(ENCODING_XOR, &c.data)?;
-            refs.push(ChunkRef {
+        // One call per series, as Prometheus' compactor, so segments are cut where it cuts.
+        let raw: Vec<(u8, &[u8])> = chunks
+            .iter()
+            .map(|c| (ENCODING_XOR, c.data.as_slice()))
+            .collect();
+        let refs: Vec<ChunkRef> = cw
+            .write_chunks(&raw)?
+            .into_iter()
+            .zip(chunks)
+            .map(|(r, c)| ChunkRef {
                 min_t: c.min_t,
                 max_t: c.max_t,
                 r,
-            });
-        }
+            })
+            .collect();
         let mut pairs = Vec::with_capacity(labels.len());
         for l in labels {
             let n = self.intern(&l.name);

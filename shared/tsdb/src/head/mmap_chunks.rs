@@ -223,6 +223,10 @@ impl ChunkMapper {
         })
     }
 
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Bytes written so far (all files).
     #[cfg(test)]
     pub(crate) fn written(&self) -> u64 {

@@ -29,12 +29,6 @@ impl PostingList {
         }
     }
 
-    fn remove(&mut self, id: u32) {
-        if let Ok(i) = self.0.binary_search(&id) {
-            self.0.remove(i);
-        }
-    }
-
     pub(crate) fn as_slice(&self) -> &[u32] {
         &self.0
     }
@@ -65,21 +59,33 @@ impl MemPostings {
         }
     }
 
-    /// Removes series `id` (for head truncation).
-    #[allow(dead_code)]
-    pub(crate) fn remove(&mut self, id: u32, labels: &[u32]) {
-        self.all.remove(id);
-        for pair in labels.chunks_exact(2) {
-            if let Some(values) = self.names.get_mut(&pair[0]) {
-                if let Some(list) = values.get_mut(&pair[1]) {
-                    list.remove(id);
-                    if list.0.is_empty() {
-                        values.remove(&pair[1]);
-                    }
+    /// Removes series (head truncation): `removed` holds each series' id and flattened
+    /// label symbols. One pass per touched list, so removing most of a large head stays
+    /// linear rather than a `Vec::remove` per id.
+    pub(crate) fn remove_all(&mut self, removed: &[(u32, Box<[u32]>)]) {
+        if removed.is_empty() {
+            return;
+        }
+        let ids: hashbrown::HashSet<u32> = removed.iter().map(|(id, _)| *id).collect();
+        self.all.0.retain(|id| !ids.contains(id));
+        let mut touched: hashbrown::HashSet<(u32, u32)> = hashbrown::HashSet::new();
+        for (_, labels) in removed {
+            for pair in labels.chunks_exact(2) {
+                touched.insert((pair[0], pair[1]));
+            }
+        }
+        for (name, value) in touched {
+            let Some(values) = self.names.get_mut(&name) else {
+                continue;
+            };
+            if let Some(list) = values.get_mut(&value) {
+                list.0.retain(|id| !ids.contains(id));
+                if list.0.is_empty() {
+                    values.remove(&value);
                 }
-                if values.is_empty() {
-                    self.names.remove(&pair[0]);
-                }
+            }
+            if values.is_empty() {
+                self.names.remove(&name);
             }
         }
     }

@@ -345,10 +345,13 @@ mod tests {
         for t in (0..3000).step_by(100) {
             s.append(1, t, 1.0, store);
         }
+        // Chunks [0, 900], [1000, 1900] (closed) and [2000, 2900] (open).
         assert_eq!(s.truncate(1000), 1);
         assert_eq!(s.min_t(), Some(1000));
-        assert_eq!(s.truncate(2950), 1);
-        assert_eq!(s.truncate(5000), 1);
+        assert_eq!(s.truncate(1000), 0);
+        assert_eq!(s.truncate(2000), 1);
+        assert!(!s.is_empty());
+        assert_eq!(s.truncate(2901), 1);
         assert!(s.is_empty());
         s.append(1, 5000, 1.0, store);
         assert_eq!(s.samples(0, 10_000, store), [Sample::new(5000, 1.0)]);

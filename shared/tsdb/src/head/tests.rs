@@ -600,3 +600,178 @@ proptest! {
         prop_assert_eq!(labels_hash(&sv, &mut buf), sv.labels_hash());
     }
 }
+
+/// Two series over [0, 3 h] at 15 s, one of them ending after 40 minutes.
+fn three_hours(head: &Head) -> (Labels, Labels) {
+    let long = labels(&[("__name__", "m"), ("job", "long")]);
+    let short = labels(&[("__name__", "m"), ("job", "short")]);
+    for t in (0..=3 * 3_600_000).step_by(15_000) {
+        let mut series = vec![(long.clone(), vec![(t, t as f64)])];
+        if t < 2_400_000 {
+            series.push((short.clone(), vec![(t, 1.0)]));
+        }
+        head.append(&batch(&series), &NO_LIMITS).unwrap();
+    }
+    (long, short)
+}
+
+#[test]
+fn cut_block_moves_a_range_out_of_the_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = dir.path().join("blocks");
+    std::fs::create_dir_all(&blocks).unwrap();
+    let (head, _) = Head::open(opts(dir.path())).unwrap();
+    assert_eq!(head.compactable_range(), None);
+    let (long, short) = three_hours(&head);
+    // 0..3h of data with 2h blocks: [0, 2h) is complete once the head reaches 3h.
+    assert_eq!(head.compactable_range(), Some((0, 7_200_000)));
+    let out = head
+        .cut_block(
+            &blocks,
+            0,
+            7_200_000,
+            BlockOptions::for_tenant("t", "ingester", []),
+            |_| Ok(()),
+        )
+        .unwrap();
+    let meta = out.meta.unwrap();
+    assert_eq!((meta.min_time, meta.max_time), (0, 7_200_000));
+    assert_eq!(meta.stats.num_series, 2);
+    assert_eq!(meta.stats.num_samples, 480 + 160);
+    assert_eq!(out.truncated.series_removed, 1);
+    assert_eq!(head.num_series(), 1);
+    assert_eq!(head.min_time(), Some(7_200_000));
+    assert_eq!(head.compactable_range(), None);
+
+    // The block holds exactly the range; the head holds exactly the rest.
+    let block = crate::block::Block::open(blocks.join(&meta.ulid)).unwrap();
+    let in_block = block.select(i64::MIN, i64::MAX, &[]).unwrap();
+    assert_eq!(in_block.len(), 2);
+    assert_eq!(in_block[0].labels, long);
+    assert_eq!(in_block[0].samples.len(), 480);
+    assert_eq!(in_block[0].samples.last().unwrap().t, 7_200_000 - 15_000);
+    assert_eq!(in_block[1].labels, short);
+    let in_head = head.select(i64::MIN, i64::MAX, &[]);
+    assert_eq!(in_head.len(), 1);
+    assert_eq!(in_head[0].samples.len(), 241);
+    assert_eq!(in_head[0].samples[0].t, 7_200_000);
+
+    // Samples for the cut range are refused now; the removed series comes back as new.
+    let out = head
+        .append(
+            &batch(&[(short.clone(), vec![(7_000_000, 1.0), (10_800_000, 2.0)])]),
+            &NO_LIMITS,
+        )
+        .unwrap();
+    assert_eq!(out.appended, 1);
+    assert_eq!(out.series_created, 1);
+    assert_eq!(out.rejected[0].reason, RejectReason::TooOld);
+
+    // Replay after the checkpoint, told where the blocks end, rebuilds just the head.
+    let expect = all_samples(&head);
+    drop(head);
+    let mut o = opts(dir.path());
+    o.min_valid_time = 7_200_000;
+    let (head, _) = Head::open(o).unwrap();
+    assert_eq!(all_samples(&head), expect);
+    assert_eq!(head.num_series(), 2);
+}
+
+#[test]
+fn replay_without_checkpoint_skips_what_blocks_hold() {
+    // A crash after the block was written but before the WAL checkpoint: the WAL still has
+    // everything, and min_valid_time keeps the head from holding the block's samples twice.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (head, _) = Head::open(opts(dir.path())).unwrap();
+        three_hours(&head);
+    }
+    let mut o = opts(dir.path());
+    o.min_valid_time = 7_200_000;
+    let (head, _) = Head::open(o).unwrap();
+    assert_eq!(
+        head.num_series(),
+        1,
+        "the series that ended before 2h is gone"
+    );
+    let s = head.select(i64::MIN, i64::MAX, &[]);
+    assert_eq!(s[0].samples.first().unwrap().t, 7_200_000);
+    assert_eq!(s[0].samples.len(), 241);
+}
+
+#[test]
+fn flush_ranges_cover_the_head_in_aligned_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    let (head, _) = Head::open(opts(dir.path())).unwrap();
+    assert!(head.flush_ranges().is_empty());
+    let l = labels(&[("__name__", "m")]);
+    head.append(&batch(&[(l.clone(), vec![(3_600_000, 1.0)])]), &NO_LIMITS)
+        .unwrap();
+    head.append(&batch(&[(l, vec![(9_000_000, 1.0)])]), &NO_LIMITS)
+        .unwrap();
+    assert_eq!(
+        head.flush_ranges(),
+        [(3_600_000, 7_200_000), (7_200_000, 9_000_001)]
+    );
+    let blocks = dir.path().join("b");
+    std::fs::create_dir_all(&blocks).unwrap();
+    for (a, b) in head.flush_ranges() {
+        let out = head
+            .cut_block(&blocks, a, b, BlockOptions::default(), |_| Ok(()))
+            .unwrap();
+        assert_eq!(out.meta.unwrap().stats.num_samples, 1);
+    }
+    assert_eq!(head.num_series(), 0);
+    assert!(head.flush_ranges().is_empty());
+    assert_eq!(head.min_valid_time(), 9_000_001);
+}
+
+#[test]
+fn appends_racing_a_truncation_are_never_lost() {
+    // Series are emptied and removed while appenders keep writing to them; every accepted
+    // sample must be in the head (or rejected as too old), never in a removed series.
+    let dir = tempfile::tempdir().unwrap();
+    let (head, _) = Head::open(opts(dir.path())).unwrap();
+    let head = Arc::new(head);
+    let l = |i: usize| labels(&[("__name__", "m"), ("i", &i.to_string())]);
+    let accepted = Arc::new(AtomicUsize::new(0));
+    std::thread::scope(|scope| {
+        for w in 0..2 {
+            let head = Arc::clone(&head);
+            let accepted = Arc::clone(&accepted);
+            scope.spawn(move || {
+                for t in 0..400i64 {
+                    let series: Vec<_> = (0..20)
+                        .filter(|i| i % 2 == w)
+                        .map(|i| (l(i), vec![(t * 1000, 1.0)]))
+                        .collect();
+                    let out = head.append(&batch(&series), &NO_LIMITS).unwrap();
+                    accepted.fetch_add(out.appended, Ordering::Relaxed);
+                }
+            });
+        }
+        let head = Arc::clone(&head);
+        scope.spawn(move || {
+            for k in 0..40 {
+                head.truncate(k * 10_000);
+                std::thread::yield_now();
+            }
+        });
+    });
+    let in_head: usize = head
+        .select(i64::MIN, i64::MAX, &[])
+        .iter()
+        .map(|s| s.samples.len())
+        .sum();
+    let dropped_by_truncation = accepted.load(Ordering::Relaxed) - in_head;
+    // Only samples before the last truncation point (390 s) may have been dropped.
+    let old: usize = head
+        .select(i64::MIN, i64::MAX, &[])
+        .iter()
+        .map(|s| s.samples.iter().filter(|x| x.t < 390_000).count())
+        .sum();
+    assert_eq!(old, 0);
+    assert!(dropped_by_truncation <= 20 * 390);
+    // Every sample at or after 390 s that was accepted is there: 20 series × 10 samples.
+    assert_eq!(in_head, 20 * 10);
+}
