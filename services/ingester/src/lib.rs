@@ -706,7 +706,7 @@ fn reject_message(reason: RejectReason, batch: &WriteBatch, series_index: usize)
             "the sample has been rejected because another sample with a more recent timestamp has already been ingested and out-of-order samples are not allowed"
         }
         RejectReason::TooOld => {
-            "the sample has been rejected because its timestamp is too old: it is older than the ingester's head window (half a block range behind the newest sample)"
+            "the sample has been rejected because its timestamp is too old: it is older than the ingester's head window (half a block range behind the newest sample) or in a time range already cut into a block"
         }
         RejectReason::DuplicateTimestamp => {
             "the sample has been rejected because another sample with the same timestamp, but a different value, has already been ingested"

@@ -329,6 +329,32 @@ fn queries_span_bucket_local_blocks_and_head_exactly_once() {
     for r in v["data"]["result"].as_array().unwrap() {
         assert_eq!(r["value"][1].as_str().unwrap(), "1200", "{r}");
     }
+
+    // Mimir's /ingester/shutdown: everything is cut and shipped, then writes are refused
+    // (retryable) while queries still answer.
+    let resp = ureq::post(&n.url("/ingester/shutdown"))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send_empty()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    assert!(
+        n.log().contains("cut block from head"),
+        "the head's last hour was cut"
+    );
+    let (status, body) = n.push(
+        T,
+        &request(vec![series(
+            &[("__name__", "block_test"), ("job", "e2e"), ("series", "s0")],
+            &[(end + STEP, 1.0)],
+        )]),
+    );
+    assert_eq!(status, 503, "{body}");
+    let local = block_dirs(&local_dir);
+    let bucket = block_dirs(&dir.path().join("bucket").join(TENANT));
+    assert!(local.iter().all(|b| bucket.contains(b)), "{local:?} ⊆ {bucket:?}");
+    assert_exactly(&n, &sent, t0, end, "after /ingester/shutdown");
 }
 
 #[test]

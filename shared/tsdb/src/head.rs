@@ -907,14 +907,12 @@ impl Head {
 
     /// The label hash of a stored series (the same value the write path computes).
     fn labels_hash_of(&self, s: &MemSeries) -> u64 {
-        let mut buf = Vec::with_capacity(256);
-        for p in s.labels.chunks_exact(2) {
-            buf.extend_from_slice(self.symbols.get(p[0]).as_bytes());
-            buf.push(0xff);
-            buf.extend_from_slice(self.symbols.get(p[1]).as_bytes());
-            buf.push(0xff);
-        }
-        xxhash_rust::xxh3::xxh3_64(&buf)
+        norn_model::hash_label_pairs(s.labels.chunks_exact(2).map(|p| {
+            (
+                self.symbols.get(p[0]).as_bytes(),
+                self.symbols.get(p[1]).as_bytes(),
+            )
+        }))
     }
 
     /// Number of series.
