@@ -5,14 +5,20 @@
 //! step). The process serves HTTP until SIGTERM/SIGINT, then stops taking requests, lets
 //! in-flight ones finish, and shuts services down in reverse order so the ingester's WAL is
 //! synced last.
+//!
+//! `norn tools …` (the first argument `tools`) runs offline tools instead of the server:
+//! see [`tools`].
 
 mod config;
+mod tools;
 
+use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use norn_distributor::{Distributor, DistributorService};
 use norn_ingester::{Ingester, IngesterService};
 use norn_limits::Overrides;
@@ -26,8 +32,20 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{Args, Config};
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+/// Shown at the end of `norn --help`.
+const TOOLS_HELP: &str = "Tools (run instead of the server; `norn tools --help` lists them):\n  \
+    norn tools import-blocks --tenant=<TENANT> [storage flags] <DIR>...\n      \
+    verify Prometheus TSDB blocks and upload them into the tenant's part of the bucket";
+
+fn main() -> anyhow::Result<ExitCode> {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == "tools") {
+        return Ok(tools::main(argv.into_iter().skip(1)));
+    }
+    let matches = Args::command()
+        .after_help(TOOLS_HELP)
+        .get_matches_from(argv);
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let cfg = Config::load(&args)?;
     init_logging(&cfg.server.log_level)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -35,10 +53,11 @@ fn main() -> anyhow::Result<()> {
         .thread_name("norn")
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(run(cfg))
+    rt.block_on(run(cfg))?;
+    Ok(ExitCode::SUCCESS)
 }
 
-fn init_logging(level: &str) -> anyhow::Result<()> {
+pub(crate) fn init_logging(level: &str) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .with_context(|| format!("invalid log level {level:?}"))?;

@@ -353,7 +353,10 @@ fn queries_span_bucket_local_blocks_and_head_exactly_once() {
     assert_eq!(status, 503, "{body}");
     let local = block_dirs(&local_dir);
     let bucket = block_dirs(&dir.path().join("bucket").join(TENANT));
-    assert!(local.iter().all(|b| bucket.contains(b)), "{local:?} ⊆ {bucket:?}");
+    assert!(
+        local.iter().all(|b| bucket.contains(b)),
+        "{local:?} ⊆ {bucket:?}"
+    );
     assert_exactly(&n, &sent, t0, end, "after /ingester/shutdown");
 }
 
