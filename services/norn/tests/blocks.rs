@@ -9,11 +9,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Norn, now_ms, request, series};
+use common::{Norn, block_dirs, now_ms, peer, request, run_bounded, series};
 
 const TENANT: &str = "tenant-a";
 const T: Option<&str> = Some(TENANT);
@@ -21,30 +20,6 @@ const STEP: i64 = 15_000;
 
 /// Sent samples by series name (`s0`…), in time order.
 type Sent = BTreeMap<String, Vec<(i64, f64)>>;
-
-fn require_peers() -> bool {
-    std::env::var("NORN_REQUIRE_PEERS").as_deref() == Ok("1")
-}
-
-fn find(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(bin))
-            .find(|p| p.is_file())
-    })
-}
-
-fn peer(bin: &str) -> Option<PathBuf> {
-    let found = find(bin);
-    if found.is_none() {
-        assert!(
-            !require_peers(),
-            "{bin} is not installed but NORN_REQUIRE_PEERS=1"
-        );
-        eprintln!("SKIP: {bin} not found");
-    }
-    found
-}
 
 /// Pushes `series` series with one sample every 15 s in `[from, to)`, in time order, ten
 /// minutes per request (so the head's too-old window never rejects any), and records them.
@@ -120,46 +95,6 @@ fn wait_until(what: &str, n: &Norn, limit: Duration, mut f: impl FnMut() -> bool
     }
 }
 
-/// Block directories (complete ones: with `meta.json`) under `dir`.
-fn block_dirs(dir: &Path) -> Vec<String> {
-    let mut out: Vec<String> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().join("meta.json").is_file())
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .collect();
-    out.sort();
-    out
-}
-
-/// Runs a command with a time bound; returns (success, stdout, stderr).
-fn run_bounded(cmd: &mut Command, limit: Duration) -> (bool, String, String) {
-    let out_file = tempfile::NamedTempFile::new().unwrap();
-    let err_file = tempfile::NamedTempFile::new().unwrap();
-    let mut child = cmd
-        .stdout(out_file.reopen().unwrap())
-        .stderr(err_file.reopen().unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{cmd:?} did not finish in {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (
-        status.success(),
-        std::fs::read_to_string(out_file.path()).unwrap(),
-        std::fs::read_to_string(err_file.path()).unwrap(),
-    )
-}
-
 /// Parses `promtool tsdb dump` output (`{labels} value timestamp` per line).
 fn parse_dump(text: &str) -> Sent {
     let mut out = Sent::new();
@@ -223,15 +158,15 @@ fn blocks_are_cut_shipped_and_read_by_promtool() {
     // promtool reads the bucket's tenant directory as a TSDB: every block analyses, and the
     // dump is exactly what was sent.
     for b in &shipped {
-        let (ok, out, err) = run_bounded(
+        let run = run_bounded(
             Command::new(&promtool)
                 .args(["tsdb", "analyze"])
                 .arg(&bucket_dir)
                 .arg(b),
             Duration::from_secs(60),
         );
-        assert!(ok, "promtool tsdb analyze {b}: {out}{err}");
-        assert!(out.contains("Series: 6"), "{out}");
+        assert!(run.ok(), "promtool tsdb analyze {b}: {}", run.text());
+        assert!(run.stdout.contains("Series: 6"), "{}", run.text());
     }
     // `promtool tsdb dump` opens a whole TSDB, WAL included: give it the bucket's blocks
     // beside an empty WAL.
@@ -247,12 +182,16 @@ fn blocks_are_cut_shipped_and_read_by_promtool() {
             .unwrap();
         assert!(status.success());
     }
-    let (ok, out, err) = run_bounded(
+    let run = run_bounded(
         Command::new(&promtool).args(["tsdb", "dump"]).arg(&view),
         Duration::from_secs(60),
     );
-    assert!(ok, "promtool tsdb dump: {err}");
-    assert_eq!(parse_dump(&out), sent, "promtool tsdb dump == samples sent");
+    assert!(run.ok(), "promtool tsdb dump: {}", run.text());
+    assert_eq!(
+        parse_dump(&run.stdout),
+        sent,
+        "promtool tsdb dump == samples sent"
+    );
 
     // A restart reopens the local blocks and replays the checkpointed WAL: still exactly once.
     n.kill9();
@@ -469,4 +408,25 @@ fn s3_shipping_survives_outages_and_kills() {
         "every local block shipped, none twice"
     );
     assert_exactly(&n, &sent, t0, end, "after outage and kill");
+}
+
+#[test]
+fn idle_heads_are_cut_and_shipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = block_args();
+    args.push("--blocks-storage.tsdb.head-compaction-idle-timeout=2s");
+    let n = Norn::start(dir.path(), &args);
+    let mut sent = Sent::new();
+    let end = now_ms() / STEP * STEP;
+    // Thirty minutes: no range is complete, only the idle timeout cuts it.
+    push_range(&n, &mut sent, 2, end - 1_800_000, end);
+    let bucket_dir = dir.path().join("bucket").join(TENANT);
+    wait_until(
+        "the idle head's block in the bucket",
+        &n,
+        Duration::from_secs(30),
+        || !block_dirs(&bucket_dir).is_empty(),
+    );
+    assert_eq!(n.metric("norn_ingester_memory_series"), 0.0);
+    assert_exactly(&n, &sent, end - 1_800_000, end, "after the idle cut");
 }

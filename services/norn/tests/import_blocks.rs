@@ -12,11 +12,11 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{Norn, now_ms};
+use common::{Norn, Run, block_dirs, now_ms, peer, run_bounded};
 use norn_model::{Labels, Sample};
 use norn_tsdb::SeriesChunks;
 use norn_tsdb::block::{
@@ -25,82 +25,6 @@ use norn_tsdb::block::{
 
 const STEP_S: i64 = 15;
 const HOUR_MS: i64 = 3_600_000;
-
-fn require_peers() -> bool {
-    std::env::var("NORN_REQUIRE_PEERS").as_deref() == Ok("1")
-}
-
-fn peer(bin: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(bin))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            !require_peers(),
-            "{bin} is not installed but NORN_REQUIRE_PEERS=1"
-        );
-        eprintln!("SKIP: {bin} not found");
-    }
-    found
-}
-
-/// What a finished command printed.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn ok(&self) -> bool {
-        self.code == Some(0)
-    }
-
-    fn text(&self) -> String {
-        format!(
-            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-
-    /// The stdout line of block `id`.
-    fn line_of(&self, id: &str) -> &str {
-        self.stdout
-            .lines()
-            .find(|l| l.contains(id))
-            .unwrap_or_else(|| panic!("no line for {id}\n{}", self.text()))
-    }
-}
-
-/// Runs a command with a time bound.
-fn run_bounded(cmd: &mut Command, limit: Duration) -> Run {
-    let out_file = tempfile::NamedTempFile::new().unwrap();
-    let err_file = tempfile::NamedTempFile::new().unwrap();
-    let mut child = cmd
-        .stdout(out_file.reopen().unwrap())
-        .stderr(err_file.reopen().unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} did not finish in {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Run {
-        code: status.code(),
-        stdout: std::fs::read_to_string(out_file.path()).unwrap(),
-        stderr: std::fs::read_to_string(err_file.path()).unwrap(),
-    }
-}
 
 /// `norn tools import-blocks --tenant <tenant> --common.storage.filesystem.dir=<bucket> …`.
 fn import(bucket: &Path, tenant: &str, extra: &[&str], dirs: &[&Path]) -> Run {
@@ -128,19 +52,6 @@ fn import_with(tenant: &str, args: &[String], dirs: &[&Path]) -> Run {
         run.text()
     );
     run
-}
-
-/// Complete block directories (with `meta.json`) under `dir`, sorted.
-fn block_dirs(dir: &Path) -> Vec<String> {
-    let mut out: Vec<String> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().join("meta.json").is_file())
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .collect();
-    out.sort();
-    out
 }
 
 /// Every file under `dir` (relative path → size, mtime, content), for "nothing changed".

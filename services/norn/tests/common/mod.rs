@@ -301,3 +301,94 @@ pub fn request(ts: Vec<pb::TimeSeries>) -> pb::WriteRequest {
         metadata: vec![],
     }
 }
+
+/// Whether a missing peer (promtool, moto_server, …) is a failure (`NORN_REQUIRE_PEERS=1`).
+pub fn require_peers() -> bool {
+    std::env::var("NORN_REQUIRE_PEERS").as_deref() == Ok("1")
+}
+
+/// The peer binary on PATH; `None` (after printing `SKIP`) when missing, unless required.
+pub fn peer(bin: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(bin))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            !require_peers(),
+            "{bin} is not installed but NORN_REQUIRE_PEERS=1"
+        );
+        eprintln!("SKIP: {bin} not found");
+    }
+    found
+}
+
+/// What a finished command printed.
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    pub fn text(&self) -> String {
+        format!(
+            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+
+    /// The stdout line of block `id`.
+    pub fn line_of(&self, id: &str) -> &str {
+        self.stdout
+            .lines()
+            .find(|l| l.contains(id))
+            .unwrap_or_else(|| panic!("no line for {id}\n{}", self.text()))
+    }
+}
+
+/// Runs a command with a time bound.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Run {
+    let out_file = tempfile::NamedTempFile::new().unwrap();
+    let err_file = tempfile::NamedTempFile::new().unwrap();
+    let mut child = cmd
+        .stdout(out_file.reopen().unwrap())
+        .stderr(err_file.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish in {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Run {
+        code: status.code(),
+        stdout: std::fs::read_to_string(out_file.path()).unwrap(),
+        stderr: std::fs::read_to_string(err_file.path()).unwrap(),
+    }
+}
+
+/// Complete block directories (with `meta.json`) under `dir`, sorted.
+pub fn block_dirs(dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("meta.json").is_file())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    out.sort();
+    out
+}
