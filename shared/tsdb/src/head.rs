@@ -43,11 +43,13 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use hashbrown::HashMap;
 use norn_model::{
-    Label, Labels, METRIC_NAME, Matcher, Queryable, Series, SeriesView, StorageError, WriteBatch,
+    Label, Labels, METRIC_NAME, Matcher, Queryable, Sample, Series, SeriesView, StorageError,
+    WriteBatch,
 };
 use parking_lot::{Mutex, RwLock};
 
-use crate::block::{BlockMeta, BlockOptions, BlockWriter};
+use crate::block::{BlockMeta, BlockOptions, BlockWriter, chunks_from_samples};
+use crate::chunkenc::{SAMPLES_PER_CHUNK, XorIterator};
 use crate::error::{Result, TsdbError};
 use crate::metrics::TsdbMetrics;
 use crate::wal::record::{self, RefSample};
@@ -681,10 +683,10 @@ impl Head {
 
     /// Writes the head's data in `[mint, maxt)` as a block under `dir` (streaming series by
     /// series, so the head's chunks are never copied all at once). `None` when no series has
-    /// data there. Chunks straddling `maxt` are cut by the chunk cutter at block-range
-    /// multiples, so for an aligned range every chunk lies inside it; a forced flush of an
-    /// unaligned range keeps whole chunks, whose samples all lie in `[mint, maxt)` once
-    /// `min_valid_time` is `maxt`.
+    /// data there. The chunk cutter never lets a chunk straddle a block-range multiple, so
+    /// for an aligned range every chunk is copied as it is; a chunk reaching outside the
+    /// range (a forced flush's open chunk, which appends may continue) is re-encoded with
+    /// just the samples inside it, so a block never holds a sample outside its range.
     pub fn write_block(
         &self,
         dir: &std::path::Path,
@@ -717,11 +719,26 @@ impl Head {
                             msg: format!("head chunk of series {} is missing", s.id),
                         });
                     }
-                    chunks.push(ChunkMeta {
-                        min_t,
-                        max_t,
-                        data: data.bytes().to_vec(),
-                    });
+                    if min_t >= mint && max_t < maxt {
+                        chunks.push(ChunkMeta {
+                            min_t,
+                            max_t,
+                            data: data.bytes().to_vec(),
+                        });
+                        continue;
+                    }
+                    // Only a forced flush gets here: the open chunk of an unaligned range
+                    // (appends after the cut continue it). The block takes just its part.
+                    let inside: Vec<Sample> = XorIterator::new(data.bytes())
+                        .filter(|&(t, _)| t >= mint && t < maxt)
+                        .map(|(t, v)| Sample::new(t, v))
+                        .collect();
+                    if !inside.is_empty() {
+                        chunks.extend(chunks_from_samples(
+                            &inside,
+                            usize::from(SAMPLES_PER_CHUNK),
+                        )?);
+                    }
                 }
             }
             if !chunks.is_empty() {

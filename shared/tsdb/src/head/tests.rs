@@ -775,3 +775,25 @@ fn appends_racing_a_truncation_are_never_lost() {
     // Every sample at or after 390 s that was accepted is there: 20 series × 10 samples.
     assert_eq!(in_head, 20 * 10);
 }
+
+#[test]
+fn a_block_never_holds_samples_outside_its_range() {
+    // A forced flush cuts at the newest sample + 1, inside an open chunk that later appends
+    // continue: the block must take only its part of that chunk.
+    let dir = tempfile::tempdir().unwrap();
+    let (head, _) = Head::open(opts(dir.path())).unwrap();
+    let l = labels(&[("__name__", "m")]);
+    let samples: Vec<(i64, f64)> = (0..10).map(|i| (i * 1000, i as f64)).collect();
+    head.append(&batch(&[(l.clone(), samples)]), &NO_LIMITS)
+        .unwrap();
+    let meta = head
+        .write_block(dir.path(), 2000, 5000, BlockOptions::default())
+        .unwrap()
+        .unwrap();
+    assert_eq!(meta.stats.num_samples, 3);
+    let block = crate::block::Block::open(dir.path().join(&meta.ulid)).unwrap();
+    block.verify().unwrap();
+    let got = block.select(i64::MIN, i64::MAX, &[]).unwrap();
+    let ts: Vec<i64> = got[0].samples.iter().map(|s| s.t).collect();
+    assert_eq!(ts, [2000, 3000, 4000]);
+}
