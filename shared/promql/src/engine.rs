@@ -348,6 +348,8 @@ fn evaluate(
         annotations: Default::default(),
         invalid_utf8: crate::eval::invalid_utf8_literals(query),
         subquery_cache: HashMap::new(),
+        window_cursors: HashMap::new(),
+        points_pool: Vec::new(),
     };
     let value = if !range {
         match ev.eval(expr, start)? {

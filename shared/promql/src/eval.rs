@@ -85,6 +85,14 @@ pub(crate) struct Evaluator<'a> {
     /// at an absolute time does not depend on the outer step, so consecutive outer steps
     /// (whose windows overlap) reuse them instead of re-evaluating.
     pub subquery_cache: HashMap<usize, BTreeMap<i64, Val>>,
+    /// Per matrix selector node: the window start of the previous step and, per fetched
+    /// series, the index of the first sample after it. Range queries move every window
+    /// forward by one step, so the next start is found by stepping from there instead of a
+    /// binary search over each series' whole sample array (which misses the cache).
+    pub window_cursors: HashMap<usize, (i64, Vec<usize>)>,
+    /// Emptied point buffers of range vectors already consumed, reused by the next window
+    /// instead of an allocation per series per step.
+    pub points_pool: Vec<Vec<(i64, f64)>>,
 }
 
 impl Evaluator<'_> {
@@ -223,7 +231,7 @@ impl Evaluator<'_> {
     }
 
     pub fn eval_matrix_selector(
-        &self,
+        &mut self,
         vs: &VectorSelector,
         range: i64,
         t: i64,
@@ -232,17 +240,47 @@ impl Evaluator<'_> {
             .unwrap_or(t)
             .saturating_sub(offset_ms(&vs.offset));
         let start = ref_t.saturating_sub(range);
+        let data = self.data;
+        let fetched: &[FetchedSeries] = data.get(&node_key(vs)).map_or(&[], Vec::as_slice);
+        let (prev_start, mut cursors) = self
+            .window_cursors
+            .remove(&node_key(vs))
+            .unwrap_or((i64::MAX, Vec::new()));
+        let forward = start >= prev_start && cursors.len() == fetched.len();
+        if !forward {
+            cursors.clear();
+            cursors.resize(fetched.len(), 0);
+        }
         let mut series = Vec::new();
         let mut total = 0usize;
-        for s in self.series_of(vs) {
-            let lo = s.samples.partition_point(|x| x.t <= start);
-            let hi = s.samples.partition_point(|x| x.t <= ref_t);
-            let points: Vec<(i64, f64)> = s.samples[lo..hi]
-                .iter()
-                .filter(|x| !is_stale_nan(x.v))
-                .map(|x| (x.t, x.v))
-                .collect();
+        for (s, cursor) in fetched.iter().zip(cursors.iter_mut()) {
+            let lo = if forward {
+                let mut lo = *cursor;
+                while lo < s.samples.len() && s.samples[lo].t <= start {
+                    lo += 1;
+                }
+                lo
+            } else {
+                s.samples.partition_point(|x| x.t <= start)
+            };
+            *cursor = lo;
+            let mut hi = lo;
+            while hi < s.samples.len() && s.samples[hi].t <= ref_t {
+                hi += 1;
+            }
+            if lo == hi {
+                continue;
+            }
+            let mut points = self.points_pool.pop().unwrap_or_default();
+            points.clear();
+            points.extend(
+                s.samples[lo..hi]
+                    .iter()
+                    .filter(|x| !is_stale_nan(x.v))
+                    .map(|x| (x.t, x.v)),
+            );
             if points.is_empty() {
+                self.points_pool.push(points);
                 continue;
             }
             total += points.len();
@@ -255,11 +293,25 @@ impl Evaluator<'_> {
                 drop_name: false,
             });
         }
+        self.window_cursors
+            .insert(node_key(vs), (start, cursors));
         Ok(MatrixVal {
             series,
             range_start: start,
             range_end: ref_t,
         })
+    }
+
+    /// Hands the point buffers of a consumed range vector back for reuse.
+    pub fn recycle(&mut self, m: MatrixVal) {
+        // Bounded so one huge selector does not pin its memory for the rest of the query.
+        const MAX_POOLED: usize = 1 << 16;
+        for s in m.series {
+            if self.points_pool.len() >= MAX_POOLED {
+                break;
+            }
+            self.points_pool.push(s.points);
+        }
     }
 
     fn eval_subquery(&mut self, sq: &SubqueryExpr, t: i64) -> Result<MatrixVal> {
@@ -302,10 +354,14 @@ impl Evaluator<'_> {
                 Some(v) => v,
                 None => {
                     let v = self.eval(&sq.expr, ts)?;
-                    self.subquery_cache
-                        .entry(key)
-                        .or_default()
-                        .insert(ts, v.clone());
+                    // Empty steps are cheap to redo and can be countless (a long window over
+                    // sparse data): caching them would only cost memory.
+                    if !matches!(&v, Val::Vector(vec) if vec.is_empty()) {
+                        self.subquery_cache
+                            .entry(key)
+                            .or_default()
+                            .insert(ts, v.clone());
+                    }
                     v
                 }
             };

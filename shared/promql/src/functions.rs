@@ -832,6 +832,7 @@ impl Evaluator<'_> {
                 });
             }
         }
+        self.recycle(m);
         Ok(Val::Vector(out))
     }
 

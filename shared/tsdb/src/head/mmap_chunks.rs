@@ -166,15 +166,24 @@ impl ChunkMapper {
         Ok(r)
     }
 
-    /// Deletes finished files holding only chunks that end before `mint` (the head dropped
-    /// those chunks). Returns how many files were deleted.
+    /// Deletes files holding only chunks that end before `mint` (the head dropped those
+    /// chunks). Returns how many files were deleted. The file being written counts too
+    /// (after a flush emptied the head it is all garbage): it is closed, and the next chunk
+    /// starts a new one, as Prometheus does.
     pub(crate) fn truncate(&self, mint: i64) -> usize {
-        let w = self.writer.lock();
+        let mut w = self.writer.lock();
+        let current = w.number as usize;
+        if current > 0
+            && w.file.is_some()
+            && w.max_t.get(current - 1).is_some_and(|&t| t < mint)
+        {
+            w.file = None;
+        }
         let mut maps = self.maps.write();
         let mut n = 0;
         for (idx, &max_t) in w.max_t.iter().enumerate() {
             let number = idx as u32 + 1;
-            if number == w.number || max_t >= mint {
+            if (number == w.number && w.file.is_some()) || max_t >= mint {
                 continue;
             }
             if let Some(slot) = maps.get_mut(idx)
@@ -259,8 +268,8 @@ mod tests {
         assert_eq!(m.get(r1).unwrap().bytes(), b"\x00\x03abc");
         assert_eq!(m.get(r2).unwrap().bytes(), b"xy");
         assert!(m.get(5 << 32).is_none());
-        // The current file is never deleted.
-        assert_eq!(m.truncate(i64::MAX), 0);
+        // The current file is kept while it holds a live chunk…
+        assert_eq!(m.truncate(i64::MIN + 1), 0);
         assert_eq!(m.written(), 8 + (25 + 1 + 5 + 4) + (25 + 1 + 2 + 4));
         drop(m);
         let data = fs::read(dir.path().join("chunks_head/000001")).unwrap();
@@ -271,5 +280,19 @@ mod tests {
         assert_eq!(rec[24], 1);
         assert_eq!(rec[25], 5);
         assert_eq!(&rec[31..], &crc32c::crc32c(&rec[..31]).to_be_bytes());
+    }
+
+    #[test]
+    fn an_all_obsolete_current_file_is_deleted_and_writing_moves_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = ChunkMapper::open(dir.path().join("chunks_head")).unwrap();
+        let r1 = m.write(1, 0, 100, b"ab").unwrap();
+        assert_eq!(m.truncate(50), 0, "a live chunk keeps the file");
+        assert_eq!(m.truncate(101), 1);
+        assert!(!dir.path().join("chunks_head/000001").exists());
+        assert!(m.get(r1).is_none());
+        let r2 = m.write(2, 200, 300, b"cd").unwrap();
+        assert_eq!(r2 >> 32, 2, "a new file");
+        assert_eq!(m.get(r2).unwrap().bytes(), b"cd");
     }
 }
