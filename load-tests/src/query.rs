@@ -55,6 +55,31 @@ range     regex_matcher      sum by (instance) (rate(node_cpu_seconds_total{mode
 range     one_host           rate(node_cpu_seconds_total{instance="$instance"}[5m])
 "#;
 
+/// The dashboard mix (`--mix dashboard`): the five typical dashboard query kinds of the latency
+/// comparison with Prometheus, each once as an instant query and once as a range query.
+pub const DASHBOARD_MIX: &str = r#"
+# kind    name                    PromQL
+instant   rate_5m                 rate(node_network_receive_bytes_total[5m])
+range     rate_5m                 rate(node_network_receive_bytes_total[5m])
+instant   sum_by_rate             sum by (mode) (rate(node_cpu_seconds_total[5m]))
+range     sum_by_rate             sum by (mode) (rate(node_cpu_seconds_total[5m]))
+instant   histogram_p99           histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket[5m])))
+range     histogram_p99           histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket[5m])))
+instant   topk                    topk(10, node_filesystem_avail_bytes{fstype!="tmpfs"})
+range     topk                    topk(10, node_filesystem_avail_bytes{fstype!="tmpfs"})
+instant   regex_matcher           sum by (instance) (rate(node_cpu_seconds_total{mode=~"user|system", instance=~"host-0000[0-9]:9100"}[5m]))
+range     regex_matcher           sum by (instance) (rate(node_cpu_seconds_total{mode=~"user|system", instance=~"host-0000[0-9]:9100"}[5m]))
+"#;
+
+/// The built-in mixes by name (`--mix`).
+pub fn builtin_mix(name: &str) -> Option<&'static str> {
+    match name {
+        "default" => Some(DEFAULT_MIX),
+        "dashboard" => Some(DASHBOARD_MIX),
+        _ => None,
+    }
+}
+
 /// Parses a query file. Errors name the line.
 pub fn parse_templates(text: &str) -> Result<Vec<QueryTemplate>, String> {
     let mut out = Vec::new();
@@ -109,8 +134,10 @@ pub struct QueryConfig {
     pub concurrency: usize,
     /// Wall-time bound.
     pub duration: Duration,
-    /// Bound on executions; `None` = only the duration bounds the run.
+    /// Bound on measured executions; `None` = only the duration bounds the run.
     pub max_queries: Option<u64>,
+    /// Unmeasured rounds through the mix before measuring (each template `warmup` times).
+    pub warmup: u64,
     /// Evaluation time (instant) and end (range), ms.
     pub time_ms: i64,
     /// Range of range queries.
@@ -252,6 +279,8 @@ pub async fn run(
     let started = Instant::now();
     let deadline = started + cfg.duration;
     let targets = cfg.series.div_ceil(SERIES_PER_TARGET).max(1) as u64;
+    // Executions numbered below this are warm-up: run, but neither timed nor counted.
+    let warmup = cfg.warmup.saturating_mul(templates.len() as u64);
 
     let mut handles = Vec::new();
     for _ in 0..cfg.concurrency.max(1) {
@@ -264,7 +293,11 @@ pub async fn run(
         handles.push(tokio::spawn(async move {
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
-                if Instant::now() >= deadline || cfg.max_queries.is_some_and(|m| n >= m) {
+                if Instant::now() >= deadline
+                    || cfg
+                        .max_queries
+                        .is_some_and(|m| n >= warmup.saturating_add(m))
+                {
                     break;
                 }
                 let i = (n % stats.len() as u64) as usize;
@@ -285,6 +318,12 @@ pub async fn run(
                 };
                 let outcome = tokio::time::timeout(remaining, fut).await;
                 let elapsed = t0.elapsed();
+                if n < warmup {
+                    if let Ok(Err(e)) = &outcome {
+                        tracing::warn!(query = %template.name, expr = %expr, error = %e, "warm-up query failed");
+                    }
+                    continue;
+                }
                 let mut s = lock(&stats[i]);
                 match outcome {
                     Ok(Ok(result)) => {
@@ -344,6 +383,31 @@ mod tests {
         );
         assert!(mix.iter().any(|q| q.expr.contains("=~")));
         assert!(mix.iter().any(|q| q.expr.starts_with("topk")));
+    }
+
+    #[test]
+    fn dashboard_mix_has_each_kind_instant_and_range() {
+        let mix = parse_templates(builtin_mix("dashboard").unwrap()).unwrap();
+        assert_eq!(mix.len(), 10);
+        for pair in mix.chunks(2) {
+            assert_eq!(pair[0].kind, QueryKind::Instant);
+            assert_eq!(pair[1].kind, QueryKind::Range);
+            assert_eq!(
+                (&pair[0].name, &pair[0].expr),
+                (&pair[1].name, &pair[1].expr)
+            );
+        }
+        for needle in [
+            "rate(node_network_receive_bytes_total[5m])",
+            "sum by (mode) (rate(",
+            "histogram_quantile(0.99, sum by (le) (rate(",
+            "topk(",
+            "=~",
+        ] {
+            assert!(mix.iter().any(|q| q.expr.contains(needle)), "{needle}");
+        }
+        assert_eq!(builtin_mix("default"), Some(DEFAULT_MIX));
+        assert_eq!(builtin_mix("nope"), None);
     }
 
     #[test]

@@ -107,17 +107,28 @@ struct QueryArgs {
     #[arg(long)]
     tenant: Option<String>,
     /// File of queries, one per line: `<instant|range> <name> <PromQL>`; default: built-in mix.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "mix")]
     queries: Option<std::path::PathBuf>,
+    /// Built-in mix: `default` (the general mix) or `dashboard` (rate, sum by of a rate,
+    /// histogram_quantile, topk and a regex matcher, each instant and range).
+    #[arg(long, default_value = "default", value_parser = ["default", "dashboard"])]
+    mix: String,
+    /// Unmeasured rounds through the mix before measuring (each query this many times).
+    #[arg(long, default_value_t = 0)]
+    warmup: u64,
     /// Queries in flight.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
     /// How long to run.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     duration: Duration,
-    /// Stop after this many queries.
-    #[arg(long)]
+    /// Stop after this many measured queries (warm-up not counted).
+    #[arg(long, conflicts_with = "repeat")]
     max_queries: Option<u64>,
+    /// Stop after each query of the mix ran this many measured times (with --concurrency 1
+    /// exactly; the queries run round-robin).
+    #[arg(long)]
+    repeat: Option<u64>,
     /// Evaluation time of instant queries and end of range queries (unix seconds or `now`).
     #[arg(long, default_value = "now", value_parser = parse_time_ms)]
     time: i64,
@@ -232,10 +243,16 @@ async fn run_query(a: QueryArgs) -> anyhow::Result<()> {
     let text = match &a.queries {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("cannot read query file {}", path.display()))?,
-        None => query::DEFAULT_MIX.to_string(),
+        None => query::builtin_mix(&a.mix)
+            .with_context(|| format!("unknown mix {:?}", a.mix))?
+            .to_string(),
     };
     let templates =
         query::parse_templates(&text).map_err(|e| anyhow::anyhow!("query file: {e}"))?;
+    let max_queries = a
+        .repeat
+        .map(|r| r.saturating_mul(templates.len() as u64))
+        .or(a.max_queries);
     let client = http::client(a.timeout, a.concurrency)?;
     let report = query::run(
         client,
@@ -245,7 +262,8 @@ async fn run_query(a: QueryArgs) -> anyhow::Result<()> {
             tenant: a.tenant,
             concurrency: a.concurrency,
             duration: a.duration,
-            max_queries: a.max_queries,
+            max_queries,
+            warmup: a.warmup,
             time_ms: a.time,
             range: a.range,
             step: a.step,

@@ -293,8 +293,7 @@ impl Evaluator<'_> {
                 drop_name: false,
             });
         }
-        self.window_cursors
-            .insert(node_key(vs), (start, cursors));
+        self.window_cursors.insert(node_key(vs), (start, cursors));
         Ok(MatrixVal {
             series,
             range_start: start,

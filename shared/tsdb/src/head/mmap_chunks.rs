@@ -173,10 +173,7 @@ impl ChunkMapper {
     pub(crate) fn truncate(&self, mint: i64) -> usize {
         let mut w = self.writer.lock();
         let current = w.number as usize;
-        if current > 0
-            && w.file.is_some()
-            && w.max_t.get(current - 1).is_some_and(|&t| t < mint)
-        {
+        if current > 0 && w.file.is_some() && w.max_t.get(current - 1).is_some_and(|&t| t < mint) {
             w.file = None;
         }
         let mut maps = self.maps.write();
