@@ -22,7 +22,7 @@ pub use matcher::matches_all;
 pub use matcher::{MatchType, Matcher, MatcherError};
 pub use query::{
     MergeQueryable, MergedProvider, MetadataReader, Queryable, QueryableProvider, Series,
-    StorageError, merge_series,
+    StorageError, merge_series, merge_strings,
 };
 pub use sample::{STALE_NAN_BITS, Sample, is_stale_nan, stale_nan};
 pub use tenant::{ANONYMOUS, ORG_ID_HEADER};

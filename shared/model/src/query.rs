@@ -199,7 +199,8 @@ pub fn merge_series(lists: Vec<Vec<Series>>) -> Vec<Series> {
     acc
 }
 
-fn merge_strings(lists: Vec<Vec<String>>) -> Vec<String> {
+/// Sorted, unique union of label-name or label-value lists from several sources.
+pub fn merge_strings(lists: Vec<Vec<String>>) -> Vec<String> {
     let mut all: Vec<String> = lists.into_iter().flatten().collect();
     all.sort_unstable();
     all.dedup();

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use norn_model::{Matcher, Queryable, Series, StorageError, merge_series};
+use norn_model::{Matcher, Queryable, Series, StorageError, merge_series, merge_strings};
 
 use crate::block::Block;
 use crate::error::TsdbError;
@@ -60,13 +60,11 @@ impl Queryable for BlocksQueryable {
         end_ms: i64,
         matchers: &[Matcher],
     ) -> Result<Vec<String>, StorageError> {
-        let mut all = Vec::new();
+        let mut lists = Vec::new();
         for b in self.overlapping(start_ms, end_ms) {
-            all.extend(b.label_names(matchers).map_err(|e| storage_error(b, e))?);
+            lists.push(b.label_names(matchers).map_err(|e| storage_error(b, e))?);
         }
-        all.sort_unstable();
-        all.dedup();
-        Ok(all)
+        Ok(merge_strings(lists))
     }
 
     async fn label_values(
@@ -76,15 +74,13 @@ impl Queryable for BlocksQueryable {
         end_ms: i64,
         matchers: &[Matcher],
     ) -> Result<Vec<String>, StorageError> {
-        let mut all = Vec::new();
+        let mut lists = Vec::new();
         for b in self.overlapping(start_ms, end_ms) {
-            all.extend(
+            lists.push(
                 b.label_values(name, matchers)
                     .map_err(|e| storage_error(b, e))?,
             );
         }
-        all.sort_unstable();
-        all.dedup();
-        Ok(all)
+        Ok(merge_strings(lists))
     }
 }
