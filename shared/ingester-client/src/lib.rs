@@ -1,0 +1,1 @@
+//! gRPC client for the ingester (work in progress).

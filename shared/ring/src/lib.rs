@@ -1,0 +1,1 @@
+//! The hash ring (work in progress).
