@@ -8,7 +8,9 @@
 //! naming the first refused series when some data will never be accepted (the rest is still
 //! stored); 429 over the rate limit; 5xx only when a retry can succeed.
 
+pub mod ha_tracker;
 pub mod rate;
+pub mod replication;
 pub mod validate;
 
 use std::sync::Arc;
@@ -28,6 +30,7 @@ use norn_server::{HttpError, Metrics, Service, TenantResolver};
 use prometheus::{IntCounterVec, Opts};
 use serde::{Deserialize, Serialize};
 
+use crate::ha_tracker::{HaError, HaTracker, HaTrackerConfig, MemoryReplicaStore, ReplicaStore};
 use crate::rate::RateLimiter;
 use crate::validate::{sample_time_ok, validate_sample, validate_series};
 
@@ -37,14 +40,31 @@ use crate::validate::{sample_time_ok, validate_sample, validate_series};
 pub struct Config {
     /// Largest push body accepted, compressed and decompressed (bytes).
     pub max_recv_msg_size: usize,
+    /// Longest a push to one ingester may take before it counts as failed.
+    #[serde(with = "norn_model::duration::serde_duration")]
+    pub remote_timeout: std::time::Duration,
+    /// HA-pair deduplication.
+    pub ha_tracker: HaTrackerConfig,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             max_recv_msg_size: 100 << 20,
+            remote_timeout: std::time::Duration::from_secs(2),
+            ha_tracker: HaTrackerConfig::default(),
         }
     }
+}
+
+/// What became of an accepted push.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pushed {
+    /// Stored (200).
+    Stored,
+    /// Dropped because it came from an HA replica that is not the elected one (202); the
+    /// message says which replica is elected.
+    Deduplicated(String),
 }
 
 struct DistributorMetrics {
@@ -106,11 +126,13 @@ pub struct Distributor {
     pusher: Arc<dyn Pusher>,
     tenants: TenantResolver,
     limiter: RateLimiter,
+    ha: Arc<HaTracker>,
     metrics: Arc<Metrics>,
     own: DistributorMetrics,
 }
 
 impl Distributor {
+    /// A distributor whose HA election state stays in this process.
     pub fn new(
         config: Config,
         overrides: Arc<Overrides>,
@@ -118,13 +140,35 @@ impl Distributor {
         tenants: TenantResolver,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
+        Self::with_replica_store(
+            config,
+            overrides,
+            pusher,
+            tenants,
+            metrics,
+            Arc::new(MemoryReplicaStore::default()),
+        )
+    }
+
+    /// A distributor sharing HA election state through `store` (the gossiped KV in a
+    /// cluster).
+    pub fn with_replica_store(
+        config: Config,
+        overrides: Arc<Overrides>,
+        pusher: Arc<dyn Pusher>,
+        tenants: TenantResolver,
+        metrics: Arc<Metrics>,
+        store: Arc<dyn ReplicaStore>,
+    ) -> Arc<Self> {
         let own = DistributorMetrics::new(&metrics);
+        let ha = HaTracker::new(config.ha_tracker.clone(), store, &metrics.registry);
         Arc::new(Self {
             config,
             overrides,
             pusher,
             tenants,
             limiter: RateLimiter::default(),
+            ha,
             metrics,
             own,
         })
@@ -140,7 +184,7 @@ impl Distributor {
     }
 
     /// Handles one push body end to end; the HTTP handler only maps the result.
-    pub async fn push(&self, headers: &HeaderMap, body: Bytes) -> Result<(), HttpError> {
+    pub async fn push(&self, headers: &HeaderMap, body: Bytes) -> Result<Pushed, HttpError> {
         let tenant = self.tenants.resolve(headers)?;
         self.own
             .requests
@@ -213,6 +257,16 @@ impl Distributor {
         // but senders get it wrong, and sorting is cheaper than a round trip.
         batch.retain_labels(|_, v| !v.is_empty());
         batch.sort_labels();
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+
+        if self.ha.enabled_for(limits.accept_ha_samples)
+            && let Some(deduped) = self.ha_dedupe(&tenant, &mut batch, &limits, now_ms)?
+        {
+            return Ok(deduped);
+        }
 
         let mut first_error: Option<String> = None;
         let mut bad = vec![false; batch.len()];
@@ -223,10 +277,6 @@ impl Distributor {
                 bad[i] = true;
             }
         }
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
         // Pass 1 finds refused samples (rare); only then is the batch rewritten.
         let mut any_refused = false;
         for (_, s) in batch.iter().enumerate().filter(|(i, _)| !bad[*i]) {
@@ -283,8 +333,51 @@ impl Distributor {
             }
         }
         match first_error {
-            None => Ok(()),
+            None => Ok(Pushed::Stored),
             Some(message) => Err(HttpError::bad_data(message)),
+        }
+    }
+
+    /// Applies the HA tracker to a request whose first series names an HA cluster and
+    /// replica: `Some` when the request is dropped as a non-elected replica's, `None` when it
+    /// goes on (with the replica label removed from every series, as Mimir does).
+    fn ha_dedupe(
+        &self,
+        tenant: &TenantId,
+        batch: &mut WriteBatch,
+        limits: &norn_limits::Limits,
+        now_ms: i64,
+    ) -> Result<Option<Pushed>, HttpError> {
+        let Some(first) = batch.iter().next() else {
+            return Ok(None);
+        };
+        let (Some(cluster), Some(replica)) = (
+            first.get(&limits.ha_cluster_label),
+            first.get(&limits.ha_replica_label),
+        ) else {
+            return Ok(None);
+        };
+        let (cluster, replica) = (cluster.to_string(), replica.to_string());
+        match self.ha.check(
+            tenant.as_str(),
+            &cluster,
+            &replica,
+            limits.ha_max_clusters,
+            now_ms,
+        ) {
+            Ok(()) => {
+                batch.remove_label(&limits.ha_replica_label);
+                Ok(None)
+            }
+            Err(e @ HaError::NotElected { .. }) => {
+                self.ha
+                    .count_deduped(tenant.as_str(), &cluster, batch.num_samples());
+                Ok(Some(Pushed::Deduplicated(e.to_string())))
+            }
+            Err(e @ HaError::TooManyClusters { .. }) => {
+                self.discard(tenant, "too_many_ha_clusters", batch.num_samples());
+                Err(HttpError::bad_data(e.to_string()))
+            }
         }
     }
 }
@@ -295,7 +388,8 @@ async fn push_handler(
     body: Bytes,
 ) -> Response {
     match d.push(&headers, body).await {
-        Ok(()) => StatusCode::OK.into_response(),
+        Ok(Pushed::Stored) => StatusCode::OK.into_response(),
+        Ok(Pushed::Deduplicated(message)) => (StatusCode::ACCEPTED, message).into_response(),
         Err(e) => {
             if e.kind != ErrorKind::BadData {
                 tracing::debug!(status = e.kind.http_status(), error = %e.message, "push refused");

@@ -161,3 +161,53 @@ async fn storage_failure_is_retryable() {
     assert_eq!(err.kind, ErrorKind::Unavailable);
     assert_eq!(err.status().as_u16(), 503);
 }
+
+#[tokio::test]
+async fn ha_pair_only_the_elected_replica_is_stored_without_its_replica_label() {
+    let rec = Arc::new(Recorder::default());
+    let config = Config {
+        ha_tracker: norn_distributor::ha_tracker::HaTrackerConfig {
+            enable_ha_tracker: true,
+            ..Default::default()
+        },
+        ..Config::default()
+    };
+    let limits = Limits {
+        accept_ha_samples: true,
+        ..Limits::default()
+    };
+    let d = Distributor::new(
+        config,
+        Arc::new(Overrides::new(limits)),
+        Arc::clone(&rec) as Arc<dyn Pusher>,
+        TenantResolver {
+            multitenancy_enabled: true,
+        },
+        Metrics::new(),
+    );
+    let from = |replica: &'static str| {
+        body(&[(
+            &[
+                ("__name__", "up"),
+                ("cluster", "prod"),
+                ("__replica__", replica),
+            ],
+            1,
+        )])
+    };
+    assert_eq!(
+        d.push(&headers("t"), from("a")).await.unwrap(),
+        norn_distributor::Pushed::Stored
+    );
+    match d.push(&headers("t"), from("b")).await.unwrap() {
+        norn_distributor::Pushed::Deduplicated(m) => assert!(m.contains("elected=a"), "{m}"),
+        other => panic!("expected the second replica to be deduplicated, got {other:?}"),
+    }
+    // Without HA labels nothing is deduplicated.
+    d.push(&headers("t"), body(&[(&[("__name__", "x")], 1)]))
+        .await
+        .unwrap();
+    let pushed = rec.pushed.lock();
+    assert_eq!(pushed.len(), 2);
+    assert_eq!(pushed[0].1, [r#"up{cluster="prod"}"#]);
+}

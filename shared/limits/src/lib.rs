@@ -60,6 +60,15 @@ pub struct Limits {
     pub max_total_query_length: Duration,
     /// Series one query may fetch (0 = unlimited).
     pub max_fetched_series_per_query: usize,
+    /// Deduplicate HA Prometheus pairs for this tenant (needs the HA tracker enabled).
+    pub accept_ha_samples: bool,
+    /// Label naming the HA cluster a sample comes from.
+    pub ha_cluster_label: String,
+    /// Label naming the replica within the HA cluster; removed before storing.
+    pub ha_replica_label: String,
+    /// HA clusters tracked per tenant (0 = unlimited); a request from a new cluster beyond it
+    /// gets a 400.
+    pub ha_max_clusters: usize,
 }
 
 impl Default for Limits {
@@ -78,6 +87,10 @@ impl Default for Limits {
             max_metadata_length: 1024,
             max_total_query_length: Duration::ZERO,
             max_fetched_series_per_query: 0,
+            accept_ha_samples: false,
+            ha_cluster_label: "cluster".to_string(),
+            ha_replica_label: "__replica__".to_string(),
+            ha_max_clusters: 100,
         }
     }
 }
