@@ -136,6 +136,93 @@ pub struct Args {
     /// Default in-memory series per metric per tenant (0 = unlimited).
     #[arg(long = "ingester.max-global-series-per-metric")]
     pub max_global_series_per_metric: Option<usize>,
+
+    /// Longest the distributor waits for an ingester to answer a push.
+    #[arg(long = "distributor.remote-timeout")]
+    pub distributor_remote_timeout: Option<String>,
+    /// Deduplicate samples from HA Prometheus pairs.
+    #[arg(long = "distributor.ha-tracker.enable", num_args = 0..=1, default_missing_value = "true")]
+    pub ha_tracker_enable: Option<bool>,
+    /// Default for every tenant's `accept_ha_samples` limit (Mimir's flag name).
+    #[arg(long = "distributor.ha-tracker.enable-for-all-users", num_args = 0..=1, default_missing_value = "true")]
+    pub ha_tracker_enable_for_all_users: Option<bool>,
+    /// How long the elected replica may be silent before another takes over.
+    #[arg(long = "distributor.ha-tracker.failover-timeout")]
+    pub ha_tracker_failover_timeout: Option<String>,
+    /// How often the elected replica's last-seen time is updated in the shared store.
+    #[arg(long = "distributor.ha-tracker.update-timeout")]
+    pub ha_tracker_update_timeout: Option<String>,
+    /// Largest random extra delay on the update timeout.
+    #[arg(long = "distributor.ha-tracker.update-timeout-jitter-max")]
+    pub ha_tracker_update_timeout_jitter_max: Option<String>,
+    /// Label naming an HA cluster (default `cluster`).
+    #[arg(long = "distributor.ha-tracker.cluster")]
+    pub ha_tracker_cluster: Option<String>,
+    /// Label naming the replica in an HA cluster (default `__replica__`).
+    #[arg(long = "distributor.ha-tracker.replica")]
+    pub ha_tracker_replica: Option<String>,
+    /// HA clusters per tenant (0 = unlimited).
+    #[arg(long = "distributor.ha-tracker.max-clusters")]
+    pub ha_tracker_max_clusters: Option<usize>,
+
+    /// Ingesters each series is written to.
+    #[arg(long = "ingester.ring.replication-factor")]
+    pub ring_replication_factor: Option<usize>,
+    /// Tokens each ingester owns in the ring.
+    #[arg(long = "ingester.ring.num-tokens")]
+    pub ring_num_tokens: Option<usize>,
+    /// File the ingester keeps its tokens in, so a restart owns the same ranges.
+    #[arg(long = "ingester.ring.tokens-file-path")]
+    pub ring_tokens_file_path: Option<PathBuf>,
+    /// How often an ingester refreshes its heartbeat in the ring.
+    #[arg(long = "ingester.ring.heartbeat-period")]
+    pub ring_heartbeat_period: Option<String>,
+    /// An ingester whose heartbeat is older than this is unhealthy.
+    #[arg(long = "ingester.ring.heartbeat-timeout")]
+    pub ring_heartbeat_timeout: Option<String>,
+    /// Unhealthy ingesters are removed from the ring after this many heartbeat timeouts (0 = never).
+    #[arg(long = "ingester.ring.auto-forget-unhealthy-periods")]
+    pub ring_auto_forget_unhealthy_periods: Option<u32>,
+    /// This ingester's id in the ring (default: the hostname).
+    #[arg(long = "ingester.ring.instance-id")]
+    pub ring_instance_id: Option<String>,
+    /// Address other services dial to reach this ingester's gRPC server.
+    #[arg(long = "ingester.ring.instance-addr")]
+    pub ring_instance_addr: Option<String>,
+    /// Port advertised in the ring (default: the gRPC listen port).
+    #[arg(long = "ingester.ring.instance-port")]
+    pub ring_instance_port: Option<u16>,
+    /// Availability zone of this ingester.
+    #[arg(long = "ingester.ring.instance-availability-zone")]
+    pub ring_instance_availability_zone: Option<String>,
+    /// Place a series' replicas in distinct zones.
+    #[arg(long = "ingester.ring.zone-awareness-enabled", num_args = 0..=1, default_missing_value = "true")]
+    pub ring_zone_awareness_enabled: Option<bool>,
+
+    /// Name of this node in the gossip cluster (default: hostname plus a random suffix).
+    #[arg(long = "memberlist.nodename")]
+    pub memberlist_nodename: Option<String>,
+    /// Address gossip listens on (UDP and TCP).
+    #[arg(long = "memberlist.bind-addr")]
+    pub memberlist_bind_addr: Option<String>,
+    /// Port gossip listens on (UDP and TCP; default 7946).
+    #[arg(long = "memberlist.bind-port")]
+    pub memberlist_bind_port: Option<u16>,
+    /// Address advertised to other gossip members.
+    #[arg(long = "memberlist.advertise-addr")]
+    pub memberlist_advertise_addr: Option<String>,
+    /// Port advertised to other gossip members (default: the bind port).
+    #[arg(long = "memberlist.advertise-port")]
+    pub memberlist_advertise_port: Option<u16>,
+    /// Gossip members to join (host:port or host; DNS names allowed); repeat or comma-separate.
+    #[arg(long = "memberlist.join", value_delimiter = ',')]
+    pub memberlist_join: Vec<String>,
+    /// How often gossip messages are sent.
+    #[arg(long = "memberlist.gossip-interval")]
+    pub memberlist_gossip_interval: Option<String>,
+    /// How often the full state is exchanged with a random member over TCP.
+    #[arg(long = "memberlist.pullpush-interval")]
+    pub memberlist_pullpush_interval: Option<String>,
 }
 
 /// The whole configuration, in Mimir's YAML layout.
@@ -151,6 +238,8 @@ pub struct Config {
     pub querier: norn_querier::Config,
     pub limits: norn_limits::Limits,
     pub runtime_config: RuntimeConfig,
+    pub ingester: IngesterConfig,
+    pub memberlist: MemberlistConfig,
 }
 
 impl Default for Config {
@@ -165,6 +254,8 @@ impl Default for Config {
             querier: Default::default(),
             limits: Default::default(),
             runtime_config: RuntimeConfig::default(),
+            ingester: IngesterConfig::default(),
+            memberlist: MemberlistConfig::default(),
         }
     }
 }
@@ -248,6 +339,92 @@ impl Config {
             c.s3 = s3.clone();
         }
         c
+    }
+}
+
+/// `ingester`: the ingester's place in the ring.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngesterConfig {
+    pub ring: IngesterRingConfig,
+}
+
+/// `ingester.ring`: Mimir's keys for the ingester ring (kept in the gossiped KV store).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngesterRingConfig {
+    pub replication_factor: usize,
+    pub num_tokens: usize,
+    /// Empty: tokens are not persisted (a restart takes new ones).
+    pub tokens_file_path: String,
+    #[serde(with = "serde_duration")]
+    pub heartbeat_period: Duration,
+    #[serde(with = "serde_duration")]
+    pub heartbeat_timeout: Duration,
+    /// Heartbeat timeouts after which an unhealthy instance is forgotten (0 = never).
+    pub auto_forget_unhealthy_periods: u32,
+    /// Empty: the hostname.
+    pub instance_id: String,
+    /// Empty: 127.0.0.1 when the gRPC listen address is loopback, else that address, else
+    /// the address of the interface with the default route.
+    pub instance_addr: String,
+    /// 0: the gRPC listen port.
+    pub instance_port: u16,
+    pub instance_availability_zone: String,
+    pub zone_awareness_enabled: bool,
+}
+
+impl Default for IngesterRingConfig {
+    fn default() -> Self {
+        Self {
+            replication_factor: 3,
+            num_tokens: 128,
+            tokens_file_path: String::new(),
+            heartbeat_period: Duration::from_secs(5),
+            heartbeat_timeout: Duration::from_secs(60),
+            auto_forget_unhealthy_periods: 10,
+            instance_id: String::new(),
+            instance_addr: String::new(),
+            instance_port: 0,
+            instance_availability_zone: String::new(),
+            zone_awareness_enabled: false,
+        }
+    }
+}
+
+/// `memberlist`: gossip (SWIM over UDP, full-state exchange over TCP on the same port).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemberlistConfig {
+    /// Empty: hostname plus a random suffix.
+    pub node_name: String,
+    /// Addresses to listen on; Norn uses the first (empty: 0.0.0.0).
+    pub bind_addr: Vec<String>,
+    pub bind_port: u16,
+    /// Empty: 127.0.0.1 when bound to loopback, else the bind address, else the address of
+    /// the interface with the default route.
+    pub advertise_addr: String,
+    /// 0: the bind port.
+    pub advertise_port: u16,
+    pub join_members: Vec<String>,
+    #[serde(with = "serde_duration")]
+    pub gossip_interval: Duration,
+    #[serde(with = "serde_duration")]
+    pub pull_push_interval: Duration,
+}
+
+impl Default for MemberlistConfig {
+    fn default() -> Self {
+        Self {
+            node_name: String::new(),
+            bind_addr: Vec::new(),
+            bind_port: 7946,
+            advertise_addr: String::new(),
+            advertise_port: 0,
+            join_members: Vec::new(),
+            gossip_interval: Duration::from_millis(200),
+            pull_push_interval: Duration::from_secs(30),
+        }
     }
 }
 
@@ -413,6 +590,88 @@ impl Config {
             self.limits.max_global_series_per_metric,
             a.max_global_series_per_metric
         );
+
+        if let Some(d) = dur(&a.distributor_remote_timeout, "distributor.remote-timeout")? {
+            self.distributor.remote_timeout = d;
+        }
+        let ha = &mut self.distributor.ha_tracker;
+        set!(ha.enable_ha_tracker, a.ha_tracker_enable);
+        for (flag, value, field) in [
+            (
+                "distributor.ha-tracker.failover-timeout",
+                &a.ha_tracker_failover_timeout,
+                &mut ha.ha_tracker_failover_timeout,
+            ),
+            (
+                "distributor.ha-tracker.update-timeout",
+                &a.ha_tracker_update_timeout,
+                &mut ha.ha_tracker_update_timeout,
+            ),
+            (
+                "distributor.ha-tracker.update-timeout-jitter-max",
+                &a.ha_tracker_update_timeout_jitter_max,
+                &mut ha.ha_tracker_update_timeout_jitter_max,
+            ),
+        ] {
+            if let Some(d) = dur(value, flag)? {
+                *field = d;
+            }
+        }
+        set!(
+            self.limits.accept_ha_samples,
+            a.ha_tracker_enable_for_all_users
+        );
+        set!(self.limits.ha_cluster_label, a.ha_tracker_cluster);
+        set!(self.limits.ha_replica_label, a.ha_tracker_replica);
+        set!(self.limits.ha_max_clusters, a.ha_tracker_max_clusters);
+
+        let ring = &mut self.ingester.ring;
+        set!(ring.replication_factor, a.ring_replication_factor);
+        set!(ring.num_tokens, a.ring_num_tokens);
+        if let Some(p) = &a.ring_tokens_file_path {
+            ring.tokens_file_path = p.display().to_string();
+        }
+        if let Some(d) = dur(&a.ring_heartbeat_period, "ingester.ring.heartbeat-period")? {
+            ring.heartbeat_period = d;
+        }
+        if let Some(d) = dur(&a.ring_heartbeat_timeout, "ingester.ring.heartbeat-timeout")? {
+            ring.heartbeat_timeout = d;
+        }
+        set!(
+            ring.auto_forget_unhealthy_periods,
+            a.ring_auto_forget_unhealthy_periods
+        );
+        set!(ring.instance_id, a.ring_instance_id);
+        set!(ring.instance_addr, a.ring_instance_addr);
+        set!(ring.instance_port, a.ring_instance_port);
+        set!(
+            ring.instance_availability_zone,
+            a.ring_instance_availability_zone
+        );
+        set!(ring.zone_awareness_enabled, a.ring_zone_awareness_enabled);
+
+        let ml = &mut self.memberlist;
+        set!(ml.node_name, a.memberlist_nodename);
+        if let Some(b) = &a.memberlist_bind_addr {
+            ml.bind_addr = vec![b.clone()];
+        }
+        set!(ml.bind_port, a.memberlist_bind_port);
+        set!(ml.advertise_addr, a.memberlist_advertise_addr);
+        set!(ml.advertise_port, a.memberlist_advertise_port);
+        if !a.memberlist_join.is_empty() {
+            ml.join_members = a
+                .memberlist_join
+                .iter()
+                .filter(|s| !s.is_empty())
+                .cloned()
+                .collect();
+        }
+        if let Some(d) = dur(&a.memberlist_gossip_interval, "memberlist.gossip-interval")? {
+            ml.gossip_interval = d;
+        }
+        if let Some(d) = dur(&a.memberlist_pullpush_interval, "memberlist.pullpush-interval")? {
+            ml.pull_push_interval = d;
+        }
         Ok(())
     }
 
@@ -443,11 +702,40 @@ impl Config {
                 "server.grpc_listen_address",
                 &self.server.grpc_listen_address,
             ),
-        ] {
+            (
+                "memberlist.advertise_addr",
+                &self.memberlist.advertise_addr,
+            ),
+        ]
+        .into_iter()
+        .chain(
+            self.memberlist
+                .bind_addr
+                .iter()
+                .map(|a| ("memberlist.bind_addr", a)),
+        ) {
             if !addr.is_empty() && addr.parse::<IpAddr>().is_err() {
                 bail!("{name} must be an IP address, got {addr:?}");
             }
         }
+        let ring = &self.ingester.ring;
+        if ring.replication_factor == 0 {
+            bail!("ingester.ring.replication_factor must be at least 1");
+        }
+        if ring.num_tokens == 0 {
+            bail!("ingester.ring.num_tokens must be at least 1");
+        }
+        if ring.heartbeat_period.is_zero() || ring.heartbeat_timeout <= ring.heartbeat_period {
+            bail!(
+                "ingester.ring.heartbeat_timeout ({:?}) must be longer than ingester.ring.heartbeat_period ({:?})",
+                ring.heartbeat_timeout,
+                ring.heartbeat_period
+            );
+        }
+        self.distributor
+            .ha_tracker
+            .validate()
+            .map_err(|e| anyhow::anyhow!("distributor.ha_tracker: {e}"))?;
         Ok(())
     }
 
