@@ -166,10 +166,7 @@ impl Pusher for ReplicatedPusher {
             if batch.metadata().is_empty() {
                 return Ok(PushOutcome::default());
             }
-            let set = self
-                .ring
-                .replicas_for(0)
-                .map_err(PushError::Unavailable)?;
+            let set = self.ring.replicas_for(0).map_err(PushError::Unavailable)?;
             sets.push(set);
         }
 
@@ -444,16 +441,23 @@ mod tests {
         let total: usize = ings.iter().map(|i| i.got.lock().len()).sum();
         assert_eq!(total, 300);
         for i in &ings {
-            assert!(!i.got.lock().is_empty(), "series spread over every ingester");
+            assert!(
+                !i.got.lock().is_empty(),
+                "series spread over every ingester"
+            );
         }
     }
 
     #[tokio::test]
     async fn one_of_three_down_still_succeeds_two_fails() {
         let (p, ings) = setup(3, 3);
-        ings[1].down.store(true, std::sync::atomic::Ordering::SeqCst);
+        ings[1]
+            .down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         p.push(&TenantId::anonymous(), batch(10)).await.unwrap();
-        ings[2].down.store(true, std::sync::atomic::Ordering::SeqCst);
+        ings[2]
+            .down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let err = p.push(&TenantId::anonymous(), batch(10)).await.unwrap_err();
         assert!(matches!(err, PushError::Unavailable(_)), "{err}");
         assert!(err.to_string().contains("quorum"), "{err}");
@@ -462,11 +466,15 @@ mod tests {
     #[tokio::test]
     async fn a_slow_replica_does_not_hold_the_answer_and_times_out_alone() {
         let (p, ings) = setup(3, 3);
-        ings[0].slow.store(true, std::sync::atomic::Ordering::SeqCst);
+        ings[0]
+            .slow
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let started = Instant::now();
         p.push(&TenantId::anonymous(), batch(10)).await.unwrap();
         assert!(started.elapsed() < Duration::from_secs(2));
-        ings[1].slow.store(true, std::sync::atomic::Ordering::SeqCst);
+        ings[1]
+            .slow
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let err = p.push(&TenantId::anonymous(), batch(10)).await.unwrap_err();
         assert!(err.to_string().contains("did not answer"), "{err}");
     }

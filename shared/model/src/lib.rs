@@ -21,8 +21,8 @@ pub use labels::{hash_label_pairs, is_valid_label_name, is_valid_metric_name};
 pub use matcher::matches_all;
 pub use matcher::{MatchType, Matcher, MatcherError};
 pub use query::{
-    MergeQueryable, MergedProvider, MetadataReader, Queryable, QueryableProvider, Series,
-    StorageError, merge_series, merge_strings,
+    MergeQueryable, MergedProvider, MetadataReader, Queryable, QueryableProvider, QuorumQueryable,
+    Series, StorageError, merge_series, merge_strings,
 };
 pub use sample::{STALE_NAN_BITS, Sample, is_stale_nan, stale_nan};
 pub use tenant::{ANONYMOUS, ORG_ID_HEADER};

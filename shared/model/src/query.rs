@@ -250,6 +250,94 @@ impl Queryable for MergeQueryable {
     }
 }
 
+/// The replicas of a tenant's recent data (the ingesters of the ring's read set) as one
+/// store: every source is asked at once, up to `max_errors` of them may fail, and the
+/// answers are merged so that a sample held by several replicas appears once. More failures
+/// than that fail the read, because a missing replica could hold samples no other one has.
+pub struct QuorumQueryable {
+    sources: Vec<Arc<dyn Queryable>>,
+    max_errors: usize,
+}
+
+impl QuorumQueryable {
+    pub fn new(sources: Vec<Arc<dyn Queryable>>, max_errors: usize) -> Self {
+        Self {
+            sources,
+            max_errors,
+        }
+    }
+
+    async fn gather<T, F, Fut>(&self, ask: F) -> Result<Vec<T>, StorageError>
+    where
+        F: Fn(Arc<dyn Queryable>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StorageError>>,
+    {
+        let answers =
+            futures::future::join_all(self.sources.iter().map(|s| ask(Arc::clone(s)))).await;
+        let mut ok = Vec::with_capacity(answers.len());
+        let mut errors = Vec::new();
+        for a in answers {
+            match a {
+                Ok(v) => ok.push(v),
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.len() > self.max_errors {
+            let first = errors.swap_remove(0);
+            return Err(match first {
+                StorageError::Unavailable(m) => StorageError::Unavailable(format!(
+                    "{} of {} replicas failed (at most {} may): {m}",
+                    errors.len() + 1,
+                    self.sources.len(),
+                    self.max_errors
+                )),
+                other => other,
+            });
+        }
+        Ok(ok)
+    }
+}
+
+#[async_trait]
+impl Queryable for QuorumQueryable {
+    async fn select(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<Series>, StorageError> {
+        let lists = self
+            .gather(|s| async move { s.select(start_ms, end_ms, matchers).await })
+            .await?;
+        Ok(merge_series(lists))
+    }
+
+    async fn label_names(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<String>, StorageError> {
+        let lists = self
+            .gather(|s| async move { s.label_names(start_ms, end_ms, matchers).await })
+            .await?;
+        Ok(merge_strings(lists))
+    }
+
+    async fn label_values(
+        &self,
+        name: &str,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<String>, StorageError> {
+        let lists = self
+            .gather(|s| async move { s.label_values(name, start_ms, end_ms, matchers).await })
+            .await?;
+        Ok(merge_strings(lists))
+    }
+}
+
 #[cfg(test)]
 mod merge_tests {
     use super::*;
@@ -295,5 +383,72 @@ mod merge_tests {
         assert_eq!(names.len(), 3);
         assert!(names.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(merged[2].samples, [s(1, 1.0), s(2, 2.0)]);
+    }
+}
+
+#[cfg(test)]
+mod quorum_tests {
+    use super::*;
+
+    /// A replica holding fixed series, or failing.
+    struct Replica(Option<Vec<Series>>);
+
+    #[async_trait]
+    impl Queryable for Replica {
+        async fn select(&self, _: i64, _: i64, _: &[Matcher]) -> Result<Vec<Series>, StorageError> {
+            self.0
+                .clone()
+                .ok_or_else(|| StorageError::Unavailable("connection refused".into()))
+        }
+        async fn label_names(
+            &self,
+            _: i64,
+            _: i64,
+            _: &[Matcher],
+        ) -> Result<Vec<String>, StorageError> {
+            Ok(vec!["__name__".into()])
+        }
+        async fn label_values(
+            &self,
+            _: &str,
+            _: i64,
+            _: i64,
+            _: &[Matcher],
+        ) -> Result<Vec<String>, StorageError> {
+            Ok(vec![])
+        }
+    }
+
+    fn up(samples: &[(i64, f64)]) -> Vec<Series> {
+        vec![Series {
+            labels: Labels::from_pairs([("__name__", "up")]),
+            samples: samples.iter().map(|&(t, v)| Sample::new(t, v)).collect(),
+        }]
+    }
+
+    #[tokio::test]
+    async fn replicas_merge_without_duplicates_and_tolerate_max_errors() {
+        let q = QuorumQueryable::new(
+            vec![
+                Arc::new(Replica(Some(up(&[(1, 1.0), (2, 2.0)])))),
+                Arc::new(Replica(None)),
+                Arc::new(Replica(Some(up(&[(2, 2.0), (3, 3.0)])))),
+            ],
+            1,
+        );
+        let got = q.select(0, 10, &[]).await.unwrap();
+        assert_eq!(got, up(&[(1, 1.0), (2, 2.0), (3, 3.0)]));
+
+        let q = QuorumQueryable::new(
+            vec![
+                Arc::new(Replica(Some(up(&[(1, 1.0)])))),
+                Arc::new(Replica(None)),
+                Arc::new(Replica(None)),
+            ],
+            1,
+        );
+        let err = q.select(0, 10, &[]).await.unwrap_err();
+        assert!(matches!(err, StorageError::Unavailable(_)));
+        assert!(err.to_string().contains("2 of 3 replicas failed"), "{err}");
     }
 }
