@@ -13,14 +13,14 @@
 pub mod remote_write;
 
 /// Prometheus' remote-write / remote-read messages (package `prometheus`).
-#[allow(clippy::all, missing_docs)]
+#[allow(clippy::all, clippy::clone_on_ref_ptr, missing_docs)]
 pub mod prometheus {
     include!(concat!(env!("OUT_DIR"), "/prometheus.rs"));
 }
 
 /// Norn's ingester service (package `norn.ingester.v1`).
 pub mod ingester {
-    #[allow(clippy::all, missing_docs)]
+    #[allow(clippy::all, clippy::clone_on_ref_ptr, missing_docs)]
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/norn.ingester.v1.rs"));
     }
@@ -28,7 +28,7 @@ pub mod ingester {
 
 /// The standard gRPC health-checking service (package `grpc.health.v1`).
 pub mod health {
-    #[allow(clippy::all, missing_docs)]
+    #[allow(clippy::all, clippy::clone_on_ref_ptr, missing_docs)]
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));
     }

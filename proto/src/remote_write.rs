@@ -146,7 +146,7 @@ fn metric_type_to_proto(t: MetricType) -> u64 {
 #[inline]
 fn varint_len(v: u64) -> usize {
     // 7 payload bits per byte; `| 1` makes zero take one byte.
-    ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// Length of a string/bytes field, omitted (as proto3 does) when empty.
