@@ -10,6 +10,7 @@
 //! `ingester::v1` is Norn's ingester gRPC service (messages, tonic client and server);
 //! `health::v1` is the standard gRPC health-checking service.
 
+pub mod convert;
 pub mod remote_write;
 
 /// Prometheus' remote-write / remote-read messages (package `prometheus`).
@@ -34,6 +35,7 @@ pub mod health {
     }
 }
 
+pub use convert::TENANT_METADATA_KEY;
 pub use remote_write::{
     DecodeError, decode_write_request, decompress_snappy, encode_write_request,
 };

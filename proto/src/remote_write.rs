@@ -116,7 +116,7 @@ pub fn encode_write_request(batch: &WriteBatch) -> Vec<u8> {
     for m in batch.metadata() {
         put_key(&mut out, 3, WIRE_LEN);
         put_varint(&mut out, metadata_len(m) as u64);
-        let t = metric_type_to_proto(m.metric_type);
+        let t = crate::convert::metric_type_to_proto(m.metric_type) as u64;
         if t != 0 {
             put_key(&mut out, 1, WIRE_VARINT);
             put_varint(&mut out, t);
@@ -127,20 +127,6 @@ pub fn encode_write_request(batch: &WriteBatch) -> Vec<u8> {
     }
     debug_assert_eq!(out.len(), total, "size pass and write pass disagree");
     out
-}
-
-/// The `prometheus.MetricMetadata.MetricType` number (the inverse of `MetricType::from_proto`).
-fn metric_type_to_proto(t: MetricType) -> u64 {
-    match t {
-        MetricType::Unknown => 0,
-        MetricType::Counter => 1,
-        MetricType::Gauge => 2,
-        MetricType::Histogram => 3,
-        MetricType::GaugeHistogram => 4,
-        MetricType::Summary => 5,
-        MetricType::Info => 6,
-        MetricType::StateSet => 7,
-    }
 }
 
 #[inline]
@@ -170,7 +156,7 @@ fn sample_len(s: &Sample) -> usize {
 }
 
 fn metadata_len(m: &MetricMetadata) -> usize {
-    let t = metric_type_to_proto(m.metric_type);
+    let t = crate::convert::metric_type_to_proto(m.metric_type) as u64;
     (if t != 0 { 1 + varint_len(t) } else { 0 })
         + bytes_field_len(m.metric_family_name.as_bytes())
         + bytes_field_len(m.help.as_bytes())
