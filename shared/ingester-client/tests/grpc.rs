@@ -254,6 +254,10 @@ async fn push_and_read_back_over_grpc() {
             .any(|f| f.name() == "norn_ingester_client_request_duration_seconds")
     );
 
+    // A closed ingester says so to health checks.
+    ing.close();
+    assert!(!client.check_health().await);
+
     server.stop().await;
 }
 
