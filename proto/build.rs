@@ -1,13 +1,19 @@
-//! Compiles the .proto files with protox (pure Rust), so building Norn needs no system protoc.
+//! Compiles the .proto files with protox (pure Rust), so building Norn needs no system protoc;
+//! tonic-prost-build adds the gRPC client and server code for the services.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["prometheus/types.proto", "prometheus/remote.proto"];
+    let files = [
+        "prometheus/types.proto",
+        "prometheus/remote.proto",
+        "norn/ingester/v1/ingester.proto",
+        "grpc/health/v1/health.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["."])?;
-    let mut config = prost_build::Config::new();
-    config.bytes(["."]);
-    config.compile_fds(fds)?;
+    // Bytes fields as `bytes::Bytes`: a pushed write request is decoded in place, borrowing
+    // label strings from the request buffer, and chunk data is handed on without copying.
+    tonic_prost_build::configure().bytes(".").compile_fds(fds)?;
     Ok(())
 }

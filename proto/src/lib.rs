@@ -4,14 +4,38 @@
 //! `proto/prometheus/*.proto` (written from the specification; compiled by protox, no system
 //! `protoc`). The hot path does not use the generated `WriteRequest`: [`remote_write`] decodes
 //! the wire format straight into a [`norn_model::WriteBatch`] that borrows label bytes from the
-//! request body, because one `String` per label costs more than the rest of a push.
+//! request body, because one `String` per label costs more than the rest of a push;
+//! [`encode_write_request`] is its counterpart for the distributor's pushes to ingesters.
+//!
+//! `ingester::v1` is Norn's ingester gRPC service (messages, tonic client and server);
+//! `health::v1` is the standard gRPC health-checking service.
 
+pub mod convert;
 pub mod remote_write;
 
 /// Prometheus' remote-write / remote-read messages (package `prometheus`).
-#[allow(clippy::all, missing_docs)]
+#[allow(clippy::all, clippy::clone_on_ref_ptr, missing_docs)]
 pub mod prometheus {
     include!(concat!(env!("OUT_DIR"), "/prometheus.rs"));
 }
 
-pub use remote_write::{DecodeError, decode_write_request, decompress_snappy};
+/// Norn's ingester service (package `norn.ingester.v1`).
+pub mod ingester {
+    #[allow(clippy::all, clippy::clone_on_ref_ptr, missing_docs)]
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/norn.ingester.v1.rs"));
+    }
+}
+
+/// The standard gRPC health-checking service (package `grpc.health.v1`).
+pub mod health {
+    #[allow(clippy::all, clippy::clone_on_ref_ptr, missing_docs)]
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));
+    }
+}
+
+pub use convert::TENANT_METADATA_KEY;
+pub use remote_write::{
+    DecodeError, decode_write_request, decompress_snappy, encode_write_request,
+};

@@ -6,6 +6,10 @@
 //! (the last two are counted and skipped: Norn stores float samples); unknown fields are
 //! skipped by wire type, as protobuf requires. Label names and values are recorded as byte
 //! ranges of the decompressed body and checked to be UTF-8.
+//!
+//! [`encode_write_request`] goes the other way for the distributor's pushes to ingesters: it
+//! writes the wire format straight from a batch's borrowed labels, sizing the output in a
+//! first pass so the buffer is allocated once and no generated structs are built.
 
 use bytes::Bytes;
 use norn_model::{MetricMetadata, MetricType, Sample, WriteBatch, WriteBatchBuilder};
@@ -61,6 +65,127 @@ pub fn decode_write_request(body: Bytes) -> Result<WriteBatch, DecodeError> {
         }
     }
     Ok(builder.build())
+}
+
+/// Encodes `batch` as an uncompressed `prometheus.WriteRequest` (series with labels and float
+/// samples, then metadata). [`decode_write_request`] reads it back to an equal batch.
+///
+/// Both sample fields are always written, even when zero: the value keeps its exact bits
+/// (`-0.0` survives, which proto3's omit-the-default rule would lose).
+pub fn encode_write_request(batch: &WriteBatch) -> Vec<u8> {
+    // First pass: each series' body length (needed for its length prefix) and the total.
+    let mut series_len = Vec::with_capacity(batch.len());
+    let mut total = 0;
+    for s in batch.iter() {
+        let mut n = 0;
+        for (name, value) in s.label_bytes() {
+            let l = label_len(name, value);
+            n += 1 + varint_len(l as u64) + l;
+        }
+        for smp in s.samples() {
+            let l = sample_len(smp);
+            n += 1 + varint_len(l as u64) + l;
+        }
+        series_len.push(n);
+        total += 1 + varint_len(n as u64) + n;
+    }
+    for m in batch.metadata() {
+        let l = metadata_len(m);
+        total += 1 + varint_len(l as u64) + l;
+    }
+
+    let mut out = Vec::with_capacity(total);
+    for (s, len) in batch.iter().zip(series_len) {
+        put_key(&mut out, 1, WIRE_LEN);
+        put_varint(&mut out, len as u64);
+        for (name, value) in s.label_bytes() {
+            put_key(&mut out, 1, WIRE_LEN);
+            put_varint(&mut out, label_len(name, value) as u64);
+            put_bytes_field(&mut out, 1, name);
+            put_bytes_field(&mut out, 2, value);
+        }
+        for smp in s.samples() {
+            put_key(&mut out, 2, WIRE_LEN);
+            put_varint(&mut out, sample_len(smp) as u64);
+            put_key(&mut out, 1, WIRE_I64);
+            out.extend_from_slice(&smp.v.to_bits().to_le_bytes());
+            put_key(&mut out, 2, WIRE_VARINT);
+            put_varint(&mut out, smp.t as u64);
+        }
+    }
+    for m in batch.metadata() {
+        put_key(&mut out, 3, WIRE_LEN);
+        put_varint(&mut out, metadata_len(m) as u64);
+        let t = crate::convert::metric_type_to_proto(m.metric_type) as u64;
+        if t != 0 {
+            put_key(&mut out, 1, WIRE_VARINT);
+            put_varint(&mut out, t);
+        }
+        put_bytes_field(&mut out, 2, m.metric_family_name.as_bytes());
+        put_bytes_field(&mut out, 4, m.help.as_bytes());
+        put_bytes_field(&mut out, 5, m.unit.as_bytes());
+    }
+    debug_assert_eq!(out.len(), total, "size pass and write pass disagree");
+    out
+}
+
+#[inline]
+fn varint_len(v: u64) -> usize {
+    // 7 payload bits per byte; `| 1` makes zero take one byte.
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Length of a string/bytes field, omitted (as proto3 does) when empty.
+#[inline]
+fn bytes_field_len(b: &[u8]) -> usize {
+    if b.is_empty() {
+        0
+    } else {
+        1 + varint_len(b.len() as u64) + b.len()
+    }
+}
+
+#[inline]
+fn label_len(name: &[u8], value: &[u8]) -> usize {
+    bytes_field_len(name) + bytes_field_len(value)
+}
+
+#[inline]
+fn sample_len(s: &Sample) -> usize {
+    1 + 8 + 1 + varint_len(s.t as u64)
+}
+
+fn metadata_len(m: &MetricMetadata) -> usize {
+    let t = crate::convert::metric_type_to_proto(m.metric_type) as u64;
+    (if t != 0 { 1 + varint_len(t) } else { 0 })
+        + bytes_field_len(m.metric_family_name.as_bytes())
+        + bytes_field_len(m.help.as_bytes())
+        + bytes_field_len(m.unit.as_bytes())
+}
+
+#[inline]
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+#[inline]
+fn put_key(out: &mut Vec<u8>, field: u32, wt: u8) {
+    // Every field number here is below 16, so a key is one byte.
+    out.push(((field << 3) as u8) | wt);
+}
+
+#[inline]
+fn put_bytes_field(out: &mut Vec<u8>, field: u32, b: &[u8]) {
+    if b.is_empty() {
+        return;
+    }
+    put_key(out, field, WIRE_LEN);
+    put_varint(out, b.len() as u64);
+    out.extend_from_slice(b);
 }
 
 const WIRE_VARINT: u8 = 0;
@@ -385,6 +510,80 @@ mod tests {
             decompress_snappy(b"\x05garbage", 100),
             Err(DecodeError::Snappy(_))
         ));
+    }
+
+    fn metric_type() -> impl Strategy<Value = MetricType> {
+        (0i32..8).prop_map(MetricType::from_proto)
+    }
+
+    #[test]
+    fn encoded_request_is_what_prost_reads() {
+        let batch = norn_model::WriteBatch::from_series(&[(
+            norn_model::Labels::from_pairs([("__name__", "up"), ("job", "a")]),
+            vec![Sample::new(1000, 1.0), Sample::new(-7, -0.0)],
+        )]);
+        let req = pb::WriteRequest::decode(&encode_write_request(&batch)[..]).unwrap();
+        assert_eq!(req.timeseries.len(), 1);
+        assert_eq!(req.timeseries[0].labels[1].value, "a");
+        assert_eq!(req.timeseries[0].samples[1].timestamp, -7);
+        assert_eq!(
+            req.timeseries[0].samples[1].value.to_bits(),
+            (-0.0f64).to_bits()
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn encode_then_decode_is_identity(
+            input in proptest::collection::vec(
+                (proptest::collection::vec(("[a-z_]{0,6}", ".{0,6}"), 0..5),
+                 proptest::collection::vec((any::<i64>(), any::<f64>()), 0..5)), 0..5),
+            metadata in proptest::collection::vec(
+                (metric_type(), "[a-z_]{0,8}", ".{0,10}", "[a-z]{0,4}"), 0..3),
+        ) {
+            // Build through the builder so label order and empty names are kept as given.
+            let mut buf = Vec::new();
+            let mut spans = Vec::new();
+            for (ls, _) in &input {
+                let mut s = Vec::new();
+                for (n, v) in ls {
+                    let a = buf.len();
+                    buf.extend_from_slice(n.as_bytes());
+                    let b = buf.len();
+                    buf.extend_from_slice(v.as_bytes());
+                    s.push((a..b, b..buf.len()));
+                }
+                spans.push(s);
+            }
+            let mut bld = norn_model::WriteBatch::builder(Bytes::from(buf));
+            for ((_, ss), spans) in input.iter().zip(spans) {
+                for (n, v) in spans {
+                    bld.add_label(n, v).unwrap();
+                }
+                for (t, v) in ss {
+                    bld.add_sample(Sample::new(*t, *v));
+                }
+                bld.finish_series();
+            }
+            for (t, name, help, unit) in &metadata {
+                bld.add_metadata(MetricMetadata {
+                    metric_family_name: name.clone(),
+                    metric_type: *t,
+                    help: help.clone(),
+                    unit: unit.clone(),
+                });
+            }
+            let batch = bld.build();
+            let got = decode_write_request(Bytes::from(encode_write_request(&batch))).unwrap();
+            prop_assert_eq!(got.len(), batch.len());
+            for (g, w) in got.iter().zip(batch.iter()) {
+                prop_assert_eq!(g.labels().collect::<Vec<_>>(), w.labels().collect::<Vec<_>>());
+                let gs: Vec<(i64, u64)> = g.samples().iter().map(|s| (s.t, s.v.to_bits())).collect();
+                let ws: Vec<(i64, u64)> = w.samples().iter().map(|s| (s.t, s.v.to_bits())).collect();
+                prop_assert_eq!(gs, ws);
+            }
+            prop_assert_eq!(got.metadata(), batch.metadata());
+        }
     }
 
     proptest! {

@@ -19,6 +19,7 @@
 //! cut. Metric metadata from remote write is kept per tenant.
 
 pub mod config;
+pub mod grpc;
 pub mod shipper;
 
 use std::collections::{BTreeMap, HashMap};
@@ -239,6 +240,8 @@ pub struct Ingester {
     create_lock: Mutex<()>,
     ready: AtomicBool,
     stopping: AtomicBool,
+    /// Refuses pushes while still serving reads (an ingester LEAVING the ring).
+    read_only: AtomicBool,
 }
 
 impl Ingester {
@@ -270,6 +273,7 @@ impl Ingester {
             create_lock: Mutex::new(()),
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            read_only: AtomicBool::new(false),
         });
         let bg = Arc::clone(&ing);
         std::thread::Builder::new()
@@ -675,6 +679,27 @@ impl Ingester {
         }
     }
 
+    /// Whether WAL replay is done and the ingester has not been closed.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst) && !self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Refuses (or again accepts) pushes with a retryable error while reads keep working:
+    /// an ingester that is LEAVING the ring must not take new samples, so distributors
+    /// write to the next replica instead.
+    pub fn set_read_only(&self, read_only: bool) {
+        self.read_only.store(read_only, Ordering::SeqCst);
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only.load(Ordering::SeqCst)
+    }
+
+    /// The registry the ingester's metrics live in (the gRPC server adds its own).
+    pub fn registry(&self) -> &prometheus::Registry {
+        &self.metrics.registry
+    }
+
     /// Series in memory for a tenant (0 if unknown).
     pub fn num_series(&self, tenant: &TenantId) -> usize {
         self.tenant(tenant)
@@ -726,6 +751,9 @@ impl Pusher for Ingester {
     async fn push(&self, tenant: &TenantId, batch: WriteBatch) -> Result<PushOutcome, PushError> {
         if self.stopping.load(Ordering::SeqCst) {
             return Err(PushError::Unavailable("ingester is shutting down".into()));
+        }
+        if self.read_only.load(Ordering::SeqCst) {
+            return Err(PushError::Unavailable("ingester is leaving".into()));
         }
         if !self.ready.load(Ordering::SeqCst) {
             return Err(PushError::Unavailable(

@@ -1,0 +1,518 @@
+//! The ingester's gRPC server: `norn.ingester.v1.Ingester` over an [`Ingester`], plus the
+//! standard `grpc.health.v1.Health` service.
+//!
+//! The tenant comes from the `x-scope-orgid` request metadata. Pushes carry a remote-write
+//! `WriteRequest` as bytes and are decoded with the same allocation-free decoder as the HTTP
+//! endpoint. `QueryStream` re-encodes each selected series into XOR chunks of at most
+//! [`SAMPLES_PER_CHUNK`] samples (Prometheus' target chunk size) and streams them
+//! [`SERIES_PER_MESSAGE`] series at a time, so a large result never has to fit one message.
+//!
+//! Error codes follow the error kinds: a push the ingester cannot take now (starting,
+//! stopping, leaving) is `UNAVAILABLE`, which distributors retry on another replica; a body
+//! that does not decode is `INVALID_ARGUMENT`, which they must not retry.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::Stream;
+use norn_model::{
+    MetadataReader, PushError, Pusher, QueryableProvider, Series, StorageError, TenantError,
+    TenantId,
+};
+use norn_proto::convert::{
+    TENANT_METADATA_KEY, labels_to_proto, matchers_from_proto, metadata_to_proto,
+};
+use norn_proto::health::v1::health_check_response::ServingStatus;
+use norn_proto::health::v1::health_server::{Health, HealthServer};
+use norn_proto::health::v1::{HealthCheckRequest, HealthCheckResponse};
+use norn_proto::ingester::v1 as pb;
+use norn_proto::ingester::v1::ingester_server::{Ingester as IngesterRpc, IngesterServer};
+use norn_tsdb::chunkenc::XorChunk;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use tonic::{Request, Response, Status};
+
+use crate::Ingester;
+
+/// Largest message accepted or sent, either way. Mimir allows 100 MiB too: a distributor's
+/// push to one ingester and a query's batch of series can both be large.
+pub const MAX_MESSAGE_SIZE: usize = 100 << 20;
+
+/// Samples per XOR chunk in `QueryStream` answers (Prometheus cuts head chunks at ~120).
+pub const SAMPLES_PER_CHUNK: usize = 120;
+
+/// Series per `QueryStreamResponse` message.
+pub const SERIES_PER_MESSAGE: usize = 128;
+
+/// Full name of the ingester service, as health checks name it.
+pub const SERVICE_NAME: &str = "norn.ingester.v1.Ingester";
+
+/// How often `Health/Watch` looks at the ingester's state.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Serves both services on `listener` until `shutdown` resolves, then drains in-flight
+/// requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    ingester: Arc<Ingester>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (ingester_svc, health_svc) = services(ingester);
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .add_service(ingester_svc)
+        .add_service(health_svc)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
+
+/// The two tonic services, with message limits set, for a harness that mounts them itself.
+pub fn services(
+    ingester: Arc<Ingester>,
+) -> (IngesterServer<IngesterGrpc>, HealthServer<HealthGrpc>) {
+    let ingester_svc = IngesterServer::new(IngesterGrpc::new(Arc::clone(&ingester)))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let health_svc = HealthServer::new(HealthGrpc { ingester });
+    (ingester_svc, health_svc)
+}
+
+/// Request counts and latencies per RPC method.
+#[derive(Clone)]
+struct GrpcMetrics {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+}
+
+impl GrpcMetrics {
+    fn new(registry: &Registry) -> Self {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "norn_ingester_grpc_requests_total",
+                "gRPC requests the ingester served, by method and status code.",
+            ),
+            &["method", "status"],
+        )
+        .expect("valid metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "norn_ingester_grpc_request_duration_seconds",
+                "Time the ingester spent on gRPC requests, by method (streams: until the \
+                 selection is done, not until the client has read it).",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
+            &["method"],
+        )
+        .expect("valid metric");
+        register_replacing(registry, &requests);
+        register_replacing(registry, &duration);
+        Self { requests, duration }
+    }
+
+    fn observe<T>(&self, method: &str, started: Instant, result: &Result<T, Status>) {
+        let code = match result {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        self.requests
+            .with_label_values(&[method, &format!("{code:?}")])
+            .inc();
+        self.duration
+            .with_label_values(&[method])
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// Registers `c`, replacing a collector of the same name from an earlier server on the same
+/// registry (a test, or the gRPC server restarted in one process); the old one's counts are
+/// lost, which Prometheus reads as a counter reset.
+fn register_replacing<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    c: &C,
+) {
+    if let Err(prometheus::Error::AlreadyReg) = registry.register(Box::new(c.clone())) {
+        // `unregister` matches by descriptor, so a fresh collector of the same name removes
+        // the old one.
+        let _ = registry.unregister(Box::new(c.clone()));
+        if let Err(e) = registry.register(Box::new(c.clone())) {
+            tracing::warn!(error = %e, "cannot register ingester gRPC metrics");
+        }
+    }
+}
+
+/// `norn.ingester.v1.Ingester` over an in-process [`Ingester`].
+pub struct IngesterGrpc {
+    ingester: Arc<Ingester>,
+    metrics: GrpcMetrics,
+}
+
+impl IngesterGrpc {
+    /// Registers the server's metrics on the ingester's registry.
+    pub fn new(ingester: Arc<Ingester>) -> Self {
+        let metrics = GrpcMetrics::new(ingester.registry());
+        Self { ingester, metrics }
+    }
+
+    /// Runs `f`, recording its outcome and latency under `method`.
+    async fn instrumented<T>(
+        &self,
+        method: &'static str,
+        f: impl Future<Output = Result<T, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let started = Instant::now();
+        let result = f.await;
+        self.metrics.observe(method, started, &result);
+        result.map(Response::new)
+    }
+}
+
+/// The tenant named by the request's `x-scope-orgid` metadata.
+fn tenant<T>(req: &Request<T>) -> Result<TenantId, Status> {
+    let Some(value) = req.metadata().get(TENANT_METADATA_KEY) else {
+        return Err(Status::unauthenticated(format!(
+            "no org id: the {TENANT_METADATA_KEY} request metadata is missing"
+        )));
+    };
+    let id = value.to_str().map_err(|_| {
+        Status::invalid_argument(format!(
+            "the {TENANT_METADATA_KEY} request metadata is not printable ASCII"
+        ))
+    })?;
+    TenantId::new(id).map_err(|e| match e {
+        TenantError::Missing => Status::unauthenticated(format!(
+            "no org id: the {TENANT_METADATA_KEY} request metadata is empty"
+        )),
+        e => Status::invalid_argument(format!("invalid tenant id in {TENANT_METADATA_KEY}: {e}")),
+    })
+}
+
+fn push_status(e: PushError) -> Status {
+    match e {
+        PushError::Unavailable(m) => Status::unavailable(m),
+        PushError::Internal(m) => Status::internal(m),
+    }
+}
+
+fn storage_status(e: StorageError) -> Status {
+    match e {
+        StorageError::Unavailable(m) => Status::unavailable(m),
+        StorageError::Limit(m) => Status::resource_exhausted(m),
+        StorageError::Internal(m) => Status::internal(m),
+    }
+}
+
+fn matchers(m: Vec<pb::LabelMatcher>) -> Result<Vec<norn_model::Matcher>, Status> {
+    matchers_from_proto(m).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// One series' samples as XOR chunks of at most [`SAMPLES_PER_CHUNK`] samples.
+fn encode_series(s: &Series) -> pb::StreamSeries {
+    let mut chunks = Vec::with_capacity(s.samples.len().div_ceil(SAMPLES_PER_CHUNK));
+    for part in s.samples.chunks(SAMPLES_PER_CHUNK) {
+        // Regular scrapes take 1-2 bytes a sample; starting there avoids most regrowth.
+        let mut c = XorChunk::with_capacity(2 * part.len() + 16);
+        for smp in part {
+            c.append(smp.t, smp.v);
+        }
+        chunks.push(pb::Chunk {
+            min_time_ms: part[0].t,
+            max_time_ms: part[part.len() - 1].t,
+            encoding: pb::ChunkEncoding::Xor as i32,
+            data: Bytes::from(c.into_bytes()),
+        });
+    }
+    pb::StreamSeries {
+        labels: labels_to_proto(&s.labels),
+        chunks,
+    }
+}
+
+type QueryStream = Pin<Box<dyn Stream<Item = Result<pb::QueryStreamResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl IngesterRpc for IngesterGrpc {
+    async fn push(
+        &self,
+        request: Request<pb::PushRequest>,
+    ) -> Result<Response<pb::PushResponse>, Status> {
+        self.instrumented("Push", async {
+            let tenant = tenant(&request)?;
+            let body = request.into_inner().write_request;
+            let batch = norn_proto::decode_write_request(body)
+                .map_err(|e| Status::invalid_argument(format!("decoding write request: {e}")))?;
+            let out = self
+                .ingester
+                .push(&tenant, batch)
+                .await
+                .map_err(push_status)?;
+            Ok(pb::PushResponse {
+                appended: out.appended as u64,
+                rejected: out
+                    .rejected
+                    .iter()
+                    .map(|(reason, count)| pb::Rejected {
+                        reason: (*reason).to_string(),
+                        count: *count as u64,
+                    })
+                    .collect(),
+                first_error: out.first_error.unwrap_or_default(),
+            })
+        })
+        .await
+    }
+
+    type QueryStreamStream = QueryStream;
+
+    async fn query_stream(
+        &self,
+        request: Request<pb::QueryRequest>,
+    ) -> Result<Response<Self::QueryStreamStream>, Status> {
+        self.instrumented("QueryStream", async {
+            let tenant = tenant(&request)?;
+            let r = request.into_inner();
+            let matchers = matchers(r.matchers)?;
+            let series = self
+                .ingester
+                .queryable(&tenant)
+                .select(r.start_ms, r.end_ms, &matchers)
+                .await
+                .map_err(storage_status)?;
+            // Encoding chunks is CPU work proportional to the result: off the reactor. The
+            // small channel makes the encoder wait for a slow reader instead of buffering the
+            // whole answer; a reader that goes away ends it.
+            let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+            tokio::task::spawn_blocking(move || {
+                for batch in series.chunks(SERIES_PER_MESSAGE) {
+                    let msg = pb::QueryStreamResponse {
+                        series: batch.iter().map(encode_series).collect(),
+                    };
+                    if tx.blocking_send(Ok(msg)).is_err() {
+                        return;
+                    }
+                }
+            });
+            let stream: QueryStream =
+                Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+            Ok(stream)
+        })
+        .await
+    }
+
+    async fn label_names(
+        &self,
+        request: Request<pb::LabelNamesRequest>,
+    ) -> Result<Response<pb::LabelNamesResponse>, Status> {
+        self.instrumented("LabelNames", async {
+            let tenant = tenant(&request)?;
+            let r = request.into_inner();
+            let matchers = matchers(r.matchers)?;
+            let label_names = self
+                .ingester
+                .queryable(&tenant)
+                .label_names(r.start_ms, r.end_ms, &matchers)
+                .await
+                .map_err(storage_status)?;
+            Ok(pb::LabelNamesResponse { label_names })
+        })
+        .await
+    }
+
+    async fn label_values(
+        &self,
+        request: Request<pb::LabelValuesRequest>,
+    ) -> Result<Response<pb::LabelValuesResponse>, Status> {
+        self.instrumented("LabelValues", async {
+            let tenant = tenant(&request)?;
+            let r = request.into_inner();
+            let matchers = matchers(r.matchers)?;
+            let label_values = self
+                .ingester
+                .queryable(&tenant)
+                .label_values(&r.label_name, r.start_ms, r.end_ms, &matchers)
+                .await
+                .map_err(storage_status)?;
+            Ok(pb::LabelValuesResponse { label_values })
+        })
+        .await
+    }
+
+    async fn series(
+        &self,
+        request: Request<pb::SeriesRequest>,
+    ) -> Result<Response<pb::SeriesResponse>, Status> {
+        self.instrumented("Series", async {
+            let tenant = tenant(&request)?;
+            let r = request.into_inner();
+            let matchers = matchers(r.matchers)?;
+            // `Queryable` has no labels-only selection yet, so this reads the samples too
+            // and drops them; fine for the ingester's few hours of data.
+            let series = self
+                .ingester
+                .queryable(&tenant)
+                .select(r.start_ms, r.end_ms, &matchers)
+                .await
+                .map_err(storage_status)?;
+            Ok(pb::SeriesResponse {
+                series: series
+                    .iter()
+                    .map(|s| pb::SeriesLabels {
+                        labels: labels_to_proto(&s.labels),
+                    })
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn metrics_metadata(
+        &self,
+        request: Request<pb::MetricsMetadataRequest>,
+    ) -> Result<Response<pb::MetricsMetadataResponse>, Status> {
+        self.instrumented("MetricsMetadata", async {
+            let tenant = tenant(&request)?;
+            let r = request.into_inner();
+            let metric = (!r.metric.is_empty()).then_some(r.metric.as_str());
+            let md = self
+                .ingester
+                .metadata(&tenant, metric, r.limit as usize)
+                .await
+                .map_err(storage_status)?;
+            Ok(pb::MetricsMetadataResponse {
+                metadata: md.iter().map(metadata_to_proto).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn user_stats(
+        &self,
+        request: Request<pb::UserStatsRequest>,
+    ) -> Result<Response<pb::UserStatsResponse>, Status> {
+        self.instrumented("UserStats", async {
+            let tenant = tenant(&request)?;
+            // Ingestion rates are not tracked yet: 0 says "unknown", as the proto documents.
+            Ok(pb::UserStatsResponse {
+                num_series: self.ingester.num_series(&tenant) as u64,
+                ..Default::default()
+            })
+        })
+        .await
+    }
+}
+
+/// `grpc.health.v1.Health`: SERVING once WAL replay is done, until the ingester is closed.
+pub struct HealthGrpc {
+    ingester: Arc<Ingester>,
+}
+
+impl HealthGrpc {
+    fn status(&self, service: &str) -> Result<ServingStatus, Status> {
+        if !service.is_empty() && service != SERVICE_NAME {
+            return Err(Status::not_found(format!("unknown service {service:?}")));
+        }
+        Ok(serving_status(&self.ingester))
+    }
+}
+
+fn serving_status(ingester: &Ingester) -> ServingStatus {
+    if ingester.is_ready() {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Health for HealthGrpc {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        let status = self.status(&request.get_ref().service)?;
+        Ok(Response::new(HealthCheckResponse {
+            status: status as i32,
+        }))
+    }
+
+    type WatchStream = WatchStream;
+
+    /// Sends the current status, then every change (checked once a second).
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        self.status(&request.get_ref().service)?;
+        let ingester = Arc::clone(&self.ingester);
+        let stream = futures::stream::unfold(None, move |last: Option<ServingStatus>| {
+            let ingester = Arc::clone(&ingester);
+            async move {
+                loop {
+                    let now = serving_status(&ingester);
+                    if last != Some(now) {
+                        let msg = HealthCheckResponse { status: now as i32 };
+                        return Some((Ok(msg), Some(now)));
+                    }
+                    tokio::time::sleep(WATCH_INTERVAL).await;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use norn_model::{Labels, Sample};
+    use norn_tsdb::chunkenc::XorIterator;
+
+    #[test]
+    fn series_are_cut_into_chunks_of_120() {
+        let samples: Vec<Sample> = (0..250)
+            .map(|i| Sample::new(i * 15_000, i as f64))
+            .collect();
+        let s = Series {
+            labels: Labels::from_pairs([("__name__", "up")]),
+            samples: samples.clone(),
+        };
+        let enc = encode_series(&s);
+        assert_eq!(enc.chunks.len(), 3);
+        assert_eq!(enc.chunks[1].min_time_ms, 120 * 15_000);
+        assert_eq!(enc.chunks[2].max_time_ms, 249 * 15_000);
+        let back: Vec<Sample> = enc
+            .chunks
+            .iter()
+            .flat_map(|c| XorIterator::new(&c.data).map(|(t, v)| Sample::new(t, v)))
+            .collect();
+        assert_eq!(back, samples);
+    }
+
+    #[test]
+    fn tenant_errors_name_the_metadata() {
+        let missing = tenant(&Request::new(())).unwrap_err();
+        assert_eq!(missing.code(), tonic::Code::Unauthenticated);
+        assert!(
+            missing.message().contains("x-scope-orgid"),
+            "{}",
+            missing.message()
+        );
+        let mut req = Request::new(());
+        req.metadata_mut()
+            .insert(TENANT_METADATA_KEY, "a/b".parse().unwrap());
+        assert_eq!(
+            tenant(&req).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        let mut req = Request::new(());
+        req.metadata_mut()
+            .insert(TENANT_METADATA_KEY, "team-a".parse().unwrap());
+        assert_eq!(tenant(&req).unwrap().as_str(), "team-a");
+    }
+}
