@@ -1,1 +1,14 @@
-//! The hash ring (work in progress).
+//! The hash ring of Norn: instance descriptions, tokens and states ([`desc`]), replica-set
+//! lookups ([`ring`]), a last-writer-wins key-value CRDT ([`kv`]) spread by SWIM gossip over foca
+//! ([`memberlist`]), the lifecycler that registers and heartbeats an instance and the watcher that
+//! keeps a [`Ring`] in sync with the gossiped state ([`lifecycler`]), and the `/ring` and
+//! `/memberlist` pages ([`http`]).
+//!
+//! Modelled on Grafana Mimir's `dskit/ring` and `dskit/kv/memberlist`, so the same operational
+//! knowledge (states, quorum, forgetting unhealthy members) applies.
+
+pub mod desc;
+pub mod ring;
+
+pub use desc::{InstanceDesc, InstanceState, now_ms};
+pub use ring::{Operation, ReplicationSet, Ring, RingConfig, RingError, generate_tokens};
