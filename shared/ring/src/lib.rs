@@ -8,7 +8,11 @@
 //! knowledge (states, quorum, forgetting unhealthy members) applies.
 
 pub mod desc;
+pub mod kv;
+pub mod memberlist;
 pub mod ring;
 
 pub use desc::{InstanceDesc, InstanceState, now_ms};
+pub use kv::{Entry, KvState};
+pub use memberlist::{MemberInfo, Memberlist, MemberlistConfig, MemberlistError};
 pub use ring::{Operation, ReplicationSet, Ring, RingConfig, RingError, generate_tokens};
