@@ -9,10 +9,14 @@
 
 pub mod desc;
 pub mod kv;
+pub mod lifecycler;
 pub mod memberlist;
 pub mod ring;
 
 pub use desc::{InstanceDesc, InstanceState, now_ms};
 pub use kv::{Entry, KvState};
+pub use lifecycler::{
+    INGESTER_RING_KEY, Lifecycler, LifecyclerConfig, LifecyclerError, spawn_ring_watcher,
+};
 pub use memberlist::{MemberInfo, Memberlist, MemberlistConfig, MemberlistError};
 pub use ring::{Operation, ReplicationSet, Ring, RingConfig, RingError, generate_tokens};
