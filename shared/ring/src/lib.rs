@@ -8,6 +8,7 @@
 //! knowledge (states, quorum, forgetting unhealthy members) applies.
 
 pub mod desc;
+pub mod http;
 pub mod kv;
 pub mod lifecycler;
 pub mod memberlist;
