@@ -60,8 +60,14 @@ async fn ring_and_memberlist_pages() {
         );
     }
     let ring = Ring::new(RingConfig::default());
-    spawn_ring_watcher(ml.clone(), INGESTER_RING_KEY, ring.clone(), None, &registry);
-    let app = norn_ring::http::routes(ring.clone(), ml.clone());
+    spawn_ring_watcher(
+        std::sync::Arc::clone(&ml),
+        INGESTER_RING_KEY,
+        ring.clone(),
+        None,
+        &registry,
+    );
+    let app = norn_ring::http::routes(ring.clone(), std::sync::Arc::clone(&ml));
 
     // JSON
     let resp = app
