@@ -8,9 +8,10 @@
 //!   converges) and deltas too large for UDP.
 //!
 //! KV changes spread by direct sends rather than foca's piggybacked custom broadcasts: the writer
-//! sends its change to every live member, and a node that learns something new from a delta
-//! forwards it to a few random members. A change thus reaches a small cluster in one round trip
-//! and still spreads when the writer's member list is incomplete; push/pull repairs the rest.
+//! sends its change to every live member, and a node that learns something new (from a delta or
+//! a push/pull) forwards just that to a few random members. A change thus reaches a small
+//! cluster in one round trip and still spreads when the writer's member list is incomplete;
+//! periodic push/pull repairs the rest.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -240,7 +241,9 @@ impl Memberlist {
             generation: now_ms() as u64,
         };
         let mut foca_config = foca::Config::new_lan(NonZeroU32::new(16).expect("non-zero"));
-        if let Some(p) = foca_config.periodic_gossip.as_mut() {
+        if let Some(p) = foca_config.periodic_gossip.as_mut()
+            && !config.gossip_interval.is_zero()
+        {
             p.frequency = config.gossip_interval;
         }
         // Forget down members after a while so a long-running cluster does not accumulate
@@ -499,10 +502,14 @@ impl Shared {
             self.send_udp(to.addr, &buf);
         }
         while let Some((after, timer)) = rt.to_schedule() {
-            let shared = Arc::clone(self);
+            // Weak: some foca timers are long (removing down members), and a sleeping timer
+            // must not keep a stopped node's sockets open.
+            let weak = Arc::downgrade(self);
             self.rt.spawn(async move {
                 tokio::time::sleep(after).await;
-                if !shared.is_stopped() {
+                if let Some(shared) = weak.upgrade()
+                    && !shared.is_stopped()
+                {
                     shared.with_foca(|foca, rt| foca.handle_timer(timer, rt));
                 }
             });
@@ -610,21 +617,22 @@ impl Shared {
 
     /// Merge a state received from a peer; forward what was new to a few random members so it
     /// spreads even when the writer did not know every member.
-    fn apply_remote(self: &Arc<Self>, state: &KvState, forward: bool) {
+    fn apply_remote(self: &Arc<Self>, state: &KvState) {
+        if self.is_stopped() {
+            return;
+        }
         let changed = self.kv.lock().merge(state);
         if changed.is_empty() {
             return;
         }
         self.changed();
-        if forward {
-            let targets = {
-                let mut rng = rand::rngs::SmallRng::seed_from_u64(random_seed());
-                self.live_addrs()
-                    .into_iter()
-                    .choose_multiple(&mut rng, FORWARD_FANOUT)
-            };
-            self.send_delta(&KvState::from_entries(changed), targets);
-        }
+        let targets = {
+            let mut rng = rand::rngs::SmallRng::seed_from_u64(random_seed());
+            self.live_addrs()
+                .into_iter()
+                .choose_multiple(&mut rng, FORWARD_FANOUT)
+        };
+        self.send_delta(&KvState::from_entries(changed), targets);
     }
 
     async fn udp_loop(self: Arc<Self>) {
@@ -651,7 +659,7 @@ impl Shared {
                     self.with_foca(|foca, rt| foca.handle_data(data, rt));
                 }
                 UDP_DELTA => match postcard::from_bytes::<KvState>(&buf[1..n]) {
-                    Ok(state) => self.apply_remote(&state, true),
+                    Ok(state) => self.apply_remote(&state),
                     Err(err) => debug!(%from, %err, "memberlist: bad delta"),
                 },
                 other => debug!(%from, tag = other, "memberlist: unknown datagram"),
@@ -694,10 +702,11 @@ impl Shared {
                 let ours = postcard::to_allocvec(&*self.kv.lock()).map_err(invalid)?;
                 write_frame(&mut stream, TCP_PUSH_PULL, &ours).await?;
                 self.metrics.sent.inc();
-                // Full states are not forwarded: the peer spreads its own state by push/pull.
-                self.apply_remote(&remote, false);
+                // What was new to us is forwarded like a delta: a joiner's own entries reach
+                // the rest of the cluster now rather than at the next periodic push/pull.
+                self.apply_remote(&remote);
             }
-            TCP_DELTA => self.apply_remote(&remote, true),
+            TCP_DELTA => self.apply_remote(&remote),
             other => {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
@@ -722,7 +731,7 @@ impl Shared {
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "push/pull timed out"))??;
         let theirs: KvState = postcard::from_bytes(&theirs).map_err(invalid)?;
-        self.apply_remote(&theirs, false);
+        self.apply_remote(&theirs);
         Ok(())
     }
 
@@ -780,7 +789,12 @@ impl Shared {
 
     async fn push_pull_loop(self: Arc<Self>) {
         let mut shutdown = self.shutdown.subscribe();
-        let mut tick = tokio::time::interval(self.config.pull_push_interval);
+        // A zero interval would make tokio panic; treat it as "as often as reasonable".
+        let period = self
+            .config
+            .pull_push_interval
+            .max(Duration::from_millis(100));
+        let mut tick = tokio::time::interval(period);
         tick.tick().await;
         loop {
             tokio::select! {

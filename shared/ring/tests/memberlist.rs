@@ -165,3 +165,79 @@ async fn late_joiner_gets_full_state_and_start_order_does_not_matter() {
         n.leave().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_see_a_put_within_two_seconds() {
+    let nodes = cluster(5).await;
+    for (i, writer) in nodes.iter().enumerate() {
+        let sub = format!("from-{i}");
+        let start = Instant::now();
+        writer.put("ingester", &sub, Entry::value(1, vec![i as u8]));
+        for n in &nodes {
+            eventually("put visible", Duration::from_secs(2), || {
+                n.get("ingester").contains_key(&sub)
+            })
+            .await;
+        }
+        assert!(start.elapsed() < Duration::from_secs(2));
+    }
+    for n in &nodes {
+        n.leave().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_with_same_name_and_port_rejoins() {
+    let seed = node("seed", vec![]).await;
+    let join = vec![seed.local_addr().to_string()];
+    let first = node("worker", join.clone()).await;
+    let port = first.local_addr().port();
+    eventually("worker alive", Duration::from_secs(10), || {
+        alive(&seed, "worker")
+    })
+    .await;
+    first.put("ingester", "w", Entry::value(1, b"1".to_vec()));
+    // Crash: dropped without leaving; wait until the seed declares it gone.
+    drop(first);
+    eventually("worker not alive", Duration::from_secs(30), || {
+        !alive(&seed, "worker")
+    })
+    .await;
+    // Same name, same address: a newer generation supersedes the down identity.
+    let config = MemberlistConfig {
+        node_name: "worker".to_string(),
+        bind_addr: LOCALHOST,
+        bind_port: port,
+        advertise_addr: None,
+        advertise_port: None,
+        join_members: join,
+        gossip_interval: Duration::from_millis(200),
+        pull_push_interval: Duration::from_secs(30),
+    };
+    let start = Instant::now();
+    let again = loop {
+        // The old sockets close once the old node's tasks notice the stop.
+        match Memberlist::start(config.clone(), &prometheus::Registry::new()).await {
+            Ok(m) => break m,
+            Err(err) => {
+                assert!(start.elapsed() < Duration::from_secs(5), "rebinding: {err}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    eventually("worker alive again", Duration::from_secs(10), || {
+        alive(&seed, "worker") && alive(&again, "seed")
+    })
+    .await;
+    // It got its own earlier write back by push/pull.
+    eventually("state restored", Duration::from_secs(5), || {
+        again.get("ingester").contains_key("w")
+    })
+    .await;
+    assert_eq!(
+        seed.members().iter().filter(|m| m.name == "worker").count(),
+        1
+    );
+    again.leave().await;
+    seed.leave().await;
+}
