@@ -116,6 +116,7 @@ impl WatcherMetrics {
 /// skipped). With `forget_after`, any instance whose heartbeat is older gets a tombstone
 /// (ts = now) so the whole cluster drops it; a restarted instance heartbeats with a newer ts and
 /// comes back. The ring is filled before this returns; the task runs until the memberlist stops.
+/// Must be called inside a tokio runtime.
 pub fn spawn_ring_watcher(
     memberlist: Arc<Memberlist>,
     key: &'static str,

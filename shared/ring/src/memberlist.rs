@@ -235,6 +235,9 @@ impl Memberlist {
             config.advertise_addr.unwrap_or(config.bind_addr),
             config.advertise_port.unwrap_or(local_addr.port()),
         );
+        if advertise.ip().is_unspecified() {
+            warn!(%advertise, "memberlist: advertising an unspecified address; set advertise_addr so peers can reach this node");
+        }
         let identity = NodeId {
             name: config.node_name.clone(),
             addr: advertise,

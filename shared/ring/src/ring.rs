@@ -202,8 +202,8 @@ impl Ring {
 
     /// The replica set for `token`. Mimir semantics: walk tokens clockwise from the first token
     /// `>= token` (wrapping) and collect `replication_factor` distinct instances (distinct zones
-    /// too with zone awareness); instances the operation skips (see [`Ring::extends`]) do not
-    /// count and extend the walk by one. Unhealthy instances are then dropped; fewer than
+    /// too with zone awareness); instances the operation skips (non-ACTIVE for writes, JOINING or
+    /// PENDING for reads) do not count and extend the walk by one. Unhealthy instances are then dropped; fewer than
     /// `rf/2 + 1` healthy ones is an error.
     pub fn get(&self, token: u32, op: Operation, now_ms: i64) -> Result<ReplicationSet> {
         let t = self.table();
