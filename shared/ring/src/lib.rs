@@ -1,1 +1,23 @@
-//! The hash ring (work in progress).
+//! The hash ring of Norn: instance descriptions, tokens and states ([`desc`]), replica-set
+//! lookups ([`ring`]), a last-writer-wins key-value CRDT ([`kv`]) spread by SWIM gossip over foca
+//! ([`memberlist`]), the lifecycler that registers and heartbeats an instance and the watcher that
+//! keeps a [`Ring`] in sync with the gossiped state ([`lifecycler`]), and the `/ring` and
+//! `/memberlist` pages ([`http`]).
+//!
+//! Modelled on Grafana Mimir's `dskit/ring` and `dskit/kv/memberlist`, so the same operational
+//! knowledge (states, quorum, forgetting unhealthy members) applies.
+
+pub mod desc;
+pub mod http;
+pub mod kv;
+pub mod lifecycler;
+pub mod memberlist;
+pub mod ring;
+
+pub use desc::{InstanceDesc, InstanceState, now_ms};
+pub use kv::{Entry, KvState};
+pub use lifecycler::{
+    INGESTER_RING_KEY, Lifecycler, LifecyclerConfig, LifecyclerError, spawn_ring_watcher,
+};
+pub use memberlist::{MemberInfo, Memberlist, MemberlistConfig, MemberlistError};
+pub use ring::{Operation, ReplicationSet, Ring, RingConfig, RingError, generate_tokens};

@@ -1,0 +1,243 @@
+//! Loopback clusters of memberlist nodes: KV propagation, failure detection and push/pull.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use norn_ring::{Entry, Memberlist, MemberlistConfig};
+
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+async fn node(name: &str, join: Vec<String>) -> Arc<Memberlist> {
+    let config = MemberlistConfig {
+        node_name: name.to_string(),
+        bind_addr: LOCALHOST,
+        bind_port: 0,
+        advertise_addr: None,
+        advertise_port: None,
+        join_members: join,
+        gossip_interval: Duration::from_millis(200),
+        pull_push_interval: Duration::from_secs(30),
+    };
+    Memberlist::start(config, &prometheus::Registry::new())
+        .await
+        .unwrap()
+}
+
+async fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn alive(m: &Memberlist, name: &str) -> bool {
+    m.members()
+        .iter()
+        .any(|i| i.name == name && i.state == "alive")
+}
+
+async fn cluster(n: usize) -> Vec<Arc<Memberlist>> {
+    let first = node("node-0", vec![]).await;
+    let seed = first.local_addr().to_string();
+    let mut nodes = vec![first];
+    for i in 1..n {
+        nodes.push(node(&format!("node-{i}"), vec![seed.clone()]).await);
+    }
+    for a in &nodes {
+        for i in 0..n {
+            let name = format!("node-{i}");
+            eventually(&format!("{name} alive"), Duration::from_secs(10), || {
+                alive(a, &name)
+            })
+            .await;
+        }
+    }
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puts_reach_every_node() {
+    let nodes = cluster(3).await;
+    let mut watch = nodes[0].watch();
+    let before = *watch.borrow_and_update();
+    nodes[1].put("ingester", "a", Entry::value(10, b"\"hello\"".to_vec()));
+    for n in &nodes {
+        eventually("put visible", Duration::from_secs(3), || {
+            n.get("ingester")
+                .get("a")
+                .is_some_and(|e| e.value == b"\"hello\"")
+        })
+        .await;
+    }
+    assert!(*watch.borrow_and_update() > before);
+
+    // An older write loses everywhere; a tombstone wins everywhere.
+    nodes[2].put("ingester", "a", Entry::value(5, b"old".to_vec()));
+    nodes[2].put("ingester", "b", Entry::tombstone(20));
+    nodes[0].put("ingester", "a", Entry::tombstone(11));
+    for n in &nodes {
+        eventually("tombstones visible", Duration::from_secs(3), || {
+            let m = n.get("ingester");
+            m.get("a").is_some_and(|e| e.tombstone) && m.get("b").is_some_and(|e| e.tombstone)
+        })
+        .await;
+    }
+
+    // Larger than a datagram: goes by TCP.
+    let big = vec![b'x'; 200_000];
+    nodes[0].put("big", "blob", Entry::value(1, big.clone()));
+    for n in &nodes {
+        eventually("big entry visible", Duration::from_secs(3), || {
+            n.get("big").get("blob").is_some_and(|e| e.value == big)
+        })
+        .await;
+    }
+    for n in &nodes {
+        n.leave().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_nodes_are_no_longer_alive() {
+    let mut nodes = cluster(4).await;
+    // A clean leave is announced.
+    nodes[3].leave().await;
+    for n in &nodes[..3] {
+        eventually("node-3 not alive", Duration::from_secs(10), || {
+            !alive(n, "node-3")
+        })
+        .await;
+    }
+    // A crash (dropped without leaving) is found by failed probes.
+    drop(nodes.remove(2));
+    for n in &nodes[..2] {
+        eventually("node-2 not alive", Duration::from_secs(30), || {
+            !alive(n, "node-2")
+        })
+        .await;
+    }
+    for n in &nodes {
+        n.leave().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_joiner_gets_full_state_and_start_order_does_not_matter() {
+    // node-1 starts first, pointing at a seed that is not up yet.
+    let seed_port = {
+        let s = std::net::UdpSocket::bind((LOCALHOST, 0)).unwrap();
+        s.local_addr().unwrap().port()
+    };
+    let early = node("early", vec![format!("127.0.0.1:{seed_port}")]).await;
+    early.put("ha-tracker", "t1", Entry::value(3, b"{}".to_vec()));
+    let config = MemberlistConfig {
+        node_name: "seed".to_string(),
+        bind_addr: LOCALHOST,
+        bind_port: seed_port,
+        advertise_addr: None,
+        advertise_port: None,
+        join_members: vec![],
+        gossip_interval: Duration::from_millis(200),
+        pull_push_interval: Duration::from_secs(30),
+    };
+    let seed = Memberlist::start(config, &prometheus::Registry::new())
+        .await
+        .unwrap();
+    seed.put("ingester", "x", Entry::value(1, b"1".to_vec()));
+    eventually("early joined", Duration::from_secs(10), || {
+        alive(&seed, "early") && alive(&early, "seed")
+    })
+    .await;
+    eventually("seed has early's state", Duration::from_secs(5), || {
+        seed.get("ha-tracker").contains_key("t1")
+    })
+    .await;
+
+    // A fresh node gets everything by push/pull, without any new put.
+    let late = node("late", vec![seed.local_addr().to_string()]).await;
+    eventually("late has the full state", Duration::from_secs(5), || {
+        late.get("ingester").contains_key("x") && late.get("ha-tracker").contains_key("t1")
+    })
+    .await;
+    for n in [&early, &seed, &late] {
+        n.leave().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_see_a_put_within_two_seconds() {
+    let nodes = cluster(5).await;
+    for (i, writer) in nodes.iter().enumerate() {
+        let sub = format!("from-{i}");
+        let start = Instant::now();
+        writer.put("ingester", &sub, Entry::value(1, vec![i as u8]));
+        for n in &nodes {
+            eventually("put visible", Duration::from_secs(2), || {
+                n.get("ingester").contains_key(&sub)
+            })
+            .await;
+        }
+        assert!(start.elapsed() < Duration::from_secs(2));
+    }
+    for n in &nodes {
+        n.leave().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_with_same_name_and_port_rejoins() {
+    let seed = node("seed", vec![]).await;
+    let join = vec![seed.local_addr().to_string()];
+    let first = node("worker", join.clone()).await;
+    let port = first.local_addr().port();
+    eventually("worker alive", Duration::from_secs(10), || {
+        alive(&seed, "worker")
+    })
+    .await;
+    first.put("ingester", "w", Entry::value(1, b"1".to_vec()));
+    // Crash: dropped without leaving; wait until the seed declares it gone.
+    drop(first);
+    eventually("worker not alive", Duration::from_secs(30), || {
+        !alive(&seed, "worker")
+    })
+    .await;
+    // Same name, same address: a newer generation supersedes the down identity.
+    let config = MemberlistConfig {
+        node_name: "worker".to_string(),
+        bind_addr: LOCALHOST,
+        bind_port: port,
+        advertise_addr: None,
+        advertise_port: None,
+        join_members: join,
+        gossip_interval: Duration::from_millis(200),
+        pull_push_interval: Duration::from_secs(30),
+    };
+    let start = Instant::now();
+    let again = loop {
+        // The old sockets close once the old node's tasks notice the stop.
+        match Memberlist::start(config.clone(), &prometheus::Registry::new()).await {
+            Ok(m) => break m,
+            Err(err) => {
+                assert!(start.elapsed() < Duration::from_secs(5), "rebinding: {err}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    eventually("worker alive again", Duration::from_secs(10), || {
+        alive(&seed, "worker") && alive(&again, "seed")
+    })
+    .await;
+    // It got its own earlier write back by push/pull.
+    eventually("state restored", Duration::from_secs(5), || {
+        again.get("ingester").contains_key("w")
+    })
+    .await;
+    assert_eq!(
+        seed.members().iter().filter(|m| m.name == "worker").count(),
+        1
+    );
+    again.leave().await;
+    seed.leave().await;
+}
