@@ -97,6 +97,9 @@ struct Shard {
     /// Last heartbeat, RFC 3339.
     timestamp: String,
     registered_timestamp: String,
+    /// Heartbeat within the ring's heartbeat timeout (and in a state reads may use).
+    healthy: bool,
+    heartbeat_age_seconds: f64,
     tokens: Vec<u32>,
     /// Percent of the token space owned.
     ownership: f64,
@@ -116,12 +119,14 @@ async fn ring_page(State(s): State<PageState>, headers: HeaderMap) -> Response {
         let shards = instances
             .into_iter()
             .map(|i| Shard {
+                healthy: s.ring.is_healthy(&i, crate::ring::Operation::Read, now),
                 ownership: ownership.get(&i.id).copied().unwrap_or(0.0) * 100.0,
                 state: i.state.as_str(),
                 address: i.addr,
                 zone: i.zone,
                 timestamp: rfc3339(i.heartbeat_ms),
                 registered_timestamp: rfc3339(i.registered_ms),
+                heartbeat_age_seconds: (now - i.heartbeat_ms) as f64 / 1000.0,
                 tokens: i.tokens,
                 id: i.id,
             })

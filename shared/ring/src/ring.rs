@@ -189,7 +189,19 @@ impl Ring {
         self.inner.config.zone_awareness_enabled && !t.zones.is_empty()
     }
 
-    /// The replication factor a quorum is computed from: capped by the number of instances, and
+    /// The replication factor write quorums are computed from: the configured one, capped only
+    /// by the number of zones with zone awareness (fewer zones than the replication factor is a
+    /// deliberate layout, not an outage).
+    fn quorum_rf(&self, t: &Table) -> usize {
+        let mut rf = self.inner.config.replication_factor;
+        if self.zone_aware(t) {
+            rf = rf.min(t.zones.len());
+        }
+        rf.max(1)
+    }
+
+    /// The replication factor a read quorum is computed from (and how many instances a write
+    /// walks to): capped by the number of instances, and
     /// with zone awareness by the number of zones (a replica set never holds two instances of
     /// one zone, so fewer zones than the replication factor means fewer replicas).
     fn effective_rf(&self, t: &Table) -> usize {
@@ -211,6 +223,11 @@ impl Ring {
             return Err(RingError::Empty);
         }
         let rf = self.effective_rf(&t);
+        // The quorum comes from the configured replication factor, not from how many
+        // instances happen to be in the ring: when dead instances are forgotten, the survivors
+        // must not start acknowledging writes with fewer copies than promised (Mimir: "at
+        // least 2 live replicas required").
+        let needed = self.quorum_rf(&t) / 2 + 1;
         let zone_aware = self.zone_aware(&t);
         let start = t.tokens.partition_point(|(tok, _)| *tok < token);
         let mut picked: Vec<usize> = Vec::with_capacity(rf + 1);
@@ -245,7 +262,6 @@ impl Ring {
             .filter(|inst| self.is_healthy(inst, op, now_ms))
             .cloned()
             .collect();
-        let needed = rf / 2 + 1;
         if healthy.len() < needed {
             return Err(RingError::TooManyUnhealthy {
                 healthy: healthy.len(),
@@ -446,6 +462,19 @@ mod tests {
             inst("b", "", InstanceState::Left, vec![20]),
         ]);
         assert_eq!(r.instances().len(), 1);
+        // One live instance is no quorum of three, even with b gone.
+        assert!(matches!(
+            r.get(15, Operation::Write, NOW),
+            Err(RingError::TooManyUnhealthy {
+                healthy: 1,
+                needed: 2
+            })
+        ));
+        let r = ring(1, false);
+        r.set_instances(vec![
+            inst("a", "", InstanceState::Active, vec![10]),
+            inst("b", "", InstanceState::Left, vec![20]),
+        ]);
         let set = r.get(15, Operation::Write, NOW).unwrap();
         assert_eq!(set.instances.len(), 1);
         assert_eq!(set.max_errors, 0);
@@ -613,11 +642,21 @@ mod tests {
         fn get_gives_rf_distinct_instances(n in 1usize..12, rf in 1usize..5, token: u32) {
             let r = ring(rf, false);
             r.set_instances(random_instances(n, 0, 16));
-            let set = r.get(token, Operation::Write, NOW).unwrap();
-            let ids: HashSet<_> = set.instances.iter().map(|i| i.id.clone()).collect();
-            prop_assert_eq!(ids.len(), set.instances.len());
-            prop_assert_eq!(set.instances.len(), rf.min(n));
-            prop_assert_eq!(set.max_errors, rf.min(n) - (rf.min(n) / 2 + 1));
+            let quorum = rf / 2 + 1;
+            match r.get(token, Operation::Write, NOW) {
+                // Fewer instances than a quorum of the configured factor: writes must fail.
+                Err(RingError::TooManyUnhealthy { healthy, needed }) => {
+                    prop_assert!(n < quorum);
+                    prop_assert_eq!((healthy, needed), (n, quorum));
+                }
+                Err(e) => prop_assert!(false, "unexpected error {}", e),
+                Ok(set) => {
+                    let ids: HashSet<_> = set.instances.iter().map(|i| i.id.clone()).collect();
+                    prop_assert_eq!(ids.len(), set.instances.len());
+                    prop_assert_eq!(set.instances.len(), rf.min(n));
+                    prop_assert_eq!(set.max_errors, rf.min(n) - quorum);
+                }
+            }
         }
 
         #[test]
