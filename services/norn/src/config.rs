@@ -669,7 +669,10 @@ impl Config {
         if let Some(d) = dur(&a.memberlist_gossip_interval, "memberlist.gossip-interval")? {
             ml.gossip_interval = d;
         }
-        if let Some(d) = dur(&a.memberlist_pullpush_interval, "memberlist.pullpush-interval")? {
+        if let Some(d) = dur(
+            &a.memberlist_pullpush_interval,
+            "memberlist.pullpush-interval",
+        )? {
             ml.pull_push_interval = d;
         }
         Ok(())
@@ -702,10 +705,7 @@ impl Config {
                 "server.grpc_listen_address",
                 &self.server.grpc_listen_address,
             ),
-            (
-                "memberlist.advertise_addr",
-                &self.memberlist.advertise_addr,
-            ),
+            ("memberlist.advertise_addr", &self.memberlist.advertise_addr),
         ]
         .into_iter()
         .chain(

@@ -1,15 +1,18 @@
 //! `norn`: runs Norn's services in one process.
 //!
 //! `--target=all` (the default) wires the distributor, ingester and querier in-process with
-//! no network hops between them; the same services talk gRPC in microservices mode (a later
-//! step). The process serves HTTP until SIGTERM/SIGINT, then stops taking requests, lets
+//! no network hops between them. `--target=distributor|ingester|querier` (comma-separated for
+//! several) runs them as separate processes that find each other through the gossiped ring
+//! and talk gRPC (see [`membership`]). The process serves HTTP until SIGTERM/SIGINT, then stops taking requests, lets
 //! in-flight ones finish, and shuts services down in reverse order so the ingester's WAL is
 //! synced last.
 //!
 //! `norn tools …` (the first argument `tools`) runs offline tools instead of the server:
 //! see [`tools`].
 
+mod cluster;
 mod config;
+mod membership;
 mod tools;
 
 use std::ffi::OsString;
@@ -31,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Args, Config};
+use crate::membership::Cluster;
 
 /// Shown at the end of `norn --help`.
 const TOOLS_HELP: &str = "Tools (run instead of the server; `norn tools --help` lists them):\n  \
@@ -70,15 +74,29 @@ pub(crate) fn init_logging(level: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Services `--target` may name (comma-separated); `all` is the three in one process with no
+/// network between them.
+const TARGETS: [&str; 4] = ["all", "distributor", "ingester", "querier"];
+
 async fn run(cfg: Config) -> anyhow::Result<()> {
     let targets = cfg.targets();
-    if targets.iter().any(|t| t != "all") {
-        bail!(
-            "target {:?} is not available yet: this build runs the all-in-one process only (--target=all); \
-             microservices mode with gRPC between services is planned",
-            cfg.target
-        );
+    if targets.is_empty() {
+        bail!("--target is empty; use one of {}", TARGETS.join(", "));
     }
+    for t in &targets {
+        if !TARGETS.contains(&t.as_str()) {
+            bail!(
+                "unknown target {t:?}: use one of {} (comma-separated to run several)",
+                TARGETS.join(", ")
+            );
+        }
+    }
+    let all = targets.iter().any(|t| t == "all");
+    if all && targets.len() > 1 {
+        bail!("target `all` already runs every service; do not combine it with others");
+    }
+    let has = |t: &str| all || targets.iter().any(|x| x == t);
+
     let metrics = Metrics::new();
     let overrides = Arc::new(match &cfg.runtime_config.file {
         Some(path) => Overrides::with_file(cfg.limits.clone(), path)
@@ -105,55 +123,94 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         .context("opening the blocks bucket")?
         .with_metrics(bucket_metrics);
     tracing::info!(bucket = bucket.describe(), "blocks bucket");
-    let ingester = Ingester::start(
-        norn_ingester::Config {
-            tsdb: cfg.blocks_storage.tsdb.clone(),
-        },
-        Arc::clone(&overrides),
-        Arc::clone(&metrics),
-        Some(bucket.clone()),
-    )
-    .context("starting the ingester")?;
-    ingester.spawn_background(shutdown.clone());
-    // All-in-one mode reads the bucket's blocks directly; the store-gateway takes this over
-    // in microservices mode.
-    let bucket_store = Arc::new(
-        BucketStore::new(
-            bucket,
-            &cfg.blocks_storage.bucket_store.sync_dir,
-            Some(&metrics.registry),
+
+    // Microservices mode: every process joins the gossip cluster and follows the ring.
+    let cluster = if all {
+        None
+    } else {
+        Some(Cluster::start(&cfg, &metrics, shutdown.clone()).await?)
+    };
+
+    let mut services: Vec<Arc<dyn Service>> = Vec::new();
+    let mut ingester: Option<Arc<Ingester>> = None;
+    let mut grpc_server = None;
+    if has("ingester") {
+        let ing = Ingester::start(
+            norn_ingester::Config {
+                tsdb: cfg.blocks_storage.tsdb.clone(),
+            },
+            Arc::clone(&overrides),
+            Arc::clone(&metrics),
+            Some(bucket.clone()),
         )
-        .context("registering bucket store metrics")?,
-    );
-    spawn_bucket_sync(
-        Arc::clone(&bucket_store),
-        cfg.blocks_storage.bucket_store.sync_interval,
-        shutdown.clone(),
-    );
-    let storage: Arc<dyn QueryableProvider> = Arc::new(MergedProvider(vec![
-        Arc::clone(&ingester) as Arc<dyn QueryableProvider>,
-        bucket_store as Arc<dyn QueryableProvider>,
-    ]));
-    let distributor = Distributor::new(
-        cfg.distributor.clone(),
-        Arc::clone(&overrides),
-        Arc::clone(&ingester) as Arc<dyn Pusher>,
-        tenants,
-        Arc::clone(&metrics),
-    );
-    let querier = Querier::new(
-        cfg.querier.clone(),
-        storage,
-        Arc::clone(&ingester) as Arc<dyn MetadataReader>,
-        tenants,
-        Arc::clone(&overrides),
-    );
-    // Start order; shutdown runs in reverse, so the ingester (and its WAL) stops last.
-    let services: Vec<Arc<dyn Service>> = vec![
-        Arc::new(IngesterService(ingester)),
-        Arc::new(DistributorService(distributor)),
-        Arc::new(QuerierService(querier)),
-    ];
+        .context("starting the ingester")?;
+        ing.spawn_background(shutdown.clone());
+        if let Some(c) = &cluster {
+            grpc_server = Some(c.start_ingester(&cfg, Arc::clone(&ing)).await?);
+        }
+        services.push(Arc::new(IngesterService(Arc::clone(&ing))));
+        ingester = Some(ing);
+    }
+    if has("distributor") {
+        let distributor = match (&cluster, &ingester) {
+            (None, Some(ing)) => Distributor::new(
+                cfg.distributor.clone(),
+                Arc::clone(&overrides),
+                Arc::clone(ing) as Arc<dyn Pusher>,
+                tenants,
+                Arc::clone(&metrics),
+            ),
+            (Some(c), _) => c.distributor(&cfg, Arc::clone(&overrides), tenants, &metrics),
+            (None, None) => unreachable!("all-in-one mode always runs the ingester"),
+        };
+        services.push(Arc::new(DistributorService(distributor)));
+    }
+    if has("querier") {
+        // The querier reads the bucket's blocks directly until the store-gateway exists.
+        let bucket_store = Arc::new(
+            BucketStore::new(
+                bucket.clone(),
+                &cfg.blocks_storage.bucket_store.sync_dir,
+                Some(&metrics.registry),
+            )
+            .context("registering bucket store metrics")?,
+        );
+        spawn_bucket_sync(
+            Arc::clone(&bucket_store),
+            cfg.blocks_storage.bucket_store.sync_interval,
+            shutdown.clone(),
+        );
+        let (recent, metadata): (Arc<dyn QueryableProvider>, Arc<dyn MetadataReader>) =
+            match (&cluster, &ingester) {
+                (None, Some(ing)) => (
+                    Arc::clone(ing) as Arc<dyn QueryableProvider>,
+                    Arc::clone(ing) as Arc<dyn MetadataReader>,
+                ),
+                (Some(c), _) => {
+                    let p = Arc::new(c.ingesters_provider());
+                    (
+                        Arc::clone(&p) as Arc<dyn QueryableProvider>,
+                        p as Arc<dyn MetadataReader>,
+                    )
+                }
+                (None, None) => unreachable!("all-in-one mode always runs the ingester"),
+            };
+        let storage: Arc<dyn QueryableProvider> = Arc::new(MergedProvider(vec![
+            recent,
+            bucket_store as Arc<dyn QueryableProvider>,
+        ]));
+        let querier = Querier::new(
+            cfg.querier.clone(),
+            storage,
+            metadata,
+            tenants,
+            Arc::clone(&overrides),
+        );
+        services.push(Arc::new(QuerierService(querier)));
+    }
+    if let Some(c) = &cluster {
+        services.push(c.ring_service());
+    }
 
     let ip: IpAddr = if cfg.server.http_listen_address.is_empty() {
         IpAddr::V4(Ipv4Addr::UNSPECIFIED)
@@ -174,6 +231,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let server = tokio::spawn(serve(listener, app, shutdown.clone()));
 
     wait_for_signal().await;
+    // A leaving ingester first tells the ring (so distributors stop choosing it) and stops
+    // taking writes; its replicas hold everything it acknowledged.
+    if let (Some(c), Some(ing)) = (&cluster, &ingester) {
+        c.begin_leaving(ing).await;
+    }
     tracing::info!("shutting down: draining HTTP requests");
     shutdown.cancel();
     match tokio::time::timeout(cfg.server.graceful_shutdown_timeout, server).await {
@@ -182,9 +244,15 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
         Err(_) => tracing::warn!("graceful shutdown timed out; stopping with requests in flight"),
     }
+    if let Some(g) = grpc_server {
+        g.stop().await;
+    }
     for s in services.iter().rev() {
         tracing::info!(service = s.name(), "stopping");
         s.shutdown().await;
+    }
+    if let Some(c) = cluster {
+        c.leave().await;
     }
     tracing::info!("stopped");
     Ok(())

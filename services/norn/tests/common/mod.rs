@@ -33,7 +33,11 @@ pub fn now_ms() -> i64 {
 pub struct Norn {
     pub child: Option<Child>,
     pub port: u16,
+    /// gRPC port, kept across restarts (an ingester keeps its address in the ring).
+    pub grpc_port: u16,
     pub dir: PathBuf,
+    /// Filesystem bucket; processes of one cluster share it.
+    pub bucket_dir: PathBuf,
     pub extra_args: Vec<String>,
     agent: ureq::Agent,
 }
@@ -49,10 +53,18 @@ fn agent() -> ureq::Agent {
 impl Norn {
     /// Starts Norn with its data under `dir` and waits for `/ready`.
     pub fn start(dir: &Path, extra_args: &[&str]) -> Norn {
+        Self::start_with_bucket(dir, &dir.join("bucket"), extra_args)
+    }
+
+    /// Starts Norn with its own data under `dir` and the bucket at `bucket_dir`.
+    pub fn start_with_bucket(dir: &Path, bucket_dir: &Path, extra_args: &[&str]) -> Norn {
+        std::fs::create_dir_all(dir).unwrap();
         let mut n = Norn {
             child: None,
             port: free_port(),
+            grpc_port: free_port(),
             dir: dir.to_path_buf(),
+            bucket_dir: bucket_dir.to_path_buf(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             agent: agent(),
         };
@@ -69,14 +81,15 @@ impl Norn {
         let child = Command::new(env!("CARGO_BIN_EXE_norn"))
             .arg("--server.http-listen-address=127.0.0.1")
             .arg(format!("--server.http-listen-port={}", self.port))
-            .arg(format!("--server.grpc-listen-port={}", free_port()))
+            .arg("--server.grpc-listen-address=127.0.0.1")
+            .arg(format!("--server.grpc-listen-port={}", self.grpc_port))
             .arg(format!(
                 "--blocks-storage.tsdb.dir={}",
                 self.dir.join("tsdb").display()
             ))
             .arg(format!(
                 "--common.storage.filesystem.dir={}",
-                self.dir.join("bucket").display()
+                self.bucket_dir.display()
             ))
             .arg(format!(
                 "--blocks-storage.bucket-store.sync-dir={}",
