@@ -33,9 +33,10 @@ pub struct ReplicaSet {
 
 /// The distributor's view of the ingester ring.
 pub trait WriteRing: Send + Sync {
-    /// The ingesters a series with this token is written to. An error means no quorum is
-    /// possible right now (too many unhealthy ingesters, empty ring).
-    fn replicas_for(&self, token: u32) -> Result<ReplicaSet, String>;
+    /// The ingesters series with these tokens are written to: the distinct replica sets and,
+    /// per token, the index of its set. An error means no quorum is possible right now (too
+    /// many unhealthy ingesters, empty ring).
+    fn replicas_for(&self, tokens: &[u32]) -> Result<(Vec<ReplicaSet>, Vec<u32>), String>;
 }
 
 /// Hands out a [`Pusher`] for an ingester address (a pooled gRPC client in a cluster).
@@ -142,34 +143,23 @@ struct SubResult {
 #[async_trait]
 impl Pusher for ReplicatedPusher {
     async fn push(&self, tenant: &TenantId, batch: WriteBatch) -> Result<PushOutcome, PushError> {
-        // Assign series to replica sets. Many tokens share a set, so sets are interned.
-        let mut sets: Vec<ReplicaSet> = Vec::new();
-        let mut set_index: HashMap<ReplicaSet, usize> = HashMap::new();
-        let mut series_set: Vec<u32> = Vec::with_capacity(batch.len());
-        for s in batch.iter() {
-            let set = self
-                .ring
-                .replicas_for(shard_token(tenant, s.label_bytes()))
-                .map_err(PushError::Unavailable)?;
-            let idx = match set_index.get(&set) {
-                Some(&i) => i,
-                None => {
-                    sets.push(set.clone());
-                    set_index.insert(set, sets.len() - 1);
-                    sets.len() - 1
-                }
-            };
-            series_set.push(idx as u32);
-        }
-        if batch.is_empty() {
+        // Assign series to replica sets (a handful of distinct sets for the whole request).
+        let tokens: Vec<u32> = if batch.is_empty() {
             // Metadata only: it goes to one replica set's ingesters, any will do.
             if batch.metadata().is_empty() {
                 return Ok(PushOutcome::default());
             }
-            let set = self.ring.replicas_for(0).map_err(PushError::Unavailable)?;
-            sets.push(set);
-        }
-
+            vec![0]
+        } else {
+            batch
+                .iter()
+                .map(|s| shard_token(tenant, s.label_bytes()))
+                .collect()
+        };
+        let (sets, series_set) = self
+            .ring
+            .replicas_for(&tokens)
+            .map_err(PushError::Unavailable)?;
         // Per ingester, the series it gets.
         let mut addrs: Vec<String> = Vec::new();
         let mut addr_index: HashMap<&str, usize> = HashMap::new();
@@ -187,14 +177,11 @@ impl Pusher for ReplicatedPusher {
             }
             set_addrs.push(idxs);
         }
-        for (series, &set) in series_set.iter().enumerate() {
-            for &a in &set_addrs[set as usize] {
-                per_addr[a].push(series);
-            }
-        }
-        if batch.is_empty() {
-            for &a in &set_addrs[0] {
-                per_addr[a].clear();
+        if !batch.is_empty() {
+            for (series, &set) in series_set.iter().enumerate() {
+                for &a in &set_addrs[set as usize] {
+                    per_addr[a].push(series);
+                }
             }
         }
 
@@ -397,14 +384,27 @@ mod tests {
     }
 
     impl WriteRing for ModRing {
-        fn replicas_for(&self, token: u32) -> Result<ReplicaSet, String> {
-            let first = token as usize % self.n;
-            Ok(ReplicaSet {
-                addrs: (0..self.rf)
-                    .map(|k| ((first + k) % self.n).to_string())
-                    .collect(),
-                max_errors: self.rf - (self.rf / 2 + 1),
-            })
+        fn replicas_for(&self, tokens: &[u32]) -> Result<(Vec<ReplicaSet>, Vec<u32>), String> {
+            let mut sets: Vec<ReplicaSet> = Vec::new();
+            let mut of_token = Vec::new();
+            for &token in tokens {
+                let first = token as usize % self.n;
+                let set = ReplicaSet {
+                    addrs: (0..self.rf)
+                        .map(|k| ((first + k) % self.n).to_string())
+                        .collect(),
+                    max_errors: self.rf - (self.rf / 2 + 1),
+                };
+                let i = match sets.iter().position(|s| *s == set) {
+                    Some(i) => i,
+                    None => {
+                        sets.push(set);
+                        sets.len() - 1
+                    }
+                };
+                of_token.push(i as u32);
+            }
+            Ok((sets, of_token))
         }
     }
 

@@ -8,7 +8,6 @@
 //! * [`GossipReplicaStore`]: HA-tracker election state in the gossiped key-value store, so
 //!   every distributor sees the same elected replica.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -35,15 +34,19 @@ pub fn now_ms() -> i64 {
 pub struct RingWrite(pub Ring);
 
 impl WriteRing for RingWrite {
-    fn replicas_for(&self, token: u32) -> Result<ReplicaSet, String> {
-        let set = self
+    fn replicas_for(&self, tokens: &[u32]) -> Result<(Vec<ReplicaSet>, Vec<u32>), String> {
+        let (sets, of_token) = self
             .0
-            .get(token, Operation::Write, now_ms())
+            .get_many(tokens.iter().copied(), Operation::Write, now_ms())
             .map_err(|e| e.to_string())?;
-        Ok(ReplicaSet {
-            addrs: set.instances.into_iter().map(|i| i.addr).collect(),
-            max_errors: set.max_errors,
-        })
+        let sets = sets
+            .into_iter()
+            .map(|s| ReplicaSet {
+                addrs: s.instances.into_iter().map(|i| i.addr).collect(),
+                max_errors: s.max_errors,
+            })
+            .collect();
+        Ok((sets, of_token))
     }
 }
 
@@ -185,8 +188,7 @@ fn subkey(tenant: &str, cluster: &str) -> String {
 
 impl ReplicaStore for GossipReplicaStore {
     fn get(&self, tenant: &str, cluster: &str) -> Option<ReplicaDesc> {
-        let entries: BTreeMap<String, Entry> = self.0.get(HA_TRACKER_KEY);
-        let e = entries.get(&subkey(tenant, cluster))?;
+        let e = self.0.get_entry(HA_TRACKER_KEY, &subkey(tenant, cluster))?;
         if e.tombstone {
             return None;
         }
@@ -207,11 +209,6 @@ impl ReplicaStore for GossipReplicaStore {
     }
 
     fn clusters(&self, tenant: &str) -> usize {
-        let prefix = format!("{tenant}/");
-        self.0
-            .get(HA_TRACKER_KEY)
-            .iter()
-            .filter(|(k, e)| k.starts_with(&prefix) && !e.tombstone)
-            .count()
+        self.0.count_live(HA_TRACKER_KEY, &format!("{tenant}/"))
     }
 }

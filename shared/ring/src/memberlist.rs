@@ -316,6 +316,28 @@ impl Memberlist {
         self.shared.kv.lock().get(key)
     }
 
+    /// One entry of `key` (tombstones included), without copying the others: the HA tracker
+    /// asks on every push.
+    pub fn get_entry(&self, key: &str, subkey: &str) -> Option<Entry> {
+        self.shared
+            .kv
+            .lock()
+            .keys
+            .get(key)
+            .and_then(|m| m.get(subkey))
+            .cloned()
+    }
+
+    /// Live (non-tombstone) entries of `key` whose subkey starts with `prefix`.
+    pub fn count_live(&self, key: &str, prefix: &str) -> usize {
+        self.shared.kv.lock().keys.get(key).map_or(0, |m| {
+            m.range(prefix.to_string()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .filter(|(_, e)| !e.tombstone)
+                .count()
+        })
+    }
+
     /// A copy of the whole state.
     pub fn state(&self) -> KvState {
         self.shared.kv.lock().clone()

@@ -4,7 +4,7 @@
 //! Semantics follow Mimir's `ring.Get` with the default replication strategy, so a Mimir operator
 //! can reason about availability the same way: quorum is `rf/2 + 1` of the replicas of a token.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -222,14 +222,75 @@ impl Ring {
         if t.tokens.is_empty() {
             return Err(RingError::Empty);
         }
-        let rf = self.effective_rf(&t);
+        let start = t.tokens.partition_point(|(tok, _)| *tok < token);
+        let (picked, max_errors) = self.pick(&t, start, op, now_ms)?;
+        Ok(ReplicationSet {
+            instances: picked.into_iter().map(|i| t.instances[i].clone()).collect(),
+            max_errors,
+        })
+    }
+
+    /// [`Ring::get`] for many tokens at once, against one snapshot of the ring: the distinct
+    /// replica sets, and for each token the index of its set. A push of thousands of series
+    /// lands on a handful of sets; this walks the ring once per distinct start position
+    /// and clones each set once, instead of once per series.
+    pub fn get_many(
+        &self,
+        tokens: impl IntoIterator<Item = u32>,
+        op: Operation,
+        now_ms: i64,
+    ) -> Result<(Vec<ReplicationSet>, Vec<u32>)> {
+        let t = self.table();
+        if t.tokens.is_empty() {
+            return Err(RingError::Empty);
+        }
+        let mut by_start: HashMap<usize, u32> = HashMap::new();
+        let mut by_members: HashMap<Vec<usize>, u32> = HashMap::new();
+        let mut sets = Vec::new();
+        let mut of_token = Vec::new();
+        for token in tokens {
+            let start = t.tokens.partition_point(|(tok, _)| *tok < token) % t.tokens.len();
+            let idx = match by_start.get(&start) {
+                Some(&i) => i,
+                None => {
+                    let (picked, max_errors) = self.pick(&t, start, op, now_ms)?;
+                    let i = match by_members.get(&picked) {
+                        Some(&i) => i,
+                        None => {
+                            sets.push(ReplicationSet {
+                                instances: picked.iter().map(|&i| t.instances[i].clone()).collect(),
+                                max_errors,
+                            });
+                            let i = (sets.len() - 1) as u32;
+                            by_members.insert(picked, i);
+                            i
+                        }
+                    };
+                    by_start.insert(start, i);
+                    i
+                }
+            };
+            of_token.push(idx);
+        }
+        Ok((sets, of_token))
+    }
+
+    /// The healthy instances (indices into the table) of the set whose walk starts at token
+    /// position `start`, and how many of them may fail.
+    fn pick(
+        &self,
+        t: &Table,
+        start: usize,
+        op: Operation,
+        now_ms: i64,
+    ) -> Result<(Vec<usize>, usize)> {
+        let rf = self.effective_rf(t);
         // The quorum comes from the configured replication factor, not from how many
         // instances happen to be in the ring: when dead instances are forgotten, the survivors
         // must not start acknowledging writes with fewer copies than promised (Mimir: "at
         // least 2 live replicas required").
-        let needed = self.quorum_rf(&t) / 2 + 1;
-        let zone_aware = self.zone_aware(&t);
-        let start = t.tokens.partition_point(|(tok, _)| *tok < token);
+        let needed = self.quorum_rf(t) / 2 + 1;
+        let zone_aware = self.zone_aware(t);
         let mut picked: Vec<usize> = Vec::with_capacity(rf + 1);
         let mut counted = 0;
         let mut zones: HashSet<&str> = HashSet::new();
@@ -256,22 +317,15 @@ impl Ring {
                 zones.insert(inst.zone.as_str());
             }
         }
-        let healthy: Vec<InstanceDesc> = picked
-            .into_iter()
-            .map(|i| &t.instances[i])
-            .filter(|inst| self.is_healthy(inst, op, now_ms))
-            .cloned()
-            .collect();
-        if healthy.len() < needed {
+        picked.retain(|&i| self.is_healthy(&t.instances[i], op, now_ms));
+        if picked.len() < needed {
             return Err(RingError::TooManyUnhealthy {
-                healthy: healthy.len(),
+                healthy: picked.len(),
                 needed,
             });
         }
-        Ok(ReplicationSet {
-            max_errors: healthy.len() - needed,
-            instances: healthy,
-        })
+        let max_errors = picked.len() - needed;
+        Ok((picked, max_errors))
     }
 
     /// Every instance that may hold a tenant's series (all instances: there is no shuffle
@@ -656,6 +710,26 @@ mod tests {
                     prop_assert_eq!(set.instances.len(), rf.min(n));
                     prop_assert_eq!(set.max_errors, rf.min(n) - quorum);
                 }
+            }
+        }
+
+        #[test]
+        fn get_many_agrees_with_get(n in 1usize..8, rf in 1usize..4, tokens in proptest::collection::vec(any::<u32>(), 1..50)) {
+            let r = ring(rf, false);
+            r.set_instances(random_instances(n, 0, 16));
+            match r.get_many(tokens.iter().copied(), Operation::Write, NOW) {
+                Ok((sets, of_token)) => {
+                    prop_assert_eq!(of_token.len(), tokens.len());
+                    for (t, &i) in tokens.iter().zip(&of_token) {
+                        prop_assert_eq!(&r.get(*t, Operation::Write, NOW).unwrap(), &sets[i as usize]);
+                    }
+                    let distinct: HashSet<Vec<String>> = sets
+                        .iter()
+                        .map(|s| s.instances.iter().map(|i| i.id.clone()).collect())
+                        .collect();
+                    prop_assert_eq!(distinct.len(), sets.len(), "sets are distinct");
+                }
+                Err(_) => prop_assert!(r.get(tokens[0], Operation::Write, NOW).is_err()),
             }
         }
 
