@@ -5,6 +5,7 @@
 #
 #   ./scripts/local-cluster.sh              # data under ./local-cluster
 #   NORN_CLUSTER_DIR=/tmp/c ./scripts/local-cluster.sh
+#   ./scripts/local-cluster.sh --distributor.ingestion-rate-limit=1000000   # extra flags for every process
 #
 # Ports: distributor http 8080, querier http 8081, ingesters http 8090-8092 / gRPC 9095-9097,
 # gossip 7946-7950.
@@ -28,6 +29,7 @@ common=(
     --memberlist.join="$seeds"
     --common.storage.filesystem.dir="$dir/bucket"
     --auth.multitenancy-enabled=false
+    "$@"
 )
 pids=()
 

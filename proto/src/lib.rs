@@ -37,5 +37,6 @@ pub mod health {
 
 pub use convert::TENANT_METADATA_KEY;
 pub use remote_write::{
-    DecodeError, decode_write_request, decompress_snappy, encode_write_request,
+    DecodeError, EncodedWriteRequest, decode_write_request, decompress_snappy,
+    encode_write_request, encode_write_request_parts,
 };

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use norn_model::{PushError, PushOutcome, Pusher, TenantId, WriteBatch};
@@ -39,9 +40,21 @@ pub trait WriteRing: Send + Sync {
     fn replicas_for(&self, tokens: &[u32]) -> Result<(Vec<ReplicaSet>, Vec<u32>), String>;
 }
 
-/// Hands out a [`Pusher`] for an ingester address (a pooled gRPC client in a cluster).
+/// An ingester that takes a request already encoded as a remote-write `WriteRequest`
+/// (uncompressed protobuf): the distributor encodes a request once and cuts each replica's
+/// part out of that encoding.
+#[async_trait]
+pub trait EncodedPusher: Send + Sync {
+    async fn push_encoded(
+        &self,
+        tenant: &TenantId,
+        write_request: Bytes,
+    ) -> Result<PushOutcome, PushError>;
+}
+
+/// Hands out the ingester at an address (a pooled gRPC client in a cluster).
 pub trait PusherPool: Send + Sync {
-    fn pusher(&self, addr: &str) -> Result<Arc<dyn Pusher>, PushError>;
+    fn pusher(&self, addr: &str) -> Result<Arc<dyn EncodedPusher>, PushError>;
 }
 
 /// The ring token of a series: a hash of the tenant and all its (sorted) labels, as Mimir's
@@ -194,13 +207,9 @@ impl Pusher for ReplicatedPusher {
         }
 
         let mut pending = FuturesUnordered::new();
-        let whole = per_addr.iter().all(|s| s.len() == batch.len());
+        let encoded = norn_proto::encode_write_request_parts(&batch);
         for (addr_idx, series) in per_addr.into_iter().enumerate() {
-            let sub = if whole {
-                batch.clone()
-            } else {
-                batch.subset(&series, true)
-            };
+            let sub = encoded.select(&series, true);
             let addr = addrs[addr_idx].clone();
             let pool = Arc::clone(&self.pool);
             let tenant = tenant.clone();
@@ -213,12 +222,14 @@ impl Pusher for ReplicatedPusher {
                 let started = Instant::now();
                 let result = match pool.pusher(&addr) {
                     Err(e) => Err(e),
-                    Ok(p) => match tokio::time::timeout(timeout, p.push(&tenant, sub)).await {
-                        Ok(r) => r,
-                        Err(_) => Err(PushError::Unavailable(format!(
-                            "ingester {addr} did not answer within {timeout:?}"
-                        ))),
-                    },
+                    Ok(p) => {
+                        match tokio::time::timeout(timeout, p.push_encoded(&tenant, sub)).await {
+                            Ok(r) => r,
+                            Err(_) => Err(PushError::Unavailable(format!(
+                                "ingester {addr} did not answer within {timeout:?}"
+                            ))),
+                        }
+                    }
                 };
                 metrics
                     .latency
@@ -349,8 +360,14 @@ mod tests {
     }
 
     #[async_trait]
-    impl Pusher for FakeIngester {
-        async fn push(&self, _t: &TenantId, batch: WriteBatch) -> Result<PushOutcome, PushError> {
+    impl EncodedPusher for FakeIngester {
+        async fn push_encoded(
+            &self,
+            _t: &TenantId,
+            write_request: Bytes,
+        ) -> Result<PushOutcome, PushError> {
+            let batch = norn_proto::decode_write_request(write_request)
+                .map_err(|e| PushError::Internal(e.to_string()))?;
             if self.down.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(PushError::Unavailable("connection refused".into()));
             }
@@ -371,9 +388,9 @@ mod tests {
     struct Fakes(Vec<Arc<FakeIngester>>);
 
     impl PusherPool for Fakes {
-        fn pusher(&self, addr: &str) -> Result<Arc<dyn Pusher>, PushError> {
+        fn pusher(&self, addr: &str) -> Result<Arc<dyn EncodedPusher>, PushError> {
             let i: usize = addr.parse().unwrap();
-            Ok(Arc::clone(&self.0[i]) as Arc<dyn Pusher>)
+            Ok(Arc::clone(&self.0[i]) as Arc<dyn EncodedPusher>)
         }
     }
 

@@ -57,33 +57,39 @@ pub fn validate_series(s: &SeriesView<'_>, limits: &Limits) -> Result<(), Refusa
             ),
         ));
     }
-    let mut prev: Option<&str> = None;
-    for (name, value) in s.labels() {
-        if name != METRIC_NAME && !is_valid_label_name(name.as_bytes()) {
+    // Bytes, not `&str`: the decoder checked UTF-8 already, and this loop runs for every
+    // label of every series.
+    let mut prev: Option<&[u8]> = None;
+    for (name_bytes, value) in s.label_bytes() {
+        let name = || String::from_utf8_lossy(name_bytes);
+        if name_bytes != METRIC_NAME.as_bytes() && !is_valid_label_name(name_bytes) {
             return Err(refuse(
                 "label_invalid",
                 format!(
-                    "received a series with an invalid label name: '{name}' series: '{}'",
+                    "received a series with an invalid label name: '{}' series: '{}'",
+                    name(),
                     series()
                 ),
             ));
         }
-        if prev == Some(name) {
+        if prev == Some(name_bytes) {
             return Err(refuse(
                 "duplicate_label_names",
                 format!(
-                    "received a series with duplicate label name, label: '{name}' series: '{}'",
+                    "received a series with duplicate label name, label: '{}' series: '{}'",
+                    name(),
                     series()
                 ),
             ));
         }
-        prev = Some(name);
-        if name.len() > limits.max_label_name_length {
+        prev = Some(name_bytes);
+        if name_bytes.len() > limits.max_label_name_length {
             return Err(refuse(
                 "label_name_too_long",
                 format!(
-                    "received a series whose label name length exceeds the limit ({}), label: '{name}' series: '{}'",
+                    "received a series whose label name length exceeds the limit ({}), label: '{}' series: '{}'",
                     limits.max_label_name_length,
+                    name(),
                     series()
                 ),
             ));
@@ -92,9 +98,10 @@ pub fn validate_series(s: &SeriesView<'_>, limits: &Limits) -> Result<(), Refusa
             return Err(refuse(
                 "label_value_too_long",
                 format!(
-                    "received a series whose label value length of {} exceeds the limit of {}, label: '{name}' series: '{}'",
+                    "received a series whose label value length of {} exceeds the limit of {}, label: '{}' series: '{}'",
                     value.len(),
                     limits.max_label_value_length,
+                    name(),
                     series()
                 ),
             ));

@@ -12,10 +12,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use norn_distributor::ha_tracker::{ReplicaDesc, ReplicaStore};
-use norn_distributor::replication::{PusherPool, ReplicaSet, WriteRing};
+use norn_distributor::replication::{EncodedPusher, PusherPool, ReplicaSet, WriteRing};
 use norn_ingester_client::IngesterClientPool;
 use norn_model::{
-    Matcher, MetadataReader, MetricMetadata, PushError, Pusher, Queryable, QueryableProvider,
+    Matcher, MetadataReader, MetricMetadata, PushError, PushOutcome, Queryable, QueryableProvider,
     QuorumQueryable, Series, StorageError, TenantId,
 };
 use norn_ring::{Entry, Memberlist, Operation, Ring};
@@ -54,11 +54,24 @@ impl WriteRing for RingWrite {
 pub struct ClientPushers(pub Arc<IngesterClientPool>);
 
 impl PusherPool for ClientPushers {
-    fn pusher(&self, addr: &str) -> Result<Arc<dyn Pusher>, PushError> {
+    fn pusher(&self, addr: &str) -> Result<Arc<dyn EncodedPusher>, PushError> {
         self.0
             .get(addr)
-            .map(|c| Arc::new(c) as Arc<dyn Pusher>)
+            .map(|c| Arc::new(EncodedClient(c)) as Arc<dyn EncodedPusher>)
             .map_err(|e| PushError::Unavailable(format!("ingester {addr}: {e}")))
+    }
+}
+
+struct EncodedClient(norn_ingester_client::IngesterClient);
+
+#[async_trait]
+impl EncodedPusher for EncodedClient {
+    async fn push_encoded(
+        &self,
+        tenant: &TenantId,
+        write_request: bytes::Bytes,
+    ) -> Result<PushOutcome, PushError> {
+        self.0.push_encoded(tenant, write_request).await
     }
 }
 

@@ -476,15 +476,21 @@ impl IngesterClient {
 #[async_trait]
 impl Pusher for IngesterClient {
     async fn push(&self, tenant: &TenantId, batch: WriteBatch) -> Result<PushOutcome, PushError> {
+        self.push_encoded(tenant, norn_proto::encode_write_request(&batch).into())
+            .await
+    }
+}
+
+impl IngesterClient {
+    /// Pushes an already encoded remote-write `WriteRequest` (uncompressed): the distributor
+    /// encodes a request once and sends each replica its part.
+    pub async fn push_encoded(
+        &self,
+        tenant: &TenantId,
+        write_request: bytes::Bytes,
+    ) -> Result<PushOutcome, PushError> {
         let timeout = self.inner.config.request_timeout;
-        let body = norn_proto::encode_write_request(&batch);
-        let req = self.request(
-            tenant,
-            pb::PushRequest {
-                write_request: body.into(),
-            },
-            timeout,
-        );
+        let req = self.request(tenant, pb::PushRequest { write_request }, timeout);
         let mut rpc = self.inner.rpc.clone();
         let resp = self
             .call("Push", timeout, async move {
