@@ -150,6 +150,16 @@ fn all_active(n: usize) -> impl Fn(&[(String, String, bool)]) -> bool {
 }
 
 const TENANT: Option<&str> = Some("team-a");
+
+/// One cluster at a time: each test runs five or six processes, and the ring's timing (3 s
+/// heartbeat timeout) should not depend on how many other clusters share the two cores.
+static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 const SERIES: usize = 20;
 
 /// A continuous writer: one sample per series per push, timestamps one second apart,
@@ -249,6 +259,7 @@ fn assert_all_acked_readable(q: &Norn, acked: &[i64], base_ms: i64) {
 
 #[test]
 fn replicated_cluster_survives_kill9_loses_nothing_and_needs_quorum() {
+    let _serial = serial();
     let root = tempfile::tempdir().unwrap();
     let mut c = start_cluster(root.path(), 3, 1, &[]);
     let d = &c.distributors[0];
@@ -391,6 +402,7 @@ fn replicated_cluster_survives_kill9_loses_nothing_and_needs_quorum() {
 
 #[test]
 fn ha_pair_through_two_distributors_is_deduplicated_and_fails_over() {
+    let _serial = serial();
     let root = tempfile::tempdir().unwrap();
     let c = start_cluster(
         root.path(),
@@ -488,6 +500,7 @@ fn ha_pair_through_two_distributors_is_deduplicated_and_fails_over() {
 
 #[test]
 fn joining_ingester_takes_series_and_leaving_one_loses_nothing() {
+    let _serial = serial();
     let root = tempfile::tempdir().unwrap();
     let mut c = start_cluster(root.path(), 3, 1, &[]);
     let d = &c.distributors[0];
