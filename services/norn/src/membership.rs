@@ -320,10 +320,10 @@ impl Cluster {
 
     /// `/ring` and `/memberlist`.
     pub fn ring_service(&self) -> Arc<dyn Service> {
-        Arc::new(RingService(norn_ring::http::routes(
-            self.ring.clone(),
-            Arc::clone(&self.memberlist),
-        )))
+        Arc::new(RingService {
+            routes: norn_ring::http::routes(self.ring.clone(), Arc::clone(&self.memberlist)),
+            lifecycler: self.lifecycler.lock().clone(),
+        })
     }
 
     /// SIGTERM on an ingester: LEAVING in the ring (distributors pick the next instance for
@@ -351,8 +351,12 @@ impl Cluster {
     }
 }
 
-/// The ring pages as a service of the HTTP harness.
-struct RingService(axum::Router);
+/// The ring pages as a service of the HTTP harness; in an ingester also its readiness: ready
+/// only while ACTIVE in the ring, as Mimir's ingester.
+struct RingService {
+    routes: axum::Router,
+    lifecycler: Option<Arc<Lifecycler>>,
+}
 
 #[async_trait]
 impl Service for RingService {
@@ -361,11 +365,16 @@ impl Service for RingService {
     }
 
     fn routes(&self) -> axum::Router {
-        self.0.clone()
+        self.routes.clone()
     }
 
     fn ready(&self) -> Result<(), String> {
-        Ok(())
+        match &self.lifecycler {
+            Some(l) if l.state() != InstanceState::Active => {
+                Err(format!("ingester is {} in the ring", l.state().as_str()))
+            }
+            _ => Ok(()),
+        }
     }
 
     async fn shutdown(&self) {}
