@@ -350,7 +350,11 @@ fn evaluate(
         subquery_cache: HashMap::new(),
         window_cursors: HashMap::new(),
         points_pool: Vec::new(),
+        sliding: HashMap::new(),
     };
+    if range && step > 0 {
+        crate::range_fn::plan_sliding(expr, &mut ev.sliding);
+    }
     let value = if !range {
         match ev.eval(expr, start)? {
             Val::Scalar(v) => Value::Scalar { t: start, v },

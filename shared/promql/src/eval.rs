@@ -93,6 +93,9 @@ pub(crate) struct Evaluator<'a> {
     /// Emptied point buffers of range vectors already consumed, reused by the next window
     /// instead of an allocation per series per step.
     pub points_pool: Vec<Vec<(i64, f64)>>,
+    /// Range-function calls of a range query evaluated across all steps at once, by call
+    /// node address (see [`crate::range_fn::plan_sliding`]).
+    pub sliding: HashMap<usize, crate::range_fn::SlidingRangeFn>,
 }
 
 impl Evaluator<'_> {
