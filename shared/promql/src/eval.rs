@@ -96,6 +96,8 @@ pub(crate) struct Evaluator<'a> {
     /// Range-function calls of a range query evaluated across all steps at once, by call
     /// node address (see [`crate::range_fn::plan_sliding`]).
     pub sliding: HashMap<usize, crate::range_fn::SlidingRangeFn>,
+    /// Per aggregation node, its input series' groups (see [`crate::aggregate::GroupCache`]).
+    pub group_caches: HashMap<usize, crate::aggregate::GroupCache>,
 }
 
 impl Evaluator<'_> {

@@ -687,6 +687,18 @@ fn range_query_equals_instant_query_at_every_step() {
             assert_eq!(got_infos, infos, "{q}: infos");
         }
     }
+    // Two series that differ only by name collide once the name goes, from the step where
+    // the second one appears on.
+    let late: Vec<Option<f64>> = (0..n).map(|i| (i >= 30).then_some(1.0)).collect();
+    load(&s, &[("__name__", "h"), ("job", "b")], half, &late);
+    for q in ["{__name__=~\"g|h\"} * 2", "rate({__name__=~\"g|h\"}[1m])"] {
+        assert!(instant(&s, q, 10 * M).is_ok(), "{q}");
+        let e = instant(&s, q, 16 * M).unwrap_err();
+        assert!(e.to_string().contains("same labelset"), "{q}: {e}");
+        let e = run(Engine::default().range_query(&s, q, 0, 20 * M, M)).unwrap_err();
+        assert!(e.to_string().contains("same labelset"), "{q}: {e}");
+        assert!(run(Engine::default().range_query(&s, q, 0, 14 * M, M)).is_ok());
+    }
 }
 
 #[test]
