@@ -173,6 +173,10 @@ pub(crate) struct GroupCache {
     /// evaluation's output, so each evaluation keeps first-seen order without a map.
     seen: Vec<(u64, usize)>,
     epoch: u64,
+    /// Input address and group id by position in the previous evaluation's input: a
+    /// selector yields its series in the same order at every step, so most samples find
+    /// their group here without hashing.
+    by_position: Vec<(usize, usize)>,
 }
 
 impl GroupCache {
@@ -181,10 +185,27 @@ impl GroupCache {
         self.labels.clear();
         self.by_hash.clear();
         self.seen.clear();
+        self.by_position.clear();
     }
 
-    fn group_of(&mut self, m: &Metric, modifier: Option<&LabelModifier>) -> usize {
+    /// The group id of the input at position `pos` of this evaluation.
+    fn group_of(&mut self, pos: usize, m: &Metric, modifier: Option<&LabelModifier>) -> usize {
         let key = Arc::as_ptr(m) as usize;
+        if let Some(&(k, g)) = self.by_position.get(pos)
+            && k == key
+        {
+            return g;
+        }
+        let g = self.lookup(key, m, modifier);
+        if pos < self.by_position.len() {
+            self.by_position[pos] = (key, g);
+        } else {
+            self.by_position.push((key, g));
+        }
+        g
+    }
+
+    fn lookup(&mut self, key: usize, m: &Metric, modifier: Option<&LabelModifier>) -> usize {
         if let Some(&(_, g)) = self.by_input.get(&key) {
             return g;
         }
@@ -228,7 +249,7 @@ impl Evaluator<'_> {
         cache.epoch += 1;
         let mut groups: Vec<Group> = Vec::new();
         for (i, s) in vec.iter().enumerate() {
-            let g = cache.group_of(&s.metric, modifier);
+            let g = cache.group_of(i, &s.metric, modifier);
             let gi = match cache.seen[g] {
                 (e, gi) if e == cache.epoch => gi,
                 _ => {

@@ -393,6 +393,9 @@ fn evaluate(
         // so final labels are built and hashed once per series, not once per step. The
         // entry holds a reference, so the address cannot be reused by another label set.
         let mut by_input: HashMap<(usize, bool), (Metric, usize)> = HashMap::new();
+        // The same by position in the previous step's vector: the elements of a vector mostly
+        // come in the same order at every step, so most are found here without hashing.
+        let mut by_position: Vec<((usize, bool), usize)> = Vec::new();
         // Per output series: the last step that wrote to it, to catch two elements of one
         // step ending up with the same labels.
         let mut last_step: Vec<usize> = Vec::new();
@@ -421,12 +424,17 @@ fn evaluate(
             // Label sets made anew at every step (e.g. by label_replace) would only pile up.
             if by_input.len() > 4 * (series.len() + vec.len()) + 4096 {
                 by_input.clear();
+                by_position.clear();
             }
             slots.clear();
-            for s in &vec {
+            for (pos, s) in vec.iter().enumerate() {
                 let key = (Arc::as_ptr(&s.metric) as usize, s.drop_name);
-                let i = match by_input.get(&key) {
-                    Some(&(_, i)) => i,
+                let hint = by_position
+                    .get(pos)
+                    .and_then(|&(k, i)| (k == key).then_some(i));
+                let cached = hint.or_else(|| by_input.get(&key).map(|&(_, i)| i));
+                let i = match cached {
+                    Some(i) => i,
                     None => {
                         let metric = final_metric(&s.metric, s.drop_name);
                         let chain = index.entry(metric.stable_hash()).or_default();
@@ -443,6 +451,13 @@ fn evaluate(
                         i
                     }
                 };
+                if hint.is_none() {
+                    if pos < by_position.len() {
+                        by_position[pos] = (key, i);
+                    } else {
+                        by_position.push((key, i));
+                    }
+                }
                 if last_step[i] == step_no {
                     return Err(PromqlError::Execution(
                         "vector cannot contain metrics with the same labelset".into(),

@@ -122,12 +122,24 @@ impl RangeFn {
     /// The function's value over one non-empty window `(range_start, range_end]` (stale
     /// markers already removed), or `None` when it yields no sample for this series.
     pub fn value<P: Point>(self, p: &[P], range_start: i64, range_end: i64) -> Option<f64> {
+        self.value_hinted(p, range_start, range_end, false)
+    }
+
+    /// [`Self::value`], told whether the window is known to hold no counter reset (so
+    /// `rate` and `increase` need not scan it for one).
+    pub fn value_hinted<P: Point>(
+        self,
+        p: &[P],
+        range_start: i64,
+        range_end: i64,
+        no_resets: bool,
+    ) -> Option<f64> {
         use RangeFn::*;
         let vals = || p.iter().map(|x| x.v());
         match self {
-            Rate => extrapolated_rate(p, range_start, range_end, true, true),
-            Increase => extrapolated_rate(p, range_start, range_end, true, false),
-            Delta => extrapolated_rate(p, range_start, range_end, false, false),
+            Rate => extrapolated_rate(p, range_start, range_end, true, !no_resets, true),
+            Increase => extrapolated_rate(p, range_start, range_end, true, !no_resets, false),
+            Delta => extrapolated_rate(p, range_start, range_end, false, false, false),
             Irate | Idelta => {
                 if p.len() < 2 {
                     return None;
@@ -211,12 +223,14 @@ impl RangeFn {
     }
 }
 
-/// Prometheus' `extrapolatedRate` for `rate`, `increase` and `delta`.
+/// Prometheus' `extrapolatedRate` for `rate`, `increase` and `delta`. `scan_resets` is
+/// false only where the caller knows the window holds no counter reset.
 fn extrapolated_rate<P: Point>(
     points: &[P],
     range_start: i64,
     range_end: i64,
     is_counter: bool,
+    scan_resets: bool,
     is_rate: bool,
 ) -> Option<f64> {
     if points.len() < 2 {
@@ -226,7 +240,7 @@ fn extrapolated_rate<P: Point>(
     let (first_t, first_v) = (points[0].t(), points[0].v());
     let (last_t, last_v) = (points[n1].t(), points[n1].v());
     let mut result = last_v - first_v;
-    if is_counter {
+    if is_counter && scan_resets {
         let mut prev = first_v;
         for v in points[1..].iter().map(Point::v) {
             if v < prev {
@@ -309,8 +323,9 @@ fn variance(values: impl Iterator<Item = f64>) -> f64 {
 }
 
 /// Most output samples one chunk of steps may hold (all series × the chunk's steps), so the
-/// memory held ahead stays bounded however many series a selector matches.
-const CHUNK_CELLS: usize = 1 << 20;
+/// memory held ahead stays bounded however many series a selector matches. Tiny in unit
+/// tests, so that their few series still cross chunk boundaries.
+const CHUNK_CELLS: usize = if cfg!(test) { 16 } else { 1 << 20 };
 /// Most steps evaluated ahead per chunk.
 const MAX_CHUNK_STEPS: usize = 256;
 
@@ -322,8 +337,8 @@ pub(crate) struct SlidingRangeFn {
     /// Per fetched series: a copy without stale markers, only for series that hold any;
     /// the others' windows are slices of the fetched samples.
     clean: Vec<Option<Vec<ModelSample>>>,
-    /// Per fetched series: the window `[lo, hi)` of the last step evaluated.
-    cursors: Vec<(usize, usize)>,
+    /// Per fetched series: the window of the last step evaluated.
+    cursors: Vec<Cursor>,
     /// Per fetched series: whether the counter-name check already ran (its outcome does not
     /// change between steps).
     noted: Vec<bool>,
@@ -346,6 +361,17 @@ impl SlidingRangeFn {
             results: Vec::new(),
         }
     }
+}
+
+/// A series' window `[lo, hi)` and its counter resets: `resets_hi` counts the `k` in
+/// `[1, hi)`, `resets_lo` the `k` in `[1, lo]` with `v[k] < v[k-1]`, so the window holds
+/// `resets_hi - resets_lo` resets (the comparison `rate` uses, over the same samples).
+#[derive(Debug, Clone, Copy, Default)]
+struct Cursor {
+    lo: usize,
+    hi: usize,
+    resets_lo: usize,
+    resets_hi: usize,
 }
 
 fn call_key(c: &Call) -> usize {
@@ -483,7 +509,7 @@ impl Evaluator<'_> {
                     })
                 })
                 .collect();
-            st.cursors = vec![(0, 0); fetched.len()];
+            st.cursors = vec![Cursor::default(); fetched.len()];
             st.noted = vec![false; fetched.len()];
             st.initialized = true;
         }
@@ -509,22 +535,29 @@ impl Evaluator<'_> {
                 self.check_deadline()?;
             }
             let samples: &[ModelSample] = st.clean[i].as_deref().unwrap_or(&s.samples);
-            let (mut lo, mut hi) = st.cursors[i];
+            let mut c = st.cursors[i];
+            let is_reset =
+                |k: usize| k >= 1 && k < samples.len() && samples[k].v < samples[k - 1].v;
             let mut produced = false;
             for (j, &ref_t) in ref_ts.iter().enumerate() {
                 let wstart = ref_t.saturating_sub(range);
-                while lo < samples.len() && samples[lo].t <= wstart {
-                    lo += 1;
+                while c.lo < samples.len() && samples[c.lo].t <= wstart {
+                    c.lo += 1;
+                    c.resets_lo += usize::from(is_reset(c.lo));
                 }
-                hi = hi.max(lo);
-                while hi < samples.len() && samples[hi].t <= ref_t {
-                    hi += 1;
+                while c.hi < c.lo || (c.hi < samples.len() && samples[c.hi].t <= ref_t) {
+                    c.resets_hi += usize::from(is_reset(c.hi));
+                    c.hi += 1;
                 }
+                let (lo, hi) = (c.lo, c.hi);
                 if lo == hi {
                     continue;
                 }
                 totals[j] += hi - lo;
-                if let Some(v) = st.f.value(&samples[lo..hi], wstart, ref_t) {
+                let no_resets = c.resets_hi == c.resets_lo;
+                if let Some(v) =
+                    st.f.value_hinted(&samples[lo..hi], wstart, ref_t, no_resets)
+                {
                     results[j].push(Sample {
                         metric: Arc::clone(&s.labels),
                         v,
@@ -533,7 +566,7 @@ impl Evaluator<'_> {
                     produced = true;
                 }
             }
-            st.cursors[i] = (lo, hi);
+            st.cursors[i] = c;
             if produced && st.f.is_counter_fn() && !st.noted[i] {
                 st.noted[i] = true;
                 self.note_if_not_counter(&s.labels);
