@@ -285,7 +285,10 @@ impl Evaluator<'_> {
                     let mut members = g.members.clone();
                     if op != token::T_LIMITK {
                         let top = op == token::T_TOPK;
-                        members.sort_by(|&x, &y| {
+                        // Ties go to the earlier sample (members are in input order), which
+                        // makes the order total: selecting the best k and sorting only them
+                        // gives exactly the first k of a stable sort of the whole group.
+                        let cmp = |&x: &usize, &y: &usize| {
                             let (a, b) = (vec[x].v, vec[y].v);
                             // NaNs always lose, in both directions.
                             match (a.is_nan(), b.is_nan()) {
@@ -295,7 +298,13 @@ impl Evaluator<'_> {
                                 _ if top => b.total_cmp(&a),
                                 _ => a.total_cmp(&b),
                             }
-                        });
+                            .then(x.cmp(&y))
+                        };
+                        if k < members.len() {
+                            members.select_nth_unstable_by(k - 1, cmp);
+                            members.truncate(k);
+                        }
+                        members.sort_unstable_by(cmp);
                     }
                     for &i in members.iter().take(k) {
                         out.push(vec[i].clone());

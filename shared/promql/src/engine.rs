@@ -351,6 +351,7 @@ fn evaluate(
         window_cursors: HashMap::new(),
         points_pool: Vec::new(),
         sliding: HashMap::new(),
+        selector_cursors: HashMap::new(),
         group_caches: HashMap::new(),
     };
     if range && step > 0 {

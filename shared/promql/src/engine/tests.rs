@@ -642,6 +642,14 @@ fn range_query_equals_instant_query_at_every_step() {
             "max_over_time(rate(c_total[2m])[5m:1m])",
             "rate(c_total[2m]) or rate(g[2m])",
             "topk(2, rate(c_total[1m]))",
+            "{__name__=~\"c_total|g\"}",
+            "c_total offset 1m",
+            "g @ 300",
+            "timestamp(g)",
+            "topk(2, g)",
+            "bottomk(2, {__name__=~\"c_total|g\"})",
+            "topk(3, {__name__=~\"c_total|g\"} * 0)",
+            "bottomk by (job) (1, {__name__=~\"c_total|g\"} > 5)",
         ]
         .map(String::from),
     );
@@ -650,6 +658,7 @@ fn range_query_equals_instant_query_at_every_step() {
             (0, 20 * M, half),
             (M / 4, 22 * M, 70_000),
             (5 * M, 5 * M, M),
+            (0, 20 * M, 5 * M),
         ] {
             let r = run(Engine::default().range_query(&s, q, start, end, step))
                 .unwrap_or_else(|e| panic!("{q}: {e}"));
