@@ -11,7 +11,7 @@ use promql_parser::parser::{AggregateExpr, LabelModifier};
 
 use crate::error::{Result, exec_err};
 use crate::eval::{Evaluator, is_schema_label};
-use crate::value::{Sample, Val};
+use crate::value::{Metric, Sample, Val};
 
 /// Neumaier-improved Kahan summation step, as Prometheus' `kahanSumInc`.
 pub(crate) fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
@@ -151,9 +151,81 @@ pub(crate) fn format_float(v: f64) -> String {
 }
 
 struct Group {
-    labels: Labels,
+    labels: Metric,
     drop_name: bool,
     members: Vec<usize>,
+}
+
+/// What one aggregation node has learnt about its input series, kept across the steps of a
+/// query: an input series' group does not change between steps, so it is worked out (hash
+/// of the grouping labels, comparison with the groups seen so far) once per series instead
+/// of once per sample per step.
+#[derive(Debug, Default)]
+pub(crate) struct GroupCache {
+    /// Group id by the address of an input label set. The entry holds a reference, so the
+    /// address cannot be reused by another label set while it is cached.
+    by_input: HashMap<usize, (Metric, usize)>,
+    /// Grouping labels of each group id (shared by every output sample of the group).
+    labels: Vec<Metric>,
+    /// Group ids by hash of their grouping labels; collisions settled by comparing labels.
+    by_hash: HashMap<u64, Vec<usize>>,
+    /// Per group id: the evaluation (`epoch`) that last saw it and its index in that
+    /// evaluation's output, so each evaluation keeps first-seen order without a map.
+    seen: Vec<(u64, usize)>,
+    epoch: u64,
+    /// Input address and group id by position in the previous evaluation's input: a
+    /// selector yields its series in the same order at every step, so most samples find
+    /// their group here without hashing.
+    by_position: Vec<(usize, usize)>,
+}
+
+impl GroupCache {
+    fn clear(&mut self) {
+        self.by_input.clear();
+        self.labels.clear();
+        self.by_hash.clear();
+        self.seen.clear();
+        self.by_position.clear();
+    }
+
+    /// The group id of the input at position `pos` of this evaluation.
+    fn group_of(&mut self, pos: usize, m: &Metric, modifier: Option<&LabelModifier>) -> usize {
+        let key = Arc::as_ptr(m) as usize;
+        if let Some(&(k, g)) = self.by_position.get(pos)
+            && k == key
+        {
+            return g;
+        }
+        let g = self.lookup(key, m, modifier);
+        if pos < self.by_position.len() {
+            self.by_position[pos] = (key, g);
+        } else {
+            self.by_position.push((key, g));
+        }
+        g
+    }
+
+    fn lookup(&mut self, key: usize, m: &Metric, modifier: Option<&LabelModifier>) -> usize {
+        if let Some(&(_, g)) = self.by_input.get(&key) {
+            return g;
+        }
+        let h = group_hash(m, modifier);
+        let chain = self.by_hash.entry(h).or_default();
+        let g = match chain
+            .iter()
+            .find(|&&g| in_group(&self.labels[g], m, modifier))
+        {
+            Some(&g) => g,
+            None => {
+                self.labels.push(Arc::new(group_labels(m, modifier)));
+                self.seen.push((0, 0));
+                chain.push(self.labels.len() - 1);
+                self.labels.len() - 1
+            }
+        };
+        self.by_input.insert(key, (Arc::clone(m), g));
+        g
+    }
 }
 
 impl Evaluator<'_> {
@@ -165,32 +237,36 @@ impl Evaluator<'_> {
             None => None,
         };
         // Group samples in first-seen order, as Prometheus' output order follows it.
-        // Keyed by a hash of the grouping labels (no allocation per sample); hash collisions
-        // are resolved by comparing the labels themselves.
-        let mut groups: Vec<Group> = Vec::new();
-        let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
         let modifier = a.modifier.as_ref();
+        let mut cache = self
+            .group_caches
+            .remove(&(a as *const AggregateExpr as usize))
+            .unwrap_or_default();
+        // Label sets made anew at every step (e.g. by label_replace) would only pile up.
+        if cache.by_input.len() > 4 * vec.len() + 4096 {
+            cache.clear();
+        }
+        cache.epoch += 1;
+        let mut groups: Vec<Group> = Vec::new();
         for (i, s) in vec.iter().enumerate() {
-            let h = group_hash(&s.metric, modifier);
-            let chain = index.entry(h).or_default();
-            let gi = match chain
-                .iter()
-                .find(|&&g| in_group(&groups[g].labels, &s.metric, modifier))
-            {
-                Some(&g) => g,
-                None => {
+            let g = cache.group_of(i, &s.metric, modifier);
+            let gi = match cache.seen[g] {
+                (e, gi) if e == cache.epoch => gi,
+                _ => {
+                    cache.seen[g] = (cache.epoch, groups.len());
                     groups.push(Group {
-                        labels: group_labels(&s.metric, modifier),
+                        labels: Arc::clone(&cache.labels[g]),
                         drop_name: false,
                         members: Vec::new(),
                     });
-                    chain.push(groups.len() - 1);
                     groups.len() - 1
                 }
             };
             groups[gi].members.push(i);
             groups[gi].drop_name |= s.drop_name;
         }
+        self.group_caches
+            .insert(a as *const AggregateExpr as usize, cache);
         let mut out = Vec::new();
         match op {
             token::T_TOPK | token::T_BOTTOMK | token::T_LIMITK => {
@@ -209,7 +285,10 @@ impl Evaluator<'_> {
                     let mut members = g.members.clone();
                     if op != token::T_LIMITK {
                         let top = op == token::T_TOPK;
-                        members.sort_by(|&x, &y| {
+                        // Ties go to the earlier sample (members are in input order), which
+                        // makes the order total: selecting the best k and sorting only them
+                        // gives exactly the first k of a stable sort of the whole group.
+                        let cmp = |&x: &usize, &y: &usize| {
                             let (a, b) = (vec[x].v, vec[y].v);
                             // NaNs always lose, in both directions.
                             match (a.is_nan(), b.is_nan()) {
@@ -219,7 +298,13 @@ impl Evaluator<'_> {
                                 _ if top => b.total_cmp(&a),
                                 _ => a.total_cmp(&b),
                             }
-                        });
+                            .then(x.cmp(&y))
+                        };
+                        if k < members.len() {
+                            members.select_nth_unstable_by(k - 1, cmp);
+                            members.truncate(k);
+                        }
+                        members.sort_unstable_by(cmp);
                     }
                     for &i in members.iter().take(k) {
                         out.push(vec[i].clone());
@@ -331,7 +416,7 @@ impl Evaluator<'_> {
                         return exec_err(format!("invalid label name \"{shown}\""));
                     }
                     for v in vals {
-                        let mut l = g.labels.clone();
+                        let mut l = Labels::clone(&g.labels);
                         l.set(&label, &format_float(v));
                         match cv_index.get(&l) {
                             Some(&i) => cv_counts[i].1 += 1.0,
@@ -347,7 +432,7 @@ impl Evaluator<'_> {
             };
             let drop_name = g.drop_name && g.labels.get(METRIC_NAME).is_some();
             out.push(Sample {
-                metric: Arc::new(g.labels.clone()),
+                metric: Arc::clone(&g.labels),
                 v,
                 drop_name,
             });

@@ -350,7 +350,13 @@ fn evaluate(
         subquery_cache: HashMap::new(),
         window_cursors: HashMap::new(),
         points_pool: Vec::new(),
+        sliding: HashMap::new(),
+        selector_cursors: HashMap::new(),
+        group_caches: HashMap::new(),
     };
+    if range && step > 0 {
+        crate::range_fn::plan_sliding(expr, &mut ev.sliding);
+    }
     let value = if !range {
         match ev.eval(expr, start)? {
             Val::Scalar(v) => Value::Scalar { t: start, v },
@@ -381,23 +387,34 @@ fn evaluate(
             }
         }
     } else {
-        // Output series in a vector, found through a hash index of their labels.
+        // Output series in a vector, found through a hash index of their final labels.
         let mut series: Vec<(Metric, Vec<ModelSample>)> = Vec::new();
         let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
+        // The output series of each input label set (by address and whether the name goes),
+        // so final labels are built and hashed once per series, not once per step. The
+        // entry holds a reference, so the address cannot be reused by another label set.
+        let mut by_input: HashMap<(usize, bool), (Metric, usize)> = HashMap::new();
+        // The same by position in the previous step's vector: the elements of a vector mostly
+        // come in the same order at every step, so most are found here without hashing.
+        let mut by_position: Vec<((usize, bool), usize)> = Vec::new();
+        // Per output series: the last step that wrote to it, to catch two elements of one
+        // step ending up with the same labels.
+        let mut last_step: Vec<usize> = Vec::new();
+        let mut slots: Vec<usize> = Vec::new();
+        let scalar_metric = Metric::default();
         let mut total = 0usize;
         let mut t = start;
+        let mut step_no = 0usize;
         while t <= end {
             ev.check_deadline()?;
-            let step_out = match ev.eval(expr, t)? {
-                Val::Scalar(v) => {
-                    let metric = Metric::default();
-                    vec![StepSample {
-                        hash: metric.stable_hash(),
-                        metric,
-                        v,
-                    }]
-                }
-                Val::Vector(vec) => finish_step(vec)?,
+            step_no += 1;
+            let vec = match ev.eval(expr, t)? {
+                Val::Scalar(v) => vec![Sample {
+                    metric: Arc::clone(&scalar_metric),
+                    v,
+                    drop_name: false,
+                }],
+                Val::Vector(vec) => vec,
                 other => {
                     return Err(PromqlError::Execution(format!(
                         "invalid expression type \"{}\" for range query, must be Scalar or instant Vector",
@@ -405,22 +422,57 @@ fn evaluate(
                     )));
                 }
             };
-            total += step_out.len();
+            // Label sets made anew at every step (e.g. by label_replace) would only pile up.
+            if by_input.len() > 4 * (series.len() + vec.len()) + 4096 {
+                by_input.clear();
+                by_position.clear();
+            }
+            slots.clear();
+            for (pos, s) in vec.iter().enumerate() {
+                let key = (Arc::as_ptr(&s.metric) as usize, s.drop_name);
+                let hint = by_position
+                    .get(pos)
+                    .and_then(|&(k, i)| (k == key).then_some(i));
+                let cached = hint.or_else(|| by_input.get(&key).map(|&(_, i)| i));
+                let i = match cached {
+                    Some(i) => i,
+                    None => {
+                        let metric = final_metric(&s.metric, s.drop_name);
+                        let chain = index.entry(metric.stable_hash()).or_default();
+                        let i = match chain.iter().find(|&&i| same_labels(&series[i].0, &metric)) {
+                            Some(&i) => i,
+                            None => {
+                                chain.push(series.len());
+                                series.push((metric, Vec::new()));
+                                last_step.push(0);
+                                series.len() - 1
+                            }
+                        };
+                        by_input.insert(key, (Arc::clone(&s.metric), i));
+                        i
+                    }
+                };
+                if hint.is_none() {
+                    if pos < by_position.len() {
+                        by_position[pos] = (key, i);
+                    } else {
+                        by_position.push((key, i));
+                    }
+                }
+                if last_step[i] == step_no {
+                    return Err(PromqlError::Execution(
+                        "vector cannot contain metrics with the same labelset".into(),
+                    ));
+                }
+                last_step[i] = step_no;
+                slots.push(i);
+            }
+            total += vec.len();
             if total > opts.max_samples {
                 return Err(PromqlError::TooManySamples);
             }
-            for s in step_out {
-                let chain = index.entry(s.hash).or_default();
-                match chain
-                    .iter()
-                    .find(|&&i| same_labels(&series[i].0, &s.metric))
-                {
-                    Some(&i) => series[i].1.push(ModelSample::new(t, s.v)),
-                    None => {
-                        chain.push(series.len());
-                        series.push((s.metric, vec![ModelSample::new(t, s.v)]));
-                    }
-                }
+            for (&i, s) in slots.iter().zip(&vec) {
+                series[i].1.push(ModelSample::new(t, s.v));
             }
             t = match t.checked_add(step) {
                 Some(n) => n,
@@ -455,21 +507,23 @@ fn same_labels(a: &Metric, b: &Metric) -> bool {
     Arc::ptr_eq(a, b) || a == b
 }
 
+/// A sample's final labels once delayed name removal is applied; shares `m` when they are
+/// the same.
+fn final_metric(m: &Metric, drop_name: bool) -> Metric {
+    if drop_name && m.iter().any(|l| SCHEMA_LABELS.contains(&l.name.as_str())) {
+        Arc::new(final_labels(m, true))
+    } else {
+        Arc::clone(m)
+    }
+}
+
 /// Applies delayed name removal and rejects a step whose elements became indistinguishable.
 /// Each label set is hashed once (xxh3); collisions are settled by comparing labels.
 fn finish_step(vec: Vec<Sample>) -> Result<Vec<StepSample>> {
     let out: Vec<StepSample> = vec
         .into_iter()
         .map(|s| {
-            let metric = if s.drop_name
-                && s.metric
-                    .iter()
-                    .any(|l| SCHEMA_LABELS.contains(&l.name.as_str()))
-            {
-                Arc::new(final_labels(&s.metric, true))
-            } else {
-                s.metric
-            };
+            let metric = final_metric(&s.metric, s.drop_name);
             StepSample {
                 hash: metric.stable_hash(),
                 metric,

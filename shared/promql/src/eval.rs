@@ -93,6 +93,15 @@ pub(crate) struct Evaluator<'a> {
     /// Emptied point buffers of range vectors already consumed, reused by the next window
     /// instead of an allocation per series per step.
     pub points_pool: Vec<Vec<(i64, f64)>>,
+    /// Range-function calls of a range query evaluated across all steps at once, by call
+    /// node address (see [`crate::range_fn::plan_sliding`]).
+    pub sliding: HashMap<usize, crate::range_fn::SlidingRangeFn>,
+    /// Per instant-vector selector node: the reference time of the previous evaluation and,
+    /// per fetched series, the index of the first sample after it. Range queries move
+    /// forward by one step, which is a few samples, cheaper to walk than to binary-search.
+    pub selector_cursors: HashMap<usize, (i64, Vec<usize>)>,
+    /// Per aggregation node, its input series' groups (see [`crate::aggregate::GroupCache`]).
+    pub group_caches: HashMap<usize, crate::aggregate::GroupCache>,
 }
 
 impl Evaluator<'_> {
@@ -192,23 +201,37 @@ impl Evaluator<'_> {
         }
     }
 
-    fn series_of(&self, vs: &VectorSelector) -> &[FetchedSeries] {
-        self.data
-            .get(&node_key(vs))
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
-    }
-
     /// The instant vector a selector yields at `t`: per series the newest sample within the
     /// lookback window, unless that sample is a stale marker. With `keep_ts` the value is the
     /// sample's own timestamp in seconds (what `timestamp()` needs).
-    pub fn eval_vector_selector(&self, vs: &VectorSelector, t: i64, keep_ts: bool) -> Vec<Sample> {
+    pub fn eval_vector_selector(
+        &mut self,
+        vs: &VectorSelector,
+        t: i64,
+        keep_ts: bool,
+    ) -> Vec<Sample> {
         let ref_t = at_ms(&vs.at, self.query_start, self.query_end)
             .unwrap_or(t)
             .saturating_sub(offset_ms(&vs.offset));
+        let data = self.data;
+        let fetched: &[FetchedSeries] = data.get(&node_key(vs)).map_or(&[], Vec::as_slice);
+        let (prev_ref, mut cursors) = self
+            .selector_cursors
+            .remove(&node_key(vs))
+            .unwrap_or((i64::MAX, Vec::new()));
+        let forward = ref_t >= prev_ref && cursors.len() == fetched.len();
+        if !forward {
+            cursors.clear();
+            cursors.resize(fetched.len(), 0);
+        }
         let mut out = Vec::new();
-        for s in self.series_of(vs) {
-            let hi = s.samples.partition_point(|x| x.t <= ref_t);
+        for (s, cursor) in fetched.iter().zip(cursors.iter_mut()) {
+            let hi = if forward {
+                advance_past(&s.samples, *cursor, ref_t)
+            } else {
+                s.samples.partition_point(|x| x.t <= ref_t)
+            };
+            *cursor = hi;
             if hi == 0 {
                 continue;
             }
@@ -227,6 +250,7 @@ impl Evaluator<'_> {
                 drop_name: false,
             });
         }
+        self.selector_cursors.insert(node_key(vs), (ref_t, cursors));
         out
     }
 
@@ -454,6 +478,22 @@ impl Evaluator<'_> {
             )),
         }
     }
+}
+
+/// The index of the first sample after `t`, searching forward from `from` (whose samples
+/// are all at or before `t`): a short walk for the usual few samples per step, a binary
+/// search of the rest when the step skips many.
+fn advance_past(samples: &[norn_model::Sample], from: usize, t: i64) -> usize {
+    const WALK: usize = 8;
+    let mut i = from;
+    let walk_end = (from + WALK).min(samples.len());
+    while i < walk_end {
+        if samples[i].t > t {
+            return i;
+        }
+        i += 1;
+    }
+    i + samples[i..].partition_point(|x| x.t <= t)
 }
 
 fn push_point(

@@ -9,10 +9,11 @@ use chrono::{DateTime, Datelike, Timelike, Utc};
 use norn_model::{Labels, METRIC_NAME};
 use promql_parser::parser::{Call, Expr};
 
-use crate::aggregate::{AvgAcc, format_float, kahan_inc, quantile};
+use crate::aggregate::{format_float, quantile};
 use crate::error::{PromqlError, Result, exec_err};
 use crate::eval::{Evaluator, absent_labels, has_duplicate_labelsets};
-use crate::value::{MatrixVal, Metric, Sample, Val};
+use crate::range_fn::{RangeFn, linear_regression};
+use crate::value::{Metric, Sample, Val};
 
 /// Go's `math.Max`: NaN wins.
 fn go_max(a: f64, b: f64) -> f64 {
@@ -100,101 +101,6 @@ fn date_fn(name: &str) -> Option<fn(&DateTime<Utc>) -> f64> {
         },
         _ => return None,
     })
-}
-
-/// Prometheus' `extrapolatedRate` for `rate`, `increase` and `delta`.
-fn extrapolated_rate(
-    points: &[(i64, f64)],
-    m: &MatrixVal,
-    is_counter: bool,
-    is_rate: bool,
-) -> Option<f64> {
-    if points.len() < 2 {
-        return None;
-    }
-    let n1 = points.len() - 1;
-    let (first_t, first_v) = points[0];
-    let (last_t, last_v) = points[n1];
-    let mut result = last_v - first_v;
-    if is_counter {
-        let mut prev = first_v;
-        for &(_, v) in &points[1..] {
-            if v < prev {
-                result += prev;
-            }
-            prev = v;
-        }
-    }
-    let mut to_start = (first_t - m.range_start) as f64 / 1000.0;
-    let mut to_end = (m.range_end - last_t) as f64 / 1000.0;
-    let sampled = (last_t - first_t) as f64 / 1000.0;
-    let avg_step = sampled / n1 as f64;
-    let threshold = avg_step * 1.1;
-    let mut extrapolate_to = sampled;
-    if to_start >= threshold {
-        to_start = avg_step / 2.0;
-    }
-    if is_counter && result > 0.0 && first_v >= 0.0 {
-        // A counter cannot go below zero: do not extrapolate past its likely zero point.
-        let to_zero = sampled * (first_v / result);
-        if to_zero < to_start {
-            to_start = to_zero;
-        }
-    }
-    extrapolate_to += to_start;
-    if to_end >= threshold {
-        to_end = avg_step / 2.0;
-    }
-    extrapolate_to += to_end;
-    let mut factor = extrapolate_to / sampled;
-    if is_rate {
-        factor /= m.range_ms() as f64 / 1000.0;
-    }
-    Some(result * factor)
-}
-
-/// Least-squares fit with x in seconds relative to `intercept_t`, as Prometheus'
-/// `linearRegression` (Kahan sums, constant series special-cased).
-fn linear_regression(points: &[(i64, f64)], intercept_t: i64) -> (f64, f64) {
-    let init_y = points[0].1;
-    let const_y = points.iter().all(|p| p.1 == init_y);
-    if const_y {
-        if init_y.is_infinite() {
-            return (f64::NAN, f64::NAN);
-        }
-        return (0.0, init_y);
-    }
-    let (mut n, mut sx, mut cx, mut sy, mut cy, mut sxy, mut cxy, mut sx2, mut cx2) =
-        (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
-    for &(t, v) in points {
-        n += 1.0;
-        let x = (t - intercept_t) as f64 / 1e3;
-        (sx, cx) = kahan_inc(x, sx, cx);
-        (sy, cy) = kahan_inc(v, sy, cy);
-        (sxy, cxy) = kahan_inc(x * v, sxy, cxy);
-        (sx2, cx2) = kahan_inc(x * x, sx2, cx2);
-    }
-    sx += cx;
-    sy += cy;
-    sxy += cxy;
-    sx2 += cx2;
-    let cov = sxy - sx * sy / n;
-    let var = sx2 - sx * sx / n;
-    let slope = cov / var;
-    let intercept = sy / n - slope * sx / n;
-    (slope, intercept)
-}
-
-/// Kahan-compensated Welford variance, as Prometheus' `stdvar_over_time`.
-fn variance(values: impl Iterator<Item = f64>) -> f64 {
-    let (mut count, mut mean, mut c_mean, mut aux, mut c_aux) = (0.0, 0.0, 0.0, 0.0, 0.0);
-    for v in values {
-        count += 1.0;
-        let delta = v - (mean + c_mean);
-        (mean, c_mean) = kahan_inc(delta / count, mean, c_mean);
-        (aux, c_aux) = kahan_inc(delta * (v - (mean + c_mean)), aux, c_aux);
-    }
-    (aux + c_aux) / count
 }
 
 /// Natural-order comparison (digit runs compare numerically), as `sort_by_label` uses.
@@ -331,6 +237,11 @@ fn parse_go_float(s: &str) -> Option<f64> {
 
 impl Evaluator<'_> {
     pub(crate) fn eval_call(&mut self, c: &Call, t: i64) -> Result<Val> {
+        if !self.sliding.is_empty()
+            && let Some(vec) = self.sliding_value(c, t)?
+        {
+            return Ok(Val::Vector(vec));
+        }
         let name = c.func.name;
         let args: Vec<&Expr> = c.args.args.iter().map(|b| b.as_ref()).collect();
         let arg = |i: usize| -> Result<&Expr> {
@@ -702,133 +613,20 @@ impl Evaluator<'_> {
     }
 
     fn eval_range_fn(&mut self, name: &str, a: &Expr, t: i64) -> Result<Val> {
+        let Some(f) = RangeFn::parse(name) else {
+            return exec_err(format!("function {name} is not supported"));
+        };
         let m = self.eval_matrix(a, t)?;
-        let is_counter_fn = matches!(name, "rate" | "increase");
         let mut out = Vec::with_capacity(m.series.len());
         for s in &m.series {
-            let p = &s.points;
-            let vals = || p.iter().map(|x| x.1);
-            let mut keep_name = false;
-            let v = match name {
-                "rate" => extrapolated_rate(p, &m, true, true),
-                "increase" => extrapolated_rate(p, &m, true, false),
-                "delta" => extrapolated_rate(p, &m, false, false),
-                "irate" | "idelta" => {
-                    if p.len() < 2 {
-                        None
-                    } else {
-                        let (lt, lv) = p[p.len() - 1];
-                        let (pt, pv) = p[p.len() - 2];
-                        let mut d = if name == "irate" && lv < pv {
-                            lv
-                        } else {
-                            lv - pv
-                        };
-                        if name == "irate" {
-                            let dt = lt - pt;
-                            if dt == 0 {
-                                None
-                            } else {
-                                d /= dt as f64 / 1000.0;
-                                Some(d)
-                            }
-                        } else {
-                            Some(d)
-                        }
-                    }
-                }
-                "deriv" => (p.len() >= 2).then(|| linear_regression(p, p[0].0).0),
-                "avg_over_time" => {
-                    let mut acc = AvgAcc::default();
-                    vals().for_each(|v| acc.add(v));
-                    Some(acc.value())
-                }
-                "sum_over_time" => {
-                    let (mut sum, mut c) = (0.0, 0.0);
-                    for v in vals() {
-                        (sum, c) = kahan_inc(v, sum, c);
-                    }
-                    Some(if sum.is_infinite() { sum } else { sum + c })
-                }
-                "count_over_time" => Some(p.len() as f64),
-                "min_over_time" => {
-                    Some(vals().fold(f64::NAN, |m, v| if m.is_nan() || v < m { v } else { m }))
-                }
-                "max_over_time" => {
-                    Some(vals().fold(f64::NAN, |m, v| if m.is_nan() || v > m { v } else { m }))
-                }
-                "stddev_over_time" => Some(variance(vals()).sqrt()),
-                "stdvar_over_time" => Some(variance(vals())),
-                "last_over_time" => {
-                    keep_name = true;
-                    p.last().map(|x| x.1)
-                }
-                "first_over_time" => {
-                    keep_name = true;
-                    p.first().map(|x| x.1)
-                }
-                "ts_of_last_over_time" => p.last().map(|x| x.0 as f64 / 1000.0),
-                "ts_of_first_over_time" => p.first().map(|x| x.0 as f64 / 1000.0),
-                "ts_of_max_over_time" | "ts_of_min_over_time" => {
-                    let max = name == "ts_of_max_over_time";
-                    let mut best: Option<(i64, f64)> = None;
-                    for &(pt, pv) in p {
-                        best = match best {
-                            None => Some((pt, pv)),
-                            Some((_, bv))
-                                if bv.is_nan() || (max && pv >= bv) || (!max && pv <= bv) =>
-                            {
-                                Some((pt, pv))
-                            }
-                            keep => keep,
-                        };
-                    }
-                    best.map(|b| b.0 as f64 / 1000.0)
-                }
-                "present_over_time" => Some(1.0),
-                "changes" | "resets" => {
-                    let mut n = 0.0;
-                    for w in p.windows(2) {
-                        let (prev, cur) = (w[0].1, w[1].1);
-                        let hit = if name == "changes" {
-                            cur != prev && !(cur.is_nan() && prev.is_nan())
-                        } else {
-                            cur < prev
-                        };
-                        if hit {
-                            n += 1.0;
-                        }
-                    }
-                    Some(n)
-                }
-                "mad_over_time" if p.iter().any(|x| x.1.is_nan()) => Some(f64::NAN),
-                "mad_over_time" => {
-                    let mut vs: Vec<f64> = vals().collect();
-                    let med = quantile(0.5, &mut vs);
-                    let mut dev: Vec<f64> = vs.iter().map(|v| (v - med).abs()).collect();
-                    Some(quantile(0.5, &mut dev))
-                }
-                _ => return exec_err(format!("function {name} is not supported")),
-            };
-            if let Some(v) = v {
-                if is_counter_fn
-                    && let Some(metric_name) = s.metric.get(METRIC_NAME)
-                    && !["_total", "_sum", "_count", "_bucket"]
-                        .iter()
-                        .any(|suf| metric_name.ends_with(suf))
-                {
-                    let needle = metric_name.to_string();
-                    self.info(
-                        format!(
-                            "metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {metric_name:?}"
-                        ),
-                        &needle,
-                    );
+            if let Some(v) = f.value(&s.points, m.range_start, m.range_end) {
+                if f.is_counter_fn() {
+                    self.note_if_not_counter(&s.metric);
                 }
                 out.push(Sample {
                     metric: Arc::clone(&s.metric),
                     v,
-                    drop_name: if keep_name { s.drop_name } else { true },
+                    drop_name: if f.keeps_name() { s.drop_name } else { true },
                 });
             }
         }

@@ -12,6 +12,7 @@ mod eval;
 mod functions;
 mod info;
 pub mod memstore;
+mod range_fn;
 mod value;
 
 pub use engine::{Engine, EngineOptions, SharedEngine};

@@ -72,12 +72,6 @@ pub(crate) struct MatrixVal {
     pub range_end: i64,
 }
 
-impl MatrixVal {
-    pub fn range_ms(&self) -> i64 {
-        self.range_end - self.range_start
-    }
-}
-
 /// The value of an expression at one evaluation step.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Val {

@@ -549,6 +549,167 @@ fn range_query_is_sorted_matrix() {
     assert!(r.warnings[0].contains("sort is ineffective"));
 }
 
+/// A range query must give, at every step, exactly what an instant query at that step gives:
+/// range queries take other paths (range functions evaluated across all steps at once,
+/// cached grouping and output labels), instant queries the step-wise one.
+#[test]
+fn range_query_equals_instant_query_at_every_step() {
+    let s = MemStore::new();
+    let half = M / 2;
+    // Counters with a reset, a gap and stale markers; a gauge with a NaN; a series not named
+    // like a counter (for rate's info); samples every 30 s over 20 minutes.
+    let n = 41;
+    let mut reset = Vec::new();
+    let mut gappy = Vec::new();
+    let mut stale = Vec::new();
+    let mut gauge = Vec::new();
+    for i in 0..n {
+        let x = i as f64;
+        reset.push(Some(if i < 20 { 3.0 * x } else { x - 20.0 }));
+        gappy.push((!(12..22).contains(&i)).then_some(x * x));
+        stale.push(Some(if i == 15 || i == 30 {
+            stale_nan()
+        } else {
+            2.0 * x
+        }));
+        gauge.push(Some(if i == 25 {
+            f64::NAN
+        } else {
+            (x / 3.0).sin() * 10.0
+        }));
+    }
+    load(
+        &s,
+        &[("__name__", "c_total"), ("job", "a"), ("k", "reset")],
+        half,
+        &reset,
+    );
+    load(
+        &s,
+        &[("__name__", "c_total"), ("job", "b"), ("k", "gappy")],
+        half,
+        &gappy,
+    );
+    load(
+        &s,
+        &[("__name__", "c_total"), ("job", "a"), ("k", "stale")],
+        half,
+        &stale,
+    );
+    load(&s, &[("__name__", "g"), ("job", "b")], half, &gauge);
+    load(&s, &[("__name__", "g"), ("job", "c")], half, &reset);
+    let fns = [
+        "rate",
+        "increase",
+        "delta",
+        "irate",
+        "idelta",
+        "deriv",
+        "avg_over_time",
+        "sum_over_time",
+        "count_over_time",
+        "min_over_time",
+        "max_over_time",
+        "stddev_over_time",
+        "stdvar_over_time",
+        "last_over_time",
+        "first_over_time",
+        "ts_of_last_over_time",
+        "ts_of_first_over_time",
+        "ts_of_max_over_time",
+        "ts_of_min_over_time",
+        "present_over_time",
+        "changes",
+        "resets",
+        "mad_over_time",
+    ];
+    let mut queries: Vec<String> = Vec::new();
+    for f in fns {
+        queries.push(format!("{f}({{__name__=~\"c_total|g\"}}[3m])"));
+        queries.push(format!("{f}(g[90s] offset 2m)"));
+        queries.push(format!("{f}(c_total[5m] @ 600)"));
+    }
+    queries.extend(
+        [
+            "sum by (job) (rate(c_total[2m]))",
+            "sum without (k) (rate(c_total[2m]))",
+            "sum(rate(g[2m]))",
+            "count by (__name__) (last_over_time({job=~\"a|b\"}[1m]))",
+            "max by (job) (rate(c_total[2m])) / on (job) group_left sum by (job) (g)",
+            "rate(c_total[2m]) * 2 > 0.01",
+            "label_replace(rate(c_total[2m]), \"x\", \"$1\", \"k\", \"(.*)\")",
+            "histogram_quantile(0.5, sum by (le) (label_replace(rate(c_total[3m]), \"le\", \"$1\", \"k\", \"(reset|stale)\")))",
+            "max_over_time(rate(c_total[2m])[5m:1m])",
+            "rate(c_total[2m]) or rate(g[2m])",
+            "topk(2, rate(c_total[1m]))",
+            "{__name__=~\"c_total|g\"}",
+            "c_total offset 1m",
+            "g @ 300",
+            "timestamp(g)",
+            "topk(2, g)",
+            "bottomk(2, {__name__=~\"c_total|g\"})",
+            "topk(3, {__name__=~\"c_total|g\"} * 0)",
+            "bottomk by (job) (1, {__name__=~\"c_total|g\"} > 5)",
+        ]
+        .map(String::from),
+    );
+    for q in &queries {
+        for (start, end, step) in [
+            (0, 20 * M, half),
+            (M / 4, 22 * M, 70_000),
+            (5 * M, 5 * M, M),
+            (0, 20 * M, 5 * M),
+        ] {
+            let r = run(Engine::default().range_query(&s, q, start, end, step))
+                .unwrap_or_else(|e| panic!("{q}: {e}"));
+            let Value::Matrix(m) = r.value else {
+                panic!("{q}: matrix")
+            };
+            let mut infos: Vec<String> = Vec::new();
+            let mut t = start;
+            while t <= end {
+                let i = instant(&s, q, t).unwrap_or_else(|e| panic!("{q} @ {t}: {e}"));
+                let Value::Vector(v) = i.value else {
+                    panic!("{q}: vector")
+                };
+                let mut want: Vec<(String, u64)> = v
+                    .iter()
+                    .map(|x| (x.labels.to_string(), x.v.to_bits()))
+                    .collect();
+                let mut got: Vec<(String, u64)> = m
+                    .iter()
+                    .filter_map(|ser| {
+                        let smp = ser.samples.iter().find(|x| x.t == t)?;
+                        Some((ser.labels.to_string(), smp.v.to_bits()))
+                    })
+                    .collect();
+                want.sort();
+                got.sort();
+                assert_eq!(got, want, "{q} at {t} (range {start}..{end} step {step})");
+                infos.extend(i.infos);
+                t += step;
+            }
+            infos.sort();
+            infos.dedup();
+            let mut got_infos = r.infos.clone();
+            got_infos.sort();
+            assert_eq!(got_infos, infos, "{q}: infos");
+        }
+    }
+    // Two series that differ only by name collide once the name goes, from the step where
+    // the second one appears on.
+    let late: Vec<Option<f64>> = (0..n).map(|i| (i >= 30).then_some(1.0)).collect();
+    load(&s, &[("__name__", "h"), ("job", "b")], half, &late);
+    for q in ["{__name__=~\"g|h\"} * 2", "rate({__name__=~\"g|h\"}[1m])"] {
+        assert!(instant(&s, q, 10 * M).is_ok(), "{q}");
+        let e = instant(&s, q, 16 * M).unwrap_err();
+        assert!(e.to_string().contains("same labelset"), "{q}: {e}");
+        let e = run(Engine::default().range_query(&s, q, 0, 20 * M, M)).unwrap_err();
+        assert!(e.to_string().contains("same labelset"), "{q}: {e}");
+        assert!(run(Engine::default().range_query(&s, q, 0, 14 * M, M)).is_ok());
+    }
+}
+
 #[test]
 fn literals_and_strings() {
     let s = MemStore::new();
