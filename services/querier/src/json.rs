@@ -80,8 +80,24 @@ fn write_point(out: &mut String, t: i64, v: f64) {
     out.push('[');
     write_timestamp(out, t);
     out.push(',');
-    write_str(out, &format_value(v));
-    out.push(']');
+    // Straight into the output: a number, `NaN` or `±Inf` never needs escaping, and a point
+    // is the bulk of a range-query response.
+    out.push('"');
+    write_value(out, v);
+    out.push_str("\"]");
+}
+
+/// Appends `v` as [`format_value`] renders it.
+fn write_value(out: &mut String, v: f64) {
+    if v.is_nan() {
+        out.push_str("NaN");
+    } else if v == f64::INFINITY {
+        out.push_str("+Inf");
+    } else if v == f64::NEG_INFINITY {
+        out.push_str("-Inf");
+    } else {
+        let _ = write!(out, "{v}");
+    }
 }
 
 /// Appends `,"warnings":[…],"infos":[…]` when there are any.
@@ -183,6 +199,27 @@ pub fn string_array(items: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn points_render_values_as_format_value_does() {
+        for v in [
+            0.0,
+            -0.0,
+            1.5,
+            -2.25e-300,
+            1e21,
+            123456789.125,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ] {
+            let mut out = String::new();
+            write_point(&mut out, 1_500, v);
+            let mut ts = String::new();
+            write_timestamp(&mut ts, 1_500);
+            assert_eq!(out, format!("[{ts},\"{}\"]", format_value(v)));
+        }
+    }
     use norn_model::{Sample, Series};
     use norn_promql::VectorSample;
 
