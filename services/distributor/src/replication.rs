@@ -220,14 +220,20 @@ impl Pusher for ReplicatedPusher {
             pending.push(tokio::spawn(async move {
                 metrics.appends.with_label_values(&[&addr]).inc();
                 let started = Instant::now();
-                let result = match pool.pusher(&addr) {
-                    Err(e) => Err(e),
+                // The failure kind is known where the failure happens; the metric takes it
+                // from there rather than from the message.
+                let (result, kind) = match pool.pusher(&addr) {
+                    Err(e) => (Err(e), "unavailable"),
                     Ok(p) => {
                         match tokio::time::timeout(timeout, p.push_encoded(&tenant, sub)).await {
-                            Ok(r) => r,
-                            Err(_) => Err(PushError::Unavailable(format!(
-                                "ingester {addr} did not answer within {timeout:?}"
-                            ))),
+                            Ok(Err(e @ PushError::Internal(_))) => (Err(e), "internal"),
+                            Ok(r) => (r, "unavailable"),
+                            Err(_) => (
+                                Err(PushError::Unavailable(format!(
+                                    "ingester {addr} did not answer within {timeout:?}"
+                                ))),
+                                "timeout",
+                            ),
                         }
                     }
                 };
@@ -236,11 +242,6 @@ impl Pusher for ReplicatedPusher {
                     .with_label_values(&[&addr])
                     .observe(started.elapsed().as_secs_f64());
                 if let Err(e) = &result {
-                    let kind = match e {
-                        PushError::Unavailable(m) if m.contains("did not answer") => "timeout",
-                        PushError::Unavailable(_) => "unavailable",
-                        PushError::Internal(_) => "internal",
-                    };
                     metrics.failures.with_label_values(&[&addr, kind]).inc();
                     tracing::debug!(ingester = %addr, error = %e, "push to ingester failed");
                 }

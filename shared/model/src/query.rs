@@ -93,14 +93,14 @@ pub trait MetadataReader: Send + Sync {
 /// samples are the union by timestamp: where sources overlap (a block still in the head
 /// while it is being cut, a block both on an ingester's disk and in the bucket, replicas)
 /// each timestamp is returned once, the first source's value winning.
-#[derive(Clone)]
-pub struct MergeQueryable {
-    sources: Vec<Arc<dyn Queryable>>,
-}
+///
+/// It is a [`QuorumQueryable`] that tolerates no failure: every source holds data no other
+/// one has.
+pub struct MergeQueryable(QuorumQueryable);
 
 impl MergeQueryable {
     pub fn new(sources: Vec<Arc<dyn Queryable>>) -> Self {
-        Self { sources }
+        Self(QuorumQueryable::new(sources, 0))
     }
 
     /// One source needs no merging: hand it out as it is.
@@ -215,11 +215,7 @@ impl Queryable for MergeQueryable {
         end_ms: i64,
         matchers: &[Matcher],
     ) -> Result<Vec<Series>, StorageError> {
-        let mut lists = Vec::with_capacity(self.sources.len());
-        for s in &self.sources {
-            lists.push(s.select(start_ms, end_ms, matchers).await?);
-        }
-        Ok(merge_series(lists))
+        self.0.select(start_ms, end_ms, matchers).await
     }
 
     async fn label_names(
@@ -228,11 +224,7 @@ impl Queryable for MergeQueryable {
         end_ms: i64,
         matchers: &[Matcher],
     ) -> Result<Vec<String>, StorageError> {
-        let mut lists = Vec::with_capacity(self.sources.len());
-        for s in &self.sources {
-            lists.push(s.label_names(start_ms, end_ms, matchers).await?);
-        }
-        Ok(merge_strings(lists))
+        self.0.label_names(start_ms, end_ms, matchers).await
     }
 
     async fn label_values(
@@ -242,11 +234,7 @@ impl Queryable for MergeQueryable {
         end_ms: i64,
         matchers: &[Matcher],
     ) -> Result<Vec<String>, StorageError> {
-        let mut lists = Vec::with_capacity(self.sources.len());
-        for s in &self.sources {
-            lists.push(s.label_values(name, start_ms, end_ms, matchers).await?);
-        }
-        Ok(merge_strings(lists))
+        self.0.label_values(name, start_ms, end_ms, matchers).await
     }
 }
 
@@ -285,12 +273,15 @@ impl QuorumQueryable {
         if errors.len() > self.max_errors {
             let first = errors.swap_remove(0);
             return Err(match first {
-                StorageError::Unavailable(m) => StorageError::Unavailable(format!(
-                    "{} of {} replicas failed (at most {} may): {m}",
-                    errors.len() + 1,
-                    self.sources.len(),
-                    self.max_errors
-                )),
+                // With no failure tolerated (MergeQueryable) the source's own error says it all.
+                StorageError::Unavailable(m) if self.max_errors > 0 => {
+                    StorageError::Unavailable(format!(
+                        "{} of {} replicas failed (at most {} may): {m}",
+                        errors.len() + 1,
+                        self.sources.len(),
+                        self.max_errors
+                    ))
+                }
                 other => other,
             });
         }
