@@ -29,11 +29,78 @@ pub const ENCODING_XOR: u8 = 1;
 #[error("XOR chunk is truncated or malformed")]
 pub struct ChunkCorrupt;
 
+/// Where an [`XorChunk`] keeps its bytes: a growing `Vec`, or an [`InlineBuf`] inside the
+/// chunk itself for the head's open chunks.
+pub trait ChunkBuf {
+    fn as_slice(&self) -> &[u8];
+    fn as_mut_slice(&mut self) -> &mut [u8];
+    fn push(&mut self, byte: u8);
+    /// Removes `start..end`, moving the bytes after it down.
+    fn remove_range(&mut self, start: usize, end: usize);
+}
+
+impl ChunkBuf for Vec<u8> {
+    fn as_slice(&self) -> &[u8] {
+        self
+    }
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        self
+    }
+    fn push(&mut self, byte: u8) {
+        Vec::push(self, byte);
+    }
+    fn remove_range(&mut self, start: usize, end: usize) {
+        self.drain(start..end);
+    }
+}
+
+/// `N` bytes stored inline, with no heap allocation. It does not grow: its owner checks
+/// [`XorChunk::room`] before appending and moves the settled bytes elsewhere first.
+#[derive(Debug, Clone)]
+pub struct InlineBuf<const N: usize> {
+    data: [u8; N],
+    len: u8,
+}
+
+impl<const N: usize> Default for InlineBuf<N> {
+    fn default() -> Self {
+        // After `drop_settled` the header and one byte remain, and any sample must fit.
+        const { assert!(N > HEADER + MAX_SAMPLE_BYTES && N <= u8::MAX as usize) };
+        Self {
+            data: [0; N],
+            len: 0,
+        }
+    }
+}
+
+impl<const N: usize> ChunkBuf for InlineBuf<N> {
+    fn as_slice(&self) -> &[u8] {
+        &self.data[..self.len as usize]
+    }
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.data[..self.len as usize]
+    }
+    fn push(&mut self, byte: u8) {
+        // An overflow would be a bug in the owner's `room` check; the index check turns it
+        // into a panic rather than a silent loss.
+        self.data[self.len as usize] = byte;
+        self.len += 1;
+    }
+    fn remove_range(&mut self, start: usize, end: usize) {
+        self.data.copy_within(end..self.len as usize, start);
+        self.len -= (end - start) as u8;
+    }
+}
+
+/// Most bytes one append can add to a chunk: a first sample's 10-byte varint and 64 bits,
+/// or a later one's 68 bits of timestamp and 77 of value, plus Go's empty trailing byte.
+pub const MAX_SAMPLE_BYTES: usize = 20;
+
 /// An XOR chunk being appended to. Holds the encoder state next to the bytes so appending
 /// never re-reads the stream.
 #[derive(Debug, Clone)]
-pub struct XorChunk {
-    buf: Vec<u8>,
+pub struct XorChunk<B = Vec<u8>> {
+    buf: B,
     /// Bits still free in the last byte of `buf` (Go's `bstream.count`).
     free: u8,
     num: u16,
@@ -59,8 +126,42 @@ impl XorChunk {
 
     /// An empty chunk whose buffer starts with room for `cap` bytes.
     pub fn with_capacity(cap: usize) -> Self {
-        let mut buf = Vec::with_capacity(cap.max(HEADER));
-        buf.extend_from_slice(&[0, 0]);
+        Self::with_buf(Vec::with_capacity(cap.max(HEADER)))
+    }
+
+    /// Gives up the encoder state and keeps just the bytes, with no spare capacity.
+    pub fn into_bytes(self) -> Box<[u8]> {
+        self.buf.into_boxed_slice()
+    }
+
+    /// Trims spare buffer capacity (when the chunk is complete).
+    pub fn shrink_to_fit(&mut self) {
+        self.buf.shrink_to_fit();
+    }
+
+    /// Heap bytes held by this chunk.
+    pub fn heap_size(&self) -> usize {
+        self.buf.capacity()
+    }
+}
+
+impl<const N: usize> XorChunk<InlineBuf<N>> {
+    /// An empty chunk whose bytes live inside it.
+    pub fn inline() -> Self {
+        Self::with_buf(InlineBuf::default())
+    }
+
+    /// Whether appending `(t, v)` fits the buffer (else the owner must
+    /// [drop the settled bytes](Self::drop_settled) first).
+    pub fn fits(&self, t: i64, v: f64) -> bool {
+        self.buf.len as usize + self.append_bytes_bound(t, v) <= N
+    }
+}
+
+impl<B: ChunkBuf> XorChunk<B> {
+    fn with_buf(mut buf: B) -> Self {
+        buf.push(0);
+        buf.push(0);
         Self {
             buf,
             free: 0,
@@ -88,29 +189,85 @@ impl XorChunk {
         f64::from_bits(self.v)
     }
 
-    /// The chunk data: header plus bit stream, as stored in a block chunk file.
+    /// The chunk data: header plus bit stream, as stored in a block chunk file (after
+    /// [`drop_settled`](Self::drop_settled): header plus the bytes held here).
     pub fn bytes(&self) -> &[u8] {
-        &self.buf
+        self.buf.as_slice()
     }
 
-    /// Gives up the encoder state and keeps just the bytes, with no spare capacity.
-    pub fn into_bytes(self) -> Box<[u8]> {
-        self.buf.into_boxed_slice()
+    /// Length of the header plus the stream bytes held here.
+    pub fn len(&self) -> usize {
+        self.buf.as_slice().len()
     }
 
-    /// Trims spare buffer capacity (when the chunk is complete).
-    pub fn shrink_to_fit(&mut self) {
-        self.buf.shrink_to_fit();
+    /// Whether no sample was appended.
+    pub fn is_empty(&self) -> bool {
+        self.num == 0
     }
 
-    /// Heap bytes held by this chunk.
-    pub fn heap_size(&self) -> usize {
-        self.buf.capacity()
+    /// The stream bytes no later append can change: all after the header but the last byte
+    /// (appends only add bits to the last byte and push new ones).
+    pub fn settled(&self) -> &[u8] {
+        let b = self.buf.as_slice();
+        let end = b.len().saturating_sub(1).max(HEADER);
+        &b[HEADER..end]
+    }
+
+    /// Forgets the [settled](Self::settled) bytes, which the caller stored elsewhere:
+    /// [`bytes`](Self::bytes) then holds the header and the unsettled last byte, and appends
+    /// go on as before.
+    pub fn drop_settled(&mut self) {
+        let end = self.buf.as_slice().len().saturating_sub(1).max(HEADER);
+        self.buf.remove_range(HEADER, end);
     }
 
     /// An iterator over the samples.
     pub fn iter(&self) -> XorIterator<'_> {
-        XorIterator::new(&self.buf)
+        XorIterator::new(self.buf.as_slice())
+    }
+
+    /// At most how many bytes appending `(t, v)` adds: the bits the encoding takes beyond
+    /// those free in the last byte, plus Go's empty trailing byte. Never above
+    /// [`MAX_SAMPLE_BYTES`].
+    pub fn append_bytes_bound(&self, t: i64, v: f64) -> usize {
+        let bits = match self.num {
+            0 => return MAX_SAMPLE_BYTES,
+            1 => {
+                let mut tmp = [0u8; 10];
+                8 * put_uvarint(&mut tmp, t.wrapping_sub(self.t) as u64) as u32
+            }
+            _ => {
+                let t_delta = t.wrapping_sub(self.t) as u64;
+                let dod = t_delta.wrapping_sub(self.t_delta) as i64;
+                if dod == 0 {
+                    1
+                } else if bit_range(dod, 14) {
+                    16
+                } else if bit_range(dod, 17) {
+                    20
+                } else if bit_range(dod, 20) {
+                    24
+                } else {
+                    68
+                }
+            }
+        } + self.xor_bits(v.to_bits());
+        (bits.saturating_sub(u32::from(self.free)) as usize).div_ceil(8) + 1
+    }
+
+    /// Bits `write_xor` takes for `vbits`.
+    fn xor_bits(&self, vbits: u64) -> u32 {
+        let delta = vbits ^ self.v;
+        if delta == 0 {
+            return 1;
+        }
+        let lz = (delta.leading_zeros() as u8).min(31);
+        let tz = delta.trailing_zeros() as u8;
+        if self.leading != 0xff && lz >= self.leading && tz >= self.trailing {
+            2 + 64 - u32::from(self.leading) - u32::from(self.trailing)
+        } else {
+            2 + 5 + 6 + 64 - u32::from(lz) - u32::from(tz)
+        }
     }
 
     /// Appends a sample. Timestamps must ascend (the head checks); a chunk holds at most
@@ -164,7 +321,7 @@ impl XorChunk {
         self.t = t;
         self.v = vbits;
         self.num += 1;
-        self.buf[..HEADER].copy_from_slice(&self.num.to_be_bytes());
+        self.buf.as_mut_slice()[..HEADER].copy_from_slice(&self.num.to_be_bytes());
         true
     }
 
@@ -202,9 +359,8 @@ impl XorChunk {
             self.buf.push(0);
             self.free = 8;
         }
-        if bit {
-            let i = self.buf.len() - 1;
-            self.buf[i] |= 1 << (self.free - 1);
+        if bit && let Some(last) = self.buf.as_mut_slice().last_mut() {
+            *last |= 1 << (self.free - 1);
         }
         self.free -= 1;
     }
@@ -215,8 +371,9 @@ impl XorChunk {
             self.buf.push(0);
             self.free = 8;
         }
-        let i = self.buf.len() - 1;
-        self.buf[i] |= byte >> (8 - self.free);
+        if let Some(last) = self.buf.as_mut_slice().last_mut() {
+            *last |= byte >> (8 - self.free);
+        }
         // `byte << 8` is 0 in Go; checked_shl keeps that meaning in Rust.
         self.buf
             .push(byte.checked_shl(u32::from(self.free)).unwrap_or(0));
@@ -653,6 +810,37 @@ mod tests {
             }
             let got: Vec<_> = c.iter().map(|(t, v)| (t, v.to_bits())).collect();
             prop_assert_eq!(got, want);
+        }
+        #[test]
+        fn inline_chunk_with_settled_bytes_moved_out_equals_the_plain_chunk(
+            start in any::<i64>().prop_map(|t| t >> 2),
+            deltas in proptest::collection::vec(prop_oneof![0i64..2, 1i64..100_000, 0i64..(1i64 << 40), any::<i64>()], 0..300),
+            values in proptest::collection::vec(value(), 300),
+        ) {
+            let mut plain = XorChunk::new();
+            let mut inline = XorChunk::<InlineBuf<24>>::inline();
+            let mut moved = Vec::new();
+            let mut t = start;
+            for (i, d) in std::iter::once(0).chain(deltas).enumerate() {
+                t = t.saturating_add(d);
+                let v = values[i % values.len()];
+                let bound = plain.append_bytes_bound(t, v);
+                prop_assert!(bound <= MAX_SAMPLE_BYTES);
+                if !inline.fits(t, v) {
+                    moved.extend_from_slice(inline.settled());
+                    inline.drop_settled();
+                    prop_assert!(inline.fits(t, v));
+                }
+                let before = plain.len();
+                prop_assert!(plain.append(t, v));
+                prop_assert!(plain.len() - before <= bound, "{} > {}", plain.len() - before, bound);
+                prop_assert!(inline.append(t, v));
+                let held = inline.bytes();
+                let mut joined = held[..2].to_vec();
+                joined.extend_from_slice(&moved);
+                joined.extend_from_slice(&held[2..]);
+                prop_assert_eq!(hex(&joined), hex(plain.bytes()));
+            }
         }
     }
 }

@@ -25,14 +25,19 @@
 //!
 //! # Memory
 //!
-//! A series costs one `Arc` allocation (id, symbol ids, chunk state), 16 bytes in a hash
-//! shard, 8 in the id table and 4 per label in the postings; label strings are stored once in
-//! the symbol table. Only the open chunk of a series is on the heap: completed chunks are
-//! written to `chunks_head/` and read back through memory maps (see `mmap_chunks`).
+//! A series costs one 152-byte `Arc` allocation (id, removed flag, chunk state with the open
+//! chunk's encoder and last bytes inline), one for its symbol ids (8 bytes a label), one for
+//! its completed chunks' refs (24 bytes a chunk), 16 bytes in a hash shard, 8 in the id
+//! table and 4 per label in the postings; label strings are stored once in the symbol table.
+//! No sample bytes stay on the heap: completed chunks are written to `chunks_head/` and read
+//! back through memory maps (see `mmap_chunks`), and an open chunk keeps its last ~24 bytes
+//! inline and moves the bytes before them, which no append changes any more, to
+//! `head_spill/` (see `spill`). Both directories are caches rebuilt from the WAL on start.
 
 mod mmap_chunks;
 mod postings;
 mod series;
+mod spill;
 mod symbols;
 
 use std::path::PathBuf;
@@ -58,6 +63,7 @@ use crate::wal::{self, FsyncPolicy, ReplayResult, Wal, WalOptions};
 use mmap_chunks::ChunkMapper;
 use postings::MemPostings;
 use series::{MemSeries, Store};
+use spill::SpillLog;
 use symbols::SymbolTable;
 
 /// Number of lock shards for the series hash table and the id table (a power of two).
@@ -213,6 +219,8 @@ pub struct HeadMemory {
     pub symbol_bytes: usize,
     pub postings_bytes: usize,
     pub chunk_bytes: usize,
+    /// Files in `head_spill/` (settled bytes of open chunks).
+    pub spill_files: usize,
 }
 
 #[derive(Default)]
@@ -275,6 +283,8 @@ pub struct Head {
     chunk_range: i64,
     /// Completed chunks, memory-mapped from `chunks_head/`.
     mapper: ChunkMapper,
+    /// Settled bytes of open chunks, in `head_spill/`.
+    spill: SpillLog,
     too_old_window: i64,
     /// Samples before this are in blocks (set when a block is cut); appends reject them.
     min_valid_time: AtomicI64,
@@ -333,6 +343,7 @@ impl Head {
         let mut mem = HeadMem::new(
             opts.block_range_ms,
             ChunkMapper::open(opts.dir.join("chunks_head"))?,
+            SpillLog::open(opts.dir.join("head_spill"))?,
         );
         mem.min_valid_time = opts.min_valid_time;
         stats.wal = wal::replay(&wal_dir, &opts.metrics, |rec| {
@@ -360,6 +371,7 @@ impl Head {
         let head = Head {
             chunk_range: opts.block_range_ms,
             mapper: mem.mapper,
+            spill: mem.spill,
             too_old_window: opts.too_old_window_ms,
             min_valid_time: AtomicI64::new(opts.min_valid_time),
             append_gate: RwLock::new(()),
@@ -391,7 +403,8 @@ impl Head {
     fn store(&self) -> Store<'_> {
         Store {
             chunk_range: self.chunk_range,
-            mapper: Some(&self.mapper),
+            mapper: &self.mapper,
+            spill: &self.spill,
         }
     }
 
@@ -850,7 +863,7 @@ impl Head {
             let series: Vec<Arc<MemSeries>> = shard.read().iter().flatten().cloned().collect();
             for s in series {
                 let mut st = s.state.lock();
-                stats.chunks_removed += st.truncate(mint);
+                stats.chunks_removed += st.truncate(mint, self.store());
                 if !st.is_empty() {
                     if let Some(t) = st.min_t() {
                         new_min = new_min.min(t);
@@ -981,6 +994,7 @@ impl Head {
             symbol_bytes: self.symbols.heap_size(),
             postings_bytes: self.postings.read().heap_size(),
             chunk_bytes,
+            spill_files: self.spill.files(),
         }
     }
 
@@ -996,6 +1010,7 @@ struct HeadMem {
     /// Replay drops samples before this (they are in blocks already).
     min_valid_time: i64,
     mapper: ChunkMapper,
+    spill: SpillLog,
     symbols: SymbolTable,
     hashes: Box<[RwLock<HashShard>]>,
     ids: Box<[IdShard]>,
@@ -1024,11 +1039,12 @@ struct HeadMemRef<'a> {
 }
 
 impl HeadMem {
-    fn new(chunk_range: i64, mapper: ChunkMapper) -> Self {
+    fn new(chunk_range: i64, mapper: ChunkMapper, spill: SpillLog) -> Self {
         Self {
             chunk_range,
             min_valid_time: i64::MIN,
             mapper,
+            spill,
             symbols: SymbolTable::new(),
             hashes: (0..SHARDS)
                 .map(|_| RwLock::new(HashShard::default()))
@@ -1130,7 +1146,8 @@ impl HeadMem {
         }
         let store = Store {
             chunk_range: self.chunk_range,
-            mapper: Some(&self.mapper),
+            mapper: &self.mapper,
+            spill: &self.spill,
         };
         let mut st = series.state.lock();
         let ok = match st.last() {

@@ -12,6 +12,9 @@
 //! resident size per series small. Each file is sized to its maximum up front (a sparse
 //! file) so the whole mapping is valid, and trimmed when it is finished.
 //!
+//! A chunk that cannot be written (disk full, I/O error) is kept in memory under a ref with
+//! file number `u32::MAX`, so a failing disk costs memory, never samples.
+//!
 //! The directory is a cache: the WAL holds every sample, and opening a head wipes
 //! `chunks_head/` and rebuilds it while replaying. (Reusing it on start-up, as Prometheus
 //! does to replay faster, is a later optimisation.)
@@ -34,6 +37,8 @@ const HEADER_SIZE: u64 = 8;
 pub(crate) const MAX_FILE_SIZE: u64 = 128 << 20;
 /// Fixed part of a chunk record: ref, mint, maxt, encoding.
 const CHUNK_META: usize = 8 + 8 + 8 + 1;
+/// File number of the refs of chunks kept in memory.
+const MEMORY: u32 = u32::MAX;
 
 struct Writer {
     file: Option<File>,
@@ -50,18 +55,33 @@ pub(crate) struct ChunkMapper {
     writer: Mutex<Writer>,
     /// Mappings by file number - 1.
     maps: RwLock<Vec<Option<Arc<Mmap>>>>,
+    /// Chunks that could not be written.
+    memory: Mutex<MemoryChunks>,
 }
 
-/// A chunk's bytes inside a mapped file.
-pub(crate) struct MappedChunk {
-    map: Arc<Mmap>,
-    start: usize,
-    end: usize,
+#[derive(Default)]
+struct MemoryChunks {
+    next: u32,
+    /// By ref: (max time, bytes).
+    chunks: std::collections::HashMap<u64, (i64, Arc<[u8]>)>,
+}
+
+/// A chunk's bytes inside a mapped file (or in memory).
+pub(crate) enum MappedChunk {
+    Mapped {
+        map: Arc<Mmap>,
+        start: usize,
+        end: usize,
+    },
+    Memory(Arc<[u8]>),
 }
 
 impl MappedChunk {
     pub(crate) fn bytes(&self) -> &[u8] {
-        &self.map[self.start..self.end]
+        match self {
+            MappedChunk::Mapped { map, start, end } => &map[*start..*end],
+            MappedChunk::Memory(b) => b,
+        }
     }
 }
 
@@ -87,6 +107,7 @@ impl ChunkMapper {
                 max_t: Vec::new(),
             }),
             maps: RwLock::new(Vec::new()),
+            memory: Mutex::new(MemoryChunks::default()),
         })
     }
 
@@ -126,6 +147,22 @@ impl ChunkMapper {
         w.number = number;
         w.offset = HEADER_SIZE;
         Ok(())
+    }
+
+    /// Writes a completed chunk and returns its ref; a chunk that cannot be written is kept
+    /// in memory.
+    pub(crate) fn store(&self, series_ref: u64, mint: i64, maxt: i64, data: &[u8]) -> u64 {
+        match self.write(series_ref, mint, maxt, data) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot write head chunk to chunks_head/; keeping it in memory");
+                let mut m = self.memory.lock();
+                m.next += 1;
+                let r = (u64::from(MEMORY) << 32) | u64::from(m.next);
+                m.chunks.insert(r, (maxt, data.into()));
+                r
+            }
+        }
     }
 
     /// Writes a completed chunk and returns its ref.
@@ -171,6 +208,10 @@ impl ChunkMapper {
     /// (after a flush emptied the head it is all garbage): it is closed, and the next chunk
     /// starts a new one, as Prometheus does.
     pub(crate) fn truncate(&self, mint: i64) -> usize {
+        self.memory
+            .lock()
+            .chunks
+            .retain(|_, (max_t, _)| *max_t >= mint);
         let mut w = self.writer.lock();
         let current = w.number as usize;
         if current > 0 && w.file.is_some() && w.max_t.get(current - 1).is_some_and(|&t| t < mint) {
@@ -199,6 +240,13 @@ impl ChunkMapper {
 
     /// The data of the chunk at `r` (None for a ref this mapper never wrote).
     pub(crate) fn get(&self, r: u64) -> Option<MappedChunk> {
+        if (r >> 32) as u32 == MEMORY {
+            let m = self.memory.lock();
+            return m
+                .chunks
+                .get(&r)
+                .map(|(_, b)| MappedChunk::Memory(Arc::clone(b)));
+        }
         let number = (r >> 32) as usize;
         let offset = (r & 0xffff_ffff) as usize;
         let map = Arc::clone(self.maps.read().get(number.checked_sub(1)?)?.as_ref()?);
@@ -222,7 +270,7 @@ impl ChunkMapper {
         if end > map.len() {
             return None;
         }
-        Some(MappedChunk {
+        Some(MappedChunk::Mapped {
             map,
             start: pos,
             end,
@@ -291,5 +339,19 @@ mod tests {
         let r2 = m.write(2, 200, 300, b"cd").unwrap();
         assert_eq!(r2 >> 32, 2, "a new file");
         assert_eq!(m.get(r2).unwrap().bytes(), b"cd");
+    }
+
+    #[test]
+    fn chunks_that_cannot_be_written_stay_in_memory_until_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = ChunkMapper::open(dir.path().join("chunks_head")).unwrap();
+        fs::remove_dir_all(m.dir()).unwrap();
+        let r = m.store(1, 0, 100, b"\x00\x01xyz");
+        assert_eq!(r >> 32, u64::from(MEMORY));
+        assert_eq!(m.get(r).unwrap().bytes(), b"\x00\x01xyz");
+        m.truncate(100);
+        assert!(m.get(r).is_some());
+        m.truncate(101);
+        assert!(m.get(r).is_none());
     }
 }

@@ -10,27 +10,25 @@ use norn_model::Sample;
 use parking_lot::Mutex;
 
 use super::mmap_chunks::{ChunkMapper, MappedChunk};
-use crate::chunkenc::{ChunkCutter, XorChunk, XorIterator};
+use super::spill::SpillLog;
+use crate::chunkenc::{ChunkCutter, InlineBuf, XorChunk, XorIterator};
 
-/// Where completed chunks go, and the chunk range for cutting.
+/// Where completed chunks and the settled bytes of open chunks go, and the chunk range for
+/// cutting.
 #[derive(Clone, Copy)]
 pub(crate) struct Store<'a> {
     pub(crate) chunk_range: i64,
-    /// `None` keeps completed chunks on the heap (tests, or no chunks directory).
-    pub(crate) mapper: Option<&'a ChunkMapper>,
-}
-
-/// Bytes of a completed chunk: on the heap, or a ref into `chunks_head/`.
-pub(crate) enum ChunkData {
-    Heap(Box<[u8]>),
-    Mapped(u64),
+    pub(crate) mapper: &'a ChunkMapper,
+    pub(crate) spill: &'a SpillLog,
 }
 
 /// A chunk's bytes while being read.
 pub(crate) enum ChunkBytes<'a> {
     Borrowed(&'a [u8]),
     Mapped(MappedChunk),
-    /// A mapped chunk that could not be found (never expected; reads as empty).
+    /// An open chunk joined from its spilled pieces and its tail.
+    Owned(Vec<u8>),
+    /// A chunk that could not be found (never expected; reads as empty).
     Missing,
 }
 
@@ -39,14 +37,16 @@ impl ChunkBytes<'_> {
         match self {
             ChunkBytes::Borrowed(b) => b,
             ChunkBytes::Mapped(m) => m.bytes(),
+            ChunkBytes::Owned(v) => v,
             ChunkBytes::Missing => &[],
         }
     }
 }
 
-/// Initial capacity of a head chunk: a handful of samples; a full 120-sample chunk of
-/// regular scrapes is ~150–250 bytes and grows by doubling.
-const INITIAL_CHUNK_CAPACITY: usize = 32;
+/// Bytes of an open chunk kept inside the series: the 2-byte header and the stream bytes not
+/// spilled yet. 26 makes [`HeadChunk`] 72 bytes; before an append would not fit, the
+/// settled bytes (~20) go to the spill log as one piece.
+const TAIL_BYTES: usize = 26;
 
 pub(crate) struct MemSeries {
     pub(crate) id: u32,
@@ -74,16 +74,74 @@ impl MemSeries {
     }
 }
 
-/// A completed chunk.
+/// A completed chunk: its time range and its ref in the [`ChunkMapper`].
 pub(crate) struct ClosedChunk {
     pub(crate) min_t: i64,
     pub(crate) max_t: i64,
-    pub(crate) data: ChunkData,
+    pub(crate) chunk_ref: u64,
 }
 
+/// The open chunk of a series.
 pub(crate) struct HeadChunk {
-    pub(crate) chunk: XorChunk,
+    /// Encoder state, header and the stream bytes not spilled yet.
+    pub(crate) chunk: XorChunk<InlineBuf<TAIL_BYTES>>,
     pub(crate) min_t: i64,
+    /// Newest piece of the stream bytes moved to the spill log (0 = none); they come
+    /// between `chunk`'s header and the rest of its bytes.
+    spilled: u64,
+}
+
+impl HeadChunk {
+    fn new(min_t: i64) -> Self {
+        Self {
+            chunk: XorChunk::inline(),
+            min_t,
+            spilled: 0,
+        }
+    }
+
+    /// The whole chunk: header, spilled bytes, tail.
+    fn bytes<'a>(&'a self, spill: &SpillLog) -> ChunkBytes<'a> {
+        self.join(spill, SpillLog::read)
+    }
+
+    /// The whole chunk, giving the spilled pieces back to the log (the chunk completed).
+    fn take_bytes(&self, spill: &SpillLog) -> ChunkBytes<'_> {
+        self.join(spill, SpillLog::take)
+    }
+
+    fn join<'a>(
+        &'a self,
+        spill: &SpillLog,
+        read: impl FnOnce(&SpillLog, u64, &mut Vec<u8>) -> bool,
+    ) -> ChunkBytes<'a> {
+        let held = self.chunk.bytes();
+        if self.spilled == 0 {
+            return ChunkBytes::Borrowed(held);
+        }
+        let mut out = Vec::with_capacity(held.len() + 8 * TAIL_BYTES);
+        out.extend_from_slice(&held[..2]);
+        if !read(spill, self.spilled, &mut out) {
+            return ChunkBytes::Missing;
+        }
+        out.extend_from_slice(&held[2..]);
+        ChunkBytes::Owned(out)
+    }
+
+    /// Gives the spilled pieces back to the log (the chunk is dropped).
+    fn release(&self, spill: &SpillLog) {
+        if self.spilled != 0 {
+            spill.release(self.spilled);
+        }
+    }
+
+    fn append(&mut self, t: i64, v: f64, spill: &SpillLog) {
+        if !self.chunk.fits(t, v) {
+            self.spilled = spill.push(self.spilled, self.chunk.settled());
+            self.chunk.drop_settled();
+        }
+        self.chunk.append(t, v);
+    }
 }
 
 pub(crate) struct SeriesState {
@@ -119,7 +177,7 @@ impl SeriesState {
     }
 
     /// Drops the chunks that end before `mint`; returns how many.
-    pub(crate) fn truncate(&mut self, mint: i64) -> usize {
+    pub(crate) fn truncate(&mut self, mint: i64, store: Store<'_>) -> usize {
         let mut removed = 0;
         if self.closed.iter().any(|c| c.max_t < mint) {
             let before = self.closed.len();
@@ -132,7 +190,9 @@ impl SeriesState {
             self.closed = keep.into_boxed_slice();
         }
         if self.head.as_ref().is_some_and(|h| h.chunk.last_t() < mint) {
-            self.head = None;
+            if let Some(h) = self.head.take() {
+                h.release(store.spill);
+            }
             removed += 1;
         }
         removed
@@ -165,34 +225,26 @@ impl SeriesState {
         if self.cutter.must_cut(t, min_t, max_t, num) {
             if let Some(h) = self.head.take() {
                 let max_t = h.chunk.last_t();
-                let mapped = store.mapper.and_then(|m| {
-                    m.write(u64::from(id), h.min_t, max_t, h.chunk.bytes())
-                        .inspect_err(|e| {
-                            tracing::warn!(error = %e, "cannot write head chunk to disk; keeping it in memory");
-                        })
-                        .ok()
-                });
-                let data = match mapped {
-                    Some(r) => ChunkData::Mapped(r),
-                    None => ChunkData::Heap(h.chunk.into_bytes()),
-                };
+                let chunk_ref = store.mapper.store(
+                    u64::from(id),
+                    h.min_t,
+                    max_t,
+                    h.take_bytes(store.spill).bytes(),
+                );
                 let mut closed = std::mem::take(&mut self.closed).into_vec();
                 closed.reserve_exact(1);
                 closed.push(ClosedChunk {
                     min_t: h.min_t,
                     max_t,
-                    data,
+                    chunk_ref,
                 });
                 self.closed = closed.into_boxed_slice();
             }
             self.cutter.cut(t, store.chunk_range);
-            self.head = Some(HeadChunk {
-                chunk: XorChunk::with_capacity(INITIAL_CHUNK_CAPACITY),
-                min_t: t,
-            });
+            self.head = Some(HeadChunk::new(t));
         }
         if let Some(h) = &mut self.head {
-            h.chunk.append(t, v);
+            h.append(t, v, store.spill);
         }
     }
 
@@ -211,6 +263,7 @@ impl SeriesState {
             Ok(_) => false,
             Err(i) => {
                 all.insert(i, Sample::new(t, v));
+                self.release(store);
                 *self = SeriesState::default();
                 for s in all {
                     self.append(id, s.t, s.v, store);
@@ -232,26 +285,17 @@ impl SeriesState {
             .iter()
             .filter(move |c| c.min_t <= maxt && c.max_t >= mint)
             .map(move |c| {
-                let bytes = match &c.data {
-                    ChunkData::Heap(b) => ChunkBytes::Borrowed(b),
-                    ChunkData::Mapped(r) => store
-                        .mapper
-                        .and_then(|m| m.get(*r))
-                        .map_or(ChunkBytes::Missing, ChunkBytes::Mapped),
-                };
+                let bytes = store
+                    .mapper
+                    .get(c.chunk_ref)
+                    .map_or(ChunkBytes::Missing, ChunkBytes::Mapped);
                 (c.min_t, c.max_t, bytes)
             });
         let head = self
             .head
             .as_ref()
             .filter(move |h| h.min_t <= maxt && h.chunk.last_t() >= mint)
-            .map(|h| {
-                (
-                    h.min_t,
-                    h.chunk.last_t(),
-                    ChunkBytes::Borrowed(h.chunk.bytes()),
-                )
-            });
+            .map(move |h| (h.min_t, h.chunk.last_t(), h.bytes(store.spill)));
         closed.chain(head)
     }
 
@@ -271,18 +315,16 @@ impl SeriesState {
         out
     }
 
-    /// Heap bytes held by the chunks.
+    /// Gives the open chunk's spilled bytes back to the log (the series is dropped whole).
+    pub(crate) fn release(&self, store: Store<'_>) {
+        if let Some(h) = &self.head {
+            h.release(store.spill);
+        }
+    }
+
+    /// Heap bytes held by the chunks (the open chunk lives inside the series).
     pub(crate) fn heap_size(&self) -> usize {
         self.closed.len() * std::mem::size_of::<ClosedChunk>()
-            + self
-                .closed
-                .iter()
-                .map(|c| match &c.data {
-                    ChunkData::Heap(b) => b.len(),
-                    ChunkData::Mapped(_) => 0,
-                })
-                .sum::<usize>()
-            + self.head.as_ref().map_or(0, |h| h.chunk.heap_size())
     }
 }
 
@@ -290,36 +332,55 @@ impl SeriesState {
 mod tests {
     use super::*;
 
-    const HEAP: Store<'static> = Store {
-        chunk_range: 7_200_000,
-        mapper: None,
-    };
+    /// A mapper and a spill log in a temporary directory.
+    struct Dirs {
+        _dir: tempfile::TempDir,
+        mapper: ChunkMapper,
+        spill: SpillLog,
+    }
+
+    impl Dirs {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            Self {
+                mapper: ChunkMapper::open(dir.path().join("chunks_head")).unwrap(),
+                spill: SpillLog::open(dir.path().join("head_spill")).unwrap(),
+                _dir: dir,
+            }
+        }
+
+        fn store(&self, chunk_range: i64) -> Store<'_> {
+            Store {
+                chunk_range,
+                mapper: &self.mapper,
+                spill: &self.spill,
+            }
+        }
+    }
 
     #[test]
     fn out_of_order_insert_rebuilds_in_order() {
+        let dirs = Dirs::new();
+        let store = dirs.store(7_200_000);
         let mut s = SeriesState::default();
         for t in [10, 20, 40] {
-            s.append(1, t, t as f64, HEAP);
+            s.append(1, t, t as f64, store);
         }
-        assert!(s.insert_out_of_order(1, 30, 30.0, HEAP));
-        assert!(!s.insert_out_of_order(1, 20, 99.0, HEAP));
+        assert!(s.insert_out_of_order(1, 30, 30.0, store));
+        assert!(!s.insert_out_of_order(1, 20, 99.0, store));
         let ts: Vec<i64> = s
-            .samples(i64::MIN, i64::MAX, HEAP)
+            .samples(i64::MIN, i64::MAX, store)
             .iter()
             .map(|x| x.t)
             .collect();
         assert_eq!(ts, [10, 20, 30, 40]);
-        assert_eq!(s.samples(15, 30, HEAP).len(), 2);
+        assert_eq!(s.samples(15, 30, store).len(), 2);
     }
 
     #[test]
     fn completed_chunks_go_to_the_mapper() {
-        let dir = tempfile::tempdir().unwrap();
-        let mapper = ChunkMapper::open(dir.path().join("chunks_head")).unwrap();
-        let store = Store {
-            chunk_range: 1000,
-            mapper: Some(&mapper),
-        };
+        let dirs = Dirs::new();
+        let store = dirs.store(1000);
         let mut s = SeriesState::default();
         for t in (0..3000).step_by(10) {
             s.append(1, t, t as f64, store);
@@ -327,9 +388,10 @@ mod tests {
         assert!(
             s.closed
                 .iter()
-                .all(|c| matches!(c.data, ChunkData::Mapped(_)))
+                .all(|c| store.mapper.get(c.chunk_ref).is_some())
         );
         assert_eq!(s.closed.len(), 2);
+        assert!(dirs.mapper.written() > 0);
         let got = s.samples(995, 1005, store);
         assert_eq!(got, [Sample::new(1000, 1000.0)]);
         assert_eq!(s.samples(i64::MIN, i64::MAX, store).len(), 300);
@@ -337,21 +399,19 @@ mod tests {
 
     #[test]
     fn truncate_drops_old_chunks() {
-        let store = Store {
-            chunk_range: 1000,
-            mapper: None,
-        };
+        let dirs = Dirs::new();
+        let store = dirs.store(1000);
         let mut s = SeriesState::default();
         for t in (0..3000).step_by(100) {
             s.append(1, t, 1.0, store);
         }
         // Chunks [0, 900], [1000, 1900] (closed) and [2000, 2900] (open).
-        assert_eq!(s.truncate(1000), 1);
+        assert_eq!(s.truncate(1000, store), 1);
         assert_eq!(s.min_t(), Some(1000));
-        assert_eq!(s.truncate(1000), 0);
-        assert_eq!(s.truncate(2000), 1);
+        assert_eq!(s.truncate(1000, store), 0);
+        assert_eq!(s.truncate(2000, store), 1);
         assert!(!s.is_empty());
-        assert_eq!(s.truncate(2901), 1);
+        assert_eq!(s.truncate(2901, store), 1);
         assert!(s.is_empty());
         s.append(1, 5000, 1.0, store);
         assert_eq!(s.samples(0, 10_000, store), [Sample::new(5000, 1.0)]);
@@ -359,21 +419,29 @@ mod tests {
 
     #[test]
     fn series_struct_stays_small() {
-        // The per-series allocation is the largest fixed cost of the head; keep an eye on it.
-        assert!(
-            std::mem::size_of::<MemSeries>() <= 120,
-            "{}",
-            std::mem::size_of::<MemSeries>()
+        // The per-series allocation is the largest fixed cost of the head: with the `Arc`'s
+        // counts it must stay within a 160-byte malloc chunk (152 + 8 bytes of malloc header).
+        use std::mem::size_of;
+        eprintln!(
+            "HeadChunk {} SeriesState {} MemSeries {} ClosedChunk {}",
+            size_of::<HeadChunk>(),
+            size_of::<SeriesState>(),
+            size_of::<MemSeries>(),
+            size_of::<ClosedChunk>()
         );
+        assert!(
+            size_of::<MemSeries>() + 16 <= 152,
+            "{}",
+            size_of::<MemSeries>()
+        );
+        assert_eq!(size_of::<ClosedChunk>(), 24);
     }
 
     #[test]
     fn chunks_are_cut_at_range_end() {
         let mut s = SeriesState::default();
-        let store = Store {
-            chunk_range: 1000,
-            mapper: None,
-        };
+        let dirs = Dirs::new();
+        let store = dirs.store(1000);
         for t in (0..3000).step_by(100) {
             s.append(1, t, 1.0, store);
         }

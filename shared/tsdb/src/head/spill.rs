@@ -1,0 +1,477 @@
+//! Finished bytes of open head chunks, kept on disk in `head_spill/` so an open chunk holds
+//! only its encoder state and its last few bytes on the heap.
+//!
+//! An XOR chunk only ever adds bits to its last byte, so every byte before the last is final
+//! the moment it is written. When an open chunk's in-memory tail fills up, the head moves
+//! those bytes here as a *piece* and keeps the piece's ref; each piece starts with the ref of
+//! the chunk's previous piece, so a chain of pieces on disk costs the heap one ref. Reading an
+//! open chunk walks its chain back to the first piece and joins the pieces with the tail.
+//! When the chunk completes it is assembled once, written to `chunks_head/` like any
+//! completed chunk, and its pieces are released.
+//!
+//! Piece layout: `prev_ref u64 LE | len u16 LE | bytes`. A ref is `file_number << 32 |
+//! offset` (0 = no piece: offsets start after an 8-byte file header). A piece that cannot
+//! be written (disk full, I/O error) is kept in memory under a ref with file number
+//! `u32::MAX`, so a failing disk costs memory, never samples. Pieces are gathered in
+//! a write buffer and written with `pwrite` when it fills, so a piece costs a copy, not a
+//! system call; reads of pieces still in the buffer are served from it. Pieces on disk are
+//! read with `pread`, not through a mapping: a mapped page a read touched would stay
+//! resident in the process, and every piece is read once when its chunk completes, so a
+//! mapping would put the whole directory back into the resident size. A file is deleted once
+//! every piece written to it is released.
+//!
+//! Like `chunks_head/`, the directory is a cache: the WAL holds every sample, and opening a
+//! head wipes it.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::error::{Result, TsdbError};
+
+/// Largest file; a file is started fresh when the next piece would not fit.
+const MAX_FILE_SIZE: u64 = 64 << 20;
+/// `NORNSPL1`: the files are Norn's own, not a Prometheus format.
+const MAGIC: &[u8; 8] = b"NORNSPL1";
+const HEADER_SIZE: u64 = 8;
+/// Pieces are gathered here before one `pwrite`.
+const WRITE_BUFFER: usize = 256 << 10;
+/// Fixed part of a piece: previous ref and length.
+const PIECE_META: usize = 8 + 2;
+
+/// File number of the refs of pieces kept in memory.
+const MEMORY: u32 = u32::MAX;
+
+struct SpillFile {
+    /// `None` once deleted.
+    file: Option<Arc<File>>,
+    /// Pieces written to the file and not released yet.
+    live: u64,
+}
+
+struct Writer {
+    file: Option<Arc<File>>,
+    number: u32,
+    /// Where the next piece goes in the current file.
+    offset: u64,
+    /// Bytes of the current file from `flushed` on, not written yet.
+    buf: Vec<u8>,
+    flushed: u64,
+}
+
+/// Writes, reads and releases open-chunk pieces.
+pub(crate) struct SpillLog {
+    dir: PathBuf,
+    writer: Mutex<Writer>,
+    /// By file number - 1.
+    files: RwLock<Vec<SpillFile>>,
+    /// Pieces that could not be written, by ref: (previous ref, bytes).
+    memory: Mutex<MemoryPieces>,
+    /// The last push failed (to warn once per run of failures).
+    failing: AtomicBool,
+}
+
+#[derive(Default)]
+struct MemoryPieces {
+    next: u32,
+    pieces: std::collections::HashMap<u64, (u64, Box<[u8]>)>,
+}
+
+fn file_path(dir: &Path, n: u32) -> PathBuf {
+    dir.join(format!("{n:06}"))
+}
+
+impl SpillLog {
+    /// Opens `dir`, deleting whatever an earlier run left there.
+    pub(crate) fn open(dir: impl Into<PathBuf>) -> Result<Self> {
+        let dir = dir.into();
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(|e| TsdbError::io(&dir, e))?;
+        }
+        fs::create_dir_all(&dir).map_err(|e| TsdbError::io(&dir, e))?;
+        Ok(Self {
+            dir,
+            writer: Mutex::new(Writer {
+                file: None,
+                number: 0,
+                offset: 0,
+                buf: Vec::new(),
+                flushed: 0,
+            }),
+            files: RwLock::new(Vec::new()),
+            memory: Mutex::new(MemoryPieces::default()),
+            failing: AtomicBool::new(false),
+        })
+    }
+
+    fn flush(&self, w: &mut Writer) -> Result<()> {
+        if w.buf.is_empty() {
+            return Ok(());
+        }
+        let Some(file) = w.file.as_ref() else {
+            return Err(TsdbError::Closed);
+        };
+        file.write_all_at(&w.buf, w.flushed)
+            .map_err(|e| TsdbError::io(file_path(&self.dir, w.number), e))?;
+        w.flushed += w.buf.len() as u64;
+        w.buf.clear();
+        Ok(())
+    }
+
+    fn start_file(&self, w: &mut Writer) -> Result<()> {
+        self.flush(w)?;
+        if w.file.take().is_some() {
+            self.delete_if_unused(w.number, &mut self.files.write());
+        }
+        let number = w.number + 1;
+        let path = file_path(&self.dir, number);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| TsdbError::io(&path, e))?;
+        file.write_all_at(MAGIC, 0)
+            .map_err(|e| TsdbError::io(&path, e))?;
+        let file = Arc::new(file);
+        let mut files = self.files.write();
+        debug_assert_eq!(files.len(), number as usize - 1);
+        files.push(SpillFile {
+            file: Some(Arc::clone(&file)),
+            live: 0,
+        });
+        w.file = Some(file);
+        w.number = number;
+        w.offset = HEADER_SIZE;
+        w.flushed = HEADER_SIZE;
+        Ok(())
+    }
+
+    /// Appends `bytes` (at most 64 KiB) to the chain whose newest piece is `prev` (0 for a
+    /// new chain) and returns the ref of the new piece.
+    pub(crate) fn push(&self, prev: u64, bytes: &[u8]) -> u64 {
+        match self.push_to_file(prev, bytes) {
+            Ok(r) => {
+                if self.failing.load(Ordering::Relaxed) {
+                    self.failing.store(false, Ordering::Relaxed);
+                    tracing::info!("writing head chunk bytes to head_spill/ works again");
+                }
+                r
+            }
+            Err(e) => {
+                // Once per run of failures: a full disk fails every push.
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "cannot write head chunk bytes to head_spill/; keeping them in memory");
+                }
+                let mut m = self.memory.lock();
+                m.next += 1;
+                let r = (u64::from(MEMORY) << 32) | u64::from(m.next);
+                m.pieces.insert(r, (prev, bytes.into()));
+                r
+            }
+        }
+    }
+
+    fn push_to_file(&self, prev: u64, bytes: &[u8]) -> Result<u64> {
+        let len = u16::try_from(bytes.len())
+            .map_err(|_| TsdbError::InvalidOption("spill piece larger than 64 KiB".into()))?;
+        let mut w = self.writer.lock();
+        let w = &mut *w;
+        let size = (PIECE_META + bytes.len()) as u64;
+        if w.file.is_none() || w.offset + size > MAX_FILE_SIZE {
+            self.start_file(w)?;
+        }
+        if w.buf.len() + size as usize > WRITE_BUFFER {
+            self.flush(w)?;
+        }
+        if w.buf.capacity() == 0 {
+            w.buf.reserve_exact(WRITE_BUFFER);
+        }
+        w.buf.extend_from_slice(&prev.to_le_bytes());
+        w.buf.extend_from_slice(&len.to_le_bytes());
+        w.buf.extend_from_slice(bytes);
+        let r = (u64::from(w.number) << 32) | w.offset;
+        w.offset += size;
+        if let Some(f) = self.files.write().get_mut(w.number as usize - 1) {
+            f.live += 1;
+        }
+        Ok(r)
+    }
+
+    /// Calls `f(prev_ref, bytes)` for the piece at `r`; false if there is no such piece.
+    fn with_piece(&self, r: u64, f: &mut impl FnMut(u64, &[u8])) -> bool {
+        let number = (r >> 32) as u32;
+        let offset = r & 0xffff_ffff;
+        if number == MEMORY {
+            return match self.memory.lock().pieces.get(&r) {
+                Some((prev, bytes)) => {
+                    f(*prev, bytes);
+                    true
+                }
+                None => false,
+            };
+        }
+        {
+            let w = self.writer.lock();
+            if number == w.number && w.file.is_some() && offset >= w.flushed {
+                let start = (offset - w.flushed) as usize;
+                return match piece(&w.buf, start) {
+                    Some((prev, bytes)) => {
+                        f(prev, bytes);
+                        true
+                    }
+                    None => false,
+                };
+            }
+        }
+        let file = {
+            let files = self.files.read();
+            match number
+                .checked_sub(1)
+                .and_then(|i| files.get(i as usize))
+                .and_then(|f| f.file.as_ref())
+            {
+                Some(file) => Arc::clone(file),
+                None => return false,
+            }
+        };
+        // One read covers the usual piece (a few dozen bytes); a longer one takes a second.
+        let mut head = [0u8; 128];
+        let Ok(n) = read_at_most(&file, &mut head, offset) else {
+            return false;
+        };
+        if let Some((prev, bytes)) = piece(&head[..n], 0) {
+            f(prev, bytes);
+            return true;
+        }
+        let Some(len) = head[..n]
+            .get(8..PIECE_META)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+        else {
+            return false;
+        };
+        let mut body = vec![0u8; len];
+        if file
+            .read_exact_at(&mut body, offset + PIECE_META as u64)
+            .is_err()
+        {
+            return false;
+        }
+        let prev = u64::from_le_bytes(head[..8].try_into().unwrap_or_default());
+        f(prev, &body);
+        true
+    }
+
+    /// Appends the bytes of every piece of the chain whose newest piece is `last`, oldest
+    /// first, to `out`. False if a piece could not be read (never expected).
+    pub(crate) fn read(&self, last: u64, out: &mut Vec<u8>) -> bool {
+        self.walk(last, Some(out), false)
+    }
+
+    /// [`read`](Self::read), then [`release`](Self::release), in one walk of the chain.
+    pub(crate) fn take(&self, last: u64, out: &mut Vec<u8>) -> bool {
+        self.walk(last, Some(out), true)
+    }
+
+    /// Releases every piece of the chain whose newest piece is `last`; files whose pieces
+    /// are all released are deleted.
+    pub(crate) fn release(&self, last: u64) {
+        self.walk(last, None, true);
+    }
+
+    fn walk(&self, last: u64, out: Option<&mut Vec<u8>>, release: bool) -> bool {
+        // Pieces are found newest first: gather them, then copy them out in reverse.
+        let mut gathered = Vec::new();
+        let mut ends = Vec::new();
+        let mut refs = Vec::new();
+        let keep = out.is_some();
+        let mut r = last;
+        let mut complete = true;
+        while r != 0 {
+            let mut prev = 0;
+            let found = self.with_piece(r, &mut |p, bytes| {
+                prev = p;
+                if keep {
+                    gathered.extend_from_slice(bytes);
+                    ends.push(gathered.len());
+                }
+            });
+            if !found {
+                complete = false;
+                break;
+            }
+            refs.push(r);
+            r = prev;
+        }
+        if let Some(out) = out
+            && complete
+        {
+            out.reserve(gathered.len());
+            for i in (0..ends.len()).rev() {
+                let start = if i == 0 { 0 } else { ends[i - 1] };
+                out.extend_from_slice(&gathered[start..ends[i]]);
+            }
+        }
+        if release && !refs.is_empty() {
+            self.release_refs(&refs);
+        }
+        complete
+    }
+
+    fn release_refs(&self, refs: &[u64]) {
+        let current = self.writer.lock().number;
+        let mut memory = None;
+        let mut files = self.files.write();
+        for &r in refs {
+            let n = (r >> 32) as u32;
+            if n == MEMORY {
+                memory
+                    .get_or_insert_with(|| self.memory.lock())
+                    .pieces
+                    .remove(&r);
+                continue;
+            }
+            if let Some(f) = files.get_mut(n as usize - 1) {
+                f.live = f.live.saturating_sub(1);
+            }
+            if n != current {
+                self.delete_if_unused(n, &mut files);
+            }
+        }
+    }
+
+    fn delete_if_unused(&self, number: u32, files: &mut [SpillFile]) {
+        let Some(f) = files.get_mut(number as usize - 1) else {
+            return;
+        };
+        if f.live == 0 && f.file.take().is_some() {
+            // Readers holding the file keep reading it after the unlink.
+            let path = file_path(&self.dir, number);
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::warn!(error = %e, file = %path.display(), "cannot delete head spill file");
+            }
+        }
+    }
+
+    /// Files on disk now.
+    pub(crate) fn files(&self) -> usize {
+        self.files
+            .read()
+            .iter()
+            .filter(|f| f.file.is_some())
+            .count()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Reads up to `buf.len()` bytes at `offset`; fewer only at the end of the file.
+fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], offset + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// The piece at `start` of `data`: (previous ref, bytes).
+fn piece(data: &[u8], start: usize) -> Option<(u64, &[u8])> {
+    let meta = data.get(start..start.checked_add(PIECE_META)?)?;
+    let prev = u64::from_le_bytes(meta[..8].try_into().ok()?);
+    let len = u16::from_le_bytes(meta[8..].try_into().ok()?) as usize;
+    let body = start + PIECE_META;
+    Some((prev, data.get(body..body.checked_add(len)?)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chains_read_back_in_order_from_buffer_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SpillLog::open(dir.path().join("head_spill")).unwrap();
+        let mut a = 0;
+        let mut b = 0;
+        let mut want_a = Vec::new();
+        let mut want_b = Vec::new();
+        // Enough pieces to flush the write buffer several times.
+        for i in 0..20_000u32 {
+            let pa: Vec<u8> = (0..(i % 50) as u8 + 1).map(|x| x ^ i as u8).collect();
+            a = log.push(a, &pa);
+            want_a.extend_from_slice(&pa);
+            if i % 3 == 0 {
+                let pb = [i as u8; 7];
+                b = log.push(b, &pb);
+                want_b.extend_from_slice(&pb);
+            }
+        }
+        let mut out = vec![9u8];
+        assert!(log.read(a, &mut out));
+        assert_eq!(out[0], 9);
+        assert_eq!(&out[1..], &want_a[..]);
+        out.clear();
+        assert!(log.read(b, &mut out));
+        assert_eq!(out, want_b);
+        out.clear();
+        assert!(log.read(0, &mut out));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn files_are_deleted_once_all_their_pieces_are_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SpillLog::open(dir.path().join("head_spill")).unwrap();
+        let big = vec![7u8; 60_000];
+        let mut chains = Vec::new();
+        // ~60 KB per piece: more than one file's worth.
+        for _ in 0..1500 {
+            chains.push(log.push(0, &big));
+        }
+        let files = log.files();
+        assert!(files >= 2, "{files}");
+        for c in &chains[..chains.len() - 1] {
+            log.release(*c);
+        }
+        // Only the current file (still written to) remains.
+        assert_eq!(log.files(), 1);
+        let mut out = Vec::new();
+        assert!(log.read(*chains.last().unwrap(), &mut out));
+        assert_eq!(out, big);
+        let left: Vec<_> = fs::read_dir(log.dir()).unwrap().collect();
+        assert_eq!(left.len(), 1);
+    }
+
+    #[test]
+    fn pieces_that_cannot_be_written_stay_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SpillLog::open(dir.path().join("head_spill")).unwrap();
+        let first = log.push(0, b"abc");
+        // The directory vanishes: the next file cannot be created.
+        fs::remove_dir_all(log.dir()).unwrap();
+        let big = vec![1u8; 60_000];
+        let mut chain = first;
+        for _ in 0..1200 {
+            chain = log.push(chain, &big);
+        }
+        assert!(!log.memory.lock().pieces.is_empty());
+        let mut out = Vec::new();
+        assert!(log.read(chain, &mut out));
+        assert_eq!(out.len(), 3 + 1200 * 60_000);
+        assert_eq!(&out[..3], b"abc");
+        log.release(chain);
+        assert!(log.memory.lock().pieces.is_empty());
+    }
+}
