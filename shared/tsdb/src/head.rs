@@ -483,7 +483,7 @@ impl Head {
                     },
                 };
                 let mut st = series.state.lock();
-                if series.is_removed() {
+                if st.is_removed() {
                     continue;
                 }
                 let mut last = st.last();
@@ -561,7 +561,7 @@ impl Head {
 
     fn labels_of(&self, s: &MemSeries) -> Labels {
         Labels::from_sorted(
-            s.labels
+            s.labels()
                 .chunks_exact(2)
                 .map(|p| Label::new(self.symbols.get(p[0]), self.symbols.get(p[1])))
                 .collect(),
@@ -613,7 +613,7 @@ impl Head {
             let mut syms = Vec::new();
             for s in self.matching(matchers) {
                 if s.state.lock().overlaps(mint, maxt) {
-                    syms.extend(s.labels.chunks_exact(2).map(|p| p[0]));
+                    syms.extend(s.labels().chunks_exact(2).map(|p| p[0]));
                 }
             }
             syms
@@ -648,7 +648,7 @@ impl Head {
         } else {
             let mut syms = Vec::new();
             for s in self.matching(matchers) {
-                if let Some(p) = s.labels.chunks_exact(2).find(|p| p[0] == name_sym)
+                if let Some(p) = s.labels().chunks_exact(2).find(|p| p[0] == name_sym)
                     && s.state.lock().overlaps(mint, maxt)
                 {
                     syms.push(p[1]);
@@ -762,8 +762,8 @@ impl Head {
     }
 
     fn cmp_labels(&self, a: &MemSeries, b: &MemSeries) -> std::cmp::Ordering {
-        let pa = a.labels.chunks_exact(2);
-        let pb = b.labels.chunks_exact(2);
+        let pa = a.labels().chunks_exact(2);
+        let pb = b.labels().chunks_exact(2);
         for (x, y) in pa.zip(pb) {
             let o = self
                 .symbols
@@ -774,7 +774,7 @@ impl Head {
                 return o;
             }
         }
-        a.labels.len().cmp(&b.labels.len())
+        a.labels().len().cmp(&b.labels().len())
     }
 
     /// Samples before this time are in blocks and rejected as too old.
@@ -872,10 +872,10 @@ impl Head {
                 }
                 // Under the series lock, so an appender holding this series sees the flag
                 // once it gets the lock, and looks the series up afresh.
-                s.removed.store(true, Ordering::Release);
+                st.mark_removed();
                 self.remove_series(&s, name_sym);
                 drop(st);
-                removed.push((s.id, s.labels.clone()));
+                removed.push((s.id, s.labels().into()));
             }
         }
         stats.series_removed = removed.len();
@@ -923,7 +923,7 @@ impl Head {
         }
         self.num_series.fetch_sub(1, Ordering::AcqRel);
         if let Some(name_sym) = name_sym
-            && let Some(p) = s.labels.chunks_exact(2).find(|p| p[0] == name_sym)
+            && let Some(p) = s.labels().chunks_exact(2).find(|p| p[0] == name_sym)
         {
             let mut pm = self.per_metric.lock();
             if let Some(n) = pm.get_mut(&p[1]) {
@@ -937,7 +937,7 @@ impl Head {
 
     /// The label hash of a stored series (the same value the write path computes).
     fn labels_hash_of(&self, s: &MemSeries) -> u64 {
-        norn_model::hash_label_pairs(s.labels.chunks_exact(2).map(|p| {
+        norn_model::hash_label_pairs(s.labels().chunks_exact(2).map(|p| {
             (
                 self.symbols.get(p[0]).as_bytes(),
                 self.symbols.get(p[1]).as_bytes(),
@@ -1175,8 +1175,8 @@ impl<'a> HeadMemRef<'a> {
     }
 
     fn labels_eq(&self, s: &MemSeries, sv: &SeriesView<'_>) -> bool {
-        s.labels.len() == sv.num_labels() * 2
-            && s.labels
+        s.labels().len() == sv.num_labels() * 2
+            && s.labels()
                 .chunks_exact(2)
                 .zip(sv.label_bytes())
                 .all(|(p, (n, v))| {
@@ -1262,7 +1262,7 @@ impl<'a> HeadMemRef<'a> {
         insert_hash(&mut self.hashes[hash_shard(hash)].write(), hash, series);
         self.num_series.fetch_add(1, Ordering::AcqRel);
         if let Some(name_sym) = self.symbols.lookup(METRIC_NAME)
-            && let Some(p) = series.labels.chunks_exact(2).find(|p| p[0] == name_sym)
+            && let Some(p) = series.labels().chunks_exact(2).find(|p| p[0] == name_sym)
         {
             *self.per_metric.lock().entry(p[1]).or_insert(0) += 1;
         }
@@ -1279,7 +1279,7 @@ impl<'a> HeadMemRef<'a> {
             }
             shard[idx] = Some(Arc::clone(series));
         }
-        self.postings.write().add(series.id, &series.labels);
+        self.postings.write().add(series.id, series.labels());
     }
 }
 

@@ -4,7 +4,7 @@
 //! few bytes per label. Samples live in XOR chunks: a mutable head chunk plus completed
 //! chunks, cut with Prometheus' rule so blocks get the chunks Prometheus would write.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::ptr::NonNull;
 
 use norn_model::Sample;
 use parking_lot::Mutex;
@@ -50,27 +50,51 @@ const TAIL_BYTES: usize = 26;
 
 pub(crate) struct MemSeries {
     pub(crate) id: u32,
-    /// Set (under the state lock) when head truncation removed this series from the index:
-    /// an appender that found it just before must look it up again. Sits in the padding
-    /// after `id`, so it costs nothing.
-    pub(crate) removed: AtomicBool,
-    /// Flattened (name, value) symbol ids, sorted by name.
-    pub(crate) labels: Box<[u32]>,
+    /// Length of `labels`, kept next to `id` so the two fill one word.
+    labels_len: u32,
+    /// Flattened (name, value) symbol ids, sorted by name: a `Box<[u32]>` of `labels_len`
+    /// ids, stored as a thin pointer (a boxed slice's length would cost 8 more bytes, which
+    /// takes the series allocation into the next malloc size).
+    labels: NonNull<u32>,
     pub(crate) state: Mutex<SeriesState>,
 }
 
+// SAFETY: `labels` is an owned, immutable `Box<[u32]>` (see `new` and `Drop`); sharing or
+// sending it is as safe as sharing or sending the box.
+unsafe impl Send for MemSeries {}
+// SAFETY: as above; the ids are never written after `new`.
+unsafe impl Sync for MemSeries {}
+
 impl MemSeries {
     pub(crate) fn new(id: u32, labels: Box<[u32]>) -> Self {
+        // A series has at most a few hundred labels in practice; the WAL's series record
+        // and the request size limit keep this far below u32::MAX.
+        let labels_len = u32::try_from(labels.len()).expect("fewer than 2^32 label symbols");
+        let raw = Box::into_raw(labels);
         Self {
             id,
-            removed: AtomicBool::new(false),
-            labels,
+            labels_len,
+            // SAFETY: `Box::into_raw` never returns null.
+            labels: unsafe { NonNull::new_unchecked(raw.cast::<u32>()) },
             state: Mutex::new(SeriesState::default()),
         }
     }
 
-    pub(crate) fn is_removed(&self) -> bool {
-        self.removed.load(Ordering::Acquire)
+    /// Flattened (name, value) symbol ids, sorted by name.
+    pub(crate) fn labels(&self) -> &[u32] {
+        // SAFETY: `labels` and `labels_len` are the pointer and length of the box `new` took
+        // over, alive until `drop`; an empty box's pointer is dangling but aligned, which a
+        // zero-length slice allows.
+        unsafe { std::slice::from_raw_parts(self.labels.as_ptr(), self.labels_len as usize) }
+    }
+}
+
+impl Drop for MemSeries {
+    fn drop(&mut self) {
+        let slice =
+            std::ptr::slice_from_raw_parts_mut(self.labels.as_ptr(), self.labels_len as usize);
+        // SAFETY: rebuilds the box `new` gave up, exactly once.
+        drop(unsafe { Box::from_raw(slice) });
     }
 }
 
@@ -145,7 +169,9 @@ impl HeadChunk {
 }
 
 pub(crate) struct SeriesState {
-    pub(crate) head: Option<HeadChunk>,
+    /// The open chunk; empty (no sample) when there is none. Not an `Option`: the tag would
+    /// cost 8 bytes in every series.
+    open: HeadChunk,
     /// Completed chunks, oldest first. A boxed slice rather than a `Vec`: chunks complete
     /// every ~30 minutes, so an exact-size reallocation then costs less than a `Vec`'s
     /// spare capacity and length field in every series.
@@ -156,24 +182,48 @@ pub(crate) struct SeriesState {
 impl Default for SeriesState {
     fn default() -> Self {
         Self {
-            head: None,
+            open: HeadChunk::new(0),
             closed: Box::default(),
             cutter: ChunkCutter { next_at: i64::MIN },
         }
     }
 }
 
+/// `cutter.next_at` of a series head truncation removed from the index.
+const REMOVED: i64 = i64::MAX;
+
 impl SeriesState {
+    /// The open chunk, if any.
+    fn head(&self) -> Option<&HeadChunk> {
+        (!self.open.chunk.is_empty()).then_some(&self.open)
+    }
+
+    /// Takes the open chunk out, if any.
+    fn take_head(&mut self) -> Option<HeadChunk> {
+        (!self.open.chunk.is_empty()).then(|| std::mem::replace(&mut self.open, HeadChunk::new(0)))
+    }
+
+    /// Marks the series as removed from the index by head truncation (it is empty). An
+    /// appender that found the series just before sees this once it holds the lock, and
+    /// looks the series up again. Kept in the cutter, which a removed series never uses,
+    /// so the flag costs no byte.
+    pub(crate) fn mark_removed(&mut self) {
+        self.cutter.next_at = REMOVED;
+    }
+
+    pub(crate) fn is_removed(&self) -> bool {
+        self.cutter.next_at == REMOVED && self.is_empty()
+    }
+
     /// The last sample as (t, value bits), if any.
     pub(crate) fn last(&self) -> Option<(i64, u64)> {
-        self.head
-            .as_ref()
+        self.head()
             .map(|h| (h.chunk.last_t(), h.chunk.last_v().to_bits()))
     }
 
     /// Whether the series holds no sample.
     pub(crate) fn is_empty(&self) -> bool {
-        self.head.is_none() && self.closed.is_empty()
+        self.open.chunk.is_empty() && self.closed.is_empty()
     }
 
     /// Drops the chunks that end before `mint`; returns how many.
@@ -189,8 +239,8 @@ impl SeriesState {
             removed += before - keep.len();
             self.closed = keep.into_boxed_slice();
         }
-        if self.head.as_ref().is_some_and(|h| h.chunk.last_t() < mint) {
-            if let Some(h) = self.head.take() {
+        if self.head().is_some_and(|h| h.chunk.last_t() < mint) {
+            if let Some(h) = self.take_head() {
                 h.release(store.spill);
             }
             removed += 1;
@@ -203,7 +253,7 @@ impl SeriesState {
         self.closed
             .first()
             .map(|c| c.min_t)
-            .or_else(|| self.head.as_ref().map(|h| h.min_t))
+            .or_else(|| self.head().map(|h| h.min_t))
     }
 
     /// Whether the series has a sample in `[mint, maxt]` according to its chunk bounds.
@@ -218,12 +268,12 @@ impl SeriesState {
     /// completed chunk goes to the store's mapper (heap if that fails: memory is not a
     /// reason to lose data).
     pub(crate) fn append(&mut self, id: u32, t: i64, v: f64, store: Store<'_>) {
-        let (min_t, max_t, num) = match &self.head {
+        let (min_t, max_t, num) = match self.head() {
             Some(h) => (h.min_t, h.chunk.last_t(), h.chunk.num_samples()),
             None => (0, 0, 0),
         };
         if self.cutter.must_cut(t, min_t, max_t, num) {
-            if let Some(h) = self.head.take() {
+            if let Some(h) = self.take_head() {
                 let max_t = h.chunk.last_t();
                 let chunk_ref = store.mapper.store(
                     u64::from(id),
@@ -241,11 +291,10 @@ impl SeriesState {
                 self.closed = closed.into_boxed_slice();
             }
             self.cutter.cut(t, store.chunk_range);
-            self.head = Some(HeadChunk::new(t));
+            self.open = HeadChunk::new(t);
         }
-        if let Some(h) = &mut self.head {
-            h.append(t, v, store.spill);
-        }
+        // After a cut (always taken for a first sample) the open chunk exists.
+        self.open.append(t, v, store.spill);
     }
 
     /// Inserts a sample older than the last one by re-encoding the series (WAL replay only:
@@ -292,8 +341,7 @@ impl SeriesState {
                 (c.min_t, c.max_t, bytes)
             });
         let head = self
-            .head
-            .as_ref()
+            .head()
             .filter(move |h| h.min_t <= maxt && h.chunk.last_t() >= mint)
             .map(move |h| (h.min_t, h.chunk.last_t(), h.bytes(store.spill)));
         closed.chain(head)
@@ -317,7 +365,7 @@ impl SeriesState {
 
     /// Gives the open chunk's spilled bytes back to the log (the series is dropped whole).
     pub(crate) fn release(&self, store: Store<'_>) {
-        if let Some(h) = &self.head {
+        if let Some(h) = self.head() {
             h.release(store.spill);
         }
     }
@@ -420,7 +468,7 @@ mod tests {
     #[test]
     fn series_struct_stays_small() {
         // The per-series allocation is the largest fixed cost of the head: with the `Arc`'s
-        // counts it must stay within a 160-byte malloc chunk (152 + 8 bytes of malloc header).
+        // two counts it must stay within a 144-byte malloc chunk (136 + 8 bytes of header).
         use std::mem::size_of;
         eprintln!(
             "HeadChunk {} SeriesState {} MemSeries {} ClosedChunk {}",

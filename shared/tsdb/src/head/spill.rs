@@ -323,7 +323,7 @@ impl SpillLog {
     }
 
     fn release_refs(&self, refs: &[u64]) {
-        let current = self.writer.lock().number;
+        let mut w = self.writer.lock();
         let mut memory = None;
         let mut files = self.files.write();
         for &r in refs {
@@ -338,9 +338,20 @@ impl SpillLog {
             if let Some(f) = files.get_mut(n as usize - 1) {
                 f.live = f.live.saturating_sub(1);
             }
-            if n != current {
+            if n != w.number {
                 self.delete_if_unused(n, &mut files);
             }
+        }
+        // Everything in the file being written is released too (the head was truncated
+        // or flushed): drop it rather than leave it on disk; the next push starts a file.
+        if w.file.is_some()
+            && files
+                .get(w.number as usize - 1)
+                .is_some_and(|f| f.live == 0)
+        {
+            w.file = None;
+            w.buf.clear();
+            self.delete_if_unused(w.number, &mut files);
         }
     }
 
@@ -447,11 +458,21 @@ mod tests {
         }
         // Only the current file (still written to) remains.
         assert_eq!(log.files(), 1);
+        let last = *chains.last().unwrap();
         let mut out = Vec::new();
-        assert!(log.read(*chains.last().unwrap(), &mut out));
+        assert!(log.read(last, &mut out));
         assert_eq!(out, big);
         let left: Vec<_> = fs::read_dir(log.dir()).unwrap().collect();
         assert_eq!(left.len(), 1);
+        // Releasing the last piece empties the directory; writing goes on in a new file.
+        log.release(last);
+        assert_eq!(log.files(), 0);
+        assert_eq!(fs::read_dir(log.dir()).unwrap().count(), 0);
+        let again = log.push(0, b"xyz");
+        out.clear();
+        assert!(log.read(again, &mut out));
+        assert_eq!(out, b"xyz");
+        assert_eq!(log.files(), 1);
     }
 
     #[test]
