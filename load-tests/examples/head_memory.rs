@@ -54,7 +54,10 @@ fn main() {
         .unwrap_or(1_000_000);
     let per_series: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(240);
     let interval_ms = 15_000;
-    let end_ms = 1_796_165_925_000i64;
+    let end_ms = args
+        .get(3)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_796_165_925_000i64);
     let start_ms = end_ms - per_series as i64 * interval_ms;
     let generator = Generator::new(GeneratorConfig {
         series,
@@ -125,4 +128,37 @@ fn main() {
         }
     }
     println!("open-chunk byte sizes (first 100k series, 64-byte buckets): {hist:?}");
+    let du = |d: &str| -> u64 {
+        std::fs::read_dir(dir.path().join(d))
+            .map(|it| it.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+            .unwrap_or(0)
+    };
+    println!(
+        "on disk: chunks_head {} MB, head_spill {} MB in {} files",
+        du("chunks_head") >> 20,
+        du("head_spill") >> 20,
+        m.spill_files
+    );
+    // Flush as the ingester does: every range into a block, then truncation.
+    let blocks = dir.path().join("blocks");
+    std::fs::create_dir_all(&blocks).expect("blocks dir");
+    let mut removed = 0;
+    while let Some((mint, maxt)) = head.flush_ranges().first().copied() {
+        let out = head
+            .cut_block(
+                &blocks,
+                mint,
+                maxt,
+                norn_tsdb::block::BlockOptions::for_tenant("t", "head_memory", []),
+                |_| Ok(()),
+            )
+            .expect("cut block");
+        removed += out.truncated.series_removed;
+    }
+    println!(
+        "after flushing everything: {} series removed, head_spill {} MB in {} files",
+        removed,
+        du("head_spill") >> 20,
+        head.memory().spill_files
+    );
 }

@@ -860,3 +860,38 @@ fn open_chunks_spilled_to_disk_read_back_exactly_and_are_freed() {
         head.memory().spill_files
     );
 }
+
+#[test]
+fn a_forced_flush_leaves_no_spill_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = dir.path().join("blocks");
+    std::fs::create_dir_all(&blocks).unwrap();
+    let (head, _) = Head::open(opts(dir.path())).unwrap();
+    let names: Vec<Labels> = (0..500)
+        .map(|i| labels(&[("__name__", "m"), ("i", &i.to_string())]))
+        .collect();
+    // An hour of noisy samples crossing a 2 h boundary, as a flush of a live head sees.
+    for step in 0..240i64 {
+        let t = 7_200_000 - 1_800_000 + step * 15_000;
+        let series: Vec<(Labels, Vec<(i64, f64)>)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.clone(), vec![(t, (t as f64).sin() * i as f64 + 0.1)]))
+            .collect();
+        head.append(&batch(&series), &NO_LIMITS).unwrap();
+    }
+    assert!(head.memory().spill_files > 0);
+    while let Some((mint, maxt)) = head.flush_ranges().first().copied() {
+        head.cut_block(
+            &blocks,
+            mint,
+            maxt,
+            BlockOptions::for_tenant("t", "ingester", []),
+            |_| Ok(()),
+        )
+        .unwrap();
+    }
+    assert_eq!(head.num_series(), 0);
+    assert_eq!(head.memory().spill_files, 0);
+    assert_eq!(std::fs::read_dir(dir.path().join("head_spill")).unwrap().count(), 0);
+}
