@@ -130,7 +130,12 @@ fn main() {
     println!("open-chunk byte sizes (first 100k series, 64-byte buckets): {hist:?}");
     let du = |d: &str| -> u64 {
         std::fs::read_dir(dir.path().join(d))
-            .map(|it| it.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+            .map(|it| {
+                it.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
             .unwrap_or(0)
     };
     println!(

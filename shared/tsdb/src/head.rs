@@ -34,6 +34,7 @@
 //! inline and moves the bytes before them, which no append changes any more, to
 //! `head_spill/` (see `spill`). Both directories are caches rebuilt from the WAL on start.
 
+mod cache_dir;
 mod mmap_chunks;
 mod postings;
 mod series;

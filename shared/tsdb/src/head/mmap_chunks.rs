@@ -19,14 +19,16 @@
 //! `chunks_head/` and rebuilds it while replaying. (Reusing it on start-up, as Prometheus
 //! does to replay faster, is a later optimisation.)
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use memmap2::Mmap;
 use parking_lot::{Mutex, RwLock};
 
+use super::cache_dir::{self, file_path};
 use crate::chunkenc::{ENCODING_XOR, put_uvarint};
 use crate::error::{Result, TsdbError};
 
@@ -57,6 +59,8 @@ pub(crate) struct ChunkMapper {
     maps: RwLock<Vec<Option<Arc<Mmap>>>>,
     /// Chunks that could not be written.
     memory: Mutex<MemoryChunks>,
+    /// The last write failed (to warn once per run of failures).
+    failing: AtomicBool,
 }
 
 #[derive(Default)]
@@ -85,18 +89,10 @@ impl MappedChunk {
     }
 }
 
-fn file_path(dir: &Path, n: u32) -> PathBuf {
-    dir.join(format!("{n:06}"))
-}
-
 impl ChunkMapper {
     /// Opens `dir`, deleting whatever an earlier run left there.
     pub(crate) fn open(dir: impl Into<PathBuf>) -> Result<Self> {
-        let dir = dir.into();
-        if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(|e| TsdbError::io(&dir, e))?;
-        }
-        fs::create_dir_all(&dir).map_err(|e| TsdbError::io(&dir, e))?;
+        let dir = cache_dir::reset(dir)?;
         Ok(Self {
             dir,
             writer: Mutex::new(Writer {
@@ -108,6 +104,7 @@ impl ChunkMapper {
             }),
             maps: RwLock::new(Vec::new()),
             memory: Mutex::new(MemoryChunks::default()),
+            failing: AtomicBool::new(false),
         })
     }
 
@@ -118,13 +115,7 @@ impl ChunkMapper {
                 .map_err(|e| TsdbError::io(file_path(&self.dir, w.number), e))?;
         }
         let number = w.number + 1;
-        let path = file_path(&self.dir, number);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| TsdbError::io(&path, e))?;
+        let (file, path) = cache_dir::create(&self.dir, number)?;
         file.set_len(MAX_FILE_SIZE)
             .map_err(|e| TsdbError::io(&path, e))?;
         let mut header = [0u8; HEADER_SIZE as usize];
@@ -153,9 +144,19 @@ impl ChunkMapper {
     /// in memory.
     pub(crate) fn store(&self, series_ref: u64, mint: i64, maxt: i64, data: &[u8]) -> u64 {
         match self.write(series_ref, mint, maxt, data) {
-            Ok(r) => r,
+            Ok(r) => {
+                if self.failing.load(Ordering::Relaxed)
+                    && self.failing.swap(false, Ordering::Relaxed)
+                {
+                    tracing::info!("writing head chunks to chunks_head/ works again");
+                }
+                r
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot write head chunk to chunks_head/; keeping it in memory");
+                // Once per run of failures: a full disk fails every chunk.
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "cannot write head chunks to chunks_head/; keeping them in memory");
+                }
                 let mut m = self.memory.lock();
                 m.next += 1;
                 let r = (u64::from(MEMORY) << 32) | u64::from(m.next);

@@ -23,14 +23,15 @@
 //! Like `chunks_head/`, the directory is a cache: the WAL holds every sample, and opening a
 //! head wipes it.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
+use super::cache_dir::{self, file_path};
 use crate::error::{Result, TsdbError};
 
 /// Largest file; a file is started fresh when the next piece would not fit.
@@ -81,18 +82,10 @@ struct MemoryPieces {
     pieces: std::collections::HashMap<u64, (u64, Box<[u8]>)>,
 }
 
-fn file_path(dir: &Path, n: u32) -> PathBuf {
-    dir.join(format!("{n:06}"))
-}
-
 impl SpillLog {
     /// Opens `dir`, deleting whatever an earlier run left there.
     pub(crate) fn open(dir: impl Into<PathBuf>) -> Result<Self> {
-        let dir = dir.into();
-        if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(|e| TsdbError::io(&dir, e))?;
-        }
-        fs::create_dir_all(&dir).map_err(|e| TsdbError::io(&dir, e))?;
+        let dir = cache_dir::reset(dir)?;
         Ok(Self {
             dir,
             writer: Mutex::new(Writer {
@@ -128,13 +121,7 @@ impl SpillLog {
             self.delete_if_unused(w.number, &mut self.files.write());
         }
         let number = w.number + 1;
-        let path = file_path(&self.dir, number);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| TsdbError::io(&path, e))?;
+        let (file, path) = cache_dir::create(&self.dir, number)?;
         file.write_all_at(MAGIC, 0)
             .map_err(|e| TsdbError::io(&path, e))?;
         let file = Arc::new(file);
@@ -156,8 +143,9 @@ impl SpillLog {
     pub(crate) fn push(&self, prev: u64, bytes: &[u8]) -> u64 {
         match self.push_to_file(prev, bytes) {
             Ok(r) => {
-                if self.failing.load(Ordering::Relaxed) {
-                    self.failing.store(false, Ordering::Relaxed);
+                if self.failing.load(Ordering::Relaxed)
+                    && self.failing.swap(false, Ordering::Relaxed)
+                {
                     tracing::info!("writing head chunk bytes to head_spill/ works again");
                 }
                 r
@@ -378,7 +366,7 @@ impl SpillLog {
     }
 
     #[cfg(test)]
-    pub(crate) fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &std::path::Path {
         &self.dir
     }
 }

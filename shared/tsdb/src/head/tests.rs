@@ -893,5 +893,10 @@ fn a_forced_flush_leaves_no_spill_file() {
     }
     assert_eq!(head.num_series(), 0);
     assert_eq!(head.memory().spill_files, 0);
-    assert_eq!(std::fs::read_dir(dir.path().join("head_spill")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("head_spill"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
