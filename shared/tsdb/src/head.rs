@@ -25,8 +25,8 @@
 //!
 //! # Memory
 //!
-//! A series costs one 152-byte `Arc` allocation (id, removed flag, chunk state with the open
-//! chunk's encoder and last bytes inline), one for its symbol ids (8 bytes a label), one for
+//! A series costs one 136-byte `Arc` allocation (id, label-id pointer, chunk state with the
+//! open chunk's encoder and last bytes inline), one for its symbol ids (8 bytes a label), one for
 //! its completed chunks' refs (24 bytes a chunk), 16 bytes in a hash shard, 8 in the id
 //! table and 4 per label in the postings; label strings are stored once in the symbol table.
 //! No sample bytes stay on the heap: completed chunks are written to `chunks_head/` and read

@@ -23,12 +23,11 @@ use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use memmap2::Mmap;
 use parking_lot::{Mutex, RwLock};
 
-use super::cache_dir::{self, file_path};
+use super::cache_dir::{self, MemoryFallback, file_path};
 use crate::chunkenc::{ENCODING_XOR, put_uvarint};
 use crate::error::{Result, TsdbError};
 
@@ -39,8 +38,6 @@ const HEADER_SIZE: u64 = 8;
 pub(crate) const MAX_FILE_SIZE: u64 = 128 << 20;
 /// Fixed part of a chunk record: ref, mint, maxt, encoding.
 const CHUNK_META: usize = 8 + 8 + 8 + 1;
-/// File number of the refs of chunks kept in memory.
-const MEMORY: u32 = u32::MAX;
 
 struct Writer {
     file: Option<File>,
@@ -57,17 +54,8 @@ pub(crate) struct ChunkMapper {
     writer: Mutex<Writer>,
     /// Mappings by file number - 1.
     maps: RwLock<Vec<Option<Arc<Mmap>>>>,
-    /// Chunks that could not be written.
-    memory: Mutex<MemoryChunks>,
-    /// The last write failed (to warn once per run of failures).
-    failing: AtomicBool,
-}
-
-#[derive(Default)]
-struct MemoryChunks {
-    next: u32,
-    /// By ref: (max time, bytes).
-    chunks: std::collections::HashMap<u64, (i64, Arc<[u8]>)>,
+    /// Chunks that could not be written: (max time, bytes).
+    memory: MemoryFallback<(i64, Arc<[u8]>)>,
 }
 
 /// A chunk's bytes inside a mapped file (or in memory).
@@ -103,8 +91,7 @@ impl ChunkMapper {
                 max_t: Vec::new(),
             }),
             maps: RwLock::new(Vec::new()),
-            memory: Mutex::new(MemoryChunks::default()),
-            failing: AtomicBool::new(false),
+            memory: MemoryFallback::new("chunks_head"),
         })
     }
 
@@ -145,24 +132,10 @@ impl ChunkMapper {
     pub(crate) fn store(&self, series_ref: u64, mint: i64, maxt: i64, data: &[u8]) -> u64 {
         match self.write(series_ref, mint, maxt, data) {
             Ok(r) => {
-                if self.failing.load(Ordering::Relaxed)
-                    && self.failing.swap(false, Ordering::Relaxed)
-                {
-                    tracing::info!("writing head chunks to chunks_head/ works again");
-                }
+                self.memory.wrote();
                 r
             }
-            Err(e) => {
-                // Once per run of failures: a full disk fails every chunk.
-                if !self.failing.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(error = %e, "cannot write head chunks to chunks_head/; keeping them in memory");
-                }
-                let mut m = self.memory.lock();
-                m.next += 1;
-                let r = (u64::from(MEMORY) << 32) | u64::from(m.next);
-                m.chunks.insert(r, (maxt, data.into()));
-                r
-            }
+            Err(e) => self.memory.keep(&e, (maxt, data.into())),
         }
     }
 
@@ -209,10 +182,7 @@ impl ChunkMapper {
     /// (after a flush emptied the head it is all garbage): it is closed, and the next chunk
     /// starts a new one, as Prometheus does.
     pub(crate) fn truncate(&self, mint: i64) -> usize {
-        self.memory
-            .lock()
-            .chunks
-            .retain(|_, (max_t, _)| *max_t >= mint);
+        self.memory.retain(|_, (max_t, _)| *max_t >= mint);
         let mut w = self.writer.lock();
         let current = w.number as usize;
         if current > 0 && w.file.is_some() && w.max_t.get(current - 1).is_some_and(|&t| t < mint) {
@@ -241,12 +211,10 @@ impl ChunkMapper {
 
     /// The data of the chunk at `r` (None for a ref this mapper never wrote).
     pub(crate) fn get(&self, r: u64) -> Option<MappedChunk> {
-        if (r >> 32) as u32 == MEMORY {
-            let m = self.memory.lock();
-            return m
-                .chunks
-                .get(&r)
-                .map(|(_, b)| MappedChunk::Memory(Arc::clone(b)));
+        if cache_dir::is_memory_ref(r) {
+            return self
+                .memory
+                .with(r, |(_, b)| MappedChunk::Memory(Arc::clone(b)));
         }
         let number = (r >> 32) as usize;
         let offset = (r & 0xffff_ffff) as usize;
@@ -348,7 +316,7 @@ mod tests {
         let m = ChunkMapper::open(dir.path().join("chunks_head")).unwrap();
         fs::remove_dir_all(m.dir()).unwrap();
         let r = m.store(1, 0, 100, b"\x00\x01xyz");
-        assert_eq!(r >> 32, u64::from(MEMORY));
+        assert!(cache_dir::is_memory_ref(r));
         assert_eq!(m.get(r).unwrap().bytes(), b"\x00\x01xyz");
         m.truncate(100);
         assert!(m.get(r).is_some());

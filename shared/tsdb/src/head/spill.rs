@@ -27,11 +27,10 @@ use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
-use super::cache_dir::{self, file_path};
+use super::cache_dir::{self, MemoryFallback, file_path};
 use crate::error::{Result, TsdbError};
 
 /// Largest file; a file is started fresh when the next piece would not fit.
@@ -43,9 +42,6 @@ const HEADER_SIZE: u64 = 8;
 const WRITE_BUFFER: usize = 256 << 10;
 /// Fixed part of a piece: previous ref and length.
 const PIECE_META: usize = 8 + 2;
-
-/// File number of the refs of pieces kept in memory.
-const MEMORY: u32 = u32::MAX;
 
 struct SpillFile {
     /// `None` once deleted.
@@ -70,16 +66,8 @@ pub(crate) struct SpillLog {
     writer: Mutex<Writer>,
     /// By file number - 1.
     files: RwLock<Vec<SpillFile>>,
-    /// Pieces that could not be written, by ref: (previous ref, bytes).
-    memory: Mutex<MemoryPieces>,
-    /// The last push failed (to warn once per run of failures).
-    failing: AtomicBool,
-}
-
-#[derive(Default)]
-struct MemoryPieces {
-    next: u32,
-    pieces: std::collections::HashMap<u64, (u64, Box<[u8]>)>,
+    /// Pieces that could not be written: (previous ref, bytes).
+    memory: MemoryFallback<(u64, Box<[u8]>)>,
 }
 
 impl SpillLog {
@@ -96,8 +84,7 @@ impl SpillLog {
                 flushed: 0,
             }),
             files: RwLock::new(Vec::new()),
-            memory: Mutex::new(MemoryPieces::default()),
-            failing: AtomicBool::new(false),
+            memory: MemoryFallback::new("head_spill"),
         })
     }
 
@@ -143,24 +130,10 @@ impl SpillLog {
     pub(crate) fn push(&self, prev: u64, bytes: &[u8]) -> u64 {
         match self.push_to_file(prev, bytes) {
             Ok(r) => {
-                if self.failing.load(Ordering::Relaxed)
-                    && self.failing.swap(false, Ordering::Relaxed)
-                {
-                    tracing::info!("writing head chunk bytes to head_spill/ works again");
-                }
+                self.memory.wrote();
                 r
             }
-            Err(e) => {
-                // Once per run of failures: a full disk fails every push.
-                if !self.failing.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(error = %e, "cannot write head chunk bytes to head_spill/; keeping them in memory");
-                }
-                let mut m = self.memory.lock();
-                m.next += 1;
-                let r = (u64::from(MEMORY) << 32) | u64::from(m.next);
-                m.pieces.insert(r, (prev, bytes.into()));
-                r
-            }
+            Err(e) => self.memory.keep(&e, (prev, bytes.into())),
         }
     }
 
@@ -194,14 +167,11 @@ impl SpillLog {
     fn with_piece(&self, r: u64, f: &mut impl FnMut(u64, &[u8])) -> bool {
         let number = (r >> 32) as u32;
         let offset = r & 0xffff_ffff;
-        if number == MEMORY {
-            return match self.memory.lock().pieces.get(&r) {
-                Some((prev, bytes)) => {
-                    f(*prev, bytes);
-                    true
-                }
-                None => false,
-            };
+        if cache_dir::is_memory_ref(r) {
+            return self
+                .memory
+                .with(r, |(prev, bytes)| f(*prev, bytes))
+                .is_some();
         }
         {
             let w = self.writer.lock();
@@ -312,17 +282,13 @@ impl SpillLog {
 
     fn release_refs(&self, refs: &[u64]) {
         let mut w = self.writer.lock();
-        let mut memory = None;
         let mut files = self.files.write();
         for &r in refs {
-            let n = (r >> 32) as u32;
-            if n == MEMORY {
-                memory
-                    .get_or_insert_with(|| self.memory.lock())
-                    .pieces
-                    .remove(&r);
+            if cache_dir::is_memory_ref(r) {
+                self.memory.remove(r);
                 continue;
             }
+            let n = (r >> 32) as u32;
             if let Some(f) = files.get_mut(n as usize - 1) {
                 f.live = f.live.saturating_sub(1);
             }
@@ -475,12 +441,12 @@ mod tests {
         for _ in 0..1200 {
             chain = log.push(chain, &big);
         }
-        assert!(!log.memory.lock().pieces.is_empty());
+        assert!(log.memory.len() > 0);
         let mut out = Vec::new();
         assert!(log.read(chain, &mut out));
         assert_eq!(out.len(), 3 + 1200 * 60_000);
         assert_eq!(&out[..3], b"abc");
         log.release(chain);
-        assert!(log.memory.lock().pieces.is_empty());
+        assert_eq!(log.memory.len(), 0);
     }
 }
