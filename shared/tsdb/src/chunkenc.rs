@@ -55,7 +55,7 @@ impl ChunkBuf for Vec<u8> {
 }
 
 /// `N` bytes stored inline, with no heap allocation. It does not grow: its owner checks
-/// [`XorChunk::room`] before appending and moves the settled bytes elsewhere first.
+/// [`XorChunk::fits`] before appending and moves the settled bytes elsewhere first.
 #[derive(Debug, Clone)]
 pub struct InlineBuf<const N: usize> {
     data: [u8; N],
@@ -81,7 +81,7 @@ impl<const N: usize> ChunkBuf for InlineBuf<N> {
         &mut self.data[..self.len as usize]
     }
     fn push(&mut self, byte: u8) {
-        // An overflow would be a bug in the owner's `room` check; the index check turns it
+        // An overflow would be a bug in the owner's `fits` check; the index check turns it
         // into a panic rather than a silent loss.
         self.data[self.len as usize] = byte;
         self.len += 1;
@@ -132,16 +132,6 @@ impl XorChunk {
     /// Gives up the encoder state and keeps just the bytes, with no spare capacity.
     pub fn into_bytes(self) -> Box<[u8]> {
         self.buf.into_boxed_slice()
-    }
-
-    /// Trims spare buffer capacity (when the chunk is complete).
-    pub fn shrink_to_fit(&mut self) {
-        self.buf.shrink_to_fit();
-    }
-
-    /// Heap bytes held by this chunk.
-    pub fn heap_size(&self) -> usize {
-        self.buf.capacity()
     }
 }
 
