@@ -436,7 +436,7 @@ impl Ingester {
         let mut written = 0;
         loop {
             let range = if force {
-                db.head.flush_ranges().first().copied()
+                db.head.first_flush_range()
             } else {
                 db.head.compactable_range()
             };
@@ -741,6 +741,9 @@ fn reject_message(reason: RejectReason, batch: &WriteBatch, series_index: usize)
         }
         RejectReason::MaxSeriesPerMetric => {
             "per-metric series limit exceeded: this metric has too many series in memory; adjust max_global_series_per_metric or reduce the number of series sent"
+        }
+        RejectReason::OutOfBounds => {
+            "the sample has been rejected because its timestamp is outside the range Norn stores (from the Unix epoch to the year 9999)"
         }
     };
     format!("{what} (reason: {}), series: '{series}'", reason.as_str())

@@ -129,6 +129,8 @@ pub enum RejectReason {
     MaxSeriesPerUser,
     /// The metric has `max_series_per_metric` series.
     MaxSeriesPerMetric,
+    /// Outside the absolute bounds every layer checks ([`norn_model::sample_time_in_bounds`]).
+    OutOfBounds,
 }
 
 impl RejectReason {
@@ -140,6 +142,7 @@ impl RejectReason {
             RejectReason::DuplicateTimestamp => "new-value-for-timestamp",
             RejectReason::MaxSeriesPerUser => "per_user_series_limit",
             RejectReason::MaxSeriesPerMetric => "per_metric_series_limit",
+            RejectReason::OutOfBounds => "sample-out-of-bounds",
         }
     }
 }
@@ -451,7 +454,7 @@ impl Head {
                 continue;
             }
             let hash = labels_hash(&sv, &mut hash_buf);
-            let (mut too_old, mut ooo, mut dup) = (0usize, 0usize, 0usize);
+            let (mut too_old, mut ooo, mut dup, mut bounds) = (0usize, 0usize, 0usize, 0usize);
             // A series found here may be removed by a concurrent truncation before its lock
             // is taken (the flag is set under that lock); then it is looked up, and so
             // created, again.
@@ -489,6 +492,10 @@ impl Head {
                 }
                 let mut last = st.last();
                 for s in samples {
+                    if !norn_model::sample_time_in_bounds(s.t) {
+                        bounds += 1;
+                        continue;
+                    }
                     if s.t < min_valid {
                         too_old += 1;
                         continue;
@@ -521,6 +528,7 @@ impl Head {
                 (RejectReason::TooOld, too_old),
                 (RejectReason::OutOfOrder, ooo),
                 (RejectReason::DuplicateTimestamp, dup),
+                (RejectReason::OutOfBounds, bounds),
             ] {
                 if n > 0 {
                     out.rejected.push(Rejection {
@@ -792,32 +800,45 @@ impl Head {
 
     /// The oldest block-range-aligned range `[mint, maxt)` that is complete: the head's newest
     /// sample is half a range past its end, so no sample can be added to it any more (as
-    /// Prometheus: compact once the head spans 1.5 block ranges).
+    /// Prometheus: compact once the head spans 1.5 block ranges). Checked arithmetic: a range
+    /// that cannot be represented is never due.
     pub fn compactable_range(&self) -> Option<(i64, i64)> {
         let (lo, hi) = (self.min_time()?, self.max_time()?);
         let lo = lo.max(self.min_valid_time());
-        let mint = lo.div_euclid(self.chunk_range) * self.chunk_range;
+        let mint = self.range_start(lo)?;
         let maxt = mint.checked_add(self.chunk_range)?;
-        (hi >= maxt.saturating_add(self.chunk_range / 2)).then_some((mint, maxt))
+        (hi >= maxt.checked_add(self.chunk_range / 2)?).then_some((mint, maxt))
     }
 
-    /// Every range a forced flush cuts: block-range-aligned pieces from the oldest sample to
-    /// the newest, the last one ending right after the newest sample.
-    pub fn flush_ranges(&self) -> Vec<(i64, i64)> {
-        let (Some(lo), Some(hi)) = (self.min_time(), self.max_time()) else {
-            return Vec::new();
+    /// The first range a forced flush cuts: from the oldest sample still in the head to the
+    /// end of its block-range-aligned range, or to right after the newest sample if that comes
+    /// first. Cutting it and asking again walks the head range by range, and because the
+    /// oldest sample is asked afresh each time, empty stretches between samples are skipped
+    /// rather than walked.
+    pub fn first_flush_range(&self) -> Option<(i64, i64)> {
+        let (lo, hi) = (self.min_time()?, self.max_time()?);
+        let min_valid = self.min_valid_time();
+        // Right after a cut the head's bound is where the next piece starts, as long as the
+        // oldest sample lies in the same aligned range (consecutive pieces stay contiguous).
+        let mint = match self.range_start(lo) {
+            Some(start) if (start..=lo).contains(&min_valid) => min_valid,
+            _ => lo.max(min_valid),
         };
-        let lo = lo.max(self.min_valid_time());
         let end = hi.saturating_add(1);
-        let mut out = Vec::new();
-        let mut mint = lo;
-        while mint < end {
-            let aligned_end = (mint.div_euclid(self.chunk_range) + 1) * self.chunk_range;
-            let maxt = aligned_end.min(end);
-            out.push((mint, maxt));
-            mint = maxt;
+        if mint >= end {
+            return None;
         }
-        out
+        let aligned_end = self
+            .range_start(mint)
+            .and_then(|s| s.checked_add(self.chunk_range))
+            .unwrap_or(i64::MAX);
+        Some((mint, aligned_end.min(end)))
+    }
+
+    /// The start of the block-range-aligned range holding `t` (`None` if it does not fit in
+    /// an `i64`).
+    fn range_start(&self, t: i64) -> Option<i64> {
+        t.div_euclid(self.chunk_range).checked_mul(self.chunk_range)
     }
 
     /// Cuts `[mint, maxt)` into a block under `dir`, then releases it from the head: no
@@ -839,9 +860,33 @@ impl Head {
         publish: impl FnOnce(Option<&BlockMeta>) -> Result<()>,
     ) -> Result<CutOutcome> {
         let start = Instant::now();
+        let before = self.min_valid_time();
         self.set_min_valid_time(maxt);
-        let meta = self.write_block(dir, mint, maxt, opts)?;
-        publish(meta.as_ref())?;
+        // Until the block is durable and published the head still owns the range: on any
+        // failure the bound goes back down, so appends and the next cut see the range as
+        // uncut, and nothing of it is dropped. (Cuts of one head are serialised by the caller,
+        // so nothing else raised the bound meanwhile.)
+        let restore = |e: TsdbError| {
+            let _ = self.min_valid_time.compare_exchange(
+                maxt.max(before),
+                before,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+            e
+        };
+        let meta = self.write_block(dir, mint, maxt, opts).map_err(restore)?;
+        if let Err(e) = publish(meta.as_ref()) {
+            // A block that was written but not published would be cut again on the retry:
+            // remove it so the data is in exactly one place, the head.
+            if let Some(m) = &meta {
+                let written = dir.join(&m.ulid);
+                if let Err(rm) = std::fs::remove_dir_all(&written) {
+                    tracing::warn!(block = %written.display(), error = %rm, "cannot remove an unpublished block");
+                }
+            }
+            return Err(restore(e));
+        }
         let truncated = self.truncate(maxt);
         let checkpoint = self.checkpoint_wal(maxt)?;
         Ok(CutOutcome {
@@ -1142,7 +1187,9 @@ impl HeadMem {
 
     /// Appends a replayed sample; older ones are inserted in order (see the module docs).
     fn replay_sample(&self, series: &MemSeries, t: i64, v: f64) -> bool {
-        if t < self.min_valid_time {
+        // A WAL written before the absolute bounds existed may hold such a sample; taking it
+        // back would put the head in a state no cut can handle.
+        if t < self.min_valid_time || !norn_model::sample_time_in_bounds(t) {
             return false;
         }
         let store = Store {
