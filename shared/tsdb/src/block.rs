@@ -14,7 +14,7 @@
 
 pub mod chunks;
 pub mod index;
-pub(crate) mod io;
+mod io;
 pub mod meta;
 pub mod reader;
 pub mod tombstones;

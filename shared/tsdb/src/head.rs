@@ -43,7 +43,7 @@ mod symbols;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -211,7 +211,9 @@ pub struct CutOutcome {
     /// The block written, `None` when the range held no data.
     pub meta: Option<BlockMeta>,
     pub truncated: TruncateStats,
-    pub checkpoint: wal::CheckpointStats,
+    /// `None` when the WAL checkpoint failed: the block holds the data, so that is not a
+    /// failed cut; the WAL keeps the old segments until the next checkpoint covers them.
+    pub checkpoint: Option<wal::CheckpointStats>,
     pub duration: Duration,
 }
 
@@ -308,6 +310,11 @@ pub struct Head {
     min_t: AtomicI64,
     max_t: AtomicI64,
     wal: Wal,
+    /// Set when a WAL write failed: series created by the failed append exist in memory but
+    /// their records may not be in the WAL, so once it takes writes again every series
+    /// record is logged anew before anything else is acknowledged.
+    wal_relog: AtomicBool,
+    relog_lock: Mutex<()>,
     metrics: Arc<TsdbMetrics>,
 }
 
@@ -389,6 +396,8 @@ impl Head {
             min_t: mem.min_t,
             max_t: mem.max_t,
             wal,
+            wal_relog: AtomicBool::new(false),
+            relog_lock: Mutex::new(()),
             metrics: opts.metrics,
         };
         if opts.min_valid_time != i64::MIN {
@@ -430,7 +439,7 @@ impl Head {
     /// an error means the WAL failed and nothing about this batch can be promised (the head
     /// then refuses further writes with [`TsdbError::WalBroken`]).
     pub fn append(&self, batch: &WriteBatch, limits: &AppendLimits) -> Result<AppendOutcome> {
-        self.wal.check_writable()?;
+        self.ensure_wal_writable()?;
         let _gate = self.append_gate.read();
         let mut out = AppendOutcome::default();
         let mut series_rec: Vec<u8> = Vec::new();
@@ -549,7 +558,10 @@ impl Head {
             .into_iter()
             .filter(|r| !r.is_empty())
             .collect();
-        self.wal.log(&recs)?;
+        if let Err(e) = self.wal.log(&recs) {
+            self.wal_relog.store(true, Ordering::Release);
+            return Err(e);
+        }
 
         if batch_max != i64::MIN {
             self.min_t.fetch_min(batch_min, Ordering::AcqRel);
@@ -562,6 +574,69 @@ impl Head {
             .head_series_created
             .inc_by(out.series_created as u64);
         Ok(out)
+    }
+
+    /// Fails while the WAL cannot be written; after it recovered from an error, first logs
+    /// every series record again (see `wal_relog`). Replay ignores a series record it has
+    /// seen, and holds samples that arrive before their series' record, so neither the
+    /// duplicates nor a concurrent append's samples written ahead of the records harm it.
+    fn ensure_wal_writable(&self) -> Result<()> {
+        if self.wal.is_broken() {
+            self.wal_relog.store(true, Ordering::Release);
+        }
+        self.wal.check_writable()?;
+        if !self.wal_relog.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _relog = self.relog_lock.lock();
+        if !self.wal_relog.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.log_all_series()?;
+        self.wal_relog.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// Writes a series record for every series in the head, about 1 MiB per record.
+    fn log_all_series(&self) -> Result<()> {
+        const RECORD_BYTES: usize = 1 << 20;
+        let mut rec = Vec::new();
+        let mut pairs: Vec<(&[u8], &[u8])> = Vec::new();
+        let mut logged = 0usize;
+        for shard in self.ids.iter() {
+            let series: Vec<Arc<MemSeries>> = shard.read().iter().flatten().cloned().collect();
+            for s in series {
+                if rec.is_empty() {
+                    record::begin_series(&mut rec);
+                }
+                pairs.clear();
+                pairs.extend(s.labels().chunks_exact(2).map(|p| {
+                    (
+                        self.symbols.get(p[0]).as_bytes(),
+                        self.symbols.get(p[1]).as_bytes(),
+                    )
+                }));
+                record::push_series(&mut rec, u64::from(s.id), pairs.iter().copied());
+                logged += 1;
+                if rec.len() >= RECORD_BYTES {
+                    self.wal.log(&[&rec])?;
+                    rec.clear();
+                }
+            }
+        }
+        if !rec.is_empty() {
+            self.wal.log(&[&rec])?;
+        }
+        tracing::info!(
+            series = logged,
+            "series records logged again after a WAL write error"
+        );
+        Ok(())
+    }
+
+    /// Whether the head's WAL refuses writes after an I/O error it has not recovered from.
+    pub fn wal_broken(&self) -> bool {
+        self.wal.is_broken()
     }
 
     fn series_by_id(&self, id: u32) -> Option<Arc<MemSeries>> {
@@ -888,7 +963,12 @@ impl Head {
             return Err(restore(e));
         }
         let truncated = self.truncate(maxt);
-        let checkpoint = self.checkpoint_wal(maxt)?;
+        let checkpoint = self
+            .checkpoint_wal(maxt)
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, "WAL checkpoint after a block cut failed; the block holds the data, the next checkpoint takes the segments");
+            })
+            .ok();
         Ok(CutOutcome {
             meta,
             truncated,

@@ -14,6 +14,7 @@ pub mod block_queryable;
 pub mod bucket_store;
 pub mod chunkenc;
 pub mod error;
+mod fault;
 pub mod head;
 pub mod metrics;
 pub mod wal;

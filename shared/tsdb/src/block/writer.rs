@@ -14,7 +14,7 @@ use norn_model::{Labels, Sample};
 
 use super::chunks::{ChunkWriter, DEFAULT_SEGMENT_SIZE};
 use super::index::{ChunkRef, IndexSeries, write_index};
-use super::io::{PosWriter, fault, sync_dir, write_file_synced};
+use super::io::{PosWriter, sync_dir, write_file_synced};
 use super::meta::{
     BlockDesc, BlockMeta, BlockStats, Compaction, META_VERSION, THANOS_VERSION, ThanosDownsample,
     ThanosFile, ThanosMeta,
@@ -24,6 +24,7 @@ use super::ulid::Ulid;
 use super::{CHUNKS_DIRNAME, INDEX_FILENAME, META_FILENAME, TMP_SUFFIX, TOMBSTONES_FILENAME};
 use crate::chunkenc::{ENCODING_XOR, XorChunk};
 use crate::error::{Result, TsdbError};
+use crate::fault;
 use crate::head::{ChunkMeta, SeriesChunks};
 
 /// The external label Cortex/Mimir-style tooling uses for the tenant.
