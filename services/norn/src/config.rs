@@ -91,6 +91,12 @@ pub struct Args {
     /// Cut a tenant's whole head after this long without a push (0 disables).
     #[arg(long = "blocks-storage.tsdb.head-compaction-idle-timeout")]
     pub tsdb_head_compaction_idle_timeout: Option<String>,
+    /// Close a tenant idle this long whose head is empty and blocks all shipped (0 disables).
+    #[arg(long = "blocks-storage.tsdb.close-idle-tsdb-timeout")]
+    pub tsdb_close_idle_tsdb_timeout: Option<String>,
+    /// Most tenants one ingester holds (0 = unlimited); new tenants beyond it get a 5xx.
+    #[arg(long = "ingester.instance-limits.max-tenants")]
+    pub ingester_max_tenants: Option<usize>,
     /// How often new blocks are uploaded to the bucket (0 disables shipping).
     #[arg(long = "blocks-storage.tsdb.ship-interval")]
     pub tsdb_ship_interval: Option<String>,
@@ -347,6 +353,7 @@ impl Config {
 #[serde(default, deny_unknown_fields)]
 pub struct IngesterConfig {
     pub ring: IngesterRingConfig,
+    pub instance_limits: norn_ingester::config::InstanceLimits,
 }
 
 /// `ingester.ring`: Mimir's keys for the ingester ring (kept in the gossiped KV store).
@@ -535,6 +542,11 @@ impl Config {
                 &a.tsdb_ship_interval,
                 &mut tsdb.ship_interval,
             ),
+            (
+                "blocks-storage.tsdb.close-idle-tsdb-timeout",
+                &a.tsdb_close_idle_tsdb_timeout,
+                &mut tsdb.close_idle_tsdb_timeout,
+            ),
         ] {
             if let Some(d) = dur(value, flag)? {
                 *field = d;
@@ -625,6 +637,10 @@ impl Config {
         set!(self.limits.ha_replica_label, a.ha_tracker_replica);
         set!(self.limits.ha_max_clusters, a.ha_tracker_max_clusters);
 
+        set!(
+            self.ingester.instance_limits.max_tenants,
+            a.ingester_max_tenants
+        );
         let ring = &mut self.ingester.ring;
         set!(ring.replication_factor, a.ring_replication_factor);
         set!(ring.num_tokens, a.ring_num_tokens);

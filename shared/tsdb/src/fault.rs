@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use crate::error::{Result, TsdbError};
+use crate::error::Result;
+#[cfg(test)]
+use crate::error::TsdbError;
 
 #[cfg(test)]
 thread_local! {

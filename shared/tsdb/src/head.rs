@@ -1124,6 +1124,18 @@ impl Head {
         }
     }
 
+    /// Closes the head if it holds no series, atomically with respect to appends: an append
+    /// either finished before (and the head is not empty) or fails with
+    /// [`TsdbError::Closed`]. For dropping an idle tenant without racing a late push.
+    pub fn close_if_empty(&self) -> Result<bool> {
+        let _gate = self.append_gate.write();
+        if self.num_series() > 0 {
+            return Ok(false);
+        }
+        self.wal.close()?;
+        Ok(true)
+    }
+
     /// Flushes and fsyncs the WAL; later appends fail with [`TsdbError::Closed`].
     pub fn close(&self) -> Result<()> {
         self.wal.close()

@@ -13,6 +13,7 @@ pub mod block;
 pub mod block_queryable;
 pub mod bucket_store;
 pub mod chunkenc;
+pub mod dir_lock;
 pub mod error;
 mod fault;
 pub mod head;
