@@ -277,3 +277,74 @@ fn idle_tenants_are_closed_and_their_data_stays_queryable() {
     assert_eq!(status, 200, "{body}");
     assert!(tenant_dir.exists());
 }
+
+#[test]
+fn a_flood_of_new_tenants_never_harms_the_tenants_already_there() {
+    // A process with only 256 descriptors: before the budget, a flood of random tenant ids
+    // exhausted them and then an existing tenant's block cut failed with EMFILE.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("norn.log")).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_norn"));
+    cmd.arg("--server.http-listen-address=127.0.0.1")
+        .arg(format!("--server.http-listen-port={port}"))
+        .arg(format!(
+            "--blocks-storage.tsdb.dir={}",
+            dir.path().join("tsdb").display()
+        ))
+        .arg(format!(
+            "--common.storage.filesystem.dir={}",
+            dir.path().join("bucket").display()
+        ))
+        .arg(format!(
+            "--blocks-storage.bucket-store.sync-dir={}",
+            dir.path().join("tsdb-sync").display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log));
+    // SAFETY: setrlimit in the forked child before exec; async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            let rl = libc::rlimit {
+                rlim_cur: 256,
+                rlim_max: 256,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    let mut n = Norn::adopt(child, port, dir.path());
+    n.wait_ready();
+    let push = |tenant: &str, v: f64| {
+        n.push(
+            Some(tenant),
+            &request(vec![series(&[("__name__", "m")], &[(now_ms(), v)])]),
+        )
+    };
+    assert_eq!(push("existing", 1.0).0, 200);
+    let mut refused = 0;
+    for i in 0..300 {
+        let (status, body) = push(&format!("flood-{i}"), 1.0);
+        match status {
+            200 => {}
+            503 => {
+                assert!(body.contains("file descriptors"), "{body}");
+                refused += 1;
+            }
+            other => panic!("tenant {i}: {other} {body}"),
+        }
+    }
+    assert!(refused > 0, "256 descriptors cannot hold 300 tenants");
+    assert!(n.metric("norn_ingester_tenants_refused_total{reason=\"file_descriptors\"}") >= 1.0);
+    // The tenant that was there keeps working: writes, a block cut and the shipper.
+    assert_eq!(push("existing", 2.0).0, 200);
+    let (status, body) = post(&n, "/ingester/flush?wait=true&tenant=existing");
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(push("existing", 3.0).0, 200);
+    assert_eq!(n.get_text("/ready").0, 200);
+}
