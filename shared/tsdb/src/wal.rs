@@ -328,15 +328,8 @@ impl Wal {
             .set_len(w.good_len)
             .and_then(|()| w.file.sync_all())
             .map_err(|e| TsdbError::io(&path, e))?;
-        let next = w.segment + 1;
-        let file = create_segment(&self.dir, next)?;
-        w.file = Arc::new(file);
-        w.segment = next;
-        w.page_alloc = 0;
-        w.done_pages = 0;
-        w.good_len = 0;
         w.out.clear();
-        Ok(())
+        self.open_next_segment(w)
     }
 
     /// The WAL directory.
@@ -499,6 +492,11 @@ impl Wal {
                 .wal_fsync_duration
                 .observe(start.elapsed().as_secs_f64());
         }
+        self.open_next_segment(w)
+    }
+
+    /// Creates the segment after the current one and writes to it from now on.
+    fn open_next_segment(&self, w: &mut Writer) -> Result<()> {
         let next = w.segment + 1;
         let file = create_segment(&self.dir, next)?;
         w.file = Arc::new(file);
