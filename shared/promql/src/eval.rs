@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use norn_model::{Labels, METRIC_NAME, is_stale_nan};
 use promql_parser::label::Matchers;
@@ -14,6 +14,7 @@ use promql_parser::parser::{
 };
 
 use crate::error::{PromqlError, Result, exec_err};
+use crate::guard::{CHECK_EVERY, Stop};
 use crate::value::{
     FetchedSeries, MatrixVal, Metric, RSeries, SCHEMA_LABELS, Sample, Val, final_labels,
 };
@@ -52,6 +53,27 @@ pub(crate) fn at_ms(at: &Option<AtModifier>, start: i64, end: i64) -> Option<i64
     }
 }
 
+/// Bytes of one unit of [`Evaluator::hold`]: a fetched sample (timestamp and value).
+const UNIT_BYTES: usize = std::mem::size_of::<norn_model::Sample>();
+
+/// Units one cached subquery step costs beyond its samples: its map entry, with the slack
+/// of a B-tree node.
+const CACHE_ENTRY_UNITS: usize =
+    (2 * (std::mem::size_of::<i64>() + std::mem::size_of::<Val>())).div_ceil(UNIT_BYTES);
+
+/// Units one sample of an instant vector (labels shared, value, flag) costs.
+const VECTOR_SAMPLE_UNITS: usize = std::mem::size_of::<Sample>().div_ceil(UNIT_BYTES);
+
+/// What a cached subquery step costs against `max_samples`.
+fn cache_units(v: &Val) -> usize {
+    let samples = match v {
+        Val::Vector(vec) => vec.len() * VECTOR_SAMPLE_UNITS,
+        Val::Matrix(m) => m.series.iter().map(|s| s.points.len()).sum(),
+        Val::Scalar(_) | Val::Str(_) => 1,
+    };
+    CACHE_ENTRY_UNITS + samples
+}
+
 /// Default resolution of a subquery without an explicit step (Prometheus' test setting and
 /// the usual global evaluation interval).
 pub(crate) const DEFAULT_SUBQUERY_STEP_MS: i64 = 60_000;
@@ -74,7 +96,14 @@ pub(crate) struct Evaluator<'a> {
     pub query_step: i64,
     pub lookback: i64,
     pub max_samples: usize,
-    pub deadline: Instant,
+    /// The query's deadline and cancellation flag, looked at every
+    /// [`crate::guard::CHECK_EVERY`] ticks.
+    pub stop: Stop,
+    pub ticks: u32,
+    /// Samples the query holds now, in units of a fetched sample (see [`Self::hold`]).
+    pub held: usize,
+    /// How many subqueries enclose the expression being evaluated.
+    pub subquery_depth: usize,
     pub range_mode: bool,
     pub annotations: Annotations,
     /// String literals that are not valid UTF-8 under PromQL's (Go's) byte semantics, e.g.
@@ -130,12 +159,34 @@ impl Evaluator<'_> {
         }
     }
 
-    pub fn check_deadline(&self) -> Result<()> {
-        if Instant::now() > self.deadline {
-            Err(PromqlError::Timeout)
+    /// One unit of work done (a step, a series' window): fails once the query's deadline
+    /// has passed or its caller went away. Looks at the clock only every
+    /// [`crate::guard::CHECK_EVERY`] calls (and at the first), so hot loops can call it freely.
+    #[inline]
+    pub fn check_deadline(&mut self) -> Result<()> {
+        self.ticks = self.ticks.wrapping_add(1);
+        if self.ticks % CHECK_EVERY == 1 {
+            self.stop.check()
         } else {
             Ok(())
         }
+    }
+
+    /// Counts `units` more samples held (16 bytes each); fails once the query holds more
+    /// than `max_samples`. Everything a query keeps beyond one step goes through here:
+    /// fetched samples, range-vector windows, subquery results and cache, range output.
+    pub fn hold(&mut self, units: usize) -> Result<()> {
+        self.held = self.held.saturating_add(units);
+        if self.held > self.max_samples {
+            Err(PromqlError::TooManySamples)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Gives back what [`Self::hold`] counted, once it is freed.
+    pub fn release(&mut self, units: usize) {
+        self.held = self.held.saturating_sub(units);
     }
 
     pub fn eval(&mut self, e: &Expr, t: i64) -> Result<Val> {
@@ -278,6 +329,10 @@ impl Evaluator<'_> {
         let mut series = Vec::new();
         let mut total = 0usize;
         for (s, cursor) in fetched.iter().zip(cursors.iter_mut()) {
+            if let Err(e) = self.check_deadline() {
+                self.window_cursors.insert(node_key(vs), (start, cursors));
+                return Err(e);
+            }
             let lo = if forward {
                 let mut lo = *cursor;
                 while lo < s.samples.len() && s.samples[lo].t <= start {
@@ -308,8 +363,9 @@ impl Evaluator<'_> {
                 continue;
             }
             total += points.len();
-            if total > self.max_samples {
-                return Err(PromqlError::TooManySamples);
+            if let Err(e) = self.hold(points.len()) {
+                self.window_cursors.insert(node_key(vs), (start, cursors));
+                return Err(e);
             }
             series.push(RSeries {
                 metric: Arc::clone(&s.labels),
@@ -318,6 +374,8 @@ impl Evaluator<'_> {
             });
         }
         self.window_cursors.insert(node_key(vs), (start, cursors));
+        // The window lives only until its caller has consumed it; its peak was counted.
+        self.release(total);
         Ok(MatrixVal {
             series,
             range_start: start,
@@ -366,20 +424,31 @@ impl Evaluator<'_> {
         let mut total = 0usize;
         let key = sq as *const SubqueryExpr as usize;
         let first_ts = ts;
+        // Only a subquery evaluated at several outer times (the steps of a range query, or
+        // inside another subquery) can reuse its inner results; in an instant query's own
+        // subquery the cache would only double the memory.
+        let use_cache = self.range_mode || self.subquery_depth > 0;
         while ts <= ref_t {
             self.check_deadline()?;
-            let cached = self
-                .subquery_cache
-                .get(&key)
-                .and_then(|c| c.get(&ts))
-                .cloned();
+            let cached = if use_cache {
+                self.subquery_cache
+                    .get(&key)
+                    .and_then(|c| c.get(&ts))
+                    .cloned()
+            } else {
+                None
+            };
             let val = match cached {
                 Some(v) => v,
                 None => {
-                    let v = self.eval(&sq.expr, ts)?;
+                    self.subquery_depth += 1;
+                    let v = self.eval(&sq.expr, ts);
+                    self.subquery_depth -= 1;
+                    let v = v?;
                     // Empty steps are cheap to redo and can be countless (a long window over
                     // sparse data): caching them would only cost memory.
-                    if !matches!(&v, Val::Vector(vec) if vec.is_empty()) {
+                    if use_cache && !matches!(&v, Val::Vector(vec) if vec.is_empty()) {
+                        self.hold(cache_units(&v))?;
                         self.subquery_cache
                             .entry(key)
                             .or_default()
@@ -388,16 +457,17 @@ impl Evaluator<'_> {
                     v
                 }
             };
-            match val {
+            let n = match val {
                 Val::Scalar(v) => {
                     push_point(&mut by_labels, &mut series, Metric::default(), false, ts, v);
-                    total += 1;
+                    1
                 }
                 Val::Vector(vec) => {
-                    total += vec.len();
+                    let n = vec.len();
                     for s in vec {
                         push_point(&mut by_labels, &mut series, s.metric, s.drop_name, ts, s.v);
                     }
+                    n
                 }
                 other => {
                     return exec_err(format!(
@@ -405,10 +475,9 @@ impl Evaluator<'_> {
                         other.type_name()
                     ));
                 }
-            }
-            if total > self.max_samples {
-                return Err(PromqlError::TooManySamples);
-            }
+            };
+            total += n;
+            self.hold(n)?;
             match ts.checked_add(step) {
                 Some(n) => ts = n,
                 None => break,
@@ -416,8 +485,13 @@ impl Evaluator<'_> {
         }
         // Outer steps move forward in time: what lies before this window is not needed again.
         if let Some(c) = self.subquery_cache.get_mut(&key) {
-            *c = c.split_off(&first_ts);
+            let keep = c.split_off(&first_ts);
+            let dropped: usize = c.values().map(cache_units).sum();
+            *c = keep;
+            self.release(dropped);
         }
+        // The result lives only until its caller has consumed it; its peak was counted.
+        self.release(total);
         series.sort_by(|a, b| a.metric.cmp(&b.metric));
         Ok(MatrixVal {
             series,

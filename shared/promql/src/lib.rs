@@ -10,6 +10,7 @@ mod engine;
 mod error;
 mod eval;
 mod functions;
+mod guard;
 mod info;
 pub mod memstore;
 mod range_fn;
@@ -17,4 +18,8 @@ mod value;
 
 pub use engine::{Engine, EngineOptions, SharedEngine};
 pub use error::{PromqlError, Result};
+pub use guard::{
+    DEFAULT_MAX_QUERY_BYTES, DEFAULT_MAX_QUERY_DEPTH, MAX_QUERY_DEPTH_CEILING,
+    QUERY_THREAD_STACK_BYTES, check_query_text, nesting_depth,
+};
 pub use value::{QueryResult, Value, VectorSample};
