@@ -206,6 +206,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             tenants,
             Arc::clone(&overrides),
         );
+        querier
+            .metrics()
+            .register(&metrics.registry)
+            .context("registering querier metrics")?;
         services.push(Arc::new(QuerierService(querier)));
     }
     if let Some(c) = &cluster {
