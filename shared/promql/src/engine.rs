@@ -502,7 +502,7 @@ fn evaluate(
         lookback: opts.lookback_delta_ms,
         max_samples: opts.max_samples,
         stop,
-        ticks: 0,
+        work_left: 0,
         held,
         subquery_depth: 0,
         range_mode: range,

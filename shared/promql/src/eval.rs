@@ -97,9 +97,10 @@ pub(crate) struct Evaluator<'a> {
     pub lookback: i64,
     pub max_samples: usize,
     /// The query's deadline and cancellation flag, looked at every
-    /// [`crate::guard::CHECK_EVERY`] ticks.
+    /// [`crate::guard::CHECK_EVERY`] units of work.
     pub stop: Stop,
-    pub ticks: u32,
+    /// Units of work (steps, windows, samples produced) left before the next look.
+    pub work_left: u64,
     /// Samples the query holds now, in units of a fetched sample (see [`Self::hold`]).
     pub held: usize,
     /// How many subqueries enclose the expression being evaluated.
@@ -160,15 +161,26 @@ impl Evaluator<'_> {
     }
 
     /// One unit of work done (a step, a series' window): fails once the query's deadline
-    /// has passed or its caller went away. Looks at the clock only every
-    /// [`crate::guard::CHECK_EVERY`] calls (and at the first), so hot loops can call it freely.
+    /// has passed or its caller went away. See [`Self::work`].
     #[inline]
     pub fn check_deadline(&mut self) -> Result<()> {
-        self.ticks = self.ticks.wrapping_add(1);
-        if self.ticks % CHECK_EVERY == 1 {
-            self.stop.check()
-        } else {
-            Ok(())
+        self.work(1)
+    }
+
+    /// `units` of work done. Looks at the flag and the clock once per
+    /// [`crate::guard::CHECK_EVERY`] units (and at the first), so hot loops can call it freely
+    /// and a step over a million series is not one unit.
+    #[inline]
+    pub fn work(&mut self, units: usize) -> Result<()> {
+        match self.work_left.checked_sub(units as u64) {
+            Some(left) => {
+                self.work_left = left;
+                Ok(())
+            }
+            None => {
+                self.work_left = CHECK_EVERY;
+                self.stop.check()
+            }
         }
     }
 
@@ -189,7 +201,19 @@ impl Evaluator<'_> {
         self.held = self.held.saturating_sub(units);
     }
 
+    /// The value of `e` at `t`; what it produces counts as work (see [`Self::work`]).
     pub fn eval(&mut self, e: &Expr, t: i64) -> Result<Val> {
+        let v = self.eval_node(e, t)?;
+        let produced = match &v {
+            Val::Vector(vec) => vec.len(),
+            Val::Matrix(m) => m.series.len(),
+            Val::Scalar(_) | Val::Str(_) => 1,
+        };
+        self.work(produced)?;
+        Ok(v)
+    }
+
+    fn eval_node(&mut self, e: &Expr, t: i64) -> Result<Val> {
         match e {
             Expr::NumberLiteral(n) => Ok(Val::Scalar(n.val)),
             Expr::StringLiteral(s) => Ok(Val::Str(s.val.clone())),

@@ -38,8 +38,9 @@ pub const DEFAULT_MAX_QUERY_BYTES: usize = 256 << 10;
 /// Default deepest nesting: far beyond hand-written and generated dashboard queries.
 pub const DEFAULT_MAX_QUERY_DEPTH: usize = 200;
 
-/// Units of work (steps, series, windows) between two looks at the clock and the flag.
-pub(crate) const CHECK_EVERY: u32 = 256;
+/// Units of work (steps, windows, samples produced) between two looks at the clock and the
+/// flag: a few microseconds of work, so the check costs nothing measurable.
+pub(crate) const CHECK_EVERY: u64 = 256;
 
 /// Refuses a query text that is longer than `max_bytes` (0 = no limit) or whose expression
 /// could nest deeper than `max_depth`, before any parsing.
