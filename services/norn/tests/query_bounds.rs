@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::io::Write;
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::{Norn, urlencode};
@@ -117,4 +119,32 @@ fn hostile_queries_do_not_take_the_process_down() {
     n.wait_ready();
     assert!(n.metric("norn_querier_stopped_queries_total") >= 1.0);
     assert_eq!(n.metric("norn_querier_running_queries"), 0.0);
+
+    // A client that goes away: the same CPU-only query with a long timeout, the connection
+    // closed after half a second. Its evaluation must stop too.
+    let path = format!(
+        "/prometheus/api/v1/query?query={}&timeout=60s",
+        urlencode("count_over_time((vector(1) > 2)[30d:1ms])")
+    );
+    {
+        let mut conn = TcpStream::connect(("127.0.0.1", n.port)).unwrap();
+        write!(
+            conn,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Scope-OrgID: t\r\n\r\n"
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let until = Instant::now() + Duration::from_secs(30);
+    while n.metric("norn_querier_stopped_queries_total{reason=\"canceled\"}") < 1.0 {
+        assert!(Instant::now() < until, "the dropped query was not stopped");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu_seconds(pid) - before;
+    assert!(
+        used < 1.5,
+        "{used} CPU-s in 3 s after the client went away: its evaluation runs on"
+    );
 }
