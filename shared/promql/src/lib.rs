@@ -6,6 +6,7 @@
 //! [`Engine::range_query`]; [`memstore::MemStore`] is an in-memory store for tests and rules.
 
 mod aggregate;
+mod binop;
 mod engine;
 mod error;
 mod eval;
@@ -14,6 +15,7 @@ mod guard;
 mod info;
 pub mod memstore;
 mod range_fn;
+mod subquery;
 mod value;
 
 pub use engine::{Engine, EngineOptions, SharedEngine};
