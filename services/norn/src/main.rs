@@ -207,8 +207,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             Arc::clone(&overrides),
         );
         querier
-            .metrics()
-            .register(&metrics.registry)
+            .register_metrics(&metrics.registry)
             .context("registering querier metrics")?;
         services.push(Arc::new(QuerierService(querier)));
     }

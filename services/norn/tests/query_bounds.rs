@@ -147,4 +147,5 @@ fn hostile_queries_do_not_take_the_process_down() {
         used < 1.5,
         "{used} CPU-s in 3 s after the client went away: its evaluation runs on"
     );
+    assert_eq!(n.metric("norn_querier_query_threads"), 0.0);
 }

@@ -72,6 +72,38 @@ impl QuerierMetrics {
     }
 }
 
+/// `norn_querier_query_threads`: the engine's query threads, read at scrape time. Above
+/// `norn_querier_running_queries` for more than a moment means evaluations outlive their
+/// requests.
+pub struct QueryThreads {
+    engine: norn_promql::Engine,
+    gauge: IntGauge,
+}
+
+impl QueryThreads {
+    pub fn new(engine: norn_promql::Engine) -> Self {
+        Self {
+            engine,
+            gauge: IntGauge::new(
+                "norn_querier_query_threads",
+                "PromQL query threads alive (parsing, evaluating, or winding down after their request ended).",
+            )
+            .expect("valid metric definition"),
+        }
+    }
+}
+
+impl prometheus::core::Collector for QueryThreads {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.gauge.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.gauge.set(self.engine.query_threads() as i64);
+        self.gauge.collect()
+    }
+}
+
 /// The slots and the line in front of them.
 pub struct Admission {
     slots: Arc<Semaphore>,

@@ -135,6 +135,12 @@ impl Querier {
         self.admission.metrics()
     }
 
+    /// Adds the querier's metrics, and a gauge of the engine's query threads, to `registry`.
+    pub fn register_metrics(&self, registry: &prometheus::Registry) -> prometheus::Result<()> {
+        self.metrics().register(registry)?;
+        registry.register(Box::new(admission::QueryThreads::new(self.engine.clone())))
+    }
+
     /// The engine's query threads alive now (see [`Engine::query_threads`]).
     pub fn query_threads(&self) -> usize {
         self.engine.query_threads()
