@@ -10,9 +10,11 @@
 //! answer at once instead of piling up. The line is one FIFO for all tenants: fairness
 //! between tenants is the query-frontend's job.
 //!
-//! A slot is freed when the handler finishes or is dropped (client gone, request timeout);
-//! the engine's evaluation thread notices the drop within a few thousand steps and stops, so
-//! a freed slot is not a query still burning a core for long.
+//! A PromQL query's slot goes with it to the engine's query thread and is freed when that
+//! thread ends, not when the handler stops waiting: after a client disconnect or a request
+//! timeout the thread notices within a few hundred units of work and stops, and only then is
+//! its slot another query's. So `max_concurrent` bounds evaluations actually running. The
+//! other reads hold their slot in the handler, whose drop stops their storage calls.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -25,7 +25,7 @@ use axum::routing::get;
 use norn_limits::Overrides;
 use norn_model::duration::serde_duration;
 use norn_model::{ErrorKind, MetadataReader, Queryable, QueryableProvider, TenantId};
-use norn_promql::{Engine, EngineOptions};
+use norn_promql::{Engine, EngineOptions, QueryContext};
 use norn_server::{HttpError, Service, TenantResolver};
 use serde::{Deserialize, Serialize};
 
@@ -201,6 +201,15 @@ fn deadline_in(timeout: Duration) -> Instant {
         .unwrap_or_else(|| now + Duration::from_secs(10 * 365 * 86_400))
 }
 
+/// The engine's view of a request: what is left until its deadline, and its slot, which
+/// the query thread keeps until it has stopped.
+fn query_context(deadline: Instant, slot: Slot) -> QueryContext {
+    QueryContext {
+        timeout: Some(deadline.saturating_duration_since(Instant::now())),
+        keep_alive: Some(Box::new(slot)),
+    }
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -270,10 +279,13 @@ async fn query_inner(
     let deadline = deadline_in(timeout);
     let outcome = Outcome::new(q.metrics());
     let r = with_timeout(timeout, async {
-        let _slot = q.enter(deadline).await?;
+        let slot = q.enter(deadline).await?;
         let store = q.store(&tenant);
-        let left = deadline.saturating_duration_since(Instant::now());
-        match q.engine.instant_query_within(&store, expr, t, left).await {
+        match q
+            .engine
+            .instant_query_within(&store, expr, t, query_context(deadline, slot))
+            .await
+        {
             Ok(r) => Ok(r),
             Err(e) => Err(engine_error(&q.engine, expr, e).await),
         }
@@ -325,12 +337,12 @@ async fn query_range_inner(
     let deadline = deadline_in(timeout);
     let outcome = Outcome::new(q.metrics());
     let r = with_timeout(timeout, async {
-        let _slot = q.enter(deadline).await?;
+        let slot = q.enter(deadline).await?;
         let store = q.store(&tenant);
-        let left = deadline.saturating_duration_since(Instant::now());
+        let ctx = query_context(deadline, slot);
         match q
             .engine
-            .range_query_within(&store, expr, start, end, step, left)
+            .range_query_within(&store, expr, start, end, step, ctx)
             .await
         {
             Ok(r) => Ok(r),

@@ -364,6 +364,8 @@ async fn beyond_max_concurrent_queries_wait_then_get_503() {
     assert_eq!(v["data"]["result"][0]["value"][1], "1");
     // A waiter whose deadline passes in line gets 503 unavailable.
     gate.forget_permits(1_000);
+    // A query's slot is freed by its thread, just after its answer.
+    wait_for("the slots to be free", || q.metrics().running.get() == 0).await;
     let hold = tokio::spawn(call(app.clone(), Some("slow"), "/prometheus/api/v1/labels"));
     wait_for("the slot to be taken", || q.metrics().running.get() == 1).await;
     let (s, v) = call(

@@ -73,6 +73,28 @@ struct SelectorNeed {
 /// to fetch, keyed by node address in the AST the thread keeps.
 type Plan = Vec<(usize, SelectorNeed)>;
 
+/// What a caller adds to one query.
+#[derive(Default)]
+pub struct QueryContext {
+    /// The query's deadline, from now; the engine's timeout applies when it is shorter or
+    /// this is unset.
+    pub timeout: Option<Duration>,
+    /// Dropped when the query's thread ends rather than when the caller stops waiting: the
+    /// querier hands its concurrency slot here, so a slot frees only once the evaluation
+    /// has actually stopped.
+    pub keep_alive: Option<Box<dyn Send>>,
+}
+
+impl QueryContext {
+    /// A context with a deadline of `timeout` from now.
+    pub fn timeout(timeout: Duration) -> Self {
+        Self {
+            timeout: Some(timeout),
+            keep_alive: None,
+        }
+    }
+}
+
 /// Where a query runs: instant or range, over which times.
 #[derive(Debug, Clone, Copy)]
 struct Span {
@@ -107,18 +129,17 @@ impl Engine {
         query: &str,
         time_ms: i64,
     ) -> Result<QueryResult> {
-        self.instant_query_within(q, query, time_ms, self.opts.timeout)
+        self.instant_query_within(q, query, time_ms, QueryContext::default())
             .await
     }
 
-    /// [`Self::instant_query`] with a deadline of `timeout` from now, or the engine's
-    /// timeout if that is shorter.
+    /// [`Self::instant_query`] with the caller's deadline and keep-alive.
     pub async fn instant_query_within(
         &self,
         q: &dyn Queryable,
         query: &str,
         time_ms: i64,
-        timeout: Duration,
+        ctx: QueryContext,
     ) -> Result<QueryResult> {
         let span = Span {
             start: time_ms,
@@ -126,7 +147,7 @@ impl Engine {
             step: 0,
             range: false,
         };
-        self.run(q, query, span, timeout).await
+        self.run(q, query, span, ctx).await
     }
 
     /// Evaluates `query` at every step from `start_ms` to `end_ms`; the result is a matrix
@@ -139,12 +160,11 @@ impl Engine {
         end_ms: i64,
         step_ms: i64,
     ) -> Result<QueryResult> {
-        self.range_query_within(q, query, start_ms, end_ms, step_ms, self.opts.timeout)
+        self.range_query_within(q, query, start_ms, end_ms, step_ms, QueryContext::default())
             .await
     }
 
-    /// [`Self::range_query`] with a deadline of `timeout` from now, or the engine's timeout
-    /// if that is shorter.
+    /// [`Self::range_query`] with the caller's deadline and keep-alive.
     pub async fn range_query_within(
         &self,
         q: &dyn Queryable,
@@ -152,7 +172,7 @@ impl Engine {
         start_ms: i64,
         end_ms: i64,
         step_ms: i64,
-        timeout: Duration,
+        ctx: QueryContext,
     ) -> Result<QueryResult> {
         if step_ms <= 0 {
             return Err(PromqlError::Parse(
@@ -170,7 +190,7 @@ impl Engine {
             step: step_ms,
             range: true,
         };
-        self.run(q, query, span, timeout).await
+        self.run(q, query, span, ctx).await
     }
 
     /// Runs `f` on a query thread (the stack sized for the deepest query allowed, off the
@@ -217,7 +237,7 @@ impl Engine {
         q: &dyn Queryable,
         query: &str,
         span: Span,
-        timeout: Duration,
+        ctx: QueryContext,
     ) -> Result<QueryResult> {
         crate::guard::check_query_text(
             query,
@@ -225,7 +245,10 @@ impl Engine {
             self.opts.max_query_depth,
         )?;
         let now = Instant::now();
-        let timeout = timeout.min(self.opts.timeout);
+        let timeout = ctx
+            .timeout
+            .map_or(self.opts.timeout, |t| t.min(self.opts.timeout));
+        let keep_alive = ctx.keep_alive;
         // A timeout too large to represent means "no timeout" in practice.
         let deadline = now
             .checked_add(timeout)
@@ -239,6 +262,8 @@ impl Engine {
         let text = query.to_string();
         let thread_stop = stop.clone();
         crate::guard::spawn_query_thread(&self.threads, move || {
+            // Released when this thread ends, however it ends.
+            let _keep_alive = keep_alive;
             // Boxed so that node addresses stay put; owned by this thread to the end, so even
             // its (recursive) drop runs on the large stack.
             let expr = match parse_and_plan(&text, span, opts.lookback_delta_ms) {

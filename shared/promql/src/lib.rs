@@ -18,7 +18,7 @@ mod range_fn;
 mod subquery;
 mod value;
 
-pub use engine::{Engine, EngineOptions, SharedEngine};
+pub use engine::{Engine, EngineOptions, QueryContext, SharedEngine};
 pub use error::{PromqlError, Result};
 pub use guard::{
     DEFAULT_MAX_QUERY_BYTES, DEFAULT_MAX_QUERY_DEPTH, MAX_QUERY_DEPTH_CEILING,

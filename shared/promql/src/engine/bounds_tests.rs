@@ -12,8 +12,8 @@ use norn_model::{ErrorKind, Labels, Matcher, Queryable, Series, StorageError};
 
 use crate::memstore::MemStore;
 use crate::{
-    DEFAULT_MAX_QUERY_DEPTH, Engine, EngineOptions, MAX_QUERY_DEPTH_CEILING, PromqlError, Value,
-    nesting_depth,
+    DEFAULT_MAX_QUERY_DEPTH, Engine, EngineOptions, MAX_QUERY_DEPTH_CEILING, PromqlError,
+    QueryContext, Value, nesting_depth,
 };
 
 const M: i64 = 60_000;
@@ -135,11 +135,17 @@ fn a_runaway_subquery_stops_at_the_request_deadline() {
     // The engine's own timeout is long; the request's short one must win.
     let e = Engine::default();
     let started = Instant::now();
-    let err = run(e.instant_query_within(&s, RUNAWAY, 0, Duration::from_millis(300))).unwrap_err();
+    let err = run(e.instant_query_within(
+        &s,
+        RUNAWAY,
+        0,
+        QueryContext::timeout(Duration::from_millis(300)),
+    ))
+    .unwrap_err();
     assert!(matches!(err, PromqlError::Timeout), "{err}");
     assert_eq!(err.kind(), ErrorKind::Timeout);
-    let err = run(e.range_query_within(&s, RUNAWAY, 0, 10 * M, M, Duration::from_millis(300)))
-        .unwrap_err();
+    let ctx = QueryContext::timeout(Duration::from_millis(300));
+    let err = run(e.range_query_within(&s, RUNAWAY, 0, 10 * M, M, ctx)).unwrap_err();
     assert!(
         matches!(err, PromqlError::Timeout | PromqlError::TooManySamples),
         "{err}"
@@ -165,9 +171,15 @@ fn wait_for_threads(e: &Engine, n: usize) {
 fn dropping_the_query_future_stops_its_evaluation() {
     let s = store();
     let e = Engine::default();
+    // What the caller asks to keep alive lives as long as the thread, not the future.
+    let slot = Arc::new(());
     run(async {
         // A client that goes away: the handler's future is dropped mid-evaluation.
-        let q = e.instant_query(&s, RUNAWAY, 0);
+        let ctx = QueryContext {
+            timeout: None,
+            keep_alive: Some(Box::new(Arc::clone(&slot))),
+        };
+        let q = e.instant_query_within(&s, RUNAWAY, 0, ctx);
         assert!(
             tokio::time::timeout(Duration::from_millis(300), q)
                 .await
@@ -175,6 +187,7 @@ fn dropping_the_query_future_stops_its_evaluation() {
         );
     });
     wait_for_threads(&e, 0);
+    assert_eq!(Arc::strong_count(&slot), 1, "released with the thread");
 }
 
 #[test]
