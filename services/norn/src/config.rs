@@ -130,6 +130,18 @@ pub struct Args {
     /// How far back an instant vector selector looks for a sample.
     #[arg(long = "querier.lookback-delta")]
     pub querier_lookback_delta: Option<String>,
+    /// Most queries (and series/label reads) running at once; more wait for a slot.
+    #[arg(long = "querier.max-concurrent")]
+    pub querier_max_concurrent: Option<usize>,
+    /// Most queries waiting for a slot; more get 503 unavailable at once.
+    #[arg(long = "querier.max-outstanding-requests")]
+    pub querier_max_outstanding_requests: Option<usize>,
+    /// Longest query text accepted, in bytes (0 = no limit).
+    #[arg(long = "querier.max-query-expression-size-bytes")]
+    pub querier_max_query_expression_size_bytes: Option<usize>,
+    /// Deepest nesting of a query expression accepted (1 to 1000).
+    #[arg(long = "querier.max-query-expression-depth")]
+    pub querier_max_query_expression_depth: Option<usize>,
     /// Default samples/s per tenant.
     #[arg(long = "distributor.ingestion-rate-limit")]
     pub ingestion_rate: Option<f64>,
@@ -592,6 +604,19 @@ impl Config {
         if let Some(d) = dur(&a.querier_lookback_delta, "querier.lookback-delta")? {
             self.querier.lookback_delta = d;
         }
+        set!(self.querier.max_concurrent, a.querier_max_concurrent);
+        set!(
+            self.querier.max_outstanding_requests,
+            a.querier_max_outstanding_requests
+        );
+        set!(
+            self.querier.max_query_expression_size_bytes,
+            a.querier_max_query_expression_size_bytes
+        );
+        set!(
+            self.querier.max_query_expression_depth,
+            a.querier_max_query_expression_depth
+        );
         set!(self.limits.ingestion_rate, a.ingestion_rate);
         set!(self.limits.ingestion_burst_size, a.ingestion_burst_size);
         set!(
@@ -752,6 +777,7 @@ impl Config {
             .ha_tracker
             .validate()
             .map_err(|e| anyhow::anyhow!("distributor.ha_tracker: {e}"))?;
+        self.querier.validate().map_err(anyhow::Error::msg)?;
         Ok(())
     }
 
@@ -833,6 +859,32 @@ mod tests {
     }
 
     #[test]
+    fn querier_bounds_from_yaml_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.yaml");
+        std::fs::write(
+            &f,
+            "querier:\n  max_concurrent: 3\n  max_outstanding_requests: 7\n  max_query_expression_depth: 50\n",
+        )
+        .unwrap();
+        let c = Config::load(&args(&[
+            "--config.file",
+            f.to_str().unwrap(),
+            "--querier.max-query-expression-size-bytes=1000",
+            "--querier.max-concurrent=5",
+        ]))
+        .unwrap();
+        assert_eq!(c.querier.max_concurrent, 5);
+        assert_eq!(c.querier.max_outstanding_requests, 7);
+        assert_eq!(c.querier.max_query_expression_depth, 50);
+        assert_eq!(c.querier.max_query_expression_size_bytes, 1000);
+        let d = Config::load(&args(&[])).unwrap().querier;
+        assert_eq!(d.max_concurrent, 20);
+        assert_eq!(d.max_query_expression_depth, 200);
+        assert_eq!(d.max_query_expression_size_bytes, 256 << 10);
+    }
+
+    #[test]
     fn secrets_are_masked() {
         let a = args(&["--common.storage.s3.secret-access-key=hunter2"]);
         let c = Config::load(&a).unwrap();
@@ -848,6 +900,9 @@ mod tests {
         assert!(Config::load(&args(&["--target=bogus"])).is_err());
         assert!(Config::load(&args(&["--common.storage.backend=gcs"])).is_err());
         assert!(Config::load(&args(&["--querier.timeout=soon"])).is_err());
+        assert!(Config::load(&args(&["--querier.max-query-expression-depth=0"])).is_err());
+        assert!(Config::load(&args(&["--querier.max-query-expression-depth=1001"])).is_err());
+        assert!(Config::load(&args(&["--querier.max-concurrent=0"])).is_err());
     }
 }
 

@@ -246,6 +246,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             tenants,
             Arc::clone(&overrides),
         );
+        querier
+            .register_metrics(&metrics.registry)
+            .context("registering querier metrics")?;
         services.push(Arc::new(QuerierService(querier)));
     }
     if let Some(c) = &cluster {
