@@ -24,6 +24,17 @@ pub enum DecodeError {
     TooLarge { size: usize, limit: usize },
     #[error("protobuf decode failed at byte {offset}: {what}")]
     Protobuf { offset: usize, what: &'static str },
+    /// The body has bytes but not one field of the message it was read as: most likely a
+    /// message of another protocol version sent with the wrong Content-Type. Answering 2xx
+    /// would acknowledge data that was never seen.
+    #[error(
+        "the {size}-byte body holds no field of {message}: nothing in it could be read (was it sent with the wrong Content-Type? remote write 2.0 needs `Content-Type: application/x-protobuf;proto=io.prometheus.write.v2.Request`)"
+    )]
+    NoKnownFields { message: &'static str, size: usize },
+    /// A remote-write 2.0 request breaks the symbol-table rules (references out of range, an
+    /// odd number of label references, an empty label name, `symbols[0]` not empty).
+    #[error("invalid remote write 2.0 request: {0}")]
+    InvalidV2(String),
 }
 
 /// Decompresses a snappy block-format body, refusing before allocating when the declared
@@ -49,20 +60,30 @@ pub fn decode_write_request(body: Bytes) -> Result<WriteBatch, DecodeError> {
         pos: 0,
         end: body.len(),
     };
+    let mut known = false;
     while !r.done() {
         let (field, wt) = r.key()?;
         match (field, wt) {
             (1, WIRE_LEN) => {
                 let end = r.len_end()?;
                 decode_series(&mut r, end, &mut builder)?;
+                known = true;
             }
             (3, WIRE_LEN) => {
                 let end = r.len_end()?;
                 let m = decode_metadata(&mut r, end)?;
                 builder.add_metadata(m);
+                known = true;
             }
             _ => r.skip(wt)?,
         }
+    }
+    // A 2.0 body read as 1.0 (fields 1-3 are reserved in 2.0) lands here.
+    if !known && !body.is_empty() {
+        return Err(DecodeError::NoKnownFields {
+            message: "prometheus.WriteRequest",
+            size: body.len(),
+        });
     }
     Ok(builder.build())
 }
@@ -247,23 +268,24 @@ fn put_bytes_field(out: &mut Vec<u8>, field: u32, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
-const WIRE_VARINT: u8 = 0;
-const WIRE_I64: u8 = 1;
-const WIRE_LEN: u8 = 2;
-const WIRE_I32: u8 = 5;
+pub(crate) const WIRE_VARINT: u8 = 0;
+pub(crate) const WIRE_I64: u8 = 1;
+pub(crate) const WIRE_LEN: u8 = 2;
+pub(crate) const WIRE_I32: u8 = 5;
 
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    end: usize,
+/// A cursor over protobuf wire format, bounded by the current message's end.
+pub(crate) struct Reader<'a> {
+    pub(crate) buf: &'a [u8],
+    pub(crate) pos: usize,
+    pub(crate) end: usize,
 }
 
 impl Reader<'_> {
-    fn done(&self) -> bool {
+    pub(crate) fn done(&self) -> bool {
         self.pos >= self.end
     }
 
-    fn err(&self, what: &'static str) -> DecodeError {
+    pub(crate) fn err(&self, what: &'static str) -> DecodeError {
         DecodeError::Protobuf {
             offset: self.pos,
             what,
@@ -271,7 +293,7 @@ impl Reader<'_> {
     }
 
     #[inline]
-    fn varint(&mut self) -> Result<u64, DecodeError> {
+    pub(crate) fn varint(&mut self) -> Result<u64, DecodeError> {
         let mut v: u64 = 0;
         for shift in (0..64).step_by(7) {
             let Some(&b) = self.buf[..self.end].get(self.pos) else {
@@ -287,7 +309,7 @@ impl Reader<'_> {
     }
 
     #[inline]
-    fn key(&mut self) -> Result<(u32, u8), DecodeError> {
+    pub(crate) fn key(&mut self) -> Result<(u32, u8), DecodeError> {
         let k = self.varint()?;
         let field = (k >> 3) as u32;
         if field == 0 {
@@ -298,7 +320,7 @@ impl Reader<'_> {
 
     /// Reads a length prefix and returns the absolute end offset of the value.
     #[inline]
-    fn len_end(&mut self) -> Result<usize, DecodeError> {
+    pub(crate) fn len_end(&mut self) -> Result<usize, DecodeError> {
         let len = self.varint()? as usize;
         let end = self
             .pos
@@ -311,7 +333,7 @@ impl Reader<'_> {
     }
 
     #[inline]
-    fn fixed64(&mut self) -> Result<u64, DecodeError> {
+    pub(crate) fn fixed64(&mut self) -> Result<u64, DecodeError> {
         let bytes = self.buf[..self.end]
             .get(self.pos..self.pos + 8)
             .ok_or_else(|| self.err("truncated fixed64"))?;
@@ -319,7 +341,7 @@ impl Reader<'_> {
         Ok(u64::from_le_bytes(bytes.try_into().unwrap_or([0; 8])))
     }
 
-    fn skip(&mut self, wt: u8) -> Result<(), DecodeError> {
+    pub(crate) fn skip(&mut self, wt: u8) -> Result<(), DecodeError> {
         match wt {
             WIRE_VARINT => {
                 self.varint()?;
@@ -343,7 +365,7 @@ impl Reader<'_> {
 
     /// Runs `f` over a nested message ending at `end`, restoring the outer bound afterwards.
     #[inline]
-    fn nested<T>(
+    pub(crate) fn nested<T>(
         &mut self,
         end: usize,
         f: impl FnOnce(&mut Self) -> Result<T, DecodeError>,

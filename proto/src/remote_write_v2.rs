@@ -1,0 +1,288 @@
+//! Decoding of remote-write 2.0 requests (`io.prometheus.write.v2.Request`) into the same
+//! [`WriteBatch`] the 1.0 decoder produces, so validation, limits, HA dedup and replication
+//! treat both versions alike.
+//!
+//! A 2.0 request interns every string in `Request.symbols` (field 4) and refers to it by
+//! index. The decoder records each symbol's byte range in the decompressed body (checking it is
+//! UTF-8) and turns each series' `labels_refs` pairs into label ranges over the same buffer:
+//! no label string is copied, exactly as in [`crate::remote_write`]. Symbols may come after the
+//! series on the wire (protobuf allows any field order), so a first pass over the top level
+//! collects symbols and series positions, and a second pass decodes the series.
+//!
+//! What a request may get wrong, and what it costs the sender (all 400, nothing stored,
+//! because a request with a broken symbol table cannot be trusted to mean anything):
+//! a reference past the end of the table, an odd number of label references, a label name
+//! that is reference 0 (`symbols[0]` is the empty string), a non-empty `symbols[0]`, a symbol
+//! that is not UTF-8, malformed wire format, or bytes without a single 2.0 field (a 1.0 body
+//! sent with the 2.0 Content-Type).
+//!
+//! What is kept: float samples, and per-series metadata (type, help, unit), which becomes one
+//! [`MetricMetadata`] per distinct (metric name, type, help, unit) in the request, keyed by the
+//! series' `__name__` as Prometheus' own 2.0 receiver keys it. Native histograms and exemplars
+//! are counted into [`WriteBatch::skipped_histograms`] / [`WriteBatch::skipped_exemplars`] and
+//! not stored; the distributor refuses them as a partial write. Start timestamps
+//! (`Sample.start_timestamp`, and the series-level `created_timestamp` field 6 older v3.x
+//! senders use) are read past: see docs/api.md for why no zero sample is synthesised.
+
+use std::collections::HashSet;
+use std::ops::Range;
+
+use bytes::Bytes;
+use norn_model::{METRIC_NAME, MetricMetadata, MetricType, Sample, WriteBatch, WriteBatchBuilder};
+
+use crate::remote_write::{DecodeError, Reader, WIRE_I64, WIRE_LEN, WIRE_VARINT};
+
+/// The protobuf message name of a remote-write 2.0 request, as `Content-Type: …;proto=` names it.
+pub const V2_MESSAGE: &str = "io.prometheus.write.v2.Request";
+
+/// Decodes an uncompressed `io.prometheus.write.v2.Request`.
+pub fn decode_write_request_v2(body: Bytes) -> Result<WriteBatch, DecodeError> {
+    let mut r = Reader {
+        buf: &body,
+        pos: 0,
+        end: body.len(),
+    };
+    // Pass 1: the symbol table and where each series is.
+    let mut symbols: Vec<Range<usize>> = Vec::new();
+    let mut series: Vec<Range<usize>> = Vec::new();
+    while !r.done() {
+        let (field, wt) = r.key()?;
+        match (field, wt) {
+            (4, WIRE_LEN) => {
+                let end = r.len_end()?;
+                if std::str::from_utf8(&r.buf[r.pos..end]).is_err() {
+                    return Err(DecodeError::InvalidV2(format!(
+                        "symbol {} is not valid UTF-8",
+                        symbols.len()
+                    )));
+                }
+                symbols.push(r.pos..end);
+                r.pos = end;
+            }
+            (5, WIRE_LEN) => {
+                let end = r.len_end()?;
+                series.push(r.pos..end);
+                r.pos = end;
+            }
+            _ => r.skip(wt)?,
+        }
+    }
+    if symbols.is_empty() && series.is_empty() && !body.is_empty() {
+        return Err(DecodeError::NoKnownFields {
+            message: crate::remote_write_v2::V2_MESSAGE,
+            size: body.len(),
+        });
+    }
+    if let Some(first) = symbols.first()
+        && !first.is_empty()
+    {
+        return Err(DecodeError::InvalidV2(format!(
+            "symbols[0] must be the empty string, got {:?}",
+            String::from_utf8_lossy(&body[first.clone()])
+        )));
+    }
+
+    // Pass 2: the series.
+    let mut d = SeriesDecoder {
+        symbols: &symbols,
+        builder: WriteBatch::builder(body.clone()),
+        seen_metadata: HashSet::new(),
+        pending_name: None,
+        metric_name_ref: None,
+    };
+    for (i, range) in series.into_iter().enumerate() {
+        let mut r = Reader {
+            buf: &body,
+            pos: range.start,
+            end: range.end,
+        };
+        if let Err(e) = d.series(&mut r, i) {
+            d.builder.abandon_series();
+            return Err(e);
+        }
+    }
+    Ok(d.builder.build())
+}
+
+/// Metadata of one series as refs, so duplicates across series cost no string.
+#[derive(Default, Clone, Copy, PartialEq, Eq, Hash)]
+struct MetadataRefs {
+    metric_type: u64,
+    help: u32,
+    unit: u32,
+}
+
+struct SeriesDecoder<'s> {
+    symbols: &'s [Range<usize>],
+    builder: WriteBatchBuilder,
+    /// (metric name ref, metadata) already turned into a `MetricMetadata` in this request.
+    seen_metadata: HashSet<(u32, MetadataRefs)>,
+    /// A name reference waiting for its value (label refs may arrive in several chunks).
+    pending_name: Option<u32>,
+    /// The value ref of this series' `__name__`, once seen.
+    metric_name_ref: Option<u32>,
+}
+
+impl SeriesDecoder<'_> {
+    fn symbol(&self, series: usize, what: &str, r: u64) -> Result<Range<usize>, DecodeError> {
+        usize::try_from(r)
+            .ok()
+            .and_then(|i| self.symbols.get(i))
+            .cloned()
+            .ok_or_else(|| {
+                DecodeError::InvalidV2(format!(
+                    "series {series}: {what} reference {r} is out of range (the request has {} symbols)",
+                    self.symbols.len()
+                ))
+            })
+    }
+
+    fn label_ref(&mut self, buf: &[u8], series: usize, r: u64) -> Result<(), DecodeError> {
+        match self.pending_name.take() {
+            None => {
+                if r == 0 {
+                    return Err(DecodeError::InvalidV2(format!(
+                        "series {series}: label name is reference 0, the empty string"
+                    )));
+                }
+                self.symbol(series, "label name", r)?;
+                // In range: symbol() checked it fits the table, which fits u32 on the wire.
+                self.pending_name = Some(r as u32);
+            }
+            Some(name) => {
+                let value = self.symbol(series, "label value", r)?;
+                let name_range = self.symbols[name as usize].clone();
+                if &buf[name_range.clone()] == METRIC_NAME.as_bytes() {
+                    self.metric_name_ref = Some(r as u32);
+                }
+                self.builder
+                    .add_label(name_range, value)
+                    .map_err(|_| DecodeError::InvalidV2("label is not valid UTF-8".into()))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn series(&mut self, r: &mut Reader<'_>, series: usize) -> Result<(), DecodeError> {
+        self.pending_name = None;
+        self.metric_name_ref = None;
+        let (mut histograms, mut exemplars) = (0, 0);
+        let mut metadata: Option<MetadataRefs> = None;
+        while !r.done() {
+            let (field, wt) = r.key()?;
+            match (field, wt) {
+                // labels_refs, packed (the proto3 default) …
+                (1, WIRE_LEN) => {
+                    let end = r.len_end()?;
+                    let buf = r.buf;
+                    r.nested(end, |r| {
+                        while !r.done() {
+                            let v = r.varint()?;
+                            self.label_ref(buf, series, v)?;
+                        }
+                        Ok(())
+                    })?;
+                }
+                // … or one unpacked element, which a decoder must also accept.
+                (1, WIRE_VARINT) => {
+                    let v = r.varint()?;
+                    self.label_ref(r.buf, series, v)?;
+                }
+                (2, WIRE_LEN) => {
+                    let end = r.len_end()?;
+                    let s = r.nested(end, |r| {
+                        let mut s = Sample { t: 0, v: 0.0 };
+                        while !r.done() {
+                            let (f, wt) = r.key()?;
+                            match (f, wt) {
+                                (1, WIRE_I64) => s.v = f64::from_bits(r.fixed64()?),
+                                (2, WIRE_VARINT) => s.t = r.varint()? as i64,
+                                // 3 = start_timestamp: read past (see the module doc).
+                                _ => r.skip(wt)?,
+                            }
+                        }
+                        Ok(s)
+                    })?;
+                    self.builder.add_sample(s);
+                }
+                (3, WIRE_LEN) => {
+                    histograms += 1;
+                    r.skip(wt)?;
+                }
+                (4, WIRE_LEN) => {
+                    exemplars += 1;
+                    r.skip(wt)?;
+                }
+                (5, WIRE_LEN) => {
+                    let end = r.len_end()?;
+                    let m = r.nested(end, |r| {
+                        let mut m = MetadataRefs::default();
+                        while !r.done() {
+                            let (f, wt) = r.key()?;
+                            match (f, wt) {
+                                (1, WIRE_VARINT) => m.metric_type = r.varint()?,
+                                (3, WIRE_VARINT) => m.help = ref32(r.varint()?),
+                                (4, WIRE_VARINT) => m.unit = ref32(r.varint()?),
+                                _ => r.skip(wt)?,
+                            }
+                        }
+                        Ok(m)
+                    })?;
+                    // A later metadata field in the same series replaces an earlier one, as
+                    // protobuf merges singular message fields (last one wins per field).
+                    metadata = Some(m);
+                }
+                // 6 = legacy series-level created_timestamp (≤ v3.8 senders): read past.
+                _ => r.skip(wt)?,
+            }
+        }
+        if self.pending_name.is_some() {
+            return Err(DecodeError::InvalidV2(format!(
+                "series {series}: labels_refs has an odd number of references"
+            )));
+        }
+        if let Some(m) = metadata {
+            self.metadata(series, m)?;
+        }
+        self.builder.note_histograms(histograms);
+        self.builder.note_exemplars(exemplars);
+        self.builder.finish_series();
+        Ok(())
+    }
+
+    fn metadata(&mut self, series: usize, m: MetadataRefs) -> Result<(), DecodeError> {
+        let help = self.symbol(series, "metadata help", u64::from(m.help))?;
+        let unit = self.symbol(series, "metadata unit", u64::from(m.unit))?;
+        // Nothing to keep: no type, no help, no unit (what a sender without metadata sends).
+        if m.metric_type == 0 && help.is_empty() && unit.is_empty() {
+            return Ok(());
+        }
+        // Metadata is per metric family; a series without a name has none to attach it to.
+        let Some(name) = self.metric_name_ref else {
+            return Ok(());
+        };
+        if !self.seen_metadata.insert((name, m)) {
+            return Ok(());
+        }
+        let buf = self.builder.buf();
+        let text = |r: Range<usize>| String::from_utf8_lossy(&buf[r]).into_owned();
+        let md = MetricMetadata {
+            metric_family_name: text(self.symbols[name as usize].clone()),
+            metric_type: MetricType::from_proto(i32::try_from(m.metric_type).unwrap_or(0)),
+            help: text(help),
+            unit: text(unit),
+        };
+        self.builder.add_metadata(md);
+        Ok(())
+    }
+}
+
+/// A reference read as a varint; anything past u32 cannot index a table and is kept out of
+/// range (u32::MAX is, since a table that long would exceed every body limit).
+fn ref32(v: u64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+#[path = "remote_write_v2/tests.rs"]
+mod tests;
