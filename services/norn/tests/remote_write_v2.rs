@@ -59,8 +59,11 @@ fn push(n: &Norn, tenant: &str, content_type: Option<&str>, body: &[u8]) -> Repl
     }
 }
 
-/// (labels, samples) of the test data, with -0.0, +Inf and a tiny value among the values.
-fn data(base: i64) -> Vec<(Vec<(&'static str, String)>, Vec<(i64, f64)>)> {
+/// Labels and samples of one test series.
+type TestSeries = (Vec<(&'static str, String)>, Vec<(i64, f64)>);
+
+/// The test data, with -0.0, +Inf and a tiny value among the values.
+fn data(base: i64) -> Vec<TestSeries> {
     let mut out = Vec::new();
     for i in 0..20 {
         let labels = vec![
@@ -85,7 +88,7 @@ fn data(base: i64) -> Vec<(Vec<(&'static str, String)>, Vec<(i64, f64)>)> {
     out
 }
 
-fn as_v1(data: &[(Vec<(&'static str, String)>, Vec<(i64, f64)>)]) -> pb::WriteRequest {
+fn as_v1(data: &[TestSeries]) -> pb::WriteRequest {
     let mut req = request(
         data.iter()
             .map(|(ls, ss)| {
@@ -103,7 +106,7 @@ fn as_v1(data: &[(Vec<(&'static str, String)>, Vec<(i64, f64)>)]) -> pb::WriteRe
     req
 }
 
-fn as_v2(data: &[(Vec<(&'static str, String)>, Vec<(i64, f64)>)]) -> v2::Request {
+fn as_v2(data: &[TestSeries]) -> v2::Request {
     let mut symbols = vec![String::new()];
     let mut intern = |s: &str| -> u32 {
         match symbols.iter().position(|x| x == s) {
