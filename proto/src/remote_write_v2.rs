@@ -87,6 +87,7 @@ pub fn decode_write_request_v2(body: Bytes) -> Result<WriteBatch, DecodeError> {
         symbols: &symbols,
         builder: WriteBatch::builder(body.clone()),
         seen_metadata: HashSet::new(),
+        last_metadata: None,
         pending_name: None,
         metric_name_ref: None,
     };
@@ -117,6 +118,9 @@ struct SeriesDecoder<'s> {
     builder: WriteBatchBuilder,
     /// (metric name ref, metadata) already turned into a `MetricMetadata` in this request.
     seen_metadata: HashSet<(u32, MetadataRefs)>,
+    /// The last entry of `seen_metadata`: senders send a family's series together, so most
+    /// series repeat the previous one's metadata and skip the hash.
+    last_metadata: Option<(u32, MetadataRefs)>,
     /// A name reference waiting for its value (label refs may arrive in several chunks).
     pending_name: Option<u32>,
     /// The value ref of this series' `__name__`, once seen.
@@ -261,6 +265,10 @@ impl SeriesDecoder<'_> {
         let Some(name) = self.metric_name_ref else {
             return Ok(());
         };
+        if self.last_metadata == Some((name, m)) {
+            return Ok(());
+        }
+        self.last_metadata = Some((name, m));
         if !self.seen_metadata.insert((name, m)) {
             return Ok(());
         }
