@@ -75,6 +75,12 @@ pub fn decode_write_request(body: Bytes) -> Result<WriteBatch, DecodeError> {
                 builder.add_metadata(m);
                 known = true;
             }
+            // Reserved in the 1.0 spec, Cortex's `source` enum (API/RULE) in Cortex/Mimir
+            // clients: a 1.0 field all the same (2.0 reserves 1-3, so no 2.0 body has it).
+            (2, WIRE_VARINT) => {
+                r.varint()?;
+                known = true;
+            }
             _ => r.skip(wt)?,
         }
     }
@@ -561,6 +567,26 @@ mod tests {
         assert_eq!(b.skipped_histograms, 1);
         assert_eq!(b.skipped_exemplars, 1);
         assert_eq!(b.num_samples(), 0);
+    }
+
+    #[test]
+    fn a_body_of_unknown_fields_is_an_error_not_an_empty_request() {
+        // Field 4 (2.0's symbols) and field 5 (2.0's timeseries): what a 2.0 body looks like.
+        for body in [&b"\x22\x00\x22\x02up"[..], b"\x2a\x00", b"\x78\x01"] {
+            assert!(
+                matches!(
+                    decode_write_request(Bytes::copy_from_slice(body)),
+                    Err(DecodeError::NoKnownFields { .. })
+                ),
+                "{body:?}"
+            );
+        }
+        // Cortex's `source = RULE` alone is a (meaningless but valid) 1.0 request.
+        assert!(
+            decode_write_request(Bytes::from_static(b"\x10\x01"))
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
