@@ -3,7 +3,8 @@
 //!
 //! The decoder walks the protobuf wire format by hand: `WriteRequest.timeseries` (1) and
 //! `metadata` (3); `TimeSeries.labels` (1), `samples` (2), `exemplars` (3) and `histograms` (4)
-//! (the last two are counted and skipped: Norn stores float samples); unknown fields are
+//! (the last two are counted and skipped: Norn stores float samples), and Mimir's
+//! `created_timestamp` (6, the series' start timestamp); unknown fields are
 //! skipped by wire type, as protobuf requires. Label names and values are recorded as byte
 //! ranges of the decompressed body and checked to be UTF-8.
 //!
@@ -167,6 +168,9 @@ pub fn encode_write_request_parts(batch: &WriteBatch) -> EncodedWriteRequest {
             let l = sample_len(smp);
             n += 1 + varint_len(l as u64) + l;
         }
+        if let Some(st) = s.start_timestamp() {
+            n += 1 + varint_len(st as u64);
+        }
         series_len.push(n);
         total += 1 + varint_len(n as u64) + n;
     }
@@ -193,6 +197,10 @@ pub fn encode_write_request_parts(batch: &WriteBatch) -> EncodedWriteRequest {
             out.extend_from_slice(&smp.v.to_bits().to_le_bytes());
             put_key(&mut out, 2, WIRE_VARINT);
             put_varint(&mut out, smp.t as u64);
+        }
+        if let Some(st) = s.start_timestamp() {
+            put_key(&mut out, START_TIMESTAMP_FIELD, WIRE_VARINT);
+            put_varint(&mut out, st as u64);
         }
         ends.push(out.len() as u32);
     }
@@ -273,6 +281,12 @@ fn put_bytes_field(out: &mut Vec<u8>, field: u32, b: &[u8]) {
     put_varint(out, b.len() as u64);
     out.extend_from_slice(b);
 }
+
+/// `TimeSeries` field carrying the series' start (created) timestamp in ms. Not in
+/// Prometheus' 1.0 proto; Mimir's `TimeSeries` has `created_timestamp` at this number, and
+/// Norn uses it on its own distributor → ingester pushes to carry a 2.0 request's start
+/// timestamp (see `norn_model::WriteBatchBuilder::set_start_timestamp`).
+pub(crate) const START_TIMESTAMP_FIELD: u32 = 6;
 
 pub(crate) const WIRE_VARINT: u8 = 0;
 pub(crate) const WIRE_I64: u8 = 1;
@@ -442,6 +456,9 @@ fn decode_series(
                 (4, WIRE_LEN) => {
                     histograms += 1;
                     r.skip(wt)?;
+                }
+                (START_TIMESTAMP_FIELD, WIRE_VARINT) => {
+                    b.set_start_timestamp(r.varint()? as i64);
                 }
                 _ => r.skip(wt)?,
             }
@@ -644,14 +661,15 @@ mod tests {
         fn encode_then_decode_is_identity(
             input in proptest::collection::vec(
                 (proptest::collection::vec(("[a-z_]{0,6}", ".{0,6}"), 0..5),
-                 proptest::collection::vec((any::<i64>(), any::<f64>()), 0..5)), 0..5),
+                 proptest::collection::vec((any::<i64>(), any::<f64>()), 0..5),
+                 prop_oneof![Just(0i64), any::<i64>()]), 0..5),
             metadata in proptest::collection::vec(
                 (metric_type(), "[a-z_]{0,8}", ".{0,10}", "[a-z]{0,4}"), 0..3),
         ) {
             // Build through the builder so label order and empty names are kept as given.
             let mut buf = Vec::new();
             let mut spans = Vec::new();
-            for (ls, _) in &input {
+            for (ls, _, _) in &input {
                 let mut s = Vec::new();
                 for (n, v) in ls {
                     let a = buf.len();
@@ -663,10 +681,11 @@ mod tests {
                 spans.push(s);
             }
             let mut bld = norn_model::WriteBatch::builder(Bytes::from(buf));
-            for ((_, ss), spans) in input.iter().zip(spans) {
+            for ((_, ss, st), spans) in input.iter().zip(spans) {
                 for (n, v) in spans {
                     bld.add_label(n, v).unwrap();
                 }
+                bld.set_start_timestamp(*st);
                 for (t, v) in ss {
                     bld.add_sample(Sample::new(*t, *v));
                 }
@@ -685,6 +704,7 @@ mod tests {
             prop_assert_eq!(got.len(), batch.len());
             for (g, w) in got.iter().zip(batch.iter()) {
                 prop_assert_eq!(g.labels().collect::<Vec<_>>(), w.labels().collect::<Vec<_>>());
+                prop_assert_eq!(g.start_timestamp(), w.start_timestamp());
                 let gs: Vec<(i64, u64)> = g.samples().iter().map(|s| (s.t, s.v.to_bits())).collect();
                 let ws: Vec<(i64, u64)> = w.samples().iter().map(|s| (s.t, s.v.to_bits())).collect();
                 prop_assert_eq!(gs, ws);

@@ -20,9 +20,11 @@
 //! [`MetricMetadata`] per distinct (metric name, type, help, unit) in the request, keyed by the
 //! series' `__name__` as Prometheus' own 2.0 receiver keys it. Native histograms and exemplars
 //! are counted into [`WriteBatch::skipped_histograms`] / [`WriteBatch::skipped_exemplars`] and
-//! not stored; the distributor refuses them as a partial write. Start timestamps
-//! (`Sample.start_timestamp`, and the series-level `created_timestamp` field 6 older v3.x
-//! senders use) are read past: see docs/api.md for why no zero sample is synthesised.
+//! not stored; the distributor refuses them as a partial write. The series' start timestamp
+//! (its first sample's `start_timestamp`, else the series-level `created_timestamp`, field 6,
+//! that v3.0–v3.8 senders use) goes with the series into the batch; the ingester's head turns
+//! it into Prometheus' created-timestamp zero sample. Later samples' start timestamps (a
+//! counter reset inside one request) are not used.
 
 use std::collections::HashSet;
 use std::ops::Range;
@@ -172,6 +174,9 @@ impl SeriesDecoder<'_> {
         self.metric_name_ref = None;
         let (mut histograms, mut exemplars) = (0, 0);
         let mut metadata: Option<MetadataRefs> = None;
+        // Start timestamp: the first sample's (v3.9+ senders), else the series-level legacy
+        // field (≤ v3.8 senders).
+        let (mut first_sample_start, mut legacy_start) = (None, 0i64);
         while !r.done() {
             let (field, wt) = r.key()?;
             match (field, wt) {
@@ -194,19 +199,21 @@ impl SeriesDecoder<'_> {
                 }
                 (2, WIRE_LEN) => {
                     let end = r.len_end()?;
-                    let s = r.nested(end, |r| {
+                    let (s, start) = r.nested(end, |r| {
                         let mut s = Sample { t: 0, v: 0.0 };
+                        let mut start = 0;
                         while !r.done() {
                             let (f, wt) = r.key()?;
                             match (f, wt) {
                                 (1, WIRE_I64) => s.v = f64::from_bits(r.fixed64()?),
                                 (2, WIRE_VARINT) => s.t = r.varint()? as i64,
-                                // 3 = start_timestamp: read past (see the module doc).
+                                (3, WIRE_VARINT) => start = r.varint()? as i64,
                                 _ => r.skip(wt)?,
                             }
                         }
-                        Ok(s)
+                        Ok((s, start))
                     })?;
+                    first_sample_start.get_or_insert(start);
                     self.builder.add_sample(s);
                 }
                 (3, WIRE_LEN) => {
@@ -236,7 +243,7 @@ impl SeriesDecoder<'_> {
                     // protobuf merges singular message fields (last one wins per field).
                     metadata = Some(m);
                 }
-                // 6 = legacy series-level created_timestamp (≤ v3.8 senders): read past.
+                (6, WIRE_VARINT) => legacy_start = r.varint()? as i64,
                 _ => r.skip(wt)?,
             }
         }
@@ -248,6 +255,10 @@ impl SeriesDecoder<'_> {
         if let Some(m) = metadata {
             self.metadata(series, m)?;
         }
+        let start = first_sample_start
+            .filter(|&t| t != 0)
+            .unwrap_or(legacy_start);
+        self.builder.set_start_timestamp(start);
         self.builder.note_histograms(histograms);
         self.builder.note_exemplars(exemplars);
         self.builder.finish_series();

@@ -134,15 +134,28 @@ fn histograms_and_exemplars_are_counted_not_stored() {
 }
 
 #[test]
-fn start_timestamps_are_read_past() {
+fn start_timestamps_go_with_their_series() {
     let mut req = spec_example();
+    // v3.9+: per sample (the first sample's is the series'); ≤ v3.8: series-level field 6.
     req.timeseries[0].samples[0].start_timestamp = 500;
+    req.timeseries[0].samples[1].start_timestamp = 1500;
     req.timeseries[0].created_timestamp = 400;
+    req.timeseries[1].created_timestamp = 300;
     let b = decode(&req).unwrap();
+    assert_eq!(b.series(0).start_timestamp(), Some(500));
+    assert_eq!(b.series(1).start_timestamp(), Some(300));
     assert_eq!(
         b.series(0).samples(),
         &[Sample::new(1000, 1.0), Sample::new(2000, 2.0)]
     );
+    assert_eq!(
+        decode(&spec_example()).unwrap().series(0).start_timestamp(),
+        None
+    );
+    // And they survive the re-encoding for the ingester.
+    let again = crate::decode_write_request(Bytes::from(crate::encode_write_request(&b))).unwrap();
+    assert_eq!(again.series(0).start_timestamp(), Some(500));
+    assert_eq!(again.series(1).start_timestamp(), Some(300));
 }
 
 #[test]

@@ -299,3 +299,50 @@ fn histograms_and_exemplars_are_a_partial_write_floats_stored() {
     assert_eq!(got, floats);
     assert!(n.metric("norn_discarded_exemplars_total") >= 1.0);
 }
+
+/// Created-timestamp zero ingestion: the first request of a counter stores a 0 at its start
+/// time; later requests with the same start time are not refused (the zero is older than what
+/// is stored), and the zeros are not counted as written.
+#[test]
+fn start_timestamp_stores_the_zero_sample_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = Norn::start(dir.path(), &[]);
+    let base = now_ms() - 120_000;
+    let start = base - 30_000;
+    let req = |t: i64, v: f64| v2::Request {
+        symbols: ["", "__name__", "st_requests_total", "job", "api"]
+            .map(String::from)
+            .to_vec(),
+        timeseries: vec![v2::TimeSeries {
+            labels_refs: vec![1, 2, 3, 4],
+            samples: vec![v2::Sample {
+                value: v,
+                timestamp: t,
+                start_timestamp: start,
+            }],
+            ..Default::default()
+        }],
+    };
+    for (i, t) in [base, base + 15_000, base + 30_000].into_iter().enumerate() {
+        let r = push(
+            &n,
+            "t",
+            Some(V2_CT),
+            &snappy(&req(t, 10.0 + i as f64).encode_to_vec()),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.written, Some((1, 0, 0)));
+    }
+    let got = n.raw_samples(Some("t"), "st_requests_total", start - 1000, base + 30_000);
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].1,
+        [
+            (start, 0.0),
+            (base, 10.0),
+            (base + 15_000, 11.0),
+            (base + 30_000, 12.0)
+        ]
+    );
+    assert_eq!(n.metric("norn_discarded_samples_total"), 0.0);
+}
