@@ -17,8 +17,9 @@
 //! sent with the 2.0 Content-Type).
 //!
 //! What is kept: float samples, and per-series metadata (type, help, unit), which becomes one
-//! [`MetricMetadata`] per distinct (metric name, type, help, unit) in the request, keyed by the
-//! series' `__name__` as Prometheus' own 2.0 receiver keys it. Native histograms and exemplars
+//! [`MetricMetadata`] per distinct (metric name, type, help, unit) in the request, named by the
+//! series' metric family: its `__name__`, without the `_bucket`/`_sum`/`_count` of a classic
+//! histogram's or summary's series, so it reads as 1.0 metadata of the same family does. Native histograms and exemplars
 //! are counted into [`WriteBatch::skipped_histograms`] / [`WriteBatch::skipped_exemplars`] and
 //! not stored; the distributor refuses them as a partial write. The series' start timestamp
 //! (its first sample's `start_timestamp`, else the series-level `created_timestamp`, field 6,
@@ -285,15 +286,36 @@ impl SeriesDecoder<'_> {
         }
         let buf = self.builder.buf();
         let text = |r: Range<usize>| String::from_utf8_lossy(&buf[r]).into_owned();
+        let metric_type = MetricType::from_proto(i32::try_from(m.metric_type).unwrap_or(0));
         let md = MetricMetadata {
-            metric_family_name: text(self.symbols[name as usize].clone()),
-            metric_type: MetricType::from_proto(i32::try_from(m.metric_type).unwrap_or(0)),
+            metric_family_name: family_name(
+                &text(self.symbols[name as usize].clone()),
+                metric_type,
+            )
+            .to_string(),
+            metric_type,
             help: text(help),
             unit: text(unit),
         };
         self.builder.add_metadata(md);
         Ok(())
     }
+}
+
+/// The metric family a series of `metric_type` belongs to. 2.0 attaches metadata to every
+/// series, so a classic histogram's metadata arrives on `foo_bucket`, `foo_sum` and
+/// `foo_count`; 1.0 (and `/api/v1/metadata` users, such as Grafana) name the family `foo`.
+fn family_name(series_name: &str, metric_type: MetricType) -> &str {
+    let suffixes: &[&str] = match metric_type {
+        MetricType::Histogram => &["_bucket", "_sum", "_count"],
+        MetricType::GaugeHistogram => &["_bucket", "_gsum", "_gcount"],
+        MetricType::Summary => &["_sum", "_count"],
+        _ => &[],
+    };
+    suffixes
+        .iter()
+        .find_map(|s| series_name.strip_suffix(s).filter(|b| !b.is_empty()))
+        .unwrap_or(series_name)
 }
 
 /// A reference read as a varint; anything past u32 cannot index a table and is kept out of

@@ -173,6 +173,68 @@ fn metadata_refs_zero_mean_empty_and_unspecified_is_dropped() {
     assert_eq!(b.metadata()[0].help, "");
 }
 
+#[test]
+fn classic_histogram_and_summary_metadata_is_named_by_family() {
+    let mut req = v2::Request {
+        symbols: [
+            "",
+            "__name__",
+            "rpc_seconds_bucket",
+            "rpc_seconds_sum",
+            "rpc_seconds_count",
+            "le",
+            "+Inf",
+            "lat_sum",
+            "_sum",
+            "Latency.",
+        ]
+        .map(String::from)
+        .to_vec(),
+        timeseries: vec![],
+    };
+    let md = |t: v2::metadata::MetricType| {
+        Some(v2::Metadata {
+            r#type: t as i32,
+            help_ref: 9,
+            unit_ref: 0,
+        })
+    };
+    use v2::metadata::MetricType as T;
+    for (refs, t) in [
+        (vec![1, 2, 5, 6], T::Histogram),
+        (vec![1, 3], T::Histogram),
+        (vec![1, 4], T::Histogram),
+        (vec![1, 7], T::Summary),
+        // A counter keeps its name; a bare suffix is not trimmed to nothing.
+        (vec![1, 3], T::Counter),
+        (vec![1, 8], T::Summary),
+    ] {
+        req.timeseries.push(v2::TimeSeries {
+            labels_refs: refs,
+            samples: vec![sample(1, 1.0)],
+            metadata: md(t),
+            ..Default::default()
+        });
+    }
+    let b = decode(&req).unwrap();
+    let names: Vec<(&str, MetricType)> = b
+        .metadata()
+        .iter()
+        .map(|m| (m.metric_family_name.as_str(), m.metric_type))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("rpc_seconds", MetricType::Histogram),
+            ("rpc_seconds", MetricType::Histogram),
+            ("rpc_seconds", MetricType::Histogram),
+            ("lat", MetricType::Summary),
+            ("rpc_seconds_sum", MetricType::Counter),
+            ("_sum", MetricType::Summary),
+        ]
+    );
+}
+
 fn invalid(req: &v2::Request) -> String {
     match decode(req) {
         Err(DecodeError::InvalidV2(m)) => m,
