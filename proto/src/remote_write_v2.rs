@@ -222,8 +222,38 @@ impl SeriesDecoder<'_> {
                     r.skip(wt)?;
                 }
                 (4, WIRE_LEN) => {
+                    // Not stored, but its references must be valid like any other.
                     exemplars += 1;
-                    r.skip(wt)?;
+                    let end = r.len_end()?;
+                    r.nested(end, |r| {
+                        let mut n = 0usize;
+                        while !r.done() {
+                            let (f, wt) = r.key()?;
+                            match (f, wt) {
+                                (1, WIRE_LEN) => {
+                                    let end = r.len_end()?;
+                                    r.nested(end, |r| {
+                                        while !r.done() {
+                                            self.symbol(series, "exemplar label", r.varint()?)?;
+                                            n += 1;
+                                        }
+                                        Ok(())
+                                    })?;
+                                }
+                                (1, WIRE_VARINT) => {
+                                    self.symbol(series, "exemplar label", r.varint()?)?;
+                                    n += 1;
+                                }
+                                _ => r.skip(wt)?,
+                            }
+                        }
+                        if n % 2 == 1 {
+                            return Err(DecodeError::InvalidV2(format!(
+                                "series {series}: an exemplar's labels_refs has an odd number of references"
+                            )));
+                        }
+                        Ok(())
+                    })?;
                 }
                 (5, WIRE_LEN) => {
                     let end = r.len_end()?;

@@ -262,6 +262,21 @@ fn out_of_range_refs_are_refused() {
 }
 
 #[test]
+fn exemplar_refs_are_checked_too() {
+    let mut req = spec_example();
+    req.timeseries[0].exemplars = vec![v2::Exemplar {
+        labels_refs: vec![3, 42],
+        value: 1.0,
+        timestamp: 1,
+    }];
+    assert!(invalid(&req).contains("exemplar label reference 42 is out of range"));
+    req.timeseries[0].exemplars[0].labels_refs = vec![3];
+    assert!(invalid(&req).contains("exemplar's labels_refs has an odd number"));
+    req.timeseries[0].exemplars[0].labels_refs = vec![3, 4];
+    assert_eq!(decode(&req).unwrap().skipped_exemplars, 1);
+}
+
+#[test]
 fn odd_length_refs_are_refused() {
     let mut req = spec_example();
     req.timeseries[0].labels_refs.pop();
@@ -411,6 +426,14 @@ fn reference(req: &v2::Request) -> Option<Vec<RefSeries>> {
             let v = req.symbols.get(p[1] as usize)?;
             ls.push((n.clone(), v.clone()));
         }
+        for e in &ts.exemplars {
+            if e.labels_refs.len() % 2 == 1 {
+                return None;
+            }
+            for &r in &e.labels_refs {
+                req.symbols.get(r as usize)?;
+            }
+        }
         if let Some(m) = &ts.metadata {
             req.symbols.get(m.help_ref as usize)?;
             req.symbols.get(m.unit_ref as usize)?;
@@ -438,7 +461,7 @@ fn request() -> impl Strategy<Value = v2::Request> {
         proptest::collection::vec((any::<i64>(), any::<f64>(), any::<i64>()), 0..4),
         proptest::option::of((0i32..9, 0u32..12, 0u32..12)),
         0usize..2,
-        0usize..2,
+        proptest::collection::vec(proptest::collection::vec(0u32..12, 0..4), 0..2),
     )
         .prop_map(|(refs, samples, md, h, e)| v2::TimeSeries {
             labels_refs: refs,
@@ -451,7 +474,14 @@ fn request() -> impl Strategy<Value = v2::Request> {
                 })
                 .collect(),
             histograms: vec![v2::Histogram::default(); h],
-            exemplars: vec![v2::Exemplar::default(); e],
+            exemplars: e
+                .into_iter()
+                .map(|labels_refs| v2::Exemplar {
+                    labels_refs,
+                    value: 1.0,
+                    timestamp: 1,
+                })
+                .collect(),
             metadata: md.map(|(t, help, unit)| v2::Metadata {
                 r#type: t,
                 help_ref: help,
