@@ -19,8 +19,8 @@
 //! What is kept: float samples, and per-series metadata (type, help, unit), which becomes one
 //! [`MetricMetadata`] per distinct (metric name, type, help, unit) in the request, named by the
 //! series' metric family: its `__name__`, without the `_bucket`/`_sum`/`_count` of a classic
-//! histogram's or summary's series, so it reads as 1.0 metadata of the same family does. Native histograms and exemplars
-//! are counted into [`WriteBatch::skipped_histograms`] / [`WriteBatch::skipped_exemplars`] and
+//! histogram's or summary's series, so it reads as 1.0 metadata of the same family does.
+//! Native histograms and exemplars are counted into [`WriteBatch::skipped_histograms`] / [`WriteBatch::skipped_exemplars`] and
 //! not stored; the distributor refuses them as a partial write. The series' start timestamp
 //! (its first sample's `start_timestamp`, else the series-level `created_timestamp`, field 6,
 //! that v3.0–v3.8 senders use) goes with the series into the batch; the ingester's head turns

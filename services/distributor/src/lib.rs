@@ -1,10 +1,10 @@
 //! The distributor: Norn's write front door.
 //!
 //! `POST /api/v1/push` takes remote write 1.0 and 2.0 (snappy + protobuf; the Content-Type picks
-//! the version, see [`negotiate`]). The pipeline is decode → validate → rate-limit → push: labels are sorted and checked with Mimir's rules,
-//! samples too far in the future/past are dropped, the tenant's token bucket is charged, and
-//! what is valid goes to the [`Pusher`] (the ingester in-process; replication over the ring in
-//! a cluster). Responses follow the remote-write spec: 2xx when everything was stored; 400
+//! the version, see [`negotiate`]). The pipeline is decode → validate → rate-limit → push:
+//! labels are sorted and checked with Mimir's rules, samples too far in the future/past are
+//! dropped, the tenant's token bucket is charged, and what is valid goes to the [`Pusher`] (the
+//! ingester in-process; replication over the ring in a cluster). Responses follow the remote-write spec: 2xx when everything was stored; 400
 //! naming the first refused series when some data will never be accepted (the rest is still
 //! stored); 429 over the rate limit; 5xx only when a retry can succeed.
 
