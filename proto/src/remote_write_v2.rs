@@ -72,16 +72,19 @@ pub fn decode_write_request_v2(body: Bytes) -> Result<WriteBatch, DecodeError> {
     }
     if symbols.is_empty() && series.is_empty() && !body.is_empty() {
         return Err(DecodeError::NoKnownFields {
-            message: crate::remote_write_v2::V2_MESSAGE,
+            message: V2_MESSAGE,
             size: body.len(),
         });
     }
     if let Some(first) = symbols.first()
         && !first.is_empty()
     {
+        // Quote at most 64 bytes: the sender chose the symbol's length, not the reply's.
+        let shown = first.start..first.end.min(first.start + 64);
         return Err(DecodeError::InvalidV2(format!(
-            "symbols[0] must be the empty string, got {:?}",
-            String::from_utf8_lossy(&body[first.clone()])
+            "symbols[0] must be the empty string, got a {}-byte symbol starting {:?}",
+            first.len(),
+            String::from_utf8_lossy(&body[shown])
         )));
     }
 

@@ -295,6 +295,10 @@ fn first_symbol_must_be_empty() {
     let mut req = spec_example();
     req.symbols[0] = "oops".into();
     assert!(invalid(&req).contains("symbols[0]"));
+    // A huge first symbol is not echoed back whole.
+    req.symbols[0] = "x".repeat(1 << 20);
+    let m = invalid(&req);
+    assert!(m.len() < 300 && m.contains("1048576-byte"), "{}", m.len());
 }
 
 #[test]
