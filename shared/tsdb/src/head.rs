@@ -507,6 +507,7 @@ impl Head {
                 // skipped silently — never an out-of-order refusal — and it is never counted
                 // as an appended sample.
                 if let Some(ct) = sv.start_timestamp()
+                    && norn_model::sample_time_in_bounds(ct)
                     && ct < samples[0].t
                     && ct >= min_valid
                     && last.is_none_or(|(lt, _)| ct > lt)

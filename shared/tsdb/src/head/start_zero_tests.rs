@@ -84,3 +84,17 @@ fn zero_sample_at_the_start_time_when_newer_than_what_is_stored() {
     let (head, _) = Head::open(HeadOptions::new(dir.path())).unwrap();
     assert_eq!(stored(&head), want);
 }
+
+#[test]
+fn a_start_time_outside_the_absolute_bounds_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (head, _) = Head::open(HeadOptions::new(dir.path())).unwrap();
+    for start in [i64::MIN, i64::MIN + 1, -1] {
+        let out = head
+            .append(&batch(start, &[(5_000, 3.0)]), &NO_LIMITS)
+            .unwrap();
+        assert!(out.rejected.is_empty(), "{:?}", out.rejected);
+    }
+    assert_eq!(stored(&head), [(5_000, 3.0)]);
+    assert_eq!(head.first_flush_range(), Some((5_000, 5_001)));
+}
