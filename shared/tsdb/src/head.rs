@@ -687,7 +687,7 @@ impl Head {
     pub fn select(&self, mint: i64, maxt: i64, matchers: &[Matcher]) -> Vec<Series> {
         let mut out = Vec::new();
         for s in self.matching(matchers) {
-            let samples = s.state.lock().samples(mint, maxt, self.store());
+            let samples = s.state.lock().samples_for_query(mint, maxt, self.store());
             if !samples.is_empty() {
                 out.push(Series {
                     labels: self.labels_of(&s),

@@ -105,6 +105,9 @@ pub(crate) struct ClosedChunk {
     pub(crate) chunk_ref: u64,
 }
 
+/// Spilled pieces from which a query rewrites an open chunk's chain as one piece.
+const COMPACT_PIECES: usize = 4;
+
 /// The open chunk of a series.
 pub(crate) struct HeadChunk {
     /// Encoder state, header and the stream bytes not spilled yet.
@@ -152,6 +155,29 @@ impl HeadChunk {
         ChunkBytes::Owned(out)
     }
 
+    /// The whole chunk for a query. A chain of [`COMPACT_PIECES`] or more pieces is also
+    /// rewritten as one piece (and the old ones released): the pieces of one chain lie far
+    /// apart in the spill files, so each costs a cache miss per read, and dashboards read the
+    /// same open chunks over and over. Writing the piece costs a copy into the write buffer.
+    fn bytes_for_query(&mut self, spill: &SpillLog) -> ChunkBytes<'_> {
+        let held = self.chunk.bytes();
+        if self.spilled == 0 {
+            return ChunkBytes::Borrowed(held);
+        }
+        let mut out = Vec::with_capacity(held.len() + 8 * TAIL_BYTES);
+        out.extend_from_slice(&held[..2]);
+        let Some(pieces) = spill.read_counted(self.spilled, &mut out) else {
+            return ChunkBytes::Missing;
+        };
+        if pieces >= COMPACT_PIECES && out.len() - 2 <= usize::from(u16::MAX) {
+            let joined = spill.push(0, &out[2..]);
+            spill.release(self.spilled);
+            self.spilled = joined;
+        }
+        out.extend_from_slice(&held[2..]);
+        ChunkBytes::Owned(out)
+    }
+
     /// Gives the spilled pieces back to the log (the chunk is dropped).
     fn release(&self, spill: &SpillLog) {
         if self.spilled != 0 {
@@ -185,6 +211,18 @@ impl Default for SeriesState {
             open: HeadChunk::new(0),
             closed: Box::default(),
             cutter: ChunkCutter { next_at: i64::MIN },
+        }
+    }
+}
+
+/// Appends the samples of an XOR chunk that lie in `[mint, maxt]`.
+fn decode_into(out: &mut Vec<Sample>, chunk: &[u8], mint: i64, maxt: i64) {
+    for (t, v) in XorIterator::new(chunk) {
+        if t > maxt {
+            break;
+        }
+        if t >= mint {
+            out.push(Sample::new(t, v));
         }
     }
 }
@@ -351,14 +389,37 @@ impl SeriesState {
     pub(crate) fn samples(&self, mint: i64, maxt: i64, store: Store<'_>) -> Vec<Sample> {
         let mut out = Vec::new();
         for (_, _, data) in self.chunks(mint, maxt, store) {
-            for (t, v) in XorIterator::new(data.bytes()) {
-                if t > maxt {
-                    break;
-                }
-                if t >= mint {
-                    out.push(Sample::new(t, v));
-                }
-            }
+            decode_into(&mut out, data.bytes(), mint, maxt);
+        }
+        out
+    }
+
+    /// [`samples`](Self::samples) for a query: the open chunk is read with
+    /// [`HeadChunk::bytes_for_query`], which keeps its spilled chain short.
+    pub(crate) fn samples_for_query(
+        &mut self,
+        mint: i64,
+        maxt: i64,
+        store: Store<'_>,
+    ) -> Vec<Sample> {
+        let mut out = Vec::new();
+        for c in self
+            .closed
+            .iter()
+            .filter(|c| c.min_t <= maxt && c.max_t >= mint)
+        {
+            let bytes = store
+                .mapper
+                .get(c.chunk_ref)
+                .map_or(ChunkBytes::Missing, ChunkBytes::Mapped);
+            decode_into(&mut out, bytes.bytes(), mint, maxt);
+        }
+        if !self.open.chunk.is_empty()
+            && self.open.min_t <= maxt
+            && self.open.chunk.last_t() >= mint
+        {
+            let bytes = self.open.bytes_for_query(store.spill);
+            decode_into(&mut out, bytes.bytes(), mint, maxt);
         }
         out
     }
@@ -491,5 +552,49 @@ mod tests {
             .map(|(a, b, _)| (a, b))
             .collect();
         assert_eq!(chunks, [(0, 900), (1000, 1900), (2000, 2900)]);
+    }
+}
+
+#[cfg(test)]
+mod query_compaction_tests {
+    use super::*;
+
+    #[test]
+    fn a_query_rewrites_a_long_spill_chain_as_one_piece() {
+        let dir = tempfile::tempdir().unwrap();
+        let mapper = ChunkMapper::open(dir.path().join("chunks_head")).unwrap();
+        let spill = SpillLog::open(dir.path().join("head_spill")).unwrap();
+        let store = Store {
+            chunk_range: 7_200_000,
+            mapper: &mapper,
+            spill: &spill,
+        };
+        let mut s = SeriesState::default();
+        // Noisy values spill often: 100 samples leave a long chain in the open chunk.
+        let value = |i: i64| (i as f64 * 1.37).sin() * 1e6;
+        for i in 0..100 {
+            s.append(1, i * 15_000, value(i), store);
+        }
+        let chain = |s: &SeriesState| spill.read_counted(s.open.spilled, &mut Vec::new());
+        assert!(chain(&s).unwrap() >= COMPACT_PIECES, "{:?}", chain(&s));
+        let all = s.samples(i64::MIN, i64::MAX, store);
+        assert_eq!(all.len(), 100);
+
+        // The query reads the same samples, and leaves one piece behind.
+        assert_eq!(s.samples_for_query(i64::MIN, i64::MAX, store), all);
+        assert_eq!(chain(&s), Some(1));
+        assert_eq!(s.samples_for_query(300_000, 600_000, store), &all[20..=40]);
+
+        // Appends go on from the rewritten chain; the completed chunk holds everything.
+        for i in 100..200 {
+            s.append(1, i * 15_000, value(i), store);
+        }
+        let every = s.samples(i64::MIN, i64::MAX, store);
+        assert_eq!(every.len(), 200);
+        assert_eq!(&every[..100], &all[..]);
+        for (i, smp) in every.iter().enumerate() {
+            assert_eq!(smp.t, i as i64 * 15_000);
+            assert_eq!(smp.v.to_bits(), value(i as i64).to_bits());
+        }
     }
 }

@@ -18,12 +18,13 @@
 //!
 //! Queries read pieces on disk through a read-only mapping of each file, so reading a head's
 //! recent data costs no system call per chunk (a `pread` per piece made queries over the last
-//! hour 3–6× slower). Assembling a completing chunk, the one read every piece gets on the
-//! write path, uses `pread` instead: a mapped page a read touches counts in the process'
-//! resident size until the file is unmapped, and reading the whole directory that way once
-//! per chunk would put it all back into the resident size the spill exists to save. So only
-//! the pages queries touch become resident (file-backed, reclaimable), and only until their
-//! file is deleted. A file is deleted (and unmapped) once every piece written to it is
+//! hour 3–6× slower), and a query that finds a chain of several pieces rewrites it as one
+//! (see `HeadChunk::bytes_for_query`). The write path's reads (assembling a completing chunk,
+//! which every piece goes through once, and block cuts, which read every open chunk) use
+//! `pread` instead: a mapped page a read touches counts in the process' resident size until
+//! the file is unmapped, and reading the whole directory that way would put it all back into
+//! the resident size the spill exists to save. So only the pages queries touch become
+//! resident (file-backed, reclaimable), and only until their file is deleted. A file is deleted (and unmapped) once every piece written to it is
 //! released.
 //!
 //! Like `chunks_head/`, the directory is a cache: the WAL holds every sample, and opening a
@@ -255,10 +256,22 @@ impl SpillLog {
     }
 
     /// Appends the bytes of every piece of the chain whose newest piece is `last`, oldest
-    /// first, to `out`. False if a piece could not be read (never expected). For queries:
-    /// pieces on disk are read through the files' mappings.
+    /// first, to `out`. False if a piece could not be read (never expected). Pieces on disk
+    /// are read with `pread`: for the write path (block cuts, replay), which reads every open
+    /// chunk once and must not make the whole directory resident.
     pub(crate) fn read(&self, last: u64, out: &mut Vec<u8>) -> bool {
-        self.read_mapped(last, out) || self.walk(last, Some(out), false)
+        self.walk(last, Some(out), false)
+    }
+
+    /// [`read`](Self::read) for queries: pieces on disk are read through the files'
+    /// mappings. Returns how many pieces the chain has (`None` if a piece could not be read).
+    pub(crate) fn read_counted(&self, last: u64, out: &mut Vec<u8>) -> Option<usize> {
+        if let Some(n) = self.read_mapped(last, out) {
+            return Some(n);
+        }
+        let mut n = 0;
+        self.walk_counting(last, Some(out), false, &mut n)
+            .then_some(n)
     }
 
     /// [`read`](Self::read) with no system call: the chain's newest pieces, if still in the
@@ -266,7 +279,7 @@ impl SpillLog {
     /// through the files' mappings. False, with `out` untouched, when a piece is elsewhere (in
     /// memory after a write failure, in an unmapped file) or the chain is longer than
     /// [`MAPPED_CHAIN`]: [`walk`](Self::walk) reads those.
-    fn read_mapped(&self, last: u64, out: &mut Vec<u8>) -> bool {
+    fn read_mapped(&self, last: u64, out: &mut Vec<u8>) -> Option<usize> {
         let mut r = last;
         // The newest pieces, newest first, copied out of the write buffer.
         let mut buffered: Vec<u8> = Vec::new();
@@ -281,10 +294,10 @@ impl SpillLog {
                     break;
                 }
                 if nb == MAPPED_CHAIN {
-                    return false;
+                    return None;
                 }
                 let Some((prev, bytes)) = piece(&w.buf, (offset - w.flushed) as usize) else {
-                    return false;
+                    return None;
                 };
                 buffered.extend_from_slice(bytes);
                 buffered_ends[nb] = buffered.len();
@@ -299,14 +312,14 @@ impl SpillLog {
         let mut n = 0;
         while r != 0 {
             if n == MAPPED_CHAIN || cache_dir::is_memory_ref(r) {
-                return false;
+                return None;
             }
             let Some((f, map)) = mapped_file(&files, r) else {
-                return false;
+                return None;
             };
             let flushed = (f.flushed.load(Ordering::Acquire) as usize).min(map.len());
             let Some((prev, bytes)) = piece(&map[..flushed], (r & 0xffff_ffff) as usize) else {
-                return false;
+                return None;
             };
             parts[n] = bytes;
             n += 1;
@@ -320,7 +333,7 @@ impl SpillLog {
             let start = if i == 0 { 0 } else { buffered_ends[i - 1] };
             out.extend_from_slice(&buffered[start..buffered_ends[i]]);
         }
-        true
+        Some(n + nb)
     }
 
     /// Whether the piece at `r` is in its file already (it may then be read through the map).
@@ -342,6 +355,16 @@ impl SpillLog {
     }
 
     fn walk(&self, last: u64, out: Option<&mut Vec<u8>>, release: bool) -> bool {
+        self.walk_counting(last, out, release, &mut 0)
+    }
+
+    fn walk_counting(
+        &self,
+        last: u64,
+        out: Option<&mut Vec<u8>>,
+        release: bool,
+        pieces: &mut usize,
+    ) -> bool {
         // Pieces are found newest first: gather them, then copy them out in reverse.
         let mut gathered = Vec::new();
         let mut ends = Vec::new();
@@ -377,6 +400,7 @@ impl SpillLog {
         if release && !refs.is_empty() {
             self.release_refs(&refs);
         }
+        *pieces = refs.len();
         complete
     }
 
@@ -496,6 +520,9 @@ mod tests {
         assert!(log.read(a, &mut out));
         assert_eq!(out[0], 9);
         assert_eq!(&out[1..], &want_a[..]);
+        let mut mapped = vec![9u8];
+        assert_eq!(log.read_counted(a, &mut mapped), Some(20_000));
+        assert_eq!(mapped, out);
         out.clear();
         assert!(log.read(b, &mut out));
         assert_eq!(out, want_b);
@@ -521,8 +548,9 @@ mod tests {
             other = log.push(other, &[0xAA; 990]);
         }
         let mut out = vec![1];
-        assert!(
+        assert_eq!(
             log.read_mapped(a, &mut out),
+            Some(12),
             "no system call for flushed pieces"
         );
         assert_eq!(&out[1..], &want[..]);
@@ -531,12 +559,12 @@ mod tests {
         let c = log.push(a, b"tail");
         want.extend_from_slice(b"tail");
         out.clear();
-        assert!(log.read_mapped(c, &mut out));
+        assert_eq!(log.read_mapped(c, &mut out), Some(13));
         assert_eq!(out, want);
         // A chain entirely in the buffer, too.
         let d = log.push(log.push(0, b"ab"), b"cd");
         out.clear();
-        assert!(log.read_mapped(d, &mut out));
+        assert_eq!(log.read_mapped(d, &mut out), Some(2));
         assert_eq!(out, b"abcd");
         // Completing the chunk (take) still reads it whole and releases it.
         out.clear();
