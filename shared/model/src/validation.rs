@@ -59,18 +59,34 @@ impl Default for ValidationLimits {
 pub enum Refusal {
     MissingMetricName,
     InvalidMetricName,
-    TooManyLabels { actual: usize, limit: usize },
+    TooManyLabels {
+        actual: usize,
+        limit: usize,
+    },
     /// The label at this index has an invalid name.
     InvalidLabelName(usize),
     /// The label at this index repeats the previous name.
     DuplicateLabelName(usize),
     /// The label at this index sorts before the previous one.
     LabelsNotSorted(usize),
-    LabelNameTooLong { label: usize, limit: usize },
-    LabelValueTooLong { label: usize, len: usize, limit: usize },
+    LabelNameTooLong {
+        label: usize,
+        limit: usize,
+    },
+    LabelValueTooLong {
+        label: usize,
+        len: usize,
+        limit: usize,
+    },
     LabelValueEmpty(usize),
-    TooFarInFuture { t: i64, max: i64 },
-    TooFarInPast { t: i64, min: i64 },
+    TooFarInFuture {
+        t: i64,
+        max: i64,
+    },
+    TooFarInPast {
+        t: i64,
+        min: i64,
+    },
 }
 
 impl Refusal {
@@ -324,7 +340,10 @@ mod tests {
             check(&[("__name__", "up"), ("a-b", "x")]),
             Err("label_invalid")
         );
-        assert_eq!(check(&[("__name__", "up"), ("", "x")]), Err("label_invalid"));
+        assert_eq!(
+            check(&[("__name__", "up"), ("", "x")]),
+            Err("label_invalid")
+        );
         assert_eq!(
             check(&[("__name__", "up"), ("a", "x"), ("a", "y")]),
             Err("duplicate_label_names")
@@ -382,7 +401,10 @@ mod tests {
         let wide = "é".repeat(3000);
         let b = raw(&[("__name__", "up"), ("a", &wide)]);
         let d = describe_series(&b.series(0));
-        assert!(d.ends_with("…}") && d.len() <= MAX_MESSAGE_SERIES_BYTES + 8, "{d}");
+        assert!(
+            d.ends_with("…}") && d.len() <= MAX_MESSAGE_SERIES_BYTES + 8,
+            "{d}"
+        );
     }
 
     #[test]
@@ -395,7 +417,10 @@ mod tests {
             w.check(now + 600_001).unwrap_err().reason(),
             "sample_too_far_in_future"
         );
-        assert!(w.contains(0), "no past limit by default, but the epoch floor");
+        assert!(
+            w.contains(0),
+            "no past limit by default, but the epoch floor"
+        );
         assert_eq!(w.check(-1).unwrap_err().reason(), "sample_too_far_in_past");
         assert!(!w.contains(i64::MIN) && !w.contains(i64::MAX));
         let l = ValidationLimits {
