@@ -105,20 +105,7 @@ impl DistributorMetrics {
                 "norn_distributor_requests_in_total",
                 "Push requests received.",
             ),
-            discarded_metadata: {
-                let c = IntCounterVec::new(
-                    Opts::new(
-                        "norn_discarded_metadata_total",
-                        "Metadata entries refused, by tenant and reason.",
-                    ),
-                    &["tenant", "reason"],
-                )
-                .expect("valid metric");
-                m.registry
-                    .register(Box::new(c.clone()))
-                    .expect("registered once");
-                c
-            },
+            discarded_metadata: m.discarded_metadata.clone(),
         }
     }
 }

@@ -14,6 +14,9 @@ pub struct Metrics {
     /// Samples refused anywhere on the write path, by tenant and reason. One counter for the
     /// whole process because the distributor and the ingester both refuse samples.
     pub discarded_samples: IntCounterVec,
+    /// Metadata entries refused anywhere on the write path, by tenant and reason (the
+    /// distributor: too long, rate limited; the ingester: per-user and per-metric limits).
+    pub discarded_metadata: IntCounterVec,
 }
 
 impl Metrics {
@@ -45,6 +48,17 @@ impl Metrics {
         registry
             .register(Box::new(discarded_samples.clone()))
             .expect("registered once");
+        let discarded_metadata = IntCounterVec::new(
+            Opts::new(
+                "norn_discarded_metadata_total",
+                "Metadata entries refused, by tenant and reason.",
+            ),
+            &["tenant", "reason"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(discarded_metadata.clone()))
+            .expect("registered once");
         #[cfg(target_os = "linux")]
         {
             // Process CPU/RSS/fd metrics come from /proc; harmless to skip if unavailable.
@@ -54,6 +68,7 @@ impl Metrics {
             registry,
             request_duration,
             discarded_samples,
+            discarded_metadata,
         })
     }
 
