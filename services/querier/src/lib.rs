@@ -10,7 +10,7 @@ pub mod limited;
 pub mod params;
 pub mod parse_error;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -380,20 +380,23 @@ async fn metadata(State(q): Q, headers: HeaderMap, RawQuery(rq): RawQuery) -> Re
             .metadata(&tenant, p.get("metric"), limit)
             .await
             .map_err(storage_error)?;
+        // One pass: group by family (readers return families in order, but a merge of
+        // several may not), then write each group.
+        let mut families: BTreeMap<&str, Vec<&norn_model::MetricMetadata>> = BTreeMap::new();
+        for m in &md {
+            families
+                .entry(m.metric_family_name.as_str())
+                .or_default()
+                .push(m);
+        }
         let mut data = String::from("{");
-        let mut families: Vec<&str> = md.iter().map(|m| m.metric_family_name.as_str()).collect();
-        families.dedup();
-        for (i, fam) in families.iter().enumerate() {
+        for (i, (fam, list)) in families.iter().enumerate() {
             if i > 0 {
                 data.push(',');
             }
             json::write_str(&mut data, fam);
             data.push_str(":[");
-            for (j, m) in md
-                .iter()
-                .filter(|m| m.metric_family_name == *fam)
-                .enumerate()
-            {
+            for (j, m) in list.iter().enumerate() {
                 if j > 0 {
                     data.push(',');
                 }
