@@ -11,6 +11,9 @@
 //! * wraps the body so a chunked or lying body is cut at the limit while it streams (the
 //!   handler's body extractor answers 413).
 //!
+//! A refused request's body is discarded only when it is small ([`DRAIN_MAX_BYTES`]), so the
+//! sender can read the answer; a large one is never read.
+//!
 //! The harness limits every other route to [`DEFAULT_MAX_BODY_BYTES`].
 
 use axum::Router;
@@ -19,13 +22,22 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use http_body_util::Limited;
+use http_body_util::{BodyExt, Limited};
 use norn_model::ErrorKind;
 
 use crate::{HttpError, TenantResolver};
 
 /// Body limit of routes that set none (operational endpoints, forms).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+
+/// A refused request's body of at most this many bytes is read and discarded before the
+/// answer, so a client still sending it reads the 401/413 instead of a broken pipe (Go's
+/// HTTP server, and so Mimir, does the same with 256 KiB). Larger bodies are not read: the
+/// connection is closed after the answer.
+pub const DRAIN_MAX_BYTES: u64 = 256 << 10;
+
+/// Longest spent discarding a refused request's body.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Tenant and body-size checks for a set of routes. Cheap to copy.
 #[derive(Debug, Clone, Copy)]
@@ -87,21 +99,36 @@ fn has_body(req: &Request) -> bool {
             .is_some_and(|v| v.to_str().map_or(true, |s| s.trim() != "0"))
 }
 
-async fn guard(State(g): State<RequestGuard>, req: Request, next: Next) -> Response {
-    if has_body(&req)
-        && let Some(t) = g.tenants
-        && let Err(e) = t.resolve(req.headers())
-    {
-        return g.error(e);
+/// Reads and discards at most [`DRAIN_MAX_BYTES`] of a refused request's body, for at most
+/// [`DRAIN_TIMEOUT`]; a body declared larger is left alone.
+async fn drain(req: Request, declared: Option<u64>) {
+    if declared.is_some_and(|n| n > DRAIN_MAX_BYTES) {
+        return;
     }
+    let mut body = Limited::new(req.into_body(), DRAIN_MAX_BYTES as usize);
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await;
+}
+
+async fn guard(State(g): State<RequestGuard>, req: Request, next: Next) -> Response {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.trim().parse::<u64>().ok());
+    if has_body(&req)
+        && let Some(t) = g.tenants
+        && let Err(e) = t.resolve(req.headers())
+    {
+        drain(req, declared).await;
+        return g.error(e);
+    }
     if let Some(len) = declared
         && len > g.max_body_bytes as u64
     {
+        drain(req, declared).await;
         return g.error(HttpError::new(
             ErrorKind::PayloadTooLarge,
             format!(
@@ -146,7 +173,8 @@ mod tests {
 
     #[tokio::test]
     async fn tenant_is_checked_before_the_body_is_read() {
-        // A body that fails when read: a 401 proves nobody read it.
+        // A body that fails when read: the 401 does not depend on it (the small-body drain
+        // after the decision ends at the error).
         let body = Body::from_stream(futures::stream::once(async {
             Err::<axum::body::Bytes, _>(std::io::Error::other("body was read"))
         }));
