@@ -11,8 +11,8 @@
 //! * wraps the body so a chunked or lying body is cut at the limit while it streams (the
 //!   handler's body extractor answers 413).
 //!
-//! A refused request's body is discarded only when it is small ([`DRAIN_MAX_BYTES`]), so the
-//! sender can read the answer; a large one is never read.
+//! A refused request's body is discarded only when it is small ([`DRAIN_MAX_BYTES`], 1 MiB),
+//! so the sender can read the answer; a larger one is never read.
 //!
 //! The harness limits every other route to [`DEFAULT_MAX_BODY_BYTES`].
 
@@ -30,11 +30,13 @@ use crate::{HttpError, TenantResolver};
 /// Body limit of routes that set none (operational endpoints, forms).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 
-/// A refused request's body of at most this many bytes is read and discarded before the
-/// answer, so a client still sending it reads the 401/413 instead of a broken pipe (Go's
-/// HTTP server, and so Mimir, does the same with 256 KiB). Larger bodies are not read: the
-/// connection is closed after the answer.
-pub const DRAIN_MAX_BYTES: u64 = 256 << 10;
+/// A refused request's body of at most this many bytes is read and discarded (never
+/// buffered) before the answer, so a client still sending it reads the 401/413 instead of a
+/// broken pipe — which a remote-write sender would retry forever, where a 4xx makes it drop
+/// the batch. (Go's HTTP server, and so Mimir, discards 256 KiB; remote-write batches are
+/// usually larger than that.) Larger bodies are not read: the connection is closed after the
+/// answer.
+pub const DRAIN_MAX_BYTES: u64 = 1 << 20;
 
 /// Longest spent discarding a refused request's body.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -132,7 +134,7 @@ async fn guard(State(g): State<RequestGuard>, req: Request, next: Next) -> Respo
         return g.error(HttpError::new(
             ErrorKind::PayloadTooLarge,
             format!(
-                "the request has been rejected because its size of {len} bytes exceeds the limit of {} bytes",
+                "the request has been rejected because its message size of {len} bytes is larger than the allowed limit of {} bytes",
                 g.max_body_bytes
             ),
         ));
@@ -196,7 +198,7 @@ mod tests {
             .unwrap();
         let (s, text) = call(app(guard()), req).await;
         assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{text}");
-        assert!(text.contains("limit of 10 bytes"), "{text}");
+        assert!(text.contains("allowed limit of 10 bytes"), "{text}");
         // No Content-Length: cut while streaming.
         let chunks = futures::stream::iter(
             (0..5).map(|_| Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"xxx"))),
