@@ -548,7 +548,13 @@ fn random_hostile_requests_never_kill_or_stall_the_process() {
 #[test]
 fn hostile_edge_requests_get_clear_answers() {
     let dir = tempfile::tempdir().unwrap();
-    let norn = Norn::start(dir.path(), &["--query-frontend.max-body-size=1000"]);
+    let norn = Norn::start(
+        dir.path(),
+        &[
+            "--query-frontend.max-body-size=1000",
+            "--ingester.max-global-metadata-per-user=3",
+        ],
+    );
     let port = norn.port;
     // No tenant, a huge declared body: 401 before the body.
     assert_eq!(
@@ -631,4 +637,23 @@ fn hostile_edge_requests_get_clear_answers() {
     assert_eq!(s, 200);
     assert_eq!(v["data"]["a"].as_array().unwrap().len(), 1, "{v}");
     assert_eq!(v["data"]["b"].as_array().unwrap().len(), 2, "{v}");
+    // The tenant holds 3 entries, its limit: new families are dropped and counted, the push
+    // itself succeeds (as in Mimir).
+    let req = norn_proto::prometheus::WriteRequest {
+        timeseries: vec![],
+        metadata: vec![md("c", "1"), md("d", "1")],
+    };
+    let (s, body) = norn.push(Some("t"), &req);
+    assert_eq!(s, 200, "{body}");
+    let (_, v) = norn.get_json(Some("t"), "/prometheus/api/v1/metadata");
+    assert!(
+        v["data"].get("c").is_none() && v["data"].get("d").is_none(),
+        "{v}"
+    );
+    assert_eq!(
+        norn.metric(
+            "norn_discarded_metadata_total{reason=\"per_user_metadata_limit\",tenant=\"t\"}"
+        ),
+        2.0
+    );
 }

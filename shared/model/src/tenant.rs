@@ -33,7 +33,9 @@ pub enum TenantError {
     BadCharacter(String, char),
     #[error("tenant ID is '.' or '..'")]
     Dots,
-    #[error("tenant ID '{0}' is reserved")]
+    #[error(
+        "tenant ID '{0}' is reserved: the bucket uses such names beside the tenants (rule groups under 'rules/', and names starting with '__')"
+    )]
     Reserved(String),
 }
 
