@@ -12,7 +12,9 @@
 //! * **read timeout**: from the start of a request to the end of its body (the body fails
 //!   when it passes, and the connection is not reused);
 //! * **write timeout**: from the end of the headers to the end of the response: a handler
-//!   that does not answer in time gets a 503, a response body still streaming is cut;
+//!   that does not answer in time gets a 503 (the handler itself runs on to its end, as in
+//!   Go: an operator's flush is not cut half way), a response body still streaming is cut;
+//!   a client that disconnects aborts its handler;
 //! * **connection limit**: beyond it, the accept loop waits for a slot (connections queue in
 //!   the kernel's backlog, as Go's `netutil.LimitListener` makes them do in Mimir).
 //!
@@ -198,6 +200,24 @@ impl ConnState {
     }
 }
 
+/// Aborts a handler task when the request is dropped (the client went away) unless
+/// disarmed.
+struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+
+impl AbortOnDrop {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
+        }
+    }
+}
+
 /// Marks a request in flight until dropped (when hyper has written or dropped the response).
 struct InFlight(Arc<ConnState>);
 
@@ -240,11 +260,17 @@ async fn serve_conn(
             let read_deadline = read_timeout.map(|d| started + d);
             let write_deadline = write_timeout.map(|d| started + d);
             let req = req.map(|b| Body::new(DeadlineBody::new(b, read_deadline, None)));
-            let handle = app.oneshot(req);
-            let resp = match write_deadline {
-                Some(d) => match tokio::time::timeout_at(d, handle).await {
+            // The handler runs as its own task: a client that goes away aborts it (as when
+            // the connection future is dropped), but the write timeout only stops waiting for
+            // it, as Go's server does, so an operator's flush or shutdown is never cut half
+            // way by the HTTP server.
+            let mut task = tokio::spawn(app.oneshot(req));
+            let mut abort = AbortOnDrop(Some(task.abort_handle()));
+            let joined = match write_deadline {
+                Some(d) => match tokio::time::timeout_at(d, &mut task).await {
                     Ok(r) => r,
                     Err(_) => {
+                        abort.disarm();
                         let resp = HttpError::new(
                             ErrorKind::Timeout,
                             "the server's write timeout (-server.http-server-write-timeout) passed before the response was ready",
@@ -256,11 +282,17 @@ async fn serve_conn(
                         );
                     }
                 },
-                None => handle.await,
+                None => (&mut task).await,
             };
-            let resp = match resp {
-                Ok(r) => r,
-                Err(e) => match e {},
+            abort.disarm();
+            let resp = match joined {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => match e {},
+                Err(e) => {
+                    tracing::error!(error = %e, "HTTP handler panicked");
+                    HttpError::internal("internal error: the request handler failed")
+                        .into_response()
+                }
             };
             // Streaming the response counts against the same write deadline.
             Ok::<_, Infallible>(
@@ -538,6 +570,70 @@ mod tests {
         .await;
         assert!(text.starts_with("HTTP/1.1 4"), "{text}");
         assert!(closed);
+    }
+
+    static FINISHED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    /// Sleeps `ms` milliseconds, then counts itself finished.
+    fn finishing_app() -> Router {
+        Router::new().route(
+            "/work/{ms}",
+            get(
+                |axum::extract::Path(ms): axum::extract::Path<u64>| async move {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    FINISHED.fetch_add(1, Ordering::SeqCst);
+                    "done"
+                },
+            ),
+        )
+    }
+
+    async fn wait_for(what: &str, cond: impl Fn() -> bool) {
+        let end = Instant::now() + Duration::from_secs(20);
+        while !cond() {
+            assert!(Instant::now() < end, "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The write timeout answers 503 but lets the handler finish (an operator's flush must
+    /// not stop half way); a client that goes away aborts its handler.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn write_timeout_detaches_and_disconnect_aborts() {
+        let (port, _stop) = start(opts(), finishing_app()).await;
+        let before = FINISHED.load(Ordering::SeqCst);
+        let (text, _) = blocking(move || {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(b"GET /work/1500 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            read_until_closed(&mut s, Duration::from_secs(20))
+        })
+        .await;
+        assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+        wait_for("the timed-out handler finished", || {
+            FINISHED.load(Ordering::SeqCst) > before
+        })
+        .await;
+        // Disconnect while the handler sleeps: it never finishes.
+        let opts = ServerOptions {
+            write_timeout: Duration::from_secs(60),
+            ..opts()
+        };
+        let (port, _stop2) = start(opts, finishing_app()).await;
+        let before = FINISHED.load(Ordering::SeqCst);
+        blocking(move || {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(b"GET /work/1500 HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(3000)).await;
+        assert_eq!(
+            FINISHED.load(Ordering::SeqCst),
+            before,
+            "aborted handler ran on"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
