@@ -5,9 +5,10 @@
 //! through the HTTP API, plus raw-socket abuse (huge declared bodies, partial headers).
 //!
 //! Throughout, the process must stay alive, every answer must be 2xx or 4xx — except a 503
-//! from the query API whose `errorType` is `timeout` (the query ran out of time, which is
-//! the right answer for an expensive random query) — and `/ready` must answer 200 within a
-//! second, checked by a thread that polls it the whole time. Bounded: ~200 requests.
+//! from the query API whose `errorType` is `timeout` or `unavailable` (the query ran out of
+//! time, or the querier is overloaded: the right answers for an expensive random query) —
+//! and `/ready` must answer 200 within a second, checked by a thread that polls it the whole
+//! time. Bounded: ~200 requests.
 //!
 //! The seed is printed; `NORN_HOSTILE_SEED=<n>` replays a run.
 
