@@ -212,6 +212,10 @@ fn truncate(s: &str, max: usize) -> String {
 /// within length. Labels must already be sorted (the distributor sorts; a raw push must send
 /// them sorted, as the remote-write spec says).
 pub fn validate_series(s: &SeriesView<'_>, limits: &ValidationLimits) -> Result<(), Refusal> {
+    // A series with no labels at all cannot be selected or named, whatever the limits say.
+    if s.num_labels() == 0 {
+        return Err(Refusal::MissingMetricName);
+    }
     if limits.enforce_metric_name {
         match s.metric_name() {
             None | Some("") => return Err(Refusal::MissingMetricName),
@@ -470,6 +474,11 @@ mod tests {
             ..Default::default()
         };
         assert!(validate_series(&raw(&[("job", "a")]).series(0), &off).is_ok());
+        assert_eq!(
+            validate_series(&raw(&[]).series(0), &off).map_err(|r| r.reason()),
+            Err("missing_metric_name"),
+            "an empty label set is never stored"
+        );
     }
 
     #[test]
