@@ -241,6 +241,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         app,
         shutdown.clone(),
         cfg.server.http_options(),
+        Arc::clone(&metrics),
     ));
 
     wait_for_signal().await;

@@ -113,8 +113,9 @@ pub async fn serve(
     app: Router,
     shutdown: CancellationToken,
     opts: ServerOptions,
+    metrics: Arc<Metrics>,
 ) -> std::io::Result<()> {
-    crate::serve::serve(listener, app, shutdown, opts).await
+    crate::serve::serve(listener, app, shutdown, opts, metrics).await
 }
 
 /// A service whose routes all sit behind a [`RequestGuard`] (e.g. the query API behind the

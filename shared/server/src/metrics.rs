@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 /// The registry `/metrics` serves, plus the metrics the harness itself records.
@@ -17,6 +17,10 @@ pub struct Metrics {
     /// Metadata entries refused anywhere on the write path, by tenant and reason (the
     /// distributor: too long, rate limited; the ingester: per-user and per-metric limits).
     pub discarded_metadata: IntCounterVec,
+    /// HTTP connections open now.
+    pub http_open_connections: IntGauge,
+    /// HTTP connections closed by the server's idle or header timeout, by `kind`.
+    pub http_connection_timeouts: IntCounterVec,
 }
 
 impl Metrics {
@@ -59,6 +63,25 @@ impl Metrics {
         registry
             .register(Box::new(discarded_metadata.clone()))
             .expect("registered once");
+        let http_open_connections = IntGauge::new(
+            "norn_http_open_connections",
+            "HTTP connections open now (bounded by -server.http-conn-limit when set).",
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(http_open_connections.clone()))
+            .expect("registered once");
+        let http_connection_timeouts = IntCounterVec::new(
+            Opts::new(
+                "norn_http_connection_timeouts_total",
+                "HTTP connections the server closed because they were idle too long (kind=idle) or sent their headers too slowly (kind=header).",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(http_connection_timeouts.clone()))
+            .expect("registered once");
         #[cfg(target_os = "linux")]
         {
             // Process CPU/RSS/fd metrics come from /proc; harmless to skip if unavailable.
@@ -69,6 +92,8 @@ impl Metrics {
             request_duration,
             discarded_samples,
             discarded_metadata,
+            http_open_connections,
+            http_connection_timeouts,
         })
     }
 

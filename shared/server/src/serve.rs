@@ -43,7 +43,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::HttpError;
+use crate::{HttpError, Metrics};
 
 /// Timeouts and limits of the HTTP server. A zero duration disables that timeout.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,6 +93,7 @@ pub async fn serve(
     app: Router,
     shutdown: CancellationToken,
     opts: ServerOptions,
+    metrics: Arc<Metrics>,
 ) -> io::Result<()> {
     let opts = Arc::new(opts);
     let slots =
@@ -114,8 +115,16 @@ pub async fn serve(
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
                 let (app, opts, shutdown) = (app.clone(), Arc::clone(&opts), shutdown.clone());
+                let metrics = Arc::clone(&metrics);
+                metrics.http_open_connections.inc();
                 conns.spawn(async move {
-                    serve_conn(stream, app, &opts, shutdown).await;
+                    if let Some(kind) = serve_conn(stream, app, &opts, shutdown).await {
+                        metrics
+                            .http_connection_timeouts
+                            .with_label_values(&[kind])
+                            .inc();
+                    }
+                    metrics.http_open_connections.dec();
                     drop(permit);
                 });
             }
@@ -239,12 +248,14 @@ impl Drop for InFlight {
     }
 }
 
+/// Serves one connection to its end; returns the kind of timeout (`idle`, `header`) if the
+/// server closed it for one.
 async fn serve_conn(
     stream: TcpStream,
     app: Router,
     opts: &ServerOptions,
     shutdown: CancellationToken,
-) {
+) -> Option<&'static str> {
     let state = Arc::new(ConnState::new());
     let io = TokioIo::new(WatchedIo {
         inner: stream,
@@ -314,7 +325,7 @@ async fn serve_conn(
                 if let Err(e) = r {
                     tracing::debug!(error = %e, "HTTP connection ended with an error");
                 }
-                return;
+                return None;
             }
             _ = shutdown.cancelled(), if !draining => {
                 draining = true;
@@ -324,8 +335,13 @@ async fn serve_conn(
             _ = sleep_until(deadline), if deadline.is_some() => {
                 if state.deadline(opts).is_some_and(|d| d <= Instant::now()) {
                     // Idle, or headers too slow: nothing in flight, so dropping loses nothing.
-                    tracing::debug!("closing an HTTP connection: idle or header timeout");
-                    return;
+                    let kind = if state.first_byte_ms.load(Ordering::SeqCst) == NONE {
+                        "idle"
+                    } else {
+                        "header"
+                    };
+                    tracing::debug!(kind, "closing an HTTP connection on timeout");
+                    return Some(kind);
                 }
             }
         }
@@ -450,10 +466,18 @@ mod tests {
     use std::io::{Read, Write};
 
     async fn start(opts: ServerOptions, app: Router) -> (u16, CancellationToken) {
+        start_with(opts, app, Metrics::new()).await
+    }
+
+    async fn start_with(
+        opts: ServerOptions,
+        app: Router,
+        metrics: Arc<Metrics>,
+    ) -> (u16, CancellationToken) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let stop = CancellationToken::new();
-        tokio::spawn(serve(listener, app, stop.clone(), opts));
+        tokio::spawn(serve(listener, app, stop.clone(), opts, metrics));
         (port, stop)
     }
 
@@ -510,7 +534,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn partial_headers_are_closed_after_the_header_timeout() {
-        let (port, _stop) = start(opts(), app()).await;
+        let metrics = Metrics::new();
+        let (port, _stop) = start_with(opts(), app(), Arc::clone(&metrics)).await;
         let (text, closed) = blocking(move || {
             let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
             s.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n").unwrap();
@@ -529,6 +554,13 @@ mod tests {
         })
         .await;
         assert!(closed);
+        wait_for("both counted as header timeouts, none open", || {
+            let header = metrics
+                .http_connection_timeouts
+                .with_label_values(&["header"]);
+            header.get() == 2 && metrics.http_open_connections.get() == 0
+        })
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -674,7 +706,7 @@ mod tests {
     async fn shutdown_stops_accepting_and_returns() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let stop = CancellationToken::new();
-        let task = tokio::spawn(serve(listener, app(), stop.clone(), opts()));
+        let task = tokio::spawn(serve(listener, app(), stop.clone(), opts(), Metrics::new()));
         stop.cancel();
         tokio::time::timeout(Duration::from_secs(10), task)
             .await
