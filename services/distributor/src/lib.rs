@@ -1,9 +1,11 @@
 //! The distributor: Norn's write front door.
 //!
-//! `POST /api/v1/push` takes remote write 1.0 (snappy + protobuf). The pipeline is
-//! decode → validate → rate-limit → push: labels are sorted and checked with Mimir's rules,
-//! samples too far in the future/past are dropped, the tenant's token bucket is charged, and
-//! what is valid goes to the [`Pusher`] (the ingester in-process; replication over the ring in
+//! `POST /api/v1/push` takes remote write 1.0 (snappy + protobuf). A [`RequestGuard`] in
+//! front of the route resolves the tenant and checks the declared size before the body is
+//! read. The pipeline is decode → validate → rate-limit → push: labels are sorted and checked
+//! with the shared rules of [`norn_model::validation`] (the ingester's gRPC push re-runs
+//! them), samples outside the tenant's time window are dropped, the tenant's token bucket is
+//! charged for samples and metadata, and what is valid goes to the [`Pusher`] (the ingester in-process; replication over the ring in
 //! a cluster). Responses follow the remote-write spec: 2xx when everything was stored; 400
 //! naming the first refused series when some data will never be accepted (the rest is still
 //! stored); 429 over the rate limit; 5xx only when a retry can succeed.
