@@ -875,6 +875,11 @@ impl Config {
                 ring.heartbeat_period
             );
         }
+        if self.distributor.max_recv_msg_size == 0 || self.frontend.max_body_size == 0 {
+            bail!(
+                "distributor.max_recv_msg_size and frontend.max_body_size must be at least 1 byte"
+            );
+        }
         self.distributor
             .ha_tracker
             .validate()
@@ -976,6 +981,7 @@ mod tests {
         assert!(Config::load(&args(&["--common.storage.backend=gcs"])).is_err());
         assert!(Config::load(&args(&["--querier.timeout=soon"])).is_err());
         assert!(Config::load(&args(&["--server.http-server-idle-timeout=x"])).is_err());
+        assert!(Config::load(&args(&["--query-frontend.max-body-size=0"])).is_err());
     }
 
     #[test]
