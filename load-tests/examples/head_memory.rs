@@ -148,7 +148,7 @@ fn main() {
     let blocks = dir.path().join("blocks");
     std::fs::create_dir_all(&blocks).expect("blocks dir");
     let mut removed = 0;
-    while let Some((mint, maxt)) = head.flush_ranges().first().copied() {
+    while let Some((mint, maxt)) = head.first_flush_range() {
         let out = head
             .cut_block(
                 &blocks,

@@ -12,6 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub tsdb: TsdbConfig,
+    pub instance_limits: InstanceLimits,
     /// Metric metadata not re-sent for this long is dropped (Mimir's
     /// `-ingester.metadata-retain-period`; zero keeps it forever).
     pub metadata_retain_period: Duration,
@@ -21,9 +22,21 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             tsdb: TsdbConfig::default(),
+            instance_limits: InstanceLimits::default(),
             metadata_retain_period: Duration::from_secs(600),
         }
     }
+}
+
+/// `ingester.instance_limits`: what one ingester takes on, whatever the tenants' limits say
+/// (Mimir's keys).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InstanceLimits {
+    /// Most tenants with a head in this ingester (0 = unlimited, as in Mimir). A push for a
+    /// new tenant beyond it is refused with a retryable error. Independent of it, a new
+    /// tenant is also refused while the process is short of file descriptors.
+    pub max_tenants: usize,
 }
 
 /// `blocks_storage.tsdb`.
@@ -44,6 +57,11 @@ pub struct TsdbConfig {
     /// A tenant's head that received nothing for this long is cut whole (0 disables).
     #[serde(with = "serde_duration")]
     pub head_compaction_idle_timeout: Duration,
+    /// A tenant that received nothing for this long, whose head is empty and whose blocks are
+    /// all shipped, is closed: its WAL and files are released and its local directory
+    /// deleted (0 disables; needs a bucket).
+    #[serde(with = "serde_duration")]
+    pub close_idle_tsdb_timeout: Duration,
     /// How often new local blocks are uploaded to the bucket (0 disables shipping).
     #[serde(with = "serde_duration")]
     pub ship_interval: Duration,
@@ -64,6 +82,7 @@ impl Default for TsdbConfig {
             retention_period: Duration::from_secs(13 * 3600),
             head_compaction_interval: Duration::from_secs(60),
             head_compaction_idle_timeout: Duration::from_secs(3600),
+            close_idle_tsdb_timeout: Duration::from_secs(13 * 3600),
             ship_interval: Duration::from_secs(60),
             flush_blocks_on_shutdown: false,
             wal_segment_size_bytes: 128 << 20,

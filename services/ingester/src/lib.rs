@@ -20,6 +20,7 @@
 //! ([`metadata`]).
 
 pub mod config;
+pub mod fd_budget;
 pub mod grpc;
 pub mod metadata;
 pub mod shipper;
@@ -39,6 +40,7 @@ use norn_model::{
 use norn_server::{HttpError, Metrics, Service};
 use norn_storage::{Bucket, StorageError as BucketError, layout};
 use norn_tsdb::block::{Block, BlockOptions, TMP_SUFFIX, Ulid};
+use norn_tsdb::dir_lock::DirLock;
 use norn_tsdb::head::{AppendLimits, Head, HeadOptions, HeadQueryable, RejectReason};
 use norn_tsdb::{BlocksQueryable, TsdbError, TsdbMetrics};
 use parking_lot::{Mutex, RwLock};
@@ -48,8 +50,14 @@ use prometheus::{
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+use fd_budget::FdBudget;
 use metadata::{MetadataLimits, MetadataStore};
 use shipper::Shipped;
+
+/// How often `/ingester/flush` may run without `force=true`: a flush cuts every head whole,
+/// after which samples for the cut range are refused as too old, so an unauthenticated
+/// caller flushing in a loop would make every tenant's in-flight samples fail.
+const FLUSH_MIN_INTERVAL_MS: i64 = 60_000;
 
 /// `source` in the Thanos section of the blocks the ingester cuts.
 const BLOCK_SOURCE: &str = "ingester";
@@ -94,6 +102,9 @@ struct IngesterMetrics {
     shipper_upload_failures: IntCounter,
     shipper_last_success: IntGauge,
     blocks_deleted: IntCounterVec,
+    tenants_refused: IntCounterVec,
+    tenants_closed: IntCounter,
+    fd_limit: IntGauge,
 }
 
 impl IngesterMetrics {
@@ -163,6 +174,24 @@ impl IngesterMetrics {
             &["tenant"],
         )
         .expect("valid metric");
+        let tenants_refused = IntCounterVec::new(
+            Opts::new(
+                "norn_ingester_tenants_refused_total",
+                "Pushes for a new tenant refused (retryably) by an instance limit, by reason \
+                 (max_tenants, file_descriptors).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let tenants_closed = counter(
+            "norn_ingester_idle_tenants_closed_total",
+            "Idle tenants whose head was closed and local directory deleted (everything shipped).",
+        );
+        let fd_limit = IntGauge::new(
+            "norn_ingester_file_descriptors_limit",
+            "The soft open-files limit new tenants are budgeted against (0 = unknown, no budget).",
+        )
+        .expect("valid metric");
         let m = Self {
             memory_series,
             memory_users,
@@ -175,6 +204,9 @@ impl IngesterMetrics {
             shipper_upload_failures,
             shipper_last_success,
             blocks_deleted,
+            tenants_refused,
+            tenants_closed,
+            fd_limit,
         };
         let all: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.memory_series.clone()),
@@ -188,6 +220,9 @@ impl IngesterMetrics {
             Box::new(m.shipper_upload_failures.clone()),
             Box::new(m.shipper_last_success.clone()),
             Box::new(m.blocks_deleted.clone()),
+            Box::new(m.tenants_refused.clone()),
+            Box::new(m.tenants_closed.clone()),
+            Box::new(m.fd_limit.clone()),
         ];
         for c in all {
             registry.register(c).expect("registered once");
@@ -205,6 +240,16 @@ pub enum FlushError {
     Ship { tenant: String, source: BucketError },
     #[error("flush task failed: {0}")]
     Task(String),
+}
+
+/// Why a tenant's TSDB was not opened.
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    /// An instance limit: retryable, the tenant may fit later or on another ingester.
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Tsdb(#[from] TsdbError),
 }
 
 impl FlushError {
@@ -242,6 +287,11 @@ pub struct Ingester {
     stopping: AtomicBool,
     /// Refuses pushes while still serving reads (an ingester LEAVING the ring).
     read_only: AtomicBool,
+    fd_budget: FdBudget,
+    /// Wall-clock time of the last `/ingester/flush` that ran (for its rate limit).
+    last_flush_request_ms: AtomicI64,
+    /// Held for the life of the ingester: no second process may use the TSDB directory.
+    _dir_lock: DirLock,
 }
 
 impl Ingester {
@@ -252,15 +302,16 @@ impl Ingester {
         metrics: Arc<Metrics>,
         bucket: Option<Bucket>,
     ) -> Result<Arc<Self>, TsdbError> {
-        std::fs::create_dir_all(&config.tsdb.dir).map_err(|source| TsdbError::Io {
-            path: config.tsdb.dir.clone(),
-            source,
-        })?;
+        // Before anything reads or wipes a file in it: a second process on the same directory
+        // would replay every tenant, wipe the head caches and collide with our WAL segments.
+        let dir_lock = DirLock::acquire(&config.tsdb.dir)?;
         let tsdb_metrics = Arc::new(
             TsdbMetrics::new(&metrics.registry)
                 .map_err(|e| TsdbError::InvalidOption(format!("registering TSDB metrics: {e}")))?,
         );
         let own = IngesterMetrics::new(&metrics.registry);
+        let fd_budget = FdBudget::for_process();
+        own.fd_limit.set(fd_budget.limit() as i64);
         let ing = Arc::new(Self {
             config,
             overrides,
@@ -274,6 +325,9 @@ impl Ingester {
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             read_only: AtomicBool::new(false),
+            fd_budget,
+            last_flush_request_ms: AtomicI64::new(i64::MIN),
+            _dir_lock: dir_lock,
         });
         let bg = Arc::clone(&ing);
         std::thread::Builder::new()
@@ -310,7 +364,8 @@ impl Ingester {
             }
         }
         for t in tenants {
-            if let Err(e) = self.open_tenant(&t) {
+            // Tenants already on disk hold acknowledged data: no instance limit applies.
+            if let Err(e) = self.open_tenant(&t, false) {
                 tracing::error!(tenant = %t, error = %e, "opening tenant TSDB failed");
             }
         }
@@ -375,10 +430,32 @@ impl Ingester {
         blocks
     }
 
-    fn open_tenant(&self, tenant: &TenantId) -> Result<Arc<TenantDb>, TsdbError> {
+    /// Opens a tenant's TSDB (replaying its WAL). A tenant new to this ingester (`admit`) must
+    /// first fit the instance limits: `max_tenants` and the file-descriptor budget.
+    fn open_tenant(&self, tenant: &TenantId, admit: bool) -> Result<Arc<TenantDb>, OpenError> {
         let _guard = self.create_lock.lock();
         if let Some(db) = self.tenants.read().get(tenant) {
             return Ok(Arc::clone(db));
+        }
+        if admit {
+            let max = self.config.instance_limits.max_tenants;
+            if max > 0 && self.tenants.read().len() >= max {
+                self.own
+                    .tenants_refused
+                    .with_label_values(&["max_tenants"])
+                    .inc();
+                return Err(OpenError::Refused(format!(
+                    "this ingester already holds the most tenants it may (ingester.instance_limits.max_tenants = {max}); retry later or add ingesters"
+                )));
+            }
+            if let Err(why) = self.fd_budget.admit_tenant() {
+                self.own
+                    .tenants_refused
+                    .with_label_values(&["file_descriptors"])
+                    .inc();
+                tracing::warn!(tenant = %tenant, reason = %why, "refusing a new tenant");
+                return Err(OpenError::Refused(why));
+            }
         }
         let dir = self.config.tsdb.dir.join(tenant.as_str());
         std::fs::create_dir_all(&dir).map_err(|source| TsdbError::Io {
@@ -436,7 +513,7 @@ impl Ingester {
         let mut written = 0;
         loop {
             let range = if force {
-                db.head.flush_ranges().first().copied()
+                db.head.first_flush_range()
             } else {
                 db.head.compactable_range()
             };
@@ -596,6 +673,23 @@ impl Ingester {
         Ok(())
     }
 
+    /// `/ingester/flush` runs at most once per [`FLUSH_MIN_INTERVAL_MS`] unless forced.
+    fn admit_flush_request(&self, force: bool) -> Result<(), HttpError> {
+        let now = now_ms();
+        let last = self.last_flush_request_ms.load(Ordering::Acquire);
+        if !force && last != i64::MIN && now.saturating_sub(last) < FLUSH_MIN_INTERVAL_MS {
+            return Err(HttpError::new(
+                norn_model::ErrorKind::TooManyRequests,
+                format!(
+                    "the last flush ran {} s ago; flushes run at most once a minute (add force=true to flush anyway)",
+                    now.saturating_sub(last) / 1000
+                ),
+            ));
+        }
+        self.last_flush_request_ms.store(now, Ordering::Release);
+        Ok(())
+    }
+
     /// Starts the compaction and shipping loops; they stop when `stop` is cancelled.
     pub fn spawn_background(self: &Arc<Self>, stop: CancellationToken) {
         let ing = Arc::clone(self);
@@ -661,8 +755,59 @@ impl Ingester {
                 // Failures are logged and counted in `ship`; the next round retries.
                 let _ = self.ship(&db).await;
                 self.apply_retention(&db);
+                let ing = Arc::clone(&self);
+                let _ = tokio::task::spawn_blocking(move || ing.close_if_idle(&db)).await;
             }
         }
+    }
+
+    /// Closes a tenant that has been idle for `close_idle_tsdb_timeout`, whose head is empty
+    /// (the idle cut moved everything into blocks) and whose blocks are all in the bucket:
+    /// its descriptors and memory are released and its local directory deleted, as Mimir
+    /// does. A later push opens it afresh. Blocking work. Returns whether it was closed.
+    fn close_if_idle(&self, db: &TenantDb) -> bool {
+        let timeout_ms = self.config.tsdb.close_idle_tsdb_timeout.as_millis() as i64;
+        let idle = |db: &TenantDb| {
+            now_ms().saturating_sub(db.last_push_ms.load(Ordering::Relaxed)) > timeout_ms
+        };
+        if timeout_ms == 0 || self.bucket.is_none() || !idle(db) || db.head.num_series() > 0 {
+            return false;
+        }
+        let all_shipped = {
+            let shipped = db.shipped.lock();
+            db.blocks
+                .read()
+                .iter()
+                .all(|b| shipped.contains(&b.meta().ulid))
+        };
+        if !all_shipped {
+            return false;
+        }
+        let _create = self.create_lock.lock();
+        let _cut = db.cut_lock.lock();
+        // A push may have come in meanwhile: `close_if_empty` decides atomically with appends.
+        match db.head.close_if_empty() {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(e) => {
+                tracing::warn!(tenant = %db.tenant, error = %e, "closing an idle tenant's head failed");
+                return false;
+            }
+        }
+        {
+            let mut tenants = self.tenants.write();
+            tenants.remove(&db.tenant);
+            self.own.memory_users.set(tenants.len() as i64);
+        }
+        let t = [db.tenant.as_str()];
+        let _ = self.own.memory_series.remove_label_values(&t);
+        let _ = self.own.local_blocks.remove_label_values(&t);
+        if let Err(e) = std::fs::remove_dir_all(&db.dir) {
+            tracing::warn!(tenant = %db.tenant, dir = %db.dir.display(), error = %e, "cannot delete an idle tenant's directory");
+        }
+        self.own.tenants_closed.inc();
+        tracing::info!(tenant = %db.tenant, "closed idle tenant: head empty, every block shipped");
+        true
     }
 
     fn tenant(&self, tenant: &TenantId) -> Option<Arc<TenantDb>> {
@@ -682,6 +827,28 @@ impl Ingester {
     /// Whether WAL replay is done and the ingester has not been closed.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst) && !self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// What `/ready` says: not while replaying, not once shut down (an orchestrator must
+    /// replace a process that refuses every push), and not while a tenant's WAL refuses
+    /// writes after an I/O error it could not recover from (each check retries the recovery,
+    /// at most once a second per WAL).
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err("ingester is shut down".to_string());
+        }
+        if !self.ready.load(Ordering::SeqCst) {
+            return Err("replaying WAL".to_string());
+        }
+        for db in self.all_tenants() {
+            if db.head.wal_broken() && db.head.wal().try_recover().is_err() {
+                return Err(format!(
+                    "the WAL of tenant {} refuses writes after an I/O error (disk full or failing?)",
+                    db.tenant
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Refuses (or again accepts) pushes with a retryable error while reads keep working:
@@ -748,6 +915,9 @@ fn reject_message(reason: RejectReason, batch: &WriteBatch, series_index: usize)
         RejectReason::MaxSeriesPerMetric => {
             "per-metric series limit exceeded: this metric has too many series in memory; adjust max_global_series_per_metric or reduce the number of series sent"
         }
+        RejectReason::OutOfBounds => {
+            "the sample has been rejected because its timestamp is outside the range Norn stores (from the Unix epoch to the year 9999)"
+        }
     };
     format!("{what} (reason: {}), series: '{series}'", reason.as_str())
 }
@@ -768,8 +938,11 @@ impl Pusher for Ingester {
         }
         let db = match self.tenant(tenant) {
             Some(db) => db,
-            None => self.open_tenant(tenant).map_err(|e| {
-                PushError::Internal(format!("opening TSDB for tenant {tenant}: {e}"))
+            None => self.open_tenant(tenant, true).map_err(|e| match e {
+                OpenError::Refused(why) => PushError::Unavailable(why),
+                OpenError::Tsdb(e) => {
+                    PushError::Internal(format!("opening TSDB for tenant {tenant}: {e}"))
+                }
             })?,
         };
         let limits = self.overrides.for_tenant(tenant.as_str());
@@ -889,11 +1062,7 @@ impl Service for IngesterService {
     }
 
     fn ready(&self) -> Result<(), String> {
-        if self.0.ready.load(Ordering::SeqCst) {
-            Ok(())
-        } else {
-            Err("replaying WAL".to_string())
-        }
+        self.0.readiness()
     }
 
     fn routes(&self) -> axum::Router {
@@ -917,9 +1086,10 @@ impl Service for IngesterService {
 
 /// Query parameters of `/ingester/flush`: `tenant` (repeatable; default every tenant) and
 /// `wait` (`true`: answer once everything is cut and shipped; otherwise answer at once).
-fn flush_params(query: Option<&str>) -> Result<(Option<Vec<TenantId>>, bool), HttpError> {
+fn flush_params(query: Option<&str>) -> Result<(Option<Vec<TenantId>>, bool, bool), HttpError> {
     let mut tenants = Vec::new();
     let mut wait = false;
+    let mut force = false;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
@@ -931,10 +1101,15 @@ fn flush_params(query: Option<&str>) -> Result<(Option<Vec<TenantId>>, bool), Ht
                     HttpError::bad_data(format!("wait must be true or false, got {v:?}"))
                 })?
             }
+            "force" => {
+                force = v.parse().map_err(|_| {
+                    HttpError::bad_data(format!("force must be true or false, got {v:?}"))
+                })?
+            }
             _ => {}
         }
     }
-    Ok(((!tenants.is_empty()).then_some(tenants), wait))
+    Ok(((!tenants.is_empty()).then_some(tenants), wait, force))
 }
 
 async fn flush_handler(
@@ -942,7 +1117,7 @@ async fn flush_handler(
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let (tenants, wait) = match flush_params(query.as_deref()) {
+    let (tenants, wait, force) = match flush_params(query.as_deref()) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
@@ -952,6 +1127,9 @@ async fn flush_handler(
             "ingester is starting: WAL replay in progress",
         )
         .into_response();
+    }
+    if let Err(e) = ing.admit_flush_request(force) {
+        return e.into_response();
     }
     let job = {
         let ing = Arc::clone(&ing);

@@ -109,6 +109,12 @@ pub struct Args {
     /// Cut a tenant's whole head after this long without a push (0 disables).
     #[arg(long = "blocks-storage.tsdb.head-compaction-idle-timeout")]
     pub tsdb_head_compaction_idle_timeout: Option<String>,
+    /// Close a tenant idle this long whose head is empty and blocks all shipped (0 disables).
+    #[arg(long = "blocks-storage.tsdb.close-idle-tsdb-timeout")]
+    pub tsdb_close_idle_tsdb_timeout: Option<String>,
+    /// Most tenants one ingester holds (0 = unlimited); new tenants beyond it get a 5xx.
+    #[arg(long = "ingester.instance-limits.max-tenants")]
+    pub ingester_max_tenants: Option<usize>,
     /// How often new blocks are uploaded to the bucket (0 disables shipping).
     #[arg(long = "blocks-storage.tsdb.ship-interval")]
     pub tsdb_ship_interval: Option<String>,
@@ -142,6 +148,18 @@ pub struct Args {
     /// How far back an instant vector selector looks for a sample.
     #[arg(long = "querier.lookback-delta")]
     pub querier_lookback_delta: Option<String>,
+    /// Most queries (and series/label reads) running at once; more wait for a slot.
+    #[arg(long = "querier.max-concurrent")]
+    pub querier_max_concurrent: Option<usize>,
+    /// Most queries waiting for a slot; more get 503 unavailable at once.
+    #[arg(long = "querier.max-outstanding-requests")]
+    pub querier_max_outstanding_requests: Option<usize>,
+    /// Longest query text accepted, in bytes (0 = no limit).
+    #[arg(long = "querier.max-query-expression-size-bytes")]
+    pub querier_max_query_expression_size_bytes: Option<usize>,
+    /// Deepest nesting of a query expression accepted (1 to 1000).
+    #[arg(long = "querier.max-query-expression-depth")]
+    pub querier_max_query_expression_depth: Option<usize>,
     /// Default samples/s per tenant.
     #[arg(long = "distributor.ingestion-rate-limit")]
     pub ingestion_rate: Option<f64>,
@@ -428,6 +446,7 @@ impl Config {
 #[serde(default, deny_unknown_fields)]
 pub struct IngesterConfig {
     pub ring: IngesterRingConfig,
+    pub instance_limits: norn_ingester::config::InstanceLimits,
     #[serde(with = "serde_duration")]
     pub metadata_retain_period: Duration,
 }
@@ -436,6 +455,7 @@ impl Default for IngesterConfig {
     fn default() -> Self {
         Self {
             ring: IngesterRingConfig::default(),
+            instance_limits: Default::default(),
             metadata_retain_period: Duration::from_secs(600),
         }
     }
@@ -678,6 +698,11 @@ impl Config {
                 &a.tsdb_ship_interval,
                 &mut tsdb.ship_interval,
             ),
+            (
+                "blocks-storage.tsdb.close-idle-tsdb-timeout",
+                &a.tsdb_close_idle_tsdb_timeout,
+                &mut tsdb.close_idle_tsdb_timeout,
+            ),
         ] {
             if let Some(d) = dur(value, flag)? {
                 *field = d;
@@ -723,6 +748,19 @@ impl Config {
         if let Some(d) = dur(&a.querier_lookback_delta, "querier.lookback-delta")? {
             self.querier.lookback_delta = d;
         }
+        set!(self.querier.max_concurrent, a.querier_max_concurrent);
+        set!(
+            self.querier.max_outstanding_requests,
+            a.querier_max_outstanding_requests
+        );
+        set!(
+            self.querier.max_query_expression_size_bytes,
+            a.querier_max_query_expression_size_bytes
+        );
+        set!(
+            self.querier.max_query_expression_depth,
+            a.querier_max_query_expression_depth
+        );
         set!(self.limits.ingestion_rate, a.ingestion_rate);
         set!(self.limits.ingestion_burst_size, a.ingestion_burst_size);
         set!(
@@ -768,6 +806,10 @@ impl Config {
         set!(self.limits.ha_replica_label, a.ha_tracker_replica);
         set!(self.limits.ha_max_clusters, a.ha_tracker_max_clusters);
 
+        set!(
+            self.ingester.instance_limits.max_tenants,
+            a.ingester_max_tenants
+        );
         let ring = &mut self.ingester.ring;
         set!(ring.replication_factor, a.ring_replication_factor);
         set!(ring.num_tokens, a.ring_num_tokens);
@@ -884,6 +926,7 @@ impl Config {
             .ha_tracker
             .validate()
             .map_err(|e| anyhow::anyhow!("distributor.ha_tracker: {e}"))?;
+        self.querier.validate().map_err(anyhow::Error::msg)?;
         Ok(())
     }
 
@@ -965,6 +1008,32 @@ mod tests {
     }
 
     #[test]
+    fn querier_bounds_from_yaml_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.yaml");
+        std::fs::write(
+            &f,
+            "querier:\n  max_concurrent: 3\n  max_outstanding_requests: 7\n  max_query_expression_depth: 50\n",
+        )
+        .unwrap();
+        let c = Config::load(&args(&[
+            "--config.file",
+            f.to_str().unwrap(),
+            "--querier.max-query-expression-size-bytes=1000",
+            "--querier.max-concurrent=5",
+        ]))
+        .unwrap();
+        assert_eq!(c.querier.max_concurrent, 5);
+        assert_eq!(c.querier.max_outstanding_requests, 7);
+        assert_eq!(c.querier.max_query_expression_depth, 50);
+        assert_eq!(c.querier.max_query_expression_size_bytes, 1000);
+        let d = Config::load(&args(&[])).unwrap().querier;
+        assert_eq!(d.max_concurrent, 20);
+        assert_eq!(d.max_query_expression_depth, 200);
+        assert_eq!(d.max_query_expression_size_bytes, 256 << 10);
+    }
+
+    #[test]
     fn secrets_are_masked() {
         let a = args(&["--common.storage.s3.secret-access-key=hunter2"]);
         let c = Config::load(&a).unwrap();
@@ -980,6 +1049,9 @@ mod tests {
         assert!(Config::load(&args(&["--target=bogus"])).is_err());
         assert!(Config::load(&args(&["--common.storage.backend=gcs"])).is_err());
         assert!(Config::load(&args(&["--querier.timeout=soon"])).is_err());
+        assert!(Config::load(&args(&["--querier.max-query-expression-depth=0"])).is_err());
+        assert!(Config::load(&args(&["--querier.max-query-expression-depth=1001"])).is_err());
+        assert!(Config::load(&args(&["--querier.max-concurrent=0"])).is_err());
         assert!(Config::load(&args(&["--server.http-server-idle-timeout=x"])).is_err());
         assert!(Config::load(&args(&["--query-frontend.max-body-size=0"])).is_err());
     }

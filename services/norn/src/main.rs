@@ -52,6 +52,7 @@ fn main() -> anyhow::Result<ExitCode> {
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let cfg = Config::load(&args)?;
     init_logging(&cfg.server.log_level)?;
+    raise_open_files_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("norn")
@@ -59,6 +60,27 @@ fn main() -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     rt.block_on(run(cfg))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Raises the soft open-files limit to the hard one, as Go (and so Prometheus and Mimir) does at
+/// start: every tenant holds a few descriptors, and the ingester budgets new tenants against
+/// the soft limit, which distributions default to a mere 1024.
+fn raise_open_files_limit() {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write only the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 || rl.rlim_cur >= rl.rlim_max {
+            return;
+        }
+        let soft = rl.rlim_cur;
+        rl.rlim_cur = rl.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) == 0 {
+            tracing::debug!(from = soft, to = rl.rlim_max, "raised the open-files limit");
+        }
+    }
 }
 
 pub(crate) fn init_logging(level: &str) -> anyhow::Result<()> {
@@ -124,6 +146,23 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         .with_metrics(bucket_metrics);
     tracing::info!(bucket = bucket.describe(), "blocks bucket");
 
+    // Every listener is bound before the ingester touches its directory or replays a WAL: a
+    // second process started by mistake on the same ports fails here, having changed nothing.
+    let ip: IpAddr = if cfg.server.http_listen_address.is_empty() {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        cfg.server.http_listen_address.parse()?
+    };
+    let addr = SocketAddr::new(ip, cfg.server.http_listen_port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding HTTP listener on {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, target = %cfg.target, "Norn HTTP server listening");
+    let grpc_listener = match has("ingester") && !all {
+        true => Some(membership::bind_grpc(&cfg).await?),
+        false => None,
+    };
+
     // Microservices mode: every process joins the gossip cluster and follows the ring.
     let cluster = if all {
         None
@@ -138,6 +177,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         let ing = Ingester::start(
             norn_ingester::Config {
                 tsdb: cfg.blocks_storage.tsdb.clone(),
+                instance_limits: cfg.ingester.instance_limits.clone(),
                 metadata_retain_period: cfg.ingester.metadata_retain_period,
             },
             Arc::clone(&overrides),
@@ -146,8 +186,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         )
         .context("starting the ingester")?;
         ing.spawn_background(shutdown.clone());
-        if let Some(c) = &cluster {
-            grpc_server = Some(c.start_ingester(&cfg, Arc::clone(&ing)).await?);
+        if let (Some(c), Some(listener)) = (&cluster, grpc_listener) {
+            grpc_server = Some(c.start_ingester(&cfg, Arc::clone(&ing), listener).await?);
         }
         services.push(Arc::new(IngesterService(Arc::clone(&ing))));
         ingester = Some(ing);
@@ -207,6 +247,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             tenants,
             Arc::clone(&overrides),
         );
+        querier
+            .register_metrics(&metrics.registry)
+            .context("registering querier metrics")?;
         // POSTed query forms: bounded, and from a known tenant before they are read.
         let guard = RequestGuard::new(cfg.frontend.max_body_size)
             .tenant_before_body(tenants)
@@ -219,17 +262,6 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(c) = &cluster {
         services.push(c.ring_service());
     }
-
-    let ip: IpAddr = if cfg.server.http_listen_address.is_empty() {
-        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-    } else {
-        cfg.server.http_listen_address.parse()?
-    };
-    let addr = SocketAddr::new(ip, cfg.server.http_listen_port);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding HTTP listener on {addr}"))?;
-    tracing::info!(addr = %listener.local_addr()?, target = %cfg.target, "Norn HTTP server listening");
 
     let app = router(Harness {
         services: services.clone(),

@@ -111,6 +111,19 @@ fn parse_bind(addr: &str) -> anyhow::Result<IpAddr> {
         .with_context(|| format!("listen address {addr:?} is not an IP address"))
 }
 
+/// Binds the ingester's gRPC listener (before the ingester opens its directory, see `run`).
+pub async fn bind_grpc(cfg: &Config) -> anyhow::Result<tokio::net::TcpListener> {
+    let bind = parse_bind(&cfg.server.grpc_listen_address)?;
+    tokio::net::TcpListener::bind(SocketAddr::new(bind, cfg.server.grpc_listen_port))
+        .await
+        .with_context(|| {
+            format!(
+                "binding gRPC listener on {bind}:{}",
+                cfg.server.grpc_listen_port
+            )
+        })
+}
+
 impl Cluster {
     /// Joins the gossip cluster and starts following the ingester ring.
     pub async fn start(
@@ -196,17 +209,9 @@ impl Cluster {
         &self,
         cfg: &Config,
         ingester: Arc<Ingester>,
+        listener: tokio::net::TcpListener,
     ) -> anyhow::Result<GrpcServer> {
         let bind = parse_bind(&cfg.server.grpc_listen_address)?;
-        let listener =
-            tokio::net::TcpListener::bind(SocketAddr::new(bind, cfg.server.grpc_listen_port))
-                .await
-                .with_context(|| {
-                    format!(
-                        "binding gRPC listener on {bind}:{}",
-                        cfg.server.grpc_listen_port
-                    )
-                })?;
         let local = listener.local_addr()?;
         tracing::info!(addr = %local, "ingester gRPC server listening");
         let grpc_stop = CancellationToken::new();

@@ -74,7 +74,7 @@ fn assert_exactly(n: &Norn, sent: &Sent, from: i64, to: i64, what: &str) {
 }
 
 fn flush(n: &Norn, wait: bool) {
-    let resp = ureq::post(&n.url(&format!("/ingester/flush?wait={wait}")))
+    let resp = ureq::post(&n.url(&format!("/ingester/flush?wait={wait}&force=true")))
         .config()
         .http_status_as_error(false)
         .build()

@@ -5,6 +5,7 @@
 //! through a [`QueryableProvider`], so no handler can reach another tenant's series.
 //! Responses use Prometheus' JSON envelope, float formatting and error types.
 
+pub mod admission;
 pub mod json;
 pub mod limited;
 pub mod params;
@@ -12,7 +13,7 @@ pub mod parse_error;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use axum::Router;
@@ -24,10 +25,11 @@ use axum::routing::get;
 use norn_limits::Overrides;
 use norn_model::duration::serde_duration;
 use norn_model::{ErrorKind, MetadataReader, Queryable, QueryableProvider, TenantId};
-use norn_promql::{Engine, EngineOptions};
+use norn_promql::{Engine, EngineOptions, QueryContext};
 use norn_server::{HttpError, Service, TenantResolver};
 use serde::{Deserialize, Serialize};
 
+use crate::admission::{Admission, Outcome, QuerierMetrics, Slot};
 use crate::limited::SeriesLimited;
 use crate::params::{MAX_TIME_MS, MIN_TIME_MS, Params, matcher_sets, parse_duration_ms, time_or};
 
@@ -46,6 +48,14 @@ pub struct Config {
     /// How far back an instant selector looks for a sample.
     #[serde(with = "serde_duration")]
     pub lookback_delta: Duration,
+    /// Most queries (and series/label reads) running at once.
+    pub max_concurrent: usize,
+    /// Most queries waiting for a slot; beyond it they get 503 at once.
+    pub max_outstanding_requests: usize,
+    /// Longest query text accepted, in bytes (0 = no limit).
+    pub max_query_expression_size_bytes: usize,
+    /// Deepest nesting of a query expression accepted.
+    pub max_query_expression_depth: usize,
 }
 
 impl Default for Config {
@@ -54,7 +64,28 @@ impl Default for Config {
             max_samples: 50_000_000,
             timeout: Duration::from_secs(120),
             lookback_delta: Duration::from_secs(300),
+            max_concurrent: 20,
+            max_outstanding_requests: 100,
+            max_query_expression_size_bytes: norn_promql::DEFAULT_MAX_QUERY_BYTES,
+            max_query_expression_depth: norn_promql::DEFAULT_MAX_QUERY_DEPTH,
         }
+    }
+}
+
+impl Config {
+    /// Refuses settings the querier cannot honour.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_concurrent == 0 {
+            return Err("querier.max-concurrent must be at least 1".into());
+        }
+        let d = self.max_query_expression_depth;
+        if d == 0 || d > norn_promql::MAX_QUERY_DEPTH_CEILING {
+            return Err(format!(
+                "querier.max-query-expression-depth must be between 1 and {} (the query thread's stack is sized for that), got {d}",
+                norn_promql::MAX_QUERY_DEPTH_CEILING
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -66,6 +97,7 @@ pub struct Querier {
     metadata: Arc<dyn MetadataReader>,
     tenants: TenantResolver,
     overrides: Arc<Overrides>,
+    admission: Admission,
 }
 
 impl Querier {
@@ -80,7 +112,13 @@ impl Querier {
             lookback_delta_ms: config.lookback_delta.as_millis() as i64,
             max_samples: config.max_samples,
             timeout: config.timeout,
+            max_query_bytes: config.max_query_expression_size_bytes,
+            // Validated by the binary; clamped here so no caller can exceed the stack.
+            max_query_depth: config
+                .max_query_expression_depth
+                .min(norn_promql::MAX_QUERY_DEPTH_CEILING),
         });
+        let admission = Admission::new(config.max_concurrent, config.max_outstanding_requests);
         Arc::new(Self {
             config,
             engine,
@@ -88,7 +126,29 @@ impl Querier {
             metadata,
             tenants,
             overrides,
+            admission,
         })
+    }
+
+    /// The querier's metrics (running, queued, rejected and stopped queries).
+    pub fn metrics(&self) -> &QuerierMetrics {
+        self.admission.metrics()
+    }
+
+    /// Adds the querier's metrics, and a gauge of the engine's query threads, to `registry`.
+    pub fn register_metrics(&self, registry: &prometheus::Registry) -> prometheus::Result<()> {
+        self.metrics().register(registry)?;
+        registry.register(Box::new(admission::QueryThreads::new(self.engine.clone())))
+    }
+
+    /// The engine's query threads alive now (see [`Engine::query_threads`]).
+    pub fn query_threads(&self) -> usize {
+        self.engine.query_threads()
+    }
+
+    /// A slot to run in, waiting for one until `deadline` (see [`admission`]).
+    async fn enter(&self, deadline: Instant) -> Result<Slot, HttpError> {
+        self.admission.enter(deadline).await
     }
 
     /// The tenant's storage view for one query, with the per-query series limit applied.
@@ -134,6 +194,22 @@ impl Querier {
     }
 }
 
+/// When a request with `timeout` must have been answered; waiting for a slot counts.
+fn deadline_in(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(10 * 365 * 86_400))
+}
+
+/// The engine's view of a request: what is left until its deadline, and its slot, which
+/// the query thread keeps until it has stopped.
+fn query_context(deadline: Instant, slot: Slot) -> QueryContext {
+    QueryContext {
+        timeout: Some(deadline.saturating_duration_since(Instant::now())),
+        keep_alive: Some(Box::new(slot)),
+    }
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -145,10 +221,21 @@ fn ok_json(body: String) -> Response {
     ([("content-type", "application/json")], body).into_response()
 }
 
-fn engine_error(query: &str, e: norn_promql::PromqlError) -> HttpError {
+/// Maps an engine error to the API's; a parse error gets its position, found on a query
+/// thread since locating it parses prefixes of the (possibly deep) query.
+async fn engine_error(engine: &Engine, query: &str, e: norn_promql::PromqlError) -> HttpError {
     match e {
         norn_promql::PromqlError::Parse(msg) => {
-            HttpError::bad_data(parse_error::describe(query, &msg)).into_json()
+            let q = query.to_string();
+            let m = msg.clone();
+            let described = engine
+                .on_query_thread(move || parse_error::describe(&q, &m))
+                .await
+                .unwrap_or_else(|_| format!("invalid parameter \"query\": parse error: {msg}"));
+            HttpError::bad_data(described).into_json()
+        }
+        norn_promql::PromqlError::TooComplex(msg) => {
+            HttpError::bad_data(format!("invalid parameter \"query\": {msg}")).into_json()
         }
         e => HttpError::new(e.kind(), e.to_string()).into_json(),
     }
@@ -189,15 +276,23 @@ async fn query_inner(
     let expr = p.get("query").unwrap_or("");
     let t = time_or(&p, "time", now_ms())?;
     let timeout = q.timeout(&p)?;
-    let store = q.store(&tenant);
+    let deadline = deadline_in(timeout);
+    let outcome = Outcome::new(q.metrics());
     let r = with_timeout(timeout, async {
-        q.engine
-            .instant_query(&store, expr, t)
+        let slot = q.enter(deadline).await?;
+        let store = q.store(&tenant);
+        match q
+            .engine
+            .instant_query_within(&store, expr, t, query_context(deadline, slot))
             .await
-            .map_err(|e| engine_error(expr, e))
+        {
+            Ok(r) => Ok(r),
+            Err(e) => Err(engine_error(&q.engine, expr, e).await),
+        }
     })
-    .await?;
-    Ok(ok_json(json::query_response(&r)))
+    .await;
+    outcome.finish(&r);
+    Ok(ok_json(json::query_response(&r?)))
 }
 
 async fn query_range(
@@ -239,15 +334,24 @@ async fn query_range_inner(
     q.check_length(&tenant, start, end)?;
     let expr = p.get("query").unwrap_or("");
     let timeout = q.timeout(&p)?;
-    let store = q.store(&tenant);
+    let deadline = deadline_in(timeout);
+    let outcome = Outcome::new(q.metrics());
     let r = with_timeout(timeout, async {
-        q.engine
-            .range_query(&store, expr, start, end, step)
+        let slot = q.enter(deadline).await?;
+        let store = q.store(&tenant);
+        let ctx = query_context(deadline, slot);
+        match q
+            .engine
+            .range_query_within(&store, expr, start, end, step, ctx)
             .await
-            .map_err(|e| engine_error(expr, e))
+        {
+            Ok(r) => Ok(r),
+            Err(e) => Err(engine_error(&q.engine, expr, e).await),
+        }
     })
-    .await?;
-    Ok(ok_json(json::query_response(&r)))
+    .await;
+    outcome.finish(&r);
+    Ok(ok_json(json::query_response(&r?)))
 }
 
 fn limit_param(p: &Params) -> Result<usize, HttpError> {
@@ -289,14 +393,23 @@ async fn series_inner(
     let start = time_or(&p, "start", MIN_TIME_MS)?;
     let end = time_or(&p, "end", MAX_TIME_MS)?;
     let limit = limit_param(&p)?;
-    let store = q.store(&tenant);
-    let mut all = BTreeSet::new();
-    for m in &sets {
-        for s in store.select(start, end, m).await.map_err(storage_error)? {
-            all.insert(s.labels);
+    let timeout = q.timeout(&p)?;
+    let deadline = deadline_in(timeout);
+    let outcome = Outcome::new(q.metrics());
+    let r = with_timeout(timeout, async {
+        let _slot = q.enter(deadline).await?;
+        let store = q.store(&tenant);
+        let mut all = BTreeSet::new();
+        for m in &sets {
+            for s in store.select(start, end, m).await.map_err(storage_error)? {
+                all.insert(s.labels);
+            }
         }
-    }
-    let mut list: Vec<_> = all.into_iter().collect();
+        Ok(all)
+    })
+    .await;
+    outcome.finish(&r);
+    let mut list: Vec<_> = r?.into_iter().collect();
     let mut warnings = Vec::new();
     apply_limit(&mut list, limit, &mut warnings);
     let mut data = String::from("[");
@@ -345,17 +458,26 @@ async fn labels_inner(
     let start = time_or(&p, "start", MIN_TIME_MS)?;
     let end = time_or(&p, "end", MAX_TIME_MS)?;
     let limit = limit_param(&p)?;
-    let store = q.storage.queryable(&tenant);
-    let mut all = BTreeSet::new();
-    for m in &sets {
-        let got = match &name {
-            None => store.label_names(start, end, m).await,
-            Some(n) => store.label_values(n, start, end, m).await,
+    let timeout = q.timeout(&p)?;
+    let deadline = deadline_in(timeout);
+    let outcome = Outcome::new(q.metrics());
+    let r = with_timeout(timeout, async {
+        let _slot = q.enter(deadline).await?;
+        let store = q.storage.queryable(&tenant);
+        let mut all = BTreeSet::new();
+        for m in &sets {
+            let got = match &name {
+                None => store.label_names(start, end, m).await,
+                Some(n) => store.label_values(n, start, end, m).await,
+            }
+            .map_err(storage_error)?;
+            all.extend(got);
         }
-        .map_err(storage_error)?;
-        all.extend(got);
-    }
-    let mut list: Vec<String> = all.into_iter().collect();
+        Ok(all)
+    })
+    .await;
+    outcome.finish(&r);
+    let mut list: Vec<String> = r?.into_iter().collect();
     let mut warnings = Vec::new();
     apply_limit(&mut list, limit, &mut warnings);
     Ok(ok_json(json::success(
@@ -375,46 +497,55 @@ async fn metadata(State(q): Q, headers: HeaderMap, RawQuery(rq): RawQuery) -> Re
                 .map_err(|_| HttpError::bad_data("limit must be a number").into_json())?
                 .max(0) as usize,
         };
-        let md = q
-            .metadata
-            .metadata(&tenant, p.get("metric"), limit)
-            .await
-            .map_err(storage_error)?;
-        // One pass: group by family (readers return families in order, but a merge of
-        // several may not), then write each group.
-        let mut families: BTreeMap<&str, Vec<&norn_model::MetricMetadata>> = BTreeMap::new();
-        for m in &md {
-            families
-                .entry(m.metric_family_name.as_str())
-                .or_default()
-                .push(m);
-        }
-        let mut data = String::from("{");
-        for (i, (fam, list)) in families.iter().enumerate() {
-            if i > 0 {
-                data.push(',');
-            }
-            json::write_str(&mut data, fam);
-            data.push_str(":[");
-            for (j, m) in list.iter().enumerate() {
-                if j > 0 {
-                    data.push(',');
-                }
-                data.push_str("{\"type\":");
-                json::write_str(&mut data, m.metric_type.as_str());
-                data.push_str(",\"help\":");
-                json::write_str(&mut data, &m.help);
-                data.push_str(",\"unit\":");
-                json::write_str(&mut data, &m.unit);
-                data.push('}');
-            }
-            data.push(']');
-        }
-        data.push('}');
-        Ok::<_, HttpError>(ok_json(json::success(&data, &[])))
+        let timeout = q.timeout(&p)?;
+        let deadline = deadline_in(timeout);
+        let md = with_timeout(timeout, async {
+            let _slot = q.enter(deadline).await?;
+            q.metadata
+                .metadata(&tenant, p.get("metric"), limit)
+                .await
+                .map_err(storage_error)
+        })
+        .await?;
+        Ok::<_, HttpError>(ok_json(json::success(&metadata_json(&md), &[])))
     }
     .await;
     into_response(r)
+}
+
+/// `{family: [{type, help, unit}, ...], ...}` in one pass over the entries, grouped by
+/// family whatever their order (a scan per family was quadratic: minutes for 200k entries).
+fn metadata_json(md: &[norn_model::MetricMetadata]) -> String {
+    let mut by_family: BTreeMap<&str, Vec<&norn_model::MetricMetadata>> = BTreeMap::new();
+    for m in md {
+        by_family
+            .entry(m.metric_family_name.as_str())
+            .or_default()
+            .push(m);
+    }
+    let mut data = String::from("{");
+    for (i, (fam, entries)) in by_family.iter().enumerate() {
+        if i > 0 {
+            data.push(',');
+        }
+        json::write_str(&mut data, fam);
+        data.push_str(":[");
+        for (j, m) in entries.iter().enumerate() {
+            if j > 0 {
+                data.push(',');
+            }
+            data.push_str("{\"type\":");
+            json::write_str(&mut data, m.metric_type.as_str());
+            data.push_str(",\"help\":");
+            json::write_str(&mut data, &m.help);
+            data.push_str(",\"unit\":");
+            json::write_str(&mut data, &m.unit);
+            data.push('}');
+        }
+        data.push(']');
+    }
+    data.push('}');
+    data
 }
 
 async fn buildinfo() -> Response {
@@ -425,15 +556,32 @@ async fn buildinfo() -> Response {
     ok_json(json::success(&data, &[]))
 }
 
-async fn format_query(RawQuery(rq): RawQuery, body: Bytes) -> Response {
+async fn format_query(State(q): Q, RawQuery(rq): RawQuery, body: Bytes) -> Response {
     let p = Params::parse(rq.as_deref(), &body);
-    let r = promql_parser::parser::parse(p.get("query").unwrap_or(""))
-        .map(|e| {
-            let mut s = String::new();
-            json::write_str(&mut s, &e.prettify());
-            ok_json(json::success(&s, &[]))
-        })
-        .map_err(|e| HttpError::bad_data(format!("invalid parameter \"query\": {e}")).into_json());
+    let expr = p.get("query").unwrap_or("");
+    let timeout = q.config.timeout;
+    let r = with_timeout(timeout, async {
+        // Needs no tenant, so it takes a slot like any query: parsing is CPU on a thread.
+        let _slot = q.enter(deadline_in(timeout)).await?;
+        q.engine
+            .format_query(expr)
+            .await
+            .map(|pretty| {
+                let mut s = String::new();
+                json::write_str(&mut s, &pretty);
+                ok_json(json::success(&s, &[]))
+            })
+            .map_err(|e| match e {
+                norn_promql::PromqlError::Parse(m) => {
+                    HttpError::bad_data(format!("invalid parameter \"query\": {m}")).into_json()
+                }
+                norn_promql::PromqlError::TooComplex(m) => {
+                    HttpError::bad_data(format!("invalid parameter \"query\": {m}")).into_json()
+                }
+                e => HttpError::new(e.kind(), e.to_string()).into_json(),
+            })
+    })
+    .await;
     into_response(r)
 }
 
@@ -485,4 +633,33 @@ impl Service for QuerierService {
     }
 
     async fn shutdown(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use norn_model::{MetricMetadata, MetricType};
+
+    fn md(fam: &str, help: &str) -> MetricMetadata {
+        MetricMetadata {
+            metric_family_name: fam.into(),
+            metric_type: MetricType::Gauge,
+            help: help.into(),
+            unit: String::new(),
+        }
+    }
+
+    #[test]
+    fn metadata_groups_families_in_any_order() {
+        let got = metadata_json(&[md("b", "1"), md("a", "2"), md("b", "3")]);
+        let v: serde_json::Value = serde_json::from_str(&got).unwrap();
+        assert_eq!(v.as_object().unwrap().len(), 2, "{got}");
+        assert_eq!(v["b"].as_array().unwrap().len(), 2, "{got}");
+        assert_eq!(v["b"][1]["help"], "3");
+        assert_eq!(v["a"][0]["help"], "2");
+        // Many families, each one entry: one pass, every family once.
+        let many: Vec<MetricMetadata> = (0..50_000).map(|i| md(&format!("m{i}"), "")).collect();
+        let v: serde_json::Value = serde_json::from_str(&metadata_json(&many)).unwrap();
+        assert_eq!(v.as_object().unwrap().len(), 50_000);
+    }
 }

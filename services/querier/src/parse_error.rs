@@ -204,16 +204,41 @@ fn completable(prefix: &str) -> bool {
         .any(|c| promql_parser::parser::parse(&format!("{prefix}{c}")).is_ok())
 }
 
+/// Longest query whose grammar error is located by trying every token prefix (each try is
+/// a few parses of the prefix: quadratic in the query's length).
+const LINEAR_SEARCH_MAX_BYTES: usize = 1 << 10;
+
+/// Longest query whose grammar error is located at all, by bisecting the token prefixes;
+/// beyond it the error is reported at the end of the query rather than spending seconds of
+/// CPU on a hostile input.
+const BISECT_MAX_BYTES: usize = 16 << 10;
+
 /// The start of the first token whose prefix can no longer be completed into a valid query.
 fn first_bad_token(q: &str) -> Option<usize> {
+    if q.len() > BISECT_MAX_BYTES {
+        return None;
+    }
     let starts = token_starts(q);
-    for (k, &s) in starts.iter().enumerate() {
-        let end = starts.get(k + 1).copied().unwrap_or(q.len());
-        if !completable(&q[..end]) {
-            return Some(s);
+    let prefix_end = |k: usize| starts.get(k + 1).copied().unwrap_or(q.len());
+    if q.len() <= LINEAR_SEARCH_MAX_BYTES {
+        for (k, &s) in starts.iter().enumerate() {
+            if !completable(&q[..prefix_end(k)]) {
+                return Some(s);
+            }
+        }
+        return None;
+    }
+    // Once a prefix cannot be completed, longer ones almost never can: bisect for the first.
+    let (mut lo, mut hi) = (0, starts.len());
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if completable(&q[..prefix_end(mid)]) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
         }
     }
-    None
+    starts.get(lo).copied()
 }
 
 #[cfg(test)]
@@ -253,6 +278,19 @@ mod tests {
             "{}",
             pos("1 +")
         );
+    }
+
+    #[test]
+    fn long_queries_are_located_with_few_parses() {
+        // A long valid prefix then a grammar error: bisected, same answer as the scan.
+        let q = format!("sum(up{{job=\"{}\"}}) by (job) bar", "x".repeat(1_500));
+        assert!(q.len() > LINEAR_SEARCH_MAX_BYTES);
+        let col = q.len() - 2;
+        assert!(pos(&q).contains(&format!("1:{col}:")), "{}", pos(&q));
+        // Beyond the bisect bound the error is put at the end, without parsing prefixes.
+        let q = format!("up{{job=\"{}\"}} bar", "x".repeat(20_000));
+        assert!(q.len() > BISECT_MAX_BYTES);
+        assert_eq!(first_bad_token(&q), None);
     }
 
     #[test]

@@ -232,12 +232,13 @@ fn status_label(code: Code) -> String {
 /// the ingester is in-process or remote. A reason this client does not know (a newer
 /// ingester) is reported as `other` to keep metric labels bounded.
 fn reason_str(reason: &str) -> &'static str {
-    const REASONS: [RejectReason; 5] = [
+    const REASONS: [RejectReason; 6] = [
         RejectReason::OutOfOrder,
         RejectReason::TooOld,
         RejectReason::DuplicateTimestamp,
         RejectReason::MaxSeriesPerUser,
         RejectReason::MaxSeriesPerMetric,
+        RejectReason::OutOfBounds,
     ];
     REASONS
         .iter()

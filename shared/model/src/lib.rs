@@ -25,7 +25,10 @@ pub use query::{
     MergeQueryable, MergedProvider, MetadataReader, Queryable, QueryableProvider, QuorumQueryable,
     Series, StorageError, merge_series, merge_strings,
 };
-pub use sample::{STALE_NAN_BITS, Sample, is_stale_nan, stale_nan};
+pub use sample::{
+    MAX_SAMPLE_TIME_MS, MIN_SAMPLE_TIME_MS, STALE_NAN_BITS, Sample, is_stale_nan,
+    sample_time_in_bounds, stale_nan,
+};
 pub use tenant::{ANONYMOUS, ORG_ID_HEADER};
 pub use tenant::{TenantError, TenantId};
 pub use validation::{Refusal, TimeWindow, ValidationLimits};

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use norn_model::{Labels, Queryable, Sample as ModelSample, Series};
@@ -15,6 +16,7 @@ use crate::eval::{
     DEFAULT_SUBQUERY_STEP_MS, Evaluator, Fetched, at_ms, dur_ms, node_key, offset_ms,
     selector_matchers,
 };
+use crate::guard::Stop;
 use crate::value::{
     FetchedSeries, Metric, QueryResult, SCHEMA_LABELS, Sample, Val, Value, VectorSample,
     final_labels,
@@ -25,10 +27,17 @@ use crate::value::{
 pub struct EngineOptions {
     /// How far back an instant selector looks for the newest sample.
     pub lookback_delta_ms: i64,
-    /// Most samples a query may hold in memory at once.
+    /// Most samples a query may hold in memory at once: fetched samples, range-vector
+    /// windows, subquery results and their cache, and the output of a range query, counted
+    /// in units of a fetched sample's 16 bytes.
     pub max_samples: usize,
-    /// Longest a query may run.
+    /// Longest a query may run; a request can only shorten it.
     pub timeout: Duration,
+    /// Longest query text accepted, in bytes (0 = no limit).
+    pub max_query_bytes: usize,
+    /// Deepest nesting of a query expression accepted (see [`crate::nesting_depth`]); at most
+    /// [`crate::MAX_QUERY_DEPTH_CEILING`].
+    pub max_query_depth: usize,
 }
 
 impl Default for EngineOptions {
@@ -37,14 +46,19 @@ impl Default for EngineOptions {
             lookback_delta_ms: 300_000,
             max_samples: 50_000_000,
             timeout: Duration::from_secs(120),
+            max_query_bytes: crate::guard::DEFAULT_MAX_QUERY_BYTES,
+            max_query_depth: crate::guard::DEFAULT_MAX_QUERY_DEPTH,
         }
     }
 }
 
-/// Evaluates PromQL over any [`Queryable`]. Cheap to share; holds no per-query state.
+/// Evaluates PromQL over any [`Queryable`]. Cheap to share (clones share the thread count);
+/// holds no per-query state.
 #[derive(Debug, Clone, Default)]
 pub struct Engine {
     opts: EngineOptions,
+    /// Query threads alive now, including those still winding down after their caller left.
+    threads: Arc<AtomicUsize>,
 }
 
 /// Which series a selector needs: the storage matchers (one set per `or` alternative) and
@@ -55,9 +69,53 @@ struct SelectorNeed {
     maxt: i64,
 }
 
+/// What the query thread hands the async side once it has parsed and planned: the selectors
+/// to fetch, keyed by node address in the AST the thread keeps.
+type Plan = Vec<(usize, SelectorNeed)>;
+
+/// What a caller adds to one query.
+#[derive(Default)]
+pub struct QueryContext {
+    /// The query's deadline, from now; the engine's timeout applies when it is shorter or
+    /// this is unset.
+    pub timeout: Option<Duration>,
+    /// Dropped when the query's thread ends rather than when the caller stops waiting: the
+    /// querier hands its concurrency slot here, so a slot frees only once the evaluation
+    /// has actually stopped.
+    pub keep_alive: Option<Box<dyn Send>>,
+}
+
+impl QueryContext {
+    /// A context with a deadline of `timeout` from now.
+    pub fn timeout(timeout: Duration) -> Self {
+        Self {
+            timeout: Some(timeout),
+            keep_alive: None,
+        }
+    }
+}
+
+/// Where a query runs: instant or range, over which times.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: i64,
+    end: i64,
+    step: i64,
+    range: bool,
+}
+
 impl Engine {
     pub fn new(opts: EngineOptions) -> Self {
-        Self { opts }
+        Self {
+            opts,
+            threads: Arc::default(),
+        }
+    }
+
+    /// Query threads (parsing or evaluating) alive now: a cancelled or timed-out query's
+    /// thread counts until it has noticed and stopped.
+    pub fn query_threads(&self) -> usize {
+        self.threads.load(Ordering::Relaxed)
     }
 
     pub fn options(&self) -> &EngineOptions {
@@ -71,7 +129,25 @@ impl Engine {
         query: &str,
         time_ms: i64,
     ) -> Result<QueryResult> {
-        self.run(q, query, time_ms, time_ms, 0, false).await
+        self.instant_query_within(q, query, time_ms, QueryContext::default())
+            .await
+    }
+
+    /// [`Self::instant_query`] with the caller's deadline and keep-alive.
+    pub async fn instant_query_within(
+        &self,
+        q: &dyn Queryable,
+        query: &str,
+        time_ms: i64,
+        ctx: QueryContext,
+    ) -> Result<QueryResult> {
+        let span = Span {
+            start: time_ms,
+            end: time_ms,
+            step: 0,
+            range: false,
+        };
+        self.run(q, query, span, ctx).await
     }
 
     /// Evaluates `query` at every step from `start_ms` to `end_ms`; the result is a matrix
@@ -84,6 +160,20 @@ impl Engine {
         end_ms: i64,
         step_ms: i64,
     ) -> Result<QueryResult> {
+        self.range_query_within(q, query, start_ms, end_ms, step_ms, QueryContext::default())
+            .await
+    }
+
+    /// [`Self::range_query`] with the caller's deadline and keep-alive.
+    pub async fn range_query_within(
+        &self,
+        q: &dyn Queryable,
+        query: &str,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+        ctx: QueryContext,
+    ) -> Result<QueryResult> {
         if step_ms <= 0 {
             return Err(PromqlError::Parse(
                 "zero or negative query resolution step widths are not accepted. Try a positive integer".into(),
@@ -94,74 +184,147 @@ impl Engine {
                 "end timestamp must not be before start time".into(),
             ));
         }
-        self.run(q, query, start_ms, end_ms, step_ms, true).await
+        let span = Span {
+            start: start_ms,
+            end: end_ms,
+            step: step_ms,
+            range: true,
+        };
+        self.run(q, query, span, ctx).await
     }
 
+    /// Runs `f` on a query thread (the stack sized for the deepest query allowed, off the
+    /// async reactor), for work on a query's text outside the engine, such as locating a
+    /// parse error by parsing prefixes of the query.
+    pub async fn on_query_thread<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce() -> R + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        crate::guard::spawn_query_thread(&self.threads, move || {
+            let _ = tx.send(f());
+        })?;
+        rx.await
+            .map_err(|_| PromqlError::Internal("the query thread ended without an answer".into()))
+    }
+
+    /// Parses `query` and renders it in Prometheus' canonical layout (`format_query`), under
+    /// the same text limits and on the same kind of thread as a query.
+    pub async fn format_query(&self, query: &str) -> Result<String> {
+        crate::guard::check_query_text(
+            query,
+            self.opts.max_query_bytes,
+            self.opts.max_query_depth,
+        )?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let query = query.to_string();
+        crate::guard::spawn_query_thread(&self.threads, move || {
+            let r = parser::parse(&query)
+                .map(|e| e.prettify())
+                .map_err(PromqlError::Parse);
+            let _ = tx.send(r);
+        })?;
+        rx.await
+            .map_err(|_| PromqlError::Internal("the query thread ended without an answer".into()))?
+    }
+
+    /// Runs one query: the text check here; parsing, planning and evaluation on a query
+    /// thread (see [`crate::guard`]); fetching here, between the two, since storage is async.
+    /// Dropping the returned future cancels the evaluation.
     async fn run(
         &self,
         q: &dyn Queryable,
         query: &str,
-        start: i64,
-        end: i64,
-        step: i64,
-        range: bool,
+        span: Span,
+        ctx: QueryContext,
     ) -> Result<QueryResult> {
+        crate::guard::check_query_text(
+            query,
+            self.opts.max_query_bytes,
+            self.opts.max_query_depth,
+        )?;
         let now = Instant::now();
+        let timeout = ctx
+            .timeout
+            .map_or(self.opts.timeout, |t| t.min(self.opts.timeout));
+        let keep_alive = ctx.keep_alive;
         // A timeout too large to represent means "no timeout" in practice.
         let deadline = now
-            .checked_add(self.opts.timeout)
+            .checked_add(timeout)
             .unwrap_or_else(|| now + Duration::from_secs(10 * 365 * 86_400));
-        // Boxed so that node addresses stay put when the AST moves into the blocking task.
-        let expr = Box::new(parser::parse(query).map_err(PromqlError::Parse)?);
-        if range {
-            let vt = expr.value_type();
-            if vt != ValueType::Scalar && vt != ValueType::Vector {
-                return Err(PromqlError::Parse(format!(
-                    "invalid expression type \"{}\" for range query, must be Scalar or instant Vector",
-                    type_display(vt)
-                )));
-            }
-        }
-        let mut needs: HashMap<usize, SelectorNeed> = HashMap::new();
-        plan(
-            &expr,
-            start,
-            end,
-            start,
-            end,
-            self.opts.lookback_delta_ms,
-            &mut needs,
-        )?;
+        let stop = Stop::new(deadline);
+        let _cancel = stop.cancel_on_drop();
+        let (plan_tx, plan_rx) = tokio::sync::oneshot::channel::<Result<Plan>>();
+        let (data_tx, data_rx) = tokio::sync::oneshot::channel::<(Fetched, usize)>();
+        let (result_tx, result_rx) = tokio::sync::oneshot::channel::<Result<QueryResult>>();
+        let opts = self.opts.clone();
+        let text = query.to_string();
+        let thread_stop = stop.clone();
+        crate::guard::spawn_query_thread(&self.threads, move || {
+            // Released when this thread ends, however it ends.
+            let _keep_alive = keep_alive;
+            // Boxed so that node addresses stay put; owned by this thread to the end, so even
+            // its (recursive) drop runs on the large stack.
+            let expr = match parse_and_plan(&text, span, opts.lookback_delta_ms) {
+                Ok((expr, plan)) => {
+                    if plan_tx.send(Ok(plan)).is_err() {
+                        return;
+                    }
+                    expr
+                }
+                Err(e) => {
+                    let _ = plan_tx.send(Err(e));
+                    return;
+                }
+            };
+            // The sender is dropped when the query was abandoned while fetching.
+            let Ok((data, held)) = data_rx.blocking_recv() else {
+                return;
+            };
+            let r = evaluate(&expr, &data, &text, &opts, thread_stop, held, span);
+            let _ = result_tx.send(r);
+        })?;
+        let ended = || PromqlError::Internal("the query thread ended without an answer".into());
+        let plan = plan_rx.await.map_err(|_| ended())??;
         let fetch = async {
-            let mut data: Fetched = HashMap::with_capacity(needs.len());
-            for (key, need) in &needs {
-                data.insert(*key, fetch_selector(q, need).await?);
+            let mut data: Fetched = HashMap::with_capacity(plan.len());
+            let mut held = 0usize;
+            for (key, need) in &plan {
+                data.insert(
+                    *key,
+                    fetch_selector(q, need, &mut held, self.opts.max_samples).await?,
+                );
             }
-            Ok::<_, PromqlError>(data)
+            Ok::<_, PromqlError>((data, held))
         };
-        let data = tokio::time::timeout(self.opts.timeout, fetch)
+        let fetched = tokio::time::timeout_at(deadline.into(), fetch)
             .await
             .map_err(|_| PromqlError::Timeout)??;
-        // Everything fetched is held in memory for the whole evaluation.
-        let held: usize = data.values().flatten().map(|s| s.samples.len()).sum();
-        if held > self.opts.max_samples {
-            return Err(PromqlError::TooManySamples);
+        if data_tx.send(fetched).is_err() {
+            return Err(ended());
         }
-        let opts = self.opts.clone();
-        let query = query.to_string();
-        let task = tokio::task::spawn_blocking(move || {
-            evaluate(
-                &expr, &data, &query, &opts, deadline, start, end, step, range,
-            )
-        });
-        match task.await {
-            Ok(r) => r,
-            Err(e) if e.is_cancelled() => Err(PromqlError::Canceled),
-            Err(e) => Err(PromqlError::Internal(format!(
-                "evaluation task failed: {e}"
-            ))),
+        result_rx.await.map_err(|_| ended())?
+    }
+}
+
+/// Parses `query` and works out what to fetch; runs on the query thread.
+fn parse_and_plan(query: &str, span: Span, lookback: i64) -> Result<(Box<Expr>, Plan)> {
+    let expr = Box::new(parser::parse(query).map_err(PromqlError::Parse)?);
+    if span.range {
+        let vt = expr.value_type();
+        if vt != ValueType::Scalar && vt != ValueType::Vector {
+            return Err(PromqlError::Parse(format!(
+                "invalid expression type \"{}\" for range query, must be Scalar or instant Vector",
+                type_display(vt)
+            )));
         }
     }
+    let mut needs: HashMap<usize, SelectorNeed> = HashMap::new();
+    plan(
+        &expr, span.start, span.end, span.start, span.end, lookback, &mut needs,
+    )?;
+    Ok((expr, needs.into_iter().collect()))
 }
 
 fn type_display(vt: ValueType) -> &'static str {
@@ -173,23 +336,38 @@ fn type_display(vt: ValueType) -> &'static str {
     }
 }
 
-async fn fetch_selector(q: &dyn Queryable, need: &SelectorNeed) -> Result<Vec<FetchedSeries>> {
+/// Fetches one selector's series, counting their samples into `held` after every storage
+/// call and failing as soon as the query holds more than `max_samples`, before the next
+/// call loads more.
+async fn fetch_selector(
+    q: &dyn Queryable,
+    need: &SelectorNeed,
+    held: &mut usize,
+    max_samples: usize,
+) -> Result<Vec<FetchedSeries>> {
+    let mut count = |series: &[Series]| -> Result<()> {
+        let n: usize = series.iter().map(|s| s.samples.len()).sum();
+        *held = held.saturating_add(n);
+        if *held > max_samples {
+            return Err(PromqlError::TooManySamples);
+        }
+        Ok(())
+    };
     let wrap = |s: Series| FetchedSeries {
         labels: Arc::new(s.labels),
         samples: s.samples,
     };
     if need.matchers.len() == 1 {
-        return Ok(q
-            .select(need.mint, need.maxt, &need.matchers[0])
-            .await?
-            .into_iter()
-            .map(wrap)
-            .collect());
+        let got = q.select(need.mint, need.maxt, &need.matchers[0]).await?;
+        count(&got)?;
+        return Ok(got.into_iter().map(wrap).collect());
     }
     // `or` alternatives: union by labels.
     let mut merged: BTreeMap<Labels, Vec<ModelSample>> = BTreeMap::new();
     for ms in &need.matchers {
-        for s in q.select(need.mint, need.maxt, ms).await? {
+        let got = q.select(need.mint, need.maxt, ms).await?;
+        count(&got)?;
+        for s in got {
             merged.entry(s.labels).or_insert(s.samples);
         }
     }
@@ -323,18 +501,23 @@ fn plan(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Evaluates a parsed query over the fetched series; runs on the query thread. `held` is the
+/// number of samples fetched, the start of the query's sample count.
 fn evaluate(
     expr: &Expr,
     data: &Fetched,
     query: &str,
     opts: &EngineOptions,
-    deadline: Instant,
-    start: i64,
-    end: i64,
-    step: i64,
-    range: bool,
+    stop: Stop,
+    held: usize,
+    span: Span,
 ) -> Result<QueryResult> {
+    let Span {
+        start,
+        end,
+        step,
+        range,
+    } = span;
     let mut ev = Evaluator {
         data,
         query,
@@ -343,7 +526,10 @@ fn evaluate(
         query_step: step,
         lookback: opts.lookback_delta_ms,
         max_samples: opts.max_samples,
-        deadline,
+        stop,
+        work_left: 0,
+        held,
+        subquery_depth: 0,
         range_mode: range,
         annotations: Default::default(),
         invalid_utf8: crate::eval::invalid_utf8_literals(query),
@@ -402,7 +588,6 @@ fn evaluate(
         let mut last_step: Vec<usize> = Vec::new();
         let mut slots: Vec<usize> = Vec::new();
         let scalar_metric = Metric::default();
-        let mut total = 0usize;
         let mut t = start;
         let mut step_no = 0usize;
         while t <= end {
@@ -467,10 +652,8 @@ fn evaluate(
                 last_step[i] = step_no;
                 slots.push(i);
             }
-            total += vec.len();
-            if total > opts.max_samples {
-                return Err(PromqlError::TooManySamples);
-            }
+            // The output is held until the query ends.
+            ev.hold(vec.len())?;
             for (&i, s) in slots.iter().zip(&vec) {
                 series[i].1.push(ModelSample::new(t, s.v));
             }
@@ -565,5 +748,7 @@ fn finish_vector(vec: Vec<Sample>, t: i64) -> Result<Vec<VectorSample>> {
 /// Shared handle type callers commonly hold.
 pub type SharedEngine = Arc<Engine>;
 
+#[cfg(test)]
+mod bounds_tests;
 #[cfg(test)]
 mod tests;

@@ -20,6 +20,13 @@ pub enum PromqlError {
     /// The query would hold more samples in memory than the engine allows.
     #[error("query processing would load too many samples into memory in query execution")]
     TooManySamples,
+    /// The query text is longer or nests deeper than the engine allows; refused before
+    /// parsing.
+    #[error("{0}")]
+    TooComplex(String),
+    /// The engine cannot take the query now (no thread for it); a retry can succeed.
+    #[error("{0}")]
+    Unavailable(String),
     /// Reading series from storage failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -32,7 +39,8 @@ impl PromqlError {
     /// The error kind that decides the HTTP status and Prometheus `errorType`.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            PromqlError::Parse(_) => ErrorKind::BadData,
+            PromqlError::Parse(_) | PromqlError::TooComplex(_) => ErrorKind::BadData,
+            PromqlError::Unavailable(_) => ErrorKind::Unavailable,
             PromqlError::Execution(_) | PromqlError::TooManySamples => ErrorKind::Execution,
             PromqlError::Timeout => ErrorKind::Timeout,
             PromqlError::Canceled => ErrorKind::Canceled,

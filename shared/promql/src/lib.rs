@@ -6,15 +6,22 @@
 //! [`Engine::range_query`]; [`memstore::MemStore`] is an in-memory store for tests and rules.
 
 mod aggregate;
+mod binop;
 mod engine;
 mod error;
 mod eval;
 mod functions;
+mod guard;
 mod info;
 pub mod memstore;
 mod range_fn;
+mod subquery;
 mod value;
 
-pub use engine::{Engine, EngineOptions, SharedEngine};
+pub use engine::{Engine, EngineOptions, QueryContext, SharedEngine};
 pub use error::{PromqlError, Result};
+pub use guard::{
+    DEFAULT_MAX_QUERY_BYTES, DEFAULT_MAX_QUERY_DEPTH, MAX_QUERY_DEPTH_CEILING,
+    QUERY_THREAD_STACK_BYTES, check_query_text, nesting_depth,
+};
 pub use value::{QueryResult, Value, VectorSample};

@@ -531,9 +531,7 @@ impl Evaluator<'_> {
         let mut totals = vec![0usize; ref_ts.len()];
         let drop_name = !st.f.keeps_name();
         for (i, s) in fetched.iter().enumerate() {
-            if i % 1024 == 1023 {
-                self.check_deadline()?;
-            }
+            self.check_deadline()?;
             let samples: &[ModelSample] = st.clean[i].as_deref().unwrap_or(&s.samples);
             let mut c = st.cursors[i];
             let is_reset =
@@ -578,7 +576,7 @@ impl Evaluator<'_> {
             .zip(totals)
             // A step whose windows hold too many samples is left to the ordinary path,
             // which fails it the same way (and only once the query gets there).
-            .map(|(r, total)| (total <= self.max_samples).then_some(r))
+            .map(|(r, total)| (self.held.saturating_add(total) <= self.max_samples).then_some(r))
             .collect();
         Ok(())
     }

@@ -1054,6 +1054,7 @@ fn prometheus_conformance() {
         lookback_delta_ms: 300_000,
         max_samples: 50_000_000,
         timeout: std::time::Duration::from_secs(100),
+        ..EngineOptions::default()
     });
     let only = std::env::var("NORN_PROMQL_TEST_FILE").ok();
     let mut total = Stats::default();

@@ -687,7 +687,7 @@ fn main() {
         let truncated = head.truncate(maxt);
         let c2 = PhaseClock::now();
         sampler.enter(3);
-        let checkpoint = head.checkpoint_wal(maxt).expect("checkpoint");
+        let checkpoint = Some(head.checkpoint_wal(maxt).expect("checkpoint"));
         let c3 = PhaseClock::now();
         phases.push((c0.phase("write_block", &c1), vec![1]));
         phases.push((c1.phase("truncate", &c2), vec![2]));

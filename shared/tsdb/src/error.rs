@@ -23,10 +23,14 @@ pub enum TsdbError {
     /// Data on disk is malformed in a way that cannot be repaired automatically.
     #[error("corrupt data in {path}: {msg}")]
     Corrupt { path: PathBuf, msg: String },
-    /// An earlier WAL write failed; the head refuses writes until it is reopened, because
-    /// acknowledging samples that are not durable would break the no-loss promise.
-    #[error("WAL is unusable after an earlier write failure; restart the ingester")]
+    /// An earlier WAL write failed and the WAL has not recovered yet (it tries once a
+    /// second); writes are refused, because acknowledging samples that are not durable would
+    /// break the no-loss promise.
+    #[error("WAL refuses writes after a write failure (retrying every second)")]
     WalBroken,
+    /// Another process holds the TSDB directory.
+    #[error("TSDB directory {path} is in use by another process{holder}")]
+    Locked { path: PathBuf, holder: String },
     /// An option is out of range.
     #[error("invalid option: {0}")]
     InvalidOption(String),
@@ -48,7 +52,9 @@ impl TsdbError {
         match self {
             TsdbError::InvalidOption(_) => ErrorKind::BadData,
             TsdbError::Closed | TsdbError::WalBroken => ErrorKind::Unavailable,
-            TsdbError::Io { .. } | TsdbError::Corrupt { .. } => ErrorKind::Internal,
+            TsdbError::Io { .. } | TsdbError::Corrupt { .. } | TsdbError::Locked { .. } => {
+                ErrorKind::Internal
+            }
         }
     }
 }

@@ -43,7 +43,7 @@ mod symbols;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -129,6 +129,8 @@ pub enum RejectReason {
     MaxSeriesPerUser,
     /// The metric has `max_series_per_metric` series.
     MaxSeriesPerMetric,
+    /// Outside the absolute bounds every layer checks ([`norn_model::sample_time_in_bounds`]).
+    OutOfBounds,
 }
 
 impl RejectReason {
@@ -140,6 +142,7 @@ impl RejectReason {
             RejectReason::DuplicateTimestamp => "new-value-for-timestamp",
             RejectReason::MaxSeriesPerUser => "per_user_series_limit",
             RejectReason::MaxSeriesPerMetric => "per_metric_series_limit",
+            RejectReason::OutOfBounds => "sample-out-of-bounds",
         }
     }
 }
@@ -208,7 +211,9 @@ pub struct CutOutcome {
     /// The block written, `None` when the range held no data.
     pub meta: Option<BlockMeta>,
     pub truncated: TruncateStats,
-    pub checkpoint: wal::CheckpointStats,
+    /// `None` when the WAL checkpoint failed: the block holds the data, so that is not a
+    /// failed cut; the WAL keeps the old segments until the next checkpoint covers them.
+    pub checkpoint: Option<wal::CheckpointStats>,
     pub duration: Duration,
 }
 
@@ -305,6 +310,11 @@ pub struct Head {
     min_t: AtomicI64,
     max_t: AtomicI64,
     wal: Wal,
+    /// Set when a WAL write failed: series created by the failed append exist in memory but
+    /// their records may not be in the WAL, so once it takes writes again every series
+    /// record is logged anew before anything else is acknowledged.
+    wal_relog: AtomicBool,
+    relog_lock: Mutex<()>,
     metrics: Arc<TsdbMetrics>,
 }
 
@@ -386,6 +396,8 @@ impl Head {
             min_t: mem.min_t,
             max_t: mem.max_t,
             wal,
+            wal_relog: AtomicBool::new(false),
+            relog_lock: Mutex::new(()),
             metrics: opts.metrics,
         };
         if opts.min_valid_time != i64::MIN {
@@ -427,7 +439,7 @@ impl Head {
     /// an error means the WAL failed and nothing about this batch can be promised (the head
     /// then refuses further writes with [`TsdbError::WalBroken`]).
     pub fn append(&self, batch: &WriteBatch, limits: &AppendLimits) -> Result<AppendOutcome> {
-        self.wal.check_writable()?;
+        self.ensure_wal_writable()?;
         let _gate = self.append_gate.read();
         let mut out = AppendOutcome::default();
         let mut series_rec: Vec<u8> = Vec::new();
@@ -451,7 +463,7 @@ impl Head {
                 continue;
             }
             let hash = labels_hash(&sv, &mut hash_buf);
-            let (mut too_old, mut ooo, mut dup) = (0usize, 0usize, 0usize);
+            let (mut too_old, mut ooo, mut dup, mut bounds) = (0usize, 0usize, 0usize, 0usize);
             // A series found here may be removed by a concurrent truncation before its lock
             // is taken (the flag is set under that lock); then it is looked up, and so
             // created, again.
@@ -489,6 +501,10 @@ impl Head {
                 }
                 let mut last = st.last();
                 for s in samples {
+                    if !norn_model::sample_time_in_bounds(s.t) {
+                        bounds += 1;
+                        continue;
+                    }
                     if s.t < min_valid {
                         too_old += 1;
                         continue;
@@ -521,6 +537,7 @@ impl Head {
                 (RejectReason::TooOld, too_old),
                 (RejectReason::OutOfOrder, ooo),
                 (RejectReason::DuplicateTimestamp, dup),
+                (RejectReason::OutOfBounds, bounds),
             ] {
                 if n > 0 {
                     out.rejected.push(Rejection {
@@ -541,7 +558,10 @@ impl Head {
             .into_iter()
             .filter(|r| !r.is_empty())
             .collect();
-        self.wal.log(&recs)?;
+        if let Err(e) = self.wal.log(&recs) {
+            self.wal_relog.store(true, Ordering::Release);
+            return Err(e);
+        }
 
         if batch_max != i64::MIN {
             self.min_t.fetch_min(batch_min, Ordering::AcqRel);
@@ -554,6 +574,69 @@ impl Head {
             .head_series_created
             .inc_by(out.series_created as u64);
         Ok(out)
+    }
+
+    /// Fails while the WAL cannot be written; after it recovered from an error, first logs
+    /// every series record again (see `wal_relog`). Replay ignores a series record it has
+    /// seen, and holds samples that arrive before their series' record, so neither the
+    /// duplicates nor a concurrent append's samples written ahead of the records harm it.
+    fn ensure_wal_writable(&self) -> Result<()> {
+        if self.wal.is_broken() {
+            self.wal_relog.store(true, Ordering::Release);
+        }
+        self.wal.check_writable()?;
+        if !self.wal_relog.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _relog = self.relog_lock.lock();
+        if !self.wal_relog.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.log_all_series()?;
+        self.wal_relog.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// Writes a series record for every series in the head, about 1 MiB per record.
+    fn log_all_series(&self) -> Result<()> {
+        const RECORD_BYTES: usize = 1 << 20;
+        let mut rec = Vec::new();
+        let mut pairs: Vec<(&[u8], &[u8])> = Vec::new();
+        let mut logged = 0usize;
+        for shard in self.ids.iter() {
+            let series: Vec<Arc<MemSeries>> = shard.read().iter().flatten().cloned().collect();
+            for s in series {
+                if rec.is_empty() {
+                    record::begin_series(&mut rec);
+                }
+                pairs.clear();
+                pairs.extend(s.labels().chunks_exact(2).map(|p| {
+                    (
+                        self.symbols.get(p[0]).as_bytes(),
+                        self.symbols.get(p[1]).as_bytes(),
+                    )
+                }));
+                record::push_series(&mut rec, u64::from(s.id), pairs.iter().copied());
+                logged += 1;
+                if rec.len() >= RECORD_BYTES {
+                    self.wal.log(&[&rec])?;
+                    rec.clear();
+                }
+            }
+        }
+        if !rec.is_empty() {
+            self.wal.log(&[&rec])?;
+        }
+        tracing::info!(
+            series = logged,
+            "series records logged again after a WAL write error"
+        );
+        Ok(())
+    }
+
+    /// Whether the head's WAL refuses writes after an I/O error it has not recovered from.
+    pub fn wal_broken(&self) -> bool {
+        self.wal.is_broken()
     }
 
     fn series_by_id(&self, id: u32) -> Option<Arc<MemSeries>> {
@@ -792,32 +875,45 @@ impl Head {
 
     /// The oldest block-range-aligned range `[mint, maxt)` that is complete: the head's newest
     /// sample is half a range past its end, so no sample can be added to it any more (as
-    /// Prometheus: compact once the head spans 1.5 block ranges).
+    /// Prometheus: compact once the head spans 1.5 block ranges). Checked arithmetic: a range
+    /// that cannot be represented is never due.
     pub fn compactable_range(&self) -> Option<(i64, i64)> {
         let (lo, hi) = (self.min_time()?, self.max_time()?);
         let lo = lo.max(self.min_valid_time());
-        let mint = lo.div_euclid(self.chunk_range) * self.chunk_range;
+        let mint = self.range_start(lo)?;
         let maxt = mint.checked_add(self.chunk_range)?;
-        (hi >= maxt.saturating_add(self.chunk_range / 2)).then_some((mint, maxt))
+        (hi >= maxt.checked_add(self.chunk_range / 2)?).then_some((mint, maxt))
     }
 
-    /// Every range a forced flush cuts: block-range-aligned pieces from the oldest sample to
-    /// the newest, the last one ending right after the newest sample.
-    pub fn flush_ranges(&self) -> Vec<(i64, i64)> {
-        let (Some(lo), Some(hi)) = (self.min_time(), self.max_time()) else {
-            return Vec::new();
+    /// The first range a forced flush cuts: from the oldest sample still in the head to the
+    /// end of its block-range-aligned range, or to right after the newest sample if that comes
+    /// first. Cutting it and asking again walks the head range by range, and because the
+    /// oldest sample is asked afresh each time, empty stretches between samples are skipped
+    /// rather than walked.
+    pub fn first_flush_range(&self) -> Option<(i64, i64)> {
+        let (lo, hi) = (self.min_time()?, self.max_time()?);
+        let min_valid = self.min_valid_time();
+        // Right after a cut the head's bound is where the next piece starts, as long as the
+        // oldest sample lies in the same aligned range (consecutive pieces stay contiguous).
+        let mint = match self.range_start(lo) {
+            Some(start) if (start..=lo).contains(&min_valid) => min_valid,
+            _ => lo.max(min_valid),
         };
-        let lo = lo.max(self.min_valid_time());
         let end = hi.saturating_add(1);
-        let mut out = Vec::new();
-        let mut mint = lo;
-        while mint < end {
-            let aligned_end = (mint.div_euclid(self.chunk_range) + 1) * self.chunk_range;
-            let maxt = aligned_end.min(end);
-            out.push((mint, maxt));
-            mint = maxt;
+        if mint >= end {
+            return None;
         }
-        out
+        let aligned_end = self
+            .range_start(mint)
+            .and_then(|s| s.checked_add(self.chunk_range))
+            .unwrap_or(i64::MAX);
+        Some((mint, aligned_end.min(end)))
+    }
+
+    /// The start of the block-range-aligned range holding `t` (`None` if it does not fit in
+    /// an `i64`).
+    fn range_start(&self, t: i64) -> Option<i64> {
+        t.div_euclid(self.chunk_range).checked_mul(self.chunk_range)
     }
 
     /// Cuts `[mint, maxt)` into a block under `dir`, then releases it from the head: no
@@ -839,11 +935,40 @@ impl Head {
         publish: impl FnOnce(Option<&BlockMeta>) -> Result<()>,
     ) -> Result<CutOutcome> {
         let start = Instant::now();
+        let before = self.min_valid_time();
         self.set_min_valid_time(maxt);
-        let meta = self.write_block(dir, mint, maxt, opts)?;
-        publish(meta.as_ref())?;
+        // Until the block is durable and published the head still owns the range: on any
+        // failure the bound goes back down, so appends and the next cut see the range as
+        // uncut, and nothing of it is dropped. (Cuts of one head are serialised by the caller,
+        // so nothing else raised the bound meanwhile.)
+        let restore = |e: TsdbError| {
+            let _ = self.min_valid_time.compare_exchange(
+                maxt.max(before),
+                before,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+            e
+        };
+        let meta = self.write_block(dir, mint, maxt, opts).map_err(restore)?;
+        if let Err(e) = publish(meta.as_ref()) {
+            // A block that was written but not published would be cut again on the retry:
+            // remove it so the data is in exactly one place, the head.
+            if let Some(m) = &meta {
+                let written = dir.join(&m.ulid);
+                if let Err(rm) = std::fs::remove_dir_all(&written) {
+                    tracing::warn!(block = %written.display(), error = %rm, "cannot remove an unpublished block");
+                }
+            }
+            return Err(restore(e));
+        }
         let truncated = self.truncate(maxt);
-        let checkpoint = self.checkpoint_wal(maxt)?;
+        let checkpoint = self
+            .checkpoint_wal(maxt)
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, "WAL checkpoint after a block cut failed; the block holds the data, the next checkpoint takes the segments");
+            })
+            .ok();
         Ok(CutOutcome {
             meta,
             truncated,
@@ -999,6 +1124,18 @@ impl Head {
         }
     }
 
+    /// Closes the head if it holds no series, atomically with respect to appends: an append
+    /// either finished before (and the head is not empty) or fails with
+    /// [`TsdbError::Closed`]. For dropping an idle tenant without racing a late push.
+    pub fn close_if_empty(&self) -> Result<bool> {
+        let _gate = self.append_gate.write();
+        if self.num_series() > 0 {
+            return Ok(false);
+        }
+        self.wal.close()?;
+        Ok(true)
+    }
+
     /// Flushes and fsyncs the WAL; later appends fail with [`TsdbError::Closed`].
     pub fn close(&self) -> Result<()> {
         self.wal.close()
@@ -1142,7 +1279,9 @@ impl HeadMem {
 
     /// Appends a replayed sample; older ones are inserted in order (see the module docs).
     fn replay_sample(&self, series: &MemSeries, t: i64, v: f64) -> bool {
-        if t < self.min_valid_time {
+        // A WAL written before the absolute bounds existed may hold such a sample; taking it
+        // back would put the head in a state no cut can handle.
+        if t < self.min_valid_time || !norn_model::sample_time_in_bounds(t) {
             return false;
         }
         let store = Store {

@@ -4,7 +4,7 @@
 //! an `Arc`; tests use [`TsdbMetrics::unregistered`]. No tenant or series labels: the
 //! ingester adds per-tenant views where it needs them.
 
-use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, Opts, Registry};
+use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry};
 
 /// The TSDB's metric handles.
 #[derive(Clone)]
@@ -14,6 +14,9 @@ pub struct TsdbMetrics {
     pub wal_fsync_duration: Histogram,
     pub wal_corruptions: IntCounter,
     pub wal_replay_duration: Gauge,
+    pub wal_write_failures: IntCounter,
+    pub wal_broken: IntGauge,
+    pub wal_recoveries: IntCounter,
     pub head_samples_appended: IntCounter,
     pub head_series_created: IntCounter,
     pub head_series_removed: IntCounter,
@@ -34,6 +37,9 @@ impl TsdbMetrics {
         registry.register(Box::new(m.wal_fsync_duration.clone()))?;
         registry.register(Box::new(m.wal_corruptions.clone()))?;
         registry.register(Box::new(m.wal_replay_duration.clone()))?;
+        registry.register(Box::new(m.wal_write_failures.clone()))?;
+        registry.register(Box::new(m.wal_broken.clone()))?;
+        registry.register(Box::new(m.wal_recoveries.clone()))?;
         registry.register(Box::new(m.head_samples_appended.clone()))?;
         registry.register(Box::new(m.head_series_created.clone()))?;
         registry.register(Box::new(m.head_series_removed.clone()))?;
@@ -73,6 +79,20 @@ impl TsdbMetrics {
                 "Duration of the last WAL replay.",
             ))
             .expect("static metric definition"),
+            wal_write_failures: counter(
+                "norn_ingester_wal_write_failures_total",
+                "WAL writes or fsyncs that failed (the write is answered 5xx and the WAL refuses \
+                 writes until it recovers).",
+            ),
+            wal_broken: IntGauge::with_opts(Opts::new(
+                "norn_ingester_wal_broken",
+                "WALs refusing writes after an I/O error, not recovered yet.",
+            ))
+            .expect("static metric definition"),
+            wal_recoveries: counter(
+                "norn_ingester_wal_recoveries_total",
+                "WALs that recovered from an I/O error by starting a new segment.",
+            ),
             head_samples_appended: counter(
                 "norn_ingester_head_samples_appended_total",
                 "Samples appended to heads.",

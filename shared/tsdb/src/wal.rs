@@ -57,13 +57,18 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 use crate::error::{Result, TsdbError};
+use crate::fault;
 use crate::metrics::TsdbMetrics;
+
+/// How often a broken WAL tries to recover: once per this interval at most, whatever the
+/// write rate, so a full disk costs one failed segment creation a second, not one per push.
+const RECOVERY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// WAL page size.
 pub const PAGE_SIZE: usize = 32 * 1024;
@@ -142,6 +147,9 @@ pub struct Wal {
     /// Highest write sequence number known to be on stable storage.
     synced: Mutex<u64>,
     broken: AtomicBool,
+    /// When the last recovery was tried (ms since `created`), for [`RECOVERY_INTERVAL`].
+    last_recovery_ms: AtomicI64,
+    created: Instant,
     /// Mirrors `Writer::closed` for lock-free checks.
     closed: AtomicBool,
     metrics: Arc<TsdbMetrics>,
@@ -165,6 +173,10 @@ struct Writer {
     done_pages: usize,
     /// Number of `log` calls written so far.
     seq: u64,
+    /// Bytes of the current segment written without error: always the end of a whole record
+    /// (only complete records are ever flushed), so cutting the file back to it removes a
+    /// failed write without touching what came before.
+    good_len: u64,
     out: Vec<u8>,
     comp: Vec<u8>,
     encoder: snap::raw::Encoder,
@@ -232,6 +244,7 @@ impl Wal {
                 page_alloc: 0,
                 done_pages: 0,
                 seq: 0,
+                good_len: 0,
                 out: Vec::new(),
                 comp: Vec::new(),
                 encoder: snap::raw::Encoder::new(),
@@ -239,21 +252,84 @@ impl Wal {
             }),
             synced: Mutex::new(0),
             broken: AtomicBool::new(false),
+            last_recovery_ms: AtomicI64::new(i64::MIN),
+            created: Instant::now(),
             closed: AtomicBool::new(false),
             metrics,
         })
     }
 
     /// Fails when `log` would fail because the WAL is closed or broken (lets the head refuse
-    /// a write before touching memory).
+    /// a write before touching memory). A broken WAL tries to recover first (at most once per
+    /// [`RECOVERY_INTERVAL`]), so writes resume by themselves once the disk takes them again.
     pub fn check_writable(&self) -> Result<()> {
         if self.broken.load(Ordering::Acquire) {
-            return Err(TsdbError::WalBroken);
+            self.try_recover()?;
         }
         if self.closed.load(Ordering::Acquire) {
             return Err(TsdbError::Closed);
         }
         Ok(())
+    }
+
+    /// Whether the WAL refuses writes after an I/O error (and has not recovered yet).
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
+
+    fn mark_broken(&self) {
+        self.metrics.wal_write_failures.inc();
+        if !self.broken.swap(true, Ordering::AcqRel) {
+            self.metrics.wal_broken.inc();
+        }
+    }
+
+    /// Recovers a broken WAL: cuts the failed write off the current segment (so a torn
+    /// record never sits in the middle of the log, where replay would stop and drop every
+    /// later segment), fsyncs it and starts a new segment. Throttled to one attempt per
+    /// [`RECOVERY_INTERVAL`]; until an attempt succeeds this answers
+    /// [`TsdbError::WalBroken`]. What the failed write carried was never acknowledged.
+    pub fn try_recover(&self) -> Result<()> {
+        if !self.broken.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let now = self.created.elapsed().as_millis() as i64;
+        let last = self.last_recovery_ms.load(Ordering::Acquire);
+        if last != i64::MIN && now.saturating_sub(last) < RECOVERY_INTERVAL.as_millis() as i64 {
+            return Err(TsdbError::WalBroken);
+        }
+        let mut w = self.writer.lock();
+        if !self.broken.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if w.closed {
+            return Err(TsdbError::Closed);
+        }
+        self.last_recovery_ms.store(now, Ordering::Release);
+        match self.start_fresh_segment(&mut w) {
+            Ok(()) => {
+                self.broken.store(false, Ordering::Release);
+                self.metrics.wal_broken.dec();
+                self.metrics.wal_recoveries.inc();
+                tracing::info!(dir = %self.dir.display(), segment = w.segment, "WAL recovered from a write error: writing to a new segment");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "WAL still cannot be written; writes are refused until it can");
+                Err(TsdbError::WalBroken)
+            }
+        }
+    }
+
+    fn start_fresh_segment(&self, w: &mut Writer) -> Result<()> {
+        let path = segment_path(&self.dir, w.segment);
+        fault::step(&path)?;
+        w.file
+            .set_len(w.good_len)
+            .and_then(|()| w.file.sync_all())
+            .map_err(|e| TsdbError::io(&path, e))?;
+        w.out.clear();
+        self.open_next_segment(w)
     }
 
     /// The WAL directory.
@@ -278,7 +354,8 @@ impl Wal {
             }
             let res = self.write_records(&mut w, records);
             if let Err(e) = res {
-                self.broken.store(true, Ordering::Release);
+                self.mark_broken();
+                tracing::error!(dir = %self.dir.display(), error = %e, "WAL write failed; refusing writes until a new segment can be started");
                 return Err(e);
             }
             w.seq
@@ -301,9 +378,13 @@ impl Wal {
             (w.seq, Arc::clone(&w.file), w.segment)
         };
         let start = Instant::now();
-        if let Err(e) = file.sync_data() {
-            self.broken.store(true, Ordering::Release);
-            return Err(TsdbError::io(segment_path(&self.dir, segment), e));
+        let path = segment_path(&self.dir, segment);
+        if let Err(e) = fault::step(&path)
+            .and_then(|()| file.sync_data().map_err(|e| TsdbError::io(path.clone(), e)))
+        {
+            self.mark_broken();
+            tracing::error!(dir = %self.dir.display(), error = %e, "WAL fsync failed; refusing writes until a new segment can be started");
+            return Err(e);
         }
         self.metrics
             .wal_fsync_duration
@@ -329,10 +410,17 @@ impl Wal {
             return Ok(());
         }
         let seg = w.segment;
+        let path = segment_path(&self.dir, seg);
+        if let Err(e) = fault::step(&path) {
+            // A torn write, as a full disk leaves it: half the bytes made it.
+            let _ = (&*w.file).write_all(&w.out[..w.out.len() / 2]);
+            return Err(e);
+        }
         (&*w.file)
             .write_all(&w.out)
-            .map_err(|e| TsdbError::io(segment_path(&self.dir, seg), e))?;
+            .map_err(|e| TsdbError::io(path, e))?;
         self.metrics.wal_bytes_written.inc_by(w.out.len() as u64);
+        w.good_len += w.out.len() as u64;
         w.out.clear();
         Ok(())
     }
@@ -404,12 +492,18 @@ impl Wal {
                 .wal_fsync_duration
                 .observe(start.elapsed().as_secs_f64());
         }
+        self.open_next_segment(w)
+    }
+
+    /// Creates the segment after the current one and writes to it from now on.
+    fn open_next_segment(&self, w: &mut Writer) -> Result<()> {
         let next = w.segment + 1;
         let file = create_segment(&self.dir, next)?;
         w.file = Arc::new(file);
         w.segment = next;
         w.page_alloc = 0;
         w.done_pages = 0;
+        w.good_len = 0;
         Ok(())
     }
 
@@ -430,7 +524,7 @@ impl Wal {
         let mut w = self.writer.lock();
         let closed = w.segment;
         self.next_segment(&mut w)
-            .inspect_err(|_| self.broken.store(true, Ordering::Release))?;
+            .inspect_err(|_| self.mark_broken())?;
         Ok(closed)
     }
 
@@ -458,6 +552,11 @@ impl Wal {
         }
         w.closed = true;
         self.closed.store(true, Ordering::Release);
+        if self.broken.swap(false, Ordering::AcqRel) {
+            // What is buffered belongs to the write that failed: never flush half a record.
+            self.metrics.wal_broken.dec();
+            return Ok(());
+        }
         self.flush_out(&mut w)?;
         w.file
             .sync_all()

@@ -104,6 +104,20 @@ impl Norn {
         self.wait_ready();
     }
 
+    /// Wraps a `norn` process the test started itself (special flags or limits), with its
+    /// data under `dir`; the caller waits for `/ready`.
+    pub fn adopt(child: Child, port: u16, dir: &Path) -> Norn {
+        Norn {
+            child: Some(child),
+            port,
+            grpc_port: 0,
+            dir: dir.to_path_buf(),
+            bucket_dir: dir.join("bucket"),
+            extra_args: Vec::new(),
+            agent: agent(),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }

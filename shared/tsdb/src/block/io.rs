@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 use crate::error::{Result, TsdbError};
+use crate::fault;
 
 /// The bytes of a file: memory-mapped, or owned when the file is empty (mapping zero bytes
 /// is not portable) or when built in memory for tests.
@@ -73,6 +74,7 @@ impl PosWriter<Vec<u8>> {
 impl PosWriter {
     /// Creates (truncates) `path`.
     pub fn create(path: &Path) -> Result<Self> {
+        fault::step(path)?;
         let f = File::create(path).map_err(|e| TsdbError::io(path, e))?;
         Ok(Self {
             path: path.to_path_buf(),
@@ -84,6 +86,7 @@ impl PosWriter {
     /// Flushes and fsyncs; returns the file size.
     pub fn finish(self) -> Result<u64> {
         let path = self.path;
+        fault::step(&path)?;
         let f = self
             .w
             .into_inner()
@@ -100,6 +103,7 @@ impl<W: Write> PosWriter<W> {
     }
 
     pub fn write(&mut self, b: &[u8]) -> Result<()> {
+        fault::step(&self.path)?;
         self.w
             .write_all(b)
             .map_err(|e| TsdbError::io(&self.path, e))?;
@@ -127,6 +131,7 @@ pub fn write_file_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Fsyncs a directory so a rename or a new entry in it is durable.
 pub fn sync_dir(path: &Path) -> Result<()> {
+    fault::step(path)?;
     File::open(path)
         .and_then(|d| d.sync_all())
         .map_err(|e| TsdbError::io(path, e))

@@ -24,6 +24,7 @@ use super::ulid::Ulid;
 use super::{CHUNKS_DIRNAME, INDEX_FILENAME, META_FILENAME, TMP_SUFFIX, TOMBSTONES_FILENAME};
 use crate::chunkenc::{ENCODING_XOR, XorChunk};
 use crate::error::{Result, TsdbError};
+use crate::fault;
 use crate::head::{ChunkMeta, SeriesChunks};
 
 /// The external label Cortex/Mimir-style tooling uses for the tenant.
@@ -132,6 +133,7 @@ impl BlockWriter {
             fs::remove_dir_all(&tmp).map_err(|e| TsdbError::io(&tmp, e))?;
         }
         let chunks_dir = tmp.join(CHUNKS_DIRNAME);
+        fault::step(&chunks_dir)?;
         fs::create_dir_all(&chunks_dir).map_err(|e| TsdbError::io(&chunks_dir, e))?;
         let mut w = Self {
             chunks: Some(ChunkWriter::new(&chunks_dir, opts.segment_size)),
@@ -373,9 +375,16 @@ impl BlockWriter {
                 dest.display()
             )));
         }
+        fault::step(&dest)?;
         fs::rename(&self.tmp, &dest).map_err(|e| TsdbError::io(&dest, e))?;
         self.done = true;
-        sync_dir(&self.parent)?;
+        if let Err(e) = sync_dir(&self.parent) {
+            // The rename may not survive a crash, so the caller must not count on the block:
+            // take it away again rather than leave a block the caller believes was not written
+            // (it would cut the same data again).
+            let _ = fs::remove_dir_all(&dest);
+            return Err(e);
+        }
         tracing::debug!(
             block = %ulid,
             series = meta.stats.num_series,

@@ -703,27 +703,91 @@ fn replay_without_checkpoint_skips_what_blocks_hold() {
 fn flush_ranges_cover_the_head_in_aligned_pieces() {
     let dir = tempfile::tempdir().unwrap();
     let (head, _) = Head::open(opts(dir.path())).unwrap();
-    assert!(head.flush_ranges().is_empty());
+    assert_eq!(head.first_flush_range(), None);
     let l = labels(&[("__name__", "m")]);
     head.append(&batch(&[(l.clone(), vec![(3_600_000, 1.0)])]), &NO_LIMITS)
         .unwrap();
     head.append(&batch(&[(l, vec![(9_000_000, 1.0)])]), &NO_LIMITS)
         .unwrap();
-    assert_eq!(
-        head.flush_ranges(),
-        [(3_600_000, 7_200_000), (7_200_000, 9_000_001)]
-    );
     let blocks = dir.path().join("b");
     std::fs::create_dir_all(&blocks).unwrap();
-    for (a, b) in head.flush_ranges() {
+    let mut cut = Vec::new();
+    while let Some((a, b)) = head.first_flush_range() {
         let out = head
             .cut_block(&blocks, a, b, BlockOptions::default(), |_| Ok(()))
             .unwrap();
         assert_eq!(out.meta.unwrap().stats.num_samples, 1);
+        cut.push((a, b));
     }
+    assert_eq!(cut, [(3_600_000, 7_200_000), (7_200_000, 9_000_001)]);
     assert_eq!(head.num_series(), 0);
-    assert!(head.flush_ranges().is_empty());
+    assert_eq!(head.first_flush_range(), None);
     assert_eq!(head.min_valid_time(), 9_000_001);
+}
+
+#[test]
+fn flush_skips_empty_stretches_instead_of_walking_them() {
+    // Samples 50 years apart: walking every 2 h range between them would be 219k cuts.
+    let dir = tempfile::tempdir().unwrap();
+    let (head, _) = Head::open(opts(dir.path())).unwrap();
+    let l = labels(&[("__name__", "m")]);
+    let late = 50 * 365 * 86_400_000i64;
+    head.append(&batch(&[(l.clone(), vec![(1_000, 1.0)])]), &NO_LIMITS)
+        .unwrap();
+    head.append(&batch(&[(l, vec![(late, 2.0)])]), &NO_LIMITS)
+        .unwrap();
+    let blocks = dir.path().join("b");
+    std::fs::create_dir_all(&blocks).unwrap();
+    let mut cuts = 0;
+    while let Some((a, b)) = head.first_flush_range() {
+        head.cut_block(&blocks, a, b, BlockOptions::default(), |_| Ok(()))
+            .unwrap();
+        cuts += 1;
+        assert!(cuts <= 2, "walked an empty range");
+    }
+    assert_eq!(cuts, 2);
+    assert_eq!(head.num_series(), 0);
+}
+
+#[test]
+fn samples_outside_the_absolute_bounds_are_refused_and_ranges_never_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let (head, _) = Head::open(opts(dir.path())).unwrap();
+    let l = labels(&[("__name__", "m")]);
+    let out = head
+        .append(
+            &batch(&[(
+                l.clone(),
+                vec![
+                    (i64::MIN, 1.0),
+                    (i64::MIN + 1, 1.0),
+                    (-1, 1.0),
+                    (norn_model::MAX_SAMPLE_TIME_MS + 1, 1.0),
+                    (i64::MAX, 1.0),
+                ],
+            )]),
+            &NO_LIMITS,
+        )
+        .unwrap();
+    assert_eq!(out.appended, 0);
+    assert_eq!(
+        out.rejected,
+        [Rejection {
+            series_index: 0,
+            reason: RejectReason::OutOfBounds,
+            samples: 5
+        }]
+    );
+    assert_eq!(head.first_flush_range(), None);
+    assert_eq!(head.compactable_range(), None);
+    // The bounds themselves are fine, and so is every range computed from them.
+    head.append(
+        &batch(&[(l, vec![(0, 1.0), (norn_model::MAX_SAMPLE_TIME_MS, 2.0)])]),
+        &NO_LIMITS,
+    )
+    .unwrap();
+    assert_eq!(head.first_flush_range(), Some((0, 7_200_000)));
+    assert_eq!(head.compactable_range(), Some((0, 7_200_000)));
 }
 
 #[test]
@@ -881,7 +945,7 @@ fn a_forced_flush_leaves_no_spill_file() {
         head.append(&batch(&series), &NO_LIMITS).unwrap();
     }
     assert!(head.memory().spill_files > 0);
-    while let Some((mint, maxt)) = head.flush_ranges().first().copied() {
+    while let Some((mint, maxt)) = head.first_flush_range() {
         head.cut_block(
             &blocks,
             mint,
@@ -899,4 +963,138 @@ fn a_forced_flush_leaves_no_spill_file() {
             .count(),
         0
     );
+}
+
+#[test]
+fn a_cut_failing_at_any_io_step_loses_nothing_and_is_retried() {
+    use crate::fault;
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = dir.path().join("blocks");
+    std::fs::create_dir_all(&blocks).unwrap();
+    let (head, _) = Head::open(opts(dir.path())).unwrap();
+    three_hours(&head);
+    let expect = all_samples(&head);
+    let range = head.compactable_range().unwrap();
+    let bound = head.min_valid_time();
+    let mut step = 0;
+    let meta = loop {
+        fault::fail_at(Some(step));
+        let res = head.cut_block(
+            &blocks,
+            range.0,
+            range.1,
+            BlockOptions::for_tenant("t", "ingester", []),
+            |_| Ok(()),
+        );
+        let fired = fault::fired();
+        fault::fail_at(None);
+        // Once the block is durable and published, a failing WAL checkpoint does not fail
+        // the cut: the block holds the data.
+        if let Ok(out) = res {
+            break out.meta.unwrap();
+        }
+        assert!(fired, "step {step}: an error without a fault");
+        // The head still owns the whole range: nothing dropped, the bound back where it was,
+        // the same range due again, and no block (or half-built one) left behind.
+        assert_eq!(all_samples(&head), expect, "step {step}");
+        assert_eq!(head.min_valid_time(), bound, "step {step}");
+        assert_eq!(head.compactable_range(), Some(range), "step {step}");
+        assert_eq!(
+            std::fs::read_dir(&blocks).unwrap().count(),
+            0,
+            "step {step}"
+        );
+        step += 1;
+    };
+    assert!(step > 10, "only {step} I/O steps were exercised");
+    // The retry that succeeded holds the range; block and head together are everything.
+    let block = crate::block::Block::open(blocks.join(&meta.ulid)).unwrap();
+    let mut together: BTreeMap<Labels, Vec<(i64, u64)>> = all_samples(&head).into_iter().collect();
+    for s in block.select(i64::MIN, i64::MAX, &[]).unwrap() {
+        let e = together.entry(s.labels.clone()).or_default();
+        e.extend(s.samples.iter().map(|x| (x.t, x.v.to_bits())));
+        e.sort();
+    }
+    assert_eq!(together, expect.into_iter().collect::<BTreeMap<_, _>>());
+}
+
+#[test]
+fn a_cut_whose_publish_fails_removes_the_block_and_keeps_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = dir.path().join("blocks");
+    std::fs::create_dir_all(&blocks).unwrap();
+    let (head, _) = Head::open(opts(dir.path())).unwrap();
+    three_hours(&head);
+    let expect = all_samples(&head);
+    let range = head.compactable_range().unwrap();
+    let err = head
+        .cut_block(&blocks, range.0, range.1, BlockOptions::default(), |_| {
+            Err(TsdbError::InvalidOption("publish refused".into()))
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("publish refused"));
+    assert_eq!(all_samples(&head), expect);
+    assert_eq!(std::fs::read_dir(&blocks).unwrap().count(), 0);
+    assert_eq!(head.compactable_range(), Some(range));
+    assert_eq!(head.min_valid_time(), i64::MIN, "the bound is back down");
+}
+
+#[test]
+fn a_wal_write_error_is_recovered_from_and_loses_nothing_acknowledged() {
+    use crate::fault;
+    let dir = tempfile::tempdir().unwrap();
+    let old = labels(&[("__name__", "m"), ("s", "old")]);
+    let new = labels(&[("__name__", "m"), ("s", "new")]);
+    {
+        let (head, _) = Head::open(opts(dir.path())).unwrap();
+        head.append(&batch(&[(old.clone(), vec![(1_000, 1.0)])]), &NO_LIMITS)
+            .unwrap();
+        // The disk fails in the middle of the write that creates `new` (half of it lands).
+        fault::fail_at(Some(0));
+        let err = head
+            .append(&batch(&[(new.clone(), vec![(2_000, 2.0)])]), &NO_LIMITS)
+            .unwrap_err();
+        assert!(fault::fired());
+        assert!(err.to_string().contains("injected"), "{err}");
+        assert!(head.wal_broken());
+
+        // The first recovery attempt fails too; the next one is throttled.
+        fault::fail_at(Some(0));
+        let err = head
+            .append(&batch(&[(new.clone(), vec![(3_000, 3.0)])]), &NO_LIMITS)
+            .unwrap_err();
+        assert!(fault::fired());
+        assert!(matches!(err, TsdbError::WalBroken), "{err}");
+        let err = head
+            .append(&batch(&[(new.clone(), vec![(3_000, 3.0)])]), &NO_LIMITS)
+            .unwrap_err();
+        assert!(matches!(err, TsdbError::WalBroken), "{err}");
+
+        // Once the disk works again, writes resume on their own, with no restart.
+        std::thread::sleep(std::time::Duration::from_millis(1_100));
+        let out = head
+            .append(
+                &batch(&[
+                    (new.clone(), vec![(4_000, 4.0)]),
+                    (old.clone(), vec![(4_000, 4.0)]),
+                ]),
+                &NO_LIMITS,
+            )
+            .unwrap();
+        assert_eq!(out.appended, 2);
+        assert!(!head.wal_broken());
+        assert_eq!(head.metrics.wal_broken.get(), 0);
+        assert_eq!(head.metrics.wal_recoveries.get(), 1);
+    }
+    // Everything acknowledged is replayed: `new` was created by the failed write, and its
+    // series record made it into the WAL only through the relog after recovery.
+    let (head, stats) = Head::open(opts(dir.path())).unwrap();
+    assert_eq!(stats.wal.corruptions, 0, "the torn write was cut off");
+    assert_eq!(stats.unknown_series_samples, 0);
+    let got: BTreeMap<Labels, Vec<(i64, u64)>> = all_samples(&head).into_iter().collect();
+    assert_eq!(
+        got[&old],
+        [(1_000, 1f64.to_bits()), (4_000, 4f64.to_bits())]
+    );
+    assert_eq!(got[&new], [(4_000, 4f64.to_bits())]);
 }

@@ -1,0 +1,300 @@
+//! Regression tests for what bounds a query: text size and nesting (issue 14 item 1), the
+//! deadline and cancellation inside evaluation, and the sample count that includes subquery
+//! results, their cache and fetching (item 4). Timing is never asserted beyond generous
+//! "it came back at all" bounds.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use norn_model::{ErrorKind, Labels, Matcher, Queryable, Series, StorageError};
+
+use crate::memstore::MemStore;
+use crate::{
+    DEFAULT_MAX_QUERY_DEPTH, Engine, EngineOptions, MAX_QUERY_DEPTH_CEILING, PromqlError,
+    QueryContext, Value, nesting_depth,
+};
+
+const M: i64 = 60_000;
+
+fn run<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+fn store() -> MemStore {
+    let s = MemStore::new();
+    for i in 0..=10 {
+        s.add_sample(
+            &Labels::from_pairs([("__name__", "up"), ("job", "a")]),
+            i * M,
+            1.0,
+        );
+    }
+    s
+}
+
+fn scalar(v: &Value) -> f64 {
+    match v {
+        Value::Scalar { v, .. } => *v,
+        Value::Vector(vec) if vec.len() == 1 => vec[0].v,
+        other => panic!("expected one value, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_reported_deep_queries_are_refused_before_parsing() {
+    let s = store();
+    let e = Engine::default();
+    let terms = vec!["1"; 10_000].join("+");
+    let parens = format!("{}1{}", "(".repeat(5_000), ")".repeat(5_000));
+    for q in [&terms, &parens] {
+        let err = run(e.instant_query(&s, q, 0)).unwrap_err();
+        assert!(matches!(err, PromqlError::TooComplex(_)), "{err}");
+        assert_eq!(err.kind(), ErrorKind::BadData);
+        assert!(
+            err.to_string().contains("max-query-expression-depth"),
+            "{err}"
+        );
+        let err = run(e.range_query(&s, q, 0, M, M)).unwrap_err();
+        assert!(matches!(err, PromqlError::TooComplex(_)), "{err}");
+        let err = run(e.format_query(q)).unwrap_err();
+        assert!(matches!(err, PromqlError::TooComplex(_)), "{err}");
+    }
+    assert_eq!(e.query_threads(), 0, "refused before a thread was started");
+}
+
+/// Queries exactly at a depth limit: the chain, parentheses, unary minus, function calls and
+/// a vector binary chain, each parsed, planned, evaluated, formatted and dropped.
+fn at_depth(depth: usize) -> Vec<(String, f64)> {
+    vec![
+        (vec!["1"; depth + 1].join("+"), (depth + 1) as f64),
+        (format!("{}2{}", "(".repeat(depth), ")".repeat(depth)), 2.0),
+        (
+            format!("{}3", "-".repeat(depth)),
+            if depth.is_multiple_of(2) { 3.0 } else { -3.0 },
+        ),
+        (
+            format!("{}up{}", "abs(".repeat(depth), ")".repeat(depth)),
+            1.0,
+        ),
+        (vec!["up"; depth + 1].join(" * "), 1.0),
+    ]
+}
+
+#[test]
+fn a_query_at_the_default_depth_still_evaluates() {
+    let s = store();
+    let e = Engine::default();
+    for (q, want) in at_depth(DEFAULT_MAX_QUERY_DEPTH) {
+        assert_eq!(nesting_depth(&q), DEFAULT_MAX_QUERY_DEPTH, "{q}");
+        let r = run(e.instant_query(&s, &q, 5 * M)).unwrap_or_else(|e| panic!("{q}: {e}"));
+        assert_eq!(scalar(&r.value), want, "{q}");
+        let r = run(e.range_query(&s, &q, 0, 2 * M, M)).unwrap_or_else(|e| panic!("{q}: {e}"));
+        assert!(
+            matches!(r.value, Value::Matrix(ref m) if m.len() == 1),
+            "{q}"
+        );
+        assert!(run(e.format_query(&q)).is_ok(), "{q}");
+        // One level more is refused.
+        let deeper = format!("-{q}");
+        assert!(matches!(
+            run(e.instant_query(&s, &deeper, 5 * M)),
+            Err(PromqlError::TooComplex(_))
+        ));
+    }
+}
+
+#[test]
+fn the_query_thread_stack_holds_the_deepest_allowed_query() {
+    // The stack is sized for the ceiling any configuration may set, in this (debug) build
+    // whose frames are the largest.
+    let s = store();
+    let e = Engine::new(EngineOptions {
+        max_query_depth: MAX_QUERY_DEPTH_CEILING,
+        ..Default::default()
+    });
+    for (q, want) in at_depth(MAX_QUERY_DEPTH_CEILING) {
+        let r = run(e.instant_query(&s, &q, 5 * M)).unwrap_or_else(|e| panic!("{q}: {e}"));
+        assert_eq!(scalar(&r.value), want, "{q}");
+        assert!(run(e.format_query(&q)).is_ok());
+    }
+}
+
+/// `count_over_time(vector(1)[30d:1ms])`: 2.6e9 inner steps, from issue 14.
+const RUNAWAY: &str = "count_over_time(vector(1)[30d:1ms])";
+
+#[test]
+fn a_runaway_subquery_stops_at_the_request_deadline() {
+    let s = store();
+    // The engine's own timeout is long; the request's short one must win.
+    let e = Engine::default();
+    let started = Instant::now();
+    let err = run(e.instant_query_within(
+        &s,
+        RUNAWAY,
+        0,
+        QueryContext::timeout(Duration::from_millis(300)),
+    ))
+    .unwrap_err();
+    assert!(matches!(err, PromqlError::Timeout), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    let ctx = QueryContext::timeout(Duration::from_millis(300));
+    let err = run(e.range_query_within(&s, RUNAWAY, 0, 10 * M, M, ctx)).unwrap_err();
+    assert!(
+        matches!(err, PromqlError::Timeout | PromqlError::TooManySamples),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // The evaluation threads have stopped, not just been abandoned.
+    wait_for_threads(&e, 0);
+}
+
+fn wait_for_threads(e: &Engine, n: usize) {
+    let until = Instant::now() + Duration::from_secs(30);
+    while e.query_threads() != n {
+        assert!(
+            Instant::now() < until,
+            "{} query threads still running",
+            e.query_threads()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn dropping_the_query_future_stops_its_evaluation() {
+    let s = store();
+    let e = Engine::default();
+    // What the caller asks to keep alive lives as long as the thread, not the future.
+    let slot = Arc::new(());
+    run(async {
+        // A client that goes away: the handler's future is dropped mid-evaluation.
+        let ctx = QueryContext {
+            timeout: None,
+            keep_alive: Some(Box::new(Arc::clone(&slot))),
+        };
+        let q = e.instant_query_within(&s, RUNAWAY, 0, ctx);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), q)
+                .await
+                .is_err()
+        );
+    });
+    wait_for_threads(&e, 0);
+    assert_eq!(Arc::strong_count(&slot), 1, "released with the thread");
+}
+
+#[test]
+fn subquery_cache_and_results_count_against_max_samples() {
+    let s = store();
+    let e = Engine::new(EngineOptions {
+        max_samples: 100,
+        ..Default::default()
+    });
+    // Each step's subquery yields 60 points (under the limit on its own); the cache that
+    // the range query's steps share held up to 60 more steps uncounted before.
+    let err =
+        run(e.range_query(&s, "count_over_time(vector(1)[1m:1s])", 0, 10 * M, M)).unwrap_err();
+    assert!(matches!(err, PromqlError::TooManySamples), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Execution);
+    // Nested subqueries cache the inner one even in an instant query.
+    let err = run(e.instant_query(
+        &s,
+        "max_over_time(count_over_time(vector(1)[1m:1s])[5m:1m])",
+        10 * M,
+    ))
+    .unwrap_err();
+    assert!(matches!(err, PromqlError::TooManySamples), "{err}");
+    // An instant query's own subquery caches nothing: 60 points fit.
+    let r = run(e.instant_query(&s, "count_over_time(vector(1)[1m:1s])", 10 * M)).unwrap();
+    assert_eq!(scalar(&r.value), 60.0);
+    // With room for the cache the range query gives the right answer.
+    let roomy = Engine::new(EngineOptions {
+        max_samples: 10_000,
+        ..Default::default()
+    });
+    let r = run(roomy.range_query(&s, "count_over_time(vector(1)[1m:1s])", 0, 10 * M, M)).unwrap();
+    let Value::Matrix(m) = r.value else {
+        panic!("matrix")
+    };
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].samples.len(), 11);
+    assert!(m[0].samples.iter().all(|x| x.v == 60.0));
+}
+
+#[test]
+fn the_range_output_counts_together_with_what_was_fetched() {
+    let s = store();
+    // 11 samples fetched plus 11 output points: each fits 15, together they do not.
+    let e = Engine::new(EngineOptions {
+        max_samples: 15,
+        ..Default::default()
+    });
+    let err = run(e.range_query(&s, "up", 0, 10 * M, M)).unwrap_err();
+    assert!(matches!(err, PromqlError::TooManySamples), "{err}");
+    let e = Engine::new(EngineOptions {
+        max_samples: 22,
+        ..Default::default()
+    });
+    assert!(run(e.range_query(&s, "up", 0, 10 * M, M)).is_ok());
+}
+
+/// Counts select calls, to see fetching stop at the limit.
+struct CountingStore {
+    inner: MemStore,
+    selects: AtomicUsize,
+}
+
+#[async_trait]
+impl Queryable for CountingStore {
+    async fn select(&self, a: i64, b: i64, m: &[Matcher]) -> Result<Vec<Series>, StorageError> {
+        self.selects.fetch_add(1, Ordering::Relaxed);
+        self.inner.select(a, b, m).await
+    }
+    async fn label_names(
+        &self,
+        a: i64,
+        b: i64,
+        m: &[Matcher],
+    ) -> Result<Vec<String>, StorageError> {
+        self.inner.label_names(a, b, m).await
+    }
+    async fn label_values(
+        &self,
+        n: &str,
+        a: i64,
+        b: i64,
+        m: &[Matcher],
+    ) -> Result<Vec<String>, StorageError> {
+        self.inner.label_values(n, a, b, m).await
+    }
+}
+
+#[test]
+fn fetching_stops_once_the_limit_is_passed() {
+    let s = Arc::new(CountingStore {
+        inner: store(),
+        selects: AtomicUsize::new(0),
+    });
+    let e = Engine::new(EngineOptions {
+        max_samples: 5,
+        ..Default::default()
+    });
+    // Three selectors of 11 samples each: the first alone is over the limit.
+    let err = run(e.range_query(
+        s.as_ref(),
+        "up + up{job=\"a\"} + up{job=~\"a\"}",
+        0,
+        10 * M,
+        M,
+    ))
+    .unwrap_err();
+    assert!(matches!(err, PromqlError::TooManySamples), "{err}");
+    assert_eq!(s.selects.load(Ordering::Relaxed), 1);
+}
