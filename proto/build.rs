@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "prometheus/types.proto",
         "prometheus/remote.proto",
+        "io/prometheus/write/v2/types.proto",
         "norn/ingester/v1/ingester.proto",
         "grpc/health/v1/health.proto",
     ];

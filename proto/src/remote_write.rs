@@ -3,7 +3,8 @@
 //!
 //! The decoder walks the protobuf wire format by hand: `WriteRequest.timeseries` (1) and
 //! `metadata` (3); `TimeSeries.labels` (1), `samples` (2), `exemplars` (3) and `histograms` (4)
-//! (the last two are counted and skipped: Norn stores float samples); unknown fields are
+//! (the last two are counted and skipped: Norn stores float samples), and Mimir's
+//! `created_timestamp` (6, the series' start timestamp); unknown fields are
 //! skipped by wire type, as protobuf requires. Label names and values are recorded as byte
 //! ranges of the decompressed body and checked to be UTF-8.
 //!
@@ -24,6 +25,17 @@ pub enum DecodeError {
     TooLarge { size: usize, limit: usize },
     #[error("protobuf decode failed at byte {offset}: {what}")]
     Protobuf { offset: usize, what: &'static str },
+    /// The body has bytes but not one field of the message it was read as: most likely a
+    /// message of another protocol version sent with the wrong Content-Type. Answering 2xx
+    /// would acknowledge data that was never seen.
+    #[error(
+        "the {size}-byte body holds no field of {message}: nothing in it could be read (was it sent with the wrong Content-Type? remote write 2.0 needs `Content-Type: application/x-protobuf;proto=io.prometheus.write.v2.Request`)"
+    )]
+    NoKnownFields { message: &'static str, size: usize },
+    /// A remote-write 2.0 request breaks the symbol-table rules (references out of range, an
+    /// odd number of label references, an empty label name, `symbols[0]` not empty).
+    #[error("invalid remote write 2.0 request: {0}")]
+    InvalidV2(String),
 }
 
 /// Decompresses a snappy block-format body, refusing before allocating when the declared
@@ -49,20 +61,36 @@ pub fn decode_write_request(body: Bytes) -> Result<WriteBatch, DecodeError> {
         pos: 0,
         end: body.len(),
     };
+    let mut known = false;
     while !r.done() {
         let (field, wt) = r.key()?;
         match (field, wt) {
             (1, WIRE_LEN) => {
                 let end = r.len_end()?;
                 decode_series(&mut r, end, &mut builder)?;
+                known = true;
             }
             (3, WIRE_LEN) => {
                 let end = r.len_end()?;
                 let m = decode_metadata(&mut r, end)?;
                 builder.add_metadata(m);
+                known = true;
+            }
+            // Reserved in the 1.0 spec, Cortex's `source` enum (API/RULE) in Cortex/Mimir
+            // clients: a 1.0 field all the same (2.0 reserves 1-3, so no 2.0 body has it).
+            (2, WIRE_VARINT) => {
+                r.varint()?;
+                known = true;
             }
             _ => r.skip(wt)?,
         }
+    }
+    // A 2.0 body read as 1.0 (fields 1-3 are reserved in 2.0) lands here.
+    if !known && !body.is_empty() {
+        return Err(DecodeError::NoKnownFields {
+            message: "prometheus.WriteRequest",
+            size: body.len(),
+        });
     }
     Ok(builder.build())
 }
@@ -140,6 +168,9 @@ pub fn encode_write_request_parts(batch: &WriteBatch) -> EncodedWriteRequest {
             let l = sample_len(smp);
             n += 1 + varint_len(l as u64) + l;
         }
+        if let Some(st) = s.start_timestamp() {
+            n += 1 + varint_len(st as u64);
+        }
         series_len.push(n);
         total += 1 + varint_len(n as u64) + n;
     }
@@ -166,6 +197,10 @@ pub fn encode_write_request_parts(batch: &WriteBatch) -> EncodedWriteRequest {
             out.extend_from_slice(&smp.v.to_bits().to_le_bytes());
             put_key(&mut out, 2, WIRE_VARINT);
             put_varint(&mut out, smp.t as u64);
+        }
+        if let Some(st) = s.start_timestamp() {
+            put_key(&mut out, START_TIMESTAMP_FIELD, WIRE_VARINT);
+            put_varint(&mut out, st as u64);
         }
         ends.push(out.len() as u32);
     }
@@ -247,23 +282,30 @@ fn put_bytes_field(out: &mut Vec<u8>, field: u32, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
-const WIRE_VARINT: u8 = 0;
-const WIRE_I64: u8 = 1;
-const WIRE_LEN: u8 = 2;
-const WIRE_I32: u8 = 5;
+/// `TimeSeries` field carrying the series' start (created) timestamp in ms. Not in
+/// Prometheus' 1.0 proto; Mimir's `TimeSeries` has `created_timestamp` at this number, and
+/// Norn uses it on its own distributor → ingester pushes to carry a 2.0 request's start
+/// timestamp (see `norn_model::WriteBatchBuilder::set_start_timestamp`).
+pub(crate) const START_TIMESTAMP_FIELD: u32 = 6;
 
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    end: usize,
+pub(crate) const WIRE_VARINT: u8 = 0;
+pub(crate) const WIRE_I64: u8 = 1;
+pub(crate) const WIRE_LEN: u8 = 2;
+pub(crate) const WIRE_I32: u8 = 5;
+
+/// A cursor over protobuf wire format, bounded by the current message's end.
+pub(crate) struct Reader<'a> {
+    pub(crate) buf: &'a [u8],
+    pub(crate) pos: usize,
+    pub(crate) end: usize,
 }
 
 impl Reader<'_> {
-    fn done(&self) -> bool {
+    pub(crate) fn done(&self) -> bool {
         self.pos >= self.end
     }
 
-    fn err(&self, what: &'static str) -> DecodeError {
+    pub(crate) fn err(&self, what: &'static str) -> DecodeError {
         DecodeError::Protobuf {
             offset: self.pos,
             what,
@@ -271,7 +313,7 @@ impl Reader<'_> {
     }
 
     #[inline]
-    fn varint(&mut self) -> Result<u64, DecodeError> {
+    pub(crate) fn varint(&mut self) -> Result<u64, DecodeError> {
         let mut v: u64 = 0;
         for shift in (0..64).step_by(7) {
             let Some(&b) = self.buf[..self.end].get(self.pos) else {
@@ -287,7 +329,7 @@ impl Reader<'_> {
     }
 
     #[inline]
-    fn key(&mut self) -> Result<(u32, u8), DecodeError> {
+    pub(crate) fn key(&mut self) -> Result<(u32, u8), DecodeError> {
         let k = self.varint()?;
         let field = (k >> 3) as u32;
         if field == 0 {
@@ -298,7 +340,7 @@ impl Reader<'_> {
 
     /// Reads a length prefix and returns the absolute end offset of the value.
     #[inline]
-    fn len_end(&mut self) -> Result<usize, DecodeError> {
+    pub(crate) fn len_end(&mut self) -> Result<usize, DecodeError> {
         let len = self.varint()? as usize;
         let end = self
             .pos
@@ -311,7 +353,7 @@ impl Reader<'_> {
     }
 
     #[inline]
-    fn fixed64(&mut self) -> Result<u64, DecodeError> {
+    pub(crate) fn fixed64(&mut self) -> Result<u64, DecodeError> {
         let bytes = self.buf[..self.end]
             .get(self.pos..self.pos + 8)
             .ok_or_else(|| self.err("truncated fixed64"))?;
@@ -319,7 +361,7 @@ impl Reader<'_> {
         Ok(u64::from_le_bytes(bytes.try_into().unwrap_or([0; 8])))
     }
 
-    fn skip(&mut self, wt: u8) -> Result<(), DecodeError> {
+    pub(crate) fn skip(&mut self, wt: u8) -> Result<(), DecodeError> {
         match wt {
             WIRE_VARINT => {
                 self.varint()?;
@@ -343,7 +385,7 @@ impl Reader<'_> {
 
     /// Runs `f` over a nested message ending at `end`, restoring the outer bound afterwards.
     #[inline]
-    fn nested<T>(
+    pub(crate) fn nested<T>(
         &mut self,
         end: usize,
         f: impl FnOnce(&mut Self) -> Result<T, DecodeError>,
@@ -414,6 +456,9 @@ fn decode_series(
                 (4, WIRE_LEN) => {
                     histograms += 1;
                     r.skip(wt)?;
+                }
+                (START_TIMESTAMP_FIELD, WIRE_VARINT) => {
+                    b.set_start_timestamp(r.varint()? as i64);
                 }
                 _ => r.skip(wt)?,
             }
@@ -542,6 +587,26 @@ mod tests {
     }
 
     #[test]
+    fn a_body_of_unknown_fields_is_an_error_not_an_empty_request() {
+        // Field 4 (2.0's symbols) and field 5 (2.0's timeseries): what a 2.0 body looks like.
+        for body in [&b"\x22\x00\x22\x02up"[..], b"\x2a\x00", b"\x78\x01"] {
+            assert!(
+                matches!(
+                    decode_write_request(Bytes::copy_from_slice(body)),
+                    Err(DecodeError::NoKnownFields { .. })
+                ),
+                "{body:?}"
+            );
+        }
+        // Cortex's `source = RULE` alone is a (meaningless but valid) 1.0 request.
+        assert!(
+            decode_write_request(Bytes::from_static(b"\x10\x01"))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         for body in [
             &b"\xff\xff\xff"[..],
@@ -596,14 +661,15 @@ mod tests {
         fn encode_then_decode_is_identity(
             input in proptest::collection::vec(
                 (proptest::collection::vec(("[a-z_]{0,6}", ".{0,6}"), 0..5),
-                 proptest::collection::vec((any::<i64>(), any::<f64>()), 0..5)), 0..5),
+                 proptest::collection::vec((any::<i64>(), any::<f64>()), 0..5),
+                 prop_oneof![Just(0i64), any::<i64>()]), 0..5),
             metadata in proptest::collection::vec(
                 (metric_type(), "[a-z_]{0,8}", ".{0,10}", "[a-z]{0,4}"), 0..3),
         ) {
             // Build through the builder so label order and empty names are kept as given.
             let mut buf = Vec::new();
             let mut spans = Vec::new();
-            for (ls, _) in &input {
+            for (ls, _, _) in &input {
                 let mut s = Vec::new();
                 for (n, v) in ls {
                     let a = buf.len();
@@ -615,10 +681,11 @@ mod tests {
                 spans.push(s);
             }
             let mut bld = norn_model::WriteBatch::builder(Bytes::from(buf));
-            for ((_, ss), spans) in input.iter().zip(spans) {
+            for ((_, ss, st), spans) in input.iter().zip(spans) {
                 for (n, v) in spans {
                     bld.add_label(n, v).unwrap();
                 }
+                bld.set_start_timestamp(*st);
                 for (t, v) in ss {
                     bld.add_sample(Sample::new(*t, *v));
                 }
@@ -637,6 +704,7 @@ mod tests {
             prop_assert_eq!(got.len(), batch.len());
             for (g, w) in got.iter().zip(batch.iter()) {
                 prop_assert_eq!(g.labels().collect::<Vec<_>>(), w.labels().collect::<Vec<_>>());
+                prop_assert_eq!(g.start_timestamp(), w.start_timestamp());
                 let gs: Vec<(i64, u64)> = g.samples().iter().map(|s| (s.t, s.v.to_bits())).collect();
                 let ws: Vec<(i64, u64)> = w.samples().iter().map(|s| (s.t, s.v.to_bits())).collect();
                 prop_assert_eq!(gs, ws);

@@ -1,16 +1,19 @@
 //! The distributor: Norn's write front door.
 //!
-//! `POST /api/v1/push` takes remote write 1.0 (snappy + protobuf). A [`RequestGuard`] in
-//! front of the route resolves the tenant and checks the declared size before the body is
-//! read. The pipeline is decode → validate → rate-limit → push: labels are sorted and checked
-//! with the shared rules of [`norn_model::validation`] (the ingester's gRPC push re-runs
-//! them), samples outside the tenant's time window are dropped, the tenant's token bucket is
-//! charged for samples and metadata, and what is valid goes to the [`Pusher`] (the ingester in-process; replication over the ring in
-//! a cluster). Responses follow the remote-write spec: 2xx when everything was stored; 400
+//! `POST /api/v1/push` takes remote write 1.0 and 2.0 (snappy + protobuf; the Content-Type picks
+//! the version, see [`negotiate`]). A [`RequestGuard`] in front of the route resolves the
+//! tenant and checks the declared size before the body is read. The pipeline is decode →
+//! validate → rate-limit → push: labels are sorted and checked with the shared rules of
+//! [`norn_model::validation`] (the ingester's gRPC push re-runs them), samples outside the
+//! tenant's time window are dropped, the tenant's token bucket is charged for samples and
+//! metadata, and what is valid goes to the [`Pusher`] (the ingester in-process; replication
+//! over the ring in a cluster). Responses follow the remote-write spec: 2xx when everything
+//! was stored; 400
 //! naming the first refused series when some data will never be accepted (the rest is still
 //! stored); 429 over the rate limit; 5xx only when a retry can succeed.
 
 pub mod ha_tracker;
+pub mod negotiate;
 pub mod rate;
 pub mod replication;
 pub mod validate;
@@ -27,13 +30,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use norn_limits::Overrides;
 use norn_model::{ErrorKind, Pusher, TenantId, TimeWindow, WriteBatch};
-use norn_proto::DecodeError;
 use norn_server::RequestGuard;
 use norn_server::{HttpError, Metrics, Service, TenantResolver};
 use prometheus::{IntCounterVec, Opts};
 use serde::{Deserialize, Serialize};
 
 use crate::ha_tracker::{HaError, HaTracker, HaTrackerConfig, MemoryReplicaStore, ReplicaStore};
+use crate::negotiate::{Protocol, Written};
 use crate::rate::RateLimiter;
 use crate::validate::check_batch;
 
@@ -79,6 +82,7 @@ struct DistributorMetrics {
     received_metadata: IntCounterVec,
     requests: IntCounterVec,
     discarded_metadata: IntCounterVec,
+    discarded_exemplars: IntCounterVec,
 }
 
 impl DistributorMetrics {
@@ -108,6 +112,20 @@ impl DistributorMetrics {
                 "Push requests received.",
             ),
             discarded_metadata: m.discarded_metadata.clone(),
+            discarded_exemplars: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "norn_discarded_exemplars_total",
+                        "Exemplars refused, by tenant and reason.",
+                    ),
+                    &["tenant", "reason"],
+                )
+                .expect("valid metric");
+                m.registry
+                    .register(Box::new(c.clone()))
+                    .expect("registered once");
+                c
+            },
         }
     }
 }
@@ -178,6 +196,18 @@ impl Distributor {
 
     /// Handles one push body end to end; the HTTP handler only maps the result.
     pub async fn push(&self, headers: &HeaderMap, body: Bytes) -> Result<Pushed, HttpError> {
+        self.push_counted(headers, body, &mut Written::default())
+            .await
+    }
+
+    /// [`Distributor::push`], also reporting in `written` what was stored (for the
+    /// `X-Prometheus-Remote-Write-*-Written` headers), whatever the result.
+    pub async fn push_counted(
+        &self,
+        headers: &HeaderMap,
+        body: Bytes,
+        written: &mut Written,
+    ) -> Result<Pushed, HttpError> {
         let tenant = self.tenants.resolve(headers)?;
         self.own
             .requests
@@ -193,24 +223,10 @@ impl Distributor {
                 ),
             ));
         }
-        let encoding = headers
-            .get("content-encoding")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("snappy");
-        if !encoding.eq_ignore_ascii_case("snappy") {
-            return Err(HttpError::new(
-                ErrorKind::BadData,
-                format!(
-                    "unsupported Content-Encoding {encoding:?}: remote write bodies must be snappy-compressed"
-                ),
-            ));
-        }
+        let protocol = negotiate::negotiate(headers)?;
         // Big bodies take milliseconds to decode: keep them off the async reactor.
         let big = body.len() > (256 << 10);
-        let decode = move || -> Result<WriteBatch, DecodeError> {
-            let raw = norn_proto::decompress_snappy(&body, limit)?;
-            norn_proto::decode_write_request(raw.into())
-        };
+        let decode = move || negotiate::decode(protocol, &body, limit);
         let decoded = if big {
             tokio::task::spawn_blocking(decode)
                 .await
@@ -218,12 +234,8 @@ impl Distributor {
         } else {
             decode()
         };
-        let mut batch = decoded.map_err(|e| match e {
-            DecodeError::TooLarge { .. } => {
-                HttpError::new(ErrorKind::PayloadTooLarge, e.to_string())
-            }
-            other => HttpError::bad_data(other.to_string()),
-        })?;
+        let mut batch = decoded?;
+        let not_stored = self.refuse_unstored(protocol, &tenant, &batch);
         self.own
             .incoming_samples
             .with_label_values(&[tenant.as_str()])
@@ -324,14 +336,48 @@ impl Distributor {
                 .received_samples
                 .with_label_values(&[tenant.as_str()])
                 .inc_by(outcome.appended as u64);
+            written.samples = outcome.appended as u64;
             if let Some(e) = outcome.first_error {
                 first_error.get_or_insert(e);
             }
+        }
+        if let Some(m) = not_stored {
+            first_error = Some(match first_error {
+                Some(e) => format!("{e}; {m}"),
+                None => m,
+            });
         }
         match first_error {
             None => Ok(Pushed::Stored),
             Some(message) => Err(HttpError::bad_data(message)),
         }
+    }
+
+    /// Counts what a 2.0 request carries that Norn does not store (native histograms,
+    /// exemplars) and returns the partial-write message for it. A 1.0 request's are counted
+    /// by the decoder only and skipped, as they always were (a 400 would make every Prometheus
+    /// 2.x with exemplar storage log an error per request, for data 1.0 leaves optional).
+    fn refuse_unstored(
+        &self,
+        protocol: Protocol,
+        tenant: &TenantId,
+        batch: &WriteBatch,
+    ) -> Option<String> {
+        if protocol != Protocol::V2 {
+            return None;
+        }
+        self.discard(
+            tenant,
+            "native_histogram_unsupported",
+            batch.skipped_histograms,
+        );
+        if batch.skipped_exemplars > 0 {
+            self.own
+                .discarded_exemplars
+                .with_label_values(&[tenant.as_str(), "exemplar_unsupported"])
+                .inc_by(batch.skipped_exemplars as u64);
+        }
+        negotiate::not_stored_message(batch)
     }
 
     /// Applies the HA tracker to a request whose first series names an HA cluster and
@@ -383,7 +429,8 @@ async fn push_handler(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match d.push(&headers, body).await {
+    let mut written = Written::default();
+    let mut response = match d.push_counted(&headers, body, &mut written).await {
         Ok(Pushed::Stored) => StatusCode::OK.into_response(),
         Ok(Pushed::Deduplicated(message)) => (StatusCode::ACCEPTED, message).into_response(),
         Err(e) => {
@@ -392,7 +439,9 @@ async fn push_handler(
             }
             e.into_response()
         }
-    }
+    };
+    written.set_headers(response.headers_mut());
+    response
 }
 
 /// The routes and lifecycle of a distributor inside the process.

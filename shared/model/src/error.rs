@@ -12,6 +12,9 @@ pub enum ErrorKind {
     Unauthorized,
     /// The request body is larger than allowed (HTTP 413).
     PayloadTooLarge,
+    /// The request's Content-Type or Content-Encoding is not one this endpoint accepts (HTTP
+    /// 415). Never retry as sent; a remote-write 2.0 sender may retry with another version.
+    UnsupportedMediaType,
     /// A per-tenant rate limit was hit (HTTP 429, `too_many_requests`). Retry later.
     TooManyRequests,
     /// The query could be parsed but not executed within limits (HTTP 422, `execution`).
@@ -36,6 +39,7 @@ impl ErrorKind {
             ErrorKind::Unauthorized => 401,
             ErrorKind::NotFound => 404,
             ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::UnsupportedMediaType => 415,
             ErrorKind::Execution => 422,
             ErrorKind::TooManyRequests => 429,
             ErrorKind::Canceled => 499,
@@ -47,7 +51,9 @@ impl ErrorKind {
     /// The Prometheus HTTP API `errorType` string for this kind.
     pub fn prometheus_error_type(self) -> &'static str {
         match self {
-            ErrorKind::BadData | ErrorKind::PayloadTooLarge => "bad_data",
+            ErrorKind::BadData | ErrorKind::PayloadTooLarge | ErrorKind::UnsupportedMediaType => {
+                "bad_data"
+            }
             // Prometheus has no type for this (it has no tenants); a client must be able to
             // tell "who are you?" from "your query is wrong".
             ErrorKind::Unauthorized => "unauthorized",
@@ -79,6 +85,7 @@ mod tests {
         for kind in [
             ErrorKind::BadData,
             ErrorKind::PayloadTooLarge,
+            ErrorKind::UnsupportedMediaType,
             ErrorKind::Unauthorized,
         ] {
             let s = kind.http_status();

@@ -23,6 +23,9 @@ struct LabelRef {
 struct SeriesEntry {
     labels: Range<u32>,
     samples: Range<u32>,
+    /// Start (created) timestamp of the series' samples in ms, 0 when unset (remote write
+    /// 2.0's convention).
+    start_ms: i64,
 }
 
 /// The type of a metric family, as remote write's `MetricMetadata.type` carries it.
@@ -109,6 +112,7 @@ impl WriteBatch {
             },
             label_start: 0,
             sample_start: 0,
+            start_ms: 0,
         }
     }
 
@@ -238,6 +242,7 @@ impl WriteBatch {
             out.series.push(SeriesEntry {
                 labels: ls..out.labels.len() as u32,
                 samples: ss..out.samples.len() as u32,
+                start_ms: e.start_ms,
             });
         }
         out
@@ -352,6 +357,11 @@ impl<'a> SeriesView<'a> {
         &self.batch.samples[self.entry.samples.start as usize..self.entry.samples.end as usize]
     }
 
+    /// The series' start (created) timestamp in ms, if the sender gave one.
+    pub fn start_timestamp(&self) -> Option<i64> {
+        (self.entry.start_ms != 0).then_some(self.entry.start_ms)
+    }
+
     /// Stable hash of the labels (equal to [`Labels::stable_hash`] once sorted).
     pub fn labels_hash(&self) -> u64 {
         hash_label_pairs(self.label_bytes())
@@ -383,6 +393,7 @@ pub struct WriteBatchBuilder {
     batch: WriteBatch,
     label_start: u32,
     sample_start: u32,
+    start_ms: i64,
 }
 
 /// A label name or value was not UTF-8.
@@ -430,14 +441,23 @@ impl WriteBatchBuilder {
         self.batch.series.push(SeriesEntry {
             labels: self.label_start..l,
             samples: self.sample_start..s,
+            start_ms: std::mem::take(&mut self.start_ms),
         });
         self.label_start = l;
         self.sample_start = s;
     }
 
+    /// Sets the current series' start (created) timestamp in ms; 0 means unset. The head
+    /// stores a 0 sample there when it is before the series' first sample and newer than
+    /// what is stored (Prometheus' created-timestamp zero ingestion).
+    pub fn set_start_timestamp(&mut self, ms: i64) {
+        self.start_ms = ms;
+    }
+
     /// Drops labels and samples added since the last `finish_series` (a series the decoder
     /// decided to skip).
     pub fn abandon_series(&mut self) {
+        self.start_ms = 0;
         self.batch.labels.truncate(self.label_start as usize);
         self.batch.samples.truncate(self.sample_start as usize);
     }
@@ -496,6 +516,23 @@ mod tests {
         assert_eq!(b.series(0).num_labels(), 2);
         b.retain_samples(|_, s| s.t > 1);
         assert_eq!(b.series(0).samples(), &[Sample::new(2, 3.0)]);
+    }
+
+    #[test]
+    fn start_timestamps_follow_their_series() {
+        let mut bld = WriteBatch::builder(Bytes::from_static(b"__name__ab"));
+        bld.add_label(0..8, 8..9).unwrap();
+        bld.set_start_timestamp(5);
+        bld.add_sample(Sample::new(10, 1.0));
+        bld.finish_series();
+        bld.add_label(0..8, 9..10).unwrap();
+        bld.add_sample(Sample::new(10, 1.0));
+        bld.finish_series();
+        let b = bld.build();
+        assert_eq!(b.series(0).start_timestamp(), Some(5));
+        assert_eq!(b.series(1).start_timestamp(), None);
+        let sub = b.subset(&[0], false);
+        assert_eq!(sub.series(0).start_timestamp(), Some(5));
     }
 
     #[test]

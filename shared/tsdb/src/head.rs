@@ -456,6 +456,7 @@ impl Head {
         let mem = self.as_mem();
         let store = self.store();
         let mut hash_buf = Vec::with_capacity(256);
+        let mut start_zeros = 0usize;
 
         'series: for (idx, sv) in batch.iter().enumerate() {
             let samples = sv.samples();
@@ -500,6 +501,28 @@ impl Head {
                     continue;
                 }
                 let mut last = st.last();
+                // Created-timestamp zero ingestion, as Prometheus does it: a 0 at the series'
+                // start time when that is before its first sample here and newer than what is
+                // stored (so a counter's increase from its start is visible); otherwise it is
+                // skipped silently — never an out-of-order refusal — and it is never counted
+                // as an appended sample.
+                if let Some(ct) = sv.start_timestamp()
+                    && norn_model::sample_time_in_bounds(ct)
+                    && ct < samples[0].t
+                    && ct >= min_valid
+                    && last.is_none_or(|(lt, _)| ct > lt)
+                {
+                    st.append(series.id, ct, 0.0, store);
+                    last = Some((ct, 0.0f64.to_bits()));
+                    wal_samples.push(RefSample {
+                        series: u64::from(series.id),
+                        t: ct,
+                        v: 0.0,
+                    });
+                    start_zeros += 1;
+                    batch_min = batch_min.min(ct);
+                    batch_max = batch_max.max(ct);
+                }
                 for s in samples {
                     if !norn_model::sample_time_in_bounds(s.t) {
                         bounds += 1;
@@ -549,7 +572,7 @@ impl Head {
             }
         }
 
-        out.appended = wal_samples.len();
+        out.appended = wal_samples.len() - start_zeros;
         let mut samples_rec = Vec::new();
         if !wal_samples.is_empty() {
             record::encode_samples(&mut samples_rec, &wal_samples);
@@ -1478,5 +1501,7 @@ impl Queryable for HeadQueryable {
     }
 }
 
+#[cfg(test)]
+mod start_zero_tests;
 #[cfg(test)]
 mod tests;

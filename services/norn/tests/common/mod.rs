@@ -187,12 +187,28 @@ impl Norn {
 
     /// POSTs a raw body to /api/v1/push; returns (status, body text).
     pub fn push_raw(&self, tenant: Option<&str>, body: &[u8]) -> (u16, String) {
+        self.push_typed(tenant, "application/x-protobuf", body)
+    }
+
+    /// POSTs a raw body to /api/v1/push with `content_type` (e.g. remote write 2.0's
+    /// `application/x-protobuf;proto=io.prometheus.write.v2.Request`); returns (status, body).
+    pub fn push_typed(
+        &self,
+        tenant: Option<&str>,
+        content_type: &str,
+        body: &[u8],
+    ) -> (u16, String) {
+        let version = if content_type.contains("write.v2") {
+            "2.0.0"
+        } else {
+            "0.1.0"
+        };
         let mut req = self
             .agent
             .post(&self.url("/api/v1/push"))
             .header("Content-Encoding", "snappy")
-            .header("Content-Type", "application/x-protobuf")
-            .header("X-Prometheus-Remote-Write-Version", "0.1.0");
+            .header("Content-Type", content_type)
+            .header("X-Prometheus-Remote-Write-Version", version);
         if let Some(t) = tenant {
             req = req.header("X-Scope-OrgID", t);
         }
