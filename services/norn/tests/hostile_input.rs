@@ -658,3 +658,18 @@ fn hostile_edge_requests_get_clear_answers() {
         2.0
     );
 }
+
+/// Names that live beside the tenants — at the bucket's top level, or in the ingester's TSDB
+/// directory — can never be tenant ids: such a tenant would lose its data or never open.
+#[test]
+fn names_beside_tenants_are_not_tenant_ids() {
+    let names = norn_storage::layout::RESERVED_TOP_LEVEL
+        .iter()
+        .chain(&[norn_tsdb::dir_lock::LOCK_FILE]);
+    for name in names {
+        assert!(
+            norn_model::TenantId::new(name).is_err(),
+            "{name:?} sits beside the tenants but is a valid tenant id"
+        );
+    }
+}

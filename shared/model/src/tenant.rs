@@ -13,10 +13,11 @@ const MAX_TENANT_ID_LEN: usize = 150;
 
 /// Names no tenant may take, because the bucket (or Mimir) uses them at the top level
 /// beside the tenants' directories: `rules/` holds every tenant's rule groups (a tenant named
-/// `rules` would ship its blocks into it, and `list_tenants` skips it), and
-/// `__mimir_cluster` is Mimir's own reserved id. `norn_storage::layout` checks that each of its
+/// `rules` would ship its blocks into it, and `list_tenants` skips it); `lock` is the lock file
+/// beside the tenants' directories in the ingester's TSDB directory (a tenant of that name
+/// could never open its head); `__mimir_cluster` is Mimir's own reserved id. `norn_storage::layout` checks that each of its
 /// top-level names is here.
-pub const RESERVED_TENANT_IDS: &[&str] = &["rules", "__mimir_cluster"];
+pub const RESERVED_TENANT_IDS: &[&str] = &["rules", "lock", "__mimir_cluster"];
 
 /// Prefix reserved for top-level names Norn or Mimir may add later (`__mimir_cluster` is one);
 /// a tenant id starting with it is refused.
