@@ -1,10 +1,14 @@
 //! The distributor: Norn's write front door.
 //!
 //! `POST /api/v1/push` takes remote write 1.0 and 2.0 (snappy + protobuf; the Content-Type picks
-//! the version, see [`negotiate`]). The pipeline is decode → validate → rate-limit → push:
-//! labels are sorted and checked with Mimir's rules, samples too far in the future/past are
-//! dropped, the tenant's token bucket is charged, and what is valid goes to the [`Pusher`] (the
-//! ingester in-process; replication over the ring in a cluster). Responses follow the remote-write spec: 2xx when everything was stored; 400
+//! the version, see [`negotiate`]). A [`RequestGuard`] in front of the route resolves the
+//! tenant and checks the declared size before the body is read. The pipeline is decode →
+//! validate → rate-limit → push: labels are sorted and checked with the shared rules of
+//! [`norn_model::validation`] (the ingester's gRPC push re-runs them), samples outside the
+//! tenant's time window are dropped, the tenant's token bucket is charged for samples and
+//! metadata, and what is valid goes to the [`Pusher`] (the ingester in-process; replication
+//! over the ring in a cluster). Responses follow the remote-write spec: 2xx when everything
+//! was stored; 400
 //! naming the first refused series when some data will never be accepted (the rest is still
 //! stored); 429 over the rate limit; 5xx only when a retry can succeed.
 
@@ -25,7 +29,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use norn_limits::Overrides;
-use norn_model::{ErrorKind, Pusher, TenantId, WriteBatch};
+use norn_model::{ErrorKind, Pusher, TenantId, TimeWindow, WriteBatch};
+use norn_server::RequestGuard;
 use norn_server::{HttpError, Metrics, Service, TenantResolver};
 use prometheus::{IntCounterVec, Opts};
 use serde::{Deserialize, Serialize};
@@ -33,7 +38,10 @@ use serde::{Deserialize, Serialize};
 use crate::ha_tracker::{HaError, HaTracker, HaTrackerConfig, MemoryReplicaStore, ReplicaStore};
 use crate::negotiate::{Protocol, Written};
 use crate::rate::RateLimiter;
-use crate::validate::{sample_time_ok, validate_sample, validate_series};
+use crate::validate::check_batch;
+
+/// Batches with more samples than this are validated off the async reactor.
+const BLOCKING_CHECK_SAMPLES: usize = 20_000;
 
 /// Distributor configuration (YAML block `distributor`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,20 +111,7 @@ impl DistributorMetrics {
                 "norn_distributor_requests_in_total",
                 "Push requests received.",
             ),
-            discarded_metadata: {
-                let c = IntCounterVec::new(
-                    Opts::new(
-                        "norn_discarded_metadata_total",
-                        "Metadata entries refused, by tenant and reason.",
-                    ),
-                    &["tenant", "reason"],
-                )
-                .expect("valid metric");
-                m.registry
-                    .register(Box::new(c.clone()))
-                    .expect("registered once");
-                c
-            },
+            discarded_metadata: m.discarded_metadata.clone(),
             discarded_exemplars: {
                 let c = IntCounterVec::new(
                     Opts::new(
@@ -278,42 +273,45 @@ impl Distributor {
             return Ok(deduped);
         }
 
-        let mut first_error: Option<String> = None;
-        let mut bad = vec![false; batch.len()];
-        for (i, s) in batch.iter().enumerate() {
-            if let Err(r) = validate_series(&s, &limits) {
-                self.discard(&tenant, r.reason, s.samples().len());
-                first_error.get_or_insert(r.message);
-                bad[i] = true;
-            }
+        // Checking is linear in the request; a big one runs off the async reactor so it
+        // cannot delay other requests (or /ready).
+        let vlimits = limits.validation();
+        let window = TimeWindow::new(now_ms, &vlimits);
+        let check = move |mut batch: WriteBatch| {
+            let checked = check_batch(&mut batch, &vlimits, window);
+            (batch, checked)
+        };
+        let (batch, checked) = if big || batch.num_samples() > BLOCKING_CHECK_SAMPLES {
+            tokio::task::spawn_blocking(move || check(batch))
+                .await
+                .map_err(|e| HttpError::internal(format!("validation task failed: {e}")))?
+        } else {
+            check(batch)
+        };
+        for (reason, n) in &checked.refused {
+            self.discard(&tenant, reason, *n);
         }
-        // Pass 1 finds refused samples (rare); only then is the batch rewritten.
-        let mut any_refused = false;
-        for (_, s) in batch.iter().enumerate().filter(|(i, _)| !bad[*i]) {
-            for sample in s.samples() {
-                if let Err(r) = validate_sample(&s, sample, &limits, now_ms) {
-                    self.discard(&tenant, r.reason, 1);
-                    first_error.get_or_insert(r.message);
-                    any_refused = true;
-                }
-            }
-        }
-        if any_refused {
-            batch.retain_samples(|i, sample| !bad[i] && sample_time_ok(sample.t, &limits, now_ms));
-        }
-        let keep: Vec<usize> = (0..batch.len())
-            .filter(|&i| !bad[i] && !batch.series(i).samples().is_empty())
-            .collect();
-        let valid_samples: usize = keep.iter().map(|&i| batch.series(i).samples().len()).sum();
+        let mut first_error = checked.first_error;
+        let keep = checked.keep;
+        let valid_samples = checked.valid_samples;
 
+        // Metadata entries count toward the ingestion rate, as in Mimir: a request of metadata
+        // alone must not bypass the limit.
+        let items = valid_samples + batch.metadata().len();
         if !self.limiter.allow(
             tenant.as_str(),
-            valid_samples,
+            items,
             limits.ingestion_rate,
             limits.ingestion_burst_size,
             Instant::now(),
         ) {
             self.discard(&tenant, "rate_limited", valid_samples);
+            if !batch.metadata().is_empty() {
+                self.own
+                    .discarded_metadata
+                    .with_label_values(&[tenant.as_str(), "rate_limited"])
+                    .inc_by(batch.metadata().len() as u64);
+            }
             return Err(HttpError::new(
                 ErrorKind::TooManyRequests,
                 format!(
@@ -456,9 +454,14 @@ impl Service for DistributorService {
     }
 
     fn routes(&self) -> Router {
-        Router::new()
-            .route("/api/v1/push", post(push_handler))
-            .with_state(Arc::clone(&self.0))
+        // The tenant is known and the declared size checked before the body is read.
+        RequestGuard::new(self.0.config.max_recv_msg_size)
+            .tenant_before_body(self.0.tenants)
+            .apply(
+                Router::new()
+                    .route("/api/v1/push", post(push_handler))
+                    .with_state(Arc::clone(&self.0)),
+            )
     }
 
     fn ready(&self) -> Result<(), String> {

@@ -9,10 +9,23 @@ use norn_tsdb::FsyncPolicy;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Everything the ingester needs to know.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub tsdb: TsdbConfig,
     pub instance_limits: InstanceLimits,
+    /// Metric metadata not re-sent for this long is dropped (Mimir's
+    /// `-ingester.metadata-retain-period`; zero keeps it forever).
+    pub metadata_retain_period: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            tsdb: TsdbConfig::default(),
+            instance_limits: InstanceLimits::default(),
+            metadata_retain_period: Duration::from_secs(600),
+        }
+    }
 }
 
 /// `ingester.instance_limits`: what one ingester takes on, whatever the tenants' limits say

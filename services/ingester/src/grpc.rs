@@ -9,7 +9,10 @@
 //!
 //! Error codes follow the error kinds: a push the ingester cannot take now (starting,
 //! stopping, leaving) is `UNAVAILABLE`, which distributors retry on another replica; a body
-//! that does not decode is `INVALID_ARGUMENT`, which they must not retry.
+//! that does not decode is `INVALID_ARGUMENT`, which they must not retry. Pushed series are
+//! re-validated with the distributor's checks: the valid ones are stored and, if any was
+//! refused, the answer is `INVALID_ARGUMENT` naming the first (with the count stored in the
+//! `norn-appended` response metadata).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,9 +21,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::Stream;
+use norn_model::validation::check_batch;
 use norn_model::{
     MetadataReader, PushError, Pusher, QueryableProvider, Series, StorageError, TenantError,
-    TenantId,
+    TenantId, TimeWindow, WriteBatch,
 };
 use norn_proto::convert::{
     TENANT_METADATA_KEY, labels_to_proto, matchers_from_proto, metadata_to_proto,
@@ -45,6 +49,13 @@ pub const SAMPLES_PER_CHUNK: usize = 120;
 
 /// Series per `QueryStreamResponse` message.
 pub const SERIES_PER_MESSAGE: usize = 128;
+
+/// Response metadata of an `INVALID_ARGUMENT` push: how many samples of the request's valid
+/// series were stored anyway.
+pub const APPENDED_METADATA_KEY: &str = "norn-appended";
+
+/// Batches with more samples than this are validated off the async reactor.
+const BLOCKING_CHECK_SAMPLES: usize = 20_000;
 
 /// Full name of the ingester service, as health checks name it.
 pub const SERVICE_NAME: &str = "norn.ingester.v1.Ingester";
@@ -171,6 +182,48 @@ impl IngesterGrpc {
     }
 }
 
+impl IngesterGrpc {
+    /// Re-checks a pushed batch with the distributor's checks ([`check_batch`]) and the
+    /// tenant's limits: anyone who reaches the gRPC port can push, and the head must never
+    /// store what would break a cut or a query (unsorted or duplicate labels, invalid names,
+    /// huge values, no metric name, timestamps outside the window). Returns the valid part
+    /// and the first refusal's message; refusals are counted like the distributor's.
+    async fn validate(
+        &self,
+        tenant: &TenantId,
+        batch: WriteBatch,
+    ) -> Result<(WriteBatch, Option<String>), Status> {
+        let limits = self
+            .ingester
+            .overrides
+            .for_tenant(tenant.as_str())
+            .validation();
+        let window = TimeWindow::new(crate::now_ms(), &limits);
+        let check = move |mut batch: WriteBatch| {
+            let checked = check_batch(&mut batch, &limits, window);
+            (batch, checked)
+        };
+        let (batch, checked) = if batch.num_samples() > BLOCKING_CHECK_SAMPLES {
+            tokio::task::spawn_blocking(move || check(batch))
+                .await
+                .map_err(|e| Status::internal(format!("validation task failed: {e}")))?
+        } else {
+            check(batch)
+        };
+        let Some(first_error) = checked.first_error else {
+            return Ok((batch, None));
+        };
+        for (reason, n) in &checked.refused {
+            self.ingester
+                .metrics
+                .discarded_samples
+                .with_label_values(&[tenant.as_str(), reason])
+                .inc_by(*n as u64);
+        }
+        Ok((batch.subset(&checked.keep, true), Some(first_error)))
+    }
+}
+
 /// The tenant named by the request's `x-scope-orgid` metadata.
 fn tenant<T>(req: &Request<T>) -> Result<TenantId, Status> {
     let Some(value) = req.metadata().get(TENANT_METADATA_KEY) else {
@@ -245,11 +298,23 @@ impl IngesterRpc for IngesterGrpc {
             let body = request.into_inner().write_request;
             let batch = norn_proto::decode_write_request(body)
                 .map_err(|e| Status::invalid_argument(format!("decoding write request: {e}")))?;
-            let out = self
-                .ingester
-                .push(&tenant, batch)
-                .await
-                .map_err(push_status)?;
+            let (batch, refused) = self.validate(&tenant, batch).await?;
+            let out = if batch.is_empty() && batch.metadata().is_empty() {
+                Default::default()
+            } else {
+                self.ingester
+                    .push(&tenant, batch)
+                    .await
+                    .map_err(push_status)?
+            };
+            if let Some(message) = refused {
+                // The valid series are stored; the sender learns the rest never will be.
+                let mut status = Status::invalid_argument(message);
+                if let Ok(v) = out.appended.to_string().parse() {
+                    status.metadata_mut().insert(APPENDED_METADATA_KEY, v);
+                }
+                return Err(status);
+            }
             Ok(pb::PushResponse {
                 appended: out.appended as u64,
                 rejected: out

@@ -16,14 +16,16 @@
 //! and ships everything now; `POST /ingester/shutdown` does that and stops the ingester.
 //!
 //! Reads see the head and the local blocks merged, so a query never falls into the seam of a
-//! cut. Metric metadata from remote write is kept per tenant.
+//! cut. Metric metadata from remote write is kept per tenant, bounded and expiring
+//! ([`metadata`]).
 
 pub mod config;
 pub mod fd_budget;
 pub mod grpc;
+pub mod metadata;
 pub mod shipper;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -49,15 +51,13 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 use fd_budget::FdBudget;
+use metadata::{MetadataLimits, MetadataStore};
 use shipper::Shipped;
 
 /// How often `/ingester/flush` may run without `force=true`: a flush cuts every head whole,
 /// after which samples for the cut range are refused as too old, so an unauthenticated
 /// caller flushing in a loop would make every tenant's in-flight samples fail.
 const FLUSH_MIN_INTERVAL_MS: i64 = 60_000;
-
-/// Metric families kept per metric name (Mimir keeps a handful per metric too).
-const MAX_METADATA_PER_METRIC: usize = 10;
 
 /// `source` in the Thanos section of the blocks the ingester cuts.
 const BLOCK_SOURCE: &str = "ingester";
@@ -66,7 +66,7 @@ struct TenantDb {
     tenant: TenantId,
     dir: PathBuf,
     head: Arc<Head>,
-    metadata: Mutex<BTreeMap<String, Vec<MetricMetadata>>>,
+    metadata: MetadataStore,
     /// Local blocks, oldest first.
     blocks: RwLock<Vec<Arc<Block>>>,
     shipped: Mutex<Shipped>,
@@ -477,7 +477,7 @@ impl Ingester {
             shipped: Mutex::new(Shipped::load(&dir)),
             dir,
             head: Arc::new(head),
-            metadata: Mutex::default(),
+            metadata: MetadataStore::new(self.config.metadata_retain_period),
             blocks: RwLock::new(blocks.into_iter().map(Arc::new).collect()),
             cut_lock: Mutex::new(()),
             ship_lock: tokio::sync::Mutex::new(()),
@@ -874,18 +874,24 @@ impl Ingester {
             .unwrap_or(0)
     }
 
-    fn store_metadata(&self, db: &TenantDb, batch: &WriteBatch) {
-        if batch.metadata().is_empty() {
-            return;
-        }
-        let mut md = db.metadata.lock();
-        for m in batch.metadata() {
-            let list = md.entry(m.metric_family_name.clone()).or_default();
-            if !list.contains(m) {
-                if list.len() >= MAX_METADATA_PER_METRIC {
-                    list.remove(0);
-                }
-                list.push(m.clone());
+    fn store_metadata(&self, db: &TenantDb, batch: &WriteBatch, limits: &norn_limits::Limits) {
+        let added = db.metadata.add(
+            batch.metadata(),
+            MetadataLimits {
+                per_user: limits.max_global_metadata_per_user,
+                per_metric: limits.max_global_metadata_per_metric,
+            },
+            now_ms(),
+        );
+        for (reason, n) in [
+            (metadata::PER_USER_LIMIT, added.refused_per_user),
+            (metadata::PER_METRIC_LIMIT, added.refused_per_metric),
+        ] {
+            if n > 0 {
+                self.metrics
+                    .discarded_metadata
+                    .with_label_values(&[db.tenant.as_str(), reason])
+                    .inc_by(n as u64);
             }
         }
     }
@@ -945,7 +951,7 @@ impl Pusher for Ingester {
             max_series_per_metric: limits.max_global_series_per_metric,
         };
         db.last_push_ms.store(now_ms(), Ordering::Relaxed);
-        self.store_metadata(&db, &batch);
+        self.store_metadata(&db, &batch, &limits);
         // Appending fsyncs the WAL: blocking work, off the reactor.
         let head = Arc::clone(&db.head);
         let (outcome, batch) = tokio::task::spawn_blocking(move || {
@@ -1042,18 +1048,7 @@ impl MetadataReader for Ingester {
         let Some(db) = self.tenant(tenant) else {
             return Ok(Vec::new());
         };
-        let md = db.metadata.lock();
-        let mut out = Vec::new();
-        for (name, list) in md.iter() {
-            if metric.is_some_and(|m| m != name) {
-                continue;
-            }
-            if limit > 0 && out.len() >= limit {
-                break;
-            }
-            out.extend(list.iter().cloned());
-        }
-        Ok(out)
+        Ok(db.metadata.read(metric, limit, now_ms()))
     }
 }
 

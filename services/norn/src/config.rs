@@ -43,6 +43,24 @@ pub struct Args {
     /// Log level: debug, info, warn, error.
     #[arg(long = "log.level")]
     pub log_level: Option<String>,
+    /// Longest from the start of an HTTP request to the end of its body (0 disables).
+    #[arg(long = "server.http-server-read-timeout")]
+    pub http_server_read_timeout: Option<String>,
+    /// Longest to receive an HTTP request's headers (0: the read timeout).
+    #[arg(long = "server.http-server-read-header-timeout")]
+    pub http_server_read_header_timeout: Option<String>,
+    /// Longest from the end of an HTTP request's headers to the end of its response (0 disables).
+    #[arg(long = "server.http-server-write-timeout")]
+    pub http_server_write_timeout: Option<String>,
+    /// Longest an HTTP keep-alive connection waits for its next request (0: the read timeout).
+    #[arg(long = "server.http-server-idle-timeout")]
+    pub http_server_idle_timeout: Option<String>,
+    /// Most HTTP connections served at once; more wait to be accepted (0 = no limit).
+    #[arg(long = "server.http-conn-limit")]
+    pub http_conn_limit: Option<usize>,
+    /// Largest body of a query API request (POST form), in bytes.
+    #[arg(long = "query-frontend.max-body-size")]
+    pub query_frontend_max_body_size: Option<usize>,
     /// Require X-Scope-OrgID on every request (true); when false every request is tenant `anonymous`.
     #[arg(long = "auth.multitenancy-enabled", num_args = 0..=1, default_missing_value = "true")]
     pub multitenancy_enabled: Option<bool>,
@@ -154,6 +172,21 @@ pub struct Args {
     /// Default in-memory series per metric per tenant (0 = unlimited).
     #[arg(long = "ingester.max-global-series-per-metric")]
     pub max_global_series_per_metric: Option<usize>,
+    /// Default metric metadata entries kept per tenant (0 = unlimited).
+    #[arg(long = "ingester.max-global-metadata-per-user")]
+    pub max_global_metadata_per_user: Option<usize>,
+    /// Default metric metadata entries kept per metric family per tenant (0 = unlimited).
+    #[arg(long = "ingester.max-global-metadata-per-metric")]
+    pub max_global_metadata_per_metric: Option<usize>,
+    /// Metric metadata not re-sent for this long is dropped (0 keeps it).
+    #[arg(long = "ingester.metadata-retain-period")]
+    pub ingester_metadata_retain_period: Option<String>,
+    /// Default of how far in the future a sample's timestamp may be.
+    #[arg(long = "validation.create-grace-period")]
+    pub validation_create_grace_period: Option<String>,
+    /// Default of how far in the past a sample's timestamp may be (0: only before 1970 is refused).
+    #[arg(long = "validation.past-grace-period")]
+    pub validation_past_grace_period: Option<String>,
 
     /// Longest the distributor waits for an ingester to answer a push.
     #[arg(long = "distributor.remote-timeout")]
@@ -254,6 +287,7 @@ pub struct Config {
     pub blocks_storage: BlocksStorageConfig,
     pub distributor: norn_distributor::Config,
     pub querier: norn_querier::Config,
+    pub frontend: FrontendConfig,
     pub limits: norn_limits::Limits,
     pub runtime_config: RuntimeConfig,
     pub ingester: IngesterConfig,
@@ -270,6 +304,7 @@ impl Default for Config {
             blocks_storage: BlocksStorageConfig::default(),
             distributor: Default::default(),
             querier: Default::default(),
+            frontend: FrontendConfig::default(),
             limits: Default::default(),
             runtime_config: RuntimeConfig::default(),
             ingester: IngesterConfig::default(),
@@ -288,6 +323,46 @@ pub struct ServerConfig {
     pub log_level: String,
     #[serde(with = "serde_duration")]
     pub graceful_shutdown_timeout: Duration,
+    #[serde(with = "serde_duration")]
+    pub http_server_read_timeout: Duration,
+    #[serde(with = "serde_duration")]
+    pub http_server_read_header_timeout: Duration,
+    #[serde(with = "serde_duration")]
+    pub http_server_write_timeout: Duration,
+    #[serde(with = "serde_duration")]
+    pub http_server_idle_timeout: Duration,
+    /// 0 = no limit.
+    pub http_listen_conn_limit: usize,
+}
+
+impl ServerConfig {
+    /// The HTTP server's timeouts and connection limit.
+    pub fn http_options(&self) -> norn_server::ServerOptions {
+        norn_server::ServerOptions {
+            read_timeout: self.http_server_read_timeout,
+            read_header_timeout: self.http_server_read_header_timeout,
+            write_timeout: self.http_server_write_timeout,
+            idle_timeout: self.http_server_idle_timeout,
+            conn_limit: self.http_listen_conn_limit,
+        }
+    }
+}
+
+/// `frontend`: the query API's front door (Mimir's query-frontend block; in Norn the querier
+/// serves the query API itself).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FrontendConfig {
+    /// Largest query API request body, in bytes (POSTed forms).
+    pub max_body_size: usize,
+}
+
+impl Default for FrontendConfig {
+    fn default() -> Self {
+        Self {
+            max_body_size: 10 << 20,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -299,6 +374,12 @@ impl Default for ServerConfig {
             grpc_listen_port: 9095,
             log_level: "info".into(),
             graceful_shutdown_timeout: Duration::from_secs(30),
+            http_server_read_timeout: Duration::from_secs(120),
+            http_server_read_header_timeout: Duration::from_secs(30),
+            // Longer than querier.timeout (2m), so a slow query answers with its own timeout.
+            http_server_write_timeout: Duration::from_secs(150),
+            http_server_idle_timeout: Duration::from_secs(120),
+            http_listen_conn_limit: 0,
         }
     }
 }
@@ -360,12 +441,24 @@ impl Config {
     }
 }
 
-/// `ingester`: the ingester's place in the ring.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// `ingester`: the ingester's place in the ring, and how long it keeps metric metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IngesterConfig {
     pub ring: IngesterRingConfig,
     pub instance_limits: norn_ingester::config::InstanceLimits,
+    #[serde(with = "serde_duration")]
+    pub metadata_retain_period: Duration,
+}
+
+impl Default for IngesterConfig {
+    fn default() -> Self {
+        Self {
+            ring: IngesterRingConfig::default(),
+            instance_limits: Default::default(),
+            metadata_retain_period: Duration::from_secs(600),
+        }
+    }
 }
 
 /// `ingester.ring`: Mimir's keys for the ingester ring (kept in the gossiped KV store).
@@ -512,6 +605,57 @@ impl Config {
         set!(self.server.grpc_listen_address, a.grpc_listen_address);
         set!(self.server.grpc_listen_port, a.grpc_listen_port);
         set!(self.server.log_level, a.log_level);
+        for (flag, value, field) in [
+            (
+                "server.http-server-read-timeout",
+                &a.http_server_read_timeout,
+                &mut self.server.http_server_read_timeout,
+            ),
+            (
+                "server.http-server-read-header-timeout",
+                &a.http_server_read_header_timeout,
+                &mut self.server.http_server_read_header_timeout,
+            ),
+            (
+                "server.http-server-write-timeout",
+                &a.http_server_write_timeout,
+                &mut self.server.http_server_write_timeout,
+            ),
+            (
+                "server.http-server-idle-timeout",
+                &a.http_server_idle_timeout,
+                &mut self.server.http_server_idle_timeout,
+            ),
+            (
+                "ingester.metadata-retain-period",
+                &a.ingester_metadata_retain_period,
+                &mut self.ingester.metadata_retain_period,
+            ),
+            (
+                "validation.create-grace-period",
+                &a.validation_create_grace_period,
+                &mut self.limits.creation_grace_period,
+            ),
+            (
+                "validation.past-grace-period",
+                &a.validation_past_grace_period,
+                &mut self.limits.past_grace_period,
+            ),
+        ] {
+            if let Some(d) = dur(value, flag)? {
+                *field = d;
+            }
+        }
+        set!(self.server.http_listen_conn_limit, a.http_conn_limit);
+        set!(self.frontend.max_body_size, a.query_frontend_max_body_size);
+        set!(
+            self.limits.max_global_metadata_per_user,
+            a.max_global_metadata_per_user
+        );
+        set!(
+            self.limits.max_global_metadata_per_metric,
+            a.max_global_metadata_per_metric
+        );
         set!(self.common.storage.backend, a.storage_backend);
         set!(self.common.storage.filesystem.dir, a.storage_filesystem_dir);
         set!(self.common.storage.s3.endpoint, a.s3_endpoint);
@@ -773,6 +917,11 @@ impl Config {
                 ring.heartbeat_period
             );
         }
+        if self.distributor.max_recv_msg_size == 0 || self.frontend.max_body_size == 0 {
+            bail!(
+                "distributor.max_recv_msg_size and frontend.max_body_size must be at least 1 byte"
+            );
+        }
         self.distributor
             .ha_tracker
             .validate()
@@ -903,6 +1052,37 @@ mod tests {
         assert!(Config::load(&args(&["--querier.max-query-expression-depth=0"])).is_err());
         assert!(Config::load(&args(&["--querier.max-query-expression-depth=1001"])).is_err());
         assert!(Config::load(&args(&["--querier.max-concurrent=0"])).is_err());
+        assert!(Config::load(&args(&["--server.http-server-idle-timeout=x"])).is_err());
+        assert!(Config::load(&args(&["--query-frontend.max-body-size=0"])).is_err());
+    }
+
+    #[test]
+    fn edge_flags_and_yaml() {
+        let c = Config::load(&args(&[
+            "--server.http-server-read-header-timeout=5s",
+            "--server.http-conn-limit=7",
+            "--query-frontend.max-body-size=1024",
+            "--ingester.max-global-metadata-per-user=3",
+            "--ingester.metadata-retain-period=1m",
+            "--validation.past-grace-period=1h",
+        ]))
+        .unwrap();
+        let o = c.server.http_options();
+        assert_eq!(o.read_header_timeout, Duration::from_secs(5));
+        assert_eq!(o.conn_limit, 7);
+        assert_eq!(o.write_timeout, Duration::from_secs(150));
+        assert_eq!(c.frontend.max_body_size, 1024);
+        assert_eq!(c.limits.max_global_metadata_per_user, 3);
+        assert_eq!(c.ingester.metadata_retain_period, Duration::from_secs(60));
+        assert_eq!(c.limits.past_grace_period, Duration::from_secs(3600));
+        let c = Config::from_yaml(
+            "server:\n  http_server_idle_timeout: 10s\n  http_listen_conn_limit: 2\nfrontend:\n  max_body_size: 5\nlimits:\n  max_global_metadata_per_metric: 4\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.http_server_idle_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.http_listen_conn_limit, 2);
+        assert_eq!(c.frontend.max_body_size, 5);
+        assert_eq!(c.limits.max_global_metadata_per_metric, 4);
     }
 }
 

@@ -27,8 +27,8 @@ use norn_ingester::{Ingester, IngesterService};
 use norn_limits::Overrides;
 use norn_model::{MergedProvider, MetadataReader, Pusher, QueryableProvider};
 use norn_querier::{Querier, QuerierService};
-use norn_server::http::{Harness, router, serve};
-use norn_server::{Metrics, Service, TenantResolver};
+use norn_server::http::{Guarded, Harness, router, serve};
+use norn_server::{Metrics, RequestGuard, Service, TenantResolver};
 use norn_tsdb::BucketStore;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -178,6 +178,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             norn_ingester::Config {
                 tsdb: cfg.blocks_storage.tsdb.clone(),
                 instance_limits: cfg.ingester.instance_limits.clone(),
+                metadata_retain_period: cfg.ingester.metadata_retain_period,
             },
             Arc::clone(&overrides),
             Arc::clone(&metrics),
@@ -249,7 +250,14 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         querier
             .register_metrics(&metrics.registry)
             .context("registering querier metrics")?;
-        services.push(Arc::new(QuerierService(querier)));
+        // POSTed query forms: bounded, and from a known tenant before they are read.
+        let guard = RequestGuard::new(cfg.frontend.max_body_size)
+            .tenant_before_body(tenants)
+            .json_errors();
+        services.push(Arc::new(Guarded::new(
+            Arc::new(QuerierService(querier)),
+            guard,
+        )));
     }
     if let Some(c) = &cluster {
         services.push(c.ring_service());
@@ -260,7 +268,13 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         metrics: Arc::clone(&metrics),
         config_yaml: Arc::from(cfg.masked_yaml()),
     });
-    let server = tokio::spawn(serve(listener, app, shutdown.clone()));
+    let server = tokio::spawn(serve(
+        listener,
+        app,
+        shutdown.clone(),
+        cfg.server.http_options(),
+        Arc::clone(&metrics),
+    ));
 
     wait_for_signal().await;
     // A leaving ingester first tells the ring (so distributors stop choosing it) and stops

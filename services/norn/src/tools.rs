@@ -203,13 +203,6 @@ fn import_blocks(a: ImportBlocksArgs) -> anyhow::Result<ExitCode> {
     crate::init_logging(a.log_level.as_deref().unwrap_or(&cfg.server.log_level))?;
     let tenant =
         TenantId::new(&a.tenant).map_err(|e| anyhow!("invalid --tenant {:?}: {e}", a.tenant))?;
-    if tenant.as_str() == layout::RULES_DIR {
-        bail!(
-            "invalid --tenant {:?}: the bucket's top-level {:?} directory holds rule groups, not a tenant",
-            a.tenant,
-            layout::RULES_DIR
-        );
-    }
     let dirs = discover(&a.dirs)?;
 
     let storage = cfg.blocks_bucket();

@@ -497,20 +497,38 @@ impl IngesterClient {
             .call("Push", timeout, async move {
                 Ok(rpc.push(req).await?.into_inner())
             })
-            .await
-            .map_err(|s| {
-                let msg = format!(
-                    "push to ingester {}: {} ({:?})",
-                    self.inner.addr,
-                    s.message(),
-                    s.code()
-                );
-                if is_unavailable(&s) {
-                    PushError::Unavailable(msg)
-                } else {
-                    PushError::Internal(msg)
-                }
-            })?;
+            .await;
+        // The ingester refused part of the request for good (it stored the valid series):
+        // an outcome with an error message, which the distributor answers with 400, not a
+        // failure a retry could fix.
+        if let Err(s) = &resp
+            && s.code() == Code::InvalidArgument
+        {
+            let appended = s
+                .metadata()
+                .get("norn-appended")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            return Ok(PushOutcome {
+                appended,
+                rejected: Vec::new(),
+                first_error: Some(s.message().to_string()),
+            });
+        }
+        let resp = resp.map_err(|s| {
+            let msg = format!(
+                "push to ingester {}: {} ({:?})",
+                self.inner.addr,
+                s.message(),
+                s.code()
+            );
+            if is_unavailable(&s) {
+                PushError::Unavailable(msg)
+            } else {
+                PushError::Internal(msg)
+            }
+        })?;
         Ok(PushOutcome {
             appended: resp.appended as usize,
             rejected: resp

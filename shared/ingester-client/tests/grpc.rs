@@ -31,6 +31,7 @@ fn start_ingester(dir: &std::path::Path) -> Arc<Ingester> {
                 wal_fsync: norn_tsdb::FsyncPolicy::Never,
                 ..Default::default()
             },
+            ..Default::default()
         },
         Arc::new(Overrides::new(Limits::default())),
         norn_server::Metrics::new(),
@@ -311,5 +312,124 @@ async fn stopped_ingester_is_unavailable_fast_and_comes_back() {
         .await
         .unwrap();
     assert_eq!(got[0].samples.len(), 3);
+    server.stop().await;
+}
+
+/// A raw remote-write series, labels exactly as given (unsorted, duplicated, whatever).
+fn raw_series(labels: &[(&str, &str)], t: i64) -> norn_proto::prometheus::TimeSeries {
+    norn_proto::prometheus::TimeSeries {
+        labels: labels
+            .iter()
+            .map(|(n, v)| norn_proto::prometheus::Label {
+                name: n.to_string(),
+                value: v.to_string(),
+            })
+            .collect(),
+        samples: vec![norn_proto::prometheus::Sample {
+            timestamp: t,
+            value: 1.0,
+        }],
+        ..Default::default()
+    }
+}
+
+/// Anyone who reaches the gRPC port can push: the ingester re-checks each series with the
+/// distributor's rules, refuses every bad kind with INVALID_ARGUMENT and stores the good
+/// series sent with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_push_validates_each_series_and_stores_the_good_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let ing = start_ingester(dir.path());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = serve(listener, &ing);
+    let registry = prometheus::Registry::new();
+    let pool = IngesterClientPool::new(ClientConfig::default(), &registry);
+    let client = pool.get(&addr).unwrap();
+    wait_healthy(&client).await;
+    let mut rpc = pb::ingester_client::IngesterClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+
+    let now = now_ms();
+    let big = "v".repeat(100 * 1024);
+    let bad: Vec<(&str, norn_proto::prometheus::TimeSeries)> = vec![
+        (
+            "not sorted",
+            raw_series(&[("job", "a"), ("__name__", "bad")], now),
+        ),
+        (
+            "duplicate",
+            raw_series(&[("__name__", "bad"), ("a", "1"), ("a", "2")], now),
+        ),
+        (
+            "invalid name",
+            raw_series(&[("__name__", "bad"), ("a-b", "1")], now),
+        ),
+        (
+            "invalid metric name",
+            raw_series(&[("__name__", "bad-name")], now),
+        ),
+        (
+            "100 KB value",
+            raw_series(&[("__name__", "bad"), ("a", &big)], now),
+        ),
+        (
+            "empty value",
+            raw_series(&[("__name__", "bad"), ("a", "")], now),
+        ),
+        ("no name", raw_series(&[("job", "bad")], now)),
+        (
+            "10 years ahead",
+            raw_series(&[("__name__", "bad")], now + 10 * 365 * 86_400_000),
+        ),
+        ("i64::MIN", raw_series(&[("__name__", "bad")], i64::MIN)),
+        ("before 1970", raw_series(&[("__name__", "bad")], -1)),
+    ];
+    let tenant = TenantId::new("team-a").unwrap();
+    for (i, (what, series)) in bad.into_iter().enumerate() {
+        let good = raw_series(&[("__name__", "good"), ("n", &i.to_string())], now);
+        let req = norn_proto::prometheus::WriteRequest {
+            timeseries: vec![series, good],
+            metadata: vec![],
+        };
+        let mut request = tonic::Request::new(pb::PushRequest {
+            write_request: req.encode_to_vec().into(),
+        });
+        request
+            .metadata_mut()
+            .insert("x-scope-orgid", "team-a".parse().unwrap());
+        let status = rpc.push(request).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{what}: {status:?}"
+        );
+        assert_eq!(
+            status.metadata().get("norn-appended").unwrap(),
+            "1",
+            "{what}: the good series was stored"
+        );
+    }
+    let q = client.queryable(tenant.clone());
+    let good = q
+        .select(0, now + 1, &[eq("__name__", "good")])
+        .await
+        .unwrap();
+    assert_eq!(good.len(), 10, "every good series stored");
+    assert!(
+        q.label_values("__name__", 0, i64::MAX, &[]).await.unwrap() == ["good"],
+        "no bad series stored"
+    );
+    // Through the client (the distributor's path) the refusal is a message, not a failure.
+    let req = norn_proto::prometheus::WriteRequest {
+        timeseries: vec![raw_series(&[("job", "x")], now)],
+        metadata: vec![],
+    };
+    let out = client
+        .push_encoded(&tenant, req.encode_to_vec().into())
+        .await
+        .unwrap();
+    assert!(out.first_error.unwrap().contains("metric name"));
     server.stop().await;
 }

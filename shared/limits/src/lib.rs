@@ -46,7 +46,8 @@ pub struct Limits {
     /// How far in the future a sample's timestamp may be.
     #[serde(with = "serde_duration")]
     pub creation_grace_period: Duration,
-    /// How far in the past a sample may be (0 = no limit besides the head's window).
+    /// How far in the past a sample may be (0 = no relative limit; samples before the Unix
+    /// epoch are refused whatever this says).
     #[serde(with = "serde_duration")]
     pub past_grace_period: Duration,
     /// In-memory series per tenant across the cluster (0 = unlimited).
@@ -55,6 +56,12 @@ pub struct Limits {
     pub max_global_series_per_metric: usize,
     /// Longest metric name, help or unit accepted in remote-write metadata.
     pub max_metadata_length: usize,
+    /// Metadata entries (metric family, type, help, unit) an ingester keeps per tenant
+    /// (0 = unlimited). Mimir's default is unlimited; Norn's is not, so metadata cannot grow
+    /// an ingester's memory without bound.
+    pub max_global_metadata_per_user: usize,
+    /// Metadata entries an ingester keeps per metric family per tenant (0 = unlimited).
+    pub max_global_metadata_per_metric: usize,
     /// Longest range a query may cover (0 = unlimited).
     #[serde(with = "serde_duration")]
     pub max_total_query_length: Duration,
@@ -85,12 +92,28 @@ impl Default for Limits {
             max_global_series_per_user: 150_000,
             max_global_series_per_metric: 0,
             max_metadata_length: 1024,
+            max_global_metadata_per_user: 20_000,
+            max_global_metadata_per_metric: 10,
             max_total_query_length: Duration::ZERO,
             max_fetched_series_per_query: 0,
             accept_ha_samples: false,
             ha_cluster_label: "cluster".to_string(),
             ha_replica_label: "__replica__".to_string(),
             ha_max_clusters: 100,
+        }
+    }
+}
+
+impl Limits {
+    /// The part of the limits the shared series and sample checks use.
+    pub fn validation(&self) -> norn_model::ValidationLimits {
+        norn_model::ValidationLimits {
+            enforce_metric_name: self.enforce_metric_name,
+            max_label_name_length: self.max_label_name_length,
+            max_label_value_length: self.max_label_value_length,
+            max_label_names_per_series: self.max_label_names_per_series,
+            creation_grace_period: self.creation_grace_period,
+            past_grace_period: self.past_grace_period,
         }
     }
 }
@@ -236,6 +259,23 @@ mod tests {
         assert_eq!(t1.creation_grace_period, Duration::from_secs(60));
         assert_eq!(t1.max_label_names_per_series, 30);
         assert_eq!(o.for_tenant("other").ingestion_rate, 10_000.0);
+    }
+
+    #[test]
+    fn validation_limits_follow_the_tenant() {
+        let o = Overrides::from_yaml(
+            Limits::default(),
+            "overrides:\n  t1:\n    past_grace_period: 1h\n    max_label_value_length: 7\n",
+        )
+        .unwrap();
+        let v = o.for_tenant("t1").validation();
+        assert_eq!(v.past_grace_period, Duration::from_secs(3600));
+        assert_eq!(v.max_label_value_length, 7);
+        assert_eq!(
+            o.for_tenant("other").validation(),
+            norn_model::ValidationLimits::default(),
+            "Norn's default limits are Mimir's validation defaults"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 pub enum ErrorKind {
     /// The request can never succeed as sent (HTTP 400, `bad_data`). Never retry.
     BadData,
-    /// The caller did not say who it is (HTTP 401).
+    /// The caller did not say who it is (HTTP 401, `unauthorized`).
     Unauthorized,
     /// The request body is larger than allowed (HTTP 413).
     PayloadTooLarge,
@@ -51,10 +51,12 @@ impl ErrorKind {
     /// The Prometheus HTTP API `errorType` string for this kind.
     pub fn prometheus_error_type(self) -> &'static str {
         match self {
-            ErrorKind::BadData
-            | ErrorKind::Unauthorized
-            | ErrorKind::PayloadTooLarge
-            | ErrorKind::UnsupportedMediaType => "bad_data",
+            ErrorKind::BadData | ErrorKind::PayloadTooLarge | ErrorKind::UnsupportedMediaType => {
+                "bad_data"
+            }
+            // Prometheus has no type for this (it has no tenants); a client must be able to
+            // tell "who are you?" from "your query is wrong".
+            ErrorKind::Unauthorized => "unauthorized",
             ErrorKind::Execution => "execution",
             ErrorKind::TooManyRequests => "too_many_requests",
             ErrorKind::NotFound => "not_found",

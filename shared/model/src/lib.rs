@@ -12,6 +12,7 @@ pub mod matcher;
 pub mod query;
 pub mod sample;
 pub mod tenant;
+pub mod validation;
 pub mod write;
 
 pub use duration::{DurationError, format_duration, parse_duration};
@@ -30,6 +31,7 @@ pub use sample::{
 };
 pub use tenant::{ANONYMOUS, ORG_ID_HEADER};
 pub use tenant::{TenantError, TenantId};
+pub use validation::{Refusal, TimeWindow, ValidationLimits};
 pub use write::{
     MetricMetadata, MetricType, PushError, PushOutcome, Pusher, SeriesView, WriteBatch,
     WriteBatchBuilder,

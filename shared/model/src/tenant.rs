@@ -11,6 +11,18 @@ pub const ANONYMOUS: &str = "anonymous";
 
 const MAX_TENANT_ID_LEN: usize = 150;
 
+/// Names no tenant may take, because the bucket (or Mimir) uses them at the top level
+/// beside the tenants' directories: `rules/` holds every tenant's rule groups (a tenant named
+/// `rules` would ship its blocks into it, and `list_tenants` skips it); `lock` is the lock file
+/// beside the tenants' directories in the ingester's TSDB directory (a tenant of that name
+/// could never open its head); `__mimir_cluster` is Mimir's own reserved id. `norn_storage::layout` checks that each of its
+/// top-level names is here.
+pub const RESERVED_TENANT_IDS: &[&str] = &["rules", "lock", "__mimir_cluster"];
+
+/// Prefix reserved for top-level names Norn or Mimir may add later (`__mimir_cluster` is one);
+/// a tenant id starting with it is refused.
+pub const RESERVED_TENANT_PREFIX: &str = "__";
+
 /// Why a tenant id was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TenantError {
@@ -22,7 +34,9 @@ pub enum TenantError {
     BadCharacter(String, char),
     #[error("tenant ID is '.' or '..'")]
     Dots,
-    #[error("tenant ID '{0}' is reserved")]
+    #[error(
+        "tenant ID '{0}' is reserved: the bucket uses such names beside the tenants (rule groups under 'rules/', and names starting with '__')"
+    )]
     Reserved(String),
 }
 
@@ -31,8 +45,9 @@ pub enum TenantError {
 pub struct TenantId(Arc<str>);
 
 impl TenantId {
-    /// Validates a tenant id: 1–150 characters from `[a-zA-Z0-9!-_.*'()]`, not `.` or `..`,
-    /// and not `__mimir_cluster` — the same rules as Mimir, so ids are safe as path segments.
+    /// Validates a tenant id: 1–150 characters from `[a-zA-Z0-9!-_.*'()]`, not `.` or `..`
+    /// (Mimir's rules, so ids are safe as path segments), and not one of the
+    /// [`RESERVED_TENANT_IDS`] or starting with [`RESERVED_TENANT_PREFIX`].
     pub fn new(id: &str) -> Result<Self, TenantError> {
         if id.is_empty() {
             return Err(TenantError::Missing);
@@ -46,7 +61,7 @@ impl TenantId {
         if id == "." || id == ".." {
             return Err(TenantError::Dots);
         }
-        if id == "__mimir_cluster" {
+        if RESERVED_TENANT_IDS.contains(&id) || id.starts_with(RESERVED_TENANT_PREFIX) {
             return Err(TenantError::Reserved(id.to_string()));
         }
         Ok(Self(Arc::from(id)))
@@ -90,9 +105,14 @@ mod tests {
             Err(TenantError::BadCharacter(_, '/'))
         ));
         assert_eq!(TenantId::new(&"x".repeat(151)), Err(TenantError::TooLong));
-        assert!(matches!(
-            TenantId::new("__mimir_cluster"),
-            Err(TenantError::Reserved(_))
-        ));
+        for reserved in RESERVED_TENANT_IDS.iter().chain(&["__anything", "__"]) {
+            assert_eq!(
+                TenantId::new(reserved),
+                Err(TenantError::Reserved(reserved.to_string())),
+                "{reserved}"
+            );
+        }
+        assert!(TenantId::new("rules2").is_ok());
+        assert!(TenantId::new("_rules").is_ok());
     }
 }

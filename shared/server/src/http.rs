@@ -14,7 +14,7 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Metrics, Service};
+use crate::{Metrics, RequestGuard, ServerOptions, Service};
 
 /// What the operational endpoints need to know about the process.
 #[derive(Clone)]
@@ -38,9 +38,9 @@ pub fn router(h: Harness) -> Router {
         app = app.merge(s.routes());
     }
     app.fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found\n") })
-        // Each handler enforces its own, configurable body limit (e.g. the distributor's
-        // max_recv_msg_size), so axum's 2 MiB default must not cut in first.
-        .layer(DefaultBodyLimit::disable())
+        // Routes with a `RequestGuard` (push, the query API) set their own limit; this one
+        // bounds every other route's body extractors.
+        .layer(DefaultBodyLimit::max(crate::guard::DEFAULT_MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(metrics, instrument))
 }
 
@@ -106,16 +106,48 @@ async fn services(State(h): State<Harness>) -> Response {
     ([("content-type", "text/plain; charset=utf-8")], out).into_response()
 }
 
-/// Serves `app` on `listener` until `shutdown` is cancelled, then lets in-flight requests
-/// finish.
+/// Serves `app` on `listener` with `opts`' timeouts and connection limit until `shutdown`
+/// is cancelled, then lets in-flight requests finish (see [`crate::serve`]).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     shutdown: CancellationToken,
+    opts: ServerOptions,
+    metrics: Arc<Metrics>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    crate::serve::serve(listener, app, shutdown, opts, metrics).await
+}
+
+/// A service whose routes all sit behind a [`RequestGuard`] (e.g. the query API behind the
+/// query body limit and the tenant-before-body check), everything else unchanged.
+pub struct Guarded {
+    inner: Arc<dyn Service>,
+    guard: RequestGuard,
+}
+
+impl Guarded {
+    pub fn new(inner: Arc<dyn Service>, guard: RequestGuard) -> Self {
+        Self { inner, guard }
+    }
+}
+
+#[async_trait::async_trait]
+impl Service for Guarded {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn routes(&self) -> Router {
+        self.guard.apply(self.inner.routes())
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        self.inner.ready()
+    }
+
+    async fn shutdown(&self) {
+        self.inner.shutdown().await
+    }
 }
 
 #[cfg(test)]

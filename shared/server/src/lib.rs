@@ -5,17 +5,23 @@
 //! * [`tenant`]: `X-Scope-OrgID` extraction with multitenancy on or off.
 //! * [`Service`]: what each service hands the harness (routes, readiness, shutdown).
 //! * [`http`]: the harness: `/ready`, `/metrics`, `/config`, `/services`, request metrics.
+//! * [`guard`]: per-route tenant-before-body and body-size checks.
+//! * [`serve`]: the server loop with Mimir's timeouts and connection limit.
 
 pub mod error;
+pub mod guard;
 pub mod http;
 pub mod metrics;
+pub mod serve;
 pub mod tenant;
 
 use async_trait::async_trait;
 
 pub use error::HttpError;
+pub use guard::RequestGuard;
 pub use metrics::Metrics;
 pub use norn_model::ErrorKind;
+pub use serve::ServerOptions;
 pub use tenant::TenantResolver;
 
 /// One service in the process: the harness mounts its routes, asks it whether it is ready, and

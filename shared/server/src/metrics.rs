@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 /// The registry `/metrics` serves, plus the metrics the harness itself records.
@@ -14,6 +14,13 @@ pub struct Metrics {
     /// Samples refused anywhere on the write path, by tenant and reason. One counter for the
     /// whole process because the distributor and the ingester both refuse samples.
     pub discarded_samples: IntCounterVec,
+    /// Metadata entries refused anywhere on the write path, by tenant and reason (the
+    /// distributor: too long, rate limited; the ingester: per-user and per-metric limits).
+    pub discarded_metadata: IntCounterVec,
+    /// HTTP connections open now.
+    pub http_open_connections: IntGauge,
+    /// HTTP connections closed by the server's idle or header timeout, by `kind`.
+    pub http_connection_timeouts: IntCounterVec,
 }
 
 impl Metrics {
@@ -45,6 +52,36 @@ impl Metrics {
         registry
             .register(Box::new(discarded_samples.clone()))
             .expect("registered once");
+        let discarded_metadata = IntCounterVec::new(
+            Opts::new(
+                "norn_discarded_metadata_total",
+                "Metadata entries refused, by tenant and reason.",
+            ),
+            &["tenant", "reason"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(discarded_metadata.clone()))
+            .expect("registered once");
+        let http_open_connections = IntGauge::new(
+            "norn_http_open_connections",
+            "HTTP connections open now (bounded by -server.http-conn-limit when set).",
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(http_open_connections.clone()))
+            .expect("registered once");
+        let http_connection_timeouts = IntCounterVec::new(
+            Opts::new(
+                "norn_http_connection_timeouts_total",
+                "HTTP connections the server closed because they were idle too long (kind=idle) or sent their headers too slowly (kind=header).",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(http_connection_timeouts.clone()))
+            .expect("registered once");
         #[cfg(target_os = "linux")]
         {
             // Process CPU/RSS/fd metrics come from /proc; harmless to skip if unavailable.
@@ -54,6 +91,9 @@ impl Metrics {
             registry,
             request_duration,
             discarded_samples,
+            discarded_metadata,
+            http_open_connections,
+            http_connection_timeouts,
         })
     }
 

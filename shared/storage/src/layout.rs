@@ -26,6 +26,9 @@ pub const MARKERS_DIR: &str = "markers";
 pub const BUCKET_INDEX_FILE: &str = "bucket-index.json.gz";
 /// The top-level directory of rule groups; never a tenant.
 pub const RULES_DIR: &str = "rules";
+/// Every top-level name of the bucket that is not a tenant. Each is refused as a tenant id by
+/// `TenantId::new` (a test checks), so no tenant's blocks can land in one.
+pub const RESERVED_TOP_LEVEL: &[&str] = &[RULES_DIR];
 
 /// `<tenant>/<ulid>`: a block's directory.
 pub fn block_prefix(tenant: &str, ulid: &str) -> String {
@@ -73,10 +76,11 @@ pub fn is_block_id(name: &str) -> bool {
             .all(|&b| matches!(b, b'0'..=b'9' | b'A'..=b'H' | b'J' | b'K' | b'M' | b'N' | b'P'..=b'T' | b'V'..=b'Z'))
 }
 
-/// Tenants that have anything in the bucket: the top-level directories except `rules`.
+/// Tenants that have anything in the bucket: the top-level directories that are valid tenant
+/// ids (so not `rules` nor any other reserved name).
 pub async fn list_tenants(bucket: &Bucket) -> Result<Vec<String>> {
     let mut dirs = bucket.list_dirs("").await?;
-    dirs.retain(|d| d != RULES_DIR);
+    dirs.retain(|d| norn_model::TenantId::new(d).is_ok());
     Ok(dirs)
 }
 
@@ -139,6 +143,19 @@ mod tests {
         assert_eq!(deletion_mark("t1", A), format!("t1/{A}/deletion-mark.json"));
         assert_eq!(bucket_index("t1"), "t1/bucket-index.json.gz");
         assert_eq!(rules_prefix("t1"), "rules/t1");
+    }
+
+    /// A tenant named like a top-level directory would ship its blocks into it and vanish
+    /// from `list_tenants`: every such name must be refused as a tenant id.
+    #[test]
+    fn top_level_names_are_reserved_tenant_ids() {
+        for name in RESERVED_TOP_LEVEL {
+            assert!(
+                norn_model::TenantId::new(name).is_err(),
+                "{name:?} is a top-level bucket name but a valid tenant id"
+            );
+        }
+        assert!(RESERVED_TOP_LEVEL.contains(&RULES_DIR));
     }
 
     #[test]
