@@ -23,10 +23,10 @@ use std::time::Duration;
 use crate::labels::{is_valid_label_name, is_valid_metric_name};
 use crate::{METRIC_NAME, SeriesView, WriteBatch};
 
-/// The oldest timestamp any sample may have: the Unix epoch. Mimir has no floor when
-/// `past_grace_period` is 0, but a floor is what keeps block-range arithmetic (`t / range`,
-/// `t - range`) away from `i64::MIN`, and `i64::MIN` itself is the head's "empty" marker.
-pub const MIN_SAMPLE_TIME_MS: i64 = 0;
+/// The absolute bounds (epoch to year 9999) every window stays inside: Mimir has no floor
+/// when `past_grace_period` is 0, but a floor is what keeps block-range arithmetic
+/// (`t / range`, `t - range`) away from `i64::MIN`, the head's "empty" marker.
+pub use crate::sample::{MAX_SAMPLE_TIME_MS, MIN_SAMPLE_TIME_MS};
 
 /// How much of a series a refusal message shows; the rest is cut with `…`.
 pub const MAX_MESSAGE_SERIES_BYTES: usize = 1024;
@@ -283,7 +283,7 @@ impl TimeWindow {
         };
         Self {
             min,
-            max: now_ms.saturating_add(future),
+            max: now_ms.saturating_add(future).min(MAX_SAMPLE_TIME_MS),
         }
     }
 
@@ -532,7 +532,10 @@ mod tests {
         };
         let w = TimeWindow::new(now, &l);
         assert!(!w.contains(now - 60_001) && w.contains(now - 60_000));
-        assert_eq!(w.max, i64::MAX, "a huge grace period saturates");
+        assert_eq!(
+            w.max, MAX_SAMPLE_TIME_MS,
+            "a huge grace period saturates, and stops at the absolute bound"
+        );
         for now in [i64::MIN, -1, 0, i64::MAX] {
             let w = TimeWindow::new(now, &l);
             assert!(w.min >= MIN_SAMPLE_TIME_MS);
