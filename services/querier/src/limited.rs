@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
-use norn_model::{Matcher, Queryable, Series, StorageError};
+use norn_model::{Matcher, Queryable, SampleBudget, Series, StorageError};
 
 /// Counts series fetched by one query across all its selects.
 pub struct SeriesLimited {
@@ -34,14 +34,21 @@ impl Queryable for SeriesLimited {
         matchers: &[Matcher],
     ) -> Result<Vec<Series>, StorageError> {
         let out = self.inner.select(start_ms, end_ms, matchers).await?;
-        let total = self.fetched.fetch_add(out.len(), Ordering::Relaxed) + out.len();
-        if self.limit > 0 && total > self.limit {
-            return Err(StorageError::Limit(format!(
-                "the query exceeded the maximum number of series (limit: {} series) (err-mimir-max-series-per-query); narrow the query or raise max_fetched_series_per_query",
-                self.limit
-            )));
-        }
-        Ok(out)
+        self.count(out)
+    }
+
+    async fn select_within(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+        budget: &SampleBudget,
+    ) -> Result<Vec<Series>, StorageError> {
+        let out = self
+            .inner
+            .select_within(start_ms, end_ms, matchers, budget)
+            .await?;
+        self.count(out)
     }
 
     async fn label_names(
@@ -63,5 +70,19 @@ impl Queryable for SeriesLimited {
         self.inner
             .label_values(name, start_ms, end_ms, matchers)
             .await
+    }
+}
+
+impl SeriesLimited {
+    /// Counts a select's series against the limit.
+    fn count(&self, out: Vec<Series>) -> Result<Vec<Series>, StorageError> {
+        let total = self.fetched.fetch_add(out.len(), Ordering::Relaxed) + out.len();
+        if self.limit > 0 && total > self.limit {
+            return Err(StorageError::Limit(format!(
+                "the query exceeded the maximum number of series (limit: {} series) (err-mimir-max-series-per-query); narrow the query or raise max_fetched_series_per_query",
+                self.limit
+            )));
+        }
+        Ok(out)
     }
 }

@@ -8,6 +8,7 @@
 use async_trait::async_trait;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::{ErrorKind, Labels, Matcher, MetricMetadata, Sample, TenantId};
 
@@ -39,9 +40,77 @@ impl StorageError {
     }
 }
 
+/// Prometheus' message for a query over its sample limit.
+pub const TOO_MANY_SAMPLES: &str =
+    "query processing would load too many samples into memory in query execution";
+
+/// How many samples one query may still load, shared by every select it makes. Sources that
+/// build their answer series by series charge each series as they go and stop once the
+/// budget is spent, so a query holds at most its limit plus one series — not, as when the
+/// count came after each answer, a whole answer over a million series.
+#[derive(Debug)]
+pub struct SampleBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl SampleBudget {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn unlimited() -> Self {
+        Self::new(usize::MAX)
+    }
+
+    /// Charges `n` samples; false once the budget is spent (the caller stops reading).
+    pub fn charge(&self, n: usize) -> bool {
+        let used = self.used.fetch_add(n, Ordering::Relaxed).saturating_add(n);
+        used <= self.limit
+    }
+
+    /// Samples charged so far.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn exhausted(&self) -> bool {
+        self.used() > self.limit
+    }
+
+    /// `Err(Limit)` once the budget is spent: a source whose reading stopped early must not
+    /// hand out what it read.
+    pub fn check(&self) -> Result<(), StorageError> {
+        if self.exhausted() {
+            return Err(StorageError::Limit(TOO_MANY_SAMPLES.to_string()));
+        }
+        Ok(())
+    }
+}
+
 /// Tenant-scoped read access to stored series. Time bounds are inclusive milliseconds.
 #[async_trait]
 pub trait Queryable: Send + Sync {
+    /// [`select`](Self::select) within a sample budget: fails with
+    /// [`StorageError::Limit`] once the budget is spent. The default charges the whole answer
+    /// after it is built; sources that can hold much implement it to stop as soon as the
+    /// budget runs out.
+    async fn select_within(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+        budget: &SampleBudget,
+    ) -> Result<Vec<Series>, StorageError> {
+        let got = self.select(start_ms, end_ms, matchers).await?;
+        budget.charge(got.iter().map(|s| s.samples.len()).sum());
+        budget.check()?;
+        Ok(got)
+    }
+
     /// Series matching every matcher, with their samples in `[start_ms, end_ms]`, sorted by
     /// labels. Series with no sample in the range may be omitted.
     async fn select(
@@ -218,6 +287,18 @@ impl Queryable for MergeQueryable {
         self.0.select(start_ms, end_ms, matchers).await
     }
 
+    async fn select_within(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+        budget: &SampleBudget,
+    ) -> Result<Vec<Series>, StorageError> {
+        self.0
+            .select_within(start_ms, end_ms, matchers, budget)
+            .await
+    }
+
     async fn label_names(
         &self,
         start_ms: i64,
@@ -300,6 +381,29 @@ impl Queryable for QuorumQueryable {
         let lists = self
             .gather(|s| async move { s.select(start_ms, end_ms, matchers).await })
             .await?;
+        Ok(merge_series(lists))
+    }
+
+    async fn select_within(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+        budget: &SampleBudget,
+    ) -> Result<Vec<Series>, StorageError> {
+        if self.max_errors > 0 {
+            // Replicas hold the same samples: charging each would count them RF times, so
+            // the merged answer is charged once.
+            let got = self.select(start_ms, end_ms, matchers).await?;
+            budget.charge(got.iter().map(|s| s.samples.len()).sum());
+            budget.check()?;
+            return Ok(got);
+        }
+        // Distinct sources (head, local blocks, bucket blocks) share the budget as they read.
+        let lists = self
+            .gather(|s| async move { s.select_within(start_ms, end_ms, matchers, budget).await })
+            .await?;
+        budget.check()?;
         Ok(merge_series(lists))
     }
 
@@ -441,5 +545,23 @@ mod quorum_tests {
         let err = q.select(0, 10, &[]).await.unwrap_err();
         assert!(matches!(err, StorageError::Unavailable(_)));
         assert!(err.to_string().contains("2 of 3 replicas failed"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn a_budget_is_spent_past_its_limit_and_then_an_error() {
+        let b = SampleBudget::new(10);
+        assert!(b.charge(4));
+        assert!(b.charge(6));
+        assert!(b.check().is_ok());
+        assert!(!b.charge(1));
+        assert!(b.exhausted());
+        assert!(matches!(b.check(), Err(StorageError::Limit(m)) if m == TOO_MANY_SAMPLES));
+        let u = SampleBudget::unlimited();
+        assert!(u.charge(usize::MAX / 2) && u.charge(usize::MAX / 2));
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use norn_model::{Labels, Queryable, Sample as ModelSample, Series};
+use norn_model::{Labels, Matcher, Queryable, Sample as ModelSample, SampleBudget, Series};
 use promql_parser::parser::value::ValueType;
 use promql_parser::parser::{self, Expr, VectorSelector};
 
@@ -289,14 +289,11 @@ impl Engine {
         let plan = plan_rx.await.map_err(|_| ended())??;
         let fetch = async {
             let mut data: Fetched = HashMap::with_capacity(plan.len());
-            let mut held = 0usize;
+            let budget = SampleBudget::new(self.opts.max_samples);
             for (key, need) in &plan {
-                data.insert(
-                    *key,
-                    fetch_selector(q, need, &mut held, self.opts.max_samples).await?,
-                );
+                data.insert(*key, fetch_selector(q, need, &budget).await?);
             }
-            Ok::<_, PromqlError>((data, held))
+            Ok::<_, PromqlError>((data, budget.used()))
         };
         let fetched = tokio::time::timeout_at(deadline.into(), fetch)
             .await
@@ -336,37 +333,43 @@ fn type_display(vt: ValueType) -> &'static str {
     }
 }
 
-/// Fetches one selector's series, counting their samples into `held` after every storage
-/// call and failing as soon as the query holds more than `max_samples`, before the next
-/// call loads more.
+/// One select of a selector within the query's sample budget.
+async fn select(
+    q: &dyn Queryable,
+    need: &SelectorNeed,
+    matchers: &[Matcher],
+    budget: &SampleBudget,
+) -> Result<Vec<Series>> {
+    match q
+        .select_within(need.mint, need.maxt, matchers, budget)
+        .await
+    {
+        Err(_) if budget.exhausted() => Err(PromqlError::TooManySamples),
+        other => other.map_err(PromqlError::from),
+    }
+}
+
+/// Fetches one selector's series within the query's sample budget: the sources charge it
+/// series by series as they read and stop once it is spent, so a query over too many samples
+/// fails having loaded about its limit, not the whole answer (a million series × an hour was
+/// 4 GB before the count came).
 async fn fetch_selector(
     q: &dyn Queryable,
     need: &SelectorNeed,
-    held: &mut usize,
-    max_samples: usize,
+    budget: &SampleBudget,
 ) -> Result<Vec<FetchedSeries>> {
-    let mut count = |series: &[Series]| -> Result<()> {
-        let n: usize = series.iter().map(|s| s.samples.len()).sum();
-        *held = held.saturating_add(n);
-        if *held > max_samples {
-            return Err(PromqlError::TooManySamples);
-        }
-        Ok(())
-    };
     let wrap = |s: Series| FetchedSeries {
         labels: Arc::new(s.labels),
         samples: s.samples,
     };
     if need.matchers.len() == 1 {
-        let got = q.select(need.mint, need.maxt, &need.matchers[0]).await?;
-        count(&got)?;
+        let got = select(q, need, &need.matchers[0], budget).await?;
         return Ok(got.into_iter().map(wrap).collect());
     }
     // `or` alternatives: union by labels.
     let mut merged: BTreeMap<Labels, Vec<ModelSample>> = BTreeMap::new();
     for ms in &need.matchers {
-        let got = q.select(need.mint, need.maxt, ms).await?;
-        count(&got)?;
+        let got = select(q, need, ms, budget).await?;
         for s in got {
             merged.entry(s.labels).or_insert(s.samples);
         }

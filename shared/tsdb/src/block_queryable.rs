@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use norn_model::{Matcher, Queryable, Series, StorageError, merge_series, merge_strings};
+use norn_model::{
+    Matcher, Queryable, SampleBudget, Series, StorageError, merge_series, merge_strings,
+};
 
 use crate::block::Block;
 use crate::error::TsdbError;
@@ -50,6 +52,24 @@ impl Queryable for BlocksQueryable {
                 b.select(start_ms, end_ms, matchers)
                     .map_err(|e| storage_error(b, e))?,
             );
+        }
+        Ok(merge_series(lists))
+    }
+
+    async fn select_within(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+        budget: &SampleBudget,
+    ) -> Result<Vec<Series>, StorageError> {
+        let mut lists = Vec::new();
+        for b in self.overlapping(start_ms, end_ms) {
+            lists.push(
+                b.select_within(start_ms, end_ms, matchers, budget)
+                    .map_err(|e| storage_error(b, e))?,
+            );
+            budget.check()?;
         }
         Ok(merge_series(lists))
     }

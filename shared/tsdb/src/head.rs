@@ -49,8 +49,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use hashbrown::HashMap;
 use norn_model::{
-    Label, Labels, METRIC_NAME, Matcher, Queryable, Sample, Series, SeriesView, StorageError,
-    WriteBatch,
+    Label, Labels, METRIC_NAME, Matcher, Queryable, Sample, SampleBudget, Series, SeriesView,
+    StorageError, WriteBatch,
 };
 use parking_lot::{Mutex, RwLock};
 
@@ -685,9 +685,24 @@ impl Head {
     /// Series matching every matcher with their samples in `[mint, maxt]`, sorted by labels;
     /// series without samples in the range are left out.
     pub fn select(&self, mint: i64, maxt: i64, matchers: &[Matcher]) -> Vec<Series> {
+        self.select_within(mint, maxt, matchers, &SampleBudget::unlimited())
+    }
+
+    /// [`select`](Self::select) that stops reading once `budget` is spent (the answer is
+    /// then incomplete: the caller checks the budget).
+    pub fn select_within(
+        &self,
+        mint: i64,
+        maxt: i64,
+        matchers: &[Matcher],
+        budget: &SampleBudget,
+    ) -> Vec<Series> {
         let mut out = Vec::new();
         for s in self.matching(matchers) {
             let samples = s.state.lock().samples_for_query(mint, maxt, self.store());
+            if !budget.charge(samples.len()) {
+                break;
+            }
             if !samples.is_empty() {
                 out.push(Series {
                     labels: self.labels_of(&s),
@@ -1479,6 +1494,18 @@ impl Queryable for HeadQueryable {
         matchers: &[Matcher],
     ) -> Result<Vec<Series>, StorageError> {
         Ok(self.0.select(start_ms, end_ms, matchers))
+    }
+
+    async fn select_within(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+        budget: &SampleBudget,
+    ) -> Result<Vec<Series>, StorageError> {
+        let got = self.0.select_within(start_ms, end_ms, matchers, budget);
+        budget.check()?;
+        Ok(got)
     }
 
     async fn label_names(

@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use norn_model::{Labels, MatchType, Matcher, Sample, Series};
+use norn_model::{Labels, MatchType, Matcher, Sample, SampleBudget, Series};
 
 use super::chunks::ChunkReader;
 use super::index::{ChunkRef, IndexReader, SeriesEntry};
@@ -175,6 +175,18 @@ impl Block {
     /// inclusive, as a PromQL select), sorted by labels. Series with no sample in the range
     /// are left out. Samples under tombstones are dropped.
     pub fn select(&self, mint: i64, maxt: i64, matchers: &[Matcher]) -> Result<Vec<Series>> {
+        self.select_within(mint, maxt, matchers, &SampleBudget::unlimited())
+    }
+
+    /// [`select`](Self::select) that stops reading once `budget` is spent (the answer is
+    /// then incomplete: the caller checks the budget).
+    pub fn select_within(
+        &self,
+        mint: i64,
+        maxt: i64,
+        matchers: &[Matcher],
+        budget: &SampleBudget,
+    ) -> Result<Vec<Series>> {
         let mut out = Vec::new();
         let mut skipped = 0;
         for r in self.postings_for_matchers(matchers)? {
@@ -190,6 +202,9 @@ impl Block {
                         samples.push(Sample::new(t, v));
                     }
                 })?;
+            }
+            if !budget.charge(samples.len()) {
+                break;
             }
             if !samples.is_empty() {
                 out.push(Series {

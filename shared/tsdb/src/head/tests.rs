@@ -1098,3 +1098,45 @@ fn a_wal_write_error_is_recovered_from_and_loses_nothing_acknowledged() {
     );
     assert_eq!(got[&new], [(4_000, 4f64.to_bits())]);
 }
+
+#[test]
+fn a_select_within_a_sample_budget_stops_reading_once_it_is_spent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (head, _) = Head::open(opts(dir.path())).unwrap();
+    let series: Vec<(Labels, Vec<(i64, f64)>)> = (0..100)
+        .map(|i| {
+            (
+                labels(&[("__name__", "m"), ("i", &format!("{i:03}"))]),
+                (0..10).map(|k| (k * 15_000, k as f64)).collect(),
+            )
+        })
+        .collect();
+    head.append(&batch(&series), &NO_LIMITS).unwrap();
+
+    let budget = norn_model::SampleBudget::new(250);
+    let got = head.select_within(i64::MIN, i64::MAX, &[], &budget);
+    // It read 26 series (260 samples) and stopped: not the 1,000 samples of the answer.
+    assert!(got.len() <= 25, "{} series kept", got.len());
+    assert_eq!(budget.used(), 260);
+    assert!(budget.exhausted());
+
+    // Through the Queryable, the spent budget is an error, never a partial answer.
+    let q = HeadQueryable(Arc::new(head));
+    let budget = norn_model::SampleBudget::new(250);
+    let err = futures_lite_block_on(q.select_within(i64::MIN, i64::MAX, &[], &budget));
+    assert!(
+        matches!(err, Err(StorageError::Limit(ref m)) if m == norn_model::TOO_MANY_SAMPLES),
+        "{err:?}"
+    );
+    let budget = norn_model::SampleBudget::new(1_000);
+    let all = futures_lite_block_on(q.select_within(i64::MIN, i64::MAX, &[], &budget)).unwrap();
+    assert_eq!(all.len(), 100);
+}
+
+/// Runs a future that never waits (the head's select is synchronous).
+fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
