@@ -296,9 +296,7 @@ impl SpillLog {
                 if nb == MAPPED_CHAIN {
                     return None;
                 }
-                let Some((prev, bytes)) = piece(&w.buf, (offset - w.flushed) as usize) else {
-                    return None;
-                };
+                let (prev, bytes) = piece(&w.buf, (offset - w.flushed) as usize)?;
                 buffered.extend_from_slice(bytes);
                 buffered_ends[nb] = buffered.len();
                 nb += 1;
@@ -314,13 +312,9 @@ impl SpillLog {
             if n == MAPPED_CHAIN || cache_dir::is_memory_ref(r) {
                 return None;
             }
-            let Some((f, map)) = mapped_file(&files, r) else {
-                return None;
-            };
+            let (f, map) = mapped_file(&files, r)?;
             let flushed = (f.flushed.load(Ordering::Acquire) as usize).min(map.len());
-            let Some((prev, bytes)) = piece(&map[..flushed], (r & 0xffff_ffff) as usize) else {
-                return None;
-            };
+            let (prev, bytes) = piece(&map[..flushed], (r & 0xffff_ffff) as usize)?;
             parts[n] = bytes;
             n += 1;
             r = prev;
