@@ -634,6 +634,20 @@ fn remote_write_v2_replicates_with_start_timestamps_and_metadata() {
             &body,
         );
         assert_eq!(status, 200, "{text}");
+        // The push is answered at quorum; the third replica may still be writing. Sent on at
+        // once, the next sample could reach it first and make this one out of order there.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while c
+            .ingesters
+            .iter()
+            .any(|n| n.metric("norn_ingester_head_samples_appended_total") < (i + 1) as f64)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a replica never got push {i}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     let got = c
         .querier
