@@ -91,6 +91,13 @@ impl SampleBudget {
     }
 }
 
+/// Charges a whole answer to `budget` at once (for sources that cannot stop part way).
+fn charge_whole(got: Vec<Series>, budget: &SampleBudget) -> Result<Vec<Series>, StorageError> {
+    budget.charge(got.iter().map(|s| s.samples.len()).sum());
+    budget.check()?;
+    Ok(got)
+}
+
 /// Tenant-scoped read access to stored series. Time bounds are inclusive milliseconds.
 #[async_trait]
 pub trait Queryable: Send + Sync {
@@ -105,10 +112,7 @@ pub trait Queryable: Send + Sync {
         matchers: &[Matcher],
         budget: &SampleBudget,
     ) -> Result<Vec<Series>, StorageError> {
-        let got = self.select(start_ms, end_ms, matchers).await?;
-        budget.charge(got.iter().map(|s| s.samples.len()).sum());
-        budget.check()?;
-        Ok(got)
+        charge_whole(self.select(start_ms, end_ms, matchers).await?, budget)
     }
 
     /// Series matching every matcher, with their samples in `[start_ms, end_ms]`, sorted by
@@ -394,10 +398,7 @@ impl Queryable for QuorumQueryable {
         if self.max_errors > 0 {
             // Replicas hold the same samples: charging each would count them RF times, so
             // the merged answer is charged once.
-            let got = self.select(start_ms, end_ms, matchers).await?;
-            budget.charge(got.iter().map(|s| s.samples.len()).sum());
-            budget.check()?;
-            return Ok(got);
+            return charge_whole(self.select(start_ms, end_ms, matchers).await?, budget);
         }
         // Distinct sources (head, local blocks, bucket blocks) share the budget as they read.
         let lists = self
