@@ -116,6 +116,44 @@ impl ReplicaStore for MemoryReplicaStore {
     }
 }
 
+/// Key of the HA tracker's state in the gossiped store (subkey `<tenant>/<cluster>`).
+pub const HA_TRACKER_KEY: &str = "ha-tracker";
+
+/// Election state in a cluster's gossiped key-value store: last writer (by last-seen time)
+/// wins, so distributors that raced converge on one replica.
+pub struct GossipReplicaStore(pub Arc<norn_ring::Memberlist>);
+
+fn subkey(tenant: &str, cluster: &str) -> String {
+    format!("{tenant}/{cluster}")
+}
+
+impl ReplicaStore for GossipReplicaStore {
+    fn get(&self, tenant: &str, cluster: &str) -> Option<ReplicaDesc> {
+        let e = self.0.get_entry(HA_TRACKER_KEY, &subkey(tenant, cluster))?;
+        if e.tombstone {
+            return None;
+        }
+        serde_json::from_slice(&e.value).ok()
+    }
+
+    fn put(&self, tenant: &str, cluster: &str, desc: &ReplicaDesc) {
+        let value = serde_json::to_vec(desc).expect("replica desc serializes");
+        self.0.put(
+            HA_TRACKER_KEY,
+            &subkey(tenant, cluster),
+            norn_ring::Entry {
+                ts_ms: desc.received_at_ms,
+                tombstone: false,
+                value,
+            },
+        );
+    }
+
+    fn clusters(&self, tenant: &str) -> usize {
+        self.0.count_live(HA_TRACKER_KEY, &format!("{tenant}/"))
+    }
+}
+
 /// Why a request from an HA cluster is not stored.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum HaError {

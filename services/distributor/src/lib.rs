@@ -34,10 +34,14 @@ use norn_server::RequestGuard;
 use norn_server::{HttpError, Metrics, Service, TenantResolver};
 use prometheus::{IntCounterVec, Opts};
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
-use crate::ha_tracker::{HaError, HaTracker, HaTrackerConfig, MemoryReplicaStore, ReplicaStore};
+use crate::ha_tracker::{
+    GossipReplicaStore, HaError, HaTracker, HaTrackerConfig, MemoryReplicaStore, ReplicaStore,
+};
 use crate::negotiate::{Protocol, Written};
 use crate::rate::RateLimiter;
+use crate::replication::{PusherPool, WriteRing};
 use crate::validate::check_batch;
 
 /// Batches with more samples than this are validated off the async reactor.
@@ -468,5 +472,53 @@ impl Service for DistributorService {
         Ok(())
     }
 
-    async fn shutdown(&self) {}
+    async fn shutdown(&self, _: CancellationToken) {}
+}
+
+/// Where the distributor sends what it accepted.
+pub enum Ingesters {
+    /// The ingester in this process.
+    InProcess(Arc<dyn Pusher>),
+    /// The ingesters of the ring, over gRPC, each series to its replicas
+    /// ([`replication::ReplicatedPusher`]).
+    Replicated {
+        ring: Arc<dyn WriteRing>,
+        pool: Arc<dyn PusherPool>,
+    },
+}
+
+/// What a distributor needs from the process it runs in.
+pub struct Deps {
+    pub overrides: Arc<Overrides>,
+    pub tenants: TenantResolver,
+    pub metrics: Arc<Metrics>,
+    pub ingesters: Ingesters,
+    /// The cluster's gossiped key-value store, where HA election state is shared between
+    /// distributors; `None` keeps it in this process.
+    pub kv: Option<Arc<norn_ring::Memberlist>>,
+}
+
+/// Builds the distributor service.
+pub fn build(config: Config, deps: Deps) -> Arc<DistributorService> {
+    let pusher: Arc<dyn Pusher> = match deps.ingesters {
+        Ingesters::InProcess(p) => p,
+        Ingesters::Replicated { ring, pool } => Arc::new(replication::ReplicatedPusher::new(
+            ring,
+            pool,
+            config.remote_timeout,
+            &deps.metrics.registry,
+        )),
+    };
+    let store: Arc<dyn ReplicaStore> = match deps.kv {
+        Some(kv) if config.ha_tracker.enable_ha_tracker => Arc::new(GossipReplicaStore(kv)),
+        _ => Arc::new(MemoryReplicaStore::default()),
+    };
+    Arc::new(DistributorService(Distributor::with_replica_store(
+        config,
+        deps.overrides,
+        pusher,
+        deps.tenants,
+        deps.metrics,
+        store,
+    )))
 }

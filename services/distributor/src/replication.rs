@@ -3,8 +3,8 @@
 //!
 //! The [`ReplicatedPusher`] is a [`Pusher`] like the in-process ingester, so the distributor's
 //! pipeline does not know whether it runs in one process or in a cluster. It sees the ring
-//! through [`WriteRing`] and reaches ingesters through [`PusherPool`]; the binary adapts the
-//! gossiped ring and the gRPC client pool to them, and tests use plain in-memory fakes.
+//! through [`WriteRing`] (the gossiped `norn_ring::Ring` in a cluster) and reaches ingesters
+//! through [`PusherPool`] (the gRPC client pool); tests use plain in-memory fakes.
 //!
 //! Why per-series quorum and not per-request: a request's series land on different replica
 //! sets, and one dead ingester must not fail series it does not own. Every sub-push is bounded
@@ -17,45 +17,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use norn_model::{PushError, PushOutcome, Pusher, TenantId, WriteBatch};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
-/// The replicas that own one token for writes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ReplicaSet {
-    /// Ingester addresses (`host:port`), distinct.
-    pub addrs: Vec<String>,
-    /// How many of them may fail while the write still succeeds.
-    pub max_errors: usize,
-}
-
-/// The distributor's view of the ingester ring.
-pub trait WriteRing: Send + Sync {
-    /// The ingesters series with these tokens are written to: the distinct replica sets and,
-    /// per token, the index of its set. An error means no quorum is possible right now (too
-    /// many unhealthy ingesters, empty ring).
-    fn replicas_for(&self, tokens: &[u32]) -> Result<(Vec<ReplicaSet>, Vec<u32>), String>;
-}
-
-/// An ingester that takes a request already encoded as a remote-write `WriteRequest`
-/// (uncompressed protobuf): the distributor encodes a request once and cuts each replica's
-/// part out of that encoding.
-#[async_trait]
-pub trait EncodedPusher: Send + Sync {
-    async fn push_encoded(
-        &self,
-        tenant: &TenantId,
-        write_request: Bytes,
-    ) -> Result<PushOutcome, PushError>;
-}
-
-/// Hands out the ingester at an address (a pooled gRPC client in a cluster).
-pub trait PusherPool: Send + Sync {
-    fn pusher(&self, addr: &str) -> Result<Arc<dyn EncodedPusher>, PushError>;
-}
+pub use norn_ingester_client::{EncodedPusher, PusherPool};
+pub use norn_ring::{ReplicaSet, WriteRing};
 
 /// The ring token of a series: a hash of the tenant and all its (sorted) labels, as Mimir's
 /// shard-by-all-labels, so one tenant's series spread over every ingester.
@@ -349,6 +317,7 @@ fn merge_outcomes(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use norn_model::{Labels, Sample};
     use parking_lot::Mutex;
 

@@ -10,7 +10,15 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+use std::time::Instant;
+
+use norn_storage::{StorageError as BucketError, layout};
+use norn_tsdb::block::{Block, Ulid};
 use serde::{Deserialize, Serialize};
+
+use crate::tenant::TenantDb;
+use crate::{Ingester, now_ms};
 
 /// Name of the shipper's state file in a tenant's TSDB directory.
 pub const SHIPPER_FILE: &str = "shipper.json";
@@ -96,6 +104,113 @@ impl Shipped {
             std::fs::File::open(dir)?.sync_all()?;
         }
         Ok(())
+    }
+}
+
+impl Ingester {
+    /// Uploads the tenant's local blocks the shipper has not recorded yet, oldest first.
+    /// Stops at the first failure (retried at the next ship interval).
+    pub(crate) async fn ship(&self, db: &TenantDb) -> Result<usize, BucketError> {
+        let Some(bucket) = &self.bucket else {
+            return Ok(0);
+        };
+        let _guard = db.ship_lock.lock().await;
+        let pending: Vec<Arc<Block>> = {
+            let shipped = db.shipped.lock();
+            db.blocks
+                .read()
+                .iter()
+                .filter(|b| !shipped.contains(&b.meta().ulid))
+                .cloned()
+                .collect()
+        };
+        let mut n = 0;
+        for b in pending {
+            let ulid = b.meta().ulid.clone();
+            let prefix = layout::block_prefix(db.tenant.as_str(), &ulid);
+            let started = Instant::now();
+            match bucket
+                .upload_dir(b.dir(), &prefix, Some(layout::META_FILE))
+                .await
+            {
+                Ok(stats) => {
+                    if let Err(e) = db.shipped.lock().insert(&ulid) {
+                        // The block is in the bucket; it will be uploaded again (harmlessly)
+                        // if the process restarts before the file is written.
+                        tracing::error!(tenant = %db.tenant, block = %ulid, error = %e, "cannot record shipped block");
+                    }
+                    n += 1;
+                    self.own.shipper_uploads.inc();
+                    self.own.shipper_last_success.set(now_ms() / 1000);
+                    tracing::info!(tenant = %db.tenant, block = %ulid, files = stats.files, bytes = stats.bytes, duration_ms = started.elapsed().as_millis() as u64, bucket = bucket.describe(), "shipped block");
+                }
+                Err(e) => {
+                    self.own.shipper_upload_failures.inc();
+                    tracing::warn!(tenant = %db.tenant, block = %ulid, error = %e, "block upload failed; will retry");
+                    return Err(e);
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Deletes shipped local blocks created more than `retention_period` ago.
+    pub(crate) fn apply_retention(&self, db: &TenantDb) {
+        if self.bucket.is_none() {
+            return;
+        }
+        let cutoff = now_ms() - self.config.tsdb.retention_period.as_millis() as i64;
+        let expired: Vec<Arc<Block>> = {
+            let shipped = db.shipped.lock();
+            let mut blocks = db.blocks.write();
+            let (old, keep): (Vec<_>, Vec<_>) = blocks.drain(..).partition(|b| {
+                let created = b
+                    .meta()
+                    .ulid
+                    .parse::<Ulid>()
+                    .map_or(i64::MAX, |u| u.timestamp_ms() as i64);
+                shipped.contains(&b.meta().ulid) && created < cutoff
+            });
+            *blocks = keep;
+            old
+        };
+        if expired.is_empty() {
+            return;
+        }
+        for b in &expired {
+            // Queries holding the block keep their memory maps; the files go once they finish.
+            if let Err(e) = std::fs::remove_dir_all(b.dir()) {
+                tracing::warn!(tenant = %db.tenant, block = %b.meta().ulid, error = %e, "cannot delete local block");
+            } else {
+                tracing::info!(tenant = %db.tenant, block = %b.meta().ulid, "deleted shipped local block after retention");
+            }
+        }
+        self.own
+            .blocks_deleted
+            .with_label_values(&[db.tenant.as_str()])
+            .inc_by(expired.len() as u64);
+        let live: std::collections::HashSet<String> = db
+            .blocks
+            .read()
+            .iter()
+            .map(|b| b.meta().ulid.clone())
+            .collect();
+        if let Err(e) = db.shipped.lock().retain(|u| live.contains(u)) {
+            tracing::warn!(tenant = %db.tenant, error = %e, "cannot update shipper state");
+        }
+        self.update_gauges(db);
+    }
+
+    /// One round of the ship loop: uploads every tenant's new blocks, applies local
+    /// retention, and closes tenants that have gone idle.
+    pub(crate) async fn ship_round(self: Arc<Self>) {
+        for db in self.all_tenants() {
+            // Failures are logged and counted in `ship`; the next round retries.
+            let _ = self.ship(&db).await;
+            self.apply_retention(&db);
+            let ing = Arc::clone(&self);
+            let _ = tokio::task::spawn_blocking(move || ing.close_if_idle(&db)).await;
+        }
     }
 }
 

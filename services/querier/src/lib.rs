@@ -10,12 +10,12 @@ pub mod json;
 pub mod limited;
 pub mod params;
 pub mod parse_error;
+mod service;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
@@ -26,8 +26,10 @@ use norn_limits::Overrides;
 use norn_model::duration::serde_duration;
 use norn_model::{ErrorKind, MetadataReader, Queryable, QueryableProvider, TenantId};
 use norn_promql::{Engine, EngineOptions, QueryContext};
-use norn_server::{HttpError, Service, TenantResolver};
+use norn_server::{HttpError, TenantResolver};
 use serde::{Deserialize, Serialize};
+
+pub use service::{BuildError, Deps, QuerierService, build};
 
 use crate::admission::{Admission, Outcome, QuerierMetrics, Slot};
 use crate::limited::SeriesLimited;
@@ -613,26 +615,6 @@ pub fn routes(q: Arc<Querier>) -> Router {
             );
     }
     r.with_state(q)
-}
-
-/// The querier inside the process.
-pub struct QuerierService(pub Arc<Querier>);
-
-#[async_trait]
-impl Service for QuerierService {
-    fn name(&self) -> &'static str {
-        "querier"
-    }
-
-    fn routes(&self) -> Router {
-        routes(Arc::clone(&self.0))
-    }
-
-    fn ready(&self) -> Result<(), String> {
-        Ok(())
-    }
-
-    async fn shutdown(&self) {}
 }
 
 #[cfg(test)]

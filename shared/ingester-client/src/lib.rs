@@ -1,5 +1,7 @@
 //! gRPC client for the ingester (`norn.ingester.v1.Ingester`), and a pool of them by address.
 //!
+//! [`replicas`] puts the pool under the distributor's and querier's interfaces.
+//!
 //! Distributors push through [`IngesterClient`] as a [`Pusher`]; queriers read through
 //! [`IngesterClient::queryable`] as a [`Queryable`]. Channels are opened lazily
 //! (`Endpoint::connect_lazy`): [`IngesterClientPool::get`] never waits on the network, and a
@@ -11,6 +13,8 @@
 //! now (connection refused or reset, `UNAVAILABLE`, a timeout) becomes
 //! `PushError::Unavailable` / `StorageError::Unavailable`, which callers retry elsewhere;
 //! everything else is `Internal`.
+
+pub mod replicas;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -35,6 +39,8 @@ use parking_lot::Mutex;
 use prometheus::{HistogramOpts, HistogramVec, Registry};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
+
+pub use replicas::{EncodedPusher, IngesterReadSet, PusherPool};
 
 /// Largest message sent or accepted (the server's limit too).
 pub const MAX_MESSAGE_SIZE: usize = 100 << 20;

@@ -23,7 +23,8 @@ pub use matcher::matches_all;
 pub use matcher::{MatchType, Matcher, MatcherError};
 pub use query::{
     MergeQueryable, MergedProvider, MetadataReader, Queryable, QueryableProvider, QuorumQueryable,
-    SampleBudget, Series, StorageError, TOO_MANY_SAMPLES, merge_series, merge_strings,
+    SampleBudget, Series, StorageError, TOO_MANY_SAMPLES, gather_quorum, merge_series,
+    merge_strings,
 };
 pub use sample::{
     MAX_SAMPLE_TIME_MS, MIN_SAMPLE_TIME_MS, STALE_NAN_BITS, Sample, is_stale_nan,

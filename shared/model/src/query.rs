@@ -345,33 +345,46 @@ impl QuorumQueryable {
         F: Fn(Arc<dyn Queryable>) -> Fut,
         Fut: std::future::Future<Output = Result<T, StorageError>>,
     {
-        let answers =
-            futures::future::join_all(self.sources.iter().map(|s| ask(Arc::clone(s)))).await;
-        let mut ok = Vec::with_capacity(answers.len());
-        let mut errors = Vec::new();
-        for a in answers {
-            match a {
-                Ok(v) => ok.push(v),
-                Err(e) => errors.push(e),
-            }
-        }
-        if errors.len() > self.max_errors {
-            let first = errors.swap_remove(0);
-            return Err(match first {
-                // With no failure tolerated (MergeQueryable) the source's own error says it all.
-                StorageError::Unavailable(m) if self.max_errors > 0 => {
-                    StorageError::Unavailable(format!(
-                        "{} of {} replicas failed (at most {} may): {m}",
-                        errors.len() + 1,
-                        self.sources.len(),
-                        self.max_errors
-                    ))
-                }
-                other => other,
-            });
-        }
-        Ok(ok)
+        gather_quorum(
+            self.sources.iter().map(|s| ask(Arc::clone(s))),
+            self.max_errors,
+        )
+        .await
     }
+}
+
+/// Runs every replica's part of a read at once and keeps the answers, unless more than
+/// `max_errors` replicas failed: then the read fails, because a missing replica could hold
+/// data no other one has. Used for every kind of replica read (series, labels, metadata).
+pub async fn gather_quorum<T, Fut>(
+    asks: impl IntoIterator<Item = Fut>,
+    max_errors: usize,
+) -> Result<Vec<T>, StorageError>
+where
+    Fut: std::future::Future<Output = Result<T, StorageError>>,
+{
+    let answers = futures::future::join_all(asks).await;
+    let total = answers.len();
+    let mut ok = Vec::with_capacity(total);
+    let mut errors = Vec::new();
+    for a in answers {
+        match a {
+            Ok(v) => ok.push(v),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.len() > max_errors {
+        let failed = errors.len();
+        let first = errors.swap_remove(0);
+        return Err(match first {
+            // With no failure tolerated (MergeQueryable) the source's own error says it all.
+            StorageError::Unavailable(m) if max_errors > 0 => StorageError::Unavailable(format!(
+                "{failed} of {total} replicas failed (at most {max_errors} may): {m}"
+            )),
+            other => other,
+        });
+    }
+    Ok(ok)
 }
 
 #[async_trait]

@@ -2,7 +2,8 @@
 //! lookups ([`ring`]), a last-writer-wins key-value CRDT ([`kv`]) spread by SWIM gossip over foca
 //! ([`memberlist`]), the lifecycler that registers and heartbeats an instance and the watcher that
 //! keeps a [`Ring`] in sync with the gossiped state ([`lifecycler`]), and the `/ring` and
-//! `/memberlist` pages ([`http`]).
+//! `/memberlist` pages ([`http`]), the write path's view of a ring ([`replicas`]) and the
+//! addresses a member binds and advertises ([`net`]).
 //!
 //! Modelled on Grafana Mimir's `dskit/ring` and `dskit/kv/memberlist`, so the same operational
 //! knowledge (states, quorum, forgetting unhealthy members) applies.
@@ -12,6 +13,8 @@ pub mod http;
 pub mod kv;
 pub mod lifecycler;
 pub mod memberlist;
+pub mod net;
+pub mod replicas;
 pub mod ring;
 
 pub use desc::{InstanceDesc, InstanceState, now_ms};
@@ -20,4 +23,5 @@ pub use lifecycler::{
     INGESTER_RING_KEY, Lifecycler, LifecyclerConfig, LifecyclerError, spawn_ring_watcher,
 };
 pub use memberlist::{MemberInfo, Memberlist, MemberlistConfig, MemberlistError};
+pub use replicas::{ReplicaSet, WriteRing};
 pub use ring::{Operation, ReplicationSet, Ring, RingConfig, RingError, generate_tokens};

@@ -145,8 +145,16 @@ impl Service for Guarded {
         self.inner.ready()
     }
 
-    async fn shutdown(&self) {
-        self.inner.shutdown().await
+    fn grpc_services(&self, routes: &mut tonic::service::RoutesBuilder) {
+        self.inner.grpc_services(routes)
+    }
+
+    async fn stopping(&self) {
+        self.inner.stopping().await
+    }
+
+    async fn shutdown(&self, abandon: CancellationToken) {
+        self.inner.shutdown(abandon).await
     }
 }
 
@@ -171,7 +179,7 @@ mod tests {
                 Err("replaying WAL".into())
             }
         }
-        async fn shutdown(&self) {}
+        async fn shutdown(&self, _: CancellationToken) {}
     }
 
     async fn get_status(app: Router, path: &str) -> (StatusCode, String) {

@@ -7,15 +7,20 @@
 //! * [`http`]: the harness: `/ready`, `/metrics`, `/config`, `/services`, request metrics.
 //! * [`guard`]: per-route tenant-before-body and body-size checks.
 //! * [`serve`]: the server loop with Mimir's timeouts and connection limit.
+//! * [`grpc`]: the gRPC server that carries every service's gRPC API on one port.
+//! * [`periodic`]: the one helper for "do this every period until stopped".
 
 pub mod error;
+pub mod grpc;
 pub mod guard;
 pub mod http;
 pub mod metrics;
+pub mod periodic;
 pub mod serve;
 pub mod tenant;
 
 use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
 
 pub use error::HttpError;
 pub use guard::RequestGuard;
@@ -24,8 +29,14 @@ pub use norn_model::ErrorKind;
 pub use serve::ServerOptions;
 pub use tenant::TenantResolver;
 
-/// One service in the process: the harness mounts its routes, asks it whether it is ready, and
-/// shuts it down in reverse start order.
+/// One service in the process. The binary builds each service from its crate's
+/// `build(config, deps)`, then the harness mounts its HTTP routes and gRPC services, asks it
+/// whether it is ready, and stops it in reverse start order:
+///
+/// 1. [`Service::stopping`] when the signal arrives, while HTTP still serves (an ingester goes
+///    LEAVING in the ring here, so distributors stop choosing it);
+/// 2. HTTP drains, the gRPC server stops;
+/// 3. [`Service::shutdown`]: stop taking work and make everything durable.
 #[async_trait]
 pub trait Service: Send + Sync {
     /// Name shown by `/services` (Mimir's names: `distributor`, `ingester`, …).
@@ -34,8 +45,16 @@ pub trait Service: Send + Sync {
     fn routes(&self) -> axum::Router {
         axum::Router::new()
     }
+    /// Adds the service's gRPC services to the process's gRPC server (cluster mode only: in
+    /// one process the services call each other directly).
+    fn grpc_services(&self, _routes: &mut tonic::service::RoutesBuilder) {}
     /// `Ok` once the service can do its job; `Err(reason)` otherwise.
     fn ready(&self) -> Result<(), String>;
-    /// Stops taking work and makes everything durable (e.g. syncs the WAL).
-    async fn shutdown(&self);
+    /// The process is about to stop: announce it (e.g. leave the ring's write path) while
+    /// requests are still served.
+    async fn stopping(&self) {}
+    /// Stops taking work and makes everything durable (e.g. flushes and syncs the WAL).
+    /// When `abandon` is cancelled (the graceful-shutdown timeout passed), work that can be
+    /// redone at the next start (a flush to the bucket) is given up; durability is not.
+    async fn shutdown(&self, abandon: CancellationToken);
 }

@@ -1,0 +1,188 @@
+//! The services `--target` may name, in start order, and how each is built from the
+//! configuration and the [`Wiring`].
+//!
+//! A new service is one crate with `Config` and `build(config, deps)`, plus one entry in
+//! [`MODULES`] with its builder here. `all` runs every module in this table in one process;
+//! any other list runs those modules as members of a cluster. Both go through the same
+//! builders.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use norn_ingester::Ingester;
+use norn_limits::Overrides;
+use norn_server::{Metrics, Service, TenantResolver};
+use norn_storage::Bucket;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::wiring::Wiring;
+
+/// What every builder may use.
+pub struct Context {
+    pub cfg: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub overrides: Arc<Overrides>,
+    pub tenants: TenantResolver,
+    pub bucket: Bucket,
+    pub wiring: Arc<Wiring>,
+    /// The bound gRPC listener's address, when this process serves gRPC.
+    pub grpc_addr: Option<SocketAddr>,
+    /// Cancelled when the process stops.
+    pub stop: CancellationToken,
+    /// The ingester, once built, when it runs in this process.
+    pub local_ingester: Option<Arc<Ingester>>,
+}
+
+type Built<'a> = Pin<Box<dyn Future<Output = anyhow::Result<Arc<dyn Service>>> + Send + 'a>>;
+
+/// One service `--target` may name.
+pub struct Module {
+    pub name: &'static str,
+    /// Serves a gRPC API in a cluster (its listener is bound before anything starts).
+    pub serves_grpc: bool,
+    pub build: for<'a> fn(&'a mut Context) -> Built<'a>,
+}
+
+/// Every service, in start order (a service starts after those it calls in one process).
+pub const MODULES: &[Module] = &[
+    Module {
+        name: "ingester",
+        serves_grpc: true,
+        build: |c| Box::pin(ingester(c)),
+    },
+    Module {
+        name: "distributor",
+        serves_grpc: false,
+        build: |c| Box::pin(distributor(c)),
+    },
+    Module {
+        name: "querier",
+        serves_grpc: false,
+        build: |c| Box::pin(querier(c)),
+    },
+];
+
+/// The modules a `--target` value names, in start order, and whether they run in one
+/// process (`all`) or as cluster members.
+pub fn resolve(target: &str) -> anyhow::Result<(Vec<&'static Module>, bool)> {
+    let names: Vec<&str> = target
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect();
+    let valid = || {
+        std::iter::once("all")
+            .chain(MODULES.iter().map(|m| m.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if names.is_empty() {
+        anyhow::bail!("--target is empty; use one of {}", valid());
+    }
+    for n in &names {
+        if *n != "all" && !MODULES.iter().any(|m| m.name == *n) {
+            anyhow::bail!(
+                "unknown target {n:?}: use one of {} (comma-separated to run several)",
+                valid()
+            );
+        }
+    }
+    let all = names.contains(&"all");
+    if all && names.len() > 1 {
+        anyhow::bail!("target `all` already runs every service; do not combine it with others");
+    }
+    let modules = MODULES
+        .iter()
+        .filter(|m| all || names.contains(&m.name))
+        .collect();
+    Ok((modules, all))
+}
+
+async fn ingester(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
+    let cfg = &c.cfg;
+    let service = norn_ingester::build(
+        norn_ingester::Config {
+            tsdb: cfg.blocks_storage.tsdb.clone(),
+            instance_limits: cfg.ingester.instance_limits.clone(),
+            metadata_retain_period: cfg.ingester.metadata_retain_period,
+        },
+        norn_ingester::Deps {
+            overrides: Arc::clone(&c.overrides),
+            metrics: Arc::clone(&c.metrics),
+            bucket: Some(c.bucket.clone()),
+            ring: c.wiring.ingester_ring_membership(cfg, c.grpc_addr)?,
+            stop: c.stop.clone(),
+        },
+    )
+    .await?;
+    c.local_ingester = Some(Arc::clone(service.ingester()));
+    Ok(service)
+}
+
+async fn distributor(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
+    Ok(norn_distributor::build(
+        c.cfg.distributor.clone(),
+        norn_distributor::Deps {
+            overrides: Arc::clone(&c.overrides),
+            tenants: c.tenants,
+            metrics: Arc::clone(&c.metrics),
+            ingesters: c.wiring.distributor_ingesters(c.local_ingester.as_ref())?,
+            kv: c.wiring.kv(),
+        },
+    ))
+}
+
+async fn querier(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
+    let (recent, metadata) = c.wiring.recent_data(c.local_ingester.as_ref())?;
+    let bucket_store = &c.cfg.blocks_storage.bucket_store;
+    norn_querier::build(
+        c.cfg.querier.clone(),
+        norn_querier::Deps {
+            overrides: Arc::clone(&c.overrides),
+            tenants: c.tenants,
+            metrics: Arc::clone(&c.metrics),
+            recent,
+            metadata,
+            bucket: c.bucket.clone(),
+            sync_dir: bucket_store.sync_dir.clone(),
+            sync_interval: bucket_store.sync_interval,
+            max_body_size: c.cfg.frontend.max_body_size,
+            stop: c.stop.clone(),
+        },
+    )
+    .context("starting the querier")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(target: &str) -> (Vec<&'static str>, bool) {
+        let (m, all) = resolve(target).unwrap();
+        (m.iter().map(|m| m.name).collect(), all)
+    }
+
+    #[test]
+    fn targets_resolve_in_start_order() {
+        assert_eq!(
+            names("all"),
+            (vec!["ingester", "distributor", "querier"], true)
+        );
+        assert_eq!(
+            names("querier, ingester"),
+            (vec!["ingester", "querier"], false)
+        );
+        assert_eq!(names("distributor"), (vec!["distributor"], false));
+        for bad in ["", " , ", "all,querier", "compactor"] {
+            let Err(e) = resolve(bad) else {
+                panic!("{bad:?} resolved");
+            };
+            let e = e.to_string();
+            assert!(e.contains("target"), "{bad:?}: {e}");
+        }
+    }
+}
