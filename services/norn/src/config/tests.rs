@@ -132,3 +132,25 @@ fn edge_flags_and_yaml() {
     assert_eq!(c.frontend.max_body_size, 5);
     assert_eq!(c.limits.max_global_metadata_per_metric, 4);
 }
+
+#[test]
+fn a_bad_flag_value_names_the_flag_and_its_variable() {
+    let err = format!(
+        "{:#}",
+        Config::load(&args(&["--blocks-storage.tsdb.wal-fsync=sometimes"])).unwrap_err()
+    );
+    assert!(
+        err.contains("--blocks-storage.tsdb.wal-fsync")
+            && err.contains("NORN_BLOCKS_STORAGE_TSDB_WAL_FSYNC"),
+        "{err}"
+    );
+    let err = format!(
+        "{:#}",
+        Config::load(&args(&["--memberlist.gossip-interval=often"])).unwrap_err()
+    );
+    assert!(
+        err.contains("--memberlist.gossip-interval")
+            && err.contains("NORN_MEMBERLIST_GOSSIP_INTERVAL"),
+        "{err}"
+    );
+}

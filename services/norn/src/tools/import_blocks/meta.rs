@@ -14,7 +14,7 @@ use norn_tsdb::block::{
 pub const IMPORT_SOURCE: &str = "import";
 
 /// Refuses a `meta.json` whose version is not 1 with a clearer reason than "corrupt".
-/// Everything else about meta.json is left to [`Block::open`].
+/// Everything else about meta.json is left to [`norn_tsdb::block::Block::open`].
 pub fn check_meta_version(dir: &Path) -> Result<(), String> {
     let path = dir.join(META_FILE);
     let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
