@@ -49,8 +49,8 @@ pub use ring::{IngesterRingFlags, MemberlistFlags};
 pub use runtime::RuntimeConfigFlags;
 pub use server::{LogFlags, ServerFlags};
 pub use storage::{BucketFlags, BucketStoreFlags};
-// Every YAML struct keeps its `config::` path from before the split, named or not.
 pub use tsdb::TsdbFlags;
+// Every YAML struct keeps its `config::` path from before the split, named or not.
 #[allow(unused_imports)]
 pub use {
     frontend::FrontendConfig,
