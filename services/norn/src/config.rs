@@ -50,18 +50,13 @@ pub use runtime::RuntimeConfigFlags;
 pub use server::{LogFlags, ServerFlags};
 pub use storage::{BucketFlags, BucketStoreFlags};
 pub use tsdb::TsdbFlags;
-// Every YAML struct keeps its `config::` path from before the split, named or not.
-#[allow(unused_imports)]
 pub use {
     frontend::FrontendConfig,
     ingester::IngesterConfig,
-    ring::{IngesterRingConfig, MemberlistConfig},
+    ring::MemberlistConfig,
     runtime::RuntimeConfig,
     server::ServerConfig,
-    storage::{
-        BlocksStorageConfig, BucketStoreConfig, CommonConfig, FilesystemConfig, S3Config,
-        StorageConfig,
-    },
+    storage::{BlocksStorageConfig, CommonConfig, StorageConfig},
 };
 
 /// Command-line flags (each also read from its `NORN_…` environment variable). Every flag has
@@ -207,11 +202,8 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        for t in self.targets() {
-            if !matches!(t.as_str(), "all" | "distributor" | "ingester" | "querier") {
-                bail!("unknown target {t:?}: expected all, distributor, ingester or querier");
-            }
-        }
+        // The one list of services is the module table.
+        crate::modules::resolve(&self.target)?;
         if !matches!(self.common.storage.backend.as_str(), "filesystem" | "s3") {
             bail!(
                 "common.storage.backend must be filesystem or s3, got {:?}",
@@ -245,15 +237,6 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("distributor.ha_tracker: {e}"))?;
         self.querier.validate().map_err(anyhow::Error::msg)?;
         Ok(())
-    }
-
-    /// The services `target` names.
-    pub fn targets(&self) -> Vec<String> {
-        self.target
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect()
     }
 
     /// The bucket blocks live in: `common.storage` with `blocks_storage`'s overrides.
