@@ -7,10 +7,11 @@
 //! call at once instead of waiting for the timeout, so a distributor moves on to the next
 //! replica quickly.
 //!
-//! Errors keep their kind across the wire: what the ingester or the network cannot do right
-//! now (connection refused or reset, `UNAVAILABLE`, a timeout) becomes
-//! `PushError::Unavailable` / `StorageError::Unavailable`, which callers retry elsewhere;
-//! everything else is `Internal`.
+//! Errors keep their kind across the wire ([`norn_proto::status::error_kind`], then
+//! `PushError::from_kind` / `StorageError::from_kind`): what the ingester or the network
+//! cannot do right now (connection refused or reset, `UNAVAILABLE`, a timeout) becomes
+//! `PushError::Unavailable` / `StorageError::Unavailable`, which callers retry elsewhere; a
+//! query over a limit is `StorageError::Limit`; everything else is `Internal`.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -29,15 +30,13 @@ use norn_proto::health::v1::health_check_response::ServingStatus;
 use norn_proto::health::v1::health_client::HealthClient;
 use norn_proto::ingester::v1 as pb;
 use norn_proto::ingester::v1::ingester_client::IngesterClient as RpcClient;
+use norn_proto::status::{MAX_MESSAGE_SIZE, error_kind};
 use norn_tsdb::chunkenc::XorIterator;
 use norn_tsdb::head::RejectReason;
 use parking_lot::Mutex;
 use prometheus::{HistogramOpts, HistogramVec, Registry};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
-
-/// Largest message sent or accepted (the server's limit too).
-pub const MAX_MESSAGE_SIZE: usize = 100 << 20;
 
 /// Timeouts of the ingester client.
 #[derive(Clone, Debug)]
@@ -82,13 +81,14 @@ pub struct UserStats {
     pub rule_ingestion_rate: f64,
 }
 
+/// The client's metrics, shared by every client of a pool.
 #[derive(Clone)]
 struct ClientMetrics {
     duration: HistogramVec,
 }
 
 impl ClientMetrics {
-    fn new(registry: &Registry) -> Self {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "norn_ingester_client_request_duration_seconds",
@@ -99,17 +99,9 @@ impl ClientMetrics {
                 10.0, 30.0, 60.0,
             ]),
             &["operation", "status_code"],
-        )
-        .expect("valid metric");
-        if let Err(prometheus::Error::AlreadyReg) = registry.register(Box::new(duration.clone())) {
-            // A second pool on the same registry (tests): the newest one reports. `unregister`
-            // matches by descriptor, so this removes the earlier pool's histogram.
-            let _ = registry.unregister(Box::new(duration.clone()));
-            if let Err(e) = registry.register(Box::new(duration.clone())) {
-                tracing::warn!(error = %e, "cannot register ingester client metrics");
-            }
-        }
-        Self { duration }
+        )?;
+        registry.register(Box::new(duration.clone()))?;
+        Ok(Self { duration })
     }
 }
 
@@ -121,12 +113,13 @@ pub struct IngesterClientPool {
 }
 
 impl IngesterClientPool {
-    pub fn new(config: ClientConfig, registry: &Registry) -> Arc<Self> {
-        Arc::new(Self {
+    /// An empty pool whose metrics are registered on `registry` (one pool per registry).
+    pub fn new(config: ClientConfig, registry: &Registry) -> prometheus::Result<Arc<Self>> {
+        Ok(Arc::new(Self {
             config,
-            metrics: ClientMetrics::new(registry),
+            metrics: ClientMetrics::new(registry)?,
             clients: Mutex::default(),
-        })
+        }))
     }
 
     /// The client for `addr` (`host:port`), created on first use. Never touches the network,
@@ -201,26 +194,6 @@ impl std::fmt::Debug for IngesterClient {
         f.debug_struct("IngesterClient")
             .field("addr", &self.inner.addr)
             .finish()
-    }
-}
-
-/// Whether a failed call means "the ingester cannot be reached or cannot serve now" (retry
-/// elsewhere) rather than "the request or the ingester is broken".
-fn is_unavailable(s: &Status) -> bool {
-    match s.code() {
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => true,
-        // tonic reports some connection failures as UNKNOWN with the transport error as source.
-        Code::Unknown => {
-            let mut src = std::error::Error::source(s);
-            while let Some(e) = src {
-                if e.is::<tonic::transport::Error>() || e.is::<std::io::Error>() {
-                    return true;
-                }
-                src = e.source();
-            }
-            false
-        }
-        _ => false,
     }
 }
 
@@ -333,13 +306,7 @@ impl IngesterClient {
             s.message(),
             s.code()
         );
-        if is_unavailable(&s) {
-            StorageError::Unavailable(msg)
-        } else if s.code() == Code::ResourceExhausted {
-            StorageError::Limit(msg)
-        } else {
-            StorageError::Internal(msg)
-        }
+        StorageError::from_kind(error_kind(&s), msg)
     }
 
     async fn query_stream(
@@ -523,11 +490,7 @@ impl IngesterClient {
                 s.message(),
                 s.code()
             );
-            if is_unavailable(&s) {
-                PushError::Unavailable(msg)
-            } else {
-                PushError::Internal(msg)
-            }
+            PushError::from_kind(error_kind(&s), msg)
         })?;
         Ok(PushOutcome {
             appended: resp.appended as usize,
@@ -720,7 +683,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_addresses_are_refused() {
-        let pool = IngesterClientPool::new(ClientConfig::default(), &Registry::new());
+        let pool = IngesterClientPool::new(ClientConfig::default(), &Registry::new()).unwrap();
         assert!(pool.get("not an address").is_err());
         assert!(pool.get("127.0.0.1:9095").is_ok());
         assert_eq!(pool.addrs(), ["127.0.0.1:9095"]);

@@ -237,10 +237,21 @@ mod tests {
             grpc::CANCELLED,
             grpc::ABORTED,
         ] {
-            assert!(ErrorKind::from_grpc_code(code).try_another_replica(), "{code}");
+            assert!(
+                ErrorKind::from_grpc_code(code).try_another_replica(),
+                "{code}"
+            );
         }
-        for code in [grpc::OK, grpc::UNKNOWN, grpc::INTERNAL, grpc::INVALID_ARGUMENT] {
-            assert!(!ErrorKind::from_grpc_code(code).try_another_replica(), "{code}");
+        for code in [
+            grpc::OK,
+            grpc::UNKNOWN,
+            grpc::INTERNAL,
+            grpc::INVALID_ARGUMENT,
+        ] {
+            assert!(
+                !ErrorKind::from_grpc_code(code).try_another_replica(),
+                "{code}"
+            );
         }
     }
 }
