@@ -200,8 +200,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                 Arc::clone(ing) as Arc<dyn Pusher>,
                 tenants,
                 Arc::clone(&metrics),
-            ),
-            (Some(c), _) => c.distributor(&cfg, Arc::clone(&overrides), tenants, &metrics),
+            )
+            .context("registering distributor metrics")?,
+            (Some(c), _) => c.distributor(&cfg, Arc::clone(&overrides), tenants, &metrics)?,
             (None, None) => unreachable!("all-in-one mode always runs the ingester"),
         };
         services.push(Arc::new(DistributorService(distributor)));
@@ -246,10 +247,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             metadata,
             tenants,
             Arc::clone(&overrides),
-        );
-        querier
-            .register_metrics(&metrics.registry)
-            .context("registering querier metrics")?;
+            &metrics.registry,
+        )
+        .context("registering querier metrics")?;
         // POSTed query forms: bounded, and from a known tenant before they are read.
         let guard = RequestGuard::new(cfg.frontend.max_body_size)
             .tenant_before_body(tenants)

@@ -170,7 +170,8 @@ impl Cluster {
             ring.clone(),
             forget_after,
             &metrics.registry,
-        );
+        )
+        .context("registering ring metrics")?;
         let pool = IngesterClientPool::new(
             ClientConfig {
                 connect_timeout: Duration::from_secs(2),
@@ -178,7 +179,8 @@ impl Cluster {
                 query_timeout: cfg.querier.timeout,
             },
             &metrics.registry,
-        );
+        )
+        .context("registering ingester client metrics")?;
         {
             // Drop channels to ingesters that stopped answering, so a restarted one gets a
             // fresh connection.
@@ -215,20 +217,22 @@ impl Cluster {
         let local = listener.local_addr()?;
         tracing::info!(addr = %local, "ingester gRPC server listening");
         let grpc_stop = CancellationToken::new();
-        let task =
-            {
-                let ingester = Arc::clone(&ingester);
-                let stop = grpc_stop.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = norn_ingester::grpc::serve(listener, ingester, async move {
+        let grpc_metrics = norn_ingester::grpc::GrpcMetrics::new(ingester.registry())
+            .context("registering ingester gRPC metrics")?;
+        let task = {
+            let ingester = Arc::clone(&ingester);
+            let stop = grpc_stop.clone();
+            tokio::spawn(async move {
+                if let Err(e) =
+                    norn_ingester::grpc::serve(listener, ingester, grpc_metrics, async move {
                         stop.cancelled().await
                     })
                     .await
-                    {
-                        tracing::error!(error = %e, "gRPC server failed");
-                    }
-                })
-            };
+                {
+                    tracing::error!(error = %e, "gRPC server failed");
+                }
+            })
+        };
 
         let r = &cfg.ingester.ring;
         let ip = if r.instance_addr.is_empty() {
@@ -294,13 +298,14 @@ impl Cluster {
         overrides: Arc<Overrides>,
         tenants: TenantResolver,
         metrics: &Arc<Metrics>,
-    ) -> Arc<Distributor> {
+    ) -> anyhow::Result<Arc<Distributor>> {
         let pusher = ReplicatedPusher::new(
             Arc::new(RingWrite(self.ring.clone())),
             Arc::new(ClientPushers(Arc::clone(&self.pool))),
             cfg.distributor.remote_timeout,
             &metrics.registry,
-        );
+        )
+        .context("registering replication metrics")?;
         let store: Arc<dyn ReplicaStore> = if cfg.distributor.ha_tracker.enable_ha_tracker {
             Arc::new(GossipReplicaStore(Arc::clone(&self.memberlist)))
         } else {
@@ -314,6 +319,7 @@ impl Cluster {
             Arc::clone(metrics),
             store,
         )
+        .context("registering distributor metrics")
     }
 
     pub fn ingesters_provider(&self) -> IngestersProvider {
