@@ -467,7 +467,8 @@ impl IngesterClient {
             .await;
         // The ingester refused part of the request for good (it stored the valid series):
         // an outcome with an error message, which the distributor answers with 400, not a
-        // failure a retry could fix.
+        // failure a retry could fix. This is the ingester's partial-refusal answer
+        // (INVALID_ARGUMENT with `norn-appended`), so it is matched by code, not by kind.
         if let Err(s) = &resp
             && s.code() == Code::InvalidArgument
         {
