@@ -223,6 +223,42 @@ mod tests {
         }
     }
 
+    /// A remote answer's kind becomes the store or push error callers already act on.
+    #[test]
+    fn kinds_become_storage_and_push_errors() {
+        use crate::{PushError, StorageError};
+        for kind in ALL {
+            let s = StorageError::from_kind(kind, "m".into());
+            let p = PushError::from_kind(kind, "m".into());
+            match kind {
+                ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::TooManyRequests => {
+                    assert!(matches!(s, StorageError::Unavailable(_)), "{kind:?}");
+                    assert!(matches!(p, PushError::Unavailable(_)), "{kind:?}");
+                }
+                ErrorKind::Execution => {
+                    assert!(matches!(s, StorageError::Limit(_)));
+                    assert!(matches!(p, PushError::Internal(_)));
+                }
+                _ => {
+                    assert!(matches!(s, StorageError::Internal(_)), "{kind:?}");
+                    assert!(matches!(p, PushError::Internal(_)), "{kind:?}");
+                }
+            }
+        }
+        // And back: what a server sends for each is what the client reads.
+        for e in [
+            StorageError::Unavailable("m".into()),
+            StorageError::Limit("m".into()),
+            StorageError::Internal("m".into()),
+        ] {
+            let back = StorageError::from_kind(
+                ErrorKind::from_grpc_code(e.kind().grpc_code()),
+                "m".into(),
+            );
+            assert_eq!(back.kind(), e.kind(), "{e:?}");
+        }
+    }
+
     /// The codes ingesters have always answered with, and what clients made of them.
     #[test]
     fn grpc_codes_are_the_ones_on_the_wire() {
