@@ -44,7 +44,8 @@ pub fn classify_error(e: &reqwest::Error) -> &'static str {
     }
 }
 
-/// Whether a remote-write response status may succeed on retry (spec: 5xx and, optionally, 429).
+/// Whether a remote-write response status may succeed on retry (spec: 5xx and, optionally,
+/// 429): Norn's one rule, [`norn_model::retryable_http_status`].
 pub fn retryable(status: reqwest::StatusCode) -> bool {
-    status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+    norn_model::retryable_http_status(status.as_u16())
 }

@@ -5,12 +5,12 @@
 //! * [`write`]: the remote-write load (`norn-loadgen write`);
 //! * [`query`]: the PromQL query mix (`norn-loadgen query`);
 //! * [`continuous`]: the write-then-read-back checker (`norn-continuous-test`);
-//! * [`promapi`], [`http`], [`stats`], [`duration`]: shared plumbing.
+//! * [`promapi`], [`http`], [`stats`]: shared plumbing (durations on the command line are
+//!   parsed by `norn_model::parse_duration`, the spelling Norn's own flags take).
 //!
 //! The same tools drive Norn, Prometheus and VictoriaMetrics: every URL is an option.
 
 pub mod continuous;
-pub mod duration;
 pub mod encode;
 pub mod http;
 pub mod promapi;
@@ -33,10 +33,4 @@ pub fn parse_time_ms(s: &str) -> Result<i64, String> {
     Ok((secs * 1000.0).round() as i64)
 }
 
-/// Wall-clock now in ms since the epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use norn_model::now_ms;

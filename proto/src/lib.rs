@@ -11,11 +11,14 @@
 //! 2.0 with [`remote_write_v2`], which borrows symbols from the body the same way.
 //!
 //! `ingester::v1` is Norn's ingester gRPC service (messages, tonic client and server);
-//! `health::v1` is the standard gRPC health-checking service.
+//! `health::v1` is the standard gRPC health-checking service. [`status`] converts error kinds
+//! to and from gRPC status codes and holds the message size limit every server and client
+//! shares.
 
 pub mod convert;
 pub mod remote_write;
 pub mod remote_write_v2;
+pub mod status;
 
 /// Prometheus' remote-write / remote-read messages (package `prometheus`).
 #[allow(clippy::all, clippy::clone_on_ref_ptr, missing_docs)]
@@ -52,3 +55,4 @@ pub use remote_write::{
     encode_write_request, encode_write_request_parts,
 };
 pub use remote_write_v2::{V2_MESSAGE, decode_write_request_v2};
+pub use status::MAX_MESSAGE_SIZE;

@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use norn_loadtests::continuous::{self, ContinuousConfig, Metrics};
-use norn_loadtests::duration::parse_duration;
 use norn_loadtests::http;
+use norn_model::parse_duration;
 
 #[derive(Parser)]
 #[command(

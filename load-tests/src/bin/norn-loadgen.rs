@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use norn_loadtests::duration::parse_duration;
 use norn_loadtests::series::{Generator, GeneratorConfig};
 use norn_loadtests::{http, now_ms, parse_time_ms, query, write};
+use norn_model::parse_duration;
 
 #[derive(Parser)]
 #[command(

@@ -180,42 +180,54 @@ pub struct HaTracker {
     /// Guards the read-decide-write of an election within this distributor; across
     /// distributors the store's last-writer-wins merge settles races.
     elect: Mutex<()>,
+    metrics: HaTrackerMetrics,
+}
+
+/// The HA tracker's metrics. `norn_ha_tracker_…` is Mimir's name
+/// (`cortex_ha_tracker_elected_replica_changes_total`), kept so dashboards carry over.
+struct HaTrackerMetrics {
     deduped: IntCounterVec,
     elected_changes: IntCounterVec,
 }
 
-impl HaTracker {
-    pub fn new(
-        config: HaTrackerConfig,
-        store: Arc<dyn ReplicaStore>,
-        registry: &Registry,
-    ) -> Arc<Self> {
+impl HaTrackerMetrics {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
         let deduped = IntCounterVec::new(
             Opts::new(
                 "norn_distributor_deduped_samples_total",
                 "Samples dropped because they came from an HA replica that is not the elected one.",
             ),
             &["tenant", "cluster"],
-        )
-        .expect("valid metric");
+        )?;
         let elected_changes = IntCounterVec::new(
             Opts::new(
                 "norn_ha_tracker_elected_replica_changes_total",
                 "Times a new replica was elected for an HA cluster (first election included).",
             ),
             &["tenant", "cluster"],
-        )
-        .expect("valid metric");
-        // A second tracker in one registry (tests) keeps its own counters unregistered.
-        let _ = registry.register(Box::new(deduped.clone()));
-        let _ = registry.register(Box::new(elected_changes.clone()));
-        Arc::new(Self {
-            config,
-            store,
-            elect: Mutex::new(()),
+        )?;
+        registry.register(Box::new(deduped.clone()))?;
+        registry.register(Box::new(elected_changes.clone()))?;
+        Ok(Self {
             deduped,
             elected_changes,
         })
+    }
+}
+
+impl HaTracker {
+    /// A tracker whose metrics are registered on `registry` (one tracker per registry).
+    pub fn new(
+        config: HaTrackerConfig,
+        store: Arc<dyn ReplicaStore>,
+        registry: &Registry,
+    ) -> prometheus::Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            config,
+            store,
+            elect: Mutex::new(()),
+            metrics: HaTrackerMetrics::new(registry)?,
+        }))
     }
 
     pub fn config(&self) -> &HaTrackerConfig {
@@ -292,7 +304,8 @@ impl HaTracker {
 
     /// Counts samples dropped for a non-elected replica.
     pub fn count_deduped(&self, tenant: &str, cluster: &str, samples: usize) {
-        self.deduped
+        self.metrics
+            .deduped
             .with_label_values(&[tenant, cluster])
             .inc_by(samples as u64);
     }
@@ -307,7 +320,8 @@ impl HaTracker {
                 elected_at_ms: now_ms,
             },
         );
-        self.elected_changes
+        self.metrics
+            .elected_changes
             .with_label_values(&[tenant, cluster])
             .inc();
     }
@@ -339,6 +353,7 @@ mod tests {
             Arc::new(MemoryReplicaStore::default()),
             &Registry::new(),
         )
+        .unwrap()
     }
 
     #[test]
@@ -394,7 +409,8 @@ mod tests {
             HaTrackerConfig::default(),
             Arc::new(MemoryReplicaStore::default()),
             &Registry::new(),
-        );
+        )
+        .unwrap();
         assert!(!off.enabled_for(true));
     }
 

@@ -19,7 +19,7 @@ pub mod replication;
 pub mod validate;
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use axum::Router;
@@ -32,7 +32,7 @@ use norn_limits::Overrides;
 use norn_model::{ErrorKind, Pusher, TenantId, TimeWindow, WriteBatch};
 use norn_server::RequestGuard;
 use norn_server::{HttpError, Metrics, Service, TenantResolver};
-use prometheus::{IntCounterVec, Opts};
+use prometheus::{IntCounterVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -80,57 +80,52 @@ pub enum Pushed {
     Deduplicated(String),
 }
 
+/// The distributor's own counters; the discarded-samples and -metadata counters are the
+/// process-wide ones in [`Metrics`], shared with the ingester.
 struct DistributorMetrics {
     received_samples: IntCounterVec,
     incoming_samples: IntCounterVec,
     received_metadata: IntCounterVec,
     requests: IntCounterVec,
-    discarded_metadata: IntCounterVec,
     discarded_exemplars: IntCounterVec,
 }
 
 impl DistributorMetrics {
-    fn new(m: &Metrics) -> Self {
-        let counter = |name: &str, help: &str| {
-            let c = IntCounterVec::new(Opts::new(name, help), &["tenant"]).expect("valid metric");
-            m.registry
-                .register(Box::new(c.clone()))
-                .expect("registered once");
-            c
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
         };
-        Self {
+        Ok(Self {
             received_samples: counter(
                 "norn_distributor_received_samples_total",
                 "Samples accepted by the distributor and handed to ingesters (after validation and limits).",
-            ),
+                &["tenant"],
+            )?,
             incoming_samples: counter(
                 "norn_distributor_samples_in_total",
                 "Samples received in push requests, before validation and limits.",
-            ),
+                &["tenant"],
+            )?,
             received_metadata: counter(
                 "norn_distributor_received_metadata_total",
                 "Metric metadata entries received in push requests.",
-            ),
+                &["tenant"],
+            )?,
             requests: counter(
                 "norn_distributor_requests_in_total",
                 "Push requests received.",
-            ),
-            discarded_metadata: m.discarded_metadata.clone(),
-            discarded_exemplars: {
-                let c = IntCounterVec::new(
-                    Opts::new(
-                        "norn_discarded_exemplars_total",
-                        "Exemplars refused, by tenant and reason.",
-                    ),
-                    &["tenant", "reason"],
-                )
-                .expect("valid metric");
-                m.registry
-                    .register(Box::new(c.clone()))
-                    .expect("registered once");
-                c
-            },
-        }
+                &["tenant"],
+            )?,
+            // Named like the process-wide discarded counters (Mimir's
+            // `cortex_discarded_exemplars_total`), though only the distributor counts it.
+            discarded_exemplars: counter(
+                "norn_discarded_exemplars_total",
+                "Exemplars refused, by tenant and reason.",
+                &["tenant", "reason"],
+            )?,
+        })
     }
 }
 
@@ -154,7 +149,7 @@ impl Distributor {
         pusher: Arc<dyn Pusher>,
         tenants: TenantResolver,
         metrics: Arc<Metrics>,
-    ) -> Arc<Self> {
+    ) -> prometheus::Result<Arc<Self>> {
         Self::with_replica_store(
             config,
             overrides,
@@ -174,10 +169,10 @@ impl Distributor {
         tenants: TenantResolver,
         metrics: Arc<Metrics>,
         store: Arc<dyn ReplicaStore>,
-    ) -> Arc<Self> {
-        let own = DistributorMetrics::new(&metrics);
-        let ha = HaTracker::new(config.ha_tracker.clone(), store, &metrics.registry);
-        Arc::new(Self {
+    ) -> prometheus::Result<Arc<Self>> {
+        let own = DistributorMetrics::new(&metrics.registry)?;
+        let ha = HaTracker::new(config.ha_tracker.clone(), store, &metrics.registry)?;
+        Ok(Arc::new(Self {
             config,
             overrides,
             pusher,
@@ -186,7 +181,7 @@ impl Distributor {
             ha,
             metrics,
             own,
-        })
+        }))
     }
 
     fn discard(&self, tenant: &TenantId, reason: &str, n: usize) {
@@ -256,7 +251,7 @@ impl Distributor {
             m.metric_family_name.len() <= max_md && m.help.len() <= max_md && m.unit.len() <= max_md
         });
         if dropped_md > 0 {
-            self.own
+            self.metrics
                 .discarded_metadata
                 .with_label_values(&[tenant.as_str(), "metadata_too_long"])
                 .inc_by(dropped_md as u64);
@@ -266,10 +261,7 @@ impl Distributor {
         // but senders get it wrong, and sorting is cheaper than a round trip.
         batch.retain_labels(|_, v| !v.is_empty());
         batch.sort_labels();
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let now_ms = norn_model::now_ms();
 
         if self.ha.enabled_for(limits.accept_ha_samples)
             && let Some(deduped) = self.ha_dedupe(&tenant, &mut batch, &limits, now_ms)?
@@ -311,7 +303,7 @@ impl Distributor {
         ) {
             self.discard(&tenant, "rate_limited", valid_samples);
             if !batch.metadata().is_empty() {
-                self.own
+                self.metrics
                     .discarded_metadata
                     .with_label_values(&[tenant.as_str(), "rate_limited"])
                     .inc_by(batch.metadata().len() as u64);
@@ -498,8 +490,8 @@ pub struct Deps {
     pub kv: Option<Arc<norn_ring::Memberlist>>,
 }
 
-/// Builds the distributor service.
-pub fn build(config: Config, deps: Deps) -> Arc<DistributorService> {
+/// Builds the distributor service (an error is a metric registered twice: a wiring bug).
+pub fn build(config: Config, deps: Deps) -> prometheus::Result<Arc<DistributorService>> {
     let pusher: Arc<dyn Pusher> = match deps.ingesters {
         Ingesters::InProcess(p) => p,
         Ingesters::Replicated { ring, pool } => Arc::new(replication::ReplicatedPusher::new(
@@ -507,18 +499,20 @@ pub fn build(config: Config, deps: Deps) -> Arc<DistributorService> {
             pool,
             config.remote_timeout,
             &deps.metrics.registry,
-        )),
+        )?),
     };
     let store: Arc<dyn ReplicaStore> = match deps.kv {
         Some(kv) if config.ha_tracker.enable_ha_tracker => Arc::new(GossipReplicaStore(kv)),
         _ => Arc::new(MemoryReplicaStore::default()),
     };
-    Arc::new(DistributorService(Distributor::with_replica_store(
-        config,
-        deps.overrides,
-        pusher,
-        deps.tenants,
-        deps.metrics,
-        store,
+    Ok(Arc::new(DistributorService(
+        Distributor::with_replica_store(
+            config,
+            deps.overrides,
+            pusher,
+            deps.tenants,
+            deps.metrics,
+            store,
+        )?,
     )))
 }

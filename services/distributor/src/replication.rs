@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use norn_model::{PushError, PushOutcome, Pusher, TenantId, WriteBatch};
+use norn_model::{ErrorKind, PushError, PushOutcome, Pusher, TenantId, WriteBatch};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 pub use norn_ingester_client::{EncodedPusher, PusherPool};
@@ -44,6 +44,7 @@ pub fn shard_token<'a>(
     (x ^ (x >> 32)) as u32
 }
 
+/// Per-ingester push counts, failures and latency.
 struct ReplicationMetrics {
     appends: IntCounterVec,
     failures: IntCounterVec,
@@ -51,43 +52,37 @@ struct ReplicationMetrics {
 }
 
 impl ReplicationMetrics {
-    fn new(registry: &Registry) -> Self {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
         let appends = IntCounterVec::new(
             Opts::new(
                 "norn_distributor_ingester_appends_total",
                 "Pushes sent to each ingester.",
             ),
             &["ingester"],
-        )
-        .expect("valid metric");
+        )?;
         let failures = IntCounterVec::new(
             Opts::new(
                 "norn_distributor_ingester_append_failures_total",
                 "Pushes to an ingester that failed, by kind (unavailable, timeout, internal).",
             ),
             &["ingester", "kind"],
-        )
-        .expect("valid metric");
+        )?;
         let latency = HistogramVec::new(
             HistogramOpts::new(
                 "norn_distributor_ingester_push_duration_seconds",
                 "Time for one ingester to answer a push.",
             )
-            .buckets(prometheus::exponential_buckets(0.0005, 2.0, 14).expect("valid buckets")),
+            .buckets(prometheus::exponential_buckets(0.0005, 2.0, 14)?),
             &["ingester"],
-        )
-        .expect("valid metric");
-        for c in [&appends, &failures] {
-            // Registering twice only happens when two distributors share a registry (tests);
-            // the second keeps working with its own unregistered counters.
-            let _ = registry.register(Box::new(c.clone()));
-        }
-        let _ = registry.register(Box::new(latency.clone()));
-        Self {
+        )?;
+        registry.register(Box::new(appends.clone()))?;
+        registry.register(Box::new(failures.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        Ok(Self {
             appends,
             failures,
             latency,
-        }
+        })
     }
 }
 
@@ -100,18 +95,19 @@ pub struct ReplicatedPusher {
 }
 
 impl ReplicatedPusher {
+    /// A pusher whose metrics are registered on `registry` (one per registry).
     pub fn new(
         ring: Arc<dyn WriteRing>,
         pool: Arc<dyn PusherPool>,
         remote_timeout: Duration,
         registry: &Registry,
-    ) -> Self {
-        Self {
+    ) -> prometheus::Result<Self> {
+        Ok(Self {
             ring,
             pool,
             remote_timeout,
-            metrics: Arc::new(ReplicationMetrics::new(registry)),
-        }
+            metrics: Arc::new(ReplicationMetrics::new(registry)?),
+        })
     }
 }
 
@@ -189,18 +185,18 @@ impl Pusher for ReplicatedPusher {
                 metrics.appends.with_label_values(&[&addr]).inc();
                 let started = Instant::now();
                 // The failure kind is known where the failure happens; the metric takes it
-                // from there rather than from the message.
-                let (result, kind) = match pool.pusher(&addr) {
-                    Err(e) => (Err(e), "unavailable"),
+                // from there rather than from the message. A timeout is an unavailable
+                // ingester to the quorum, but counted as what it is.
+                let (result, timed_out) = match pool.pusher(&addr) {
+                    Err(e) => (Err(e), false),
                     Ok(p) => {
                         match tokio::time::timeout(timeout, p.push_encoded(&tenant, sub)).await {
-                            Ok(Err(e @ PushError::Internal(_))) => (Err(e), "internal"),
-                            Ok(r) => (r, "unavailable"),
+                            Ok(r) => (r, false),
                             Err(_) => (
                                 Err(PushError::Unavailable(format!(
                                     "ingester {addr} did not answer within {timeout:?}"
                                 ))),
-                                "timeout",
+                                true,
                             ),
                         }
                     }
@@ -210,7 +206,15 @@ impl Pusher for ReplicatedPusher {
                     .with_label_values(&[&addr])
                     .observe(started.elapsed().as_secs_f64());
                 if let Err(e) = &result {
-                    metrics.failures.with_label_values(&[&addr, kind]).inc();
+                    let kind = if timed_out {
+                        ErrorKind::Timeout
+                    } else {
+                        e.kind()
+                    };
+                    metrics
+                        .failures
+                        .with_label_values(&[&addr, kind.prometheus_error_type()])
+                        .inc();
                     tracing::debug!(ingester = %addr, error = %e, "push to ingester failed");
                 }
                 SubResult { addr_idx, result }
@@ -414,7 +418,8 @@ mod tests {
             Arc::new(Fakes(ings.clone())),
             Duration::from_millis(300),
             &Registry::new(),
-        );
+        )
+        .unwrap();
         (p, ings)
     }
 

@@ -10,7 +10,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Request, StatusCode};
 use norn_distributor::{Config, Distributor, DistributorService};
 use norn_limits::{Limits, Overrides};
-use norn_model::{ErrorKind, PushError, PushOutcome, Pusher, TenantId, WriteBatch};
+use norn_model::{ErrorKind, PushError, PushOutcome, Pusher, TenantId, WriteBatch, now_ms};
 use norn_proto::prometheus as pb;
 use norn_server::{Metrics, Service, TenantResolver};
 use parking_lot::Mutex;
@@ -39,13 +39,6 @@ impl Pusher for Recorder {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 fn distributor(limits: Limits, config: Config, rec: &Arc<Recorder>) -> Arc<Distributor> {
     Distributor::new(
         config,
@@ -56,6 +49,7 @@ fn distributor(limits: Limits, config: Config, rec: &Arc<Recorder>) -> Arc<Distr
         },
         Metrics::new(),
     )
+    .unwrap()
 }
 
 fn series(labels: &[(&str, &str)], ts: &[i64]) -> pb::TimeSeries {

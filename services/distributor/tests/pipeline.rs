@@ -45,13 +45,11 @@ fn distributor(limits: Limits, pusher: Arc<Recorder>) -> Arc<Distributor> {
         },
         Metrics::new(),
     )
+    .unwrap()
 }
 
 fn body(series: &[(&[(&str, &str)], usize)]) -> Bytes {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = norn_model::now_ms();
     let req = pb::WriteRequest {
         timeseries: series
             .iter()
@@ -184,7 +182,8 @@ async fn ha_pair_only_the_elected_replica_is_stored_without_its_replica_label() 
             multitenancy_enabled: true,
         },
         Metrics::new(),
-    );
+    )
+    .unwrap();
     let from = |replica: &'static str| {
         body(&[(
             &[

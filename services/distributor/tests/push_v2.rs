@@ -70,15 +70,13 @@ fn setup(limits: Limits) -> (Arc<Recorder>, axum::Router) {
             multitenancy_enabled: true,
         },
         Metrics::new(),
-    );
+    )
+    .unwrap();
     (rec, DistributorService(d).routes())
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
+    norn_model::now_ms()
 }
 
 fn snappy(raw: &[u8]) -> Vec<u8> {

@@ -16,7 +16,8 @@ use norn_tsdb::TsdbError;
 use norn_tsdb::block::{Block, BlockOptions};
 
 use crate::tenant::TenantDb;
-use crate::{BLOCK_SOURCE, FLUSH_MIN_INTERVAL_MS, FlushError, Ingester, now_ms};
+use crate::{BLOCK_SOURCE, FLUSH_MIN_INTERVAL_MS, FlushError, Ingester};
+use norn_model::now_ms;
 
 impl Ingester {
     /// Cuts what is due in a tenant's head: every complete aligned range, or (`force`, for a

@@ -7,9 +7,10 @@
 //! [`SAMPLES_PER_CHUNK`] samples (Prometheus' target chunk size) and streams them
 //! [`SERIES_PER_MESSAGE`] series at a time, so a large result never has to fit one message.
 //!
-//! Error codes follow the error kinds: a push the ingester cannot take now (starting,
-//! stopping, leaving) is `UNAVAILABLE`, which distributors retry on another replica; a body
-//! that does not decode is `INVALID_ARGUMENT`, which they must not retry. Pushed series are
+//! Error codes follow the error kinds ([`norn_proto::status`]): a push the ingester cannot
+//! take now (starting, stopping, leaving) is `UNAVAILABLE`, which distributors retry on
+//! another replica; a body that does not decode is `INVALID_ARGUMENT`, which they must not
+//! retry. Pushed series are
 //! re-validated with the distributor's checks: the valid ones are stored and, if any was
 //! refused, the answer is `INVALID_ARGUMENT` naming the first (with the count stored in the
 //! `norn-appended` response metadata).
@@ -23,8 +24,8 @@ use bytes::Bytes;
 use futures::Stream;
 use norn_model::validation::check_batch;
 use norn_model::{
-    MetadataReader, PushError, Pusher, QueryableProvider, Series, StorageError, TenantError,
-    TenantId, TimeWindow, WriteBatch,
+    ErrorKind, MetadataReader, PushError, Pusher, QueryableProvider, Series, StorageError,
+    TenantError, TenantId, TimeWindow, WriteBatch,
 };
 use norn_proto::convert::{
     TENANT_METADATA_KEY, labels_to_proto, matchers_from_proto, metadata_to_proto,
@@ -34,15 +35,12 @@ use norn_proto::health::v1::health_server::{Health, HealthServer};
 use norn_proto::health::v1::{HealthCheckRequest, HealthCheckResponse};
 use norn_proto::ingester::v1 as pb;
 use norn_proto::ingester::v1::ingester_server::{Ingester as IngesterRpc, IngesterServer};
+use norn_proto::status::{MAX_MESSAGE_SIZE, status};
 use norn_tsdb::chunkenc::XorChunk;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use tonic::{Request, Response, Status};
 
 use crate::Ingester;
-
-/// Largest message accepted or sent, either way. Mimir allows 100 MiB too: a distributor's
-/// push to one ingester and a query's batch of series can both be large.
-pub const MAX_MESSAGE_SIZE: usize = 100 << 20;
 
 /// Samples per XOR chunk in `QueryStream` answers (Prometheus cuts head chunks at ~120).
 pub const SAMPLES_PER_CHUNK: usize = 120;
@@ -68,9 +66,10 @@ const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 pub async fn serve(
     listener: tokio::net::TcpListener,
     ingester: Arc<Ingester>,
+    metrics: GrpcMetrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let (ingester_svc, health_svc) = services(ingester);
+    let (ingester_svc, health_svc) = services(ingester, metrics);
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_service(ingester_svc)
@@ -82,31 +81,33 @@ pub async fn serve(
 /// The two tonic services, with message limits set, for a harness that mounts them itself.
 pub fn services(
     ingester: Arc<Ingester>,
+    metrics: GrpcMetrics,
 ) -> (IngesterServer<IngesterGrpc>, HealthServer<HealthGrpc>) {
-    let ingester_svc = IngesterServer::new(IngesterGrpc::new(Arc::clone(&ingester)))
+    let ingester_svc = IngesterServer::new(IngesterGrpc::new(Arc::clone(&ingester), metrics))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let health_svc = HealthServer::new(HealthGrpc { ingester });
     (ingester_svc, health_svc)
 }
 
-/// Request counts and latencies per RPC method.
+/// Request counts and latencies per RPC method. Built once per process (usually on the
+/// ingester's registry) and handed to every server started, so a gRPC server restarted in
+/// the same process keeps counting where the last one stopped.
 #[derive(Clone)]
-struct GrpcMetrics {
+pub struct GrpcMetrics {
     requests: IntCounterVec,
     duration: HistogramVec,
 }
 
 impl GrpcMetrics {
-    fn new(registry: &Registry) -> Self {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
         let requests = IntCounterVec::new(
             Opts::new(
                 "norn_ingester_grpc_requests_total",
                 "gRPC requests the ingester served, by method and status code.",
             ),
             &["method", "status"],
-        )
-        .expect("valid metric");
+        )?;
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "norn_ingester_grpc_request_duration_seconds",
@@ -118,11 +119,10 @@ impl GrpcMetrics {
                 10.0, 30.0,
             ]),
             &["method"],
-        )
-        .expect("valid metric");
-        register_replacing(registry, &requests);
-        register_replacing(registry, &duration);
-        Self { requests, duration }
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        Ok(Self { requests, duration })
     }
 
     fn observe<T>(&self, method: &str, started: Instant, result: &Result<T, Status>) {
@@ -139,23 +139,6 @@ impl GrpcMetrics {
     }
 }
 
-/// Registers `c`, replacing a collector of the same name from an earlier server on the same
-/// registry (a test, or the gRPC server restarted in one process); the old one's counts are
-/// lost, which Prometheus reads as a counter reset.
-fn register_replacing<C: prometheus::core::Collector + Clone + 'static>(
-    registry: &Registry,
-    c: &C,
-) {
-    if let Err(prometheus::Error::AlreadyReg) = registry.register(Box::new(c.clone())) {
-        // `unregister` matches by descriptor, so a fresh collector of the same name removes
-        // the old one.
-        let _ = registry.unregister(Box::new(c.clone()));
-        if let Err(e) = registry.register(Box::new(c.clone())) {
-            tracing::warn!(error = %e, "cannot register ingester gRPC metrics");
-        }
-    }
-}
-
 /// `norn.ingester.v1.Ingester` over an in-process [`Ingester`].
 pub struct IngesterGrpc {
     ingester: Arc<Ingester>,
@@ -163,9 +146,7 @@ pub struct IngesterGrpc {
 }
 
 impl IngesterGrpc {
-    /// Registers the server's metrics on the ingester's registry.
-    pub fn new(ingester: Arc<Ingester>) -> Self {
-        let metrics = GrpcMetrics::new(ingester.registry());
+    pub fn new(ingester: Arc<Ingester>, metrics: GrpcMetrics) -> Self {
         Self { ingester, metrics }
     }
 
@@ -198,7 +179,7 @@ impl IngesterGrpc {
             .overrides
             .for_tenant(tenant.as_str())
             .validation();
-        let window = TimeWindow::new(crate::now_ms(), &limits);
+        let window = TimeWindow::new(norn_model::now_ms(), &limits);
         let check = move |mut batch: WriteBatch| {
             let checked = check_batch(&mut batch, &limits, window);
             (batch, checked)
@@ -206,7 +187,7 @@ impl IngesterGrpc {
         let (batch, checked) = if batch.num_samples() > BLOCKING_CHECK_SAMPLES {
             tokio::task::spawn_blocking(move || check(batch))
                 .await
-                .map_err(|e| Status::internal(format!("validation task failed: {e}")))?
+                .map_err(|e| status(ErrorKind::Internal, format!("validation task failed: {e}")))?
         } else {
             check(batch)
         };
@@ -227,40 +208,38 @@ impl IngesterGrpc {
 /// The tenant named by the request's `x-scope-orgid` metadata.
 fn tenant<T>(req: &Request<T>) -> Result<TenantId, Status> {
     let Some(value) = req.metadata().get(TENANT_METADATA_KEY) else {
-        return Err(Status::unauthenticated(format!(
-            "no org id: the {TENANT_METADATA_KEY} request metadata is missing"
-        )));
+        return Err(status(
+            TenantError::Missing.kind(),
+            format!("no org id: the {TENANT_METADATA_KEY} request metadata is missing"),
+        ));
     };
     let id = value.to_str().map_err(|_| {
-        Status::invalid_argument(format!(
-            "the {TENANT_METADATA_KEY} request metadata is not printable ASCII"
-        ))
+        status(
+            ErrorKind::BadData,
+            format!("the {TENANT_METADATA_KEY} request metadata is not printable ASCII"),
+        )
     })?;
-    TenantId::new(id).map_err(|e| match e {
-        TenantError::Missing => Status::unauthenticated(format!(
-            "no org id: the {TENANT_METADATA_KEY} request metadata is empty"
-        )),
-        e => Status::invalid_argument(format!("invalid tenant id in {TENANT_METADATA_KEY}: {e}")),
+    TenantId::new(id).map_err(|e| {
+        let message = match e {
+            TenantError::Missing => {
+                format!("no org id: the {TENANT_METADATA_KEY} request metadata is empty")
+            }
+            ref e => format!("invalid tenant id in {TENANT_METADATA_KEY}: {e}"),
+        };
+        status(e.kind(), message)
     })
 }
 
 fn push_status(e: PushError) -> Status {
-    match e {
-        PushError::Unavailable(m) => Status::unavailable(m),
-        PushError::Internal(m) => Status::internal(m),
-    }
+    status(e.kind(), e.to_string())
 }
 
 fn storage_status(e: StorageError) -> Status {
-    match e {
-        StorageError::Unavailable(m) => Status::unavailable(m),
-        StorageError::Limit(m) => Status::resource_exhausted(m),
-        StorageError::Internal(m) => Status::internal(m),
-    }
+    status(e.kind(), e.to_string())
 }
 
 fn matchers(m: Vec<pb::LabelMatcher>) -> Result<Vec<norn_model::Matcher>, Status> {
-    matchers_from_proto(m).map_err(|e| Status::invalid_argument(e.to_string()))
+    matchers_from_proto(m).map_err(|e| status(ErrorKind::BadData, e.to_string()))
 }
 
 /// One series' samples as XOR chunks of at most [`SAMPLES_PER_CHUNK`] samples.
@@ -297,7 +276,7 @@ impl IngesterRpc for IngesterGrpc {
             let tenant = tenant(&request)?;
             let body = request.into_inner().write_request;
             let batch = norn_proto::decode_write_request(body)
-                .map_err(|e| Status::invalid_argument(format!("decoding write request: {e}")))?;
+                .map_err(|e| status(ErrorKind::BadData, format!("decoding write request: {e}")))?;
             let (batch, refused) = self.validate(&tenant, batch).await?;
             let out = if batch.is_empty() && batch.metadata().is_empty() {
                 Default::default()
@@ -309,11 +288,11 @@ impl IngesterRpc for IngesterGrpc {
             };
             if let Some(message) = refused {
                 // The valid series are stored; the sender learns the rest never will be.
-                let mut status = Status::invalid_argument(message);
+                let mut refusal = status(ErrorKind::BadData, message);
                 if let Ok(v) = out.appended.to_string().parse() {
-                    status.metadata_mut().insert(APPENDED_METADATA_KEY, v);
+                    refusal.metadata_mut().insert(APPENDED_METADATA_KEY, v);
                 }
-                return Err(status);
+                return Err(refusal);
             }
             Ok(pb::PushResponse {
                 appended: out.appended as u64,
@@ -478,7 +457,10 @@ pub struct HealthGrpc {
 impl HealthGrpc {
     fn status(&self, service: &str) -> Result<ServingStatus, Status> {
         if !service.is_empty() && service != SERVICE_NAME {
-            return Err(Status::not_found(format!("unknown service {service:?}")));
+            return Err(status(
+                ErrorKind::NotFound,
+                format!("unknown service {service:?}"),
+            ));
         }
         Ok(serving_status(&self.ingester))
     }

@@ -40,10 +40,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use norn_limits::Overrides;
+use norn_model::now_ms;
 use norn_model::{
     MergeQueryable, MetadataReader, MetricMetadata, PushError, PushOutcome, Pusher, Queryable,
     QueryableProvider, StorageError, TenantId, WriteBatch,
@@ -106,12 +107,6 @@ impl FlushError {
     }
 }
 
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// The ingester service.
 pub struct Ingester {
     config: Config,
@@ -152,7 +147,8 @@ impl Ingester {
             TsdbMetrics::new(&metrics.registry)
                 .map_err(|e| TsdbError::InvalidOption(format!("registering TSDB metrics: {e}")))?,
         );
-        let own = IngesterMetrics::new(&metrics.registry);
+        let own = IngesterMetrics::new(&metrics.registry)
+            .map_err(|e| TsdbError::InvalidOption(format!("registering ingester metrics: {e}")))?;
         let fd_budget = FdBudget::for_process();
         own.fd_limit.set(fd_budget.limit() as i64);
         let ing = Arc::new(Self {

@@ -1,4 +1,5 @@
-//! The ingester's own metrics (the TSDB's are `norn_tsdb::TsdbMetrics`).
+//! The ingester's own metrics (the TSDB's are `norn_tsdb::TsdbMetrics`), in Norn's one
+//! idiom: a struct built from the registry, every metric created and registered once.
 
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -22,29 +23,27 @@ pub(crate) struct IngesterMetrics {
 }
 
 impl IngesterMetrics {
-    pub(crate) fn new(registry: &prometheus::Registry) -> Self {
+    pub(crate) fn new(registry: &prometheus::Registry) -> prometheus::Result<Self> {
         let memory_series = IntGaugeVec::new(
             Opts::new(
                 "norn_ingester_memory_series",
                 "Series held in the ingester's heads, by tenant.",
             ),
             &["tenant"],
-        )
-        .expect("valid metric");
+        )?;
         let memory_users = IntGauge::new(
             "norn_ingester_memory_users",
             "Tenants with a head in this ingester.",
-        )
-        .expect("valid metric");
-        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
+        )?;
+        let counter = |name: &str, help: &str| IntCounter::new(name, help);
         let blocks_cut = counter(
             "norn_ingester_blocks_cut_total",
             "Blocks cut from heads (head compactions that produced a block).",
-        );
+        )?;
         let block_cut_failures = counter(
             "norn_ingester_block_cut_failures_total",
             "Head compactions that failed (the data stays in the head and WAL; retried).",
-        );
+        )?;
         let block_cut_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "norn_ingester_block_cut_duration_seconds",
@@ -53,41 +52,37 @@ impl IngesterMetrics {
             .buckets(vec![
                 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0,
             ]),
-        )
-        .expect("valid metric");
+        )?;
         let local_blocks = IntGaugeVec::new(
             Opts::new(
                 "norn_ingester_local_blocks",
                 "Blocks on the ingester's local disk, by tenant.",
             ),
             &["tenant"],
-        )
-        .expect("valid metric");
+        )?;
         let block_open_failures = counter(
             "norn_ingester_block_open_failures_total",
             "Local blocks that could not be opened on start (left on disk, not served).",
-        );
+        )?;
         let shipper_uploads = counter(
             "norn_ingester_shipper_uploads_total",
             "Blocks uploaded to the bucket.",
-        );
+        )?;
         let shipper_upload_failures = counter(
             "norn_ingester_shipper_upload_failures_total",
             "Block uploads that failed (retried at the next ship interval).",
-        );
+        )?;
         let shipper_last_success = IntGauge::new(
             "norn_ingester_shipper_last_successful_upload_timestamp_seconds",
             "Unix time of the last successful block upload.",
-        )
-        .expect("valid metric");
+        )?;
         let blocks_deleted = IntCounterVec::new(
             Opts::new(
                 "norn_ingester_local_blocks_deleted_total",
                 "Shipped local blocks deleted after the retention period, by tenant.",
             ),
             &["tenant"],
-        )
-        .expect("valid metric");
+        )?;
         let tenants_refused = IntCounterVec::new(
             Opts::new(
                 "norn_ingester_tenants_refused_total",
@@ -95,17 +90,15 @@ impl IngesterMetrics {
                  (max_tenants, file_descriptors).",
             ),
             &["reason"],
-        )
-        .expect("valid metric");
+        )?;
         let tenants_closed = counter(
             "norn_ingester_idle_tenants_closed_total",
             "Idle tenants whose head was closed and local directory deleted (everything shipped).",
-        );
+        )?;
         let fd_limit = IntGauge::new(
             "norn_ingester_file_descriptors_limit",
             "The soft open-files limit new tenants are budgeted against (0 = unknown, no budget).",
-        )
-        .expect("valid metric");
+        )?;
         let m = Self {
             memory_series,
             memory_users,
@@ -139,8 +132,8 @@ impl IngesterMetrics {
             Box::new(m.fd_limit.clone()),
         ];
         for c in all {
-            registry.register(c).expect("registered once");
+            registry.register(c)?;
         }
-        m
+        Ok(m)
     }
 }

@@ -14,6 +14,7 @@ use norn_storage::Bucket;
 use norn_tsdb::TsdbError;
 use tokio_util::sync::CancellationToken;
 
+use crate::grpc::GrpcMetrics;
 use crate::lifecycle::{RingLife, RingMembership};
 use crate::{Config, Ingester};
 
@@ -40,18 +41,29 @@ pub enum BuildError {
     Tsdb(#[from] TsdbError),
     #[error("joining the ingester ring: {0}")]
     Ring(#[from] LifecyclerError),
+    #[error("registering the ingester's gRPC metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// Opens the ingester (WAL replay runs in the background), starts its loops and, in a
 /// cluster, registers it in the ring.
 pub async fn build(config: Config, deps: Deps) -> Result<Arc<IngesterService>, BuildError> {
+    // Only a cluster member serves gRPC, so only it has gRPC metrics.
+    let grpc_metrics = match deps.ring {
+        Some(_) => Some(GrpcMetrics::new(&deps.metrics.registry)?),
+        None => None,
+    };
     let ingester = Ingester::start(config, deps.overrides, deps.metrics, deps.bucket)?;
     ingester.spawn_background(deps.stop.clone());
     let ring = match deps.ring {
         Some(m) => Some(RingLife::join(m, Arc::clone(&ingester), deps.stop).await?),
         None => None,
     };
-    Ok(Arc::new(IngesterService { ingester, ring }))
+    Ok(Arc::new(IngesterService {
+        ingester,
+        ring,
+        grpc_metrics,
+    }))
 }
 
 impl Ingester {
@@ -78,6 +90,7 @@ impl Ingester {
 pub struct IngesterService {
     ingester: Arc<Ingester>,
     ring: Option<RingLife>,
+    grpc_metrics: Option<GrpcMetrics>,
 }
 
 impl IngesterService {
@@ -107,8 +120,11 @@ impl Service for IngesterService {
     }
 
     fn grpc_services(&self, routes: &mut tonic::service::RoutesBuilder) {
-        let (ingester, health) = crate::grpc::services(Arc::clone(&self.ingester));
-        routes.add_service(ingester).add_service(health);
+        if let Some(metrics) = &self.grpc_metrics {
+            let (ingester, health) =
+                crate::grpc::services(Arc::clone(&self.ingester), metrics.clone());
+            routes.add_service(ingester).add_service(health);
+        }
     }
 
     async fn stopping(&self) {

@@ -17,8 +17,9 @@ use norn_storage::{StorageError as BucketError, layout};
 use norn_tsdb::block::{Block, Ulid};
 use serde::{Deserialize, Serialize};
 
+use crate::Ingester;
 use crate::tenant::TenantDb;
-use crate::{Ingester, now_ms};
+use norn_model::now_ms;
 
 /// Name of the shipper's state file in a tenant's TSDB directory.
 pub const SHIPPER_FILE: &str = "shipper.json";

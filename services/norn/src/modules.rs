@@ -133,7 +133,7 @@ async fn distributor(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
             ingesters: c.wiring.distributor_ingesters(c.local_ingester.as_ref())?,
             kv: c.wiring.kv(),
         },
-    ))
+    )?)
 }
 
 async fn querier(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {

@@ -217,7 +217,8 @@ impl Cluster {
             ingester_ring.clone(),
             forget_after,
             &metrics.registry,
-        );
+        )
+        .context("registering ring metrics")?;
         let ingester_clients = IngesterClientPool::new(
             ClientConfig {
                 connect_timeout: Duration::from_secs(2),
@@ -225,7 +226,8 @@ impl Cluster {
                 query_timeout: cfg.querier.timeout,
             },
             &metrics.registry,
-        );
+        )
+        .context("registering ingester client metrics")?;
         // Drop channels to ingesters that stopped answering, so a restarted one gets a fresh
         // connection.
         let pool = Arc::clone(&ingester_clients);

@@ -25,7 +25,8 @@ use norn_server::HttpError;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// The querier's admission metrics.
+/// The querier's metrics: admission (running, queued, rejected and stopped queries) and the
+/// engine's query threads.
 #[derive(Clone)]
 pub struct QuerierMetrics {
     /// Queries holding a slot.
@@ -39,59 +40,58 @@ pub struct QuerierMetrics {
 }
 
 impl QuerierMetrics {
-    fn new() -> Self {
-        let gauge =
-            |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric definition");
-        let counter = |name: &str, help: &str| {
-            IntCounterVec::new(Opts::new(name, help), &["reason"]).expect("valid metric definition")
+    /// Creates the metrics, and a gauge of `engine`'s query threads, on `registry`.
+    pub fn new(registry: &Registry, engine: &norn_promql::Engine) -> prometheus::Result<Self> {
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok::<_, prometheus::Error>(g)
         };
-        Self {
+        let counter = |name: &str, help: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &["reason"])?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        let metrics = Self {
             running: gauge(
                 "norn_querier_running_queries",
                 "Queries running now (at most querier.max-concurrent).",
-            ),
+            )?,
             queued: gauge(
                 "norn_querier_queued_queries",
                 "Queries waiting for a free slot (at most querier.max-outstanding-requests).",
-            ),
+            )?,
             rejected: counter(
                 "norn_querier_rejected_queries_total",
                 "Queries answered 503 unavailable without running, by reason: queue_full, queue_timeout.",
-            ),
+            )?,
             stopped: counter(
                 "norn_querier_stopped_queries_total",
                 "Queries stopped before they finished, by reason: timeout (deadline passed), canceled (client went away).",
-            ),
-        }
-    }
-
-    /// Adds the metrics to `registry`.
-    pub fn register(&self, registry: &Registry) -> prometheus::Result<()> {
-        registry.register(Box::new(self.running.clone()))?;
-        registry.register(Box::new(self.queued.clone()))?;
-        registry.register(Box::new(self.rejected.clone()))?;
-        registry.register(Box::new(self.stopped.clone()))
+            )?,
+        };
+        registry.register(Box::new(QueryThreads::new(engine.clone())?))?;
+        Ok(metrics)
     }
 }
 
 /// `norn_querier_query_threads`: the engine's query threads, read at scrape time. Above
 /// `norn_querier_running_queries` for more than a moment means evaluations outlive their
 /// requests.
-pub struct QueryThreads {
+struct QueryThreads {
     engine: norn_promql::Engine,
     gauge: IntGauge,
 }
 
 impl QueryThreads {
-    pub fn new(engine: norn_promql::Engine) -> Self {
-        Self {
+    fn new(engine: norn_promql::Engine) -> prometheus::Result<Self> {
+        Ok(Self {
             engine,
             gauge: IntGauge::new(
                 "norn_querier_query_threads",
                 "PromQL query threads alive (parsing, evaluating, or winding down after their request ended).",
-            )
-            .expect("valid metric definition"),
-        }
+            )?,
+        })
     }
 }
 
@@ -138,12 +138,12 @@ impl Drop for Waiting<'_> {
 
 impl Admission {
     /// `max_concurrent` slots (at least one); up to `max_waiting` requests wait for one.
-    pub fn new(max_concurrent: usize, max_waiting: usize) -> Self {
+    pub fn new(max_concurrent: usize, max_waiting: usize, metrics: QuerierMetrics) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(max_concurrent.max(1))),
             waiting: AtomicUsize::new(0),
             max_waiting,
-            metrics: QuerierMetrics::new(),
+            metrics,
         }
     }
 
@@ -247,7 +247,9 @@ mod tests {
 
     #[tokio::test]
     async fn slots_then_a_bounded_line_then_refusal() {
-        let a = Admission::new(1, 1);
+        let engine = norn_promql::Engine::new(Default::default());
+        let metrics = QuerierMetrics::new(&Registry::new(), &engine).unwrap();
+        let a = Admission::new(1, 1, metrics);
         let far = Instant::now() + Duration::from_secs(60);
         let held = a.enter(far).await.unwrap();
         assert_eq!(a.metrics().running.get(), 1);

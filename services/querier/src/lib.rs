@@ -14,7 +14,7 @@ mod service;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -109,7 +109,8 @@ impl Querier {
         metadata: Arc<dyn MetadataReader>,
         tenants: TenantResolver,
         overrides: Arc<Overrides>,
-    ) -> Arc<Self> {
+        registry: &prometheus::Registry,
+    ) -> prometheus::Result<Arc<Self>> {
         let engine = Engine::new(EngineOptions {
             lookback_delta_ms: config.lookback_delta.as_millis() as i64,
             max_samples: config.max_samples,
@@ -120,8 +121,12 @@ impl Querier {
                 .max_query_expression_depth
                 .min(norn_promql::MAX_QUERY_DEPTH_CEILING),
         });
-        let admission = Admission::new(config.max_concurrent, config.max_outstanding_requests);
-        Arc::new(Self {
+        let admission = Admission::new(
+            config.max_concurrent,
+            config.max_outstanding_requests,
+            QuerierMetrics::new(registry, &engine)?,
+        );
+        Ok(Arc::new(Self {
             config,
             engine,
             storage,
@@ -129,18 +134,12 @@ impl Querier {
             tenants,
             overrides,
             admission,
-        })
+        }))
     }
 
     /// The querier's metrics (running, queued, rejected and stopped queries).
     pub fn metrics(&self) -> &QuerierMetrics {
         self.admission.metrics()
-    }
-
-    /// Adds the querier's metrics, and a gauge of the engine's query threads, to `registry`.
-    pub fn register_metrics(&self, registry: &prometheus::Registry) -> prometheus::Result<()> {
-        self.metrics().register(registry)?;
-        registry.register(Box::new(admission::QueryThreads::new(self.engine.clone())))
     }
 
     /// The engine's query threads alive now (see [`Engine::query_threads`]).
@@ -212,13 +211,6 @@ fn query_context(deadline: Instant, slot: Slot) -> QueryContext {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 fn ok_json(body: String) -> Response {
     ([("content-type", "application/json")], body).into_response()
 }
@@ -276,7 +268,7 @@ async fn query_inner(
     let tenant = q.tenant(headers)?;
     let p = Params::parse(rq, body);
     let expr = p.get("query").unwrap_or("");
-    let t = time_or(&p, "time", now_ms())?;
+    let t = time_or(&p, "time", norn_model::now_ms())?;
     let timeout = q.timeout(&p)?;
     let deadline = deadline_in(timeout);
     let outcome = Outcome::new(q.metrics());

@@ -87,8 +87,14 @@ pub fn build(config: Config, deps: Deps) -> Result<Arc<dyn Service>, BuildError>
         deps.recent,
         bucket_store as Arc<dyn QueryableProvider>,
     ]));
-    let querier = Querier::new(config, storage, deps.metadata, deps.tenants, deps.overrides);
-    querier.register_metrics(&deps.metrics.registry)?;
+    let querier = Querier::new(
+        config,
+        storage,
+        deps.metadata,
+        deps.tenants,
+        deps.overrides,
+        &deps.metrics.registry,
+    )?;
     // POSTed query forms: bounded, and from a known tenant before they are read.
     let guard = RequestGuard::new(deps.max_body_size)
         .tenant_before_body(deps.tenants)

@@ -63,15 +63,19 @@ fn app(config: Config) -> axum::Router {
         &Labels::from_pairs([("__name__", "up"), ("job", "api")]),
         (0..=20).map(|i| Sample::new(i * 15_000, 1.0)),
     );
-    routes(Querier::new(
-        config,
-        Arc::new(Stores { a }),
-        Arc::new(Md),
-        TenantResolver {
-            multitenancy_enabled: true,
-        },
-        Arc::new(Overrides::new(Limits::default())),
-    ))
+    routes(
+        Querier::new(
+            config,
+            Arc::new(Stores { a }),
+            Arc::new(Md),
+            TenantResolver {
+                multitenancy_enabled: true,
+            },
+            Arc::new(Overrides::new(Limits::default())),
+            &prometheus::Registry::new(),
+        )
+        .unwrap(),
+    )
 }
 
 async fn get(app: axum::Router, uri: &str) -> (u16, String) {

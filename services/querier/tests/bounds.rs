@@ -107,7 +107,9 @@ fn querier(config: Config) -> (Arc<Querier>, Arc<Semaphore>) {
             multitenancy_enabled: true,
         },
         Arc::new(Overrides::new(Limits::default())),
-    );
+        &prometheus::Registry::new(),
+    )
+    .unwrap();
     (q, gate)
 }
 

@@ -9,10 +9,11 @@
 //! call at once instead of waiting for the timeout, so a distributor moves on to the next
 //! replica quickly.
 //!
-//! Errors keep their kind across the wire: what the ingester or the network cannot do right
-//! now (connection refused or reset, `UNAVAILABLE`, a timeout) becomes
-//! `PushError::Unavailable` / `StorageError::Unavailable`, which callers retry elsewhere;
-//! everything else is `Internal`.
+//! Errors keep their kind across the wire ([`norn_proto::status::error_kind`], then
+//! `PushError::from_kind` / `StorageError::from_kind`): what the ingester or the network
+//! cannot do right now (connection refused or reset, `UNAVAILABLE`, a timeout) becomes
+//! `PushError::Unavailable` / `StorageError::Unavailable`, which callers retry elsewhere; a
+//! query over a limit is `StorageError::Limit`; everything else is `Internal`.
 
 pub mod replicas;
 
@@ -33,6 +34,7 @@ use norn_proto::health::v1::health_check_response::ServingStatus;
 use norn_proto::health::v1::health_client::HealthClient;
 use norn_proto::ingester::v1 as pb;
 use norn_proto::ingester::v1::ingester_client::IngesterClient as RpcClient;
+use norn_proto::status::{MAX_MESSAGE_SIZE, error_kind};
 use norn_tsdb::chunkenc::XorIterator;
 use norn_tsdb::head::RejectReason;
 use parking_lot::Mutex;
@@ -41,9 +43,6 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
 pub use replicas::{EncodedPusher, IngesterReadSet, PusherPool};
-
-/// Largest message sent or accepted (the server's limit too).
-pub const MAX_MESSAGE_SIZE: usize = 100 << 20;
 
 /// Timeouts of the ingester client.
 #[derive(Clone, Debug)]
@@ -88,13 +87,14 @@ pub struct UserStats {
     pub rule_ingestion_rate: f64,
 }
 
+/// The client's metrics, shared by every client of a pool.
 #[derive(Clone)]
 struct ClientMetrics {
     duration: HistogramVec,
 }
 
 impl ClientMetrics {
-    fn new(registry: &Registry) -> Self {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "norn_ingester_client_request_duration_seconds",
@@ -105,17 +105,9 @@ impl ClientMetrics {
                 10.0, 30.0, 60.0,
             ]),
             &["operation", "status_code"],
-        )
-        .expect("valid metric");
-        if let Err(prometheus::Error::AlreadyReg) = registry.register(Box::new(duration.clone())) {
-            // A second pool on the same registry (tests): the newest one reports. `unregister`
-            // matches by descriptor, so this removes the earlier pool's histogram.
-            let _ = registry.unregister(Box::new(duration.clone()));
-            if let Err(e) = registry.register(Box::new(duration.clone())) {
-                tracing::warn!(error = %e, "cannot register ingester client metrics");
-            }
-        }
-        Self { duration }
+        )?;
+        registry.register(Box::new(duration.clone()))?;
+        Ok(Self { duration })
     }
 }
 
@@ -127,12 +119,13 @@ pub struct IngesterClientPool {
 }
 
 impl IngesterClientPool {
-    pub fn new(config: ClientConfig, registry: &Registry) -> Arc<Self> {
-        Arc::new(Self {
+    /// An empty pool whose metrics are registered on `registry` (one pool per registry).
+    pub fn new(config: ClientConfig, registry: &Registry) -> prometheus::Result<Arc<Self>> {
+        Ok(Arc::new(Self {
             config,
-            metrics: ClientMetrics::new(registry),
+            metrics: ClientMetrics::new(registry)?,
             clients: Mutex::default(),
-        })
+        }))
     }
 
     /// The client for `addr` (`host:port`), created on first use. Never touches the network,
@@ -207,26 +200,6 @@ impl std::fmt::Debug for IngesterClient {
         f.debug_struct("IngesterClient")
             .field("addr", &self.inner.addr)
             .finish()
-    }
-}
-
-/// Whether a failed call means "the ingester cannot be reached or cannot serve now" (retry
-/// elsewhere) rather than "the request or the ingester is broken".
-fn is_unavailable(s: &Status) -> bool {
-    match s.code() {
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => true,
-        // tonic reports some connection failures as UNKNOWN with the transport error as source.
-        Code::Unknown => {
-            let mut src = std::error::Error::source(s);
-            while let Some(e) = src {
-                if e.is::<tonic::transport::Error>() || e.is::<std::io::Error>() {
-                    return true;
-                }
-                src = e.source();
-            }
-            false
-        }
-        _ => false,
     }
 }
 
@@ -339,13 +312,7 @@ impl IngesterClient {
             s.message(),
             s.code()
         );
-        if is_unavailable(&s) {
-            StorageError::Unavailable(msg)
-        } else if s.code() == Code::ResourceExhausted {
-            StorageError::Limit(msg)
-        } else {
-            StorageError::Internal(msg)
-        }
+        StorageError::from_kind(error_kind(&s), msg)
     }
 
     async fn query_stream(
@@ -506,7 +473,8 @@ impl IngesterClient {
             .await;
         // The ingester refused part of the request for good (it stored the valid series):
         // an outcome with an error message, which the distributor answers with 400, not a
-        // failure a retry could fix.
+        // failure a retry could fix. This is the ingester's partial-refusal answer
+        // (INVALID_ARGUMENT with `norn-appended`), so it is matched by code, not by kind.
         if let Err(s) = &resp
             && s.code() == Code::InvalidArgument
         {
@@ -529,11 +497,7 @@ impl IngesterClient {
                 s.message(),
                 s.code()
             );
-            if is_unavailable(&s) {
-                PushError::Unavailable(msg)
-            } else {
-                PushError::Internal(msg)
-            }
+            PushError::from_kind(error_kind(&s), msg)
         })?;
         Ok(PushOutcome {
             appended: resp.appended as usize,
@@ -726,7 +690,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_addresses_are_refused() {
-        let pool = IngesterClientPool::new(ClientConfig::default(), &Registry::new());
+        let pool = IngesterClientPool::new(ClientConfig::default(), &Registry::new()).unwrap();
         assert!(pool.get("not an address").is_err());
         assert!(pool.get("127.0.0.1:9095").is_ok());
         assert_eq!(pool.addrs(), ["127.0.0.1:9095"]);

@@ -68,7 +68,7 @@ impl IngesterReadSet {
     fn clients(&self) -> Result<(Vec<IngesterClient>, usize), StorageError> {
         let set = self
             .ring
-            .replication_set_for_reads(norn_ring::now_ms())
+            .replication_set_for_reads(norn_model::now_ms())
             .map_err(|e| StorageError::Unavailable(format!("ingester ring: {e}")))?;
         let clients = set
             .instances

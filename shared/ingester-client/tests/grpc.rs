@@ -2,26 +2,20 @@
 //! read, tenant errors, and what a distributor sees when the ingester stops and comes back.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use norn_ingester::grpc::GrpcMetrics;
 use norn_ingester::{Config, Ingester, config::TsdbConfig};
 use norn_ingester_client::{ClientConfig, IngesterClient, IngesterClientPool};
 use norn_limits::{Limits, Overrides};
 use norn_model::{
     Labels, MatchType, Matcher, MetricMetadata, MetricType, PushError, Pusher, Sample, TenantId,
-    WriteBatch,
+    WriteBatch, now_ms,
 };
 use norn_proto::ingester::v1 as pb;
 use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 fn start_ingester(dir: &std::path::Path) -> Arc<Ingester> {
     Ingester::start(
@@ -53,11 +47,12 @@ impl Server {
     }
 }
 
-fn serve(listener: TcpListener, ing: &Arc<Ingester>) -> Server {
+fn serve(listener: TcpListener, ing: &Arc<Ingester>, metrics: &GrpcMetrics) -> Server {
     let (stop, rx) = oneshot::channel();
     let task = tokio::spawn(norn_ingester::grpc::serve(
         listener,
         Arc::clone(ing),
+        metrics.clone(),
         async {
             let _ = rx.await;
         },
@@ -113,12 +108,13 @@ fn batch(t0: i64) -> (WriteBatch, Vec<Sample>) {
 async fn push_and_read_back_over_grpc() {
     let dir = tempfile::tempdir().unwrap();
     let ing = start_ingester(dir.path());
+    let grpc_metrics = GrpcMetrics::new(ing.registry()).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let server = serve(listener, &ing);
+    let server = serve(listener, &ing, &grpc_metrics);
 
     let registry = prometheus::Registry::new();
-    let pool = IngesterClientPool::new(ClientConfig::default(), &registry);
+    let pool = IngesterClientPool::new(ClientConfig::default(), &registry).unwrap();
     let client = pool.get(&addr).unwrap();
     assert_eq!(client.addr(), addr);
     wait_healthy(&client).await;
@@ -266,12 +262,14 @@ async fn push_and_read_back_over_grpc() {
 async fn stopped_ingester_is_unavailable_fast_and_comes_back() {
     let dir = tempfile::tempdir().unwrap();
     let ing = start_ingester(dir.path());
+    let grpc_metrics = GrpcMetrics::new(ing.registry()).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let sock = listener.local_addr().unwrap();
     let addr = sock.to_string();
-    let server = serve(listener, &ing);
+    let server = serve(listener, &ing, &grpc_metrics);
 
-    let pool = IngesterClientPool::new(ClientConfig::default(), &prometheus::Registry::new());
+    let pool =
+        IngesterClientPool::new(ClientConfig::default(), &prometheus::Registry::new()).unwrap();
     let client = pool.get(&addr).unwrap();
     wait_healthy(&client).await;
     let tenant = TenantId::new("t").unwrap();
@@ -302,7 +300,7 @@ async fn stopped_ingester_is_unavailable_fast_and_comes_back() {
 
     // Same port again: the old client's channel reconnects by itself.
     let listener = TcpListener::bind(sock).await.unwrap();
-    let server = serve(listener, &ing);
+    let server = serve(listener, &ing, &grpc_metrics);
     assert_eq!(client.push(&tenant, one(t0 + 2)).await.unwrap().appended, 1);
     let fresh = pool.get(&addr).unwrap();
     assert_eq!(fresh.push(&tenant, one(t0 + 3)).await.unwrap().appended, 1);
@@ -340,11 +338,12 @@ fn raw_series(labels: &[(&str, &str)], t: i64) -> norn_proto::prometheus::TimeSe
 async fn grpc_push_validates_each_series_and_stores_the_good_ones() {
     let dir = tempfile::tempdir().unwrap();
     let ing = start_ingester(dir.path());
+    let grpc_metrics = GrpcMetrics::new(ing.registry()).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let server = serve(listener, &ing);
+    let server = serve(listener, &ing, &grpc_metrics);
     let registry = prometheus::Registry::new();
-    let pool = IngesterClientPool::new(ClientConfig::default(), &registry);
+    let pool = IngesterClientPool::new(ClientConfig::default(), &registry).unwrap();
     let client = pool.get(&addr).unwrap();
     wait_healthy(&client).await;
     let mut rpc = pb::ingester_client::IngesterClient::connect(format!("http://{addr}"))

@@ -1,9 +1,10 @@
 //! Norn's shared vocabulary: the types every crate speaks.
 //!
 //! Labels and label sets, samples and stale markers, label matchers, tenant ids, the error kinds
-//! that decide HTTP/gRPC status codes, and the [`Queryable`] read interface that the PromQL
-//! engine evaluates over (implemented by the ingester's head, and later by store-gateways and
-//! the querier's fan-out). Nothing here does I/O.
+//! that decide HTTP/gRPC status codes and retries, the wall clock in milliseconds, and the
+//! [`Queryable`] read interface that the PromQL engine evaluates over (implemented by the
+//! ingester's head, and later by store-gateways and the querier's fan-out). Nothing here does
+//! I/O.
 
 pub mod duration;
 pub mod error;
@@ -12,11 +13,12 @@ pub mod matcher;
 pub mod query;
 pub mod sample;
 pub mod tenant;
+pub mod time;
 pub mod validation;
 pub mod write;
 
 pub use duration::{DurationError, format_duration, parse_duration};
-pub use error::ErrorKind;
+pub use error::{ErrorKind, retryable_http_status};
 pub use labels::{Label, Labels, METRIC_NAME};
 pub use labels::{hash_label_pairs, is_valid_label_name, is_valid_metric_name};
 pub use matcher::matches_all;
@@ -32,6 +34,7 @@ pub use sample::{
 };
 pub use tenant::{ANONYMOUS, ORG_ID_HEADER};
 pub use tenant::{TenantError, TenantId};
+pub use time::now_ms;
 pub use validation::{Refusal, TimeWindow, ValidationLimits};
 pub use write::{
     MetricMetadata, MetricType, PushError, PushOutcome, Pusher, SeriesView, WriteBatch,

@@ -38,6 +38,19 @@ impl StorageError {
             StorageError::Internal(_) => ErrorKind::Internal,
         }
     }
+
+    /// The storage error a failure of `kind` is (a remote store's answer): `Unavailable`
+    /// when another replica may answer ([`ErrorKind::try_another_replica`]), `Limit` for a
+    /// query over a limit, `Internal` otherwise.
+    pub fn from_kind(kind: ErrorKind, message: String) -> Self {
+        if kind.try_another_replica() {
+            StorageError::Unavailable(message)
+        } else if kind == ErrorKind::Execution {
+            StorageError::Limit(message)
+        } else {
+            StorageError::Internal(message)
+        }
+    }
 }
 
 /// Prometheus' message for a query over its sample limit.

@@ -40,6 +40,16 @@ pub enum TenantError {
     Reserved(String),
 }
 
+impl TenantError {
+    /// No tenant at all is "who are you?" (401); a malformed one is bad data (400).
+    pub fn kind(&self) -> crate::ErrorKind {
+        match self {
+            TenantError::Missing => crate::ErrorKind::Unauthorized,
+            _ => crate::ErrorKind::BadData,
+        }
+    }
+}
+
 /// A validated tenant id. Cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TenantId(Arc<str>);

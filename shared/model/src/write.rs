@@ -312,6 +312,17 @@ impl PushError {
             PushError::Internal(_) => crate::ErrorKind::Internal,
         }
     }
+
+    /// The push error a failure of `kind` is (a remote ingester's answer): `Unavailable`
+    /// when another replica may take it ([`crate::ErrorKind::try_another_replica`]),
+    /// `Internal` otherwise.
+    pub fn from_kind(kind: crate::ErrorKind, message: String) -> Self {
+        if kind.try_another_replica() {
+            PushError::Unavailable(message)
+        } else {
+            PushError::Internal(message)
+        }
+    }
 }
 
 fn slice(buf: &Bytes, (off, len): (u32, u32)) -> &[u8] {

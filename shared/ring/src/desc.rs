@@ -76,11 +76,3 @@ pub(crate) fn random_seed() -> u64 {
     h.write_u32(std::process::id());
     h.finish()
 }
-
-/// Current unix time in milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}

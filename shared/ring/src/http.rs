@@ -13,10 +13,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use crate::desc::now_ms;
 use crate::lifecycler::{INGESTER_RING_KEY, forget_instance};
 use crate::memberlist::{MemberInfo, Memberlist};
 use crate::ring::Ring;
+use norn_model::now_ms;
 
 #[derive(Clone)]
 struct PageState {

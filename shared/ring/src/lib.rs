@@ -17,7 +17,7 @@ pub mod net;
 pub mod replicas;
 pub mod ring;
 
-pub use desc::{InstanceDesc, InstanceState, now_ms};
+pub use desc::{InstanceDesc, InstanceState};
 pub use kv::{Entry, KvState};
 pub use lifecycler::{
     INGESTER_RING_KEY, Lifecycler, LifecyclerConfig, LifecyclerError, spawn_ring_watcher,

@@ -15,10 +15,11 @@ use prometheus::{Gauge, IntGaugeVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::desc::{InstanceDesc, InstanceState, now_ms};
+use crate::desc::{InstanceDesc, InstanceState};
 use crate::kv::Entry;
 use crate::memberlist::Memberlist;
 use crate::ring::{Ring, generate_tokens};
+use norn_model::now_ms;
 
 /// The KV key of the ingester ring.
 pub const INGESTER_RING_KEY: &str = "ingester";
@@ -76,39 +77,32 @@ pub fn forget_instance(memberlist: &Memberlist, key: &str, id: &str) {
     memberlist.put(key, id, Entry::tombstone(now_ms().max(current + 1)));
 }
 
+/// A ring watcher's metrics, labelled with the ring's key (`name`), so watchers of several
+/// rings share one registry.
 struct WatcherMetrics {
     members: IntGaugeVec,
     oldest_age: Gauge,
 }
 
 impl WatcherMetrics {
-    fn new(key: &str, registry: &Registry) -> Self {
+    fn new(key: &str, registry: &Registry) -> prometheus::Result<Self> {
         let members = IntGaugeVec::new(
             Opts::new("norn_ring_members", "Ring members by state.").const_label("name", key),
             &["state"],
-        )
-        .expect("valid metric");
+        )?;
         let oldest_age = Gauge::with_opts(
             Opts::new(
                 "norn_ring_oldest_member_heartbeat_age_seconds",
                 "Age of the oldest heartbeat among ring members.",
             )
             .const_label("name", key),
-        )
-        .expect("valid metric");
-        // A second watcher of the same key on one registry keeps working, just unexported.
-        for c in [
-            Box::new(members.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(oldest_age.clone()),
-        ] {
-            if let Err(err) = registry.register(c) {
-                warn!(key, %err, "ring: registering metrics");
-            }
-        }
-        Self {
+        )?;
+        registry.register(Box::new(members.clone()))?;
+        registry.register(Box::new(oldest_age.clone()))?;
+        Ok(Self {
             members,
             oldest_age,
-        }
+        })
     }
 }
 
@@ -116,15 +110,16 @@ impl WatcherMetrics {
 /// skipped). With `forget_after`, any instance whose heartbeat is older gets a tombstone
 /// (ts = now) so the whole cluster drops it; a restarted instance heartbeats with a newer ts and
 /// comes back. The ring is filled before this returns; the task runs until the memberlist stops.
-/// Must be called inside a tokio runtime.
+/// Must be called inside a tokio runtime. Fails only if a watcher of the same key already
+/// registered its metrics on `registry`.
 pub fn spawn_ring_watcher(
     memberlist: Arc<Memberlist>,
     key: &'static str,
     ring: Ring,
     forget_after: Option<Duration>,
     registry: &Registry,
-) {
-    let metrics = WatcherMetrics::new(key, registry);
+) -> prometheus::Result<()> {
+    let metrics = WatcherMetrics::new(key, registry)?;
     let mut changes = memberlist.watch();
     let mut stopped = memberlist.stopped();
     sync_ring(&memberlist, key, &ring, forget_after, &metrics);
@@ -143,6 +138,7 @@ pub fn spawn_ring_watcher(
             sync_ring(&memberlist, key, &ring, forget_after, &metrics);
         }
     });
+    Ok(())
 }
 
 fn sync_ring(

@@ -33,8 +33,9 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::desc::{now_ms, random_seed};
+use crate::desc::random_seed;
 use crate::kv::{Entry, KvState};
+use norn_model::now_ms;
 
 /// Port used for a join member given without one (hashicorp memberlist's default).
 pub const DEFAULT_PORT: u16 = 7946;
@@ -153,15 +154,16 @@ impl Identity for NodeId {
 
 type FocaT = Foca<NodeId, PostcardCodec, rand_foca::rngs::SmallRng, NoCustomBroadcast>;
 
-struct Metrics {
+/// Gossip metrics: members seen, messages, live KV entries.
+struct MemberlistMetrics {
     members: IntGauge,
     received: IntCounter,
     sent: IntCounter,
     kv_entries: IntGaugeVec,
 }
 
-impl Metrics {
-    fn new(registry: &Registry) -> Result<Self> {
+impl MemberlistMetrics {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
         let m = Self {
             members: IntGauge::new(
                 "norn_memberlist_members",
@@ -201,7 +203,7 @@ struct Shared {
     version: watch::Sender<u64>,
     shutdown: watch::Sender<bool>,
     stopped: AtomicBool,
-    metrics: Metrics,
+    metrics: MemberlistMetrics,
     rt: tokio::runtime::Handle,
 }
 
@@ -225,7 +227,7 @@ impl Memberlist {
     /// joins the seeds, retrying in the background every second until one answers, so start
     /// order does not matter.
     pub async fn start(config: MemberlistConfig, registry: &Registry) -> Result<Arc<Memberlist>> {
-        let metrics = Metrics::new(registry)?;
+        let metrics = MemberlistMetrics::new(registry)?;
         let (udp, tcp) = bind(config.bind_addr, config.bind_port).await?;
         let local_addr = udp.local_addr().map_err(|source| MemberlistError::Bind {
             addr: SocketAddr::new(config.bind_addr, config.bind_port),

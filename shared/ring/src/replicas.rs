@@ -3,8 +3,8 @@
 //! The distributor depends on [`WriteRing`], not on [`Ring`], so its replication logic is
 //! tested with in-memory fakes; [`Ring`] is the implementation a cluster uses.
 
-use crate::desc::now_ms;
 use crate::ring::{Operation, Ring};
+use norn_model::now_ms;
 
 /// The replicas that own one token for writes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

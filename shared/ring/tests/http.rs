@@ -5,9 +5,10 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use norn_model::now_ms;
 use norn_ring::{
     Entry, INGESTER_RING_KEY, InstanceDesc, InstanceState, Memberlist, MemberlistConfig, Ring,
-    RingConfig, now_ms, spawn_ring_watcher,
+    RingConfig, spawn_ring_watcher,
 };
 use tower::ServiceExt;
 
@@ -66,7 +67,8 @@ async fn ring_and_memberlist_pages() {
         ring.clone(),
         None,
         &registry,
-    );
+    )
+    .unwrap();
     let app = norn_ring::http::routes(ring.clone(), std::sync::Arc::clone(&ml));
 
     // JSON

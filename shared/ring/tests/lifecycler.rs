@@ -4,8 +4,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use norn_model::now_ms;
 use norn_ring::lifecycler::{INGESTER_RING_KEY, Lifecycler, LifecyclerConfig, spawn_ring_watcher};
-use norn_ring::{InstanceState, Memberlist, MemberlistConfig, Operation, Ring, RingConfig, now_ms};
+use norn_ring::{InstanceState, Memberlist, MemberlistConfig, Operation, Ring, RingConfig};
 
 async fn node(name: &str, join: Vec<String>, registry: &prometheus::Registry) -> Arc<Memberlist> {
     let config = MemberlistConfig {
@@ -68,7 +69,8 @@ async fn lifecyclers_fill_every_ring_and_leave_cleanly() {
             ring.clone(),
             None,
             &registry,
-        );
+        )
+        .unwrap();
         mls.push(ml);
         rings.push(ring);
         registries.push(registry);
@@ -174,7 +176,8 @@ async fn instances_that_stop_heartbeating_are_forgotten() {
         ring.clone(),
         Some(Duration::from_secs(2)),
         &registry,
-    );
+    )
+    .unwrap();
     let keep = Lifecycler::start(lc_config("keep", None), Arc::clone(&a), INGESTER_RING_KEY)
         .await
         .unwrap();

@@ -1,4 +1,12 @@
 //! The process' metric registry and the request-latency histogram every route reports to.
+//!
+//! Every component's metrics follow one idiom: a struct built from the registry,
+//! `FooMetrics::new(&Registry) -> prometheus::Result<Self>`, which creates and registers each
+//! metric once; the component holds (or shares) that struct and never registers anything
+//! later or globally. A failed registration is a wiring bug (two components, or one built
+//! twice, on one registry) and surfaces as an error at startup. Names are
+//! `norn_<component>_<what>_<unit>`; the process-wide ones here keep their older names
+//! (`norn_request_duration_seconds`, `norn_discarded_*_total`), which dashboards use.
 
 use std::sync::Arc;
 
@@ -24,8 +32,14 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// A fresh registry with the harness' metrics on it.
     pub fn new() -> Arc<Self> {
-        let registry = Registry::new();
+        Self::with_registry(Registry::new())
+            .expect("a fresh registry holds none of the harness' metrics yet")
+    }
+
+    /// The harness' metrics, registered on `registry`, which `/metrics` then serves.
+    pub fn with_registry(registry: Registry) -> prometheus::Result<Arc<Self>> {
         let request_duration = HistogramVec::new(
             HistogramOpts::new(
                 "norn_request_duration_seconds",
@@ -36,65 +50,47 @@ impl Metrics {
                 10.0, 30.0,
             ]),
             &["method", "route", "status_code"],
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(request_duration.clone()))
-            .expect("registered once");
+        )?;
         let discarded_samples = IntCounterVec::new(
             Opts::new(
                 "norn_discarded_samples_total",
                 "Samples refused, by tenant and reason.",
             ),
             &["tenant", "reason"],
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(discarded_samples.clone()))
-            .expect("registered once");
+        )?;
         let discarded_metadata = IntCounterVec::new(
             Opts::new(
                 "norn_discarded_metadata_total",
                 "Metadata entries refused, by tenant and reason.",
             ),
             &["tenant", "reason"],
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(discarded_metadata.clone()))
-            .expect("registered once");
+        )?;
         let http_open_connections = IntGauge::new(
             "norn_http_open_connections",
             "HTTP connections open now (bounded by -server.http-conn-limit when set).",
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(http_open_connections.clone()))
-            .expect("registered once");
+        )?;
         let http_connection_timeouts = IntCounterVec::new(
             Opts::new(
                 "norn_http_connection_timeouts_total",
                 "HTTP connections the server closed because they were idle too long (kind=idle) or sent their headers too slowly (kind=header).",
             ),
             &["kind"],
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(http_connection_timeouts.clone()))
-            .expect("registered once");
+        )?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(discarded_samples.clone()))?;
+        registry.register(Box::new(discarded_metadata.clone()))?;
+        registry.register(Box::new(http_open_connections.clone()))?;
+        registry.register(Box::new(http_connection_timeouts.clone()))?;
         #[cfg(target_os = "linux")]
-        {
-            // Process CPU/RSS/fd metrics come from /proc; harmless to skip if unavailable.
-            let _ = registry.register(Box::new(ProcessCollector::new()));
-        }
-        Arc::new(Self {
+        registry.register(Box::new(ProcessCollector::new()?))?;
+        Ok(Arc::new(Self {
             registry,
             request_duration,
             discarded_samples,
             discarded_metadata,
             http_open_connections,
             http_connection_timeouts,
-        })
+        }))
     }
 
     /// The registry in Prometheus text exposition format.
@@ -122,41 +118,33 @@ struct ProcessCollector {
 
 #[cfg(target_os = "linux")]
 impl ProcessCollector {
-    fn new() -> Self {
+    fn new() -> prometheus::Result<Self> {
         let cpu = prometheus::Counter::new(
             "process_cpu_seconds_total",
             "Total user and system CPU time spent in seconds.",
-        )
-        .expect("valid");
+        )?;
         let rss = prometheus::Gauge::new(
             "process_resident_memory_bytes",
             "Resident memory size in bytes.",
-        )
-        .expect("valid");
-        let fds = prometheus::Gauge::new("process_open_fds", "Number of open file descriptors.")
-            .expect("valid");
+        )?;
+        let fds = prometheus::Gauge::new("process_open_fds", "Number of open file descriptors.")?;
         let start = prometheus::Gauge::new(
             "process_start_time_seconds",
             "Start time of the process since unix epoch in seconds.",
-        )
-        .expect("valid");
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        start.set(now);
+        )?;
+        start.set(norn_model::now_ms() as f64 / 1000.0);
         let descs = [cpu.desc(), rss.desc(), fds.desc(), start.desc()]
             .into_iter()
             .flatten()
             .cloned()
             .collect();
-        Self {
+        Ok(Self {
             descs,
             cpu,
             rss,
             fds,
             start,
-        }
+        })
     }
 }
 

@@ -45,12 +45,12 @@ impl TenantResolver {
                 "multiple tenant ids (tenant federation) are not supported",
             ));
         }
-        TenantId::new(raw).map_err(|e| match e {
-            TenantError::Missing => HttpError::new(
-                ErrorKind::Unauthorized,
-                "no org id: the X-Scope-OrgID header is empty",
-            ),
-            other => HttpError::bad_data(format!("invalid tenant ID: {other}")),
+        TenantId::new(raw).map_err(|e| {
+            let message = match e {
+                TenantError::Missing => "no org id: the X-Scope-OrgID header is empty".to_string(),
+                ref other => format!("invalid tenant ID: {other}"),
+            };
+            HttpError::new(e.kind(), message)
         })
     }
 }

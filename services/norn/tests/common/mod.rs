@@ -8,7 +8,7 @@ use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use norn_proto::prometheus as pb;
 use prost::Message;
@@ -22,12 +22,8 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
+#[allow(unused_imports)] // not every test file reads the clock
+pub use norn_model::now_ms;
 
 /// A running Norn process.
 pub struct Norn {
