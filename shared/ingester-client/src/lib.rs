@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use norn_model::{
-    Labels, Matcher, MetricMetadata, PushError, PushOutcome, Pusher, Queryable, Sample, Series,
-    StorageError, TenantId, WriteBatch,
+    Labels, Matcher, MetricMetadata, PushError, PushOutcome, Pusher, Queryable, RejectReason,
+    Sample, Series, StorageError, TenantId, WriteBatch,
 };
 use norn_proto::TENANT_METADATA_KEY;
 use norn_proto::convert::{labels_from_proto, matchers_to_proto, metadata_from_proto};
@@ -30,7 +30,6 @@ use norn_proto::health::v1::health_client::HealthClient;
 use norn_proto::ingester::v1 as pb;
 use norn_proto::ingester::v1::ingester_client::IngesterClient as RpcClient;
 use norn_tsdb::chunkenc::XorIterator;
-use norn_tsdb::head::RejectReason;
 use parking_lot::Mutex;
 use prometheus::{HistogramOpts, HistogramVec, Registry};
 use tonic::transport::{Channel, Endpoint};
@@ -232,19 +231,7 @@ fn status_label(code: Code) -> String {
 /// the ingester is in-process or remote. A reason this client does not know (a newer
 /// ingester) is reported as `other` to keep metric labels bounded.
 fn reason_str(reason: &str) -> &'static str {
-    const REASONS: [RejectReason; 6] = [
-        RejectReason::OutOfOrder,
-        RejectReason::TooOld,
-        RejectReason::DuplicateTimestamp,
-        RejectReason::MaxSeriesPerUser,
-        RejectReason::MaxSeriesPerMetric,
-        RejectReason::OutOfBounds,
-    ];
-    REASONS
-        .iter()
-        .map(|r| r.as_str())
-        .find(|r| *r == reason)
-        .unwrap_or("other")
+    RejectReason::from_str_opt(reason).map_or("other", RejectReason::as_str)
 }
 
 impl IngesterClient {

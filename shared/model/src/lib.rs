@@ -10,6 +10,7 @@ pub mod error;
 pub mod labels;
 pub mod matcher;
 pub mod query;
+pub mod reject;
 pub mod sample;
 pub mod tenant;
 pub mod validation;
@@ -25,6 +26,7 @@ pub use query::{
     MergeQueryable, MergedProvider, MetadataReader, Queryable, QueryableProvider, QuorumQueryable,
     SampleBudget, Series, StorageError, TOO_MANY_SAMPLES, merge_series, merge_strings,
 };
+pub use reject::RejectReason;
 pub use sample::{
     MAX_SAMPLE_TIME_MS, MIN_SAMPLE_TIME_MS, STALE_NAN_BITS, Sample, is_stale_nan,
     sample_time_in_bounds, stale_nan,

@@ -5,40 +5,10 @@
 use std::time::Duration;
 
 use norn_model::Labels;
+pub use norn_model::RejectReason;
 
 use crate::block::BlockMeta;
 use crate::wal::{self, ReplayResult};
-
-/// Why samples were not appended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RejectReason {
-    /// Older than the series' last sample.
-    OutOfOrder,
-    /// Older than the head's lower bound (`max_t - window`).
-    TooOld,
-    /// Same timestamp as the last sample, different value.
-    DuplicateTimestamp,
-    /// The tenant has `max_series` series.
-    MaxSeriesPerUser,
-    /// The metric has `max_series_per_metric` series.
-    MaxSeriesPerMetric,
-    /// Outside the absolute bounds every layer checks ([`norn_model::sample_time_in_bounds`]).
-    OutOfBounds,
-}
-
-impl RejectReason {
-    /// Mimir's reason string (used as the `reason` label of discarded-samples metrics).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RejectReason::OutOfOrder => "sample-out-of-order",
-            RejectReason::TooOld => "sample-too-old",
-            RejectReason::DuplicateTimestamp => "new-value-for-timestamp",
-            RejectReason::MaxSeriesPerUser => "per_user_series_limit",
-            RejectReason::MaxSeriesPerMetric => "per_metric_series_limit",
-            RejectReason::OutOfBounds => "sample-out-of-bounds",
-        }
-    }
-}
 
 /// Samples of one series rejected for one reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
