@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use norn_chunkenc::XorIterator;
 use norn_model::{
     Labels, Matcher, MetricMetadata, PushError, PushOutcome, Pusher, Queryable, RejectReason,
     Sample, Series, StorageError, TenantId, WriteBatch,
@@ -29,7 +30,6 @@ use norn_proto::health::v1::health_check_response::ServingStatus;
 use norn_proto::health::v1::health_client::HealthClient;
 use norn_proto::ingester::v1 as pb;
 use norn_proto::ingester::v1::ingester_client::IngesterClient as RpcClient;
-use norn_tsdb::chunkenc::XorIterator;
 use parking_lot::Mutex;
 use prometheus::{HistogramOpts, HistogramVec, Registry};
 use tonic::transport::{Channel, Endpoint};
@@ -648,7 +648,7 @@ impl Queryable for RemoteQueryable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use norn_tsdb::chunkenc::XorChunk;
+    use norn_chunkenc::XorChunk;
 
     fn chunk(samples: &[(i64, f64)]) -> pb::Chunk {
         let mut c = XorChunk::new();

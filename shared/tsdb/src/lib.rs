@@ -12,7 +12,8 @@
 pub mod block;
 pub mod block_queryable;
 pub mod bucket_store;
-pub mod chunkenc;
+/// Prometheus' chunk encodings, from `norn-chunkenc` (kept at this path for callers).
+pub use norn_chunkenc as chunkenc;
 pub mod dir_lock;
 pub mod error;
 mod fault;
