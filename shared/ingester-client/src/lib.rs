@@ -18,10 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use norn_chunkenc::XorIterator;
 use norn_model::{
-    Labels, Matcher, MetricMetadata, PushError, PushOutcome, Pusher, Queryable, RejectReason,
-    Sample, Series, StorageError, TenantId, WriteBatch,
+    ChunkSeries, EncodedChunk, Labels, Matcher, MetricMetadata, PushError, PushOutcome, Pusher,
+    Queryable, RejectReason, Series, StorageError, TenantId, WriteBatch,
 };
 use norn_proto::TENANT_METADATA_KEY;
 use norn_proto::convert::{labels_from_proto, matchers_to_proto, metadata_from_proto};
@@ -534,6 +533,28 @@ struct RemoteQueryable {
     tenant: TenantId,
 }
 
+/// Streamed series as they came: chunks as the ingester holds them, not decoded.
+fn chunk_series(series: Vec<pb::StreamSeries>) -> Vec<ChunkSeries> {
+    series
+        .into_iter()
+        .map(|s| ChunkSeries {
+            labels: labels_from_proto(s.labels),
+            chunks: s
+                .chunks
+                .into_iter()
+                .map(|c| EncodedChunk {
+                    min_t: c.min_time_ms,
+                    max_t: c.max_time_ms,
+                    // An encoding that does not fit a byte is no encoding we know: 0 reads
+                    // as "unsupported" when decoded.
+                    encoding: u8::try_from(c.encoding).unwrap_or(0),
+                    data: c.data,
+                })
+                .collect(),
+        })
+        .collect()
+}
+
 /// Decodes streamed series, keeping the samples in `[start_ms, end_ms]`; series left with no
 /// sample are dropped. Sorted by labels.
 fn decode_series(
@@ -541,35 +562,7 @@ fn decode_series(
     start_ms: i64,
     end_ms: i64,
 ) -> Result<Vec<Series>, String> {
-    let mut out = Vec::with_capacity(series.len());
-    for s in series {
-        let mut samples = Vec::new();
-        for c in &s.chunks {
-            if c.max_time_ms < start_ms || c.min_time_ms > end_ms {
-                continue;
-            }
-            if c.encoding != pb::ChunkEncoding::Xor as i32 {
-                return Err(format!("unsupported chunk encoding {}", c.encoding));
-            }
-            let mut it = XorIterator::new(&c.data);
-            samples.extend(
-                it.by_ref()
-                    .filter(|(t, _)| (start_ms..=end_ms).contains(t))
-                    .map(|(t, v)| Sample::new(t, v)),
-            );
-            if let Some(e) = it.error() {
-                return Err(e.to_string());
-            }
-        }
-        if !samples.is_empty() {
-            out.push(Series {
-                labels: labels_from_proto(s.labels),
-                samples,
-            });
-        }
-    }
-    out.sort_by(|a, b| a.labels.cmp(&b.labels));
-    Ok(out)
+    norn_model::query::decode_chunk_series(chunk_series(series), start_ms, end_ms)
 }
 
 #[async_trait]
@@ -590,6 +583,23 @@ impl Queryable for RemoteQueryable {
             .await
             .map_err(|e| StorageError::Internal(format!("decoding task failed: {e}")))?
             .map_err(|e| StorageError::Internal(format!("query stream from ingester {addr}: {e}")))
+    }
+
+    /// The ingester's chunks as they came over the wire, sorted by labels: nothing is
+    /// decoded (a store-gateway or a querier that merges chunks reads them so).
+    async fn select_chunks(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<ChunkSeries>, StorageError> {
+        let raw = self
+            .client
+            .query_stream(&self.tenant, start_ms, end_ms, matchers)
+            .await?;
+        let mut out = chunk_series(raw);
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok(out)
     }
 
     async fn label_names(
@@ -649,6 +659,7 @@ impl Queryable for RemoteQueryable {
 mod tests {
     use super::*;
     use norn_chunkenc::XorChunk;
+    use norn_model::Sample;
 
     fn chunk(samples: &[(i64, f64)]) -> pb::Chunk {
         let mut c = XorChunk::new();

@@ -23,8 +23,9 @@ pub use labels::{hash_label_pairs, is_valid_label_name, is_valid_metric_name};
 pub use matcher::matches_all;
 pub use matcher::{MatchType, Matcher, MatcherError};
 pub use query::{
-    MergeQueryable, MergedProvider, MetadataReader, Queryable, QueryableProvider, QuorumQueryable,
-    SampleBudget, Series, StorageError, TOO_MANY_SAMPLES, merge_series, merge_strings,
+    ChunkSeries, EncodedChunk, MergeQueryable, MergedProvider, MetadataReader, Queryable,
+    QueryableProvider, QuorumQueryable, SampleBudget, Series, StorageError, TOO_MANY_SAMPLES,
+    merge_series, merge_strings,
 };
 pub use reject::RejectReason;
 pub use sample::{

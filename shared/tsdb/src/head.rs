@@ -257,6 +257,8 @@ impl Drop for Head {
 #[cfg(test)]
 use series_index::labels_hash;
 #[cfg(test)]
+mod chunk_read_tests;
+#[cfg(test)]
 mod start_zero_tests;
 #[cfg(test)]
 mod tests;

@@ -2,13 +2,20 @@
 //! for the block writer.
 //!
 //! Matchers resolve to sorted series ids through the postings index; each series' chunks
-//! are decoded for the requested range. [`HeadQueryable`] exposes this as a [`Queryable`]
-//! for the PromQL engine, and [`Head::series_chunks`] hands whole chunks to the block writer.
+//! are decoded for the requested range ([`Head::select`]), or handed out as they are
+//! ([`Head::select_chunks`]: closed chunks from `chunks_head/`, the open chunk joined from
+//! its spilled bytes and its tail, none cut to the range) for readers that ship them on.
+//! [`HeadQueryable`] exposes both as a [`Queryable`] for the PromQL engine and the
+//! ingester's query stream, and [`Head::series_chunks`] hands whole chunks to the block
+//! writer.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use norn_model::{Matcher, Queryable, SampleBudget, Series, StorageError};
+use bytes::Bytes;
+use norn_model::{
+    ChunkSeries, EncodedChunk, Matcher, Queryable, SampleBudget, Series, StorageError,
+};
 
 use super::Head;
 use super::outcomes::{ChunkMeta, SeriesChunks};
@@ -39,6 +46,56 @@ impl Head {
                 out.push(Series {
                     labels: self.index.labels_of(&s),
                     samples,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        out
+    }
+
+    /// Series matching every matcher with their chunks overlapping `[mint, maxt]`, as they
+    /// are stored (not cut to the range), sorted by labels.
+    pub fn select_chunks(&self, mint: i64, maxt: i64, matchers: &[Matcher]) -> Vec<ChunkSeries> {
+        self.select_chunks_within(mint, maxt, matchers, &SampleBudget::unlimited())
+    }
+
+    /// [`select_chunks`](Self::select_chunks) that charges `budget` with each series'
+    /// samples inside `[mint, maxt]` (what [`select_within`](Self::select_within) would
+    /// charge) and stops once it is spent (the caller checks the budget). Counting walks only
+    /// the chunks at the range's edges, and nothing at all for an unlimited budget.
+    pub fn select_chunks_within(
+        &self,
+        mint: i64,
+        maxt: i64,
+        matchers: &[Matcher],
+        budget: &SampleBudget,
+    ) -> Vec<ChunkSeries> {
+        let count = !budget.is_unlimited();
+        let mut out = Vec::new();
+        for s in self.index.matching(matchers) {
+            let mut chunks = Vec::new();
+            s.state
+                .lock()
+                .chunks_for_query(mint, maxt, self.store(), |min_t, max_t, data| {
+                    chunks.push(EncodedChunk::xor(
+                        min_t,
+                        max_t,
+                        Bytes::copy_from_slice(data),
+                    ));
+                });
+            if count {
+                let n: usize = chunks.iter().map(|c| c.samples_in(mint, maxt)).sum();
+                if !budget.charge(n) {
+                    break;
+                }
+                if n == 0 {
+                    continue;
+                }
+            }
+            if !chunks.is_empty() {
+                out.push(ChunkSeries {
+                    labels: self.index.labels_of(&s),
+                    chunks,
                 });
             }
         }
@@ -172,6 +229,29 @@ impl Queryable for HeadQueryable {
         budget: &SampleBudget,
     ) -> Result<Vec<Series>, StorageError> {
         let got = self.0.select_within(start_ms, end_ms, matchers, budget);
+        budget.check()?;
+        Ok(got)
+    }
+
+    async fn select_chunks(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<ChunkSeries>, StorageError> {
+        Ok(self.0.select_chunks(start_ms, end_ms, matchers))
+    }
+
+    async fn select_chunks_within(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+        budget: &SampleBudget,
+    ) -> Result<Vec<ChunkSeries>, StorageError> {
+        let got = self
+            .0
+            .select_chunks_within(start_ms, end_ms, matchers, budget);
         budget.check()?;
         Ok(got)
     }
