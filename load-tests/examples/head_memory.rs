@@ -1,5 +1,7 @@
 //! Heap breakdown of a head loaded with the load generator's series, without HTTP in between:
-//! where the resident bytes per active series go. Not a benchmark of speed.
+//! where the resident bytes per active series go, plus the append rate (first round, which
+//! creates the series, apart from the later ones) and how fast the WAL replays. The one
+//! head-memory example (it replaced `norn-tsdb`'s `head_rss`).
 //!
 //! `cargo run --release -p norn-loadtests --example head_memory -- [series] [samples_per_series]`
 
@@ -69,7 +71,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut opts = HeadOptions::new(dir.path());
     opts.fsync = norn_tsdb::FsyncPolicy::Never;
-    let (head, _) = Head::open(opts).expect("open head");
+    let (head, _) = Head::open(opts.clone()).expect("open head");
     let labels: Vec<Labels> = (0..series)
         .map(|s| Labels::from_pairs(generator.labels(s, 0)))
         .collect();
@@ -78,6 +80,10 @@ fn main() {
     let allocs0 = ALLOCS.load(Ordering::Relaxed);
     let t0 = Instant::now();
     let limits = AppendLimits::default();
+    // Time spent inside `append` only (batch building excluded), for the first round (which
+    // creates the series) and for the later ones (existing series).
+    let (mut create_time, mut create_samples) = (std::time::Duration::ZERO, 0usize);
+    let (mut steady_time, mut steady_samples) = (std::time::Duration::ZERO, 0usize);
     let mut k = 0u64;
     while k < per_series {
         let n = 5.min(per_series - k);
@@ -91,8 +97,16 @@ fn main() {
                     (labels[s].clone(), samples)
                 })
                 .collect();
-            head.append(&WriteBatch::from_series(&batch), &limits)
-                .expect("append");
+            let batch = WriteBatch::from_series(&batch);
+            let t = Instant::now();
+            let appended = head.append(&batch, &limits).expect("append").appended;
+            if k == 0 {
+                create_time += t.elapsed();
+                create_samples += appended;
+            } else {
+                steady_time += t.elapsed();
+                steady_samples += appended;
+            }
         }
         k += n;
     }
@@ -103,6 +117,11 @@ fn main() {
     let m = head.memory();
     let per = |b: f64| b / series as f64;
     println!("series {series}, samples/series {per_series}, load {secs:.1} s");
+    println!(
+        "append only: first round (creates series) {:.0} samples/s, later rounds {:.0} samples/s",
+        create_samples as f64 / create_time.as_secs_f64().max(1e-9),
+        steady_samples as f64 / steady_time.as_secs_f64().max(1e-9)
+    );
     println!(
         "RSS delta {:.0} B/series (RssAnon {} MB, RssFile {} MB)",
         per((rss1 - rss0) as f64),
@@ -144,6 +163,19 @@ fn main() {
         du("head_spill") >> 20,
         m.spill_files
     );
+    // Replay speed: reopen the same directory.
+    drop(head);
+    let t = Instant::now();
+    let (head, stats) = Head::open(opts).expect("reopen head");
+    println!(
+        "replay: {} series, {} samples, {} WAL records in {:.2} s ({:.0} samples/s)",
+        stats.series,
+        stats.samples,
+        stats.wal.records,
+        t.elapsed().as_secs_f64(),
+        stats.samples as f64 / t.elapsed().as_secs_f64()
+    );
+    assert_eq!(head.num_series(), series);
     // Flush as the ingester does: every range into a block, then truncation.
     let blocks = dir.path().join("blocks");
     std::fs::create_dir_all(&blocks).expect("blocks dir");

@@ -3,9 +3,14 @@
 //!
 //! The tenant comes from the `x-scope-orgid` request metadata. Pushes carry a remote-write
 //! `WriteRequest` as bytes and are decoded with the same allocation-free decoder as the HTTP
-//! endpoint. `QueryStream` re-encodes each selected series into XOR chunks of at most
-//! [`SAMPLES_PER_CHUNK`] samples (Prometheus' target chunk size) and streams them
+//! endpoint. `QueryStream` ships each selected series' chunks as the head and blocks hold
+//! them ([`select_chunks`](norn_model::Queryable::select_chunks): no decoding and
+//! re-encoding on the way; the client decodes and trims to the range) and streams them
 //! [`SERIES_PER_MESSAGE`] series at a time, so a large result never has to fit one message.
+//! Chunks are not cut to the range here: a short range (a dashboard's last 5 minutes) then
+//! ships whole open chunks, about 3.5 times the bytes, but cutting them
+//! ([`ChunkSeries::trim_sparse`](norn_model::ChunkSeries::trim_sparse)) measured dearer in
+//! CPU than the decode-and-re-encode it replaces (see `head_select`).
 //!
 //! Error codes follow the error kinds ([`norn_proto::status`]): a push the ingester cannot
 //! take now (starting, stopping, leaving) is `UNAVAILABLE`, which distributors retry on
@@ -20,11 +25,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures::Stream;
 use norn_model::validation::check_batch;
 use norn_model::{
-    ErrorKind, MetadataReader, PushError, Pusher, QueryableProvider, Series, StorageError,
+    ChunkSeries, ErrorKind, MetadataReader, PushError, Pusher, QueryableProvider, StorageError,
     TenantError, TenantId, TimeWindow, WriteBatch,
 };
 use norn_proto::convert::{
@@ -36,14 +40,10 @@ use norn_proto::health::v1::{HealthCheckRequest, HealthCheckResponse};
 use norn_proto::ingester::v1 as pb;
 use norn_proto::ingester::v1::ingester_server::{Ingester as IngesterRpc, IngesterServer};
 use norn_proto::status::{MAX_MESSAGE_SIZE, status};
-use norn_tsdb::chunkenc::XorChunk;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use tonic::{Request, Response, Status};
 
 use crate::Ingester;
-
-/// Samples per XOR chunk in `QueryStream` answers (Prometheus cuts head chunks at ~120).
-pub const SAMPLES_PER_CHUNK: usize = 120;
 
 /// Series per `QueryStreamResponse` message.
 pub const SERIES_PER_MESSAGE: usize = 128;
@@ -242,25 +242,20 @@ fn matchers(m: Vec<pb::LabelMatcher>) -> Result<Vec<norn_model::Matcher>, Status
     matchers_from_proto(m).map_err(|e| status(ErrorKind::BadData, e.to_string()))
 }
 
-/// One series' samples as XOR chunks of at most [`SAMPLES_PER_CHUNK`] samples.
-fn encode_series(s: &Series) -> pb::StreamSeries {
-    let mut chunks = Vec::with_capacity(s.samples.len().div_ceil(SAMPLES_PER_CHUNK));
-    for part in s.samples.chunks(SAMPLES_PER_CHUNK) {
-        // Regular scrapes take 1-2 bytes a sample; starting there avoids most regrowth.
-        let mut c = XorChunk::with_capacity(2 * part.len() + 16);
-        for smp in part {
-            c.append(smp.t, smp.v);
-        }
-        chunks.push(pb::Chunk {
-            min_time_ms: part[0].t,
-            max_time_ms: part[part.len() - 1].t,
-            encoding: pb::ChunkEncoding::Xor as i32,
-            data: Bytes::from(c.into_bytes()),
-        });
-    }
+/// One series with its chunks, for the wire: the chunk bytes are handed on, not copied.
+fn stream_series(s: ChunkSeries) -> pb::StreamSeries {
     pb::StreamSeries {
         labels: labels_to_proto(&s.labels),
-        chunks,
+        chunks: s
+            .chunks
+            .into_iter()
+            .map(|c| pb::Chunk {
+                min_time_ms: c.min_t,
+                max_time_ms: c.max_t,
+                encoding: i32::from(c.encoding),
+                data: c.data,
+            })
+            .collect(),
     }
 }
 
@@ -323,17 +318,22 @@ impl IngesterRpc for IngesterGrpc {
             let series = self
                 .ingester
                 .queryable(&tenant)
-                .select(r.start_ms, r.end_ms, &matchers)
+                .select_chunks(r.start_ms, r.end_ms, &matchers)
                 .await
                 .map_err(storage_status)?;
-            // Encoding chunks is CPU work proportional to the result: off the reactor. The
-            // small channel makes the encoder wait for a slow reader instead of buffering the
-            // whole answer; a reader that goes away ends it.
+            // Building messages (labels to proto) is work proportional to the result: off
+            // the reactor. The small channel makes the builder wait for a slow reader instead
+            // of buffering the whole answer; a reader that goes away ends it.
             let (tx, mut rx) = tokio::sync::mpsc::channel(2);
             tokio::task::spawn_blocking(move || {
-                for batch in series.chunks(SERIES_PER_MESSAGE) {
+                let mut series = series.into_iter().peekable();
+                while series.peek().is_some() {
                     let msg = pb::QueryStreamResponse {
-                        series: batch.iter().map(encode_series).collect(),
+                        series: series
+                            .by_ref()
+                            .take(SERIES_PER_MESSAGE)
+                            .map(stream_series)
+                            .collect(),
                     };
                     if tx.blocking_send(Ok(msg)).is_err() {
                         return;
@@ -521,18 +521,23 @@ mod tests {
     use norn_tsdb::chunkenc::XorIterator;
 
     #[test]
-    fn series_are_cut_into_chunks_of_120() {
+    fn chunks_go_on_the_wire_as_they_are() {
         let samples: Vec<Sample> = (0..250)
             .map(|i| Sample::new(i * 15_000, i as f64))
             .collect();
-        let s = Series {
+        let s = ChunkSeries {
             labels: Labels::from_pairs([("__name__", "up")]),
-            samples: samples.clone(),
+            chunks: norn_model::query::encode_samples(&samples),
         };
-        let enc = encode_series(&s);
+        let enc = stream_series(s.clone());
         assert_eq!(enc.chunks.len(), 3);
-        assert_eq!(enc.chunks[1].min_time_ms, 120 * 15_000);
-        assert_eq!(enc.chunks[2].max_time_ms, 249 * 15_000);
+        for (wire, chunk) in enc.chunks.iter().zip(&s.chunks) {
+            assert_eq!(wire.min_time_ms, chunk.min_t);
+            assert_eq!(wire.max_time_ms, chunk.max_t);
+            assert_eq!(wire.encoding, pb::ChunkEncoding::Xor as i32);
+            // The same bytes, not a copy.
+            assert_eq!(wire.data.as_ptr(), chunk.data.as_ptr());
+        }
         let back: Vec<Sample> = enc
             .chunks
             .iter()

@@ -144,7 +144,7 @@ impl Ingester {
         // would replay every tenant, wipe the head caches and collide with our WAL segments.
         let dir_lock = DirLock::acquire(&config.tsdb.dir)?;
         let tsdb_metrics = Arc::new(
-            TsdbMetrics::new(&metrics.registry)
+            TsdbMetrics::new(&metrics.registry, norn_tsdb::metrics::INGESTER_PREFIX)
                 .map_err(|e| TsdbError::InvalidOption(format!("registering TSDB metrics: {e}")))?,
         );
         let own = IngesterMetrics::new(&metrics.registry)

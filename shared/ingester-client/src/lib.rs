@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use norn_model::{
-    Labels, Matcher, MetricMetadata, PushError, PushOutcome, Pusher, Queryable, Sample, Series,
-    StorageError, TenantId, WriteBatch,
+    ChunkSeries, EncodedChunk, Labels, Matcher, MetricMetadata, PushError, PushOutcome, Pusher,
+    Queryable, RejectReason, Series, StorageError, TenantId, WriteBatch,
 };
 use norn_proto::TENANT_METADATA_KEY;
 use norn_proto::convert::{labels_from_proto, matchers_to_proto, metadata_from_proto};
@@ -35,8 +35,6 @@ use norn_proto::health::v1::health_client::HealthClient;
 use norn_proto::ingester::v1 as pb;
 use norn_proto::ingester::v1::ingester_client::IngesterClient as RpcClient;
 use norn_proto::status::{MAX_MESSAGE_SIZE, error_kind};
-use norn_tsdb::chunkenc::XorIterator;
-use norn_tsdb::head::RejectReason;
 use parking_lot::Mutex;
 use prometheus::{HistogramOpts, HistogramVec, Registry};
 use tonic::transport::{Channel, Endpoint};
@@ -211,19 +209,7 @@ fn status_label(code: Code) -> String {
 /// the ingester is in-process or remote. A reason this client does not know (a newer
 /// ingester) is reported as `other` to keep metric labels bounded.
 fn reason_str(reason: &str) -> &'static str {
-    const REASONS: [RejectReason; 6] = [
-        RejectReason::OutOfOrder,
-        RejectReason::TooOld,
-        RejectReason::DuplicateTimestamp,
-        RejectReason::MaxSeriesPerUser,
-        RejectReason::MaxSeriesPerMetric,
-        RejectReason::OutOfBounds,
-    ];
-    REASONS
-        .iter()
-        .map(|r| r.as_str())
-        .find(|r| *r == reason)
-        .unwrap_or("other")
+    RejectReason::from_str_opt(reason).map_or("other", RejectReason::as_str)
 }
 
 impl IngesterClient {
@@ -517,6 +503,28 @@ struct RemoteQueryable {
     tenant: TenantId,
 }
 
+/// Streamed series as they came: chunks as the ingester holds them, not decoded.
+fn chunk_series(series: Vec<pb::StreamSeries>) -> Vec<ChunkSeries> {
+    series
+        .into_iter()
+        .map(|s| ChunkSeries {
+            labels: labels_from_proto(s.labels),
+            chunks: s
+                .chunks
+                .into_iter()
+                .map(|c| EncodedChunk {
+                    min_t: c.min_time_ms,
+                    max_t: c.max_time_ms,
+                    // An encoding that does not fit a byte is no encoding we know: 0 reads
+                    // as "unsupported" when decoded.
+                    encoding: u8::try_from(c.encoding).unwrap_or(0),
+                    data: c.data,
+                })
+                .collect(),
+        })
+        .collect()
+}
+
 /// Decodes streamed series, keeping the samples in `[start_ms, end_ms]`; series left with no
 /// sample are dropped. Sorted by labels.
 fn decode_series(
@@ -524,35 +532,7 @@ fn decode_series(
     start_ms: i64,
     end_ms: i64,
 ) -> Result<Vec<Series>, String> {
-    let mut out = Vec::with_capacity(series.len());
-    for s in series {
-        let mut samples = Vec::new();
-        for c in &s.chunks {
-            if c.max_time_ms < start_ms || c.min_time_ms > end_ms {
-                continue;
-            }
-            if c.encoding != pb::ChunkEncoding::Xor as i32 {
-                return Err(format!("unsupported chunk encoding {}", c.encoding));
-            }
-            let mut it = XorIterator::new(&c.data);
-            samples.extend(
-                it.by_ref()
-                    .filter(|(t, _)| (start_ms..=end_ms).contains(t))
-                    .map(|(t, v)| Sample::new(t, v)),
-            );
-            if let Some(e) = it.error() {
-                return Err(e.to_string());
-            }
-        }
-        if !samples.is_empty() {
-            out.push(Series {
-                labels: labels_from_proto(s.labels),
-                samples,
-            });
-        }
-    }
-    out.sort_by(|a, b| a.labels.cmp(&b.labels));
-    Ok(out)
+    norn_model::query::decode_chunk_series(chunk_series(series), start_ms, end_ms)
 }
 
 #[async_trait]
@@ -573,6 +553,23 @@ impl Queryable for RemoteQueryable {
             .await
             .map_err(|e| StorageError::Internal(format!("decoding task failed: {e}")))?
             .map_err(|e| StorageError::Internal(format!("query stream from ingester {addr}: {e}")))
+    }
+
+    /// The ingester's chunks as they came over the wire, sorted by labels: nothing is
+    /// decoded (a store-gateway or a querier that merges chunks reads them so).
+    async fn select_chunks(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<ChunkSeries>, StorageError> {
+        let raw = self
+            .client
+            .query_stream(&self.tenant, start_ms, end_ms, matchers)
+            .await?;
+        let mut out = chunk_series(raw);
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok(out)
     }
 
     async fn label_names(
@@ -631,7 +628,8 @@ impl Queryable for RemoteQueryable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use norn_tsdb::chunkenc::XorChunk;
+    use norn_chunkenc::XorChunk;
+    use norn_model::Sample;
 
     fn chunk(samples: &[(i64, f64)]) -> pb::Chunk {
         let mut c = XorChunk::new();

@@ -11,6 +11,7 @@ pub mod error;
 pub mod labels;
 pub mod matcher;
 pub mod query;
+pub mod reject;
 pub mod sample;
 pub mod tenant;
 pub mod time;
@@ -24,10 +25,11 @@ pub use labels::{hash_label_pairs, is_valid_label_name, is_valid_metric_name};
 pub use matcher::matches_all;
 pub use matcher::{MatchType, Matcher, MatcherError};
 pub use query::{
-    MergeQueryable, MergedProvider, MetadataReader, Queryable, QueryableProvider, QuorumQueryable,
-    SampleBudget, Series, StorageError, TOO_MANY_SAMPLES, gather_quorum, merge_series,
-    merge_strings,
+    ChunkSeries, EncodedChunk, MergeQueryable, MergedProvider, MetadataReader, Queryable,
+    QueryableProvider, QuorumQueryable, SampleBudget, Series, StorageError, TOO_MANY_SAMPLES,
+    gather_quorum, merge_series, merge_strings,
 };
+pub use reject::RejectReason;
 pub use sample::{
     MAX_SAMPLE_TIME_MS, MIN_SAMPLE_TIME_MS, STALE_NAN_BITS, Sample, is_stale_nan,
     sample_time_in_bounds, stale_nan,

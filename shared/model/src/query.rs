@@ -3,7 +3,10 @@
 //! A [`Queryable`] is already scoped to one tenant: whoever builds it (the querier, the
 //! ruler, a test) binds the tenant, so the engine cannot read across tenants by mistake.
 //! Selection returns materialised float series sorted by labels; the engine bounds memory with
-//! its own sample limit.
+//! its own sample limit. [`Queryable::select_chunks`] is the same selection with the samples
+//! left in their encoded chunks, for readers that ship data on (see [`chunks`]).
+
+pub mod chunks;
 
 use async_trait::async_trait;
 
@@ -11,6 +14,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::{ErrorKind, Labels, Matcher, MetricMetadata, Sample, TenantId};
+
+pub use chunks::{
+    ChunkSeries, EncodedChunk, SAMPLES_PER_ENCODED_CHUNK, decode_chunk_series, encode_samples,
+    merge_chunk_series,
+};
 
 /// A series and its samples within the selected time range, in time order.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,6 +93,11 @@ impl SampleBudget {
         used <= self.limit
     }
 
+    /// Whether this budget never runs out (sources may then skip counting).
+    pub fn is_unlimited(&self) -> bool {
+        self.limit == usize::MAX
+    }
+
     /// Samples charged so far.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
@@ -136,6 +149,36 @@ pub trait Queryable: Send + Sync {
         end_ms: i64,
         matchers: &[Matcher],
     ) -> Result<Vec<Series>, StorageError>;
+
+    /// [`select`](Self::select) with each series' samples left in the encoded chunks the
+    /// source holds, sorted by labels. Chunks overlap `[start_ms, end_ms]` but are not cut to
+    /// it: the reader that decodes them trims. The default encodes what `select` returns,
+    /// for sources that hold samples rather than chunks; sources with chunks (the head,
+    /// blocks) hand them out as they are.
+    async fn select_chunks(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<ChunkSeries>, StorageError> {
+        let got = self.select(start_ms, end_ms, matchers).await?;
+        Ok(got.iter().map(ChunkSeries::encode).collect())
+    }
+
+    /// [`select_chunks`](Self::select_chunks) within a sample budget, charged with the
+    /// samples inside `[start_ms, end_ms]` (as [`select_within`](Self::select_within) is, so
+    /// a query costs the same whichever way it reads). The default charges the whole answer
+    /// after it is built.
+    async fn select_chunks_within(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+        budget: &SampleBudget,
+    ) -> Result<Vec<ChunkSeries>, StorageError> {
+        let got = self.select_chunks(start_ms, end_ms, matchers).await?;
+        chunks::charge_chunks(got, start_ms, end_ms, budget)
+    }
 
     /// Sorted, unique label names of series matching `matchers` (all series when empty) that
     /// have data in the range.
@@ -316,6 +359,27 @@ impl Queryable for MergeQueryable {
             .await
     }
 
+    async fn select_chunks(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<ChunkSeries>, StorageError> {
+        self.0.select_chunks(start_ms, end_ms, matchers).await
+    }
+
+    async fn select_chunks_within(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+        budget: &SampleBudget,
+    ) -> Result<Vec<ChunkSeries>, StorageError> {
+        self.0
+            .select_chunks_within(start_ms, end_ms, matchers, budget)
+            .await
+    }
+
     async fn label_names(
         &self,
         start_ms: i64,
@@ -432,6 +496,40 @@ impl Queryable for QuorumQueryable {
             .await?;
         budget.check()?;
         Ok(merge_series(lists))
+    }
+
+    async fn select_chunks(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<ChunkSeries>, StorageError> {
+        let lists = self
+            .gather(|s| async move { s.select_chunks(start_ms, end_ms, matchers).await })
+            .await?;
+        merge_chunk_series(lists)
+    }
+
+    async fn select_chunks_within(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+        budget: &SampleBudget,
+    ) -> Result<Vec<ChunkSeries>, StorageError> {
+        if self.max_errors > 0 {
+            // Replicas: charged once, on the merged answer (see `select_within`).
+            let got = self.select_chunks(start_ms, end_ms, matchers).await?;
+            return chunks::charge_chunks(got, start_ms, end_ms, budget);
+        }
+        let lists = self
+            .gather(|s| async move {
+                s.select_chunks_within(start_ms, end_ms, matchers, budget)
+                    .await
+            })
+            .await?;
+        budget.check()?;
+        merge_chunk_series(lists)
     }
 
     async fn label_names(

@@ -1,12 +1,15 @@
 //! Persistent blocks as a PromQL [`Queryable`]: the ingester's local blocks and the blocks a
 //! bucket store has loaded. Only blocks whose `[minTime, maxTime)` overlaps the query are
-//! read; series from several blocks are joined with [`norn_model::merge_series`].
+//! read; series from several blocks are joined with [`norn_model::merge_series`] (or, for
+//! chunk-level reads, [`norn_model::query::merge_chunk_series`]).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use norn_model::query::merge_chunk_series;
 use norn_model::{
-    Matcher, Queryable, SampleBudget, Series, StorageError, merge_series, merge_strings,
+    ChunkSeries, Matcher, Queryable, SampleBudget, Series, StorageError, merge_series,
+    merge_strings,
 };
 
 use crate::block::Block;
@@ -72,6 +75,34 @@ impl Queryable for BlocksQueryable {
             budget.check()?;
         }
         Ok(merge_series(lists))
+    }
+
+    async fn select_chunks(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<ChunkSeries>, StorageError> {
+        self.select_chunks_within(start_ms, end_ms, matchers, &SampleBudget::unlimited())
+            .await
+    }
+
+    async fn select_chunks_within(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+        budget: &SampleBudget,
+    ) -> Result<Vec<ChunkSeries>, StorageError> {
+        let mut lists = Vec::new();
+        for b in self.overlapping(start_ms, end_ms) {
+            lists.push(
+                b.select_chunks_within(start_ms, end_ms, matchers, budget)
+                    .map_err(|e| storage_error(b, e))?,
+            );
+            budget.check()?;
+        }
+        merge_chunk_series(lists)
     }
 
     async fn label_names(

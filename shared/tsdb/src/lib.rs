@@ -1,10 +1,11 @@
 //! Norn's time-series database: XOR chunks, WAL, in-memory head with postings index, and
 //! blocks in Prometheus' on-disk format.
 //!
-//! * [`chunkenc`]: Prometheus' XOR chunk encoding and its chunk-cutting rule.
+//! * [`chunkenc`]: Prometheus' XOR chunk encoding and its chunk-cutting rule (the
+//!   `norn-chunkenc` crate, which chunk readers outside the TSDB use directly).
 //! * [`wal`]: the write-ahead log (Prometheus' `wlog` format), group commit, repair on replay.
-//! * [`head`]: the per-tenant in-memory TSDB: series, postings index, appends, selects, and
-//!   cutting a completed range into a block.
+//! * [`head`]: the per-tenant in-memory TSDB: series, postings index, appends, selects
+//!   (decoded, or as stored chunks), and cutting a completed range into a block.
 //! * [`block`]: block writer and reader (meta.json, index v2, chunk segments, tombstones).
 //! * [`block_queryable`]: a set of blocks as a PromQL `Queryable`.
 //! * [`bucket_store`]: the blocks in the bucket, synced and verified for the query path.
@@ -12,7 +13,8 @@
 pub mod block;
 pub mod block_queryable;
 pub mod bucket_store;
-pub mod chunkenc;
+/// Prometheus' chunk encodings, from `norn-chunkenc` (kept at this path for callers).
+pub use norn_chunkenc as chunkenc;
 pub mod dir_lock;
 pub mod error;
 mod fault;

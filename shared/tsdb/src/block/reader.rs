@@ -16,7 +16,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use norn_model::{Labels, MatchType, Matcher, Sample, SampleBudget, Series};
+use bytes::Bytes;
+use norn_model::query::encode_samples;
+use norn_model::{
+    ChunkSeries, EncodedChunk, Labels, MatchType, Matcher, Sample, SampleBudget, Series,
+};
 
 use super::chunks::ChunkReader;
 use super::index::{ChunkRef, IndexReader, SeriesEntry};
@@ -210,6 +214,62 @@ impl Block {
                 out.push(Series {
                     labels: s.labels,
                     samples,
+                });
+            }
+        }
+        self.note_skipped(skipped);
+        Ok(out)
+    }
+
+    /// Float series matching `matchers` with their chunks overlapping `[mint, maxt]` as the
+    /// chunk files hold them (not cut to the range, not decoded), sorted by labels, charging
+    /// `budget` with the samples inside the range and stopping once it is spent (the caller
+    /// checks the budget). A chunk touched by a tombstone is re-encoded without the deleted
+    /// samples.
+    pub fn select_chunks_within(
+        &self,
+        mint: i64,
+        maxt: i64,
+        matchers: &[Matcher],
+        budget: &SampleBudget,
+    ) -> Result<Vec<ChunkSeries>> {
+        let count = !budget.is_unlimited();
+        let mut out = Vec::new();
+        let mut skipped = 0;
+        for r in self.postings_for_matchers(matchers)? {
+            let s = self.index.series(r)?;
+            let deleted = self.tombstones.get(u64::from(r));
+            let mut chunks = Vec::new();
+            for c in overlapping(&s.chunks, mint, maxt) {
+                let Some(data) = self.xor_chunk(c, &s, &mut skipped)? else {
+                    continue;
+                };
+                if deleted.is_empty() {
+                    let data = Bytes::copy_from_slice(data);
+                    chunks.push(EncodedChunk::xor(c.min_t, c.max_t, data));
+                    continue;
+                }
+                let mut samples = Vec::new();
+                self.decode_into(data, c, &s, |t, v| {
+                    if !Tombstones::is_deleted(deleted, t) {
+                        samples.push(Sample::new(t, v));
+                    }
+                })?;
+                chunks.extend(encode_samples(&samples));
+            }
+            if count {
+                let n: usize = chunks.iter().map(|c| c.samples_in(mint, maxt)).sum();
+                if !budget.charge(n) {
+                    break;
+                }
+                if n == 0 {
+                    continue;
+                }
+            }
+            if !chunks.is_empty() {
+                out.push(ChunkSeries {
+                    labels: s.labels,
+                    chunks,
                 });
             }
         }

@@ -424,6 +424,38 @@ impl SeriesState {
         out
     }
 
+    /// The chunks overlapping `[mint, maxt]` as they are stored, for a chunk-level query:
+    /// `f` gets each one's `(min_t, max_t, bytes)` in time order. The open chunk is read as
+    /// in [`samples_for_query`](Self::samples_for_query); a chunk that cannot be found is
+    /// skipped, as it reads as empty there.
+    pub(crate) fn chunks_for_query(
+        &mut self,
+        mint: i64,
+        maxt: i64,
+        store: Store<'_>,
+        mut f: impl FnMut(i64, i64, &[u8]),
+    ) {
+        for c in self
+            .closed
+            .iter()
+            .filter(|c| c.min_t <= maxt && c.max_t >= mint)
+        {
+            if let Some(m) = store.mapper.get(c.chunk_ref) {
+                f(c.min_t, c.max_t, m.bytes());
+            }
+        }
+        if !self.open.chunk.is_empty()
+            && self.open.min_t <= maxt
+            && self.open.chunk.last_t() >= mint
+        {
+            let (min_t, max_t) = (self.open.min_t, self.open.chunk.last_t());
+            let bytes = self.open.bytes_for_query(store.spill);
+            if !matches!(bytes, ChunkBytes::Missing) {
+                f(min_t, max_t, bytes.bytes());
+            }
+        }
+    }
+
     /// Gives the open chunk's spilled bytes back to the log (the series is dropped whole).
     pub(crate) fn release(&self, store: Store<'_>) {
         if let Some(h) = self.head() {

@@ -3,7 +3,15 @@ use std::collections::BTreeMap;
 use norn_model::{MatchType, Sample, stale_nan};
 use proptest::prelude::*;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use norn_model::{Labels, Matcher, Queryable, StorageError, WriteBatch};
+
 use super::*;
+use crate::block::BlockOptions;
+use crate::wal::FsyncPolicy;
+use crate::wal::record::{self, RefSample};
 
 fn opts(dir: &std::path::Path) -> HeadOptions {
     HeadOptions::new(dir)

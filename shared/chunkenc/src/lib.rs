@@ -1,5 +1,10 @@
 //! Prometheus' XOR ("Gorilla") chunk encoding, byte for byte.
 //!
+//! A crate of its own, with no dependency on the TSDB, because every reader of chunks needs
+//! it: the head and blocks (`norn-tsdb`, which re-exports it as `norn_tsdb::chunkenc`), and
+//! the clients that receive chunks over gRPC as they are stored (`norn-ingester-client`,
+//! later the store-gateway's).
+//!
 //! A chunk is a 2-byte big-endian sample count followed by a bit stream: the first timestamp
 //! as a varint and the first value as 64 raw bits, the second timestamp as a uvarint delta,
 //! then delta-of-delta timestamps and XOR-compressed values (spec `tsdb-format.md` §4).
@@ -774,7 +779,8 @@ mod tests {
             Just(f64::NAN),
             Just(f64::INFINITY),
             Just(f64::NEG_INFINITY),
-            Just(norn_model::stale_nan()),
+            // Prometheus' stale marker.
+            Just(f64::from_bits(0x7ff0_0000_0000_0002)),
             Just(0.0),
             Just(-0.0),
             (0u64..1000).prop_map(|x| x as f64),

@@ -1,0 +1,277 @@
+//! The head's read path: selections for PromQL, label names and values, and whole chunks
+//! for the block writer.
+//!
+//! Matchers resolve to sorted series ids through the postings index; each series' chunks
+//! are decoded for the requested range ([`Head::select`]), or handed out as they are
+//! ([`Head::select_chunks`]: closed chunks from `chunks_head/`, the open chunk joined from
+//! its spilled bytes and its tail, none cut to the range) for readers that ship them on.
+//! [`HeadQueryable`] exposes both as a [`Queryable`] for the PromQL engine and the
+//! ingester's query stream, and [`Head::series_chunks`] hands whole chunks to the block
+//! writer.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use norn_model::{
+    ChunkSeries, EncodedChunk, Matcher, Queryable, SampleBudget, Series, StorageError,
+};
+
+use super::Head;
+use super::outcomes::{ChunkMeta, SeriesChunks};
+
+impl Head {
+    /// Series matching every matcher with their samples in `[mint, maxt]`, sorted by labels;
+    /// series without samples in the range are left out.
+    pub fn select(&self, mint: i64, maxt: i64, matchers: &[Matcher]) -> Vec<Series> {
+        self.select_within(mint, maxt, matchers, &SampleBudget::unlimited())
+    }
+
+    /// [`select`](Self::select) that stops reading once `budget` is spent (the answer is
+    /// then incomplete: the caller checks the budget).
+    pub fn select_within(
+        &self,
+        mint: i64,
+        maxt: i64,
+        matchers: &[Matcher],
+        budget: &SampleBudget,
+    ) -> Vec<Series> {
+        let mut out = Vec::new();
+        for s in self.index.matching(matchers) {
+            let samples = s.state.lock().samples_for_query(mint, maxt, self.store());
+            if !budget.charge(samples.len()) {
+                break;
+            }
+            if !samples.is_empty() {
+                out.push(Series {
+                    labels: self.index.labels_of(&s),
+                    samples,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        out
+    }
+
+    /// Series matching every matcher with their chunks overlapping `[mint, maxt]`, as they
+    /// are stored (not cut to the range), sorted by labels.
+    pub fn select_chunks(&self, mint: i64, maxt: i64, matchers: &[Matcher]) -> Vec<ChunkSeries> {
+        self.select_chunks_within(mint, maxt, matchers, &SampleBudget::unlimited())
+    }
+
+    /// [`select_chunks`](Self::select_chunks) that charges `budget` with each series'
+    /// samples inside `[mint, maxt]` (what [`select_within`](Self::select_within) would
+    /// charge) and stops once it is spent (the caller checks the budget). Counting walks only
+    /// the chunks at the range's edges, and nothing at all for an unlimited budget.
+    pub fn select_chunks_within(
+        &self,
+        mint: i64,
+        maxt: i64,
+        matchers: &[Matcher],
+        budget: &SampleBudget,
+    ) -> Vec<ChunkSeries> {
+        let count = !budget.is_unlimited();
+        let mut out = Vec::new();
+        for s in self.index.matching(matchers) {
+            let mut chunks = Vec::new();
+            s.state
+                .lock()
+                .chunks_for_query(mint, maxt, self.store(), |min_t, max_t, data| {
+                    chunks.push(EncodedChunk::xor(
+                        min_t,
+                        max_t,
+                        Bytes::copy_from_slice(data),
+                    ));
+                });
+            if count {
+                let n: usize = chunks.iter().map(|c| c.samples_in(mint, maxt)).sum();
+                if !budget.charge(n) {
+                    break;
+                }
+                if n == 0 {
+                    continue;
+                }
+            }
+            if !chunks.is_empty() {
+                out.push(ChunkSeries {
+                    labels: self.index.labels_of(&s),
+                    chunks,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        out
+    }
+
+    /// Whether `[mint, maxt]` overlaps the head's data.
+    fn overlaps(&self, mint: i64, maxt: i64) -> bool {
+        match (self.min_time(), self.max_time()) {
+            (Some(lo), Some(hi)) => lo <= maxt && hi >= mint,
+            _ => false,
+        }
+    }
+
+    /// Sorted label names of series matching `matchers` (all series when empty) with data
+    /// in `[mint, maxt]`. Without matchers, every indexed name when the range overlaps the
+    /// head (as Prometheus' head does).
+    pub fn label_names(&self, mint: i64, maxt: i64, matchers: &[Matcher]) -> Vec<String> {
+        if !self.overlaps(mint, maxt) {
+            return Vec::new();
+        }
+        let mut syms: Vec<u32> = if matchers.is_empty() {
+            self.index.postings.read().names().collect()
+        } else {
+            let mut syms = Vec::new();
+            for s in self.index.matching(matchers) {
+                if s.state.lock().overlaps(mint, maxt) {
+                    syms.extend(s.labels().chunks_exact(2).map(|p| p[0]));
+                }
+            }
+            syms
+        };
+        syms.sort_unstable();
+        syms.dedup();
+        let mut names: Vec<String> = syms
+            .into_iter()
+            .map(|s| self.index.symbols.get(s).to_string())
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Sorted values of label `name` over series matching `matchers` with data in
+    /// `[mint, maxt]`. Without matchers, every indexed value when the range overlaps.
+    pub fn label_values(
+        &self,
+        name: &str,
+        mint: i64,
+        maxt: i64,
+        matchers: &[Matcher],
+    ) -> Vec<String> {
+        if !self.overlaps(mint, maxt) {
+            return Vec::new();
+        }
+        let Some(name_sym) = self.index.symbols.lookup(name) else {
+            return Vec::new();
+        };
+        let mut syms: Vec<u32> = if matchers.is_empty() {
+            self.index.postings.read().values(name_sym).collect()
+        } else {
+            let mut syms = Vec::new();
+            for s in self.index.matching(matchers) {
+                if let Some(p) = s.labels().chunks_exact(2).find(|p| p[0] == name_sym)
+                    && s.state.lock().overlaps(mint, maxt)
+                {
+                    syms.push(p[1]);
+                }
+            }
+            syms
+        };
+        syms.sort_unstable();
+        syms.dedup();
+        let mut values: Vec<String> = syms
+            .into_iter()
+            .map(|s| self.index.symbols.get(s).to_string())
+            .filter(|v| !v.is_empty())
+            .collect();
+        values.sort_unstable();
+        values
+    }
+
+    /// Every series with samples in `[mint, maxt]` and its chunks overlapping that range,
+    /// sorted by labels (input for the block writer). Chunks never straddle a multiple of
+    /// the block range, so for an aligned range they lie entirely inside it.
+    pub fn series_chunks(&self, mint: i64, maxt: i64) -> Vec<SeriesChunks> {
+        let mut out = Vec::new();
+        for s in self.index.matching(&[]) {
+            let chunks: Vec<ChunkMeta> = s
+                .state
+                .lock()
+                .chunks(mint, maxt, self.store())
+                .map(|(min_t, max_t, data)| ChunkMeta {
+                    min_t,
+                    max_t,
+                    data: data.bytes().to_vec(),
+                })
+                .collect();
+            if !chunks.is_empty() {
+                out.push(SeriesChunks {
+                    labels: self.index.labels_of(&s),
+                    chunks,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        out
+    }
+}
+
+/// A head as a PromQL [`Queryable`].
+#[derive(Debug, Clone)]
+pub struct HeadQueryable(pub Arc<Head>);
+
+#[async_trait]
+impl Queryable for HeadQueryable {
+    async fn select(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<Series>, StorageError> {
+        Ok(self.0.select(start_ms, end_ms, matchers))
+    }
+
+    async fn select_within(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+        budget: &SampleBudget,
+    ) -> Result<Vec<Series>, StorageError> {
+        let got = self.0.select_within(start_ms, end_ms, matchers, budget);
+        budget.check()?;
+        Ok(got)
+    }
+
+    async fn select_chunks(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<ChunkSeries>, StorageError> {
+        Ok(self.0.select_chunks(start_ms, end_ms, matchers))
+    }
+
+    async fn select_chunks_within(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+        budget: &SampleBudget,
+    ) -> Result<Vec<ChunkSeries>, StorageError> {
+        let got = self
+            .0
+            .select_chunks_within(start_ms, end_ms, matchers, budget);
+        budget.check()?;
+        Ok(got)
+    }
+
+    async fn label_names(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<String>, StorageError> {
+        Ok(self.0.label_names(start_ms, end_ms, matchers))
+    }
+
+    async fn label_values(
+        &self,
+        name: &str,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<String>, StorageError> {
+        Ok(self.0.label_values(name, start_ms, end_ms, matchers))
+    }
+}
