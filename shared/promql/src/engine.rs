@@ -11,11 +11,12 @@ use norn_model::{Labels, Matcher, Queryable, Sample as ModelSample, SampleBudget
 use promql_parser::parser::value::ValueType;
 use promql_parser::parser::{self, Expr, VectorSelector};
 
-use crate::error::{PromqlError, Result};
-use crate::eval::{
-    DEFAULT_SUBQUERY_STEP_MS, Evaluator, Fetched, at_ms, dur_ms, node_key, offset_ms,
+use crate::ast::{
+    DEFAULT_SUBQUERY_STEP_MS, at_ms, call_key, dur_ms, invalid_utf8_literals, node_key, offset_ms,
     selector_matchers,
 };
+use crate::error::{PromqlError, Result};
+use crate::eval::{Evaluator, Fetched};
 use crate::guard::Stop;
 use crate::value::{
     FetchedSeries, Metric, QueryResult, SCHEMA_LABELS, Sample, Val, Value, VectorSample,
@@ -485,7 +486,7 @@ fn plan(
             }
             let matchers = crate::info::info_matchers(c)?;
             needs.insert(
-                crate::info::call_key(c),
+                call_key(c),
                 SelectorNeed {
                     matchers,
                     mint,
@@ -535,7 +536,7 @@ fn evaluate(
         subquery_depth: 0,
         range_mode: range,
         annotations: Default::default(),
-        invalid_utf8: crate::eval::invalid_utf8_literals(query),
+        invalid_utf8: invalid_utf8_literals(query),
         subquery_cache: HashMap::new(),
         window_cursors: HashMap::new(),
         points_pool: Vec::new(),
@@ -544,7 +545,7 @@ fn evaluate(
         group_caches: HashMap::new(),
     };
     if range && step > 0 {
-        crate::range_fn::plan_sliding(expr, &mut ev.sliding);
+        crate::sliding::plan_sliding(expr, &mut ev.sliding);
     }
     let value = if !range {
         match ev.eval(expr, start)? {

@@ -6,15 +6,19 @@
 //! [`Engine::range_query`]; [`memstore::MemStore`] is an in-memory store for tests and rules.
 
 mod aggregate;
+mod ast;
 mod binop;
 mod engine;
 mod error;
 mod eval;
 mod functions;
+mod group;
 mod guard;
 mod info;
+mod math;
 pub mod memstore;
 mod range_fn;
+mod sliding;
 mod subquery;
 mod value;
 
