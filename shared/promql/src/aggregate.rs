@@ -79,8 +79,8 @@ impl Evaluator<'_> {
                     return Ok(Val::Vector(Vec::new()));
                 }
                 let k = if k >= 9.0e18 { usize::MAX } else { k as usize };
-                for g in &groups {
-                    let mut members = g.members.clone();
+                for g in groups {
+                    let mut members = g.members;
                     if op != token::T_LIMITK {
                         let top = op == token::T_TOPK;
                         // Ties go to the earlier sample (members are in input order), which

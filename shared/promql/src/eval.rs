@@ -238,7 +238,7 @@ impl Evaluator<'_> {
             cursors.clear();
             cursors.resize(fetched.len(), 0);
         }
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(fetched.len());
         for (s, cursor) in fetched.iter().zip(cursors.iter_mut()) {
             let hi = if forward {
                 advance_past(&s.samples, *cursor, ref_t)
