@@ -120,6 +120,8 @@ impl Querier {
             max_query_depth: config
                 .max_query_expression_depth
                 .min(norn_promql::MAX_QUERY_DEPTH_CEILING),
+            // As many threads as queries may run at once stay ready for the next query.
+            idle_query_threads: config.max_concurrent,
         });
         let admission = Admission::new(
             config.max_concurrent,

@@ -2,10 +2,19 @@
 //!
 //! Regular expressions are fully anchored (`^(?s:re)$`), and a missing label matches like an
 //! empty value, so `{foo=""}` selects series without `foo`.
+//!
+//! A regex that can only match a few literal strings (`a|b|c`, `host-0000[0-9]:9100`,
+//! `(?i)get`) carries them as its [set](Matcher::set_matches), worked out once when the
+//! matcher is built, as Prometheus' `findSetMatches` does: indexes then look those values
+//! up instead of running the regex over every value of the label.
 
 use std::fmt;
 
 use regex::Regex;
+use regex_syntax::hir::{Class, Hir, HirKind, Look};
+
+/// Most literal strings a regex is expanded to (Prometheus' `maxSetMatches`).
+const MAX_SET_MATCHES: usize = 256;
 
 /// The four matcher operators.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -44,6 +53,8 @@ pub struct Matcher {
     pub name: String,
     pub value: String,
     re: Option<Regex>,
+    /// For a `=~` regex that matches only a few literal strings: exactly those.
+    set: Option<Vec<String>>,
 }
 
 impl PartialEq for Matcher {
@@ -73,11 +84,16 @@ impl Matcher {
             ),
             _ => None,
         };
+        let set = match kind {
+            MatchType::Regex => literal_set(&value),
+            _ => None,
+        };
         Ok(Self {
             kind,
             name,
             value,
             re,
+            set,
         })
     }
 
@@ -88,6 +104,7 @@ impl Matcher {
             name: name.into(),
             value: value.into(),
             re: None,
+            set: None,
         }
     }
 
@@ -111,18 +128,87 @@ impl Matcher {
         self.matches("")
     }
 
-    /// For a regex that is a plain alternation of literals (`a|b|c`), the literals; lets the
-    /// index look values up directly instead of scanning every value.
-    pub fn set_matches(&self) -> Option<Vec<String>> {
-        if self.kind != MatchType::Regex {
-            return None;
-        }
-        let special = |c: char| "\\.+*?()[]{}^$".contains(c);
-        if self.value.chars().any(special) {
-            return None;
-        }
-        Some(self.value.split('|').map(str::to_string).collect())
+    /// For a `=~` regex that matches only a few literal strings (`a|b|c`, `x[0-9]`), exactly
+    /// those strings; lets an index look the values up directly instead of scanning every
+    /// value.
+    pub fn set_matches(&self) -> Option<&[String]> {
+        self.set.as_deref()
     }
+}
+
+/// The strings `pattern` (fully anchored, `(?s)`, as [`Matcher::new`] compiles it) matches,
+/// if they are at most [`MAX_SET_MATCHES`]: literals, small character classes, and
+/// concatenations and alternations of them.
+fn literal_set(pattern: &str) -> Option<Vec<String>> {
+    // Parsed exactly as compiled: a pattern such as `a)|(b` escapes the group and the anchors.
+    let hir = regex_syntax::Parser::new()
+        .parse(&format!("^(?s:{pattern})$"))
+        .ok()?;
+    let HirKind::Concat(parts) = hir.kind() else {
+        return None;
+    };
+    let anchored = parts.len() >= 2
+        && matches!(parts[0].kind(), HirKind::Look(Look::Start))
+        && matches!(parts[parts.len() - 1].kind(), HirKind::Look(Look::End));
+    if !anchored {
+        return None;
+    }
+    let mut set = expand_concat(&parts[1..parts.len() - 1])?;
+    // Keep the first of duplicates (`a|a`), in the pattern's order.
+    let mut seen = std::collections::HashSet::with_capacity(set.len());
+    set.retain(|s| seen.insert(s.clone()));
+    Some(set)
+}
+
+/// Every string `hir` matches, unless there are more than [`MAX_SET_MATCHES`] or the
+/// expression is not made of literals, classes, concatenations and alternations.
+fn expand(hir: &Hir) -> Option<Vec<String>> {
+    match hir.kind() {
+        HirKind::Empty => Some(vec![String::new()]),
+        HirKind::Literal(l) => Some(vec![String::from_utf8(l.0.to_vec()).ok()?]),
+        HirKind::Class(Class::Unicode(c)) => {
+            let n: u32 = c
+                .ranges()
+                .iter()
+                .map(|r| u32::from(r.end()) - u32::from(r.start()) + 1)
+                .sum();
+            if n as usize > MAX_SET_MATCHES {
+                return None;
+            }
+            let chars = c.ranges().iter().flat_map(|r| r.start()..=r.end());
+            Some(chars.map(String::from).collect())
+        }
+        HirKind::Capture(c) => expand(&c.sub),
+        HirKind::Concat(parts) => expand_concat(parts),
+        HirKind::Alternation(alts) => {
+            let mut out = Vec::new();
+            for a in alts {
+                out.extend(expand(a)?);
+                if out.len() > MAX_SET_MATCHES {
+                    return None;
+                }
+            }
+            Some(out)
+        }
+        // Byte classes, anchors and word boundaries, repetitions.
+        HirKind::Class(Class::Bytes(_)) | HirKind::Look(_) | HirKind::Repetition(_) => None,
+    }
+}
+
+/// Every concatenation of one string of each of `parts`, in order (see [`expand`]).
+fn expand_concat(parts: &[Hir]) -> Option<Vec<String>> {
+    let mut out = vec![String::new()];
+    for p in parts {
+        let tails = expand(p)?;
+        if out.len() * tails.len() > MAX_SET_MATCHES {
+            return None;
+        }
+        out = out
+            .iter()
+            .flat_map(|head| tails.iter().map(move |t| format!("{head}{t}")))
+            .collect();
+    }
+    Some(out)
 }
 
 impl fmt::Display for Matcher {
@@ -177,6 +263,56 @@ mod tests {
                 .set_matches()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn set_matches_expand_small_classes_and_groups() {
+        let set = |re: &str| {
+            Matcher::new(MatchType::Regex, "a", re)
+                .unwrap()
+                .set_matches()
+                .map(<[String]>::to_vec)
+        };
+        let hosts: Vec<String> = (0..10).map(|i| format!("host-0000{i}:9100")).collect();
+        assert_eq!(set("host-0000[0-9]:9100").unwrap(), hosts);
+        assert_eq!(set(r"a\.b|c").unwrap(), ["a.b", "c"]);
+        assert_eq!(set("(?i)ab").unwrap().len(), 4);
+        assert_eq!(set("(a|b)(c|d)").unwrap(), ["ac", "ad", "bc", "bd"]);
+        assert_eq!(set("x|").unwrap(), ["x", ""]);
+        assert_eq!(set("a|a").unwrap(), ["a"]);
+        assert!(set("x+").is_none());
+        assert!(set("^x$").is_none());
+        // Closes the anchoring group: `^(?s:a)|(b)$` matches "ab", not only "a" and "b".
+        assert!(set("a)|(b").is_none());
+        assert!(set("[a-z][a-z]").is_none(), "676 strings");
+        assert!(
+            Matcher::new(MatchType::NotRegex, "a", "x|y")
+                .unwrap()
+                .set_matches()
+                .is_none()
+        );
+    }
+
+    proptest::proptest! {
+        /// A set, when there is one, is exactly what the regex matches.
+        #[test]
+        fn set_matches_agree_with_the_regex(
+            re in "(a|b|[xy]|\\.|\\(|\\)|\\||\\?|\\*|z?|\\[|\\]|c{2}){0,5}",
+            probe in "[abxyz.()|c]{0,4}",
+        ) {
+            if let Ok(m) = Matcher::new(MatchType::Regex, "l", re.clone())
+                && let Some(set) = m.set_matches()
+            {
+                for s in set {
+                    proptest::prop_assert!(m.matches(s), "{re:?} does not match {s:?}");
+                }
+                proptest::prop_assert_eq!(
+                    m.matches(&probe),
+                    set.contains(&probe),
+                    "{:?} on {:?}", re, probe
+                );
+            }
+        }
     }
 
     #[test]

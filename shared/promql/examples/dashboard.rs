@@ -6,11 +6,23 @@
 //!
 //! ```sh
 //! cargo run --release -p norn-promql --example dashboard -- [repeats] [query-name]
+//! cargo run --release -p norn-promql --example dashboard -- cpu [repeats] [query-name]
 //! ```
+//!
+//! `cpu` runs each query (and `vector(1)`, the fixed cost of any query) as an instant query at
+//! the end of the data `repeats` times (default 2000) one after the other, and prints the
+//! process' CPU time per query (user + system from `/proc/self/stat`, all threads, so the
+//! query threads' start and stop are in it): on a shared machine CPU time is steadier than
+//! wall time. Each select's answer is worked out once and then handed over as a copy (as any
+//! storage hands one over), so the figures are the engine's and not the MemStore's scan of
+//! every series; compare builds, not these figures with a server's.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Instant;
 
-use norn_model::Labels;
+use async_trait::async_trait;
+use norn_model::{Labels, Matcher, Queryable, Series, StorageError};
 use norn_promql::memstore::MemStore;
 use norn_promql::{Engine, Value};
 
@@ -146,8 +158,113 @@ const QUERIES: [(&str, &str); 5] = [
     ),
 ];
 
+/// The MemStore's answer to each select, worked out once and copied after.
+struct Answers {
+    store: MemStore,
+    cache: Mutex<HashMap<String, Vec<Series>>>,
+}
+
+#[async_trait]
+impl Queryable for Answers {
+    async fn select(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<Series>, StorageError> {
+        let key = format!("{start_ms} {end_ms} {matchers:?}");
+        if let Some(a) = self.cache.lock().expect("lock").get(&key) {
+            return Ok(a.clone());
+        }
+        let a = self.store.select(start_ms, end_ms, matchers).await?;
+        self.cache.lock().expect("lock").insert(key, a.clone());
+        Ok(a)
+    }
+
+    async fn label_names(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<String>, StorageError> {
+        self.store.label_names(start_ms, end_ms, matchers).await
+    }
+
+    async fn label_values(
+        &self,
+        name: &str,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<String>, StorageError> {
+        self.store
+            .label_values(name, start_ms, end_ms, matchers)
+            .await
+    }
+}
+
+/// CPU time (user + system, all threads) this process has used so far, in seconds.
+fn process_cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().expect("utime") + f[12].parse::<f64>().expect("stime");
+    // CLK_TCK is 100 on every Linux this runs on.
+    ticks / 100.0
+}
+
+/// The `cpu` mode: CPU and wall time per instant query.
+fn cpu(mut args: impl Iterator<Item = String>) {
+    let repeats: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2000);
+    let only = args.next();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let store = Answers {
+        store: build(),
+        cache: Mutex::default(),
+    };
+    let engine = Engine::default();
+    println!("| query | samples | CPU µs per query | wall µs per query |");
+    println!("|---|---|---|---|");
+    let all = std::iter::once(("vector1", "vector(1)")).chain(QUERIES);
+    for (name, q) in all {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
+        let run = || {
+            rt.block_on(engine.instant_query(&store, q, END_MS))
+                .expect("query")
+        };
+        let n = match run().value {
+            Value::Vector(v) => v.len(),
+            _ => 1,
+        };
+        for _ in 0..repeats / 10 {
+            run();
+        }
+        let (c0, t0) = (process_cpu_s(), Instant::now());
+        for _ in 0..repeats {
+            run();
+        }
+        let (cpu, wall) = (process_cpu_s() - c0, t0.elapsed().as_secs_f64());
+        println!(
+            "| `{name}` | {n} | {:.1} | {:.1} |",
+            cpu * 1e6 / repeats as f64,
+            wall * 1e6 / repeats as f64
+        );
+    }
+}
+
 fn main() {
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("cpu") {
+        args.next();
+        return cpu(args);
+    }
     let repeats: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(20);
     let only = args.next();
     let rt = tokio::runtime::Builder::new_multi_thread()

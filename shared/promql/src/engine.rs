@@ -4,19 +4,20 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use norn_model::{Labels, Matcher, Queryable, Sample as ModelSample, SampleBudget, Series};
 use promql_parser::parser::value::ValueType;
 use promql_parser::parser::{self, Expr, VectorSelector};
 
-use crate::error::{PromqlError, Result};
-use crate::eval::{
-    DEFAULT_SUBQUERY_STEP_MS, Evaluator, Fetched, at_ms, dur_ms, node_key, offset_ms,
+use crate::ast::{
+    DEFAULT_SUBQUERY_STEP_MS, at_ms, call_key, dur_ms, invalid_utf8_literals, node_key, offset_ms,
     selector_matchers,
 };
+use crate::error::{PromqlError, Result};
+use crate::eval::{Evaluator, Fetched};
 use crate::guard::Stop;
+use crate::threads::QueryThreads;
 use crate::value::{
     FetchedSeries, Metric, QueryResult, SCHEMA_LABELS, Sample, Val, Value, VectorSample,
     final_labels,
@@ -38,6 +39,9 @@ pub struct EngineOptions {
     /// Deepest nesting of a query expression accepted (see [`crate::nesting_depth`]); at most
     /// [`crate::MAX_QUERY_DEPTH_CEILING`].
     pub max_query_depth: usize,
+    /// Query threads kept waiting for the next query between queries (the querier keeps its
+    /// `max_concurrent`); more start when more queries run at once.
+    pub idle_query_threads: usize,
 }
 
 impl Default for EngineOptions {
@@ -48,17 +52,19 @@ impl Default for EngineOptions {
             timeout: Duration::from_secs(120),
             max_query_bytes: crate::guard::DEFAULT_MAX_QUERY_BYTES,
             max_query_depth: crate::guard::DEFAULT_MAX_QUERY_DEPTH,
+            idle_query_threads: crate::threads::DEFAULT_IDLE_QUERY_THREADS,
         }
     }
 }
 
-/// Evaluates PromQL over any [`Queryable`]. Cheap to share (clones share the thread count);
+/// Evaluates PromQL over any [`Queryable`]. Cheap to share (clones share the query threads);
 /// holds no per-query state.
 #[derive(Debug, Clone, Default)]
 pub struct Engine {
     opts: EngineOptions,
-    /// Query threads alive now, including those still winding down after their caller left.
-    threads: Arc<AtomicUsize>,
+    /// The threads queries run on; counts the queries running, including those still
+    /// winding down after their caller left.
+    threads: QueryThreads,
 }
 
 /// Which series a selector needs: the storage matchers (one set per `or` alternative) and
@@ -107,15 +113,15 @@ struct Span {
 impl Engine {
     pub fn new(opts: EngineOptions) -> Self {
         Self {
+            threads: QueryThreads::new(opts.idle_query_threads),
             opts,
-            threads: Arc::default(),
         }
     }
 
-    /// Query threads (parsing or evaluating) alive now: a cancelled or timed-out query's
-    /// thread counts until it has noticed and stopped.
+    /// Queries on query threads (parsing or evaluating) now: a cancelled or timed-out
+    /// query counts until its thread has noticed and stopped. Idle threads do not count.
     pub fn query_threads(&self) -> usize {
-        self.threads.load(Ordering::Relaxed)
+        self.threads.busy()
     }
 
     pub fn options(&self) -> &EngineOptions {
@@ -202,7 +208,7 @@ impl Engine {
         F: FnOnce() -> R + Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        crate::guard::spawn_query_thread(&self.threads, move || {
+        self.threads.run(move || {
             let _ = tx.send(f());
         })?;
         rx.await
@@ -219,7 +225,7 @@ impl Engine {
         )?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let query = query.to_string();
-        crate::guard::spawn_query_thread(&self.threads, move || {
+        self.threads.run(move || {
             let r = parser::parse(&query)
                 .map(|e| e.prettify())
                 .map_err(PromqlError::Parse);
@@ -261,7 +267,7 @@ impl Engine {
         let opts = self.opts.clone();
         let text = query.to_string();
         let thread_stop = stop.clone();
-        crate::guard::spawn_query_thread(&self.threads, move || {
+        self.threads.run(move || {
             // Released when this thread ends, however it ends.
             let _keep_alive = keep_alive;
             // Boxed so that node addresses stay put; owned by this thread to the end, so even
@@ -485,7 +491,7 @@ fn plan(
             }
             let matchers = crate::info::info_matchers(c)?;
             needs.insert(
-                crate::info::call_key(c),
+                call_key(c),
                 SelectorNeed {
                     matchers,
                     mint,
@@ -535,7 +541,7 @@ fn evaluate(
         subquery_depth: 0,
         range_mode: range,
         annotations: Default::default(),
-        invalid_utf8: crate::eval::invalid_utf8_literals(query),
+        invalid_utf8: invalid_utf8_literals(query),
         subquery_cache: HashMap::new(),
         window_cursors: HashMap::new(),
         points_pool: Vec::new(),
@@ -544,7 +550,7 @@ fn evaluate(
         group_caches: HashMap::new(),
     };
     if range && step > 0 {
-        crate::range_fn::plan_sliding(expr, &mut ev.sliding);
+        crate::sliding::plan_sliding(expr, &mut ev.sliding);
     }
     let value = if !range {
         match ev.eval(expr, start)? {

@@ -3,53 +3,19 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use norn_model::{Labels, METRIC_NAME, is_stale_nan};
-use promql_parser::label::Matchers;
-use promql_parser::parser::{AtModifier, Expr, Offset, VectorSelector};
+use promql_parser::parser::{Call, Expr, VectorSelector};
 
+use crate::ast::{at_ms, call_key, dur_ms, matrix_arg, node_key, offset_ms};
 use crate::error::{PromqlError, Result, exec_err};
+use crate::group::GroupCache;
 use crate::guard::{CHECK_EVERY, Stop};
-use crate::value::{FetchedSeries, MatrixVal, RSeries, SCHEMA_LABELS, Sample, Val, final_labels};
+use crate::sliding::{SlidingRangeFn, Steps};
+use crate::value::{FetchedSeries, MatrixVal, Metric, RSeries, Sample, Val, final_labels};
 
 /// Fetched series per selector node, keyed by the node's address in the (pinned) AST.
 pub(crate) type Fetched = HashMap<usize, Vec<FetchedSeries>>;
-
-/// Address of a selector node; the AST is boxed and never mutated while a query runs.
-pub(crate) fn node_key(vs: &VectorSelector) -> usize {
-    vs as *const VectorSelector as usize
-}
-
-/// Milliseconds of an offset modifier (negative offsets look ahead).
-pub(crate) fn offset_ms(o: &Option<Offset>) -> i64 {
-    match o {
-        None => 0,
-        Some(Offset::Pos(d)) => dur_ms(d),
-        Some(Offset::Neg(d)) => -dur_ms(d),
-    }
-}
-
-pub(crate) fn dur_ms(d: &Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
-}
-
-/// The fixed evaluation time an `@` modifier pins a node to, if any.
-pub(crate) fn at_ms(at: &Option<AtModifier>, start: i64, end: i64) -> Option<i64> {
-    match at {
-        None => None,
-        Some(AtModifier::Start) => Some(start),
-        Some(AtModifier::End) => Some(end),
-        Some(AtModifier::At(st)) => Some(match st.duration_since(SystemTime::UNIX_EPOCH) {
-            Ok(d) => dur_ms(&d),
-            Err(e) => -dur_ms(&e.duration()),
-        }),
-    }
-}
-
-/// Default resolution of a subquery without an explicit step (Prometheus' test setting and
-/// the usual global evaluation interval).
-pub(crate) const DEFAULT_SUBQUERY_STEP_MS: i64 = 60_000;
 
 /// Annotations collected while evaluating, rendered at the end.
 #[derive(Debug, Default)]
@@ -97,14 +63,14 @@ pub(crate) struct Evaluator<'a> {
     /// instead of an allocation per series per step.
     pub points_pool: Vec<Vec<(i64, f64)>>,
     /// Range-function calls of a range query evaluated across all steps at once, by call
-    /// node address (see [`crate::range_fn::plan_sliding`]).
-    pub sliding: HashMap<usize, crate::range_fn::SlidingRangeFn>,
+    /// node address (see [`crate::sliding::plan_sliding`]).
+    pub sliding: HashMap<usize, SlidingRangeFn>,
     /// Per instant-vector selector node: the reference time of the previous evaluation and,
     /// per fetched series, the index of the first sample after it. Range queries move
     /// forward by one step, which is a few samples, cheaper to walk than to binary-search.
     pub selector_cursors: HashMap<usize, (i64, Vec<usize>)>,
-    /// Per aggregation node, its input series' groups (see [`crate::aggregate::GroupCache`]).
-    pub group_caches: HashMap<usize, crate::aggregate::GroupCache>,
+    /// Per aggregation node, its input series' groups (see [`GroupCache`]).
+    pub group_caches: HashMap<usize, GroupCache>,
 }
 
 impl Evaluator<'_> {
@@ -272,7 +238,7 @@ impl Evaluator<'_> {
             cursors.clear();
             cursors.resize(fetched.len(), 0);
         }
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(fetched.len());
         for (s, cursor) in fetched.iter().zip(cursors.iter_mut()) {
             let hi = if forward {
                 advance_past(&s.samples, *cursor, ref_t)
@@ -422,133 +388,66 @@ pub(crate) fn has_duplicate_labelsets(vec: &[Sample], apply_drop: bool) -> bool 
     })
 }
 
-/// Whether `name` is one of the labels dropped with the metric name.
-pub(crate) fn is_schema_label(name: &str) -> bool {
-    SCHEMA_LABELS.contains(&name)
-}
-
-/// Converts a selector's matchers (plus its name) into storage matchers, one set per `or`
-/// alternative.
-pub(crate) fn selector_matchers(vs: &VectorSelector) -> Result<Vec<Vec<norn_model::Matcher>>> {
-    let groups: Vec<&Vec<promql_parser::label::Matcher>> = if vs.matchers.or_matchers.is_empty() {
-        vec![&vs.matchers.matchers]
-    } else {
-        vs.matchers.or_matchers.iter().collect()
-    };
-    let mut out = Vec::new();
-    for g in groups {
-        let mut ms = Vec::new();
-        for m in g {
-            ms.push(convert_matcher(m)?);
-        }
-        if let Some(name) = &vs.name
-            && !ms
+impl Evaluator<'_> {
+    /// The "might not be a counter" info of `rate`/`increase` for one series.
+    pub(crate) fn note_if_not_counter(&mut self, metric: &Metric) {
+        if let Some(metric_name) = metric.get(METRIC_NAME)
+            && !["_total", "_sum", "_count", "_bucket"]
                 .iter()
-                .any(|m: &norn_model::Matcher| m.name == METRIC_NAME)
+                .any(|suf| metric_name.ends_with(suf))
         {
-            ms.push(norn_model::Matcher::equal(METRIC_NAME, name.clone()));
-        }
-        out.push(ms);
-    }
-    Ok(out)
-}
-
-fn convert_matcher(m: &promql_parser::label::Matcher) -> Result<norn_model::Matcher> {
-    use norn_model::MatchType;
-    use promql_parser::label::MatchOp;
-    let kind = match m.op {
-        MatchOp::Equal => MatchType::Equal,
-        MatchOp::NotEqual => MatchType::NotEqual,
-        MatchOp::Re(_) => MatchType::Regex,
-        MatchOp::NotRe(_) => MatchType::NotRegex,
-    };
-    norn_model::Matcher::new(kind, m.name.clone(), m.value.clone())
-        .map_err(|e| PromqlError::Parse(e.to_string()))
-}
-
-/// Equality matchers of a selector, for `absent()`'s output labels.
-pub(crate) fn absent_labels(matchers: &Matchers) -> Labels {
-    use promql_parser::label::MatchOp;
-    let mut l = Labels::empty();
-    let mut has: HashSet<&str> = HashSet::new();
-    for m in &matchers.matchers {
-        if m.name == METRIC_NAME {
-            continue;
-        }
-        if matches!(m.op, MatchOp::Equal) && !has.contains(m.name.as_str()) {
-            l.set(&m.name, &m.value);
-            has.insert(&m.name);
-        } else {
-            l.remove(&m.name);
-        }
-    }
-    l
-}
-
-/// Finds the string literals of `query` whose escapes make them invalid UTF-8 when decoded
-/// as bytes (Go semantics), keyed by how promql-parser decodes them (each `\xHH` or octal
-/// escape becomes the char U+00HH).
-pub(crate) fn invalid_utf8_literals(query: &str) -> HashMap<String, String> {
-    let mut out = HashMap::new();
-    let chars: Vec<char> = query.chars().collect();
-    let mut i = 0;
-    while i < chars.len() {
-        let q = chars[i];
-        if q != '"' && q != '\'' {
-            i += 1;
-            continue;
-        }
-        i += 1;
-        let start = i;
-        let mut bytes: Vec<u8> = Vec::new();
-        let mut parser_view = String::new();
-        let mut has_byte_escape = false;
-        while i < chars.len() && chars[i] != q {
-            let c = chars[i];
-            if c == '\\' && i + 1 < chars.len() {
-                let e = chars[i + 1];
-                let digits: String = if e == 'x' {
-                    chars.iter().skip(i + 2).take(2).collect()
-                } else {
-                    chars.iter().skip(i + 1).take(3).collect()
-                };
-                let radix = if e == 'x' { 16 } else { 8 };
-                let byte = (e == 'x' || e.is_digit(8))
-                    .then(|| u8::from_str_radix(&digits, radix).ok())
-                    .flatten()
-                    .filter(|_| digits.len() == if e == 'x' { 2 } else { 3 });
-                if let Some(b) = byte {
-                    bytes.push(b);
-                    parser_view.push(char::from(b));
-                    has_byte_escape |= b >= 0x80;
-                    i += 4;
-                    continue;
-                }
-                // Other escapes decode to valid UTF-8 either way.
-                let decoded = match e {
-                    'n' => '\n',
-                    't' => '\t',
-                    'r' => '\r',
-                    other => other,
-                };
-                let mut buf = [0u8; 4];
-                bytes.extend_from_slice(decoded.encode_utf8(&mut buf).as_bytes());
-                parser_view.push(decoded);
-                i += 2;
-                continue;
-            }
-            let mut buf = [0u8; 4];
-            bytes.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-            parser_view.push(c);
-            i += 1;
-        }
-        if has_byte_escape && std::str::from_utf8(&bytes).is_err() {
-            out.insert(
-                parser_view,
-                chars[start..i.min(chars.len())].iter().collect(),
+            let needle = metric_name.to_string();
+            self.info(
+                format!(
+                    "metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {metric_name:?}"
+                ),
+                &needle,
             );
         }
-        i += 1;
     }
-    out
+
+    /// The value of call `c` at `t` if it was planned by [`crate::sliding::plan_sliding`] and `t` is one of
+    /// the query's steps; `None` means "evaluate it the ordinary way".
+    pub(crate) fn sliding_value(&mut self, c: &Call, t: i64) -> Result<Option<Vec<Sample>>> {
+        let key = call_key(c);
+        let Some(mut st) = self.sliding.remove(&key) else {
+            return Ok(None);
+        };
+        let r = self.sliding_step(&mut st, c, t);
+        self.sliding.insert(key, st);
+        r
+    }
+
+    fn sliding_step(
+        &mut self,
+        st: &mut SlidingRangeFn,
+        c: &Call,
+        t: i64,
+    ) -> Result<Option<Vec<Sample>>> {
+        let (start, end, step) = (self.query_start, self.query_end, self.query_step);
+        if step <= 0 || t < start || t > end || (t - start) % step != 0 {
+            return Ok(None);
+        }
+        let Some(ms) = matrix_arg(c) else {
+            return Ok(None);
+        };
+        let idx = ((t - start) / step) as usize;
+        if st.needs_chunk(idx) {
+            let data = self.data;
+            let fetched: &[FetchedSeries] = data.get(&node_key(&ms.vs)).map_or(&[], Vec::as_slice);
+            let steps = Steps {
+                start,
+                end,
+                step,
+                max_samples: self.max_samples,
+            };
+            let held = self.held;
+            let to_note =
+                st.slide_chunk(fetched, ms, steps, idx, held, &mut || self.check_deadline())?;
+            for i in to_note {
+                self.note_if_not_counter(&fetched[i].labels);
+            }
+        }
+        Ok(st.take_step(idx))
+    }
 }

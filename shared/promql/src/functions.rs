@@ -9,9 +9,10 @@ use chrono::{DateTime, Datelike, Timelike, Utc};
 use norn_model::{Labels, METRIC_NAME};
 use promql_parser::parser::{Call, Expr};
 
-use crate::aggregate::{format_float, quantile};
+use crate::ast::absent_labels;
 use crate::error::{PromqlError, Result, exec_err};
-use crate::eval::{Evaluator, absent_labels, has_duplicate_labelsets};
+use crate::eval::{Evaluator, has_duplicate_labelsets};
+use crate::math::{format_float, quantile};
 use crate::range_fn::{RangeFn, linear_regression};
 use crate::value::{Metric, Sample, Val};
 

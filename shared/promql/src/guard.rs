@@ -13,13 +13,13 @@
 //!   release and build profile, so parsing and evaluation run on a thread of their own whose
 //!   stack ([`QUERY_THREAD_STACK_BYTES`]) is far larger than the deepest query the limit lets
 //!   through needs (a test evaluates a query at [`MAX_QUERY_DEPTH_CEILING`]). That thread also
-//!   keeps CPU-heavy parsing off the async reactor.
+//!   keeps CPU-heavy parsing off the async reactor. The threads are pooled (`crate::threads`).
 //! - A query's deadline and its caller going away are seen by the evaluation through
 //!   [`Stop`]: a flag set when the query's future is dropped (client disconnect, request
 //!   timeout) plus the deadline, polled every [`CHECK_EVERY`] units of work.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::error::{PromqlError, Result};
@@ -239,33 +239,6 @@ impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Relaxed);
     }
-}
-
-/// Runs `f` on a new thread with [`QUERY_THREAD_STACK_BYTES`] of stack, counted in `alive`
-/// while it runs. The caller's future receives the result through a channel; if it is
-/// dropped, `f` runs on until it polls its [`Stop`].
-pub(crate) fn spawn_query_thread<F>(alive: &Arc<AtomicUsize>, f: F) -> Result<()>
-where
-    F: FnOnce() + Send + 'static,
-{
-    /// Uncounts the thread however it ends, a panic included.
-    struct Alive(Arc<AtomicUsize>);
-    impl Drop for Alive {
-        fn drop(&mut self) {
-            self.0.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-    alive.fetch_add(1, Ordering::Relaxed);
-    let guard = Alive(Arc::clone(alive));
-    std::thread::Builder::new()
-        .name("norn-promql".into())
-        .stack_size(QUERY_THREAD_STACK_BYTES)
-        .spawn(move || {
-            let _alive = guard;
-            f()
-        })
-        .map(drop)
-        .map_err(|e| PromqlError::Unavailable(format!("cannot start a query thread: {e}")))
 }
 
 #[cfg(test)]

@@ -6,20 +6,15 @@ use std::collections::BTreeMap;
 
 use norn_model::{Labels, METRIC_NAME, MatchType, Matcher, is_stale_nan};
 
-use crate::error::PromqlError;
 use promql_parser::parser::{Call, Expr};
 
-use crate::error::{Result, exec_err};
-use crate::eval::{Evaluator, at_ms, offset_ms, selector_matchers};
+use crate::ast::{at_ms, call_key, offset_ms, selector_matchers};
+use crate::error::{PromqlError, Result, exec_err};
+use crate::eval::Evaluator;
 use crate::value::{Sample, Val};
 
 const IDENTIFYING: [&str; 2] = ["instance", "job"];
 const DEFAULT_INFO_METRIC: &str = "target_info";
-
-/// Key of the info series fetched for one `info()` call.
-pub(crate) fn call_key(c: &Call) -> usize {
-    c as *const Call as usize
-}
 
 fn selector_arg(c: &Call) -> Option<&promql_parser::parser::VectorSelector> {
     match c.args.args.get(1).map(|b| b.as_ref()) {

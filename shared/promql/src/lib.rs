@@ -6,16 +6,21 @@
 //! [`Engine::range_query`]; [`memstore::MemStore`] is an in-memory store for tests and rules.
 
 mod aggregate;
+mod ast;
 mod binop;
 mod engine;
 mod error;
 mod eval;
 mod functions;
+mod group;
 mod guard;
 mod info;
+mod math;
 pub mod memstore;
 mod range_fn;
+mod sliding;
 mod subquery;
+mod threads;
 mod value;
 
 pub use engine::{Engine, EngineOptions, QueryContext, SharedEngine};
@@ -24,4 +29,5 @@ pub use guard::{
     DEFAULT_MAX_QUERY_BYTES, DEFAULT_MAX_QUERY_DEPTH, MAX_QUERY_DEPTH_CEILING,
     QUERY_THREAD_STACK_BYTES, check_query_text, nesting_depth,
 };
+pub use threads::DEFAULT_IDLE_QUERY_THREADS;
 pub use value::{QueryResult, Value, VectorSample};

@@ -11,8 +11,9 @@ use std::sync::Arc;
 
 use promql_parser::parser::SubqueryExpr;
 
+use crate::ast::{DEFAULT_SUBQUERY_STEP_MS, at_ms, dur_ms, offset_ms};
 use crate::error::{Result, exec_err};
-use crate::eval::{DEFAULT_SUBQUERY_STEP_MS, Evaluator, at_ms, dur_ms, offset_ms};
+use crate::eval::Evaluator;
 use crate::value::{MatrixVal, Metric, RSeries, Sample, Val};
 
 /// Bytes of one unit of [`Evaluator::hold`]: a fetched sample (timestamp and value).

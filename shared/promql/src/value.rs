@@ -18,6 +18,11 @@ pub(crate) struct FetchedSeries {
 /// when a function or operator changes what the value means.
 pub(crate) const SCHEMA_LABELS: [&str; 3] = [METRIC_NAME, "__type__", "__unit__"];
 
+/// Whether `name` is one of the labels dropped with the metric name.
+pub(crate) fn is_schema_label(name: &str) -> bool {
+    SCHEMA_LABELS.contains(&name)
+}
+
 /// One element of an instant vector result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VectorSample {

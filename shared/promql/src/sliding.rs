@@ -1,0 +1,244 @@
+//! Range functions of a range query evaluated across all its steps at once.
+//!
+//! Evaluating a range query step by step cuts each series' window anew at every step and
+//! redoes per-series work (copying the window without stale markers, the counter-name check).
+//! For `f(selector[range])` outside any subquery, [`SlidingRangeFn`] instead walks each
+//! fetched series once across a chunk of consecutive steps with two forward-moving cursors,
+//! as Prometheus does for range queries, and hands each step its ready instant vector. The
+//! windows are borrowed slices of the fetched samples; only a series that holds stale markers
+//! is copied, once, without them.
+//!
+//! This module holds the state and the walk; it knows nothing of the evaluator, which hands
+//! it the fetched series and takes the results (see `Evaluator::sliding_value`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use norn_model::{Sample as ModelSample, is_stale_nan};
+use promql_parser::parser::{Expr, MatrixSelector};
+
+use crate::ast::{at_ms, call_key, dur_ms, matrix_arg, offset_ms};
+use crate::error::Result;
+use crate::range_fn::RangeFn;
+use crate::value::{FetchedSeries, Sample};
+
+/// The steps of a range query and its sample limit.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Steps {
+    pub start: i64,
+    pub end: i64,
+    pub step: i64,
+    pub max_samples: usize,
+}
+
+/// Most output samples one chunk of steps may hold (all series × the chunk's steps), so the
+/// memory held ahead stays bounded however many series a selector matches. Tiny in unit
+/// tests, so that their few series still cross chunk boundaries.
+const CHUNK_CELLS: usize = if cfg!(test) { 16 } else { 1 << 20 };
+/// Most steps evaluated ahead per chunk.
+const MAX_CHUNK_STEPS: usize = 256;
+
+/// State of one `f(selector[range])` call evaluated across the steps of a range query.
+#[derive(Debug)]
+pub(crate) struct SlidingRangeFn {
+    f: RangeFn,
+    initialized: bool,
+    /// Per fetched series: a copy without stale markers, only for series that hold any;
+    /// the others' windows are slices of the fetched samples.
+    clean: Vec<Option<Vec<ModelSample>>>,
+    /// Per fetched series: the window of the last step evaluated.
+    cursors: Vec<Cursor>,
+    /// Per fetched series: whether the counter-name check already ran (its outcome does not
+    /// change between steps).
+    noted: Vec<bool>,
+    /// Step index of `results[0]`.
+    first: usize,
+    /// The instant vector of each step of the current chunk; `None` once handed out, or for
+    /// a step that must be evaluated the ordinary way (to report the error it runs into).
+    results: Vec<Option<Vec<Sample>>>,
+}
+
+impl SlidingRangeFn {
+    fn new(f: RangeFn) -> Self {
+        Self {
+            f,
+            initialized: false,
+            clean: Vec::new(),
+            cursors: Vec::new(),
+            noted: Vec::new(),
+            first: 0,
+            results: Vec::new(),
+        }
+    }
+}
+
+/// A series' window `[lo, hi)` and its counter resets: `resets_hi` counts the `k` in
+/// `[1, hi)`, `resets_lo` the `k` in `[1, lo]` with `v[k] < v[k-1]`, so the window holds
+/// `resets_hi - resets_lo` resets (the comparison `rate` uses, over the same samples).
+#[derive(Debug, Clone, Copy, Default)]
+struct Cursor {
+    lo: usize,
+    hi: usize,
+    resets_lo: usize,
+    resets_hi: usize,
+}
+
+/// Finds the calls of a range query that can be evaluated across all steps at once: a range
+/// function directly over a matrix selector, not inside a subquery (whose inner expression
+/// is evaluated at the subquery's own timestamps, not at the query's steps).
+pub(crate) fn plan_sliding(e: &Expr, out: &mut HashMap<usize, SlidingRangeFn>) {
+    match e {
+        Expr::Call(c) => {
+            if let Some(f) = RangeFn::parse(c.func.name)
+                && matrix_arg(c).is_some()
+            {
+                out.insert(call_key(c), SlidingRangeFn::new(f));
+            }
+            for a in &c.args.args {
+                plan_sliding(a, out);
+            }
+        }
+        Expr::Paren(p) => plan_sliding(&p.expr, out),
+        Expr::Unary(u) => plan_sliding(&u.expr, out),
+        Expr::Binary(b) => {
+            plan_sliding(&b.lhs, out);
+            plan_sliding(&b.rhs, out);
+        }
+        Expr::Aggregate(a) => {
+            if let Some(p) = &a.param {
+                plan_sliding(p, out);
+            }
+            plan_sliding(&a.expr, out);
+        }
+        Expr::Subquery(_)
+        | Expr::MatrixSelector(_)
+        | Expr::VectorSelector(_)
+        | Expr::NumberLiteral(_)
+        | Expr::StringLiteral(_)
+        | Expr::Extension(_) => {}
+    }
+}
+
+impl SlidingRangeFn {
+    /// Whether step `idx` (its index in the query) lies past the chunk evaluated so far, so
+    /// that [`Self::slide_chunk`] must run from it first.
+    pub fn needs_chunk(&self, idx: usize) -> bool {
+        idx >= self.first + self.results.len()
+    }
+
+    /// The instant vector of step `idx` if the current chunk holds it ready; `None` for a
+    /// step before the chunk, already handed out, or left to the ordinary path.
+    pub fn take_step(&mut self, idx: usize) -> Option<Vec<Sample>> {
+        let i = idx.checked_sub(self.first)?;
+        self.results.get_mut(i)?.take()
+    }
+
+    /// Evaluates the function for a chunk of steps from step index `first` on: each series
+    /// once, its window cursors moving forward from where the previous chunk left them.
+    ///
+    /// `held` is what the query holds besides; `tick` is called once per series (the
+    /// evaluator's deadline check). Returns the series (by index in `fetched`) that produced
+    /// a first sample of a counter function, for the evaluator's "not a counter" check.
+    pub fn slide_chunk(
+        &mut self,
+        fetched: &[FetchedSeries],
+        ms: &MatrixSelector,
+        steps: Steps,
+        first: usize,
+        held: usize,
+        tick: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Vec<usize>> {
+        let vs = &ms.vs;
+        let range = dur_ms(&ms.range);
+        if !self.initialized {
+            self.clean = fetched
+                .iter()
+                .map(|s| {
+                    s.samples.iter().any(|x| is_stale_nan(x.v)).then(|| {
+                        s.samples
+                            .iter()
+                            .filter(|x| !is_stale_nan(x.v))
+                            .copied()
+                            .collect()
+                    })
+                })
+                .collect();
+            self.cursors = vec![Cursor::default(); fetched.len()];
+            self.noted = vec![false; fetched.len()];
+            self.initialized = true;
+        }
+        let Steps {
+            start: qstart,
+            end: qend,
+            step: qstep,
+            max_samples,
+        } = steps;
+        let at = at_ms(&vs.at, qstart, qend);
+        let off = offset_ms(&vs.offset);
+        let steps_left = ((qend - qstart) / qstep) as usize + 1 - first;
+        let chunk = (CHUNK_CELLS / fetched.len().max(1)).clamp(1, MAX_CHUNK_STEPS);
+        let ref_ts: Vec<i64> = (0..chunk.min(steps_left))
+            .map(|i| {
+                at.unwrap_or(qstart + (first + i) as i64 * qstep)
+                    .saturating_sub(off)
+            })
+            .collect();
+        let mut results: Vec<Vec<Sample>> = ref_ts
+            .iter()
+            .map(|_| Vec::with_capacity(fetched.len()))
+            .collect();
+        let mut totals = vec![0usize; ref_ts.len()];
+        let drop_name = !self.f.keeps_name();
+        let mut to_note = Vec::new();
+        for (i, s) in fetched.iter().enumerate() {
+            tick()?;
+            let samples: &[ModelSample] = self.clean[i].as_deref().unwrap_or(&s.samples);
+            let mut c = self.cursors[i];
+            let is_reset =
+                |k: usize| k >= 1 && k < samples.len() && samples[k].v < samples[k - 1].v;
+            let mut produced = false;
+            for (j, &ref_t) in ref_ts.iter().enumerate() {
+                let wstart = ref_t.saturating_sub(range);
+                while c.lo < samples.len() && samples[c.lo].t <= wstart {
+                    c.lo += 1;
+                    c.resets_lo += usize::from(is_reset(c.lo));
+                }
+                while c.hi < c.lo || (c.hi < samples.len() && samples[c.hi].t <= ref_t) {
+                    c.resets_hi += usize::from(is_reset(c.hi));
+                    c.hi += 1;
+                }
+                let (lo, hi) = (c.lo, c.hi);
+                if lo == hi {
+                    continue;
+                }
+                totals[j] += hi - lo;
+                let no_resets = c.resets_hi == c.resets_lo;
+                if let Some(v) = self
+                    .f
+                    .value_hinted(&samples[lo..hi], wstart, ref_t, no_resets)
+                {
+                    results[j].push(Sample {
+                        metric: Arc::clone(&s.labels),
+                        v,
+                        drop_name,
+                    });
+                    produced = true;
+                }
+            }
+            self.cursors[i] = c;
+            if produced && self.f.is_counter_fn() && !self.noted[i] {
+                self.noted[i] = true;
+                to_note.push(i);
+            }
+        }
+        self.first = first;
+        self.results = results
+            .into_iter()
+            .zip(totals)
+            // A step whose windows hold too many samples is left to the ordinary path,
+            // which fails it the same way (and only once the query gets there).
+            .map(|(r, total)| (held.saturating_add(total) <= max_samples).then_some(r))
+            .collect();
+        Ok(to_note)
+    }
+}
