@@ -75,7 +75,7 @@ impl QuerierMetrics {
     }
 }
 
-/// `norn_querier_query_threads`: the engine's query threads, read at scrape time. Above
+/// `norn_querier_query_threads`: the engine's busy query threads, read at scrape time. Above
 /// `norn_querier_running_queries` for more than a moment means evaluations outlive their
 /// requests.
 struct QueryThreads {
@@ -89,7 +89,7 @@ impl QueryThreads {
             engine,
             gauge: IntGauge::new(
                 "norn_querier_query_threads",
-                "PromQL query threads alive (parsing, evaluating, or winding down after their request ended).",
+                "PromQL query threads busy with a query (parsing, evaluating, or winding down after its request ended); idle pooled threads are not counted.",
             )?,
         })
     }
