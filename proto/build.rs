@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "prometheus/remote.proto",
         "io/prometheus/write/v2/types.proto",
         "norn/ingester/v1/ingester.proto",
+        "norn/storegateway/v1/storegateway.proto",
         "grpc/health/v1/health.proto",
     ];
     for f in files {

@@ -11,6 +11,8 @@
 //! 2.0 with [`remote_write_v2`], which borrows symbols from the body the same way.
 //!
 //! `ingester::v1` is Norn's ingester gRPC service (messages, tonic client and server);
+//! `storegateway::v1` the store-gateway's, which reuses the ingester's label, matcher and chunk
+//! messages;
 //! `health::v1` is the standard gRPC health-checking service. [`status`] converts error kinds
 //! to and from gRPC status codes and holds the message size limit every server and client
 //! shares.
@@ -38,6 +40,14 @@ pub mod ingester {
     #[allow(clippy::all, clippy::clone_on_ref_ptr, missing_docs)]
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/norn.ingester.v1.rs"));
+    }
+}
+
+/// Norn's store-gateway service (package `norn.storegateway.v1`).
+pub mod storegateway {
+    #[allow(clippy::all, clippy::clone_on_ref_ptr, missing_docs)]
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/norn.storegateway.v1.rs"));
     }
 }
 
