@@ -51,6 +51,20 @@ impl Queryable for SeriesLimited {
         self.count(out)
     }
 
+    async fn select_last_within(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+        budget: &SampleBudget,
+    ) -> Result<Vec<Series>, StorageError> {
+        let out = self
+            .inner
+            .select_last_within(start_ms, end_ms, matchers, budget)
+            .await?;
+        self.count(out)
+    }
+
     async fn label_names(
         &self,
         start_ms: i64,

@@ -27,7 +27,7 @@ pub use matcher::{MatchType, Matcher, MatcherError};
 pub use query::{
     ChunkSeries, EncodedChunk, MergeQueryable, MergedProvider, MetadataReader, Queryable,
     QueryableProvider, QuorumQueryable, SampleBudget, Series, StorageError, TOO_MANY_SAMPLES,
-    gather_quorum, merge_series, merge_strings,
+    gather_quorum, keep_last, merge_series, merge_strings,
 };
 pub use reject::RejectReason;
 pub use sample::{

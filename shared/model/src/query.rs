@@ -118,6 +118,19 @@ impl SampleBudget {
 }
 
 /// Charges a whole answer to `budget` at once (for sources that cannot stop part way).
+/// Each series reduced to its newest sample (series without samples dropped).
+pub fn keep_last(mut series: Vec<Series>) -> Vec<Series> {
+    series.retain_mut(|s| match s.samples.pop() {
+        Some(last) => {
+            s.samples.clear();
+            s.samples.push(last);
+            true
+        }
+        None => false,
+    });
+    series
+}
+
 fn charge_whole(got: Vec<Series>, budget: &SampleBudget) -> Result<Vec<Series>, StorageError> {
     budget.charge(got.iter().map(|s| s.samples.len()).sum());
     budget.check()?;
@@ -149,6 +162,22 @@ pub trait Queryable: Send + Sync {
         end_ms: i64,
         matchers: &[Matcher],
     ) -> Result<Vec<Series>, StorageError>;
+
+    /// [`select_within`](Self::select_within) keeping only each series' newest sample in
+    /// `[start_ms, end_ms]`: what an instant vector selector evaluated at one time needs.
+    /// The budget is charged with the samples returned (one per series, as Prometheus
+    /// counts an instant selector). The default selects everything and drops the rest;
+    /// sources that know their newest samples (the head) answer without decoding.
+    async fn select_last_within(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+        budget: &SampleBudget,
+    ) -> Result<Vec<Series>, StorageError> {
+        let all = self.select(start_ms, end_ms, matchers).await?;
+        charge_whole(keep_last(all), budget)
+    }
 
     /// [`select`](Self::select) with each series' samples left in the encoded chunks the
     /// source holds, sorted by labels. Chunks overlap `[start_ms, end_ms]` but are not cut to
@@ -359,6 +388,18 @@ impl Queryable for MergeQueryable {
             .await
     }
 
+    async fn select_last_within(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+        budget: &SampleBudget,
+    ) -> Result<Vec<Series>, StorageError> {
+        self.0
+            .select_last_within(start_ms, end_ms, matchers, budget)
+            .await
+    }
+
     async fn select_chunks(
         &self,
         start_ms: i64,
@@ -496,6 +537,35 @@ impl Queryable for QuorumQueryable {
             .await?;
         budget.check()?;
         Ok(merge_series(lists))
+    }
+
+    async fn select_last_within(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+        budget: &SampleBudget,
+    ) -> Result<Vec<Series>, StorageError> {
+        if self.max_errors > 0 {
+            // Replicas: charged once, on the merged answer (see `select_within`).
+            let unlimited = SampleBudget::unlimited();
+            let unlimited = &unlimited;
+            let lists = self
+                .gather(|s| async move {
+                    s.select_last_within(start_ms, end_ms, matchers, unlimited)
+                        .await
+                })
+                .await?;
+            return charge_whole(keep_last(merge_series(lists)), budget);
+        }
+        let lists = self
+            .gather(|s| async move {
+                s.select_last_within(start_ms, end_ms, matchers, budget)
+                    .await
+            })
+            .await?;
+        budget.check()?;
+        Ok(keep_last(merge_series(lists)))
     }
 
     async fn select_chunks(

@@ -73,6 +73,9 @@ struct SelectorNeed {
     matchers: Vec<Vec<norn_model::Matcher>>,
     mint: i64,
     maxt: i64,
+    /// An instant vector selector read at one time only (an instant query, or `@`): each
+    /// series' newest sample in the range is all it needs.
+    last_only: bool,
 }
 
 /// What the query thread hands the async side once it has parsed and planned: the selectors
@@ -346,10 +349,14 @@ async fn select(
     matchers: &[Matcher],
     budget: &SampleBudget,
 ) -> Result<Vec<Series>> {
-    match q
-        .select_within(need.mint, need.maxt, matchers, budget)
-        .await
-    {
+    let got = if need.last_only {
+        q.select_last_within(need.mint, need.maxt, matchers, budget)
+            .await
+    } else {
+        q.select_within(need.mint, need.maxt, matchers, budget)
+            .await
+    };
+    match got {
         Err(_) if budget.exhausted() => Err(PromqlError::TooManySamples),
         other => other.map_err(PromqlError::from),
     }
@@ -397,11 +404,12 @@ fn plan(
     lookback: i64,
     needs: &mut HashMap<usize, SelectorNeed>,
 ) -> Result<()> {
-    let mut add = |vs: &VectorSelector, window: i64| -> Result<()> {
+    let mut add = |vs: &VectorSelector, window: i64, instant: bool| -> Result<()> {
         let (lo, hi) = match at_ms(&vs.at, qstart, qend) {
             Some(a) => (a, a),
             None => (s, e_t),
         };
+        let last_only = instant && lo == hi;
         let off = offset_ms(&vs.offset);
         let mint = lo.saturating_sub(off).saturating_sub(window);
         let maxt = hi.saturating_sub(off);
@@ -409,6 +417,7 @@ fn plan(
             Some(n) => {
                 n.mint = n.mint.min(mint);
                 n.maxt = n.maxt.max(maxt);
+                n.last_only = false;
             }
             None => {
                 needs.insert(
@@ -417,6 +426,7 @@ fn plan(
                         matchers: selector_matchers(vs)?,
                         mint,
                         maxt,
+                        last_only,
                     },
                 );
             }
@@ -424,8 +434,8 @@ fn plan(
         Ok(())
     };
     match e {
-        Expr::VectorSelector(vs) => add(vs, lookback),
-        Expr::MatrixSelector(ms) => add(&ms.vs, dur_ms(&ms.range)),
+        Expr::VectorSelector(vs) => add(vs, lookback, true),
+        Expr::MatrixSelector(ms) => add(&ms.vs, dur_ms(&ms.range), false),
         Expr::Subquery(sq) => {
             let (lo, hi) = match at_ms(&sq.at, qstart, qend) {
                 Some(a) => (a, a),
@@ -483,6 +493,7 @@ fn plan(
                     Some(e) => {
                         e.mint = e.mint.min(n.mint);
                         e.maxt = e.maxt.max(n.maxt);
+                        e.last_only = false;
                     }
                     None => {
                         needs.insert(k, n);
@@ -496,6 +507,7 @@ fn plan(
                     matchers,
                     mint,
                     maxt,
+                    last_only: false,
                 },
             );
             Ok(())

@@ -122,3 +122,33 @@ fn block_chunks_and_merged_sources_decode_to_what_select_returns() {
         assert_eq!(by_chunks.used(), by_samples.used(), "blocks {a}..={b}");
     }
 }
+
+/// The newest-sample read (instant selectors) returns exactly the last sample `select` does,
+/// whether it comes from the open chunk's state or from decoding, and charges one per series.
+#[test]
+fn last_sample_select_is_the_last_of_select() {
+    let dir = tempfile::tempdir().unwrap();
+    let (head, _) = Head::open(HeadOptions::new(dir.path())).unwrap();
+    let head = Arc::new(head);
+    three_hours(&head);
+    let mut ranges = RANGES.to_vec();
+    // At and around the newest sample, inside the open chunk, and between samples.
+    ranges.extend([
+        (10_500_000, 10_800_000),
+        (10_500_000, 10_799_999),
+        (2_000_000, 2_400_000),
+        (2_399_000, 2_500_000),
+        (7_000_001, 7_000_014),
+    ]);
+    for (a, b) in ranges {
+        let budget = SampleBudget::new(1_000);
+        let last = head.select_last_within(a, b, &[], &budget);
+        let want = norn_model::query::keep_last(head.select(a, b, &[]));
+        assert_eq!(last, want, "range [{a}, {b}]");
+        assert_eq!(budget.used(), want.len(), "range [{a}, {b}]");
+        let queryable = HeadQueryable(Arc::clone(&head));
+        let through_trait =
+            block_on(queryable.select_last_within(a, b, &[], &SampleBudget::unlimited()));
+        assert_eq!(through_trait.unwrap(), want);
+    }
+}

@@ -53,6 +53,34 @@ impl Head {
         out
     }
 
+    /// [`select_within`](Self::select_within) keeping each series' newest sample only
+    /// (an instant selector at one time), charged one sample per series.
+    pub fn select_last_within(
+        &self,
+        mint: i64,
+        maxt: i64,
+        matchers: &[Matcher],
+        budget: &SampleBudget,
+    ) -> Vec<Series> {
+        let mut out = Vec::new();
+        for s in self.index.matching(matchers) {
+            let last = s
+                .state
+                .lock()
+                .last_sample_for_query(mint, maxt, self.store());
+            let Some(last) = last else { continue };
+            if !budget.charge(1) {
+                break;
+            }
+            out.push(Series {
+                labels: self.index.labels_of(&s),
+                samples: vec![last],
+            });
+        }
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        out
+    }
+
     /// Series matching every matcher with their chunks overlapping `[mint, maxt]`, as they
     /// are stored (not cut to the range), sorted by labels.
     pub fn select_chunks(&self, mint: i64, maxt: i64, matchers: &[Matcher]) -> Vec<ChunkSeries> {
@@ -229,6 +257,20 @@ impl Queryable for HeadQueryable {
         budget: &SampleBudget,
     ) -> Result<Vec<Series>, StorageError> {
         let got = self.0.select_within(start_ms, end_ms, matchers, budget);
+        budget.check()?;
+        Ok(got)
+    }
+
+    async fn select_last_within(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+        budget: &SampleBudget,
+    ) -> Result<Vec<Series>, StorageError> {
+        let got = self
+            .0
+            .select_last_within(start_ms, end_ms, matchers, budget);
         budget.check()?;
         Ok(got)
     }

@@ -424,6 +424,25 @@ impl SeriesState {
         out
     }
 
+    /// The newest sample in `[mint, maxt]`. When that is the open chunk's last sample (a
+    /// query at or after the series' newest data, as dashboards ask) it comes from the
+    /// appender's state, with nothing decoded; otherwise the range is decoded as for
+    /// [`samples_for_query`](Self::samples_for_query).
+    pub(crate) fn last_sample_for_query(
+        &mut self,
+        mint: i64,
+        maxt: i64,
+        store: Store<'_>,
+    ) -> Option<Sample> {
+        if !self.open.chunk.is_empty() && self.open.chunk.last_t() <= maxt {
+            // The open chunk holds the series' newest samples: its last one is the newest
+            // at or before `maxt`.
+            let t = self.open.chunk.last_t();
+            return (t >= mint).then(|| Sample::new(t, self.open.chunk.last_v()));
+        }
+        self.samples_for_query(mint, maxt, store).pop()
+    }
+
     /// The chunks overlapping `[mint, maxt]` as they are stored, for a chunk-level query:
     /// `f` gets each one's `(min_t, max_t, bytes)` in time order. The open chunk is read as
     /// in [`samples_for_query`](Self::samples_for_query); a chunk that cannot be found is
