@@ -11,12 +11,15 @@ use super::flags::set;
 pub struct FrontendConfig {
     /// Largest query API request body, in bytes (POSTed forms).
     pub max_body_size: usize,
+    /// The results cache (`--query-frontend.results-cache.*`).
+    pub results_cache: norn_cache::CacheConfig,
 }
 
 impl Default for FrontendConfig {
     fn default() -> Self {
         Self {
             max_body_size: 10 << 20,
+            results_cache: super::cache::default_results_cache(),
         }
     }
 }
