@@ -25,10 +25,17 @@ fn tool(bucket: &Path, args: &[&str]) -> Run {
         Command::new(env!("CARGO_BIN_EXE_norn"))
             .args(["tools", "bucket"])
             .args(args)
-            .arg(format!("--common.storage.filesystem.dir={}", bucket.display())),
+            .arg(format!(
+                "--common.storage.filesystem.dir={}",
+                bucket.display()
+            )),
         Duration::from_secs(60),
     );
-    assert!(!run.stderr.contains("panicked"), "norn panicked\n{}", run.text());
+    assert!(
+        !run.stderr.contains("panicked"),
+        "norn panicked\n{}",
+        run.text()
+    );
     run
 }
 
@@ -83,7 +90,11 @@ fn dir_size(dir: &Path) -> u64 {
     let mut total = 0;
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         let p = e.path();
-        total += if p.is_dir() { dir_size(&p) } else { p.metadata().unwrap().len() };
+        total += if p.is_dir() {
+            dir_size(&p)
+        } else {
+            p.metadata().unwrap().len()
+        };
     }
     total
 }
@@ -107,7 +118,11 @@ fn ls_inspect_mark_unmark() {
     let b = write_test_block(&tenant_dir, BASE + 2 * HOUR_MS, 5, 2);
     // An upload cut short: chunks without meta.json.
     std::fs::create_dir_all(tenant_dir.join(PARTIAL).join("chunks")).unwrap();
-    std::fs::write(tenant_dir.join(PARTIAL).join("chunks/000001"), vec![7u8; 1000]).unwrap();
+    std::fs::write(
+        tenant_dir.join(PARTIAL).join("chunks/000001"),
+        vec![7u8; 1000],
+    )
+    .unwrap();
     // Another tenant's block is never listed.
     std::fs::create_dir_all(bucket.join("team-b")).unwrap();
     let other = write_test_block(&bucket.join("team-b"), BASE, 1, 1);
@@ -137,33 +152,69 @@ fn ls_inspect_mark_unmark() {
     let table = ok(&bucket, &["ls", "--tenant", TENANT]);
     assert!(table.stdout.starts_with("BLOCK ULID"), "{}", table.text());
     let line_a = table.line_of(&a);
-    assert!(line_a.contains("2h") && line_a.contains(" 1440 "), "{line_a}");
-    assert!(table.line_of(PARTIAL).contains("partial (no meta.json), last written"));
-    assert!(table.stdout.contains("3 block(s) for tenant team-a (1 partial)"), "{}", table.text());
+    assert!(
+        line_a.contains("2h") && line_a.contains(" 1440 "),
+        "{line_a}"
+    );
+    assert!(
+        table
+            .line_of(PARTIAL)
+            .contains("partial (no meta.json), last written")
+    );
+    assert!(
+        table
+            .stdout
+            .contains("3 block(s) for tenant team-a (1 partial)"),
+        "{}",
+        table.text()
+    );
 
     // mark deletion, twice: the second keeps the first mark.
-    let marked = ok(&bucket, &["mark", "--tenant", TENANT, "--type=deletion", &a]);
+    let marked = ok(
+        &bucket,
+        &["mark", "--tenant", TENANT, "--type=deletion", &a],
+    );
     assert!(marked.stdout.contains("marked block"), "{}", marked.text());
     let local = tenant_dir.join(&a).join("deletion-mark.json");
-    let global = tenant_dir.join("markers").join(format!("{a}-deletion-mark.json"));
+    let global = tenant_dir
+        .join("markers")
+        .join(format!("{a}-deletion-mark.json"));
     let first = std::fs::read(&local).unwrap();
     assert_eq!(std::fs::read(&global).unwrap(), first);
     let mark: serde_json::Value = serde_json::from_slice(&first).unwrap();
     assert_eq!(mark["id"], a.as_str());
     assert_eq!(mark["version"], 1);
     std::thread::sleep(Duration::from_millis(1100));
-    let again = ok(&bucket, &["mark", "--tenant", TENANT, "--type=deletion", &a]);
+    let again = ok(
+        &bucket,
+        &["mark", "--tenant", TENANT, "--type=deletion", &a],
+    );
     assert!(again.stdout.contains("already marked"), "{}", again.text());
-    assert_eq!(std::fs::read(&local).unwrap(), first, "the deletion time is kept");
+    assert_eq!(
+        std::fs::read(&local).unwrap(),
+        first,
+        "the deletion time is kept"
+    );
 
     // mark no-compact with details.
     ok(
         &bucket,
-        &["mark", "--tenant", TENANT, "--type=no-compact", "--details=index looks odd", &b],
+        &[
+            "mark",
+            "--tenant",
+            TENANT,
+            "--type=no-compact",
+            "--details=index looks odd",
+            &b,
+        ],
     );
     let nc: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(tenant_dir.join("markers").join(format!("{b}-no-compact-mark.json")))
-            .unwrap(),
+        &std::fs::read(
+            tenant_dir
+                .join("markers")
+                .join(format!("{b}-no-compact-mark.json")),
+        )
+        .unwrap(),
     )
     .unwrap();
     assert_eq!(nc["reason"], "manual");
@@ -177,7 +228,11 @@ fn ls_inspect_mark_unmark() {
     assert_eq!(jb["no_compact_mark"]["details"], "index looks odd");
     let table = ok(&bucket, &["ls", "--tenant", TENANT]);
     assert!(table.line_of(&a).contains("deletion@"), "{}", table.text());
-    assert!(table.line_of(&b).contains("no-compact(manual)"), "{}", table.text());
+    assert!(
+        table.line_of(&b).contains("no-compact(manual)"),
+        "{}",
+        table.text()
+    );
 
     // inspect, text and JSON.
     let text = ok(&bucket, &["inspect", "--tenant", TENANT, &b]).stdout;
@@ -193,7 +248,10 @@ fn ls_inspect_mark_unmark() {
     ] {
         assert!(text.contains(want), "{want:?} not in\n{text}");
     }
-    let ins = json(&ok(&bucket, &["inspect", "--tenant", TENANT, "--format=json", &a]));
+    let ins = json(&ok(
+        &bucket,
+        &["inspect", "--tenant", TENANT, "--format=json", &a],
+    ));
     assert_eq!(ins["meta"]["ulid"], a.as_str());
     assert_eq!(ins["meta"]["stats"]["numSeries"], 3);
     let files: Vec<&str> = ins["files"]
@@ -209,38 +267,93 @@ fn ls_inspect_mark_unmark() {
     assert!(partial.contains("missing: a partial block"), "{partial}");
 
     // unmark both; unmarking again is a no-op.
-    let un = ok(&bucket, &["unmark", "--tenant", TENANT, "--type=deletion", &a]);
-    assert!(un.stdout.contains("removed the deletion mark"), "{}", un.text());
+    let un = ok(
+        &bucket,
+        &["unmark", "--tenant", TENANT, "--type=deletion", &a],
+    );
+    assert!(
+        un.stdout.contains("removed the deletion mark"),
+        "{}",
+        un.text()
+    );
     assert!(!local.exists() && !global.exists());
-    ok(&bucket, &["unmark", "--tenant", TENANT, "--type=no-compact", &b]);
-    let none = ok(&bucket, &["unmark", "--tenant", TENANT, "--type=no-compact", &b]);
+    ok(
+        &bucket,
+        &["unmark", "--tenant", TENANT, "--type=no-compact", &b],
+    );
+    let none = ok(
+        &bucket,
+        &["unmark", "--tenant", TENANT, "--type=no-compact", &b],
+    );
     assert!(none.stdout.contains("nothing to do"), "{}", none.text());
     let out = json(&ok(&bucket, &["ls", "--tenant", TENANT, "--format=json"]));
     for b in out["blocks"].as_array().unwrap() {
-        assert!(b["deletion_mark"].is_null() && b["no_compact_mark"].is_null(), "{b}");
+        assert!(
+            b["deletion_mark"].is_null() && b["no_compact_mark"].is_null(),
+            "{b}"
+        );
     }
 
     // Errors: one line, exit code 1.
-    fails(&bucket, &["inspect", "--tenant", TENANT, ABSENT], "not found for tenant team-a");
-    fails(&bucket, &["mark", "--tenant", TENANT, "--type=deletion", ABSENT], "not found");
-    fails(&bucket, &["unmark", "--tenant", TENANT, "--type=deletion", ABSENT], "not found");
-    fails(&bucket, &["inspect", "--tenant", TENANT, "nope"], "not a block id");
-    fails(&bucket, &["ls", "--tenant", "__reserved"], "invalid --tenant");
+    fails(
+        &bucket,
+        &["inspect", "--tenant", TENANT, ABSENT],
+        "not found for tenant team-a",
+    );
+    fails(
+        &bucket,
+        &["mark", "--tenant", TENANT, "--type=deletion", ABSENT],
+        "not found",
+    );
+    fails(
+        &bucket,
+        &["unmark", "--tenant", TENANT, "--type=deletion", ABSENT],
+        "not found",
+    );
+    fails(
+        &bucket,
+        &["inspect", "--tenant", TENANT, "nope"],
+        "not a block id",
+    );
+    fails(
+        &bucket,
+        &["ls", "--tenant", "__reserved"],
+        "invalid --tenant",
+    );
     fails(&bucket, &["ls", "--tenant", "a/b"], "invalid --tenant");
     fails(
         &bucket,
-        &["mark", "--tenant", TENANT, "--type=deletion", "--details=x", &a],
+        &[
+            "mark",
+            "--tenant",
+            TENANT,
+            "--type=deletion",
+            "--details=x",
+            &a,
+        ],
         "no-compact marks only",
     );
-    fails(&bucket, &["mark", "--tenant", TENANT, "--type=deletion", PARTIAL], "partial");
-    fails(&tmp.path().join("missing"), &["ls", "--tenant", TENANT], "does not exist");
+    fails(
+        &bucket,
+        &["mark", "--tenant", TENANT, "--type=deletion", PARTIAL],
+        "partial",
+    );
+    fails(
+        &tmp.path().join("missing"),
+        &["ls", "--tenant", TENANT],
+        "does not exist",
+    );
     // A usage error is clap's (exit code 2).
     let usage = tool(&bucket, &["mark", "--tenant", TENANT, &a]);
     assert_eq!(usage.code, Some(2), "{}", usage.text());
 
     // A tenant without blocks: an empty list, not an error.
     let empty = ok(&bucket, &["ls", "--tenant", "nobody"]);
-    assert!(empty.stdout.contains("0 block(s) for tenant nobody"), "{}", empty.text());
+    assert!(
+        empty.stdout.contains("0 block(s) for tenant nobody"),
+        "{}",
+        empty.text()
+    );
 }
 
 /// A bucket that cannot be reached (an S3 endpoint where nothing listens) is an error, not an

@@ -139,7 +139,9 @@ impl MemcachedConfig {
     fn validate(&self) -> Result<(), CacheError> {
         self.parse_addresses()?;
         if self.timeout.is_zero() {
-            return Err(CacheError::Config("memcached.timeout must be above 0".into()));
+            return Err(CacheError::Config(
+                "memcached.timeout must be above 0".into(),
+            ));
         }
         if self.max_async_concurrency == 0 {
             return Err(CacheError::Config(
@@ -161,9 +163,8 @@ impl MemcachedConfig {
             if raw.is_empty() {
                 continue;
             }
-            let bad = |why: &str| {
-                CacheError::Config(format!("memcached.addresses: {raw:?}: {why}"))
-            };
+            let bad =
+                |why: &str| CacheError::Config(format!("memcached.addresses: {raw:?}: {why}"));
             let (dns, hostport) = match raw.strip_prefix("dns+") {
                 Some(rest) => (true, rest),
                 None if raw.contains('+') => {

@@ -140,7 +140,8 @@ mod tests {
                 .find(|l| l.name() == "name")
                 .map(|l| l.value().to_owned())
         };
-        let names: Vec<_> = hits.get_metric().iter().filter_map(label).collect();
+        let mut names: Vec<_> = hits.get_metric().iter().filter_map(label).collect();
+        names.sort();
         assert_eq!(names, ["chunks-cache", "index-cache"]);
         let hit = hits
             .get_metric()
@@ -149,9 +150,13 @@ mod tests {
             .unwrap();
         assert_eq!(hit.get_counter().get_value(), 1.0);
         // The same name twice is refused; a bad config names the cache.
-        let err = build(&CacheConfig::with_backend("inmemory", 1), "index-cache", &reg)
-            .err()
-            .unwrap();
+        let err = build(
+            &CacheConfig::with_backend("inmemory", 1),
+            "index-cache",
+            &reg,
+        )
+        .err()
+        .unwrap();
         assert!(matches!(err, CacheError::Metrics(_)), "{err}");
         let err = build(&CacheConfig::with_backend("redis", 1), "chunks-cache", &reg)
             .err()

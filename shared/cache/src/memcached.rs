@@ -223,7 +223,11 @@ impl Cache for MemcachedCache {
                 let wanted: HashMap<&str, usize> = batch.iter().copied().collect();
                 let names: Vec<&str> = batch.iter().map(|(w, _)| *w).collect();
                 let got = self
-                    .exchange(server, &protocol::encode_get(&names), Expect::Values(&wanted))
+                    .exchange(
+                        server,
+                        &protocol::encode_get(&names),
+                        Expect::Values(&wanted),
+                    )
                     .await;
                 (server, got)
             }

@@ -75,7 +75,10 @@ impl CacheMetrics {
             registry.register(Box::new(g.clone()))?;
             Ok(g)
         };
-        let requests = counter("norn_cache_requests_total", "Cache lookups (get_many calls).")?;
+        let requests = counter(
+            "norn_cache_requests_total",
+            "Cache lookups (get_many calls).",
+        )?;
         let items_fetched = counter(
             "norn_cache_items_fetched_total",
             "Keys looked up in the cache.",

@@ -43,7 +43,16 @@ impl Memcached {
         }
         let port = free_port();
         let mut cmd = Command::new(BIN);
-        cmd.args(["-l", "127.0.0.1", "-p", &port.to_string(), "-U", "0", "-m", "64"]);
+        cmd.args([
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "0",
+            "-m",
+            "64",
+        ]);
         // memcached refuses to run as root unless told which user to be.
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
@@ -96,7 +105,10 @@ impl Drop for Memcached {
     }
 }
 
-fn cache(addrs: &[String], tweak: impl FnOnce(&mut MemcachedConfig)) -> (MemcachedCache, Arc<CacheMetrics>) {
+fn cache(
+    addrs: &[String],
+    tweak: impl FnOnce(&mut MemcachedConfig),
+) -> (MemcachedCache, Arc<CacheMetrics>) {
     let mut cfg = CacheConfig::with_backend("memcached", 1).memcached;
     cfg.addresses = addrs.join(",");
     cfg.timeout = Duration::from_millis(500);
@@ -107,7 +119,12 @@ fn cache(addrs: &[String], tweak: impl FnOnce(&mut MemcachedConfig)) -> (Memcach
 
 fn items(n: usize, prefix: &str) -> Vec<(String, Bytes)> {
     (0..n)
-        .map(|i| (format!("{prefix}{i}"), Bytes::from(format!("value-{i}-{prefix}"))))
+        .map(|i| {
+            (
+                format!("{prefix}{i}"),
+                Bytes::from(format!("value-{i}-{prefix}")),
+            )
+        })
         .collect()
 }
 
@@ -206,8 +223,11 @@ async fn items_too_large() {
     assert_eq!(failures(&m, "set", "server-error"), 1);
     assert!(c.get_many(&["huge".into()]).await.is_empty());
     // The connection was dropped, not reused mid-reply: the next exchange works.
-    c.set_many(vec![("after".into(), Bytes::from_static(b"ok"))], Duration::ZERO)
-        .await;
+    c.set_many(
+        vec![("after".into(), Bytes::from_static(b"ok"))],
+        Duration::ZERO,
+    )
+    .await;
     assert_eq!(c.get_many(&["after".into()]).await["after"], "ok");
 }
 
@@ -215,10 +235,16 @@ async fn items_too_large() {
 async fn ttl_expires_items() {
     let Some(a) = Memcached::start() else { return };
     let (c, _) = cache(&[a.addr()], |_| {});
-    c.set_many(vec![("short".into(), Bytes::from_static(b"1"))], Duration::from_secs(1))
-        .await;
-    c.set_many(vec![("long".into(), Bytes::from_static(b"2"))], Duration::from_secs(3600))
-        .await;
+    c.set_many(
+        vec![("short".into(), Bytes::from_static(b"1"))],
+        Duration::from_secs(1),
+    )
+    .await;
+    c.set_many(
+        vec![("long".into(), Bytes::from_static(b"2"))],
+        Duration::from_secs(3600),
+    )
+    .await;
     assert_eq!(c.get_many(&["short".into(), "long".into()]).await.len(), 2);
     // memcached's clock ticks once a second: 1s may last until just under 2s.
     tokio::time::sleep(Duration::from_millis(2500)).await;

@@ -160,10 +160,7 @@ mod tests {
         assert_eq!(bs.chunks_cache.backend, "inmemory");
         assert_eq!(c.frontend.results_cache.backend, "inmemory");
         assert_eq!(c.frontend.results_cache.inmemory.max_size_bytes, 256 << 20);
-        assert_eq!(
-            bs.index_cache.memcached.timeout,
-            Duration::from_millis(200)
-        );
+        assert_eq!(bs.index_cache.memcached.timeout, Duration::from_millis(200));
     }
 
     #[test]
@@ -198,7 +195,11 @@ mod tests {
     #[test]
     fn bad_settings_name_the_cache() {
         for (yaml, flags, want) in [
-            ("", &["--query-frontend.results-cache.backend=redis"][..], "frontend.results_cache"),
+            (
+                "",
+                &["--query-frontend.results-cache.backend=redis"][..],
+                "frontend.results_cache",
+            ),
             (
                 "",
                 &["--blocks-storage.bucket-store.index-cache.backend=memcached"][..],

@@ -401,10 +401,27 @@ mod tests {
         let Tool::Bucket(a) = parse(&["ls", "--tenant=t", "--format=json"]).unwrap().tool else {
             panic!("not a bucket command")
         };
-        assert!(matches!(a.command, BucketCommand::Ls(LsArgs { format: Format::Json, .. })));
+        assert!(matches!(
+            a.command,
+            BucketCommand::Ls(LsArgs {
+                format: Format::Json,
+                ..
+            })
+        ));
         assert!(parse(&["ls"]).is_err(), "--tenant is required");
-        assert!(parse(&["mark", "--tenant=t", "01HQ3Z5V6W7X8Y9ZABCDEFGHJK"]).is_err(), "--type is required");
-        assert!(parse(&["mark", "--tenant=t", "--type=other", "01HQ3Z5V6W7X8Y9ZABCDEFGHJK"]).is_err());
+        assert!(
+            parse(&["mark", "--tenant=t", "01HQ3Z5V6W7X8Y9ZABCDEFGHJK"]).is_err(),
+            "--type is required"
+        );
+        assert!(
+            parse(&[
+                "mark",
+                "--tenant=t",
+                "--type=other",
+                "01HQ3Z5V6W7X8Y9ZABCDEFGHJK"
+            ])
+            .is_err()
+        );
         assert!(parse(&["ls", "--tenant=t", "--format=xml"]).is_err());
         assert!(check_block_id("not-a-ulid").is_err());
         check_block_id("01HQ3Z5V6W7X8Y9ZABCDEFGHJK").unwrap();

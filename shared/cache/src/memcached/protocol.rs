@@ -68,7 +68,9 @@ pub fn expiry(ttl: std::time::Duration, now_unix_s: u64) -> u64 {
     if ttl.is_zero() {
         return 0;
     }
-    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    let secs = ttl
+        .as_secs()
+        .saturating_add(u64::from(ttl.subsec_nanos() > 0));
     if secs > MAX_RELATIVE_EXPIRY_S {
         now_unix_s.saturating_add(secs).min(u64::from(u32::MAX))
     } else {
@@ -84,7 +86,10 @@ pub fn encode_set(out: &mut Vec<u8>, key: &str, exptime: u64, value: &[u8]) {
 }
 
 /// Reads one `\r\n`-terminated line (without the terminator), at most [`MAX_LINE`] bytes.
-async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R, line: &mut Vec<u8>) -> Result<(), ProtocolError> {
+async fn read_line<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    line: &mut Vec<u8>,
+) -> Result<(), ProtocolError> {
     line.clear();
     loop {
         let buf = r.fill_buf().await?;
@@ -119,7 +124,10 @@ fn error_reply(line: &[u8]) -> Option<ProtocolError> {
     if let Some(msg) = text.strip_prefix("SERVER_ERROR") {
         Some(ProtocolError::Server(msg.trim().to_owned()))
     } else if let Some(msg) = text.strip_prefix("CLIENT_ERROR") {
-        Some(protocol(format!("server refused the command: {}", msg.trim())))
+        Some(protocol(format!(
+            "server refused the command: {}",
+            msg.trim()
+        )))
     } else if text == "ERROR" {
         Some(protocol("server does not know the command"))
     } else {
@@ -200,9 +208,19 @@ mod tests {
     fn keys_memcached_refuses_are_hashed() {
         assert_eq!(wire_key("tenant:postings:abc"), "tenant:postings:abc");
         let long = "x".repeat(251);
-        for bad in [long.as_str(), "has space", "ctl\u{1}", "", "norn:h:literal", "tab\t"] {
+        for bad in [
+            long.as_str(),
+            "has space",
+            "ctl\u{1}",
+            "",
+            "norn:h:literal",
+            "tab\t",
+        ] {
             let w = wire_key(bad);
-            assert!(w.starts_with(HASHED_PREFIX) && w.len() == HASHED_PREFIX.len() + 32, "{w}");
+            assert!(
+                w.starts_with(HASHED_PREFIX) && w.len() == HASHED_PREFIX.len() + 32,
+                "{w}"
+            );
             assert_eq!(w, wire_key(bad), "stable");
         }
         assert_ne!(wire_key(&"x".repeat(300)), wire_key(&"x".repeat(301)));
@@ -214,7 +232,10 @@ mod tests {
         assert_eq!(expiry(Duration::ZERO, 1000), 0);
         assert_eq!(expiry(Duration::from_millis(10), 1000), 1);
         assert_eq!(expiry(Duration::from_secs(60), 1000), 60);
-        assert_eq!(expiry(Duration::from_secs(31 * 24 * 3600), 1000), 1000 + 31 * 24 * 3600);
+        assert_eq!(
+            expiry(Duration::from_secs(31 * 24 * 3600), 1000),
+            1000 + 31 * 24 * 3600
+        );
         assert_eq!(expiry(Duration::MAX, 1000), u64::from(u32::MAX));
     }
 
@@ -250,7 +271,11 @@ mod tests {
             (b"END", "closed mid-reply"),
         ] {
             let err = get(reply, 10).await.unwrap_err().to_string();
-            assert!(err.contains(want), "{:?}: {err}", String::from_utf8_lossy(reply));
+            assert!(
+                err.contains(want),
+                "{:?}: {err}",
+                String::from_utf8_lossy(reply)
+            );
         }
         let long = vec![b'V'; 5000];
         let err = get(&long, 10).await.unwrap_err().to_string();

@@ -98,7 +98,9 @@ impl Servers {
 
     /// Whether any address is a `dns+` name (only those can change by resolving again).
     fn has_dns(&self) -> bool {
-        self.addresses.iter().any(|a| matches!(a, Address::Dns { .. }))
+        self.addresses
+            .iter()
+            .any(|a| matches!(a, Address::Dns { .. }))
     }
 
     /// Asks for a new resolution (a server failed: its address may have changed).

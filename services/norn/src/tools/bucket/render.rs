@@ -264,7 +264,12 @@ pub fn inspect_text(b: &BlockInfo, now: SystemTime) -> String {
             line("tombstones", m.stats.num_tombstones.to_string());
             line("compaction level", m.compaction.level.to_string());
             line("sources", m.compaction.sources.join(", "));
-            let parents: Vec<&str> = m.compaction.parents.iter().map(|p| p.ulid.as_str()).collect();
+            let parents: Vec<&str> = m
+                .compaction
+                .parents
+                .iter()
+                .map(|p| p.ulid.as_str())
+                .collect();
             line(
                 "parents",
                 if parents.is_empty() {
@@ -312,9 +317,7 @@ pub fn inspect_text(b: &BlockInfo, now: SystemTime) -> String {
     }
     let marks = |m: &Option<MarkJson>| match m {
         None => "none".to_owned(),
-        Some(MarkJson {
-            error: Some(e), ..
-        }) => format!("unreadable: {e}"),
+        Some(MarkJson { error: Some(e), .. }) => format!("unreadable: {e}"),
         Some(m) => {
             let mut s = format!("since {}", m.time.clone().unwrap_or_default());
             if let Some(r) = &m.reason {
@@ -333,7 +336,12 @@ pub fn inspect_text(b: &BlockInfo, now: SystemTime) -> String {
         format!("{} ({} total)", b.files.len(), human_bytes(b.size())),
     );
     for f in &b.files {
-        out.push_str(&format!("  {:<30} {:>12}  {}\n", f.path, f.size, human_bytes(f.size)));
+        out.push_str(&format!(
+            "  {:<30} {:>12}  {}\n",
+            f.path,
+            f.size,
+            human_bytes(f.size)
+        ));
     }
     out
 }

@@ -73,7 +73,11 @@ struct Listed {
 /// Every block directory of `tenant` (and blocks that only have global marks left), sorted
 /// by id, with metas and marks read. A block whose `meta.json` or mark cannot be read is
 /// reported as such, not fatal; a listing failure is.
-pub async fn scan(bucket: &Bucket, tenant: &str, only: Option<&str>) -> anyhow::Result<Vec<BlockInfo>> {
+pub async fn scan(
+    bucket: &Bucket,
+    tenant: &str,
+    only: Option<&str>,
+) -> anyhow::Result<Vec<BlockInfo>> {
     let prefix = match only {
         Some(id) => layout::block_prefix(tenant, id),
         None => tenant.to_owned(),
