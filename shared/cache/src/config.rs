@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use norn_model::duration::serde_duration;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::CacheError;
 
@@ -125,6 +125,79 @@ impl Default for MemcachedConfig {
     }
 }
 
+/// A YAML cache block as written: every key optional, so that what is left out keeps the
+/// default of the cache being configured (see [`deserialize_over`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Written {
+    backend: Option<String>,
+    inmemory: Option<WrittenInMemory>,
+    memcached: Option<WrittenMemcached>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WrittenInMemory {
+    max_size_bytes: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WrittenMemcached {
+    addresses: Option<String>,
+    #[serde(default, deserialize_with = "some_duration")]
+    timeout: Option<Duration>,
+    max_idle_connections: Option<usize>,
+    max_async_concurrency: Option<usize>,
+    max_get_multi_batch_size: Option<usize>,
+    max_item_size: Option<usize>,
+}
+
+fn some_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    serde_duration::deserialize(d).map(Some)
+}
+
+/// Deserialises a cache block over `defaults`: a key the YAML leaves out keeps the default of
+/// *this* cache (the index cache's `inmemory` backend, say), where serde's `default` would
+/// take [`CacheConfig::default`] for the whole block as soon as any key of it is written.
+pub fn deserialize_over<'de, D: Deserializer<'de>>(
+    d: D,
+    defaults: CacheConfig,
+) -> Result<CacheConfig, D::Error> {
+    let w = Written::deserialize(d)?;
+    let mut c = defaults;
+    if let Some(b) = w.backend {
+        c.backend = b;
+    }
+    if let Some(i) = w.inmemory {
+        if let Some(v) = i.max_size_bytes {
+            c.inmemory.max_size_bytes = v;
+        }
+    }
+    if let Some(m) = w.memcached {
+        let t = &mut c.memcached;
+        if let Some(v) = m.addresses {
+            t.addresses = v;
+        }
+        if let Some(v) = m.timeout {
+            t.timeout = v;
+        }
+        if let Some(v) = m.max_idle_connections {
+            t.max_idle_connections = v;
+        }
+        if let Some(v) = m.max_async_concurrency {
+            t.max_async_concurrency = v;
+        }
+        if let Some(v) = m.max_get_multi_batch_size {
+            t.max_get_multi_batch_size = v;
+        }
+        if let Some(v) = m.max_item_size {
+            t.max_item_size = v;
+        }
+    }
+    Ok(c)
+}
+
 /// One entry of `addresses`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Address {
@@ -225,6 +298,34 @@ mod tests {
         c.validate().unwrap();
         let err = serde_yaml::from_str::<CacheConfig>("backend: inmemory\nsize: 3\n").unwrap_err();
         assert!(err.to_string().contains("size"), "{err}");
+    }
+
+    #[test]
+    fn partial_blocks_keep_the_given_defaults() {
+        #[derive(Deserialize)]
+        struct Wrap {
+            #[serde(deserialize_with = "over_inmemory")]
+            c: CacheConfig,
+        }
+        fn over_inmemory<'de, D: Deserializer<'de>>(d: D) -> Result<CacheConfig, D::Error> {
+            deserialize_over(d, CacheConfig::with_backend("inmemory", 256))
+        }
+        let w: Wrap = serde_yaml::from_str("c:\n  memcached:\n    timeout: 2s\n").unwrap();
+        assert_eq!(w.c.backend, "inmemory");
+        assert_eq!(w.c.inmemory.max_size_bytes, 256);
+        assert_eq!(w.c.memcached.timeout, Duration::from_secs(2));
+        assert_eq!(w.c.memcached.max_item_size, 1 << 20);
+        let w: Wrap = serde_yaml::from_str("c:\n  backend: \"\"\n  inmemory: {}\n").unwrap();
+        assert_eq!(w.c.backend, "");
+        assert_eq!(w.c.inmemory.max_size_bytes, 256);
+        let err = serde_yaml::from_str::<Wrap>("c:\n  memcached:\n    adresses: x\n")
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("adresses"), "{err}");
+        let err = serde_yaml::from_str::<Wrap>("c:\n  memcached:\n    timeout: soon\n")
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("soon"), "{err}");
     }
 
     #[test]

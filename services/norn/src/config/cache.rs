@@ -10,6 +10,7 @@
 //! a single process is fast without a memcached beside it.
 
 use norn_cache::{BACKEND_INMEMORY, CacheConfig};
+use serde::Deserializer;
 
 use super::flags::{Deferred, set, set_duration};
 
@@ -28,6 +29,20 @@ pub fn default_results_cache() -> CacheConfig {
     CacheConfig::with_backend(BACKEND_INMEMORY, 256 << 20)
 }
 
+/// `#[serde(deserialize_with)]` for each cache's YAML block: keys left out keep that cache's
+/// defaults above.
+pub fn de_index_cache<'de, D: Deserializer<'de>>(d: D) -> Result<CacheConfig, D::Error> {
+    norn_cache::config::deserialize_over(d, default_index_cache())
+}
+
+pub fn de_chunks_cache<'de, D: Deserializer<'de>>(d: D) -> Result<CacheConfig, D::Error> {
+    norn_cache::config::deserialize_over(d, default_chunks_cache())
+}
+
+pub fn de_results_cache<'de, D: Deserializer<'de>>(d: D) -> Result<CacheConfig, D::Error> {
+    norn_cache::config::deserialize_over(d, default_results_cache())
+}
+
 /// Declares a flag block `$name` for one cache whose flags start with `$prefix` (and whose
 /// environment variables start with `$env`).
 macro_rules! cache_flags {
@@ -37,46 +52,53 @@ macro_rules! cache_flags {
         #[command(next_help_heading = $heading)]
         pub struct $name {
             /// Cache backend: inmemory, memcached, or empty for none.
-            #[arg(long = concat!($prefix, ".backend"), env = concat!($env, "_BACKEND"))]
+            #[arg(id = concat!($prefix, ".backend"), long = concat!($prefix, ".backend"), env = concat!($env, "_BACKEND"))]
             pub backend: Option<String>,
             /// Bound on the bytes (keys plus values) the in-memory cache holds.
             #[arg(
+                id = concat!($prefix, ".inmemory.max-size-bytes"),
                 long = concat!($prefix, ".inmemory.max-size-bytes"),
                 env = concat!($env, "_INMEMORY_MAX_SIZE_BYTES")
             )]
             pub inmemory_max_size_bytes: Option<u64>,
             /// Comma-separated memcached servers: host:port, or dns+host:port for every address of a name.
             #[arg(
+                id = concat!($prefix, ".memcached.addresses"),
                 long = concat!($prefix, ".memcached.addresses"),
                 env = concat!($env, "_MEMCACHED_ADDRESSES")
             )]
             pub memcached_addresses: Option<String>,
             /// Bound on one memcached exchange (connect, write, read); slower is a miss.
             #[arg(
+                id = concat!($prefix, ".memcached.timeout"),
                 long = concat!($prefix, ".memcached.timeout"),
                 env = concat!($env, "_MEMCACHED_TIMEOUT")
             )]
             pub memcached_timeout: Option<Deferred>,
             /// Idle connections kept per memcached server.
             #[arg(
+                id = concat!($prefix, ".memcached.max-idle-connections"),
                 long = concat!($prefix, ".memcached.max-idle-connections"),
                 env = concat!($env, "_MEMCACHED_MAX_IDLE_CONNECTIONS")
             )]
             pub memcached_max_idle_connections: Option<usize>,
             /// Memcached operations in flight at once.
             #[arg(
+                id = concat!($prefix, ".memcached.max-async-concurrency"),
                 long = concat!($prefix, ".memcached.max-async-concurrency"),
                 env = concat!($env, "_MEMCACHED_MAX_ASYNC_CONCURRENCY")
             )]
             pub memcached_max_async_concurrency: Option<usize>,
             /// Keys per memcached get command (more are split into concurrent batches; 0: no limit).
             #[arg(
+                id = concat!($prefix, ".memcached.max-get-multi-batch-size"),
                 long = concat!($prefix, ".memcached.max-get-multi-batch-size"),
                 env = concat!($env, "_MEMCACHED_MAX_GET_MULTI_BATCH_SIZE")
             )]
             pub memcached_max_get_multi_batch_size: Option<usize>,
             /// Largest item stored in memcached, in bytes; larger ones are not sent.
             #[arg(
+                id = concat!($prefix, ".memcached.max-item-size"),
                 long = concat!($prefix, ".memcached.max-item-size"),
                 env = concat!($env, "_MEMCACHED_MAX_ITEM_SIZE")
             )]
@@ -184,6 +206,10 @@ mod tests {
         assert_eq!(bs.index_cache.memcached.max_item_size, 5000);
         assert_eq!(bs.index_cache.memcached.timeout, Duration::from_secs(1));
         assert_eq!(bs.chunks_cache.inmemory.max_size_bytes, 1234);
+        // A block that names some keys keeps this cache's defaults for the others.
+        assert_eq!(bs.chunks_cache.backend, "inmemory");
+        assert_eq!(bs.index_cache.inmemory.max_size_bytes, 1 << 30);
+        assert_eq!(bs.index_cache.memcached.max_idle_connections, 100);
         assert_eq!(bs.chunks_cache.memcached.max_get_multi_batch_size, 9);
         let r = &c.frontend.results_cache;
         assert_eq!(r.backend, "memcached");

@@ -12,6 +12,7 @@ pub struct FrontendConfig {
     /// Largest query API request body, in bytes (POSTed forms).
     pub max_body_size: usize,
     /// The results cache (`--query-frontend.results-cache.*`).
+    #[serde(deserialize_with = "super::cache::de_results_cache")]
     pub results_cache: norn_cache::CacheConfig,
 }
 

@@ -62,8 +62,10 @@ pub struct BucketStoreConfig {
     #[serde(with = "serde_duration")]
     pub sync_interval: Duration,
     /// The store-gateway's postings and series cache (`--blocks-storage.bucket-store.index-cache.*`).
+    #[serde(deserialize_with = "super::cache::de_index_cache")]
     pub index_cache: norn_cache::CacheConfig,
     /// The store-gateway's chunks cache (`--blocks-storage.bucket-store.chunks-cache.*`).
+    #[serde(deserialize_with = "super::cache::de_chunks_cache")]
     pub chunks_cache: norn_cache::CacheConfig,
 }
 
