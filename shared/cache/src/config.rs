@@ -169,10 +169,8 @@ pub fn deserialize_over<'de, D: Deserializer<'de>>(
     if let Some(b) = w.backend {
         c.backend = b;
     }
-    if let Some(i) = w.inmemory {
-        if let Some(v) = i.max_size_bytes {
-            c.inmemory.max_size_bytes = v;
-        }
+    if let Some(v) = w.inmemory.and_then(|i| i.max_size_bytes) {
+        c.inmemory.max_size_bytes = v;
     }
     if let Some(m) = w.memcached {
         let t = &mut c.memcached;

@@ -52,12 +52,14 @@ macro_rules! cache_flags {
         #[command(next_help_heading = $heading)]
         pub struct $name {
             /// Cache backend: inmemory, memcached, or empty for none.
-            #[arg(id = concat!($prefix, ".backend"), long = concat!($prefix, ".backend"), env = concat!($env, "_BACKEND"))]
+            #[arg(id = concat!($prefix, ".backend"), long = concat!($prefix, ".backend"),
+                value_name = "BACKEND", env = concat!($env, "_BACKEND"))]
             pub backend: Option<String>,
             /// Bound on the bytes (keys plus values) the in-memory cache holds.
             #[arg(
                 id = concat!($prefix, ".inmemory.max-size-bytes"),
                 long = concat!($prefix, ".inmemory.max-size-bytes"),
+                value_name = "BYTES",
                 env = concat!($env, "_INMEMORY_MAX_SIZE_BYTES")
             )]
             pub inmemory_max_size_bytes: Option<u64>,
@@ -65,6 +67,7 @@ macro_rules! cache_flags {
             #[arg(
                 id = concat!($prefix, ".memcached.addresses"),
                 long = concat!($prefix, ".memcached.addresses"),
+                value_name = "ADDRESSES",
                 env = concat!($env, "_MEMCACHED_ADDRESSES")
             )]
             pub memcached_addresses: Option<String>,
@@ -72,6 +75,7 @@ macro_rules! cache_flags {
             #[arg(
                 id = concat!($prefix, ".memcached.timeout"),
                 long = concat!($prefix, ".memcached.timeout"),
+                value_name = "DURATION",
                 env = concat!($env, "_MEMCACHED_TIMEOUT")
             )]
             pub memcached_timeout: Option<Deferred>,
@@ -79,6 +83,7 @@ macro_rules! cache_flags {
             #[arg(
                 id = concat!($prefix, ".memcached.max-idle-connections"),
                 long = concat!($prefix, ".memcached.max-idle-connections"),
+                value_name = "N",
                 env = concat!($env, "_MEMCACHED_MAX_IDLE_CONNECTIONS")
             )]
             pub memcached_max_idle_connections: Option<usize>,
@@ -86,6 +91,7 @@ macro_rules! cache_flags {
             #[arg(
                 id = concat!($prefix, ".memcached.max-async-concurrency"),
                 long = concat!($prefix, ".memcached.max-async-concurrency"),
+                value_name = "N",
                 env = concat!($env, "_MEMCACHED_MAX_ASYNC_CONCURRENCY")
             )]
             pub memcached_max_async_concurrency: Option<usize>,
@@ -93,6 +99,7 @@ macro_rules! cache_flags {
             #[arg(
                 id = concat!($prefix, ".memcached.max-get-multi-batch-size"),
                 long = concat!($prefix, ".memcached.max-get-multi-batch-size"),
+                value_name = "N",
                 env = concat!($env, "_MEMCACHED_MAX_GET_MULTI_BATCH_SIZE")
             )]
             pub memcached_max_get_multi_batch_size: Option<usize>,
@@ -100,6 +107,7 @@ macro_rules! cache_flags {
             #[arg(
                 id = concat!($prefix, ".memcached.max-item-size"),
                 long = concat!($prefix, ".memcached.max-item-size"),
+                value_name = "BYTES",
                 env = concat!($env, "_MEMCACHED_MAX_ITEM_SIZE")
             )]
             pub memcached_max_item_size: Option<usize>,

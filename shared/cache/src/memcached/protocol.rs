@@ -5,7 +5,7 @@
 //! anything answering on its port) that breaks these rules gets a protocol error and its
 //! connection is dropped, so a bad reply can cost neither unbounded memory nor a wrong value.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
@@ -144,6 +144,7 @@ pub async fn read_get_reply<R: AsyncBufRead + Unpin>(
     max_item_size: usize,
 ) -> Result<Vec<(usize, Bytes)>, ProtocolError> {
     let mut out = Vec::new();
+    let mut answered = HashSet::new();
     let mut line = Vec::with_capacity(128);
     loop {
         read_line(r, &mut line).await?;
@@ -171,6 +172,10 @@ pub async fn read_get_reply<R: AsyncBufRead + Unpin>(
         let &index = wanted
             .get(key)
             .ok_or_else(|| protocol(format!("value for a key not asked for: {key:?}")))?;
+        // Each key at most once: a reply can never hold more than was asked for.
+        if !answered.insert(index) {
+            return Err(protocol(format!("value for key {key:?} sent twice")));
+        }
         let mut data = vec![0u8; len + 2];
         r.read_exact(&mut data).await?;
         if !data.ends_with(b"\r\n") {
@@ -262,6 +267,7 @@ mod tests {
         for (reply, want) in [
             (&b"VALUE a 0 11\r\n"[..], "above"),
             (b"VALUE zz 0 1\r\nx\r\nEND\r\n", "not asked"),
+            (b"VALUE a 0 1\r\nx\r\nVALUE a 0 1\r\nx\r\nEND\r\n", "twice"),
             (b"VALUE a 0 1\r\nxyEND\r\n", "terminated"),
             (b"VALUE a 0 -1\r\n", "length"),
             (b"SERVER_ERROR out of memory\r\n", "out of memory"),
