@@ -161,18 +161,16 @@ impl MemcachedCache {
                 .acquire()
                 .await
                 .map_err(|_| ProtocolError::Io(std::io::Error::other("cache closed")))?;
-            let mut conn = server.conn().await?;
-            conn.get_mut().write_all(request).await?;
-            let answer = match expect {
-                Expect::Values(wanted) => Answer::Values(
-                    protocol::read_get_reply(&mut conn, wanted, self.cfg.max_item_size).await?,
-                ),
-                Expect::Stored(n) => {
-                    let mut stored = 0u64;
-                    for _ in 0..n {
-                        stored += u64::from(protocol::read_set_reply(&mut conn).await?);
-                    }
-                    Answer::Stored(stored)
+            // A pooled connection the server closed while it sat idle (a restart, an idle
+            // timeout on the way) fails on first use: that one failure is retried once on a
+            // new connection. Both commands are idempotent, so a retry cannot double anything.
+            let mut fresh = false;
+            let (conn, answer) = loop {
+                let (mut conn, pooled) = server.conn(fresh).await?;
+                match self.round_trip(&mut conn, request, &expect).await {
+                    Ok(answer) => break (conn, answer),
+                    Err(ProtocolError::Io(_)) if pooled && !fresh => fresh = true,
+                    Err(e) => return Err(e),
                 }
             };
             server.put_back(conn);
@@ -183,6 +181,28 @@ impl MemcachedCache {
             Ok(Err(e)) => Err(Failure::Protocol(e)),
             Err(_) => Err(Failure::Timeout),
         }
+    }
+
+    /// One request and its reply on `conn`.
+    async fn round_trip(
+        &self,
+        conn: &mut servers::Conn,
+        request: &[u8],
+        expect: &Expect<'_>,
+    ) -> Result<Answer, ProtocolError> {
+        conn.get_mut().write_all(request).await?;
+        Ok(match expect {
+            Expect::Values(wanted) => Answer::Values(
+                protocol::read_get_reply(conn, wanted, self.cfg.max_item_size).await?,
+            ),
+            Expect::Stored(n) => {
+                let mut stored = 0u64;
+                for _ in 0..*n {
+                    stored += u64::from(protocol::read_set_reply(conn).await?);
+                }
+                Answer::Stored(stored)
+            }
+        })
     }
 
     fn failed(&self, operation: &str, server: &Server, f: &Failure) {

@@ -33,6 +33,11 @@ struct Memcached {
 impl Memcached {
     /// Starts one, or `None` (after printing SKIP) when the binary is missing.
     fn start() -> Option<Memcached> {
+        Self::start_on(free_port())
+    }
+
+    /// Starts one on `port`.
+    fn start_on(port: u16) -> Option<Memcached> {
         if !PathBuf::from(BIN).is_file() {
             assert!(
                 std::env::var("NORN_REQUIRE_PEERS").as_deref() != Ok("1"),
@@ -41,7 +46,6 @@ impl Memcached {
             eprintln!("SKIP: {BIN} not found (apt-get install memcached)");
             return None;
         }
-        let port = free_port();
         let mut cmd = Command::new(BIN);
         cmd.args([
             "-l",
@@ -325,4 +329,34 @@ async fn no_server_is_a_miss() {
     assert!(c.get_many(&["a".into()]).await.is_empty());
     assert_eq!(failures(&m, "get", "io"), 1);
     assert_eq!(failures(&m, "set", "io"), 1);
+}
+
+/// A server restarted on the same port: the pooled connections to the old process are dead;
+/// the first use of one is retried on a new connection, so nothing fails.
+#[tokio::test]
+async fn restarted_server_is_used_again_without_failures() {
+    let Some(mut a) = Memcached::start() else {
+        return;
+    };
+    let port = a.port;
+    let (c, m) = cache(&[a.addr()], |_| {});
+    c.set_many(items(10, "before"), Duration::ZERO).await;
+    assert_eq!(c.get_many(&["before1".into()]).await.len(), 1);
+    assert!(c.idle_connections()[0].1 >= 1, "a pooled connection");
+    a.kill();
+    let Some(_b) = Memcached::start_on(port) else {
+        return;
+    };
+    c.set_many(items(10, "after"), Duration::ZERO).await;
+    let got = c.get_many(&["after1".into(), "before1".into()]).await;
+    assert!(got.contains_key("after1"));
+    assert!(
+        !got.contains_key("before1"),
+        "a new process holds nothing from before"
+    );
+    let failed: u64 = ["io", "timeout", "protocol"]
+        .iter()
+        .flat_map(|r| ["get", "set"].map(|op| failures(&m, op, r)))
+        .sum();
+    assert_eq!(failed, 0);
 }

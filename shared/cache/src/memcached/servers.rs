@@ -42,11 +42,16 @@ impl Server {
         }
     }
 
-    /// An idle connection, or a new one (the caller bounds the dial with its timeout).
-    pub async fn conn(&self) -> std::io::Result<Conn> {
-        if let Some(c) = self.idle.lock().pop() {
-            return Ok(c);
+    /// An idle connection (`true`: pooled), or a new one when there is none or `fresh` is
+    /// asked for (the caller bounds the dial with its timeout).
+    pub async fn conn(&self, fresh: bool) -> std::io::Result<(Conn, bool)> {
+        if !fresh && let Some(c) = self.idle.lock().pop() {
+            return Ok((c, true));
         }
+        Ok((self.dial().await?, false))
+    }
+
+    async fn dial(&self) -> std::io::Result<Conn> {
         let stream = TcpStream::connect(&self.addr).await?;
         stream.set_nodelay(true)?;
         Ok(BufReader::new(stream))
