@@ -219,8 +219,8 @@ pub fn table(blocks: &[BlockInfo], now: SystemTime) -> String {
         let j = block_json(b, now);
         let dash = || "-".to_owned();
         let num = |v: Option<u64>| v.map(|n| n.to_string()).unwrap_or_else(dash);
-        out.push_str(&format!(
-            "{:<26}  {:<24}  {:<24}  {:>8}  {:>5}  {:>9}  {:>12}  {:>9}  {}\n",
+        let line = format!(
+            "{:<26}  {:<24}  {:<24}  {:>8}  {:>5}  {:>9}  {:>12}  {:>9}  {}",
             b.id,
             j.min_time.clone().unwrap_or_else(dash),
             j.max_time.clone().unwrap_or_else(dash),
@@ -232,7 +232,9 @@ pub fn table(blocks: &[BlockInfo], now: SystemTime) -> String {
             num(j.samples),
             human_bytes(j.size_bytes),
             marks_text(b, now)
-        ));
+        );
+        out.push_str(line.trim_end());
+        out.push('\n');
     }
     out
 }
