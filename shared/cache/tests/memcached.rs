@@ -360,3 +360,18 @@ async fn restarted_server_is_used_again_without_failures() {
         .sum();
     assert_eq!(failed, 0);
 }
+
+/// `dns+host:port` resolves the name once at start; every address it resolves to is a server.
+#[tokio::test]
+async fn dns_addresses_are_resolved() {
+    let Some(a) = Memcached::start() else { return };
+    let (c, m) = cache(&[format!("dns+127.0.0.1:{}", a.port)], |_| {});
+    assert_eq!(m.servers.get(), 1);
+    assert_eq!(c.idle_connections()[0].0, a.addr());
+    c.set_many(items(5, "d"), Duration::ZERO).await;
+    assert_eq!(
+        c.get_many(&["d0".into(), "d4".into()]).await.len(),
+        2,
+        "served through the resolved address"
+    );
+}
