@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs Norn's whole test suite on a fresh machine: installs the real peers the end-to-end
-# tests use (Debian's prometheus), then formatting, lints, and every test in the workspace.
+# tests use (Debian's prometheus and memcached), then formatting, lints, and every test in the workspace.
 # Usage: ./scripts/test.sh            (CI runs exactly this via .ci/run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +16,7 @@ as_root() {
 # Real peers for the end-to-end tests (the tests refuse to skip them when NORN_REQUIRE_PEERS=1).
 need_pkgs=()
 command -v prometheus >/dev/null 2>&1 || need_pkgs+=(prometheus)
+[ -x /usr/bin/memcached ] || need_pkgs+=(memcached)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "== installing ${need_pkgs[*]}"
     as_root apt-get update -qq
@@ -37,7 +38,7 @@ if ! command -v moto_server >/dev/null 2>&1; then
 fi
 export NORN_REQUIRE_PEERS=1
 # The background service the Debian package may have started is not ours: tests start their own.
-if command -v systemctl >/dev/null 2>&1; then as_root systemctl stop prometheus >/dev/null 2>&1 || true; fi
+if command -v systemctl >/dev/null 2>&1; then as_root systemctl stop prometheus memcached >/dev/null 2>&1 || true; fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

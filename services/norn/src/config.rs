@@ -16,6 +16,7 @@
 //! block), so a typo never silently falls back to a default. `/config` shows the effective
 //! config with secrets masked.
 
+mod cache;
 mod distributor;
 mod flags;
 mod frontend;
@@ -40,6 +41,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
+pub use cache::{ChunksCacheFlags, IndexCacheFlags, ResultsCacheFlags};
 pub use distributor::DistributorFlags;
 pub use frontend::FrontendFlags;
 pub use ingester::IngesterFlags;
@@ -91,6 +93,12 @@ pub struct Args {
     pub tsdb: TsdbFlags,
     #[command(flatten)]
     pub bucket_store: BucketStoreFlags,
+    #[command(flatten)]
+    pub index_cache: IndexCacheFlags,
+    #[command(flatten)]
+    pub chunks_cache: ChunksCacheFlags,
+    #[command(flatten)]
+    pub results_cache: ResultsCacheFlags,
     #[command(flatten)]
     pub distributor: DistributorFlags,
     #[command(flatten)]
@@ -191,6 +199,11 @@ impl Config {
         a.tsdb.apply(&mut self.blocks_storage.tsdb)?;
         a.bucket_store
             .apply(&mut self.blocks_storage.bucket_store)?;
+        a.index_cache
+            .apply(&mut self.blocks_storage.bucket_store.index_cache)?;
+        a.chunks_cache
+            .apply(&mut self.blocks_storage.bucket_store.chunks_cache)?;
+        a.results_cache.apply(&mut self.frontend.results_cache)?;
         a.distributor.apply(&mut self.distributor)?;
         a.ingester.apply(&mut self.ingester)?;
         a.ingester_ring.apply(&mut self.ingester.ring)?;
@@ -236,6 +249,10 @@ impl Config {
             .validate()
             .map_err(|e| anyhow::anyhow!("distributor.ha_tracker: {e}"))?;
         self.querier.validate().map_err(anyhow::Error::msg)?;
+        let bs = &self.blocks_storage.bucket_store;
+        cache::validate("blocks_storage.bucket_store.index_cache", &bs.index_cache)?;
+        cache::validate("blocks_storage.bucket_store.chunks_cache", &bs.chunks_cache)?;
+        cache::validate("frontend.results_cache", &self.frontend.results_cache)?;
         Ok(())
     }
 

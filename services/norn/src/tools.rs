@@ -3,6 +3,7 @@
 //! Each tool is a module under `tools/` and takes the server's own flag blocks (and so the
 //! same names, config file and `NORN_…` environment variables) for what it shares with it.
 
+mod bucket;
 mod import_blocks;
 
 use std::ffi::OsString;
@@ -10,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use bucket::BucketArgs;
 use import_blocks::ImportBlocksArgs;
 
 /// `norn tools`: offline commands.
@@ -39,6 +41,16 @@ pub enum Tool {
                       bucket are skipped, so re-running is safe."
     )]
     ImportBlocks(ImportBlocksArgs),
+    /// See a tenant's blocks in the bucket (ls, inspect) and mark or unmark them by hand.
+    #[command(
+        name = "bucket",
+        long_about = "See a tenant's blocks in the blocks bucket and mark or unmark them by hand.\n\n\
+                      ls lists every block (time range, compaction level, series, samples, \
+                      size, marks; partial blocks with their age), inspect shows one block's \
+                      meta.json, files and marks, mark and unmark write or remove a deletion or \
+                      no-compact mark where the compactor and the bucket index read it."
+    )]
+    Bucket(BucketArgs),
 }
 
 /// Entry point for `norn tools …`; `argv` starts with `tools`. Errors are printed as one
@@ -47,6 +59,7 @@ pub fn main(argv: impl IntoIterator<Item = OsString>) -> ExitCode {
     let args = ToolsArgs::parse_from(argv);
     let result = match args.tool {
         Tool::ImportBlocks(a) => import_blocks::run(a),
+        Tool::Bucket(a) => bucket::run(a),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

@@ -11,12 +11,16 @@ use super::flags::set;
 pub struct FrontendConfig {
     /// Largest query API request body, in bytes (POSTed forms).
     pub max_body_size: usize,
+    /// The results cache (`--query-frontend.results-cache.*`).
+    #[serde(deserialize_with = "super::cache::de_results_cache")]
+    pub results_cache: norn_cache::CacheConfig,
 }
 
 impl Default for FrontendConfig {
     fn default() -> Self {
         Self {
             max_body_size: 10 << 20,
+            results_cache: super::cache::default_results_cache(),
         }
     }
 }

@@ -61,6 +61,12 @@ pub struct BucketStoreConfig {
     /// How often the bucket's block list is re-read.
     #[serde(with = "serde_duration")]
     pub sync_interval: Duration,
+    /// The store-gateway's postings and series cache (`--blocks-storage.bucket-store.index-cache.*`).
+    #[serde(deserialize_with = "super::cache::de_index_cache")]
+    pub index_cache: norn_cache::CacheConfig,
+    /// The store-gateway's chunks cache (`--blocks-storage.bucket-store.chunks-cache.*`).
+    #[serde(deserialize_with = "super::cache::de_chunks_cache")]
+    pub chunks_cache: norn_cache::CacheConfig,
 }
 
 impl Default for BucketStoreConfig {
@@ -68,6 +74,8 @@ impl Default for BucketStoreConfig {
         Self {
             sync_dir: PathBuf::from("./tsdb-sync"),
             sync_interval: Duration::from_secs(15 * 60),
+            index_cache: super::cache::default_index_cache(),
+            chunks_cache: super::cache::default_chunks_cache(),
         }
     }
 }

@@ -236,7 +236,9 @@ mod tests {
             "/more",
         ])
         .unwrap();
-        let Tool::ImportBlocks(a) = a.tool;
+        let Tool::ImportBlocks(a) = a.tool else {
+            panic!("not import-blocks")
+        };
         assert_eq!(a.tenant, "team-a");
         assert!(a.dry_run);
         assert_eq!(a.dirs, [PathBuf::from("/data"), PathBuf::from("/more")]);
