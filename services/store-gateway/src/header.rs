@@ -58,20 +58,10 @@ pub async fn build(bucket: &Bucket, index_key: &str, path: &Path) -> Result<Buil
         what: index_key.to_string(),
         msg: m,
     };
-    let mut get = async |r: Range<u64>| -> Result<Bytes> {
-        let b = bucket
-            .get_range(index_key, r.clone())
-            .await
-            .map_err(|e| Error::bucket(index_key, e))?;
-        stats.bytes_fetched += b.len() as u64;
-        stats.requests += 1;
-        if b.len() as u64 != r.end - r.start {
-            return Err(Error::Corrupt {
-                what: index_key.to_string(),
-                msg: format!("short read of {r:?}: {} bytes", b.len()),
-            });
-        }
-        Ok(b)
+    let mut get = Getter {
+        bucket,
+        key: index_key,
+        stats: &mut stats,
     };
     let size = bucket
         .size(index_key)
@@ -83,13 +73,13 @@ pub async fn build(bucket: &Bucket, index_key: &str, path: &Path) -> Result<Buil
         )));
     }
     let toc_start = size - TOC_SIZE as u64;
-    let toc_bytes = get(toc_start..size).await?;
+    let toc_bytes = get.get(toc_start..size).await?;
     let toc = decode_toc(&toc_bytes, toc_start).map_err(corrupt)?;
     if toc.symbols < 5 || toc.postings_table < 5 {
         return Err(corrupt(format!("TOC offsets inside the index header: {toc:?}")));
     }
     // The index header (magic, version) and the symbol table's length in one read.
-    let head = get(0..toc.symbols + 4).await?;
+    let head = get.get(0..toc.symbols + 4).await?;
     if head[..4] != MAGIC_INDEX.to_be_bytes() {
         return Err(corrupt("bad index magic".into()));
     }
@@ -98,7 +88,7 @@ pub async fn build(bucket: &Bucket, index_key: &str, path: &Path) -> Result<Buil
     }
     let sym_len = counted_size(&head[head.len() - 4..]).unwrap_or(0) as u64;
     let symbols = section(&mut get, toc.symbols, sym_len, toc_start, "symbol table").await?;
-    let pt_len_bytes = get(toc.postings_table..toc.postings_table + 4).await?;
+    let pt_len_bytes = get.get(toc.postings_table..toc.postings_table + 4).await?;
     let pt_len = counted_size(&pt_len_bytes).unwrap_or(0) as u64;
     let postings = section(
         &mut get,
@@ -152,9 +142,35 @@ pub async fn build(bucket: &Bucket, index_key: &str, path: &Path) -> Result<Buil
     Ok(stats)
 }
 
+/// Ranged reads of the index, counted.
+struct Getter<'a> {
+    bucket: &'a Bucket,
+    key: &'a str,
+    stats: &'a mut BuildStats,
+}
+
+impl Getter<'_> {
+    async fn get(&mut self, r: Range<u64>) -> Result<Bytes> {
+        let b = self
+            .bucket
+            .get_range(self.key, r.clone())
+            .await
+            .map_err(|e| Error::bucket(self.key, e))?;
+        self.stats.bytes_fetched += b.len() as u64;
+        self.stats.requests += 1;
+        if b.len() as u64 != r.end - r.start {
+            return Err(Error::Corrupt {
+                what: self.key.to_string(),
+                msg: format!("short read of {r:?}: {} bytes", b.len()),
+            });
+        }
+        Ok(b)
+    }
+}
+
 /// Reads the counted section at `off` of `len` bytes (length, body and CRC).
 async fn section(
-    get: &mut impl AsyncFnMut(Range<u64>) -> Result<Bytes>,
+    get: &mut Getter<'_>,
     off: u64,
     len: u64,
     data_end: u64,
@@ -166,7 +182,7 @@ async fn section(
             msg: format!("section of {len} bytes at {off} does not fit the index"),
         });
     }
-    get(off..off + len).await
+    get.get(off..off + len).await
 }
 
 /// An open (memory-mapped, verified) index-header.

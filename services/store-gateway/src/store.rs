@@ -123,7 +123,7 @@ impl BlockStore {
         let _one = self.sync_lock.lock().await;
         self.metrics.syncs.inc();
         let mut stats = SyncStats::default();
-        let tenants = match norn_bucket_index::tenants(&self.bucket).await {
+        let tenants = match norn_bucket_index::updater::tenants(&self.bucket).await {
             Ok(t) => t,
             Err(e) => {
                 self.metrics.sync_failures.inc();
@@ -144,6 +144,7 @@ impl BlockStore {
         let mut new_blocks: Vec<Arc<LoadedBlock>> = Vec::new();
         let mut failed: HashSet<String> = HashSet::new();
         for tenant in &tenants {
+            let tenant: &String = tenant;
             let d = match norn_bucket_index::discover(&self.bucket, tenant).await {
                 Ok(d) => d,
                 Err(e) => {

@@ -259,7 +259,9 @@ pub struct PostingsTable {
 impl PostingsTable {
     /// Values of `name`, sorted, each with the offset of its postings list.
     pub fn values(&self, name: &str) -> &[(String, u64)] {
-        self.table.values(name)
+        self.names
+            .binary_search_by(|n| n.name.as_str().cmp(name))
+            .map_or(&[], |i| self.names[i].values.as_slice())
     }
 }
 
