@@ -36,9 +36,10 @@ pub const INDEX_MAX_GAP: u64 = 512 << 10;
 pub const CHUNKS_MAX_GAP: u64 = 512 << 10;
 /// Largest single GET.
 pub const MAX_GET_SIZE: u64 = 16 << 20;
-/// First guess at a series entry's size when the next entry's offset does not bound it
-/// (Mimir's estimate).
-const SERIES_ESTIMATE: u64 = 64 << 10;
+/// First guess at a series entry's size when the next requested entry does not bound it.
+/// Entries are usually a few hundred bytes; a longer one costs one more exact read, while a
+/// larger guess would be read for every sparse series of a selective query.
+const SERIES_ESTIMATE: u64 = 4 << 10;
 /// First guess at a chunk's size when the next chunk does not bound it (a 120-sample XOR
 /// chunk is a few hundred bytes).
 const CHUNK_ESTIMATE: u64 = 2 << 10;

@@ -204,6 +204,16 @@ pub fn build_with(
     deps: Deps,
     metrics: StoreGatewayMetrics,
 ) -> std::result::Result<Arc<StoreGatewayService>, BuildError> {
+    build_inner(config, deps, metrics, true)
+}
+
+/// `loops: false` starts no background task (tests drive syncs and idle closing).
+fn build_inner(
+    config: Config,
+    deps: Deps,
+    metrics: StoreGatewayMetrics,
+    loops: bool,
+) -> std::result::Result<Arc<StoreGatewayService>, BuildError> {
     config.validate().map_err(BuildError::Config)?;
     // Our own token: shutting the store-gateway down must not stop the rest of the process.
     let stop = deps.stop.child_token();
@@ -229,7 +239,7 @@ pub fn build_with(
         config.max_concurrent_queue_timeout,
     );
     let api = Arc::new(StoreGatewayApi::new(Arc::clone(&store), limiter, metrics));
-    {
+    if loops {
         let store = Arc::clone(&store);
         Periodic::every("store-gateway-sync", config.sync_interval, MIN_SYNC_INTERVAL)
             .first_run(FirstRun::Immediately)
@@ -247,7 +257,7 @@ pub fn build_with(
             });
     }
     let idle = config.index_header.lazy_loading_idle_timeout;
-    if config.index_header.lazy_loading_enabled && !idle.is_zero() {
+    if loops && config.index_header.lazy_loading_enabled && !idle.is_zero() {
         let store = Arc::clone(&store);
         Periodic::every("index-header-idle", idle / 4, MIN_SYNC_INTERVAL).spawn(
             stop.clone(),

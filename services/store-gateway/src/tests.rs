@@ -40,7 +40,7 @@ fn config(dir: &Path) -> Config {
 async fn start(bucket: &Bucket, cfg: Config, ownership: Arc<dyn BlockOwnership>) -> Harness {
     let metrics = StoreGatewayMetrics::new(&Registry::new()).unwrap();
     let stop = CancellationToken::new();
-    let svc = crate::build_with(
+    let svc = crate::build_inner(
         cfg,
         Deps {
             bucket: bucket.clone(),
@@ -51,9 +51,13 @@ async fn start(bucket: &Bucket, cfg: Config, ownership: Arc<dyn BlockOwnership>)
             stop: stop.clone(),
         },
         metrics.clone(),
+        false,
     )
     .unwrap();
+    use norn_server::Service;
+    assert!(svc.ready().is_err(), "ready before the first sync");
     svc.store().sync().await.unwrap();
+    assert!(svc.ready().is_ok());
     Harness {
         svc,
         metrics,
@@ -400,8 +404,6 @@ async fn readiness_and_blocks_no_longer_owned_are_dropped() {
     let sync = tempfile::tempdir().unwrap();
     let own = Arc::new(Toggle(AtomicBool::new(true)));
     let h = start(&bucket, config(sync.path()), Arc::clone(&own) as Arc<dyn BlockOwnership>).await;
-    use norn_server::Service;
-    assert!(h.svc.ready().is_ok());
     let header = sync.path().join("t1").join(&id).join("index-header");
     assert!(header.exists());
     own.0.store(false, Ordering::Relaxed);
