@@ -253,15 +253,16 @@ impl BlockFetcher {
         let key = |r: u32| format!("S:{}:{}:{r}", self.tenant, self.id);
         let keys: Vec<String> = refs.iter().map(|&r| key(r)).collect();
         let hits = self.cached("index", &keys).await;
-        let mut raw: Vec<Option<Bytes>> = keys
+        // A cached entry that does not decode (damaged in the cache) is a miss.
+        let mut decoded: Vec<Option<SeriesEntry>> = keys
             .iter()
             .map(|k| {
                 hits.get(k)
                     .filter(|b| series_entry_size(b) == Some(b.len()))
-                    .cloned()
+                    .and_then(|b| decode_series_entry(b, |id| hdr.symbol(id)).ok())
             })
             .collect();
-        let miss: Vec<usize> = (0..refs.len()).filter(|&i| raw[i].is_none()).collect();
+        let miss: Vec<usize> = (0..refs.len()).filter(|&i| decoded[i].is_none()).collect();
         let mut store = Vec::new();
         if !miss.is_empty() {
             // Entries are back to back (16-byte aligned), so the next requested entry bounds
@@ -308,19 +309,19 @@ impl BlockFetcher {
                 }
             }
             for (j, b) in bufs.into_iter().enumerate() {
+                let i = miss[j];
                 let n = series_entry_size(&b).unwrap_or(0).min(b.len());
                 let b = b.slice(..n);
-                store.push((keys[miss[j]].clone(), b.clone()));
-                raw[miss[j]] = Some(b);
+                let e = decode_series_entry(&b, |id| hdr.symbol(id)).map_err(|m| {
+                    self.corrupt("index", format!("series ref {}: {m}", refs[i]))
+                })?;
+                store.push((keys[i].clone(), b));
+                decoded[i] = Some(e);
             }
         }
-        let mut out = Vec::with_capacity(refs.len());
-        for (i, b) in raw.into_iter().enumerate() {
-            let b = b.unwrap_or_default();
-            let e = decode_series_entry(&b, |id| hdr.symbol(id)).map_err(|m| {
-                self.corrupt("index", format!("series ref {}: {m}", refs[i]))
-            })?;
-            out.push(e);
+        let out: Vec<SeriesEntry> = decoded.into_iter().flatten().collect();
+        if out.len() != refs.len() {
+            return Err(self.corrupt("index", "series entries missing after the read".into()));
         }
         FetchStats::add(&ctx.stats.series, out.len() as u64);
         if !store.is_empty() {

@@ -480,3 +480,144 @@ async fn grpc_round_trip() {
     stop.cancel();
     server.await.unwrap().unwrap();
 }
+
+/// Series entries and chunks longer than the first-read estimates are read again exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_entries_and_large_chunks_are_read_whole() {
+    use norn_model::Sample;
+    use norn_tsdb::SeriesChunks;
+    use norn_tsdb::block::{BlockOptions, chunks_from_samples, write_block};
+
+    let bucket = Bucket::in_memory();
+    let local = tempfile::tempdir().unwrap();
+    // Values that compress badly: large XOR chunks (1000 samples each, several KiB).
+    let noisy: Vec<Sample> = (0..3000)
+        .map(|k| Sample::new(k * 1000, ((k * 7919) % 104_729) as f64 * 1.000_123_4))
+        .collect();
+    // One sample per chunk: a series entry with 1500 chunk refs (several KiB).
+    let many: Vec<Sample> = (0..1500).map(|k| Sample::new(k * 1000, k as f64)).collect();
+    let mut input = vec![
+        SeriesChunks {
+            labels: Labels::from_pairs([("__name__", "big_chunks")]),
+            chunks: chunks_from_samples(&noisy, 1000).unwrap(),
+        },
+        SeriesChunks {
+            labels: Labels::from_pairs([("__name__", "many_chunks")]),
+            chunks: chunks_from_samples(&many, 1).unwrap(),
+        },
+    ];
+    input.sort_by(|a, b| a.labels.cmp(&b.labels));
+    assert!(input[0].chunks.iter().all(|c| c.data.len() > 4096));
+    let meta = write_block(local.path(), input, BlockOptions::for_tenant("t1", "test", []))
+        .unwrap();
+    let id = meta.ulid.to_string();
+    bucket
+        .upload_dir(
+            &local.path().join(&id),
+            &layout::block_prefix("t1", &id),
+            Some("meta.json"),
+        )
+        .await
+        .unwrap();
+    let sync = tempfile::tempdir().unwrap();
+    let h = start(&bucket, config(sync.path()), Arc::new(OwnAll)).await;
+    for name in ["big_chunks", "many_chunks"] {
+        let ms = [Matcher::equal("__name__", name)];
+        let (got, _) = series(&h, "t1", &[&id], i64::MIN, i64::MAX, &ms).await.unwrap();
+        assert_eq!(got, expected(&[local.path().join(&id)], i64::MIN, i64::MAX, &ms));
+        assert_eq!(got.len(), 1);
+    }
+    // Everything at once, and a range cutting the middle.
+    let all = [re("__name__", ".+")];
+    for (a, b) in [(i64::MIN, i64::MAX), (400_000, 1_200_000)] {
+        let (got, _) = series(&h, "t1", &[&id], a, b, &all).await.unwrap();
+        assert_eq!(got, expected(&[local.path().join(&id)], a, b, &all));
+    }
+}
+
+/// Cached postings, series and chunks serve a repeated query without bucket reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caches_serve_repeated_queries() {
+    use std::collections::HashMap;
+
+    use bytes::Bytes;
+    use parking_lot::Mutex;
+
+    #[derive(Default)]
+    struct MapCache(Mutex<HashMap<String, Bytes>>);
+
+    #[async_trait::async_trait]
+    impl norn_cache::Cache for MapCache {
+        async fn get_many(&self, keys: &[String]) -> HashMap<String, Bytes> {
+            let m = self.0.lock();
+            keys.iter()
+                .filter_map(|k| m.get(k).map(|v| (k.clone(), v.clone())))
+                .collect()
+        }
+        async fn set_many(&self, items: Vec<(String, Bytes)>, _ttl: Duration) {
+            self.0.lock().extend(items);
+        }
+        fn backend(&self) -> &'static str {
+            "test"
+        }
+    }
+
+    let bucket = Bucket::in_memory();
+    let local = tempfile::tempdir().unwrap();
+    let id = write_test_block_in(&bucket, local.path(), "t1", 0, 50).await;
+    let sync = tempfile::tempdir().unwrap();
+    let metrics = StoreGatewayMetrics::new(&Registry::new()).unwrap();
+    let index_cache = Arc::new(MapCache::default());
+    let svc = crate::build_inner(
+        config(sync.path()),
+        Deps {
+            bucket: bucket.clone(),
+            ownership: Arc::new(OwnAll),
+            index_cache: Arc::clone(&index_cache) as Arc<dyn norn_cache::Cache>,
+            chunks_cache: Arc::new(MapCache::default()),
+            metrics: norn_server::Metrics::new(),
+            stop: CancellationToken::new(),
+        },
+        metrics.clone(),
+        false,
+    )
+    .unwrap();
+    svc.store().sync().await.unwrap();
+    let h = Harness {
+        svc,
+        metrics,
+        _stop: CancellationToken::new(),
+    };
+    let ms = [Matcher::equal("job", "job1")];
+    let first = series(&h, "t1", &[&id], i64::MIN, i64::MAX, &ms).await.unwrap();
+    let fetched = |h: &Harness| -> u64 {
+        ["postings", "series", "chunks"]
+            .iter()
+            .map(|k| h.metrics.fetched(k))
+            .sum()
+    };
+    let before = fetched(&h);
+    assert!(before > 0);
+    // Keys name the tenant and the block.
+    assert!(
+        index_cache
+            .0
+            .lock()
+            .keys()
+            .all(|k| k.contains(":t1:") && k.contains(&id))
+    );
+    let second = series(&h, "t1", &[&id], i64::MIN, i64::MAX, &ms).await.unwrap();
+    assert_eq!(first.0, second.0);
+    assert_eq!(fetched(&h), before, "a repeated query read the bucket");
+    assert_eq!(second.1.stats.unwrap().fetched_bucket_bytes, 0);
+    // A damaged cache entry is not trusted: the bucket is read again.
+    for v in index_cache.0.lock().values_mut() {
+        let mut b = v.to_vec();
+        let n = b.len();
+        b[n - 1] ^= 0xff;
+        *v = Bytes::from(b);
+    }
+    let third = series(&h, "t1", &[&id], i64::MIN, i64::MAX, &ms).await.unwrap();
+    assert_eq!(first.0, third.0);
+    assert!(fetched(&h) > before);
+}
