@@ -285,14 +285,13 @@ impl LoadedBlock {
         let hdr = self.header().await?;
         let entries = self.matching(&hdr, matchers, ctx).await?;
         drop(hdr);
-        let overlapping =
-            |e: &SeriesEntry| -> Vec<norn_tsdb::block::index::ChunkRef> {
-                e.chunks
-                    .iter()
-                    .filter(|c| c.max_t >= mint && c.min_t <= maxt)
-                    .copied()
-                    .collect()
-            };
+        let overlapping = |e: &SeriesEntry| -> Vec<norn_tsdb::block::index::ChunkRef> {
+            e.chunks
+                .iter()
+                .filter(|c| c.max_t >= mint && c.min_t <= maxt)
+                .copied()
+                .collect()
+        };
         if skip_chunks {
             return Ok(entries
                 .into_iter()
@@ -317,12 +316,11 @@ impl LoadedBlock {
                     what: format!("{}/{}/chunks", self.tenant, self.id),
                     msg: format!("chunk ref {:#x} not read", c.r),
                 })?;
-                let (rc, _) = norn_tsdb::block::chunks::decode_chunk(b).map_err(|m| {
-                    Error::Corrupt {
+                let (rc, _) =
+                    norn_tsdb::block::chunks::decode_chunk(b).map_err(|m| Error::Corrupt {
                         what: format!("{}/{}/chunks", self.tenant, self.id),
                         msg: m,
-                    }
-                })?;
+                    })?;
                 if rc.encoding != ENCODING_XOR {
                     skipped += 1;
                     continue;

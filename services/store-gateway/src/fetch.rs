@@ -158,7 +158,10 @@ impl BlockFetcher {
                 .bucket_bytes_fetched
                 .with_label_values(&[kind])
                 .inc_by(n);
-            self.metrics.bucket_requests.with_label_values(&[kind]).inc();
+            self.metrics
+                .bucket_requests
+                .with_label_values(&[kind])
+                .inc();
             FetchStats::add(&ctx.stats.bucket_bytes, n);
             if n != p.end - p.start {
                 return Err(self.corrupt(
@@ -276,7 +279,10 @@ impl BlockFetcher {
                     .filter(|&n| n > off)
                     .map_or(SERIES_ESTIMATE, |n| (n - off).min(SERIES_ESTIMATE));
                 ranges.push(hdr.series_range(r, est).ok_or_else(|| {
-                    self.corrupt("index", format!("series ref {r} outside the series section"))
+                    self.corrupt(
+                        "index",
+                        format!("series ref {r} outside the series section"),
+                    )
                 })?);
             }
             let mut bufs = self
@@ -312,9 +318,8 @@ impl BlockFetcher {
                 let i = miss[j];
                 let n = series_entry_size(&b).unwrap_or(0).min(b.len());
                 let b = b.slice(..n);
-                let e = decode_series_entry(&b, |id| hdr.symbol(id)).map_err(|m| {
-                    self.corrupt("index", format!("series ref {}: {m}", refs[i]))
-                })?;
+                let e = decode_series_entry(&b, |id| hdr.symbol(id))
+                    .map_err(|m| self.corrupt("index", format!("series ref {}: {m}", refs[i])))?;
                 store.push((keys[i].clone(), b));
                 decoded[i] = Some(e);
             }
@@ -368,7 +373,10 @@ impl BlockFetcher {
         let mut out = HashMap::with_capacity(refs.len());
         let mut miss = Vec::new();
         for (&(r, hint), k) in refs.iter().zip(&keys) {
-            match hits.get(k).filter(|b| decode_chunk(b).is_ok_and(|(_, n)| n == b.len())) {
+            match hits
+                .get(k)
+                .filter(|b| decode_chunk(b).is_ok_and(|(_, n)| n == b.len()))
+            {
                 Some(b) => {
                     out.insert(r, b.clone());
                 }
@@ -381,7 +389,10 @@ impl BlockFetcher {
         let segments = self.segments().await?;
         let mut by_seg: HashMap<usize, Vec<(u64, u64)>> = HashMap::new();
         for &(r, hint) in &miss {
-            by_seg.entry((r >> 32) as usize).or_default().push((r, hint));
+            by_seg
+                .entry((r >> 32) as usize)
+                .or_default()
+                .push((r, hint));
         }
         let mut store = Vec::new();
         for (seg, list) in by_seg {

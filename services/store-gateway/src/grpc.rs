@@ -57,7 +57,10 @@ impl StoreGatewayApi {
         if ids.len() > MAX_BLOCK_IDS {
             return Err(status(
                 ErrorKind::BadData,
-                format!("{} block ids in one request (max {MAX_BLOCK_IDS})", ids.len()),
+                format!(
+                    "{} block ids in one request (max {MAX_BLOCK_IDS})",
+                    ids.len()
+                ),
             ));
         }
         let mut out: Vec<Arc<LoadedBlock>> = Vec::new();
@@ -111,15 +114,9 @@ fn tenant<T>(req: &Request<T>) -> Result<TenantId, Status> {
     TenantId::new(id).map_err(|e| status(e.kind(), format!("invalid tenant id: {e}")))
 }
 
-fn parse(
-    matchers: Vec<ipb::LabelMatcher>,
-    start: i64,
-    end: i64,
-) -> Result<Vec<Matcher>, Status> {
+fn parse(matchers: Vec<ipb::LabelMatcher>, start: i64, end: i64) -> Result<Vec<Matcher>, Status> {
     if start > end {
-        return Err(bad_request(format!(
-            "start {start} is after end {end}"
-        )));
+        return Err(bad_request(format!("start {start} is after end {end}")));
     }
     matchers_from_proto(matchers).map_err(|e| bad_request(format!("invalid matcher: {e}")))
 }
@@ -180,7 +177,9 @@ fn batches(series: Vec<ChunkSeries>) -> Vec<pb::SeriesResponse> {
 
 fn batch(series: Vec<ipb::StreamSeries>) -> pb::SeriesResponse {
     pb::SeriesResponse {
-        result: Some(pb::series_response::Result::Batch(pb::SeriesBatch { series })),
+        result: Some(pb::series_response::Result::Batch(pb::SeriesBatch {
+            series,
+        })),
     }
 }
 
@@ -233,7 +232,8 @@ impl StoreGateway for StoreGatewayApi {
                 result: Some(pb::series_response::Result::Hints(hints)),
             })
         });
-        let stream = futures::StreamExt::chain(futures::stream::iter(msgs.into_iter().map(Ok)), tail);
+        let stream =
+            futures::StreamExt::chain(futures::stream::iter(msgs.into_iter().map(Ok)), tail);
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -340,7 +340,9 @@ mod tests {
 
     #[test]
     fn batches_are_bounded() {
-        let many: Vec<ChunkSeries> = (0..600).map(|i| cs(&format!("m{i:04}"), &[(0, 1)])).collect();
+        let many: Vec<ChunkSeries> = (0..600)
+            .map(|i| cs(&format!("m{i:04}"), &[(0, 1)]))
+            .collect();
         let b = batches(many);
         assert_eq!(b.len(), 3);
         let n: usize = b

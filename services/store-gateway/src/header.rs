@@ -76,7 +76,9 @@ pub async fn build(bucket: &Bucket, index_key: &str, path: &Path) -> Result<Buil
     let toc_bytes = get.get(toc_start..size).await?;
     let toc = decode_toc(&toc_bytes, toc_start).map_err(corrupt)?;
     if toc.symbols < 5 || toc.postings_table < 5 {
-        return Err(corrupt(format!("TOC offsets inside the index header: {toc:?}")));
+        return Err(corrupt(format!(
+            "TOC offsets inside the index header: {toc:?}"
+        )));
     }
     // The index header (magic, version) and the symbol table's length in one read.
     let head = get.get(0..toc.symbols + 4).await?;
@@ -176,7 +178,7 @@ async fn section(
     data_end: u64,
     what: &str,
 ) -> Result<Bytes> {
-    if len < 8 || len > MAX_SECTION || off.saturating_add(len) > data_end {
+    if !(8..=MAX_SECTION).contains(&len) || off.saturating_add(len) > data_end {
         return Err(Error::Corrupt {
             what: what.to_string(),
             msg: format!("section of {len} bytes at {off} does not fit the index"),
@@ -228,8 +230,8 @@ impl IndexHeader {
         d.pos = 8;
         let index_size = d.be64().unwrap_or(0);
         let toc_bytes = d.bytes(TOC_SIZE).unwrap_or(&[]);
-        let toc = decode_toc(toc_bytes, index_size.saturating_sub(TOC_SIZE as u64))
-            .map_err(corrupt)?;
+        let toc =
+            decode_toc(toc_bytes, index_size.saturating_sub(TOC_SIZE as u64)).map_err(corrupt)?;
         let mut f = [0u64; 4];
         for v in &mut f {
             *v = d.be64().unwrap_or(0);
@@ -241,7 +243,10 @@ impl IndexHeader {
         };
         if sym_off != toc.symbols
             || pt_off != toc.postings_table
-            || base.checked_add(sym_len).and_then(|x| x.checked_add(pt_len)) != Some(body.len())
+            || base
+                .checked_add(sym_len)
+                .and_then(|x| x.checked_add(pt_len))
+                != Some(body.len())
         {
             return Err(corrupt("section layout disagrees with the TOC".into()));
         }
@@ -356,8 +361,9 @@ mod tests {
         assert!(stats.bytes_fetched < index_bytes.len() as u64, "{stats:?}");
 
         // The header answers what the whole-file reader answers.
-        let full = IndexReader::from_bytes(Path::new("index"), FileBytes::Owned(index_bytes.to_vec()))
-            .unwrap();
+        let full =
+            IndexReader::from_bytes(Path::new("index"), FileBytes::Owned(index_bytes.to_vec()))
+                .unwrap();
         let h = IndexHeader::open(&path).unwrap();
         assert_eq!(h.table(), full.table());
         assert_eq!(h.toc(), full.toc());

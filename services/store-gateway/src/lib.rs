@@ -138,8 +138,7 @@ impl Config {
         }
         if self.max_inflight_fetch_bytes < 1 << 20 {
             return Err(
-                "blocks_storage.bucket_store.max_inflight_fetch_bytes must be at least 1MiB"
-                    .into(),
+                "blocks_storage.bucket_store.max_inflight_fetch_bytes must be at least 1MiB".into(),
             );
         }
         Ok(())
@@ -193,7 +192,10 @@ impl StoreGatewayService {
 
 /// Builds the store-gateway and starts its sync loop (first sync at once) and, with lazy
 /// loading, the loop closing idle index-headers. Must run inside a Tokio runtime.
-pub fn build(config: Config, deps: Deps) -> std::result::Result<Arc<StoreGatewayService>, BuildError> {
+pub fn build(
+    config: Config,
+    deps: Deps,
+) -> std::result::Result<Arc<StoreGatewayService>, BuildError> {
     let metrics = StoreGatewayMetrics::new(&deps.metrics.registry)?;
     build_with(config, deps, metrics)
 }
@@ -241,20 +243,24 @@ fn build_inner(
     let api = Arc::new(StoreGatewayApi::new(Arc::clone(&store), limiter, metrics));
     if loops {
         let store = Arc::clone(&store);
-        Periodic::every("store-gateway-sync", config.sync_interval, MIN_SYNC_INTERVAL)
-            .first_run(FirstRun::Immediately)
-            .spawn(stop.clone(), move || {
-                let store = Arc::clone(&store);
-                async move {
-                    match store.sync().await {
-                        Ok(s) => tracing::debug!(?s, "store-gateway synced"),
-                        Err(e) => tracing::warn!(
-                            error = %e,
-                            "store-gateway sync failed; keeping the blocks already loaded"
-                        ),
-                    }
+        Periodic::every(
+            "store-gateway-sync",
+            config.sync_interval,
+            MIN_SYNC_INTERVAL,
+        )
+        .first_run(FirstRun::Immediately)
+        .spawn(stop.clone(), move || {
+            let store = Arc::clone(&store);
+            async move {
+                match store.sync().await {
+                    Ok(s) => tracing::debug!(?s, "store-gateway synced"),
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "store-gateway sync failed; keeping the blocks already loaded"
+                    ),
                 }
-            });
+            }
+        });
     }
     let idle = config.index_header.lazy_loading_idle_timeout;
     if loops && config.index_header.lazy_loading_enabled && !idle.is_zero() {
@@ -272,11 +278,7 @@ fn build_inner(
             },
         );
     }
-    Ok(Arc::new(StoreGatewayService {
-        store,
-        api,
-        stop,
-    }))
+    Ok(Arc::new(StoreGatewayService { store, api, stop }))
 }
 
 impl StoreGatewayService {

@@ -47,9 +47,21 @@ mod tests {
         assert_eq!(
             p,
             vec![
-                Part { start: 0, end: 20, elems: 0..2 },
-                Part { start: 100, end: 110, elems: 2..4 },
-                Part { start: 400, end: 410, elems: 4..5 },
+                Part {
+                    start: 0,
+                    end: 20,
+                    elems: 0..2
+                },
+                Part {
+                    start: 100,
+                    end: 110,
+                    elems: 2..4
+                },
+                Part {
+                    start: 400,
+                    end: 410,
+                    elems: 4..5
+                },
             ]
         );
         // Everything within the gap: one GET.
@@ -72,6 +84,10 @@ mod tests {
     #[test]
     fn empty_and_single() {
         assert!(partition(&[], 10, 10).is_empty());
-        assert_eq!(partition(&[3..4], 0, 0).len(), 1);
+        let one = [Range {
+            start: 3u64,
+            end: 4,
+        }];
+        assert_eq!(partition(&one, 0, 0).len(), 1);
     }
 }

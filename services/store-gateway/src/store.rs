@@ -158,8 +158,7 @@ impl BlockStore {
                 if !self.opts.ignore_blocks_within.is_zero() && b.max_time > newest_ms {
                     continue;
                 }
-                if d
-                    .index
+                if d.index
                     .deletion_mark(&b.block_id)
                     .is_some_and(|m| m.deletion_time <= marked_before_s)
                 {

@@ -2,12 +2,14 @@
 
 use norn_model::{Labels, Sample};
 use norn_storage::{Bucket, layout};
-use norn_tsdb::block::{BlockOptions, chunks_from_samples, write_block};
 use norn_tsdb::SeriesChunks;
+use norn_tsdb::block::{BlockOptions, chunks_from_samples, write_block};
 
 /// `<tenant>/<id>`.
 pub fn tenant_block(tenant: &str, id: &str) -> String {
-    layout::block_prefix(tenant, id).trim_end_matches('/').to_string()
+    layout::block_prefix(tenant, id)
+        .trim_end_matches('/')
+        .to_string()
 }
 
 /// The series of a test block: `n` series named `metric_{i%5}` with `job`, `instance`

@@ -261,7 +261,10 @@ impl BucketStoreFlags {
     pub fn apply(&self, c: &mut BucketStoreConfig) -> anyhow::Result<()> {
         set(&mut c.sync_dir, &self.sync_dir);
         set(&mut c.max_concurrent, &self.max_concurrent);
-        set(&mut c.max_inflight_fetch_bytes, &self.max_inflight_fetch_bytes);
+        set(
+            &mut c.max_inflight_fetch_bytes,
+            &self.max_inflight_fetch_bytes,
+        );
         set(&mut c.block_sync_concurrency, &self.block_sync_concurrency);
         set(
             &mut c.index_header.lazy_loading_enabled,

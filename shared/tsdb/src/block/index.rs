@@ -310,11 +310,15 @@ pub fn counted_size(b: &[u8]) -> Option<usize> {
 /// The body of the `len u32 · bytes · CRC` section at the start of `b`, CRC verified.
 pub fn counted_body<'a>(b: &'a [u8], what: &str) -> std::result::Result<&'a [u8], String> {
     let mut d = Decbuf::new(b);
-    let len = d.be32().ok_or_else(|| format!("{what}: truncated length"))?;
+    let len = d
+        .be32()
+        .ok_or_else(|| format!("{what}: truncated length"))?;
     let body = d
         .bytes(len as usize)
         .ok_or_else(|| format!("{what}: length {len} runs past the end of the data"))?;
-    let want = d.be32().ok_or_else(|| format!("{what}: truncated checksum"))?;
+    let want = d
+        .be32()
+        .ok_or_else(|| format!("{what}: truncated checksum"))?;
     if crc(body) != want {
         return Err(format!("{what}: checksum mismatch"));
     }
@@ -495,7 +499,11 @@ pub fn decode_series_entry<'s>(
 }
 
 /// Resolves symbol `id` given each symbol's offset in `b` (from [`parse_symbols`]).
-pub fn symbol_at<'b>(b: &'b [u8], offsets: &[u32], id: u64) -> std::result::Result<&'b str, String> {
+pub fn symbol_at<'b>(
+    b: &'b [u8],
+    offsets: &[u32],
+    id: u64,
+) -> std::result::Result<&'b str, String> {
     let off = usize::try_from(id)
         .ok()
         .and_then(|i| offsets.get(i))

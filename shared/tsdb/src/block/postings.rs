@@ -89,10 +89,7 @@ impl PostingsPlan {
 
     /// Series refs, ascending, given every list [`Self::offsets`] names; `list(off)` returns
     /// `None` for a list it was not given (a caller bug, reported as an error message).
-    pub fn resolve<'l>(
-        &self,
-        list: impl Fn(u64) -> Option<&'l [u32]>,
-    ) -> Result<Vec<u32>, String> {
+    pub fn resolve<'l>(&self, list: impl Fn(u64) -> Option<&'l [u32]>) -> Result<Vec<u32>, String> {
         if self.is_empty() {
             return Ok(Vec::new());
         }
@@ -209,11 +206,16 @@ mod tests {
         };
         assert_eq!(run(vec![Matcher::equal("job", "a")]), [1, 2]);
         assert_eq!(
-            run(vec![Matcher::equal("job", "a"), Matcher::equal("env", "prod")]),
+            run(vec![
+                Matcher::equal("job", "a"),
+                Matcher::equal("env", "prod")
+            ]),
             [1]
         );
         assert_eq!(
-            run(vec![Matcher::new(MatchType::NotEqual, "env", "prod").unwrap()]),
+            run(vec![
+                Matcher::new(MatchType::NotEqual, "env", "prod").unwrap()
+            ]),
             [2, 4]
         );
         assert_eq!(
