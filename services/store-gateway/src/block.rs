@@ -28,7 +28,8 @@ pub enum HeaderState {
     /// On disk and valid.
     Ready,
     /// The build failed; queries naming the block fail until a later sync rebuilds it.
-    Failed(String),
+    /// `corrupt`: the index itself is damaged (else the bucket could not be read).
+    Failed { msg: String, corrupt: bool },
 }
 
 /// A block this store-gateway owns.
@@ -163,7 +164,10 @@ impl LoadedBlock {
                     tenant = %self.tenant, block = %self.id, error = %e,
                     "cannot build the block's index-header; queries for it fail until it builds"
                 );
-                self.state.send_replace(HeaderState::Failed(e.to_string()));
+                self.state.send_replace(HeaderState::Failed {
+                    msg: e.to_string(),
+                    corrupt: matches!(e, Error::Corrupt { .. }),
+                });
             }
         }
     }
@@ -192,11 +196,17 @@ impl LoadedBlock {
             .await
             .map_err(|_| Error::NotLoaded(self.id.clone()))?
             .clone();
-        if let HeaderState::Failed(msg) = state {
-            return Err(Error::Corrupt {
-                what: format!("{}/{}/index", self.tenant, self.id),
-                msg,
-            });
+        match state {
+            HeaderState::Failed { msg, corrupt: true } => {
+                return Err(Error::Corrupt {
+                    what: format!("{}/{}/index", self.tenant, self.id),
+                    msg,
+                });
+            }
+            HeaderState::Failed { msg, .. } => {
+                return Err(Error::NotLoaded(format!("{} ({msg})", self.id)));
+            }
+            _ => {}
         }
         if let Some(h) = self.header.lock().clone() {
             self.touch();

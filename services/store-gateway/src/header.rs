@@ -257,7 +257,7 @@ impl IndexHeader {
         let pt_body = counted_body(pt, "postings offset table").map_err(corrupt)?;
         let table = parse_postings_table(pt_body).map_err(corrupt)?;
 
-        let data_end = index_size - TOC_SIZE as u64;
+        let data_end = index_size.saturating_sub(TOC_SIZE as u64);
         let mut bounds: Vec<u64> = table
             .names
             .iter()

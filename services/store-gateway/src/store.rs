@@ -208,7 +208,7 @@ impl BlockStore {
         let mut to_build = new_blocks;
         for m in self.blocks.read().values() {
             for b in m.values() {
-                if matches!(b.state(), crate::block::HeaderState::Failed(_))
+                if matches!(b.state(), crate::block::HeaderState::Failed { .. })
                     && !to_build.iter().any(|n| Arc::ptr_eq(n, b))
                 {
                     to_build.push(Arc::clone(b));

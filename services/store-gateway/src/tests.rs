@@ -706,3 +706,83 @@ async fn caches_serve_repeated_queries() {
     assert_eq!(first.0, third.0);
     assert!(fetched(&h) > before);
 }
+
+/// A block whose index cannot give a header fails the queries naming it; a later sync
+/// retries the build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_index_fails_the_query_until_repaired() {
+    let bucket = Bucket::in_memory();
+    let local = tempfile::tempdir().unwrap();
+    let id = write_test_block_in(&bucket, local.path(), "t1", 0, 10).await;
+    let key = layout::block_file("t1", &id, "index");
+    let good = bucket.get(&key).await.unwrap();
+    let mut bad = good.to_vec();
+    let n = bad.len();
+    bad[n - 20] ^= 0x01; // the TOC
+    bucket.put(&key, bad.into()).await.unwrap();
+    let sync = tempfile::tempdir().unwrap();
+    let h = start(&bucket, config(sync.path()), Arc::new(OwnAll)).await;
+    assert_eq!(h.metrics.header_build_failures.get(), 1);
+    let all = [re("__name__", ".+")];
+    let e = series(&h, "t1", &[&id], i64::MIN, i64::MAX, &all)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Internal, "{e:?}");
+    assert!(e.message().contains("TOC"), "{}", e.message());
+    assert_eq!(h.metrics.block_errors.with_label_values(&["t1"]).get(), 1);
+
+    bucket.put(&key, good).await.unwrap();
+    h.svc.store().sync().await.unwrap();
+    let (got, _) = series(&h, "t1", &[&id], i64::MIN, i64::MAX, &all)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 10);
+}
+
+/// Bad requests are refused with INVALID_ARGUMENT, never a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_refused() {
+    let bucket = Bucket::in_memory();
+    let sync = tempfile::tempdir().unwrap();
+    let h = start(&bucket, config(sync.path()), Arc::new(OwnAll)).await;
+    let api = h.svc.api();
+    let bad_regex = norn_proto::ingester::v1::LabelMatcher {
+        r#type: norn_proto::ingester::v1::MatchType::Re as i32,
+        name: "a".into(),
+        value: "(".into(),
+    };
+    let unknown_type = norn_proto::ingester::v1::LabelMatcher {
+        r#type: 99,
+        name: "a".into(),
+        value: "b".into(),
+    };
+    for (m, s, e) in [
+        (vec![bad_regex], 0, 1),
+        (vec![unknown_type], 0, 1),
+        (vec![], 10, 1),
+    ] {
+        let r = api
+            .series(req(
+                "t1",
+                pb::SeriesRequest {
+                    start_ms: s,
+                    end_ms: e,
+                    matchers: m,
+                    block_ids: vec!["x".into()],
+                    skip_chunks: false,
+                },
+            ))
+            .await;
+        assert_eq!(r.err().unwrap().code(), tonic::Code::InvalidArgument);
+    }
+    let r = api
+        .label_values(req(
+            "t1",
+            pb::LabelValuesRequest {
+                label_name: String::new(),
+                ..Default::default()
+            },
+        ))
+        .await;
+    assert_eq!(r.err().unwrap().code(), tonic::Code::InvalidArgument);
+}

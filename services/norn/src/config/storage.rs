@@ -210,37 +210,37 @@ pub struct BucketStoreFlags {
         long = "blocks-storage.bucket-store.max-concurrent",
         env = "NORN_BLOCKS_STORAGE_BUCKET_STORE_MAX_CONCURRENT"
     )]
-    pub max_concurrent: Option<usize>,
+    pub bucket_store_max_concurrent: Option<usize>,
     /// How long a store-gateway query waits for a slot or fetch budget before it is refused.
     #[arg(
         long = "blocks-storage.bucket-store.max-concurrent-queue-timeout",
         env = "NORN_BLOCKS_STORAGE_BUCKET_STORE_MAX_CONCURRENT_QUEUE_TIMEOUT"
     )]
-    pub max_concurrent_queue_timeout: Option<Deferred>,
+    pub bucket_store_max_concurrent_queue_timeout: Option<Deferred>,
     /// Bytes a store-gateway's queries may hold fetched from the bucket at once.
     #[arg(
         long = "blocks-storage.bucket-store.max-inflight-fetch-bytes",
         env = "NORN_BLOCKS_STORAGE_BUCKET_STORE_MAX_INFLIGHT_FETCH_BYTES"
     )]
-    pub max_inflight_fetch_bytes: Option<u64>,
+    pub bucket_store_max_inflight_fetch_bytes: Option<u64>,
     /// Index-headers a store-gateway builds at once.
     #[arg(
         long = "blocks-storage.bucket-store.block-sync-concurrency",
         env = "NORN_BLOCKS_STORAGE_BUCKET_STORE_BLOCK_SYNC_CONCURRENCY"
     )]
-    pub block_sync_concurrency: Option<usize>,
+    pub bucket_store_block_sync_concurrency: Option<usize>,
     /// Blocks whose max time is within this of now are not served by store-gateways.
     #[arg(
         long = "blocks-storage.bucket-store.ignore-blocks-within",
         env = "NORN_BLOCKS_STORAGE_BUCKET_STORE_IGNORE_BLOCKS_WITHIN"
     )]
-    pub ignore_blocks_within: Option<Deferred>,
+    pub bucket_store_ignore_blocks_within: Option<Deferred>,
     /// Blocks marked for deletion longer ago than this are no longer served.
     #[arg(
         long = "blocks-storage.bucket-store.ignore-deletion-marks-delay",
         env = "NORN_BLOCKS_STORAGE_BUCKET_STORE_IGNORE_DELETION_MARKS_DELAY"
     )]
-    pub ignore_deletion_mark_delay: Option<Deferred>,
+    pub bucket_store_ignore_deletion_mark_delay: Option<Deferred>,
     /// Map index-headers on first use instead of at load.
     #[arg(
         long = "blocks-storage.bucket-store.index-header.lazy-loading-enabled",
@@ -248,40 +248,46 @@ pub struct BucketStoreFlags {
         num_args = 0..=1,
         default_missing_value = "true"
     )]
-    pub lazy_loading_enabled: Option<bool>,
+    pub bucket_store_lazy_loading_enabled: Option<bool>,
     /// Unmap an index-header unused for this long.
     #[arg(
         long = "blocks-storage.bucket-store.index-header.lazy-loading-idle-timeout",
         env = "NORN_BLOCKS_STORAGE_BUCKET_STORE_INDEX_HEADER_LAZY_LOADING_IDLE_TIMEOUT"
     )]
-    pub lazy_loading_idle_timeout: Option<Deferred>,
+    pub bucket_store_lazy_loading_idle_timeout: Option<Deferred>,
 }
 
 impl BucketStoreFlags {
     pub fn apply(&self, c: &mut BucketStoreConfig) -> anyhow::Result<()> {
         set(&mut c.sync_dir, &self.sync_dir);
-        set(&mut c.max_concurrent, &self.max_concurrent);
+        set(&mut c.max_concurrent, &self.bucket_store_max_concurrent);
         set(
             &mut c.max_inflight_fetch_bytes,
-            &self.max_inflight_fetch_bytes,
+            &self.bucket_store_max_inflight_fetch_bytes,
         );
-        set(&mut c.block_sync_concurrency, &self.block_sync_concurrency);
+        set(
+            &mut c.block_sync_concurrency,
+            &self.bucket_store_block_sync_concurrency,
+        );
         set(
             &mut c.index_header.lazy_loading_enabled,
-            &self.lazy_loading_enabled,
+            &self.bucket_store_lazy_loading_enabled,
         );
         set_duration(
             &mut c.max_concurrent_queue_timeout,
-            &self.max_concurrent_queue_timeout,
+            &self.bucket_store_max_concurrent_queue_timeout,
         )?;
-        set_duration(&mut c.ignore_blocks_within, &self.ignore_blocks_within)?;
+        set_duration(
+            &mut c.ignore_blocks_within,
+            &self.bucket_store_ignore_blocks_within,
+        )?;
         set_duration(
             &mut c.ignore_deletion_mark_delay,
-            &self.ignore_deletion_mark_delay,
+            &self.bucket_store_ignore_deletion_mark_delay,
         )?;
         set_duration(
             &mut c.index_header.lazy_loading_idle_timeout,
-            &self.lazy_loading_idle_timeout,
+            &self.bucket_store_lazy_loading_idle_timeout,
         )?;
         set_duration(&mut c.sync_interval, &self.sync_interval)
     }
