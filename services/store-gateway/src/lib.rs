@@ -22,6 +22,8 @@ pub mod metrics;
 pub mod partition;
 pub mod store;
 #[cfg(test)]
+mod sync_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 pub(crate) mod testutil;

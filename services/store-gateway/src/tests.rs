@@ -21,13 +21,13 @@ use tokio_util::sync::CancellationToken;
 use crate::testutil::write_test_block_in;
 use crate::{BlockOwnership, Config, Deps, OwnAll, StoreGatewayMetrics, StoreGatewayService};
 
-struct Harness {
-    svc: Arc<StoreGatewayService>,
-    metrics: StoreGatewayMetrics,
+pub(crate) struct Harness {
+    pub(crate) svc: Arc<StoreGatewayService>,
+    pub(crate) metrics: StoreGatewayMetrics,
     _stop: CancellationToken,
 }
 
-fn config(dir: &Path) -> Config {
+pub(crate) fn config(dir: &Path) -> Config {
     Config {
         sync_dir: dir.to_path_buf(),
         sync_interval: Duration::from_secs(3600),
@@ -37,7 +37,11 @@ fn config(dir: &Path) -> Config {
     }
 }
 
-async fn start(bucket: &Bucket, cfg: Config, ownership: Arc<dyn BlockOwnership>) -> Harness {
+pub(crate) async fn start(
+    bucket: &Bucket,
+    cfg: Config,
+    ownership: Arc<dyn BlockOwnership>,
+) -> Harness {
     let metrics = StoreGatewayMetrics::new(&Registry::new()).unwrap();
     let stop = CancellationToken::new();
     let svc = crate::build_inner(
@@ -73,7 +77,7 @@ fn req<T>(tenant: &str, m: T) -> tonic::Request<T> {
 }
 
 /// Runs `Series` in process; returns the series and the hints.
-async fn series(
+pub(crate) async fn series(
     h: &Harness,
     tenant: &str,
     blocks: &[&str],
@@ -150,7 +154,7 @@ fn expected(dirs: &[std::path::PathBuf], mint: i64, maxt: i64, ms: &[Matcher]) -
         .collect()
 }
 
-fn re(name: &str, v: &str) -> Matcher {
+pub(crate) fn re(name: &str, v: &str) -> Matcher {
     Matcher::new(MatchType::Regex, name, v).unwrap()
 }
 
