@@ -10,12 +10,15 @@
 //! * [`reader`]: [`Block::open`] validates a block and answers selects, label queries and raw
 //!   chunk reads for compaction.
 //! * [`meta`], [`ulid`]: `meta.json` (with the Thanos section) and block ids.
-//! * `index`, `chunks`, `tombstones`: the binary formats, shared by writer and reader.
+//! * `index`, `chunks`, `tombstones`: the binary formats, shared by writer and reader. The
+//!   index's section parsers and [`postings`] (matchers to series refs) work on bytes alone,
+//!   so the store-gateway runs them on ranged reads of the bucket's files.
 
 pub mod chunks;
 pub mod index;
-mod io;
+pub mod io;
 pub mod meta;
+pub mod postings;
 pub mod reader;
 pub mod tombstones;
 pub mod ulid;

@@ -52,11 +52,12 @@ impl BlocksStorageConfig {
     }
 }
 
-/// `blocks_storage.bucket_store`: how the query path reads blocks from the bucket.
+/// `blocks_storage.bucket_store`: how the query path (the store-gateway) reads blocks from
+/// the bucket. The store-gateway fields mirror `norn_store_gateway::Config` one for one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BucketStoreConfig {
-    /// Local copies of bucket blocks.
+    /// Local copies of bucket blocks, and the store-gateway's index-headers.
     pub sync_dir: PathBuf,
     /// How often the bucket's block list is re-read.
     #[serde(with = "serde_duration")]
@@ -67,6 +68,22 @@ pub struct BucketStoreConfig {
     /// The store-gateway's chunks cache (`--blocks-storage.bucket-store.chunks-cache.*`).
     #[serde(deserialize_with = "super::cache::de_chunks_cache")]
     pub chunks_cache: norn_cache::CacheConfig,
+    /// Queries a store-gateway runs against blocks at once.
+    pub max_concurrent: usize,
+    /// How long a store-gateway query waits for a slot or fetch budget.
+    #[serde(with = "serde_duration")]
+    pub max_concurrent_queue_timeout: Duration,
+    /// Bytes a store-gateway's queries may hold fetched from the bucket at once.
+    pub max_inflight_fetch_bytes: u64,
+    /// Index-headers a store-gateway builds at once.
+    pub block_sync_concurrency: usize,
+    /// Blocks whose max time is within this of now are left to the ingesters.
+    #[serde(with = "serde_duration")]
+    pub ignore_blocks_within: Duration,
+    /// Blocks marked for deletion longer ago than this are no longer served.
+    #[serde(with = "serde_duration")]
+    pub ignore_deletion_mark_delay: Duration,
+    pub index_header: IndexHeaderConfig,
 }
 
 impl Default for BucketStoreConfig {
@@ -76,6 +93,31 @@ impl Default for BucketStoreConfig {
             sync_interval: Duration::from_secs(15 * 60),
             index_cache: super::cache::default_index_cache(),
             chunks_cache: super::cache::default_chunks_cache(),
+            max_concurrent: 200,
+            max_concurrent_queue_timeout: Duration::from_secs(5),
+            max_inflight_fetch_bytes: 1 << 30,
+            block_sync_concurrency: 4,
+            ignore_blocks_within: Duration::from_secs(10 * 3600),
+            ignore_deletion_mark_delay: Duration::from_secs(3600),
+            index_header: IndexHeaderConfig::default(),
+        }
+    }
+}
+
+/// `blocks_storage.bucket_store.index_header`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IndexHeaderConfig {
+    pub lazy_loading_enabled: bool,
+    #[serde(with = "serde_duration")]
+    pub lazy_loading_idle_timeout: Duration,
+}
+
+impl Default for IndexHeaderConfig {
+    fn default() -> Self {
+        Self {
+            lazy_loading_enabled: true,
+            lazy_loading_idle_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -171,11 +213,90 @@ pub struct BucketStoreFlags {
         env = "NORN_BLOCKS_STORAGE_BUCKET_STORE_SYNC_INTERVAL"
     )]
     pub sync_interval: Option<Deferred>,
+    /// Queries a store-gateway runs against blocks at once.
+    #[arg(
+        long = "blocks-storage.bucket-store.max-concurrent",
+        env = "NORN_BLOCKS_STORAGE_BUCKET_STORE_MAX_CONCURRENT"
+    )]
+    pub bucket_store_max_concurrent: Option<usize>,
+    /// How long a store-gateway query waits for a slot or fetch budget before it is refused.
+    #[arg(
+        long = "blocks-storage.bucket-store.max-concurrent-queue-timeout",
+        env = "NORN_BLOCKS_STORAGE_BUCKET_STORE_MAX_CONCURRENT_QUEUE_TIMEOUT"
+    )]
+    pub bucket_store_max_concurrent_queue_timeout: Option<Deferred>,
+    /// Bytes a store-gateway's queries may hold fetched from the bucket at once.
+    #[arg(
+        long = "blocks-storage.bucket-store.max-inflight-fetch-bytes",
+        env = "NORN_BLOCKS_STORAGE_BUCKET_STORE_MAX_INFLIGHT_FETCH_BYTES"
+    )]
+    pub bucket_store_max_inflight_fetch_bytes: Option<u64>,
+    /// Index-headers a store-gateway builds at once.
+    #[arg(
+        long = "blocks-storage.bucket-store.block-sync-concurrency",
+        env = "NORN_BLOCKS_STORAGE_BUCKET_STORE_BLOCK_SYNC_CONCURRENCY"
+    )]
+    pub bucket_store_block_sync_concurrency: Option<usize>,
+    /// Blocks whose max time is within this of now are not served by store-gateways.
+    #[arg(
+        long = "blocks-storage.bucket-store.ignore-blocks-within",
+        env = "NORN_BLOCKS_STORAGE_BUCKET_STORE_IGNORE_BLOCKS_WITHIN"
+    )]
+    pub bucket_store_ignore_blocks_within: Option<Deferred>,
+    /// Blocks marked for deletion longer ago than this are no longer served.
+    #[arg(
+        long = "blocks-storage.bucket-store.ignore-deletion-marks-delay",
+        env = "NORN_BLOCKS_STORAGE_BUCKET_STORE_IGNORE_DELETION_MARKS_DELAY"
+    )]
+    pub bucket_store_ignore_deletion_mark_delay: Option<Deferred>,
+    /// Map index-headers on first use instead of at load.
+    #[arg(
+        long = "blocks-storage.bucket-store.index-header.lazy-loading-enabled",
+        env = "NORN_BLOCKS_STORAGE_BUCKET_STORE_INDEX_HEADER_LAZY_LOADING_ENABLED",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub bucket_store_lazy_loading_enabled: Option<bool>,
+    /// Unmap an index-header unused for this long.
+    #[arg(
+        long = "blocks-storage.bucket-store.index-header.lazy-loading-idle-timeout",
+        env = "NORN_BLOCKS_STORAGE_BUCKET_STORE_INDEX_HEADER_LAZY_LOADING_IDLE_TIMEOUT"
+    )]
+    pub bucket_store_lazy_loading_idle_timeout: Option<Deferred>,
 }
 
 impl BucketStoreFlags {
     pub fn apply(&self, c: &mut BucketStoreConfig) -> anyhow::Result<()> {
         set(&mut c.sync_dir, &self.sync_dir);
+        set(&mut c.max_concurrent, &self.bucket_store_max_concurrent);
+        set(
+            &mut c.max_inflight_fetch_bytes,
+            &self.bucket_store_max_inflight_fetch_bytes,
+        );
+        set(
+            &mut c.block_sync_concurrency,
+            &self.bucket_store_block_sync_concurrency,
+        );
+        set(
+            &mut c.index_header.lazy_loading_enabled,
+            &self.bucket_store_lazy_loading_enabled,
+        );
+        set_duration(
+            &mut c.max_concurrent_queue_timeout,
+            &self.bucket_store_max_concurrent_queue_timeout,
+        )?;
+        set_duration(
+            &mut c.ignore_blocks_within,
+            &self.bucket_store_ignore_blocks_within,
+        )?;
+        set_duration(
+            &mut c.ignore_deletion_mark_delay,
+            &self.bucket_store_ignore_deletion_mark_delay,
+        )?;
+        set_duration(
+            &mut c.index_header.lazy_loading_idle_timeout,
+            &self.bucket_store_lazy_loading_idle_timeout,
+        )?;
         set_duration(&mut c.sync_interval, &self.sync_interval)
     }
 }

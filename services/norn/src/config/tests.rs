@@ -82,6 +82,42 @@ fn querier_bounds_from_yaml_and_flags() {
 }
 
 #[test]
+fn store_gateway_bucket_store_from_yaml_and_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("c.yaml");
+    std::fs::write(
+        &f,
+        "blocks_storage:\n  bucket_store:\n    max_concurrent: 7\n    ignore_deletion_mark_delay: 2h\n    index_header:\n      lazy_loading_enabled: false\n      lazy_loading_idle_timeout: 5m\n",
+    )
+    .unwrap();
+    let c = Config::load(&args(&[
+        "--config.file",
+        f.to_str().unwrap(),
+        "--blocks-storage.bucket-store.block-sync-concurrency=9",
+        "--blocks-storage.bucket-store.ignore-blocks-within=3h",
+        "--blocks-storage.bucket-store.index-header.lazy-loading-idle-timeout=10m",
+    ]))
+    .unwrap();
+    let b = &c.blocks_storage.bucket_store;
+    assert_eq!(b.max_concurrent, 7);
+    assert_eq!(b.block_sync_concurrency, 9);
+    assert_eq!(b.ignore_blocks_within, Duration::from_secs(3 * 3600));
+    assert_eq!(b.ignore_deletion_mark_delay, Duration::from_secs(2 * 3600));
+    assert!(!b.index_header.lazy_loading_enabled);
+    assert_eq!(
+        b.index_header.lazy_loading_idle_timeout,
+        Duration::from_secs(600)
+    );
+    let d = Config::load(&args(&[]))
+        .unwrap()
+        .blocks_storage
+        .bucket_store;
+    assert_eq!(d.max_concurrent, 200);
+    assert!(d.index_header.lazy_loading_enabled);
+    assert_eq!(d.ignore_blocks_within, Duration::from_secs(10 * 3600));
+}
+
+#[test]
 fn secrets_are_masked() {
     let a = args(&["--common.storage.s3.secret-access-key=hunter2"]);
     let c = Config::load(&a).unwrap();

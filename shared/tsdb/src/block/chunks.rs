@@ -154,6 +154,36 @@ impl ChunkWriter {
     }
 }
 
+/// Total size of the chunk (`len uvarint · encoding · data · CRC`) starting at `b[0]`, once
+/// its length field is there.
+pub fn chunk_size(b: &[u8]) -> Option<usize> {
+    let mut d = Decbuf::new(b);
+    let len = usize::try_from(d.uvarint()?).ok()?;
+    d.pos.checked_add(len)?.checked_add(1 + 4)
+}
+
+/// Decodes the chunk at the start of `b`, verifying its CRC; also returns its total size.
+pub fn decode_chunk(b: &[u8]) -> std::result::Result<(RawChunk<'_>, usize), String> {
+    let mut d = Decbuf::new(b);
+    let len = d.uvarint().ok_or("truncated or malformed length")?;
+    let body = usize::try_from(len)
+        .ok()
+        .and_then(|l| d.bytes(l.checked_add(1)?))
+        .ok_or_else(|| format!("length {len} runs past the end of the segment (truncated?)"))?;
+    let want = d.be32().ok_or("truncated checksum")?;
+    let got = crc(body);
+    if got != want {
+        return Err(format!(
+            "checksum mismatch: stored {want:#010x}, computed {got:#010x}"
+        ));
+    }
+    let chunk = RawChunk {
+        encoding: body[0],
+        data: &body[1..],
+    };
+    Ok((chunk, d.pos))
+}
+
 /// Read access to a block's chunk segments.
 #[derive(Debug)]
 pub struct ChunkReader {
@@ -309,32 +339,8 @@ impl ChunkReader {
                 bytes.len()
             )));
         }
-        let mut d = Decbuf::new(&bytes[off..]);
-        let len = d
-            .uvarint()
-            .ok_or_else(|| corrupt("truncated or malformed length".into()))?;
-        let body = usize::try_from(len)
-            .ok()
-            .and_then(|l| d.bytes(l.checked_add(1)?))
-            .ok_or_else(|| {
-                corrupt(format!(
-                    "length {len} runs past the end of the segment (truncated?)"
-                ))
-            })?;
-        let want = d
-            .be32()
-            .ok_or_else(|| corrupt("truncated checksum".into()))?;
-        let got = crc(body);
-        if got != want {
-            return Err(corrupt(format!(
-                "checksum mismatch: stored {want:#010x}, computed {got:#010x}"
-            )));
-        }
-        let chunk = RawChunk {
-            encoding: body[0],
-            data: &body[1..],
-        };
-        Ok((chunk, off + d.pos))
+        let (chunk, n) = decode_chunk(&bytes[off..]).map_err(corrupt)?;
+        Ok((chunk, off + n))
     }
 
     /// Walks every chunk of every segment in file order, checking each CRC; returns the

@@ -240,10 +240,280 @@ pub struct SeriesEntry {
 }
 
 /// The values of one label name with the offsets of their postings lists.
-#[derive(Debug, Clone)]
-struct NameValues {
-    name: String,
-    values: Vec<(String, u64)>,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameValues {
+    pub name: String,
+    /// Sorted by value.
+    pub values: Vec<(String, u64)>,
+}
+
+/// The postings offset table, parsed: where each `(name, value)`'s postings list starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PostingsTable {
+    /// Offset of the all-postings list (key `("", "")`).
+    pub all_postings: u64,
+    /// Label names, sorted, each with its values.
+    pub names: Vec<NameValues>,
+}
+
+impl PostingsTable {
+    /// Values of `name`, sorted, each with the offset of its postings list.
+    pub fn values(&self, name: &str) -> &[(String, u64)] {
+        self.names
+            .binary_search_by(|n| n.name.as_str().cmp(name))
+            .map_or(&[], |i| self.names[i].values.as_slice())
+    }
+}
+
+// The parsers below work on bytes alone (no file, no path) so the store-gateway can run them
+// on sections fetched with ranged reads; errors are messages the caller wraps with the file.
+
+/// Decodes the 52-byte TOC at the end of an index, verifying its CRC; `data_end` (the TOC's
+/// own offset) bounds every section offset.
+pub fn decode_toc(tb: &[u8], data_end: u64) -> std::result::Result<Toc, String> {
+    if tb.len() != TOC_SIZE {
+        return Err(format!("TOC is {} bytes, not {TOC_SIZE}", tb.len()));
+    }
+    let want = u32::from_be_bytes([tb[48], tb[49], tb[50], tb[51]]);
+    if crc(&tb[..48]) != want {
+        return Err("TOC checksum mismatch (file truncated or damaged)".into());
+    }
+    let mut d = Decbuf::new(tb);
+    let mut o = [0u64; 6];
+    for v in &mut o {
+        *v = d.be64().unwrap_or(u64::MAX);
+    }
+    let toc = Toc {
+        symbols: o[0],
+        series: o[1],
+        label_indices: o[2],
+        label_indices_table: o[3],
+        postings: o[4],
+        postings_table: o[5],
+    };
+    if o.iter().any(|&v| v > data_end) {
+        return Err(format!("TOC offset beyond the end of the data: {toc:?}"));
+    }
+    if toc.symbols == 0 || toc.postings_table == 0 {
+        return Err("TOC lacks the symbol table or postings offset table".into());
+    }
+    Ok(toc)
+}
+
+/// Total size of the `len u32 · bytes · CRC` section starting at `b[0]`, once its length
+/// field is there (`None`: fewer than 4 bytes).
+pub fn counted_size(b: &[u8]) -> Option<usize> {
+    let len = u32::from_be_bytes(b.get(..4)?.try_into().ok()?);
+    Some(8 + len as usize)
+}
+
+/// The body of the `len u32 · bytes · CRC` section at the start of `b`, CRC verified.
+pub fn counted_body<'a>(b: &'a [u8], what: &str) -> std::result::Result<&'a [u8], String> {
+    let mut d = Decbuf::new(b);
+    let len = d
+        .be32()
+        .ok_or_else(|| format!("{what}: truncated length"))?;
+    let body = d
+        .bytes(len as usize)
+        .ok_or_else(|| format!("{what}: length {len} runs past the end of the data"))?;
+    let want = d
+        .be32()
+        .ok_or_else(|| format!("{what}: truncated checksum"))?;
+    if crc(body) != want {
+        return Err(format!("{what}: checksum mismatch"));
+    }
+    Ok(body)
+}
+
+/// Parses a symbol table body (after its length field); `base` is the offset of the body's
+/// first byte in whatever holds it, and the result is each symbol's offset there.
+pub fn parse_symbols(body: &[u8], base: usize) -> std::result::Result<Vec<u32>, String> {
+    let mut d = Decbuf::new(body);
+    let bad = || "symbol table: malformed entries".to_string();
+    let n = d.be32().ok_or_else(bad)?;
+    let mut out = Vec::with_capacity((n as usize).min(body.len()));
+    let mut prev: Option<&[u8]> = None;
+    for _ in 0..n {
+        let at = base + d.pos;
+        let s = d.str_bytes().ok_or_else(bad)?;
+        std::str::from_utf8(s).map_err(|_| format!("symbol at {at} is not UTF-8"))?;
+        if prev.is_some_and(|p| p >= s) {
+            return Err("symbol table is not sorted".into());
+        }
+        prev = Some(s);
+        out.push(u32::try_from(at).map_err(|_| bad())?);
+    }
+    if d.remaining() != 0 {
+        return Err("symbol table: trailing bytes after the last symbol".into());
+    }
+    Ok(out)
+}
+
+/// Parses a postings offset table body (after its length field).
+pub fn parse_postings_table(body: &[u8]) -> std::result::Result<PostingsTable, String> {
+    let bad = |m: &str| format!("postings offset table: {m}");
+    let mut d = Decbuf::new(body);
+    let n = d.be32().ok_or_else(|| bad("truncated"))?;
+    let mut all = None;
+    let mut names: Vec<NameValues> = Vec::new();
+    let mut sorted = true;
+    let mut last: Option<(&[u8], &[u8])> = None;
+    for _ in 0..n {
+        if d.uvarint() != Some(2) {
+            return Err(bad("entry does not hold 2 strings"));
+        }
+        let name = d.str_bytes().ok_or_else(|| bad("truncated entry"))?;
+        let value = d.str_bytes().ok_or_else(|| bad("truncated entry"))?;
+        let off = d.uvarint().ok_or_else(|| bad("truncated entry"))?;
+        if last.is_some_and(|l| l >= (name, value)) {
+            sorted = false;
+        }
+        last = Some((name, value));
+        let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value)) else {
+            return Err(bad("label name or value is not UTF-8"));
+        };
+        if name.is_empty() {
+            if value.is_empty() {
+                all = Some(off);
+            }
+            continue;
+        }
+        match names.last_mut() {
+            Some(nv) if nv.name == name => nv.values.push((value.to_string(), off)),
+            _ => names.push(NameValues {
+                name: name.to_string(),
+                values: vec![(value.to_string(), off)],
+            }),
+        }
+    }
+    if d.remaining() != 0 {
+        return Err(bad("trailing bytes after the last entry"));
+    }
+    if !sorted {
+        return Err(bad("entries are not sorted by (name, value)"));
+    }
+    Ok(PostingsTable {
+        all_postings: all.ok_or_else(|| bad("no all-postings entry"))?,
+        names,
+    })
+}
+
+/// Decodes a postings list body (after its length field, CRC already verified): series refs,
+/// strictly ascending.
+pub fn decode_postings(body: &[u8]) -> std::result::Result<Vec<u32>, String> {
+    let mut d = Decbuf::new(body);
+    let n = d.be32().unwrap_or(0) as usize;
+    if body.len() != 4 + 4 * n {
+        return Err(format!("{n} entries do not fill {} bytes", body.len()));
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let r = d.be32().unwrap_or(0);
+        if out.last().is_some_and(|&p| p >= r) {
+            return Err("postings list is not sorted".into());
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// Total size of the series entry (`len uvarint · body · CRC`) starting at `b[0]`, once its
+/// length field is there.
+pub fn series_entry_size(b: &[u8]) -> Option<usize> {
+    let mut d = Decbuf::new(b);
+    let len = usize::try_from(d.uvarint()?).ok()?;
+    d.pos.checked_add(len)?.checked_add(4)
+}
+
+/// Decodes the series entry at the start of `b`, verifying its CRC and resolving label
+/// symbols with `symbol`.
+pub fn decode_series_entry<'s>(
+    b: &[u8],
+    symbol: impl Fn(u64) -> std::result::Result<&'s str, String>,
+) -> std::result::Result<SeriesEntry, String> {
+    let mut d = Decbuf::new(b);
+    let len = d.uvarint().ok_or("truncated length")?;
+    let body = usize::try_from(len)
+        .ok()
+        .and_then(|l| d.bytes(l))
+        .ok_or("length runs past the end of the data")?;
+    let want = d.be32().ok_or("truncated checksum")?;
+    if crc(body) != want {
+        return Err("checksum mismatch".into());
+    }
+    let mut d = Decbuf::new(body);
+    let malformed = || "malformed entry".to_string();
+    let nl = d.uvarint().ok_or_else(malformed)?;
+    let mut labels = Vec::with_capacity((nl as usize).min(64));
+    for _ in 0..nl {
+        let n = d.uvarint().ok_or_else(malformed)?;
+        let v = d.uvarint().ok_or_else(malformed)?;
+        let name = symbol(n)?;
+        if labels
+            .last()
+            .is_some_and(|l: &Label| l.name.as_str() >= name)
+        {
+            return Err("labels are not sorted by name".into());
+        }
+        labels.push(Label::new(name, symbol(v)?));
+    }
+    let nc = d.uvarint().ok_or_else(malformed)?;
+    let mut chunks: Vec<ChunkRef> = Vec::with_capacity((nc as usize).min(1024));
+    for i in 0..nc {
+        let c = if i == 0 {
+            let min_t = d.varint().ok_or_else(malformed)?;
+            let dt = d.uvarint().ok_or_else(malformed)?;
+            let r = d.uvarint().ok_or_else(malformed)?;
+            ChunkRef {
+                min_t,
+                max_t: min_t.wrapping_add(dt as i64),
+                r,
+            }
+        } else {
+            let prev = chunks[chunks.len() - 1];
+            let gap = d.uvarint().ok_or_else(malformed)?;
+            let dt = d.uvarint().ok_or_else(malformed)?;
+            let dr = d.varint().ok_or_else(malformed)?;
+            let min_t = prev.max_t.wrapping_add(gap as i64);
+            if min_t < prev.max_t {
+                return Err("chunk gap overflows the time range".into());
+            }
+            ChunkRef {
+                min_t,
+                max_t: min_t.wrapping_add(dt as i64),
+                r: prev.r.wrapping_add(dr as u64),
+            }
+        };
+        if c.max_t < c.min_t {
+            return Err("chunk ends before it starts".into());
+        }
+        chunks.push(c);
+    }
+    if d.remaining() != 0 {
+        return Err("trailing bytes after the chunks".into());
+    }
+    Ok(SeriesEntry {
+        labels: Labels::from_sorted(labels),
+        chunks,
+    })
+}
+
+/// Resolves symbol `id` given each symbol's offset in `b` (from [`parse_symbols`]).
+pub fn symbol_at<'b>(
+    b: &'b [u8],
+    offsets: &[u32],
+    id: u64,
+) -> std::result::Result<&'b str, String> {
+    let off = usize::try_from(id)
+        .ok()
+        .and_then(|i| offsets.get(i))
+        .ok_or_else(|| format!("symbol ref {id} out of range"))?;
+    let mut d = Decbuf::new(b);
+    d.pos = *off as usize;
+    let s = d
+        .str_bytes()
+        .ok_or_else(|| format!("symbol {id} truncated"))?;
+    std::str::from_utf8(s).map_err(|_| format!("symbol {id} is not UTF-8"))
 }
 
 /// A validated, memory-mapped index.
@@ -254,8 +524,7 @@ pub struct IndexReader {
     toc: Toc,
     /// Offset of each symbol's length prefix; a v2 symbol ref is its position here.
     symbols: Vec<u32>,
-    all_postings: u64,
-    names: Vec<NameValues>,
+    table: PostingsTable,
 }
 
 impl IndexReader {
@@ -291,46 +560,19 @@ impl IndexReader {
             v => return Err(corrupt(format!("unknown index version {v}"))),
         }
         let toc_start = b.len() - TOC_SIZE;
-        let tb = &b[toc_start..];
-        let want = u32::from_be_bytes([tb[48], tb[49], tb[50], tb[51]]);
-        if crc(&tb[..48]) != want {
-            return Err(corrupt(
-                "TOC checksum mismatch (file truncated or damaged)".into(),
-            ));
-        }
-        let mut d = Decbuf::new(tb);
-        let mut o = [0u64; 6];
-        for v in &mut o {
-            *v = d.be64().unwrap_or(u64::MAX);
-        }
-        let toc = Toc {
-            symbols: o[0],
-            series: o[1],
-            label_indices: o[2],
-            label_indices_table: o[3],
-            postings: o[4],
-            postings_table: o[5],
-        };
-        if o.iter().any(|&v| v > toc_start as u64) {
-            return Err(corrupt(format!(
-                "TOC offset beyond the end of the data: {toc:?}"
-            )));
-        }
-        if toc.symbols == 0 || toc.postings_table == 0 {
-            return Err(corrupt(
-                "TOC lacks the symbol table or postings offset table".into(),
-            ));
-        }
+        let toc = decode_toc(&b[toc_start..], toc_start as u64).map_err(corrupt)?;
         let mut r = Self {
             path: path.to_path_buf(),
             b,
             toc,
             symbols: Vec::new(),
-            all_postings: 0,
-            names: Vec::new(),
+            table: PostingsTable::default(),
         };
-        r.symbols = r.read_symbols()?;
-        r.read_postings_table()?;
+        let off = toc.symbols;
+        let body = r.counted(off, "symbol table")?;
+        r.symbols = parse_symbols(body, off as usize + 4).map_err(|m| r.corrupt(m))?;
+        let body = r.counted(toc.postings_table, "postings offset table")?;
+        r.table = parse_postings_table(body).map_err(|m| r.corrupt(m))?;
         Ok(r)
     }
 
@@ -344,98 +586,8 @@ impl IndexReader {
     /// Reads `len u32 · bytes · CRC` at `off`, verifying the CRC; returns the bytes.
     fn counted(&self, off: u64, what: &str) -> Result<&[u8]> {
         let data = &self.b[..self.b.len() - TOC_SIZE];
-        let mut d = Decbuf::new(data);
-        d.pos = usize::try_from(off).unwrap_or(usize::MAX).min(data.len());
-        let len = d
-            .be32()
-            .ok_or_else(|| self.corrupt(format!("{what} at {off}: truncated length")))?;
-        let body = d.bytes(len as usize).ok_or_else(|| {
-            self.corrupt(format!(
-                "{what} at {off}: length {len} runs past the end of the data"
-            ))
-        })?;
-        let want = d
-            .be32()
-            .ok_or_else(|| self.corrupt(format!("{what} at {off}: truncated checksum")))?;
-        if crc(body) != want {
-            return Err(self.corrupt(format!("{what} at {off}: checksum mismatch")));
-        }
-        Ok(body)
-    }
-
-    fn read_symbols(&self) -> Result<Vec<u32>> {
-        let off = self.toc.symbols;
-        let body = self.counted(off, "symbol table")?;
-        let base = off as usize + 4;
-        let mut d = Decbuf::new(body);
-        let bad = || self.corrupt("symbol table: malformed entries".into());
-        let n = d.be32().ok_or_else(bad)?;
-        let mut out = Vec::with_capacity((n as usize).min(body.len()));
-        let mut prev: Option<&[u8]> = None;
-        for _ in 0..n {
-            let at = base + d.pos;
-            let s = d.str_bytes().ok_or_else(bad)?;
-            std::str::from_utf8(s)
-                .map_err(|_| self.corrupt(format!("symbol at {at} is not UTF-8")))?;
-            if prev.is_some_and(|p| p >= s) {
-                return Err(self.corrupt("symbol table is not sorted".into()));
-            }
-            prev = Some(s);
-            out.push(u32::try_from(at).map_err(|_| bad())?);
-        }
-        if d.remaining() != 0 {
-            return Err(self.corrupt("symbol table: trailing bytes after the last symbol".into()));
-        }
-        Ok(out)
-    }
-
-    fn read_postings_table(&mut self) -> Result<()> {
-        let body = self.counted(self.toc.postings_table, "postings offset table")?;
-        let bad = |m: &str| self.corrupt(format!("postings offset table: {m}"));
-        let mut d = Decbuf::new(body);
-        let n = d.be32().ok_or_else(|| bad("truncated"))?;
-        let mut all = None;
-        let mut names: Vec<NameValues> = Vec::new();
-        let mut sorted = true;
-        let mut last: Option<(&[u8], &[u8])> = None;
-        for _ in 0..n {
-            if d.uvarint() != Some(2) {
-                return Err(bad("entry does not hold 2 strings"));
-            }
-            let name = d.str_bytes().ok_or_else(|| bad("truncated entry"))?;
-            let value = d.str_bytes().ok_or_else(|| bad("truncated entry"))?;
-            let off = d.uvarint().ok_or_else(|| bad("truncated entry"))?;
-            if last.is_some_and(|l| l >= (name, value)) {
-                sorted = false;
-            }
-            last = Some((name, value));
-            let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value))
-            else {
-                return Err(bad("label name or value is not UTF-8"));
-            };
-            if name.is_empty() {
-                if value.is_empty() {
-                    all = Some(off);
-                }
-                continue;
-            }
-            match names.last_mut() {
-                Some(nv) if nv.name == name => nv.values.push((value.to_string(), off)),
-                _ => names.push(NameValues {
-                    name: name.to_string(),
-                    values: vec![(value.to_string(), off)],
-                }),
-            }
-        }
-        if d.remaining() != 0 {
-            return Err(bad("trailing bytes after the last entry"));
-        }
-        if !sorted {
-            return Err(bad("entries are not sorted by (name, value)"));
-        }
-        self.all_postings = all.ok_or_else(|| bad("no all-postings entry"))?;
-        self.names = names;
-        Ok(())
+        let at = usize::try_from(off).unwrap_or(usize::MAX).min(data.len());
+        counted_body(&data[at..], &format!("{what} at {off}")).map_err(|m| self.corrupt(m))
     }
 
     /// The file this reads.
@@ -446,6 +598,11 @@ impl IndexReader {
     /// The TOC.
     pub fn toc(&self) -> Toc {
         self.toc
+    }
+
+    /// The parsed postings offset table.
+    pub fn table(&self) -> &PostingsTable {
+        &self.table
     }
 
     /// Size of the index file.
@@ -460,50 +617,23 @@ impl IndexReader {
 
     /// Resolves a v2 symbol ref.
     pub fn symbol(&self, id: u64) -> Result<&str> {
-        let off = usize::try_from(id)
-            .ok()
-            .and_then(|i| self.symbols.get(i))
-            .ok_or_else(|| self.corrupt(format!("symbol ref {id} out of range")))?;
-        let mut d = Decbuf::new(&self.b);
-        d.pos = *off as usize;
-        let s = d
-            .str_bytes()
-            .ok_or_else(|| self.corrupt(format!("symbol {id} truncated")))?;
-        std::str::from_utf8(s).map_err(|_| self.corrupt(format!("symbol {id} is not UTF-8")))
+        symbol_at(&self.b, &self.symbols, id).map_err(|m| self.corrupt(m))
     }
 
     /// Label names present in the index, sorted.
     pub fn label_names(&self) -> impl Iterator<Item = &str> {
-        self.names.iter().map(|n| n.name.as_str())
+        self.table.names.iter().map(|n| n.name.as_str())
     }
 
     /// Values of `name`, sorted, each with the offset of its postings list.
     pub fn values(&self, name: &str) -> &[(String, u64)] {
-        self.names
-            .binary_search_by(|n| n.name.as_str().cmp(name))
-            .map_or(&[], |i| self.names[i].values.as_slice())
+        self.table.values(name)
     }
 
     /// Series refs of the postings list at `off`, verified and strictly ascending.
     pub fn postings_at(&self, off: u64) -> Result<Vec<u32>> {
         let body = self.counted(off, "postings list")?;
-        let mut d = Decbuf::new(body);
-        let n = d.be32().unwrap_or(0) as usize;
-        if body.len() != 4 + 4 * n {
-            return Err(self.corrupt(format!(
-                "postings list at {off}: {n} entries do not fill {} bytes",
-                body.len()
-            )));
-        }
-        let mut out = Vec::with_capacity(n);
-        for _ in 0..n {
-            let r = d.be32().unwrap_or(0);
-            if out.last().is_some_and(|&p| p >= r) {
-                return Err(self.corrupt(format!("postings list at {off} is not sorted")));
-            }
-            out.push(r);
-        }
-        Ok(out)
+        decode_postings(body).map_err(|m| self.corrupt(format!("postings list at {off}: {m}")))
     }
 
     /// Refs of the series having `name=value` (empty if there are none).
@@ -519,20 +649,20 @@ impl IndexReader {
     /// plausibility check at open; [`Self::all_postings`] verifies the list).
     pub fn num_series(&self) -> Result<u32> {
         let mut d = Decbuf::new(&self.b[..self.b.len() - TOC_SIZE]);
-        d.pos = usize::try_from(self.all_postings).unwrap_or(usize::MAX);
+        d.pos = usize::try_from(self.table.all_postings).unwrap_or(usize::MAX);
         d.pos = d.pos.min(self.b.len());
         match (d.be32(), d.be32()) {
             (Some(_), Some(n)) => Ok(n),
             _ => Err(self.corrupt(format!(
                 "all-postings list at {}: truncated",
-                self.all_postings
+                self.table.all_postings
             ))),
         }
     }
 
     /// Every series ref.
     pub fn all_postings(&self) -> Result<Vec<u32>> {
-        self.postings_at(self.all_postings)
+        self.postings_at(self.table.all_postings)
     }
 
     /// Reads the series at `r` (offset `r * 16`), verifying its CRC and decoding its labels.
@@ -543,72 +673,10 @@ impl IndexReader {
         if off < self.toc.series || off >= data.len() as u64 {
             return Err(bad("outside the series section"));
         }
-        let mut d = Decbuf::new(data);
-        d.pos = off as usize;
-        let len = d.uvarint().ok_or_else(|| bad("truncated length"))?;
-        let body = usize::try_from(len)
-            .ok()
-            .and_then(|l| d.bytes(l))
-            .ok_or_else(|| bad("length runs past the end of the data"))?;
-        let want = d.be32().ok_or_else(|| bad("truncated checksum"))?;
-        if crc(body) != want {
-            return Err(bad("checksum mismatch"));
-        }
-        let mut d = Decbuf::new(body);
-        let malformed = || bad("malformed entry");
-        let nl = d.uvarint().ok_or_else(malformed)?;
-        let mut labels = Vec::with_capacity((nl as usize).min(64));
-        for _ in 0..nl {
-            let n = d.uvarint().ok_or_else(malformed)?;
-            let v = d.uvarint().ok_or_else(malformed)?;
-            let name = self.symbol(n)?;
-            if labels
-                .last()
-                .is_some_and(|l: &Label| l.name.as_str() >= name)
-            {
-                return Err(bad("labels are not sorted by name"));
-            }
-            labels.push(Label::new(name, self.symbol(v)?));
-        }
-        let nc = d.uvarint().ok_or_else(malformed)?;
-        let mut chunks: Vec<ChunkRef> = Vec::with_capacity((nc as usize).min(1024));
-        for i in 0..nc {
-            let c = if i == 0 {
-                let min_t = d.varint().ok_or_else(malformed)?;
-                let dt = d.uvarint().ok_or_else(malformed)?;
-                let r = d.uvarint().ok_or_else(malformed)?;
-                ChunkRef {
-                    min_t,
-                    max_t: min_t.wrapping_add(dt as i64),
-                    r,
-                }
-            } else {
-                let prev = chunks[chunks.len() - 1];
-                let gap = d.uvarint().ok_or_else(malformed)?;
-                let dt = d.uvarint().ok_or_else(malformed)?;
-                let dr = d.varint().ok_or_else(malformed)?;
-                let min_t = prev.max_t.wrapping_add(gap as i64);
-                if min_t < prev.max_t {
-                    return Err(bad("chunk gap overflows the time range"));
-                }
-                ChunkRef {
-                    min_t,
-                    max_t: min_t.wrapping_add(dt as i64),
-                    r: prev.r.wrapping_add(dr as u64),
-                }
-            };
-            if c.max_t < c.min_t {
-                return Err(bad("chunk ends before it starts"));
-            }
-            chunks.push(c);
-        }
-        if d.remaining() != 0 {
-            return Err(bad("trailing bytes after the chunks"));
-        }
-        Ok(SeriesEntry {
-            labels: Labels::from_sorted(labels),
-            chunks,
+        decode_series_entry(&data[off as usize..], |id| {
+            symbol_at(&self.b, &self.symbols, id)
         })
+        .map_err(|m| bad(&m))
     }
 }
 

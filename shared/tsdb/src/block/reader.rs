@@ -18,13 +18,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use norn_model::query::encode_samples;
-use norn_model::{
-    ChunkSeries, EncodedChunk, Labels, MatchType, Matcher, Sample, SampleBudget, Series,
-};
+use norn_model::{ChunkSeries, EncodedChunk, Labels, Matcher, Sample, SampleBudget, Series};
 
 use super::chunks::ChunkReader;
 use super::index::{ChunkRef, IndexReader, SeriesEntry};
 use super::meta::BlockMeta;
+use super::postings::PostingsPlan;
 use super::tombstones::Tombstones;
 use super::writer::chunks_from_samples;
 use super::{CHUNKS_DIRNAME, INDEX_FILENAME, META_FILENAME, TOMBSTONES_FILENAME};
@@ -503,84 +502,26 @@ impl Block {
 
     /// Series refs matching every matcher, ascending (spec §7).
     pub fn postings_for_matchers(&self, matchers: &[Matcher]) -> Result<Vec<u32>> {
-        let mut positive: Option<Vec<u32>> = None;
-        let mut negatives: Vec<Vec<u32>> = Vec::new();
-        for m in matchers {
-            let list = if m.matches_empty() {
-                // Series whose value fails the matcher; missing labels (value "") pass.
-                let failing: Vec<u64> = self
-                    .index
-                    .values(&m.name)
-                    .iter()
-                    .filter(|(v, _)| !m.matches(v))
-                    .map(|(_, off)| *off)
-                    .collect();
-                negatives.push(self.union(&failing)?);
-                continue;
-            } else {
-                self.postings_for(m)?
-            };
-            positive = Some(match positive {
-                None => list,
-                Some(p) => intersect(&p, &list),
-            });
-            if positive.as_ref().is_some_and(Vec::is_empty) {
-                return Ok(Vec::new());
-            }
+        let plan = PostingsPlan::new(
+            matchers,
+            |n| self.index.values(n),
+            self.index.table().all_postings,
+        );
+        let offsets = plan.offsets();
+        let mut lists = Vec::with_capacity(offsets.len());
+        for &off in &offsets {
+            lists.push(self.index.postings_at(off)?);
         }
-        let mut result = match positive {
-            Some(p) => p,
-            None => self.index.all_postings()?,
-        };
-        for n in &negatives {
-            result = subtract(&result, n);
-        }
-        Ok(result)
-    }
-
-    /// Series whose value of `m.name` satisfies a matcher that rejects the empty string.
-    fn postings_for(&self, m: &Matcher) -> Result<Vec<u32>> {
-        let values = self.index.values(&m.name);
-        let offsets: Vec<u64> = match m.kind {
-            MatchType::Equal => {
-                return self.index.postings(&m.name, &m.value);
-            }
-            MatchType::Regex => match m.set_matches() {
-                // `a|b|c`: look the literals up instead of running the regex on every value.
-                Some(set) => set
-                    .iter()
-                    .filter_map(|v| {
-                        values
-                            .binary_search_by(|(x, _)| x.as_str().cmp(v))
-                            .ok()
-                            .map(|i| values[i].1)
-                    })
-                    .collect(),
-                None => values
-                    .iter()
-                    .filter(|(v, _)| m.matches(v))
-                    .map(|(_, o)| *o)
-                    .collect(),
-            },
-            MatchType::NotEqual | MatchType::NotRegex => values
-                .iter()
-                .filter(|(v, _)| m.matches(v))
-                .map(|(_, o)| *o)
-                .collect(),
-        };
-        self.union(&offsets)
-    }
-
-    fn union(&self, offsets: &[u64]) -> Result<Vec<u32>> {
-        let mut out = Vec::new();
-        for &off in offsets {
-            out.extend(self.index.postings_at(off)?);
-        }
-        if offsets.len() > 1 {
-            out.sort_unstable();
-            out.dedup();
-        }
-        Ok(out)
+        plan.resolve(|off| {
+            offsets
+                .binary_search(&off)
+                .ok()
+                .map(|i| lists[i].as_slice())
+        })
+        .map_err(|msg| TsdbError::Corrupt {
+            path: self.index.path().to_path_buf(),
+            msg,
+        })
     }
 }
 
@@ -588,37 +529,6 @@ fn overlapping(chunks: &[ChunkRef], mint: i64, maxt: i64) -> impl Iterator<Item 
     chunks
         .iter()
         .filter(move |c| c.max_t >= mint && c.min_t <= maxt)
-}
-
-fn intersect(a: &[u32], b: &[u32]) -> Vec<u32> {
-    let (mut i, mut j) = (0, 0);
-    let mut out = Vec::with_capacity(a.len().min(b.len()));
-    while i < a.len() && j < b.len() {
-        match a[i].cmp(&b[j]) {
-            std::cmp::Ordering::Less => i += 1,
-            std::cmp::Ordering::Greater => j += 1,
-            std::cmp::Ordering::Equal => {
-                out.push(a[i]);
-                i += 1;
-                j += 1;
-            }
-        }
-    }
-    out
-}
-
-fn subtract(a: &[u32], b: &[u32]) -> Vec<u32> {
-    let mut j = 0;
-    let mut out = Vec::with_capacity(a.len());
-    for &x in a {
-        while j < b.len() && b[j] < x {
-            j += 1;
-        }
-        if j >= b.len() || b[j] != x {
-            out.push(x);
-        }
-    }
-    out
 }
 
 /// Opens a block from bytes already in memory (unit tests of the reader without files).
@@ -630,14 +540,6 @@ pub(crate) fn index_from_bytes(b: Vec<u8>) -> Result<IndexReader> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn set_operations() {
-        assert_eq!(intersect(&[1, 3, 5, 7], &[3, 4, 7, 9]), [3, 7]);
-        assert_eq!(subtract(&[1, 3, 5, 7], &[3, 4, 7, 9]), [1, 5]);
-        assert_eq!(subtract(&[1, 3], &[]), [1, 3]);
-        assert!(intersect(&[], &[1]).is_empty());
-    }
 
     #[test]
     fn spec_index_parses_without_files() {

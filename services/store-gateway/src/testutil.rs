@@ -1,0 +1,67 @@
+//! Blocks for tests: written with Norn's block writer and uploaded to a bucket.
+
+use norn_model::{Labels, Sample};
+use norn_storage::{Bucket, layout};
+use norn_tsdb::SeriesChunks;
+use norn_tsdb::block::{BlockOptions, chunks_from_samples, write_block};
+
+/// `<tenant>/<id>`.
+pub fn tenant_block(tenant: &str, id: &str) -> String {
+    layout::block_prefix(tenant, id)
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// The series of a test block: `n` series named `metric_{i%5}` with `job`, `instance`
+/// labels, 240 samples each (two chunks) every 15 s from `t0`.
+pub fn test_series(n: usize, t0: i64) -> Vec<SeriesChunks> {
+    let mut v: Vec<SeriesChunks> = (0..n)
+        .map(|i| {
+            let samples: Vec<Sample> = (0..240)
+                .map(|k| Sample::new(t0 + k * 15_000, (i * 1000 + k as usize) as f64))
+                .collect();
+            SeriesChunks {
+                labels: Labels::from_pairs([
+                    ("__name__", format!("metric_{}", i % 5).as_str()),
+                    ("instance", format!("inst{i:05}").as_str()),
+                    ("job", format!("job{}", i % 3).as_str()),
+                ]),
+                chunks: chunks_from_samples(&samples, 120).unwrap(),
+            }
+        })
+        .collect();
+    v.sort_by(|a, b| a.labels.cmp(&b.labels));
+    v
+}
+
+/// Writes a block of [`test_series`] into `dir` and uploads it under `tenant`.
+pub async fn write_test_block_in(
+    bucket: &Bucket,
+    dir: &std::path::Path,
+    tenant: &str,
+    t0: i64,
+    n: usize,
+) -> String {
+    let meta = write_block(
+        dir,
+        test_series(n, t0),
+        BlockOptions::for_tenant(tenant, "test", []),
+    )
+    .unwrap();
+    let id = meta.ulid.to_string();
+    bucket
+        .upload_dir(
+            &dir.join(&id),
+            &layout::block_prefix(tenant, &id),
+            Some("meta.json"),
+        )
+        .await
+        .unwrap();
+    id
+}
+
+/// [`write_test_block_in`] with a throw-away local directory.
+pub async fn write_test_block(bucket: &Bucket, tenant: &str, t0: i64, n: usize) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    write_test_block_in(bucket, dir.path(), tenant, t0, n).await
+}
