@@ -6,9 +6,16 @@
 //! A regex that can only match a few literal strings (`a|b|c`, `host-0000[0-9]:9100`,
 //! `(?i)get`) carries them as its [set](Matcher::set_matches), worked out once when the
 //! matcher is built, as Prometheus' `findSetMatches` does: indexes then look those values
-//! up instead of running the regex over every value of the label.
+//! up instead of running the regex over every value of the label, and the matcher itself
+//! tests values against the set without compiling the regex at all.
+//!
+//! Compiling a regex costs tens of microseconds (more than the rest of a small dashboard
+//! query), and dashboards send the same patterns over and over, so compiled patterns are kept
+//! in a small process-wide cache keyed by the pattern.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use regex::Regex;
 use regex_syntax::hir::{Class, Hir, HirKind, Look};
@@ -52,9 +59,62 @@ pub struct Matcher {
     pub kind: MatchType,
     pub name: String,
     pub value: String,
-    re: Option<Regex>,
-    /// For a `=~` regex that matches only a few literal strings: exactly those.
+    /// The compiled pattern of a regex kind.
+    compiled: Option<Arc<Compiled>>,
+}
+
+/// A regex pattern compiled for matching: either the literal strings it can only match, or
+/// the regex itself.
+#[derive(Debug)]
+struct Compiled {
+    /// The strings the pattern matches, in the pattern's order, when they are few.
     set: Option<Vec<String>>,
+    /// `set`, sorted, for lookups.
+    sorted: Vec<String>,
+    /// The anchored regex, when the pattern is not a literal set.
+    re: Option<Regex>,
+}
+
+/// Patterns compiled recently. Bounded in entries (cleared when full) and in pattern length,
+/// so hostile queries cannot grow it.
+static COMPILED: LazyLock<Mutex<HashMap<String, Arc<Compiled>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+const COMPILED_MAX_ENTRIES: usize = 1024;
+const COMPILED_MAX_PATTERN: usize = 4096;
+
+impl Compiled {
+    fn get(pattern: &str) -> Result<Arc<Compiled>, regex::Error> {
+        let cache = || COMPILED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache().get(pattern) {
+            return Ok(Arc::clone(c));
+        }
+        let set = literal_set(pattern);
+        let re = match set {
+            Some(_) => None,
+            None => Some(Regex::new(&format!("^(?s:{pattern})$"))?),
+        };
+        let mut sorted = set.clone().unwrap_or_default();
+        sorted.sort_unstable();
+        let compiled = Arc::new(Compiled { set, sorted, re });
+        if pattern.len() <= COMPILED_MAX_PATTERN {
+            let mut cache = cache();
+            if cache.len() >= COMPILED_MAX_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(pattern.to_owned(), Arc::clone(&compiled));
+        }
+        Ok(compiled)
+    }
+
+    fn matches(&self, value: &str) -> bool {
+        match &self.re {
+            Some(re) => re.is_match(value),
+            None => self
+                .sorted
+                .binary_search_by(|s| s.as_str().cmp(value))
+                .is_ok(),
+        }
+    }
 }
 
 impl PartialEq for Matcher {
@@ -74,26 +134,21 @@ impl Matcher {
     ) -> Result<Self, MatcherError> {
         let name = name.into();
         let value = value.into();
-        let re = match kind {
-            MatchType::Regex | MatchType::NotRegex => Some(
-                Regex::new(&format!("^(?s:{value})$")).map_err(|source| MatcherError {
+        let compiled = match kind {
+            MatchType::Regex | MatchType::NotRegex => {
+                Some(Compiled::get(&value).map_err(|source| MatcherError {
                     name: name.clone(),
                     pattern: value.clone(),
                     source,
-                })?,
-            ),
-            _ => None,
-        };
-        let set = match kind {
-            MatchType::Regex => literal_set(&value),
+                })?)
+            }
             _ => None,
         };
         Ok(Self {
             kind,
             name,
             value,
-            re,
-            set,
+            compiled,
         })
     }
 
@@ -103,8 +158,7 @@ impl Matcher {
             kind: MatchType::Equal,
             name: name.into(),
             value: value.into(),
-            re: None,
-            set: None,
+            compiled: None,
         }
     }
 
@@ -119,7 +173,7 @@ impl Matcher {
     }
 
     fn regex_matches(&self, value: &str) -> bool {
-        self.re.as_ref().is_some_and(|re| re.is_match(value))
+        self.compiled.as_ref().is_some_and(|c| c.matches(value))
     }
 
     /// Whether the matcher accepts the empty string, i.e. also matches series that lack the
@@ -132,7 +186,10 @@ impl Matcher {
     /// those strings; lets an index look the values up directly instead of scanning every
     /// value.
     pub fn set_matches(&self) -> Option<&[String]> {
-        self.set.as_deref()
+        match self.kind {
+            MatchType::Regex => self.compiled.as_ref()?.set.as_deref(),
+            _ => None,
+        }
     }
 }
 

@@ -315,8 +315,33 @@ impl Engine {
 }
 
 /// Parses `query` and works out what to fetch; runs on the query thread.
+/// Queries parsed recently, by text. Dashboards send the same texts at every refresh, and
+/// parsing compiles each regex matcher (tens of microseconds each, more than a small query's
+/// evaluation). Bounded in entries (cleared when full) and in query length.
+static PARSED: std::sync::LazyLock<std::sync::Mutex<HashMap<String, Expr>>> =
+    std::sync::LazyLock::new(Default::default);
+const PARSED_MAX_ENTRIES: usize = 512;
+const PARSED_MAX_QUERY_LEN: usize = 8192;
+
+/// Parses `query`, from [`PARSED`] when it was parsed recently. Errors are not cached.
+fn parse_cached(query: &str) -> Result<Expr> {
+    let cache = || PARSED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(expr) = cache().get(query) {
+        return Ok(expr.clone());
+    }
+    let expr = parser::parse(query).map_err(PromqlError::Parse)?;
+    if query.len() <= PARSED_MAX_QUERY_LEN {
+        let mut cache = cache();
+        if cache.len() >= PARSED_MAX_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(query.to_owned(), expr.clone());
+    }
+    Ok(expr)
+}
+
 fn parse_and_plan(query: &str, span: Span, lookback: i64) -> Result<(Box<Expr>, Plan)> {
-    let expr = Box::new(parser::parse(query).map_err(PromqlError::Parse)?);
+    let expr = Box::new(parse_cached(query)?);
     if span.range {
         let vt = expr.value_type();
         if vt != ValueType::Scalar && vt != ValueType::Vector {
