@@ -10,12 +10,16 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use norn_ingester::Ingester;
 use norn_limits::Overrides;
+use norn_model::QueryableProvider;
+use norn_server::periodic::{FirstRun, Periodic};
 use norn_server::{Metrics, Service, TenantResolver};
 use norn_storage::Bucket;
+use norn_storegateway_client::Gateway;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -35,6 +39,9 @@ pub struct Context {
     pub stop: CancellationToken,
     /// The ingester, once built, when it runs in this process.
     pub local_ingester: Option<Arc<Ingester>>,
+    /// The store-gateway's API, once built, when it runs in this process (`all`): the
+    /// querier calls it through the same client code as a remote one.
+    pub local_store_gateway: Option<Arc<dyn Gateway>>,
 }
 
 type Built<'a> = Pin<Box<dyn Future<Output = anyhow::Result<Arc<dyn Service>>> + Send + 'a>>;
@@ -138,7 +145,17 @@ async fn distributor(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
 
 async fn querier(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
     let (recent, metadata) = c.wiring.recent_data(c.local_ingester.as_ref())?;
-    let bucket_store = &c.cfg.blocks_storage.bucket_store;
+    let blocks = c.wiring.store_gateway_blocks(
+        &c.cfg,
+        c.bucket.clone(),
+        Arc::clone(&c.overrides),
+        c.local_store_gateway.clone(),
+        &c.metrics,
+    )?;
+    let blocks = match blocks {
+        Some(b) => b,
+        None => interim_bucket_store(c)?,
+    };
     norn_querier::build(
         c.cfg.querier.clone(),
         norn_querier::Deps {
@@ -147,14 +164,36 @@ async fn querier(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
             metrics: Arc::clone(&c.metrics),
             recent,
             metadata,
-            bucket: c.bucket.clone(),
-            sync_dir: bucket_store.sync_dir.clone(),
-            sync_interval: bucket_store.sync_interval,
+            blocks: Some(blocks),
             max_body_size: c.cfg.frontend.max_body_size,
-            stop: c.stop.clone(),
         },
     )
     .context("starting the querier")
+}
+
+/// MERGE: delete with the `store-gateway` module's arrival. Until the store-gateway crate is
+/// merged, `all` has no in-process store-gateway, so the querier keeps the old
+/// download-everything bucket store (`norn_tsdb::BucketStore`) for its blocks. Once
+/// `local_store_gateway` is set by the `store-gateway` module this is never reached (and
+/// `shared/tsdb/src/bucket_store.rs` has no user left).
+fn interim_bucket_store(c: &Context) -> anyhow::Result<Arc<dyn QueryableProvider>> {
+    let cfg = &c.cfg.blocks_storage.bucket_store;
+    let store = Arc::new(
+        norn_tsdb::BucketStore::new(c.bucket.clone(), &cfg.sync_dir, Some(&c.metrics.registry))
+            .context("opening the bucket store")?,
+    );
+    let synced = Arc::clone(&store);
+    Periodic::every("bucket-sync", cfg.sync_interval, Duration::from_millis(100))
+        .first_run(FirstRun::Immediately)
+        .spawn(c.stop.clone(), move || {
+            let store = Arc::clone(&synced);
+            async move {
+                if let Err(e) = store.sync().await {
+                    tracing::warn!(error = %e, "bucket store sync failed; keeping the blocks already loaded");
+                }
+            }
+        });
+    Ok(store)
 }
 
 #[cfg(test)]

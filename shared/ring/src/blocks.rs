@@ -22,6 +22,9 @@
 
 use std::collections::HashSet;
 use std::hash::Hasher;
+use std::sync::Arc;
+
+use norn_model::now_ms;
 
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
@@ -156,6 +159,50 @@ impl BlocksSharding {
     /// [`TenantShard::owns`] for one block: what a store-gateway asks during its sync.
     pub fn owns(&self, id: &str, tenant: &str, shard_size: usize, block_id: &str, now_ms: i64) -> bool {
         self.tenant_shard(tenant, shard_size, now_ms).owns(id, block_id)
+    }
+}
+
+/// A tenant's shard size (`store_gateway_tenant_shard_size`, 0 = every instance), looked up
+/// per call so runtime overrides apply at the next sync.
+pub type ShardSizeFn = Arc<dyn Fn(&str) -> usize + Send + Sync>;
+
+/// "Does this store-gateway own block B of tenant T?" over the ring: what a store-gateway in a
+/// cluster asks during its sync (the store-gateway crate implements its `BlockOwnership` for
+/// it). The same placement as the querier's routing, since both use [`TenantShard`].
+#[derive(Clone)]
+pub struct RingBlockOwnership {
+    sharding: BlocksSharding,
+    instance_id: String,
+    shard_size: ShardSizeFn,
+}
+
+impl std::fmt::Debug for RingBlockOwnership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingBlockOwnership")
+            .field("instance_id", &self.instance_id)
+            .finish()
+    }
+}
+
+impl RingBlockOwnership {
+    /// Ownership for the store-gateway registered as `instance_id`.
+    pub fn new(sharding: BlocksSharding, instance_id: impl Into<String>, shard_size: ShardSizeFn) -> Self {
+        Self {
+            sharding,
+            instance_id: instance_id.into(),
+            shard_size,
+        }
+    }
+
+    /// The tenant's view of the ring now: ask it about many blocks of one sync.
+    pub fn tenant_shard(&self, tenant: &str) -> TenantShard {
+        self.sharding
+            .tenant_shard(tenant, (self.shard_size)(tenant), now_ms())
+    }
+
+    /// Whether this instance should hold `block_id` of `tenant` now.
+    pub fn owns(&self, tenant: &str, block_id: &str) -> bool {
+        self.tenant_shard(tenant).owns(&self.instance_id, block_id)
     }
 }
 
@@ -370,6 +417,34 @@ mod tests {
         // Shard size 0 or larger than the ring: every instance.
         assert_eq!(s.tenant_shard("x", 0, NOW).instances().len(), 10);
         assert_eq!(s.tenant_shard("x", 50, NOW).instances().len(), 10);
+    }
+
+    #[test]
+    fn ring_ownership_uses_the_tenants_shard_size() {
+        // Ownership is asked at the real "now": fresh heartbeats.
+        let insts: Vec<InstanceDesc> = instances(6)
+            .into_iter()
+            .map(|mut i| {
+                i.heartbeat_ms = now_ms();
+                i
+            })
+            .collect();
+        let s = sharding(1, insts.clone());
+        let shard_size: ShardSizeFn = Arc::new(|t: &str| if t == "small" { 2 } else { 0 });
+        let owners = |tenant: &str| {
+            let mut ids = HashSet::new();
+            for b in block_ids(300) {
+                for i in &insts {
+                    let o = RingBlockOwnership::new(s.clone(), i.id.clone(), Arc::clone(&shard_size));
+                    if o.owns(tenant, &b) {
+                        ids.insert(i.id.clone());
+                    }
+                }
+            }
+            ids.len()
+        };
+        assert_eq!(owners("small"), 2);
+        assert_eq!(owners("big"), 6);
     }
 
     #[test]

@@ -19,7 +19,10 @@ pub mod net;
 pub mod replicas;
 pub mod ring;
 
-pub use blocks::{BlocksOp, BlocksSharding, STORE_GATEWAY_RING_KEY, TenantShard, block_token};
+pub use blocks::{
+    BlocksOp, BlocksSharding, RingBlockOwnership, STORE_GATEWAY_RING_KEY, ShardSizeFn, TenantShard,
+    block_token,
+};
 pub use desc::{InstanceDesc, InstanceState};
 pub use kv::{Entry, KvState};
 pub use lifecycler::{
