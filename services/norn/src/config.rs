@@ -59,7 +59,7 @@ pub use {
     runtime::RuntimeConfig,
     server::ServerConfig,
     storage::{BlocksStorageConfig, CommonConfig, StorageConfig},
-    store_gateway::{STORE_GATEWAY_NUM_TOKENS, StoreGatewayConfig},
+    store_gateway::{STORE_GATEWAY_NUM_TOKENS, StoreGatewayConfig, StoreGatewayRingConfig},
 };
 
 /// Command-line flags (each also read from its `NORN_…` environment variable). Every flag has

@@ -193,7 +193,7 @@ fn interim_bucket_store(c: &Context) -> anyhow::Result<Arc<dyn QueryableProvider
                 }
             }
         });
-    Ok(store)
+    Ok(store as Arc<dyn QueryableProvider>)
 }
 
 #[cfg(test)]

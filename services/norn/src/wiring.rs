@@ -63,6 +63,8 @@ pub struct Cluster {
 }
 
 /// A store-gateway's place in the store-gateway ring (cluster only).
+// MERGE: used by the `store-gateway` module once the store-gateway crate is merged.
+#[allow(dead_code)]
 pub struct StoreGatewayMembership {
     pub memberlist: Arc<Memberlist>,
     pub lifecycler: LifecyclerConfig,
@@ -138,6 +140,8 @@ impl Wiring {
 
     /// The store-gateway's place in its ring, reachable at `grpc_addr` (cluster only);
     /// tenants' shard sizes come from `overrides`.
+    // MERGE: used by the `store-gateway` module once the store-gateway crate is merged.
+    #[allow(dead_code)]
     pub fn store_gateway_ring_membership(
         &self,
         cfg: &Config,
@@ -416,11 +420,15 @@ fn follow_store_gateways(
 /// it while the querier still asks the previous owners), ACTIVE once the service is ready (its
 /// first sync is done), LEAVING when the process stops, and gone from the ring after it shut
 /// down.
+// MERGE: used by the `store-gateway` module once the store-gateway crate is merged.
+#[allow(dead_code)]
 pub struct InRing {
     inner: Arc<dyn Service>,
     lifecycler: Arc<Lifecycler>,
 }
 
+// MERGE: used by the `store-gateway` module once the store-gateway crate is merged.
+#[allow(dead_code)]
 impl InRing {
     /// Registers `membership` and wraps `service`; must run inside the Tokio runtime.
     pub async fn join(

@@ -329,17 +329,15 @@ mod tests {
 
     #[test]
     fn joining_and_stale_instances_extend_reads_but_joining_counts_for_sync() {
+        // Tokens placed around the block's token: the walk from it meets b, c, d, then a.
+        let block = "01HQJOINING".to_string();
+        let t = block_token(&block);
         let mut insts = vec![
-            inst("a", InstanceState::Active, vec![10]),
-            inst("b", InstanceState::Joining, vec![20]),
-            inst("c", InstanceState::Active, vec![30]),
-            inst("d", InstanceState::Active, vec![40]),
+            inst("a", InstanceState::Active, vec![t.wrapping_sub(10)]),
+            inst("b", InstanceState::Joining, vec![t]),
+            inst("c", InstanceState::Active, vec![t.wrapping_add(10)]),
+            inst("d", InstanceState::Active, vec![t.wrapping_add(20)]),
         ];
-        // A block whose token falls just before b's.
-        let block = (0..)
-            .map(|i| format!("blk-{i}"))
-            .find(|b| (11..=20).contains(&block_token(b)))
-            .unwrap_or_default();
         let shard = sharding(2, insts.clone()).tenant_shard("t", 0, NOW);
         assert_eq!(ids(shard.replicas(&block, BlocksOp::Read)), ["c", "d"]);
         assert_eq!(ids(shard.replicas(&block, BlocksOp::Sync)), ["b", "c"]);

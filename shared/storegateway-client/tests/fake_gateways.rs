@@ -102,7 +102,7 @@ fn block_series(block: &str) -> Vec<StreamSeries> {
     ]
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl StoreGateway for Fake {
     type SeriesStream = futures::stream::BoxStream<'static, Result<pb::SeriesResponse, Status>>;
 
