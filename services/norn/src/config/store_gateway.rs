@@ -165,3 +165,57 @@ impl StoreGatewayRingFlags {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::super::{Args, Config};
+    use super::*;
+
+    fn load(yaml: &str, flags: &[&str]) -> anyhow::Result<Config> {
+        let mut c = Config::from_yaml(yaml)?;
+        let args = Args::parse_from(std::iter::once("norn").chain(flags.iter().copied()));
+        c.apply_flags(&args)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn ring_and_query_windows_from_yaml_and_flags() {
+        let c = load(
+            "store_gateway:\n  sharding_ring:\n    replication_factor: 2\n    heartbeat_timeout: 2m\nquerier:\n  query_store_after: 6h\nlimits:\n  store_gateway_tenant_shard_size: 3\n",
+            &[
+                "--store-gateway.sharding-ring.instance-id=sg-1",
+                "--querier.query-ingesters-within=7h",
+                "--querier.max-fetched-chunk-bytes-per-query=1000",
+            ],
+        )
+        .unwrap();
+        let r = &c.store_gateway.sharding_ring;
+        assert_eq!(r.replication_factor, 2);
+        assert_eq!(r.heartbeat_timeout, Duration::from_secs(120));
+        assert_eq!(r.instance_id, "sg-1");
+        assert_eq!(c.querier.query_store_after, Duration::from_secs(6 * 3600));
+        assert_eq!(c.querier.query_ingesters_within, Duration::from_secs(7 * 3600));
+        assert_eq!(c.limits.store_gateway_tenant_shard_size, 3);
+        assert_eq!(c.limits.max_fetched_chunk_bytes_per_query, 1000);
+        let d = load("", &[]).unwrap();
+        assert_eq!(d.querier.query_store_after, Duration::from_secs(12 * 3600));
+        assert_eq!(d.querier.query_ingesters_within, Duration::from_secs(13 * 3600));
+        assert_eq!(d.store_gateway.sharding_ring.replication_factor, 3);
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        for flags in [
+            &["--store-gateway.sharding-ring.replication-factor=0"][..],
+            &["--store-gateway.sharding-ring.heartbeat-timeout=1s"][..],
+            // A gap between the two windows would be queried from nobody.
+            &["--querier.query-store-after=14h"][..],
+        ] {
+            assert!(load("", flags).is_err(), "{flags:?}");
+        }
+        assert!(load("store_gateway:\n  sharding_ring:\n    nope: 1\n", &[]).is_err());
+    }
+}
