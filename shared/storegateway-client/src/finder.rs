@@ -64,15 +64,12 @@ impl BlocksFinder {
                 tenants.retain(|_, s| now.duration_since(*s.last_used.lock()) < IDLE_EVICT);
             }
         }
-        let slot = tenants
-            .entry(tenant.to_string())
-            .or_insert_with(|| {
-                Arc::new(TenantSlot {
-                    cached: tokio::sync::Mutex::new(None),
-                    last_used: Mutex::new(now),
-                })
+        let slot = Arc::clone(tenants.entry(tenant.to_string()).or_insert_with(|| {
+            Arc::new(TenantSlot {
+                cached: tokio::sync::Mutex::new(None),
+                last_used: Mutex::new(now),
             })
-            .clone();
+        }));
         *slot.last_used.lock() = now;
         slot
     }
