@@ -355,7 +355,7 @@ impl Cluster {
             CLIENT_HEALTH_CHECK_PERIOD,
             Duration::ZERO,
         )
-        .spawn(stop, move || {
+        .spawn(stop.clone(), move || {
             let pool = Arc::clone(&pool);
             async move { pool.check_health_all().await }
         });
