@@ -82,7 +82,8 @@ impl StoreGatewayRingConfig {
     }
 }
 
-/// The `store-gateway.sharding-ring.*` flags.
+/// The `store-gateway.sharding-ring.*` flags (fields prefixed `sg_`: clap ids must differ
+/// from the ingester ring's).
 #[derive(Debug, Clone, Default, clap::Args)]
 #[command(next_help_heading = "Store-gateway ring")]
 pub struct StoreGatewayRingFlags {
@@ -91,26 +92,26 @@ pub struct StoreGatewayRingFlags {
         long = "store-gateway.sharding-ring.replication-factor",
         env = "NORN_STORE_GATEWAY_SHARDING_RING_REPLICATION_FACTOR"
     )]
-    pub replication_factor: Option<usize>,
+    pub sg_replication_factor: Option<usize>,
     /// File the store-gateway keeps its tokens in, so a restart owns the same blocks.
     #[arg(
         long = "store-gateway.sharding-ring.tokens-file-path",
         env = "NORN_STORE_GATEWAY_SHARDING_RING_TOKENS_FILE_PATH"
     )]
-    pub tokens_file_path: Option<PathBuf>,
+    pub sg_tokens_file_path: Option<PathBuf>,
     /// How often a store-gateway refreshes its heartbeat in the ring.
     #[arg(
         long = "store-gateway.sharding-ring.heartbeat-period",
         env = "NORN_STORE_GATEWAY_SHARDING_RING_HEARTBEAT_PERIOD"
     )]
-    pub heartbeat_period: Option<Deferred>,
+    pub sg_heartbeat_period: Option<Deferred>,
     /// A store-gateway whose heartbeat is older than this is unhealthy: its blocks are asked
     /// of the next replicas.
     #[arg(
         long = "store-gateway.sharding-ring.heartbeat-timeout",
         env = "NORN_STORE_GATEWAY_SHARDING_RING_HEARTBEAT_TIMEOUT"
     )]
-    pub heartbeat_timeout: Option<Deferred>,
+    pub sg_heartbeat_timeout: Option<Deferred>,
     /// Forget store-gateways unhealthy for 10 heartbeat timeouts.
     #[arg(
         long = "store-gateway.sharding-ring.auto-forget-enabled",
@@ -118,49 +119,49 @@ pub struct StoreGatewayRingFlags {
         num_args = 0..=1,
         default_missing_value = "true"
     )]
-    pub auto_forget_enabled: Option<bool>,
+    pub sg_auto_forget_enabled: Option<bool>,
     /// This store-gateway's id in the ring (default: the hostname).
     #[arg(
         long = "store-gateway.sharding-ring.instance-id",
         env = "NORN_STORE_GATEWAY_SHARDING_RING_INSTANCE_ID"
     )]
-    pub instance_id: Option<String>,
+    pub sg_instance_id: Option<String>,
     /// Address queriers dial to reach this store-gateway's gRPC server.
     #[arg(
         long = "store-gateway.sharding-ring.instance-addr",
         env = "NORN_STORE_GATEWAY_SHARDING_RING_INSTANCE_ADDR"
     )]
-    pub instance_addr: Option<String>,
+    pub sg_instance_addr: Option<String>,
     /// Port advertised in the ring (default: the gRPC listen port).
     #[arg(
         long = "store-gateway.sharding-ring.instance-port",
         env = "NORN_STORE_GATEWAY_SHARDING_RING_INSTANCE_PORT"
     )]
-    pub instance_port: Option<u16>,
+    pub sg_instance_port: Option<u16>,
     /// Availability zone of this store-gateway (shown on the ring page; zone-aware placement
     /// of blocks is not implemented).
     #[arg(
         long = "store-gateway.sharding-ring.instance-availability-zone",
         env = "NORN_STORE_GATEWAY_SHARDING_RING_INSTANCE_AVAILABILITY_ZONE"
     )]
-    pub instance_availability_zone: Option<String>,
+    pub sg_instance_availability_zone: Option<String>,
 }
 
 impl StoreGatewayRingFlags {
     pub fn apply(&self, c: &mut StoreGatewayRingConfig) -> anyhow::Result<()> {
-        set(&mut c.replication_factor, &self.replication_factor);
-        if let Some(p) = &self.tokens_file_path {
+        set(&mut c.replication_factor, &self.sg_replication_factor);
+        if let Some(p) = &self.sg_tokens_file_path {
             c.tokens_file_path = p.display().to_string();
         }
-        set_duration(&mut c.heartbeat_period, &self.heartbeat_period)?;
-        set_duration(&mut c.heartbeat_timeout, &self.heartbeat_timeout)?;
-        set(&mut c.auto_forget_enabled, &self.auto_forget_enabled);
-        set(&mut c.instance_id, &self.instance_id);
-        set(&mut c.instance_addr, &self.instance_addr);
-        set(&mut c.instance_port, &self.instance_port);
+        set_duration(&mut c.heartbeat_period, &self.sg_heartbeat_period)?;
+        set_duration(&mut c.heartbeat_timeout, &self.sg_heartbeat_timeout)?;
+        set(&mut c.auto_forget_enabled, &self.sg_auto_forget_enabled);
+        set(&mut c.instance_id, &self.sg_instance_id);
+        set(&mut c.instance_addr, &self.sg_instance_addr);
+        set(&mut c.instance_port, &self.sg_instance_port);
         set(
             &mut c.instance_availability_zone,
-            &self.instance_availability_zone,
+            &self.sg_instance_availability_zone,
         );
         Ok(())
     }
