@@ -21,8 +21,8 @@ use async_trait::async_trait;
 use norn_distributor::Ingesters;
 use norn_ingester::{Ingester, RingMembership};
 use norn_ingester_client::{ClientConfig, IngesterClientPool, IngesterReadSet};
-use norn_model::{MetadataReader, Pusher, QueryableProvider};
 use norn_limits::Overrides;
+use norn_model::{MetadataReader, Pusher, QueryableProvider};
 use norn_ring::{
     BlocksSharding, INGESTER_RING_KEY, InstanceState, Lifecycler, LifecyclerConfig, Memberlist,
     MemberlistConfig, Ring, RingBlockOwnership, RingConfig, STORE_GATEWAY_RING_KEY,
@@ -31,8 +31,7 @@ use norn_server::periodic::Periodic;
 use norn_server::{Metrics, Service};
 use norn_storage::Bucket;
 use norn_storegateway_client::{
-    ClientConfig as GatewayClientConfig, Gateway, GatewayClientPool, Gateways,
-    StoreGatewayProvider,
+    ClientConfig as GatewayClientConfig, Gateway, GatewayClientPool, Gateways, StoreGatewayProvider,
 };
 use tokio_util::sync::CancellationToken;
 

@@ -99,7 +99,8 @@ impl Config {
             ));
         }
         let within = self.query_ingesters_within;
-        if !within.is_zero() && !self.query_store_after.is_zero() && self.query_store_after > within {
+        if !within.is_zero() && !self.query_store_after.is_zero() && self.query_store_after > within
+        {
             // The window between the two would be asked of nobody: data there would vanish
             // from every answer.
             return Err(format!(

@@ -156,7 +156,12 @@ mod tests {
             self.0.lock().unwrap().push((s, e));
             Ok(Vec::new())
         }
-        async fn label_names(&self, s: i64, e: i64, _: &[Matcher]) -> Result<Vec<String>, StorageError> {
+        async fn label_names(
+            &self,
+            s: i64,
+            e: i64,
+            _: &[Matcher],
+        ) -> Result<Vec<String>, StorageError> {
             self.0.lock().unwrap().push((s, e));
             Ok(Vec::new())
         }

@@ -83,7 +83,8 @@ impl TenantShard {
     }
 
     fn fresh(&self, inst: &InstanceDesc) -> bool {
-        self.heartbeat_timeout_ms <= 0 || self.now_ms - inst.heartbeat_ms <= self.heartbeat_timeout_ms
+        self.heartbeat_timeout_ms <= 0
+            || self.now_ms - inst.heartbeat_ms <= self.heartbeat_timeout_ms
     }
 
     /// The instances that hold `block_id` for `op`, in walk order (the querier asks the first
@@ -157,8 +158,16 @@ impl BlocksSharding {
     }
 
     /// [`TenantShard::owns`] for one block: what a store-gateway asks during its sync.
-    pub fn owns(&self, id: &str, tenant: &str, shard_size: usize, block_id: &str, now_ms: i64) -> bool {
-        self.tenant_shard(tenant, shard_size, now_ms).owns(id, block_id)
+    pub fn owns(
+        &self,
+        id: &str,
+        tenant: &str,
+        shard_size: usize,
+        block_id: &str,
+        now_ms: i64,
+    ) -> bool {
+        self.tenant_shard(tenant, shard_size, now_ms)
+            .owns(id, block_id)
     }
 }
 
@@ -186,7 +195,11 @@ impl std::fmt::Debug for RingBlockOwnership {
 
 impl RingBlockOwnership {
     /// Ownership for the store-gateway registered as `instance_id`.
-    pub fn new(sharding: BlocksSharding, instance_id: impl Into<String>, shard_size: ShardSizeFn) -> Self {
+    pub fn new(
+        sharding: BlocksSharding,
+        instance_id: impl Into<String>,
+        shard_size: ShardSizeFn,
+    ) -> Self {
         Self {
             sharding,
             instance_id: instance_id.into(),
@@ -322,9 +335,18 @@ mod tests {
     #[test]
     fn rf_is_capped_by_the_instances_and_the_empty_ring_has_no_replicas() {
         let s = sharding(3, instances(2));
-        assert_eq!(s.tenant_shard("t", 0, NOW).replicas("b", BlocksOp::Read).len(), 2);
+        assert_eq!(
+            s.tenant_shard("t", 0, NOW)
+                .replicas("b", BlocksOp::Read)
+                .len(),
+            2
+        );
         let s = sharding(3, Vec::new());
-        assert!(s.tenant_shard("t", 0, NOW).replicas("b", BlocksOp::Read).is_empty());
+        assert!(
+            s.tenant_shard("t", 0, NOW)
+                .replicas("b", BlocksOp::Read)
+                .is_empty()
+        );
     }
 
     #[test]
@@ -360,11 +382,17 @@ mod tests {
         let blocks = block_ids(4000);
         let before = sharding(3, insts.clone()).tenant_shard("t", 0, NOW);
         let taken: HashSet<u32> = insts.iter().flat_map(|i| i.tokens.clone()).collect();
-        insts.push(inst("new", InstanceState::Active, generate_tokens(128, &taken)));
+        insts.push(inst(
+            "new",
+            InstanceState::Active,
+            generate_tokens(128, &taken),
+        ));
         let after = sharding(3, insts).tenant_shard("t", 0, NOW);
         let mut moved = 0;
         for b in &blocks {
-            let old: HashSet<String> = ids(before.replicas(b, BlocksOp::Read)).into_iter().collect();
+            let old: HashSet<String> = ids(before.replicas(b, BlocksOp::Read))
+                .into_iter()
+                .collect();
             let new: HashSet<String> = ids(after.replicas(b, BlocksOp::Read)).into_iter().collect();
             // Copies only ever move to the new instance.
             for id in new.difference(&old) {
@@ -374,7 +402,10 @@ mod tests {
         }
         // The new instance holds about 3/5 of the blocks (RF 3 of 5 instances).
         let share = moved as f64 / blocks.len() as f64;
-        assert!((0.45..0.75).contains(&share), "new instance took {share:.3}");
+        assert!(
+            (0.45..0.75).contains(&share),
+            "new instance took {share:.3}"
+        );
     }
 
     #[test]
@@ -382,7 +413,11 @@ mod tests {
         let insts = instances(10);
         let s = sharding(3, insts.clone());
         let members = |shard: &TenantShard| {
-            shard.instances().iter().map(|i| i.id.clone()).collect::<HashSet<_>>()
+            shard
+                .instances()
+                .iter()
+                .map(|i| i.id.clone())
+                .collect::<HashSet<_>>()
         };
         let a = s.tenant_shard("tenant-a", 4, NOW);
         assert_eq!(a.instances().len(), 4);
@@ -396,7 +431,9 @@ mod tests {
         // Different tenants land on different shards (10 choose 4 = 210 possibilities).
         let shards: HashSet<Vec<String>> = (0..20)
             .map(|t| {
-                let mut v: Vec<String> = members(&s.tenant_shard(&format!("t{t}"), 4, NOW)).into_iter().collect();
+                let mut v: Vec<String> = members(&s.tenant_shard(&format!("t{t}"), 4, NOW))
+                    .into_iter()
+                    .collect();
                 v.sort();
                 v
             })
@@ -404,7 +441,11 @@ mod tests {
         assert!(shards.len() > 5, "{} distinct shards", shards.len());
         // One more instance changes at most one member of a shard.
         let mut more = insts.clone();
-        more.push(inst("sg-new", InstanceState::Active, generate_tokens(128, &HashSet::new())));
+        more.push(inst(
+            "sg-new",
+            InstanceState::Active,
+            generate_tokens(128, &HashSet::new()),
+        ));
         let s2 = sharding(3, more);
         for t in 0..50 {
             let tenant = format!("t{t}");
@@ -433,7 +474,8 @@ mod tests {
             let mut ids = HashSet::new();
             for b in block_ids(300) {
                 for i in &insts {
-                    let o = RingBlockOwnership::new(s.clone(), i.id.clone(), Arc::clone(&shard_size));
+                    let o =
+                        RingBlockOwnership::new(s.clone(), i.id.clone(), Arc::clone(&shard_size));
                     if o.owns(tenant, &b) {
                         ids.insert(i.id.clone());
                     }
@@ -452,7 +494,11 @@ mod tests {
             let readers = ids(s.tenant_shard("t", 3, NOW).replicas(&b, BlocksOp::Read));
             for i in 0..4 {
                 let id = format!("sg-{i}");
-                assert_eq!(s.owns(&id, "t", 3, &b, NOW), readers.contains(&id), "{b} {id}");
+                assert_eq!(
+                    s.owns(&id, "t", 3, &b, NOW),
+                    readers.contains(&id),
+                    "{b} {id}"
+                );
             }
         }
     }

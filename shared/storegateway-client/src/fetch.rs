@@ -11,8 +11,8 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt;
-use norn_model::query::merge_samples;
 use norn_model::query::encode_samples;
+use norn_model::query::merge_samples;
 use norn_model::{ChunkSeries, EncodedChunk, Sample, SampleBudget, StorageError};
 use norn_proto::convert::labels_from_proto;
 use norn_proto::ingester::v1 as ipb;

@@ -38,7 +38,11 @@ pub trait Gateway: Send + Sync {
     fn addr(&self) -> &str;
 
     /// `Series`: the response stream, not yet read (the caller reads it under its limits).
-    async fn series(&self, tenant: &TenantId, req: pb::SeriesRequest) -> Result<SeriesStream, Status>;
+    async fn series(
+        &self,
+        tenant: &TenantId,
+        req: pb::SeriesRequest,
+    ) -> Result<SeriesStream, Status>;
 
     async fn label_names(
         &self,
@@ -72,7 +76,8 @@ pub struct InProcessGateway<S> {
 }
 
 impl<S: StoreGateway> InProcessGateway<S> {
-    pub fn new(api: Arc<S>) -> Arc<dyn Gateway> {
+    /// The store-gateway API `api` as a [`Gateway`].
+    pub fn of(api: Arc<S>) -> Arc<dyn Gateway> {
         Arc::new(Self { api })
     }
 }
@@ -83,8 +88,16 @@ impl<S: StoreGateway> Gateway for InProcessGateway<S> {
         "in-process"
     }
 
-    async fn series(&self, tenant: &TenantId, req: pb::SeriesRequest) -> Result<SeriesStream, Status> {
-        let stream = self.api.series(request(tenant, req, None)).await?.into_inner();
+    async fn series(
+        &self,
+        tenant: &TenantId,
+        req: pb::SeriesRequest,
+    ) -> Result<SeriesStream, Status> {
+        let stream = self
+            .api
+            .series(request(tenant, req, None))
+            .await?
+            .into_inner();
         Ok(stream.boxed())
     }
 
@@ -93,7 +106,11 @@ impl<S: StoreGateway> Gateway for InProcessGateway<S> {
         tenant: &TenantId,
         req: pb::LabelNamesRequest,
     ) -> Result<pb::LabelNamesResponse, Status> {
-        Ok(self.api.label_names(request(tenant, req, None)).await?.into_inner())
+        Ok(self
+            .api
+            .label_names(request(tenant, req, None))
+            .await?
+            .into_inner())
     }
 
     async fn label_values(
@@ -101,7 +118,11 @@ impl<S: StoreGateway> Gateway for InProcessGateway<S> {
         tenant: &TenantId,
         req: pb::LabelValuesRequest,
     ) -> Result<pb::LabelValuesResponse, Status> {
-        Ok(self.api.label_values(request(tenant, req, None)).await?.into_inner())
+        Ok(self
+            .api
+            .label_values(request(tenant, req, None))
+            .await?
+            .into_inner())
     }
 }
 
@@ -150,8 +171,8 @@ impl ClientMetrics {
                 "Time spent on requests to store-gateways, by operation and gRPC status code.",
             )
             .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                30.0, 60.0, 120.0,
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0, 120.0,
             ]),
             &["operation", "status_code"],
         )?;
@@ -222,7 +243,9 @@ impl GatewayClient {
         let timeout = self.inner.config.query_timeout;
         let result = match tokio::time::timeout(timeout, f).await {
             Ok(r) => r,
-            Err(_) => Err(Status::deadline_exceeded(format!("no answer within {timeout:?}"))),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "no answer within {timeout:?}"
+            ))),
         };
         let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
         self.inner.metrics.observe(operation, code, started);
@@ -252,12 +275,19 @@ impl Gateway for GatewayClient {
         &self.inner.addr
     }
 
-    async fn series(&self, tenant: &TenantId, req: pb::SeriesRequest) -> Result<SeriesStream, Status> {
+    async fn series(
+        &self,
+        tenant: &TenantId,
+        req: pb::SeriesRequest,
+    ) -> Result<SeriesStream, Status> {
         let timeout = self.inner.config.query_timeout;
         let req = request(tenant, req, Some(timeout));
         let mut rpc = self.inner.rpc.clone();
         let stream = self
-            .call("Series", async move { Ok(rpc.series(req).await?.into_inner()) })
+            .call(
+                "Series",
+                async move { Ok(rpc.series(req).await?.into_inner()) },
+            )
             .await?;
         // The stream's own reading is bounded by the caller's deadline (the querier's query
         // timeout) and by the request's grpc-timeout, which the server honours.
@@ -271,8 +301,10 @@ impl Gateway for GatewayClient {
     ) -> Result<pb::LabelNamesResponse, Status> {
         let req = request(tenant, req, Some(self.inner.config.query_timeout));
         let mut rpc = self.inner.rpc.clone();
-        self.call("LabelNames", async move { Ok(rpc.label_names(req).await?.into_inner()) })
-            .await
+        self.call("LabelNames", async move {
+            Ok(rpc.label_names(req).await?.into_inner())
+        })
+        .await
     }
 
     async fn label_values(
@@ -282,8 +314,10 @@ impl Gateway for GatewayClient {
     ) -> Result<pb::LabelValuesResponse, Status> {
         let req = request(tenant, req, Some(self.inner.config.query_timeout));
         let mut rpc = self.inner.rpc.clone();
-        self.call("LabelValues", async move { Ok(rpc.label_values(req).await?.into_inner()) })
-            .await
+        self.call("LabelValues", async move {
+            Ok(rpc.label_values(req).await?.into_inner())
+        })
+        .await
     }
 }
 
@@ -328,9 +362,12 @@ impl GatewayClientPool {
     /// store-gateway gets a fresh channel and a gone one stops holding a connection.
     pub async fn check_health_all(&self) {
         let clients: Vec<GatewayClient> = self.clients.lock().values().cloned().collect();
-        let results =
-            futures::future::join_all(clients.iter().map(|c| async move { c.check_health().await }))
-                .await;
+        let results = futures::future::join_all(
+            clients
+                .iter()
+                .map(|c| async move { c.check_health().await }),
+        )
+        .await;
         let mut pool = self.clients.lock();
         for (c, healthy) in clients.iter().zip(results) {
             if healthy {

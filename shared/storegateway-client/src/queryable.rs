@@ -384,7 +384,11 @@ impl StoreQueryable {
         };
         let got = self.fetch_chunks(&plan, matchers, budget).await?;
         if !budget.is_unlimited() {
-            budget.charge(got.iter().map(|s| s.samples_in(start_ms, plan.end_ms)).sum());
+            budget.charge(
+                got.iter()
+                    .map(|s| s.samples_in(start_ms, plan.end_ms))
+                    .sum(),
+            );
             budget.check()?;
         }
         Ok((got, plan.end_ms))
@@ -410,7 +414,9 @@ impl Queryable for StoreQueryable {
         matchers: &[Matcher],
         budget: &SampleBudget,
     ) -> Result<Vec<Series>, StorageError> {
-        let (got, end) = self.chunks_within(start_ms, end_ms, matchers, budget).await?;
+        let (got, end) = self
+            .chunks_within(start_ms, end_ms, matchers, budget)
+            .await?;
         tokio::task::spawn_blocking(move || decode_chunk_series(got, start_ms, end))
             .await
             .map_err(|e| StorageError::Internal(format!("decoding task failed: {e}")))?
@@ -490,7 +496,10 @@ impl Queryable for StoreQueryable {
                     block_ids: blocks,
                 };
                 async move {
-                    let r = g.label_values(tenant, req).await.map_err(FetchError::Call)?;
+                    let r = g
+                        .label_values(tenant, req)
+                        .await
+                        .map_err(FetchError::Call)?;
                     Ok((r.label_values, r.queried_block_ids))
                 }
             })

@@ -11,7 +11,9 @@ use futures::StreamExt;
 use norn_bucket_index::{Index, IndexBlock};
 use norn_chunkenc::XorChunk;
 use norn_limits::{Limits, Overrides};
-use norn_model::{ErrorKind, MatchType, Matcher, QueryableProvider, StorageError, TenantId, now_ms};
+use norn_model::{
+    ErrorKind, MatchType, Matcher, QueryableProvider, StorageError, TenantId, now_ms,
+};
 use norn_proto::TENANT_METADATA_KEY;
 use norn_proto::ingester::v1::{Chunk, ChunkEncoding, Label, StreamSeries};
 use norn_proto::storegateway::v1 as pb;
@@ -288,7 +290,13 @@ async fn a_block_missing_from_the_hints_is_retried_on_another_replica() {
     assert_eq!(asked_a, both);
     assert_eq!(*b.asked.lock(), vec![x.clone()]);
     // The tenant travelled in the metadata.
-    assert!(a.tenants.lock().iter().chain(b.tenants.lock().iter()).all(|t| t == TENANT));
+    assert!(
+        a.tenants
+            .lock()
+            .iter()
+            .chain(b.tenants.lock().iter())
+            .all(|t| t == TENANT)
+    );
 
     // Labels go the same way.
     let values = q.label_values("block", 0, 10_000, &[]).await.unwrap();
@@ -350,14 +358,25 @@ async fn per_query_limits_fail_with_422_naming_the_limit() {
     let addr = serve(Arc::clone(&fake)).await;
     let bucket = bucket_with(&ids).await;
     let cases = [
-        ("max_fetched_series_per_query: 2", "max_fetched_series_per_query"),
-        ("max_fetched_chunks_per_query: 3", "max_fetched_chunks_per_query"),
-        ("max_fetched_chunk_bytes_per_query: 20", "max_fetched_chunk_bytes_per_query"),
+        (
+            "max_fetched_series_per_query: 2",
+            "max_fetched_series_per_query",
+        ),
+        (
+            "max_fetched_chunks_per_query: 3",
+            "max_fetched_chunks_per_query",
+        ),
+        (
+            "max_fetched_chunk_bytes_per_query: 20",
+            "max_fetched_chunk_bytes_per_query",
+        ),
     ];
     for (yaml, name) in cases {
-        let overrides =
-            Overrides::from_yaml(Limits::default(), &format!("overrides:\n  {TENANT}:\n    {yaml}\n"))
-                .unwrap();
+        let overrides = Overrides::from_yaml(
+            Limits::default(),
+            &format!("overrides:\n  {TENANT}:\n    {yaml}\n"),
+        )
+        .unwrap();
         let p = provider(
             bucket.clone(),
             Gateways::Ring {
@@ -378,7 +397,12 @@ async fn per_query_limits_fail_with_422_naming_the_limit() {
         let mut other_index = Index::empty(1);
         other_index.blocks = vec![index_block(&blocks[0])];
         other_index.write(&bucket, "team-b").await.unwrap();
-        assert!(p.queryable(&other).select(0, 10_000, &all_series()).await.is_ok());
+        assert!(
+            p.queryable(&other)
+                .select(0, 10_000, &all_series())
+                .await
+                .is_ok()
+        );
     }
 }
 
@@ -388,7 +412,7 @@ async fn in_process_gateway_takes_the_same_path() {
     let fake = Fake::new(&[&x], false);
     let p = provider(
         bucket_with(&[&x]).await,
-        Gateways::InProcess(InProcessGateway::new(Arc::clone(&fake))),
+        Gateways::InProcess(InProcessGateway::of(Arc::clone(&fake))),
         Overrides::new(Limits::default()),
     );
     let q = p.queryable(&tenant());
@@ -397,13 +421,18 @@ async fn in_process_gateway_takes_the_same_path() {
     assert_eq!(*fake.tenants.lock(), vec![TENANT.to_string()]);
     // Data newer than query-store-after is not asked of the store-gateways.
     let recent = now_ms() - 3_600_000;
-    assert!(q.select(recent, now_ms(), &all_series()).await.unwrap().is_empty());
+    assert!(
+        q.select(recent, now_ms(), &all_series())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(fake.asked.lock().len(), 1);
     // A block the in-process store-gateway has not loaded: a 5xx, not a partial answer.
     let missing = block_for_a_first(6);
     let p = provider(
         bucket_with(&[&x, &missing]).await,
-        Gateways::InProcess(InProcessGateway::new(fake)),
+        Gateways::InProcess(InProcessGateway::of(fake)),
         Overrides::new(Limits::default()),
     );
     let err = p

@@ -198,12 +198,18 @@ mod tests {
         assert_eq!(r.heartbeat_timeout, Duration::from_secs(120));
         assert_eq!(r.instance_id, "sg-1");
         assert_eq!(c.querier.query_store_after, Duration::from_secs(6 * 3600));
-        assert_eq!(c.querier.query_ingesters_within, Duration::from_secs(7 * 3600));
+        assert_eq!(
+            c.querier.query_ingesters_within,
+            Duration::from_secs(7 * 3600)
+        );
         assert_eq!(c.limits.store_gateway_tenant_shard_size, 3);
         assert_eq!(c.limits.max_fetched_chunk_bytes_per_query, 1000);
         let d = load("", &[]).unwrap();
         assert_eq!(d.querier.query_store_after, Duration::from_secs(12 * 3600));
-        assert_eq!(d.querier.query_ingesters_within, Duration::from_secs(13 * 3600));
+        assert_eq!(
+            d.querier.query_ingesters_within,
+            Duration::from_secs(13 * 3600)
+        );
         assert_eq!(d.store_gateway.sharding_ring.replication_factor, 3);
     }
 
