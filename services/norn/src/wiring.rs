@@ -519,3 +519,107 @@ impl Service for RingPages {
 
     async fn shutdown(&self, _: CancellationToken) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+
+    use norn_ring::lifecycler::decode_instances;
+
+    use super::*;
+
+    /// A service that becomes ready when told to.
+    struct Fake(AtomicBool);
+
+    #[async_trait]
+    impl Service for Fake {
+        fn name(&self) -> &'static str {
+            "store-gateway"
+        }
+        fn ready(&self) -> Result<(), String> {
+            if self.0.load(Ordering::Relaxed) {
+                Ok(())
+            } else {
+                Err("syncing".into())
+            }
+        }
+        async fn shutdown(&self, _: CancellationToken) {}
+    }
+
+    fn state(ml: &Memberlist) -> Option<InstanceState> {
+        decode_instances(&ml.get(STORE_GATEWAY_RING_KEY))
+            .into_iter()
+            .find(|i| i.id == "sg-1")
+            .map(|i| i.state)
+    }
+
+    async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !f() {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "timed out: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// JOINING until the service is ready (its first sync), then ACTIVE; LEAVING when the
+    /// process stops; out of the ring after shutdown.
+    #[tokio::test]
+    async fn a_store_gateway_joins_activates_and_leaves() {
+        let ml = Memberlist::start(
+            MemberlistConfig {
+                node_name: "sg".into(),
+                bind_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                bind_port: 0,
+                advertise_addr: None,
+                advertise_port: None,
+                join_members: vec![],
+                gossip_interval: Duration::from_millis(200),
+                pull_push_interval: Duration::from_secs(30),
+            },
+            &Metrics::new().registry,
+        )
+        .await
+        .unwrap();
+        let membership = StoreGatewayMembership {
+            memberlist: Arc::clone(&ml),
+            lifecycler: LifecyclerConfig {
+                id: "sg-1".into(),
+                addr: "127.0.0.1:9095".into(),
+                zone: String::new(),
+                num_tokens: STORE_GATEWAY_NUM_TOKENS,
+                tokens_file_path: None,
+                heartbeat_period: Duration::from_millis(100),
+            },
+            ownership: RingBlockOwnership::new(
+                BlocksSharding::new(Ring::new(RingConfig::default())),
+                "sg-1",
+                Arc::new(|_: &str| 0),
+            ),
+        };
+        let fake = Arc::new(Fake(AtomicBool::new(false)));
+        let stop = CancellationToken::new();
+        let service = InRing::join(
+            Arc::clone(&fake) as Arc<dyn Service>,
+            &membership,
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(state(&ml), Some(InstanceState::Joining));
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(state(&ml), Some(InstanceState::Joining), "not ready yet");
+        fake.0.store(true, Ordering::Relaxed);
+        eventually("ACTIVE", || state(&ml) == Some(InstanceState::Active)).await;
+        service.stopping().await;
+        assert_eq!(state(&ml), Some(InstanceState::Leaving));
+        service.shutdown(CancellationToken::new()).await;
+        assert_eq!(state(&ml), None, "tombstoned");
+        stop.cancel();
+        ml.leave().await;
+    }
+}
