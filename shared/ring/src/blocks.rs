@@ -152,7 +152,7 @@ impl BlocksSharding {
             tenant,
             shard_size,
             config.replication_factor.max(1),
-            config.heartbeat_timeout.as_millis() as i64,
+            i64::try_from(config.heartbeat_timeout.as_millis()).unwrap_or(i64::MAX),
             now_ms,
         )
     }

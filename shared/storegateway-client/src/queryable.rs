@@ -169,7 +169,9 @@ impl StoreQueryable {
         let cfg = &self.shared.config;
         let mut end = end_ms;
         if !cfg.query_store_after.is_zero() {
-            let newest = now_ms().saturating_sub(cfg.query_store_after.as_millis() as i64);
+            let newest = now_ms().saturating_sub(
+                i64::try_from(cfg.query_store_after.as_millis()).unwrap_or(i64::MAX),
+            );
             end = end.min(newest);
         }
         if end < start_ms {
