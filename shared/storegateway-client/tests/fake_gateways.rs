@@ -33,15 +33,23 @@ const TENANT: &str = "team-a";
 struct Fake {
     serves: HashSet<String>,
     fail: bool,
+    /// Sends its batches, then breaks the stream instead of sending the hints (a process
+    /// killed mid-answer).
+    break_mid_stream: bool,
     tenants: Mutex<Vec<String>>,
     asked: Mutex<Vec<String>>,
 }
 
 impl Fake {
     fn new(serves: &[&str], fail: bool) -> Arc<Self> {
+        Self::with(serves, fail, false)
+    }
+
+    fn with(serves: &[&str], fail: bool, break_mid_stream: bool) -> Arc<Self> {
         Arc::new(Self {
             serves: serves.iter().map(|s| s.to_string()).collect(),
             fail,
+            break_mid_stream,
             tenants: Mutex::default(),
             asked: Mutex::default(),
         })
@@ -121,6 +129,9 @@ impl StoreGateway for Fake {
                     series: block_series(b),
                 })),
             }));
+        }
+        if self.break_mid_stream {
+            msgs.push(Err(Status::unavailable("connection reset mid-stream")));
         }
         msgs.push(Ok(pb::SeriesResponse {
             result: Some(pb::series_response::Result::Hints(pb::SeriesHints {
@@ -442,4 +453,40 @@ async fn in_process_gateway_takes_the_same_path() {
         .unwrap_err();
     assert_eq!(err.kind().http_status(), 503);
     assert!(err.to_string().contains(&missing));
+}
+
+#[tokio::test]
+async fn a_stream_broken_mid_answer_is_retried_on_another_replica() {
+    let x = block_for_a_first(7);
+    let y = block_for_a_first(8);
+    // a sends both blocks' series, then dies before its hints; b answers both.
+    let a = Fake::with(&[&x, &y], false, true);
+    let b = Fake::new(&[&x, &y], false);
+    let (addr_a, addr_b) = (serve(Arc::clone(&a)).await, serve(Arc::clone(&b)).await);
+    let p = provider(
+        bucket_with(&[&x, &y]).await,
+        Gateways::Ring {
+            sharding: ring(&addr_a, &addr_b),
+            pool: pool(),
+        },
+        Overrides::new(Limits::default()),
+    );
+    let got = p
+        .queryable(&tenant())
+        .select(0, 10_000, &all_series())
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 3);
+    for s in &got {
+        // Complete, each timestamp once.
+        let ts: Vec<i64> = s.samples.iter().map(|x| x.t).collect();
+        let mut dedup = ts.clone();
+        dedup.dedup();
+        assert_eq!(ts, dedup, "{}", s.labels);
+    }
+    let mut asked_b = b.asked.lock().clone();
+    asked_b.sort();
+    let mut both = vec![x, y];
+    both.sort();
+    assert_eq!(asked_b, both);
 }
