@@ -27,6 +27,7 @@ mod ring;
 mod runtime;
 mod server;
 mod storage;
+mod store_gateway;
 mod tsdb;
 
 #[cfg(test)]
@@ -51,6 +52,7 @@ pub use ring::{IngesterRingFlags, MemberlistFlags};
 pub use runtime::RuntimeConfigFlags;
 pub use server::{LogFlags, ServerFlags};
 pub use storage::{BucketFlags, BucketStoreFlags};
+pub use store_gateway::StoreGatewayRingFlags;
 pub use tsdb::TsdbFlags;
 pub use {
     frontend::FrontendConfig,
@@ -59,6 +61,7 @@ pub use {
     runtime::RuntimeConfig,
     server::ServerConfig,
     storage::{BlocksStorageConfig, CommonConfig, StorageConfig},
+    store_gateway::{STORE_GATEWAY_NUM_TOKENS, StoreGatewayConfig, StoreGatewayRingConfig},
 };
 
 /// Command-line flags (each also read from its `NORN_…` environment variable). Every flag has
@@ -110,6 +113,8 @@ pub struct Args {
     #[command(flatten)]
     pub querier: QuerierFlags,
     #[command(flatten)]
+    pub store_gateway_ring: StoreGatewayRingFlags,
+    #[command(flatten)]
     pub limits: LimitsFlags,
     #[command(flatten)]
     pub runtime_config: RuntimeConfigFlags,
@@ -139,6 +144,7 @@ pub struct Config {
     pub runtime_config: RuntimeConfig,
     pub ingester: IngesterConfig,
     pub memberlist: MemberlistConfig,
+    pub store_gateway: StoreGatewayConfig,
 }
 
 impl Default for Config {
@@ -156,6 +162,7 @@ impl Default for Config {
             runtime_config: RuntimeConfig::default(),
             ingester: IngesterConfig::default(),
             memberlist: MemberlistConfig::default(),
+            store_gateway: StoreGatewayConfig::default(),
         }
     }
 }
@@ -209,6 +216,8 @@ impl Config {
         a.ingester_ring.apply(&mut self.ingester.ring)?;
         a.memberlist.apply(&mut self.memberlist)?;
         a.querier.apply(&mut self.querier)?;
+        a.store_gateway_ring
+            .apply(&mut self.store_gateway.sharding_ring)?;
         a.limits.apply(&mut self.limits)?;
         a.runtime_config.apply(&mut self.runtime_config)?;
         Ok(())
@@ -239,6 +248,7 @@ impl Config {
         )?;
         self.memberlist.validate()?;
         self.ingester.ring.validate()?;
+        self.store_gateway.sharding_ring.validate()?;
         if self.distributor.max_recv_msg_size == 0 || self.frontend.max_body_size == 0 {
             bail!(
                 "distributor.max_recv_msg_size and frontend.max_body_size must be at least 1 byte"

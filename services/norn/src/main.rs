@@ -168,6 +168,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         grpc_addr: grpc_listener.as_ref().map(|l| l.local_addr()).transpose()?,
         stop: shutdown.clone(),
         local_ingester: None,
+        local_store_gateway: None,
     };
     let mut services: Vec<Arc<dyn Service>> = Vec::new();
     for m in &modules {

@@ -16,6 +16,7 @@ use norn_ingester::Ingester;
 use norn_limits::Overrides;
 use norn_server::{Metrics, Service, TenantResolver};
 use norn_storage::Bucket;
+use norn_storegateway_client::Gateway;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -35,6 +36,9 @@ pub struct Context {
     pub stop: CancellationToken,
     /// The ingester, once built, when it runs in this process.
     pub local_ingester: Option<Arc<Ingester>>,
+    /// The store-gateway's API, once built, when it runs in this process (`all`): the
+    /// querier calls it through the same client code as a remote one.
+    pub local_store_gateway: Option<Arc<dyn Gateway>>,
 }
 
 type Built<'a> = Pin<Box<dyn Future<Output = anyhow::Result<Arc<dyn Service>>> + Send + 'a>>;
@@ -58,6 +62,11 @@ pub const MODULES: &[Module] = &[
         name: "distributor",
         serves_grpc: false,
         build: |c| Box::pin(distributor(c)),
+    },
+    Module {
+        name: "store-gateway",
+        serves_grpc: true,
+        build: |c| Box::pin(store_gateway(c)),
     },
     Module {
         name: "querier",
@@ -138,7 +147,14 @@ async fn distributor(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
 
 async fn querier(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
     let (recent, metadata) = c.wiring.recent_data(c.local_ingester.as_ref())?;
-    let bucket_store = &c.cfg.blocks_storage.bucket_store;
+    let blocks = c.wiring.store_gateway_blocks(
+        &c.cfg,
+        c.bucket.clone(),
+        Arc::clone(&c.overrides),
+        c.local_store_gateway.clone(),
+        &c.metrics,
+    )?;
+    let blocks = blocks.context("no store-gateway to read blocks from")?;
     norn_querier::build(
         c.cfg.querier.clone(),
         norn_querier::Deps {
@@ -147,14 +163,70 @@ async fn querier(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
             metrics: Arc::clone(&c.metrics),
             recent,
             metadata,
-            bucket: c.bucket.clone(),
-            sync_dir: bucket_store.sync_dir.clone(),
-            sync_interval: bucket_store.sync_interval,
+            blocks: Some(blocks),
             max_body_size: c.cfg.frontend.max_body_size,
-            stop: c.stop.clone(),
         },
     )
     .context("starting the querier")
+}
+
+async fn store_gateway(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
+    let membership = c
+        .wiring
+        .store_gateway_ring_membership(&c.cfg, c.grpc_addr, &c.overrides)?;
+    let ownership: Arc<dyn norn_store_gateway::BlockOwnership> = match &membership {
+        Some(m) => Arc::new(RingOwnership(m.ownership.clone())),
+        None => Arc::new(norn_store_gateway::OwnAll),
+    };
+    let b = &c.cfg.blocks_storage.bucket_store;
+    let registry = &c.metrics.registry;
+    let index_cache = norn_cache::build(&b.index_cache, "index-cache", registry)
+        .context("building the store-gateway's index cache")?;
+    let chunks_cache = norn_cache::build(&b.chunks_cache, "chunks-cache", registry)
+        .context("building the store-gateway's chunks cache")?;
+    let service = norn_store_gateway::build(
+        norn_store_gateway::Config {
+            sync_dir: b.sync_dir.clone(),
+            sync_interval: b.sync_interval,
+            max_concurrent: b.max_concurrent,
+            max_concurrent_queue_timeout: b.max_concurrent_queue_timeout,
+            max_inflight_fetch_bytes: b.max_inflight_fetch_bytes,
+            block_sync_concurrency: b.block_sync_concurrency,
+            ignore_blocks_within: b.ignore_blocks_within,
+            ignore_deletion_mark_delay: b.ignore_deletion_mark_delay,
+            index_header: norn_store_gateway::IndexHeaderConfig {
+                lazy_loading_enabled: b.index_header.lazy_loading_enabled,
+                lazy_loading_idle_timeout: b.index_header.lazy_loading_idle_timeout,
+            },
+        },
+        norn_store_gateway::Deps {
+            bucket: c.bucket.clone(),
+            ownership,
+            index_cache,
+            chunks_cache,
+            metrics: Arc::clone(&c.metrics),
+            stop: c.stop.clone(),
+        },
+    )
+    .context("starting the store-gateway")?;
+    if membership.is_none() {
+        c.local_store_gateway = Some(norn_storegateway_client::InProcessGateway::of(
+            service.api(),
+        ));
+    }
+    Ok(match membership {
+        Some(m) => crate::wiring::InRing::join(service, &m, c.stop.clone()).await?,
+        None => service,
+    })
+}
+
+/// The store-gateway ring's placement as the store-gateway's ownership rule.
+struct RingOwnership(norn_ring::blocks::RingBlockOwnership);
+
+impl norn_store_gateway::BlockOwnership for RingOwnership {
+    fn owns(&self, tenant: &str, block_id: &str) -> bool {
+        self.0.owns(tenant, block_id)
+    }
 }
 
 #[cfg(test)]
@@ -170,7 +242,10 @@ mod tests {
     fn targets_resolve_in_start_order() {
         assert_eq!(
             names("all"),
-            (vec!["ingester", "distributor", "querier"], true)
+            (
+                vec!["ingester", "distributor", "store-gateway", "querier"],
+                true
+            )
         );
         assert_eq!(
             names("querier, ingester"),

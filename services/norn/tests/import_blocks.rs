@@ -238,10 +238,14 @@ fn promtool_blocks_are_imported_and_served_to_the_tenant_only() {
     // The server sees the imported blocks in the bucket (the harness uses <dir>/bucket).
     let n = Norn::start(
         dir.path(),
-        &["--blocks-storage.bucket-store.sync-interval=1s"],
+        &[
+            "--blocks-storage.bucket-store.sync-interval=1s",
+            "--querier.query-store-after=0s",
+            "--blocks-storage.bucket-store.ignore-blocks-within=0s",
+        ],
     );
     let deadline = Instant::now() + Duration::from_secs(60);
-    while n.metric("norn_bucket_store_blocks_loaded") < blocks.len() as f64 {
+    while n.metric("norn_storegateway_blocks_loaded") < blocks.len() as f64 {
         assert!(
             Instant::now() < deadline,
             "bucket store did not load {} blocks\n{}",

@@ -11,6 +11,7 @@ pub mod limited;
 pub mod params;
 pub mod parse_error;
 mod service;
+pub mod split;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -58,6 +59,14 @@ pub struct Config {
     pub max_query_expression_size_bytes: usize,
     /// Deepest nesting of a query expression accepted.
     pub max_query_expression_depth: usize,
+    /// Only the last this-long of a query is asked of the ingesters (0 = every range): older
+    /// data is in the bucket's blocks. Mimir's `query_ingesters_within`.
+    #[serde(with = "serde_duration")]
+    pub query_ingesters_within: Duration,
+    /// Only data older than this is asked of the store-gateways (0 = every range): newer
+    /// data is still in the ingesters. Mimir's `query_store_after`.
+    #[serde(with = "serde_duration")]
+    pub query_store_after: Duration,
 }
 
 impl Default for Config {
@@ -70,6 +79,8 @@ impl Default for Config {
             max_outstanding_requests: 100,
             max_query_expression_size_bytes: norn_promql::DEFAULT_MAX_QUERY_BYTES,
             max_query_expression_depth: norn_promql::DEFAULT_MAX_QUERY_DEPTH,
+            query_ingesters_within: Duration::from_secs(13 * 3600),
+            query_store_after: Duration::from_secs(12 * 3600),
         }
     }
 }
@@ -85,6 +96,17 @@ impl Config {
             return Err(format!(
                 "querier.max-query-expression-depth must be between 1 and {} (the query thread's stack is sized for that), got {d}",
                 norn_promql::MAX_QUERY_DEPTH_CEILING
+            ));
+        }
+        let within = self.query_ingesters_within;
+        if !within.is_zero() && !self.query_store_after.is_zero() && self.query_store_after > within
+        {
+            // The window between the two would be asked of nobody: data there would vanish
+            // from every answer.
+            return Err(format!(
+                "querier.query-store-after ({}) must not be greater than querier.query-ingesters-within ({}): data between them would be queried from neither the ingesters nor the store-gateways",
+                norn_model::format_duration(self.query_store_after),
+                norn_model::format_duration(within)
             ));
         }
         Ok(())

@@ -102,7 +102,8 @@ pub struct Config {
     pub max_inflight_fetch_bytes: u64,
     /// Index-headers built at once.
     pub block_sync_concurrency: usize,
-    /// Blocks whose max time is within this of now are not served (ingesters serve them).
+    /// Blocks whose min time is within this of now are not served (ingesters serve them), as
+    /// Mimir: the querier asks store-gateways only for data older than `query_store_after`.
     #[serde(with = "serde_duration")]
     pub ignore_blocks_within: Duration,
     /// Blocks marked for deletion longer ago than this are no longer served.

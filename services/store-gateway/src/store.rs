@@ -155,7 +155,7 @@ impl BlockStore {
             };
             let mut set = HashSet::new();
             for b in &d.index.blocks {
-                if !self.opts.ignore_blocks_within.is_zero() && b.max_time > newest_ms {
+                if !self.opts.ignore_blocks_within.is_zero() && b.min_time > newest_ms {
                     continue;
                 }
                 if d.index

@@ -67,6 +67,12 @@ pub struct Limits {
     pub max_total_query_length: Duration,
     /// Series one query may fetch (0 = unlimited).
     pub max_fetched_series_per_query: usize,
+    /// Chunks one query may fetch from the store-gateways (0 = unlimited).
+    pub max_fetched_chunks_per_query: usize,
+    /// Bytes of chunks one query may fetch from the store-gateways (0 = unlimited).
+    pub max_fetched_chunk_bytes_per_query: usize,
+    /// Store-gateways a tenant's blocks are spread over (shuffle sharding; 0 = all of them).
+    pub store_gateway_tenant_shard_size: usize,
     /// Deduplicate HA Prometheus pairs for this tenant (needs the HA tracker enabled).
     pub accept_ha_samples: bool,
     /// Label naming the HA cluster a sample comes from.
@@ -96,6 +102,9 @@ impl Default for Limits {
             max_global_metadata_per_metric: 10,
             max_total_query_length: Duration::ZERO,
             max_fetched_series_per_query: 0,
+            max_fetched_chunks_per_query: 2_000_000,
+            max_fetched_chunk_bytes_per_query: 0,
+            store_gateway_tenant_shard_size: 0,
             accept_ha_samples: false,
             ha_cluster_label: "cluster".to_string(),
             ha_replica_label: "__replica__".to_string(),

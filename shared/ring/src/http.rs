@@ -23,6 +23,8 @@ struct PageState {
     ring: Ring,
     memberlist: Arc<Memberlist>,
     key: &'static str,
+    /// Where the page is served (its form posts back there).
+    path: &'static str,
 }
 
 /// `/ring` and `/memberlist` for the ingester ring.
@@ -32,13 +34,33 @@ pub fn routes(ring: Ring, memberlist: Arc<Memberlist>) -> Router {
 
 /// `/ring` and `/memberlist` for the ring stored under `key`.
 pub fn routes_for_key(ring: Ring, memberlist: Arc<Memberlist>, key: &'static str) -> Router {
+    let state = PageState {
+        ring,
+        memberlist,
+        key,
+        path: "/ring",
+    };
     Router::new()
         .route("/ring", get(ring_page).post(ring_forget))
         .route("/memberlist", get(memberlist_page))
+        .with_state(state)
+}
+
+/// Only the ring page of the ring stored under `key`, served at `path` (the store-gateway
+/// ring's page is `/store-gateway/ring`, as in Mimir).
+pub fn ring_page_at(
+    ring: Ring,
+    memberlist: Arc<Memberlist>,
+    key: &'static str,
+    path: &'static str,
+) -> Router {
+    Router::new()
+        .route(path, get(ring_page).post(ring_forget))
         .with_state(PageState {
             ring,
             memberlist,
             key,
+            path,
         })
 }
 
@@ -142,11 +164,12 @@ async fn ring_page(State(s): State<PageState>, headers: HeaderMap) -> Response {
     );
     let _ = write!(
         html,
-        "<p>Key: {}. Current time: {}.</p><form method=\"post\" action=\"/ring\"><table border=\"1\">\
+        "<p>Key: {}. Current time: {}.</p><form method=\"post\" action=\"{}\"><table border=\"1\">\
          <tr><th>Instance ID</th><th>State</th><th>Address</th><th>Zone</th>\
          <th>Last heartbeat</th><th>Tokens</th><th>Ownership</th><th>Actions</th></tr>",
         escape(s.key),
-        rfc3339(now)
+        rfc3339(now),
+        s.path
     );
     for i in &instances {
         let healthy = if s.ring.is_healthy(i, crate::ring::Operation::Read, now) {
@@ -181,10 +204,10 @@ async fn ring_forget(State(s): State<PageState>, Form(form): Form<ForgetForm>) -
     if form.forget.is_empty() {
         return (StatusCode::BAD_REQUEST, "forget: empty instance id").into_response();
     }
-    tracing::info!(key = s.key, instance = %form.forget, "ring: forget requested on /ring");
+    tracing::info!(key = s.key, instance = %form.forget, "ring: forget requested on the ring page");
     forget_instance(&s.memberlist, s.key, &form.forget);
     // Post/redirect/get, so a browser reload does not forget again.
-    Redirect::to("/ring").into_response()
+    Redirect::to(s.path).into_response()
 }
 
 #[derive(Serialize)]

@@ -3,11 +3,13 @@
 //! ([`memberlist`]), the lifecycler that registers and heartbeats an instance and the watcher that
 //! keeps a [`Ring`] in sync with the gossiped state ([`lifecycler`]), and the `/ring` and
 //! `/memberlist` pages ([`http`]), the write path's view of a ring ([`replicas`]) and the
-//! addresses a member binds and advertises ([`net`]).
+//! addresses a member binds and advertises ([`net`]), and the placement of bucket blocks on
+//! the store-gateway ring ([`blocks`]).
 //!
 //! Modelled on Grafana Mimir's `dskit/ring` and `dskit/kv/memberlist`, so the same operational
 //! knowledge (states, quorum, forgetting unhealthy members) applies.
 
+pub mod blocks;
 pub mod desc;
 pub mod http;
 pub mod kv;
@@ -17,6 +19,10 @@ pub mod net;
 pub mod replicas;
 pub mod ring;
 
+pub use blocks::{
+    BlocksOp, BlocksSharding, RingBlockOwnership, STORE_GATEWAY_RING_KEY, ShardSizeFn, TenantShard,
+    block_token,
+};
 pub use desc::{InstanceDesc, InstanceState};
 pub use kv::{Entry, KvState};
 pub use lifecycler::{

@@ -156,3 +156,108 @@ async fn ring_and_memberlist_pages() {
     assert!(html.contains("pages") && html.contains(INGESTER_RING_KEY));
     ml.leave().await;
 }
+
+/// `/store-gateway/ring`: the store-gateway ring's own page, filled by a lifecycler under its
+/// key, next to (not instead of) the ingester ring; its forget form posts back to it.
+#[tokio::test]
+async fn store_gateway_ring_page() {
+    use norn_ring::lifecycler::{Lifecycler, LifecyclerConfig};
+    use norn_ring::{BlocksOp, BlocksSharding, STORE_GATEWAY_RING_KEY};
+
+    let registry = prometheus::Registry::new();
+    let ml = Memberlist::start(
+        MemberlistConfig {
+            node_name: "sg-pages".to_string(),
+            bind_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            bind_port: 0,
+            advertise_addr: None,
+            advertise_port: None,
+            join_members: vec![],
+            gossip_interval: Duration::from_millis(200),
+            pull_push_interval: Duration::from_secs(30),
+        },
+        &registry,
+    )
+    .await
+    .unwrap();
+    let ring = Ring::new(RingConfig::default());
+    spawn_ring_watcher(
+        std::sync::Arc::clone(&ml),
+        STORE_GATEWAY_RING_KEY,
+        ring.clone(),
+        None,
+        &registry,
+    )
+    .unwrap();
+    let lc = Lifecycler::start(
+        LifecyclerConfig {
+            id: "sg-1".into(),
+            addr: "127.0.0.1:9095".into(),
+            zone: String::new(),
+            num_tokens: 512,
+            tokens_file_path: None,
+            heartbeat_period: Duration::from_millis(200),
+        },
+        std::sync::Arc::clone(&ml),
+        STORE_GATEWAY_RING_KEY,
+    )
+    .await
+    .unwrap();
+    let start = Instant::now();
+    while ring.instances().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "sg-1 not in the ring"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // JOINING: it loads its blocks but is not asked for them yet.
+    let sharding = BlocksSharding::new(ring.clone());
+    let shard = sharding.tenant_shard("t", 0, now_ms());
+    assert!(shard.replicas("blk", BlocksOp::Read).is_empty());
+    assert_eq!(shard.replicas("blk", BlocksOp::Sync)[0].id, "sg-1");
+    lc.set_state(InstanceState::Active);
+
+    let app = norn_ring::http::ring_page_at(
+        ring.clone(),
+        std::sync::Arc::clone(&ml),
+        STORE_GATEWAY_RING_KEY,
+        "/store-gateway/ring",
+    );
+    let resp = app
+        .clone()
+        .oneshot(
+            Request::get("/store-gateway/ring")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let html = body_string(resp).await;
+    assert!(html.contains("sg-1") && html.contains("action=\"/store-gateway/ring\""));
+    assert!(html.contains(STORE_GATEWAY_RING_KEY));
+    // The ingester ring's path is not served by this router.
+    let resp = app
+        .clone()
+        .oneshot(Request::get("/ring").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = app
+        .oneshot(
+            Request::post("/store-gateway/ring")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from("forget=sg-1"))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(resp.status().is_redirection());
+    assert_eq!(
+        resp.headers()[header::LOCATION].to_str().unwrap(),
+        "/store-gateway/ring"
+    );
+    assert!(ml.get(STORE_GATEWAY_RING_KEY)["sg-1"].tombstone);
+    ml.leave().await;
+}

@@ -79,6 +79,30 @@ pub struct LimitsFlags {
         env = "NORN_DISTRIBUTOR_HA_TRACKER_REPLICA"
     )]
     pub ha_replica_label: Option<String>,
+    /// Default series one query may fetch (0 = unlimited).
+    #[arg(
+        long = "querier.max-fetched-series-per-query",
+        env = "NORN_QUERIER_MAX_FETCHED_SERIES_PER_QUERY"
+    )]
+    pub max_fetched_series_per_query: Option<usize>,
+    /// Default chunks one query may fetch from the store-gateways (0 = unlimited).
+    #[arg(
+        long = "querier.max-fetched-chunks-per-query",
+        env = "NORN_QUERIER_MAX_FETCHED_CHUNKS_PER_QUERY"
+    )]
+    pub max_fetched_chunks_per_query: Option<usize>,
+    /// Default chunk bytes one query may fetch from the store-gateways (0 = unlimited).
+    #[arg(
+        long = "querier.max-fetched-chunk-bytes-per-query",
+        env = "NORN_QUERIER_MAX_FETCHED_CHUNK_BYTES_PER_QUERY"
+    )]
+    pub max_fetched_chunk_bytes_per_query: Option<usize>,
+    /// Default store-gateways per tenant for shuffle sharding (0 = all).
+    #[arg(
+        long = "store-gateway.tenant-shard-size",
+        env = "NORN_STORE_GATEWAY_TENANT_SHARD_SIZE"
+    )]
+    pub store_gateway_tenant_shard_size: Option<usize>,
     /// HA clusters per tenant (0 = unlimited).
     #[arg(
         long = "distributor.ha-tracker.max-clusters",
@@ -113,6 +137,22 @@ impl LimitsFlags {
         set(&mut c.ha_cluster_label, &self.ha_cluster_label);
         set(&mut c.ha_replica_label, &self.ha_replica_label);
         set(&mut c.ha_max_clusters, &self.ha_max_clusters);
+        set(
+            &mut c.max_fetched_series_per_query,
+            &self.max_fetched_series_per_query,
+        );
+        set(
+            &mut c.max_fetched_chunks_per_query,
+            &self.max_fetched_chunks_per_query,
+        );
+        set(
+            &mut c.max_fetched_chunk_bytes_per_query,
+            &self.max_fetched_chunk_bytes_per_query,
+        );
+        set(
+            &mut c.store_gateway_tenant_shard_size,
+            &self.store_gateway_tenant_shard_size,
+        );
         Ok(())
     }
 }

@@ -37,6 +37,18 @@ pub struct QuerierFlags {
         env = "NORN_QUERIER_MAX_QUERY_EXPRESSION_DEPTH"
     )]
     pub max_query_expression_depth: Option<usize>,
+    /// Only the last this-long of a query is asked of the ingesters (0 = all of it).
+    #[arg(
+        long = "querier.query-ingesters-within",
+        env = "NORN_QUERIER_QUERY_INGESTERS_WITHIN"
+    )]
+    pub query_ingesters_within: Option<Deferred>,
+    /// Only data older than this is asked of the store-gateways (0 = all of it).
+    #[arg(
+        long = "querier.query-store-after",
+        env = "NORN_QUERIER_QUERY_STORE_AFTER"
+    )]
+    pub query_store_after: Option<Deferred>,
 }
 
 impl QuerierFlags {
@@ -57,6 +69,8 @@ impl QuerierFlags {
             &mut c.max_query_expression_depth,
             &self.max_query_expression_depth,
         );
+        set_duration(&mut c.query_ingesters_within, &self.query_ingesters_within)?;
+        set_duration(&mut c.query_store_after, &self.query_store_after)?;
         Ok(())
     }
 }

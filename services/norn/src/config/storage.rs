@@ -77,7 +77,7 @@ pub struct BucketStoreConfig {
     pub max_inflight_fetch_bytes: u64,
     /// Index-headers a store-gateway builds at once.
     pub block_sync_concurrency: usize,
-    /// Blocks whose max time is within this of now are left to the ingesters.
+    /// Blocks whose min time is within this of now are left to the ingesters.
     #[serde(with = "serde_duration")]
     pub ignore_blocks_within: Duration,
     /// Blocks marked for deletion longer ago than this are no longer served.
