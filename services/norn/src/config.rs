@@ -16,6 +16,7 @@
 //! block), so a typo never silently falls back to a default. `/config` shows the effective
 //! config with secrets masked.
 
+mod compactor;
 mod distributor;
 mod flags;
 mod frontend;
@@ -40,6 +41,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
+pub use compactor::CompactorFlags;
 pub use distributor::DistributorFlags;
 pub use frontend::FrontendFlags;
 pub use ingester::IngesterFlags;
@@ -70,7 +72,7 @@ pub use {
 pub struct Args {
     #[command(flatten)]
     pub file: ConfigFileFlag,
-    /// Comma-separated services to run: all (default), distributor, ingester, querier.
+    /// Comma-separated services to run: all (default), distributor, ingester, querier, compactor.
     #[arg(long = "target", env = "NORN_TARGET")]
     pub target: Option<String>,
     /// Require X-Scope-OrgID on every request (true); when false every request is tenant `anonymous`.
@@ -102,6 +104,8 @@ pub struct Args {
     #[command(flatten)]
     pub querier: QuerierFlags,
     #[command(flatten)]
+    pub compactor: CompactorFlags,
+    #[command(flatten)]
     pub limits: LimitsFlags,
     #[command(flatten)]
     pub runtime_config: RuntimeConfigFlags,
@@ -126,6 +130,7 @@ pub struct Config {
     pub blocks_storage: BlocksStorageConfig,
     pub distributor: norn_distributor::Config,
     pub querier: norn_querier::Config,
+    pub compactor: norn_compactor::Config,
     pub frontend: FrontendConfig,
     pub limits: norn_limits::Limits,
     pub runtime_config: RuntimeConfig,
@@ -143,6 +148,7 @@ impl Default for Config {
             blocks_storage: BlocksStorageConfig::default(),
             distributor: Default::default(),
             querier: Default::default(),
+            compactor: Default::default(),
             frontend: FrontendConfig::default(),
             limits: Default::default(),
             runtime_config: RuntimeConfig::default(),
@@ -197,6 +203,7 @@ impl Config {
         a.memberlist.apply(&mut self.memberlist)?;
         a.querier.apply(&mut self.querier)?;
         a.limits.apply(&mut self.limits)?;
+        a.compactor.apply(&mut self.compactor, &mut self.limits)?;
         a.runtime_config.apply(&mut self.runtime_config)?;
         Ok(())
     }
@@ -236,6 +243,7 @@ impl Config {
             .validate()
             .map_err(|e| anyhow::anyhow!("distributor.ha_tracker: {e}"))?;
         self.querier.validate().map_err(anyhow::Error::msg)?;
+        self.compactor.validate().map_err(anyhow::Error::msg)?;
         Ok(())
     }
 

@@ -14,7 +14,7 @@
 
 pub mod chunks;
 pub mod index;
-mod io;
+pub(crate) mod io;
 pub mod meta;
 pub mod reader;
 pub mod tombstones;
