@@ -90,7 +90,8 @@ impl Compactor {
 
         let retention = limits.compactor_blocks_retention_period;
         if !retention.is_zero() {
-            let cutoff = now_ms.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+            let cutoff =
+                now_ms.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
             let marked: HashSet<String> = outcome
                 .index
                 .block_deletion_marks
@@ -131,12 +132,15 @@ impl Compactor {
             tracing::info!(tenant, block = %id, "block deleted (deletion delay passed)");
         }
         let gone: HashSet<&str> = due.iter().map(String::as_str).collect();
-        outcome.index.blocks.retain(|b| !gone.contains(b.block_id.as_str()));
+        outcome
+            .index
+            .blocks
+            .retain(|b| !gone.contains(b.block_id.as_str()));
         outcome
             .index
             .block_deletion_marks
             .retain(|m| !gone.contains(m.block_id.as_str()));
-        report.deleted = due.clone();
+        report.deleted = due;
 
         let partial_delay = limits.compactor_partial_block_deletion_delay;
         for p in &outcome.partials {

@@ -108,7 +108,9 @@ impl Compactor {
 
     /// One compaction run over every owned tenant. A failing tenant is logged and the others
     /// go on; the run counts as failed.
-    pub async fn run_compaction(&self) -> Result<BTreeMap<String, TenantCompaction>, CompactorError> {
+    pub async fn run_compaction(
+        &self,
+    ) -> Result<BTreeMap<String, TenantCompaction>, CompactorError> {
         self.metrics.runs_started.inc();
         let tenants = match self.owned_tenants().await {
             Ok(t) => t,
@@ -172,7 +174,8 @@ impl Compactor {
                 .blocks
                 .iter()
                 .filter(|b| {
-                    !marked.contains(b.block_id.as_str()) && !outcome.no_compact.contains(&b.block_id)
+                    !marked.contains(b.block_id.as_str())
+                        && !outcome.no_compact.contains(&b.block_id)
                 })
                 .cloned()
                 .collect();

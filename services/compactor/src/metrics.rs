@@ -1,8 +1,6 @@
 //! The compactor's metrics: Mimir's compactor metric names under the `norn_compactor_` prefix.
 
-use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 pub struct CompactorMetrics {
     pub runs_started: IntCounter,
@@ -47,7 +45,9 @@ impl CompactorMetrics {
                 "norn_compactor_compaction_duration_seconds",
                 "Time of one compaction job: download, merge, upload, marks.",
             )
-            .buckets(vec![1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0]),
+            .buckets(vec![
+                1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0,
+            ]),
         )?;
         registry.register(Box::new(compaction_duration.clone()))?;
         Ok(Self {

@@ -231,10 +231,7 @@ async fn split_and_merge_writes_disjoint_shards() {
     }
     e.compactor().run_compaction().await.unwrap();
     let live = e.live().await;
-    let mut shards: Vec<&str> = live
-        .iter()
-        .map(|b| b.compactor_shard_id.as_str())
-        .collect();
+    let mut shards: Vec<&str> = live.iter().map(|b| b.compactor_shard_id.as_str()).collect();
     shards.sort();
     assert_eq!(shards, ["1_of_2", "2_of_2"], "{live:?}");
     each_once(&e.live_samples().await, 30, d, d + 2 * H);
@@ -295,13 +292,22 @@ async fn retention_marks_old_blocks_and_deletion_waits() {
     .await;
     let old = day_start() - 24 * H;
     let recent = (now_ms() / (2 * H) - 1) * 2 * H;
-    let old_id = e.upload(old, old + 2 * H, series_set(2, old, old + 2 * H, 120)).await;
+    let old_id = e
+        .upload(old, old + 2 * H, series_set(2, old, old + 2 * H, 120))
+        .await;
     let new_id = e
-        .upload(recent, recent + 2 * H, series_set(2, recent, recent + 2 * H, 120))
+        .upload(
+            recent,
+            recent + 2 * H,
+            series_set(2, recent, recent + 2 * H, 120),
+        )
         .await;
     let r = e.compactor().run_cleanup().await.unwrap();
     assert_eq!(r[T].retention_marked, [old_id.clone()]);
-    assert!(r[T].deleted.is_empty(), "marked, not deleted before the delay");
+    assert!(
+        r[T].deleted.is_empty(),
+        "marked, not deleted before the delay"
+    );
     let index = Index::read(&e.bucket, T).await.unwrap().unwrap();
     assert!(index.deletion_mark(&old_id).is_some());
     assert!(index.deletion_mark(&new_id).is_none());

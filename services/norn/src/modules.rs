@@ -222,7 +222,10 @@ mod tests {
     fn targets_resolve_in_start_order() {
         assert_eq!(
             names("all"),
-            (vec!["ingester", "distributor", "querier", "compactor"], true)
+            (
+                vec!["ingester", "distributor", "querier", "compactor"],
+                true
+            )
         );
         assert_eq!(
             names("querier, ingester"),

@@ -115,8 +115,7 @@ impl<'a, 'b> Decoder<'a, 'b> {
                 }
                 return Ok(None);
             };
-            if t < self.chunk.min_t || t > self.chunk.max_t || (self.read > 0 && t <= self.last)
-            {
+            if t < self.chunk.min_t || t > self.chunk.max_t || (self.read > 0 && t <= self.last) {
                 return Err(self.corrupt(
                     labels,
                     &format!("sample at {t} outside the chunk's range or out of order"),
@@ -149,7 +148,8 @@ impl Recut {
         let (c, _, max) = self
             .cur
             .get_or_insert_with(|| (XorChunk::with_capacity(256), t, t));
-        c.append(t, v);
+        // Never full: the chunk is flushed at `per` (≤ u16::MAX) samples.
+        let _ = c.append(t, v);
         *max = t;
         if c.num_samples() >= self.per {
             self.flush();

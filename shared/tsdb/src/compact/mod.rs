@@ -236,7 +236,9 @@ pub fn compact_blocks(
     let mut ids: Vec<&str> = metas.iter().map(|m| m.ulid.as_str()).collect();
     ids.sort_unstable();
     if ids.windows(2).any(|w| w[0] == w[1]) {
-        return Err(CompactError::Invalid("an input block is given twice".into()));
+        return Err(CompactError::Invalid(
+            "an input block is given twice".into(),
+        ));
     }
     let min_time = metas.iter().map(|m| m.min_time).min().unwrap_or(0);
     let max_time = metas.iter().map(|m| m.max_time).max().unwrap_or(0);

@@ -99,7 +99,10 @@ fn replicas_merge_into_one_copy_of_every_sample() {
     assert_eq!(got[0].1, s, "each timestamp once, nothing lost");
     // 480 samples re-cut into 4 chunks of 120.
     assert_eq!(chunk_sizes(&out.join(&meta.ulid)), [120, 120, 120, 120]);
-    assert_eq!(res.stats.duplicates_dropped, (s.len() * 2 - (s.len() - gap.len())) as u64);
+    assert_eq!(
+        res.stats.duplicates_dropped,
+        (s.len() * 2 - (s.len() - gap.len())) as u64
+    );
     assert_eq!(res.stats.conflicts, 0);
 }
 
@@ -121,7 +124,13 @@ fn conflicts_resolve_the_same_whatever_the_input_order() {
     };
     assert_eq!(bits(&r1), bits(&r2));
     assert_eq!(r1[0].1[3].v, 1.0, "a value beats a stale marker");
-    assert!(r1[0].1.iter().enumerate().all(|(i, s)| i == 3 || s.v == 2.0));
+    assert!(
+        r1[0]
+            .1
+            .iter()
+            .enumerate()
+            .all(|(i, s)| i == 3 || s.v == 2.0)
+    );
     assert_eq!(one.stats.conflicts, a.len() as u64);
     // The rule itself: commutative, stale loses, greater wins, NaN payloads ordered.
     assert_eq!(pick_value(1.0, 2.0), 2.0);
@@ -166,7 +175,10 @@ fn adjacent_blocks_concatenate_and_long_chunks_are_recut() {
     want.extend(&second);
     assert_eq!(got[0].1, want);
     assert!(chunk_sizes(&out.join(&meta.ulid)).iter().all(|&n| n <= 120));
-    assert_eq!(res.stats.chunks_copied, 4, "the 120-sample chunks are copied as they are");
+    assert_eq!(
+        res.stats.chunks_copied, 4,
+        "the 120-sample chunks are copied as they are"
+    );
 }
 
 #[test]
@@ -220,7 +232,11 @@ fn corrupt_input_is_named_and_leaves_no_output() {
         }
         other => panic!("{other}"),
     }
-    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "no partial output");
+    assert_eq!(
+        std::fs::read_dir(&out).unwrap().count(),
+        0,
+        "no partial output"
+    );
 
     // A block whose index is gone is bad at open.
     let gone = block(dir.path(), 0, H2, vec![series("m", "a", &s, 120)]);
@@ -237,22 +253,25 @@ fn out_of_order_chunks_are_their_own_kind() {
     let dir = tempfile::tempdir().unwrap();
     let s = samples(0, 600_000, 15_000, |t| t as f64);
     let good = block(dir.path(), 0, H2, vec![series("m", "a", &s, 120)]);
-    // Two overlapping chunks in one series, written behind the writer's back: build a block
-    // with a legal series and patch its index entry is hard, so write the overlap through
-    // the chunk writer of a hand-made block instead.
+    // Two overlapping chunks in one series; the block writer refuses that, so the block is
+    // made by hand.
     let bad = overlapping_chunks_block(dir.path(), &s);
     let err = run(&[good, bad.clone()], &dir.path().join("out"), 1).unwrap_err();
     match err {
-        CompactError::BadBlock { block, kind, .. } => {
+        CompactError::BadBlock {
+            block,
+            kind,
+            reason,
+        } => {
             assert_eq!(block, bad.file_name().unwrap().to_string_lossy());
-            assert_eq!(kind, BadBlockKind::OutOfOrderChunks);
+            assert_eq!(kind, BadBlockKind::OutOfOrderChunks, "{reason}");
         }
         other => panic!("{other}"),
     }
 }
 
 /// A block whose one series has two chunks that overlap in time (what old Prometheus
-/// versions could write), made with the index writer directly.
+/// versions could write), made with the chunk and index writers directly.
 fn overlapping_chunks_block(dir: &Path, s: &[Sample]) -> PathBuf {
     use crate::block::chunks::ChunkWriter;
     use crate::block::index::{ChunkRef, IndexSeries, write_index};
@@ -261,19 +280,26 @@ fn overlapping_chunks_block(dir: &Path, s: &[Sample]) -> PathBuf {
     let ulid = Ulid::new().to_string();
     let b = dir.join(&ulid);
     std::fs::create_dir_all(b.join("chunks")).unwrap();
-    let c = chunks_from_samples(s, 120).unwrap().remove(0);
+    // The second chunk starts at the first one's last timestamp: one sample overlaps (the
+    // index format cannot even express more overlap than that).
+    let c1 = chunks_from_samples(&s[..20], 120).unwrap().remove(0);
+    let c2 = chunks_from_samples(&s[19..], 120).unwrap().remove(0);
     let mut cw = ChunkWriter::new(&b.join("chunks"), 1 << 20);
     let refs = cw
-        .write_chunks(&[(1, c.data.as_slice()), (1, c.data.as_slice())])
+        .write_chunks(&[(1, c1.data.as_slice()), (1, c2.data.as_slice())])
         .unwrap();
     cw.finish().unwrap();
     // Symbols sorted: "", "__name__", "a", "i", "m".
-    let symbols: Vec<&[u8]> = vec![b"", b"__name__", b"a", b"i", b"m"];
+    let symbols: Vec<&[u8]> = ["", "__name__", "a", "i", "m"]
+        .iter()
+        .map(|s| s.as_bytes())
+        .collect();
     let series = vec![IndexSeries {
         labels: vec![(1, 4), (3, 2)],
-        chunks: refs
+        chunks: [&c1, &c2]
             .iter()
-            .map(|&r| ChunkRef {
+            .zip(&refs)
+            .map(|(c, &r)| ChunkRef {
                 min_t: c.min_t,
                 max_t: c.max_t,
                 r,
@@ -336,6 +362,8 @@ fn promtool_reads_the_output() {
     let out = dir.path().join("out");
     let res = run(&inputs, &out, 1).unwrap();
     let ulid = &res.blocks[0].ulid;
+    // `dump` opens the directory as a TSDB, which needs a (here empty) WAL.
+    std::fs::create_dir_all(out.join("wal")).unwrap();
     let analyze = std::process::Command::new(promtool)
         .args(["tsdb", "analyze"])
         .arg(&out)
