@@ -303,7 +303,7 @@ async fn retention_marks_old_blocks_and_deletion_waits() {
         )
         .await;
     let r = e.compactor().run_cleanup().await.unwrap();
-    assert_eq!(r[T].retention_marked, [old_id.clone()]);
+    assert_eq!(r[T].retention_marked, std::slice::from_ref(&old_id));
     assert!(
         r[T].deleted.is_empty(),
         "marked, not deleted before the delay"
@@ -393,7 +393,7 @@ async fn a_crash_mid_upload_or_mid_job_ends_in_the_same_state() {
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let r = e.compactor().run_cleanup().await.unwrap();
-    assert_eq!(r[T].partials_deleted, [partial_id.clone()]);
+    assert_eq!(r[T].partials_deleted, std::slice::from_ref(&partial_id));
     assert!(
         e.bucket
             .list(&layout::block_prefix(T, &partial_id))

@@ -287,10 +287,7 @@ impl SeriesMerger {
         for d in &mut decoders {
             d.cur = d.next(labels, &mut stats.deleted_dropped)?;
         }
-        loop {
-            let Some(t) = decoders.iter().filter_map(|d| d.cur.map(|c| c.0)).min() else {
-                break;
-            };
+        while let Some(t) = decoders.iter().filter_map(|d| d.cur.map(|c| c.0)).min() {
             let mut kept: Option<f64> = None;
             for d in &mut decoders {
                 let Some((dt, dv)) = d.cur else { continue };

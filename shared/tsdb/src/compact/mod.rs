@@ -199,8 +199,8 @@ fn dir_name(dir: &Path) -> String {
 
 /// Compacts the blocks in `inputs` (directories) into `opts.shards` blocks under `out_dir`.
 ///
-/// The outputs cover `[min input minTime, max input maxTime)`, are at level max input level
-/// + 1, list the union of the inputs' sources and the inputs as parents, and carry
+/// The outputs cover `[min input minTime, max input maxTime)`, are one level above the
+/// highest input, list the union of the inputs' sources and the inputs as parents, and carry
 /// `opts.labels` (plus the shard label when split) with source `compactor`.
 pub fn compact(
     inputs: &[PathBuf],

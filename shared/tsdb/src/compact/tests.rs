@@ -402,7 +402,11 @@ fn hostile_options_are_refused() {
     let s = samples(0, 60_000, 15_000, |_| 1.0);
     let b = block(dir.path(), 0, H2, vec![series("m", "a", &s, 120)]);
     assert!(matches!(
-        run(&[b.clone()], &dir.path().join("o"), MAX_SHARDS + 1),
+        run(
+            std::slice::from_ref(&b),
+            &dir.path().join("o"),
+            MAX_SHARDS + 1
+        ),
         Err(CompactError::Invalid(_))
     ));
     assert!(matches!(
