@@ -61,8 +61,13 @@ fn args() -> Result<Args, String> {
     Ok(a)
 }
 
+/// The second half of the series are counters, the first half gauges.
+fn is_counter(i: usize, series: usize) -> bool {
+    i >= series / 2
+}
+
 /// The samples of series `i` in `[from, to)`: deterministic, realistic enough for XOR.
-fn samples(i: usize, from: i64, to: i64) -> Vec<Sample> {
+fn samples(i: usize, counter: bool, from: i64, to: i64) -> Vec<Sample> {
     let mut x = (i as u64 ^ (from as u64).rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut next = || {
         x ^= x << 13;
@@ -70,7 +75,6 @@ fn samples(i: usize, from: i64, to: i64) -> Vec<Sample> {
         x ^= x << 17;
         x
     };
-    let counter = i % 2 == 0;
     // A counter keeps rising from window to window (about 4.5 a step); a gauge starts anew.
     let mut v = if counter {
         (from / STEP) as f64 * 4.5 + (i % 1000) as f64
@@ -178,7 +182,8 @@ fn main() -> Result<(), String> {
                 labels: Labels::from_pairs([
                     (
                         "__name__",
-                        if i % 2 == 0 {
+                        // Series go in label order: the gauges, then the counters.
+                        if is_counter(i, a.series) {
                             "bench_total"
                         } else {
                             "bench_gauge"
@@ -187,7 +192,8 @@ fn main() -> Result<(), String> {
                     ("instance", &format!("host-{:06}", i / 10)),
                     ("shard", &format!("{}", i % 10)),
                 ]),
-                chunks: chunks_from_samples(&samples(i, from, to), 120).unwrap_or_default(),
+                chunks: chunks_from_samples(&samples(i, is_counter(i, a.series), from, to), 120)
+                    .unwrap_or_default(),
             });
             let opts =
                 BlockOptions::for_tenant("bench", "receive", [("replica", &*format!("r{r}"))])
