@@ -57,8 +57,9 @@ fn window_of(b: &IndexBlock, range: i64) -> Option<i64> {
     if range <= 0 {
         return None;
     }
-    let start = b.min_time.div_euclid(range) * range;
-    (b.max_time <= start.saturating_add(range)).then_some(start)
+    // Absurd times (near i64's ends) fit no window rather than overflow.
+    let start = b.min_time.div_euclid(range).checked_mul(range)?;
+    (b.max_time <= start.checked_add(range)?).then_some(start)
 }
 
 /// The jobs for `blocks` (none deletion- or no-compact-marked), oldest window first.
@@ -152,7 +153,11 @@ pub fn plan(blocks: &[IndexBlock], p: &PlanParams) -> Vec<Job> {
             }
             let before = jobs.len();
             for (shard, group) in by_shard {
-                if group.len() < 2 || group.iter().all(|b| b.max_time - b.min_time >= range) {
+                if group.len() < 2
+                    || group
+                        .iter()
+                        .all(|b| b.max_time.saturating_sub(b.min_time) >= range)
+                {
                     continue;
                 }
                 let mut inputs: Vec<IndexBlock> = group.iter().map(|b| (*b).clone()).collect();
@@ -260,6 +265,22 @@ mod tests {
         assert_eq!(jobs[0].inputs.len() + jobs[1].inputs.len(), 3);
         assert_eq!(jobs[2].shard_label.as_deref(), Some("1_of_2"));
         assert_eq!(jobs[2].inputs.len(), 2);
+    }
+
+    #[test]
+    fn absurd_times_plan_nothing_and_do_not_overflow() {
+        let blocks = vec![
+            b(1, i64::MIN, i64::MIN + 5, 1, ""),
+            b(2, i64::MIN, i64::MIN + 5, 1, ""),
+            b(3, i64::MAX - 5, i64::MAX, 1, ""),
+            b(4, i64::MAX - 5, i64::MAX, 1, ""),
+            b(5, i64::MIN, i64::MAX, 1, ""),
+        ];
+        let mut p = params(0, 1);
+        p.now_ms = i64::MAX;
+        p.first_level_wait_ms = i64::MAX;
+        let jobs = plan(&blocks, &p);
+        assert!(jobs.iter().all(|j| j.inputs.len() >= 2));
     }
 
     #[test]
