@@ -163,3 +163,132 @@ fn two_compactors_split_the_tenants_and_compact_each_once() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// `--target=all` on moto S3: what the ingester ships for three past 2h ranges is compacted
+/// into one block; queries answer every pushed sample exactly once before and after, and
+/// after a `kill -9` and restart the bucket stays in the same state.
+#[test]
+fn all_in_one_on_s3_compacts_and_queries_stay_exact() {
+    let Some(moto) = norn_storage::testing::MotoServer::start() else {
+        return;
+    };
+    const TENANT: &str = "team-s3";
+    let cfg = moto.storage_config("norn-compact");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let bucket = norn_storage::Bucket::from_config(&cfg).unwrap();
+    let live = |bucket: &norn_storage::Bucket| -> Vec<String> {
+        rt.block_on(async {
+            let mut out = Vec::new();
+            for id in norn_storage::layout::list_blocks(bucket, TENANT)
+                .await
+                .unwrap()
+            {
+                let mark = norn_storage::layout::deletion_mark(TENANT, &id);
+                if !bucket.exists(&mark).await.unwrap() {
+                    out.push(id);
+                }
+            }
+            out
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("--common.storage.s3.endpoint={}", moto.endpoint());
+    let work = format!(
+        "--compactor.data-dir={}",
+        dir.path().join("compactor").display()
+    );
+    let args = [
+        "--common.storage.backend=s3",
+        "--common.storage.s3.bucket-name=norn-compact",
+        "--common.storage.s3.access-key-id=test",
+        "--common.storage.s3.secret-access-key=test",
+        "--common.storage.s3.region=us-east-1",
+        "--common.storage.s3.insecure=true",
+        endpoint.as_str(),
+        "--blocks-storage.tsdb.head-compaction-interval=1s",
+        "--blocks-storage.tsdb.ship-interval=1s",
+        "--blocks-storage.bucket-store.sync-interval=1s",
+        "--compactor.compaction-interval=1s",
+        "--compactor.cleanup-interval=1s",
+        "--compactor.first-level-compaction-wait-period=0s",
+        work.as_str(),
+    ];
+    let mut n = Norn::start(dir.path(), &args);
+
+    // Six hours of three series, two days ago: three complete 2h ranges.
+    let from = (now_ms() / (24 * H) - 2) * 24 * H;
+    let to = from + 6 * H;
+    let mut sent: std::collections::BTreeMap<String, Vec<(i64, f64)>> = Default::default();
+    let mut t0 = from;
+    while t0 < to {
+        let t1 = (t0 + 600_000).min(to);
+        let ts = (0..3)
+            .map(|s| {
+                let name = format!("s{s}");
+                let samples: Vec<(i64, f64)> = (t0..t1)
+                    .step_by(15_000)
+                    .map(|t| (t, (t / 15_000) as f64 + s as f64))
+                    .collect();
+                sent.entry(name.clone()).or_default().extend(&samples);
+                common::series(&[("__name__", "compacted"), ("series", &name)], &samples)
+            })
+            .collect();
+        let (status, body) = n.push(Some(TENANT), &common::request(ts));
+        assert_eq!(status, 200, "{body}");
+        t0 = t1;
+    }
+    let exact = |n: &Norn, when: &str| {
+        let got = n.raw_samples(Some(TENANT), "compacted", from, to - 1);
+        assert_eq!(got.len(), 3, "{when}: {got:?}");
+        for (labels, samples) in got {
+            let name = labels
+                .split("\"series\":\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or_default()
+                .to_string();
+            assert_eq!(samples, sent[&name], "{when}: {labels}");
+        }
+    };
+    exact(&n, "before the flush");
+    let resp = ureq::post(&n.url("/ingester/flush?wait=true&force=true"))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send_empty()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let blocks = live(&bucket);
+        let merged = blocks.len() == 1 && n.metric("norn_compactor_group_compactions_total") >= 1.0;
+        if merged {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not compacted: {blocks:?}\n{}",
+            n.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = live(&bucket);
+    // The bucket store syncs every second: give it two rounds to drop the marked blocks.
+    std::thread::sleep(Duration::from_secs(3));
+    exact(&n, "after compaction");
+
+    n.kill9();
+    n.restart();
+    // Past the first compaction and cleanup runs after the restart.
+    std::thread::sleep(Duration::from_secs(13));
+    assert_eq!(
+        live(&bucket),
+        after,
+        "a restart leaves the bucket as it was"
+    );
+    exact(&n, "after kill -9 and restart");
+}
