@@ -196,6 +196,9 @@ impl Compactor {
                 break;
             }
             tracing::info!(tenant, jobs = jobs.len(), "compaction planned");
+            // A failing job (bucket or disk error) does not stop the tenant's other jobs;
+            // the tenant counts as failed and is retried at the next run.
+            let mut failed = None;
             for job in &jobs {
                 if self.stop.is_cancelled() {
                     return Err(CompactorError::Stopped);
@@ -213,11 +216,23 @@ impl Compactor {
                         report.blocks_written += outputs;
                     }
                     Ok(JobOutcome::BadBlock(id)) => report.marked_no_compact.push(id),
+                    Err(CompactorError::Stopped) => return Err(CompactorError::Stopped),
                     Err(e) => {
                         self.metrics.compaction_failures.inc();
-                        return Err(e);
+                        tracing::warn!(
+                            tenant,
+                            window_start = job.window_start,
+                            range_ms = job.range,
+                            inputs = job.inputs.len(),
+                            error = %e,
+                            "compaction job failed; retried next run"
+                        );
+                        failed = Some(e);
                     }
                 }
+            }
+            if let Some(e) = failed {
+                return Err(e);
             }
             previous = Some(outcome.index);
         }
@@ -300,6 +315,7 @@ impl Compactor {
                 self.mark_no_compact(tenant, &block, kind, &reason).await?;
                 return Ok(JobOutcome::BadBlock(block));
             }
+            Err(CompactError::Cancelled) => return Err(CompactorError::Stopped),
             Err(e) => return Err(CompactorError::Compact(e.to_string())),
         };
 
