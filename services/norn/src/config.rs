@@ -17,6 +17,7 @@
 //! config with secrets masked.
 
 mod cache;
+mod compactor;
 mod distributor;
 mod flags;
 mod frontend;
@@ -43,6 +44,7 @@ use clap::Parser;
 use serde::{Deserialize, Serialize};
 
 pub use cache::{ChunksCacheFlags, IndexCacheFlags, ResultsCacheFlags};
+pub use compactor::CompactorFlags;
 pub use distributor::DistributorFlags;
 pub use frontend::FrontendFlags;
 pub use ingester::IngesterFlags;
@@ -75,7 +77,7 @@ pub use {
 pub struct Args {
     #[command(flatten)]
     pub file: ConfigFileFlag,
-    /// Comma-separated services to run: all (default), distributor, ingester, querier.
+    /// Comma-separated services to run: all (default), distributor, ingester, querier, compactor.
     #[arg(long = "target", env = "NORN_TARGET")]
     pub target: Option<String>,
     /// Require X-Scope-OrgID on every request (true); when false every request is tenant `anonymous`.
@@ -115,6 +117,8 @@ pub struct Args {
     #[command(flatten)]
     pub store_gateway_ring: StoreGatewayRingFlags,
     #[command(flatten)]
+    pub compactor: CompactorFlags,
+    #[command(flatten)]
     pub limits: LimitsFlags,
     #[command(flatten)]
     pub runtime_config: RuntimeConfigFlags,
@@ -139,6 +143,7 @@ pub struct Config {
     pub blocks_storage: BlocksStorageConfig,
     pub distributor: norn_distributor::Config,
     pub querier: norn_querier::Config,
+    pub compactor: norn_compactor::Config,
     pub frontend: FrontendConfig,
     pub limits: norn_limits::Limits,
     pub runtime_config: RuntimeConfig,
@@ -157,6 +162,7 @@ impl Default for Config {
             blocks_storage: BlocksStorageConfig::default(),
             distributor: Default::default(),
             querier: Default::default(),
+            compactor: Default::default(),
             frontend: FrontendConfig::default(),
             limits: Default::default(),
             runtime_config: RuntimeConfig::default(),
@@ -219,6 +225,7 @@ impl Config {
         a.store_gateway_ring
             .apply(&mut self.store_gateway.sharding_ring)?;
         a.limits.apply(&mut self.limits)?;
+        a.compactor.apply(&mut self.compactor, &mut self.limits)?;
         a.runtime_config.apply(&mut self.runtime_config)?;
         Ok(())
     }
@@ -263,6 +270,7 @@ impl Config {
         cache::validate("blocks_storage.bucket_store.index_cache", &bs.index_cache)?;
         cache::validate("blocks_storage.bucket_store.chunks_cache", &bs.chunks_cache)?;
         cache::validate("frontend.results_cache", &self.frontend.results_cache)?;
+        self.compactor.validate().map_err(anyhow::Error::msg)?;
         Ok(())
     }
 

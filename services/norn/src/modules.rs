@@ -73,6 +73,11 @@ pub const MODULES: &[Module] = &[
         serves_grpc: false,
         build: |c| Box::pin(querier(c)),
     },
+    Module {
+        name: "compactor",
+        serves_grpc: false,
+        build: |c| Box::pin(compactor(c)),
+    },
 ];
 
 /// The modules a `--target` value names, in start order, and whether they run in one
@@ -229,6 +234,53 @@ impl norn_store_gateway::BlockOwnership for RingOwnership {
     }
 }
 
+async fn compactor(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
+    let cfg = &c.cfg;
+    // In a cluster the compactors share the tenants through the compactor ring; in one
+    // process the only compactor owns them all.
+    let ring = match c.wiring.kv() {
+        None => None,
+        Some(memberlist) => {
+            let r = &cfg.compactor.sharding_ring;
+            let id = if r.instance_id.is_empty() {
+                norn_ring::net::hostname()
+            } else {
+                r.instance_id.clone()
+            };
+            Some(norn_compactor::RingMembership {
+                lifecycler: norn_ring::LifecyclerConfig {
+                    id,
+                    addr: format!(
+                        "{}:{}",
+                        memberlist.advertise_addr().ip(),
+                        cfg.server.http_listen_port
+                    ),
+                    zone: String::new(),
+                    num_tokens: norn_compactor::ring::NUM_TOKENS,
+                    tokens_file_path: None,
+                    heartbeat_period: r.heartbeat_period,
+                },
+                heartbeat_timeout: r.heartbeat_timeout,
+                memberlist,
+            })
+        }
+    };
+    let service = norn_compactor::build(
+        cfg.compactor.clone(),
+        norn_compactor::Deps {
+            overrides: Arc::clone(&c.overrides),
+            metrics: Arc::clone(&c.metrics),
+            bucket: c.bucket.clone(),
+            ring,
+            stop: c.stop.clone(),
+            first_run_delay: norn_compactor::FIRST_RUN_DELAY,
+        },
+    )
+    .await
+    .context("starting the compactor")?;
+    Ok(service)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,7 +295,13 @@ mod tests {
         assert_eq!(
             names("all"),
             (
-                vec!["ingester", "distributor", "store-gateway", "querier"],
+                vec![
+                    "ingester",
+                    "distributor",
+                    "store-gateway",
+                    "querier",
+                    "compactor"
+                ],
                 true
             )
         );
@@ -252,7 +310,8 @@ mod tests {
             (vec!["ingester", "querier"], false)
         );
         assert_eq!(names("distributor"), (vec!["distributor"], false));
-        for bad in ["", " , ", "all,querier", "compactor"] {
+        assert_eq!(names("compactor"), (vec!["compactor"], false));
+        for bad in ["", " , ", "all,querier", "store_gateway"] {
             let Err(e) = resolve(bad) else {
                 panic!("{bad:?} resolved");
             };

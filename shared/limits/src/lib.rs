@@ -82,6 +82,17 @@ pub struct Limits {
     /// HA clusters tracked per tenant (0 = unlimited); a request from a new cluster beyond it
     /// gets a 400.
     pub ha_max_clusters: usize,
+    /// The compactor marks for deletion the tenant's blocks wholly older than this
+    /// (0 = keep forever).
+    #[serde(with = "serde_duration")]
+    pub compactor_blocks_retention_period: Duration,
+    /// Shards the compactor splits each of the tenant's time ranges into (0 = no split).
+    pub compactor_split_and_merge_shards: usize,
+    /// Groups the first-level blocks of a range are split in, one split job each.
+    pub compactor_split_groups: usize,
+    /// Partial blocks (no `meta.json`) idle longer than this are deleted (0 = never).
+    #[serde(with = "serde_duration")]
+    pub compactor_partial_block_deletion_delay: Duration,
 }
 
 impl Default for Limits {
@@ -109,6 +120,10 @@ impl Default for Limits {
             ha_cluster_label: "cluster".to_string(),
             ha_replica_label: "__replica__".to_string(),
             ha_max_clusters: 100,
+            compactor_blocks_retention_period: Duration::ZERO,
+            compactor_split_and_merge_shards: 0,
+            compactor_split_groups: 1,
+            compactor_partial_block_deletion_delay: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -268,6 +283,29 @@ mod tests {
         assert_eq!(t1.creation_grace_period, Duration::from_secs(60));
         assert_eq!(t1.max_label_names_per_series, 30);
         assert_eq!(o.for_tenant("other").ingestion_rate, 10_000.0);
+    }
+
+    #[test]
+    fn compactor_limits_use_mimirs_keys() {
+        let o = Overrides::from_yaml(
+            Limits::default(),
+            "overrides:\n  t1:\n    compactor_blocks_retention_period: 30d\n    compactor_split_and_merge_shards: 4\n    compactor_split_groups: 2\n    compactor_partial_block_deletion_delay: 0s\n",
+        )
+        .unwrap();
+        let t1 = o.for_tenant("t1");
+        assert_eq!(
+            t1.compactor_blocks_retention_period,
+            Duration::from_secs(30 * 86_400)
+        );
+        assert_eq!(t1.compactor_split_and_merge_shards, 4);
+        assert_eq!(t1.compactor_split_groups, 2);
+        assert_eq!(t1.compactor_partial_block_deletion_delay, Duration::ZERO);
+        let other = o.for_tenant("t2");
+        assert_eq!(other.compactor_blocks_retention_period, Duration::ZERO);
+        assert_eq!(
+            other.compactor_partial_block_deletion_delay,
+            Duration::from_secs(86_400)
+        );
     }
 
     #[test]

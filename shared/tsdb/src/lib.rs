@@ -8,11 +8,11 @@
 //!   (decoded, or as stored chunks), and cutting a completed range into a block.
 //! * [`block`]: block writer and reader (meta.json, index v2, chunk segments, tombstones).
 //! * [`block_queryable`]: a set of blocks as a PromQL `Queryable`.
-//! * [`bucket_store`]: the blocks in the bucket, synced and verified for the query path.
+//! * [`compact`]: N blocks merged into one, or split into shards, streaming series.
 
 pub mod block;
 pub mod block_queryable;
-pub mod bucket_store;
+pub mod compact;
 /// Prometheus' chunk encodings, from `norn-chunkenc` (kept at this path for callers).
 pub use norn_chunkenc as chunkenc;
 pub mod dir_lock;
@@ -23,7 +23,6 @@ pub mod metrics;
 pub mod wal;
 
 pub use block_queryable::BlocksQueryable;
-pub use bucket_store::{BucketStore, SyncStats};
 pub use error::{Result, TsdbError};
 pub use head::{
     AppendLimits, AppendOutcome, ChunkMeta, CutOutcome, Head, HeadMemory, HeadOptions,

@@ -31,6 +31,24 @@ use crate::chunkenc::{ENCODING_XOR, SAMPLES_PER_CHUNK, XorIterator};
 use crate::error::{Result, TsdbError};
 use crate::head::{ChunkMeta, SeriesChunks};
 
+/// One series of a block as its files hold it ([`Block::raw_series`]).
+#[derive(Debug)]
+pub struct RawSeries<'a> {
+    pub labels: Labels,
+    pub chunks: Vec<RawSeriesChunk<'a>>,
+    /// Deleted intervals `[mint, maxt]` (both inclusive) from the tombstones.
+    pub deleted: &'a [(i64, i64)],
+}
+
+/// One chunk of a [`RawSeries`]: its index entry's range and its bytes in the segment.
+#[derive(Debug, Clone, Copy)]
+pub struct RawSeriesChunk<'a> {
+    pub min_t: i64,
+    pub max_t: i64,
+    pub encoding: u8,
+    pub data: &'a [u8],
+}
+
 /// An open, validated block.
 #[derive(Debug)]
 pub struct Block {
@@ -325,6 +343,33 @@ impl Block {
         }
         self.note_skipped(skipped);
         Ok(out)
+    }
+
+    /// Every series ref, ascending, which is label order: the compactor streams a block by them
+    /// (4 bytes a series) instead of loading it.
+    pub fn series_refs(&self) -> Result<Vec<u32>> {
+        self.index.all_postings()
+    }
+
+    /// Series `r` as stored: labels, its chunks in index order (CRC-checked, not decoded, any
+    /// encoding) and its tombstones. The caller decodes and checks the samples.
+    pub fn raw_series(&self, r: u32) -> Result<RawSeries<'_>> {
+        let s = self.index.series(r)?;
+        let mut chunks = Vec::with_capacity(s.chunks.len());
+        for c in &s.chunks {
+            let raw = self.chunks.chunk(c.r)?;
+            chunks.push(RawSeriesChunk {
+                min_t: c.min_t,
+                max_t: c.max_t,
+                encoding: raw.encoding,
+                data: raw.data,
+            });
+        }
+        Ok(RawSeries {
+            labels: s.labels,
+            chunks,
+            deleted: self.tombstones.get(u64::from(r)),
+        })
     }
 
     /// Label names of the series matching `matchers` (all names when there are none), sorted.
