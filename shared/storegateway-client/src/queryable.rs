@@ -368,7 +368,7 @@ impl StoreQueryable {
         let matchers = matchers_to_proto(matchers);
         let tenant = &self.tenant;
         let lists = self
-            .fetch(&plan, |g, blocks| {
+            .fetch(plan, |g, blocks| {
                 let req = pb::SeriesRequest {
                     start_ms: plan.start_ms,
                     end_ms: plan.end_ms,
