@@ -85,6 +85,23 @@ impl Queryable for Within {
         }
     }
 
+    async fn select_last_within(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+        budget: &SampleBudget,
+    ) -> Result<Vec<Series>, StorageError> {
+        match self.clamp(start_ms, end_ms) {
+            Some(start) => {
+                self.inner
+                    .select_last_within(start, end_ms, matchers, budget)
+                    .await
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
     async fn select_chunks(
         &self,
         start_ms: i64,
@@ -148,10 +165,21 @@ mod tests {
 
     /// Records the ranges it is asked for.
     #[derive(Default)]
-    struct Recorder(Mutex<Vec<(i64, i64)>>);
+    struct Recorder(Mutex<Vec<(i64, i64)>>, Mutex<usize>);
 
     #[async_trait]
     impl Queryable for Recorder {
+        async fn select_last_within(
+            &self,
+            s: i64,
+            e: i64,
+            _: &[Matcher],
+            _: &SampleBudget,
+        ) -> Result<Vec<Series>, StorageError> {
+            *self.1.lock().unwrap() += 1;
+            self.0.lock().unwrap().push((s, e));
+            Ok(Vec::new())
+        }
         async fn select(&self, s: i64, e: i64, _: &[Matcher]) -> Result<Vec<Series>, StorageError> {
             self.0.lock().unwrap().push((s, e));
             Ok(Vec::new())
@@ -201,5 +229,12 @@ mod tests {
         assert_eq!(asked.len(), 2);
         assert!((asked[0].0 - (now - 3_600_000)).abs() < 5_000, "{asked:?}");
         assert_eq!(asked[1], (now - 60_000, now));
+        // Instant selectors keep their newest-sample read (the head answers it without
+        // decoding), cut to the window like the rest.
+        q.select_last_within(now - 300_000, now, &[], &SampleBudget::unlimited())
+            .await
+            .unwrap();
+        assert_eq!(*rec.1.lock().unwrap(), 1);
+        assert_eq!(rec.0.lock().unwrap()[2], (now - 300_000, now));
     }
 }
