@@ -14,32 +14,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Norn, free_port, now_ms, request, series};
+use common::{Norn, all_active, free_port, now_ms, request, series};
 use std::sync::Mutex;
 
 /// Flags every member of a test cluster shares: loopback everywhere, fast heartbeats so the
 /// ring notices a dead ingester in seconds.
 fn cluster_args(gossip_port: u16, seeds: &[u16]) -> Vec<String> {
-    let mut a = vec![
-        "--memberlist.bind-addr=127.0.0.1".to_string(),
-        format!("--memberlist.bind-port={gossip_port}"),
-        "--memberlist.gossip-interval=100ms".to_string(),
-        "--memberlist.pullpush-interval=2s".to_string(),
+    let mut a = common::gossip_args(gossip_port, seeds);
+    a.extend([
         "--ingester.ring.heartbeat-period=500ms".to_string(),
         "--ingester.ring.heartbeat-timeout=3s".to_string(),
         "--distributor.remote-timeout=2s".to_string(),
         // Rate limits are not under test; a continuous writer must never hit them.
         "--distributor.ingestion-rate-limit=10000000".to_string(),
         "--distributor.ingestion-burst-size=10000000".to_string(),
-    ];
-    let joins: Vec<String> = seeds
-        .iter()
-        .filter(|&&p| p != gossip_port)
-        .map(|p| format!("127.0.0.1:{p}"))
-        .collect();
-    if !joins.is_empty() {
-        a.push(format!("--memberlist.join={}", joins.join(",")));
-    }
+    ]);
     a
 }
 
@@ -102,51 +91,14 @@ fn start_cluster(root: &Path, ingesters: usize, distributors: usize, extra: &[&s
     }
 }
 
-/// The ring as a process sees it: (id, state, healthy).
-fn ring(n: &Norn) -> Vec<(String, String, bool)> {
-    let v: serde_json::Value = ureq::get(&n.url("/ring"))
-        .header("Accept", "application/json")
-        .call()
-        .ok()
-        .and_then(|mut r| r.body_mut().read_to_string().ok())
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or(serde_json::Value::Null);
-    let mut out = Vec::new();
-    for s in v["shards"].as_array().into_iter().flatten() {
-        out.push((
-            s["id"].as_str().unwrap_or_default().to_string(),
-            s["state"].as_str().unwrap_or_default().to_string(),
-            s["healthy"].as_bool().unwrap_or(false),
-        ));
-    }
-    out.sort();
-    out
-}
-
-/// Waits until `cond` holds on `n`'s ring; returns how long that took.
+/// Waits until `cond` holds on `n`'s ingester ring; returns how long that took.
 fn wait_ring(
     n: &Norn,
     what: &str,
     limit: Duration,
     cond: impl Fn(&[(String, String, bool)]) -> bool,
 ) -> Duration {
-    let started = Instant::now();
-    loop {
-        let r = ring(n);
-        if cond(&r) {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < limit,
-            "ring never showed {what} within {limit:?}; last: {r:?}\n{}",
-            n.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn all_active(n: usize) -> impl Fn(&[(String, String, bool)]) -> bool {
-    move |r| r.len() == n && r.iter().all(|(_, s, h)| s == "ACTIVE" && *h)
+    common::wait_ring_page(n, "/ring", what, limit, cond)
 }
 
 const TENANT: Option<&str> = Some("team-a");

@@ -17,11 +17,9 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Norn, free_port, now_ms, request, series, snappy, urlencode};
+use common::{Norn, Prometheus, compare_results, now_ms, request, series, snappy, urlencode};
 use norn_proto::prometheus as pb;
 use prost::Message;
 
@@ -134,15 +132,6 @@ const QUERIES: &[&str] = &[
 
 /// Queries whose Prometheus 2.42 result legitimately differs from Prometheus 3.x semantics.
 const KNOWN_DIFFERENCES: &[(&str, &str)] = &[];
-
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The data set: (labels, samples) per series, timestamps `start + 7s + 15s*i`.
 /// A series as (label pairs, samples).
@@ -308,100 +297,9 @@ fn get(url: &str, tenant: bool) -> (u16, serde_json::Value) {
     )
 }
 
-/// A result as labels → list of (t, value) so order does not matter (except for sort()).
-fn normalise(v: &serde_json::Value) -> (String, BTreeMap<String, Vec<(String, String)>>) {
-    let kind = v["data"]["resultType"].as_str().unwrap_or("").to_string();
-    let mut out = BTreeMap::new();
-    let r = &v["data"]["result"];
-    match kind.as_str() {
-        "scalar" | "string" => {
-            out.insert(
-                String::new(),
-                vec![(r[0].to_string(), r[1].as_str().unwrap_or("").to_string())],
-            );
-        }
-        _ => {
-            for s in r.as_array().into_iter().flatten() {
-                let key = s["metric"].to_string();
-                let points = if let Some(vals) = s["values"].as_array() {
-                    vals.iter()
-                        .map(|p| (p[0].to_string(), p[1].as_str().unwrap_or("").to_string()))
-                        .collect()
-                } else {
-                    vec![(
-                        s["value"][0].to_string(),
-                        s["value"][1].as_str().unwrap_or("").to_string(),
-                    )]
-                };
-                out.insert(key, points);
-            }
-        }
-    }
-    (kind, out)
-}
-
-fn close(a: &str, b: &str) -> bool {
-    if a == b {
-        return true;
-    }
-    match (a.parse::<f64>(), b.parse::<f64>()) {
-        (Ok(x), Ok(y)) => {
-            if x.is_nan() || y.is_nan() {
-                return x.is_nan() && y.is_nan();
-            }
-            let d = (x - y).abs();
-            d <= 1e-6 * x.abs().max(y.abs()) || d < 1e-9
-        }
-        _ => false,
-    }
-}
-
-fn compare(q: &str, prom: &serde_json::Value, norn: &serde_json::Value) -> Result<(), String> {
-    let (pk, pr) = normalise(prom);
-    let (nk, nr) = normalise(norn);
-    if pk != nk {
-        return Err(format!("result type: prometheus {pk}, norn {nk}"));
-    }
-    let pkeys: Vec<_> = pr.keys().collect();
-    let nkeys: Vec<_> = nr.keys().collect();
-    if pkeys != nkeys {
-        let only_p: Vec<_> = pr.keys().filter(|k| !nr.contains_key(*k)).take(3).collect();
-        let only_n: Vec<_> = nr.keys().filter(|k| !pr.contains_key(*k)).take(3).collect();
-        return Err(format!(
-            "series differ ({} vs {}): only in prometheus {only_p:?}, only in norn {only_n:?}",
-            pr.len(),
-            nr.len()
-        ));
-    }
-    for (k, pp) in &pr {
-        let np = &nr[k];
-        if pp.len() != np.len() {
-            return Err(format!(
-                "{k}: {} points in prometheus, {} in norn",
-                pp.len(),
-                np.len()
-            ));
-        }
-        for ((pt, pv), (nt, nv)) in pp.iter().zip(np) {
-            if pt != nt || !close(pv, nv) {
-                return Err(format!("{k}: prometheus ({pt}, {pv}) vs norn ({nt}, {nv})"));
-            }
-        }
-    }
-    let _ = q;
-    Ok(())
-}
-
 #[test]
 fn promql_matches_prometheus_on_identical_data() {
-    let Some(prom_bin) = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-    else {
-        if std::env::var("NORN_REQUIRE_PEERS").as_deref() == Ok("1") {
-            panic!("prometheus is not installed but NORN_REQUIRE_PEERS=1");
-        }
-        eprintln!("SKIP: no prometheus binary");
+    let Some(prom_bin) = Prometheus::binary() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -412,37 +310,13 @@ fn promql_matches_prometheus_on_identical_data() {
             "--distributor.ingestion-burst-size=100000000",
         ],
     );
-    let prom_port = free_port();
-    std::fs::write(
-        dir.path().join("prom.yml"),
-        "global:\n  scrape_interval: 1h\n",
-    )
-    .unwrap();
-    let _prom = Peer(
-        Command::new(prom_bin)
-            .arg(format!(
-                "--config.file={}",
-                dir.path().join("prom.yml").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("prom-data").display()
-            ))
-            .arg("--web.enable-remote-write-receiver")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.path().join("prom.log")).unwrap(),
-            ))
-            .spawn()
-            .expect("start prometheus"),
+    let prom_peer = Prometheus::start(
+        &prom_bin,
+        dir.path(),
+        &dir.path().join("prom-data"),
+        &["--web.enable-remote-write-receiver"],
     );
-    let prom = format!("http://127.0.0.1:{prom_port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while get(&format!("{prom}/-/ready"), false).0 != 200 {
-        assert!(Instant::now() < deadline, "prometheus not ready");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let prom = prom_peer.url("");
 
     let points = 240; // 1 h at 15 s
     let end = (now_ms() / 60_000) * 60_000 - 120_000;
@@ -488,7 +362,7 @@ fn promql_matches_prometheus_on_identical_data() {
             if ps != 200 {
                 continue;
             }
-            if let Err(e) = compare(q, &pv, &nv) {
+            if let Err(e) = compare_results(&pv, &nv) {
                 failures.push(format!("{kind} {q}: {e}"));
             }
         }

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -430,4 +431,252 @@ pub fn block_dirs(dir: &Path) -> Vec<String> {
         .collect();
     out.sort();
     out
+}
+
+/// Gossip flags for one member of a test cluster: loopback only, fast gossip so the cluster
+/// forms in seconds; `seeds` are the gossip ports to join (this member's own is skipped).
+pub fn gossip_args(gossip_port: u16, seeds: &[u16]) -> Vec<String> {
+    let mut a = vec![
+        "--memberlist.bind-addr=127.0.0.1".to_string(),
+        format!("--memberlist.bind-port={gossip_port}"),
+        "--memberlist.gossip-interval=100ms".to_string(),
+        "--memberlist.pullpush-interval=2s".to_string(),
+    ];
+    let joins: Vec<String> = seeds
+        .iter()
+        .filter(|&&p| p != gossip_port)
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    if !joins.is_empty() {
+        a.push(format!("--memberlist.join={}", joins.join(",")));
+    }
+    a
+}
+
+/// A ring as process `n` sees it on `page` (`/ring`, `/store-gateway/ring`, …):
+/// (id, state, healthy), sorted by id; empty when the page does not answer.
+pub fn ring_members(n: &Norn, page: &str) -> Vec<(String, String, bool)> {
+    let v: serde_json::Value = n
+        .agent
+        .get(&n.url(page))
+        .header("Accept", "application/json")
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(serde_json::Value::Null);
+    let mut out = Vec::new();
+    for s in v["shards"].as_array().into_iter().flatten() {
+        out.push((
+            s["id"].as_str().unwrap_or_default().to_string(),
+            s["state"].as_str().unwrap_or_default().to_string(),
+            s["healthy"].as_bool().unwrap_or(false),
+        ));
+    }
+    out.sort();
+    out
+}
+
+/// Waits until `cond` holds on the ring `n` shows on `page`; returns how long that took.
+pub fn wait_ring_page(
+    n: &Norn,
+    page: &str,
+    what: &str,
+    limit: Duration,
+    cond: impl Fn(&[(String, String, bool)]) -> bool,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let r = ring_members(n, page);
+        if cond(&r) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{page} never showed {what} within {limit:?}; last: {r:?}\n{}",
+            n.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A condition for [`wait_ring_page`]: exactly `n` members, all ACTIVE and healthy.
+pub fn all_active(n: usize) -> impl Fn(&[(String, String, bool)]) -> bool {
+    move |r| r.len() == n && r.iter().all(|(_, s, h)| s == "ACTIVE" && *h)
+}
+
+/// A real Prometheus (Debian's 2.42) as the reference for PromQL and the HTTP API, killed on
+/// drop.
+pub struct Prometheus {
+    child: Child,
+    pub port: u16,
+    pub dir: PathBuf,
+    agent: ureq::Agent,
+}
+
+impl Prometheus {
+    /// The `prometheus` binary; `None` (after printing `SKIP`) when missing, unless required.
+    pub fn binary() -> Option<PathBuf> {
+        peer("prometheus")
+    }
+
+    /// Starts `bin` on a free port with its TSDB at `data_dir` (which may already hold
+    /// blocks) and `extra` flags, logs in `<dir>/prometheus.log`; waits for `/-/ready`.
+    pub fn start(bin: &Path, dir: &Path, data_dir: &Path, extra: &[&str]) -> Prometheus {
+        std::fs::create_dir_all(dir).unwrap();
+        let config = dir.join("prometheus.yml");
+        // Nothing to scrape: the data comes from its TSDB or remote write.
+        std::fs::write(&config, "global:\n  scrape_interval: 1h\n").unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+        let child = Command::new(bin)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg(format!("--storage.tsdb.path={}", data_dir.display()))
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start prometheus");
+        let mut p = Prometheus {
+            child,
+            port,
+            dir: dir.to_path_buf(),
+            agent: agent(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                panic!(
+                    "prometheus exited before becoming ready: {status}\n{}",
+                    p.log()
+                );
+            }
+            if p.get_json("/-/ready").0 == 200 {
+                return p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "prometheus not ready in 60s\n{}",
+                p.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+    }
+
+    /// GET a path; (status, parsed JSON or the text as a JSON string); status 0 when the
+    /// request itself failed.
+    pub fn get_json(&self, path_and_query: &str) -> (u16, serde_json::Value) {
+        let Ok(mut resp) = self.agent.get(&self.url(path_and_query)).call() else {
+            return (0, serde_json::Value::Null);
+        };
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        (status, v)
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A query result as (result type, labels → points) so that series order does not matter.
+pub fn normalise_result(
+    v: &serde_json::Value,
+) -> (String, BTreeMap<String, Vec<(String, String)>>) {
+    let kind = v["data"]["resultType"].as_str().unwrap_or("").to_string();
+    let mut out = BTreeMap::new();
+    let r = &v["data"]["result"];
+    match kind.as_str() {
+        "scalar" | "string" => {
+            out.insert(
+                String::new(),
+                vec![(r[0].to_string(), r[1].as_str().unwrap_or("").to_string())],
+            );
+        }
+        _ => {
+            for s in r.as_array().into_iter().flatten() {
+                let key = s["metric"].to_string();
+                let points = if let Some(vals) = s["values"].as_array() {
+                    vals.iter()
+                        .map(|p| (p[0].to_string(), p[1].as_str().unwrap_or("").to_string()))
+                        .collect()
+                } else {
+                    vec![(
+                        s["value"][0].to_string(),
+                        s["value"][1].as_str().unwrap_or("").to_string(),
+                    )]
+                };
+                out.insert(key, points);
+            }
+        }
+    }
+    (kind, out)
+}
+
+/// Two sample values as the API prints them are equal, or within a relative 1e-6 (the
+/// engines may sum in different orders); NaN equals NaN.
+pub fn close_values(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    match (a.parse::<f64>(), b.parse::<f64>()) {
+        (Ok(x), Ok(y)) => {
+            if x.is_nan() || y.is_nan() {
+                return x.is_nan() && y.is_nan();
+            }
+            let d = (x - y).abs();
+            d <= 1e-6 * x.abs().max(y.abs()) || d < 1e-9
+        }
+        _ => false,
+    }
+}
+
+/// Compares a query answer of Prometheus with Norn's: same result type, same series, same
+/// timestamps, values equal up to [`close_values`]. The error says what differs first.
+pub fn compare_results(prom: &serde_json::Value, norn: &serde_json::Value) -> Result<(), String> {
+    let (pk, pr) = normalise_result(prom);
+    let (nk, nr) = normalise_result(norn);
+    if pk != nk {
+        return Err(format!("result type: prometheus {pk}, norn {nk}"));
+    }
+    let pkeys: Vec<_> = pr.keys().collect();
+    let nkeys: Vec<_> = nr.keys().collect();
+    if pkeys != nkeys {
+        let only_p: Vec<_> = pr.keys().filter(|k| !nr.contains_key(*k)).take(3).collect();
+        let only_n: Vec<_> = nr.keys().filter(|k| !pr.contains_key(*k)).take(3).collect();
+        return Err(format!(
+            "series differ ({} vs {}): only in prometheus {only_p:?}, only in norn {only_n:?}",
+            pr.len(),
+            nr.len()
+        ));
+    }
+    for (k, pp) in &pr {
+        let np = &nr[k];
+        if pp.len() != np.len() {
+            return Err(format!(
+                "{k}: {} points in prometheus, {} in norn",
+                pp.len(),
+                np.len()
+            ));
+        }
+        for ((pt, pv), (nt, nv)) in pp.iter().zip(np) {
+            if pt != nt || !close_values(pv, nv) {
+                return Err(format!("{k}: prometheus ({pt}, {pv}) vs norn ({nt}, {nv})"));
+            }
+        }
+    }
+    Ok(())
 }
