@@ -453,9 +453,10 @@ pub fn gossip_args(gossip_port: u16, seeds: &[u16]) -> Vec<String> {
     a
 }
 
-/// A ring as process `n` sees it on `page` (`/ring`, `/store-gateway/ring`, …):
-/// (id, state, healthy), sorted by id; empty when the page does not answer.
-pub fn ring_members(n: &Norn, page: &str) -> Vec<(String, String, bool)> {
+/// The members of a ring as process `n` shows them on `page` (`/ring`,
+/// `/store-gateway/ring`, …) in JSON (`id`, `state`, `healthy`, `heartbeat_age_seconds`,
+/// `tokens`, …); empty when the page does not answer.
+pub fn ring_shards(n: &Norn, page: &str) -> Vec<serde_json::Value> {
     let v: serde_json::Value = n
         .agent
         .get(&n.url(page))
@@ -465,14 +466,27 @@ pub fn ring_members(n: &Norn, page: &str) -> Vec<(String, String, bool)> {
         .and_then(|mut r| r.body_mut().read_to_string().ok())
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or(serde_json::Value::Null);
-    let mut out = Vec::new();
-    for s in v["shards"].as_array().into_iter().flatten() {
-        out.push((
-            s["id"].as_str().unwrap_or_default().to_string(),
-            s["state"].as_str().unwrap_or_default().to_string(),
-            s["healthy"].as_bool().unwrap_or(false),
-        ));
+    match v {
+        serde_json::Value::Object(mut o) => match o.remove("shards") {
+            Some(serde_json::Value::Array(a)) => a,
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
     }
+}
+
+/// A ring as process `n` sees it on `page`: (id, state, healthy), sorted by id.
+pub fn ring_members(n: &Norn, page: &str) -> Vec<(String, String, bool)> {
+    let mut out: Vec<_> = ring_shards(n, page)
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap_or_default().to_string(),
+                s["state"].as_str().unwrap_or_default().to_string(),
+                s["healthy"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
     out.sort();
     out
 }
