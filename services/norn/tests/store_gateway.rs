@@ -564,6 +564,9 @@ fn kill_both(s: &mut Setup, victim: usize) {
             named, *needed,
             "{p}: the error names the blocks it misses: {msg}"
         );
+        if *needed == 1 {
+            eprintln!("with no store-gateway: {status} {}: {msg}", v["errorType"]);
+        }
     }
     assert!(
         s.c.querier
