@@ -13,6 +13,10 @@
 //! window boundary. `holt_winters` (renamed in 3.x) is not in the list. Queries whose 2.42 result is known to differ from
 //! 3.x are listed in `KNOWN_DIFFERENCES` with the reason.
 //!
+//! Norn answers through its query-frontend with range queries split in 7-minute legs and the
+//! results cache on: every range query runs twice (cold, then from the cache) and both must
+//! match Prometheus' unsplit answer.
+//!
 //! Skipped (with a message) without a `prometheus` binary unless `NORN_REQUIRE_PEERS=1`.
 
 mod common;
@@ -410,6 +414,11 @@ fn promql_matches_prometheus_on_identical_data() {
         &[
             "--distributor.ingestion-rate-limit=100000000",
             "--distributor.ingestion-burst-size=100000000",
+            // Range queries through the query-frontend split in 7-minute legs (the 29-minute
+            // range crosses four boundaries) and cached: each runs twice, cold and warm.
+            "--query-frontend.split-queries-by-interval=7m",
+            "--query-frontend.cache-results=true",
+            "--query-frontend.max-cache-freshness=1m",
         ],
     );
     let prom_port = free_port();
@@ -490,6 +499,13 @@ fn promql_matches_prometheus_on_identical_data() {
             }
             if let Err(e) = compare(q, &pv, &nv) {
                 failures.push(format!("{kind} {q}: {e}"));
+            }
+            if kind == "range" {
+                // Again, from the results cache (`@` queries are never cached): the same answer.
+                let (ns2, nv2) = get(&norn.url(&format!("/prometheus/api/v1/{params}")), true);
+                if (ns2, &nv2) != (ns, &nv) {
+                    failures.push(format!("{kind} {q}: the cached answer differs: {nv2}"));
+                }
             }
         }
     }
