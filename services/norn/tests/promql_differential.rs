@@ -515,6 +515,9 @@ fn promql_matches_prometheus_on_identical_data() {
         QUERIES.len()
     );
     assert!(QUERIES.len() >= 60);
+    // The range queries really were split and answered from the cache the second time.
+    assert!(norn.metric("norn_query_frontend_split_queries_total") >= 4.0 * QUERIES.len() as f64);
+    assert!(norn.metric("norn_query_frontend_results_cache_hits_total") > QUERIES.len() as f64);
     assert!(
         failures.is_empty(),
         "{} mismatches:\n{}",
