@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Starts a local Norn cluster on 127.0.0.1: 1 distributor, 3 ingesters (replication factor 3)
-# and 1 querier, as separate processes joined only by gossip, sharing a filesystem bucket.
+# 1 querier and 1 query-frontend in front of it, as separate processes joined only by gossip, sharing a filesystem bucket.
 # Ctrl-C (or SIGTERM) stops them all, ingesters last.
 #
 #   ./scripts/local-cluster.sh              # data under ./local-cluster
 #   NORN_CLUSTER_DIR=/tmp/c ./scripts/local-cluster.sh
 #   ./scripts/local-cluster.sh --distributor.ingestion-rate-limit=1000000   # extra flags for every process
 #
-# Ports: distributor http 8080, querier http 8081, ingesters http 8090-8092 / gRPC 9095-9097,
-# gossip 7946-7950.
+# Ports: distributor http 8080, querier http 8081, query-frontend http 8082, ingesters http
+# 8090-8092 / gRPC 9095-9097, gossip 7946-7951.
 #   remote_write url:  http://127.0.0.1:8080/api/v1/push
-#   query:             http://127.0.0.1:8081/prometheus/api/v1/query?query=up
+#   query:             http://127.0.0.1:8082/prometheus/api/v1/query?query=up  (the frontend;
+#                      the querier itself answers on 8081)
 #   ring:              http://127.0.0.1:8080/ring
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,13 +56,16 @@ start distributor --target=distributor \
 start querier --target=querier \
     --server.http-listen-port=8081 --server.grpc-listen-port=9099 --memberlist.bind-port=7950 \
     --blocks-storage.bucket-store.sync-dir="$dir/querier/tsdb-sync"
+start query-frontend --target=query-frontend \
+    --server.http-listen-port=8082 --server.grpc-listen-port=9100 --memberlist.bind-port=7951 \
+    --query-frontend.downstream-url=http://127.0.0.1:8081 --query-frontend.cache-results=true
 
 stop() {
     echo "stopping"
-    # Distributor and querier first, then the ingesters (they leave the ring, sync WALs).
+    # Frontend, distributor and querier first, then the ingesters (they leave the ring, sync WALs).
     for ((k = ${#pids[@]} - 1; k >= 0; k--)); do kill -TERM "${pids[$k]}" 2>/dev/null || true; done
     wait
 }
 trap stop INT TERM
-echo "remote_write: http://127.0.0.1:8080/api/v1/push   query: http://127.0.0.1:8081/prometheus   ring: http://127.0.0.1:8080/ring"
+echo "remote_write: http://127.0.0.1:8080/api/v1/push   query: http://127.0.0.1:8082/prometheus   ring: http://127.0.0.1:8080/ring"
 wait

@@ -77,7 +77,7 @@ pub use {
 pub struct Args {
     #[command(flatten)]
     pub file: ConfigFileFlag,
-    /// Comma-separated services to run: all (default), distributor, ingester, querier, compactor.
+    /// Comma-separated services to run: all (default), ingester, distributor, store-gateway, querier, query-frontend, compactor.
     #[arg(long = "target", env = "NORN_TARGET")]
     pub target: Option<String>,
     /// Require X-Scope-OrgID on every request (true); when false every request is tenant `anonymous`.
@@ -207,7 +207,7 @@ impl Config {
         flags::set(&mut self.target, &a.target);
         flags::set(&mut self.multitenancy_enabled, &a.multitenancy_enabled);
         a.server.apply(&mut self.server)?;
-        a.frontend.apply(&mut self.frontend);
+        a.frontend.apply(&mut self.frontend)?;
         a.bucket.apply(&mut self.common, &mut self.blocks_storage);
         a.tsdb.apply(&mut self.blocks_storage.tsdb)?;
         a.bucket_store
@@ -266,6 +266,12 @@ impl Config {
             .validate()
             .map_err(|e| anyhow::anyhow!("distributor.ha_tracker: {e}"))?;
         self.querier.validate().map_err(anyhow::Error::msg)?;
+        let url = &self.frontend.downstream_url;
+        if !url.is_empty() && !url.starts_with("http://") {
+            bail!(
+                "frontend.downstream_url must be an http:// URL (no TLS to queriers yet), got {url:?}"
+            );
+        }
         let bs = &self.blocks_storage.bucket_store;
         cache::validate("blocks_storage.bucket_store.index_cache", &bs.index_cache)?;
         cache::validate("blocks_storage.bucket_store.chunks_cache", &bs.chunks_cache)?;

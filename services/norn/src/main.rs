@@ -169,6 +169,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         stop: shutdown.clone(),
         local_ingester: None,
         local_store_gateway: None,
+        frontend_here: modules.iter().any(|m| m.name == "query-frontend"),
+        local_querier: None,
     };
     let mut services: Vec<Arc<dyn Service>> = Vec::new();
     for m in &modules {

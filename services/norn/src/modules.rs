@@ -39,6 +39,11 @@ pub struct Context {
     /// The store-gateway's API, once built, when it runs in this process (`all`): the
     /// querier calls it through the same client code as a remote one.
     pub local_store_gateway: Option<Arc<dyn Gateway>>,
+    /// Whether a query-frontend runs in this process: it then serves the query API and the
+    /// querier's routes are only reachable through it.
+    pub frontend_here: bool,
+    /// The querier's routes, once built, when a query-frontend in this process calls them.
+    pub local_querier: Option<axum::Router>,
 }
 
 type Built<'a> = Pin<Box<dyn Future<Output = anyhow::Result<Arc<dyn Service>>> + Send + 'a>>;
@@ -72,6 +77,11 @@ pub const MODULES: &[Module] = &[
         name: "querier",
         serves_grpc: false,
         build: |c| Box::pin(querier(c)),
+    },
+    Module {
+        name: "query-frontend",
+        serves_grpc: false,
+        build: |c| Box::pin(query_frontend(c)),
     },
     Module {
         name: "compactor",
@@ -160,7 +170,7 @@ async fn querier(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
         &c.metrics,
     )?;
     let blocks = blocks.context("no store-gateway to read blocks from")?;
-    norn_querier::build(
+    let service = norn_querier::build(
         c.cfg.querier.clone(),
         norn_querier::Deps {
             overrides: Arc::clone(&c.overrides),
@@ -172,7 +182,68 @@ async fn querier(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
             max_body_size: c.cfg.frontend.max_body_size,
         },
     )
-    .context("starting the querier")
+    .context("starting the querier")?;
+    if !c.frontend_here {
+        return Ok(service);
+    }
+    // The frontend serves the query API's paths and calls these routes directly.
+    c.local_querier = Some(service.routes());
+    Ok(Arc::new(crate::wiring::BehindFrontend(service)))
+}
+
+async fn query_frontend(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
+    let cfg = &c.cfg;
+    let f = &cfg.frontend;
+    let downstream: Arc<dyn norn_query_frontend::Downstream> = match c.local_querier.take() {
+        Some(routes) => {
+            if !f.downstream_url.is_empty() {
+                tracing::warn!(
+                    url = %f.downstream_url,
+                    "query-frontend.downstream-url is ignored: the querier runs in this process"
+                );
+            }
+            Arc::new(norn_query_frontend::RouterDownstream(routes))
+        }
+        None => {
+            anyhow::ensure!(
+                !f.downstream_url.is_empty(),
+                "the query-frontend needs --query-frontend.downstream-url (a querier's http://host:port) when no querier runs in this process"
+            );
+            // Longer than the querier's own timeout, so the querier reports a slow query.
+            Arc::new(norn_query_frontend::HttpDownstream::new(
+                &f.downstream_url,
+                cfg.querier.timeout + std::time::Duration::from_secs(30),
+            )?)
+        }
+    };
+    let results_cache = if f.cache_results {
+        Some(
+            norn_cache::build(&f.results_cache, "results-cache", &c.metrics.registry)
+                .context("building the query-frontend's results cache")?,
+        )
+    } else {
+        None
+    };
+    norn_query_frontend::build(
+        norn_query_frontend::Config {
+            align_queries_with_step: f.align_queries_with_step,
+            split_queries_by_interval: f.split_queries_by_interval,
+            cache_results: f.cache_results,
+            max_retries: f.max_retries,
+            log_queries_longer_than: f.log_queries_longer_than,
+            max_query_expression_size_bytes: cfg.querier.max_query_expression_size_bytes,
+            max_query_expression_depth: cfg.querier.max_query_expression_depth,
+        },
+        norn_query_frontend::Deps {
+            overrides: Arc::clone(&c.overrides),
+            tenants: c.tenants,
+            metrics: Arc::clone(&c.metrics),
+            downstream,
+            results_cache,
+            max_body_size: cfg.frontend.max_body_size,
+        },
+    )
+    .context("starting the query-frontend")
 }
 
 async fn store_gateway(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
@@ -300,6 +371,7 @@ mod tests {
                     "distributor",
                     "store-gateway",
                     "querier",
+                    "query-frontend",
                     "compactor"
                 ],
                 true
@@ -311,6 +383,10 @@ mod tests {
         );
         assert_eq!(names("distributor"), (vec!["distributor"], false));
         assert_eq!(names("compactor"), (vec!["compactor"], false));
+        assert_eq!(
+            names("query-frontend,querier"),
+            (vec!["querier", "query-frontend"], false)
+        );
         for bad in ["", " , ", "all,querier", "store_gateway"] {
             let Err(e) = resolve(bad) else {
                 panic!("{bad:?} resolved");

@@ -493,6 +493,30 @@ impl Service for InRing {
     }
 }
 
+/// The querier when a query-frontend runs in the same process: the frontend serves the query
+/// API's paths and calls the querier's routes itself, so they are not mounted (two services
+/// cannot serve one path); everything else about the querier is unchanged.
+pub struct BehindFrontend(pub Arc<dyn Service>);
+
+#[async_trait]
+impl Service for BehindFrontend {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        self.0.ready()
+    }
+
+    async fn stopping(&self) {
+        self.0.stopping().await;
+    }
+
+    async fn shutdown(&self, abandon: CancellationToken) {
+        self.0.shutdown(abandon).await;
+    }
+}
+
 /// The ring pages as a service of the HTTP harness.
 struct RingPages(axum::Router);
 

@@ -1,4 +1,5 @@
-//! Prometheus' JSON shapes, written by hand for speed and exactness.
+//! Prometheus' JSON shapes of query results, written by hand for speed and exactness (the
+//! shared pieces are `norn_server::prom_json`'s, re-exported).
 //!
 //! Timestamps are seconds with up to three decimals (`1435781451.781`), values are strings in
 //! Go's shortest round-trip `'f'` format (`"1"`, `"0.1"`, `"NaN"`, `"+Inf"`), and `warnings`
@@ -7,74 +8,11 @@
 
 use std::fmt::Write;
 
-use norn_model::Labels;
 use norn_promql::{QueryResult, Value};
-
-/// Appends a millisecond timestamp as Prometheus writes it.
-pub fn write_timestamp(out: &mut String, t: i64) {
-    let (sign, t) = if t < 0 {
-        ("-", t.unsigned_abs())
-    } else {
-        ("", t as u64)
-    };
-    let _ = write!(out, "{sign}{}", t / 1000);
-    let frac = t % 1000;
-    if frac != 0 {
-        let _ = write!(out, ".{frac:03}");
-    }
-}
-
-/// Formats a sample value as Prometheus does (`strconv.FormatFloat(v, 'f', -1, 64)`).
-pub fn format_value(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".to_string()
-    } else if v == f64::INFINITY {
-        "+Inf".to_string()
-    } else if v == f64::NEG_INFINITY {
-        "-Inf".to_string()
-    } else {
-        // Rust's Display for f64 is the shortest round-trip decimal without an exponent:
-        // the same digits Go's 'f' with precision -1 prints.
-        format!("{v}")
-    }
-}
-
-/// Appends a JSON string literal.
-pub fn write_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            // Go's encoder escapes these for safe embedding in HTML; clients accept either.
-            '<' => out.push_str("\\u003c"),
-            '>' => out.push_str("\\u003e"),
-            '&' => out.push_str("\\u0026"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-/// Appends a label set as a JSON object.
-pub fn write_labels(out: &mut String, labels: &Labels) {
-    out.push('{');
-    for (i, l) in labels.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        write_str(out, &l.name);
-        out.push(':');
-        write_str(out, &l.value);
-    }
-    out.push('}');
-}
+pub use norn_server::prom_json::{
+    format_value, string_array, success, write_annotations, write_labels, write_str,
+    write_timestamp,
+};
 
 fn write_point(out: &mut String, t: i64, v: f64) {
     out.push('[');
@@ -97,23 +35,6 @@ fn write_value(out: &mut String, v: f64) {
         out.push_str("-Inf");
     } else {
         let _ = write!(out, "{v}");
-    }
-}
-
-/// Appends `,"warnings":[…],"infos":[…]` when there are any.
-pub fn write_annotations(out: &mut String, warnings: &[String], infos: &[String]) {
-    for (key, list) in [("warnings", warnings), ("infos", infos)] {
-        if list.is_empty() {
-            continue;
-        }
-        let _ = write!(out, ",\"{key}\":[");
-        for (i, w) in list.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            write_str(out, w);
-        }
-        out.push(']');
     }
 }
 
@@ -173,29 +94,6 @@ pub fn query_response(r: &QueryResult) -> String {
     out
 }
 
-/// `{"status":"success","data":<data>}` plus annotations.
-pub fn success(data: &str, warnings: &[String]) -> String {
-    let mut out = String::with_capacity(data.len() + 40);
-    out.push_str("{\"status\":\"success\",\"data\":");
-    out.push_str(data);
-    write_annotations(&mut out, warnings, &[]);
-    out.push('}');
-    out
-}
-
-/// A JSON array of strings.
-pub fn string_array(items: &[String]) -> String {
-    let mut out = String::from("[");
-    for (i, s) in items.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        write_str(&mut out, s);
-    }
-    out.push(']');
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,7 +118,7 @@ mod tests {
             assert_eq!(out, format!("[{ts},\"{}\"]", format_value(v)));
         }
     }
-    use norn_model::{Sample, Series};
+    use norn_model::{Labels, Sample, Series};
     use norn_promql::VectorSample;
 
     #[test]

@@ -9,7 +9,6 @@ pub mod admission;
 pub mod json;
 pub mod limited;
 pub mod params;
-pub mod parse_error;
 mod service;
 pub mod split;
 
@@ -30,6 +29,7 @@ use norn_promql::{Engine, EngineOptions, QueryContext};
 use norn_server::{HttpError, TenantResolver};
 use serde::{Deserialize, Serialize};
 
+pub use norn_promql::parse_error;
 pub use service::{BuildError, Deps, QuerierService, build};
 
 use crate::admission::{Admission, Outcome, QuerierMetrics, Slot};

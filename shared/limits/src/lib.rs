@@ -62,9 +62,24 @@ pub struct Limits {
     pub max_global_metadata_per_user: usize,
     /// Metadata entries an ingester keeps per metric family per tenant (0 = unlimited).
     pub max_global_metadata_per_metric: usize,
-    /// Longest range a query may cover (0 = unlimited).
+    /// Longest range a query may cover (0 = unlimited); the query-frontend refuses a longer
+    /// range query before splitting it, and the querier any longer query it is sent.
     #[serde(with = "serde_duration")]
     pub max_total_query_length: Duration,
+    /// Longest range a range query may cover as it reaches the query-frontend (0 = unlimited);
+    /// Cortex's and earlier Mimir's `max_query_length`.
+    #[serde(with = "serde_duration")]
+    pub max_query_length: Duration,
+    /// How far back a query may read (0 = unlimited): the query-frontend moves an older
+    /// start up to `now - max_query_lookback`, and answers a query wholly older with no data.
+    #[serde(with = "serde_duration")]
+    pub max_query_lookback: Duration,
+    /// Split legs of one query the query-frontend runs at once (at least 1).
+    pub max_query_parallelism: usize,
+    /// The most recent part of a range query the query-frontend never caches: samples may
+    /// still arrive for it.
+    #[serde(with = "serde_duration")]
+    pub max_cache_freshness: Duration,
     /// Series one query may fetch (0 = unlimited).
     pub max_fetched_series_per_query: usize,
     /// Chunks one query may fetch from the store-gateways (0 = unlimited).
@@ -112,6 +127,10 @@ impl Default for Limits {
             max_global_metadata_per_user: 20_000,
             max_global_metadata_per_metric: 10,
             max_total_query_length: Duration::ZERO,
+            max_query_length: Duration::ZERO,
+            max_query_lookback: Duration::ZERO,
+            max_query_parallelism: 14,
+            max_cache_freshness: Duration::from_secs(600),
             max_fetched_series_per_query: 0,
             max_fetched_chunks_per_query: 2_000_000,
             max_fetched_chunk_bytes_per_query: 0,

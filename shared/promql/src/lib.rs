@@ -17,6 +17,7 @@ mod guard;
 mod info;
 mod math;
 pub mod memstore;
+pub mod parse_error;
 mod range_fn;
 mod sliding;
 mod subquery;

@@ -8,6 +8,8 @@
 //! * [`guard`]: per-route tenant-before-body and body-size checks.
 //! * [`serve`]: the server loop with Mimir's timeouts and connection limit.
 //! * [`grpc`]: the gRPC server that carries every service's gRPC API on one port.
+//! * [`params`], [`prom_json`]: the Prometheus API's parameters and JSON envelope, shared by
+//!   the querier and the query-frontend.
 //! * [`periodic`]: the one helper for "do this every period until stopped".
 
 pub mod error;
@@ -15,7 +17,9 @@ pub mod grpc;
 pub mod guard;
 pub mod http;
 pub mod metrics;
+pub mod params;
 pub mod periodic;
+pub mod prom_json;
 pub mod serve;
 pub mod tenant;
 

@@ -109,6 +109,33 @@ pub struct LimitsFlags {
         env = "NORN_DISTRIBUTOR_HA_TRACKER_MAX_CLUSTERS"
     )]
     pub ha_max_clusters: Option<usize>,
+    /// Default longest range of a query, checked before splitting (0 = unlimited).
+    #[arg(
+        long = "query-frontend.max-total-query-length",
+        env = "NORN_QUERY_FRONTEND_MAX_TOTAL_QUERY_LENGTH"
+    )]
+    pub max_total_query_length: Option<Deferred>,
+    /// Default longest range of a range query reaching the query-frontend (0 = unlimited).
+    #[arg(long = "store.max-query-length", env = "NORN_STORE_MAX_QUERY_LENGTH")]
+    pub max_query_length: Option<Deferred>,
+    /// Default of how far back a query may read (0 = unlimited); older starts are moved up.
+    #[arg(
+        long = "querier.max-query-lookback",
+        env = "NORN_QUERIER_MAX_QUERY_LOOKBACK"
+    )]
+    pub max_query_lookback: Option<Deferred>,
+    /// Default split legs of one query run at once by the query-frontend.
+    #[arg(
+        long = "querier.max-query-parallelism",
+        env = "NORN_QUERIER_MAX_QUERY_PARALLELISM"
+    )]
+    pub max_query_parallelism: Option<usize>,
+    /// Default most recent part of a range query never cached.
+    #[arg(
+        long = "query-frontend.max-cache-freshness",
+        env = "NORN_QUERY_FRONTEND_MAX_CACHE_FRESHNESS"
+    )]
+    pub max_cache_freshness: Option<Deferred>,
 }
 
 impl LimitsFlags {
@@ -153,6 +180,11 @@ impl LimitsFlags {
             &mut c.store_gateway_tenant_shard_size,
             &self.store_gateway_tenant_shard_size,
         );
+        set_duration(&mut c.max_total_query_length, &self.max_total_query_length)?;
+        set_duration(&mut c.max_query_length, &self.max_query_length)?;
+        set_duration(&mut c.max_query_lookback, &self.max_query_lookback)?;
+        set(&mut c.max_query_parallelism, &self.max_query_parallelism);
+        set_duration(&mut c.max_cache_freshness, &self.max_cache_freshness)?;
         Ok(())
     }
 }

@@ -190,3 +190,68 @@ fn a_bad_flag_value_names_the_flag_and_its_variable() {
         "{err}"
     );
 }
+
+#[test]
+fn frontend_block_yaml_flags_and_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("c.yaml");
+    std::fs::write(
+        &f,
+        "frontend:\n  split_queries_by_interval: 1h\n  cache_results: true\n  max_retries: 2\n  downstream_url: http://q:8080\nlimits:\n  max_query_parallelism: 4\n  max_cache_freshness: 1m\n",
+    )
+    .unwrap();
+    let file = f.to_str().unwrap();
+    let c = Config::load(&args(&["--config.file", file])).unwrap();
+    assert_eq!(
+        c.frontend.split_queries_by_interval,
+        Duration::from_secs(3600)
+    );
+    assert!(c.frontend.cache_results);
+    assert!(!c.frontend.align_queries_with_step);
+    assert_eq!(c.frontend.max_retries, 2);
+    assert_eq!(c.frontend.downstream_url, "http://q:8080");
+    assert_eq!(c.limits.max_query_parallelism, 4);
+    assert_eq!(c.limits.max_cache_freshness, Duration::from_secs(60));
+    let c = Config::load(&args(&[
+        "--config.file",
+        file,
+        "--query-frontend.split-queries-by-interval=0",
+        "--query-frontend.align-queries-with-step",
+        "--query-frontend.cache-results=false",
+        "--query-frontend.log-queries-longer-than=5s",
+        "--store.max-query-length=7d",
+        "--querier.max-query-lookback=30d",
+        "--query-frontend.max-total-query-length=32d",
+        "--querier.max-query-parallelism=2",
+    ]))
+    .unwrap();
+    assert!(c.frontend.split_queries_by_interval.is_zero());
+    assert!(c.frontend.align_queries_with_step);
+    assert!(!c.frontend.cache_results);
+    assert_eq!(c.frontend.log_queries_longer_than, Duration::from_secs(5));
+    assert_eq!(c.limits.max_query_length, Duration::from_secs(7 * 86_400));
+    assert_eq!(
+        c.limits.max_query_lookback,
+        Duration::from_secs(30 * 86_400)
+    );
+    assert_eq!(
+        c.limits.max_total_query_length,
+        Duration::from_secs(32 * 86_400)
+    );
+    assert_eq!(c.limits.max_query_parallelism, 2);
+    // Defaults are Mimir's.
+    let d = Config::default();
+    assert_eq!(
+        d.frontend.split_queries_by_interval,
+        Duration::from_secs(86_400)
+    );
+    assert!(!d.frontend.cache_results && !d.frontend.align_queries_with_step);
+    assert_eq!(d.frontend.max_retries, 5);
+    assert_eq!(d.limits.max_query_parallelism, 14);
+    assert_eq!(d.limits.max_cache_freshness, Duration::from_secs(600));
+    // A downstream that is not an http:// URL is refused at load.
+    let err = Config::load(&args(&["--query-frontend.downstream-url=querier:8080"]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("frontend.downstream_url"), "{err}");
+}
