@@ -1,9 +1,12 @@
-//! An HTTP proxy in front of the S3 server that holds requests: every `PUT` of a block's
-//! `meta.json` is read and never answered, and everything else is forwarded.
+//! An HTTP proxy in front of the S3 server that holds requests: every request the test's
+//! predicate picks (method, path) is read and never answered, and everything else is
+//! forwarded.
 //!
-//! Why: a block upload puts `meta.json` last, so a compactor whose `meta.json` PUT hangs here
-//! has uploaded the rest of its output block and is exactly "mid-upload". A `kill -9` at that
-//! point leaves a real partial block in the bucket, which no timing-based pause can promise.
+//! Why: it stops a compactor at an exact step. A block upload puts `meta.json` last, so a
+//! compactor whose `meta.json` PUT hangs here has uploaded the rest of its output block and
+//! is exactly "mid-upload"; one whose first `deletion-mark.json` PUT hangs has a complete
+//! output whose inputs are not marked yet. A `kill -9` there leaves that state in the bucket,
+//! which no timing-based pause can promise.
 //!
 //! One request per connection: each request goes upstream on a fresh connection with
 //! `Connection: close`, and the answer goes back with `Connection: close`, so no parsing of
@@ -15,6 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Which requests to hold: `(method, path)`.
+pub type Hold = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
 /// The proxy; stops (and drops held requests) when dropped.
 pub struct HoldProxy {
     port: u16,
@@ -24,8 +30,13 @@ pub struct HoldProxy {
 }
 
 impl HoldProxy {
-    /// Listens on a free 127.0.0.1 port and forwards to `127.0.0.1:upstream`.
-    pub fn start(upstream: u16) -> HoldProxy {
+    /// Listens on a free 127.0.0.1 port and forwards to `127.0.0.1:upstream`, holding what
+    /// `hold` picks.
+    pub fn start(
+        upstream: u16,
+        hold: impl Fn(&str, &str) -> bool + Send + Sync + 'static,
+    ) -> HoldProxy {
+        let hold: Hold = Arc::new(hold);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let held = Arc::new(Mutex::new(Vec::new()));
@@ -38,8 +49,9 @@ impl HoldProxy {
                         break;
                     }
                     let Ok(conn) = conn else { continue };
-                    let (held, stop) = (Arc::clone(&held), Arc::clone(&stop));
-                    std::thread::spawn(move || serve(conn, upstream, &held, &stop));
+                    let (hold, held, stop) =
+                        (Arc::clone(&hold), Arc::clone(&held), Arc::clone(&stop));
+                    std::thread::spawn(move || serve(conn, upstream, &*hold, &held, &stop));
                 }
             })
         };
@@ -56,7 +68,7 @@ impl HoldProxy {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Paths of the `meta.json` PUTs held so far.
+    /// Paths of the requests held so far.
     pub fn held(&self) -> Vec<String> {
         self.held.lock().unwrap().clone()
     }
@@ -90,7 +102,13 @@ fn read_head(conn: &mut TcpStream) -> Option<(String, Vec<u8>)> {
     }
 }
 
-fn serve(mut conn: TcpStream, upstream: u16, held: &Mutex<Vec<String>>, stop: &AtomicBool) {
+fn serve(
+    mut conn: TcpStream,
+    upstream: u16,
+    hold: &(dyn Fn(&str, &str) -> bool + Send + Sync),
+    held: &Mutex<Vec<String>>,
+    stop: &AtomicBool,
+) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(120)));
     let Some((head, mut body)) = read_head(&mut conn) else {
         return;
@@ -118,7 +136,7 @@ fn serve(mut conn: TcpStream, upstream: u16, held: &Mutex<Vec<String>>, stop: &A
         }
     }
 
-    if method == "PUT" && path.ends_with("/meta.json") {
+    if hold(method, path) {
         held.lock().unwrap().push(path.to_string());
         // Never answer: wait until the client goes away (killed) or the proxy stops.
         let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
