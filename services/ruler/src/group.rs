@@ -454,3 +454,7 @@ mod tests {
         assert_eq!(next_after(100 * S, 141 * S, i), (140 * S, 3));
     }
 }
+
+#[cfg(test)]
+#[path = "group_tests.rs"]
+mod eval_tests;
