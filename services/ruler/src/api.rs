@@ -31,7 +31,7 @@ use crate::rulefmt::{RuleGroup, check_group};
 use crate::store::StoreError;
 
 /// Largest rule group upload accepted, in bytes.
-pub const MAX_BODY_BYTES: usize = 1 << 20;
+pub const MAX_BODY_BYTES: usize = 512 << 10;
 
 /// What the handlers share.
 pub struct Api {
