@@ -232,7 +232,10 @@ fn upload_and_list(n: &Norn, http: &Http) {
     assert_eq!(names, ["g1", "g2"]);
     let (status, text) = http.get(n, A, &format!("{RULES}/ns1"));
     assert_eq!(status, 200);
-    assert_eq!(serde_yaml::from_str::<serde_yaml::Value>(&text).unwrap(), all);
+    assert_eq!(
+        serde_yaml::from_str::<serde_yaml::Value>(&text).unwrap(),
+        all
+    );
     assert_eq!(http.get(n, A, &format!("{RULES}/ns1/nope")).0, 404);
     assert_eq!(http.get(n, A, &format!("{RULES}/nope")).0, 404);
 }
@@ -247,7 +250,10 @@ fn recorded_series_match_the_querier(n: &Norn) {
     for (labels, samples) in &x2 {
         let v: serde_json::Value = serde_json::from_str(labels).unwrap();
         assert_eq!(v["team"], "t1", "{labels}");
-        assert!(v["job"] == "a" || v["job"] == "b", "only A's series: {labels}");
+        assert!(
+            v["job"] == "a" || v["job"] == "b",
+            "only A's series: {labels}"
+        );
         let job = v["job"].as_str().unwrap();
         for &(t, got) in samples {
             let want = instant(n, A, &format!("up{{job=\"{job}\"}} * 2"), t);
@@ -345,7 +351,10 @@ fn tenants_are_isolated(n: &Norn, http: &Http) {
     }
     // A's recorded series never carry B's job.
     let a_jobs = instant(n, A, "job:up:x2", now_ms());
-    assert!(a_jobs.iter().all(|(l, _)| !l.contains("\"c\"")), "{a_jobs:?}");
+    assert!(
+        a_jobs.iter().all(|(l, _)| !l.contains("\"c\"")),
+        "{a_jobs:?}"
+    );
 }
 
 /// Deleting a group stops it and ends its series at once: an instant query right after the

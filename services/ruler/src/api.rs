@@ -66,11 +66,11 @@ pub fn routes(api: Arc<Api>) -> Router {
         .with_state(api)
 }
 
-fn err(kind: ErrorKind, msg: impl Into<String>) -> Response {
-    HttpError::new(kind, msg).into_json().into_response()
+fn err(kind: ErrorKind, msg: impl Into<String>) -> HttpError {
+    HttpError::new(kind, msg).into_json()
 }
 
-fn store_err(e: StoreError) -> Response {
+fn store_err(e: StoreError) -> HttpError {
     err(e.kind(), e.to_string())
 }
 
@@ -88,17 +88,15 @@ fn accepted() -> Response {
 }
 
 impl Api {
-    fn tenant(&self, headers: &HeaderMap) -> Result<TenantId, Response> {
-        self.tenants
-            .resolve(headers)
-            .map_err(|e| e.into_json().into_response())
+    fn tenant(&self, headers: &HeaderMap) -> Result<TenantId, HttpError> {
+        self.tenants.resolve(headers).map_err(HttpError::into_json)
     }
 
     /// The tenant's groups by namespace.
     async fn by_namespace(
         &self,
         tenant: &TenantId,
-    ) -> Result<BTreeMap<String, Vec<RuleGroup>>, Response> {
+    ) -> Result<BTreeMap<String, Vec<RuleGroup>>, HttpError> {
         let mut out: BTreeMap<String, Vec<RuleGroup>> = BTreeMap::new();
         for g in self
             .manager
@@ -128,26 +126,26 @@ fn render(groups: &BTreeMap<String, Vec<RuleGroup>>) -> String {
 async fn list_all(State(api): S, headers: HeaderMap) -> Response {
     let tenant = match api.tenant(&headers) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     match api.by_namespace(&tenant).await {
-        Ok(g) if g.is_empty() => err(ErrorKind::NotFound, "no rule groups found"),
+        Ok(g) if g.is_empty() => err(ErrorKind::NotFound, "no rule groups found").into_response(),
         Ok(g) => yaml(StatusCode::OK, render(&g)),
-        Err(r) => r,
+        Err(e) => e.into_response(),
     }
 }
 
 async fn get_namespace(State(api): S, headers: HeaderMap, Path(ns): Path<String>) -> Response {
     let tenant = match api.tenant(&headers) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     match api.by_namespace(&tenant).await {
         Ok(mut g) => match g.remove(&ns) {
             Some(groups) => yaml(StatusCode::OK, render(&BTreeMap::from([(ns, groups)]))),
-            None => err(ErrorKind::NotFound, "no rule groups found"),
+            None => err(ErrorKind::NotFound, "no rule groups found").into_response(),
         },
-        Err(r) => r,
+        Err(e) => e.into_response(),
     }
 }
 
@@ -158,7 +156,7 @@ async fn get_group(
 ) -> Response {
     let tenant = match api.tenant(&headers) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     match api.by_namespace(&tenant).await {
         Ok(mut g) => match g
@@ -166,9 +164,9 @@ async fn get_group(
             .and_then(|gs| gs.into_iter().find(|g| g.name == name))
         {
             Some(group) => yaml(StatusCode::OK, group.to_yaml()),
-            None => err(ErrorKind::NotFound, "group does not exist"),
+            None => err(ErrorKind::NotFound, "group does not exist").into_response(),
         },
-        Err(r) => r,
+        Err(e) => e.into_response(),
     }
 }
 
@@ -180,14 +178,14 @@ async fn post_group(
 ) -> Response {
     let tenant = match api.tenant(&headers) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let group = match validate_upload(&api, &tenant, &ns, &body).await {
         Ok(g) => g,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     if let Err(e) = api.manager.store().put(tenant.as_str(), &ns, &group).await {
-        return store_err(e);
+        return store_err(e).into_response();
     }
     tracing::info!(tenant = %tenant, namespace = %ns, group = %group.name, "rule group stored");
     api.resync(&tenant).await;
@@ -200,13 +198,13 @@ async fn validate_upload(
     tenant: &TenantId,
     ns: &str,
     body: &[u8],
-) -> Result<RuleGroup, Response> {
+) -> Result<RuleGroup, HttpError> {
     let bad = |m: String| err(ErrorKind::BadData, m);
     if ns.is_empty() {
         return Err(bad("namespace must not be empty".into()));
     }
-    let text = std::str::from_utf8(body)
-        .map_err(|_| bad("the rule group is not valid UTF-8".into()))?;
+    let text =
+        std::str::from_utf8(body).map_err(|_| bad("the rule group is not valid UTF-8".into()))?;
     let group = RuleGroup::from_yaml(text).map_err(bad)?;
     let limits = api.overrides.for_tenant(tenant.as_str());
     let mut problems = check_group(&group, limits.ruler_max_rules_per_rule_group);
@@ -251,7 +249,7 @@ async fn validate_upload(
 async fn delete_namespace(State(api): S, headers: HeaderMap, Path(ns): Path<String>) -> Response {
     let tenant = match api.tenant(&headers) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     match api
         .manager
@@ -259,12 +257,12 @@ async fn delete_namespace(State(api): S, headers: HeaderMap, Path(ns): Path<Stri
         .delete_namespace(tenant.as_str(), &ns)
         .await
     {
-        Ok(0) => err(ErrorKind::NotFound, "namespace does not exist"),
+        Ok(0) => err(ErrorKind::NotFound, "namespace does not exist").into_response(),
         Ok(_) => {
             api.resync(&tenant).await;
             accepted()
         }
-        Err(e) => store_err(e),
+        Err(e) => store_err(e).into_response(),
     }
 }
 
@@ -275,7 +273,7 @@ async fn delete_group(
 ) -> Response {
     let tenant = match api.tenant(&headers) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     match api
         .manager
@@ -283,12 +281,12 @@ async fn delete_group(
         .delete_group(tenant.as_str(), &ns, &name)
         .await
     {
-        Ok(false) => err(ErrorKind::NotFound, "group does not exist"),
+        Ok(false) => err(ErrorKind::NotFound, "group does not exist").into_response(),
         Ok(true) => {
             api.resync(&tenant).await;
             accepted()
         }
-        Err(e) => store_err(e),
+        Err(e) => store_err(e).into_response(),
     }
 }
 
@@ -346,15 +344,15 @@ impl Filter {
 async fn prometheus_rules(State(api): S, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
     let tenant = match api.tenant(&headers) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let filter = match Filter::parse(&Params::parse(q.as_deref(), b"")) {
         Ok(f) => f,
-        Err(m) => return err(ErrorKind::BadData, m),
+        Err(m) => return err(ErrorKind::BadData, m).into_response(),
     };
     let stored = match api.manager.store().groups(tenant.as_str()).await {
         Ok(s) => s,
-        Err(e) => return store_err(e),
+        Err(e) => return store_err(e).into_response(),
     };
     let mut groups = Vec::new();
     for g in stored {

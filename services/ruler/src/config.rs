@@ -57,7 +57,7 @@ impl Default for Config {
 }
 
 /// Where rule groups are stored (YAML block `ruler_storage`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// Empty: the blocks' bucket (`common.storage`), under `rules/`; `local`: a read-only
@@ -72,15 +72,6 @@ pub struct StorageConfig {
 pub struct LocalStorageConfig {
     /// `<directory>/<tenant>/<namespace>` rule files.
     pub directory: PathBuf,
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        Self {
-            backend: String::new(),
-            local: LocalStorageConfig::default(),
-        }
-    }
 }
 
 /// Shortest interval honoured (a zero setting must not spin a core).
@@ -109,9 +100,9 @@ impl StorageConfig {
     pub fn validate(&self) -> Result<(), String> {
         match self.backend.as_str() {
             "" | "filesystem" | "s3" => Ok(()),
-            "local" if self.local.directory.as_os_str().is_empty() => Err(
-                "ruler-storage.backend=local needs --ruler-storage.local.directory".to_string(),
-            ),
+            "local" if self.local.directory.as_os_str().is_empty() => {
+                Err("ruler-storage.backend=local needs --ruler-storage.local.directory".to_string())
+            }
             "local" => Ok(()),
             other => Err(format!(
                 "ruler_storage.backend must be empty (the blocks bucket), filesystem, s3 (both: the bucket of common.storage) or local, got {other:?}"

@@ -24,8 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use norn_model::{
-    Labels, METRIC_NAME, Pusher, QueryableProvider, Sample, TenantId, WriteBatch,
-    stale_nan,
+    Labels, METRIC_NAME, Pusher, QueryableProvider, Sample, TenantId, WriteBatch, stale_nan,
 };
 use norn_promql::{Engine, QueryContext, Value};
 use parking_lot::Mutex;
@@ -432,7 +431,11 @@ mod tests {
         for now in [1_700_000_000 * S, 1_700_000_017 * S + 5, 1_700_000_059 * S] {
             let t = eval_timestamp_ns(now, interval, h);
             assert!(t <= now && now - t < interval, "{t} {now}");
-            assert_eq!((t - offset).rem_euclid(interval), 0, "phase is the hash offset");
+            assert_eq!(
+                (t - offset).rem_euclid(interval),
+                0,
+                "phase is the hash offset"
+            );
         }
         // Different groups get different phases (with overwhelming likelihood).
         assert_ne!(

@@ -152,14 +152,24 @@ rules:
     r.evaluate(90_000).await;
     let st = r.status.lock().clone();
     assert_eq!(st.rules[0].health, "err");
-    assert!(st.rules[0].last_error.contains("exceeded limit of 1 with 2 series"));
+    assert!(
+        st.rules[0]
+            .last_error
+            .contains("exceeded limit of 1 with 2 series")
+    );
     assert_eq!(st.rules[1].health, "ok");
     assert_eq!(st.rules[2].health, "err");
     assert_eq!(st.rules[3].health, "unknown");
     assert_eq!(st.rules[3].last_error, ALERTING_NOT_EVALUATED);
-    assert!(samples(&store, "too_many").await.is_empty(), "a failed rule writes nothing");
+    assert!(
+        samples(&store, "too_many").await.is_empty(),
+        "a failed rule writes nothing"
+    );
     // Queried and written at 90s - 30s.
-    assert_eq!(samples(&store, "same").await[0].1, [Sample::new(60_000, 2.0)]);
+    assert_eq!(
+        samples(&store, "same").await[0].1,
+        [Sample::new(60_000, 2.0)]
+    );
 }
 
 #[tokio::test]

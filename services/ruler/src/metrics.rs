@@ -61,10 +61,7 @@ impl RulerMetrics {
         )?;
         registry.register(Box::new(groups.clone()))?;
         Ok(Self {
-            evaluations: counter(
-                "norn_ruler_rule_evaluations_total",
-                "Rule evaluations.",
-            )?,
+            evaluations: counter("norn_ruler_rule_evaluations_total", "Rule evaluations.")?,
             evaluation_failures: counter(
                 "norn_ruler_rule_evaluation_failures_total",
                 "Rule evaluations that failed (query, limit or write error).",

@@ -64,7 +64,10 @@ pub struct Rule {
 impl Rule {
     /// The rule's name: its `record` or its `alert`.
     pub fn name(&self) -> &str {
-        self.record.as_deref().or(self.alert.as_deref()).unwrap_or("")
+        self.record
+            .as_deref()
+            .or(self.alert.as_deref())
+            .unwrap_or("")
     }
 
     pub fn is_alerting(&self) -> bool {
@@ -239,7 +242,10 @@ rules:
     #[test]
     fn defaults_apply() {
         let g = RuleGroup::from_yaml("name: x\nrules: [{record: a, expr: '1'}]").unwrap();
-        assert_eq!(g.timing(Duration::from_secs(60)).interval, Duration::from_secs(60));
+        assert_eq!(
+            g.timing(Duration::from_secs(60)).interval,
+            Duration::from_secs(60)
+        );
     }
 
     #[test]
@@ -283,6 +289,10 @@ rules:
     fn unknown_keys_and_repeated_names_are_refused() {
         assert!(RuleGroup::from_yaml("name: g\nrulez: []").is_err());
         assert!(check_unique_names(["a", "b"]).is_ok());
-        assert!(check_unique_names(["a", "b", "a"]).unwrap_err().contains("\"a\""));
+        assert!(
+            check_unique_names(["a", "b", "a"])
+                .unwrap_err()
+                .contains("\"a\"")
+        );
     }
 }

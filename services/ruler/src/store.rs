@@ -140,8 +140,12 @@ impl RuleStore for BucketRuleStore {
                 .and_then(RuleGroup::from_yaml)
             {
                 Ok(group) if group.name == name => out.push(StoredGroup { namespace, group }),
-                Ok(group) => tracing::warn!(tenant, key = %obj.key, stored = %group.name, "skipping a rule group whose name does not match its key"),
-                Err(e) => tracing::warn!(tenant, key = %obj.key, error = %e, "skipping a rule group that does not parse"),
+                Ok(group) => {
+                    tracing::warn!(tenant, key = %obj.key, stored = %group.name, "skipping a rule group whose name does not match its key")
+                }
+                Err(e) => {
+                    tracing::warn!(tenant, key = %obj.key, error = %e, "skipping a rule group that does not parse")
+                }
             }
         }
         sort(&mut out);
@@ -231,7 +235,9 @@ impl RuleStore for LocalRuleStore {
                     namespace: ns.clone(),
                     group,
                 })),
-                Err(e) => tracing::warn!(tenant, file = %path.display(), error = %e, "skipping a rule file that does not parse"),
+                Err(e) => {
+                    tracing::warn!(tenant, file = %path.display(), error = %e, "skipping a rule file that does not parse")
+                }
             }
         }
         sort(&mut out);

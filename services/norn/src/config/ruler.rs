@@ -66,8 +66,14 @@ impl RulerFlags {
     ) -> anyhow::Result<()> {
         set_duration(&mut c.evaluation_interval, &self.ruler_evaluation_interval)?;
         set_duration(&mut c.poll_interval, &self.ruler_poll_interval)?;
-        set_duration(&mut c.ring.heartbeat_period, &self.ruler_ring_heartbeat_period)?;
-        set_duration(&mut c.ring.heartbeat_timeout, &self.ruler_ring_heartbeat_timeout)?;
+        set_duration(
+            &mut c.ring.heartbeat_period,
+            &self.ruler_ring_heartbeat_period,
+        )?;
+        set_duration(
+            &mut c.ring.heartbeat_timeout,
+            &self.ruler_ring_heartbeat_timeout,
+        )?;
         set(&mut c.ring.instance_id, &self.ruler_ring_instance_id);
         set(
             &mut limits.ruler_max_rule_groups_per_tenant,
@@ -78,7 +84,10 @@ impl RulerFlags {
             &self.ruler_max_rules_per_rule_group,
         );
         set(&mut storage.backend, &self.ruler_storage_backend);
-        set(&mut storage.local.directory, &self.ruler_storage_local_directory);
+        set(
+            &mut storage.local.directory,
+            &self.ruler_storage_local_directory,
+        );
         Ok(())
     }
 }
