@@ -395,3 +395,45 @@ fn ruler_records_isolates_tenants_and_marks_deleted_groups_stale() {
     assert!(n.metric("norn_ruler_rule_evaluations_total{tenant=\"tenant-a\"}") > 0.0);
     assert!(n.metric("norn_ruler_group_iterations_total{tenant=\"tenant-b\"}") > 0.0);
 }
+
+/// `--ruler-storage.backend=local`: rule files in `<dir>/<tenant>/<namespace>` are evaluated and
+/// listed; the config API refuses changes.
+#[test]
+fn local_rule_files_are_evaluated_and_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(rules.join(A)).unwrap();
+    std::fs::write(
+        rules.join(A).join("team.yaml"),
+        "groups:\n  - name: local\n    interval: 1s\n    rules:\n      - record: job:up:x3\n        expr: up * 3\n",
+    )
+    .unwrap();
+    let n = Norn::start(
+        &dir.path().join("norn"),
+        &[
+            "--ruler.poll-interval=1s",
+            "--ruler-storage.backend=local",
+            &format!("--ruler-storage.local.directory={}", rules.display()),
+        ],
+    );
+    let http = Http::new();
+    push_up(&n, A, &[("a", 7.0)]);
+    let got = wait_for("the local group to evaluate", Duration::from_secs(60), || {
+        let got = n.raw_samples(Some(A), "job:up:x3", now_ms() - 60_000, now_ms());
+        (got.len() == 1 && got[0].1.len() >= 2).then_some(got)
+    });
+    for &(t, v) in &got[0].1 {
+        assert_eq!(v, instant(&n, A, "up * 3", t)[0].1, "job:up:x3 at {t}");
+    }
+    let (status, text) = http.get(&n, A, RULES);
+    assert_eq!(status, 200);
+    assert!(text.contains("team.yaml") && text.contains("job:up:x3"), "{text}");
+    let (status, text) = http.post(&n, A, &format!("{RULES}/team.yaml"), G2);
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("read-only"), "{text}");
+    assert_eq!(http.delete(&n, A, &format!("{RULES}/team.yaml")).0, 400);
+    let (_, v) = n.get_json(Some(A), "/prometheus/api/v1/rules");
+    assert_eq!(v["data"]["groups"][0]["file"], "team.yaml", "{v}");
+    assert_eq!(v["data"]["groups"][0]["rules"][0]["health"], "ok", "{v}");
+    assert_eq!(http.get(&n, B, RULES).0, 404, "B has no rule files");
+}

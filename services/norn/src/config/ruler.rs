@@ -91,3 +91,44 @@ impl RulerFlags {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+
+    use crate::config::{Args, Config};
+
+    #[test]
+    fn ruler_blocks_from_yaml_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.yaml");
+        std::fs::write(
+            &f,
+            "ruler:\n  evaluation_interval: 30s\n  poll_interval: 10s\n  ring:\n    instance_id: r1\nruler_storage:\n  backend: local\n  local:\n    directory: /rules\nlimits:\n  ruler_max_rule_groups_per_tenant: 5\n",
+        )
+        .unwrap();
+        let a = Args::parse_from([
+            "norn",
+            "--config.file",
+            f.to_str().unwrap(),
+            "--ruler.poll-interval=5s",
+            "--ruler.max-rules-per-rule-group=7",
+        ]);
+        let c = Config::load(&a).unwrap();
+        assert_eq!(c.ruler.evaluation_interval, Duration::from_secs(30));
+        assert_eq!(c.ruler.poll_interval, Duration::from_secs(5), "flag wins");
+        assert_eq!(c.ruler.ring.instance_id, "r1");
+        assert!(c.ruler_storage.is_local());
+        assert_eq!(c.ruler_storage.local.directory.to_str(), Some("/rules"));
+        assert_eq!(c.limits.ruler_max_rule_groups_per_tenant, 5);
+        assert_eq!(c.limits.ruler_max_rules_per_rule_group, 7);
+
+        let bad = Args::parse_from(["norn", "--ruler-storage.backend=local"]);
+        let e = format!("{:#}", Config::load(&bad).unwrap_err());
+        assert!(e.contains("ruler-storage.local.directory"), "{e}");
+        let bad = Args::parse_from(["norn", "--ruler.evaluation-interval=0s"]);
+        assert!(Config::load(&bad).is_err());
+    }
+}
