@@ -418,16 +418,23 @@ fn local_rule_files_are_evaluated_and_read_only() {
     );
     let http = Http::new();
     push_up(&n, A, &[("a", 7.0)]);
-    let got = wait_for("the local group to evaluate", Duration::from_secs(60), || {
-        let got = n.raw_samples(Some(A), "job:up:x3", now_ms() - 60_000, now_ms());
-        (got.len() == 1 && got[0].1.len() >= 2).then_some(got)
-    });
+    let got = wait_for(
+        "the local group to evaluate",
+        Duration::from_secs(60),
+        || {
+            let got = n.raw_samples(Some(A), "job:up:x3", now_ms() - 60_000, now_ms());
+            (got.len() == 1 && got[0].1.len() >= 2).then_some(got)
+        },
+    );
     for &(t, v) in &got[0].1 {
         assert_eq!(v, instant(&n, A, "up * 3", t)[0].1, "job:up:x3 at {t}");
     }
     let (status, text) = http.get(&n, A, RULES);
     assert_eq!(status, 200);
-    assert!(text.contains("team.yaml") && text.contains("job:up:x3"), "{text}");
+    assert!(
+        text.contains("team.yaml") && text.contains("job:up:x3"),
+        "{text}"
+    );
     let (status, text) = http.post(&n, A, &format!("{RULES}/team.yaml"), G2);
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("read-only"), "{text}");

@@ -55,7 +55,11 @@ fn split(a: &Ownership, b: &Ownership) -> (usize, usize, usize) {
     let now = norn_model::now_ms();
     let (mut na, mut nb, mut once) = (0, 0, 0);
     for i in 0..GROUPS {
-        let (t, ns, g) = (format!("t{}", i % 7), format!("ns{}", i % 3), format!("g{i}"));
+        let (t, ns, g) = (
+            format!("t{}", i % 7),
+            format!("ns{}", i % 3),
+            format!("g{i}"),
+        );
         let oa = a.owns(&t, &ns, &g, now);
         let ob = b.owns(&t, &ns, &g, now);
         na += oa as usize;
