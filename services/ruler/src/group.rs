@@ -255,10 +255,13 @@ impl GroupRunner {
                         .filter(|l| !current.contains(*l))
                         .cloned()
                         .collect();
-                    stale.append(&mut orphans);
+                    // Retired series ride along with the first write; kept for the next
+                    // write if this one fails.
+                    stale.extend(orphans.iter().cloned());
                     match self.write(series, stale, t).await {
                         Ok(()) => {
                             self.written[i] = current;
+                            orphans.clear();
                             Ok(())
                         }
                         Err(e) => Err(e),
@@ -284,9 +287,11 @@ impl GroupRunner {
             }
         }
         if !orphans.is_empty() {
-            // A group with no recording rule left still retires the old series.
-            if let Err(e) = self.write(Vec::new(), orphans, t).await {
+            // A group with no recording rule left (or none that wrote) still retires the old
+            // series; if that fails too, the next evaluation tries again.
+            if let Err(e) = self.write(Vec::new(), orphans.clone(), t).await {
                 tracing::warn!(tenant, group = %self.id.name, error = %e, "writing stale markers failed");
+                self.orphans = orphans;
             }
         }
         let took = started.elapsed();
