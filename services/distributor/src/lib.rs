@@ -184,6 +184,12 @@ impl Distributor {
         }))
     }
 
+    /// Where this distributor writes (the ingesters): the ruler of the same process writes its
+    /// recording rules' output through it too.
+    pub fn pusher(&self) -> Arc<dyn Pusher> {
+        Arc::clone(&self.pusher)
+    }
+
     fn discard(&self, tenant: &TenantId, reason: &str, n: usize) {
         if n > 0 {
             self.metrics

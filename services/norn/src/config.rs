@@ -25,6 +25,7 @@ mod ingester;
 mod limits;
 mod querier;
 mod ring;
+mod ruler;
 mod runtime;
 mod server;
 mod storage;
@@ -51,6 +52,7 @@ pub use ingester::IngesterFlags;
 pub use limits::LimitsFlags;
 pub use querier::QuerierFlags;
 pub use ring::{IngesterRingFlags, MemberlistFlags};
+pub use ruler::RulerFlags;
 pub use runtime::RuntimeConfigFlags;
 pub use server::{LogFlags, ServerFlags};
 pub use storage::{BucketFlags, BucketStoreFlags};
@@ -77,7 +79,7 @@ pub use {
 pub struct Args {
     #[command(flatten)]
     pub file: ConfigFileFlag,
-    /// Comma-separated services to run: all (default), ingester, distributor, store-gateway, querier, query-frontend, compactor.
+    /// Comma-separated services to run: all (default), ingester, distributor, store-gateway, querier, query-frontend, compactor, ruler.
     #[arg(long = "target", env = "NORN_TARGET")]
     pub target: Option<String>,
     /// Require X-Scope-OrgID on every request (true); when false every request is tenant `anonymous`.
@@ -119,6 +121,8 @@ pub struct Args {
     #[command(flatten)]
     pub compactor: CompactorFlags,
     #[command(flatten)]
+    pub ruler: RulerFlags,
+    #[command(flatten)]
     pub limits: LimitsFlags,
     #[command(flatten)]
     pub runtime_config: RuntimeConfigFlags,
@@ -144,6 +148,8 @@ pub struct Config {
     pub distributor: norn_distributor::Config,
     pub querier: norn_querier::Config,
     pub compactor: norn_compactor::Config,
+    pub ruler: norn_ruler::Config,
+    pub ruler_storage: norn_ruler::StorageConfig,
     pub frontend: FrontendConfig,
     pub limits: norn_limits::Limits,
     pub runtime_config: RuntimeConfig,
@@ -163,6 +169,8 @@ impl Default for Config {
             distributor: Default::default(),
             querier: Default::default(),
             compactor: Default::default(),
+            ruler: Default::default(),
+            ruler_storage: Default::default(),
             frontend: FrontendConfig::default(),
             limits: Default::default(),
             runtime_config: RuntimeConfig::default(),
@@ -226,6 +234,8 @@ impl Config {
             .apply(&mut self.store_gateway.sharding_ring)?;
         a.limits.apply(&mut self.limits)?;
         a.compactor.apply(&mut self.compactor, &mut self.limits)?;
+        a.ruler
+            .apply(&mut self.ruler, &mut self.ruler_storage, &mut self.limits)?;
         a.runtime_config.apply(&mut self.runtime_config)?;
         Ok(())
     }
@@ -277,6 +287,8 @@ impl Config {
         cache::validate("blocks_storage.bucket_store.chunks_cache", &bs.chunks_cache)?;
         cache::validate("frontend.results_cache", &self.frontend.results_cache)?;
         self.compactor.validate().map_err(anyhow::Error::msg)?;
+        self.ruler.validate().map_err(anyhow::Error::msg)?;
+        self.ruler_storage.validate().map_err(anyhow::Error::msg)?;
         Ok(())
     }
 

@@ -171,6 +171,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         local_store_gateway: None,
         frontend_here: modules.iter().any(|m| m.name == "query-frontend"),
         local_querier: None,
+        query_sources: None,
+        local_pusher: None,
     };
     let mut services: Vec<Arc<dyn Service>> = Vec::new();
     for m in &modules {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use norn_ingester::Ingester;
 use norn_limits::Overrides;
+use norn_model::{MergedProvider, Pusher, QueryableProvider};
 use norn_server::{Metrics, Service, TenantResolver};
 use norn_storage::Bucket;
 use norn_storegateway_client::Gateway;
@@ -44,6 +45,18 @@ pub struct Context {
     pub frontend_here: bool,
     /// The querier's routes, once built, when a query-frontend in this process calls them.
     pub local_querier: Option<axum::Router>,
+    /// What the querier of this process reads (recent data, blocks), once built: the ruler
+    /// queries the same sources.
+    pub query_sources: Option<QuerySources>,
+    /// Where the distributor of this process writes, once built: the ruler writes there too.
+    pub local_pusher: Option<Arc<dyn Pusher>>,
+}
+
+/// The querier's two sources: the ingesters and the bucket's blocks.
+#[derive(Clone)]
+pub struct QuerySources {
+    pub recent: Arc<dyn QueryableProvider>,
+    pub blocks: Option<Arc<dyn QueryableProvider>>,
 }
 
 type Built<'a> = Pin<Box<dyn Future<Output = anyhow::Result<Arc<dyn Service>>> + Send + 'a>>;
@@ -87,6 +100,11 @@ pub const MODULES: &[Module] = &[
         name: "compactor",
         serves_grpc: false,
         build: |c| Box::pin(compactor(c)),
+    },
+    Module {
+        name: "ruler",
+        serves_grpc: false,
+        build: |c| Box::pin(ruler(c)),
     },
 ];
 
@@ -148,7 +166,7 @@ async fn ingester(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
 }
 
 async fn distributor(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
-    Ok(norn_distributor::build(
+    let service = norn_distributor::build(
         c.cfg.distributor.clone(),
         norn_distributor::Deps {
             overrides: Arc::clone(&c.overrides),
@@ -157,7 +175,9 @@ async fn distributor(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
             ingesters: c.wiring.distributor_ingesters(c.local_ingester.as_ref())?,
             kv: c.wiring.kv(),
         },
-    )?)
+    )?;
+    c.local_pusher = Some(service.0.pusher());
+    Ok(service)
 }
 
 async fn querier(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
@@ -170,6 +190,10 @@ async fn querier(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
         &c.metrics,
     )?;
     let blocks = blocks.context("no store-gateway to read blocks from")?;
+    c.query_sources = Some(QuerySources {
+        recent: Arc::clone(&recent),
+        blocks: Some(Arc::clone(&blocks)),
+    });
     let service = norn_querier::build(
         c.cfg.querier.clone(),
         norn_querier::Deps {
@@ -352,6 +376,113 @@ async fn compactor(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
     Ok(service)
 }
 
+async fn ruler(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
+    let cfg = Arc::clone(&c.cfg);
+    let store: Arc<dyn norn_ruler::RuleStore> = if cfg.ruler_storage.is_local() {
+        Arc::new(norn_ruler::LocalRuleStore::new(
+            cfg.ruler_storage.local.directory.clone(),
+        ))
+    } else {
+        Arc::new(norn_ruler::BucketRuleStore::new(c.bucket.clone()))
+    };
+    // Rules read what the querier reads: the querier's sources when it runs here, else the
+    // same wiring it would use (the ingester ring and the store-gateway ring).
+    let sources = match c.query_sources.clone() {
+        Some(s) => s,
+        None => {
+            let (recent, _) = c.wiring.recent_data(c.local_ingester.as_ref())?;
+            let blocks = c.wiring.store_gateway_blocks(
+                &cfg,
+                c.bucket.clone(),
+                Arc::clone(&c.overrides),
+                c.local_store_gateway.clone(),
+                &c.metrics,
+            )?;
+            QuerySources { recent, blocks }
+        }
+    };
+    let mut providers = vec![norn_querier::split::IngestersWithin::wrap(
+        sources.recent,
+        cfg.querier.query_ingesters_within,
+    )];
+    providers.extend(sources.blocks);
+    let queryable: Arc<dyn QueryableProvider> = Arc::new(MergedProvider(providers));
+    // Rules write where the distributor writes: its pusher when it runs here, else the
+    // ingester ring's replication.
+    let pusher: Arc<dyn Pusher> = match c.local_pusher.clone() {
+        Some(p) => p,
+        None => match c.wiring.distributor_ingesters(c.local_ingester.as_ref())? {
+            norn_distributor::Ingesters::InProcess(p) => p,
+            norn_distributor::Ingesters::Replicated { ring, pool } => {
+                Arc::new(norn_distributor::replication::ReplicatedPusher::new(
+                    ring,
+                    pool,
+                    cfg.distributor.remote_timeout,
+                    &c.metrics.registry,
+                )?)
+            }
+        },
+    };
+    let ring = match c.wiring.kv() {
+        None => None,
+        Some(memberlist) => {
+            let r = &cfg.ruler.ring;
+            let id = if r.instance_id.is_empty() {
+                norn_ring::net::hostname()
+            } else {
+                r.instance_id.clone()
+            };
+            Some(norn_ruler::RingMembership {
+                lifecycler: norn_ring::LifecyclerConfig {
+                    id,
+                    addr: format!(
+                        "{}:{}",
+                        memberlist.advertise_addr().ip(),
+                        cfg.server.http_listen_port
+                    ),
+                    zone: String::new(),
+                    num_tokens: norn_ruler::ring::NUM_TOKENS,
+                    tokens_file_path: None,
+                    heartbeat_period: r.heartbeat_period,
+                },
+                heartbeat_timeout: r.heartbeat_timeout,
+                memberlist,
+            })
+        }
+    };
+    let q = &cfg.querier;
+    let service = norn_ruler::build(
+        cfg.ruler.clone(),
+        norn_ruler::Deps {
+            overrides: Arc::clone(&c.overrides),
+            tenants: c.tenants,
+            metrics: Arc::clone(&c.metrics),
+            store,
+            queryable,
+            pusher,
+            engine: norn_promql::EngineOptions {
+                lookback_delta_ms: q.lookback_delta.as_millis() as i64,
+                max_samples: q.max_samples,
+                timeout: q.timeout,
+                max_query_bytes: q.max_query_expression_size_bytes,
+                max_query_depth: q
+                    .max_query_expression_depth
+                    .min(norn_promql::MAX_QUERY_DEPTH_CEILING),
+                idle_query_threads: RULER_IDLE_QUERY_THREADS,
+            },
+            ring,
+            stop: c.stop.clone(),
+        },
+    )
+    .await
+    .context("starting the ruler")?;
+    Ok(service)
+}
+
+/// Query threads the ruler keeps ready between evaluations (groups evaluate concurrently;
+/// more threads start when more run at once).
+const RULER_IDLE_QUERY_THREADS: usize = 2;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,7 +503,8 @@ mod tests {
                     "store-gateway",
                     "querier",
                     "query-frontend",
-                    "compactor"
+                    "compactor",
+                    "ruler"
                 ],
                 true
             )
@@ -383,6 +515,7 @@ mod tests {
         );
         assert_eq!(names("distributor"), (vec!["distributor"], false));
         assert_eq!(names("compactor"), (vec!["compactor"], false));
+        assert_eq!(names("ruler"), (vec!["ruler"], false));
         assert_eq!(
             names("query-frontend,querier"),
             (vec!["querier", "query-frontend"], false)

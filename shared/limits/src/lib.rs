@@ -108,6 +108,10 @@ pub struct Limits {
     /// Partial blocks (no `meta.json`) idle longer than this are deleted (0 = never).
     #[serde(with = "serde_duration")]
     pub compactor_partial_block_deletion_delay: Duration,
+    /// Most rule groups the tenant may store (0 = unlimited).
+    pub ruler_max_rule_groups_per_tenant: usize,
+    /// Most rules one of the tenant's rule groups may hold (0 = unlimited).
+    pub ruler_max_rules_per_rule_group: usize,
 }
 
 impl Default for Limits {
@@ -143,6 +147,8 @@ impl Default for Limits {
             compactor_split_and_merge_shards: 0,
             compactor_split_groups: 1,
             compactor_partial_block_deletion_delay: Duration::from_secs(24 * 3600),
+            ruler_max_rule_groups_per_tenant: 70,
+            ruler_max_rules_per_rule_group: 20,
         }
     }
 }

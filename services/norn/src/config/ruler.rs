@@ -1,0 +1,134 @@
+//! The ruler's flags. Its YAML structs are the ruler's own ([`norn_ruler::Config`] as `ruler`,
+//! [`norn_ruler::StorageConfig`] as `ruler_storage`); the per-tenant rule limits are limits
+//! (`limits.ruler_*`), whose default-setting flags Mimir names `ruler.*`, so they are here.
+
+use std::path::PathBuf;
+
+use super::flags::{Deferred, set, set_duration};
+
+/// The `ruler.*` and `ruler-storage.*` flags.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Ruler")]
+pub struct RulerFlags {
+    /// Evaluation interval of a rule group that sets none.
+    #[arg(
+        long = "ruler.evaluation-interval",
+        env = "NORN_RULER_EVALUATION_INTERVAL"
+    )]
+    pub ruler_evaluation_interval: Option<Deferred>,
+    /// How often the rule storage is read for changes.
+    #[arg(long = "ruler.poll-interval", env = "NORN_RULER_POLL_INTERVAL")]
+    pub ruler_poll_interval: Option<Deferred>,
+    /// How often a ruler refreshes its heartbeat in the ruler ring.
+    #[arg(
+        long = "ruler.ring.heartbeat-period",
+        env = "NORN_RULER_RING_HEARTBEAT_PERIOD"
+    )]
+    pub ruler_ring_heartbeat_period: Option<Deferred>,
+    /// A ruler whose heartbeat is older than this is left out of the ruler ring.
+    #[arg(
+        long = "ruler.ring.heartbeat-timeout",
+        env = "NORN_RULER_RING_HEARTBEAT_TIMEOUT"
+    )]
+    pub ruler_ring_heartbeat_timeout: Option<Deferred>,
+    /// This ruler's id in the ruler ring (default: the host name).
+    #[arg(long = "ruler.ring.instance-id", env = "NORN_RULER_RING_INSTANCE_ID")]
+    pub ruler_ring_instance_id: Option<String>,
+    /// Default most rule groups per tenant (0 = unlimited).
+    #[arg(
+        long = "ruler.max-rule-groups-per-tenant",
+        env = "NORN_RULER_MAX_RULE_GROUPS_PER_TENANT"
+    )]
+    pub ruler_max_rule_groups_per_tenant: Option<usize>,
+    /// Default most rules per rule group (0 = unlimited).
+    #[arg(
+        long = "ruler.max-rules-per-rule-group",
+        env = "NORN_RULER_MAX_RULES_PER_RULE_GROUP"
+    )]
+    pub ruler_max_rules_per_rule_group: Option<usize>,
+    /// Rule storage: empty, filesystem or s3 (the bucket of common.storage, under rules/), or local (a read-only directory).
+    #[arg(long = "ruler-storage.backend", env = "NORN_RULER_STORAGE_BACKEND")]
+    pub ruler_storage_backend: Option<String>,
+    /// Directory of <tenant>/<namespace> rule files (ruler-storage.backend=local).
+    #[arg(
+        long = "ruler-storage.local.directory",
+        env = "NORN_RULER_STORAGE_LOCAL_DIRECTORY"
+    )]
+    pub ruler_storage_local_directory: Option<PathBuf>,
+}
+
+impl RulerFlags {
+    pub fn apply(
+        &self,
+        c: &mut norn_ruler::Config,
+        storage: &mut norn_ruler::StorageConfig,
+        limits: &mut norn_limits::Limits,
+    ) -> anyhow::Result<()> {
+        set_duration(&mut c.evaluation_interval, &self.ruler_evaluation_interval)?;
+        set_duration(&mut c.poll_interval, &self.ruler_poll_interval)?;
+        set_duration(
+            &mut c.ring.heartbeat_period,
+            &self.ruler_ring_heartbeat_period,
+        )?;
+        set_duration(
+            &mut c.ring.heartbeat_timeout,
+            &self.ruler_ring_heartbeat_timeout,
+        )?;
+        set(&mut c.ring.instance_id, &self.ruler_ring_instance_id);
+        set(
+            &mut limits.ruler_max_rule_groups_per_tenant,
+            &self.ruler_max_rule_groups_per_tenant,
+        );
+        set(
+            &mut limits.ruler_max_rules_per_rule_group,
+            &self.ruler_max_rules_per_rule_group,
+        );
+        set(&mut storage.backend, &self.ruler_storage_backend);
+        set(
+            &mut storage.local.directory,
+            &self.ruler_storage_local_directory,
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+
+    use crate::config::{Args, Config};
+
+    #[test]
+    fn ruler_blocks_from_yaml_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.yaml");
+        std::fs::write(
+            &f,
+            "ruler:\n  evaluation_interval: 30s\n  poll_interval: 10s\n  ring:\n    instance_id: r1\nruler_storage:\n  backend: local\n  local:\n    directory: /rules\nlimits:\n  ruler_max_rule_groups_per_tenant: 5\n",
+        )
+        .unwrap();
+        let a = Args::parse_from([
+            "norn",
+            "--config.file",
+            f.to_str().unwrap(),
+            "--ruler.poll-interval=5s",
+            "--ruler.max-rules-per-rule-group=7",
+        ]);
+        let c = Config::load(&a).unwrap();
+        assert_eq!(c.ruler.evaluation_interval, Duration::from_secs(30));
+        assert_eq!(c.ruler.poll_interval, Duration::from_secs(5), "flag wins");
+        assert_eq!(c.ruler.ring.instance_id, "r1");
+        assert!(c.ruler_storage.is_local());
+        assert_eq!(c.ruler_storage.local.directory.to_str(), Some("/rules"));
+        assert_eq!(c.limits.ruler_max_rule_groups_per_tenant, 5);
+        assert_eq!(c.limits.ruler_max_rules_per_rule_group, 7);
+
+        let bad = Args::parse_from(["norn", "--ruler-storage.backend=local"]);
+        let e = format!("{:#}", Config::load(&bad).unwrap_err());
+        assert!(e.contains("ruler-storage.local.directory"), "{e}");
+        let bad = Args::parse_from(["norn", "--ruler.evaluation-interval=0s"]);
+        assert!(Config::load(&bad).is_err());
+    }
+}

@@ -1,0 +1,168 @@
+//! Rulers in microservices mode: an ingester, a distributor, a querier and two
+//! `--target=ruler` processes joined only by gossip. The rulers query the ingester through the
+//! ingester ring and write through the ring's replication (no distributor or querier in their
+//! process); they split the groups through the ruler ring (`/ruler/ring`), each group
+//! evaluated by exactly one of them, and the recorded series equal the querier's answer for
+//! the same expression at the same timestamps.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Norn, all_active, free_port, now_ms, request, series, urlencode};
+
+const TENANT: &str = "team-r";
+const GROUPS: usize = 12;
+
+fn start(root: &std::path::Path) -> Vec<Norn> {
+    let bucket = root.join("bucket");
+    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
+    let seeds = &ports[..1];
+    let member = |i: usize, name: &str, extra: &[String]| {
+        let mut a = common::gossip_args(ports[i], seeds);
+        a.extend([
+            "--ingester.ring.replication-factor=1".to_string(),
+            "--ingester.ring.heartbeat-period=500ms".to_string(),
+            "--ruler.ring.heartbeat-period=500ms".to_string(),
+            "--ruler.ring.heartbeat-timeout=5s".to_string(),
+            "--ruler.poll-interval=1s".to_string(),
+        ]);
+        a.extend(extra.iter().cloned());
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        Norn::start_with_bucket(&root.join(name), &bucket, &a)
+    };
+    vec![
+        member(
+            0,
+            "ingester",
+            &[
+                "--target=ingester".into(),
+                "--ingester.ring.instance-id=ingester-0".into(),
+            ],
+        ),
+        member(1, "distributor", &["--target=distributor".into()]),
+        member(2, "querier", &["--target=querier".into()]),
+        member(
+            3,
+            "ruler-0",
+            &[
+                "--target=ruler".into(),
+                "--ruler.ring.instance-id=ruler-0".into(),
+            ],
+        ),
+        member(
+            4,
+            "ruler-1",
+            &[
+                "--target=ruler".into(),
+                "--ruler.ring.instance-id=ruler-1".into(),
+            ],
+        ),
+    ]
+}
+
+fn instant(n: &Norn, q: &str, t_ms: i64) -> Vec<serde_json::Value> {
+    let (status, v) = n.get_json(
+        Some(TENANT),
+        &format!(
+            "/prometheus/api/v1/query?query={}&time={}",
+            urlencode(q),
+            t_ms as f64 / 1000.0
+        ),
+    );
+    assert_eq!(status, 200, "{v}");
+    v["data"]["result"].as_array().unwrap().clone()
+}
+
+/// The groups a ruler reports as evaluated (health `ok`).
+fn evaluated_by(n: &Norn) -> Vec<String> {
+    let (_, v) = n.get_json(Some(TENANT), "/prometheus/api/v1/rules");
+    v["data"]["groups"]
+        .as_array()
+        .map(|gs| {
+            gs.iter()
+                .filter(|g| g["rules"][0]["health"] == "ok")
+                .map(|g| g["name"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn two_rulers_split_groups_and_write_through_the_ring() {
+    let dir = tempfile::tempdir().unwrap();
+    let procs = start(dir.path());
+    let (distributor, querier, r0, r1) = (&procs[1], &procs[2], &procs[3], &procs[4]);
+    for r in [r0, r1] {
+        common::wait_ring_page(
+            r,
+            "/ruler/ring",
+            "two ACTIVE rulers",
+            Duration::from_secs(60),
+            all_active(2),
+        );
+    }
+    common::wait_ring_page(
+        distributor,
+        "/ring",
+        "the ingester",
+        Duration::from_secs(60),
+        all_active(1),
+    );
+    let start_ms = now_ms() / 1000 * 1000 - 10_000;
+    let samples: Vec<(i64, f64)> = (0..200).map(|i| (start_ms + i * 1000, i as f64)).collect();
+    let (status, body) = distributor.push(
+        Some(TENANT),
+        &request(vec![series(&[("__name__", "up"), ("job", "x")], &samples)]),
+    );
+    assert_eq!(status, 200, "{body}");
+
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    for k in 0..GROUPS {
+        let group =
+            format!("name: g{k}\ninterval: 1s\nrules:\n  - record: rec_{k}\n    expr: up * {k}\n");
+        let resp = agent
+            .post(&r0.url("/prometheus/config/v1/rules/ns"))
+            .header("X-Scope-OrgID", TENANT)
+            .send(group.as_bytes())
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 202);
+    }
+
+    // Each group ends up evaluated by exactly one ruler, and both rulers have a share.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (on0, on1) = loop {
+        let (a, b) = (evaluated_by(r0), evaluated_by(r1));
+        if a.len() + b.len() == GROUPS && a.iter().all(|g| !b.contains(g)) {
+            break (a, b);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "groups not split: {a:?} / {b:?}\n{}\n{}",
+            r0.log(),
+            r1.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(!on0.is_empty() && !on1.is_empty(), "{on0:?} / {on1:?}");
+
+    // Every group's output, wherever it was evaluated, equals the querier's answer.
+    for k in 0..GROUPS {
+        let got = querier.raw_samples(
+            Some(TENANT),
+            &format!("rec_{k}"),
+            now_ms() - 60_000,
+            now_ms(),
+        );
+        assert_eq!(got.len(), 1, "rec_{k}: {got:?}");
+        assert!(!got[0].1.is_empty());
+        for &(t, v) in &got[0].1 {
+            let want = instant(querier, &format!("up * {k}"), t);
+            let want: f64 = want[0]["value"][1].as_str().unwrap().parse().unwrap();
+            assert_eq!(v, want, "rec_{k} at {t}");
+        }
+    }
+}

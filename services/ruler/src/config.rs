@@ -1,0 +1,149 @@
+//! The ruler's configuration: the `ruler` and `ruler_storage` YAML blocks, with Mimir's keys
+//! and defaults. Per-tenant rule limits are `norn_limits::Limits`
+//! (`ruler_max_rule_groups_per_tenant`, `ruler_max_rules_per_rule_group`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use norn_model::duration::serde_duration;
+use serde::{Deserialize, Serialize};
+
+/// Ruler configuration (YAML block `ruler`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Evaluation interval of a group that sets none.
+    #[serde(with = "serde_duration")]
+    pub evaluation_interval: Duration,
+    /// How often the rule storage is read for changes (and ring changes applied).
+    #[serde(with = "serde_duration")]
+    pub poll_interval: Duration,
+    /// The ruler ring.
+    pub ring: RingConfig,
+}
+
+/// The ruler ring (YAML block `ruler.ring`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RingConfig {
+    /// How often a ruler refreshes its heartbeat in the ring.
+    #[serde(with = "serde_duration")]
+    pub heartbeat_period: Duration,
+    /// A ruler whose heartbeat is older than this is left out of the ring.
+    #[serde(with = "serde_duration")]
+    pub heartbeat_timeout: Duration,
+    /// This ruler's id in the ring (default: the host name).
+    pub instance_id: String,
+}
+
+impl Default for RingConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_period: Duration::from_secs(15),
+            heartbeat_timeout: Duration::from_secs(60),
+            instance_id: String::new(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            evaluation_interval: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(60),
+            ring: RingConfig::default(),
+        }
+    }
+}
+
+/// Where rule groups are stored (YAML block `ruler_storage`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Empty: the blocks' bucket (`common.storage`), under `rules/`; `local`: a read-only
+    /// directory of rule files.
+    pub backend: String,
+    pub local: LocalStorageConfig,
+}
+
+/// `ruler_storage.local`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocalStorageConfig {
+    /// `<directory>/<tenant>/<namespace>` rule files.
+    pub directory: PathBuf,
+}
+
+/// Shortest interval honoured (a zero setting must not spin a core).
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+impl Config {
+    /// Refuses settings the ruler cannot honour.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.evaluation_interval < MIN_INTERVAL || self.poll_interval < MIN_INTERVAL {
+            return Err(format!(
+                "ruler.evaluation-interval and ruler.poll-interval must be at least {MIN_INTERVAL:?}"
+            ));
+        }
+        let r = &self.ring;
+        if r.heartbeat_period.is_zero() || r.heartbeat_timeout <= r.heartbeat_period {
+            return Err(format!(
+                "ruler.ring.heartbeat_timeout ({:?}) must be longer than heartbeat_period ({:?})",
+                r.heartbeat_timeout, r.heartbeat_period
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl StorageConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        match self.backend.as_str() {
+            "" | "filesystem" | "s3" => Ok(()),
+            "local" if self.local.directory.as_os_str().is_empty() => {
+                Err("ruler-storage.backend=local needs --ruler-storage.local.directory".to_string())
+            }
+            "local" => Ok(()),
+            other => Err(format!(
+                "ruler_storage.backend must be empty (the blocks bucket), filesystem, s3 (both: the bucket of common.storage) or local, got {other:?}"
+            )),
+        }
+    }
+
+    pub fn is_local(&self) -> bool {
+        self.backend == "local"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_mimirs_and_valid() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.evaluation_interval, Duration::from_secs(60));
+        assert_eq!(c.poll_interval, Duration::from_secs(60));
+        StorageConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let c = Config {
+            evaluation_interval: Duration::ZERO,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        let s = StorageConfig {
+            backend: "local".into(),
+            ..Default::default()
+        };
+        assert!(s.validate().unwrap_err().contains("directory"));
+        let s = StorageConfig {
+            backend: "gcs".into(),
+            ..Default::default()
+        };
+        assert!(s.validate().is_err());
+    }
+}

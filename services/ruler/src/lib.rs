@@ -1,0 +1,30 @@
+//! The ruler: per-tenant Prometheus rule groups, stored in the bucket, evaluated on schedule.
+//!
+//! * [`store`]: where groups live — `rules/<tenant>/<ns>/<group>` in the bucket (names in
+//!   URL-safe base64, as Mimir), or a read-only local directory of rule files.
+//! * [`api`]: Mimir's rules config API (YAML) and Prometheus' `/api/v1/rules`, with the
+//!   upload checks of [`rulefmt`] and the tenant's limits.
+//! * [`manager`]: keeps the running groups equal to the store's groups this ruler owns
+//!   ([`ring`]: all of them in one process, the ruler ring's share in a cluster), every
+//!   `poll_interval` and at once after an API change.
+//! * [`group`]: one group's evaluation loop with Prometheus' semantics (aligned times, rules
+//!   in order, `limit`, `query_offset`, stale markers), querying through a
+//!   `QueryableProvider` with `norn-promql` and writing through a `Pusher`.
+//!
+//! Alerting rules are validated, stored and listed, but not evaluated yet (their health says
+//! so); notifications, `for` state and the `ALERTS` series come with them.
+
+pub mod api;
+pub mod config;
+pub mod group;
+pub mod manager;
+pub mod metrics;
+pub mod ring;
+pub mod rulefmt;
+pub mod service;
+pub mod store;
+
+pub use config::{Config, LocalStorageConfig, RingConfig, StorageConfig};
+pub use ring::{RULER_RING_KEY, RingMembership};
+pub use service::{BuildError, Deps, RulerService, build};
+pub use store::{BucketRuleStore, LocalRuleStore, RuleStore};

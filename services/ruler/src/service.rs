@@ -1,0 +1,133 @@
+//! The ruler as a service of the process: `build(config, deps)`, its poll loop and its place
+//! in the stop sequence.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::Router;
+use norn_limits::Overrides;
+use norn_model::{Pusher, QueryableProvider};
+use norn_promql::{Engine, EngineOptions};
+use norn_ring::LifecyclerError;
+use norn_server::periodic::{FirstRun, Periodic};
+use norn_server::{Metrics, Service, TenantResolver};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{Api, routes};
+use crate::config::{Config, MIN_INTERVAL};
+use crate::group::EvalDeps;
+use crate::manager::Manager;
+use crate::metrics::RulerMetrics;
+use crate::ring::{Ownership, RingMembership};
+use crate::store::RuleStore;
+
+/// What a ruler needs from the process it runs in.
+pub struct Deps {
+    pub overrides: Arc<Overrides>,
+    pub tenants: TenantResolver,
+    pub metrics: Arc<Metrics>,
+    /// Where rule groups are stored.
+    pub store: Arc<dyn RuleStore>,
+    /// What rules query: the querier's merged view (ingesters and store-gateways).
+    pub queryable: Arc<dyn QueryableProvider>,
+    /// Where recording rules write: the ingesters, as the distributor writes to them.
+    pub pusher: Arc<dyn Pusher>,
+    /// The engine's settings (the querier's lookback, sample limit and timeout).
+    pub engine: EngineOptions,
+    /// The ruler ring to join (a cluster); `None` owns every group.
+    pub ring: Option<RingMembership>,
+    /// Cancelled when the process stops: ends the poll loop and every group.
+    pub stop: CancellationToken,
+}
+
+/// Why the ruler did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("invalid ruler configuration: {0}")]
+    Config(String),
+    #[error("joining the ruler ring: {0}")]
+    Ring(#[from] LifecyclerError),
+    #[error("registering ruler metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Builds the ruler and starts polling the rule store.
+pub async fn build(config: Config, deps: Deps) -> Result<Arc<RulerService>, BuildError> {
+    config.validate().map_err(BuildError::Config)?;
+    let metrics = Arc::new(RulerMetrics::new(&deps.metrics.registry)?);
+    let ownership = match deps.ring {
+        Some(m) => Ownership::join(m, &deps.metrics.registry).await?,
+        None => Ownership::All,
+    };
+    let query_timeout = deps.engine.timeout;
+    let engine = Engine::new(deps.engine);
+    let manager = Arc::new(Manager::new(
+        deps.store,
+        ownership,
+        EvalDeps {
+            engine: engine.clone(),
+            queryable: deps.queryable,
+            pusher: deps.pusher,
+            metrics,
+            query_timeout,
+        },
+        config.evaluation_interval,
+        deps.stop.clone(),
+    ));
+    let polled = Arc::clone(&manager);
+    Periodic::every("ruler-poll", config.poll_interval, MIN_INTERVAL)
+        .first_run(FirstRun::Immediately)
+        .spawn(deps.stop, move || {
+            let m = Arc::clone(&polled);
+            async move {
+                if let Err(e) = m.sync_all().await {
+                    tracing::warn!(error = %e, "reading rule groups failed; running groups left as they are");
+                }
+            }
+        });
+    let api = Arc::new(Api {
+        manager: Arc::clone(&manager),
+        tenants: deps.tenants,
+        overrides: deps.overrides,
+        engine,
+    });
+    Ok(Arc::new(RulerService { manager, api }))
+}
+
+/// The ruler inside the process.
+pub struct RulerService {
+    manager: Arc<Manager>,
+    api: Arc<Api>,
+}
+
+impl RulerService {
+    /// The running groups (tests, tools).
+    pub fn manager(&self) -> &Arc<Manager> {
+        &self.manager
+    }
+}
+
+#[async_trait]
+impl Service for RulerService {
+    fn name(&self) -> &'static str {
+        "ruler"
+    }
+
+    fn routes(&self) -> Router {
+        routes(Arc::clone(&self.api)).merge(self.manager.ownership().routes())
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn stopping(&self) {
+        self.manager.ownership().leave().await;
+    }
+
+    async fn shutdown(&self, _abandon: CancellationToken) {
+        // Groups stop after the evaluation in progress; their output is not marked stale, as
+        // another ruler (or this one, restarted) goes on evaluating them.
+        self.manager.stop_all().await;
+    }
+}
