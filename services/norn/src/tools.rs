@@ -1,10 +1,12 @@
-//! `norn tools …`: offline commands that work on Norn's bucket without a running server.
+//! `norn tools …`: operator commands — offline ones that work on Norn's bucket without a
+//! running server, and `rules`, a client of the ruler's config API.
 //!
 //! Each tool is a module under `tools/` and takes the server's own flag blocks (and so the
 //! same names, config file and `NORN_…` environment variables) for what it shares with it.
 
 mod bucket;
 mod import_blocks;
+mod rules;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -13,6 +15,7 @@ use clap::{Parser, Subcommand};
 
 use bucket::BucketArgs;
 use import_blocks::ImportBlocksArgs;
+use rules::RulesArgs;
 
 /// `norn tools`: offline commands.
 #[derive(Debug, Parser)]
@@ -20,7 +23,7 @@ use import_blocks::ImportBlocksArgs;
     name = "norn tools",
     bin_name = "norn tools",
     version,
-    about = "Offline Norn tools that work on the blocks bucket without a running server."
+    about = "Norn operator tools: the blocks bucket (offline) and the ruler's rules API."
 )]
 pub struct ToolsArgs {
     #[command(subcommand)]
@@ -51,6 +54,17 @@ pub enum Tool {
                       no-compact mark where the compactor and the bucket index read it."
     )]
     Bucket(BucketArgs),
+    /// Manage a tenant's rule groups over the ruler's config API (what mimirtool rules does).
+    #[command(
+        name = "rules",
+        long_about = "Manage a tenant's recording and alerting rule groups over the ruler's \
+                      config API (/prometheus/config/v1/rules), as mimirtool rules does.\n\n\
+                      load uploads files' groups, list/get/delete read and remove them, diff \
+                      shows and sync applies what makes the server hold exactly the files' \
+                      groups, lint checks files without a server. A file is Prometheus' rule \
+                      file with an optional top-level `namespace:` (default: the file name)."
+    )]
+    Rules(RulesArgs),
 }
 
 /// Entry point for `norn tools …`; `argv` starts with `tools`. Errors are printed as one
@@ -60,6 +74,7 @@ pub fn main(argv: impl IntoIterator<Item = OsString>) -> ExitCode {
     let result = match args.tool {
         Tool::ImportBlocks(a) => import_blocks::run(a),
         Tool::Bucket(a) => bucket::run(a),
+        Tool::Rules(a) => rules::run(a),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

@@ -478,7 +478,16 @@ impl Service for InRing {
     }
 
     fn ready(&self) -> Result<(), String> {
-        self.inner.ready()
+        self.inner.ready()?;
+        // Queriers ask only ACTIVE members for blocks: until this instance is ACTIVE, a
+        // probe that sees it ready would route traffic (or a rollout) past an instance that
+        // no query reaches yet.
+        match self.lifecycler.state() {
+            InstanceState::Joining => {
+                Err("store-gateway: synced, still JOINING the store-gateway ring".into())
+            }
+            _ => Ok(()),
+        }
     }
 
     async fn stopping(&self) {
