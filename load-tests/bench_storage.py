@@ -417,8 +417,6 @@ def sg_section(args, gen, blocks, bucket_bytes, res, notes):
         else:
             row += ["n/a", "n/a"]
         lines.append("| " + " | ".join(row) + " |")
-    for name, rng, step, tmpl in SG_QUERIES:
-        pass
     agree = all(len({tuple(sorted(res[s]["q"][name]["series"])) for s in systems}) == 1 and
                 len({tuple(sorted(res[s]["q"][name]["points"])) for s in systems}) == 1
                 for name, *_ in SG_QUERIES)
@@ -646,7 +644,7 @@ def prometheus_compaction(b, root, source):
         p.close()
     blocks = block_dirs(tsdb)
     merged = [(u, m) for u, m, _ in blocks if m["compaction"]["level"] > 1]
-    out = dict(blocks=[(m["maxTime"] - m["minTime"]) // (H * 1000) for _, m in sorted(blocks, key=lambda x: x[1]["minTime"])],
+    out = dict(blocks=[(m["maxTime"] - m["minTime"]) // (H * 1000) for _, m, _ in sorted(blocks, key=lambda x: x[1]["minTime"])],
                merged_bytes=sum(block_bytes(os.path.join(tsdb, u)) for u, _ in merged),
                merged_samples=sum(m["stats"]["numSamples"] for _, m in merged),
                all_bytes=sum(block_bytes(os.path.join(tsdb, u)) for u, _, _ in blocks),
@@ -719,8 +717,9 @@ def compactor_section(args, res):
                      f"its own blocks): blocks afterwards {'h + '.join(map(str, pr['blocks']))}h (it never compacts "
                      f"the newest block, and its ranges are 2h/6h/18h); its compacted (level > 1) blocks: "
                      f"**{pbps:.3f} bytes/sample** ({pr['merged_samples']:,} samples); all its blocks "
-                     f"{pr['all_bytes'] / max(1, pr['all_samples']):.3f}; {pr['cpu']:.0f} CPU-s, peak RSS "
-                     f"{pr['hwm']:,.0f} MiB (load {pr['load'][0]:.2f} / {pr['load'][1]:.2f})")
+                     f"{pr['all_bytes'] / max(1, pr['all_samples']):.3f}"
+                     + (f"; {pr['cpu']:.0f} CPU-s, peak RSS {pr['hwm']:,.0f} MiB (load {pr['load'][0]:.2f} / "
+                        f"{pr['load'][1]:.2f})" if pr.get("cpu") is not None else ""))
     if vm:
         notes.append(f"VictoriaMetrics {args.versions['victoriametrics']}: the same {vm['samples']:,} samples "
                      f"(`norn-loadgen write --backfill 24h --end-time <end - 15 s>`, same generator and seed), "

@@ -172,7 +172,8 @@ fn main() -> Result<(), String> {
             })
         }).collect();
         for w in workers {
-            w.join().map_err(|_| "a writer thread panicked".to_string())??;
+            w.join()
+                .map_err(|_| "a writer thread panicked".to_string())??;
         }
         Ok(())
     })?;
