@@ -321,6 +321,10 @@ fn a_flooding_tenant_does_not_starve_a_quiet_one() {
     // Warm both paths, then B alone.
     c.b_median(3);
     let alone = c.b_median(7);
+    // One of A's slow queries alone: what B may have to wait for (a worker to free up).
+    let t = Instant::now();
+    assert_eq!(c.query(A, SLOW).0, 200);
+    let a_alone = t.elapsed();
 
     let flood = c.flood(A, SLOW, 100);
     c.wait_queued(A, 20.0);
@@ -328,8 +332,10 @@ fn a_flooding_tenant_does_not_starve_a_quiet_one() {
     let still_queued = c.queue_length(A);
     let answers: Vec<_> = flood.into_iter().map(|t| t.join().unwrap()).collect();
     let ratio = loaded.as_secs_f64() / alone.as_secs_f64();
+    let vs_slow = loaded.as_secs_f64() / a_alone.as_secs_f64();
     eprintln!(
-        "tenant B median alone {alone:?}, under A's flood of 100 {loaded:?}: ratio {ratio:.2} \
+        "tenant B median alone {alone:?}, under A's flood of 100 {loaded:?}: ratio {ratio:.2}; \
+         one A query alone {a_alone:?}, B under flood / A alone {vs_slow:.2} \
          (A still had {still_queued} queued when B finished)"
     );
     for (status, body) in &answers {
@@ -339,9 +345,13 @@ fn a_flooding_tenant_does_not_starve_a_quiet_one() {
         still_queued > 0.0,
         "B was measured while A's queue was not empty"
     );
+    // Round robin: B waits for at most one running A query per worker, never for A's queue
+    // (FIFO would make it wait for every queued A query: ~still_queued / 4 × a_alone).
+    // The ratio to B alone is printed; on this workload (A's queries ~30× B's) it cannot be
+    // small, since B must wait for a worker to finish an A query.
     assert!(
-        ratio <= 5.0,
-        "B's median under A's flood is {ratio:.2}× its median alone"
+        vs_slow <= 5.0,
+        "B's median under A's flood is {vs_slow:.2}× one A query alone: B waits behind A's queue"
     );
 }
 
