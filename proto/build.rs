@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "io/prometheus/write/v2/types.proto",
         "norn/ingester/v1/ingester.proto",
         "norn/storegateway/v1/storegateway.proto",
+        "norn/frontend/v1/frontend.proto",
         "grpc/health/v1/health.proto",
     ];
     for f in files {

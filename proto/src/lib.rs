@@ -12,7 +12,7 @@
 //!
 //! `ingester::v1` is Norn's ingester gRPC service (messages, tonic client and server);
 //! `storegateway::v1` the store-gateway's, which reuses the ingester's label, matcher and chunk
-//! messages;
+//! messages; `frontend::v1` the query-frontend's, which queriers connect out to for work;
 //! `health::v1` is the standard gRPC health-checking service. [`status`] converts error kinds
 //! to and from gRPC status codes and holds the message size limit every server and client
 //! shares.
@@ -48,6 +48,14 @@ pub mod storegateway {
     #[allow(clippy::all, clippy::clone_on_ref_ptr, missing_docs)]
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/norn.storegateway.v1.rs"));
+    }
+}
+
+/// Norn's query-frontend service (package `norn.frontend.v1`): queriers pull queries.
+pub mod frontend {
+    #[allow(clippy::all, clippy::clone_on_ref_ptr, missing_docs)]
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/norn.frontend.v1.rs"));
     }
 }
 

@@ -21,6 +21,7 @@ mod compactor;
 mod distributor;
 mod flags;
 mod frontend;
+mod frontend_worker;
 mod ingester;
 mod limits;
 mod querier;
@@ -48,6 +49,7 @@ pub use cache::{ChunksCacheFlags, IndexCacheFlags, ResultsCacheFlags};
 pub use compactor::CompactorFlags;
 pub use distributor::DistributorFlags;
 pub use frontend::FrontendFlags;
+pub use frontend_worker::{FrontendWorkerConfig, FrontendWorkerFlags};
 pub use ingester::IngesterFlags;
 pub use limits::LimitsFlags;
 pub use querier::QuerierFlags;
@@ -117,6 +119,8 @@ pub struct Args {
     #[command(flatten)]
     pub querier: QuerierFlags,
     #[command(flatten)]
+    pub frontend_worker: FrontendWorkerFlags,
+    #[command(flatten)]
     pub store_gateway_ring: StoreGatewayRingFlags,
     #[command(flatten)]
     pub compactor: CompactorFlags,
@@ -151,6 +155,7 @@ pub struct Config {
     pub ruler: norn_ruler::Config,
     pub ruler_storage: norn_ruler::StorageConfig,
     pub frontend: FrontendConfig,
+    pub frontend_worker: FrontendWorkerConfig,
     pub limits: norn_limits::Limits,
     pub runtime_config: RuntimeConfig,
     pub ingester: IngesterConfig,
@@ -172,6 +177,7 @@ impl Default for Config {
             ruler: Default::default(),
             ruler_storage: Default::default(),
             frontend: FrontendConfig::default(),
+            frontend_worker: FrontendWorkerConfig::default(),
             limits: Default::default(),
             runtime_config: RuntimeConfig::default(),
             ingester: IngesterConfig::default(),
@@ -230,6 +236,7 @@ impl Config {
         a.ingester_ring.apply(&mut self.ingester.ring)?;
         a.memberlist.apply(&mut self.memberlist)?;
         a.querier.apply(&mut self.querier)?;
+        a.frontend_worker.apply(&mut self.frontend_worker);
         a.store_gateway_ring
             .apply(&mut self.store_gateway.sharding_ring)?;
         a.limits.apply(&mut self.limits)?;
@@ -282,6 +289,7 @@ impl Config {
                 "frontend.downstream_url must be an http:// URL (no TLS to queriers yet), got {url:?}"
             );
         }
+        self.frontend_worker.validate()?;
         let bs = &self.blocks_storage.bucket_store;
         cache::validate("blocks_storage.bucket_store.index_cache", &bs.index_cache)?;
         cache::validate("blocks_storage.bucket_store.chunks_cache", &bs.chunks_cache)?;

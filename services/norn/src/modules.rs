@@ -15,6 +15,8 @@ use anyhow::Context as _;
 use norn_ingester::Ingester;
 use norn_limits::Overrides;
 use norn_model::{MergedProvider, Pusher, QueryableProvider};
+use norn_query_frontend::queue::{Queue, QueueDownstream};
+use norn_query_frontend::queue_service::{QueuedFrontend, Workers};
 use norn_server::{Metrics, Service, TenantResolver};
 use norn_storage::Bucket;
 use norn_storegateway_client::Gateway;
@@ -93,7 +95,7 @@ pub const MODULES: &[Module] = &[
     },
     Module {
         name: "query-frontend",
-        serves_grpc: false,
+        serves_grpc: true,
         build: |c| Box::pin(query_frontend(c)),
     },
     Module {
@@ -208,7 +210,25 @@ async fn querier(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
     )
     .context("starting the querier")?;
     if !c.frontend_here {
+        let address = &c.cfg.frontend_worker.frontend_address;
+        if !address.is_empty() {
+            // Pull queries from the frontend, answered by this querier's own routes.
+            norn_query_frontend::worker::spawn_remote(
+                norn_query_frontend::worker::RemoteWorkers {
+                    frontend_address: address.clone(),
+                    concurrency: c.cfg.querier.max_concurrent,
+                    querier_id: querier_id(c),
+                },
+                Arc::new(norn_query_frontend::RouterDownstream(service.routes())),
+                c.stop.clone(),
+            )?;
+        }
         return Ok(service);
+    }
+    if !c.cfg.frontend_worker.frontend_address.is_empty() {
+        tracing::warn!(
+            "querier.frontend-address is ignored: the query-frontend runs in this process"
+        );
     }
     // The frontend serves the query API's paths and calls these routes directly.
     c.local_querier = Some(service.routes());
@@ -218,7 +238,16 @@ async fn querier(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
 async fn query_frontend(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
     let cfg = &c.cfg;
     let f = &cfg.frontend;
-    let downstream: Arc<dyn norn_query_frontend::Downstream> = match c.local_querier.take() {
+    let local_querier = c.local_querier.take();
+    // Longer than the querier's own timeout, so the querier reports a slow query.
+    let querier_timeout = cfg.querier.timeout + std::time::Duration::from_secs(30);
+    let queue = || -> anyhow::Result<Arc<Queue>> {
+        let metrics = norn_query_frontend::queue_metrics::QueueMetrics::new(&c.metrics.registry)
+            .context("registering the query-frontend's queue metrics")?;
+        Ok(Queue::new(f.max_outstanding_per_tenant, metrics))
+    };
+    let stop = c.stop.child_token();
+    let (downstream, queued): (Arc<dyn norn_query_frontend::Downstream>, _) = match local_querier {
         Some(routes) => {
             if !f.downstream_url.is_empty() {
                 tracing::warn!(
@@ -226,18 +255,39 @@ async fn query_frontend(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
                     "query-frontend.downstream-url is ignored: the querier runs in this process"
                 );
             }
-            Arc::new(norn_query_frontend::RouterDownstream(routes))
-        }
-        None => {
-            anyhow::ensure!(
-                !f.downstream_url.is_empty(),
-                "the query-frontend needs --query-frontend.downstream-url (a querier's http://host:port) when no querier runs in this process"
+            // The querier's routes pull from the queue in this process: fairness holds
+            // in the single binary too.
+            let queue = queue()?;
+            norn_query_frontend::worker::spawn_local(
+                &queue,
+                Arc::new(norn_query_frontend::RouterDownstream(routes)),
+                cfg.querier.max_concurrent,
+                stop.clone(),
             );
-            // Longer than the querier's own timeout, so the querier reports a slow query.
+            (
+                Arc::new(QueueDownstream::new(Arc::clone(&queue), querier_timeout)),
+                Some((queue, Workers::Local)),
+            )
+        }
+        None if !f.downstream_url.is_empty() => (
             Arc::new(norn_query_frontend::HttpDownstream::new(
                 &f.downstream_url,
-                cfg.querier.timeout + std::time::Duration::from_secs(30),
-            )?)
+                querier_timeout,
+            )?),
+            None,
+        ),
+        None => {
+            // Queriers connect with --querier.frontend-address and pull.
+            let queue = queue()?;
+            (
+                Arc::new(QueueDownstream::new(Arc::clone(&queue), querier_timeout)),
+                Some((
+                    queue,
+                    Workers::Remote {
+                        answer_timeout: querier_timeout,
+                    },
+                )),
+            )
         }
     };
     let results_cache = if f.cache_results {
@@ -248,7 +298,7 @@ async fn query_frontend(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
     } else {
         None
     };
-    norn_query_frontend::build(
+    let service = norn_query_frontend::build(
         norn_query_frontend::Config {
             align_queries_with_step: f.align_queries_with_step,
             split_queries_by_interval: f.split_queries_by_interval,
@@ -267,7 +317,20 @@ async fn query_frontend(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
             max_body_size: cfg.frontend.max_body_size,
         },
     )
-    .context("starting the query-frontend")
+    .context("starting the query-frontend")?;
+    Ok(match queued {
+        Some((queue, workers)) => QueuedFrontend::wrap(service, queue, workers, stop),
+        None => service,
+    })
+}
+
+/// Names this querier in the frontend's logs: its HTTP port and process id.
+fn querier_id(c: &Context) -> String {
+    format!(
+        "querier-{}-{}",
+        c.cfg.server.http_listen_port,
+        std::process::id()
+    )
 }
 
 async fn store_gateway(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {

@@ -357,26 +357,6 @@ fn query_frontend_splits_caches_and_refuses_bad_input() {
     assert!(
         a.metric("norn_query_frontend_queries_total{op=\"query_range\",status=\"400\"}") >= 4.0
     );
-    // A frontend with no querier in its process and no downstream URL does not start.
-    let lone = common::run_bounded(
-        Command::new(env!("CARGO_BIN_EXE_norn")).args([
-            "--target=query-frontend",
-            "--server.http-listen-address=127.0.0.1",
-            &format!("--server.http-listen-port={}", free_port()),
-            &format!("--memberlist.bind-port={}", free_port()),
-            &format!(
-                "--common.storage.filesystem.dir={}",
-                tmp.path().join("lone").display()
-            ),
-        ]),
-        Duration::from_secs(60),
-    );
-    assert!(!lone.ok(), "{}", lone.text());
-    assert!(
-        lone.stderr.contains("--query-frontend.downstream-url"),
-        "{}",
-        lone.text()
-    );
     assert!(
         a.log().contains("slow query"),
         "every query takes over 1ms: the slow-query log has them"

@@ -16,20 +16,25 @@
 //!
 //! Instant queries are validated and forwarded; series, labels, label values, metadata,
 //! build info and `format_query` are forwarded as they are. The pipeline ends in a
-//! [`Downstream`]: a querier's HTTP address, or the querier's routes in the same process. The
-//! per-tenant queue that queriers pull from, and query sharding, will slot in as another
-//! downstream and another stage; see `docs/architecture.md`.
+//! [`Downstream`]: a querier's HTTP address (`--query-frontend.downstream-url`), or the
+//! per-tenant fair [`queue`] that queriers' [`worker`]s pull from, over gRPC
+//! ([`frontend_grpc`]) or in this process; see `docs/architecture.md`.
 
 mod api;
 pub mod downstream;
 pub mod extents;
+pub mod frontend_grpc;
 pub mod metrics;
+pub mod queue;
+pub mod queue_metrics;
+pub mod queue_service;
 mod range;
 pub mod response;
 mod service;
 pub mod split;
 #[cfg(test)]
 mod tests;
+pub mod worker;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! `frontend`: the query-frontend's block (Mimir's `frontend` YAML block and
 //! `query-frontend.*` flags): the query API's body bound, splitting, step alignment, the
-//! results cache, retries, the slow-query log, and where the queriers are.
+//! results cache, retries, the slow-query log, the queue, and where the queriers are.
 
 use std::time::Duration;
 
@@ -33,6 +33,8 @@ pub struct FrontendConfig {
     /// A querier's HTTP address (`http://querier:8080`), when the querier is not in this
     /// process.
     pub downstream_url: String,
+    /// Requests a tenant may have waiting in the queue for a querier; more get 429.
+    pub max_outstanding_per_tenant: usize,
 }
 
 impl Default for FrontendConfig {
@@ -47,6 +49,7 @@ impl Default for FrontendConfig {
             max_retries: d.max_retries,
             log_queries_longer_than: d.log_queries_longer_than,
             downstream_url: String::new(),
+            max_outstanding_per_tenant: 100,
         }
     }
 }
@@ -101,6 +104,12 @@ pub struct FrontendFlags {
         env = "NORN_QUERY_FRONTEND_DOWNSTREAM_URL"
     )]
     pub downstream_url: Option<String>,
+    /// Requests one tenant may have waiting for a querier; more get 429.
+    #[arg(
+        long = "query-frontend.max-outstanding-requests-per-tenant",
+        env = "NORN_QUERY_FRONTEND_MAX_OUTSTANDING_REQUESTS_PER_TENANT"
+    )]
+    pub max_outstanding_per_tenant: Option<usize>,
 }
 
 impl FrontendFlags {
@@ -121,6 +130,10 @@ impl FrontendFlags {
             &self.log_queries_longer_than,
         )?;
         set(&mut c.downstream_url, &self.downstream_url);
+        set(
+            &mut c.max_outstanding_per_tenant,
+            &self.max_outstanding_per_tenant,
+        );
         Ok(())
     }
 }

@@ -1,0 +1,184 @@
+//! Querier workers: what takes requests out of the frontend's [`Queue`] and answers them.
+//!
+//! Two kinds, one loop shape (take a request, run it on the querier's routes, hand back the
+//! answer, take the next):
+//! * [`spawn_remote`] runs in a querier process with `--querier.frontend-address`: each of
+//!   `--querier.max-concurrent` workers holds one `norn.frontend.v1` `Process` stream to the
+//!   frontend over one shared HTTP/2 connection, and reconnects (with backoff) when it breaks
+//!   or the frontend restarts. The querier dials out, so the frontend needs no list of
+//!   queriers;
+//! * [`spawn_local`] runs in the frontend's own process when a querier runs there too
+//!   (`--target=all`): the same queue, pulled directly, so fairness holds in the single
+//!   binary as well.
+//!
+//! A worker stops taking work when the process stops; the request it runs is finished first.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use norn_proto::MAX_MESSAGE_SIZE;
+use norn_proto::frontend::v1 as pb;
+use pb::frontend_client::FrontendClient;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::downstream::Downstream;
+use crate::frontend_grpc::{request_from_proto, response_to_proto};
+use crate::queue::{Queue, error_response};
+
+/// First wait before reconnecting; doubled per failure up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Where a querier's workers connect and how many run.
+#[derive(Debug, Clone)]
+pub struct RemoteWorkers {
+    /// The frontend's gRPC address, `host:port`.
+    pub frontend_address: String,
+    /// Workers (streams) to run: the querier's `max_concurrent`.
+    pub concurrency: usize,
+    /// Names this querier in the frontend's logs.
+    pub querier_id: String,
+}
+
+/// Why the workers did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("querier.frontend-address {0:?} is not a host:port: {1}")]
+    Address(String, String),
+}
+
+/// Starts the querier's workers, which answer the frontend's requests with `querier` (the
+/// querier's own routes) until `stop`.
+pub fn spawn_remote(
+    cfg: RemoteWorkers,
+    querier: Arc<dyn Downstream>,
+    stop: CancellationToken,
+) -> Result<Vec<JoinHandle<()>>, WorkerError> {
+    let channel = Endpoint::from_shared(format!("http://{}", cfg.frontend_address))
+        .map_err(|e| WorkerError::Address(cfg.frontend_address.clone(), e.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        // A frontend host that vanishes without a reset is noticed, and the streams redialled.
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+        .connect_lazy();
+    tracing::info!(
+        frontend = cfg.frontend_address,
+        workers = cfg.concurrency,
+        "querier workers pulling from the query-frontend"
+    );
+    Ok((0..cfg.concurrency.max(1))
+        .map(|_| {
+            let (channel, querier, stop, id) = (
+                channel.clone(),
+                Arc::clone(&querier),
+                stop.clone(),
+                cfg.querier_id.clone(),
+            );
+            tokio::spawn(remote_worker(channel, querier, stop, id))
+        })
+        .collect())
+}
+
+async fn remote_worker(
+    channel: Channel,
+    querier: Arc<dyn Downstream>,
+    stop: CancellationToken,
+    querier_id: String,
+) {
+    let mut backoff = MIN_BACKOFF;
+    while !stop.is_cancelled() {
+        match one_stream(&channel, querier.as_ref(), &stop, &querier_id).await {
+            // Served at least one request: the frontend was there, start backoff afresh.
+            Ok(true) => backoff = MIN_BACKOFF,
+            Ok(false) => {}
+            Err(e) => tracing::debug!(error = %e, "query-frontend stream failed"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// One `Process` stream until it ends; whether it served anything.
+async fn one_stream(
+    channel: &Channel,
+    querier: &dyn Downstream,
+    stop: &CancellationToken,
+    querier_id: &str,
+) -> Result<bool, tonic::Status> {
+    let mut client = FrontendClient::new(channel.clone())
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let (tx, rx) = mpsc::channel(1);
+    let hello = pb::ClientToFrontend {
+        msg: Some(pb::client_to_frontend::Msg::Hello(pb::Hello {
+            querier_id: querier_id.to_string(),
+        })),
+    };
+    // The channel holds one message: this cannot wait.
+    let _ = tx.send(hello).await;
+    let out = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let mut inbound = tokio::select! {
+        r = client.process(out) => r?.into_inner(),
+        _ = stop.cancelled() => return Ok(false),
+    };
+    let mut served = false;
+    loop {
+        let msg = tokio::select! {
+            m = inbound.message() => m?,
+            _ = stop.cancelled() => return Ok(served),
+        };
+        let Some(pb::FrontendToClient { request: Some(req) }) = msg else {
+            return Ok(served);
+        };
+        let resp = match request_from_proto(req) {
+            Some(r) => match querier.call(r).await {
+                Ok(resp) => resp,
+                Err(e) => error_response(StatusCode::BAD_GATEWAY, "internal", &e.to_string()),
+            },
+            None => error_response(StatusCode::BAD_REQUEST, "bad_data", "not an HTTP request"),
+        };
+        let answer = pb::ClientToFrontend {
+            msg: Some(pb::client_to_frontend::Msg::Response(response_to_proto(
+                resp,
+            ))),
+        };
+        if tx.send(answer).await.is_err() {
+            return Ok(served);
+        }
+        served = true;
+    }
+}
+
+/// Starts `concurrency` workers in this process, answering the queue's requests with
+/// `querier` until the queue closes or `stop`.
+pub fn spawn_local(
+    queue: &Arc<Queue>,
+    querier: Arc<dyn Downstream>,
+    concurrency: usize,
+    stop: CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    (0..concurrency.max(1))
+        .map(|_| {
+            let (queue, querier, stop) = (Arc::clone(queue), Arc::clone(&querier), stop.clone());
+            tokio::spawn(async move {
+                let _worker = queue.worker_connected();
+                while let Some(p) = queue.next_until(&stop).await {
+                    if !p.wanted() {
+                        continue;
+                    }
+                    let reply = querier.call(p.request.clone()).await;
+                    p.answer(reply);
+                }
+            })
+        })
+        .collect()
+}
