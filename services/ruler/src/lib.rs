@@ -11,8 +11,11 @@
 //!   in order, `limit`, `query_offset`, stale markers), querying through a
 //!   `QueryableProvider` with `norn-promql` and writing through a `Pusher`.
 //!
-//! Alerting rules are validated, stored and listed, but not evaluated yet (their health says
-//! so); notifications, `for` state and the `ALERTS` series come with them.
+//! * [`template`]: Prometheus' alert templates (Go `text/template` syntax and Prometheus'
+//!   functions); an alerting rule whose label or annotation does not parse is refused at upload.
+//!
+//! Alerting rules are validated (templates included), stored and listed, but not evaluated yet
+//! (their health says so); notifications, `for` state and the `ALERTS` series come with them.
 
 pub mod api;
 pub mod config;
@@ -23,6 +26,7 @@ pub mod ring;
 pub mod rulefmt;
 pub mod service;
 pub mod store;
+pub mod template;
 
 pub use config::{Config, LocalStorageConfig, RingConfig, StorageConfig};
 pub use ring::{RULER_RING_KEY, RingMembership};

@@ -168,6 +168,15 @@ pub fn check_group(g: &RuleGroup, max_rules: usize) -> Vec<String> {
                 if alert.is_empty() {
                     errs.push(format!("{}: alert name must not be empty", at()));
                 }
+                // Labels and annotations are templates: a bad one is refused now, not
+                // found when the alert fires.
+                for (kind, map) in [("label", &r.labels), ("annotation", &r.annotations)] {
+                    for (k, v) in map {
+                        if let Err(e) = crate::template::Template::parse(alert, v) {
+                            errs.push(format!("{}: {kind} {k:?}: {e}", at()));
+                        }
+                    }
+                }
             }
         }
         if r.expr.trim().is_empty() {
@@ -266,7 +275,8 @@ rules:
   - alert: A
     expr: up
     for: forever
-    labels: {"0bad": x}
+    labels: {"0bad": x, sev: "{{ if }}"}
+    annotations: {summary: "{{ $labels.job }", ok: "{{ $labels.job | toUpper }}"}
 "#,
         )
         .unwrap();
@@ -279,6 +289,8 @@ rules:
             "rule 3 (record \"ok2\"): 'expr' must not be empty",
             "rule 4 (alert \"A\"): invalid for \"forever\"",
             "rule 4 (alert \"A\"): invalid label name \"0bad\"",
+            "rule 4 (alert \"A\"): label \"sev\": error parsing template __alert_A: template: __alert_A:1: missing value for if",
+            "rule 4 (alert \"A\"): annotation \"summary\": error parsing template __alert_A",
             "has 4 rules, more than the limit of 3",
         ] {
             assert!(errs.contains(want), "missing {want:?} in:\n{errs}");
