@@ -27,7 +27,12 @@ pub mod metrics;
 mod range;
 pub mod response;
 mod service;
+mod shard_run;
+pub mod shard_merge;
+pub mod sharding;
 pub mod split;
+#[cfg(test)]
+mod shard_tests;
 #[cfg(test)]
 mod tests;
 
@@ -50,6 +55,8 @@ pub struct Config {
     pub cache_results: bool,
     /// Times a request to a querier is sent again after a 5xx or no answer.
     pub max_retries: usize,
+    /// Run shardable queries as the tenant's `query_sharding_total_shards` legs.
+    pub parallelize_shardable_queries: bool,
     /// Log queries slower than this (zero: none).
     pub log_queries_longer_than: Duration,
     /// Longest query text accepted, in bytes (0 = no limit); the querier's setting.
@@ -65,6 +72,7 @@ impl Default for Config {
             split_queries_by_interval: Duration::from_secs(24 * 3600),
             cache_results: false,
             max_retries: 5,
+            parallelize_shardable_queries: false,
             log_queries_longer_than: Duration::ZERO,
             max_query_expression_size_bytes: norn_promql::DEFAULT_MAX_QUERY_BYTES,
             max_query_expression_depth: norn_promql::DEFAULT_MAX_QUERY_DEPTH,
