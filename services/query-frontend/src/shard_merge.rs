@@ -401,7 +401,7 @@ mod tests {
 
     #[test]
     fn vectors_round_trip_in_the_querier_format() {
-        let body = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"job":"a"},"value":[1.5,"NaN"]},{"metric":{},"value":[1.5,"2"]}]},"warnings":["w"]}"#;
+        let body = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"job":"a"},"value":[1.500,"NaN"]},{"metric":{},"value":[1.500,"2"]}]},"warnings":["w"]}"#;
         let v = parse_vector(body.as_bytes()).unwrap();
         assert_eq!(v.samples[0].1, 1500);
         assert_eq!(write_vector(&v), body);

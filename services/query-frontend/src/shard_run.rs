@@ -134,15 +134,12 @@ impl Frontend {
                 t
             }
         };
-        let mut rest = String::new();
-        push_form_pair(&mut rest, "time", &time);
+        let mut rest = vec![("time", time.as_str())];
         for (k, vs) in &params.0 {
             if matches!(k.as_str(), "query" | "time") {
                 continue;
             }
-            for v in vs {
-                push_form_pair(&mut rest, k, v);
-            }
+            rest.extend(vs.iter().map(|v| (k.as_str(), v.as_str())));
         }
         let mut headers = headers.clone();
         headers.insert("content-type", form_content_type());
@@ -153,7 +150,9 @@ impl Frontend {
             .map(|(part, text)| {
                 let mut form = String::new();
                 push_form_pair(&mut form, "query", text);
-                form.push_str(&rest);
+                for (k, v) in &rest {
+                    push_form_pair(&mut form, k, v);
+                }
                 let req = DownstreamRequest {
                     method: Method::POST,
                     path_and_query: QUERY_PATH.to_string(),

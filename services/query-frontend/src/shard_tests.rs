@@ -138,7 +138,7 @@ fn store() -> MemStore {
             let base = 1e8 + (j * 5 + i) as f64 * 3.3e6;
             store.add_series(
                 &l,
-                (0..120).map(|k| Sample::new(k * 15_000 + 7_000, base + ((k * 7919 + i * 13) % 1000) as f64 * 1e3)),
+                (0..120).map(|k| Sample::new(k * 15_000 + 7_000, base + ((k * 7919 + i as i64 * 13) % 1000) as f64 * 1e3)),
             );
         }
     }
