@@ -420,7 +420,9 @@ fn shard_selectors_are_honoured(norn: &Norn, t: i64) {
         let (s, v) = get(&url, true);
         assert_eq!(s, 200, "{q}: {v}");
         let r = &v["data"]["result"];
-        r[0]["value"][1].as_str().map_or(0.0, |x| x.parse().unwrap())
+        r[0]["value"][1]
+            .as_str()
+            .map_or(0.0, |x| x.parse().unwrap())
     };
     let all = count("count(http_requests_total)");
     let one = count("count(http_requests_total{__query_shard__=\"1_of_2\"})");

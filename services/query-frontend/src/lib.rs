@@ -27,12 +27,12 @@ pub mod metrics;
 mod range;
 pub mod response;
 mod service;
-mod shard_run;
 pub mod shard_merge;
-pub mod sharding;
-pub mod split;
+mod shard_run;
 #[cfg(test)]
 mod shard_tests;
+pub mod sharding;
+pub mod split;
 #[cfg(test)]
 mod tests;
 

@@ -338,7 +338,11 @@ mod tests {
     #[test]
     fn sums_of_sums_and_counts() {
         let plan = analyse("sum by (job) (x)", 2).unwrap();
-        let legs = step(&[(&[("job", "a")], 1.0), (&[("job", "b")], 2.0), (&[("job", "a")], 3.0)]);
+        let legs = step(&[
+            (&[("job", "a")], 1.0),
+            (&[("job", "b")], 2.0),
+            (&[("job", "a")], 3.0),
+        ]);
         assert_eq!(
             only(combine(&plan, vec![legs.clone()])),
             [(l(&[("job", "a")]), 4.0), (l(&[("job", "b")]), 2.0)]
@@ -388,7 +392,11 @@ mod tests {
     fn outer_aggregations_run_over_the_combined_groups() {
         let plan = analyse("max(sum by (job) (x))", 2).unwrap();
         // Job a is 1+3 = 4 over two legs, b is 3 in one: the max is 4, not 3.
-        let legs = step(&[(&[("job", "a")], 1.0), (&[("job", "b")], 3.0), (&[("job", "a")], 3.0)]);
+        let legs = step(&[
+            (&[("job", "a")], 1.0),
+            (&[("job", "b")], 3.0),
+            (&[("job", "a")], 3.0),
+        ]);
         assert_eq!(only(combine(&plan, vec![legs])), [(l(&[]), 4.0)]);
         let plan = analyse("count without (i) (sum by (i, job) (x))", 2).unwrap();
         let legs = step(&[
@@ -396,7 +404,10 @@ mod tests {
             (&[("i", "2"), ("job", "a")], 1.0),
             (&[("i", "1"), ("job", "a")], 1.0),
         ]);
-        assert_eq!(only(combine(&plan, vec![legs])), [(l(&[("job", "a")]), 2.0)]);
+        assert_eq!(
+            only(combine(&plan, vec![legs])),
+            [(l(&[("job", "a")]), 2.0)]
+        );
     }
 
     #[test]
@@ -405,7 +416,12 @@ mod tests {
         let v = parse_vector(body.as_bytes()).unwrap();
         assert_eq!(v.samples[0].1, 1500);
         assert_eq!(write_vector(&v), body);
-        assert!(parse_vector(br#"{"status":"success","data":{"resultType":"scalar","result":[1,"1"]}}"#).is_err());
+        assert!(
+            parse_vector(
+                br#"{"status":"success","data":{"resultType":"scalar","result":[1,"1"]}}"#
+            )
+            .is_err()
+        );
         assert!(parse_vector(b"{").is_err());
         let mut steps = Steps::new();
         steps_of_vector(v, &mut steps).unwrap();

@@ -127,7 +127,8 @@ fn store() -> MemStore {
                 let rate = 1.0 + (j * 17 + i * 5 + m) as f64 * 0.13;
                 store.add_series(
                     &l,
-                    (0..120).map(|k| Sample::new(k * 15_000 + 7_000, (k as f64 * rate * 15.0).round())),
+                    (0..120)
+                        .map(|k| Sample::new(k * 15_000 + 7_000, (k as f64 * rate * 15.0).round())),
                 );
             }
             let l = Labels::from_pairs([
@@ -138,7 +139,12 @@ fn store() -> MemStore {
             let base = 1e8 + (j * 5 + i) as f64 * 3.3e6;
             store.add_series(
                 &l,
-                (0..120).map(|k| Sample::new(k * 15_000 + 7_000, base + ((k * 7919 + i as i64 * 13) % 1000) as f64 * 1e3)),
+                (0..120).map(|k| {
+                    Sample::new(
+                        k * 15_000 + 7_000,
+                        base + ((k * 7919 + i as i64 * 13) % 1000) as f64 * 1e3,
+                    )
+                }),
             );
         }
     }
@@ -176,7 +182,9 @@ async fn ask(app: &axum::Router, path_and_query: &str) -> (StatusCode, serde_jso
         .unwrap();
     let resp = app.clone().oneshot(req).await.unwrap();
     let status = resp.status();
-    let body = axum::body::to_bytes(resp.into_body(), 1 << 26).await.unwrap();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 26)
+        .await
+        .unwrap();
     (status, serde_json::from_slice(&body).unwrap())
 }
 
@@ -255,7 +263,10 @@ async fn sharded_answers_equal_unsharded_ones_over_the_engine() {
     for (i, q) in SHARDED.iter().chain(WHOLE).enumerate() {
         let enc = urlencode(q);
         for path in [
-            format!("/prometheus/api/v1/query?query={enc}&time={}", t as f64 / 1000.0),
+            format!(
+                "/prometheus/api/v1/query?query={enc}&time={}",
+                t as f64 / 1000.0
+            ),
             format!(
                 "/prometheus/api/v1/query_range?query={enc}&start={}&end={}&step=60",
                 start as f64 / 1000.0,
@@ -267,18 +278,22 @@ async fn sharded_answers_equal_unsharded_ones_over_the_engine() {
             let (ss, sv) = ask(&sharded, &path).await;
             assert_eq!(ps, StatusCode::OK, "{q}: {pv}");
             assert_eq!(ss, StatusCode::OK, "{q}: {sv}");
-            assert_eq!(
-                pv["data"]["resultType"], sv["data"]["resultType"],
-                "{q}"
-            );
+            assert_eq!(pv["data"]["resultType"], sv["data"]["resultType"], "{q}");
             let (a, b) = (normalise(&pv), normalise(&sv));
             assert!(!a.is_empty() || q.contains("absent"), "{q}: no data");
-            assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "{q} {path}");
+            assert_eq!(
+                a.keys().collect::<Vec<_>>(),
+                b.keys().collect::<Vec<_>>(),
+                "{q} {path}"
+            );
             for (k, pa) in &a {
                 let pb = &b[k];
                 assert_eq!(pa.len(), pb.len(), "{q}: {k}");
                 for ((ta, va), (tb, vb)) in pa.iter().zip(pb) {
-                    assert!(ta == tb && close(*va, *vb), "{q}: {k} ({ta}, {va}) vs ({tb}, {vb})");
+                    assert!(
+                        ta == tb && close(*va, *vb),
+                        "{q}: {k} ({ta}, {va}) vs ({tb}, {vb})"
+                    );
                 }
             }
             let was_sharded = metrics.sharded_queries.get() > before;

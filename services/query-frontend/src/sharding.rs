@@ -464,7 +464,11 @@ mod tests {
         );
         // Two vectors under a binary operator: refused.
         assert!(p.is_err());
-        let p = analyse("avg by (job) (max_over_time(rate(x{a=\"b\"}[5m])[1h:1m]))", 3).unwrap();
+        let p = analyse(
+            "avg by (job) (max_over_time(rate(x{a=\"b\"}[5m])[1h:1m]))",
+            3,
+        )
+        .unwrap();
         let legs = p.leg_queries();
         assert_eq!(legs.len(), 6);
         for (i, (part, q)) in legs.iter().enumerate() {

@@ -197,7 +197,11 @@ async fn answers_equal_the_whole_file_reader() {
     let mut cases = cases;
     for i in 0..3 {
         let shard = norn_model::ShardSelector::new(i, 3).unwrap().matcher();
-        cases.push((i64::MIN, i64::MAX, vec![re("__name__", ".+"), shard.clone()]));
+        cases.push((
+            i64::MIN,
+            i64::MAX,
+            vec![re("__name__", ".+"), shard.clone()],
+        ));
         cases.push((0, 1_000_000, vec![Matcher::equal("job", "job2"), shard]));
     }
     for (mint, maxt, ms) in cases {

@@ -60,7 +60,8 @@ impl ShardSelector {
             ))
         };
         let (i, n) = value.split_once("_of_").ok_or_else(bad)?;
-        let digits = |s: &str| !s.is_empty() && s.len() <= 6 && s.bytes().all(|b| b.is_ascii_digit());
+        let digits =
+            |s: &str| !s.is_empty() && s.len() <= 6 && s.bytes().all(|b| b.is_ascii_digit());
         if !digits(i) || !digits(n) {
             return Err(bad());
         }
@@ -135,13 +136,30 @@ mod tests {
     fn parses_mimir_values_and_refuses_the_rest() {
         assert_eq!(
             ShardSelector::parse("1_of_16").unwrap(),
-            ShardSelector { index: 0, count: 16 }
+            ShardSelector {
+                index: 0,
+                count: 16
+            }
         );
         assert_eq!(ShardSelector::parse("16_of_16").unwrap().index, 15);
-        assert_eq!(ShardSelector::parse("3_of_16").unwrap().label_value(), "3_of_16");
+        assert_eq!(
+            ShardSelector::parse("3_of_16").unwrap().label_value(),
+            "3_of_16"
+        );
         for bad in [
-            "", "0_of_4", "5_of_4", "1_of_0", "x", "1of2", "1_of_", "_of_2", "-1_of_2",
-            "+1_of_2", "1_of_2_of_3", "99999999999999999999_of_2", "1_of_100000",
+            "",
+            "0_of_4",
+            "5_of_4",
+            "1_of_0",
+            "x",
+            "1of2",
+            "1_of_",
+            "_of_2",
+            "-1_of_2",
+            "+1_of_2",
+            "1_of_2_of_3",
+            "99999999999999999999_of_2",
+            "1_of_100000",
         ] {
             assert!(ShardSelector::parse(bad).is_err(), "{bad:?}");
         }

@@ -20,7 +20,12 @@ fn series() -> Vec<(Labels, Vec<Sample>)> {
                 ("i", &*i.to_string()),
                 ("j", &*(i % 7).to_string()),
             ]);
-            (l, (0..20).map(|k| Sample::new(k * 1000, (i * k) as f64)).collect())
+            (
+                l,
+                (0..20)
+                    .map(|k| Sample::new(k * 1000, (i * k) as f64))
+                    .collect(),
+            )
         })
         .collect()
 }
@@ -47,7 +52,11 @@ async fn check(q: &dyn Queryable, all: &[(Labels, Vec<Sample>)]) {
                 let s = ShardSelector::new(i, n).unwrap();
                 let ms = with_shard(&base, s);
                 let got = q.select_within(0, 30_000, &ms, &budget).await.unwrap();
-                let want: Vec<_> = whole.iter().filter(|x| s.contains(&x.labels)).cloned().collect();
+                let want: Vec<_> = whole
+                    .iter()
+                    .filter(|x| s.contains(&x.labels))
+                    .cloned()
+                    .collect();
                 assert_eq!(got, want, "shard {s} of {base:?}");
                 let chunks = q.select_chunks(0, 30_000, &ms).await.unwrap();
                 let labels: Vec<_> = chunks.iter().map(|c| c.labels.clone()).collect();
