@@ -80,7 +80,10 @@ async fn check(q: &dyn Queryable, all: &[(Labels, Vec<Sample>)]) {
         Matcher::equal(SHARD_LABEL, "x"),
         Matcher::new(MatchType::NotEqual, SHARD_LABEL, "1_of_3").unwrap(),
     ] {
-        let err = q.select(0, 30_000, &[bad.clone()]).await.unwrap_err();
+        let err = q
+            .select(0, 30_000, std::slice::from_ref(&bad))
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::BadData, "{bad}");
         let err = q.select_chunks(0, 30_000, &[bad]).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::BadData);
