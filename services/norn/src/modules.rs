@@ -304,6 +304,7 @@ async fn query_frontend(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
             split_queries_by_interval: f.split_queries_by_interval,
             cache_results: f.cache_results,
             max_retries: f.max_retries,
+            parallelize_shardable_queries: f.parallelize_shardable_queries,
             log_queries_longer_than: f.log_queries_longer_than,
             max_query_expression_size_bytes: cfg.querier.max_query_expression_size_bytes,
             max_query_expression_depth: cfg.querier.max_query_expression_depth,

@@ -13,9 +13,10 @@
 //! window boundary. `holt_winters` (renamed in 3.x) is not in the list. Queries whose 2.42 result is known to differ from
 //! 3.x are listed in `KNOWN_DIFFERENCES` with the reason.
 //!
-//! Norn answers through its query-frontend with range queries split in 7-minute legs and the
-//! results cache on: every range query runs twice (cold, then from the cache) and both must
-//! match Prometheus' unsplit answer.
+//! Norn answers through its query-frontend with range queries split in 7-minute legs, the
+//! results cache on and query sharding on (4 shards): every range query runs twice (cold,
+//! then from the cache) and both must match Prometheus' unsplit answer, and the shardable
+//! aggregations of the list (instant and range) run as legs over the ingester's shards.
 //!
 //! Skipped (with a message) without a `prometheus` binary unless `NORN_REQUIRE_PEERS=1`.
 
@@ -317,6 +318,8 @@ fn promql_matches_prometheus_on_identical_data() {
             "--query-frontend.split-queries-by-interval=7m",
             "--query-frontend.cache-results=true",
             "--query-frontend.max-cache-freshness=1m",
+            "--query-frontend.parallelize-shardable-queries=true",
+            "--query-frontend.query-sharding-total-shards=4",
         ],
     );
     let prom_peer = Prometheus::start(
@@ -392,10 +395,50 @@ fn promql_matches_prometheus_on_identical_data() {
     // The range queries really were split and answered from the cache the second time.
     assert!(norn.metric("norn_query_frontend_split_queries_total") >= 4.0 * QUERIES.len() as f64);
     assert!(norn.metric("norn_query_frontend_results_cache_hits_total") > QUERIES.len() as f64);
+    // The shardable aggregations of the list (about a dozen, instant and range) ran sharded.
+    let sharded = norn.metric("norn_query_frontend_sharded_queries_total");
+    assert!(sharded >= 20.0, "{sharded} queries sharded");
+    assert!(norn.metric("norn_query_frontend_sharded_query_legs_total") >= 4.0 * sharded);
+    shard_selectors_are_honoured(&norn, end - 60_000 + 3_000);
     assert!(
         failures.is_empty(),
         "{} mismatches:\n{}",
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// The ingester honours `__query_shard__` by series hash (the two shards' counts add up to
+/// the whole, each is a real part), and a malformed selector is a 400 from the querier.
+fn shard_selectors_are_honoured(norn: &Norn, t: i64) {
+    let count = |q: &str| -> f64 {
+        let url = norn.url(&format!(
+            "/prometheus/api/v1/query?query={}&time={}",
+            urlencode(q),
+            t as f64 / 1000.0
+        ));
+        let (s, v) = get(&url, true);
+        assert_eq!(s, 200, "{q}: {v}");
+        let r = &v["data"]["result"];
+        r[0]["value"][1]
+            .as_str()
+            .map_or(0.0, |x| x.parse().unwrap())
+    };
+    let all = count("count(http_requests_total)");
+    let one = count("count(http_requests_total{__query_shard__=\"1_of_2\"})");
+    let two = count("count(http_requests_total{__query_shard__=\"2_of_2\"})");
+    assert_eq!(all, 36.0);
+    assert_eq!(one + two, all, "shards {one} + {two}");
+    assert!(one > 0.0 && two > 0.0, "shards {one} + {two}");
+    for bad in ["0_of_2", "3_of_2", "1of2"] {
+        let q = format!("count(http_requests_total{{__query_shard__=\"{bad}\"}})");
+        let url = norn.url(&format!(
+            "/prometheus/api/v1/query?query={}&time={}",
+            urlencode(&q),
+            t as f64 / 1000.0
+        ));
+        let (s, v) = get(&url, true);
+        assert_eq!(s, 400, "{q}: {v}");
+        assert_eq!(v["errorType"], "bad_data", "{q}: {v}");
+    }
 }

@@ -21,6 +21,7 @@ use norn_server::{HttpError, TenantResolver};
 use crate::metrics::FrontendMetrics;
 use crate::range::{Answer, RangeQuery, Stats};
 use crate::response::{Matrix, write_matrix};
+use crate::shard_merge::write_vector;
 use crate::split::align;
 use crate::{Config, Downstream, DownstreamRequest, DownstreamResponse};
 
@@ -38,7 +39,7 @@ const PASSED_HEADERS: [&str; 3] = ["x-scope-orgid", "authorization", "content-ty
 pub struct Frontend {
     pub(crate) config: Config,
     /// Parses queries to validate them (on query threads: deep queries need a deep stack).
-    engine: Engine,
+    pub(crate) engine: Engine,
     pub(crate) downstream: Arc<dyn Downstream>,
     /// The results cache, when `cache_results` is on.
     pub(crate) cache: Option<Arc<dyn Cache>>,
@@ -207,6 +208,7 @@ async fn query_range(
             step = p.get("step").unwrap_or(""),
             wall_time_seconds = took.as_secs_f64(),
             legs = stats.legs,
+            shards = stats.shards,
             cache_hit_ratio = hit_ratio,
             status = resp.status().as_u16(),
             "slow query"
@@ -287,6 +289,9 @@ async fn range_inner(
             .filter(|(k, _)| !matches!(k.as_str(), "query" | "start" | "end" | "step"))
             .flat_map(|(k, vs)| vs.iter().map(move |v| (k.clone(), v.clone())))
             .collect();
+    let parallelism = limits.max_query_parallelism.max(1);
+    let shard = f.shard_plan(&tenant, &query, parallelism).await;
+    stats.shards = shard.as_ref().map_or(0, |s| s.plan.shards);
     let q = RangeQuery {
         tenant,
         query,
@@ -297,8 +302,9 @@ async fn range_inner(
         headers: passed_headers(headers),
         split: !whole,
         use_cache: f.cache.is_some() && !whole && !no_store(headers),
-        parallelism: limits.max_query_parallelism.max(1),
+        parallelism,
         max_cache_freshness: limits.max_cache_freshness,
+        shard,
     };
     match f.run_range(&q, stats).await {
         Ok(Answer::Passthrough(r)) => Ok(downstream_response(r)),
@@ -349,9 +355,26 @@ async fn query(
 ) -> Response {
     let started = Instant::now();
     let r = async {
-        f.tenants.resolve(&headers).map_err(HttpError::into_json)?;
+        let tenant = f.tenants.resolve(&headers).map_err(HttpError::into_json)?;
         let p = Params::parse(rq.as_deref(), &body);
-        f.validate(p.get("query").unwrap_or("")).await?;
+        let text = p.get("query").unwrap_or("");
+        f.validate(text).await?;
+        let parallelism = f
+            .overrides
+            .for_tenant(tenant.as_str())
+            .max_query_parallelism
+            .max(1);
+        if let Some(s) = f.shard_plan(&tenant, text, parallelism).await {
+            let passed = passed_headers(&headers);
+            let now = norn_model::now_ms();
+            return Ok(
+                match f.run_sharded_instant(&tenant, &passed, &s, &p, now).await {
+                    Ok(v) => ok_json(write_vector(&v)),
+                    Err(crate::range::Failure::Downstream(r)) => downstream_response(r),
+                    Err(crate::range::Failure::Error(e)) => e.into_response(),
+                },
+            );
+        }
         Ok::<_, HttpError>(
             f.forward(
                 method,

@@ -31,6 +31,11 @@ pub mod queue_service;
 mod range;
 pub mod response;
 mod service;
+pub mod shard_merge;
+mod shard_run;
+#[cfg(test)]
+mod shard_tests;
+pub mod sharding;
 pub mod split;
 #[cfg(test)]
 mod tests;
@@ -55,6 +60,8 @@ pub struct Config {
     pub cache_results: bool,
     /// Times a request to a querier is sent again after a 5xx or no answer.
     pub max_retries: usize,
+    /// Run shardable queries as the tenant's `query_sharding_total_shards` legs.
+    pub parallelize_shardable_queries: bool,
     /// Log queries slower than this (zero: none).
     pub log_queries_longer_than: Duration,
     /// Longest query text accepted, in bytes (0 = no limit); the querier's setting.
@@ -70,6 +77,7 @@ impl Default for Config {
             split_queries_by_interval: Duration::from_secs(24 * 3600),
             cache_results: false,
             max_retries: 5,
+            parallelize_shardable_queries: false,
             log_queries_longer_than: Duration::ZERO,
             max_query_expression_size_bytes: norn_promql::DEFAULT_MAX_QUERY_BYTES,
             max_query_expression_depth: norn_promql::DEFAULT_MAX_QUERY_DEPTH,

@@ -17,6 +17,10 @@ pub struct FrontendMetrics {
     pub cache_misses: IntCounter,
     /// Requests to a querier sent again after a 5xx or no answer.
     pub retries: IntCounter,
+    /// Queries run sharded.
+    pub sharded_queries: IntCounter,
+    /// Legs of sharded queries sent to a querier (shards × parts, per part asked).
+    pub sharded_legs: IntCounter,
 }
 
 impl FrontendMetrics {
@@ -54,6 +58,16 @@ impl FrontendMetrics {
             "norn_query_frontend_retries_total",
             "Requests to a querier sent again after a 5xx answer or none.",
         )?;
+        let sharded_queries = IntCounter::new(
+            "norn_query_frontend_sharded_queries_total",
+            "Queries the query-frontend ran sharded (as legs over disjoint shards of the series).",
+        )?;
+        let sharded_legs = IntCounter::new(
+            "norn_query_frontend_sharded_query_legs_total",
+            "Legs of sharded queries sent to a querier, one per shard of each part asked.",
+        )?;
+        registry.register(Box::new(sharded_queries.clone()))?;
+        registry.register(Box::new(sharded_legs.clone()))?;
         registry.register(Box::new(queries.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(split_queries.clone()))?;
@@ -67,6 +81,8 @@ impl FrontendMetrics {
             cache_hits,
             cache_misses,
             retries,
+            sharded_queries,
+            sharded_legs,
         })
     }
 }

@@ -14,6 +14,7 @@ use norn_server::prom_json::write_timestamp;
 use crate::api::{Frontend, form_content_type};
 use crate::extents::{Entry, Extent, backend_key, key_text, merge_extents, partition};
 use crate::response::{Matrix, merge, parse_matrix, trim};
+use crate::shard_run::Sharded;
 use crate::split::{Leg, last_point_at_or_before, split_by_interval};
 use crate::{DownstreamRequest, DownstreamResponse};
 
@@ -42,6 +43,9 @@ pub struct RangeQuery {
     pub parallelism: usize,
     /// The freshest part never cached.
     pub max_cache_freshness: Duration,
+    /// The shards' legs that answer each part asked of a querier, when the query is
+    /// shardable and sharding is on (`shard_run`).
+    pub shard: Option<Sharded>,
 }
 
 /// What a query's run came to, for the slow-query log.
@@ -51,6 +55,8 @@ pub struct Stats {
     pub legs: usize,
     /// Legs answered wholly from the cache.
     pub legs_hit: usize,
+    /// Shards each part asked of a querier ran in (0: not sharded).
+    pub shards: usize,
 }
 
 /// A successful answer: the querier's own bytes (one leg, no cache), or merged legs.
@@ -79,8 +85,11 @@ impl Frontend {
         let legs = split_by_interval(q.start, q.end, q.step, interval);
         stats.legs = legs.len();
         self.metrics.split_queries.inc_by(legs.len() as u64);
-        if legs.len() == 1 && !q.use_cache {
-            return self.fetch(q, q.start, q.end).await.map(Answer::Passthrough);
+        if legs.len() == 1 && !q.use_cache && q.shard.is_none() {
+            return self
+                .fetch(q, &q.query, q.start, q.end)
+                .await
+                .map(Answer::Passthrough);
         }
         // The futures are made up front: a stream holding the closure that makes them would
         // not be `Send` for every lifetime axum's handler needs.
@@ -159,21 +168,24 @@ impl Frontend {
 
     /// `[start, end]` of the query from a querier, parsed.
     async fn fetch_matrix(&self, q: &RangeQuery, start: i64, end: i64) -> Result<Matrix, Failure> {
-        let r = self.fetch(q, start, end).await?;
+        if let Some(sharded) = &q.shard {
+            return self.fetch_sharded_range(q, sharded, start, end).await;
+        }
+        let r = self.fetch(q, &q.query, start, end).await?;
         parse_matrix(&r.body).map_err(|e| Failure::Error(HttpError::internal(e).into_json()))
     }
 
-    /// `[start, end]` of the query from a querier: a 2xx answer, or the last failure once
-    /// 5xx answers and transport errors have been retried `max_retries` times; a 4xx, and a
-    /// 5xx that is a timeout or cancellation, is final.
-    async fn fetch(
+    /// `[start, end]` of `query` (the query's own text, or a shard leg's) from a querier,
+    /// see [`send`](Self::send).
+    pub(crate) async fn fetch(
         &self,
         q: &RangeQuery,
+        query: &str,
         start: i64,
         end: i64,
     ) -> Result<DownstreamResponse, Failure> {
         let mut form = String::new();
-        push_form_pair(&mut form, "query", &q.query);
+        push_form_pair(&mut form, "query", query);
         push_form_pair(&mut form, "start", &seconds(start));
         push_form_pair(&mut form, "end", &seconds(end));
         push_form_pair(&mut form, "step", &seconds(q.step));
@@ -188,6 +200,17 @@ impl Frontend {
             headers,
             body: form.into(),
         };
+        self.send(&q.tenant, req).await
+    }
+
+    /// A request to a querier: a 2xx answer, or the last failure once 5xx answers and
+    /// transport errors have been retried `max_retries` times; a 4xx, and a 5xx that is a
+    /// timeout or cancellation, is final.
+    pub(crate) async fn send(
+        &self,
+        tenant: &TenantId,
+        req: DownstreamRequest,
+    ) -> Result<DownstreamResponse, Failure> {
         let mut backoff = RETRY_BACKOFF;
         let mut attempt = 0;
         loop {
@@ -205,7 +228,7 @@ impl Frontend {
             attempt += 1;
             self.metrics.retries.inc();
             tracing::debug!(
-                tenant = q.tenant.as_str(),
+                tenant = tenant.as_str(),
                 attempt,
                 "retrying a range query leg"
             );

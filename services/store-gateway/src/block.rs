@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use norn_model::{ChunkSeries, EncodedChunk, Matcher};
+use norn_model::{ChunkSeries, EncodedChunk, Matcher, ShardSelector};
 use norn_tsdb::block::index::SeriesEntry;
 use norn_tsdb::block::postings::PostingsPlan;
 use norn_tsdb::chunkenc::ENCODING_XOR;
@@ -265,8 +265,12 @@ impl LoadedBlock {
         matchers: &[Matcher],
         ctx: &Ctx<'_>,
     ) -> Result<Vec<SeriesEntry>> {
+        // A `__query_shard__` matcher is no label of the index: it keeps the series of one
+        // shard by label hash, once their labels are read and before any chunk is fetched.
+        let (matchers, shard) =
+            ShardSelector::split(matchers).map_err(|e| Error::BadRequest(e.to_string()))?;
         let table = hdr.table();
-        let plan = PostingsPlan::new(matchers, |n| table.values(n), table.all_postings);
+        let plan = PostingsPlan::new(&matchers, |n| table.values(n), table.all_postings);
         if plan.is_empty() {
             return Ok(Vec::new());
         }
@@ -278,7 +282,11 @@ impl LoadedBlock {
                 msg: m,
             })?;
         drop(lists);
-        self.fetcher.series(hdr, &refs, ctx).await
+        let mut entries = self.fetcher.series(hdr, &refs, ctx).await?;
+        if let Some(shard) = shard {
+            entries.retain(|e| shard.contains(&e.labels));
+        }
+        Ok(entries)
     }
 
     /// Series matching `matchers` with their chunks overlapping `[mint, maxt]` (as stored:

@@ -118,7 +118,11 @@ fn parse(matchers: Vec<ipb::LabelMatcher>, start: i64, end: i64) -> Result<Vec<M
     if start > end {
         return Err(bad_request(format!("start {start} is after end {end}")));
     }
-    matchers_from_proto(matchers).map_err(|e| bad_request(format!("invalid matcher: {e}")))
+    let matchers =
+        matchers_from_proto(matchers).map_err(|e| bad_request(format!("invalid matcher: {e}")))?;
+    // A malformed `__query_shard__` is refused before any block is looked at.
+    norn_model::ShardSelector::split(&matchers).map_err(|e| bad_request(e.to_string()))?;
+    Ok(matchers)
 }
 
 /// Joins label-sorted lists: equal label sets become one series with all chunks, sorted

@@ -193,6 +193,17 @@ async fn answers_equal_the_whole_file_reader() {
             vec![Matcher::new(MatchType::NotRegex, "instance", "inst000.*").unwrap()],
         ),
     ];
+    // Query sharding: each shard's series (by label hash) and only their chunks are fetched.
+    let mut cases = cases;
+    for i in 0..3 {
+        let shard = norn_model::ShardSelector::new(i, 3).unwrap().matcher();
+        cases.push((
+            i64::MIN,
+            i64::MAX,
+            vec![re("__name__", ".+"), shard.clone()],
+        ));
+        cases.push((0, 1_000_000, vec![Matcher::equal("job", "job2"), shard]));
+    }
     for (mint, maxt, ms) in cases {
         let (got, hints) = series(&h, "t1", &[&a, &b], mint, maxt, &ms).await.unwrap();
         let want = expected(&dirs, mint, maxt, &ms);
@@ -760,7 +771,13 @@ async fn malformed_requests_are_refused() {
         name: "a".into(),
         value: "b".into(),
     };
+    let bad_shard = norn_proto::ingester::v1::LabelMatcher {
+        r#type: norn_proto::ingester::v1::MatchType::Eq as i32,
+        name: norn_model::SHARD_LABEL.into(),
+        value: "0_of_3".into(),
+    };
     for (m, s, e) in [
+        (vec![bad_shard], 0, 1),
         (vec![bad_regex], 0, 1),
         (vec![unknown_type], 0, 1),
         (vec![], 10, 1),

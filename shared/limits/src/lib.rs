@@ -80,6 +80,9 @@ pub struct Limits {
     /// still arrive for it.
     #[serde(with = "serde_duration")]
     pub max_cache_freshness: Duration,
+    /// Shards a shardable query is split into by the query-frontend when
+    /// `parallelize_shardable_queries` is on (0 or 1: not sharded).
+    pub query_sharding_total_shards: usize,
     /// Series one query may fetch (0 = unlimited).
     pub max_fetched_series_per_query: usize,
     /// Chunks one query may fetch from the store-gateways (0 = unlimited).
@@ -135,6 +138,7 @@ impl Default for Limits {
             max_query_lookback: Duration::ZERO,
             max_query_parallelism: 14,
             max_cache_freshness: Duration::from_secs(600),
+            query_sharding_total_shards: 16,
             max_fetched_series_per_query: 0,
             max_fetched_chunks_per_query: 2_000_000,
             max_fetched_chunk_bytes_per_query: 0,

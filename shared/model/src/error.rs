@@ -239,6 +239,10 @@ mod tests {
                     assert!(matches!(s, StorageError::Limit(_)));
                     assert!(matches!(p, PushError::Internal(_)));
                 }
+                // A store refusing the selection itself (a malformed `__query_shard__`).
+                ErrorKind::BadData => {
+                    assert!(matches!(s, StorageError::BadData(_)));
+                }
                 _ => {
                     assert!(matches!(s, StorageError::Internal(_)), "{kind:?}");
                     assert!(matches!(p, PushError::Internal(_)), "{kind:?}");
@@ -250,6 +254,7 @@ mod tests {
             StorageError::Unavailable("m".into()),
             StorageError::Limit("m".into()),
             StorageError::Internal("m".into()),
+            StorageError::BadData("m".into()),
         ] {
             let back = StorageError::from_kind(
                 ErrorKind::from_grpc_code(e.kind().grpc_code()),

@@ -13,6 +13,7 @@ pub mod matcher;
 pub mod query;
 pub mod reject;
 pub mod sample;
+pub mod shard;
 pub mod tenant;
 pub mod time;
 pub mod validation;
@@ -34,6 +35,7 @@ pub use sample::{
     MAX_SAMPLE_TIME_MS, MIN_SAMPLE_TIME_MS, STALE_NAN_BITS, Sample, is_stale_nan,
     sample_time_in_bounds, stale_nan,
 };
+pub use shard::{SHARD_LABEL, ShardError, ShardSelector};
 pub use tenant::{ANONYMOUS, ORG_ID_HEADER};
 pub use tenant::{TenantError, TenantId};
 pub use time::now_ms;

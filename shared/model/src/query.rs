@@ -36,6 +36,15 @@ pub enum StorageError {
     Limit(String),
     #[error("{0}")]
     Internal(String),
+    /// The selection itself is invalid (a malformed `__query_shard__` matcher): a 400.
+    #[error("{0}")]
+    BadData(String),
+}
+
+impl From<crate::shard::ShardError> for StorageError {
+    fn from(e: crate::shard::ShardError) -> Self {
+        StorageError::BadData(e.to_string())
+    }
 }
 
 impl StorageError {
@@ -44,6 +53,7 @@ impl StorageError {
             StorageError::Unavailable(_) => ErrorKind::Unavailable,
             StorageError::Limit(_) => ErrorKind::Execution,
             StorageError::Internal(_) => ErrorKind::Internal,
+            StorageError::BadData(_) => ErrorKind::BadData,
         }
     }
 
@@ -55,6 +65,8 @@ impl StorageError {
             StorageError::Unavailable(message)
         } else if kind == ErrorKind::Execution {
             StorageError::Limit(message)
+        } else if kind == ErrorKind::BadData {
+            StorageError::BadData(message)
         } else {
             StorageError::Internal(message)
         }

@@ -374,6 +374,9 @@ async fn select(
     matchers: &[Matcher],
     budget: &SampleBudget,
 ) -> Result<Vec<Series>> {
+    // A malformed `__query_shard__` matcher is the query's fault: refused here, once, as
+    // bad data (400), before any source is asked.
+    norn_model::ShardSelector::split(matchers).map_err(norn_model::StorageError::from)?;
     let got = if need.last_only {
         q.select_last_within(need.mint, need.maxt, matchers, budget)
             .await

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::RwLock;
 
 use async_trait::async_trait;
-use norn_model::{Labels, Matcher, Queryable, Sample, Series, StorageError, matches_all};
+use norn_model::{
+    Labels, Matcher, Queryable, Sample, Series, ShardSelector, StorageError, matches_all,
+};
 
 /// Series held in memory, sorted by labels, each with time-ordered samples.
 #[derive(Debug, Default)]
@@ -62,8 +64,17 @@ impl MemStore {
         end_ms: i64,
         matchers: &'a [Matcher],
     ) -> impl Iterator<Item = (&'a Labels, &'a [Sample])> + 'a {
+        // A `__query_shard__` matcher keeps one shard's series, as every store does; a
+        // malformed one matches nothing (the engine refuses it before it gets here).
+        let (matchers, shard, ok) = match ShardSelector::split(matchers) {
+            Ok((m, s)) => (m, s, true),
+            Err(_) => (std::borrow::Cow::Borrowed(matchers), None, false),
+        };
         map.iter().filter_map(move |(labels, samples)| {
-            if !matches_all(matchers, |n| labels.get(n)) {
+            if !ok
+                || !matches_all(&matchers, |n| labels.get(n))
+                || shard.is_some_and(|s| !s.contains(labels))
+            {
                 return None;
             }
             let lo = samples.partition_point(|s| s.t < start_ms);

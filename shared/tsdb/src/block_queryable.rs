@@ -49,6 +49,7 @@ impl Queryable for BlocksQueryable {
         end_ms: i64,
         matchers: &[Matcher],
     ) -> Result<Vec<Series>, StorageError> {
+        norn_model::ShardSelector::split(matchers)?;
         let mut lists = Vec::new();
         for b in self.overlapping(start_ms, end_ms) {
             lists.push(
@@ -66,6 +67,7 @@ impl Queryable for BlocksQueryable {
         matchers: &[Matcher],
         budget: &SampleBudget,
     ) -> Result<Vec<Series>, StorageError> {
+        norn_model::ShardSelector::split(matchers)?;
         let mut lists = Vec::new();
         for b in self.overlapping(start_ms, end_ms) {
             lists.push(
@@ -83,6 +85,7 @@ impl Queryable for BlocksQueryable {
         end_ms: i64,
         matchers: &[Matcher],
     ) -> Result<Vec<ChunkSeries>, StorageError> {
+        norn_model::ShardSelector::split(matchers)?;
         self.select_chunks_within(start_ms, end_ms, matchers, &SampleBudget::unlimited())
             .await
     }
@@ -94,6 +97,7 @@ impl Queryable for BlocksQueryable {
         matchers: &[Matcher],
         budget: &SampleBudget,
     ) -> Result<Vec<ChunkSeries>, StorageError> {
+        norn_model::ShardSelector::split(matchers)?;
         let mut lists = Vec::new();
         for b in self.overlapping(start_ms, end_ms) {
             lists.push(
@@ -111,6 +115,7 @@ impl Queryable for BlocksQueryable {
         end_ms: i64,
         matchers: &[Matcher],
     ) -> Result<Vec<String>, StorageError> {
+        norn_model::ShardSelector::split(matchers)?;
         let mut lists = Vec::new();
         for b in self.overlapping(start_ms, end_ms) {
             lists.push(b.label_names(matchers).map_err(|e| storage_error(b, e))?);
@@ -125,6 +130,7 @@ impl Queryable for BlocksQueryable {
         end_ms: i64,
         matchers: &[Matcher],
     ) -> Result<Vec<String>, StorageError> {
+        norn_model::ShardSelector::split(matchers)?;
         let mut lists = Vec::new();
         for b in self.overlapping(start_ms, end_ms) {
             lists.push(

@@ -27,6 +27,8 @@ pub struct FrontendConfig {
     pub cache_results: bool,
     /// Times a request to a querier is retried after a 5xx or no answer.
     pub max_retries: usize,
+    /// Run shardable queries as `query_sharding_total_shards` legs over disjoint series.
+    pub parallelize_shardable_queries: bool,
     /// Log queries slower than this (0: none).
     #[serde(with = "serde_duration")]
     pub log_queries_longer_than: Duration,
@@ -47,6 +49,7 @@ impl Default for FrontendConfig {
             split_queries_by_interval: d.split_queries_by_interval,
             cache_results: d.cache_results,
             max_retries: d.max_retries,
+            parallelize_shardable_queries: d.parallelize_shardable_queries,
             log_queries_longer_than: d.log_queries_longer_than,
             downstream_url: String::new(),
             max_outstanding_per_tenant: 100,
@@ -92,6 +95,15 @@ pub struct FrontendFlags {
         env = "NORN_QUERY_FRONTEND_MAX_RETRIES_PER_REQUEST"
     )]
     pub max_retries: Option<usize>,
+    /// Run shardable queries (sum, count, min, max, avg, topk… over series-local
+    /// expressions) as legs over disjoint shards of the series, and combine them.
+    #[arg(
+        long = "query-frontend.parallelize-shardable-queries",
+        env = "NORN_QUERY_FRONTEND_PARALLELIZE_SHARDABLE_QUERIES",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub parallelize_shardable_queries: Option<bool>,
     /// Log queries slower than this (0 = off).
     #[arg(
         long = "query-frontend.log-queries-longer-than",
@@ -125,6 +137,10 @@ impl FrontendFlags {
         )?;
         set(&mut c.cache_results, &self.cache_results);
         set(&mut c.max_retries, &self.max_retries);
+        set(
+            &mut c.parallelize_shardable_queries,
+            &self.parallelize_shardable_queries,
+        );
         set_duration(
             &mut c.log_queries_longer_than,
             &self.log_queries_longer_than,

@@ -136,6 +136,12 @@ pub struct LimitsFlags {
         env = "NORN_QUERY_FRONTEND_MAX_CACHE_FRESHNESS"
     )]
     pub max_cache_freshness: Option<Deferred>,
+    /// Default shards a shardable query is split into (0 or 1 = none).
+    #[arg(
+        long = "query-frontend.query-sharding-total-shards",
+        env = "NORN_QUERY_FRONTEND_QUERY_SHARDING_TOTAL_SHARDS"
+    )]
+    pub query_sharding_total_shards: Option<usize>,
 }
 
 impl LimitsFlags {
@@ -185,6 +191,10 @@ impl LimitsFlags {
         set_duration(&mut c.max_query_lookback, &self.max_query_lookback)?;
         set(&mut c.max_query_parallelism, &self.max_query_parallelism);
         set_duration(&mut c.max_cache_freshness, &self.max_cache_freshness)?;
+        set(
+            &mut c.query_sharding_total_shards,
+            &self.query_sharding_total_shards,
+        );
         Ok(())
     }
 }

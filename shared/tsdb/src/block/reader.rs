@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use norn_model::query::encode_samples;
-use norn_model::{ChunkSeries, EncodedChunk, Labels, Matcher, Sample, SampleBudget, Series};
+use norn_model::{
+    ChunkSeries, EncodedChunk, Labels, Matcher, Sample, SampleBudget, Series, ShardSelector,
+};
 
 use super::chunks::ChunkReader;
 use super::index::{ChunkRef, IndexReader, SeriesEntry};
@@ -210,8 +212,12 @@ impl Block {
     ) -> Result<Vec<Series>> {
         let mut out = Vec::new();
         let mut skipped = 0;
-        for r in self.postings_for_matchers(matchers)? {
+        let (refs, shard) = self.select_refs(matchers)?;
+        for r in refs {
             let s = self.index.series(r)?;
+            if shard.is_some_and(|sh| !sh.contains(&s.labels)) {
+                continue;
+            }
             let deleted = self.tombstones.get(u64::from(r));
             let mut samples = Vec::new();
             for c in overlapping(&s.chunks, mint, maxt) {
@@ -253,8 +259,12 @@ impl Block {
         let count = !budget.is_unlimited();
         let mut out = Vec::new();
         let mut skipped = 0;
-        for r in self.postings_for_matchers(matchers)? {
+        let (refs, shard) = self.select_refs(matchers)?;
+        for r in refs {
             let s = self.index.series(r)?;
+            if shard.is_some_and(|sh| !sh.contains(&s.labels)) {
+                continue;
+            }
             let deleted = self.tombstones.get(u64::from(r));
             let mut chunks = Vec::new();
             for c in overlapping(&s.chunks, mint, maxt) {
@@ -305,8 +315,12 @@ impl Block {
     ) -> Result<Vec<SeriesChunks>> {
         let mut out = Vec::new();
         let mut skipped = 0;
-        for r in self.postings_for_matchers(matchers)? {
+        let (refs, shard) = self.select_refs(matchers)?;
+        for r in refs {
             let s = self.index.series(r)?;
+            if shard.is_some_and(|sh| !sh.contains(&s.labels)) {
+                continue;
+            }
             let deleted = self.tombstones.get(u64::from(r));
             let mut chunks = Vec::new();
             for c in overlapping(&s.chunks, mint, maxt) {
@@ -378,8 +392,13 @@ impl Block {
             return Ok(self.index.label_names().map(str::to_string).collect());
         }
         let mut names = std::collections::BTreeSet::new();
-        for r in self.postings_for_matchers(matchers)? {
-            for l in &self.index.series(r)?.labels {
+        let (refs, shard) = self.select_refs(matchers)?;
+        for r in refs {
+            let labels = self.index.series(r)?.labels;
+            if shard.is_some_and(|sh| !sh.contains(&labels)) {
+                continue;
+            }
+            for l in &labels {
                 if !names.contains(&l.name) {
                     names.insert(l.name.clone());
                 }
@@ -400,8 +419,13 @@ impl Block {
                 .collect());
         }
         let mut values = std::collections::BTreeSet::new();
-        for r in self.postings_for_matchers(matchers)? {
-            if let Some(v) = self.index.series(r)?.labels.get(name)
+        let (refs, shard) = self.select_refs(matchers)?;
+        for r in refs {
+            let labels = self.index.series(r)?.labels;
+            if shard.is_some_and(|sh| !sh.contains(&labels)) {
+                continue;
+            }
+            if let Some(v) = labels.get(name)
                 && !values.contains(v)
             {
                 values.insert(v.to_string());
@@ -542,6 +566,17 @@ impl Block {
                 chunks = skipped,
                 "skipped non-float chunks (histograms are not supported yet)"
             );
+        }
+    }
+
+    /// Series refs matching every matcher but a `__query_shard__` one, and that shard: the
+    /// callers read each series' labels anyway and skip those of other shards before any
+    /// chunk is read (see [`norn_model::shard`]). A malformed shard matcher matches nothing;
+    /// the queryable over blocks refuses it before it gets here.
+    fn select_refs(&self, matchers: &[Matcher]) -> Result<(Vec<u32>, Option<ShardSelector>)> {
+        match ShardSelector::split(matchers) {
+            Ok((rest, shard)) => Ok((self.postings_for_matchers(&rest)?, shard)),
+            Err(_) => Ok((Vec::new(), None)),
         }
     }
 

@@ -246,6 +246,7 @@ impl Queryable for HeadQueryable {
         end_ms: i64,
         matchers: &[Matcher],
     ) -> Result<Vec<Series>, StorageError> {
+        check_shard(matchers)?;
         Ok(self.0.select(start_ms, end_ms, matchers))
     }
 
@@ -256,6 +257,7 @@ impl Queryable for HeadQueryable {
         matchers: &[Matcher],
         budget: &SampleBudget,
     ) -> Result<Vec<Series>, StorageError> {
+        check_shard(matchers)?;
         let got = self.0.select_within(start_ms, end_ms, matchers, budget);
         budget.check()?;
         Ok(got)
@@ -268,6 +270,7 @@ impl Queryable for HeadQueryable {
         matchers: &[Matcher],
         budget: &SampleBudget,
     ) -> Result<Vec<Series>, StorageError> {
+        check_shard(matchers)?;
         let got = self
             .0
             .select_last_within(start_ms, end_ms, matchers, budget);
@@ -281,6 +284,7 @@ impl Queryable for HeadQueryable {
         end_ms: i64,
         matchers: &[Matcher],
     ) -> Result<Vec<ChunkSeries>, StorageError> {
+        check_shard(matchers)?;
         Ok(self.0.select_chunks(start_ms, end_ms, matchers))
     }
 
@@ -291,6 +295,7 @@ impl Queryable for HeadQueryable {
         matchers: &[Matcher],
         budget: &SampleBudget,
     ) -> Result<Vec<ChunkSeries>, StorageError> {
+        check_shard(matchers)?;
         let got = self
             .0
             .select_chunks_within(start_ms, end_ms, matchers, budget);
@@ -304,6 +309,7 @@ impl Queryable for HeadQueryable {
         end_ms: i64,
         matchers: &[Matcher],
     ) -> Result<Vec<String>, StorageError> {
+        check_shard(matchers)?;
         Ok(self.0.label_names(start_ms, end_ms, matchers))
     }
 
@@ -314,6 +320,13 @@ impl Queryable for HeadQueryable {
         end_ms: i64,
         matchers: &[Matcher],
     ) -> Result<Vec<String>, StorageError> {
+        check_shard(matchers)?;
         Ok(self.0.label_values(name, start_ms, end_ms, matchers))
     }
+}
+
+/// Refuses a malformed `__query_shard__` matcher (the head's lookups would match nothing).
+fn check_shard(matchers: &[Matcher]) -> Result<(), StorageError> {
+    norn_model::ShardSelector::split(matchers)?;
+    Ok(())
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use hashbrown::HashMap;
-use norn_model::{Label, Labels, METRIC_NAME, Matcher, SeriesView};
+use norn_model::{Label, Labels, METRIC_NAME, Matcher, SeriesView, ShardSelector};
 use parking_lot::{Mutex, RwLock};
 
 use super::options::AppendLimits;
@@ -130,9 +130,22 @@ impl SeriesIndex {
     }
 
     /// Series matching every matcher (all series when empty), in id order.
+    ///
+    /// A `__query_shard__` matcher keeps the series of that shard, by label hash, before any
+    /// chunk is read (see [`norn_model::shard`]); a malformed one matches nothing (readers
+    /// that can answer an error check it first with [`ShardSelector::split`]).
     pub(crate) fn matching(&self, matchers: &[Matcher]) -> Vec<Arc<MemSeries>> {
-        let ids = self.postings.read().select(&self.symbols, matchers);
-        ids.into_iter().filter_map(|id| self.by_id(id)).collect()
+        let Ok((matchers, shard)) = ShardSelector::split(matchers) else {
+            return Vec::new();
+        };
+        let ids = self.postings.read().select(&self.symbols, &matchers);
+        let all = ids.into_iter().filter_map(|id| self.by_id(id));
+        match shard {
+            None => all.collect(),
+            Some(shard) => all
+                .filter(|s| shard.contains_hash(self.labels_hash_of(s)))
+                .collect(),
+        }
     }
 
     /// A series' labels as strings.
