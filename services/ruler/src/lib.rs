@@ -22,6 +22,7 @@ pub mod config;
 pub mod group;
 pub mod manager;
 pub mod metrics;
+pub mod outbound;
 pub mod ring;
 pub mod rulefmt;
 pub mod service;

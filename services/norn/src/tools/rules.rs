@@ -552,7 +552,7 @@ mod tests {
         let named = dir.path().join("f.yml");
         std::fs::write(
             &named,
-            "namespace: prod\ngroups:\n  - name: g\n    rules: []\n",
+            "namespace: prod\ngroups:\n  - name: g\n    rules:\n      - record: x\n        expr: up\n",
         )
         .unwrap();
         assert_eq!(read_file(&named).unwrap().0, "prod");
@@ -578,7 +578,7 @@ mod tests {
         let again = dir.path().join("again.yaml");
         std::fs::write(
             &again,
-            "namespace: team\ngroups:\n  - name: g\n    rules: []\n",
+            "namespace: team\ngroups:\n  - name: g\n    rules:\n      - record: x\n        expr: up\n",
         )
         .unwrap();
         assert!(
