@@ -12,6 +12,8 @@
 //! * it answers nothing for longer than the querier's timeout plus slack: the request is
 //!   answered with 504 and the stream closed (the querier reconnects); a silent host is also
 //!   caught by the querier's HTTP/2 keepalive;
+//! * the request's caller hangs up while a querier runs it: the stream is closed, which
+//!   makes the querier drop the query (stopping its evaluation) and reconnect;
 //! * the frontend stops: a worker finishes its request and what was queued already, then its
 //!   stream ends; requests still queued after that are answered "shutting down".
 
@@ -137,7 +139,7 @@ async fn run_one(
     queue: &Queue,
     inbound: &mut Streaming<pb::ClientToFrontend>,
     tx: &mpsc::Sender<pb::FrontendToClient>,
-    p: Pending,
+    mut p: Pending,
     answer_timeout: Duration,
 ) -> Result<(), &'static str> {
     let msg = pb::FrontendToClient {
@@ -152,6 +154,11 @@ async fn run_one(
         _ = tokio::time::sleep(answer_timeout) => {
             p.answer(Ok(timeout_response(answer_timeout)));
             return Err("no answer in time");
+        }
+        // Ending the stream is how the querier learns to drop the query; it reconnects.
+        _ = p.abandoned() => {
+            queue.abandoned_in_flight();
+            return Err("the request's caller went away");
         }
     };
     match answer {

@@ -83,6 +83,12 @@ impl Pending {
         !self.reply.is_closed()
     }
 
+    /// Resolves when the caller stops waiting for the answer: a worker running the request
+    /// drops it then, so a client that hangs up does not leave its query burning CPU.
+    pub async fn abandoned(&mut self) {
+        self.reply.closed().await
+    }
+
     /// Hands the answer to the caller (who may have gone: then it is dropped).
     pub fn answer(self, reply: Reply) {
         let _ = self.reply.send(reply);
@@ -110,6 +116,11 @@ pub struct Queue {
 }
 
 impl Queue {
+    /// Counts a request a worker dropped because its caller went away.
+    pub fn abandoned_in_flight(&self) {
+        self.metrics.discarded("cancelled");
+    }
+
     /// `max_per_tenant` requests may wait per tenant (0 counts as 1).
     pub fn new(max_per_tenant: usize, metrics: QueueMetrics) -> Arc<Self> {
         Arc::new(Self {

@@ -140,7 +140,12 @@ async fn one_stream(
             return Ok(served);
         };
         let resp = match request_from_proto(req) {
-            Some(r) => match querier.call(r).await {
+            // The frontend ends the stream when the request's caller hangs up; the call is
+            // dropped then, which stops the query's evaluation.
+            Some(r) => match tokio::select! {
+                r = querier.call(r) => r,
+                _ = inbound.message() => return Ok(served),
+            } {
                 Ok(resp) => resp,
                 Err(e) => error_response(StatusCode::BAD_GATEWAY, "internal", &e.to_string()),
             },
@@ -171,11 +176,18 @@ pub fn spawn_local(
             let (queue, querier, stop) = (Arc::clone(queue), Arc::clone(&querier), stop.clone());
             tokio::spawn(async move {
                 let _worker = queue.worker_connected();
-                while let Some(p) = queue.next_until(&stop).await {
+                while let Some(mut p) = queue.next_until(&stop).await {
                     if !p.wanted() {
                         continue;
                     }
-                    let reply = querier.call(p.request.clone()).await;
+                    // Dropping the call when the caller hangs up stops the query's evaluation.
+                    let reply = tokio::select! {
+                        r = querier.call(p.request.clone()) => r,
+                        _ = p.abandoned() => {
+                            queue.abandoned_in_flight();
+                            continue;
+                        }
+                    };
                     p.answer(reply);
                 }
             })
