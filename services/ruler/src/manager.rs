@@ -95,6 +95,16 @@ impl Manager {
         self.statuses.lock().get(id).map(|s| s.lock().clone())
     }
 
+    /// The evaluation state of every running group of `tenant`.
+    pub fn tenant_statuses(&self, tenant: &TenantId) -> Vec<(GroupId, GroupStatus)> {
+        self.statuses
+            .lock()
+            .iter()
+            .filter(|(id, _)| id.tenant == *tenant)
+            .map(|(id, s)| (id.clone(), s.lock().clone()))
+            .collect()
+    }
+
     /// The groups of `tenant` in the store (ids), and those of them this ruler owns.
     async fn wanted(&self, tenant: &TenantId) -> Result<Wanted, StoreError> {
         let now = norn_model::now_ms();
