@@ -113,6 +113,9 @@ pub struct ExpandEnv {
     pub timeout: Duration,
 }
 
+/// What the `query` template function gets back: `(labels, value)` per sample.
+type QueryAnswer = Result<Vec<(BTreeMap<String, String>, f64)>, String>;
+
 /// Parsed templates of a rule's labels and annotations.
 #[derive(Debug, Clone)]
 struct Templates {
@@ -235,16 +238,15 @@ impl AlertRule {
             return Ok(Vec::new());
         }
         if !templates.uses_query() {
-            let mut no_query = |_: &str| -> Result<Vec<(BTreeMap<String, String>, f64)>, String> {
-                Err("query is not available".to_string())
-            };
+            let mut no_query =
+                |_: &str| -> QueryAnswer { Err("query is not available".to_string()) };
             return Ok(templates.expand_all(&self.name, series, env, &mut no_query));
         }
         let env = env.clone();
         let name = self.name.clone();
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
-            let mut query = |q: &str| -> Result<Vec<(BTreeMap<String, String>, f64)>, String> {
+            let mut query = |q: &str| -> QueryAnswer {
                 let res = handle
                     .block_on(env.engine.instant_query_within(
                         env.queryable.as_ref(),

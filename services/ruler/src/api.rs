@@ -487,6 +487,41 @@ mod tests {
     }
 
     #[test]
+    fn alerts_render_as_prometheus_does() {
+        let a = Alert {
+            labels: norn_model::Labels::from_pairs([("alertname", "A"), ("job", "x")]),
+            annotations: norn_model::Labels::from_pairs([("summary", "s")]),
+            state: crate::alerting::AlertState::Pending,
+            value: 1234.5,
+            active_at_ms: 1_700_000_000_123,
+            fired_at_ms: None,
+            resolved_at_ms: None,
+            last_sent_at_ms: None,
+            valid_until_ms: None,
+            keep_firing_since_ms: None,
+        };
+        assert_eq!(
+            alert_json(&a),
+            json!({
+                "labels": {"alertname": "A", "job": "x"},
+                "annotations": {"summary": "s"},
+                "state": "pending",
+                "activeAt": "2023-11-14T22:13:20.123Z",
+                "value": "1.2345e+03",
+            })
+        );
+        for (v, want) in [
+            (1.0, "1e+00"),
+            (0.5, "5e-01"),
+            (0.0, "0e+00"),
+            (-2.25e-7, "-2.25e-07"),
+            (f64::INFINITY, "+Inf"),
+        ] {
+            assert_eq!(crate::template::format_value(v), want);
+        }
+    }
+
+    #[test]
     fn filters_parse() {
         let p = Params::parse(
             Some("type=record&rule_name[]=a&rule_name[]=b&file[]=ns"),
