@@ -127,6 +127,8 @@ rules:
         is_stale_nan(pending.1.v),
         "pending series went stale when it fired"
     );
+    let gauge = |state: &str| r.deps.metrics.alerts.with_label_values(&["t", state]).get();
+    assert_eq!((gauge("pending"), gauge("firing")), (0, 1));
     let fs = last(&store, &[Matcher::equal("__name__", "ALERTS_FOR_STATE")]).await;
     assert_eq!(fs[0].1, Sample::new(3 * M, 60.0));
     let count = last(&store, &[Matcher::equal("__name__", "alerts:count")]).await;
@@ -150,6 +152,14 @@ rules:
     assert_eq!(sent.len(), 2);
     assert_eq!(sent[1][0].ends_at_ms, 4 * M);
     let st = r.status.lock().clone();
+    assert_eq!(
+        r.deps
+            .metrics
+            .alerts
+            .with_label_values(&["t", "firing"])
+            .get(),
+        0
+    );
     assert_eq!(st.rules[0].state, AlertState::Inactive);
     assert!(st.rules[0].alerts.is_empty());
     for (l, s) in last(
@@ -266,5 +276,52 @@ async fn alerts_series_are_written_once_restored() {
         sink.0.lock().len(),
         2,
         "sent from the first evaluation on, again once the resend delay passed"
+    );
+}
+
+#[tokio::test]
+async fn a_changed_group_keeps_its_alerts() {
+    let store = Arc::new(MemStore::new());
+    let sink = Arc::new(Sink::default());
+    let mut r = runner(
+        "name: g\nrules:\n  - alert: Down\n    expr: up == 0\n    for: 1m\n",
+        &store,
+        &sink,
+        false,
+    );
+    for t in [M, 2 * M] {
+        store.add_sample(&up("a"), t - 1000, 0.0);
+        r.evaluate(t).await;
+    }
+    assert_eq!(r.status.lock().rules[0].state, AlertState::Firing);
+    let group = RuleGroup::from_yaml(
+        "name: g\nrules:\n  - record: x\n    expr: up\n  - alert: Down\n    expr: up == 0\n    for: 1m\n",
+    )
+    .unwrap();
+    let mut r2 = GroupRunner::new(
+        r.id.clone(),
+        group.clone(),
+        group.timing(Duration::from_secs(60)),
+        Some(r.written()),
+        r.deps.clone(),
+    );
+    store.add_sample(&up("a"), 3 * M - 1000, 0.0);
+    r2.evaluate(3 * M).await;
+    let st = r2.status.lock().clone();
+    assert_eq!(st.rules[1].state, AlertState::Firing, "{st:?}");
+    assert_eq!(
+        st.rules[1].alerts[0].active_at_ms, M,
+        "the same alert, not a new one"
+    );
+    let alerts = last(&store, &[Matcher::equal("__name__", "ALERTS")]).await;
+    assert_eq!(
+        alerts[0].1,
+        Sample::new(3 * M, 1.0),
+        "written without a new restore"
+    );
+    assert_eq!(
+        sink.0.lock().len(),
+        1,
+        "not sent again before the resend delay"
     );
 }
