@@ -1,5 +1,6 @@
 //! Differential test against Prometheus 2.42 itself: Norn's group runner evaluates a rule
-//! file (recording and alerting rules, `for`, `keep_firing_for`, templates) over input
+//! file (recording and alerting rules, `for`, `keep_firing_for`, templates with `$labels`,
+//! `$value`, `humanize*`, `query`, `$externalURL` and `$externalLabels`) over input
 //! series at every evaluation time from 0, and what Norn observed — the firing alerts with
 //! their labels and annotations, and the recorded and `ALERTS` series — is written as the
 //! expectations of a `promtool test rules` file over the same input. promtool passing means
@@ -76,6 +77,8 @@ groups:
         expr: count by (job) (up == 0) >= 2
         annotations:
           percent: '{{ $value | humanizePercentage }}'
+          up: '{{ with query "sum(up)" }}{{ . | first | value }}{{ end }} of {{ with query "count(up)" }}{{ . | first | value }}{{ end }} up'
+          link: '{{ $externalURL }}/alerts?cluster={{ $externalLabels.cluster }}'
       - record: alerts:firing:count
         expr: count by (alertname) (ALERTS{alertstate="firing"})
 "#;
@@ -221,7 +224,11 @@ async fn prometheus_agrees_with_norn_on_alerts_and_recorded_series() {
         metrics: Arc::new(RulerMetrics::new(&prometheus::Registry::new()).unwrap()),
         query_timeout: Duration::from_secs(10),
         alert_sink: None,
-        alerting: AlertingOptions::default(),
+        alerting: AlertingOptions {
+            external_url: "http://norn.example/prometheus".into(),
+            external_labels: [("cluster".to_string(), "eu1".to_string())].into(),
+            ..AlertingOptions::default()
+        },
     };
     let timing = group.timing(Duration::from_secs(60));
     let mut runner = GroupRunner::new(
@@ -326,7 +333,7 @@ async fn prometheus_agrees_with_norn_on_alerts_and_recorded_series() {
         );
     }
     let test = format!(
-        "rule_files: [rules.yml]\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n{inputs}    alert_rule_test:\n{alert_tests}    promql_expr_test:\n{expr_tests}"
+        "rule_files: [rules.yml]\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    external_url: http://norn.example/prometheus\n    external_labels: {{cluster: eu1}}\n    input_series:\n{inputs}    alert_rule_test:\n{alert_tests}    promql_expr_test:\n{expr_tests}"
     );
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("rules.yml"), RULES).unwrap();
