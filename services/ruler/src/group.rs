@@ -20,9 +20,10 @@
 //!   their `ALERTS` / `ALERTS_FOR_STATE` series are written like a recording rule's output
 //!   (stale markers included), and the alerts due to be sent are handed to the
 //!   [`AlertSink`] in one batch per group evaluation, after every rule ran. A runner that
-//!   starts a group afresh (this ruler just started, or just got the group) restores the
-//!   alerts' `for` state from `ALERTS_FOR_STATE` after its second evaluation, as Prometheus
-//!   does (the first one may see data not yet complete); a changed group keeps its alerts.
+//!   starts a group afresh restores the alerts' `for` state from `ALERTS_FOR_STATE` after its
+//!   second evaluation, as Prometheus does (the first one may see data not yet complete),
+//!   unless told not to ([`GroupRunner::skip_restore`]: the manager's choice); a changed
+//!   group keeps its alerts.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
