@@ -185,6 +185,9 @@ pub struct AlertRule {
     active: BTreeMap<Labels, Alert>,
     /// False until the `for` state was restored: no `ALERTS` series are written before.
     pub restored: bool,
+    /// The expression as Prometheus prints it (`up==0` → `up == 0`), for the generator
+    /// URL; the rule's text until [`Self::set_canonical_expr`] was called.
+    canonical_expr: Option<String>,
 }
 
 fn dur_ms(s: &Option<String>) -> i64 {
@@ -215,8 +218,18 @@ impl AlertRule {
             templates,
             active: BTreeMap::new(),
             restored,
+            canonical_expr: None,
             name,
         }
+    }
+
+    /// Whether the printed expression is still wanted.
+    pub fn needs_canonical_expr(&self) -> bool {
+        self.canonical_expr.is_none()
+    }
+
+    pub fn set_canonical_expr(&mut self, expr: String) {
+        self.canonical_expr = Some(expr);
     }
 
     /// Takes over the alerts (and restore progress) of this rule in the previous version of
@@ -382,7 +395,8 @@ impl AlertRule {
         external_url: &str,
     ) -> Vec<OutgoingAlert> {
         let mut out = Vec::new();
-        let generator_url = generator_url(external_url, &self.expr);
+        let expr = self.canonical_expr.as_deref().unwrap_or(self.expr.trim());
+        let generator_url = generator_url(external_url, expr);
         for a in self.active.values_mut() {
             if !a.needs_sending(ts, resend_delay_ms) {
                 continue;

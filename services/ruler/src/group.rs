@@ -452,6 +452,24 @@ impl GroupRunner {
             external_url: opts.external_url.clone(),
             timeout: self.deps.query_timeout,
         };
+        if self.alerts[i]
+            .as_ref()
+            .is_some_and(AlertRule::needs_canonical_expr)
+        {
+            // Prometheus links to the expression as it prints it (its `String()`, one line:
+            // the engine's layout when that fits on one line, the rule's text otherwise).
+            let printed = self
+                .deps
+                .engine
+                .format_query(&rule.expr)
+                .await
+                .ok()
+                .filter(|p| !p.contains('\n'))
+                .unwrap_or_else(|| rule.expr.trim().to_string());
+            if let Some(a) = self.alerts[i].as_mut() {
+                a.set_canonical_expr(printed);
+            }
+        }
         let state = self.alerts[i].as_mut().expect("an alerting rule has state");
         let found = state.candidates(raw, &env).await?;
         state.apply(ts_ms, found, self.group.limit)?;

@@ -75,7 +75,7 @@ async fn alerts_are_templated_written_and_sent() {
 name: g
 rules:
   - alert: Down
-    expr: up == 0
+    expr: up==0
     for: 2m
     labels: {severity: "{{ if eq $labels.job \"a\" }}page{{ else }}ticket{{ end }}"}
     annotations:
@@ -140,8 +140,8 @@ rules:
     assert_eq!(sent[0][0].starts_at_ms, 3 * M);
     assert_eq!(sent[0][0].ends_at_ms, 3 * M + 4 * M);
     assert_eq!(
-        sent[0][0].generator_url,
-        "http://norn.example/graph?g0.expr=up+%3D%3D+0&g0.tab=1"
+        sent[0][0].generator_url, "http://norn.example/graph?g0.expr=up+%3D%3D+0&g0.tab=1",
+        "the expression as Prometheus prints it"
     );
 
     // It recovers: resolved, sent at once with EndsAt = ResolvedAt, its ALERTS series stale.
