@@ -325,3 +325,27 @@ async fn a_changed_group_keeps_its_alerts() {
         "not sent again before the resend delay"
     );
 }
+
+#[tokio::test]
+async fn query_offset_moves_the_query_and_the_series_not_the_alert_times() {
+    let store = Arc::new(MemStore::new());
+    let sink = Arc::new(Sink::default());
+    let mut r = runner(
+        "name: g\nquery_offset: 30s\nrules:\n  - alert: Down\n    expr: up == 0\n",
+        &store,
+        &sink,
+        false,
+    );
+    store.add_sample(&up("a"), 50_000, 0.0);
+    // A sample after the query time is not seen.
+    store.add_sample(&up("b"), 70_000, 0.0);
+    r.evaluate(90_000).await;
+    let st = r.status.lock().clone();
+    assert_eq!(st.rules[0].alerts.len(), 1, "{st:?}");
+    assert_eq!(st.rules[0].alerts[0].active_at_ms, 90_000);
+    let alerts = last(&store, &[Matcher::equal("__name__", "ALERTS")]).await;
+    assert_eq!(alerts[0].1, Sample::new(60_000, 1.0));
+    let fs = last(&store, &[Matcher::equal("__name__", "ALERTS_FOR_STATE")]).await;
+    assert_eq!(fs[0].1, Sample::new(60_000, 90.0));
+    assert_eq!(sink.0.lock()[0][0].starts_at_ms, 90_000);
+}
