@@ -1,8 +1,10 @@
 //! The ruler in the real process (`--target=all`, filesystem bucket, 1s intervals): rule groups
 //! uploaded over Mimir's config API (good and bad), listed back, evaluated, their recorded
 //! series equal to the querier's answer for the same expression at the same timestamps;
-//! a deleted group's series end at once (stale markers); and tenants never see or touch each
-//! other's rules or series.
+//! an alerting rule's alert goes pending then firing, shown by `/api/v1/alerts` and
+//! `/api/v1/rules` and written as `ALERTS` / `ALERTS_FOR_STATE` series; a deleted group's
+//! series end at once (stale markers); and tenants never see or touch each other's rules,
+//! alerts or series.
 //!
 //! Waits are bounded and generous (a loaded 2-core box); assertions are on values only.
 
@@ -17,7 +19,9 @@ const A: &str = "tenant-a";
 const B: &str = "tenant-b";
 
 /// Good group for tenant A: a recording rule with labels, one that reads the first one's
-/// output of the same evaluation, and an alerting rule (stored, listed, not evaluated).
+/// output of the same evaluation, and an alerting rule on job `a` (pending for 5s, then
+/// firing; its `ALERTS` series are written from the third evaluation, once the `for` state
+/// was restored).
 const G1: &str = r#"
 name: g1
 interval: 1s
@@ -28,9 +32,13 @@ rules:
       team: t1
   - record: tenant:up:sum
     expr: sum(job:up:x2)
-  - alert: AlwaysFiring
-    expr: vector(1)
-    for: 1m
+  - alert: JobUp
+    expr: up{job="a"} > 0
+    for: 5s
+    labels:
+      severity: '{{ $labels.job }}-page'
+    annotations:
+      summary: 'job {{ $labels.job }} is up'
 "#;
 
 const G2: &str = r#"
@@ -271,6 +279,60 @@ fn recorded_series_match_the_querier(n: &Norn) {
     }
 }
 
+/// The alert goes pending, then fires; `/api/v1/alerts` shows it with its templated labels
+/// and annotations, and the `ALERTS` series hold both states at the times they were held.
+fn alerts_go_pending_then_firing(n: &Norn, http: &Http) {
+    let alert = wait_for("JobUp to fire", Duration::from_secs(60), || {
+        let (_, v) = n.get_json(Some(A), "/prometheus/api/v1/alerts");
+        let alerts = v["data"]["alerts"].as_array()?.clone();
+        (alerts.len() == 1 && alerts[0]["state"] == "firing").then(|| alerts[0].clone())
+    });
+    assert_eq!(
+        alert["labels"],
+        serde_json::json!({"alertname": "JobUp", "job": "a", "severity": "a-page"})
+    );
+    assert_eq!(
+        alert["annotations"],
+        serde_json::json!({"summary": "job a is up"})
+    );
+    let value: f64 = alert["value"].as_str().unwrap().parse().unwrap();
+    assert!(value >= 1.0, "{alert}");
+    let active_at = chrono::DateTime::parse_from_rfc3339(alert["activeAt"].as_str().unwrap())
+        .unwrap()
+        .timestamp_millis();
+    // The history in storage: pending first, then firing, 5s after it went active.
+    let history = n.raw_samples(Some(A), "ALERTS", now_ms() - 120_000, now_ms());
+    let times = |state: &str| -> Vec<i64> {
+        history
+            .iter()
+            .filter(|(l, _)| l.contains(&format!("\"alertstate\":\"{state}\"")))
+            .flat_map(|(l, s)| {
+                assert!(l.contains("\"severity\":\"a-page\""), "{l}");
+                s.iter().map(|(t, v)| {
+                    assert_eq!(*v, 1.0);
+                    *t
+                })
+            })
+            .collect()
+    };
+    let (pending, firing) = (times("pending"), times("firing"));
+    assert!(!pending.is_empty() && !firing.is_empty(), "{history:?}");
+    assert!(pending.iter().max() < firing.iter().min(), "{history:?}");
+    assert!(
+        firing.iter().min().unwrap() - active_at >= 5_000,
+        "{history:?}"
+    );
+    let for_state = instant(n, A, "ALERTS_FOR_STATE", now_ms());
+    assert_eq!(for_state.len(), 1, "{for_state:?}");
+    assert_eq!(for_state[0].1, (active_at / 1000) as f64);
+    // B sees none of it.
+    let (_, text) = http.get(n, B, "/prometheus/api/v1/alerts");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["data"]["alerts"], serde_json::json!([]), "{v}");
+    assert!(instant(n, B, "ALERTS", now_ms()).is_empty());
+    assert!(n.metric("norn_ruler_alerts{state=\"firing\",tenant=\"tenant-a\"}") >= 1.0);
+}
+
 fn prometheus_rules_api(n: &Norn, http: &Http) {
     let (status, v) = n.get_json(Some(A), "/prometheus/api/v1/rules");
     assert_eq!(status, 200, "{v}");
@@ -284,15 +346,16 @@ fn prometheus_rules_api(n: &Norn, http: &Http) {
     assert_eq!(rules[0]["type"], "recording");
     assert_eq!(rules[0]["health"], "ok", "{v}");
     assert_eq!(rules[2]["type"], "alerting");
-    assert_eq!(rules[2]["health"], "unknown");
-    assert!(
-        rules[2]["lastError"]
-            .as_str()
-            .unwrap()
-            .contains("not evaluated"),
-        "{v}"
-    );
-    assert_eq!(rules[2]["duration"], 60.0);
+    assert_eq!(rules[2]["health"], "ok", "{v}");
+    assert!(rules[2].get("lastError").is_none(), "{v}");
+    assert_eq!(rules[2]["duration"], 5.0);
+    assert_eq!(rules[2]["keepFiringFor"], 0.0);
+    assert_eq!(rules[2]["state"], "firing", "{v}");
+    assert_eq!(rules[2]["labels"]["severity"], "{{ $labels.job }}-page");
+    let alerts = rules[2]["alerts"].as_array().unwrap();
+    assert_eq!(alerts.len(), 1, "{v}");
+    assert_eq!(alerts[0]["state"], "firing");
+    assert_eq!(alerts[0]["labels"]["severity"], "a-page");
     let (_, v) = n.get_json(Some(A), "/prometheus/api/v1/rules?type=alert");
     let groups = v["data"]["groups"].as_array().unwrap();
     assert_eq!(groups.len(), 1, "g2 has no alerting rule: {v}");
@@ -364,7 +427,7 @@ fn deleted_group_series_go_stale(n: &Norn, http: &Http) {
     let (status, text) = http.delete(n, A, &format!("{RULES}/ns1/g1"));
     assert_eq!(status, 202, "{text}");
     let t = now_ms() + 1;
-    let q = "{__name__=~\"job:up:x2|tenant:up:sum\"}";
+    let q = "{__name__=~\"job:up:x2|tenant:up:sum|ALERTS|ALERTS_FOR_STATE\"}";
     let left = instant(n, A, q, t);
     assert!(left.is_empty(), "still returned after delete: {left:?}");
     // Stays gone: the group no longer evaluates.
@@ -389,6 +452,7 @@ fn ruler_records_isolates_tenants_and_marks_deleted_groups_stale() {
     push_up(&n, B, &[("c", 50_000.0)]);
     upload_and_list(&n, &http);
     recorded_series_match_the_querier(&n);
+    alerts_go_pending_then_firing(&n, &http);
     prometheus_rules_api(&n, &http);
     tenants_are_isolated(&n, &http);
     deleted_group_series_go_stale(&n, &http);

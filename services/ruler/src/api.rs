@@ -1,5 +1,5 @@
 //! The ruler's HTTP API: Mimir's rules config API (YAML in and out) and Prometheus'
-//! `GET /api/v1/rules`.
+//! `GET /api/v1/rules` and `GET /api/v1/alerts`.
 //!
 //! Every request is scoped to the caller's tenant (`X-Scope-OrgID`, or basic auth), and the
 //! store is only ever addressed with that tenant, so no call can list, change or delete
@@ -25,6 +25,7 @@ use norn_server::params::Params;
 use norn_server::{HttpError, RequestGuard, TenantResolver};
 use serde_json::{Value as Json, json};
 
+use crate::alerting::Alert;
 use crate::group::{GroupId, GroupStatus, RuleStatus};
 use crate::manager::Manager;
 use crate::rulefmt::{RuleGroup, check_group};
@@ -58,7 +59,9 @@ pub fn routes(api: Arc<Api>) -> Router {
         );
     let prom = Router::new()
         .route("/prometheus/api/v1/rules", get(prometheus_rules))
-        .route("/api/v1/rules", get(prometheus_rules));
+        .route("/api/v1/rules", get(prometheus_rules))
+        .route("/prometheus/api/v1/alerts", get(prometheus_alerts))
+        .route("/api/v1/alerts", get(prometheus_alerts));
     RequestGuard::new(MAX_BODY_BYTES)
         .tenant_before_body(tenants)
         .json_errors()
@@ -385,6 +388,45 @@ async fn prometheus_rules(State(api): S, headers: HeaderMap, RawQuery(q): RawQue
     axum::Json(json!({"status": "success", "data": {"groups": groups}})).into_response()
 }
 
+/// Prometheus' `/api/v1/alerts`: the tenant's active (pending and firing) alerts on this
+/// ruler, ordered by group and rule.
+async fn prometheus_alerts(State(api): S, headers: HeaderMap) -> Response {
+    let tenant = match api.tenant(&headers) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let alerts: Vec<Json> = api
+        .manager
+        .tenant_statuses(&tenant)
+        .iter()
+        .flat_map(|(_, st)| {
+            st.rules
+                .iter()
+                .flat_map(|r| r.alerts.iter().map(alert_json))
+        })
+        .collect();
+    axum::Json(json!({"status": "success", "data": {"alerts": alerts}})).into_response()
+}
+
+fn labels_json(l: &norn_model::Labels) -> Json {
+    Json::Object(
+        l.iter()
+            .map(|l| (l.name.clone(), Json::String(l.value.clone())))
+            .collect(),
+    )
+}
+
+/// One alert as Prometheus' API shows it.
+fn alert_json(a: &Alert) -> Json {
+    json!({
+        "labels": labels_json(&a.labels),
+        "annotations": labels_json(&a.annotations),
+        "state": a.state.as_str(),
+        "activeAt": rfc3339(a.active_at_ms),
+        "value": crate::template::format_value(a.value),
+    })
+}
+
 fn group_json(
     file: &str,
     g: &RuleGroup,
@@ -407,11 +449,6 @@ fn group_json(
 fn rule_json(r: &crate::rulefmt::Rule, st: Option<&RuleStatus>) -> Json {
     let unknown = RuleStatus {
         health: "unknown",
-        last_error: if r.is_alerting() {
-            crate::group::ALERTING_NOT_EVALUATED.to_string()
-        } else {
-            String::new()
-        },
         ..RuleStatus::default()
     };
     let st = st.unwrap_or(&unknown);
@@ -429,11 +466,12 @@ fn rule_json(r: &crate::rulefmt::Rule, st: Option<&RuleStatus>) -> Json {
         o.insert("lastError".into(), json!(st.last_error));
     }
     if r.is_alerting() {
-        o.insert("state".into(), json!("inactive"));
+        o.insert("state".into(), json!(st.state.as_str()));
         o.insert("duration".into(), json!(dur_secs(&r.for_)));
         o.insert("keepFiringFor".into(), json!(dur_secs(&r.keep_firing_for)));
         o.insert("annotations".into(), json!(r.annotations));
-        o.insert("alerts".into(), json!([]));
+        let alerts: Vec<Json> = st.alerts.iter().map(alert_json).collect();
+        o.insert("alerts".into(), json!(alerts));
     }
     v
 }
@@ -446,6 +484,41 @@ mod tests {
     fn times_render_as_prometheus_does() {
         assert_eq!(rfc3339(0), "0001-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+
+    #[test]
+    fn alerts_render_as_prometheus_does() {
+        let a = Alert {
+            labels: norn_model::Labels::from_pairs([("alertname", "A"), ("job", "x")]),
+            annotations: norn_model::Labels::from_pairs([("summary", "s")]),
+            state: crate::alerting::AlertState::Pending,
+            value: 1234.5,
+            active_at_ms: 1_700_000_000_123,
+            fired_at_ms: None,
+            resolved_at_ms: None,
+            last_sent_at_ms: None,
+            valid_until_ms: None,
+            keep_firing_since_ms: None,
+        };
+        assert_eq!(
+            alert_json(&a),
+            json!({
+                "labels": {"alertname": "A", "job": "x"},
+                "annotations": {"summary": "s"},
+                "state": "pending",
+                "activeAt": "2023-11-14T22:13:20.123Z",
+                "value": "1.2345e+03",
+            })
+        );
+        for (v, want) in [
+            (1.0, "1e+00"),
+            (0.5, "5e-01"),
+            (0.0, "0e+00"),
+            (-2.25e-7, "-2.25e-07"),
+            (f64::INFINITY, "+Inf"),
+        ] {
+            assert_eq!(crate::template::format_value(v), want);
+        }
     }
 
     #[test]

@@ -20,6 +20,21 @@ pub struct Config {
     pub poll_interval: Duration,
     /// The ruler ring.
     pub ring: RingConfig,
+    /// Least time between two notifications of one firing alert (Prometheus'
+    /// `--rules.alert.resend-delay`).
+    #[serde(with = "serde_duration")]
+    pub resend_delay: Duration,
+    /// How far back the `for` state of alerts is looked for after this ruler starts
+    /// evaluating a group: an alert last seen longer ago starts its `for` afresh.
+    #[serde(with = "serde_duration")]
+    pub for_outage_tolerance: Duration,
+    /// Least time left for a restored pending alert before it fires, so an outage cannot
+    /// make every alert fire at the first evaluation after it.
+    #[serde(with = "serde_duration")]
+    pub for_grace_period: Duration,
+    /// URL the alerts' generator URL and templates' `$externalURL` point at (the Grafana or
+    /// Prometheus UI users reach the ruler's data through).
+    pub external_url: String,
 }
 
 /// The ruler ring (YAML block `ruler.ring`).
@@ -52,6 +67,10 @@ impl Default for Config {
             evaluation_interval: Duration::from_secs(60),
             poll_interval: Duration::from_secs(60),
             ring: RingConfig::default(),
+            resend_delay: Duration::from_secs(60),
+            for_outage_tolerance: Duration::from_secs(3600),
+            for_grace_period: Duration::from_secs(600),
+            external_url: String::new(),
         }
     }
 }
@@ -125,6 +144,10 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.evaluation_interval, Duration::from_secs(60));
         assert_eq!(c.poll_interval, Duration::from_secs(60));
+        assert_eq!(c.resend_delay, Duration::from_secs(60));
+        assert_eq!(c.for_outage_tolerance, Duration::from_secs(3600));
+        assert_eq!(c.for_grace_period, Duration::from_secs(600));
+        assert!(c.external_url.is_empty());
         StorageConfig::default().validate().unwrap();
     }
 

@@ -16,10 +16,16 @@
 //!   instead of after the 5m lookback. A rule that fails writes nothing (its series are not
 //!   marked stale: the failure may be passing). When a group is removed its last series are
 //!   all marked stale; when it is changed, the series of rules that are gone are.
-//! * **Alerting rules** are stored and listed but not evaluated yet: their health is
-//!   `unknown` with an error saying so.
+//! * **Alerting rules** run in the same order, their state kept by [`crate::alerting`]:
+//!   their `ALERTS` / `ALERTS_FOR_STATE` series are written like a recording rule's output
+//!   (stale markers included), and the alerts due to be sent are handed to the
+//!   [`AlertSink`] in one batch per group evaluation, after every rule ran. A runner that
+//!   starts a group afresh restores the alerts' `for` state from `ALERTS_FOR_STATE` after its
+//!   second evaluation, as Prometheus does (the first one may see data not yet complete),
+//!   unless told not to ([`GroupRunner::skip_restore`]: the manager's choice); a changed
+//!   group keeps its alerts.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,12 +36,10 @@ use norn_promql::{Engine, QueryContext, Value};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use crate::alerting::{ALERTS_FOR_STATE, Alert, AlertRule, AlertState, ExpandEnv};
 use crate::metrics::RulerMetrics;
+use crate::outbound::{AlertSink, OutgoingAlert};
 use crate::rulefmt::{GroupTiming, Rule, RuleGroup};
-
-/// What [`crate::api`] shows for alerting rules until they are evaluated.
-pub const ALERTING_NOT_EVALUATED: &str =
-    "alerting rules are stored but not evaluated by this version of Norn";
 
 /// Identity of a group: tenant, namespace, group name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -87,6 +91,10 @@ pub struct RuleStatus {
     /// Unix ms of the last evaluation (0 = never).
     pub last_evaluation_ms: i64,
     pub evaluation_time: Duration,
+    /// Alerting rules: the highest state of their alerts.
+    pub state: AlertState,
+    /// Alerting rules: the alerts not resolved.
+    pub alerts: Vec<Alert>,
 }
 
 /// The group's state as the API shows it.
@@ -106,6 +114,38 @@ pub struct EvalDeps {
     pub metrics: Arc<RulerMetrics>,
     /// Longest one rule's query may run.
     pub query_timeout: Duration,
+    /// Where alerts to send go (`None`: evaluated and shown, not sent).
+    pub alert_sink: Option<Arc<dyn AlertSink>>,
+    /// How alerts are sent, restored and templated.
+    pub alerting: AlertingOptions,
+}
+
+/// The ruler-wide alerting settings (`ruler.*` in the configuration).
+#[derive(Debug, Clone)]
+pub struct AlertingOptions {
+    pub resend_delay: Duration,
+    pub for_outage_tolerance: Duration,
+    pub for_grace_period: Duration,
+    pub external_url: String,
+    /// `$externalLabels` of templates.
+    pub external_labels: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for AlertingOptions {
+    fn default() -> Self {
+        let c = crate::Config::default();
+        Self {
+            resend_delay: c.resend_delay,
+            for_outage_tolerance: c.for_outage_tolerance,
+            for_grace_period: c.for_grace_period,
+            external_url: c.external_url,
+            external_labels: Default::default(),
+        }
+    }
+}
+
+fn ms(d: Duration) -> i64 {
+    d.as_millis().min(i64::MAX as u128) as i64
 }
 
 /// The series each rule wrote at the last evaluation: what the next one marks stale if gone.
@@ -113,6 +153,9 @@ pub struct EvalDeps {
 pub struct Written {
     /// Per rule, keyed like [`rule_key`].
     pub per_rule: Vec<(String, HashSet<Labels>)>,
+    /// The alerting rules' state, keyed like [`alert_key`], handed to the next version of
+    /// the group.
+    pub alerts: Vec<(String, AlertRule)>,
 }
 
 impl Written {
@@ -128,6 +171,16 @@ fn rule_key(r: &Rule) -> String {
     format!("{}\u{0}{}\u{0}{:?}", r.name(), r.expr, r.labels)
 }
 
+/// Prometheus' `CopyState` carries alerts over to a rule of the new group with the same
+/// name and labels.
+fn alert_key(r: &Rule) -> String {
+    format!("{}\u{0}{:?}", r.name(), r.labels)
+}
+
+/// After which evaluation of a fresh runner the `for` state is restored (Prometheus waits
+/// for a second evaluation: the first may run on data not all written yet).
+const RESTORE_AFTER_EVALUATIONS: u64 = 2;
+
 /// A group being evaluated.
 pub struct GroupRunner {
     pub id: GroupId,
@@ -135,9 +188,15 @@ pub struct GroupRunner {
     pub timing: GroupTiming,
     pub status: Arc<Mutex<GroupStatus>>,
     written: Vec<HashSet<Labels>>,
+    /// Per rule: the alert state of alerting rules.
+    alerts: Vec<Option<AlertRule>>,
     /// Series of the previous version of the group whose rules are gone: stale at the first
     /// evaluation.
     orphans: Vec<Labels>,
+    /// Evaluations run by this runner.
+    evaluations: u64,
+    /// Alerts by state this runner counted in the `norn_ruler_alerts` gauge.
+    counted: [i64; 2],
     deps: EvalDeps,
 }
 
@@ -150,7 +209,9 @@ impl GroupRunner {
         previous: Option<Written>,
         deps: EvalDeps,
     ) -> Self {
-        let mut prev = previous.unwrap_or_default().per_rule;
+        let fresh = previous.is_none();
+        let previous = previous.unwrap_or_default();
+        let mut prev = previous.per_rule;
         let written = group
             .rules
             .iter()
@@ -163,17 +224,28 @@ impl GroupRunner {
             })
             .collect();
         let orphans = prev.into_iter().flat_map(|(_, s)| s).collect();
+        let mut prev_alerts = previous.alerts;
+        let alerts = group
+            .rules
+            .iter()
+            .map(|r| {
+                r.is_alerting().then(|| {
+                    // A rule new in a changed group is not restored: it had no alerts.
+                    let mut a = AlertRule::new(r, !fresh);
+                    let key = alert_key(r);
+                    if let Some(i) = prev_alerts.iter().position(|(k, _)| *k == key) {
+                        a.take_alerts_of(prev_alerts.swap_remove(i).1);
+                    }
+                    a
+                })
+            })
+            .collect();
         let status = GroupStatus {
             rules: group
                 .rules
                 .iter()
-                .map(|r| RuleStatus {
+                .map(|_| RuleStatus {
                     health: "unknown",
-                    last_error: if r.is_alerting() {
-                        ALERTING_NOT_EVALUATED.to_string()
-                    } else {
-                        String::new()
-                    },
                     ..RuleStatus::default()
                 })
                 .collect(),
@@ -185,8 +257,20 @@ impl GroupRunner {
             timing,
             status: Arc::new(Mutex::new(status)),
             written,
+            alerts,
             orphans,
+            evaluations: 0,
+            counted: [0; 2],
             deps,
+        }
+    }
+
+    /// Treats the `for` state as restored already: the group's alerts start from nothing
+    /// and their `ALERTS` series are written from the first evaluation (as Prometheus does
+    /// for groups added while it runs).
+    pub fn skip_restore(&mut self) {
+        for a in self.alerts.iter_mut().flatten() {
+            a.restored = true;
         }
     }
 
@@ -199,6 +283,13 @@ impl GroupRunner {
                 .iter()
                 .map(rule_key)
                 .zip(self.written.iter().cloned())
+                .collect(),
+            alerts: self
+                .group
+                .rules
+                .iter()
+                .zip(&self.alerts)
+                .filter_map(|(r, a)| Some((alert_key(r), a.clone()?)))
                 .collect(),
         }
     }
@@ -227,26 +318,31 @@ impl GroupRunner {
             }
             ts = next;
         }
+        self.uncount_alerts();
         self.written()
     }
 
     /// One evaluation of every rule at `ts_ms` (the aligned evaluation time).
     pub async fn evaluate(&mut self, ts_ms: i64) {
         let started = Instant::now();
-        let tenant = self.id.tenant.as_str();
+        let tenant_id = self.id.tenant.clone();
+        let tenant = tenant_id.as_str();
         let m = Arc::clone(&self.deps.metrics);
         m.iterations.with_label_values(&[tenant]).inc();
         let t = ts_ms - self.timing.query_offset.as_millis() as i64;
         let queryable = self.deps.queryable.queryable(&self.id.tenant);
         let mut orphans = std::mem::take(&mut self.orphans);
+        let mut to_send: Vec<OutgoingAlert> = Vec::new();
         for i in 0..self.group.rules.len() {
             let rule = self.group.rules[i].clone();
-            if rule.is_alerting() {
-                continue;
-            }
             let rule_started = Instant::now();
             m.evaluations.with_label_values(&[tenant]).inc();
-            let result = self.eval_recording(&rule, queryable.as_ref(), t).await;
+            let result = if rule.is_alerting() {
+                self.eval_alerting(i, &rule, &queryable, ts_ms, t, &mut to_send)
+                    .await
+            } else {
+                self.eval_recording(&rule, queryable.as_ref(), t).await
+            };
             let outcome = match result {
                 Ok(series) => {
                     let current: HashSet<Labels> = series.iter().map(|(l, _)| l.clone()).collect();
@@ -273,6 +369,10 @@ impl GroupRunner {
             let rs = &mut st.rules[i];
             rs.last_evaluation_ms = ts_ms;
             rs.evaluation_time = rule_started.elapsed();
+            if let Some(a) = &self.alerts[i] {
+                rs.state = a.state();
+                rs.alerts = a.active_alerts();
+            }
             match outcome {
                 Ok(()) => {
                     rs.health = "ok";
@@ -285,6 +385,19 @@ impl GroupRunner {
                     rs.last_error = e;
                 }
             }
+        }
+        if !to_send.is_empty()
+            && let Some(sink) = &self.deps.alert_sink
+        {
+            m.alerts_sent
+                .with_label_values(&[tenant])
+                .inc_by(to_send.len() as u64);
+            sink.send(&tenant_id, to_send);
+        }
+        self.count_alerts();
+        self.evaluations += 1;
+        if self.evaluations == RESTORE_AFTER_EVALUATIONS {
+            self.restore_for_state(queryable.as_ref(), ts_ms).await;
         }
         if !orphans.is_empty() {
             // A group with no recording rule left (or none that wrote) still retires the old
@@ -301,6 +414,151 @@ impl GroupRunner {
         let mut st = self.status.lock();
         st.last_evaluation_ms = ts_ms;
         st.evaluation_time = took;
+    }
+
+    /// An alerting rule's evaluation at `ts_ms` (querying at `t`): its state updated, the
+    /// alerts to send added to `to_send`; returns its `ALERTS` / `ALERTS_FOR_STATE` series.
+    async fn eval_alerting(
+        &mut self,
+        i: usize,
+        rule: &Rule,
+        q: &Arc<dyn norn_model::Queryable>,
+        ts_ms: i64,
+        t: i64,
+        to_send: &mut Vec<OutgoingAlert>,
+    ) -> Result<Vec<(Labels, f64)>, String> {
+        let res = self
+            .deps
+            .engine
+            .instant_query_within(
+                q.as_ref(),
+                &rule.expr,
+                t,
+                QueryContext::timeout(self.deps.query_timeout),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let raw: Vec<(Labels, f64)> = match res.value {
+            Value::Vector(v) => v.into_iter().map(|s| (s.labels, s.v)).collect(),
+            Value::Scalar { v, .. } => vec![(Labels::empty(), v)],
+            _ => return Err("rule result is not a vector or scalar".to_string()),
+        };
+        let opts = &self.deps.alerting;
+        let env = ExpandEnv {
+            engine: self.deps.engine.clone(),
+            queryable: Arc::clone(q),
+            t_ms: t,
+            external_labels: opts.external_labels.clone(),
+            external_url: opts.external_url.clone(),
+            timeout: self.deps.query_timeout,
+        };
+        if self.alerts[i]
+            .as_ref()
+            .is_some_and(AlertRule::needs_canonical_expr)
+        {
+            // Prometheus links to the expression as it prints it (its `String()`, one line:
+            // the engine's layout when that fits on one line, the rule's text otherwise).
+            let printed = self
+                .deps
+                .engine
+                .format_query(&rule.expr)
+                .await
+                .ok()
+                .filter(|p| !p.contains('\n'))
+                .unwrap_or_else(|| rule.expr.trim().to_string());
+            if let Some(a) = self.alerts[i].as_mut() {
+                a.set_canonical_expr(printed);
+            }
+        }
+        let state = self.alerts[i].as_mut().expect("an alerting rule has state");
+        let found = state.candidates(raw, &env).await?;
+        state.apply(ts_ms, found, self.group.limit)?;
+        // Sent whatever becomes of the write, as Prometheus does: Alertmanager must hear of
+        // a firing alert even when storage is failing.
+        to_send.extend(state.to_send(
+            ts_ms,
+            ms(opts.resend_delay),
+            ms(self.timing.interval),
+            &opts.external_url,
+        ));
+        Ok(state.series())
+    }
+
+    /// Prometheus' `RestoreForState` at `ts_ms`: each alerting rule's active alerts take
+    /// back the `ActiveAt` the previous evaluator wrote in `ALERTS_FOR_STATE` within the
+    /// outage tolerance. A read failure restores nothing (the alerts wait their whole `for`).
+    async fn restore_for_state(&mut self, q: &dyn norn_model::Queryable, ts_ms: i64) {
+        let opts = self.deps.alerting.clone();
+        let grace = ms(opts.for_grace_period);
+        let mint = ts_ms - ms(opts.for_outage_tolerance);
+        for (rule, state) in self.group.rules.iter().zip(self.alerts.iter_mut()) {
+            let Some(state) = state else { continue };
+            let mut last = HashMap::new();
+            if state.needs_restore(grace) {
+                let mut matchers = vec![
+                    norn_model::Matcher::equal(METRIC_NAME, ALERTS_FOR_STATE),
+                    norn_model::Matcher::equal("alertname", rule.name()),
+                ];
+                // Templated labels differ per alert: only the static ones narrow the read.
+                for (k, v) in &rule.labels {
+                    if !v.contains("{{") {
+                        matchers.push(norn_model::Matcher::equal(k, v));
+                    }
+                }
+                match q.select(mint, ts_ms, &matchers).await {
+                    Ok(series) => {
+                        for s in series {
+                            if let Some(x) = s.samples.last() {
+                                last.insert(s.labels.without_metric_name(), (x.t, x.v));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(tenant = %self.id.tenant, group = %self.id.name, rule = %rule.name(), error = %e, "restoring the for state of alerts failed");
+                    }
+                }
+            }
+            state.restore(ts_ms, grace, &last);
+        }
+        let mut st = self.status.lock();
+        for (rs, a) in st.rules.iter_mut().zip(&self.alerts) {
+            if let Some(a) = a {
+                rs.alerts = a.active_alerts();
+            }
+        }
+    }
+
+    /// Moves this runner's alerts in the `norn_ruler_alerts` gauge to their current states.
+    fn count_alerts(&mut self) {
+        let mut now = [0i64; 2];
+        for a in self.alerts.iter().flatten().flat_map(|r| r.all_alerts()) {
+            match a.state {
+                AlertState::Pending => now[0] += 1,
+                AlertState::Firing => now[1] += 1,
+                AlertState::Inactive => {}
+            }
+        }
+        self.move_counts(now);
+    }
+
+    /// Takes this runner's alerts out of the gauge (it stops).
+    fn uncount_alerts(&mut self) {
+        self.move_counts([0, 0]);
+    }
+
+    fn move_counts(&mut self, now: [i64; 2]) {
+        let tenant = self.id.tenant.as_str();
+        for (j, state) in ["pending", "firing"].into_iter().enumerate() {
+            let d = now[j] - self.counted[j];
+            if d != 0 {
+                self.deps
+                    .metrics
+                    .alerts
+                    .with_label_values(&[tenant, state])
+                    .add(d);
+            }
+        }
+        self.counted = now;
     }
 
     /// A recording rule's output at `t`: `(labels, value)` per series.
@@ -466,3 +724,7 @@ mod tests {
 #[cfg(test)]
 #[path = "group_tests.rs"]
 mod eval_tests;
+
+#[cfg(test)]
+#[path = "group_alert_tests.rs"]
+mod alert_tests;

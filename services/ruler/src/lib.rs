@@ -14,9 +14,11 @@
 //! * [`template`]: Prometheus' alert templates (Go `text/template` syntax and Prometheus'
 //!   functions); an alerting rule whose label or annotation does not parse is refused at upload.
 //!
-//! Alerting rules are validated (templates included), stored and listed, but not evaluated yet
-//! (their health says so); notifications, `for` state and the `ALERTS` series come with them.
+//! * [`alerting`]: an alerting rule's alerts across evaluations (pending, firing, resolved,
+//!   `keep_firing_for`, what to send when, `for` state restored after a restart); the alerts
+//!   go to an [`outbound::AlertSink`] (the notifier).
 
+pub mod alerting;
 pub mod api;
 pub mod config;
 pub mod group;

@@ -8,6 +8,10 @@
 //! every `poll_interval`; the API runs a sync of one tenant right after it changed the store,
 //! so a change takes effect at once on the ruler that received it. Syncs are serialised.
 //!
+//! Alerts: a changed group keeps its alerts; the groups of a tenant this ruler starts
+//! evaluating (at start, or handed over by the ring) restore their alerts' `for` state from
+//! `ALERTS_FOR_STATE`; a group added to a tenant already here starts with no alerts.
+//!
 //! A store that cannot be read leaves every running group as it is: a bucket outage must not
 //! stop rules that were evaluating, nor mark their output stale.
 
@@ -95,6 +99,16 @@ impl Manager {
         self.statuses.lock().get(id).map(|s| s.lock().clone())
     }
 
+    /// The evaluation state of every running group of `tenant`.
+    pub fn tenant_statuses(&self, tenant: &TenantId) -> Vec<(GroupId, GroupStatus)> {
+        self.statuses
+            .lock()
+            .iter()
+            .filter(|(id, _)| id.tenant == *tenant)
+            .map(|(id, s)| (id.clone(), s.lock().clone()))
+            .collect()
+    }
+
     /// The groups of `tenant` in the store (ids), and those of them this ruler owns.
     async fn wanted(&self, tenant: &TenantId) -> Result<Wanted, StoreError> {
         let now = norn_model::now_ms();
@@ -148,6 +162,11 @@ impl Manager {
             return;
         }
         let mut running = self.running.lock().await;
+        // Tenants this ruler already evaluates: a group new to one of them starts with fresh
+        // alerts; a tenant new here restores its alerts' `for` state (Mimir runs one
+        // Prometheus rule manager per tenant, which restores only the groups it starts with).
+        let tenants_before: BTreeSet<TenantId> =
+            running.keys().map(|id| id.tenant.clone()).collect();
         let wanted: BTreeMap<GroupId, RuleGroup> = w.owned.into_iter().collect();
         let gone: Vec<GroupId> = running
             .keys()
@@ -180,13 +199,17 @@ impl Manager {
                     None
                 }
             };
-            let runner = GroupRunner::new(
+            let fresh_tenant = previous.is_none() && !tenants_before.contains(&id.tenant);
+            let mut runner = GroupRunner::new(
                 id.clone(),
                 group.clone(),
                 timing,
                 previous,
                 self.deps.clone(),
             );
+            if !fresh_tenant {
+                runner.skip_restore();
+            }
             let status = Arc::clone(&runner.status);
             let stop = self.stop.child_token();
             let handle = tokio::spawn(runner.run(stop.clone()));

@@ -26,6 +26,10 @@ pub struct RulerMetrics {
     pub samples_written: IntCounterVec,
     /// Samples the write path refused.
     pub samples_rejected: IntCounterVec,
+    /// Alerts by state (`pending`, `firing`) of the groups this ruler evaluates.
+    pub alerts: IntGaugeVec,
+    /// Alerts handed to the notifier (each send of an alert counts).
+    pub alerts_sent: IntCounterVec,
 }
 
 impl RulerMetrics {
@@ -60,7 +64,20 @@ impl RulerMetrics {
             &["tenant"],
         )?;
         registry.register(Box::new(groups.clone()))?;
+        let alerts = IntGaugeVec::new(
+            Opts::new(
+                "norn_ruler_alerts",
+                "Alerts of the rule groups this ruler evaluates, by state (pending, firing).",
+            ),
+            &["tenant", "state"],
+        )?;
+        registry.register(Box::new(alerts.clone()))?;
         Ok(Self {
+            alerts,
+            alerts_sent: counter(
+                "norn_ruler_alerts_sent_total",
+                "Alerts handed to the notifier (every send of an alert counts).",
+            )?,
             evaluations: counter("norn_ruler_rule_evaluations_total", "Rule evaluations.")?,
             evaluation_failures: counter(
                 "norn_ruler_rule_evaluation_failures_total",
@@ -79,7 +96,7 @@ impl RulerMetrics {
             groups,
             samples_written: counter(
                 "norn_ruler_samples_written_total",
-                "Samples written by recording rules, stale markers included.",
+                "Samples written by recording and alerting rules (ALERTS series), stale markers included.",
             )?,
             samples_rejected: counter(
                 "norn_ruler_samples_rejected_total",

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{Api, routes};
 use crate::config::{Config, MIN_INTERVAL};
-use crate::group::EvalDeps;
+use crate::group::{AlertingOptions, EvalDeps};
 use crate::manager::Manager;
 use crate::metrics::RulerMetrics;
 use crate::ring::{Ownership, RingMembership};
@@ -70,6 +70,16 @@ pub async fn build(config: Config, deps: Deps) -> Result<Arc<RulerService>, Buil
             pusher: deps.pusher,
             metrics,
             query_timeout,
+            // The notifier is wired by the process (services/norn); without one alerts are
+            // evaluated, written and listed but not sent.
+            alert_sink: None,
+            alerting: AlertingOptions {
+                resend_delay: config.resend_delay,
+                for_outage_tolerance: config.for_outage_tolerance,
+                for_grace_period: config.for_grace_period,
+                external_url: config.external_url.clone(),
+                external_labels: Default::default(),
+            },
         },
         config.evaluation_interval,
         deps.stop.clone(),

@@ -34,6 +34,21 @@ pub struct RulerFlags {
     /// This ruler's id in the ruler ring (default: the host name).
     #[arg(long = "ruler.ring.instance-id", env = "NORN_RULER_RING_INSTANCE_ID")]
     pub ruler_ring_instance_id: Option<String>,
+    /// Least time between two notifications of one firing alert.
+    #[arg(long = "ruler.resend-delay", env = "NORN_RULER_RESEND_DELAY")]
+    pub ruler_resend_delay: Option<Deferred>,
+    /// How far back the `for` state of alerts is restored from ALERTS_FOR_STATE.
+    #[arg(
+        long = "ruler.for-outage-tolerance",
+        env = "NORN_RULER_FOR_OUTAGE_TOLERANCE"
+    )]
+    pub ruler_for_outage_tolerance: Option<Deferred>,
+    /// Least time a restored pending alert still waits before it fires.
+    #[arg(long = "ruler.for-grace-period", env = "NORN_RULER_FOR_GRACE_PERIOD")]
+    pub ruler_for_grace_period: Option<Deferred>,
+    /// URL of alerts' generator URL and of templates' $externalURL.
+    #[arg(long = "ruler.external.url", env = "NORN_RULER_EXTERNAL_URL")]
+    pub ruler_external_url: Option<String>,
     /// Default most rule groups per tenant (0 = unlimited).
     #[arg(
         long = "ruler.max-rule-groups-per-tenant",
@@ -75,6 +90,13 @@ impl RulerFlags {
             &self.ruler_ring_heartbeat_timeout,
         )?;
         set(&mut c.ring.instance_id, &self.ruler_ring_instance_id);
+        set_duration(&mut c.resend_delay, &self.ruler_resend_delay)?;
+        set_duration(
+            &mut c.for_outage_tolerance,
+            &self.ruler_for_outage_tolerance,
+        )?;
+        set_duration(&mut c.for_grace_period, &self.ruler_for_grace_period)?;
+        set(&mut c.external_url, &self.ruler_external_url);
         set(
             &mut limits.ruler_max_rule_groups_per_tenant,
             &self.ruler_max_rule_groups_per_tenant,
@@ -106,7 +128,7 @@ mod tests {
         let f = dir.path().join("c.yaml");
         std::fs::write(
             &f,
-            "ruler:\n  evaluation_interval: 30s\n  poll_interval: 10s\n  ring:\n    instance_id: r1\nruler_storage:\n  backend: local\n  local:\n    directory: /rules\nlimits:\n  ruler_max_rule_groups_per_tenant: 5\n",
+            "ruler:\n  evaluation_interval: 30s\n  poll_interval: 10s\n  external_url: http://grafana/x\n  for_grace_period: 5m\n  ring:\n    instance_id: r1\nruler_storage:\n  backend: local\n  local:\n    directory: /rules\nlimits:\n  ruler_max_rule_groups_per_tenant: 5\n",
         )
         .unwrap();
         let a = Args::parse_from([
@@ -115,11 +137,16 @@ mod tests {
             f.to_str().unwrap(),
             "--ruler.poll-interval=5s",
             "--ruler.max-rules-per-rule-group=7",
+            "--ruler.resend-delay=30s",
         ]);
         let c = Config::load(&a).unwrap();
         assert_eq!(c.ruler.evaluation_interval, Duration::from_secs(30));
         assert_eq!(c.ruler.poll_interval, Duration::from_secs(5), "flag wins");
         assert_eq!(c.ruler.ring.instance_id, "r1");
+        assert_eq!(c.ruler.external_url, "http://grafana/x");
+        assert_eq!(c.ruler.for_grace_period, Duration::from_secs(300));
+        assert_eq!(c.ruler.resend_delay, Duration::from_secs(30));
+        assert_eq!(c.ruler.for_outage_tolerance, Duration::from_secs(3600));
         assert!(c.ruler_storage.is_local());
         assert_eq!(c.ruler_storage.local.directory.to_str(), Some("/rules"));
         assert_eq!(c.limits.ruler_max_rule_groups_per_tenant, 5);

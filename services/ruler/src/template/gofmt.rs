@@ -130,6 +130,19 @@ pub fn fmt_e_prec(v: f64, prec: usize, upper: bool) -> String {
     fmt_e(neg, &d, dp, prec, upper)
 }
 
+/// Go's `strconv.FormatFloat(v, 'e', -1, 64)`: the shortest digits, exponent form.
+pub fn fmt_e_shortest(v: f64) -> String {
+    if let Some(s) = special(v) {
+        return s;
+    }
+    let neg = v.is_sign_negative() && v != 0.0;
+    if v == 0.0 {
+        return fmt_e(neg, "0", 1, 0, false);
+    }
+    let (d, dp) = digits(v.abs(), None);
+    fmt_e(neg, &d, dp, d.len() - 1, false)
+}
+
 /// Go's `%f` / `%.Nf` (default precision 6).
 pub fn fmt_f_prec(v: f64, prec: usize) -> String {
     if let Some(s) = special(v) {

@@ -20,6 +20,11 @@ use std::collections::BTreeMap;
 
 pub use exec::{MAX_OUTPUT, QueryFn, Value};
 
+/// Go's `strconv.FormatFloat(v, 'e', -1, 64)`, as Prometheus' API prints an alert's value.
+pub fn format_value(v: f64) -> String {
+    gofmt::fmt_e_shortest(v)
+}
+
 /// Variables Prometheus defines before every alert template.
 const VARS: [&str; 4] = ["$labels", "$externalLabels", "$externalURL", "$value"];
 
