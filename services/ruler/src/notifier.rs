@@ -145,15 +145,18 @@ impl Notifier {
     ) -> Result<Arc<Notifier>> {
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| NotifierError::NoRuntime)?;
+        // No proxy from the environment: as Prometheus, which uses one only when configured;
+        // an HTTP_PROXY meant for other traffic must not swallow alerts.
         let client = reqwest::Client::builder()
             .user_agent(concat!("norn-ruler/", env!("CARGO_PKG_VERSION")))
+            .no_proxy()
             .build()?;
         let alertmanagers = alertmanagers
             .into_iter()
             .map(|base| {
                 let url = api_url(base);
                 Alertmanager {
-                    label: url.to_string(),
+                    label: without_credentials(&url),
                     url,
                 }
             })
@@ -212,6 +215,14 @@ impl Notifier {
                 abort.abort();
             }
         }
+    }
+}
+
+impl Drop for Notifier {
+    /// Senders hold the shared state, not the notifier: without this, a notifier dropped
+    /// unstopped would leave its senders running until they are idle.
+    fn drop(&mut self) {
+        self.shared.stop.cancel();
     }
 }
 
@@ -461,6 +472,16 @@ fn api_url(mut base: reqwest::Url) -> reqwest::Url {
     let path = format!("{}/api/v2/alerts", base.path().trim_end_matches('/'));
     base.set_path(&path);
     base
+}
+
+/// The URL as metrics and logs show it: credentials (`http://user:pass@am`, which reqwest
+/// sends as basic auth) left out.
+fn without_credentials(url: &reqwest::Url) -> String {
+    let mut u = url.clone();
+    // Only fails for URLs that cannot have credentials, which then have none.
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.to_string()
 }
 
 /// reqwest's error with its causes ("error sending request: … : connection refused"), which

@@ -24,6 +24,7 @@ struct Received {
     path: String,
     tenant: String,
     content_type: String,
+    authorization: String,
     body: Value,
 }
 
@@ -79,6 +80,7 @@ impl TestAm {
                     path: uri.path().to_string(),
                     tenant: header("x-scope-orgid"),
                     content_type: header("content-type"),
+                    authorization: header("authorization"),
                     body: serde_json::from_slice(&body).unwrap_or(Value::Null),
                 };
                 let how = reply(&r.path, &r.tenant);
@@ -234,11 +236,34 @@ async fn posts_alertmanager_v2_json_with_the_tenant_header_to_every_url() {
         }
     ]);
     for r in &got {
+        assert_eq!(r.authorization, "");
         assert_eq!(r.tenant, "team-a");
         assert_eq!(r.content_type, "application/json");
         assert_eq!(r.body, expected);
     }
     n.stop().await;
+}
+
+#[tokio::test]
+async fn credentials_in_the_url_are_sent_as_basic_auth_and_kept_out_of_labels() {
+    let mut am = TestAm::start(|_, _| Reply::Ok).await;
+    let (_r, m) = metrics();
+    let url = reqwest::Url::parse(&am.base.replace("http://", "http://norn:s3cret@")).unwrap();
+    let n = Notifier::start(vec![url], options(WAIT), Arc::clone(&m)).unwrap();
+    n.send(&tenant("t1"), alerts("a", 1));
+    let r = am.next().await;
+    // base64("norn:s3cret")
+    assert_eq!(r.authorization, "Basic bm9ybjpzM2NyZXQ=");
+    n.stop().await;
+    let label = format!("{}/api/v2/alerts", am.base);
+    assert_eq!(n.alertmanagers(), std::slice::from_ref(&label));
+    assert_eq!(
+        m.notifications
+            .sent
+            .with_label_values(&["t1", &label])
+            .get(),
+        1
+    );
 }
 
 #[tokio::test]
