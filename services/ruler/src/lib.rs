@@ -18,7 +18,9 @@
 //!   functions); an alerting rule whose label or annotation does not parse is refused at upload.
 //!
 //! Alerting rules are validated (templates included), stored and listed, but not evaluated yet
-//! (their health says so); notifications, `for` state and the `ALERTS` series come with them.
+//! (their health says so); `for` state and the `ALERTS` series come with them. The notifier is
+//! built (when `ruler.alertmanager-url` is set) and stopped with the service, and delivers
+//! whatever is handed to it; evaluation hands it alerts once it exists.
 
 pub mod api;
 pub mod config;

@@ -25,6 +25,15 @@
 //!   posts what is still queued — one attempt, all of it within one more
 //!   `notification_timeout` — and counts what could not be posted as dropped. So a stop takes at
 //!   most about twice the timeout, whatever the Alertmanagers do.
+//!
+//! Counting follows Prometheus: `sent` counts every alert posted to an Alertmanager whether or
+//! not it took it, `errors` the alerts of failed posts, so `errors / sent` per Alertmanager is
+//! the failure ratio the runbook alerts on.
+//!
+//! Not supported (Prometheus/Mimir have them): Alertmanager service discovery (`dnssrv+`
+//! URLs are refused at startup), API v1, TLS or auth settings other than credentials in the URL
+//! (`http://user:pass@am`, sent as basic auth and left out of labels and logs), alert
+//! relabelling and external labels.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -197,14 +206,13 @@ impl Notifier {
     /// is posted once, within one more timeout; what is left is counted as dropped. Alerts sent
     /// after this are dropped and counted. Returns when every sender has ended.
     pub async fn stop(&self) {
-        self.shared.stop.cancel();
-        let tasks: Vec<JoinHandle<()>> = self
-            .shared
-            .tenants
-            .lock()
-            .values_mut()
-            .filter_map(|s| s.task.take())
-            .collect();
+        let tasks: Vec<JoinHandle<()>> = {
+            // Cancelled under the map lock, which `send` checks under: an alert is either
+            // queued before the senders see the stop (and so drained) or refused.
+            let mut tenants = self.shared.tenants.lock();
+            self.shared.stop.cancel();
+            tenants.values_mut().filter_map(|s| s.task.take()).collect()
+        };
         // The senders bound themselves; this only guards against a post that ignores its
         // timeout (it cannot, but a stop must end).
         let deadline =
@@ -233,6 +241,7 @@ impl AlertSink for Notifier {
         }
         let shared = &self.shared;
         let metrics = &shared.metrics.notifications;
+        let mut tenants = shared.tenants.lock();
         if shared.stop.is_cancelled() {
             metrics
                 .dropped
@@ -240,7 +249,6 @@ impl AlertSink for Notifier {
                 .inc_by(alerts.len() as u64);
             return;
         }
-        let mut tenants = shared.tenants.lock();
         let sender = tenants
             .entry(tenant.clone())
             .or_insert_with(|| Shared::start_sender(shared, tenant));
