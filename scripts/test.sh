@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs Norn's whole test suite on a fresh machine: installs the real peers the end-to-end
-# tests use (Debian's prometheus and memcached), then formatting, lints, and every test in the workspace.
+# tests use (Debian's prometheus, prometheus-alertmanager and memcached), then formatting, lints, and every test in the workspace.
 # Usage: ./scripts/test.sh            (CI runs exactly this via .ci/run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,8 @@ as_root() {
 need_pkgs=()
 command -v prometheus >/dev/null 2>&1 || need_pkgs+=(prometheus)
 [ -x /usr/bin/memcached ] || need_pkgs+=(memcached)
+# The ruler's notifier test (services/ruler/tests/alertmanager.rs) runs this binary.
+[ -x /usr/bin/prometheus-alertmanager ] || need_pkgs+=(prometheus-alertmanager)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "== installing ${need_pkgs[*]}"
     as_root apt-get update -qq
@@ -38,7 +40,7 @@ if ! command -v moto_server >/dev/null 2>&1; then
 fi
 export NORN_REQUIRE_PEERS=1
 # The background service the Debian package may have started is not ours: tests start their own.
-if command -v systemctl >/dev/null 2>&1; then as_root systemctl stop prometheus memcached >/dev/null 2>&1 || true; fi
+if command -v systemctl >/dev/null 2>&1; then as_root systemctl stop prometheus prometheus-alertmanager memcached >/dev/null 2>&1 || true; fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -472,12 +472,19 @@ fn local_rule_files_are_evaluated_and_read_only() {
         "groups:\n  - name: local\n    interval: 1s\n    rules:\n      - record: job:up:x3\n        expr: up * 3\n",
     )
     .unwrap();
-    let n = Norn::start(
+    // An Alertmanager URL builds the notifier; with no alerting rule nothing is posted, but the
+    // process must start and stop cleanly with it (the stop drains the notifier).
+    let am = format!(
+        "--ruler.alertmanager-url=http://127.0.0.1:{}/alertmanager",
+        common::free_port()
+    );
+    let mut n = Norn::start(
         &dir.path().join("norn"),
         &[
             "--ruler.poll-interval=1s",
             "--ruler-storage.backend=local",
             &format!("--ruler-storage.local.directory={}", rules.display()),
+            &am,
         ],
     );
     let http = Http::new();
@@ -507,4 +514,6 @@ fn local_rule_files_are_evaluated_and_read_only() {
     assert_eq!(v["data"]["groups"][0]["file"], "team.yaml", "{v}");
     assert_eq!(v["data"]["groups"][0]["rules"][0]["health"], "ok", "{v}");
     assert_eq!(http.get(&n, B, RULES).0, 404, "B has no rule files");
+    let status = n.stop();
+    assert!(status.success(), "{status}\n{}", n.log());
 }

@@ -35,6 +35,15 @@ pub struct Config {
     /// URL the alerts' generator URL and templates' `$externalURL` point at (the Grafana or
     /// Prometheus UI users reach the ruler's data through).
     pub external_url: String,
+    /// Comma-separated Alertmanager base URLs (`http://am:9093`, or with a path prefix such as
+    /// `http://mimir:8080/alertmanager`); alerts are posted to `<url>/api/v2/alerts` of each.
+    /// Empty: notifications are off.
+    pub alertmanager_url: String,
+    /// Alerts queued per tenant for delivery; beyond it the oldest are dropped.
+    pub notification_queue_capacity: usize,
+    /// Timeout of one request to one Alertmanager.
+    #[serde(with = "serde_duration")]
+    pub notification_timeout: Duration,
 }
 
 /// The ruler ring (YAML block `ruler.ring`).
@@ -71,6 +80,9 @@ impl Default for Config {
             for_outage_tolerance: Duration::from_secs(3600),
             for_grace_period: Duration::from_secs(600),
             external_url: String::new(),
+            alertmanager_url: String::new(),
+            notification_queue_capacity: 10_000,
+            notification_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -111,7 +123,34 @@ impl Config {
                 r.heartbeat_timeout, r.heartbeat_period
             ));
         }
+        self.alertmanager_urls()?;
+        if self.notification_queue_capacity == 0 {
+            return Err("ruler.notification-queue-capacity must be greater than 0".to_string());
+        }
+        if self.notification_timeout.is_zero() {
+            return Err("ruler.notification-timeout must be greater than 0".to_string());
+        }
         Ok(())
+    }
+
+    /// The Alertmanagers of `alertmanager_url`, parsed (empty entries ignored, so a trailing
+    /// comma is harmless); an error names the URL that is not an http(s) URL.
+    pub fn alertmanager_urls(&self) -> Result<Vec<reqwest::Url>, String> {
+        self.alertmanager_url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| {
+                let url = reqwest::Url::parse(u)
+                    .map_err(|e| format!("ruler.alertmanager-url: {u:?} is not a URL: {e}"))?;
+                if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                    return Err(format!(
+                        "ruler.alertmanager-url: {u:?} must be an http:// or https:// URL with a host"
+                    ));
+                }
+                Ok(url)
+            })
+            .collect()
     }
 }
 
@@ -148,7 +187,30 @@ mod tests {
         assert_eq!(c.for_outage_tolerance, Duration::from_secs(3600));
         assert_eq!(c.for_grace_period, Duration::from_secs(600));
         assert!(c.external_url.is_empty());
+        assert_eq!(c.alertmanager_url, "");
+        assert_eq!(c.alertmanager_urls().unwrap(), vec![]);
+        assert_eq!(c.notification_queue_capacity, 10_000);
+        assert_eq!(c.notification_timeout, Duration::from_secs(10));
         StorageConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn alertmanager_urls_are_a_comma_separated_list() {
+        let c = Config {
+            alertmanager_url: " http://am1:9093 ,https://mimir:8080/alertmanager,".into(),
+            ..Config::default()
+        };
+        c.validate().unwrap();
+        let urls: Vec<String> = c
+            .alertmanager_urls()
+            .unwrap()
+            .iter()
+            .map(|u| u.to_string())
+            .collect();
+        assert_eq!(
+            urls,
+            ["http://am1:9093/", "https://mimir:8080/alertmanager"]
+        );
     }
 
     #[test]
@@ -158,6 +220,19 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+        for bad in ["am:9093", "ftp://am", "http://", "not a url"] {
+            let c = Config {
+                alertmanager_url: format!("http://ok:9093,{bad}"),
+                ..Config::default()
+            };
+            let e = c.validate().unwrap_err();
+            assert!(e.contains("alertmanager-url"), "{bad}: {e}");
+        }
+        let c = Config {
+            notification_queue_capacity: 0,
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().contains("queue-capacity"));
         let s = StorageConfig {
             backend: "local".into(),
             ..Default::default()

@@ -11,9 +11,11 @@
 //!   in order, `limit`, `query_offset`, stale markers), querying through a
 //!   `QueryableProvider` with `norn-promql` and writing through a `Pusher`.
 //!
+//! * [`notifier`]: delivers alerts to Alertmanager's API v2 — a bounded queue and a sender
+//!   per tenant, batches of 64, every configured Alertmanager, `X-Scope-OrgID` on each post;
+//!   it is the [`outbound::AlertSink`] evaluation hands alerts to.
 //! * [`template`]: Prometheus' alert templates (Go `text/template` syntax and Prometheus'
 //!   functions); an alerting rule whose label or annotation does not parse is refused at upload.
-//!
 //! * [`alerting`]: an alerting rule's alerts across evaluations (pending, firing, resolved,
 //!   `keep_firing_for`, what to send when, `for` state restored after a restart); the alerts
 //!   go to an [`outbound::AlertSink`] (the notifier).
@@ -24,6 +26,7 @@ pub mod config;
 pub mod group;
 pub mod manager;
 pub mod metrics;
+pub mod notifier;
 pub mod outbound;
 pub mod ring;
 pub mod rulefmt;

@@ -30,6 +30,100 @@ pub struct RulerMetrics {
     pub alerts: IntGaugeVec,
     /// Alerts handed to the notifier (each send of an alert counts).
     pub alerts_sent: IntCounterVec,
+    /// The notifier's (delivery of alerts to Alertmanager).
+    pub notifications: NotifierMetrics,
+}
+
+/// The notifier's metrics: Prometheus' `prometheus_notifications_*` as Mimir exposes them per
+/// tenant (`cortex_prometheus_notifications_*{user}`), with `tenant` and, where Prometheus has
+/// it, `alertmanager` (the URL posted to; bounded by the configuration). A tenant's series are
+/// removed when its sender is torn down after being idle, so tenants that stopped alerting do
+/// not keep series forever.
+pub struct NotifierMetrics {
+    /// Alerts posted, per Alertmanager, whether or not it took them (Prometheus counts so).
+    pub sent: IntCounterVec,
+    /// Alerts in posts that failed (error, timeout or non-2xx), per Alertmanager.
+    pub errors: IntCounterVec,
+    /// Alerts dropped: pushed out of a full queue, or in a batch no Alertmanager took.
+    pub dropped: IntCounterVec,
+    /// Alerts waiting in the tenant's queue.
+    pub queue_length: IntGaugeVec,
+    /// Capacity of the tenant's queue.
+    pub queue_capacity: IntGaugeVec,
+    /// Time of one post to one Alertmanager.
+    pub latency: HistogramVec,
+    /// Alertmanagers the tenant's alerts go to.
+    pub alertmanagers_discovered: IntGaugeVec,
+}
+
+impl NotifierMetrics {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let per_am = |name: &str, help: &str| -> prometheus::Result<IntCounterVec> {
+            let c = IntCounterVec::new(Opts::new(name, help), &["tenant", "alertmanager"])?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGaugeVec> {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["tenant"])?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let dropped = IntCounterVec::new(
+            Opts::new(
+                "norn_ruler_notifications_dropped_total",
+                "Alerts dropped: pushed out of a full queue or in a batch no Alertmanager took.",
+            ),
+            &["tenant"],
+        )?;
+        registry.register(Box::new(dropped.clone()))?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "norn_ruler_notification_latency_seconds",
+                "Time of one post of alerts to one Alertmanager.",
+            )
+            .buckets(vec![0.005, 0.025, 0.1, 0.25, 1.0, 2.5, 10.0, 30.0]),
+            &["tenant", "alertmanager"],
+        )?;
+        registry.register(Box::new(latency.clone()))?;
+        Ok(Self {
+            sent: per_am(
+                "norn_ruler_notifications_sent_total",
+                "Alerts posted to an Alertmanager, whether or not it took them.",
+            )?,
+            errors: per_am(
+                "norn_ruler_notifications_errors_total",
+                "Alerts in posts to an Alertmanager that failed (error, timeout or non-2xx).",
+            )?,
+            dropped,
+            queue_length: gauge(
+                "norn_ruler_notifications_queue_length",
+                "Alerts waiting in the tenant's notification queue.",
+            )?,
+            queue_capacity: gauge(
+                "norn_ruler_notifications_queue_capacity",
+                "Capacity of the tenant's notification queue.",
+            )?,
+            latency,
+            alertmanagers_discovered: gauge(
+                "norn_ruler_notifications_alertmanagers_discovered",
+                "Alertmanagers the tenant's alerts are sent to.",
+            )?,
+        })
+    }
+
+    /// Forgets a tenant's series (its sender was torn down).
+    pub fn remove_tenant(&self, tenant: &str, alertmanagers: &[String]) {
+        // An error only says the series did not exist (e.g. no post was made): nothing to do.
+        for am in alertmanagers {
+            let _ = self.sent.remove_label_values(&[tenant, am]);
+            let _ = self.errors.remove_label_values(&[tenant, am]);
+            let _ = self.latency.remove_label_values(&[tenant, am]);
+        }
+        let _ = self.dropped.remove_label_values(&[tenant]);
+        let _ = self.queue_length.remove_label_values(&[tenant]);
+        let _ = self.queue_capacity.remove_label_values(&[tenant]);
+        let _ = self.alertmanagers_discovered.remove_label_values(&[tenant]);
+    }
 }
 
 impl RulerMetrics {
@@ -102,6 +196,7 @@ impl RulerMetrics {
                 "norn_ruler_samples_rejected_total",
                 "Recording-rule samples the write path refused.",
             )?,
+            notifications: NotifierMetrics::new(registry)?,
         })
     }
 }

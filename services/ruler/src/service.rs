@@ -18,6 +18,8 @@ use crate::config::{Config, MIN_INTERVAL};
 use crate::group::{AlertingOptions, EvalDeps};
 use crate::manager::Manager;
 use crate::metrics::RulerMetrics;
+use crate::notifier::{Notifier, NotifierError};
+use crate::outbound::AlertSink;
 use crate::ring::{Ownership, RingMembership};
 use crate::store::RuleStore;
 
@@ -49,12 +51,16 @@ pub enum BuildError {
     Ring(#[from] LifecyclerError),
     #[error("registering ruler metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Notifier(#[from] NotifierError),
 }
 
 /// Builds the ruler and starts polling the rule store.
 pub async fn build(config: Config, deps: Deps) -> Result<Arc<RulerService>, BuildError> {
     config.validate().map_err(BuildError::Config)?;
     let metrics = Arc::new(RulerMetrics::new(&deps.metrics.registry)?);
+    // None when ruler.alertmanager-url is empty. Idle until a tenant's first alert.
+    let notifier = Notifier::new(&config, Arc::clone(&metrics))?;
     let ownership = match deps.ring {
         Some(m) => Ownership::join(m, &deps.metrics.registry).await?,
         None => Ownership::All,
@@ -70,9 +76,11 @@ pub async fn build(config: Config, deps: Deps) -> Result<Arc<RulerService>, Buil
             pusher: deps.pusher,
             metrics,
             query_timeout,
-            // The notifier is wired by the process (services/norn); without one alerts are
-            // evaluated, written and listed but not sent.
-            alert_sink: None,
+            // Without ruler.alertmanager-url alerts are evaluated, written and listed but not
+            // sent.
+            alert_sink: notifier
+                .as_ref()
+                .map(|n| Arc::clone(n) as Arc<dyn AlertSink>),
             alerting: AlertingOptions {
                 resend_delay: config.resend_delay,
                 for_outage_tolerance: config.for_outage_tolerance,
@@ -101,19 +109,30 @@ pub async fn build(config: Config, deps: Deps) -> Result<Arc<RulerService>, Buil
         overrides: deps.overrides,
         engine,
     });
-    Ok(Arc::new(RulerService { manager, api }))
+    Ok(Arc::new(RulerService {
+        manager,
+        api,
+        notifier,
+    }))
 }
 
 /// The ruler inside the process.
 pub struct RulerService {
     manager: Arc<Manager>,
     api: Arc<Api>,
+    /// Delivers alerts to Alertmanager; `None` when none is configured.
+    notifier: Option<Arc<Notifier>>,
 }
 
 impl RulerService {
     /// The running groups (tests, tools).
     pub fn manager(&self) -> &Arc<Manager> {
         &self.manager
+    }
+
+    /// The notifier (`None` when `ruler.alertmanager-url` is empty).
+    pub fn notifier(&self) -> Option<&Arc<Notifier>> {
+        self.notifier.as_ref()
     }
 }
 
@@ -139,5 +158,10 @@ impl Service for RulerService {
         // Groups stop after the evaluation in progress; their output is not marked stale, as
         // another ruler (or this one, restarted) goes on evaluating them.
         self.manager.stop_all().await;
+        // After the groups: the alerts of their last evaluations are in the queues, and are
+        // posted once (bounded by ruler.notification-timeout) before the process ends.
+        if let Some(n) = &self.notifier {
+            n.stop().await;
+        }
     }
 }

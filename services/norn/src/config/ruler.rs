@@ -49,6 +49,21 @@ pub struct RulerFlags {
     /// URL of alerts' generator URL and of templates' $externalURL.
     #[arg(long = "ruler.external.url", env = "NORN_RULER_EXTERNAL_URL")]
     pub ruler_external_url: Option<String>,
+    /// Comma-separated Alertmanager URLs alerts are sent to (API v2; a path prefix allowed); empty = no notifications.
+    #[arg(long = "ruler.alertmanager-url", env = "NORN_RULER_ALERTMANAGER_URL")]
+    pub ruler_alertmanager_url: Option<String>,
+    /// Alerts queued per tenant for Alertmanager; beyond it the oldest are dropped.
+    #[arg(
+        long = "ruler.notification-queue-capacity",
+        env = "NORN_RULER_NOTIFICATION_QUEUE_CAPACITY"
+    )]
+    pub ruler_notification_queue_capacity: Option<usize>,
+    /// Timeout of one post of alerts to one Alertmanager.
+    #[arg(
+        long = "ruler.notification-timeout",
+        env = "NORN_RULER_NOTIFICATION_TIMEOUT"
+    )]
+    pub ruler_notification_timeout: Option<Deferred>,
     /// Default most rule groups per tenant (0 = unlimited).
     #[arg(
         long = "ruler.max-rule-groups-per-tenant",
@@ -97,6 +112,15 @@ impl RulerFlags {
         )?;
         set_duration(&mut c.for_grace_period, &self.ruler_for_grace_period)?;
         set(&mut c.external_url, &self.ruler_external_url);
+        set(&mut c.alertmanager_url, &self.ruler_alertmanager_url);
+        set(
+            &mut c.notification_queue_capacity,
+            &self.ruler_notification_queue_capacity,
+        );
+        set_duration(
+            &mut c.notification_timeout,
+            &self.ruler_notification_timeout,
+        )?;
         set(
             &mut limits.ruler_max_rule_groups_per_tenant,
             &self.ruler_max_rule_groups_per_tenant,
@@ -156,6 +180,39 @@ mod tests {
         let e = format!("{:#}", Config::load(&bad).unwrap_err());
         assert!(e.contains("ruler-storage.local.directory"), "{e}");
         let bad = Args::parse_from(["norn", "--ruler.evaluation-interval=0s"]);
+        assert!(Config::load(&bad).is_err());
+    }
+
+    #[test]
+    fn notifier_settings_from_yaml_and_flags() {
+        let c = Config::load(&Args::parse_from(["norn"])).unwrap();
+        assert_eq!(c.ruler.alertmanager_url, "");
+        assert_eq!(c.ruler.notification_queue_capacity, 10_000);
+        assert_eq!(c.ruler.notification_timeout, Duration::from_secs(10));
+
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.yaml");
+        std::fs::write(
+            &f,
+            "ruler:\n  alertmanager_url: http://am1:9093,http://am2:9093\n  notification_queue_capacity: 100\n  notification_timeout: 3s\n",
+        )
+        .unwrap();
+        let a = Args::parse_from([
+            "norn",
+            "--config.file",
+            f.to_str().unwrap(),
+            "--ruler.alertmanager-url=http://mimir:8080/alertmanager",
+            "--ruler.notification-timeout=5s",
+        ]);
+        let c = Config::load(&a).unwrap();
+        assert_eq!(c.ruler.alertmanager_url, "http://mimir:8080/alertmanager");
+        assert_eq!(c.ruler.notification_queue_capacity, 100);
+        assert_eq!(c.ruler.notification_timeout, Duration::from_secs(5));
+
+        let bad = Args::parse_from(["norn", "--ruler.alertmanager-url=am:9093"]);
+        let e = format!("{:#}", Config::load(&bad).unwrap_err());
+        assert!(e.contains("alertmanager-url"), "{e}");
+        let bad = Args::parse_from(["norn", "--ruler.notification-queue-capacity=0"]);
         assert!(Config::load(&bad).is_err());
     }
 }
