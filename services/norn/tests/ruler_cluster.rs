@@ -3,7 +3,8 @@
 //! ingester ring and write through the ring's replication (no distributor or querier in their
 //! process); they split the groups through the ruler ring (`/ruler/ring`), each group
 //! evaluated by exactly one of them, and the recorded series equal the querier's answer for
-//! the same expression at the same timestamps.
+//! the same expression at the same timestamps. When one ruler is killed (-9), the other
+//! evaluates its groups.
 
 mod common;
 
@@ -91,7 +92,7 @@ fn evaluated_by(n: &Norn) -> Vec<String> {
 #[test]
 fn two_rulers_split_groups_and_write_through_the_ring() {
     let dir = tempfile::tempdir().unwrap();
-    let procs = start(dir.path());
+    let mut procs = start(dir.path());
     let (distributor, querier, r0, r1) = (&procs[1], &procs[2], &procs[3], &procs[4]);
     for r in [r0, r1] {
         common::wait_ring_page(
@@ -163,6 +164,37 @@ fn two_rulers_split_groups_and_write_through_the_ring() {
             let want = instant(querier, &format!("up * {k}"), t);
             let want: f64 = want[0]["value"][1].as_str().unwrap().parse().unwrap();
             assert_eq!(v, want, "rec_{k} at {t}");
+        }
+    }
+
+    // kill -9 one ruler: once its heartbeat is older than the timeout (5s) the other owns
+    // every group, and the dead one's groups go on being evaluated there.
+    procs[4].kill9();
+    let killed_at = now_ms();
+    let (querier, r0) = (&procs[2], &procs[3]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while evaluated_by(r0).len() < GROUPS {
+        assert!(
+            Instant::now() < deadline,
+            "the surviving ruler did not take over: {:?}\n{}",
+            evaluated_by(r0),
+            r0.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for g in &on1 {
+        let k: usize = g.trim_start_matches('g').parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = querier.raw_samples(Some(TENANT), &format!("rec_{k}"), killed_at, now_ms());
+            if got.first().is_some_and(|(_, s)| !s.is_empty()) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{g} (on the killed ruler) not evaluated after the kill"
+            );
+            std::thread::sleep(Duration::from_millis(300));
         }
     }
 }
