@@ -240,7 +240,8 @@ impl AlertRule {
     }
 
     /// Expands the rule's templates for each output series of its expression. Templates
-    /// that call `query` run on a blocking thread, where they can wait for the engine.
+    /// that call `query` run on a blocking thread, where they can wait for the rule querier
+    /// (the engine or the query-frontend).
     pub async fn candidates(
         &self,
         series: Vec<(Labels, f64)>,
