@@ -449,28 +449,36 @@ async fn ruler(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
     } else {
         Arc::new(norn_ruler::BucketRuleStore::new(c.bucket.clone()))
     };
-    // Rules read what the querier reads: the querier's sources when it runs here, else the
-    // same wiring it would use (the ingester ring and the store-gateway ring).
-    let sources = match c.query_sources.clone() {
-        Some(s) => s,
-        None => {
-            let (recent, _) = c.wiring.recent_data(c.local_ingester.as_ref())?;
-            let blocks = c.wiring.store_gateway_blocks(
-                &cfg,
-                c.bucket.clone(),
-                Arc::clone(&c.overrides),
-                c.local_store_gateway.clone(),
-                &c.metrics,
-            )?;
-            QuerySources { recent, blocks }
-        }
-    };
-    let mut providers = vec![norn_querier::split::IngestersWithin::wrap(
-        sources.recent,
-        cfg.querier.query_ingesters_within,
-    )];
-    providers.extend(sources.blocks);
-    let queryable: Arc<dyn QueryableProvider> = Arc::new(MergedProvider(providers));
+    // With ruler.query_frontend.address rules query through the frontend: no read path of
+    // their own (a `--target=ruler` process then watches neither the ingester ring for reads
+    // nor the store-gateway ring).
+    let queryable: Arc<dyn QueryableProvider> =
+        if cfg.ruler.query_frontend.address.trim().is_empty() {
+            // Rules read what the querier reads: the querier's sources when it runs here, else the
+            // same wiring it would use (the ingester ring and the store-gateway ring).
+            let sources = match c.query_sources.clone() {
+                Some(s) => s,
+                None => {
+                    let (recent, _) = c.wiring.recent_data(c.local_ingester.as_ref())?;
+                    let blocks = c.wiring.store_gateway_blocks(
+                        &cfg,
+                        c.bucket.clone(),
+                        Arc::clone(&c.overrides),
+                        c.local_store_gateway.clone(),
+                        &c.metrics,
+                    )?;
+                    QuerySources { recent, blocks }
+                }
+            };
+            let mut providers = vec![norn_querier::split::IngestersWithin::wrap(
+                sources.recent,
+                cfg.querier.query_ingesters_within,
+            )];
+            providers.extend(sources.blocks);
+            Arc::new(MergedProvider(providers))
+        } else {
+            Arc::new(MergedProvider(Vec::new()))
+        };
     // Rules write where the distributor writes: its pusher when it runs here, else the
     // ingester ring's replication.
     let pusher: Arc<dyn Pusher> = match c.local_pusher.clone() {

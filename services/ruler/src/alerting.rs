@@ -25,12 +25,12 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
-use norn_model::{Labels, METRIC_NAME, Queryable, is_stale_nan};
-use norn_promql::{Engine, QueryContext, Value};
+use norn_model::{Labels, METRIC_NAME, TenantId, is_stale_nan};
+use norn_promql::Value;
 
 use crate::outbound::OutgoingAlert;
+use crate::rule_query::RuleQuerier;
 use crate::rulefmt::Rule;
 use crate::template::{AlertData, Template};
 
@@ -104,13 +104,13 @@ pub struct Candidate {
 /// What templates are expanded with besides the series.
 #[derive(Clone)]
 pub struct ExpandEnv {
-    pub engine: Engine,
-    pub queryable: Arc<dyn Queryable>,
+    /// Where the `query` function's queries run, for `tenant`.
+    pub querier: Arc<dyn RuleQuerier>,
+    pub tenant: TenantId,
     /// The query time of the evaluation (`query` in templates runs at it).
     pub t_ms: i64,
     pub external_labels: BTreeMap<String, String>,
     pub external_url: String,
-    pub timeout: Duration,
 }
 
 /// What the `query` template function gets back: `(labels, value)` per sample.
@@ -240,7 +240,8 @@ impl AlertRule {
     }
 
     /// Expands the rule's templates for each output series of its expression. Templates
-    /// that call `query` run on a blocking thread, where they can wait for the engine.
+    /// that call `query` run on a blocking thread, where they can wait for the rule querier
+    /// (the engine or the query-frontend).
     pub async fn candidates(
         &self,
         series: Vec<(Labels, f64)>,
@@ -260,20 +261,13 @@ impl AlertRule {
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let mut query = |q: &str| -> QueryAnswer {
-                let res = handle
-                    .block_on(env.engine.instant_query_within(
-                        env.queryable.as_ref(),
-                        q,
-                        env.t_ms,
-                        QueryContext::timeout(env.timeout),
-                    ))
-                    .map_err(|e| e.to_string())?;
+                let value = handle.block_on(env.querier.instant(&env.tenant, q, env.t_ms))?;
                 let to_map = |l: &Labels| {
                     l.iter()
                         .map(|l| (l.name.clone(), l.value.clone()))
                         .collect::<BTreeMap<_, _>>()
                 };
-                match res.value {
+                match value {
                     Value::Vector(v) => Ok(v.iter().map(|s| (to_map(&s.labels), s.v)).collect()),
                     Value::Scalar { v, .. } => Ok(vec![(BTreeMap::new(), v)]),
                     _ => Err("query result is not a vector or scalar".to_string()),

@@ -44,6 +44,66 @@ pub struct Config {
     /// Timeout of one request to one Alertmanager.
     #[serde(with = "serde_duration")]
     pub notification_timeout: Duration,
+    /// Where rule queries run: a query-frontend, or (address empty) this process.
+    pub query_frontend: QueryFrontendConfig,
+}
+
+/// `ruler.query_frontend`: rule queries sent to a query-frontend (Mimir's
+/// `-ruler.query-frontend.*`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryFrontendConfig {
+    /// The frontend's HTTP address: `host:port` (plain HTTP) or an `http(s)://host:port[/prefix]`
+    /// URL; queries go to `<it>/prometheus/api/v1/query`. Empty: rules query in-process.
+    /// (Mimir's is the frontend's gRPC address.)
+    pub address: String,
+    /// Longest one rule query through the frontend may take.
+    #[serde(with = "serde_duration")]
+    pub timeout: Duration,
+}
+
+impl Default for QueryFrontendConfig {
+    fn default() -> Self {
+        Self {
+            address: String::new(),
+            timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+impl QueryFrontendConfig {
+    /// The frontend's base URL (`None`: rules query in-process); an error says why the
+    /// address is refused.
+    pub fn url(&self) -> Result<Option<reqwest::Url>, String> {
+        let a = self.address.trim();
+        if a.is_empty() {
+            return Ok(None);
+        }
+        let full = a.contains("://");
+        let text = if full {
+            a.to_string()
+        } else {
+            format!("http://{a}")
+        };
+        let refuse = |why: &str| {
+            Err(format!(
+                "ruler.query-frontend.address: {a:?} {why} (host:port or an http(s)://host:port[/prefix] URL of the query-frontend's HTTP server)"
+            ))
+        };
+        let Ok(url) = reqwest::Url::parse(&text) else {
+            return refuse("is not an address");
+        };
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+            return refuse("must be an http:// or https:// URL with a host");
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return refuse("must not have a query or fragment");
+        }
+        if !full && (url.port().is_none() || url.path() != "/") {
+            return refuse("must be host:port");
+        }
+        Ok(Some(url))
+    }
 }
 
 /// The ruler ring (YAML block `ruler.ring`).
@@ -83,6 +143,7 @@ impl Default for Config {
             alertmanager_url: String::new(),
             notification_queue_capacity: 10_000,
             notification_timeout: Duration::from_secs(10),
+            query_frontend: QueryFrontendConfig::default(),
         }
     }
 }
@@ -129,6 +190,10 @@ impl Config {
         }
         if self.notification_timeout.is_zero() {
             return Err("ruler.notification-timeout must be greater than 0".to_string());
+        }
+        self.query_frontend.url()?;
+        if self.query_frontend.timeout.is_zero() {
+            return Err("ruler.query-frontend.timeout must be greater than 0".to_string());
         }
         Ok(())
     }
@@ -191,6 +256,9 @@ mod tests {
         assert_eq!(c.alertmanager_urls().unwrap(), vec![]);
         assert_eq!(c.notification_queue_capacity, 10_000);
         assert_eq!(c.notification_timeout, Duration::from_secs(10));
+        assert_eq!(c.query_frontend.address, "");
+        assert_eq!(c.query_frontend.url().unwrap(), None);
+        assert_eq!(c.query_frontend.timeout, Duration::from_secs(120));
         StorageConfig::default().validate().unwrap();
     }
 
@@ -211,6 +279,54 @@ mod tests {
             urls,
             ["http://am1:9093/", "https://mimir:8080/alertmanager"]
         );
+    }
+
+    #[test]
+    fn query_frontend_address_is_host_port_or_a_url() {
+        let url = |a: &str| {
+            QueryFrontendConfig {
+                address: a.into(),
+                ..Default::default()
+            }
+            .url()
+            .map(|u| u.map(|u| u.to_string()))
+        };
+        assert_eq!(url("qf:8080").unwrap().unwrap(), "http://qf:8080/");
+        assert_eq!(
+            url(" 127.0.0.1:9 ").unwrap().unwrap(),
+            "http://127.0.0.1:9/"
+        );
+        assert_eq!(
+            url("https://mimir.example/prefix").unwrap().unwrap(),
+            "https://mimir.example/prefix"
+        );
+        for bad in [
+            "qf",
+            "qf:8080/x",
+            "ftp://qf:1",
+            "http://",
+            "qf:notaport",
+            "http://q:1/?a=b",
+        ] {
+            let e = url(bad).unwrap_err();
+            assert!(e.contains("ruler.query-frontend.address"), "{bad}: {e}");
+        }
+        let c = Config {
+            query_frontend: QueryFrontendConfig {
+                address: "qf".into(),
+                ..Default::default()
+            },
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        let c = Config {
+            query_frontend: QueryFrontendConfig {
+                timeout: Duration::ZERO,
+                ..Default::default()
+            },
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().contains("query-frontend.timeout"));
     }
 
     #[test]

@@ -29,16 +29,15 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use norn_model::{
-    Labels, METRIC_NAME, Pusher, QueryableProvider, Sample, TenantId, WriteBatch, stale_nan,
-};
-use norn_promql::{Engine, QueryContext, Value};
+use norn_model::{Labels, METRIC_NAME, Pusher, Sample, TenantId, WriteBatch, stale_nan};
+use norn_promql::{Engine, Value};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::alerting::{ALERTS_FOR_STATE, Alert, AlertRule, AlertState, ExpandEnv};
 use crate::metrics::RulerMetrics;
 use crate::outbound::{AlertSink, OutgoingAlert};
+use crate::rule_query::RuleQuerier;
 use crate::rulefmt::{GroupTiming, Rule, RuleGroup};
 
 /// Identity of a group: tenant, namespace, group name.
@@ -108,12 +107,13 @@ pub struct GroupStatus {
 /// What a group evaluation uses.
 #[derive(Clone)]
 pub struct EvalDeps {
+    /// Prints expressions as Prometheus does (alerts' generator URL); queries do not run
+    /// here but through `querier`.
     pub engine: Engine,
-    pub queryable: Arc<dyn QueryableProvider>,
+    /// Where every query of the rules runs (this process or a query-frontend).
+    pub querier: Arc<dyn RuleQuerier>,
     pub pusher: Arc<dyn Pusher>,
     pub metrics: Arc<RulerMetrics>,
-    /// Longest one rule's query may run.
-    pub query_timeout: Duration,
     /// Where alerts to send go (`None`: evaluated and shown, not sent).
     pub alert_sink: Option<Arc<dyn AlertSink>>,
     /// How alerts are sent, restored and templated.
@@ -330,7 +330,6 @@ impl GroupRunner {
         let m = Arc::clone(&self.deps.metrics);
         m.iterations.with_label_values(&[tenant]).inc();
         let t = ts_ms - self.timing.query_offset.as_millis() as i64;
-        let queryable = self.deps.queryable.queryable(&self.id.tenant);
         let mut orphans = std::mem::take(&mut self.orphans);
         let mut to_send: Vec<OutgoingAlert> = Vec::new();
         for i in 0..self.group.rules.len() {
@@ -338,10 +337,9 @@ impl GroupRunner {
             let rule_started = Instant::now();
             m.evaluations.with_label_values(&[tenant]).inc();
             let result = if rule.is_alerting() {
-                self.eval_alerting(i, &rule, &queryable, ts_ms, t, &mut to_send)
-                    .await
+                self.eval_alerting(i, &rule, ts_ms, t, &mut to_send).await
             } else {
-                self.eval_recording(&rule, queryable.as_ref(), t).await
+                self.eval_recording(&rule, t).await
             };
             let outcome = match result {
                 Ok(series) => {
@@ -397,7 +395,7 @@ impl GroupRunner {
         self.count_alerts();
         self.evaluations += 1;
         if self.evaluations == RESTORE_AFTER_EVALUATIONS {
-            self.restore_for_state(queryable.as_ref(), ts_ms).await;
+            self.restore_for_state(ts_ms).await;
         }
         if !orphans.is_empty() {
             // A group with no recording rule left (or none that wrote) still retires the old
@@ -422,35 +420,27 @@ impl GroupRunner {
         &mut self,
         i: usize,
         rule: &Rule,
-        q: &Arc<dyn norn_model::Queryable>,
         ts_ms: i64,
         t: i64,
         to_send: &mut Vec<OutgoingAlert>,
     ) -> Result<Vec<(Labels, f64)>, String> {
-        let res = self
+        let value = self
             .deps
-            .engine
-            .instant_query_within(
-                q.as_ref(),
-                &rule.expr,
-                t,
-                QueryContext::timeout(self.deps.query_timeout),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        let raw: Vec<(Labels, f64)> = match res.value {
+            .querier
+            .instant(&self.id.tenant, &rule.expr, t)
+            .await?;
+        let raw: Vec<(Labels, f64)> = match value {
             Value::Vector(v) => v.into_iter().map(|s| (s.labels, s.v)).collect(),
             Value::Scalar { v, .. } => vec![(Labels::empty(), v)],
             _ => return Err("rule result is not a vector or scalar".to_string()),
         };
         let opts = &self.deps.alerting;
         let env = ExpandEnv {
-            engine: self.deps.engine.clone(),
-            queryable: Arc::clone(q),
+            querier: Arc::clone(&self.deps.querier),
+            tenant: self.id.tenant.clone(),
             t_ms: t,
             external_labels: opts.external_labels.clone(),
             external_url: opts.external_url.clone(),
-            timeout: self.deps.query_timeout,
         };
         if self.alerts[i]
             .as_ref()
@@ -487,7 +477,7 @@ impl GroupRunner {
     /// Prometheus' `RestoreForState` at `ts_ms`: each alerting rule's active alerts take
     /// back the `ActiveAt` the previous evaluator wrote in `ALERTS_FOR_STATE` within the
     /// outage tolerance. A read failure restores nothing (the alerts wait their whole `for`).
-    async fn restore_for_state(&mut self, q: &dyn norn_model::Queryable, ts_ms: i64) {
+    async fn restore_for_state(&mut self, ts_ms: i64) {
         let opts = self.deps.alerting.clone();
         let grace = ms(opts.for_grace_period);
         let mint = ts_ms - ms(opts.for_outage_tolerance);
@@ -505,7 +495,12 @@ impl GroupRunner {
                         matchers.push(norn_model::Matcher::equal(k, v));
                     }
                 }
-                match q.select(mint, ts_ms, &matchers).await {
+                match self
+                    .deps
+                    .querier
+                    .select(&self.id.tenant, mint, ts_ms, &matchers)
+                    .await
+                {
                     Ok(series) => {
                         for s in series {
                             if let Some(x) = s.samples.last() {
@@ -562,25 +557,14 @@ impl GroupRunner {
     }
 
     /// A recording rule's output at `t`: `(labels, value)` per series.
-    async fn eval_recording(
-        &self,
-        rule: &Rule,
-        q: &dyn norn_model::Queryable,
-        t: i64,
-    ) -> Result<Vec<(Labels, f64)>, String> {
+    async fn eval_recording(&self, rule: &Rule, t: i64) -> Result<Vec<(Labels, f64)>, String> {
         let record = rule.record.as_deref().unwrap_or_default();
-        let res = self
+        let value = self
             .deps
-            .engine
-            .instant_query_within(
-                q,
-                &rule.expr,
-                t,
-                QueryContext::timeout(self.deps.query_timeout),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        let raw: Vec<(Labels, f64)> = match res.value {
+            .querier
+            .instant(&self.id.tenant, &rule.expr, t)
+            .await?;
+        let raw: Vec<(Labels, f64)> = match value {
             Value::Vector(v) => v.into_iter().map(|s| (s.labels, s.v)).collect(),
             Value::Scalar { v, .. } => vec![(Labels::empty(), v)],
             _ => return Err("rule result is not a vector or scalar".to_string()),

@@ -26,10 +26,13 @@ fn runner(yaml: &str, store: &Arc<MemStore>, sink: &Arc<Sink>, restore: bool) ->
     let mem = Arc::new(Mem(Arc::clone(store)));
     let deps = EvalDeps {
         engine: norn_promql::Engine::default(),
-        queryable: Arc::clone(&mem) as _,
+        querier: Arc::new(crate::rule_query::LocalQuerier::new(
+            norn_promql::Engine::default(),
+            Arc::clone(&mem) as _,
+            Duration::from_secs(10),
+        )),
         pusher: mem as _,
         metrics: Arc::new(RulerMetrics::new(&prometheus::Registry::new()).unwrap()),
-        query_timeout: Duration::from_secs(10),
         alert_sink: Some(Arc::clone(sink) as _),
         alerting: AlertingOptions {
             external_url: "http://norn.example".into(),

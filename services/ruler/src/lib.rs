@@ -9,7 +9,10 @@
 //!   `poll_interval` and at once after an API change.
 //! * [`group`]: one group's evaluation loop with Prometheus' semantics (aligned times, rules
 //!   in order, `limit`, `query_offset`, stale markers), querying through a
-//!   `QueryableProvider` with `norn-promql` and writing through a `Pusher`.
+//!   [`rule_query::RuleQuerier`] and writing through a `Pusher`.
+//! * [`rule_query`]: where rule queries run — in this process (`norn-promql` over the
+//!   querier's `QueryableProvider`) or through a query-frontend's HTTP API
+//!   (`ruler.query_frontend.address`).
 //!
 //! * [`notifier`]: delivers alerts to Alertmanager's API v2 — a bounded queue and a sender
 //!   per tenant, batches of 64, every configured Alertmanager, `X-Scope-OrgID` on each post;
@@ -29,6 +32,7 @@ pub mod metrics;
 pub mod notifier;
 pub mod outbound;
 pub mod ring;
+pub mod rule_query;
 pub mod rulefmt;
 pub mod service;
 pub mod store;

@@ -30,6 +30,11 @@ pub struct RulerMetrics {
     pub alerts: IntGaugeVec,
     /// Alerts handed to the notifier (each send of an alert counts).
     pub alerts_sent: IntCounterVec,
+    /// Queries rules made (expressions, template `query`, `for`-state restore), in this
+    /// process or through the query-frontend.
+    pub queries: IntCounterVec,
+    /// Of those, the ones that failed (query error, frontend error or timeout).
+    pub queries_failed: IntCounterVec,
     /// The notifier's (delivery of alerts to Alertmanager).
     pub notifications: NotifierMetrics,
 }
@@ -173,6 +178,14 @@ impl RulerMetrics {
                 "Alerts handed to the notifier (every send of an alert counts).",
             )?,
             evaluations: counter("norn_ruler_rule_evaluations_total", "Rule evaluations.")?,
+            queries: counter(
+                "norn_ruler_queries_total",
+                "Queries made by rules (expressions, template query, for-state restore).",
+            )?,
+            queries_failed: counter(
+                "norn_ruler_queries_failed_total",
+                "Queries made by rules that failed (query error, query-frontend error or timeout).",
+            )?,
             evaluation_failures: counter(
                 "norn_ruler_rule_evaluation_failures_total",
                 "Rule evaluations that failed (query, limit or write error).",

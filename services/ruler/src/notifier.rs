@@ -494,7 +494,7 @@ fn without_credentials(url: &reqwest::Url) -> String {
 
 /// reqwest's error with its causes ("error sending request: … : connection refused"), which
 /// its `Display` alone leaves out.
-fn error_chain(e: &reqwest::Error) -> String {
+pub(crate) fn error_chain(e: &reqwest::Error) -> String {
     let mut s = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(cause) = source {

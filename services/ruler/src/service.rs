@@ -21,6 +21,7 @@ use crate::metrics::RulerMetrics;
 use crate::notifier::{Notifier, NotifierError};
 use crate::outbound::AlertSink;
 use crate::ring::{Ownership, RingMembership};
+use crate::rule_query::{Counted, FrontendQuerier, LocalQuerier, RuleQuerier};
 use crate::store::RuleStore;
 
 /// What a ruler needs from the process it runs in.
@@ -30,7 +31,8 @@ pub struct Deps {
     pub metrics: Arc<Metrics>,
     /// Where rule groups are stored.
     pub store: Arc<dyn RuleStore>,
-    /// What rules query: the querier's merged view (ingesters and store-gateways).
+    /// What rules query: the querier's merged view (ingesters and store-gateways). Unused
+    /// when `ruler.query_frontend.address` sends rule queries to a query-frontend.
     pub queryable: Arc<dyn QueryableProvider>,
     /// Where recording rules write: the ingesters, as the distributor writes to them.
     pub pusher: Arc<dyn Pusher>,
@@ -67,15 +69,32 @@ pub async fn build(config: Config, deps: Deps) -> Result<Arc<RulerService>, Buil
     };
     let query_timeout = deps.engine.timeout;
     let engine = Engine::new(deps.engine);
+    let querier: Arc<dyn RuleQuerier> =
+        match config.query_frontend.url().map_err(BuildError::Config)? {
+            Some(base) => {
+                let q = FrontendQuerier::new(base, config.query_frontend.timeout)
+                    .map_err(BuildError::Config)?;
+                tracing::info!(url = %q.url(), "rule queries go to the query-frontend");
+                Arc::new(q)
+            }
+            None => Arc::new(LocalQuerier::new(
+                engine.clone(),
+                deps.queryable,
+                query_timeout,
+            )),
+        };
+    let querier = Arc::new(Counted {
+        inner: querier,
+        metrics: Arc::clone(&metrics),
+    });
     let manager = Arc::new(Manager::new(
         deps.store,
         ownership,
         EvalDeps {
             engine: engine.clone(),
-            queryable: deps.queryable,
+            querier,
             pusher: deps.pusher,
             metrics,
-            query_timeout,
             // Without ruler.alertmanager-url alerts are evaluated, written and listed but not
             // sent.
             alert_sink: notifier

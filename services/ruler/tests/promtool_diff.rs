@@ -219,10 +219,13 @@ async fn prometheus_agrees_with_norn_on_alerts_and_recorded_series() {
     let engine = Engine::default();
     let deps = EvalDeps {
         engine: engine.clone(),
-        queryable: Arc::clone(&mem) as _,
+        querier: Arc::new(norn_ruler::rule_query::LocalQuerier::new(
+            engine.clone(),
+            Arc::clone(&mem) as _,
+            Duration::from_secs(10),
+        )),
         pusher: mem as _,
         metrics: Arc::new(RulerMetrics::new(&prometheus::Registry::new()).unwrap()),
-        query_timeout: Duration::from_secs(10),
         alert_sink: None,
         alerting: AlertingOptions {
             external_url: "http://norn.example/prometheus".into(),

@@ -64,6 +64,18 @@ pub struct RulerFlags {
         env = "NORN_RULER_NOTIFICATION_TIMEOUT"
     )]
     pub ruler_notification_timeout: Option<Deferred>,
+    /// The query-frontend's HTTP address rule queries go to (host:port or an http(s):// URL); empty = rules query in this process.
+    #[arg(
+        long = "ruler.query-frontend.address",
+        env = "NORN_RULER_QUERY_FRONTEND_ADDRESS"
+    )]
+    pub ruler_query_frontend_address: Option<String>,
+    /// Longest one rule query through the query-frontend may take.
+    #[arg(
+        long = "ruler.query-frontend.timeout",
+        env = "NORN_RULER_QUERY_FRONTEND_TIMEOUT"
+    )]
+    pub ruler_query_frontend_timeout: Option<Deferred>,
     /// Default most rule groups per tenant (0 = unlimited).
     #[arg(
         long = "ruler.max-rule-groups-per-tenant",
@@ -120,6 +132,14 @@ impl RulerFlags {
         set_duration(
             &mut c.notification_timeout,
             &self.ruler_notification_timeout,
+        )?;
+        set(
+            &mut c.query_frontend.address,
+            &self.ruler_query_frontend_address,
+        );
+        set_duration(
+            &mut c.query_frontend.timeout,
+            &self.ruler_query_frontend_timeout,
         )?;
         set(
             &mut limits.ruler_max_rule_groups_per_tenant,
@@ -214,5 +234,45 @@ mod tests {
         assert!(e.contains("alertmanager-url"), "{e}");
         let bad = Args::parse_from(["norn", "--ruler.notification-queue-capacity=0"]);
         assert!(Config::load(&bad).is_err());
+    }
+
+    #[test]
+    fn query_frontend_settings_from_yaml_and_flags() {
+        let c = Config::load(&Args::parse_from(["norn"])).unwrap();
+        assert_eq!(c.ruler.query_frontend.address, "");
+        assert_eq!(c.ruler.query_frontend.timeout, Duration::from_secs(120));
+
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.yaml");
+        std::fs::write(
+            &f,
+            "ruler:\n  query_frontend:\n    address: qf:8080\n    timeout: 30s\n",
+        )
+        .unwrap();
+        let c = Config::load(&Args::parse_from([
+            "norn",
+            "--config.file",
+            f.to_str().unwrap(),
+        ]))
+        .unwrap();
+        assert_eq!(c.ruler.query_frontend.address, "qf:8080");
+        assert_eq!(c.ruler.query_frontend.timeout, Duration::from_secs(30));
+        let a = Args::parse_from([
+            "norn",
+            "--config.file",
+            f.to_str().unwrap(),
+            "--ruler.query-frontend.address=https://mimir.example/prefix",
+            "--ruler.query-frontend.timeout=1m",
+        ]);
+        let c = Config::load(&a).unwrap();
+        assert_eq!(
+            c.ruler.query_frontend.address,
+            "https://mimir.example/prefix"
+        );
+        assert_eq!(c.ruler.query_frontend.timeout, Duration::from_secs(60));
+
+        let bad = Args::parse_from(["norn", "--ruler.query-frontend.address=qf"]);
+        let e = format!("{:#}", Config::load(&bad).unwrap_err());
+        assert!(e.contains("ruler.query-frontend.address"), "{e}");
     }
 }
