@@ -5,9 +5,10 @@
 //! What must hold:
 //! * `kill -9` of one querier while queries are queued: every query still answers, with the
 //!   right data (its in-flight requests are re-queued to the other querier);
-//! * fairness: while tenant A floods 100 slow queries, tenant B's cheap queries keep a median
-//!   latency within a small factor of their median alone (a ratio, printed; the target
-//!   is 2×, the assertion 5× to stay stable on a shared CI machine);
+//! * fairness: while tenant A floods 100 slow queries, tenant B's cheap queries never wait for
+//!   one of A's to finish (A may hold all workers but one while B is active), so B's median
+//!   stays below one A query's latency (asserted) and near B's median alone (the ratio is
+//!   printed; the target is 2x);
 //! * `--query-frontend.max-outstanding-requests-per-tenant` refuses the flooding tenant with
 //!   429 naming the limit, and only that tenant.
 
@@ -345,13 +346,14 @@ fn a_flooding_tenant_does_not_starve_a_quiet_one() {
         still_queued > 0.0,
         "B was measured while A's queue was not empty"
     );
-    // Round robin: B waits for at most one running A query per worker, never for A's queue
-    // (FIFO would make it wait for every queued A query: ~still_queued / 4 × a_alone).
-    // The ratio to B alone is printed; on this workload (A's queries ~30× B's) it cannot be
-    // small, since B must wait for a worker to finish an A query.
+    // Round robin, and one worker kept for another tenant while A floods: B waits for no A
+    // query at all (before that bound it waited for one to finish, ~30x its own latency;
+    // FIFO would make it wait for A's whole queue). What remains is sharing 2 cores with
+    // A's running queries; the ratio to B alone (the figure, target 2x) is printed,
+    // the assertion is the one that does not depend on the machine's load.
     assert!(
-        vs_slow <= 5.0,
-        "B's median under A's flood is {vs_slow:.2}× one A query alone: B waits behind A's queue"
+        vs_slow < 1.0,
+        "B's median under A's flood is {vs_slow:.2}x one A query alone: B waited for A's queries"
     );
 }
 

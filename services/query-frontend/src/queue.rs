@@ -7,6 +7,12 @@
 //! rotation at its end), so a quiet tenant waits for at most one request of each busy
 //! tenant, however much they queued.
 //!
+//! Running requests are bounded too: while more than one tenant has queried within
+//! [`RECENT_TENANT_WINDOW`], no tenant may hold every connected worker — one is always left for
+//! another tenant — so a quiet tenant's query does not wait for one of a flooding tenant's slow
+//! ones to finish. A tenant alone uses every worker (the queue stays work-conserving for a
+//! single tenant); with several, a flood costs the flooding tenant one worker of its share.
+//!
 //! Workers pull: a querier's worker (over gRPC, [`crate::frontend_grpc`]) or an in-process one
 //! ([`crate::worker::spawn_local`]) asks [`Queue::next`] for work when it is free, so the
 //! frontend never needs to know its queriers, and adding one adds capacity.
@@ -26,7 +32,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -39,6 +45,10 @@ use crate::queue_metrics::QueueMetrics;
 
 /// Times a request whose querier vanished is put back in the queue before it fails.
 pub const MAX_REQUEUES: u32 = 3;
+
+/// A tenant that queried within this window counts as active: while two or more are, no
+/// tenant may run requests on every worker.
+pub const RECENT_TENANT_WINDOW: Duration = Duration::from_secs(60);
 
 /// The tenant's name in the queue when a request carries none (multi-tenancy off).
 const NO_TENANT: &str = "anonymous";
@@ -70,6 +80,33 @@ pub struct Pending {
     /// Whether a worker has taken it before (its queue time is observed once).
     dispatched: bool,
     reply: oneshot::Sender<Reply>,
+    /// Held while a worker runs the request: counts against its tenant's running requests.
+    running: Option<RunningSlot>,
+}
+
+/// One running request of a tenant; released (and a waiting worker woken) when dropped.
+struct RunningSlot {
+    queue: Weak<Queue>,
+    tenant: Arc<str>,
+}
+
+impl Drop for RunningSlot {
+    fn drop(&mut self) {
+        let Some(queue) = self.queue.upgrade() else {
+            return;
+        };
+        {
+            let mut s = queue.lock();
+            if let Some(n) = s.running.get_mut(&self.tenant) {
+                *n -= 1;
+                if *n == 0 {
+                    s.running.remove(&self.tenant);
+                }
+            }
+        }
+        // A worker may be waiting because this tenant was at its bound.
+        queue.work.notify_one();
+    }
 }
 
 impl Pending {
@@ -101,11 +138,40 @@ struct State {
     tenants: HashMap<Arc<str>, VecDeque<Pending>>,
     /// The tenants with requests waiting, in the order they are served next.
     rotation: VecDeque<Arc<str>>,
+    /// Requests running on workers, per tenant (tenants with none are absent).
+    running: HashMap<Arc<str>, usize>,
+    /// When each tenant last queued a request (pruned to [`RECENT_TENANT_WINDOW`]).
+    last_seen: HashMap<Arc<str>, Instant>,
+    last_pruned: Option<Instant>,
     closed: bool,
+}
+
+impl State {
+    /// Whether two or more tenants queried within the window.
+    fn several_active(&self, now: Instant) -> bool {
+        self.last_seen
+            .values()
+            .filter(|t| now.duration_since(**t) < RECENT_TENANT_WINDOW)
+            .nth(1)
+            .is_some()
+    }
+
+    fn note_seen(&mut self, tenant: &Arc<str>, now: Instant) {
+        self.last_seen.insert(Arc::clone(tenant), now);
+        if self
+            .last_pruned
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            self.last_pruned = Some(now);
+            self.last_seen
+                .retain(|_, t| now.duration_since(*t) < RECENT_TENANT_WINDOW);
+        }
+    }
 }
 
 /// The queue (see the module doc).
 pub struct Queue {
+    me: Weak<Queue>,
     state: Mutex<State>,
     /// Woken once per request queued (and for every waiter on close).
     work: Notify,
@@ -123,7 +189,8 @@ impl Queue {
 
     /// `max_per_tenant` requests may wait per tenant (0 counts as 1).
     pub fn new(max_per_tenant: usize, metrics: QueueMetrics) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             state: Mutex::new(State::default()),
             work: Notify::new(),
             max_per_tenant: max_per_tenant.max(1),
@@ -171,7 +238,9 @@ impl Queue {
             requeues: 0,
             dispatched: false,
             reply: tx,
+            running: None,
         };
+        s.note_seen(&key, pending.enqueued);
         let q = s.tenants.entry(Arc::clone(&key)).or_default();
         q.push_back(pending);
         let len = q.len();
@@ -219,13 +288,30 @@ impl Queue {
         self.try_next().ok().flatten()
     }
 
-    /// The next request if one waits; `Err(Closed)` once closed.
+    /// The next request if one waits and its tenant may run another; `Err(Closed)` once
+    /// closed.
     fn try_next(&self) -> Result<Option<Pending>, QueueError> {
         let mut s = self.lock();
         if s.closed {
             return Err(QueueError::Closed);
         }
-        while let Some(tenant) = s.rotation.pop_front() {
+        // With several tenants active, each may hold all but one of the workers.
+        let workers = self.workers() as usize;
+        let bound = (workers >= 2 && s.several_active(Instant::now())).then(|| workers - 1);
+        for _ in 0..s.rotation.len() {
+            let Some(tenant) = s.rotation.pop_front() else {
+                break;
+            };
+            if !s.tenants.contains_key(&tenant) {
+                continue;
+            }
+            if let Some(bound) = bound
+                && s.running.get(&tenant).copied().unwrap_or(0) >= bound
+            {
+                // At its bound: keeps its place for when one of its requests ends.
+                s.rotation.push_back(tenant);
+                continue;
+            }
             let Some(q) = s.tenants.get_mut(&tenant) else {
                 continue;
             };
@@ -247,6 +333,11 @@ impl Queue {
             } else {
                 self.metrics.set_length(&tenant, left);
             }
+            *s.running.entry(Arc::clone(&tenant)).or_insert(0) += 1;
+            p.running = Some(RunningSlot {
+                queue: self.me.clone(),
+                tenant: Arc::clone(&tenant),
+            });
             if !p.dispatched {
                 p.dispatched = true;
                 self.metrics
@@ -262,6 +353,8 @@ impl Queue {
     /// a querier (which then vanished), counted against [`MAX_REQUEUES`]; not when the
     /// worker's stream broke before sending it. It goes to the head of its tenant's queue.
     pub fn requeue(&self, mut p: Pending, ran: bool) {
+        // Not running any more (released before the lock is taken below: the slot takes it).
+        p.running = None;
         if !p.wanted() {
             self.metrics.discarded("cancelled");
             return;
