@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use axum::http::HeaderMap;
 use norn_model::{ErrorKind, TenantId};
-use norn_ring::{InstanceDesc, Operation};
+use norn_ring::{InstanceDesc, Operation, Ring};
 use prometheus::{IntCounterVec, Opts, Registry};
 use serde_json::Value as Json;
 
@@ -108,13 +108,17 @@ pub fn is_local_only(headers: &HeaderMap) -> bool {
 pub fn peers(ownership: &Ownership, now_ms: i64) -> Option<Vec<InstanceDesc>> {
     match ownership {
         Ownership::All => None,
-        Ownership::Ring { ring, id, .. } => Some(
-            ring.instances()
-                .into_iter()
-                .filter(|i| i.id != *id && ring.is_healthy(i, Operation::Write, now_ms))
-                .collect(),
-        ),
+        Ownership::Ring { ring, id, .. } => Some(peers_in(ring, id, now_ms)),
     }
+}
+
+/// The members of `ring` other than `me` that are ACTIVE with a heartbeat within the ring's
+/// timeout.
+fn peers_in(ring: &Ring, me: &str, now_ms: i64) -> Vec<InstanceDesc> {
+    ring.instances()
+        .into_iter()
+        .filter(|i| i.id != me && ring.is_healthy(i, Operation::Write, now_ms))
+        .collect()
 }
 
 impl Fanout {
@@ -338,6 +342,41 @@ mod tests {
         };
         assert!(e.to_string().contains("ruler-1"), "{e}");
         assert_eq!(e.kind(), ErrorKind::Unavailable);
+    }
+
+    #[test]
+    fn only_other_active_heartbeating_rulers_are_asked() {
+        use norn_ring::{InstanceState, RingConfig};
+        let now = 1_000_000;
+        let ring = Ring::new(RingConfig {
+            replication_factor: 1,
+            heartbeat_timeout: Duration::from_secs(5),
+            zone_awareness_enabled: false,
+        });
+        let member = |id: &str, state: InstanceState, heartbeat_ms: i64, token: u32| {
+            InstanceDesc {
+                id: id.into(),
+                addr: format!("{id}:8080"),
+                zone: String::new(),
+                state,
+                heartbeat_ms,
+                registered_ms: 0,
+                tokens: vec![token],
+            }
+        };
+        ring.set_instances(vec![
+            member("me", InstanceState::Active, now, 1),
+            member("peer", InstanceState::Active, now - 4_000, 2),
+            member("silent", InstanceState::Active, now - 6_000, 3),
+            member("leaving", InstanceState::Leaving, now, 4),
+            member("joining", InstanceState::Joining, now, 5),
+            member("left", InstanceState::Left, now, 6),
+        ]);
+        let ids: Vec<String> = peers_in(&ring, "me", now)
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(ids, ["peer"]);
     }
 
     #[test]
