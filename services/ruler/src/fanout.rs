@@ -93,6 +93,7 @@ impl FanoutError {
 pub struct Fanout {
     client: reqwest::Client,
     timeout: Duration,
+    max_body: usize,
     failures: IntCounterVec,
 }
 
@@ -139,8 +140,21 @@ impl Fanout {
         Ok(Self {
             client,
             timeout: TIMEOUT,
+            max_body: MAX_BODY_BYTES,
             failures,
         })
+    }
+
+    /// Other bounds than [`TIMEOUT`] and [`MAX_BODY_BYTES`] (tests).
+    pub fn with_limits(mut self, timeout: Duration, max_body: usize) -> Self {
+        self.timeout = timeout;
+        self.max_body = max_body;
+        self
+    }
+
+    /// Failed requests to other rulers so far, for `endpoint`.
+    pub fn failures(&self, endpoint: Endpoint) -> u64 {
+        self.failures.with_label_values(&[endpoint.as_str()]).get()
     }
 
     /// Asks every peer at once; the lists under `data.<groups|alerts>` of their answers, or the
@@ -206,8 +220,8 @@ impl Fanout {
         let status = resp.status();
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
-            if body.len() + chunk.len() > MAX_BODY_BYTES {
-                return Err(format!("answer larger than {MAX_BODY_BYTES} bytes"));
+            if body.len() + chunk.len() > self.max_body {
+                return Err(format!("answer larger than {} bytes", self.max_body));
             }
             body.extend_from_slice(&chunk);
         }
@@ -353,16 +367,14 @@ mod tests {
             heartbeat_timeout: Duration::from_secs(5),
             zone_awareness_enabled: false,
         });
-        let member = |id: &str, state: InstanceState, heartbeat_ms: i64, token: u32| {
-            InstanceDesc {
-                id: id.into(),
-                addr: format!("{id}:8080"),
-                zone: String::new(),
-                state,
-                heartbeat_ms,
-                registered_ms: 0,
-                tokens: vec![token],
-            }
+        let member = |id: &str, state: InstanceState, heartbeat_ms: i64, token: u32| InstanceDesc {
+            id: id.into(),
+            addr: format!("{id}:8080"),
+            zone: String::new(),
+            state,
+            heartbeat_ms,
+            registered_ms: 0,
+            tokens: vec![token],
         };
         ring.set_instances(vec![
             member("me", InstanceState::Active, now, 1),
