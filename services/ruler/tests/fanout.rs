@@ -17,6 +17,9 @@ use norn_ruler::fanout::{Endpoint, Fanout, LOCAL_HEADER};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
+/// What a stand-in ruler was sent: headers and query.
+type Seen = Arc<Mutex<Vec<(HeaderMap, Option<String>)>>>;
+
 async fn serve(app: Router) -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -37,10 +40,7 @@ fn peer(id: &str, addr: impl ToString) -> InstanceDesc {
 }
 
 /// A ruler answering `/rules` with one group named after it, recording what it was sent.
-async fn good(
-    name: &'static str,
-    seen: Arc<Mutex<Vec<(HeaderMap, Option<String>)>>>,
-) -> SocketAddr {
+async fn good(name: &'static str, seen: Seen) -> SocketAddr {
     let app = Router::new().route(
         "/prometheus/api/v1/rules",
         get(move |h: HeaderMap, RawQuery(q): RawQuery| {
@@ -127,7 +127,7 @@ async fn any_ruler_not_answering_fails_the_request_naming_it() {
     .await;
     let hanging = serve(Router::new().route(
         "/prometheus/api/v1/rules",
-        get(|| std::future::pending::<String>()),
+        get(std::future::pending::<String>),
     ))
     .await;
     let tenant = TenantId::new("team-a").unwrap();
