@@ -216,10 +216,10 @@ impl Fanout {
         if let Some(a) = auth {
             req = req.header(reqwest::header::AUTHORIZATION, a.as_bytes());
         }
-        let mut resp = req.send().await.map_err(|e| e.to_string())?;
+        let mut resp = req.send().await.map_err(|e| self.describe(&e))?;
         let status = resp.status();
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.describe(&e))? {
             if body.len() + chunk.len() > self.max_body {
                 return Err(format!("answer larger than {} bytes", self.max_body));
             }
@@ -230,6 +230,23 @@ impl Fanout {
             return Err(format!("status {status}: {text}"));
         }
         list_of(&body, endpoint)
+    }
+}
+
+impl Fanout {
+    /// A request error with its causes (reqwest's own message names only the URL).
+    fn describe(&self, e: &reqwest::Error) -> String {
+        if e.is_timeout() {
+            return format!("no answer within {:?}", self.timeout);
+        }
+        let mut out = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            out.push_str(": ");
+            out.push_str(&s.to_string());
+            source = s.source();
+        }
+        out
     }
 }
 

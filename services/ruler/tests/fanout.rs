@@ -146,6 +146,7 @@ async fn any_ruler_not_answering_fails_the_request_naming_it() {
         .unwrap_err();
     assert_eq!(e.id, "dead");
     assert!(e.to_string().contains(&closed.to_string()), "{e}");
+    assert!(e.reason.to_lowercase().contains("refused"), "{e}");
 
     let e = f
         .ask_all(
@@ -178,6 +179,7 @@ async fn any_ruler_not_answering_fails_the_request_naming_it() {
         .await
         .unwrap_err();
     assert_eq!(e.id, "hanging");
+    assert!(e.reason.contains("no answer within"), "{e}");
 
     assert_eq!(f.failures(Endpoint::Rules), 3);
     assert_eq!(f.failures(Endpoint::Alerts), 1);
