@@ -434,7 +434,7 @@ async fn local_rules(
 }
 
 /// Prometheus' `/api/v1/alerts`: the tenant's active (pending and firing) alerts, ordered by
-/// group and rule; in a cluster those of every ruler.
+/// group and rule; in a cluster those of every ruler, this one's first, then each other's.
 async fn prometheus_alerts(State(api): S, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
     let tenant = match api.tenant(&headers) {
         Ok(t) => t,
