@@ -1,5 +1,5 @@
 //! The ruler's HTTP API: Mimir's rules config API (YAML in and out) and Prometheus'
-//! `GET /api/v1/rules` and `GET /api/v1/alerts`.
+//! `GET /api/v1/rules` and `GET /api/v1/alerts` (in a cluster, every ruler's: [`fanout`]).
 //!
 //! Every request is scoped to the caller's tenant (`X-Scope-OrgID`, or basic auth), and the
 //! store is only ever addressed with that tenant, so no call can list, change or delete
@@ -26,6 +26,7 @@ use norn_server::{HttpError, RequestGuard, TenantResolver};
 use serde_json::{Value as Json, json};
 
 use crate::alerting::Alert;
+use crate::fanout::{self, Endpoint, Fanout};
 use crate::group::{GroupId, GroupStatus, RuleStatus};
 use crate::manager::Manager;
 use crate::rulefmt::{RuleGroup, check_group};
@@ -40,6 +41,8 @@ pub struct Api {
     pub tenants: TenantResolver,
     pub overrides: Arc<Overrides>,
     pub engine: Engine,
+    /// Asks the other rulers (a cluster).
+    pub fanout: Fanout,
 }
 
 type S = State<Arc<Api>>;
@@ -111,6 +114,29 @@ impl Api {
             out.entry(g.namespace).or_default().push(g.group);
         }
         Ok(out)
+    }
+
+    /// The other rulers' answers (their `data` lists) to the same request, all of which
+    /// must answer; `None` when this ruler answers alone (one process, or asked by another
+    /// ruler).
+    async fn cluster_ask(
+        &self,
+        endpoint: Endpoint,
+        query: Option<&str>,
+        tenant: &TenantId,
+        headers: &HeaderMap,
+    ) -> Result<Option<Vec<Vec<Json>>>, HttpError> {
+        if fanout::is_local_only(headers) {
+            return Ok(None);
+        }
+        let Some(peers) = fanout::peers(self.manager.ownership(), norn_model::now_ms()) else {
+            return Ok(None);
+        };
+        self.fanout
+            .ask_all(endpoint, &peers, query, tenant, headers)
+            .await
+            .map(Some)
+            .map_err(|e| err(e.kind(), e.to_string()))
     }
 
     /// Applies a stored change to the running groups now; a failure leaves it to the next
@@ -353,10 +379,29 @@ async fn prometheus_rules(State(api): S, headers: HeaderMap, RawQuery(q): RawQue
         Ok(f) => f,
         Err(m) => return err(ErrorKind::BadData, m).into_response(),
     };
-    let stored = match api.manager.store().groups(tenant.as_str()).await {
-        Ok(s) => s,
-        Err(e) => return store_err(e).into_response(),
+    let remote = api.cluster_ask(Endpoint::Rules, q.as_deref(), &tenant, &headers);
+    let (local, remote) = futures::join!(local_rules(&api, &tenant, &filter), remote);
+    let groups = match (local, remote) {
+        (Err(e), _) | (_, Err(e)) => return e.into_response(),
+        (Ok(local), Ok(None)) => local,
+        (Ok(local), Ok(Some(others))) => fanout::merge_groups(std::iter::once(local).chain(others)),
     };
+    axum::Json(json!({"status": "success", "data": {"groups": groups}})).into_response()
+}
+
+/// This ruler's answer to `/api/v1/rules`: every stored group of the tenant that passes the
+/// filter, with the evaluation state of the groups it runs (`unknown` for the others).
+async fn local_rules(
+    api: &Api,
+    tenant: &TenantId,
+    filter: &Filter,
+) -> Result<Vec<Json>, HttpError> {
+    let stored = api
+        .manager
+        .store()
+        .groups(tenant.as_str())
+        .await
+        .map_err(store_err)?;
     let mut groups = Vec::new();
     for g in stored {
         if (!filter.groups.is_empty() && !filter.groups.contains(&g.group.name))
@@ -385,27 +430,40 @@ async fn prometheus_rules(State(api): S, headers: HeaderMap, RawQuery(q): RawQue
         }
         groups.push(group_json(&g.namespace, &g.group, &status, timing, rules));
     }
-    axum::Json(json!({"status": "success", "data": {"groups": groups}})).into_response()
+    Ok(groups)
 }
 
-/// Prometheus' `/api/v1/alerts`: the tenant's active (pending and firing) alerts on this
-/// ruler, ordered by group and rule.
-async fn prometheus_alerts(State(api): S, headers: HeaderMap) -> Response {
+/// Prometheus' `/api/v1/alerts`: the tenant's active (pending and firing) alerts, ordered by
+/// group and rule; in a cluster those of every ruler, this one's first, then each other's.
+async fn prometheus_alerts(State(api): S, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
     let tenant = match api.tenant(&headers) {
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
-    let alerts: Vec<Json> = api
-        .manager
-        .tenant_statuses(&tenant)
+    let alerts = match api
+        .cluster_ask(Endpoint::Alerts, q.as_deref(), &tenant, &headers)
+        .await
+    {
+        Err(e) => return e.into_response(),
+        Ok(None) => local_alerts(&api, &tenant),
+        Ok(Some(others)) => {
+            fanout::merge_alerts(std::iter::once(local_alerts(&api, &tenant)).chain(others))
+        }
+    };
+    axum::Json(json!({"status": "success", "data": {"alerts": alerts}})).into_response()
+}
+
+/// The tenant's active alerts on this ruler.
+fn local_alerts(api: &Api, tenant: &TenantId) -> Vec<Json> {
+    api.manager
+        .tenant_statuses(tenant)
         .iter()
         .flat_map(|(_, st)| {
             st.rules
                 .iter()
                 .flat_map(|r| r.alerts.iter().map(alert_json))
         })
-        .collect();
-    axum::Json(json!({"status": "success", "data": {"alerts": alerts}})).into_response()
+        .collect()
 }
 
 fn labels_json(l: &norn_model::Labels) -> Json {

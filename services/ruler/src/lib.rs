@@ -3,7 +3,8 @@
 //! * [`store`]: where groups live — `rules/<tenant>/<ns>/<group>` in the bucket (names in
 //!   URL-safe base64, as Mimir), or a read-only local directory of rule files.
 //! * [`api`]: Mimir's rules config API (YAML) and Prometheus' `/api/v1/rules`, with the
-//!   upload checks of [`rulefmt`] and the tenant's limits.
+//!   upload checks of [`rulefmt`] and the tenant's limits; in a cluster [`fanout`] asks every
+//!   ruler and merges, so `/api/v1/rules` and `/api/v1/alerts` show the whole cluster.
 //! * [`manager`]: keeps the running groups equal to the store's groups this ruler owns
 //!   ([`ring`]: all of them in one process, the ruler ring's share in a cluster), every
 //!   `poll_interval` and at once after an API change.
@@ -26,6 +27,7 @@
 pub mod alerting;
 pub mod api;
 pub mod config;
+pub mod fanout;
 pub mod group;
 pub mod manager;
 pub mod metrics;

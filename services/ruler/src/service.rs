@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{Api, routes};
 use crate::config::{Config, MIN_INTERVAL};
+use crate::fanout::Fanout;
 use crate::group::{AlertingOptions, EvalDeps};
 use crate::manager::Manager;
 use crate::metrics::RulerMetrics;
@@ -127,6 +128,7 @@ pub async fn build(config: Config, deps: Deps) -> Result<Arc<RulerService>, Buil
         tenants: deps.tenants,
         overrides: deps.overrides,
         engine,
+        fanout: Fanout::new(&deps.metrics.registry)?,
     });
     Ok(Arc::new(RulerService {
         manager,
