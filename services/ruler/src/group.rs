@@ -424,16 +424,7 @@ impl GroupRunner {
         t: i64,
         to_send: &mut Vec<OutgoingAlert>,
     ) -> Result<Vec<(Labels, f64)>, String> {
-        let value = self
-            .deps
-            .querier
-            .instant(&self.id.tenant, &rule.expr, t)
-            .await?;
-        let raw: Vec<(Labels, f64)> = match value {
-            Value::Vector(v) => v.into_iter().map(|s| (s.labels, s.v)).collect(),
-            Value::Scalar { v, .. } => vec![(Labels::empty(), v)],
-            _ => return Err("rule result is not a vector or scalar".to_string()),
-        };
+        let raw = self.query_rule(rule, t).await?;
         let opts = &self.deps.alerting;
         let env = ExpandEnv {
             querier: Arc::clone(&self.deps.querier),
@@ -556,19 +547,25 @@ impl GroupRunner {
         self.counted = now;
     }
 
-    /// A recording rule's output at `t`: `(labels, value)` per series.
-    async fn eval_recording(&self, rule: &Rule, t: i64) -> Result<Vec<(Labels, f64)>, String> {
-        let record = rule.record.as_deref().unwrap_or_default();
-        let value = self
+    /// A rule's expression at `t` as `(labels, value)` per series (a scalar is one series
+    /// with no labels, as Prometheus treats it).
+    async fn query_rule(&self, rule: &Rule, t: i64) -> Result<Vec<(Labels, f64)>, String> {
+        match self
             .deps
             .querier
             .instant(&self.id.tenant, &rule.expr, t)
-            .await?;
-        let raw: Vec<(Labels, f64)> = match value {
-            Value::Vector(v) => v.into_iter().map(|s| (s.labels, s.v)).collect(),
-            Value::Scalar { v, .. } => vec![(Labels::empty(), v)],
-            _ => return Err("rule result is not a vector or scalar".to_string()),
-        };
+            .await?
+        {
+            Value::Vector(v) => Ok(v.into_iter().map(|s| (s.labels, s.v)).collect()),
+            Value::Scalar { v, .. } => Ok(vec![(Labels::empty(), v)]),
+            _ => Err("rule result is not a vector or scalar".to_string()),
+        }
+    }
+
+    /// A recording rule's output at `t`: `(labels, value)` per series.
+    async fn eval_recording(&self, rule: &Rule, t: i64) -> Result<Vec<(Labels, f64)>, String> {
+        let record = rule.record.as_deref().unwrap_or_default();
+        let raw = self.query_rule(rule, t).await?;
         let limit = self.group.limit;
         if limit > 0 && raw.len() > limit {
             return Err(format!(
