@@ -35,7 +35,7 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::alerting::{ALERTS_FOR_STATE, Alert, AlertRule, AlertState, ExpandEnv};
-use crate::metrics::RulerMetrics;
+use crate::metrics::{GroupMetrics, RulerMetrics};
 use crate::outbound::{AlertSink, OutgoingAlert};
 use crate::rule_query::RuleQuerier;
 use crate::rulefmt::{GroupTiming, Rule, RuleGroup};
@@ -300,6 +300,11 @@ impl GroupRunner {
         let hash = group_hash(&self.id.namespace, &self.id.name);
         let mut ts = eval_timestamp_ns(now_ns(), interval_ns, hash) + interval_ns;
         let tenant = self.id.tenant.as_str().to_string();
+        let rule_group = GroupMetrics::label(&self.id.namespace, &self.id.name);
+        let gm = &self.deps.metrics.group;
+        gm.rules
+            .with_label_values(&[&tenant, &rule_group])
+            .set(self.group.rules.len() as i64);
         loop {
             let wait = Duration::from_nanos((ts - now_ns()).max(0) as u64);
             tokio::select! {
@@ -314,11 +319,18 @@ impl GroupRunner {
                     .iterations_missed
                     .with_label_values(&[&tenant])
                     .inc_by(missed);
+                self.deps
+                    .metrics
+                    .group
+                    .iterations_missed
+                    .with_label_values(&[&tenant, &rule_group])
+                    .inc_by(missed);
                 tracing::warn!(tenant = %tenant, namespace = %self.id.namespace, group = %self.id.name, missed, "rule group evaluation overran its interval");
             }
             ts = next;
         }
         self.uncount_alerts();
+        self.deps.metrics.group.remove(&tenant, &rule_group);
         self.written()
     }
 
@@ -329,6 +341,9 @@ impl GroupRunner {
         let tenant = tenant_id.as_str();
         let m = Arc::clone(&self.deps.metrics);
         m.iterations.with_label_values(&[tenant]).inc();
+        let rule_group = GroupMetrics::label(&self.id.namespace, &self.id.name);
+        let group_labels = [tenant, rule_group.as_str()];
+        m.group.iterations.with_label_values(&group_labels).inc();
         let t = ts_ms - self.timing.query_offset.as_millis() as i64;
         let mut orphans = std::mem::take(&mut self.orphans);
         let mut to_send: Vec<OutgoingAlert> = Vec::new();
@@ -378,6 +393,10 @@ impl GroupRunner {
                 }
                 Err(e) => {
                     m.evaluation_failures.with_label_values(&[tenant]).inc();
+                    m.group
+                        .evaluation_failures
+                        .with_label_values(&group_labels)
+                        .inc();
                     tracing::debug!(tenant, namespace = %self.id.namespace, group = %self.id.name, rule = %rule.name(), error = %e, "rule evaluation failed");
                     rs.health = "err";
                     rs.last_error = e;
@@ -409,6 +428,14 @@ impl GroupRunner {
         m.group_duration
             .with_label_values(&[tenant])
             .observe(took.as_secs_f64());
+        m.group
+            .last_duration
+            .with_label_values(&group_labels)
+            .set(took.as_secs_f64());
+        m.group
+            .last_evaluation
+            .with_label_values(&group_labels)
+            .set(ts_ms as f64 / 1000.0);
         let mut st = self.status.lock();
         st.last_evaluation_ms = ts_ms;
         st.evaluation_time = took;

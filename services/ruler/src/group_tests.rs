@@ -174,6 +174,13 @@ rules:
         samples(&store, "same").await[0].1,
         [Sample::new(60_000, 2.0)]
     );
+    // Per-group metrics: `rule_group="<namespace>;<group>"`.
+    let g = &r.deps.metrics.group;
+    let l = ["t", "ns;g"];
+    assert_eq!(g.iterations.with_label_values(&l).get(), 1);
+    assert_eq!(g.evaluation_failures.with_label_values(&l).get(), 2);
+    assert_eq!(g.last_evaluation.with_label_values(&l).get(), 90.0);
+    assert!(g.last_duration.with_label_values(&l).get() > 0.0);
 }
 
 #[tokio::test]

@@ -1,6 +1,11 @@
-//! The ruler's metrics: Mimir's `cortex_prometheus_rule_*` analogues under `norn_ruler_`, with
-//! the tenant as the only label. Prometheus labels these by `rule_group`, but group names are
-//! chosen by tenants and unbounded; per-group detail is in `/prometheus/api/v1/rules`.
+//! The ruler's metrics: Mimir's `cortex_prometheus_rule_*` analogues under `norn_ruler_`.
+//!
+//! Two levels: per tenant (every metric of [`RulerMetrics`]), and per rule group
+//! ([`GroupMetrics`], labels `tenant` and `rule_group="<namespace>;<group>"` as Prometheus and
+//! Mimir name it): evaluations, failures, missed iterations, last evaluation time and duration,
+//! rules. The per-group series live only while this ruler evaluates the group (removed when it
+//! stops, moves to another ruler or is deleted), so their number is bounded by the groups the
+//! tenants' `ruler_max_rule_groups_per_tenant` allows.
 
 use prometheus::{
     GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
@@ -37,6 +42,85 @@ pub struct RulerMetrics {
     pub queries_failed: IntCounterVec,
     /// The notifier's (delivery of alerts to Alertmanager).
     pub notifications: NotifierMetrics,
+    /// Per rule group.
+    pub group: GroupMetrics,
+}
+
+/// Prometheus' per-group rule metrics (`prometheus_rule_group_*`), labelled `tenant` and
+/// `rule_group`.
+pub struct GroupMetrics {
+    /// Group evaluations run.
+    pub iterations: IntCounterVec,
+    /// Group evaluations skipped because the previous one overran.
+    pub iterations_missed: IntCounterVec,
+    /// Rule evaluations of the group that failed.
+    pub evaluation_failures: IntCounterVec,
+    /// Unix seconds of the group's last evaluation.
+    pub last_evaluation: GaugeVec,
+    /// Seconds the group's last evaluation took.
+    pub last_duration: GaugeVec,
+    /// Rules in the group.
+    pub rules: IntGaugeVec,
+}
+
+impl GroupMetrics {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
+        const LABELS: &[&str] = &["tenant", "rule_group"];
+        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounterVec> {
+            let c = IntCounterVec::new(Opts::new(name, help), LABELS)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let gauge = |name: &str, help: &str| -> prometheus::Result<GaugeVec> {
+            let g = GaugeVec::new(Opts::new(name, help), LABELS)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let rules = IntGaugeVec::new(
+            Opts::new("norn_ruler_rule_group_rules", "Rules in the rule group."),
+            LABELS,
+        )?;
+        registry.register(Box::new(rules.clone()))?;
+        Ok(Self {
+            iterations: counter(
+                "norn_ruler_rule_group_iterations_total",
+                "Evaluations of the rule group.",
+            )?,
+            iterations_missed: counter(
+                "norn_ruler_rule_group_iterations_missed_total",
+                "Evaluations of the rule group skipped because the previous one overran.",
+            )?,
+            evaluation_failures: counter(
+                "norn_ruler_rule_group_evaluation_failures_total",
+                "Rule evaluations of the rule group that failed.",
+            )?,
+            last_evaluation: gauge(
+                "norn_ruler_rule_group_last_evaluation_timestamp_seconds",
+                "Unix time of the rule group's last evaluation.",
+            )?,
+            last_duration: gauge(
+                "norn_ruler_rule_group_last_duration_seconds",
+                "Time the rule group's last evaluation took.",
+            )?,
+            rules,
+        })
+    }
+
+    /// Prometheus' `rule_group` label: `<file>;<group>` (the namespace is the file here).
+    pub fn label(namespace: &str, group: &str) -> String {
+        format!("{namespace};{group}")
+    }
+
+    /// Removes the group's series (it stopped on this ruler).
+    pub fn remove(&self, tenant: &str, rule_group: &str) {
+        let l = [tenant, rule_group];
+        let _ = self.iterations.remove_label_values(&l);
+        let _ = self.iterations_missed.remove_label_values(&l);
+        let _ = self.evaluation_failures.remove_label_values(&l);
+        let _ = self.last_evaluation.remove_label_values(&l);
+        let _ = self.last_duration.remove_label_values(&l);
+        let _ = self.rules.remove_label_values(&l);
+    }
 }
 
 /// The notifier's metrics: Prometheus' `prometheus_notifications_*` as Mimir exposes them per
@@ -210,6 +294,7 @@ impl RulerMetrics {
                 "Recording-rule samples the write path refused.",
             )?,
             notifications: NotifierMetrics::new(registry)?,
+            group: GroupMetrics::new(registry)?,
         })
     }
 }
