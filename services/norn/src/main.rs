@@ -196,6 +196,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         services: services.clone(),
         metrics: Arc::clone(&metrics),
         config_yaml: Arc::from(cfg.masked_yaml()),
+        auth: None,
     });
     let server = tokio::spawn(serve(
         listener,

@@ -249,30 +249,46 @@ fn with_several_tenants_active_one_worker_is_left_for_the_others() {
     // b queried a moment ago (and got its answer).
     let _tb = q.enqueue("b", req("b", 0)).unwrap();
     drop(q.try_next().unwrap().unwrap());
-    let _ta: Vec<_> = (0..5).map(|n| q.enqueue("a", req("a", n)).unwrap()).collect();
+    let _ta: Vec<_> = (0..5)
+        .map(|n| q.enqueue("a", req("a", n)).unwrap())
+        .collect();
     let a0 = q.try_next().unwrap().unwrap();
     let a1 = q.try_next().unwrap().unwrap();
     assert_eq!(
-        (a0.request.path_and_query.as_str(), a1.request.path_and_query.as_str()),
+        (
+            a0.request.path_and_query.as_str(),
+            a1.request.path_and_query.as_str()
+        ),
         ("/q/a/0", "/q/a/1")
     );
     // a holds two of the three workers: the third waits for someone else.
     assert!(q.try_next().unwrap().is_none());
     let _tb1 = q.enqueue("b", req("b", 1)).unwrap();
-    assert_eq!(q.try_next().unwrap().unwrap().request.path_and_query, "/q/b/1");
+    assert_eq!(
+        q.try_next().unwrap().unwrap().request.path_and_query,
+        "/q/b/1"
+    );
     // One of a's requests ends: a may run another.
     drop(a0);
-    assert_eq!(q.try_next().unwrap().unwrap().request.path_and_query, "/q/a/2");
+    assert_eq!(
+        q.try_next().unwrap().unwrap().request.path_and_query,
+        "/q/a/2"
+    );
     // Put back (its querier vanished): it no longer counts as running.
     q.requeue(a1, true);
-    assert_eq!(q.try_next().unwrap().unwrap().request.path_and_query, "/q/a/1");
+    assert_eq!(
+        q.try_next().unwrap().unwrap().request.path_and_query,
+        "/q/a/1"
+    );
 }
 
 #[test]
 fn a_tenant_alone_uses_every_worker() {
     let q = queue(100);
     let _workers: Vec<_> = (0..3).map(|_| q.worker_connected()).collect();
-    let _ta: Vec<_> = (0..4).map(|n| q.enqueue("a", req("a", n)).unwrap()).collect();
+    let _ta: Vec<_> = (0..4)
+        .map(|n| q.enqueue("a", req("a", n)).unwrap())
+        .collect();
     let running: Vec<_> = (0..3).map(|_| q.try_next().unwrap().unwrap()).collect();
     assert_eq!(running.len(), 3);
     assert_eq!(q.len("a"), 1);
