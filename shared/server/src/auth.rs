@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::periodic::Periodic;
 pub use scope::{Access, Scope};
-pub use tokens::{Reload, Token, TokenSet, TokenStore, TokensError, hash_secret};
+pub use tokens::{Reload, Token, TokenSet, TokenStore, TokensError, hash_secret, new_secret};
 
 /// Checks every request against the token set of a [`TokenStore`].
 pub struct Authenticator {

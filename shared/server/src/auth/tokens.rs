@@ -61,6 +61,19 @@ pub fn hash_secret(secret: &str) -> String {
     s
 }
 
+/// A new secret: `norn_` and 32 bytes from the operating system's CSPRNG, as hex.
+pub fn new_secret() -> std::result::Result<String, ring::error::Unspecified> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new().fill(&mut bytes)?;
+    let mut s = String::with_capacity(5 + 64);
+    s.push_str("norn_");
+    for b in bytes {
+        s.push_str(&format!("{b:02x}"));
+    }
+    Ok(s)
+}
+
 fn parse_hash(text: &str) -> Option<[u8; 32]> {
     let hex = text.strip_prefix("sha256:")?;
     if hex.len() != 64 {
@@ -270,6 +283,14 @@ mod tests {
         assert_eq!(parse_hash(&hash_secret("abc")), Some(sha256(b"abc")));
         assert_eq!(parse_hash("sha256:zz"), None);
         assert_eq!(parse_hash("md5:00"), None);
+    }
+
+    #[test]
+    fn new_secrets_differ() {
+        let (a, b) = (new_secret().unwrap(), new_secret().unwrap());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 69);
+        assert!(a.starts_with("norn_"));
     }
 
     #[test]
