@@ -4,7 +4,8 @@
 //! service's routes are covered and no handler changes. For each request it:
 //!
 //! 1. finds the scope the matched route needs ([`scope::access`]); `/ready` and `/metrics`
-//!    pass untouched, a route the table does not know is denied;
+//!    pass untouched, a route the table does not know is denied, and a path that matched no
+//!    route gets its 404 once the token is valid;
 //! 2. takes the secret from `Authorization: Bearer <secret>` or from the password of basic
 //!    auth (the username then names the tenant: what Prometheus sends with `basic_auth`);
 //!    no credentials or an unknown secret is 401 with `WWW-Authenticate: Bearer`;
@@ -180,7 +181,7 @@ impl Authenticator {
             None => creds.user,
         };
         match access {
-            Access::Open => Ok((None, name)),
+            Access::Open | Access::NotFound => Ok((None, name)),
             Access::Deny => fail(Failure::UnknownRoute),
             Access::Admin => {
                 if !token.has_any(&[Scope::Admin]) {

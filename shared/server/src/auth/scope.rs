@@ -2,9 +2,10 @@
 //!
 //! Classification works on axum's matched route template (`/prometheus/api/v1/label/{name}/values`),
 //! never on the raw path, so percent-encoding, doubled slashes or `..` cannot make a request
-//! look like a route it is not: a request that matched no route has no template and is denied.
-//! A route that is not in this table is denied too, so a new endpoint stays closed until
-//! someone decides which scope it needs.
+//! look like a route it is not. A request that matched no route reaches only the 404 fallback,
+//! which serves no data: any valid token gets its 404 (without credentials it is 401, so the
+//! set of routes is not probed anonymously). A route that exists but is not in this table is
+//! denied, so a new endpoint stays closed until someone decides which scope it needs.
 
 use std::fmt;
 
@@ -52,8 +53,10 @@ pub enum Access {
     Tenant(&'static [Scope]),
     /// A token with the `admin` scope; no tenant involved.
     Admin,
-    /// Not served under token auth (unknown route, or no route matched).
+    /// A route this table does not know: not served under token auth.
     Deny,
+    /// No route matched: any valid token, then the 404 fallback.
+    NotFound,
 }
 
 const WRITE: &[Scope] = &[Scope::Write];
@@ -64,7 +67,7 @@ const RULES: &[Scope] = &[Scope::Rules];
 /// The access `template` (a matched route, `None` when nothing matched) needs for `method`.
 pub fn access(template: Option<&str>, method: &Method) -> Access {
     let Some(t) = template else {
-        return Access::Deny;
+        return Access::NotFound;
     };
     let reads = method == Method::GET || method == Method::HEAD;
     match t {
@@ -151,7 +154,7 @@ mod tests {
         ] {
             assert_eq!(access(Some(p), &post), Access::Admin, "{p}");
         }
-        assert_eq!(access(None, &get), Access::Deny);
+        assert_eq!(access(None, &get), Access::NotFound);
         assert_eq!(access(Some("/debug/pprof"), &get), Access::Deny);
         assert_eq!(access(Some("/prometheus/api/v1/new"), &get), Access::Deny);
         assert_eq!(
