@@ -42,7 +42,9 @@ use crate::wiring::Wiring;
 /// Shown at the end of `norn --help`.
 const TOOLS_HELP: &str = "Tools (run instead of the server; `norn tools --help` lists them):\n  \
     norn tools import-blocks --tenant=<TENANT> [storage flags] <DIR>...\n      \
-    verify Prometheus TSDB blocks and upload them into the tenant's part of the bucket";
+    verify Prometheus TSDB blocks and upload them into the tenant's part of the bucket\n  \
+    norn tools auth token --name=<NAME> --tenant=<TENANT> --scope=<SCOPE>...\n      \
+    make a secret and its entry for --auth.tokens-file (`norn tools auth hash` hashes one)";
 
 fn main() -> anyhow::Result<ExitCode> {
     let argv: Vec<OsString> = std::env::args_os().collect();
