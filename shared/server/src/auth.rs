@@ -159,11 +159,7 @@ impl Authenticator {
     }
 
     /// The decision for one request: `Ok(tenant to set, token name)` or the failure.
-    fn check(
-        &self,
-        access: Access,
-        headers: &HeaderMap,
-    ) -> Result<(Option<HeaderValue>, Arc<str>), (Failure, Option<Arc<str>>)> {
+    fn check(&self, access: Access, headers: &HeaderMap) -> Result<Allowed, Refused> {
         let Some(creds) = credentials(headers) else {
             return Err((Failure::MissingCredentials, None));
         };
@@ -214,6 +210,11 @@ impl Authenticator {
         }
     }
 }
+
+/// A request let through: the tenant to set (`None`: no tenant) and the token's name.
+type Allowed = (Option<HeaderValue>, Arc<str>);
+/// A request refused, with the token's name when the secret was valid.
+type Refused = (Failure, Option<Arc<str>>);
 
 /// The secret of a request and, for basic auth, its username.
 struct Credentials {
