@@ -229,6 +229,19 @@ fn tokens_guard_every_route() {
             401
         );
     }
+    // A refused push of a sizeable body still reads its 401 (the body is discarded first).
+    let big: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+    for creds in [Creds::None, wrong] {
+        let (s, _, _) = call(
+            &n,
+            "POST",
+            "/api/v1/push",
+            creds,
+            Some("team-a"),
+            Some(("application/x-protobuf", big.clone())),
+        );
+        assert_eq!(s, 401);
+    }
     assert_eq!(call(&n, "GET", "/ready", Creds::None, None, None).0, 200);
     assert_eq!(call(&n, "GET", "/metrics", Creds::None, None, None).0, 200);
 

@@ -278,6 +278,9 @@ pub async fn middleware(
                 route,
                 "request refused by token authentication"
             );
+            // A remote-write sender must read the 4xx (it drops the batch), not a broken pipe
+            // (which it retries forever): discard a small body first, as the guards do.
+            crate::guard::discard_refused_body(req).await;
             refuse(failure)
         }
     }
