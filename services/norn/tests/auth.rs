@@ -342,3 +342,46 @@ fn tokens_guard_every_route() {
     assert_eq!(count(&n, a, None, "auth_a_bearer"), 1, "old tokens kept");
     assert!(!n.log().contains(SECRET_A), "secrets never logged");
 }
+
+/// `norn tools auth token` makes a secret and an entry that a running Norn accepts as is.
+#[test]
+fn generated_token_works() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_norn"))
+        .args([
+            "tools", "auth", "token", "--name", "gen", "--tenant", "team-g", "--scope", "write",
+            "--scope", "read",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let secret = text
+        .lines()
+        .find(|l| l.starts_with("norn_"))
+        .expect("a secret line")
+        .to_string();
+    let entry: String = text
+        .lines()
+        .filter(|l| l.starts_with("  "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(!entry.contains(&secret), "the entry holds only the hash");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.yaml");
+    std::fs::write(&file, format!("tokens:\n{entry}")).unwrap();
+    let n = Norn::start(
+        dir.path(),
+        &[
+            "--auth.type=tokens",
+            &format!("--auth.tokens-file={}", file.display()),
+        ],
+    );
+    let g = Creds::Bearer(&secret);
+    assert_eq!(push(&n, g, None, "auth_generated").0, 200);
+    assert_eq!(count(&n, g, None, "auth_generated"), 1);
+    assert_eq!(
+        push(&n, Creds::Basic("team-g", &secret), None, "auth_generated2").0,
+        200
+    );
+    assert_eq!(n.metric("norn_auth_requests_total{token=\"gen\"}"), 3.0);
+}
