@@ -16,6 +16,7 @@
 //! block), so a typo never silently falls back to a default. `/config` shows the effective
 //! config with secrets masked.
 
+mod auth;
 mod cache;
 mod compactor;
 mod distributor;
@@ -45,6 +46,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
+pub use auth::{AuthConfig, AuthFlags, AuthType};
 pub use cache::{ChunksCacheFlags, IndexCacheFlags, ResultsCacheFlags};
 pub use compactor::CompactorFlags;
 pub use distributor::DistributorFlags;
@@ -92,6 +94,8 @@ pub struct Args {
         default_missing_value = "true"
     )]
     pub multitenancy_enabled: Option<bool>,
+    #[command(flatten)]
+    pub auth: AuthFlags,
     #[command(flatten)]
     pub server: ServerFlags,
     #[command(flatten)]
@@ -145,7 +149,9 @@ pub struct ConfigFileFlag {
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub target: String,
-    pub multitenancy_enabled: bool,
+    /// Mimir's switch; resolved together with `auth.type` at load (see [`auth::resolve`]).
+    pub multitenancy_enabled: Option<bool>,
+    pub auth: AuthConfig,
     pub server: ServerConfig,
     pub common: CommonConfig,
     pub blocks_storage: BlocksStorageConfig,
@@ -167,7 +173,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             target: "all".into(),
-            multitenancy_enabled: true,
+            multitenancy_enabled: None,
+            auth: AuthConfig::default(),
             server: ServerConfig::default(),
             common: CommonConfig::default(),
             blocks_storage: BlocksStorageConfig::default(),
@@ -204,6 +211,7 @@ impl Config {
             None => Config::default(),
         };
         cfg.apply_flags(args)?;
+        auth::resolve(&mut cfg.multitenancy_enabled, &mut cfg.auth)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -219,7 +227,10 @@ impl Config {
     /// Each block applies itself to the part of the config it owns.
     fn apply_flags(&mut self, a: &Args) -> anyhow::Result<()> {
         flags::set(&mut self.target, &a.target);
-        flags::set(&mut self.multitenancy_enabled, &a.multitenancy_enabled);
+        if a.multitenancy_enabled.is_some() {
+            self.multitenancy_enabled = a.multitenancy_enabled;
+        }
+        a.auth.apply(&mut self.auth)?;
         a.server.apply(&mut self.server)?;
         a.frontend.apply(&mut self.frontend)?;
         a.bucket.apply(&mut self.common, &mut self.blocks_storage);
@@ -298,6 +309,15 @@ impl Config {
         self.ruler.validate().map_err(anyhow::Error::msg)?;
         self.ruler_storage.validate().map_err(anyhow::Error::msg)?;
         Ok(())
+    }
+
+    /// The effective `auth.type` (after [`Config::load`]; `trust` when unresolved).
+    pub fn auth_type(&self) -> AuthType {
+        match (self.auth.kind, self.multitenancy_enabled) {
+            (Some(k), _) => k,
+            (None, Some(false)) => AuthType::None,
+            (None, _) => AuthType::Trust,
+        }
     }
 
     /// The bucket blocks live in: `common.storage` with `blocks_storage`'s overrides.

@@ -27,6 +27,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches};
 use norn_limits::Overrides;
+use norn_server::auth::{Authenticator, TokenStore};
 use norn_server::grpc::GrpcServer;
 use norn_server::http::{Harness, router, serve};
 use norn_server::periodic::Periodic;
@@ -34,14 +35,16 @@ use norn_server::{Metrics, Service, TenantResolver};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{Args, Config};
+use crate::config::{Args, AuthType, Config};
 use crate::modules::Context as ModuleContext;
 use crate::wiring::Wiring;
 
 /// Shown at the end of `norn --help`.
 const TOOLS_HELP: &str = "Tools (run instead of the server; `norn tools --help` lists them):\n  \
     norn tools import-blocks --tenant=<TENANT> [storage flags] <DIR>...\n      \
-    verify Prometheus TSDB blocks and upload them into the tenant's part of the bucket";
+    verify Prometheus TSDB blocks and upload them into the tenant's part of the bucket\n  \
+    norn tools auth token --name=<NAME> --tenant=<TENANT> --scope=<SCOPE>...\n      \
+    make a secret and its entry for --auth.tokens-file (`norn tools auth hash` hashes one)";
 
 fn main() -> anyhow::Result<ExitCode> {
     let argv: Vec<OsString> = std::env::args_os().collect();
@@ -122,6 +125,19 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             std::future::ready(())
         });
     }
+    // Before any listener: a missing or bad tokens file stops the process here.
+    let auth = match (cfg.auth_type(), &cfg.auth.tokens_file) {
+        (AuthType::Tokens, Some(path)) => {
+            let store = TokenStore::open(path)
+                .with_context(|| format!("loading the tokens file {}", path.display()))?;
+            tracing::info!(tokens = store.current().len(), path = %path.display(), "token authentication on");
+            let a =
+                Authenticator::new(store, &metrics.registry).context("registering auth metrics")?;
+            a.spawn_reload(cfg.auth.tokens_reload_period, shutdown.clone());
+            Some(a)
+        }
+        _ => None,
+    };
     let bucket_metrics = Arc::new(
         norn_storage::BucketMetrics::new(&metrics.registry)
             .context("registering bucket metrics")?,
@@ -161,7 +177,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         metrics: Arc::clone(&metrics),
         overrides,
         tenants: TenantResolver {
-            multitenancy_enabled: cfg.multitenancy_enabled,
+            multitenancy_enabled: cfg.auth_type() != AuthType::None,
         },
         bucket,
         wiring: Arc::clone(&wiring),
@@ -196,6 +212,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         services: services.clone(),
         metrics: Arc::clone(&metrics),
         config_yaml: Arc::from(cfg.masked_yaml()),
+        auth,
     });
     let server = tokio::spawn(serve(
         listener,

@@ -1,9 +1,11 @@
 //! `norn tools …`: operator commands — offline ones that work on Norn's bucket without a
-//! running server, and `rules`, a client of the ruler's config API.
+//! running server, `rules`, a client of the ruler's config API, and `auth`, which makes
+//! entries of the tokens file.
 //!
 //! Each tool is a module under `tools/` and takes the server's own flag blocks (and so the
 //! same names, config file and `NORN_…` environment variables) for what it shares with it.
 
+mod auth;
 mod bucket;
 mod import_blocks;
 mod rules;
@@ -13,6 +15,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use auth::AuthArgs;
 use bucket::BucketArgs;
 use import_blocks::ImportBlocksArgs;
 use rules::RulesArgs;
@@ -65,6 +68,15 @@ pub enum Tool {
                       file with an optional top-level `namespace:` (default: the file name)."
     )]
     Rules(RulesArgs),
+    /// Make entries of the --auth.tokens-file: hash a secret, or make a new token.
+    #[command(
+        name = "auth",
+        long_about = "Make entries of the --auth.tokens-file.\n\n\
+                      hash reads a secret on stdin and prints sha256:<hex>; token makes a new \
+                      random secret (operating-system CSPRNG), prints it once and the YAML \
+                      entry that holds only its hash."
+    )]
+    Auth(AuthArgs),
 }
 
 /// Entry point for `norn tools …`; `argv` starts with `tools`. Errors are printed as one
@@ -75,6 +87,7 @@ pub fn main(argv: impl IntoIterator<Item = OsString>) -> ExitCode {
         Tool::ImportBlocks(a) => import_blocks::run(a),
         Tool::Bucket(a) => bucket::run(a),
         Tool::Rules(a) => rules::run(a),
+        Tool::Auth(a) => auth::run(a),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

@@ -175,3 +175,136 @@ remote_write:
     );
     drop(prom);
 }
+
+/// `sha256:<hex>` of `secret`, by `norn tools auth hash`.
+fn token_hash(secret: &str) -> String {
+    use std::io::Write;
+    let mut c = Command::new(env!("CARGO_BIN_EXE_norn"))
+        .args(["tools", "auth", "hash"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(secret.as_bytes())
+        .unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Prometheus 2.42 remote-writes into `--auth.type=tokens` three ways: `basic_auth` with the
+/// tenant as username and the token as password, `authorization` (a bearer token whose one
+/// tenant is implied), and a wrong password, which Norn refuses with 401 and counts.
+#[test]
+fn prometheus_remote_writes_with_tokens() {
+    let Some(prom_bin) = find_prometheus() else {
+        if std::env::var("NORN_REQUIRE_PEERS").as_deref() == Ok("1") {
+            panic!("prometheus is not installed but NORN_REQUIRE_PEERS=1");
+        }
+        eprintln!("SKIP: no prometheus binary; install Debian's `prometheus` to run this test");
+        return;
+    };
+    let (secret_a, secret_b) = ("prom-a-secret-0123456789", "prom-b-secret-0123456789");
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.yaml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "tokens:\n  - name: prom-a\n    hash: \"{}\"\n    tenants: [team-a]\n    scopes: [write, read]\n  - name: prom-b\n    hash: \"{}\"\n    tenants: [team-b]\n    scopes: [write, read]\n",
+            token_hash(secret_a),
+            token_hash(secret_b)
+        ),
+    )
+    .unwrap();
+    let norn = Norn::start(
+        dir.path(),
+        &[
+            "--auth.type=tokens",
+            &format!("--auth.tokens-file={}", tokens.display()),
+        ],
+    );
+    let prom_port = free_port();
+    let cfg = dir.path().join("prometheus.yml");
+    let url = format!("http://127.0.0.1:{}/api/v1/push", norn.port);
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"global:
+  scrape_interval: 1s
+scrape_configs:
+  - job_name: prometheus
+    static_configs:
+      - targets: ["127.0.0.1:{prom_port}"]
+remote_write:
+  - name: basic
+    url: "{url}"
+    basic_auth:
+      username: team-a
+      password: {secret_a}
+    queue_config: {{batch_send_deadline: 1s}}
+  - name: bearer
+    url: "{url}"
+    authorization:
+      credentials: {secret_b}
+    queue_config: {{batch_send_deadline: 1s}}
+  - name: wrong
+    url: "{url}"
+    basic_auth:
+      username: team-a
+      password: not-the-secret
+    queue_config: {{batch_send_deadline: 1s}}
+"#
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+    let _prom = Peer(
+        Command::new(&prom_bin)
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("prom-data").display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start prometheus"),
+    );
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into();
+    let up = |secret: &str| -> usize {
+        let mut r = agent
+            .get(norn.url("/prometheus/api/v1/query?query=up"))
+            .header("Authorization", format!("Bearer {secret}"))
+            .call()
+            .expect("query");
+        assert_eq!(r.status().as_u16(), 200);
+        let v: serde_json::Value =
+            serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        v["data"]["result"].as_array().unwrap().len()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while up(secret_a) == 0
+        || up(secret_b) == 0
+        || norn.metric("norn_auth_failures_total{reason=\"invalid_credentials\"}") < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no data for team-a ({}) / team-b ({}) or no refused push after 60s\n{}",
+            up(secret_a),
+            up(secret_b),
+            std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(norn.metric("norn_distributor_received_samples_total{tenant=\"team-a\"}") > 0.0);
+    assert!(norn.metric("norn_distributor_received_samples_total{tenant=\"team-b\"}") > 0.0);
+    assert!(!norn.log().contains(secret_a) && !norn.log().contains("not-the-secret"));
+}

@@ -190,7 +190,7 @@ impl Queue {
     /// `max_per_tenant` requests may wait per tenant (0 counts as 1).
     pub fn new(max_per_tenant: usize, metrics: QueueMetrics) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
-            me: me.clone(),
+            me: Weak::clone(me),
             state: Mutex::new(State::default()),
             work: Notify::new(),
             max_per_tenant: max_per_tenant.max(1),
@@ -335,7 +335,7 @@ impl Queue {
             }
             *s.running.entry(Arc::clone(&tenant)).or_insert(0) += 1;
             p.running = Some(RunningSlot {
-                queue: self.me.clone(),
+                queue: Weak::clone(&self.me),
                 tenant: Arc::clone(&tenant),
             });
             if !p.dispatched {

@@ -114,6 +114,20 @@ async fn drain(req: Request, declared: Option<u64>) {
     .await;
 }
 
+/// Discards a refused request's body as [`drain`] does (small bodies only), so the client
+/// reads the answer; used by the auth layer, which refuses before any guard runs.
+pub(crate) async fn discard_refused_body(req: Request) {
+    if !has_body(&req) {
+        return;
+    }
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    drain(req, declared).await;
+}
+
 async fn guard(State(g): State<RequestGuard>, req: Request, next: Next) -> Response {
     let declared = req
         .headers()

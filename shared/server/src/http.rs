@@ -23,6 +23,8 @@ pub struct Harness {
     pub metrics: Arc<Metrics>,
     /// The effective configuration as YAML, secrets already masked.
     pub config_yaml: Arc<str>,
+    /// `--auth.type=tokens`: every route but `/ready` and `/metrics` needs a token.
+    pub auth: Option<Arc<crate::auth::Authenticator>>,
 }
 
 /// The full router: operational endpoints, every service's routes, request metrics.
@@ -37,7 +39,15 @@ pub fn router(h: Harness) -> Router {
     for s in &h.services {
         app = app.merge(s.routes());
     }
-    app.fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found\n") })
+    app = app.fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found\n") });
+    if let Some(auth) = &h.auth {
+        // Inside the request metrics, so refused requests are measured too.
+        app = app.layer(axum::middleware::from_fn_with_state(
+            Arc::clone(auth),
+            crate::auth::middleware,
+        ));
+    }
+    app
         // Routes with a `RequestGuard` (push, the query API) set their own limit; this one
         // bounds every other route's body extractors.
         .layer(DefaultBodyLimit::max(crate::guard::DEFAULT_MAX_BODY_BYTES))
@@ -199,6 +209,7 @@ mod tests {
             services: vec![Arc::new(Fake(ready))],
             metrics: Metrics::new(),
             config_yaml: Arc::from("a: 1\n"),
+            auth: None,
         })
     }
 

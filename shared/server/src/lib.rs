@@ -3,6 +3,7 @@
 //! * [`HttpError`]: the one place where an [`ErrorKind`] becomes an HTTP status, as plain text
 //!   (remote write) or as Prometheus' JSON envelope (query API).
 //! * [`tenant`]: `X-Scope-OrgID` extraction with multitenancy on or off.
+//! * [`auth`]: `--auth.type=tokens`: bearer/basic-auth tokens, scopes per route, verified tenant.
 //! * [`Service`]: what each service hands the harness (routes, readiness, shutdown).
 //! * [`http`]: the harness: `/ready`, `/metrics`, `/config`, `/services`, request metrics.
 //! * [`guard`]: per-route tenant-before-body and body-size checks.
@@ -12,6 +13,7 @@
 //!   the querier and the query-frontend.
 //! * [`periodic`]: the one helper for "do this every period until stopped".
 
+pub mod auth;
 pub mod error;
 pub mod grpc;
 pub mod guard;

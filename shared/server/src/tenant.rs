@@ -69,7 +69,7 @@ fn basic_auth_user(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Standard base64 (with or without padding); `None` on any invalid character.
-fn decode_base64(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn decode_base64(s: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(s.len() * 3 / 4);
     let (mut acc, mut bits) = (0u32, 0u32);
     for c in s.bytes().filter(|c| *c != b'=') {

@@ -12,7 +12,8 @@ fn yaml_in_mimir_layout() {
         "multitenancy_enabled: false\nserver:\n  http_listen_port: 9009\nblocks_storage:\n  tsdb:\n    dir: /x\n    block_ranges_period: 1h\nlimits:\n  ingestion_rate: 5\n",
     )
     .unwrap();
-    assert!(!c.multitenancy_enabled);
+    assert_eq!(c.multitenancy_enabled, Some(false));
+    assert_eq!(c.auth_type(), AuthType::None);
     assert_eq!(c.server.http_listen_port, 9009);
     assert_eq!(c.blocks_storage.tsdb.dir, PathBuf::from("/x"));
     assert_eq!(
@@ -48,7 +49,8 @@ fn flags_override_yaml() {
     ]);
     let c = Config::load(&a).unwrap();
     assert_eq!(c.server.http_listen_port, 2);
-    assert!(!c.multitenancy_enabled);
+    assert_eq!(c.multitenancy_enabled, Some(false));
+    assert_eq!(c.auth.kind, Some(AuthType::None));
     assert_eq!(
         c.blocks_storage.tsdb.block_ranges_period,
         Duration::from_secs(1800)
