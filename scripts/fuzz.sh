@@ -65,12 +65,16 @@ for t in "${targets[@]}"; do
         mkdir -p "$work"
         extra=("$corpus")
     fi
+    flags=()
+    # The engine's query threads outlive the last input (an idle pool): LeakSanitizer's
+    # check at process exit reports their spawn closures as leaks, with an empty input.
+    [ "$t" != promql_eval ] || flags=(-detect_leaks=0)
     log="$CARGO_TARGET_DIR/fuzz-$t.log"
     echo "== $t: ${secs}s"
     set +e
     cargo fuzz run -O -a --sanitizer "$sanitizer" "$t" "$work" "${extra[@]}" -- \
         -max_total_time="$secs" -rss_limit_mb=2048 -timeout=30 -max_len=65536 \
-        -print_final_stats=1 "${par[@]}" >"$log" 2>&1
+        -print_final_stats=1 "${flags[@]}" "${par[@]}" >"$log" 2>&1
     rc=$?
     set -e
     execs=$(grep -Eo 'stat::number_of_executed_units: *[0-9]+' "$log" | awk '{s+=$2} END {print s+0}')

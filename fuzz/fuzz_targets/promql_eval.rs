@@ -28,8 +28,16 @@ fn fixture() -> &'static Fixture {
         let series: [&[(&str, &str)]; 5] = [
             &[("__name__", "up"), ("job", "api"), ("instance", "a")],
             &[("__name__", "up"), ("job", "api"), ("instance", "b")],
-            &[("__name__", "http_requests_total"), ("job", "api"), ("code", "200")],
-            &[("__name__", "http_requests_total"), ("job", "api"), ("code", "500")],
+            &[
+                ("__name__", "http_requests_total"),
+                ("job", "api"),
+                ("code", "200"),
+            ],
+            &[
+                ("__name__", "http_requests_total"),
+                ("job", "api"),
+                ("code", "500"),
+            ],
             &[("__name__", "temperature"), ("le", "0.5"), ("room", "x")],
         ];
         for (i, pairs) in series.iter().enumerate() {

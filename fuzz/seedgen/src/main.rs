@@ -22,7 +22,12 @@ fn series() -> Vec<(Labels, Vec<Sample>)> {
     {
         let labels = Labels::from_pairs([("__name__", name), ("job", job), ("instance", "a:9090")]);
         let samples = (0..30)
-            .map(|k| Sample::new(T0 + k * 15_000 + i as i64, (k * (i as i64 + 1)) as f64 + 0.5))
+            .map(|k| {
+                Sample::new(
+                    T0 + k * 15_000 + i as i64,
+                    (k * (i as i64 + 1)) as f64 + 0.5,
+                )
+            })
             .collect();
         out.push((labels, samples));
     }
@@ -76,7 +81,11 @@ fn v2_request(series: &[(Labels, Vec<Sample>)]) -> Vec<u8> {
 }
 
 fn main() {
-    let out = PathBuf::from(std::env::args().nth(1).expect("usage: seedgen <corpus dir>"));
+    let out = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .expect("usage: seedgen <corpus dir>"),
+    );
     let all = series();
     let small = &all[..1];
 
@@ -117,8 +126,11 @@ fn main() {
     {
         let (head, _) = Head::open(opts).unwrap();
         for s in &all {
-            head.append(&WriteBatch::from_series(std::slice::from_ref(s)), &AppendLimits::default())
-                .unwrap();
+            head.append(
+                &WriteBatch::from_series(std::slice::from_ref(s)),
+                &AppendLimits::default(),
+            )
+            .unwrap();
         }
     }
     let seg = fs::read(tmp.path().join("head/wal/00000000")).unwrap();
