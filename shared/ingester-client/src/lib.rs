@@ -504,7 +504,11 @@ struct RemoteQueryable {
 }
 
 /// Streamed series as they came: chunks as the ingester holds them, not decoded.
-fn chunk_series(series: Vec<pb::StreamSeries>) -> Vec<ChunkSeries> {
+///
+/// `pub` only so the `grpc_messages` fuzz target (`fuzz/`, outside the workspace) can run
+/// the client's real conversion of a `QueryStream` answer; not part of the crate's API.
+#[doc(hidden)]
+pub fn chunk_series(series: Vec<pb::StreamSeries>) -> Vec<ChunkSeries> {
     series
         .into_iter()
         .map(|s| ChunkSeries {
