@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use norn_server::prom_json::{write_annotations, write_str, write_timestamp};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// A series' labels in order of name (as the querier writes them).
@@ -37,10 +38,17 @@ impl Matrix {
     }
 }
 
+/// A querier's successful answer, unpacked: its results and annotations.
+pub(crate) struct Success<T> {
+    pub result: Vec<T>,
+    pub warnings: Vec<String>,
+    pub infos: Vec<String>,
+}
+
 #[derive(Deserialize)]
-struct Envelope {
+struct Envelope<T> {
     status: String,
-    data: Option<Data>,
+    data: Option<Data<T>>,
     #[serde(default)]
     warnings: Vec<String>,
     #[serde(default)]
@@ -49,9 +57,35 @@ struct Envelope {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Data {
+struct Data<T> {
     result_type: String,
-    result: Vec<RawSeries>,
+    result: Vec<T>,
+}
+
+/// Reads a querier's answer: it must be a success whose result has type `want`; `what`
+/// names the query in the error otherwise.
+pub(crate) fn parse_success<T: DeserializeOwned>(
+    body: &[u8],
+    want: &str,
+    what: &str,
+) -> Result<Success<T>, String> {
+    let env: Envelope<T> =
+        serde_json::from_slice(body).map_err(|e| format!("unreadable querier answer: {e}"))?;
+    if env.status != "success" {
+        return Err(format!("querier answered status {:?}", env.status));
+    }
+    let data = env.data.ok_or("querier answer without data")?;
+    if data.result_type != want {
+        return Err(format!(
+            "{what} answered with a {} instead of a {want}",
+            data.result_type
+        ));
+    }
+    Ok(Success {
+        result: data.result,
+        warnings: env.warnings,
+        infos: env.infos,
+    })
 }
 
 #[derive(Deserialize)]
@@ -67,20 +101,9 @@ struct RawSeries {
 
 /// Parses a successful `query_range` answer.
 pub fn parse_matrix(body: &[u8]) -> Result<Matrix, String> {
-    let env: Envelope =
-        serde_json::from_slice(body).map_err(|e| format!("unreadable querier answer: {e}"))?;
-    if env.status != "success" {
-        return Err(format!("querier answered status {:?}", env.status));
-    }
-    let data = env.data.ok_or("querier answer without data")?;
-    if data.result_type != "matrix" {
-        return Err(format!(
-            "range query answered with a {} instead of a matrix",
-            data.result_type
-        ));
-    }
-    let mut series = Vec::with_capacity(data.result.len());
-    for s in data.result {
+    let env = parse_success::<RawSeries>(body, "matrix", "range query")?;
+    let mut series = Vec::with_capacity(env.result.len());
+    for s in env.result {
         if s.histograms.is_some() {
             return Err("native histogram points cannot be merged yet".into());
         }

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use norn_server::prom_json::{format_value, write_annotations, write_str, write_timestamp};
 use serde::Deserialize;
 
-use crate::response::{LabelPairs, Matrix, SeriesData};
+use crate::response::{LabelPairs, Matrix, SeriesData, parse_success};
 use crate::sharding::{AggOp, Combine, Grouping, ShardPlan, Stage};
 
 /// Samples per step: `timestamp → [(labels, value)]`.
@@ -34,23 +34,6 @@ pub struct Vector {
 }
 
 #[derive(Deserialize)]
-struct Envelope {
-    status: String,
-    data: Option<Data>,
-    #[serde(default)]
-    warnings: Vec<String>,
-    #[serde(default)]
-    infos: Vec<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Data {
-    result_type: String,
-    result: Vec<RawSample>,
-}
-
-#[derive(Deserialize)]
 struct RawSample {
     metric: BTreeMap<String, String>,
     value: Option<(f64, String)>,
@@ -61,20 +44,9 @@ struct RawSample {
 
 /// Parses a successful instant query answer of type vector.
 pub fn parse_vector(body: &[u8]) -> Result<Vector, String> {
-    let env: Envelope =
-        serde_json::from_slice(body).map_err(|e| format!("unreadable querier answer: {e}"))?;
-    if env.status != "success" {
-        return Err(format!("querier answered status {:?}", env.status));
-    }
-    let data = env.data.ok_or("querier answer without data")?;
-    if data.result_type != "vector" {
-        return Err(format!(
-            "sharded instant query answered with a {} instead of a vector",
-            data.result_type
-        ));
-    }
-    let mut samples = Vec::with_capacity(data.result.len());
-    for s in data.result {
+    let env = parse_success::<RawSample>(body, "vector", "sharded instant query")?;
+    let mut samples = Vec::with_capacity(env.result.len());
+    for s in env.result {
         if s.histogram.is_some() {
             return Err("native histogram samples cannot be combined yet".into());
         }
