@@ -46,6 +46,7 @@ fn distributor(limits: Limits, config: Config, rec: &Arc<Recorder>) -> Arc<Distr
         Arc::clone(rec) as Arc<dyn Pusher>,
         TenantResolver {
             multitenancy_enabled: true,
+            federation: Default::default(),
         },
         Metrics::new(),
     )

@@ -42,6 +42,7 @@ fn distributor(limits: Limits, pusher: Arc<Recorder>) -> Arc<Distributor> {
         pusher,
         TenantResolver {
             multitenancy_enabled: true,
+            federation: Default::default(),
         },
         Metrics::new(),
     )
@@ -180,6 +181,7 @@ async fn ha_pair_only_the_elected_replica_is_stored_without_its_replica_label() 
         Arc::clone(&rec) as Arc<dyn Pusher>,
         TenantResolver {
             multitenancy_enabled: true,
+            federation: Default::default(),
         },
         Metrics::new(),
     )

@@ -68,6 +68,7 @@ fn setup(limits: Limits) -> (Arc<Recorder>, axum::Router) {
         Arc::clone(&rec) as Arc<dyn Pusher>,
         TenantResolver {
             multitenancy_enabled: true,
+            federation: Default::default(),
         },
         Metrics::new(),
     )

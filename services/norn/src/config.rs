@@ -20,6 +20,7 @@ mod auth;
 mod cache;
 mod compactor;
 mod distributor;
+mod federation;
 mod flags;
 mod frontend;
 mod frontend_worker;
@@ -50,6 +51,7 @@ pub use auth::{AuthConfig, AuthFlags, AuthType};
 pub use cache::{ChunksCacheFlags, IndexCacheFlags, ResultsCacheFlags};
 pub use compactor::CompactorFlags;
 pub use distributor::DistributorFlags;
+pub use federation::{TenantFederationConfig, TenantFederationFlags};
 pub use frontend::FrontendFlags;
 pub use frontend_worker::{FrontendWorkerConfig, FrontendWorkerFlags};
 pub use ingester::IngesterFlags;
@@ -96,6 +98,8 @@ pub struct Args {
     pub multitenancy_enabled: Option<bool>,
     #[command(flatten)]
     pub auth: AuthFlags,
+    #[command(flatten)]
+    pub tenant_federation: TenantFederationFlags,
     #[command(flatten)]
     pub server: ServerFlags,
     #[command(flatten)]
@@ -152,6 +156,7 @@ pub struct Config {
     /// Mimir's switch; resolved together with `auth.type` at load (see [`auth::resolve`]).
     pub multitenancy_enabled: Option<bool>,
     pub auth: AuthConfig,
+    pub tenant_federation: TenantFederationConfig,
     pub server: ServerConfig,
     pub common: CommonConfig,
     pub blocks_storage: BlocksStorageConfig,
@@ -175,6 +180,7 @@ impl Default for Config {
             target: "all".into(),
             multitenancy_enabled: None,
             auth: AuthConfig::default(),
+            tenant_federation: TenantFederationConfig::default(),
             server: ServerConfig::default(),
             common: CommonConfig::default(),
             blocks_storage: BlocksStorageConfig::default(),
@@ -231,6 +237,7 @@ impl Config {
             self.multitenancy_enabled = a.multitenancy_enabled;
         }
         a.auth.apply(&mut self.auth)?;
+        a.tenant_federation.apply(&mut self.tenant_federation);
         a.server.apply(&mut self.server)?;
         a.frontend.apply(&mut self.frontend)?;
         a.bucket.apply(&mut self.common, &mut self.blocks_storage);
@@ -261,6 +268,7 @@ impl Config {
     fn validate(&self) -> anyhow::Result<()> {
         // The one list of services is the module table.
         crate::modules::resolve(&self.target)?;
+        self.tenant_federation.validate()?;
         if !matches!(self.common.storage.backend.as_str(), "filesystem" | "s3") {
             bail!(
                 "common.storage.backend must be filesystem or s3, got {:?}",
@@ -280,6 +288,10 @@ impl Config {
         server::check_ip(
             "server.grpc_listen_address",
             &self.server.grpc_listen_address,
+        )?;
+        server::check_ip(
+            "server.admin_listen_address",
+            &self.server.admin_listen_address,
         )?;
         self.memberlist.validate()?;
         self.ingester.ring.validate()?;

@@ -27,6 +27,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches};
 use norn_limits::Overrides;
+use norn_server::admin_listener::{self, Serves};
 use norn_server::auth::{Authenticator, TokenStore};
 use norn_server::grpc::GrpcServer;
 use norn_server::http::{Harness, router, serve};
@@ -159,6 +160,19 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding HTTP listener on {addr}"))?;
     tracing::info!(addr = %listener.local_addr()?, target = %cfg.target, "Norn HTTP server listening");
+    // Admin endpoints on their own listener (`--server.admin-listen-address`), bound with the
+    // others so a port clash stops the process before it changes anything.
+    let admin_listener = if cfg.server.admin_listen_address.is_empty() {
+        None
+    } else {
+        let ip: IpAddr = cfg.server.admin_listen_address.parse()?;
+        let addr = SocketAddr::new(ip, cfg.server.admin_listen_port);
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the admin HTTP listener on {addr}"))?;
+        tracing::info!(addr = %l.local_addr()?, "admin HTTP server listening");
+        Some(l)
+    };
     let grpc_listener = if !in_process && modules.iter().any(|m| m.serves_grpc) {
         let bind = norn_ring::net::parse_bind(&cfg.server.grpc_listen_address)?;
         let addr = SocketAddr::new(bind, cfg.server.grpc_listen_port);
@@ -178,6 +192,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         overrides,
         tenants: TenantResolver {
             multitenancy_enabled: cfg.auth_type() != AuthType::None,
+            federation: cfg.tenant_federation.resolver(),
         },
         bucket,
         wiring: Arc::clone(&wiring),
@@ -208,11 +223,24 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         }
         GrpcServer::start(l, routes.routes())
     });
-    let app = router(Harness {
+    let harness = Harness {
         services: services.clone(),
         metrics: Arc::clone(&metrics),
         config_yaml: Arc::from(cfg.masked_yaml()),
         auth,
+    };
+    let app = match &admin_listener {
+        Some(_) => admin_listener::only(router(harness.clone()), Serves::Public),
+        None => router(harness.clone()),
+    };
+    let admin_server = admin_listener.map(|l| {
+        tokio::spawn(serve(
+            l,
+            admin_listener::only(router(harness), Serves::Admin),
+            shutdown.clone(),
+            cfg.server.http_options(),
+            Arc::clone(&metrics),
+        ))
     });
     let server = tokio::spawn(serve(
         listener,
@@ -236,6 +264,15 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         Err(_) => {
             tracing::warn!("graceful shutdown timed out; stopping with requests in flight");
             abandon.cancel();
+        }
+    }
+    if let Some(a) = admin_server {
+        // Drained with the main listener (the same shutdown token); not waited for longer.
+        if tokio::time::timeout(Duration::from_secs(1), a)
+            .await
+            .is_err()
+        {
+            tracing::warn!("admin HTTP server still draining at shutdown");
         }
     }
     if let Some(g) = grpc_server {

@@ -24,7 +24,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use norn_limits::Overrides;
 use norn_model::duration::serde_duration;
-use norn_model::{ErrorKind, MetadataReader, Queryable, QueryableProvider, TenantId};
+use norn_model::{
+    ErrorKind, FederatedQueryable, MetadataReader, Queryable, QueryableProvider, TenantId,
+};
 use norn_promql::{Engine, EngineOptions, QueryContext};
 use norn_server::{HttpError, TenantResolver};
 use serde::{Deserialize, Serialize};
@@ -176,21 +178,57 @@ impl Querier {
         self.admission.enter(deadline).await
     }
 
-    /// The tenant's storage view for one query, with the per-query series limit applied.
-    fn store(&self, tenant: &TenantId) -> SeriesLimited {
-        let limit = self
-            .overrides
-            .for_tenant(tenant.as_str())
-            .max_fetched_series_per_query;
-        SeriesLimited::new(self.storage.queryable(tenant), limit)
+    /// The tenant's storage view for one query, with the per-query series limit applied
+    /// (to each member of a federated read on its own).
+    fn store(&self, tenant: &TenantId) -> Arc<dyn Queryable> {
+        self.federate(tenant, |t| {
+            let limit = self
+                .overrides
+                .for_tenant(t.as_str())
+                .max_fetched_series_per_query;
+            Arc::new(SeriesLimited::new(self.storage.queryable(t), limit))
+        })
     }
 
-    /// Refuses a query whose time range is longer than the tenant's `max_total_query_length`.
+    /// The tenant's storage view with no series limit (label names and values).
+    fn unlimited_store(&self, tenant: &TenantId) -> Arc<dyn Queryable> {
+        self.federate(tenant, |t| self.storage.queryable(t))
+    }
+
+    /// `view` of the tenant, or, for a federated read (`a|b`), of each member, read as one
+    /// with `__tenant_id__` on every series.
+    fn federate(
+        &self,
+        tenant: &TenantId,
+        view: impl Fn(&TenantId) -> Arc<dyn Queryable>,
+    ) -> Arc<dyn Queryable> {
+        if !tenant.is_federated() {
+            return view(tenant);
+        }
+        let members = tenant
+            .members()
+            .into_iter()
+            .map(|t| {
+                let v = view(&t);
+                (t, v)
+            })
+            .collect();
+        Arc::new(FederatedQueryable::new(
+            members,
+            self.tenants.federation.max_concurrent,
+        ))
+    }
+
+    /// Refuses a query whose time range is longer than the tenant's `max_total_query_length`
+    /// (for a federated read, the smallest of its members' limits).
     fn check_length(&self, tenant: &TenantId, start: i64, end: i64) -> Result<(), HttpError> {
-        let max = self
-            .overrides
-            .for_tenant(tenant.as_str())
-            .max_total_query_length;
+        let max = tenant
+            .members()
+            .iter()
+            .map(|t| self.overrides.for_tenant(t.as_str()).max_total_query_length)
+            .filter(|m| !m.is_zero())
+            .min()
+            .unwrap_or_default();
         let len = end.saturating_sub(start);
         if !max.is_zero() && len > max.as_millis() as i64 {
             return Err(HttpError::bad_data(format!(
@@ -203,8 +241,11 @@ impl Querier {
         Ok(())
     }
 
+    /// The tenant a read is for: with tenant federation on, possibly several (`a|b`).
     fn tenant(&self, headers: &HeaderMap) -> Result<TenantId, HttpError> {
-        self.tenants.resolve(headers).map_err(HttpError::into_json)
+        self.tenants
+            .resolve_read(headers)
+            .map_err(HttpError::into_json)
     }
 
     /// A per-request `timeout` parameter can only shorten the configured one.
@@ -301,7 +342,7 @@ async fn query_inner(
         let store = q.store(&tenant);
         match q
             .engine
-            .instant_query_within(&store, expr, t, query_context(deadline, slot))
+            .instant_query_within(&*store, expr, t, query_context(deadline, slot))
             .await
         {
             Ok(r) => Ok(r),
@@ -360,7 +401,7 @@ async fn query_range_inner(
         let ctx = query_context(deadline, slot);
         match q
             .engine
-            .range_query_within(&store, expr, start, end, step, ctx)
+            .range_query_within(&*store, expr, start, end, step, ctx)
             .await
         {
             Ok(r) => Ok(r),
@@ -481,7 +522,7 @@ async fn labels_inner(
     let outcome = Outcome::new(q.metrics());
     let r = with_timeout(timeout, async {
         let _slot = q.enter(deadline).await?;
-        let store = q.storage.queryable(&tenant);
+        let store = q.unlimited_store(&tenant);
         let mut all = BTreeSet::new();
         for m in &sets {
             let got = match &name {
@@ -519,10 +560,29 @@ async fn metadata(State(q): Q, headers: HeaderMap, RawQuery(rq): RawQuery) -> Re
         let deadline = deadline_in(timeout);
         let md = with_timeout(timeout, async {
             let _slot = q.enter(deadline).await?;
-            q.metadata
-                .metadata(&tenant, p.get("metric"), limit)
-                .await
-                .map_err(storage_error)
+            // A federated read asks each member; the same entry from several tenants is
+            // shown once (Mimir's federated metadata merges the same way).
+            let mut all = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for t in tenant.members() {
+                let got = q
+                    .metadata
+                    .metadata(&t, p.get("metric"), limit)
+                    .await
+                    .map_err(storage_error)?;
+                all.extend(got.into_iter().filter(|m| seen.insert(m.clone())));
+            }
+            if limit > 0 {
+                // `limit` counts families, as for one tenant.
+                let mut families = BTreeSet::new();
+                all.retain(|m| {
+                    if families.contains(&m.metric_family_name) {
+                        return true;
+                    }
+                    families.len() < limit && families.insert(m.metric_family_name.clone())
+                });
+            }
+            Ok(all)
         })
         .await?;
         Ok::<_, HttpError>(ok_json(json::success(&metadata_json(&md), &[])))

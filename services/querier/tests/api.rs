@@ -70,6 +70,7 @@ fn app(config: Config) -> axum::Router {
             Arc::new(Md),
             TenantResolver {
                 multitenancy_enabled: true,
+                federation: Default::default(),
             },
             Arc::new(Overrides::new(Limits::default())),
             &prometheus::Registry::new(),

@@ -105,6 +105,7 @@ fn querier(config: Config) -> (Arc<Querier>, Arc<Semaphore>) {
         Arc::new(NoMetadata),
         TenantResolver {
             multitenancy_enabled: true,
+            federation: Default::default(),
         },
         Arc::new(Overrides::new(Limits::default())),
         &prometheus::Registry::new(),

@@ -77,6 +77,14 @@ impl Frontend {
         })
     }
 
+    /// The limits a read runs under: the tenant's, or for a federated read (`a|b`) every
+    /// member's tightest query bounds ([`Overrides::for_tenants`]).
+    pub(crate) fn limits(&self, tenant: &TenantId) -> Arc<norn_limits::Limits> {
+        let members = tenant.members();
+        self.overrides
+            .for_tenants(members.iter().map(TenantId::as_str))
+    }
+
     /// Refuses a query that does not parse, with Prometheus' message and position.
     async fn validate(&self, query: &str) -> Result<(), HttpError> {
         match self.engine.format_query(query).await {
@@ -121,7 +129,7 @@ impl Frontend {
         let req = DownstreamRequest {
             method,
             path_and_query,
-            headers: passed_headers(headers),
+            headers: self.passed_headers(headers),
             body,
         };
         match self.downstream.call(req).await {
@@ -142,6 +150,23 @@ pub(crate) fn passed_headers(h: &HeaderMap) -> HeaderMap {
         }
     }
     out
+}
+
+impl Frontend {
+    /// [`passed_headers`] with `X-Scope-OrgID` set to the tenant the request resolves to:
+    /// the queue is keyed by that header, so a tenant named only by its basic-auth username
+    /// gets its own queue rather than sharing one with every such tenant, and `b|a` queues
+    /// with `a|b`. A request that names no valid tenant is passed as it came, for the
+    /// querier to refuse.
+    pub(crate) fn passed_headers(&self, h: &HeaderMap) -> HeaderMap {
+        let mut out = passed_headers(h);
+        if let Ok(tenant) = self.tenants.resolve_read(h)
+            && let Ok(v) = HeaderValue::from_str(tenant.as_str())
+        {
+            out.insert("x-scope-orgid", v);
+        }
+        out
+    }
 }
 
 /// A querier's answer as ours.
@@ -224,7 +249,10 @@ async fn range_inner(
     body: &[u8],
     stats: &mut Stats,
 ) -> Result<Response, HttpError> {
-    let tenant = f.tenants.resolve(headers).map_err(HttpError::into_json)?;
+    let tenant = f
+        .tenants
+        .resolve_read(headers)
+        .map_err(HttpError::into_json)?;
     stats.tenant = tenant.as_str().to_string();
     let p = Params::parse(rq, body);
     let bad = |m: &str| HttpError::bad_data(m.to_string()).into_json();
@@ -248,7 +276,7 @@ async fn range_inner(
     }
     let query = p.get("query").unwrap_or("").to_string();
     f.validate(&query).await?;
-    let limits = f.overrides.for_tenant(tenant.as_str());
+    let limits = f.limits(&tenant);
     if !limits.max_query_lookback.is_zero() {
         let oldest = norn_model::now_ms().saturating_sub(ms(limits.max_query_lookback));
         if end < oldest {
@@ -299,7 +327,7 @@ async fn range_inner(
         end,
         step,
         extra,
-        headers: passed_headers(headers),
+        headers: f.passed_headers(headers),
         split: !whole,
         use_cache: f.cache.is_some() && !whole && !no_store(headers),
         parallelism,
@@ -355,17 +383,16 @@ async fn query(
 ) -> Response {
     let started = Instant::now();
     let r = async {
-        let tenant = f.tenants.resolve(&headers).map_err(HttpError::into_json)?;
+        let tenant = f
+            .tenants
+            .resolve_read(&headers)
+            .map_err(HttpError::into_json)?;
         let p = Params::parse(rq.as_deref(), &body);
         let text = p.get("query").unwrap_or("");
         f.validate(text).await?;
-        let parallelism = f
-            .overrides
-            .for_tenant(tenant.as_str())
-            .max_query_parallelism
-            .max(1);
+        let parallelism = f.limits(&tenant).max_query_parallelism.max(1);
         if let Some(s) = f.shard_plan(&tenant, text, parallelism).await {
-            let passed = passed_headers(&headers);
+            let passed = f.passed_headers(&headers);
             let now = norn_model::now_ms();
             return Ok(
                 match f.run_sharded_instant(&tenant, &passed, &s, &p, now).await {

@@ -51,10 +51,7 @@ impl Frontend {
         if !self.config.parallelize_shardable_queries {
             return None;
         }
-        let shards = self
-            .overrides
-            .for_tenant(tenant.as_str())
-            .query_sharding_total_shards;
+        let shards = self.limits(tenant).query_sharding_total_shards;
         let q = query.to_string();
         // On a query thread: the parser recurses as deep as the query nests.
         let planned = self

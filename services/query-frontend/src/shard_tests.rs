@@ -169,6 +169,7 @@ fn frontend(querier: Arc<EngineQuerier>, shard: bool) -> (axum::Router, Frontend
         Arc::new(Overrides::new(limits)),
         TenantResolver {
             multitenancy_enabled: true,
+            federation: Default::default(),
         },
         metrics.clone(),
     );
@@ -346,6 +347,7 @@ async fn a_failing_leg_fails_the_query_with_the_queriers_answer() {
         })),
         TenantResolver {
             multitenancy_enabled: true,
+            federation: Default::default(),
         },
         metrics,
     );

@@ -137,6 +137,7 @@ fn setup(config: Config, limits: Limits, querier: Synthetic) -> Setup {
         Arc::new(Overrides::new(limits)),
         TenantResolver {
             multitenancy_enabled: true,
+            federation: Default::default(),
         },
         metrics.clone(),
     );

@@ -227,6 +227,47 @@ impl Overrides {
             .unwrap_or_else(|| Arc::clone(&self.defaults))
     }
 
+    /// The limits of a read over several tenants (tenant federation): the first member's,
+    /// with every query bound the smallest any member sets, so federating never lets a
+    /// tenant read more, further back or wider than its own limits allow. One tenant is
+    /// [`for_tenant`](Self::for_tenant).
+    pub fn for_tenants<'a>(&self, tenants: impl IntoIterator<Item = &'a str>) -> Arc<Limits> {
+        let all: Vec<Arc<Limits>> = tenants.into_iter().map(|t| self.for_tenant(t)).collect();
+        let Some((first, rest)) = all.split_first() else {
+            return Arc::clone(&self.defaults);
+        };
+        if rest.is_empty() {
+            return Arc::clone(first);
+        }
+        let mut merged = Limits::clone(first);
+        for l in rest {
+            smallest(&mut merged.max_total_query_length, l.max_total_query_length);
+            smallest(&mut merged.max_query_length, l.max_query_length);
+            smallest(&mut merged.max_query_lookback, l.max_query_lookback);
+            // Freshness is the other way round: the longest keeps every member's fresh data
+            // out of the cache.
+            merged.max_cache_freshness = merged.max_cache_freshness.max(l.max_cache_freshness);
+            smallest(
+                &mut merged.max_fetched_series_per_query,
+                l.max_fetched_series_per_query,
+            );
+            smallest(
+                &mut merged.max_fetched_chunks_per_query,
+                l.max_fetched_chunks_per_query,
+            );
+            smallest(
+                &mut merged.max_fetched_chunk_bytes_per_query,
+                l.max_fetched_chunk_bytes_per_query,
+            );
+            merged.max_query_parallelism =
+                merged.max_query_parallelism.min(l.max_query_parallelism);
+            merged.query_sharding_total_shards = merged
+                .query_sharding_total_shards
+                .min(l.query_sharding_total_shards);
+        }
+        Arc::new(merged)
+    }
+
     pub fn defaults(&self) -> &Limits {
         &self.defaults
     }
@@ -296,6 +337,14 @@ impl Overrides {
     }
 }
 
+/// Keeps in `current` the smaller non-zero bound of the two (zero is "no limit").
+fn smallest<T: Copy + Ord + Default>(current: &mut T, other: T) {
+    let zero = T::default();
+    if other != zero && (*current == zero || other < *current) {
+        *current = other;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,6 +361,28 @@ mod tests {
         assert_eq!(t1.creation_grace_period, Duration::from_secs(60));
         assert_eq!(t1.max_label_names_per_series, 30);
         assert_eq!(o.for_tenant("other").ingestion_rate, 10_000.0);
+    }
+
+    #[test]
+    fn a_federated_read_gets_every_members_tightest_query_bound() {
+        let o = Overrides::from_yaml(
+            Limits::default(),
+            "overrides:\n  a:\n    max_query_lookback: 7d\n    max_fetched_series_per_query: 100\n    max_query_parallelism: 4\n  b:\n    max_query_lookback: 30d\n    max_total_query_length: 2d\n    ingestion_rate: 5\n",
+        )
+        .unwrap();
+        let l = o.for_tenants(["a", "b"]);
+        assert_eq!(l.max_query_lookback, Duration::from_secs(7 * 86_400));
+        assert_eq!(l.max_total_query_length, Duration::from_secs(2 * 86_400));
+        assert_eq!(l.max_fetched_series_per_query, 100);
+        assert_eq!(l.max_query_parallelism, 4);
+        // The same the other way round.
+        assert_eq!(
+            o.for_tenants(["b", "a"]).max_query_lookback,
+            l.max_query_lookback
+        );
+        // One tenant is that tenant's limits, none the defaults.
+        assert_eq!(o.for_tenants(["b"]).ingestion_rate, 5.0);
+        assert_eq!(*o.for_tenants([]), Limits::default());
     }
 
     #[test]

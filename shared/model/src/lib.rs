@@ -26,9 +26,10 @@ pub use labels::{hash_label_pairs, is_valid_label_name, is_valid_metric_name};
 pub use matcher::matches_all;
 pub use matcher::{MatchType, Matcher, MatcherError};
 pub use query::{
-    ChunkSeries, EncodedChunk, MergeQueryable, MergedProvider, MetadataReader, Queryable,
-    QueryableProvider, QuorumQueryable, SampleBudget, Series, StorageError, TOO_MANY_SAMPLES,
-    gather_quorum, keep_last, merge_series, merge_strings,
+    ChunkSeries, EncodedChunk, FederatedQueryable, MergeQueryable, MergedProvider, MetadataReader,
+    ORIGINAL_TENANT_ID_LABEL, Queryable, QueryableProvider, QuorumQueryable, SampleBudget, Series,
+    StorageError, TENANT_ID_LABEL, TOO_MANY_SAMPLES, gather_quorum, keep_last, merge_series,
+    merge_strings,
 };
 pub use reject::RejectReason;
 pub use sample::{
@@ -36,7 +37,7 @@ pub use sample::{
     sample_time_in_bounds, stale_nan,
 };
 pub use shard::{SHARD_LABEL, ShardError, ShardSelector};
-pub use tenant::{ANONYMOUS, ORG_ID_HEADER};
+pub use tenant::{ANONYMOUS, ORG_ID_HEADER, TENANT_SEPARATOR};
 pub use tenant::{TenantError, TenantId};
 pub use time::now_ms;
 pub use validation::{Refusal, TimeWindow, ValidationLimits};

@@ -7,6 +7,7 @@
 //! left in their encoded chunks, for readers that ship data on (see [`chunks`]).
 
 pub mod chunks;
+pub mod federated;
 
 use async_trait::async_trait;
 
@@ -19,6 +20,7 @@ pub use chunks::{
     ChunkSeries, EncodedChunk, SAMPLES_PER_ENCODED_CHUNK, decode_chunk_series, encode_samples,
     merge_chunk_series,
 };
+pub use federated::{FederatedQueryable, ORIGINAL_TENANT_ID_LABEL, TENANT_ID_LABEL};
 
 /// A series and its samples within the selected time range, in time order.
 #[derive(Debug, Clone, PartialEq)]

@@ -11,6 +11,10 @@ pub const ANONYMOUS: &str = "anonymous";
 
 const MAX_TENANT_ID_LEN: usize = 150;
 
+/// Separates the tenants of a federated read (`X-Scope-OrgID: a|b`, Mimir's tenant
+/// federation). It is no tenant id character, so a federated id never names a real tenant.
+pub const TENANT_SEPARATOR: char = '|';
+
 /// Names no tenant may take, because the bucket (or Mimir) uses them at the top level
 /// beside the tenants' directories: `rules/` holds every tenant's rule groups (a tenant named
 /// `rules` would ship its blocks into it, and `list_tenants` skips it); `lock` is the lock file
@@ -85,6 +89,43 @@ impl TenantId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The id of a read over several tenants (tenant federation): their ids sorted, each
+    /// once, joined by [`TENANT_SEPARATOR`]. One tenant is that tenant's own id; none is
+    /// `None`. A federated id only ever names a read: it is the identity of the read's queue,
+    /// cache entries and limits, and storage is always asked per member
+    /// ([`members`](Self::members)).
+    pub fn federated(ids: impl IntoIterator<Item = TenantId>) -> Option<Self> {
+        let mut ids: Vec<TenantId> = ids.into_iter().collect();
+        ids.sort();
+        ids.dedup();
+        match ids.len() {
+            0 => None,
+            1 => ids.pop(),
+            _ => {
+                let joined: Vec<&str> = ids.iter().map(TenantId::as_str).collect();
+                Some(Self(Arc::from(
+                    joined.join(&TENANT_SEPARATOR.to_string()).as_str(),
+                )))
+            }
+        }
+    }
+
+    /// Whether this id names several tenants (see [`federated`](Self::federated)).
+    pub fn is_federated(&self) -> bool {
+        self.0.contains(TENANT_SEPARATOR)
+    }
+
+    /// The tenants this id names: itself, or each member of a federated read.
+    pub fn members(&self) -> Vec<TenantId> {
+        if !self.is_federated() {
+            return vec![self.clone()];
+        }
+        self.0
+            .split(TENANT_SEPARATOR)
+            .map(|id| Self(Arc::from(id)))
+            .collect()
+    }
 }
 
 fn is_allowed(c: char) -> bool {
@@ -100,6 +141,22 @@ impl fmt::Display for TenantId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn federated_ids_are_sorted_unique_and_split_back() {
+        let t = |s: &str| TenantId::new(s).unwrap();
+        let f = TenantId::federated([t("b"), t("a"), t("b")]).unwrap();
+        assert_eq!(f.as_str(), "a|b");
+        assert!(f.is_federated());
+        assert_eq!(f.members(), [t("a"), t("b")]);
+        let one = TenantId::federated([t("a"), t("a")]).unwrap();
+        assert_eq!(one, t("a"));
+        assert!(!one.is_federated());
+        assert_eq!(one.members(), [t("a")]);
+        assert!(TenantId::federated([]).is_none());
+        // No real tenant can take a federated id.
+        assert!(TenantId::new("a|b").is_err());
+    }
 
     #[test]
     fn accepts_mimir_charset() {

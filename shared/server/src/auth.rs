@@ -12,7 +12,8 @@
 //! 3. checks the token's scopes (403 when it lacks the route's scope), then picks the tenant:
 //!    `X-Scope-OrgID` if sent, else the basic-auth username, else the token's only tenant. A
 //!    tenant the token does not hold is 403; a token for several tenants with none named is
-//!    400; `a|b` (tenant federation) is 400;
+//!    400; `a|b` (tenant federation) passes for reads when the token holds every tenant named
+//!    (403 otherwise; 400 on any other route);
 //! 4. replaces every client-sent `X-Scope-OrgID` with the verified tenant, so the handlers'
 //!    [`crate::TenantResolver`] (which prefers the header) can only ever see a tenant the
 //!    token holds. Admin routes are not tenant-scoped: there a header naming a tenant the
@@ -32,7 +33,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use norn_model::ORG_ID_HEADER;
+use norn_model::{ORG_ID_HEADER, TENANT_SEPARATOR};
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use tokio_util::sync::CancellationToken;
 
@@ -194,7 +195,23 @@ impl Authenticator {
                     return fail(Failure::MissingScope);
                 }
                 let tenant = match requested {
-                    Some(t) if t.contains('|') => return fail(Failure::BadTenant),
+                    // Tenant federation: only reads, and only of tenants the token holds
+                    // (whether federation is enabled is the read handler's to say).
+                    Some(t) if t.contains(TENANT_SEPARATOR) => {
+                        if scopes != [Scope::Read] {
+                            return fail(Failure::BadTenant);
+                        }
+                        let mut ids: Vec<&str> = t.split(TENANT_SEPARATOR).collect();
+                        if ids.iter().any(|id| id.is_empty()) {
+                            return fail(Failure::BadTenant);
+                        }
+                        if !ids.iter().all(|id| token.allows_tenant(id)) {
+                            return fail(Failure::ForbiddenTenant);
+                        }
+                        ids.sort_unstable();
+                        ids.dedup();
+                        ids.join("|")
+                    }
                     Some(t) if token.allows_tenant(&t) => t,
                     Some(_) => return fail(Failure::ForbiddenTenant),
                     None => match token.tenants.as_slice() {
@@ -296,7 +313,7 @@ fn refuse(f: Failure) -> Response {
         Failure::ForbiddenTenant => "the token is not valid for the requested tenant",
         Failure::NoTenant => "the token is valid for several tenants: name one with X-Scope-OrgID",
         Failure::BadTenant => {
-            "invalid X-Scope-OrgID (multiple tenant ids, tenant federation, are not supported)"
+            "invalid X-Scope-OrgID (several tenant ids, tenant federation, are only for queries and need every tenant in the token)"
         }
         Failure::UnknownRoute => "this endpoint is not served under token authentication",
     };

@@ -136,7 +136,7 @@ async fn guard(State(g): State<RequestGuard>, req: Request, next: Next) -> Respo
         .and_then(|s| s.trim().parse::<u64>().ok());
     if has_body(&req)
         && let Some(t) = g.tenants
-        && let Err(e) = t.resolve(req.headers())
+        && let Err(e) = t.resolve_read(req.headers())
     {
         drain(req, declared).await;
         return g.error(e);
@@ -175,6 +175,7 @@ mod tests {
     fn guard() -> RequestGuard {
         RequestGuard::new(10).tenant_before_body(TenantResolver {
             multitenancy_enabled: true,
+            federation: Default::default(),
         })
     }
 

@@ -3,6 +3,7 @@
 //! * [`HttpError`]: the one place where an [`ErrorKind`] becomes an HTTP status, as plain text
 //!   (remote write) or as Prometheus' JSON envelope (query API).
 //! * [`tenant`]: `X-Scope-OrgID` extraction with multitenancy on or off.
+//! * [`admin_listener`]: admin endpoints on a listener of their own.
 //! * [`auth`]: `--auth.type=tokens`: bearer/basic-auth tokens, scopes per route, verified tenant.
 //! * [`Service`]: what each service hands the harness (routes, readiness, shutdown).
 //! * [`http`]: the harness: `/ready`, `/metrics`, `/config`, `/services`, request metrics.
@@ -13,6 +14,7 @@
 //!   the querier and the query-frontend.
 //! * [`periodic`]: the one helper for "do this every period until stopped".
 
+pub mod admin_listener;
 pub mod auth;
 pub mod error;
 pub mod grpc;
@@ -33,7 +35,7 @@ pub use guard::RequestGuard;
 pub use metrics::Metrics;
 pub use norn_model::ErrorKind;
 pub use serve::ServerOptions;
-pub use tenant::TenantResolver;
+pub use tenant::{Federation, TenantResolver};
 
 /// One service in the process. The binary builds each service from its crate's
 /// `build(config, deps)`, then the harness mounts its HTTP routes and gRPC services, asks it

@@ -30,6 +30,9 @@ pub struct ServerConfig {
     pub http_server_idle_timeout: Duration,
     /// 0 = no limit.
     pub http_listen_conn_limit: usize,
+    /// Where the admin endpoints are served; empty: on the HTTP listener with the rest.
+    pub admin_listen_address: String,
+    pub admin_listen_port: u16,
 }
 
 impl Default for ServerConfig {
@@ -47,6 +50,8 @@ impl Default for ServerConfig {
             http_server_write_timeout: Duration::from_secs(150),
             http_server_idle_timeout: Duration::from_secs(120),
             http_listen_conn_limit: 0,
+            admin_listen_address: String::new(),
+            admin_listen_port: 8081,
         }
     }
 }
@@ -124,6 +129,18 @@ pub struct ServerFlags {
     /// Most HTTP connections served at once; more wait to be accepted (0 = no limit).
     #[arg(long = "server.http-conn-limit", env = "NORN_SERVER_HTTP_CONN_LIMIT")]
     pub http_conn_limit: Option<usize>,
+    /// Serve the admin endpoints (/config, /services, /runtime_config, rings, memberlist, /ingester/*) only on a listener at this IP address; empty: on the HTTP listener.
+    #[arg(
+        long = "server.admin-listen-address",
+        env = "NORN_SERVER_ADMIN_LISTEN_ADDRESS"
+    )]
+    pub admin_listen_address: Option<String>,
+    /// Port of the admin listener (default 8081; 0 picks a free one).
+    #[arg(
+        long = "server.admin-listen-port",
+        env = "NORN_SERVER_ADMIN_LISTEN_PORT"
+    )]
+    pub admin_listen_port: Option<u16>,
 }
 
 impl ServerFlags {
@@ -132,6 +149,8 @@ impl ServerFlags {
         set(&mut c.http_listen_port, &self.http_listen_port);
         set(&mut c.grpc_listen_address, &self.grpc_listen_address);
         set(&mut c.grpc_listen_port, &self.grpc_listen_port);
+        set(&mut c.admin_listen_address, &self.admin_listen_address);
+        set(&mut c.admin_listen_port, &self.admin_listen_port);
         self.log.apply(c);
         set_duration(
             &mut c.http_server_read_timeout,

@@ -43,8 +43,13 @@ fn app() -> (Router, Arc<Authenticator>) {
     let tenant = |h: HeaderMap| async move {
         match (TenantResolver {
             multitenancy_enabled: true,
+            federation: crate::Federation {
+                enabled: true,
+                max_tenants: 0,
+                max_concurrent: 1,
+            },
         })
-        .resolve(&h)
+        .resolve_read(&h)
         {
             Ok(t) => t.as_str().to_string(),
             Err(e) => format!("error {}", e.message),
@@ -198,7 +203,8 @@ async fn decides_every_case() {
         403,
         "read-only token writes"
     );
-    // Several tenants: the header picks one of them; none named is 400; federation is 400.
+    // Several tenants: the header picks one of them; none named is 400; federation reads
+    // the tenants the token holds (sorted, each once), and no others.
     assert_eq!(
         call(&app, "GET", q, &[("authorization", &bearer("sm"))])
             .await
@@ -223,13 +229,39 @@ async fn decides_every_case() {
             q,
             &[
                 ("authorization", &bearer("sm")),
-                (ORG_ID_HEADER, "team-a|team-b")
+                (ORG_ID_HEADER, "team-b|team-a|team-b")
             ]
         )
         .await
-        .0,
-        400
+        .1,
+        "team-a|team-b"
     );
+    for (token, org, status) in [
+        ("sa", "team-a|team-b", 403), // holds only team-a
+        ("sm", "team-a|team-c", 403),
+        ("sm", "team-a|", 400),
+    ] {
+        let got = call(
+            &app,
+            "GET",
+            q,
+            &[("authorization", &bearer(token)), (ORG_ID_HEADER, org)],
+        )
+        .await;
+        assert_eq!(got.0, status, "{token} {org}: {got:?}");
+    }
+    // Never for writes.
+    let got = call(
+        &app,
+        "POST",
+        "/api/v1/push",
+        &[
+            ("authorization", &bearer("sa")),
+            (ORG_ID_HEADER, "team-a|team-a"),
+        ],
+    )
+    .await;
+    assert_eq!(got.0, 400, "{got:?}");
     // Rules: listing accepts read, changing needs rules.
     let rules = "/prometheus/config/v1/rules";
     assert_eq!(
