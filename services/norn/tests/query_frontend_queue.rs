@@ -6,7 +6,7 @@
 //! * `kill -9` of one querier while queries are queued: every query still answers, with the
 //!   right data (its in-flight requests are re-queued to the other querier);
 //! * fairness: while tenant A floods 100 slow queries, tenant B's cheap queries never wait for
-//!   one of A's to finish (A may hold all workers but one while B is active), so B's median
+//!   one of A's to finish (A may hold its fair share, half the workers, while B is active), so B's median
 //!   stays below one A query's latency (asserted) and near B's median alone (the ratio is
 //!   printed; the target is 2x);
 //! * `--query-frontend.max-outstanding-requests-per-tenant` refuses the flooding tenant with

@@ -243,9 +243,9 @@ async fn a_request_nobody_takes_answers_504_and_leaves_the_queue() {
 }
 
 #[test]
-fn with_several_tenants_active_one_worker_is_left_for_the_others() {
+fn with_several_tenants_active_each_holds_at_most_its_fair_share() {
     let q = queue(100);
-    let _workers: Vec<_> = (0..3).map(|_| q.worker_connected()).collect();
+    let _workers: Vec<_> = (0..4).map(|_| q.worker_connected()).collect();
     // b queried a moment ago (and got its answer).
     let _tb = q.enqueue("b", req("b", 0)).unwrap();
     drop(q.try_next().unwrap().unwrap());
@@ -261,7 +261,7 @@ fn with_several_tenants_active_one_worker_is_left_for_the_others() {
         ),
         ("/q/a/0", "/q/a/1")
     );
-    // a holds two of the three workers: the third waits for someone else.
+    // a holds its share, two of the four workers: the others wait for someone else.
     assert!(q.try_next().unwrap().is_none());
     let _tb1 = q.enqueue("b", req("b", 1)).unwrap();
     assert_eq!(
@@ -276,6 +276,38 @@ fn with_several_tenants_active_one_worker_is_left_for_the_others() {
     );
     // Put back (its querier vanished): it no longer counts as running.
     q.requeue(a1, true);
+    assert_eq!(
+        q.try_next().unwrap().unwrap().request.path_and_query,
+        "/q/a/1"
+    );
+}
+
+#[test]
+fn the_share_shrinks_as_more_tenants_are_active() {
+    let q = queue(100);
+    let _workers: Vec<_> = (0..4).map(|_| q.worker_connected()).collect();
+    // b and c queried a moment ago: three tenants active, 4 / 3 = one worker each.
+    for t in ["b", "c"] {
+        let _t = q.enqueue(t, req(t, 0)).unwrap();
+        drop(q.try_next().unwrap().unwrap());
+    }
+    let _ta: Vec<_> = (0..3)
+        .map(|n| q.enqueue("a", req("a", n)).unwrap())
+        .collect();
+    let a0 = q.try_next().unwrap().unwrap();
+    assert!(q.try_next().unwrap().is_none(), "a holds its one worker");
+    let _tc = q.enqueue("c", req("c", 1)).unwrap();
+    let _tb = q.enqueue("b", req("b", 1)).unwrap();
+    let c1 = q.try_next().unwrap().unwrap();
+    let b1 = q.try_next().unwrap().unwrap();
+    assert_eq!(
+        (
+            c1.request.path_and_query.as_str(),
+            b1.request.path_and_query.as_str()
+        ),
+        ("/q/c/1", "/q/b/1")
+    );
+    drop(a0);
     assert_eq!(
         q.try_next().unwrap().unwrap().request.path_and_query,
         "/q/a/1"
