@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use serde::Deserialize;
 use serde_yaml::{Mapping, Value};
 
 fn k8s_dir() -> PathBuf {
@@ -25,8 +26,8 @@ fn k8s_dir() -> PathBuf {
 fn documents(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_yaml::Deserializer::from_str(&text)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-        .filter(|v: &Value| !v.is_null())
+        .map(|d| Value::deserialize(d).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .filter(|v| !v.is_null())
         .collect()
 }
 
@@ -81,7 +82,7 @@ fn render(dir: &Path) -> Vec<Value> {
                 .flatten()
             {
                 let image = c["image"].as_str().unwrap_or_default().to_string();
-                let (base, tag) = image.split_once(':').unwrap_or((&image, "latest"));
+                let (base, tag) = image.split_once(':').unwrap_or((image.as_str(), "latest"));
                 if base == name {
                     let new_name = img["newName"].as_str().unwrap_or(base);
                     let new_tag = img["newTag"].as_str().unwrap_or(tag);

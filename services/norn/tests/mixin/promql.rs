@@ -10,7 +10,7 @@ use promql_parser::parser::{self, Expr};
 /// durations, every other `$var` / `${var}` (instance, tenant, datasource) by `.*`, which is
 /// what the dashboards' `allValue` is.
 pub fn substitute_grafana_vars(expr: &str) -> String {
-    let mut s = expr
+    let s = expr
         .replace("$__rate_interval", "5m")
         .replace("${__rate_interval}", "5m")
         .replace("$__interval", "1m")
@@ -18,16 +18,16 @@ pub fn substitute_grafana_vars(expr: &str) -> String {
         .replace("$__range", "1h")
         .replace("${__range}", "1h");
     let mut out = String::with_capacity(s.len());
-    let bytes: Vec<char> = s.chars().collect();
+    let chars: Vec<char> = s.chars().collect();
     let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == '$' {
-            let braced = bytes.get(i + 1) == Some(&'{');
+    while i < chars.len() {
+        if chars[i] == '$' {
+            let braced = chars.get(i + 1) == Some(&'{');
             let mut j = i + 1 + usize::from(braced);
-            while j < bytes.len() && (bytes[j].is_ascii_alphanumeric() || bytes[j] == '_') {
+            while j < chars.len() && (chars[j].is_ascii_alphanumeric() || chars[j] == '_') {
                 j += 1;
             }
-            if braced && bytes.get(j) == Some(&'}') {
+            if braced && chars.get(j) == Some(&'}') {
                 j += 1;
             }
             if j > i + 1 {
@@ -36,10 +36,9 @@ pub fn substitute_grafana_vars(expr: &str) -> String {
                 continue;
             }
         }
-        out.push(bytes[i]);
+        out.push(chars[i]);
         i += 1;
     }
-    s.clear();
     out
 }
 
