@@ -217,7 +217,8 @@ def main():
             panel("Corruptions repaired at start", [(f"max by (instance) (norn_ingester_wal_corruptions_total{{{SEL}}})", "{{instance}}")]),
         ]),
         ("Replay", [
-            panel("Replay duration (p99)", [(quantile(0.99, "norn_ingester_wal_replay_duration_seconds", by="le, instance"), "{{instance}}")], "s"),
+            panel("Last replay duration", [(f"max by (instance) (norn_ingester_wal_replay_duration_seconds{{{SEL}}})", "{{instance}}")], "s",
+                  "How long the last start's WAL replay took; see \"Not ready after a restart\"."),
         ]),
     ])
     dashboard("norn-blocks", "Norn / Blocks and shipping", [

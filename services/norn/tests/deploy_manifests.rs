@@ -34,7 +34,9 @@ fn documents(path: &Path) -> Vec<Value> {
 fn kustomization(dir: &Path) -> Mapping {
     let k = documents(&dir.join("kustomization.yaml"));
     assert_eq!(k.len(), 1, "{}", dir.display());
-    k[0].as_mapping().expect("kustomization is a mapping").clone()
+    k[0].as_mapping()
+        .expect("kustomization is a mapping")
+        .clone()
 }
 
 /// Renders a kustomization directory: its resources (files, or directories rendered in turn),
@@ -44,7 +46,15 @@ fn render(dir: &Path) -> Vec<Value> {
     for key in k.keys() {
         let key = key.as_str().unwrap_or_default();
         assert!(
-            ["apiVersion", "kind", "resources", "namespace", "images", "replicas"].contains(&key),
+            [
+                "apiVersion",
+                "kind",
+                "resources",
+                "namespace",
+                "images",
+                "replicas"
+            ]
+            .contains(&key),
             "{}: kustomize field {key} is not rendered by this test; keep the overlays simple or teach render() it",
             dir.display()
         );
@@ -65,7 +75,12 @@ fn render(dir: &Path) -> Vec<Value> {
             }
         }
     }
-    for img in k.get("images").and_then(Value::as_sequence).into_iter().flatten() {
+    for img in k
+        .get("images")
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+    {
         let name = img["name"].as_str().expect("images[].name");
         for d in &mut out {
             let Some(spec) = d
@@ -91,7 +106,12 @@ fn render(dir: &Path) -> Vec<Value> {
             }
         }
     }
-    for rep in k.get("replicas").and_then(Value::as_sequence).into_iter().flatten() {
+    for rep in k
+        .get("replicas")
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+    {
         let name = rep["name"].as_str().expect("replicas[].name");
         let count = rep["count"].as_u64().expect("replicas[].count");
         let mut found = false;
@@ -147,7 +167,10 @@ fn base_files() -> Vec<PathBuf> {
     on_disk.sort();
     let mut sorted = listed.clone();
     sorted.sort();
-    assert_eq!(sorted, on_disk, "base/kustomization.yaml resources vs files");
+    assert_eq!(
+        sorted, on_disk,
+        "base/kustomization.yaml resources vs files"
+    );
     listed
 }
 
@@ -162,36 +185,82 @@ fn base_manifests_validate() {
     let docs: Vec<Value> = files.iter().flat_map(|f| documents(f)).collect();
     let kind_of = |name: &str| {
         docs.iter()
-            .find(|d| d["metadata"]["name"] == name && d["kind"] != "Service" && d["kind"] != "PodDisruptionBudget")
+            .find(|d| {
+                d["metadata"]["name"] == name
+                    && d["kind"] != "Service"
+                    && d["kind"] != "PodDisruptionBudget"
+            })
             .map(|d| d["kind"].as_str().unwrap().to_string())
     };
     for c in ["ingester", "store-gateway", "compactor"] {
-        assert_eq!(kind_of(&format!("norn-{c}")).as_deref(), Some("StatefulSet"), "{c}");
+        assert_eq!(
+            kind_of(&format!("norn-{c}")).as_deref(),
+            Some("StatefulSet"),
+            "{c}"
+        );
         let s = docs
             .iter()
-            .find(|d| d["kind"] == "StatefulSet" && d["metadata"]["name"] == format!("norn-{c}").as_str())
+            .find(|d| {
+                d["kind"] == "StatefulSet" && d["metadata"]["name"] == format!("norn-{c}").as_str()
+            })
             .unwrap();
         assert_eq!(s["spec"]["podManagementPolicy"], "Parallel", "{c}");
-        assert!(s["spec"]["volumeClaimTemplates"].as_sequence().is_some_and(|v| !v.is_empty()), "{c}");
+        assert!(
+            s["spec"]["volumeClaimTemplates"]
+                .as_sequence()
+                .is_some_and(|v| !v.is_empty()),
+            "{c}"
+        );
     }
     for c in ["distributor", "querier", "query-frontend", "ruler"] {
-        assert_eq!(kind_of(&format!("norn-{c}")).as_deref(), Some("Deployment"), "{c}");
+        assert_eq!(
+            kind_of(&format!("norn-{c}")).as_deref(),
+            Some("Deployment"),
+            "{c}"
+        );
     }
-    for c in ["distributor", "ingester", "querier", "query-frontend", "ruler", "store-gateway", "compactor"] {
+    for c in [
+        "distributor",
+        "ingester",
+        "querier",
+        "query-frontend",
+        "ruler",
+        "store-gateway",
+        "compactor",
+    ] {
         let name = format!("norn-{c}");
         for kind in ["Service", "PodDisruptionBudget"] {
             assert!(
-                docs.iter().any(|d| d["kind"] == kind && d["metadata"]["name"] == name.as_str()),
+                docs.iter()
+                    .any(|d| d["kind"] == kind && d["metadata"]["name"] == name.as_str()),
                 "{kind} {name}"
             );
         }
     }
-    let gossip = docs.iter().find(|d| d["metadata"]["name"] == "norn-gossip-ring").expect("gossip Service");
+    let gossip = docs
+        .iter()
+        .find(|d| d["metadata"]["name"] == "norn-gossip-ring")
+        .expect("gossip Service");
     assert_eq!(gossip["spec"]["clusterIP"], "None");
-    for w in docs.iter().filter(|d| d["kind"] == "StatefulSet" || d["kind"] == "Deployment") {
-        for c in w["spec"]["template"]["spec"]["containers"].as_sequence().unwrap() {
-            assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/ready", "{}", w["metadata"]["name"].as_str().unwrap());
-            assert!(c["resources"]["requests"]["memory"].is_string(), "{}", w["metadata"]["name"].as_str().unwrap());
+    for w in docs
+        .iter()
+        .filter(|d| d["kind"] == "StatefulSet" || d["kind"] == "Deployment")
+    {
+        for c in w["spec"]["template"]["spec"]["containers"]
+            .as_sequence()
+            .unwrap()
+        {
+            assert_eq!(
+                c["readinessProbe"]["httpGet"]["path"],
+                "/ready",
+                "{}",
+                w["metadata"]["name"].as_str().unwrap()
+            );
+            assert!(
+                c["resources"]["requests"]["memory"].is_string(),
+                "{}",
+                w["metadata"]["name"].as_str().unwrap()
+            );
         }
     }
 }
@@ -206,11 +275,23 @@ fn overlay_renders_and_validates() {
     // The transformations took effect.
     for d in &docs {
         if d["kind"] != "Namespace" {
-            assert_eq!(d["metadata"]["namespace"].as_str(), Some(ns.as_str()), "{:?}", d["metadata"]);
+            assert_eq!(
+                d["metadata"]["namespace"].as_str(),
+                Some(ns.as_str()),
+                "{:?}",
+                d["metadata"]
+            );
         }
-        for c in d["spec"]["template"]["spec"]["containers"].as_sequence().into_iter().flatten() {
+        for c in d["spec"]["template"]["spec"]["containers"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+        {
             assert!(
-                c["image"].as_str().unwrap().starts_with("registry.example.com/norn:"),
+                c["image"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("registry.example.com/norn:"),
                 "{:?}",
                 c["image"]
             );
@@ -224,14 +305,18 @@ fn overlay_renders_and_validates() {
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("rendered.yaml");
-    let text: Vec<String> = docs.iter().map(|d| serde_yaml::to_string(d).unwrap()).collect();
+    let text: Vec<String> = docs
+        .iter()
+        .map(|d| serde_yaml::to_string(d).unwrap())
+        .collect();
     std::fs::write(&out, text.join("---\n")).unwrap();
     let Some(run) = kubernetes_validate(&[out]) else {
         return;
     };
     assert!(run.ok(), "{}", run.text());
     assert_eq!(
-        run.stdout.matches("passed for resource").count() + run.stderr.matches("passed for resource").count(),
+        run.stdout.matches("passed for resource").count()
+            + run.stderr.matches("passed for resource").count(),
         docs.len(),
         "{}",
         run.text()
@@ -268,10 +353,17 @@ fn every_container_command_line_passes_check_config() {
         .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "norn-config")
         .expect("ConfigMap norn-config");
     for (file, text) in cm["data"].as_mapping().unwrap() {
-        std::fs::write(etc.path().join(file.as_str().unwrap()), text.as_str().unwrap()).unwrap();
+        std::fs::write(
+            etc.path().join(file.as_str().unwrap()),
+            text.as_str().unwrap(),
+        )
+        .unwrap();
     }
     let mut checked = 0;
-    for w in docs.iter().filter(|d| d["kind"] == "StatefulSet" || d["kind"] == "Deployment") {
+    for w in docs
+        .iter()
+        .filter(|d| d["kind"] == "StatefulSet" || d["kind"] == "Deployment")
+    {
         let pod = &w["spec"]["template"]["spec"];
         for c in pod["containers"].as_sequence().unwrap() {
             let args: Vec<String> = c["args"]
@@ -299,16 +391,38 @@ fn every_container_command_line_passes_check_config() {
                 args,
                 run.text()
             );
-            let target = args.iter().find_map(|a| a.strip_prefix("--target=")).expect("--target");
+            let target = args
+                .iter()
+                .find_map(|a| a.strip_prefix("--target="))
+                .expect("--target");
             assert!(run.stdout.contains(target), "{}", run.text());
             checked += 1;
         }
     }
     assert_eq!(checked, 7, "one container per component");
     // The check is not a rubber stamp: an unknown flag and an unknown YAML key fail it.
-    let run = check_config(&["--target=ingester".into(), "--ingester.no-such-flag=1".into()], &[], etc.path());
+    let run = check_config(
+        &[
+            "--target=ingester".into(),
+            "--ingester.no-such-flag=1".into(),
+        ],
+        &[],
+        etc.path(),
+    );
     assert!(!run.ok(), "{}", run.text());
-    std::fs::write(etc.path().join("bad.yaml"), "server:\n  http_listen_prot: 1\n").unwrap();
-    let run = check_config(&["--config.file=/etc/norn/bad.yaml".into()], &[], etc.path());
-    assert!(!run.ok() && run.text().contains("http_listen_prot"), "{}", run.text());
+    std::fs::write(
+        etc.path().join("bad.yaml"),
+        "server:\n  http_listen_prot: 1\n",
+    )
+    .unwrap();
+    let run = check_config(
+        &["--config.file=/etc/norn/bad.yaml".into()],
+        &[],
+        etc.path(),
+    );
+    assert!(
+        !run.ok() && run.text().contains("http_listen_prot"),
+        "{}",
+        run.text()
+    );
 }

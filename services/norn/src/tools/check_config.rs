@@ -19,15 +19,22 @@ use crate::config::{Args, Config};
 #[derive(Debug, clap::Args)]
 pub struct CheckConfigArgs {
     /// The server's flags, as they would follow `norn` (e.g. `--target=ingester --config.file=…`).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "SERVER FLAGS")]
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "SERVER FLAGS"
+    )]
     pub server_args: Vec<OsString>,
 }
 
 pub fn run(a: CheckConfigArgs) -> anyhow::Result<ExitCode> {
     let argv = std::iter::once(OsString::from("norn")).chain(a.server_args);
-    let matches = Args::command()
-        .try_get_matches_from(argv)
-        .map_err(|e| anyhow::anyhow!("{}", e.render().to_string().trim_end()))?;
+    let matches = Args::command().try_get_matches_from(argv).map_err(|e| {
+        // clap's message starts with its own "error: ", which `norn tools` adds again.
+        let text = e.render().to_string();
+        let text = text.strip_prefix("error: ").unwrap_or(&text);
+        anyhow::anyhow!("{}", text.trim_end())
+    })?;
     let args = Args::from_arg_matches(&matches).map_err(|e| anyhow::anyhow!("{e}"))?;
     let cfg = Config::load(&args)?;
     let (modules, _) = crate::modules::resolve(&cfg.target).context("--target")?;

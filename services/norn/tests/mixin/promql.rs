@@ -101,7 +101,10 @@ fn selector(
 /// The metric of a Grafana `label_values(metric, label)` variable query; `None` for
 /// `label_values(label)` (no metric named).
 pub fn label_values_metric(query: &str) -> Option<String> {
-    let inner = query.trim().strip_prefix("label_values(")?.strip_suffix(')')?;
+    let inner = query
+        .trim()
+        .strip_prefix("label_values(")?
+        .strip_suffix(')')?;
     let (metric, _label) = inner.rsplit_once(',')?;
     Some(metric.trim().to_string())
 }
