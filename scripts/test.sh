@@ -40,6 +40,13 @@ if ! command -v moto_server >/dev/null 2>&1; then
     if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
     command -v moto_server >/dev/null 2>&1 || { echo "moto_server still not on PATH" >&2; exit 1; }
 fi
+# The Kubernetes manifests' test (services/norn/tests/deploy_manifests.rs) validates them with
+# kubernetes-validate from PyPI, which bundles the API schemas (no cluster needed).
+if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
+    echo "== installing kubernetes-validate"
+    python3 -m pip install --quiet kubernetes-validate \
+        || python3 -m pip install --quiet --user --break-system-packages kubernetes-validate
+fi
 export NORN_REQUIRE_PEERS=1
 # The background service the Debian package may have started is not ours: tests start their own.
 if command -v systemctl >/dev/null 2>&1; then as_root systemctl stop prometheus prometheus-alertmanager memcached >/dev/null 2>&1 || true; fi

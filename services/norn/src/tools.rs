@@ -1,12 +1,13 @@
 //! `norn tools …`: operator commands — offline ones that work on Norn's bucket without a
-//! running server, `rules`, a client of the ruler's config API, and `auth`, which makes
-//! entries of the tokens file.
+//! running server, `rules`, a client of the ruler's config API, `auth`, which makes
+//! entries of the tokens file, and `check-config`, which validates a server command line.
 //!
 //! Each tool is a module under `tools/` and takes the server's own flag blocks (and so the
 //! same names, config file and `NORN_…` environment variables) for what it shares with it.
 
 mod auth;
 mod bucket;
+mod check_config;
 mod import_blocks;
 mod rules;
 
@@ -17,6 +18,7 @@ use clap::{Parser, Subcommand};
 
 use auth::AuthArgs;
 use bucket::BucketArgs;
+use check_config::CheckConfigArgs;
 use import_blocks::ImportBlocksArgs;
 use rules::RulesArgs;
 
@@ -77,6 +79,16 @@ pub enum Tool {
                       entry that holds only its hash."
     )]
     Auth(AuthArgs),
+    /// Check a server command line (flags, environment, config file) without serving.
+    #[command(
+        name = "check-config",
+        long_about = "Check a server command line without serving: the flags that follow (as \
+                      they would follow `norn`), their NORN_… environment variables, the YAML \
+                      file of --config.file and --target are parsed and validated exactly as \
+                      `norn` does before it binds a port. Prints `configuration OK` and exits 0, \
+                      or prints the error and exits 1."
+    )]
+    CheckConfig(CheckConfigArgs),
 }
 
 /// Entry point for `norn tools …`; `argv` starts with `tools`. Errors are printed as one
@@ -88,6 +100,7 @@ pub fn main(argv: impl IntoIterator<Item = OsString>) -> ExitCode {
         Tool::Bucket(a) => bucket::run(a),
         Tool::Rules(a) => rules::run(a),
         Tool::Auth(a) => auth::run(a),
+        Tool::CheckConfig(a) => check_config::run(a),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
