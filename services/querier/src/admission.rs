@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use norn_model::ErrorKind;
 use norn_server::HttpError;
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The querier's metrics: admission (running, queued, rejected and stopped queries) and the
@@ -37,6 +37,18 @@ pub struct QuerierMetrics {
     pub rejected: IntCounterVec,
     /// Queries stopped before they finished, by reason (`timeout`, `canceled`).
     pub stopped: IntCounterVec,
+    /// The most samples each finished query held at once (the engine's accounting).
+    pub peak_samples: Histogram,
+    /// The most bytes each finished query held at once, as the engine estimates them.
+    pub peak_memory: Histogram,
+}
+
+impl QuerierMetrics {
+    /// Records what a finished query cost.
+    pub fn observe_query(&self, stats: &norn_promql::QueryStats) {
+        self.peak_samples.observe(stats.peak_samples as f64);
+        self.peak_memory.observe(stats.estimated_peak_bytes as f64);
+    }
 }
 
 impl QuerierMetrics {
@@ -51,6 +63,13 @@ impl QuerierMetrics {
             let c = IntCounterVec::new(Opts::new(name, help), &["reason"])?;
             registry.register(Box::new(c.clone()))?;
             Ok::<_, prometheus::Error>(c)
+        };
+        let histogram = |name: &str, help: &str| {
+            // 1k to ~4G in powers of four.
+            let buckets = prometheus::exponential_buckets(1024.0, 4.0, 12)?;
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
+            registry.register(Box::new(h.clone()))?;
+            Ok::<_, prometheus::Error>(h)
         };
         let metrics = Self {
             running: gauge(
@@ -68,6 +87,14 @@ impl QuerierMetrics {
             stopped: counter(
                 "norn_querier_stopped_queries_total",
                 "Queries stopped before they finished, by reason: timeout (deadline passed), canceled (client went away).",
+            )?,
+            peak_samples: histogram(
+                "norn_querier_query_peak_samples",
+                "The most samples a finished query held at once (fetched samples, windows, subquery results, output): what querier.max-samples bounds.",
+            )?,
+            peak_memory: histogram(
+                "norn_querier_query_estimated_peak_memory_bytes",
+                "The most bytes a finished query held at once, as the engine estimates them (samples at 16 bytes plus the fetched series' labels): what max_estimated_memory_consumption_per_query bounds.",
             )?,
         };
         registry.register(Box::new(QueryThreads::new(engine.clone())?))?;

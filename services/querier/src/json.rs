@@ -158,6 +158,7 @@ mod tests {
             }]),
             warnings: vec![],
             infos: vec![],
+            stats: Default::default(),
         };
         assert_eq!(
             query_response(&v),
@@ -170,6 +171,7 @@ mod tests {
             }]),
             warnings: vec!["w".into()],
             infos: vec![],
+            stats: Default::default(),
         };
         assert_eq!(
             query_response(&m),
@@ -179,6 +181,7 @@ mod tests {
             value: Value::Scalar { t: 1000, v: 3.0 },
             warnings: vec![],
             infos: vec![],
+            stats: Default::default(),
         };
         assert_eq!(
             query_response(&s),

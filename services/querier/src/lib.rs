@@ -241,6 +241,15 @@ impl Querier {
         Ok(())
     }
 
+    /// The tenant's `max_estimated_memory_consumption_per_query` (for a federated read, the
+    /// smallest of its members').
+    fn max_memory(&self, tenant: &TenantId) -> u64 {
+        let members = tenant.members();
+        self.overrides
+            .for_tenants(members.iter().map(TenantId::as_str))
+            .max_estimated_memory_consumption_per_query
+    }
+
     /// The tenant a read is for: with tenant federation on, possibly several (`a|b`).
     fn tenant(&self, headers: &HeaderMap) -> Result<TenantId, HttpError> {
         self.tenants
@@ -269,8 +278,9 @@ fn deadline_in(timeout: Duration) -> Instant {
 
 /// The engine's view of a request: what is left until its deadline, and its slot, which
 /// the query thread keeps until it has stopped.
-fn query_context(deadline: Instant, slot: Slot) -> QueryContext {
+fn query_context(deadline: Instant, slot: Slot, max_memory_bytes: u64) -> QueryContext {
     QueryContext {
+        max_estimated_memory_bytes: max_memory_bytes,
         timeout: Some(deadline.saturating_duration_since(Instant::now())),
         keep_alive: Some(Box::new(slot)),
     }
@@ -336,16 +346,20 @@ async fn query_inner(
     let t = time_or(&p, "time", norn_model::now_ms())?;
     let timeout = q.timeout(&p)?;
     let deadline = deadline_in(timeout);
+    let memory = q.max_memory(&tenant);
     let outcome = Outcome::new(q.metrics());
     let r = with_timeout(timeout, async {
         let slot = q.enter(deadline).await?;
         let store = q.store(&tenant);
         match q
             .engine
-            .instant_query_within(&*store, expr, t, query_context(deadline, slot))
+            .instant_query_within(&*store, expr, t, query_context(deadline, slot, memory))
             .await
         {
-            Ok(r) => Ok(r),
+            Ok(r) => {
+                q.metrics().observe_query(&r.stats);
+                Ok(r)
+            }
             Err(e) => Err(engine_error(&q.engine, expr, e).await),
         }
     })
@@ -394,17 +408,21 @@ async fn query_range_inner(
     let expr = p.get("query").unwrap_or("");
     let timeout = q.timeout(&p)?;
     let deadline = deadline_in(timeout);
+    let memory = q.max_memory(&tenant);
     let outcome = Outcome::new(q.metrics());
     let r = with_timeout(timeout, async {
         let slot = q.enter(deadline).await?;
         let store = q.store(&tenant);
-        let ctx = query_context(deadline, slot);
+        let ctx = query_context(deadline, slot, memory);
         match q
             .engine
             .range_query_within(&*store, expr, start, end, step, ctx)
             .await
         {
-            Ok(r) => Ok(r),
+            Ok(r) => {
+                q.metrics().observe_query(&r.stats);
+                Ok(r)
+            }
             Err(e) => Err(engine_error(&q.engine, expr, e).await),
         }
     })

@@ -85,6 +85,10 @@ pub struct Limits {
     pub query_sharding_total_shards: usize,
     /// Series one query may fetch (0 = unlimited).
     pub max_fetched_series_per_query: usize,
+    /// Bytes one query may hold in the querier's engine, as it estimates them (0 =
+    /// unlimited): fetched samples, windows, subquery results and output at 16 bytes a
+    /// sample, plus the fetched series' labels.
+    pub max_estimated_memory_consumption_per_query: u64,
     /// Chunks one query may fetch from the store-gateways (0 = unlimited).
     pub max_fetched_chunks_per_query: usize,
     /// Bytes of chunks one query may fetch from the store-gateways (0 = unlimited).
@@ -140,6 +144,7 @@ impl Default for Limits {
             max_cache_freshness: Duration::from_secs(600),
             query_sharding_total_shards: 16,
             max_fetched_series_per_query: 0,
+            max_estimated_memory_consumption_per_query: 0,
             max_fetched_chunks_per_query: 2_000_000,
             max_fetched_chunk_bytes_per_query: 0,
             store_gateway_tenant_shard_size: 0,
@@ -254,6 +259,10 @@ impl Overrides {
             smallest(
                 &mut merged.max_fetched_chunks_per_query,
                 l.max_fetched_chunks_per_query,
+            );
+            smallest(
+                &mut merged.max_estimated_memory_consumption_per_query,
+                l.max_estimated_memory_consumption_per_query,
             );
             smallest(
                 &mut merged.max_fetched_chunk_bytes_per_query,

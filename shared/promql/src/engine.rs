@@ -17,10 +17,11 @@ use crate::ast::{
 use crate::error::{PromqlError, Result};
 use crate::eval::{Evaluator, Fetched};
 use crate::guard::Stop;
+use crate::memory::MemoryLimit;
 use crate::threads::QueryThreads;
 use crate::value::{
-    FetchedSeries, Metric, QueryResult, SCHEMA_LABELS, Sample, Val, Value, VectorSample,
-    final_labels,
+    FetchedSeries, Metric, QueryResult, QueryStats, SCHEMA_LABELS, Sample, Val, Value,
+    VectorSample, final_labels,
 };
 
 /// Engine limits and defaults.
@@ -92,6 +93,9 @@ pub struct QueryContext {
     /// querier hands its concurrency slot here, so a slot frees only once the evaluation
     /// has actually stopped.
     pub keep_alive: Option<Box<dyn Send>>,
+    /// Most bytes the query may hold, as the engine estimates them (0 = no limit): the
+    /// tenant's `max_estimated_memory_consumption_per_query`. See [`crate::memory`].
+    pub max_estimated_memory_bytes: u64,
 }
 
 impl QueryContext {
@@ -99,7 +103,7 @@ impl QueryContext {
     pub fn timeout(timeout: Duration) -> Self {
         Self {
             timeout: Some(timeout),
-            keep_alive: None,
+            ..Default::default()
         }
     }
 }
@@ -258,6 +262,7 @@ impl Engine {
             .timeout
             .map_or(self.opts.timeout, |t| t.min(self.opts.timeout));
         let keep_alive = ctx.keep_alive;
+        let memory = MemoryLimit::new(ctx.max_estimated_memory_bytes, self.opts.max_samples);
         // A timeout too large to represent means "no timeout" in practice.
         let deadline = now
             .checked_add(timeout)
@@ -291,14 +296,14 @@ impl Engine {
             let Ok((data, held)) = data_rx.blocking_recv() else {
                 return;
             };
-            let r = evaluate(&expr, &data, &text, &opts, thread_stop, held, span);
+            let r = evaluate(&expr, &data, &text, &opts, thread_stop, held, span, memory);
             let _ = result_tx.send(r);
         })?;
         let ended = || PromqlError::Internal("the query thread ended without an answer".into());
         let plan = plan_rx.await.map_err(|_| ended())??;
         let fetch = async {
             let mut data: Fetched = HashMap::with_capacity(plan.len());
-            let budget = SampleBudget::new(self.opts.max_samples);
+            let budget = SampleBudget::new(memory.sample_cap());
             for (key, need) in &plan {
                 data.insert(*key, fetch_selector(q, need, &budget).await?);
             }
@@ -306,7 +311,8 @@ impl Engine {
         };
         let fetched = tokio::time::timeout_at(deadline.into(), fetch)
             .await
-            .map_err(|_| PromqlError::Timeout)??;
+            .map_err(|_| PromqlError::Timeout)?
+            .map_err(|e| memory.explain(e))?;
         if data_tx.send(fetched).is_err() {
             return Err(ended());
         }
@@ -551,7 +557,9 @@ fn plan(
 }
 
 /// Evaluates a parsed query over the fetched series; runs on the query thread. `held` is the
-/// number of samples fetched, the start of the query's sample count.
+/// number of samples fetched, the start of the query's sample count; `memory` is the query's
+/// memory limit, which the fetched series' labels count against too.
+#[allow(clippy::too_many_arguments)]
 fn evaluate(
     expr: &Expr,
     data: &Fetched,
@@ -560,6 +568,34 @@ fn evaluate(
     stop: Stop,
     held: usize,
     span: Span,
+    memory: MemoryLimit,
+) -> Result<QueryResult> {
+    let labels: u64 = data
+        .values()
+        .flatten()
+        .map(|s| crate::memory::label_bytes(&s.labels))
+        .sum();
+    let memory = memory.with_labels(labels);
+    if memory.labels_over() {
+        return Err(memory.exceeded());
+    }
+    if held > memory.sample_cap() {
+        return Err(memory.explain(PromqlError::TooManySamples));
+    }
+    evaluate_within(expr, data, query, opts, stop, held, span, memory)
+        .map_err(|e| memory.explain(e))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn evaluate_within(
+    expr: &Expr,
+    data: &Fetched,
+    query: &str,
+    opts: &EngineOptions,
+    stop: Stop,
+    held: usize,
+    span: Span,
+    memory: MemoryLimit,
 ) -> Result<QueryResult> {
     let Span {
         start,
@@ -574,10 +610,11 @@ fn evaluate(
         query_end: end,
         query_step: step,
         lookback: opts.lookback_delta_ms,
-        max_samples: opts.max_samples,
+        max_samples: memory.sample_cap(),
         stop,
         work_left: 0,
         held,
+        peak_held: held,
         subquery_depth: 0,
         range_mode: range,
         annotations: Default::default(),
@@ -721,10 +758,16 @@ fn evaluate(
         out.sort_unstable_by(|a, b| a.labels.cmp(&b.labels));
         Value::Matrix(out)
     };
+    let peak_samples = ev.peak_held.max(ev.held);
     Ok(QueryResult {
         value,
         warnings: ev.annotations.warnings,
         infos: ev.annotations.infos,
+        stats: QueryStats {
+            samples_fetched: held,
+            peak_samples,
+            estimated_peak_bytes: memory.estimate(peak_samples),
+        },
     })
 }
 

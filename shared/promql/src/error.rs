@@ -20,6 +20,12 @@ pub enum PromqlError {
     /// The query would hold more samples in memory than the engine allows.
     #[error("query processing would load too many samples into memory in query execution")]
     TooManySamples,
+    /// The query would hold more bytes than its tenant's
+    /// `max_estimated_memory_consumption_per_query` (see [`crate::memory`]).
+    #[error(
+        "the query exceeded the maximum allowed estimated amount of memory consumed by a single query (limit: {0} bytes) (err-mimir-max-estimated-memory-consumption-per-query)"
+    )]
+    MemoryLimit(u64),
     /// The query text is longer or nests deeper than the engine allows; refused before
     /// parsing.
     #[error("{0}")]
@@ -41,7 +47,9 @@ impl PromqlError {
         match self {
             PromqlError::Parse(_) | PromqlError::TooComplex(_) => ErrorKind::BadData,
             PromqlError::Unavailable(_) => ErrorKind::Unavailable,
-            PromqlError::Execution(_) | PromqlError::TooManySamples => ErrorKind::Execution,
+            PromqlError::Execution(_)
+            | PromqlError::TooManySamples
+            | PromqlError::MemoryLimit(_) => ErrorKind::Execution,
             PromqlError::Timeout => ErrorKind::Timeout,
             PromqlError::Canceled => ErrorKind::Canceled,
             PromqlError::Storage(e) => e.kind(),

@@ -42,6 +42,8 @@ pub(crate) struct Evaluator<'a> {
     pub work_left: u64,
     /// Samples the query holds now, in units of a fetched sample (see [`Self::hold`]).
     pub held: usize,
+    /// The most [`Self::held`] reached (see [`crate::memory`]).
+    pub peak_held: usize,
     /// How many subqueries enclose the expression being evaluated.
     pub subquery_depth: usize,
     pub range_mode: bool,
@@ -124,10 +126,11 @@ impl Evaluator<'_> {
     }
 
     /// Counts `units` more samples held (16 bytes each); fails once the query holds more
-    /// than `max_samples`. Everything a query keeps beyond one step goes through here:
+    /// than `max_samples` (lowered by a memory limit, see [`crate::memory`]). Everything a query keeps beyond one step goes through here:
     /// fetched samples, range-vector windows, subquery results and cache, range output.
     pub fn hold(&mut self, units: usize) -> Result<()> {
         self.held = self.held.saturating_add(units);
+        self.peak_held = self.peak_held.max(self.held);
         if self.held > self.max_samples {
             Err(PromqlError::TooManySamples)
         } else {

@@ -16,6 +16,7 @@ mod group;
 mod guard;
 mod info;
 mod math;
+mod memory;
 pub mod memstore;
 pub mod parse_error;
 mod range_fn;
@@ -31,4 +32,4 @@ pub use guard::{
     QUERY_THREAD_STACK_BYTES, check_query_text, nesting_depth,
 };
 pub use threads::DEFAULT_IDLE_QUERY_THREADS;
-pub use value::{QueryResult, Value, VectorSample};
+pub use value::{QueryResult, QueryStats, Value, VectorSample};

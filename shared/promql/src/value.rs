@@ -47,6 +47,20 @@ pub struct QueryResult {
     pub value: Value,
     pub warnings: Vec<String>,
     pub infos: Vec<String>,
+    pub stats: QueryStats,
+}
+
+/// What a query cost, from the engine's own accounting (see [`crate::memory`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueryStats {
+    /// Samples fetched from storage.
+    pub samples_fetched: usize,
+    /// The most samples the query held at once (fetched samples, windows, subquery results,
+    /// output), Prometheus' `max_samples` measure.
+    pub peak_samples: usize,
+    /// The most bytes the query held at once, estimated: the peak samples × 16 plus the
+    /// fetched series' label sets.
+    pub estimated_peak_bytes: u64,
 }
 
 /// One element of an instant vector during evaluation. `drop_name` implements Prometheus 3's

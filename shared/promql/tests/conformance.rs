@@ -963,6 +963,7 @@ fn point_at(res: QueryResult, t: i64, want_scalar: bool) -> Result<QueryResult, 
         value,
         warnings: res.warnings,
         infos: res.infos,
+        stats: res.stats,
     })
 }
 

@@ -85,6 +85,12 @@ pub struct LimitsFlags {
         env = "NORN_QUERIER_MAX_FETCHED_SERIES_PER_QUERY"
     )]
     pub max_fetched_series_per_query: Option<usize>,
+    /// Default bytes one query may hold in the engine, as it estimates them: samples at 16 bytes plus labels (0 = unlimited).
+    #[arg(
+        long = "querier.max-estimated-memory-consumption-per-query",
+        env = "NORN_QUERIER_MAX_ESTIMATED_MEMORY_CONSUMPTION_PER_QUERY"
+    )]
+    pub max_estimated_memory_consumption_per_query: Option<u64>,
     /// Default chunks one query may fetch from the store-gateways (0 = unlimited).
     #[arg(
         long = "querier.max-fetched-chunks-per-query",
@@ -173,6 +179,10 @@ impl LimitsFlags {
         set(
             &mut c.max_fetched_series_per_query,
             &self.max_fetched_series_per_query,
+        );
+        set(
+            &mut c.max_estimated_memory_consumption_per_query,
+            &self.max_estimated_memory_consumption_per_query,
         );
         set(
             &mut c.max_fetched_chunks_per_query,

@@ -178,6 +178,7 @@ fn dropping_the_query_future_stops_its_evaluation() {
         let ctx = QueryContext {
             timeout: None,
             keep_alive: Some(Box::new(Arc::clone(&slot))),
+            ..Default::default()
         };
         let q = e.instant_query_within(&s, RUNAWAY, 0, ctx);
         assert!(
@@ -297,4 +298,64 @@ fn fetching_stops_once_the_limit_is_passed() {
     .unwrap_err();
     assert!(matches!(err, PromqlError::TooManySamples), "{err}");
     assert_eq!(s.selects.load(Ordering::Relaxed), 1);
+}
+
+/// A context with a memory limit of `bytes`.
+fn memory(bytes: u64) -> QueryContext {
+    QueryContext {
+        max_estimated_memory_bytes: bytes,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn the_memory_limit_stops_a_query_naming_itself_and_stats_report_the_peak() {
+    // 100 series x 11 samples.
+    let s = MemStore::new();
+    for i in 0..100 {
+        let labels = Labels::from_pairs([("__name__", "m"), ("i", &i.to_string())]);
+        for t in 0..=10 {
+            s.add_sample(&labels, t * M, 1.0);
+        }
+    }
+    let e = Engine::default();
+    // Unlimited: the answer, and what it cost.
+    let r = run(e.range_query_within(&s, "sum(m)", 0, 10 * M, M, memory(0))).unwrap();
+    assert_eq!(r.stats.samples_fetched, 1100);
+    // Fetched samples plus the 11 output points.
+    assert_eq!(r.stats.peak_samples, 1100 + 11);
+    let labels = r.stats.estimated_peak_bytes - 16 * 1111;
+    assert!(
+        (100 * 80..100 * 400).contains(&labels),
+        "labels of 100 series estimated at {labels} bytes"
+    );
+    // A limit at the peak passes; one byte less fails with the memory error (422), both
+    // while fetching (far below) and while evaluating (just below).
+    let peak = r.stats.estimated_peak_bytes;
+    let ok = run(e.range_query_within(&s, "sum(m)", 0, 10 * M, M, memory(peak))).unwrap();
+    assert_eq!(ok.value, r.value);
+    for limit in [peak - 1, peak / 2, 1000] {
+        let err = run(e.range_query_within(&s, "sum(m)", 0, 10 * M, M, memory(limit))).unwrap_err();
+        assert!(
+            matches!(err, PromqlError::MemoryLimit(l) if l == limit),
+            "{limit}: {err}"
+        );
+        assert_eq!(err.kind(), ErrorKind::Execution);
+        assert!(
+            err.to_string()
+                .contains("err-mimir-max-estimated-memory-consumption-per-query"),
+            "{err}"
+        );
+    }
+    // Where max_samples is the lower cap, the error stays the sample limit's.
+    let few = Engine::new(EngineOptions {
+        max_samples: 500,
+        ..Default::default()
+    });
+    let err = run(few.range_query_within(&s, "sum(m)", 0, 10 * M, M, memory(peak))).unwrap_err();
+    assert!(matches!(err, PromqlError::TooManySamples), "{err}");
+    // An instant query holds one sample per series.
+    let r = run(e.instant_query_within(&s, "sum(m)", 10 * M, memory(0))).unwrap();
+    assert_eq!(r.stats.samples_fetched, 100);
+    assert_eq!(r.stats.peak_samples, 100);
 }
