@@ -1,6 +1,6 @@
 //! `norn tools …`: operator commands — offline ones that work on Norn's bucket without a
-//! running server, `rules`, a client of the ruler's config API, and `auth`, which makes
-//! entries of the tokens file.
+//! running server, `rules`, a client of the ruler's config API, `auth`, which makes
+//! entries of the tokens file, and `ready`, the container image's health probe.
 //!
 //! Each tool is a module under `tools/` and takes the server's own flag blocks (and so the
 //! same names, config file and `NORN_…` environment variables) for what it shares with it.
@@ -8,6 +8,7 @@
 mod auth;
 mod bucket;
 mod import_blocks;
+mod ready;
 mod rules;
 
 use std::ffi::OsString;
@@ -18,6 +19,7 @@ use clap::{Parser, Subcommand};
 use auth::AuthArgs;
 use bucket::BucketArgs;
 use import_blocks::ImportBlocksArgs;
+use ready::ReadyArgs;
 use rules::RulesArgs;
 
 /// `norn tools`: offline commands.
@@ -77,6 +79,15 @@ pub enum Tool {
                       entry that holds only its hash."
     )]
     Auth(AuthArgs),
+    /// Exit 0 when a Norn process answers its /ready with 200 (the image's HEALTHCHECK).
+    #[command(
+        name = "ready",
+        long_about = "Probe a Norn process' readiness endpoint: exit 0 when it answers 200, \
+                      1 otherwise (printing the status and the reason it gave, or why no \
+                      answer came within the timeout). The container image's HEALTHCHECK, so \
+                      the image needs no curl."
+    )]
+    Ready(ReadyArgs),
 }
 
 /// Entry point for `norn tools …`; `argv` starts with `tools`. Errors are printed as one
@@ -88,6 +99,7 @@ pub fn main(argv: impl IntoIterator<Item = OsString>) -> ExitCode {
         Tool::Bucket(a) => bucket::run(a),
         Tool::Rules(a) => rules::run(a),
         Tool::Auth(a) => auth::run(a),
+        Tool::Ready(a) => ready::run(a),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
