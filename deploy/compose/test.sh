@@ -111,9 +111,10 @@ wait_for() {
     log "ok: $what"
 }
 
-# The ring as the distributor sees it: `<id> <state> <healthy> <heartbeat age>` per ingester.
+# A ring page through the gateway (default /ring, the ingesters as the distributor sees them):
+# `<id> <state> <healthy> <heartbeat age>` per member.
 ring() {
-    curl -sf --max-time 5 -H 'Accept: application/json' "$gateway/ring" 2>/dev/null |
+    curl -sf --max-time 5 -H 'Accept: application/json' "$gateway${1:-/ring}" 2>/dev/null |
         python3 -c '
 import json, sys
 for s in json.load(sys.stdin)["shards"]:
@@ -159,6 +160,15 @@ docker kill "$(compose ps -q "$victim")" >/dev/null || fail "docker kill $victim
 [ "$(docker inspect -f '{{.State.Running}}' "$(compose ps -q "$victim")")" = false ] ||
     fail "$victim still running after docker kill"
 log "killed $victim"
+# Reads right away, before the ring marks it unhealthy (heartbeat timeout, 1 m): the queriers
+# must not wait for the dead ingester (each query within 10 s, query()'s bound).
+for i in 1 2 3; do
+    t0=$(date +%s%N)
+    [ "$(query "count(up{job=\"norn\"})")" -ge 10 ] 2>/dev/null ||
+        fail "read $i right after killing $victim failed or took over 10 s"
+    log "ok: read $i with $victim just killed took $((($(date +%s%N) - t0) / 1000000)) ms"
+    sleep 1
+done
 # A sample scraped after the kill that can be read back went through the distributor (2 of 3
 # ingesters acknowledged it) and was read through the queriers with one ingester gone.
 wait_for '[ "$(query "max(timestamp(up{job=\"prometheus\"})) > $((killed_at + 5))")" != "" ]' \
@@ -178,6 +188,14 @@ ring | sed 's/^/    ring: /'
     fail "not all 3 ingesters ACTIVE and healthy after the restart"
 wait_for '[ "$(query "max(timestamp(up{job=\"prometheus\"})) > $((restarted_at + 5))")" != "" ]' \
     "writes go on after $victim rejoined"
+
+# The other rings, as an operator would look at them through the gateway.
+failed_services=(store-gateway-1 store-gateway-2 compactor ruler)
+for r in store-gateway:2 compactor:1 ruler:1; do
+    path=/${r%%:*}/ring want=${r##*:}
+    wait_for '[ "$(ring "$path" | awk '"'"'$2 == "ACTIVE" && $3 == "True"'"'"' | wc -l)" = '"$want"' ]' \
+        "$want ACTIVE and healthy in $path"
+done
 
 # 6. Down (the EXIT trap).
 log "all checks passed in $(($(date +%s) - started)) s"
