@@ -831,7 +831,11 @@ mod quorum_tests {
     async fn a_straggler_within_the_grace_is_kept() {
         // Quorum at 300 ms, so the third gets 300 ms more; it answers at 400 ms and counts.
         let mut got = gather_quorum(
-            [answer(Some(200), 1), answer(Some(300), 2), answer(Some(400), 3)],
+            [
+                answer(Some(200), 1),
+                answer(Some(300), 2),
+                answer(Some(400), 3),
+            ],
             1,
         )
         .await

@@ -210,10 +210,17 @@ mod tests {
     #[test]
     fn ready_on_200() {
         let (port, h) = serve(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nready");
-        probe(&format!("http://127.0.0.1:{port}/ready"), Duration::from_secs(5)).unwrap();
+        probe(
+            &format!("http://127.0.0.1:{port}/ready"),
+            Duration::from_secs(5),
+        )
+        .unwrap();
         let req = h.join().unwrap();
         assert!(req.starts_with("GET /ready HTTP/1.1\r\n"), "{req}");
-        assert!(req.contains(&format!("Host: 127.0.0.1:{port}\r\n")), "{req}");
+        assert!(
+            req.contains(&format!("Host: 127.0.0.1:{port}\r\n")),
+            "{req}"
+        );
     }
 
     #[test]
@@ -221,9 +228,12 @@ mod tests {
         let (port, h) = serve(
             b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 27\r\n\r\ningester: replaying the WAL",
         );
-        let err = probe(&format!("http://127.0.0.1:{port}/ready"), Duration::from_secs(5))
-            .unwrap_err()
-            .to_string();
+        let err = probe(
+            &format!("http://127.0.0.1:{port}/ready"),
+            Duration::from_secs(5),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("503 ingester: replaying the WAL"), "{err}");
         h.join().unwrap();
     }
@@ -244,9 +254,12 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let start = Instant::now();
-        let err = probe(&format!("http://127.0.0.1:{port}/ready"), Duration::from_millis(300))
-            .unwrap_err()
-            .to_string();
+        let err = probe(
+            &format!("http://127.0.0.1:{port}/ready"),
+            Duration::from_millis(300),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("no answer within"), "{err}");
         assert!(start.elapsed() < Duration::from_secs(3));
         drop(l);
@@ -259,9 +272,12 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let err = probe(&format!("http://127.0.0.1:{port}/ready"), Duration::from_secs(2))
-            .unwrap_err()
-            .to_string();
+        let err = probe(
+            &format!("http://127.0.0.1:{port}/ready"),
+            Duration::from_secs(2),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("connecting to 127.0.0.1"), "{err}");
     }
 
