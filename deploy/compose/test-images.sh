@@ -58,10 +58,14 @@ build_base() {
         --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 --platform any \
         'moto[s3]' flask flask-cors
     log "docker import $base"
+    local previous
+    previous=$(docker image inspect -f '{{.Id}}' "$base" 2>/dev/null || true)
     tar -C "$root" -c . | docker import \
         --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         --change 'ENV PYTHONPATH=/opt/moto' \
         - "$base" >/dev/null
+    # A base rebuilt on request replaces the old one (Norn's image is rebuilt on it below).
+    if [ -n "$previous" ]; then docker rmi "$previous" >/dev/null 2>&1 || true; fi
 }
 
 if [ "${NORN_COMPOSE_REBUILD_BASE:-0}" = 1 ] || ! docker image inspect "$base" >/dev/null 2>&1; then
@@ -87,5 +91,10 @@ VOLUME ["/data"]
 ENTRYPOINT ["norn"]
 EOF
 log "docker build $norn_image"
+previous=$(docker image inspect -f '{{.Id}}' "$norn_image" 2>/dev/null || true)
 DOCKER_BUILDKIT=0 docker build --quiet --tag "$norn_image" "$ctx" >/dev/null
+# The previous build (an older binary) would stay behind untagged, 0.5 GB a run.
+if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect -f '{{.Id}}' "$norn_image")" ]; then
+    docker rmi "$previous" >/dev/null 2>&1 || true
+fi
 log "images ready"
