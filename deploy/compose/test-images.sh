@@ -18,23 +18,37 @@ mirror=${NORN_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
 log() { echo "[test-images] $*"; }
 
+# The root file system and the build context are removed however the script ends (an error,
+# the caller's timeout): /proc is unmounted first, and a tree still mounted is never removed.
+root=""
+ctx=""
+cleanup() {
+    if [ -n "$root" ]; then
+        umount "$root/proc" 2>/dev/null || umount -l "$root/proc" 2>/dev/null || true
+        if mountpoint -q "$root/proc" 2>/dev/null; then
+            echo "[test-images] $root/proc is still mounted: left in place" >&2
+        else
+            rm -rf "$root" "$root.log"
+        fi
+        root=""
+    fi
+    if [ -n "$ctx" ]; then rm -rf "$ctx"; fi
+}
+trap cleanup EXIT
+trap 'exit 143' TERM INT
+
 build_base() {
     command -v debootstrap >/dev/null 2>&1 || {
         log "installing debootstrap"
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
     }
-    local root
     root=$(mktemp -d /var/tmp/norn-compose-rootfs.XXXXXX)
-    # Unmounts and removes the root file system whatever happens below.
-    trap 'umount "$root/proc" 2>/dev/null || true; rm -rf "$root"' RETURN
     log "debootstrap bookworm (minbase) into $root"
     debootstrap --variant=minbase bookworm "$root" "$mirror" >"$root.log" 2>&1 || {
         tail -20 "$root.log"
-        rm -f "$root.log"
         return 1
     }
-    rm -f "$root.log"
     # No package's maintainer script may start its daemon here (it would run on this machine).
     printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
     chmod +x "$root/usr/sbin/policy-rc.d"
@@ -64,6 +78,7 @@ build_base() {
         --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         --change 'ENV PYTHONPATH=/opt/moto' \
         - "$base" >/dev/null
+    cleanup
     # A base rebuilt on request replaces the old one (Norn's image is rebuilt on it below).
     if [ -n "$previous" ]; then docker rmi "$previous" >/dev/null 2>&1 || true; fi
 }
@@ -78,7 +93,6 @@ fi
 
 # Norn's image: the base plus the binary, with the Dockerfile's user, volume and entrypoint.
 ctx=$(mktemp -d /var/tmp/norn-compose-ctx.XXXXXX)
-trap 'rm -rf "$ctx"' EXIT
 cp "$norn_bin" "$ctx/norn"
 cat >"$ctx/Dockerfile" <<EOF
 FROM $base
