@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs Norn's whole test suite on a fresh machine: installs the real peers the end-to-end
-# tests use (Debian's prometheus, prometheus-alertmanager and memcached), then formatting, lints, and every test in the workspace.
+# tests use (Debian's prometheus, prometheus-alertmanager and memcached), then formatting, lints, every test in the
+# workspace, and the docker compose test when a Docker engine is present.
 # Usage: ./scripts/test.sh            (CI runs exactly this via .ci/run)
 #        NORN_FUZZ=1 ./scripts/test.sh also builds and runs the fuzz targets (scripts/fuzz.sh,
 #        NORN_FUZZ_SECONDS per target, default 30)
@@ -64,6 +65,27 @@ status=${PIPESTATUS[0]}
 set -e
 passed=$(grep -Eo '^test result: [a-zA-Z]+\. [0-9]+ passed' "${CARGO_TARGET_DIR}/last-test-run.log" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed;' "${CARGO_TARGET_DIR}/last-test-run.log" | awk '{s+=$1} END {print s+0}')
+
+# The compose test (deploy/compose/test.sh): the top-level docker-compose.yml run with images
+# built here, counted as one test. It needs a Docker engine; without one it says it skipped.
+echo "== compose test"
+if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+    set +e
+    NORN_BIN="${NORN_BIN:-${CARGO_TARGET_DIR}/debug/norn}" ./deploy/compose/test.sh 2>&1 |
+        tee "${CARGO_TARGET_DIR}/last-compose-test.log"
+    compose_status=${PIPESTATUS[0]}
+    set -e
+    if [ "$compose_status" = 0 ] && tail -1 "${CARGO_TARGET_DIR}/last-compose-test.log" | grep -q 'compose test: passed'; then
+        passed=$((passed + 1))
+    elif [ "$compose_status" = 0 ]; then
+        : # skipped (it said why)
+    else
+        failed=$((failed + 1))
+        status=1
+    fi
+else
+    echo "compose test: skipped (no Docker engine)"
+fi
 echo "tests: ${passed} passed, ${failed} failed"
 
 # The fuzz targets (fuzz/, own workspace) only with NORN_FUZZ=1: building them with the address

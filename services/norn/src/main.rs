@@ -45,7 +45,9 @@ const TOOLS_HELP: &str = "Tools (run instead of the server; `norn tools --help` 
     norn tools import-blocks --tenant=<TENANT> [storage flags] <DIR>...\n      \
     verify Prometheus TSDB blocks and upload them into the tenant's part of the bucket\n  \
     norn tools auth token --name=<NAME> --tenant=<TENANT> --scope=<SCOPE>...\n      \
-    make a secret and its entry for --auth.tokens-file (`norn tools auth hash` hashes one)";
+    make a secret and its entry for --auth.tokens-file (`norn tools auth hash` hashes one)\n  \
+    norn tools ready [--url=http://127.0.0.1:8080/ready]\n      \
+    exit 0 when the process answers /ready with 200 (the container image's health check)";
 
 fn main() -> anyhow::Result<ExitCode> {
     let argv: Vec<OsString> = std::env::args_os().collect();

@@ -1,6 +1,7 @@
 //! `norn tools …`: operator commands — offline ones that work on Norn's bucket without a
 //! running server, `rules`, a client of the ruler's config API, `auth`, which makes
-//! entries of the tokens file, and `check-config`, which validates a server command line.
+//! entries of the tokens file, `check-config`, which validates a server command line, and
+//! `ready`, the container image's health probe.
 //!
 //! Each tool is a module under `tools/` and takes the server's own flag blocks (and so the
 //! same names, config file and `NORN_…` environment variables) for what it shares with it.
@@ -9,6 +10,7 @@ mod auth;
 mod bucket;
 mod check_config;
 mod import_blocks;
+mod ready;
 mod rules;
 
 use std::ffi::OsString;
@@ -20,6 +22,7 @@ use auth::AuthArgs;
 use bucket::BucketArgs;
 use check_config::CheckConfigArgs;
 use import_blocks::ImportBlocksArgs;
+use ready::ReadyArgs;
 use rules::RulesArgs;
 
 /// `norn tools`: offline commands.
@@ -89,6 +92,15 @@ pub enum Tool {
                       or prints the error and exits 1."
     )]
     CheckConfig(CheckConfigArgs),
+    /// Exit 0 when a Norn process answers its /ready with 200 (the image's HEALTHCHECK).
+    #[command(
+        name = "ready",
+        long_about = "Probe a Norn process' readiness endpoint: exit 0 when it answers 200, \
+                      1 otherwise (printing the status and the reason it gave, or why no \
+                      answer came within the timeout). The container image's HEALTHCHECK, so \
+                      the image needs no curl."
+    )]
+    Ready(ReadyArgs),
 }
 
 /// Entry point for `norn tools …`; `argv` starts with `tools`. Errors are printed as one
@@ -101,6 +113,7 @@ pub fn main(argv: impl IntoIterator<Item = OsString>) -> ExitCode {
         Tool::Rules(a) => rules::run(a),
         Tool::Auth(a) => auth::run(a),
         Tool::CheckConfig(a) => check_config::run(a),
+        Tool::Ready(a) => ready::run(a),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

@@ -161,10 +161,12 @@ fn start(root: &Path, frontend_extra: &[&str]) -> Cluster {
         queriers,
         end,
     };
-    // Both queriers see the ingester: every answer has the data.
+    // Both queriers see the ingester: every answer has the data. Asked as A, so that B is
+    // not active yet: a test that floods A alone gets every worker (with B active, A would
+    // hold only its share, half of them).
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let answers: Vec<_> = (0..6).map(|_| c.query(B, CHEAP)).collect();
+        let answers: Vec<_> = (0..6).map(|_| c.query(A, CHEAP)).collect();
         if answers
             .iter()
             .all(|(s, b)| *s == 200 && b.contains("\"values\""))

@@ -485,9 +485,19 @@ impl QuorumQueryable {
     }
 }
 
+/// Least time the replicas still out get, once a quorum has answered, before the read goes
+/// on without them (see [`gather_quorum`]).
+pub const STRAGGLER_GRACE_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Runs every replica's part of a read at once and keeps the answers, unless more than
 /// `max_errors` replicas failed: then the read fails, because a missing replica could hold
 /// data no other one has. Used for every kind of replica read (series, labels, metadata).
+///
+/// Once all but `max_errors` replicas have answered (the quorum, which holds every sample a
+/// write quorum acknowledged), the others get as long again as the quorum took (at least
+/// [`STRAGGLER_GRACE_MIN`]) and are then given up, as Mimir's replication set does: a replica
+/// that died without closing its connections (a killed container, a lost machine) would
+/// otherwise hold every read until the ring marks it unhealthy, up to a heartbeat timeout.
 pub async fn gather_quorum<T, Fut>(
     asks: impl IntoIterator<Item = Fut>,
     max_errors: usize,
@@ -495,14 +505,46 @@ pub async fn gather_quorum<T, Fut>(
 where
     Fut: std::future::Future<Output = Result<T, StorageError>>,
 {
-    let answers = futures::future::join_all(asks).await;
-    let total = answers.len();
+    use futures::FutureExt;
+    use futures::stream::{FuturesUnordered, StreamExt};
+
+    let started = std::time::Instant::now();
+    let mut pending: FuturesUnordered<Fut> = asks.into_iter().collect();
+    let total = pending.len();
+    let quorum = total.saturating_sub(max_errors);
     let mut ok = Vec::with_capacity(total);
     let mut errors = Vec::new();
-    for a in answers {
-        match a {
-            Ok(v) => ok.push(v),
-            Err(e) => errors.push(e),
+    while ok.len() < quorum && errors.len() <= max_errors {
+        match pending.next().await {
+            Some(Ok(v)) => ok.push(v),
+            Some(Err(e)) => errors.push(e),
+            None => break,
+        }
+    }
+    if errors.len() <= max_errors {
+        // Answers already in are always kept.
+        while let Some(Some(a)) = pending.next().now_or_never() {
+            match a {
+                Ok(v) => ok.push(v),
+                Err(e) => errors.push(e),
+            }
+        }
+        if !pending.is_empty() {
+            let mut rest = std::pin::pin!(async {
+                while let Some(a) = pending.next().await {
+                    match a {
+                        Ok(v) => ok.push(v),
+                        Err(e) => errors.push(e),
+                    }
+                }
+            });
+            // Without a Tokio runtime (no timer) the stragglers are awaited, as before.
+            if tokio::runtime::Handle::try_current().is_ok() {
+                let grace = started.elapsed().max(STRAGGLER_GRACE_MIN);
+                let _ = tokio::time::timeout(grace, rest.as_mut()).await;
+            } else {
+                rest.await;
+            }
         }
     }
     if errors.len() > max_errors {
@@ -754,6 +796,64 @@ mod quorum_tests {
         let err = q.select(0, 10, &[]).await.unwrap_err();
         assert!(matches!(err, StorageError::Unavailable(_)));
         assert!(err.to_string().contains("2 of 3 replicas failed"), "{err}");
+    }
+
+    /// An answer after `delay`, or none ever (`None`).
+    async fn answer(delay: Option<u64>, v: u32) -> Result<u32, StorageError> {
+        match delay {
+            Some(ms) => {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                Ok(v)
+            }
+            None => futures::future::pending().await,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_never_answers_does_not_hold_the_read() {
+        // A dead ingester whose connection hangs: the quorum (2 of 3) answers at 20 ms, the
+        // read goes on after the grace (at least STRAGGLER_GRACE_MIN) without it.
+        let start = std::time::Instant::now();
+        let mut got = gather_quorum(
+            [answer(Some(10), 1), answer(None, 2), answer(Some(20), 3)],
+            1,
+        )
+        .await
+        .unwrap();
+        got.sort();
+        assert_eq!(got, vec![1, 3]);
+        let took = start.elapsed();
+        assert!(
+            took >= STRAGGLER_GRACE_MIN && took < std::time::Duration::from_secs(5),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_straggler_within_the_grace_is_kept() {
+        // Quorum at 300 ms, so the third gets 300 ms more; it answers at 400 ms and counts.
+        let mut got = gather_quorum(
+            [
+                answer(Some(200), 1),
+                answer(Some(300), 2),
+                answer(Some(400), 3),
+            ],
+            1,
+        )
+        .await
+        .unwrap();
+        got.sort();
+        assert_eq!(got, vec![1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn no_tolerated_error_waits_for_every_source() {
+        // max_errors 0 (MergeQueryable: every source holds its own data): no grace, all awaited.
+        let mut got = gather_quorum([answer(Some(10), 1), answer(Some(500), 2)], 0)
+            .await
+            .unwrap();
+        got.sort();
+        assert_eq!(got, vec![1, 2]);
     }
 }
 
