@@ -32,6 +32,7 @@ mod runtime;
 mod server;
 mod storage;
 mod store_gateway;
+mod tls;
 mod tsdb;
 
 #[cfg(test)]
@@ -61,6 +62,7 @@ pub use runtime::RuntimeConfigFlags;
 pub use server::{LogFlags, ServerFlags};
 pub use storage::{BucketFlags, BucketStoreFlags};
 pub use store_gateway::StoreGatewayRingFlags;
+pub use tls::{ClientTlsFlags, IngesterClientConfig, Tls};
 pub use tsdb::TsdbFlags;
 pub use {
     frontend::FrontendConfig,
@@ -134,6 +136,8 @@ pub struct Args {
     pub limits: LimitsFlags,
     #[command(flatten)]
     pub runtime_config: RuntimeConfigFlags,
+    #[command(flatten)]
+    pub client_tls: ClientTlsFlags,
 }
 
 /// `--config.file`, a block of its own because `norn tools` reads the same file.
@@ -165,6 +169,7 @@ pub struct Config {
     pub limits: norn_limits::Limits,
     pub runtime_config: RuntimeConfig,
     pub ingester: IngesterConfig,
+    pub ingester_client: IngesterClientConfig,
     pub memberlist: MemberlistConfig,
     pub store_gateway: StoreGatewayConfig,
 }
@@ -188,6 +193,7 @@ impl Default for Config {
             limits: Default::default(),
             runtime_config: RuntimeConfig::default(),
             ingester: IngesterConfig::default(),
+            ingester_client: IngesterClientConfig::default(),
             memberlist: MemberlistConfig::default(),
             store_gateway: StoreGatewayConfig::default(),
         }
@@ -255,6 +261,15 @@ impl Config {
         a.ruler
             .apply(&mut self.ruler, &mut self.ruler_storage, &mut self.limits)?;
         a.runtime_config.apply(&mut self.runtime_config)?;
+        a.client_tls
+            .ingester
+            .apply(&mut self.ingester_client.grpc_client_config);
+        a.client_tls
+            .store_gateway
+            .apply(&mut self.querier.store_gateway_client);
+        a.client_tls
+            .frontend
+            .apply(&mut self.frontend_worker.grpc_client_config);
         Ok(())
     }
 

@@ -97,12 +97,13 @@ impl Wiring {
         cfg: &Config,
         in_process: bool,
         metrics: &Arc<Metrics>,
+        tls: &crate::config::Tls,
         stop: CancellationToken,
     ) -> anyhow::Result<Wiring> {
         if in_process {
             return Ok(Wiring::InProcess);
         }
-        Ok(Wiring::Cluster(Cluster::join(cfg, metrics, stop).await?))
+        Ok(Wiring::Cluster(Cluster::join(cfg, metrics, tls, stop).await?))
     }
 
     /// The ingester's place in the ring, reachable at `grpc_addr` (cluster only).
@@ -290,6 +291,7 @@ impl Cluster {
     async fn join(
         cfg: &Config,
         metrics: &Arc<Metrics>,
+        tls: &crate::config::Tls,
         stop: CancellationToken,
     ) -> anyhow::Result<Cluster> {
         let ml = &cfg.memberlist;
@@ -339,6 +341,7 @@ impl Cluster {
                 connect_timeout: Duration::from_secs(2),
                 request_timeout: cfg.distributor.remote_timeout,
                 query_timeout: cfg.querier.timeout,
+                tls: tls.ingester_client.clone(),
             },
             &metrics.registry,
         )
@@ -356,7 +359,7 @@ impl Cluster {
             async move { pool.check_health_all().await }
         });
         let (store_gateway_ring, store_gateway_clients) =
-            follow_store_gateways(cfg, &memberlist, metrics, stop)?;
+            follow_store_gateways(cfg, &memberlist, metrics, tls, stop)?;
         Ok(Cluster {
             memberlist,
             ingester_ring,
@@ -372,6 +375,7 @@ fn follow_store_gateways(
     cfg: &Config,
     memberlist: &Arc<Memberlist>,
     metrics: &Arc<Metrics>,
+    tls: &crate::config::Tls,
     stop: CancellationToken,
 ) -> anyhow::Result<(Ring, Arc<GatewayClientPool>)> {
     let r: &StoreGatewayRingConfig = &cfg.store_gateway.sharding_ring;
@@ -394,6 +398,7 @@ fn follow_store_gateways(
     let pool = GatewayClientPool::new(
         GatewayClientConfig {
             query_timeout: cfg.querier.timeout,
+            tls: tls.store_gateway_client.clone(),
             ..GatewayClientConfig::default()
         },
         &metrics.registry,

@@ -7,7 +7,10 @@ use anyhow::bail;
 use norn_model::duration::serde_duration;
 use serde::{Deserialize, Serialize};
 
+use norn_server::tls::ServerTlsSettings;
+
 use super::flags::{Deferred, set, set_duration};
+use super::tls::ServerTlsFlags;
 
 /// `server` in YAML.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,6 +33,8 @@ pub struct ServerConfig {
     pub http_server_idle_timeout: Duration,
     /// 0 = no limit.
     pub http_listen_conn_limit: usize,
+    pub http_tls_config: ServerTlsSettings,
+    pub grpc_tls_config: ServerTlsSettings,
 }
 
 impl Default for ServerConfig {
@@ -47,6 +52,8 @@ impl Default for ServerConfig {
             http_server_write_timeout: Duration::from_secs(150),
             http_server_idle_timeout: Duration::from_secs(120),
             http_listen_conn_limit: 0,
+            http_tls_config: ServerTlsSettings::default(),
+            grpc_tls_config: ServerTlsSettings::default(),
         }
     }
 }
@@ -124,6 +131,8 @@ pub struct ServerFlags {
     /// Most HTTP connections served at once; more wait to be accepted (0 = no limit).
     #[arg(long = "server.http-conn-limit", env = "NORN_SERVER_HTTP_CONN_LIMIT")]
     pub http_conn_limit: Option<usize>,
+    #[command(flatten)]
+    pub tls: ServerTlsFlags,
 }
 
 impl ServerFlags {
@@ -150,6 +159,8 @@ impl ServerFlags {
             &self.http_server_idle_timeout,
         )?;
         set(&mut c.http_listen_conn_limit, &self.http_conn_limit);
+        self.tls
+            .apply(&mut c.http_tls_config, &mut c.grpc_tls_config);
         Ok(())
     }
 }
