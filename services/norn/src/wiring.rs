@@ -13,6 +13,7 @@
 //! it open, a member listening on loopback advertises `127.0.0.1` (`norn_ring::net`).
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -303,6 +304,9 @@ impl Cluster {
         } else {
             ml.node_name.clone()
         };
+        let encryption_key = (!ml.encryption_key_path.is_empty())
+            .then(|| norn_ring::GossipKey::from_file(Path::new(&ml.encryption_key_path)))
+            .transpose()?;
         let memberlist = Memberlist::start(
             MemberlistConfig {
                 node_name,
@@ -313,6 +317,7 @@ impl Cluster {
                 join_members: ml.join_members.clone(),
                 gossip_interval: ml.gossip_interval,
                 pull_push_interval: ml.pull_push_interval,
+                encryption_key: encryption_key.map(Arc::new),
             },
             &metrics.registry,
         )
@@ -611,6 +616,7 @@ mod tests {
                 join_members: vec![],
                 gossip_interval: Duration::from_millis(200),
                 pull_push_interval: Duration::from_secs(30),
+                encryption_key: None,
             },
             &Metrics::new().registry,
         )

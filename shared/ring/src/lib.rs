@@ -11,6 +11,7 @@
 
 pub mod blocks;
 pub mod desc;
+pub mod gossip_key;
 pub mod http;
 pub mod kv;
 pub mod lifecycler;
@@ -28,6 +29,7 @@ pub use kv::{Entry, KvState};
 pub use lifecycler::{
     INGESTER_RING_KEY, Lifecycler, LifecyclerConfig, LifecyclerError, spawn_ring_watcher,
 };
+pub use gossip_key::GossipKey;
 pub use memberlist::{MemberInfo, Memberlist, MemberlistConfig, MemberlistError};
 pub use replicas::{ReplicaSet, WriteRing};
 pub use ring::{Operation, ReplicationSet, Ring, RingConfig, RingError, generate_tokens};

@@ -34,6 +34,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::desc::random_seed;
+use crate::gossip_key::{GossipKey, OVERHEAD};
 use crate::kv::{Entry, KvState};
 use norn_model::now_ms;
 
@@ -76,6 +77,8 @@ pub struct MemberlistConfig {
     pub gossip_interval: Duration,
     /// How often the full state is exchanged with a random member.
     pub pull_push_interval: Duration,
+    /// Seals every packet and frame; a node without it (or with another) cannot join.
+    pub encryption_key: Option<Arc<GossipKey>>,
 }
 
 impl Default for MemberlistConfig {
@@ -89,6 +92,7 @@ impl Default for MemberlistConfig {
             join_members: Vec::new(),
             gossip_interval: Duration::from_millis(200),
             pull_push_interval: Duration::from_secs(30),
+            encryption_key: None,
         }
     }
 }
@@ -160,6 +164,7 @@ struct MemberlistMetrics {
     received: IntCounter,
     sent: IntCounter,
     kv_entries: IntGaugeVec,
+    auth_failures: IntCounter,
 }
 
 impl MemberlistMetrics {
@@ -177,6 +182,10 @@ impl MemberlistMetrics {
                 "norn_memberlist_messages_sent_total",
                 "Gossip messages sent (UDP datagrams and TCP frames).",
             )?,
+            auth_failures: IntCounter::new(
+                "norn_memberlist_authentication_failures_total",
+                "Gossip datagrams and frames dropped because they were not sealed with this node's encryption key (a node without the key, or a forged or damaged packet).",
+            )?,
             kv_entries: IntGaugeVec::new(
                 Opts::new(
                     "norn_memberlist_kv_entries",
@@ -189,6 +198,7 @@ impl MemberlistMetrics {
         registry.register(Box::new(m.received.clone()))?;
         registry.register(Box::new(m.sent.clone()))?;
         registry.register(Box::new(m.kv_entries.clone()))?;
+        registry.register(Box::new(m.auth_failures.clone()))?;
         Ok(m)
     }
 }
@@ -254,7 +264,9 @@ impl Memberlist {
         // Forget down members after a while so a long-running cluster does not accumulate
         // every pod that ever existed; long enough for /memberlist to show who went down.
         foca_config.remove_down_after = Some(Duration::from_secs(15 * 60));
-        // One byte of every datagram is our protocol tag.
+        // One byte of every datagram is our protocol tag; sealing adds OVERHEAD bytes, still
+        // under a 1500-byte MTU.
+        let _: () = assert!(1400 + OVERHEAD < 1500);
         foca_config.max_packet_size = NonZeroUsize::new(1399).expect("non-zero");
         let foca = Foca::new(
             identity,
@@ -468,7 +480,28 @@ fn has_port(seed: &str) -> bool {
     }
 }
 
-async fn write_frame(stream: &mut TcpStream, kind: u8, payload: &[u8]) -> std::io::Result<()> {
+/// Frame type of a sealed frame; its payload, once opened, is `[kind][payload]`.
+const TCP_SEALED: u8 = 0xe5;
+
+async fn write_frame(
+    stream: &mut TcpStream,
+    key: Option<&GossipKey>,
+    kind: u8,
+    payload: &[u8],
+) -> std::io::Result<()> {
+    let sealed;
+    let (kind, payload) = match key {
+        None => (kind, payload),
+        Some(key) => {
+            let mut plain = Vec::with_capacity(payload.len() + 1);
+            plain.push(kind);
+            plain.extend_from_slice(payload);
+            sealed = key
+                .seal(&plain)
+                .ok_or_else(|| std::io::Error::other("the system RNG failed"))?;
+            (TCP_SEALED, sealed.as_slice())
+        }
+    };
     let mut buf = Vec::with_capacity(payload.len() + 5);
     buf.push(kind);
     buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());
@@ -477,7 +510,12 @@ async fn write_frame(stream: &mut TcpStream, kind: u8, payload: &[u8]) -> std::i
     stream.flush().await
 }
 
-async fn read_frame(stream: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+/// Reads one frame; with a key, only a frame sealed with it is accepted (`PermissionDenied`
+/// otherwise).
+async fn read_frame(
+    stream: &mut TcpStream,
+    key: Option<&GossipKey>,
+) -> std::io::Result<(u8, Vec<u8>)> {
     let kind = stream.read_u8().await?;
     let len = stream.read_u32().await? as usize;
     if len > MAX_TCP_FRAME {
@@ -488,7 +526,24 @@ async fn read_frame(stream: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
     }
     let mut payload = vec![0; len];
     stream.read_exact(&mut payload).await?;
-    Ok((kind, payload))
+    let Some(key) = key else {
+        return Ok((kind, payload));
+    };
+    let denied = || {
+        std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "frame not sealed with this node's memberlist encryption key",
+        )
+    };
+    if kind != TCP_SEALED {
+        return Err(denied());
+    }
+    let mut plain = key.open(&payload).ok_or_else(denied)?;
+    if plain.is_empty() {
+        return Err(denied());
+    }
+    let kind = plain.remove(0);
+    Ok((kind, plain))
 }
 
 fn invalid(err: postcard::Error) -> std::io::Error {
@@ -575,6 +630,20 @@ impl Shared {
     }
 
     fn send_udp(&self, to: SocketAddr, buf: &[u8]) {
+        let sealed;
+        let buf = match &self.config.encryption_key {
+            None => buf,
+            Some(key) => match key.seal(buf) {
+                Some(s) => {
+                    sealed = s;
+                    sealed.as_slice()
+                }
+                None => {
+                    warn!("memberlist: the system RNG failed; datagram not sent");
+                    return;
+                }
+            },
+        };
         // try_send_to never blocks the caller (often under a lock); a full socket buffer loses
         // the datagram, which SWIM and push/pull tolerate.
         match self.udp.try_send_to(buf, to) {
@@ -630,7 +699,8 @@ impl Shared {
             self.rt.spawn(async move {
                 let res = tokio::time::timeout(TCP_TIMEOUT, async {
                     let mut stream = TcpStream::connect(to).await?;
-                    write_frame(&mut stream, TCP_DELTA, &payload).await
+                    let key = shared.config.encryption_key.as_deref();
+                    write_frame(&mut stream, key, TCP_DELTA, &payload).await
                 })
                 .await;
                 match res {
@@ -680,12 +750,27 @@ impl Shared {
                 continue;
             }
             self.metrics.received.inc();
-            match buf[0] {
+            let opened;
+            let packet = match &self.config.encryption_key {
+                None => &buf[..n],
+                Some(key) => match key.open(&buf[..n]) {
+                    Some(p) if !p.is_empty() => {
+                        opened = p;
+                        opened.as_slice()
+                    }
+                    _ => {
+                        self.metrics.auth_failures.inc();
+                        debug!(%from, "memberlist: dropped a datagram not sealed with our key");
+                        continue;
+                    }
+                },
+            };
+            match packet[0] {
                 UDP_FOCA => {
-                    let data = &buf[1..n];
+                    let data = &packet[1..];
                     self.with_foca(|foca, rt| foca.handle_data(data, rt));
                 }
-                UDP_DELTA => match postcard::from_bytes::<KvState>(&buf[1..n]) {
+                UDP_DELTA => match postcard::from_bytes::<KvState>(&packet[1..]) {
                     Ok(state) => self.apply_remote(&state),
                     Err(err) => debug!(%from, %err, "memberlist: bad delta"),
                 },
@@ -719,7 +804,16 @@ impl Shared {
     }
 
     async fn serve_tcp(self: &Arc<Self>, mut stream: TcpStream) -> std::io::Result<()> {
-        let (kind, payload) = read_frame(&mut stream).await?;
+        let key = self.config.encryption_key.as_deref();
+        let (kind, payload) = match read_frame(&mut stream, key).await {
+            Ok(f) => f,
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    self.metrics.auth_failures.inc();
+                }
+                return Err(e);
+            }
+        };
         self.metrics.received.inc();
         let remote: KvState = postcard::from_bytes(&payload).map_err(invalid)?;
         match kind {
@@ -727,7 +821,7 @@ impl Shared {
                 // Reply with our state as it was, so the peer gets what it lacked; its own
                 // entries come back to it as no-ops.
                 let ours = postcard::to_allocvec(&*self.kv.lock()).map_err(invalid)?;
-                write_frame(&mut stream, TCP_PUSH_PULL, &ours).await?;
+                write_frame(&mut stream, key, TCP_PUSH_PULL, &ours).await?;
                 self.metrics.sent.inc();
                 // What was new to us is forwarded like a delta: a joiner's own entries reach
                 // the rest of the cluster now rather than at the next periodic push/pull.
@@ -748,10 +842,19 @@ impl Shared {
     async fn push_pull(self: &Arc<Self>, to: SocketAddr) -> std::io::Result<()> {
         let ours = postcard::to_allocvec(&*self.kv.lock()).map_err(invalid)?;
         let theirs = tokio::time::timeout(TCP_TIMEOUT, async {
+            let key = self.config.encryption_key.as_deref();
             let mut stream = TcpStream::connect(to).await?;
-            write_frame(&mut stream, TCP_PUSH_PULL, &ours).await?;
+            write_frame(&mut stream, key, TCP_PUSH_PULL, &ours).await?;
             self.metrics.sent.inc();
-            let (_, payload) = read_frame(&mut stream).await?;
+            let (_, payload) = match read_frame(&mut stream, key).await {
+                Ok(f) => f,
+                Err(e) => {
+                    if e.kind() == std::io::ErrorKind::PermissionDenied {
+                        self.metrics.auth_failures.inc();
+                    }
+                    return Err(e);
+                }
+            };
             self.metrics.received.inc();
             Ok::<_, std::io::Error>(payload)
         })

@@ -18,6 +18,7 @@ async fn node(name: &str, join: Vec<String>) -> Arc<Memberlist> {
         join_members: join,
         gossip_interval: Duration::from_millis(200),
         pull_push_interval: Duration::from_secs(30),
+        encryption_key: None,
     };
     Memberlist::start(config, &prometheus::Registry::new())
         .await
@@ -141,6 +142,7 @@ async fn late_joiner_gets_full_state_and_start_order_does_not_matter() {
         join_members: vec![],
         gossip_interval: Duration::from_millis(200),
         pull_push_interval: Duration::from_secs(30),
+        encryption_key: None,
     };
     let seed = Memberlist::start(config, &prometheus::Registry::new())
         .await
@@ -213,6 +215,7 @@ async fn restarted_node_with_same_name_and_port_rejoins() {
         join_members: join,
         gossip_interval: Duration::from_millis(200),
         pull_push_interval: Duration::from_secs(30),
+        encryption_key: None,
     };
     let start = Instant::now();
     let again = loop {
