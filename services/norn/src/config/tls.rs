@@ -95,6 +95,8 @@ macro_rules! client_tls_flags {
         pub struct $name {
             /// Dial the servers over TLS.
             #[arg(
+                id = concat!($flag, "tls-enabled"),
+                value_name = "BOOL",
                 long = concat!($flag, "tls-enabled"),
                 env = concat!($env, "TLS_ENABLED"),
                 num_args = 0..=1,
@@ -102,19 +104,29 @@ macro_rules! client_tls_flags {
             )]
             pub enabled: Option<bool>,
             /// PEM CA bundle the servers' certificates are verified against (the system bundle when empty).
-            #[arg(long = concat!($flag, "tls-ca-path"), env = concat!($env, "TLS_CA_PATH"))]
+            #[arg(id = concat!($flag, "tls-ca-path"),
+                value_name = "PATH",
+                long = concat!($flag, "tls-ca-path"), env = concat!($env, "TLS_CA_PATH"))]
             pub ca: Option<String>,
             /// PEM client certificate, for servers that require one (mTLS).
-            #[arg(long = concat!($flag, "tls-cert-path"), env = concat!($env, "TLS_CERT_PATH"))]
+            #[arg(id = concat!($flag, "tls-cert-path"),
+                value_name = "PATH",
+                long = concat!($flag, "tls-cert-path"), env = concat!($env, "TLS_CERT_PATH"))]
             pub cert: Option<String>,
             /// PEM key of the client certificate.
-            #[arg(long = concat!($flag, "tls-key-path"), env = concat!($env, "TLS_KEY_PATH"))]
+            #[arg(id = concat!($flag, "tls-key-path"),
+                value_name = "PATH",
+                long = concat!($flag, "tls-key-path"), env = concat!($env, "TLS_KEY_PATH"))]
             pub key: Option<String>,
             /// Name the servers' certificates must carry (default: the host of the address dialled).
-            #[arg(long = concat!($flag, "tls-server-name"), env = concat!($env, "TLS_SERVER_NAME"))]
+            #[arg(id = concat!($flag, "tls-server-name"),
+                value_name = "NAME",
+                long = concat!($flag, "tls-server-name"), env = concat!($env, "TLS_SERVER_NAME"))]
             pub server_name: Option<String>,
             /// Do not verify the servers' certificates (testing only).
             #[arg(
+                id = concat!($flag, "tls-insecure-skip-verify"),
+                value_name = "BOOL",
                 long = concat!($flag, "tls-insecure-skip-verify"),
                 env = concat!($env, "TLS_INSECURE_SKIP_VERIFY"),
                 num_args = 0..=1,
