@@ -420,3 +420,182 @@ remote_write:
     assert_eq!(unauthenticated, 401);
     assert!(!prom_log.contains("x509"), "{prom_log}");
 }
+
+/// Starts `norn` with plain HTTP (so the test harness can probe it) and `args`, without
+/// waiting for `/ready`.
+fn spawn_plain_http(dir: &Path, bucket: &Path, args: &[String]) -> Norn {
+    std::fs::create_dir_all(dir).unwrap();
+    let (port, grpc_port) = (free_port(), free_port());
+    let log = std::fs::File::create(dir.join("norn.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_norn"))
+        .arg("--server.http-listen-address=127.0.0.1")
+        .arg(format!("--server.http-listen-port={port}"))
+        .arg("--server.grpc-listen-address=127.0.0.1")
+        .arg(format!("--server.grpc-listen-port={grpc_port}"))
+        .arg(format!("--blocks-storage.tsdb.dir={}", dir.join("tsdb").display()))
+        .arg(format!("--common.storage.filesystem.dir={}", bucket.display()))
+        .arg(format!(
+            "--blocks-storage.bucket-store.sync-dir={}",
+            dir.join("tsdb-sync").display()
+        ))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("start norn");
+    let mut n = Norn::adopt(child, port, dir);
+    n.grpc_port = grpc_port;
+    n
+}
+
+/// Every gRPC hop of a microservices cluster over mTLS (each process serves gRPC with its
+/// certificate, requires a client certificate of the cluster CA, and dials ingesters,
+/// store-gateways and the query-frontend with its own), and gossip sealed with a key:
+/// writes go distributor -> ingester, queries query-frontend <- querier worker -> ingester.
+/// A plain-text gRPC client is refused at the handshake, and an ingester started without
+/// the gossip key never joins the ring.
+#[test]
+fn microservices_with_grpc_mtls_and_a_gossip_key() {
+    if !pki::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bucket = d.join("bucket");
+    let ca = pki::ca(d, "cluster-ca");
+    let node = pki::leaf(d, "node", &ca);
+    let key = d.join("gossip.key");
+    std::fs::write(&key, "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=\n").unwrap();
+    let gossip: Vec<u16> = (0..5).map(|_| free_port()).collect();
+    let seeds = &gossip[..1];
+
+    let mut tls = tls_flags("grpc", &node, Some(&ca.crt));
+    for client in [
+        "ingester.client",
+        "querier.store-gateway-client",
+        "querier.frontend-client",
+    ] {
+        tls.extend([
+            format!("--{client}.tls-enabled"),
+            format!("--{client}.tls-ca-path={}", ca.crt.display()),
+            format!("--{client}.tls-cert-path={}", node.crt.display()),
+            format!("--{client}.tls-key-path={}", node.key.display()),
+        ]);
+    }
+    let member = |i: usize, target: &str, keyed: bool, more: &[String]| -> Vec<String> {
+        let mut a = common::gossip_args(gossip[i], seeds);
+        a.extend([
+            format!("--target={target}"),
+            "--ingester.ring.replication-factor=1".into(),
+            "--ingester.ring.heartbeat-period=500ms".into(),
+        ]);
+        a.extend(tls.iter().cloned());
+        if keyed {
+            a.push(format!("--memberlist.encryption-key-path={}", key.display()));
+        }
+        a.extend(more.iter().cloned());
+        a
+    };
+
+    let mut ingester = spawn_plain_http(
+        &d.join("ingester"),
+        &bucket,
+        &member(0, "ingester", true, &["--ingester.ring.instance-id=ingester-0".into()]),
+    );
+    ingester.wait_ready();
+    let mut distributor = spawn_plain_http(
+        &d.join("distributor"),
+        &bucket,
+        &member(1, "distributor", true, &[]),
+    );
+    distributor.wait_ready();
+    let mut frontend = spawn_plain_http(
+        &d.join("frontend"),
+        &bucket,
+        &member(2, "query-frontend", true, &[]),
+    );
+    let frontend_address = format!("--querier.frontend-address=127.0.0.1:{}", frontend.grpc_port);
+    let mut querier = spawn_plain_http(
+        &d.join("querier"),
+        &bucket,
+        &member(3, "querier", true, &[frontend_address]),
+    );
+    querier.wait_ready();
+    // Ready once a querier worker is connected over mTLS.
+    frontend.wait_ready();
+    common::wait_ring_page(
+        &distributor,
+        "/ring",
+        "ingester-0 ACTIVE",
+        Duration::from_secs(30),
+        common::all_active(1),
+    );
+
+    let tenant = Some("team-mtls");
+    let now = common::now_ms();
+    let (status, body) = distributor.push(
+        tenant,
+        &common::request(vec![common::series(
+            &[("__name__", "over_mtls"), ("job", "tls")],
+            &[(now, 42.0)],
+        )]),
+    );
+    assert_eq!(status, 200, "push through the distributor: {body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, v) = frontend.get_json(
+            tenant,
+            &format!("/prometheus/api/v1/query?query=over_mtls&time={}", now as f64 / 1000.0),
+        );
+        if status == 200 && v["data"]["result"][0]["value"][1] == "42" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no answer through frontend -> querier -> ingester: {status} {v}\n{}",
+            querier.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Plain text to an mTLS gRPC port: the connection is closed at once.
+    let started = Instant::now();
+    let mut plain = std::net::TcpStream::connect(("127.0.0.1", ingester.grpc_port)).unwrap();
+    plain.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    plain
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = plain.read_to_end(&mut got);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ingester.metric("norn_tls_handshake_failures_total{listener=\"grpc\"}") < 1.0 {
+        assert!(Instant::now() < deadline, "refused handshake not counted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // An ingester without the gossip key: its packets are dropped, it never enters the ring.
+    // Alive members on a node's /memberlist page, itself included.
+    let rows = |n: &Norn| n.get_text("/memberlist").1.matches("<td>alive</td>").count();
+    let members_before = rows(&distributor);
+    assert_eq!(members_before, 4, "{}", distributor.get_text("/memberlist").1);
+    let mut intruder = spawn_plain_http(
+        &d.join("intruder"),
+        &bucket,
+        &member(4, "ingester", false, &["--ingester.ring.instance-id=intruder".into()]),
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ingester.metric("norn_memberlist_authentication_failures_total") < 1.0 {
+        assert!(Instant::now() < deadline, "the intruder's gossip was not seen\n{}", intruder.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Several gossip and push/pull rounds later, the ring still has one member.
+    std::thread::sleep(Duration::from_secs(4));
+    let ring = common::ring_members(&distributor, "/ring");
+    assert_eq!(ring.len(), 1, "{ring:?}");
+    assert_eq!(ring[0].0, "ingester-0");
+    assert_eq!(rows(&distributor), members_before);
+    intruder.wait_ready();
+    assert_eq!(rows(&intruder), 1, "{}", intruder.get_text("/memberlist").1);
+    assert_eq!(common::ring_members(&intruder, "/ring").len(), 1);
+}
