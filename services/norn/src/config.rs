@@ -297,6 +297,12 @@ impl Config {
             &self.server.grpc_listen_address,
         )?;
         self.memberlist.validate()?;
+        for (key, t) in [
+            ("server.http_tls_config", &self.server.http_tls_config),
+            ("server.grpc_tls_config", &self.server.grpc_tls_config),
+        ] {
+            t.client_auth().with_context(|| key.to_string())?;
+        }
         self.ingester.ring.validate()?;
         self.store_gateway.sharding_ring.validate()?;
         if self.distributor.max_recv_msg_size == 0 || self.frontend.max_body_size == 0 {

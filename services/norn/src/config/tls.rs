@@ -235,3 +235,64 @@ impl Tls {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::super::{Args, Config};
+
+    #[test]
+    fn tls_settings_from_yaml_in_mimir_layout_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.yaml");
+        std::fs::write(
+            &f,
+            "server:\n  http_tls_config:\n    cert_file: /a.crt\n    key_file: /a.key\n    client_ca_file: /ca.crt\n    client_auth_type: VerifyClientCertIfGiven\n  grpc_tls_config:\n    cert_file: /g.crt\n    key_file: /g.key\ningester_client:\n  grpc_client_config:\n    tls_enabled: true\n    tls_ca_path: /ca.crt\nquerier:\n  store_gateway_client:\n    tls_enabled: true\n    tls_server_name: sg.internal\nfrontend_worker:\n  grpc_client_config:\n    tls_insecure_skip_verify: true\nmemberlist:\n  encryption_key_path: /gossip.key\n",
+        )
+        .unwrap();
+        let a = Args::parse_from([
+            "norn",
+            "--config.file",
+            f.to_str().unwrap(),
+            "--server.grpc-tls-client-ca-path=/gca.crt",
+            "--querier.frontend-client.tls-enabled",
+            "--ingester.client.tls-cert-path=/c.crt",
+            "--ingester.client.tls-key-path=/c.key",
+            "--server.http-tls-cert-path=/b.crt",
+        ]);
+        let c = Config::load(&a).unwrap();
+        let h = &c.server.http_tls_config;
+        assert_eq!(
+            (h.cert_file.as_str(), h.key_file.as_str(), h.client_ca_file.as_str()),
+            ("/b.crt", "/a.key", "/ca.crt")
+        );
+        assert_eq!(
+            h.client_auth().unwrap(),
+            norn_server::tls::ClientAuth::VerifyClientCertIfGiven
+        );
+        let g = &c.server.grpc_tls_config;
+        assert_eq!(g.client_ca_file, "/gca.crt");
+        assert_eq!(
+            g.client_auth().unwrap(),
+            norn_server::tls::ClientAuth::RequireAndVerifyClientCert
+        );
+        let i = &c.ingester_client.grpc_client_config;
+        assert!(i.tls_enabled);
+        assert_eq!(
+            (i.tls_ca_path.as_str(), i.tls_cert_path.as_str()),
+            ("/ca.crt", "/c.crt")
+        );
+        assert_eq!(c.querier.store_gateway_client.tls_server_name, "sg.internal");
+        let fw = &c.frontend_worker.grpc_client_config;
+        assert!(fw.tls_enabled && fw.tls_insecure_skip_verify);
+        assert_eq!(c.memberlist.encryption_key_path, "/gossip.key");
+
+        let bad = Args::parse_from(["norn", "--server.http-tls-client-auth=Sometimes"]);
+        let e = format!("{:#}", Config::load(&bad).unwrap_err());
+        assert!(
+            e.contains("server.http_tls_config") && e.contains("Sometimes"),
+            "{e}"
+        );
+    }
+}
