@@ -104,7 +104,9 @@ impl Wiring {
         if in_process {
             return Ok(Wiring::InProcess);
         }
-        Ok(Wiring::Cluster(Cluster::join(cfg, metrics, tls, stop).await?))
+        Ok(Wiring::Cluster(
+            Cluster::join(cfg, metrics, tls, stop).await?,
+        ))
     }
 
     /// The ingester's place in the ring, reachable at `grpc_addr` (cluster only).

@@ -37,7 +37,10 @@ fn start_https(dir: &Path, args: &[String], client: &Arc<rustls::ClientConfig>) 
         .arg(format!("--server.http-listen-port={port}"))
         .arg("--server.grpc-listen-address=127.0.0.1")
         .arg(format!("--server.grpc-listen-port={}", free_port()))
-        .arg(format!("--blocks-storage.tsdb.dir={}", dir.join("tsdb").display()))
+        .arg(format!(
+            "--blocks-storage.tsdb.dir={}",
+            dir.join("tsdb").display()
+        ))
         .arg(format!(
             "--common.storage.filesystem.dir={}",
             dir.join("bucket").display()
@@ -92,7 +95,10 @@ fn tls_flags(prefix: &str, served: &Pair, client_ca: Option<&Path>) -> Vec<Strin
         format!("--server.{prefix}-tls-key-path={}", served.key.display()),
     ];
     if let Some(ca) = client_ca {
-        a.push(format!("--server.{prefix}-tls-client-ca-path={}", ca.display()));
+        a.push(format!(
+            "--server.{prefix}-tls-client-ca-path={}",
+            ca.display()
+        ));
     }
     a
 }
@@ -158,7 +164,13 @@ fn https_with_mtls_refuses_wrong_clients_and_reloads_rotated_certificates() {
         started.elapsed()
     );
     assert!(!String::from_utf8_lossy(&got).contains("200 OK"));
-    assert!(metric(&with_cert, port, "norn_tls_handshake_failures_total{listener=\"http\"}") >= 3.0);
+    assert!(
+        metric(
+            &with_cert,
+            port,
+            "norn_tls_handshake_failures_total{listener=\"http\"}"
+        ) >= 3.0
+    );
     let expiry = metric(
         &with_cert,
         port,
@@ -206,7 +218,10 @@ fn run_to_exit(dir: &Path, args: &[String]) -> (bool, String) {
         .arg("--server.http-listen-address=127.0.0.1")
         .arg(format!("--server.http-listen-port={}", free_port()))
         .arg(format!("--server.grpc-listen-port={}", free_port()))
-        .arg(format!("--blocks-storage.tsdb.dir={}", dir.join("tsdb").display()))
+        .arg(format!(
+            "--blocks-storage.tsdb.dir={}",
+            dir.join("tsdb").display()
+        ))
         .arg(format!(
             "--common.storage.filesystem.dir={}",
             dir.join("bucket").display()
@@ -220,7 +235,12 @@ fn run_to_exit(dir: &Path, args: &[String]) -> (bool, String) {
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             let mut err = String::new();
-            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
             return (status.success(), err);
         }
         if Instant::now() > deadline {
@@ -244,8 +264,11 @@ fn a_missing_or_bad_certificate_stops_the_process_naming_the_setting() {
     let other = pki::leaf(d, "other", &ca);
     let missing = d.join("missing.crt");
     let garbage = d.join("garbage.key");
-    std::fs::write(&garbage, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
-        .unwrap();
+    std::fs::write(
+        &garbage,
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
     let cases: Vec<(Vec<String>, Vec<&str>)> = vec![
         (
             vec![
@@ -271,7 +294,10 @@ fn a_missing_or_bad_certificate_stops_the_process_naming_the_setting() {
             vec!["does not match"],
         ),
         (
-            vec![format!("--server.http-tls-cert-path={}", server.crt.display())],
+            vec![format!(
+                "--server.http-tls-cert-path={}",
+                server.crt.display()
+            )],
             vec!["both a certificate and a key"],
         ),
         (
@@ -376,7 +402,10 @@ remote_write:
     let mut prom = Command::new(&prom_bin)
         .arg(format!("--config.file={}", cfg.display()))
         .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-        .arg(format!("--storage.tsdb.path={}", d.join("prom-data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            d.join("prom-data").display()
+        ))
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))
         .spawn()
@@ -432,8 +461,14 @@ fn spawn_plain_http(dir: &Path, bucket: &Path, args: &[String]) -> Norn {
         .arg(format!("--server.http-listen-port={port}"))
         .arg("--server.grpc-listen-address=127.0.0.1")
         .arg(format!("--server.grpc-listen-port={grpc_port}"))
-        .arg(format!("--blocks-storage.tsdb.dir={}", dir.join("tsdb").display()))
-        .arg(format!("--common.storage.filesystem.dir={}", bucket.display()))
+        .arg(format!(
+            "--blocks-storage.tsdb.dir={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!(
+            "--common.storage.filesystem.dir={}",
+            bucket.display()
+        ))
         .arg(format!(
             "--blocks-storage.bucket-store.sync-dir={}",
             dir.join("tsdb-sync").display()
@@ -491,7 +526,10 @@ fn microservices_with_grpc_mtls_and_a_gossip_key() {
         ]);
         a.extend(tls.iter().cloned());
         if keyed {
-            a.push(format!("--memberlist.encryption-key-path={}", key.display()));
+            a.push(format!(
+                "--memberlist.encryption-key-path={}",
+                key.display()
+            ));
         }
         a.extend(more.iter().cloned());
         a
@@ -500,7 +538,12 @@ fn microservices_with_grpc_mtls_and_a_gossip_key() {
     let mut ingester = spawn_plain_http(
         &d.join("ingester"),
         &bucket,
-        &member(0, "ingester", true, &["--ingester.ring.instance-id=ingester-0".into()]),
+        &member(
+            0,
+            "ingester",
+            true,
+            &["--ingester.ring.instance-id=ingester-0".into()],
+        ),
     );
     ingester.wait_ready();
     let mut distributor = spawn_plain_http(
@@ -514,7 +557,10 @@ fn microservices_with_grpc_mtls_and_a_gossip_key() {
         &bucket,
         &member(2, "query-frontend", true, &[]),
     );
-    let frontend_address = format!("--querier.frontend-address=127.0.0.1:{}", frontend.grpc_port);
+    let frontend_address = format!(
+        "--querier.frontend-address=127.0.0.1:{}",
+        frontend.grpc_port
+    );
     let mut querier = spawn_plain_http(
         &d.join("querier"),
         &bucket,
@@ -545,7 +591,10 @@ fn microservices_with_grpc_mtls_and_a_gossip_key() {
     loop {
         let (status, v) = frontend.get_json(
             tenant,
-            &format!("/prometheus/api/v1/query?query=over_mtls&time={}", now as f64 / 1000.0),
+            &format!(
+                "/prometheus/api/v1/query?query=over_mtls&time={}",
+                now as f64 / 1000.0
+            ),
         );
         if status == 200 && v["data"]["result"][0]["value"][1] == "42" {
             break;
@@ -561,7 +610,9 @@ fn microservices_with_grpc_mtls_and_a_gossip_key() {
     // Plain text to an mTLS gRPC port: the connection is closed at once.
     let started = Instant::now();
     let mut plain = std::net::TcpStream::connect(("127.0.0.1", ingester.grpc_port)).unwrap();
-    plain.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
     plain
         .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
         .unwrap();
@@ -576,17 +627,36 @@ fn microservices_with_grpc_mtls_and_a_gossip_key() {
 
     // An ingester without the gossip key: its packets are dropped, it never enters the ring.
     // Alive members on a node's /memberlist page, itself included.
-    let rows = |n: &Norn| n.get_text("/memberlist").1.matches("<td>alive</td>").count();
+    let rows = |n: &Norn| {
+        n.get_text("/memberlist")
+            .1
+            .matches("<td>alive</td>")
+            .count()
+    };
     let members_before = rows(&distributor);
-    assert_eq!(members_before, 4, "{}", distributor.get_text("/memberlist").1);
+    assert_eq!(
+        members_before,
+        4,
+        "{}",
+        distributor.get_text("/memberlist").1
+    );
     let mut intruder = spawn_plain_http(
         &d.join("intruder"),
         &bucket,
-        &member(4, "ingester", false, &["--ingester.ring.instance-id=intruder".into()]),
+        &member(
+            4,
+            "ingester",
+            false,
+            &["--ingester.ring.instance-id=intruder".into()],
+        ),
     );
     let deadline = Instant::now() + Duration::from_secs(15);
     while ingester.metric("norn_memberlist_authentication_failures_total") < 1.0 {
-        assert!(Instant::now() < deadline, "the intruder's gossip was not seen\n{}", intruder.log());
+        assert!(
+            Instant::now() < deadline,
+            "the intruder's gossip was not seen\n{}",
+            intruder.log()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     // Several gossip and push/pull rounds later, the ring still has one member.

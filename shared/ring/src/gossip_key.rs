@@ -105,7 +105,10 @@ impl GossipKey {
         }
         let nonce = Nonce::try_assume_unique_for_key(&sealed[1..1 + NONCE_LEN]).ok()?;
         let mut body = sealed[1 + NONCE_LEN..].to_vec();
-        let plain = self.key.open_in_place(nonce, Aad::from(AAD), &mut body).ok()?;
+        let plain = self
+            .key
+            .open_in_place(nonce, Aad::from(AAD), &mut body)
+            .ok()?;
         Some(plain.to_vec())
     }
 }

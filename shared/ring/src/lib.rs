@@ -25,11 +25,11 @@ pub use blocks::{
     block_token,
 };
 pub use desc::{InstanceDesc, InstanceState};
+pub use gossip_key::GossipKey;
 pub use kv::{Entry, KvState};
 pub use lifecycler::{
     INGESTER_RING_KEY, Lifecycler, LifecyclerConfig, LifecyclerError, spawn_ring_watcher,
 };
-pub use gossip_key::GossipKey;
 pub use memberlist::{MemberInfo, Memberlist, MemberlistConfig, MemberlistError};
 pub use replicas::{ReplicaSet, WriteRing};
 pub use ring::{Operation, ReplicationSet, Ring, RingConfig, RingError, generate_tokens};

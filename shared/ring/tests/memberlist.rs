@@ -296,9 +296,11 @@ async fn an_encryption_key_keeps_outsiders_out() {
 
     let (plain, _) = keyed_node("plain", vec![seed.clone()], None).await;
     let (other, _) = keyed_node("other-key", vec![seed], Some([7u8; 32])).await;
-    eventually("a drops outsiders' packets", Duration::from_secs(10), || {
-        auth_failures(&reg_a) >= 2.0
-    })
+    eventually(
+        "a drops outsiders' packets",
+        Duration::from_secs(10),
+        || auth_failures(&reg_a) >= 2.0,
+    )
     .await;
     // Several push/pull and join rounds later, still nobody got in either direction.
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -264,7 +264,11 @@ mod tests {
         let c = Config::load(&a).unwrap();
         let h = &c.server.http_tls_config;
         assert_eq!(
-            (h.cert_file.as_str(), h.key_file.as_str(), h.client_ca_file.as_str()),
+            (
+                h.cert_file.as_str(),
+                h.key_file.as_str(),
+                h.client_ca_file.as_str()
+            ),
             ("/b.crt", "/a.key", "/ca.crt")
         );
         assert_eq!(
@@ -283,7 +287,10 @@ mod tests {
             (i.tls_ca_path.as_str(), i.tls_cert_path.as_str()),
             ("/ca.crt", "/c.crt")
         );
-        assert_eq!(c.querier.store_gateway_client.tls_server_name, "sg.internal");
+        assert_eq!(
+            c.querier.store_gateway_client.tls_server_name,
+            "sg.internal"
+        );
         let fw = &c.frontend_worker.grpc_client_config;
         assert!(fw.tls_enabled && fw.tls_insecure_skip_verify);
         assert_eq!(c.memberlist.encryption_key_path, "/gossip.key");

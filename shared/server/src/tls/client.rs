@@ -199,8 +199,11 @@ pub fn connect_lazy(endpoint: Endpoint, tls: Option<&Arc<ClientTls>>) -> Channel
 #[derive(Clone)]
 pub struct TlsConnector(Arc<ClientTls>);
 
-type Connecting =
-    Pin<Box<dyn Future<Output = io::Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>> + Send>>;
+type Connecting = Pin<
+    Box<
+        dyn Future<Output = io::Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>> + Send,
+    >,
+>;
 
 impl tower::Service<Uri> for TlsConnector {
     type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;

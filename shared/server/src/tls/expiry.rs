@@ -63,7 +63,12 @@ mod tests {
 
     #[test]
     fn hostile_der_gives_none() {
-        for bad in [&[][..], &[0x30], &[0x30, 0x85, 1, 2, 3, 4, 5], &[0x30, 0x05, 1]] {
+        for bad in [
+            &[][..],
+            &[0x30],
+            &[0x30, 0x85, 1, 2, 3, 4, 5],
+            &[0x30, 0x05, 1],
+        ] {
             assert_eq!(not_after(&CertificateDer::from(bad.to_vec())), None);
         }
     }
