@@ -270,6 +270,9 @@ impl Config {
         a.client_tls
             .frontend
             .apply(&mut self.frontend_worker.grpc_client_config);
+        a.client_tls
+            .alertmanager
+            .apply(&mut self.ruler.alertmanager_client);
         Ok(())
     }
 

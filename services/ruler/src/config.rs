@@ -46,6 +46,9 @@ pub struct Config {
     pub notification_timeout: Duration,
     /// Where rule queries run: a query-frontend, or (address empty) this process.
     pub query_frontend: QueryFrontendConfig,
+    /// TLS to `https://` Alertmanagers (Mimir's `alertmanager_client` block, its `tls_*`
+    /// keys).
+    pub alertmanager_client: norn_server::tls::ClientTlsSettings,
 }
 
 /// `ruler.query_frontend`: rule queries sent to a query-frontend (Mimir's
@@ -144,6 +147,7 @@ impl Default for Config {
             notification_queue_capacity: 10_000,
             notification_timeout: Duration::from_secs(10),
             query_frontend: QueryFrontendConfig::default(),
+            alertmanager_client: Default::default(),
         }
     }
 }

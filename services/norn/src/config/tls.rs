@@ -167,6 +167,13 @@ client_tls_flags!(
     "NORN_QUERIER_FRONTEND_CLIENT_"
 );
 
+client_tls_flags!(
+    AlertmanagerClientTlsFlags,
+    "Ruler Alertmanager client TLS",
+    "ruler.alertmanager-client.",
+    "NORN_RULER_ALERTMANAGER_CLIENT_"
+);
+
 /// Every client TLS flag block.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ClientTlsFlags {
@@ -176,6 +183,8 @@ pub struct ClientTlsFlags {
     pub store_gateway: StoreGatewayClientTlsFlags,
     #[command(flatten)]
     pub frontend: FrontendClientTlsFlags,
+    #[command(flatten)]
+    pub alertmanager: AlertmanagerClientTlsFlags,
 }
 
 /// The gRPC ALPN protocol.
