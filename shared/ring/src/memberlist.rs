@@ -266,7 +266,7 @@ impl Memberlist {
         foca_config.remove_down_after = Some(Duration::from_secs(15 * 60));
         // One byte of every datagram is our protocol tag; sealing adds OVERHEAD bytes, still
         // under a 1500-byte MTU.
-        let _: () = assert!(1400 + OVERHEAD < 1500);
+        const { assert!(1400 + OVERHEAD < 1500) };
         foca_config.max_packet_size = NonZeroUsize::new(1399).expect("non-zero");
         let foca = Foca::new(
             identity,
