@@ -1,6 +1,9 @@
 //! Test certificates made with the `openssl` CLI (no certificate crate in the build): CAs,
 //! server certificates for 127.0.0.1 (IP SAN) and client certificates, all EC P-256.
 
+// Each test file uses a part of it.
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
