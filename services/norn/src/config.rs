@@ -273,6 +273,9 @@ impl Config {
         a.client_tls
             .alertmanager
             .apply(&mut self.ruler.alertmanager_client);
+        a.client_tls
+            .ruler_query_frontend
+            .apply(&mut self.ruler.query_frontend.grpc_client_config);
         Ok(())
     }
 

@@ -63,6 +63,8 @@ pub struct QueryFrontendConfig {
     /// Longest one rule query through the frontend may take.
     #[serde(with = "serde_duration")]
     pub timeout: Duration,
+    /// TLS to an `https://` frontend (Mimir's key names; here for its HTTP API).
+    pub grpc_client_config: norn_server::tls::ClientTlsSettings,
 }
 
 impl Default for QueryFrontendConfig {
@@ -70,6 +72,7 @@ impl Default for QueryFrontendConfig {
         Self {
             address: String::new(),
             timeout: Duration::from_secs(120),
+            grpc_client_config: Default::default(),
         }
     }
 }

@@ -550,102 +550,6 @@ async fn an_idle_sender_ends_and_its_series_go() {
     n.stop().await;
 }
 
-/// `openssl` with `args` in `dir`; false (the caller skips) when the CLI is missing.
-fn openssl(dir: &std::path::Path, args: &[&str]) -> bool {
-    match std::process::Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-    {
-        Ok(o) => {
-            assert!(
-                o.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            true
-        }
-        Err(_) => false,
-    }
-}
-
-/// A CA and a certificate for 127.0.0.1 it signed (`<name>.crt`, `<name>.key`), by the
-/// `openssl` CLI; false when it is missing.
-fn make_pki(dir: &std::path::Path, names: &[&str]) -> bool {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let ca = [
-        &["req", "-x509"][..],
-        &ec[..],
-        &[
-            "-days",
-            "2",
-            "-subj",
-            "/CN=ca",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-        ][..],
-    ]
-    .concat();
-    if !openssl(dir, &ca) {
-        return false;
-    }
-    std::fs::write(
-        dir.join("ext"),
-        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
-    )
-    .unwrap();
-    for (i, name) in names.iter().enumerate() {
-        let (key, csr, crt) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.crt"),
-        );
-        let subj = format!("/CN={name}");
-        let req = [
-            &["req"][..],
-            &ec[..],
-            &["-subj", &subj, "-keyout", &key, "-out", &csr][..],
-        ]
-        .concat();
-        assert!(openssl(dir, &req));
-        let serial = format!("{}", i + 10);
-        assert!(openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-set_serial",
-                &serial,
-                "-days",
-                "2",
-                "-extfile",
-                "ext",
-                "-out",
-                &crt
-            ]
-        ));
-    }
-    true
-}
-
 /// An `https://` Alertmanager that requires a client certificate: the notifier with the CA
 /// and a client certificate (`ruler.alertmanager_client.tls_*`) delivers; without its
 /// certificate the post fails and is counted as an error.
@@ -653,7 +557,7 @@ fn make_pki(dir: &std::path::Path, names: &[&str]) -> bool {
 async fn alertmanager_over_mtls_with_the_client_tls_settings() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    if !make_pki(d, &["am", "ruler"]) {
+    if !crate::test_pki::make_pki(d, &["am", "ruler"]) {
         eprintln!("SKIP: no openssl CLI");
         return;
     }

@@ -174,6 +174,13 @@ client_tls_flags!(
     "NORN_RULER_ALERTMANAGER_CLIENT_"
 );
 
+client_tls_flags!(
+    RulerQueryFrontendTlsFlags,
+    "Ruler query-frontend client TLS",
+    "ruler.query-frontend.grpc-client-config.",
+    "NORN_RULER_QUERY_FRONTEND_GRPC_CLIENT_CONFIG_"
+);
+
 /// Every client TLS flag block.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ClientTlsFlags {
@@ -185,6 +192,8 @@ pub struct ClientTlsFlags {
     pub frontend: FrontendClientTlsFlags,
     #[command(flatten)]
     pub alertmanager: AlertmanagerClientTlsFlags,
+    #[command(flatten)]
+    pub ruler_query_frontend: RulerQueryFrontendTlsFlags,
 }
 
 /// The gRPC ALPN protocol.
