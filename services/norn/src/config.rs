@@ -276,6 +276,7 @@ impl Config {
         a.client_tls
             .ruler_query_frontend
             .apply(&mut self.ruler.query_frontend.grpc_client_config);
+        a.client_tls.ruler.apply(&mut self.ruler.ruler_client);
         Ok(())
     }
 

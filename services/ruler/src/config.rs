@@ -49,6 +49,9 @@ pub struct Config {
     /// TLS to `https://` Alertmanagers (Mimir's `alertmanager_client` block, its `tls_*`
     /// keys).
     pub alertmanager_client: norn_server::tls::ClientTlsSettings,
+    /// TLS to the other rulers' HTTP for the rules API fan-out (Mimir's `ruler_client`);
+    /// enabled: they are asked over `https://`.
+    pub ruler_client: norn_server::tls::ClientTlsSettings,
 }
 
 /// `ruler.query_frontend`: rule queries sent to a query-frontend (Mimir's
@@ -151,6 +154,7 @@ impl Default for Config {
             notification_timeout: Duration::from_secs(10),
             query_frontend: QueryFrontendConfig::default(),
             alertmanager_client: Default::default(),
+            ruler_client: Default::default(),
         }
     }
 }

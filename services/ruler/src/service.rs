@@ -135,7 +135,14 @@ pub async fn build(config: Config, deps: Deps) -> Result<Arc<RulerService>, Buil
         tenants: deps.tenants,
         overrides: deps.overrides,
         engine,
-        fanout: Fanout::new(&deps.metrics.registry)?,
+        fanout: Fanout::new(&deps.metrics.registry)?
+            .with_tls(
+                config
+                    .ruler_client
+                    .rustls_config(&[b"http/1.1"])
+                    .map_err(|e| BuildError::Config(format!("ruler.ruler_client: {e}")))?,
+            )
+            .map_err(BuildError::Config)?,
     });
     Ok(Arc::new(RulerService {
         manager,

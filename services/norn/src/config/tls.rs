@@ -181,6 +181,13 @@ client_tls_flags!(
     "NORN_RULER_QUERY_FRONTEND_GRPC_CLIENT_CONFIG_"
 );
 
+client_tls_flags!(
+    RulerClientTlsFlags,
+    "Ruler client TLS",
+    "ruler.client.",
+    "NORN_RULER_CLIENT_"
+);
+
 /// Every client TLS flag block.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ClientTlsFlags {
@@ -194,6 +201,8 @@ pub struct ClientTlsFlags {
     pub alertmanager: AlertmanagerClientTlsFlags,
     #[command(flatten)]
     pub ruler_query_frontend: RulerQueryFrontendTlsFlags,
+    #[command(flatten)]
+    pub ruler: RulerClientTlsFlags,
 }
 
 /// The gRPC ALPN protocol.
