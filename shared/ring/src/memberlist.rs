@@ -24,11 +24,10 @@ use foca::{
     AccumulatingRuntime, Foca, Identity, NoCustomBroadcast, OwnedNotification, PostcardCodec,
 };
 use parking_lot::Mutex;
-use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::Registry;
 use rand::SeedableRng;
 use rand::seq::IteratorRandom;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -38,14 +37,18 @@ use crate::gossip_key::{GossipKey, OVERHEAD};
 use crate::kv::{Entry, KvState};
 use norn_model::now_ms;
 
+mod frame;
+mod metrics;
+
+use frame::{read_frame, write_frame};
+use metrics::MemberlistMetrics;
+
 /// Port used for a join member given without one (hashicorp memberlist's default).
 pub const DEFAULT_PORT: u16 = 7946;
 
 /// Largest KV delta sent by UDP; bigger ones go by TCP. Below the common 1500-byte MTU so a
 /// delta is never fragmented.
 const MAX_UDP_DELTA: usize = 1400;
-/// Largest TCP frame accepted, so a bad peer cannot make us allocate without bound.
-const MAX_TCP_FRAME: usize = 256 << 20;
 /// Nodes a receiver forwards a new delta to.
 const FORWARD_FANOUT: usize = 3;
 /// How long tombstones are kept before garbage collection: long enough for every node to have
@@ -157,51 +160,6 @@ impl Identity for NodeId {
 }
 
 type FocaT = Foca<NodeId, PostcardCodec, rand_foca::rngs::SmallRng, NoCustomBroadcast>;
-
-/// Gossip metrics: members seen, messages, live KV entries.
-struct MemberlistMetrics {
-    members: IntGauge,
-    received: IntCounter,
-    sent: IntCounter,
-    kv_entries: IntGaugeVec,
-    auth_failures: IntCounter,
-}
-
-impl MemberlistMetrics {
-    fn new(registry: &Registry) -> prometheus::Result<Self> {
-        let m = Self {
-            members: IntGauge::new(
-                "norn_memberlist_members",
-                "Alive cluster members as seen by this node, itself included.",
-            )?,
-            received: IntCounter::new(
-                "norn_memberlist_messages_received_total",
-                "Gossip messages received (UDP datagrams and TCP frames).",
-            )?,
-            sent: IntCounter::new(
-                "norn_memberlist_messages_sent_total",
-                "Gossip messages sent (UDP datagrams and TCP frames).",
-            )?,
-            auth_failures: IntCounter::new(
-                "norn_memberlist_authentication_failures_total",
-                "Gossip datagrams and frames dropped because they were not sealed with this node's encryption key (a node without the key, or a forged or damaged packet).",
-            )?,
-            kv_entries: IntGaugeVec::new(
-                Opts::new(
-                    "norn_memberlist_kv_entries",
-                    "Live (non-tombstone) entries in the gossiped state, by key.",
-                ),
-                &["key"],
-            )?,
-        };
-        registry.register(Box::new(m.members.clone()))?;
-        registry.register(Box::new(m.received.clone()))?;
-        registry.register(Box::new(m.sent.clone()))?;
-        registry.register(Box::new(m.kv_entries.clone()))?;
-        registry.register(Box::new(m.auth_failures.clone()))?;
-        Ok(m)
-    }
-}
 
 struct Shared {
     config: MemberlistConfig,
@@ -478,72 +436,6 @@ fn has_port(seed: &str) -> bool {
         }
         None => false,
     }
-}
-
-/// Frame type of a sealed frame; its payload, once opened, is `[kind][payload]`.
-const TCP_SEALED: u8 = 0xe5;
-
-async fn write_frame(
-    stream: &mut TcpStream,
-    key: Option<&GossipKey>,
-    kind: u8,
-    payload: &[u8],
-) -> std::io::Result<()> {
-    let sealed;
-    let (kind, payload) = match key {
-        None => (kind, payload),
-        Some(key) => {
-            let mut plain = Vec::with_capacity(payload.len() + 1);
-            plain.push(kind);
-            plain.extend_from_slice(payload);
-            sealed = key
-                .seal(&plain)
-                .ok_or_else(|| std::io::Error::other("the system RNG failed"))?;
-            (TCP_SEALED, sealed.as_slice())
-        }
-    };
-    let mut buf = Vec::with_capacity(payload.len() + 5);
-    buf.push(kind);
-    buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    buf.extend_from_slice(payload);
-    stream.write_all(&buf).await?;
-    stream.flush().await
-}
-
-/// Reads one frame; with a key, only a frame sealed with it is accepted (`PermissionDenied`
-/// otherwise).
-async fn read_frame(
-    stream: &mut TcpStream,
-    key: Option<&GossipKey>,
-) -> std::io::Result<(u8, Vec<u8>)> {
-    let kind = stream.read_u8().await?;
-    let len = stream.read_u32().await? as usize;
-    if len > MAX_TCP_FRAME {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds the limit"),
-        ));
-    }
-    let mut payload = vec![0; len];
-    stream.read_exact(&mut payload).await?;
-    let Some(key) = key else {
-        return Ok((kind, payload));
-    };
-    let denied = || {
-        std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            "frame not sealed with this node's memberlist encryption key",
-        )
-    };
-    if kind != TCP_SEALED {
-        return Err(denied());
-    }
-    let mut plain = key.open(&payload).ok_or_else(denied)?;
-    if plain.is_empty() {
-        return Err(denied());
-    }
-    let kind = plain.remove(0);
-    Ok((kind, plain))
 }
 
 fn invalid(err: postcard::Error) -> std::io::Error {
