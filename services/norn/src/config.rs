@@ -33,6 +33,7 @@ mod runtime;
 mod server;
 mod storage;
 mod store_gateway;
+mod tls;
 mod tsdb;
 
 #[cfg(test)]
@@ -63,6 +64,7 @@ pub use runtime::RuntimeConfigFlags;
 pub use server::{LogFlags, ServerFlags};
 pub use storage::{BucketFlags, BucketStoreFlags};
 pub use store_gateway::StoreGatewayRingFlags;
+pub use tls::{ClientTlsFlags, IngesterClientConfig, Tls};
 pub use tsdb::TsdbFlags;
 pub use {
     frontend::FrontendConfig,
@@ -138,6 +140,8 @@ pub struct Args {
     pub limits: LimitsFlags,
     #[command(flatten)]
     pub runtime_config: RuntimeConfigFlags,
+    #[command(flatten)]
+    pub client_tls: ClientTlsFlags,
 }
 
 /// `--config.file`, a block of its own because `norn tools` reads the same file.
@@ -170,6 +174,7 @@ pub struct Config {
     pub limits: norn_limits::Limits,
     pub runtime_config: RuntimeConfig,
     pub ingester: IngesterConfig,
+    pub ingester_client: IngesterClientConfig,
     pub memberlist: MemberlistConfig,
     pub store_gateway: StoreGatewayConfig,
 }
@@ -194,6 +199,7 @@ impl Default for Config {
             limits: Default::default(),
             runtime_config: RuntimeConfig::default(),
             ingester: IngesterConfig::default(),
+            ingester_client: IngesterClientConfig::default(),
             memberlist: MemberlistConfig::default(),
             store_gateway: StoreGatewayConfig::default(),
         }
@@ -262,6 +268,22 @@ impl Config {
         a.ruler
             .apply(&mut self.ruler, &mut self.ruler_storage, &mut self.limits)?;
         a.runtime_config.apply(&mut self.runtime_config)?;
+        a.client_tls
+            .ingester
+            .apply(&mut self.ingester_client.grpc_client_config);
+        a.client_tls
+            .store_gateway
+            .apply(&mut self.querier.store_gateway_client);
+        a.client_tls
+            .frontend
+            .apply(&mut self.frontend_worker.grpc_client_config);
+        a.client_tls
+            .alertmanager
+            .apply(&mut self.ruler.alertmanager_client);
+        a.client_tls
+            .ruler_query_frontend
+            .apply(&mut self.ruler.query_frontend.grpc_client_config);
+        a.client_tls.ruler.apply(&mut self.ruler.ruler_client);
         Ok(())
     }
 
@@ -294,6 +316,12 @@ impl Config {
             &self.server.admin_listen_address,
         )?;
         self.memberlist.validate()?;
+        for (key, t) in [
+            ("server.http_tls_config", &self.server.http_tls_config),
+            ("server.grpc_tls_config", &self.server.grpc_tls_config),
+        ] {
+            t.client_auth().with_context(|| key.to_string())?;
+        }
         self.ingester.ring.validate()?;
         self.store_gateway.sharding_ring.validate()?;
         if self.distributor.max_recv_msg_size == 0 || self.frontend.max_body_size == 0 {

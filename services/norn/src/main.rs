@@ -30,13 +30,15 @@ use norn_limits::Overrides;
 use norn_server::admin_listener::{self, Serves};
 use norn_server::auth::{Authenticator, TokenStore};
 use norn_server::grpc::GrpcServer;
-use norn_server::http::{Harness, router, serve};
+use norn_server::http::{Harness, router};
 use norn_server::periodic::Periodic;
+use norn_server::serve::serve_with_tls;
+use norn_server::tls::TlsMetrics;
 use norn_server::{Metrics, Service, TenantResolver};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{Args, AuthType, Config};
+use crate::config::{Args, AuthType, Config, Tls};
 use crate::modules::Context as ModuleContext;
 use crate::wiring::Wiring;
 
@@ -150,6 +152,18 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         .with_metrics(bucket_metrics);
     tracing::info!(bucket = bucket.describe(), "blocks bucket");
 
+    // Certificates and keys are read before any listener too: a missing or bad file stops
+    // the process with the setting's name, having bound nothing.
+    let tls_metrics = TlsMetrics::new(&metrics.registry).context("registering TLS metrics")?;
+    let tls = Arc::new(Tls::load(&cfg, &tls_metrics)?);
+    if tls.http.is_some() || tls.grpc.is_some() {
+        tracing::info!(
+            http = tls.http.is_some(),
+            grpc = tls.grpc.is_some(),
+            "TLS on; certificates are reloaded when their files change"
+        );
+    }
+
     // Every listener is bound before a service touches its directory or replays a WAL: a
     // second process started by mistake on the same ports fails here, having changed nothing.
     let ip: IpAddr = if cfg.server.http_listen_address.is_empty() {
@@ -187,7 +201,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         None
     };
 
-    let wiring = Arc::new(Wiring::new(&cfg, in_process, &metrics, shutdown.clone()).await?);
+    let wiring = Arc::new(Wiring::new(&cfg, in_process, &metrics, &tls, shutdown.clone()).await?);
     let mut ctx = ModuleContext {
         cfg: Arc::clone(&cfg),
         metrics: Arc::clone(&metrics),
@@ -200,6 +214,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         wiring: Arc::clone(&wiring),
         grpc_addr: grpc_listener.as_ref().map(|l| l.local_addr()).transpose()?,
         stop: shutdown.clone(),
+        tls: Arc::clone(&tls),
         local_ingester: None,
         local_store_gateway: None,
         frontend_here: modules.iter().any(|m| m.name == "query-frontend"),
@@ -223,7 +238,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         for s in &services {
             s.grpc_services(&mut routes);
         }
-        GrpcServer::start(l, routes.routes())
+        GrpcServer::start_with_tls(l, routes.routes(), tls.grpc.clone())
     });
     let harness = Harness {
         services: services.clone(),
@@ -235,21 +250,24 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         Some(_) => admin_listener::only(router(harness.clone()), Serves::Public),
         None => router(harness.clone()),
     };
+    // The admin listener takes the HTTP listener's TLS settings (and client CA).
     let admin_server = admin_listener.map(|l| {
-        tokio::spawn(serve(
+        tokio::spawn(serve_with_tls(
             l,
             admin_listener::only(router(harness), Serves::Admin),
             shutdown.clone(),
             cfg.server.http_options(),
             Arc::clone(&metrics),
+            tls.http.clone(),
         ))
     });
-    let server = tokio::spawn(serve(
+    let server = tokio::spawn(serve_with_tls(
         listener,
         app,
         shutdown.clone(),
         cfg.server.http_options(),
         Arc::clone(&metrics),
+        tls.http.clone(),
     ));
 
     wait_for_signal().await;

@@ -37,6 +37,8 @@ pub struct Context {
     pub grpc_addr: Option<SocketAddr>,
     /// Cancelled when the process stops.
     pub stop: CancellationToken,
+    /// The clients' TLS (the frontend client here; the ring clients are in the wiring).
+    pub tls: Arc<crate::config::Tls>,
     /// The ingester, once built, when it runs in this process.
     pub local_ingester: Option<Arc<Ingester>>,
     /// The store-gateway's API, once built, when it runs in this process (`all`): the
@@ -218,6 +220,7 @@ async fn querier(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
                     frontend_address: address.clone(),
                     concurrency: c.cfg.querier.max_concurrent,
                     querier_id: querier_id(c),
+                    tls: c.tls.frontend_client.clone(),
                 },
                 Arc::new(norn_query_frontend::RouterDownstream(service.routes())),
                 c.stop.clone(),

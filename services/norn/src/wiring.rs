@@ -13,6 +13,7 @@
 //! it open, a member listening on loopback advertises `127.0.0.1` (`norn_ring::net`).
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,12 +98,15 @@ impl Wiring {
         cfg: &Config,
         in_process: bool,
         metrics: &Arc<Metrics>,
+        tls: &crate::config::Tls,
         stop: CancellationToken,
     ) -> anyhow::Result<Wiring> {
         if in_process {
             return Ok(Wiring::InProcess);
         }
-        Ok(Wiring::Cluster(Cluster::join(cfg, metrics, stop).await?))
+        Ok(Wiring::Cluster(
+            Cluster::join(cfg, metrics, tls, stop).await?,
+        ))
     }
 
     /// The ingester's place in the ring, reachable at `grpc_addr` (cluster only).
@@ -290,6 +294,7 @@ impl Cluster {
     async fn join(
         cfg: &Config,
         metrics: &Arc<Metrics>,
+        tls: &crate::config::Tls,
         stop: CancellationToken,
     ) -> anyhow::Result<Cluster> {
         let ml = &cfg.memberlist;
@@ -301,6 +306,9 @@ impl Cluster {
         } else {
             ml.node_name.clone()
         };
+        let encryption_key = (!ml.encryption_key_path.is_empty())
+            .then(|| norn_ring::GossipKey::from_file(Path::new(&ml.encryption_key_path)))
+            .transpose()?;
         let memberlist = Memberlist::start(
             MemberlistConfig {
                 node_name,
@@ -311,6 +319,7 @@ impl Cluster {
                 join_members: ml.join_members.clone(),
                 gossip_interval: ml.gossip_interval,
                 pull_push_interval: ml.pull_push_interval,
+                encryption_key: encryption_key.map(Arc::new),
             },
             &metrics.registry,
         )
@@ -339,6 +348,7 @@ impl Cluster {
                 connect_timeout: Duration::from_secs(2),
                 request_timeout: cfg.distributor.remote_timeout,
                 query_timeout: cfg.querier.timeout,
+                tls: tls.ingester_client.clone(),
             },
             &metrics.registry,
         )
@@ -356,7 +366,7 @@ impl Cluster {
             async move { pool.check_health_all().await }
         });
         let (store_gateway_ring, store_gateway_clients) =
-            follow_store_gateways(cfg, &memberlist, metrics, stop)?;
+            follow_store_gateways(cfg, &memberlist, metrics, tls, stop)?;
         Ok(Cluster {
             memberlist,
             ingester_ring,
@@ -372,6 +382,7 @@ fn follow_store_gateways(
     cfg: &Config,
     memberlist: &Arc<Memberlist>,
     metrics: &Arc<Metrics>,
+    tls: &crate::config::Tls,
     stop: CancellationToken,
 ) -> anyhow::Result<(Ring, Arc<GatewayClientPool>)> {
     let r: &StoreGatewayRingConfig = &cfg.store_gateway.sharding_ring;
@@ -394,6 +405,7 @@ fn follow_store_gateways(
     let pool = GatewayClientPool::new(
         GatewayClientConfig {
             query_timeout: cfg.querier.timeout,
+            tls: tls.store_gateway_client.clone(),
             ..GatewayClientConfig::default()
         },
         &metrics.registry,
@@ -606,6 +618,7 @@ mod tests {
                 join_members: vec![],
                 gossip_interval: Duration::from_millis(200),
                 pull_push_interval: Duration::from_secs(30),
+                encryption_key: None,
             },
             &Metrics::new().registry,
         )

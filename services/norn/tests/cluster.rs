@@ -8,6 +8,8 @@
 //! with the election shared by gossip, and fails over.
 
 mod common;
+#[path = "tls/pki.rs"]
+mod pki;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -213,7 +215,40 @@ fn assert_all_acked_readable(q: &Norn, acked: &[i64], base_ms: i64) {
 fn replicated_cluster_survives_kill9_loses_nothing_and_needs_quorum() {
     let _serial = serial();
     let root = tempfile::tempdir().unwrap();
-    let mut c = start_cluster(root.path(), 3, 1, &[]);
+    kill9_and_quorum(root.path(), &[]);
+}
+
+/// The same run with mTLS on every gRPC hop (distributor and querier to ingesters, each
+/// process with its certificate, client certificates required) and gossip sealed with a key:
+/// reconnecting to a restarted ingester goes through a new handshake.
+#[test]
+fn replicated_cluster_with_mtls_and_a_gossip_key_survives_kill9() {
+    if !pki::available() {
+        return;
+    }
+    let _serial = serial();
+    let root = tempfile::tempdir().unwrap();
+    let d = root.path();
+    let ca = pki::ca(d, "ca");
+    let node = pki::leaf(d, "node", &ca);
+    let key = d.join("gossip.key");
+    std::fs::write(&key, "Tm9ybi1jbHVzdGVyLXRlc3QtZ29zc2lwLWtleS0zMmI=\n").unwrap();
+    let flags = [
+        format!("--server.grpc-tls-cert-path={}", node.crt.display()),
+        format!("--server.grpc-tls-key-path={}", node.key.display()),
+        format!("--server.grpc-tls-client-ca-path={}", ca.crt.display()),
+        "--ingester.client.tls-enabled".to_string(),
+        format!("--ingester.client.tls-ca-path={}", ca.crt.display()),
+        format!("--ingester.client.tls-cert-path={}", node.crt.display()),
+        format!("--ingester.client.tls-key-path={}", node.key.display()),
+        format!("--memberlist.encryption-key-path={}", key.display()),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    kill9_and_quorum(&d.join("cluster"), &flags);
+}
+
+fn kill9_and_quorum(root: &Path, extra: &[&str]) {
+    let mut c = start_cluster(root, 3, 1, extra);
     let d = &c.distributors[0];
     let took = wait_ring(
         d,

@@ -69,6 +69,9 @@ pub struct Config {
     /// data is still in the ingesters. Mimir's `query_store_after`.
     #[serde(with = "serde_duration")]
     pub query_store_after: Duration,
+    /// TLS to the store-gateways (Mimir's `store_gateway_client`,
+    /// `--querier.store-gateway-client.tls-*`).
+    pub store_gateway_client: norn_server::tls::ClientTlsSettings,
 }
 
 impl Default for Config {
@@ -83,6 +86,7 @@ impl Default for Config {
             max_query_expression_depth: norn_promql::DEFAULT_MAX_QUERY_DEPTH,
             query_ingesters_within: Duration::from_secs(13 * 3600),
             query_store_after: Duration::from_secs(12 * 3600),
+            store_gateway_client: Default::default(),
         }
     }
 }

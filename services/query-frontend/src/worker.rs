@@ -42,6 +42,8 @@ pub struct RemoteWorkers {
     pub concurrency: usize,
     /// Names this querier in the frontend's logs.
     pub querier_id: String,
+    /// TLS to the frontend (`--querier.frontend-client.tls-*`); plain text when `None`.
+    pub tls: Option<Arc<norn_server::tls::ClientTls>>,
 }
 
 /// Why the workers did not start.
@@ -65,8 +67,8 @@ pub fn spawn_remote(
         // A frontend host that vanishes without a reset is noticed, and the streams redialled.
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true)
-        .connect_lazy();
+        .keep_alive_while_idle(true);
+    let channel = norn_server::tls::client::connect_lazy(channel, cfg.tls.as_ref());
     tracing::info!(
         frontend = cfg.frontend_address,
         workers = cfg.concurrency,

@@ -46,6 +46,12 @@ pub struct Config {
     pub notification_timeout: Duration,
     /// Where rule queries run: a query-frontend, or (address empty) this process.
     pub query_frontend: QueryFrontendConfig,
+    /// TLS to `https://` Alertmanagers (Mimir's `alertmanager_client` block, its `tls_*`
+    /// keys).
+    pub alertmanager_client: norn_server::tls::ClientTlsSettings,
+    /// TLS to the other rulers' HTTP for the rules API fan-out (Mimir's `ruler_client`);
+    /// enabled: they are asked over `https://`.
+    pub ruler_client: norn_server::tls::ClientTlsSettings,
 }
 
 /// `ruler.query_frontend`: rule queries sent to a query-frontend (Mimir's
@@ -60,6 +66,8 @@ pub struct QueryFrontendConfig {
     /// Longest one rule query through the frontend may take.
     #[serde(with = "serde_duration")]
     pub timeout: Duration,
+    /// TLS to an `https://` frontend (Mimir's key names; here for its HTTP API).
+    pub grpc_client_config: norn_server::tls::ClientTlsSettings,
 }
 
 impl Default for QueryFrontendConfig {
@@ -67,6 +75,7 @@ impl Default for QueryFrontendConfig {
         Self {
             address: String::new(),
             timeout: Duration::from_secs(120),
+            grpc_client_config: Default::default(),
         }
     }
 }
@@ -144,6 +153,8 @@ impl Default for Config {
             notification_queue_capacity: 10_000,
             notification_timeout: Duration::from_secs(10),
             query_frontend: QueryFrontendConfig::default(),
+            alertmanager_client: Default::default(),
+            ruler_client: Default::default(),
         }
     }
 }

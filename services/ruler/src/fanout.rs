@@ -92,6 +92,8 @@ impl FanoutError {
 /// The HTTP client and metrics of the fan-out.
 pub struct Fanout {
     client: reqwest::Client,
+    /// `https` once [`Fanout::with_tls`] set a TLS config (`--ruler.client.tls-*`).
+    scheme: &'static str,
     timeout: Duration,
     max_body: usize,
     failures: IntCounterVec,
@@ -139,10 +141,26 @@ impl Fanout {
             .unwrap_or_default();
         Ok(Self {
             client,
+            scheme: "http",
             timeout: TIMEOUT,
             max_body: MAX_BODY_BYTES,
             failures,
         })
+    }
+
+    /// Asks the other rulers over HTTPS with `tls` (CA, client certificate) when given: their
+    /// HTTP listeners serve TLS (`--ruler.client.tls-*`).
+    pub fn with_tls(mut self, tls: Option<rustls::ClientConfig>) -> Result<Self, String> {
+        if let Some(tls) = tls {
+            self.client = reqwest::Client::builder()
+                .user_agent(concat!("norn-ruler/", env!("CARGO_PKG_VERSION")))
+                .no_proxy()
+                .use_preconfigured_tls(tls)
+                .build()
+                .map_err(|e| format!("building the ruler client: {e}"))?;
+            self.scheme = "https";
+        }
+        Ok(self)
     }
 
     /// Other bounds than [`TIMEOUT`] and [`MAX_BODY_BYTES`] (tests).
@@ -202,7 +220,7 @@ impl Fanout {
         tenant: &TenantId,
         auth: Option<axum::http::HeaderValue>,
     ) -> Result<Vec<Json>, String> {
-        let mut url = format!("http://{addr}{}", endpoint.path());
+        let mut url = format!("{}://{addr}{}", self.scheme, endpoint.path());
         if let Some(q) = query.filter(|q| !q.is_empty()) {
             url.push('?');
             url.push_str(q);
@@ -416,5 +434,91 @@ mod tests {
         assert!(is_local_only(&h));
         h.insert(LOCAL_HEADER, "no".parse().unwrap());
         assert!(!is_local_only(&h));
+    }
+
+    /// With `--ruler.client.tls-*`, other rulers are asked over HTTPS with the client
+    /// certificate; without the TLS settings the same ruler cannot be asked.
+    #[tokio::test]
+    async fn peers_are_asked_over_https_with_the_client_tls_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        if !crate::test_pki::make_pki(d, &["peer", "me"]) {
+            eprintln!("SKIP: no openssl CLI");
+            return;
+        }
+        let path = |f: &str| d.join(f).display().to_string();
+        let server = norn_server::tls::ServerTlsSettings {
+            cert_file: path("peer.crt"),
+            key_file: path("peer.key"),
+            client_ca_file: path("ca.crt"),
+            client_auth_type: String::new(),
+        }
+        .load(
+            "peer",
+            &[b"http/1.1"],
+            &norn_server::tls::TlsMetrics::unregistered(),
+        )
+        .unwrap();
+        let app = axum::Router::new().route(
+            "/prometheus/api/v1/rules",
+            axum::routing::get(|| async {
+                axum::Json(
+                    json!({"status": "success", "data": {"groups": [{"file": "ns", "name": "g"}]}}),
+                )
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(norn_server::serve::serve_with_tls(
+            listener,
+            app,
+            tokio_util::sync::CancellationToken::new(),
+            norn_server::ServerOptions::default(),
+            norn_server::Metrics::new(),
+            Some(server),
+        ));
+        let peer = InstanceDesc {
+            id: "peer".into(),
+            addr,
+            zone: String::new(),
+            state: norn_ring::InstanceState::Active,
+            heartbeat_ms: 0,
+            registered_ms: 0,
+            tokens: vec![1],
+        };
+        let tenant = TenantId::new("team-a").unwrap();
+        let settings = norn_server::tls::ClientTlsSettings {
+            tls_enabled: true,
+            tls_ca_path: path("ca.crt"),
+            tls_cert_path: path("me.crt"),
+            tls_key_path: path("me.key"),
+            ..Default::default()
+        };
+        let f = Fanout::new(&Registry::new())
+            .unwrap()
+            .with_tls(settings.rustls_config(&[b"http/1.1"]).unwrap())
+            .unwrap();
+        let got = f
+            .ask_all(
+                Endpoint::Rules,
+                std::slice::from_ref(&peer),
+                None,
+                &tenant,
+                &HeaderMap::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(got[0][0]["name"], "g");
+
+        let plain = Fanout::new(&Registry::new())
+            .unwrap()
+            .with_tls(None)
+            .unwrap();
+        let e = plain
+            .ask_all(Endpoint::Rules, &[peer], None, &tenant, &HeaderMap::new())
+            .await
+            .unwrap_err();
+        assert_eq!(e.id, "peer");
+        assert_eq!(plain.failures(Endpoint::Rules), 1);
     }
 }

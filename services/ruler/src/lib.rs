@@ -39,6 +39,8 @@ pub mod rulefmt;
 pub mod service;
 pub mod store;
 pub mod template;
+#[cfg(test)]
+mod test_pki;
 
 pub use config::{Config, LocalStorageConfig, RingConfig, StorageConfig};
 pub use ring::{RULER_RING_KEY, RingMembership};

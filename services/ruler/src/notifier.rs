@@ -81,6 +81,9 @@ pub struct Options {
     pub timeout: Duration,
     /// How long an idle sender lives ([`IDLE_TEARDOWN`]; tests shorten it).
     pub idle_teardown: Duration,
+    /// TLS of `https://` Alertmanagers (`--ruler.alertmanager-client.tls-*`): CA, client
+    /// certificate. `None`: the system CA bundle and no client certificate.
+    pub tls: Option<rustls::ClientConfig>,
 }
 
 /// Queues, batches and posts tenants' alerts to Alertmanager. Cheap to share (`Arc`).
@@ -138,10 +141,15 @@ impl Notifier {
                     .into(),
             ));
         }
+        let tls = config
+            .alertmanager_client
+            .rustls_config(&[b"http/1.1"])
+            .map_err(|e| NotifierError::Config(format!("ruler.alertmanager_client: {e}")))?;
         let options = Options {
             queue_capacity: config.notification_queue_capacity,
             timeout: config.notification_timeout,
             idle_teardown: IDLE_TEARDOWN,
+            tls,
         };
         Self::start(urls, options, metrics).map(Some)
     }
@@ -156,10 +164,13 @@ impl Notifier {
             tokio::runtime::Handle::try_current().map_err(|_| NotifierError::NoRuntime)?;
         // No proxy from the environment: as Prometheus, which uses one only when configured;
         // an HTTP_PROXY meant for other traffic must not swallow alerts.
-        let client = reqwest::Client::builder()
+        let mut client = reqwest::Client::builder()
             .user_agent(concat!("norn-ruler/", env!("CARGO_PKG_VERSION")))
-            .no_proxy()
-            .build()?;
+            .no_proxy();
+        if let Some(tls) = options.tls.clone() {
+            client = client.use_preconfigured_tls(tls);
+        }
+        let client = client.build()?;
         let alertmanagers = alertmanagers
             .into_iter()
             .map(|base| {

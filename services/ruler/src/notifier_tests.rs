@@ -60,6 +60,14 @@ struct TestAm {
 impl TestAm {
     /// A stand-in whose answer depends on the path and the tenant of the post.
     async fn start(reply: impl Fn(&str, &str) -> Reply + Send + Sync + 'static) -> TestAm {
+        Self::start_on(reply, None).await
+    }
+
+    /// [`TestAm::start`], serving HTTPS with `tls` when given.
+    async fn start_on(
+        reply: impl Fn(&str, &str) -> Reply + Send + Sync + 'static,
+        tls: Option<norn_server::tls::listen::ServerTls>,
+    ) -> TestAm {
         let (tx, rx) = mpsc::unbounded_channel();
         let answered = Arc::new(AtomicUsize::new(0));
         let reply = Arc::new(reply);
@@ -99,8 +107,23 @@ impl TestAm {
             }
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let base = format!("{scheme}://{}", listener.local_addr().unwrap());
+        match tls {
+            None => {
+                tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            }
+            Some(tls) => {
+                tokio::spawn(norn_server::serve::serve_with_tls(
+                    listener,
+                    app,
+                    tokio_util::sync::CancellationToken::new(),
+                    norn_server::ServerOptions::default(),
+                    norn_server::Metrics::new(),
+                    Some(tls),
+                ));
+            }
+        }
         TestAm { base, rx, answered }
     }
 
@@ -143,6 +166,7 @@ fn options(timeout: Duration) -> Options {
         queue_capacity: 10_000,
         timeout,
         idle_teardown: IDLE_TEARDOWN,
+        tls: None,
     }
 }
 
@@ -524,4 +548,78 @@ async fn an_idle_sender_ends_and_its_series_go() {
     assert_eq!(am.next().await.names(), ["b0"]);
     assert_eq!(n.tenants(), 1);
     n.stop().await;
+}
+
+/// An `https://` Alertmanager that requires a client certificate: the notifier with the CA
+/// and a client certificate (`ruler.alertmanager_client.tls_*`) delivers; without its
+/// certificate the post fails and is counted as an error.
+#[tokio::test]
+async fn alertmanager_over_mtls_with_the_client_tls_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    if !crate::test_pki::make_pki(d, &["am", "ruler"]) {
+        eprintln!("SKIP: no openssl CLI");
+        return;
+    }
+    let path = |f: &str| d.join(f).display().to_string();
+    let server = norn_server::tls::ServerTlsSettings {
+        cert_file: path("am.crt"),
+        key_file: path("am.key"),
+        client_ca_file: path("ca.crt"),
+        client_auth_type: String::new(),
+    }
+    .load(
+        "am",
+        &[b"http/1.1"],
+        &norn_server::tls::TlsMetrics::unregistered(),
+    )
+    .unwrap();
+    let mut am = TestAm::start_on(|_, _| Reply::Ok, Some(server)).await;
+    let settings = norn_server::tls::ClientTlsSettings {
+        tls_enabled: true,
+        tls_ca_path: path("ca.crt"),
+        tls_cert_path: path("ruler.crt"),
+        tls_key_path: path("ruler.key"),
+        ..Default::default()
+    };
+    let config = Config {
+        alertmanager_url: am.base.clone(),
+        alertmanager_client: settings.clone(),
+        ..Config::default()
+    };
+    let (_r, m) = metrics();
+    let n = Notifier::new(&config, Arc::clone(&m)).unwrap().unwrap();
+    n.send(&tenant("t1"), alerts("tls", 1));
+    assert_eq!(am.next().await.names(), ["tls0"]);
+    n.stop().await;
+
+    // The same CA but no client certificate: refused by the Alertmanager's TLS.
+    let config = Config {
+        alertmanager_client: norn_server::tls::ClientTlsSettings {
+            tls_cert_path: String::new(),
+            tls_key_path: String::new(),
+            ..settings
+        },
+        ..config
+    };
+    let (_r, m) = metrics();
+    let n = Notifier::new(&config, Arc::clone(&m)).unwrap().unwrap();
+    n.send(&tenant("t1"), alerts("refused", 1));
+    let label = format!("{}/api/v2/alerts", am.base);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while m
+        .notifications
+        .errors
+        .with_label_values(&["t1", &label])
+        .get()
+        == 0
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no error counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    n.stop().await;
+    assert!(
+        am.rx.try_recv().is_err(),
+        "a post got through without a certificate"
+    );
 }

@@ -107,12 +107,22 @@ pub struct FrontendQuerier {
 
 impl FrontendQuerier {
     /// A client of the frontend at `base` (see [`crate::Config::query_frontend_url`]).
-    pub fn new(base: reqwest::Url, timeout: Duration) -> Result<Self, String> {
+    /// `tls`: the CA and client certificate for an `https://` frontend
+    /// (`--ruler.query-frontend.grpc-client-config.tls-*`); `None`: the system CA bundle.
+    pub fn new(
+        base: reqwest::Url,
+        timeout: Duration,
+        tls: Option<rustls::ClientConfig>,
+    ) -> Result<Self, String> {
         // No proxy from the environment, as the notifier: one meant for other traffic must not
         // carry rule queries.
-        let client = reqwest::Client::builder()
+        let mut client = reqwest::Client::builder()
             .user_agent(concat!("norn-ruler/", env!("CARGO_PKG_VERSION")))
-            .no_proxy()
+            .no_proxy();
+        if let Some(tls) = tls {
+            client = client.use_preconfigured_tls(tls);
+        }
+        let client = client
             .build()
             .map_err(|e| format!("building the query-frontend client: {e}"))?;
         let mut url = base;

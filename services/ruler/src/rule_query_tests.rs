@@ -93,7 +93,7 @@ async fn serve(prefix: &str, timeout: Duration) -> (FrontendQuerier, Seen) {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     let base = reqwest::Url::parse(&format!("http://{addr}{prefix}")).unwrap();
-    (FrontendQuerier::new(base, timeout).unwrap(), seen)
+    (FrontendQuerier::new(base, timeout, None).unwrap(), seen)
 }
 
 fn tenant() -> TenantId {
@@ -231,6 +231,7 @@ async fn no_answer_within_the_timeout_and_no_server_are_errors() {
     let q = FrontendQuerier::new(
         reqwest::Url::parse(&format!("http://{addr}")).unwrap(),
         Duration::from_secs(5),
+        None,
     )
     .unwrap();
     let e = q.instant(&tenant(), "vec", 0).await.unwrap_err();
@@ -255,4 +256,80 @@ fn values_times_and_selectors_are_written_as_prometheus_reads_them() {
         range_selector(&m, 60_000),
         r#"{__name__="m","a.b"!="v\n"}[60000ms]"#
     );
+}
+
+/// An `https://` query-frontend that requires client certificates: rule queries with the CA
+/// and a client certificate (`ruler.query_frontend.grpc_client_config.tls_*`) are answered;
+/// without the certificate they fail with an error naming the frontend.
+#[tokio::test]
+async fn an_https_frontend_with_mtls() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    if !crate::test_pki::make_pki(d, &["qf", "ruler"]) {
+        eprintln!("SKIP: no openssl CLI");
+        return;
+    }
+    let path = |f: &str| d.join(f).display().to_string();
+    let server = norn_server::tls::ServerTlsSettings {
+        cert_file: path("qf.crt"),
+        key_file: path("qf.key"),
+        client_ca_file: path("ca.crt"),
+        client_auth_type: String::new(),
+    }
+    .load(
+        "qf",
+        &[b"http/1.1"],
+        &norn_server::tls::TlsMetrics::unregistered(),
+    )
+    .unwrap();
+    let seen: Seen = Arc::default();
+    let app = Router::new()
+        .route("/prometheus/api/v1/query", post(answer))
+        .with_state(Arc::clone(&seen));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = reqwest::Url::parse(&format!("https://{}", listener.local_addr().unwrap())).unwrap();
+    tokio::spawn(norn_server::serve::serve_with_tls(
+        listener,
+        app,
+        tokio_util::sync::CancellationToken::new(),
+        norn_server::ServerOptions::default(),
+        norn_server::Metrics::new(),
+        Some(server),
+    ));
+    let settings = norn_server::tls::ClientTlsSettings {
+        tls_enabled: true,
+        tls_ca_path: path("ca.crt"),
+        tls_cert_path: path("ruler.crt"),
+        tls_key_path: path("ruler.key"),
+        ..Default::default()
+    };
+    let tls = settings.rustls_config(&[b"http/1.1"]).unwrap();
+    let q = FrontendQuerier::new(base.clone(), Duration::from_secs(10), tls).unwrap();
+    let Value::Vector(v) = q
+        .instant(&tenant(), "vec", 1_700_000_000_000)
+        .await
+        .unwrap()
+    else {
+        panic!("not a vector")
+    };
+    assert_eq!(v.len(), 5);
+    assert_eq!(seen.lock().len(), 1);
+
+    let no_cert = norn_server::tls::ClientTlsSettings {
+        tls_cert_path: String::new(),
+        tls_key_path: String::new(),
+        ..settings
+    };
+    let q = FrontendQuerier::new(
+        base,
+        Duration::from_secs(10),
+        no_cert.rustls_config(&[b"http/1.1"]).unwrap(),
+    )
+    .unwrap();
+    let e = q
+        .instant(&tenant(), "vec", 1_700_000_000_000)
+        .await
+        .unwrap_err();
+    assert!(e.contains("query-frontend"), "{e}");
+    assert_eq!(seen.lock().len(), 1);
 }

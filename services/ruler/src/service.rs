@@ -73,7 +73,14 @@ pub async fn build(config: Config, deps: Deps) -> Result<Arc<RulerService>, Buil
     let querier: Arc<dyn RuleQuerier> =
         match config.query_frontend.url().map_err(BuildError::Config)? {
             Some(base) => {
-                let q = FrontendQuerier::new(base, config.query_frontend.timeout)
+                let tls = config
+                    .query_frontend
+                    .grpc_client_config
+                    .rustls_config(&[b"http/1.1"])
+                    .map_err(|e| {
+                        BuildError::Config(format!("ruler.query_frontend.grpc_client_config: {e}"))
+                    })?;
+                let q = FrontendQuerier::new(base, config.query_frontend.timeout, tls)
                     .map_err(BuildError::Config)?;
                 tracing::info!(url = %q.url(), "rule queries go to the query-frontend");
                 Arc::new(q)
@@ -128,7 +135,14 @@ pub async fn build(config: Config, deps: Deps) -> Result<Arc<RulerService>, Buil
         tenants: deps.tenants,
         overrides: deps.overrides,
         engine,
-        fanout: Fanout::new(&deps.metrics.registry)?,
+        fanout: Fanout::new(&deps.metrics.registry)?
+            .with_tls(
+                config
+                    .ruler_client
+                    .rustls_config(&[b"http/1.1"])
+                    .map_err(|e| BuildError::Config(format!("ruler.ruler_client: {e}")))?,
+            )
+            .map_err(BuildError::Config)?,
     });
     Ok(Arc::new(RulerService {
         manager,

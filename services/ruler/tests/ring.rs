@@ -21,6 +21,7 @@ async fn node(name: &str, join: Vec<String>) -> Arc<Memberlist> {
             join_members: join,
             gossip_interval: Duration::from_millis(100),
             pull_push_interval: Duration::from_secs(30),
+            encryption_key: None,
         },
         &prometheus::Registry::new(),
     )

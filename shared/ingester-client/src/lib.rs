@@ -51,6 +51,8 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Deadline of reads: query stream, label names and values, series, metadata.
     pub query_timeout: Duration,
+    /// TLS to the servers (`<prefix>.tls-*`); plain text when `None`.
+    pub tls: Option<std::sync::Arc<norn_server::tls::ClientTls>>,
 }
 
 impl Default for ClientConfig {
@@ -59,6 +61,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(2),
             query_timeout: Duration::from_secs(60),
+            tls: None,
         }
     }
 }
@@ -228,8 +231,8 @@ impl IngesterClient {
             .tcp_nodelay(true)
             // Notices a dead peer (a node gone without closing its connections) between pushes.
             .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .connect_lazy();
+            .keep_alive_timeout(Duration::from_secs(10));
+        let channel = norn_server::tls::client::connect_lazy(channel, config.tls.as_ref());
         let rpc = RpcClient::new(channel.clone())
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);

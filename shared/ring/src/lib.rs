@@ -11,6 +11,7 @@
 
 pub mod blocks;
 pub mod desc;
+pub mod gossip_key;
 pub mod http;
 pub mod kv;
 pub mod lifecycler;
@@ -24,6 +25,7 @@ pub use blocks::{
     block_token,
 };
 pub use desc::{InstanceDesc, InstanceState};
+pub use gossip_key::GossipKey;
 pub use kv::{Entry, KvState};
 pub use lifecycler::{
     INGESTER_RING_KEY, Lifecycler, LifecyclerConfig, LifecyclerError, spawn_ring_watcher,

@@ -24,18 +24,24 @@ use foca::{
     AccumulatingRuntime, Foca, Identity, NoCustomBroadcast, OwnedNotification, PostcardCodec,
 };
 use parking_lot::Mutex;
-use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::Registry;
 use rand::SeedableRng;
 use rand::seq::IteratorRandom;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::desc::random_seed;
+use crate::gossip_key::{GossipKey, OVERHEAD};
 use crate::kv::{Entry, KvState};
 use norn_model::now_ms;
+
+mod frame;
+mod metrics;
+
+use frame::{read_frame, write_frame};
+use metrics::MemberlistMetrics;
 
 /// Port used for a join member given without one (hashicorp memberlist's default).
 pub const DEFAULT_PORT: u16 = 7946;
@@ -43,8 +49,6 @@ pub const DEFAULT_PORT: u16 = 7946;
 /// Largest KV delta sent by UDP; bigger ones go by TCP. Below the common 1500-byte MTU so a
 /// delta is never fragmented.
 const MAX_UDP_DELTA: usize = 1400;
-/// Largest TCP frame accepted, so a bad peer cannot make us allocate without bound.
-const MAX_TCP_FRAME: usize = 256 << 20;
 /// Nodes a receiver forwards a new delta to.
 const FORWARD_FANOUT: usize = 3;
 /// How long tombstones are kept before garbage collection: long enough for every node to have
@@ -76,6 +80,8 @@ pub struct MemberlistConfig {
     pub gossip_interval: Duration,
     /// How often the full state is exchanged with a random member.
     pub pull_push_interval: Duration,
+    /// Seals every packet and frame; a node without it (or with another) cannot join.
+    pub encryption_key: Option<Arc<GossipKey>>,
 }
 
 impl Default for MemberlistConfig {
@@ -89,6 +95,7 @@ impl Default for MemberlistConfig {
             join_members: Vec::new(),
             gossip_interval: Duration::from_millis(200),
             pull_push_interval: Duration::from_secs(30),
+            encryption_key: None,
         }
     }
 }
@@ -154,45 +161,6 @@ impl Identity for NodeId {
 
 type FocaT = Foca<NodeId, PostcardCodec, rand_foca::rngs::SmallRng, NoCustomBroadcast>;
 
-/// Gossip metrics: members seen, messages, live KV entries.
-struct MemberlistMetrics {
-    members: IntGauge,
-    received: IntCounter,
-    sent: IntCounter,
-    kv_entries: IntGaugeVec,
-}
-
-impl MemberlistMetrics {
-    fn new(registry: &Registry) -> prometheus::Result<Self> {
-        let m = Self {
-            members: IntGauge::new(
-                "norn_memberlist_members",
-                "Alive cluster members as seen by this node, itself included.",
-            )?,
-            received: IntCounter::new(
-                "norn_memberlist_messages_received_total",
-                "Gossip messages received (UDP datagrams and TCP frames).",
-            )?,
-            sent: IntCounter::new(
-                "norn_memberlist_messages_sent_total",
-                "Gossip messages sent (UDP datagrams and TCP frames).",
-            )?,
-            kv_entries: IntGaugeVec::new(
-                Opts::new(
-                    "norn_memberlist_kv_entries",
-                    "Live (non-tombstone) entries in the gossiped state, by key.",
-                ),
-                &["key"],
-            )?,
-        };
-        registry.register(Box::new(m.members.clone()))?;
-        registry.register(Box::new(m.received.clone()))?;
-        registry.register(Box::new(m.sent.clone()))?;
-        registry.register(Box::new(m.kv_entries.clone()))?;
-        Ok(m)
-    }
-}
-
 struct Shared {
     config: MemberlistConfig,
     local_addr: SocketAddr,
@@ -254,7 +222,9 @@ impl Memberlist {
         // Forget down members after a while so a long-running cluster does not accumulate
         // every pod that ever existed; long enough for /memberlist to show who went down.
         foca_config.remove_down_after = Some(Duration::from_secs(15 * 60));
-        // One byte of every datagram is our protocol tag.
+        // One byte of every datagram is our protocol tag; sealing adds OVERHEAD bytes, still
+        // under a 1500-byte MTU.
+        const { assert!(1400 + OVERHEAD < 1500) };
         foca_config.max_packet_size = NonZeroUsize::new(1399).expect("non-zero");
         let foca = Foca::new(
             identity,
@@ -468,29 +438,6 @@ fn has_port(seed: &str) -> bool {
     }
 }
 
-async fn write_frame(stream: &mut TcpStream, kind: u8, payload: &[u8]) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(payload.len() + 5);
-    buf.push(kind);
-    buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    buf.extend_from_slice(payload);
-    stream.write_all(&buf).await?;
-    stream.flush().await
-}
-
-async fn read_frame(stream: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
-    let kind = stream.read_u8().await?;
-    let len = stream.read_u32().await? as usize;
-    if len > MAX_TCP_FRAME {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds the limit"),
-        ));
-    }
-    let mut payload = vec![0; len];
-    stream.read_exact(&mut payload).await?;
-    Ok((kind, payload))
-}
-
 fn invalid(err: postcard::Error) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, err)
 }
@@ -575,6 +522,20 @@ impl Shared {
     }
 
     fn send_udp(&self, to: SocketAddr, buf: &[u8]) {
+        let sealed;
+        let buf = match &self.config.encryption_key {
+            None => buf,
+            Some(key) => match key.seal(buf) {
+                Some(s) => {
+                    sealed = s;
+                    sealed.as_slice()
+                }
+                None => {
+                    warn!("memberlist: the system RNG failed; datagram not sent");
+                    return;
+                }
+            },
+        };
         // try_send_to never blocks the caller (often under a lock); a full socket buffer loses
         // the datagram, which SWIM and push/pull tolerate.
         match self.udp.try_send_to(buf, to) {
@@ -630,7 +591,8 @@ impl Shared {
             self.rt.spawn(async move {
                 let res = tokio::time::timeout(TCP_TIMEOUT, async {
                     let mut stream = TcpStream::connect(to).await?;
-                    write_frame(&mut stream, TCP_DELTA, &payload).await
+                    let key = shared.config.encryption_key.as_deref();
+                    write_frame(&mut stream, key, TCP_DELTA, &payload).await
                 })
                 .await;
                 match res {
@@ -680,12 +642,27 @@ impl Shared {
                 continue;
             }
             self.metrics.received.inc();
-            match buf[0] {
+            let opened;
+            let packet = match &self.config.encryption_key {
+                None => &buf[..n],
+                Some(key) => match key.open(&buf[..n]) {
+                    Some(p) if !p.is_empty() => {
+                        opened = p;
+                        opened.as_slice()
+                    }
+                    _ => {
+                        self.metrics.auth_failures.inc();
+                        debug!(%from, "memberlist: dropped a datagram not sealed with our key");
+                        continue;
+                    }
+                },
+            };
+            match packet[0] {
                 UDP_FOCA => {
-                    let data = &buf[1..n];
+                    let data = &packet[1..];
                     self.with_foca(|foca, rt| foca.handle_data(data, rt));
                 }
-                UDP_DELTA => match postcard::from_bytes::<KvState>(&buf[1..n]) {
+                UDP_DELTA => match postcard::from_bytes::<KvState>(&packet[1..]) {
                     Ok(state) => self.apply_remote(&state),
                     Err(err) => debug!(%from, %err, "memberlist: bad delta"),
                 },
@@ -719,7 +696,16 @@ impl Shared {
     }
 
     async fn serve_tcp(self: &Arc<Self>, mut stream: TcpStream) -> std::io::Result<()> {
-        let (kind, payload) = read_frame(&mut stream).await?;
+        let key = self.config.encryption_key.as_deref();
+        let (kind, payload) = match read_frame(&mut stream, key).await {
+            Ok(f) => f,
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    self.metrics.auth_failures.inc();
+                }
+                return Err(e);
+            }
+        };
         self.metrics.received.inc();
         let remote: KvState = postcard::from_bytes(&payload).map_err(invalid)?;
         match kind {
@@ -727,7 +713,7 @@ impl Shared {
                 // Reply with our state as it was, so the peer gets what it lacked; its own
                 // entries come back to it as no-ops.
                 let ours = postcard::to_allocvec(&*self.kv.lock()).map_err(invalid)?;
-                write_frame(&mut stream, TCP_PUSH_PULL, &ours).await?;
+                write_frame(&mut stream, key, TCP_PUSH_PULL, &ours).await?;
                 self.metrics.sent.inc();
                 // What was new to us is forwarded like a delta: a joiner's own entries reach
                 // the rest of the cluster now rather than at the next periodic push/pull.
@@ -748,10 +734,19 @@ impl Shared {
     async fn push_pull(self: &Arc<Self>, to: SocketAddr) -> std::io::Result<()> {
         let ours = postcard::to_allocvec(&*self.kv.lock()).map_err(invalid)?;
         let theirs = tokio::time::timeout(TCP_TIMEOUT, async {
+            let key = self.config.encryption_key.as_deref();
             let mut stream = TcpStream::connect(to).await?;
-            write_frame(&mut stream, TCP_PUSH_PULL, &ours).await?;
+            write_frame(&mut stream, key, TCP_PUSH_PULL, &ours).await?;
             self.metrics.sent.inc();
-            let (_, payload) = read_frame(&mut stream).await?;
+            let (_, payload) = match read_frame(&mut stream, key).await {
+                Ok(f) => f,
+                Err(e) => {
+                    if e.kind() == std::io::ErrorKind::PermissionDenied {
+                        self.metrics.auth_failures.inc();
+                    }
+                    return Err(e);
+                }
+            };
             self.metrics.received.inc();
             Ok::<_, std::io::Error>(payload)
         })

@@ -44,6 +44,7 @@ async fn ring_and_memberlist_pages() {
             join_members: vec![],
             gossip_interval: Duration::from_millis(200),
             pull_push_interval: Duration::from_secs(30),
+            encryption_key: None,
         },
         &registry,
     )
@@ -175,6 +176,7 @@ async fn store_gateway_ring_page() {
             join_members: vec![],
             gossip_interval: Duration::from_millis(200),
             pull_push_interval: Duration::from_secs(30),
+            encryption_key: None,
         },
         &registry,
     )

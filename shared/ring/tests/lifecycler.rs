@@ -18,6 +18,7 @@ async fn node(name: &str, join: Vec<String>, registry: &prometheus::Registry) ->
         join_members: join,
         gossip_interval: Duration::from_millis(200),
         pull_push_interval: Duration::from_secs(30),
+        encryption_key: None,
     };
     Memberlist::start(config, registry).await.unwrap()
 }

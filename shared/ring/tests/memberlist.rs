@@ -18,6 +18,7 @@ async fn node(name: &str, join: Vec<String>) -> Arc<Memberlist> {
         join_members: join,
         gossip_interval: Duration::from_millis(200),
         pull_push_interval: Duration::from_secs(30),
+        encryption_key: None,
     };
     Memberlist::start(config, &prometheus::Registry::new())
         .await
@@ -141,6 +142,7 @@ async fn late_joiner_gets_full_state_and_start_order_does_not_matter() {
         join_members: vec![],
         gossip_interval: Duration::from_millis(200),
         pull_push_interval: Duration::from_secs(30),
+        encryption_key: None,
     };
     let seed = Memberlist::start(config, &prometheus::Registry::new())
         .await
@@ -213,6 +215,7 @@ async fn restarted_node_with_same_name_and_port_rejoins() {
         join_members: join,
         gossip_interval: Duration::from_millis(200),
         pull_push_interval: Duration::from_secs(30),
+        encryption_key: None,
     };
     let start = Instant::now();
     let again = loop {
@@ -240,4 +243,71 @@ async fn restarted_node_with_same_name_and_port_rejoins() {
     );
     again.leave().await;
     seed.leave().await;
+}
+
+async fn keyed_node(
+    name: &str,
+    join: Vec<String>,
+    key: Option<[u8; 32]>,
+) -> (Arc<Memberlist>, prometheus::Registry) {
+    let registry = prometheus::Registry::new();
+    let config = MemberlistConfig {
+        node_name: name.to_string(),
+        bind_addr: LOCALHOST,
+        bind_port: 0,
+        join_members: join,
+        gossip_interval: Duration::from_millis(100),
+        pull_push_interval: Duration::from_secs(1),
+        encryption_key: key.map(|k| Arc::new(norn_ring::GossipKey::from_bytes(&k).unwrap())),
+        ..MemberlistConfig::default()
+    };
+    (
+        Memberlist::start(config, &registry).await.unwrap(),
+        registry,
+    )
+}
+
+fn auth_failures(r: &prometheus::Registry) -> f64 {
+    r.gather()
+        .iter()
+        .find(|f| f.name() == "norn_memberlist_authentication_failures_total")
+        .map(|f| f.get_metric()[0].get_counter().get_value())
+        .unwrap_or(0.0)
+}
+
+/// With an encryption key, members with the same key gossip as usual (membership and KV),
+/// while a node without the key or with another one never joins, never sees the state, and
+/// its packets are dropped and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encryption_key_keeps_outsiders_out() {
+    let key = [42u8; 32];
+    let (a, reg_a) = keyed_node("keyed-a", vec![], Some(key)).await;
+    let seed = a.local_addr().to_string();
+    let (b, _) = keyed_node("keyed-b", vec![seed.clone()], Some(key)).await;
+    eventually("b joins a", Duration::from_secs(10), || {
+        alive(&a, "keyed-b") && alive(&b, "keyed-a")
+    })
+    .await;
+    a.put("ingester", "x", Entry::value(10, b"\"secret\"".to_vec()));
+    eventually("b sees the put", Duration::from_secs(5), || {
+        b.get("ingester").contains_key("x")
+    })
+    .await;
+
+    let (plain, _) = keyed_node("plain", vec![seed.clone()], None).await;
+    let (other, _) = keyed_node("other-key", vec![seed], Some([7u8; 32])).await;
+    eventually(
+        "a drops outsiders' packets",
+        Duration::from_secs(10),
+        || auth_failures(&reg_a) >= 2.0,
+    )
+    .await;
+    // Several push/pull and join rounds later, still nobody got in either direction.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for outsider in [&plain, &other] {
+        assert!(!alive(&a, outsider.node_name()));
+        assert!(!alive(outsider, "keyed-a"));
+        assert!(outsider.get("ingester").is_empty());
+    }
+    assert_eq!(a.members().iter().filter(|m| m.state == "alive").count(), 2);
 }

@@ -10,6 +10,7 @@
 //! * [`guard`]: per-route tenant-before-body and body-size checks.
 //! * [`serve`]: the server loop with Mimir's timeouts and connection limit.
 //! * [`grpc`]: the gRPC server that carries every service's gRPC API on one port.
+//! * [`tls`]: TLS and mTLS of the listeners and clients, reloaded when the files change.
 //! * [`params`], [`prom_json`]: the Prometheus API's parameters and JSON envelope, shared by
 //!   the querier and the query-frontend.
 //! * [`periodic`]: the one helper for "do this every period until stopped".
@@ -26,6 +27,7 @@ pub mod periodic;
 pub mod prom_json;
 pub mod serve;
 pub mod tenant;
+pub mod tls;
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;

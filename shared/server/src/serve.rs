@@ -38,11 +38,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use norn_model::ErrorKind;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use crate::tls::listen::{HANDSHAKE_TIMEOUT, ServerTls, handshake};
 use crate::{HttpError, Metrics};
 
 /// Timeouts and limits of the HTTP server. A zero duration disables that timeout.
@@ -95,6 +96,19 @@ pub async fn serve(
     opts: ServerOptions,
     metrics: Arc<Metrics>,
 ) -> io::Result<()> {
+    serve_with_tls(listener, app, shutdown, opts, metrics, None).await
+}
+
+/// [`serve`], over TLS when `tls` is given: each connection's handshake runs in its own
+/// task, bounded by the header timeout (the time a client has to start talking).
+pub async fn serve_with_tls(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+    opts: ServerOptions,
+    metrics: Arc<Metrics>,
+    tls: Option<ServerTls>,
+) -> io::Result<()> {
     let opts = Arc::new(opts);
     let slots =
         (opts.conn_limit > 0).then(|| Arc::new(tokio::sync::Semaphore::new(opts.conn_limit)));
@@ -116,9 +130,20 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 let (app, opts, shutdown) = (app.clone(), Arc::clone(&opts), shutdown.clone());
                 let metrics = Arc::clone(&metrics);
+                let tls = tls.clone();
                 metrics.http_open_connections.inc();
                 conns.spawn(async move {
-                    if let Some(kind) = serve_conn(stream, app, &opts, shutdown).await {
+                    let timed_out = match tls {
+                        None => serve_conn(stream, app, &opts, shutdown).await,
+                        Some(tls) => {
+                            let limit = opts.header_timeout().unwrap_or(HANDSHAKE_TIMEOUT);
+                            match handshake(&tls, stream, limit).await {
+                                Some(s) => serve_conn(s, app, &opts, shutdown).await,
+                                None => None,
+                            }
+                        }
+                    };
+                    if let Some(kind) = timed_out {
                         metrics
                             .http_connection_timeouts
                             .with_label_values(&[kind])
@@ -250,8 +275,8 @@ impl Drop for InFlight {
 
 /// Serves one connection to its end; returns the kind of timeout (`idle`, `header`) if the
 /// server closed it for one.
-async fn serve_conn(
-    stream: TcpStream,
+async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
     app: Router,
     opts: &ServerOptions,
     shutdown: CancellationToken,
@@ -356,12 +381,12 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// The socket, telling the connection's watcher when bytes arrive.
-struct WatchedIo {
-    inner: TcpStream,
+struct WatchedIo<S> {
+    inner: S,
     state: Arc<ConnState>,
 }
 
-impl AsyncRead for WatchedIo {
+impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -376,7 +401,7 @@ impl AsyncRead for WatchedIo {
     }
 }
 
-impl AsyncWrite for WatchedIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -135,6 +135,8 @@ pub struct ClientConfig {
     pub query_timeout: Duration,
     /// Deadline of a health check.
     pub health_check_timeout: Duration,
+    /// TLS to the servers (`<prefix>.tls-*`); plain text when `None`.
+    pub tls: Option<std::sync::Arc<norn_server::tls::ClientTls>>,
 }
 
 impl Default for ClientConfig {
@@ -143,6 +145,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(2),
             query_timeout: Duration::from_secs(120),
             health_check_timeout: Duration::from_secs(2),
+            tls: None,
         }
     }
 }
@@ -218,8 +221,8 @@ impl GatewayClient {
             // Notices a store-gateway gone without closing its connections (kill -9, a lost
             // host) between queries, rather than on the next query's deadline.
             .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .connect_lazy();
+            .keep_alive_timeout(Duration::from_secs(10));
+        let channel = norn_server::tls::client::connect_lazy(channel, config.tls.as_ref());
         let rpc = StoreGatewayClient::new(channel.clone())
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);

@@ -12,6 +12,8 @@ pub struct FrontendWorkerConfig {
     /// The query-frontend's gRPC address (`host:port`); empty: the querier serves only its
     /// HTTP API.
     pub frontend_address: String,
+    /// TLS to the query-frontend (`--querier.frontend-client.tls-*`).
+    pub grpc_client_config: norn_server::tls::ClientTlsSettings,
 }
 
 impl FrontendWorkerConfig {

@@ -7,7 +7,10 @@ use anyhow::bail;
 use norn_model::duration::serde_duration;
 use serde::{Deserialize, Serialize};
 
+use norn_server::tls::ServerTlsSettings;
+
 use super::flags::{Deferred, set, set_duration};
+use super::tls::ServerTlsFlags;
 
 /// `server` in YAML.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,6 +36,8 @@ pub struct ServerConfig {
     /// Where the admin endpoints are served; empty: on the HTTP listener with the rest.
     pub admin_listen_address: String,
     pub admin_listen_port: u16,
+    pub http_tls_config: ServerTlsSettings,
+    pub grpc_tls_config: ServerTlsSettings,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +57,8 @@ impl Default for ServerConfig {
             http_listen_conn_limit: 0,
             admin_listen_address: String::new(),
             admin_listen_port: 8081,
+            http_tls_config: ServerTlsSettings::default(),
+            grpc_tls_config: ServerTlsSettings::default(),
         }
     }
 }
@@ -141,6 +148,8 @@ pub struct ServerFlags {
         env = "NORN_SERVER_ADMIN_LISTEN_PORT"
     )]
     pub admin_listen_port: Option<u16>,
+    #[command(flatten)]
+    pub tls: ServerTlsFlags,
 }
 
 impl ServerFlags {
@@ -169,6 +178,8 @@ impl ServerFlags {
             &self.http_server_idle_timeout,
         )?;
         set(&mut c.http_listen_conn_limit, &self.http_conn_limit);
+        self.tls
+            .apply(&mut c.http_tls_config, &mut c.grpc_tls_config);
         Ok(())
     }
 }
