@@ -31,6 +31,28 @@ use crate::gateway::{Gateway, GatewayClientPool};
 /// At most this many block ids are listed in an error message (the count says the rest).
 const MAX_IDS_IN_ERROR: usize = 10;
 
+/// Answers with at most this many chunks are merged and decoded on the calling task; larger
+/// ones go to the blocking pool. A chunk holds about 120 samples and decodes in a microsecond
+/// or two, so this is tens of microseconds of CPU, within what a task may take between two
+/// awaits. Below it the two trips to a blocking thread (wake it, wait for it, wake the caller)
+/// cost more than the work, and on a loaded machine each wake-up can wait milliseconds for a
+/// core: the whole warm cost of a one-series query was a few such trips.
+pub const INLINE_MAX_CHUNKS: usize = 32;
+
+/// Runs `f`, which works through `chunks` chunks: here when they are few, else on the blocking
+/// pool (so a large answer never holds a reactor thread).
+async fn decode_work<T, F>(chunks: usize, f: F) -> Result<T, tokio::task::JoinError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    if chunks <= INLINE_MAX_CHUNKS {
+        Ok(f())
+    } else {
+        tokio::task::spawn_blocking(f).await
+    }
+}
+
 /// The querier's store-gateway settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -385,8 +407,10 @@ impl StoreQueryable {
             })
             .await?;
         let all: Vec<_> = lists.into_iter().flatten().collect();
-        // Merging replicas' overlapping chunks decodes them: CPU work, off the reactor.
-        tokio::task::spawn_blocking(move || to_chunk_series(all))
+        // Merging replicas' overlapping chunks decodes them: CPU work, off the reactor unless
+        // it is small.
+        let chunks = all.iter().map(|s| s.chunks.len()).sum();
+        decode_work(chunks, move || to_chunk_series(all))
             .await
             .map_err(|e| StorageError::Internal(format!("merging store-gateway series: {e}")))?
             .map_err(|e| StorageError::Internal(format!("store-gateway series: {e}")))
@@ -437,7 +461,8 @@ impl Queryable for StoreQueryable {
         let (got, end) = self
             .chunks_within(start_ms, end_ms, matchers, budget)
             .await?;
-        tokio::task::spawn_blocking(move || decode_chunk_series(got, start_ms, end))
+        let chunks = got.iter().map(|s| s.chunks.len()).sum();
+        decode_work(chunks, move || decode_chunk_series(got, start_ms, end))
             .await
             .map_err(|e| StorageError::Internal(format!("decoding task failed: {e}")))?
             .map_err(|e| StorageError::Internal(format!("store-gateway chunks: {e}")))
@@ -525,5 +550,49 @@ impl Queryable for StoreQueryable {
             })
             .await?;
         Ok(merge_strings(lists))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thread() -> std::thread::ThreadId {
+        std::thread::current().id()
+    }
+
+    /// A small answer is decoded by the task that fetched it, with no trip to the blocking
+    /// pool; a large one on a blocking thread.
+    #[tokio::test(flavor = "current_thread")]
+    async fn small_answers_are_decoded_in_place_large_ones_on_the_blocking_pool() {
+        let here = thread();
+        let small = decode_work(INLINE_MAX_CHUNKS, thread).await.unwrap();
+        assert_eq!(small, here);
+        let none = decode_work(0, thread).await.unwrap();
+        assert_eq!(none, here);
+        let large = decode_work(INLINE_MAX_CHUNKS + 1, thread).await.unwrap();
+        assert_ne!(large, here);
+    }
+
+    /// With every blocking thread taken (by a large query's decoding, say), a small answer is
+    /// still decoded: it does not queue behind them.
+    #[test]
+    fn small_answers_do_not_wait_for_a_busy_blocking_pool() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(1)
+            .build()
+            .unwrap();
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started) = std::sync::mpsc::channel::<()>();
+        let hog = rt.spawn_blocking(move || {
+            started_tx.send(()).unwrap();
+            wait.recv().unwrap();
+        });
+        started.recv().unwrap();
+        // The only blocking thread is held until `release`: only in-place work can finish.
+        let got = rt.block_on(decode_work(1, || 7)).unwrap();
+        assert_eq!(got, 7);
+        release.send(()).unwrap();
+        rt.block_on(hog).unwrap();
     }
 }
