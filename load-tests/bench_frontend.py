@@ -230,7 +230,10 @@ def cache_phase(b, cluster, data_end, days):
     end = data_end - 600
     start = end - days * 24 * H
     same = True
-    for g in range(CACHE_GROUPS):
+    # 100 series per target, groups of 10 targets: at most one group per 1,000 series.
+    groups = max(1, min(CACHE_GROUPS, cluster.cache_series // 1000))
+    res["groups"] = groups
+    for g in range(groups):
         expr = CACHE_QUERY.format(grp=f"000{g}")
         answers = []
         for phase, n, shift in (("cold", 1, 0), ("warm", WARM_ROUNDS, 0), ("moved", 1, 300)):
@@ -280,6 +283,7 @@ def frontend(b, args, norn, loadgen, gen_bin):
         b.log(f"wrote {res['write']['samples_sent']:,} samples")
         for sharding, n in [(False, 0)] + [(True, s) for s in shards]:
             res["variants"].append(sharding_variant(b, args, cluster, loadgen, sharding, n or 16, end))
+        cluster.cache_series = cache_series
         cluster.start_query_path(True, shards[-1], cache=True)
         load0 = st.loadavg()
         res["cache"] = cache_phase(b, cluster, data_end, days)
@@ -366,7 +370,7 @@ def section(args, res):
   with no downstream URL and two `--target=querier` processes pulling from it over gRPC
   (`--querier.frontend-address`, 20 workers each), all on 127.0.0.1 with one filesystem bucket;
   limits on samples/chunks per query lifted, `--querier.max-query-parallelism=256`.
-* Sharding data: {res['series']:,} series x 1 h at 15 s ({w['samples_sent']:,} samples, {w['errors']} write
+* Sharding data: {res['series']:,} series x 1 h at 15 s ({w['samples_sent']:,} samples, {sum((w['errors'] or {}).values()) if isinstance(w['errors'], dict) else w['errors']} write
   errors) pushed with `norn-loadgen write` in {w.get('elapsed_seconds', 0):.0f} s (load {w['load'][0]:.2f} /
   {w['load'][1]:.2f}); the queries read the ingester's head. Backend RSS after the write:
   {w['backend_rss']:,.0f} MiB.
@@ -385,7 +389,7 @@ def section(args, res):
 Results cache: {res['cache_series']:,} series x {res['days']} days at 15 s as {gen['blocks']} 2h blocks
 ({gen['samples']:,} samples, written by gen_blocks in {gen['elapsed_seconds']:.0f} s) ending 14 h
 before the run, served by the store-gateway path. Query: `{CACHE_QUERY.format(grp='000<g>')}` (320
-series) over {res['days']} days at step {CACHE_STEP // 60}m, for {CACHE_GROUPS} host groups g; frontend with
+series) over {res['days']} days at step {CACHE_STEP // 60}m, for {c['groups']} host groups g; frontend with
 `--query-frontend.cache-results=true` (inmemory), split by 24 h, {c['shards']} shards. Cold: the
 first execution of each group's query; warm: the same query {WARM_ROUNDS} times more; moved end:
 start and end +5 min (a dashboard refresh). Hits/misses: deltas of `{HITS}` and `{MISSES}`.
