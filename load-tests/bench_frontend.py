@@ -108,8 +108,6 @@ class Cluster:
             f"--query-frontend.parallelize-shardable-queries={'true' if sharding else 'false'}",
             f"--query-frontend.query-sharding-total-shards={shards}",
             f"--query-frontend.cache-results={'true' if cache else 'false'}",
-            # Every leg of a sharded 7-day query (8 days x 16 shards) may be in flight at once.
-            "--querier.max-query-parallelism=256",
         ])
         self.frontend = fe
         for i in range(2):
@@ -369,7 +367,8 @@ def section(args, res):
 * Cluster: one `--target=ingester,distributor,store-gateway` process, a `--target=query-frontend`
   with no downstream URL and two `--target=querier` processes pulling from it over gRPC
   (`--querier.frontend-address`, 20 workers each), all on 127.0.0.1 with one filesystem bucket;
-  limits on samples/chunks per query lifted, `--querier.max-query-parallelism=256`.
+  limits on samples/chunks per query lifted; `--querier.max-query-parallelism` at its default (14
+  legs of one query in flight).
 * Sharding data: {res['series']:,} series x 1 h at 15 s ({w['samples_sent']:,} samples, {sum((w['errors'] or {}).values()) if isinstance(w['errors'], dict) else w['errors']} write
   errors) pushed with `norn-loadgen write` in {w.get('elapsed_seconds', 0):.0f} s (load {w['load'][0]:.2f} /
   {w['load'][1]:.2f}); the queries read the ingester's head. Backend RSS after the write:
