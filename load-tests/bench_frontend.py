@@ -327,6 +327,8 @@ def section(args, res):
             cells += [f"{ms(o['p50'])} / {ms(o['p90'])}", f"{others[0]['p50'] / o['p50']:.2f}x"]
         lines.append("| " + " | ".join(cells) + " |")
 
+    failed = [f"{'unsharded' if not v['sharding'] else str(v['shards']) + ' shards'}: `{x['name']}` {x['kind']} "
+              f"{json.dumps(x.get('errors'))}" for v in vs for x in v["mix"] if x.get("errors")]
     proc = ["| variant | queued requests per query | mean queue wait (ms) | CPU-s per query: frontend / queriers / backend | "
             "peak RSS queriers (MiB) | peak RSS frontend (MiB) | answer vs unsharded | mix errors | load avg start / end |",
             "|---|---|---|---|---|---|---|---|---|"]
@@ -384,6 +386,8 @@ def section(args, res):
 * CPU-s per query are utime + stime of each process over the {args.reps} measured runs of the
   high-cardinality query, divided by {args.reps}; queued requests and the mean wait are from
   `{QWAIT}` (count and sum) over the high-cardinality runs.
+* Dashboard-mix queries that failed (a row without an answer in both variants is left out of
+  the table): {'; '.join(failed) if failed else 'none'}.
 
 Results cache: {res['cache_series']:,} series x {res['days']} days at 15 s as {gen['blocks']} 2h blocks
 ({gen['samples']:,} samples, written by gen_blocks in {gen['elapsed_seconds']:.0f} s) ending 14 h
