@@ -386,7 +386,7 @@ def section(args, res):
 * CPU-s per query are utime + stime of each process over the {args.reps} measured runs of the
   high-cardinality query, divided by {args.reps}; queued requests and the mean wait are from
   `{QWAIT}` (count and sum) over the high-cardinality runs.
-* Dashboard-mix queries that failed (a row without an answer in both variants is left out of
+* Dashboard-mix queries that failed (a query without an answer in some variant is left out of
   the table): {'; '.join(failed) if failed else 'none'}.
 
 Results cache: {res['cache_series']:,} series x {res['days']} days at 15 s as {gen['blocks']} 2h blocks
