@@ -21,7 +21,8 @@
 //!
 //! Failures are counted by reason (`norn_auth_failures_total{reason}`), successes by token
 //! name; neither logs nor responses ever contain the secret. gRPC and memberlist gossip are
-//! not covered (docs/operations.md, "Threat model").
+//! not covered by tokens: they are secured by mTLS ([`crate::tls`]) and the gossip key
+//! (docs/operations.md, "Threat model").
 
 pub mod scope;
 pub mod tokens;
