@@ -9,7 +9,6 @@
 //! it is the only test of the notifier against the real API.
 
 use std::io::Read;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -29,13 +28,7 @@ use tokio::sync::mpsc;
 const BIN: &str = "/usr/bin/prometheus-alertmanager";
 const WAIT: Duration = Duration::from_secs(30);
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use norn_storage::testing::free_port;
 
 /// An Alertmanager process, killed on drop; its log is printed if the test panicked.
 struct Alertmanager {

@@ -16,13 +16,7 @@ use norn_cache::{Cache, CacheConfig, CacheMetrics, MemcachedCache, MemcachedConf
 
 const BIN: &str = "/usr/bin/memcached";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use norn_storage::testing::free_port;
 
 /// A memcached process, killed on drop.
 struct Memcached {

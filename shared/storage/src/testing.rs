@@ -73,7 +73,7 @@ impl MotoServer {
     }
 
     fn spawn(binary: &Path) -> Result<Self, String> {
-        let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+        let port = free_port();
         let dir = tempfile::Builder::new()
             .prefix("norn-moto-")
             .tempdir()
@@ -226,9 +226,39 @@ fn agent(timeout: Duration) -> ureq::Agent {
     )
 }
 
-fn free_port() -> std::io::Result<u16> {
-    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
-    Ok(listener.local_addr()?.port())
+/// A port on 127.0.0.1 that is free for both TCP and UDP, for a test to hand to a process it
+/// starts (servers, gossip, moto, memcached, Alertmanager).
+///
+/// Not "bind port 0 and release it": the kernel picks those from the ephemeral range, where
+/// every outgoing connection's local port also comes from, so between the release and the
+/// child's bind some client socket can take it (CI saw a gossip bind fail with EADDRINUSE).
+/// These ports come from below the ephemeral range, each at most once per test process, from
+/// a start that differs per process so test binaries running side by side rarely meet.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low < LOWEST + 1_000 {
+        // An unusual host whose ephemeral range starts low: fall back to the kernel's pick.
+        return TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("binding 127.0.0.1:0");
+    }
+    let span = ephemeral_low - LOWEST;
+    let start = std::process::id().wrapping_mul(2_654_435_761) % span;
+    for _ in 0..span {
+        let port = (LOWEST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        let at = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        if TcpListener::bind(at).is_ok() && std::net::UdpSocket::bind(at).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 between {LOWEST} and {ephemeral_low}");
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,14 +13,8 @@ use std::time::{Duration, Instant};
 use norn_proto::prometheus as pb;
 use prost::Message;
 
-/// A free TCP port on 127.0.0.1 (bound, then released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// A free TCP and UDP port on 127.0.0.1, below the ephemeral range (see there why).
+pub use norn_storage::testing::free_port;
 
 #[allow(unused_imports)] // not every test file reads the clock
 pub use norn_model::now_ms;
