@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
-use norn_model::{Matcher, Queryable, SampleBudget, Series, StorageError};
+use norn_model::{ChunkSeries, Matcher, Queryable, SampleBudget, Series, StorageError};
 
 /// Counts series fetched by one query across all its selects.
 pub struct SeriesLimited {
@@ -65,6 +65,30 @@ impl Queryable for SeriesLimited {
         self.count(out)
     }
 
+    async fn select_chunks(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+    ) -> Result<Vec<ChunkSeries>, StorageError> {
+        let out = self.inner.select_chunks(start_ms, end_ms, matchers).await?;
+        self.count(out)
+    }
+
+    async fn select_chunks_within(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[Matcher],
+        budget: &SampleBudget,
+    ) -> Result<Vec<ChunkSeries>, StorageError> {
+        let out = self
+            .inner
+            .select_chunks_within(start_ms, end_ms, matchers, budget)
+            .await?;
+        self.count(out)
+    }
+
     async fn label_names(
         &self,
         start_ms: i64,
@@ -89,7 +113,7 @@ impl Queryable for SeriesLimited {
 
 impl SeriesLimited {
     /// Counts a select's series against the limit.
-    fn count(&self, out: Vec<Series>) -> Result<Vec<Series>, StorageError> {
+    fn count<T>(&self, out: Vec<T>) -> Result<Vec<T>, StorageError> {
         let total = self.fetched.fetch_add(out.len(), Ordering::Relaxed) + out.len();
         if self.limit > 0 && total > self.limit {
             return Err(StorageError::Limit(format!(

@@ -77,6 +77,9 @@ struct SelectorNeed {
     /// An instant vector selector read at one time only (an instant query, or `@`): each
     /// series' newest sample in the range is all it needs.
     last_only: bool,
+    /// Read only by a range function sliding across a range query's steps: fetched as the
+    /// encoded chunks the store holds, decoded series by series as the steps advance.
+    chunked: bool,
 }
 
 /// What the query thread hands the async side once it has parsed and planned: the selectors
@@ -304,10 +307,25 @@ impl Engine {
         let fetch = async {
             let mut data: Fetched = HashMap::with_capacity(plan.len());
             let budget = SampleBudget::new(memory.sample_cap());
+            // Chunks are held encoded (a regular scrape takes 1-2 bytes a sample, not 16):
+            // they count by their bytes once fetched, and may hold 8 times the samples the
+            // query may hold decoded while they are read.
+            let chunk_budget = SampleBudget::new(memory.sample_cap().saturating_mul(8));
+            let mut chunk_bytes = 0usize;
             for (key, need) in &plan {
-                data.insert(*key, fetch_selector(q, need, &budget).await?);
+                let got = if need.chunked {
+                    let got = fetch_selector(q, need, &chunk_budget).await?;
+                    chunk_bytes += got.iter().map(FetchedSeries::chunk_bytes).sum::<usize>();
+                    got
+                } else {
+                    fetch_selector(q, need, &budget).await?
+                };
+                data.insert(*key, got);
             }
-            Ok::<_, PromqlError>((data, budget.used()))
+            let held = budget
+                .used()
+                .saturating_add(chunk_bytes.div_ceil(crate::memory::BYTES_PER_SAMPLE as usize));
+            Ok::<_, PromqlError>((data, held))
         };
         let fetched = tokio::time::timeout_at(deadline.into(), fetch)
             .await
@@ -361,6 +379,13 @@ fn parse_and_plan(query: &str, span: Span, lookback: i64) -> Result<(Box<Expr>, 
     plan(
         &expr, span.start, span.end, span.start, span.end, lookback, &mut needs,
     )?;
+    if span.range && span.step > 0 {
+        for key in crate::sliding::sliding_selectors(&expr) {
+            if let Some(need) = needs.get_mut(&key) {
+                need.chunked = true;
+            }
+        }
+    }
     Ok((expr, needs.into_iter().collect()))
 }
 
@@ -373,22 +398,30 @@ fn type_display(vt: ValueType) -> &'static str {
     }
 }
 
-/// One select of a selector within the query's sample budget.
+/// One select of a selector within the query's sample budget: decoded samples, or the
+/// encoded chunks for a selector planned as `chunked`.
 async fn select(
     q: &dyn Queryable,
     need: &SelectorNeed,
     matchers: &[Matcher],
     budget: &SampleBudget,
-) -> Result<Vec<Series>> {
+) -> Result<Vec<FetchedSeries>> {
     // A malformed `__query_shard__` matcher is the query's fault: refused here, once, as
     // bad data (400), before any source is asked.
     norn_model::ShardSelector::split(matchers).map_err(norn_model::StorageError::from)?;
-    let got = if need.last_only {
-        q.select_last_within(need.mint, need.maxt, matchers, budget)
+    let (mint, maxt) = (need.mint, need.maxt);
+    let got = if need.chunked {
+        q.select_chunks_within(mint, maxt, matchers, budget)
             .await
+            .map(|got| got.into_iter().map(FetchedSeries::from).collect())
+    } else if need.last_only {
+        q.select_last_within(mint, maxt, matchers, budget)
+            .await
+            .map(|got| got.into_iter().map(FetchedSeries::from).collect())
     } else {
-        q.select_within(need.mint, need.maxt, matchers, budget)
+        q.select_within(mint, maxt, matchers, budget)
             .await
+            .map(|got| got.into_iter().map(FetchedSeries::from).collect())
     };
     match got {
         Err(_) if budget.exhausted() => Err(PromqlError::TooManySamples),
@@ -405,26 +438,17 @@ async fn fetch_selector(
     need: &SelectorNeed,
     budget: &SampleBudget,
 ) -> Result<Vec<FetchedSeries>> {
-    let wrap = |s: Series| FetchedSeries {
-        labels: Arc::new(s.labels),
-        samples: s.samples,
-    };
     if need.matchers.len() == 1 {
-        let got = select(q, need, &need.matchers[0], budget).await?;
-        return Ok(got.into_iter().map(wrap).collect());
+        return select(q, need, &need.matchers[0], budget).await;
     }
-    // `or` alternatives: union by labels.
-    let mut merged: BTreeMap<Labels, Vec<ModelSample>> = BTreeMap::new();
+    // `or` alternatives: union by labels, the first alternative's series winning.
+    let mut merged: BTreeMap<Arc<Labels>, FetchedSeries> = BTreeMap::new();
     for ms in &need.matchers {
-        let got = select(q, need, ms, budget).await?;
-        for s in got {
-            merged.entry(s.labels).or_insert(s.samples);
+        for s in select(q, need, ms, budget).await? {
+            merged.entry(Arc::clone(&s.labels)).or_insert(s);
         }
     }
-    Ok(merged
-        .into_iter()
-        .map(|(labels, samples)| wrap(Series { labels, samples }))
-        .collect())
+    Ok(merged.into_values().collect())
 }
 
 /// Records, for every selector under `e`, the time range it must be fetched for when `e`
@@ -461,6 +485,7 @@ fn plan(
                         mint,
                         maxt,
                         last_only,
+                        chunked: false,
                     },
                 );
             }
@@ -542,6 +567,7 @@ fn plan(
                     mint,
                     maxt,
                     last_only: false,
+                    chunked: false,
                 },
             );
             Ok(())

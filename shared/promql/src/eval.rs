@@ -66,7 +66,7 @@ pub(crate) struct Evaluator<'a> {
     pub points_pool: Vec<Vec<(i64, f64)>>,
     /// Range-function calls of a range query evaluated across all steps at once, by call
     /// node address (see [`crate::sliding::plan_sliding`]).
-    pub sliding: HashMap<usize, SlidingRangeFn>,
+    pub sliding: HashMap<usize, SlidingRangeFn<'a>>,
     /// Per instant-vector selector node: the reference time of the previous evaluation and,
     /// per fetched series, the index of the first sample after it. Range queries move
     /// forward by one step, which is a few samples, cheaper to walk than to binary-search.
@@ -299,6 +299,34 @@ impl Evaluator<'_> {
                 self.window_cursors.insert(node_key(vs), (start, cursors));
                 return Err(e);
             }
+            if !s.chunks.is_empty() {
+                // Fetched as chunks for the sliding walk, evaluated here only on its rare
+                // fallback (a step it leaves to this path): decoded for this window alone.
+                let mut points = self.points_pool.pop().unwrap_or_default();
+                points.clear();
+                if let Err(e) = s.window_points(start, ref_t, &mut points) {
+                    self.window_cursors.insert(node_key(vs), (start, cursors));
+                    return Err(PromqlError::Internal(format!(
+                        "decoding the chunks of {}: {e}",
+                        s.labels
+                    )));
+                }
+                if points.is_empty() {
+                    self.points_pool.push(points);
+                    continue;
+                }
+                total += points.len();
+                if let Err(e) = self.hold(points.len()) {
+                    self.window_cursors.insert(node_key(vs), (start, cursors));
+                    return Err(e);
+                }
+                series.push(RSeries {
+                    metric: Arc::clone(&s.labels),
+                    points,
+                    drop_name: false,
+                });
+                continue;
+            }
             let lo = if forward {
                 let mut lo = *cursor;
                 while lo < s.samples.len() && s.samples[lo].t <= start {
@@ -391,7 +419,7 @@ pub(crate) fn has_duplicate_labelsets(vec: &[Sample], apply_drop: bool) -> bool 
     })
 }
 
-impl Evaluator<'_> {
+impl<'a> Evaluator<'a> {
     /// The "might not be a counter" info of `rate`/`increase` for one series.
     pub(crate) fn note_if_not_counter(&mut self, metric: &Metric) {
         if let Some(metric_name) = metric.get(METRIC_NAME)
@@ -423,7 +451,7 @@ impl Evaluator<'_> {
 
     fn sliding_step(
         &mut self,
-        st: &mut SlidingRangeFn,
+        st: &mut SlidingRangeFn<'a>,
         c: &Call,
         t: i64,
     ) -> Result<Option<Vec<Sample>>> {
@@ -436,8 +464,9 @@ impl Evaluator<'_> {
         };
         let idx = ((t - start) / step) as usize;
         if st.needs_chunk(idx) {
-            let data = self.data;
-            let fetched: &[FetchedSeries] = data.get(&node_key(&ms.vs)).map_or(&[], Vec::as_slice);
+            let data: &'a Fetched = self.data;
+            let fetched: &'a [FetchedSeries] =
+                data.get(&node_key(&ms.vs)).map_or(&[], Vec::as_slice);
             let steps = Steps {
                 start,
                 end,

@@ -3,7 +3,10 @@
 //!
 //! The engine counts what a query holds in units of one decoded sample, 16 bytes
 //! ([`crate::eval::Evaluator::hold`]): the fetched samples, range-vector windows, subquery
-//! results and their cache, and a range query's output. The estimated bytes a query holds are
+//! results and their cache, and a range query's output. A selector that a range function
+//! slides over across a range query's steps is fetched as encoded chunks and counted by their
+//! bytes (16 to a unit); only its current windows are decoded, counted step by step as
+//! Prometheus counts them. The estimated bytes a query holds are
 //! those units × 16 plus the label sets of the fetched series ([`label_bytes`]). A memory
 //! limit therefore becomes a cap on held units, `(limit − label bytes) / 16`, applied together
 //! with `max_samples` (the lower wins): the query stops as soon as either is passed, having

@@ -11,14 +11,15 @@
 //! This module holds the state and the walk; it knows nothing of the evaluator, which hands
 //! it the fetched series and takes the results (see `Evaluator::sliding_value`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use norn_model::{Sample as ModelSample, is_stale_nan};
-use promql_parser::parser::{Expr, MatrixSelector};
+use norn_chunkenc::{ENCODING_XOR, XorIterator};
+use norn_model::{EncodedChunk, Sample as ModelSample, is_stale_nan};
+use promql_parser::parser::{Call, Expr, MatrixSelector};
 
-use crate::ast::{at_ms, call_key, dur_ms, matrix_arg, offset_ms};
-use crate::error::Result;
+use crate::ast::{at_ms, call_key, dur_ms, matrix_arg, node_key, offset_ms};
+use crate::error::{PromqlError, Result};
 use crate::range_fn::RangeFn;
 use crate::value::{FetchedSeries, Sample};
 
@@ -39,8 +40,9 @@ const CHUNK_CELLS: usize = if cfg!(test) { 16 } else { 1 << 20 };
 const MAX_CHUNK_STEPS: usize = 256;
 
 /// State of one `f(selector[range])` call evaluated across the steps of a range query.
+/// `'a` is the lifetime of the fetched series, whose chunks the walks decode.
 #[derive(Debug)]
-pub(crate) struct SlidingRangeFn {
+pub(crate) struct SlidingRangeFn<'a> {
     f: RangeFn,
     initialized: bool,
     /// Per fetched series: a copy without stale markers, only for series that hold any;
@@ -48,6 +50,9 @@ pub(crate) struct SlidingRangeFn {
     clean: Vec<Option<Vec<ModelSample>>>,
     /// Per fetched series: the window of the last step evaluated.
     cursors: Vec<Cursor>,
+    /// Per fetched series held as encoded chunks: its decoder and window (`None` for the
+    /// series fetched as samples).
+    walks: Vec<Option<ChunkWalk<'a>>>,
     /// Per fetched series: whether the counter-name check already ran (its outcome does not
     /// change between steps).
     noted: Vec<bool>,
@@ -58,17 +63,124 @@ pub(crate) struct SlidingRangeFn {
     results: Vec<Option<Vec<Sample>>>,
 }
 
-impl SlidingRangeFn {
+impl SlidingRangeFn<'_> {
     fn new(f: RangeFn) -> Self {
         Self {
             f,
             initialized: false,
             clean: Vec::new(),
             cursors: Vec::new(),
+            walks: Vec::new(),
             noted: Vec::new(),
             first: 0,
             results: Vec::new(),
         }
+    }
+}
+
+/// One series held as encoded chunks, decoded as the steps move forward: only the samples
+/// of the current window are held decoded, so a selector over a million series holds about
+/// `range / scrape interval` samples per series, not its whole fetched range.
+#[derive(Debug)]
+struct ChunkWalk<'a> {
+    chunks: &'a [EncodedChunk],
+    /// Index of the next chunk to open.
+    next_chunk: usize,
+    it: Option<XorIterator<'a>>,
+    /// The newest sample read, past the last window's end, not yet in a window.
+    ahead: Option<ModelSample>,
+    /// `window[start..]` is the current window, without stale markers.
+    window: Vec<ModelSample>,
+    start: usize,
+    /// Adjacent pairs in the window whose value drops (counter resets, as `rate` compares).
+    resets: usize,
+}
+
+impl<'a> ChunkWalk<'a> {
+    fn new(chunks: &'a [EncodedChunk]) -> Self {
+        Self {
+            chunks,
+            next_chunk: 0,
+            it: None,
+            ahead: None,
+            window: Vec::new(),
+            start: 0,
+            resets: 0,
+        }
+    }
+
+    /// The next sample that is not a stale marker, in time order.
+    fn next_sample(&mut self) -> std::result::Result<Option<ModelSample>, String> {
+        loop {
+            if let Some(it) = &mut self.it {
+                for (t, v) in it.by_ref() {
+                    if !is_stale_nan(v) {
+                        return Ok(Some(ModelSample::new(t, v)));
+                    }
+                }
+                if let Some(e) = it.error() {
+                    return Err(e.to_string());
+                }
+                self.it = None;
+            }
+            let Some(c) = self.chunks.get(self.next_chunk) else {
+                return Ok(None);
+            };
+            self.next_chunk += 1;
+            if c.encoding != ENCODING_XOR {
+                return Err(format!("unsupported chunk encoding {}", c.encoding));
+            }
+            self.it = Some(XorIterator::new(&c.data));
+        }
+    }
+
+    /// Moves the window to `(wstart, ref_t]`; both only ever grow.
+    fn advance(&mut self, wstart: i64, ref_t: i64) -> std::result::Result<(), String> {
+        while self.start < self.window.len() && self.window[self.start].t <= wstart {
+            if let Some(next) = self.window.get(self.start + 1)
+                && next.v < self.window[self.start].v
+            {
+                self.resets -= 1;
+            }
+            self.start += 1;
+        }
+        loop {
+            let s = match self.ahead.take() {
+                Some(s) => s,
+                None => match self.next_sample()? {
+                    Some(s) => s,
+                    None => break,
+                },
+            };
+            if s.t > ref_t {
+                self.ahead = Some(s);
+                break;
+            }
+            if s.t <= wstart {
+                continue;
+            }
+            if self.start == self.window.len() {
+                self.window.clear();
+                self.start = 0;
+            } else if self.start > 0 && self.window.len() == self.window.capacity() {
+                self.window.drain(..self.start);
+                self.start = 0;
+            }
+            if let Some(last) = self.window[self.start..].last() {
+                // Chunks of one series do not overlap; a sample out of order would be a
+                // broken chunk, skipped rather than trusted.
+                if s.t <= last.t {
+                    continue;
+                }
+                self.resets += usize::from(s.v < last.v);
+            }
+            self.window.push(s);
+        }
+        Ok(())
+    }
+
+    fn window(&self) -> &[ModelSample] {
+        &self.window[self.start..]
     }
 }
 
@@ -86,29 +198,47 @@ struct Cursor {
 /// Finds the calls of a range query that can be evaluated across all steps at once: a range
 /// function directly over a matrix selector, not inside a subquery (whose inner expression
 /// is evaluated at the subquery's own timestamps, not at the query's steps).
-pub(crate) fn plan_sliding(e: &Expr, out: &mut HashMap<usize, SlidingRangeFn>) {
+pub(crate) fn plan_sliding(e: &Expr, out: &mut HashMap<usize, SlidingRangeFn<'_>>) {
+    visit_sliding(e, &mut |c, f| {
+        out.insert(call_key(c), SlidingRangeFn::new(f));
+    });
+}
+
+/// The selector nodes ([`crate::ast::node_key`]) read only by a call [`plan_sliding`] finds:
+/// the engine fetches them as encoded chunks, which the walk decodes series by series.
+pub(crate) fn sliding_selectors(e: &Expr) -> HashSet<usize> {
+    let mut out = HashSet::new();
+    visit_sliding(e, &mut |c, _| {
+        if let Some(ms) = matrix_arg(c) {
+            out.insert(node_key(&ms.vs));
+        }
+    });
+    out
+}
+
+fn visit_sliding(e: &Expr, found: &mut dyn FnMut(&Call, RangeFn)) {
     match e {
         Expr::Call(c) => {
             if let Some(f) = RangeFn::parse(c.func.name)
                 && matrix_arg(c).is_some()
             {
-                out.insert(call_key(c), SlidingRangeFn::new(f));
+                found(c, f);
             }
             for a in &c.args.args {
-                plan_sliding(a, out);
+                visit_sliding(a, found);
             }
         }
-        Expr::Paren(p) => plan_sliding(&p.expr, out),
-        Expr::Unary(u) => plan_sliding(&u.expr, out),
+        Expr::Paren(p) => visit_sliding(&p.expr, found),
+        Expr::Unary(u) => visit_sliding(&u.expr, found),
         Expr::Binary(b) => {
-            plan_sliding(&b.lhs, out);
-            plan_sliding(&b.rhs, out);
+            visit_sliding(&b.lhs, found);
+            visit_sliding(&b.rhs, found);
         }
         Expr::Aggregate(a) => {
             if let Some(p) = &a.param {
-                plan_sliding(p, out);
+                visit_sliding(p, found);
             }
-            plan_sliding(&a.expr, out);
+            visit_sliding(&a.expr, found);
         }
         Expr::Subquery(_)
         | Expr::MatrixSelector(_)
@@ -119,7 +249,7 @@ pub(crate) fn plan_sliding(e: &Expr, out: &mut HashMap<usize, SlidingRangeFn>) {
     }
 }
 
-impl SlidingRangeFn {
+impl<'a> SlidingRangeFn<'a> {
     /// Whether step `idx` (its index in the query) lies past the chunk evaluated so far, so
     /// that [`Self::slide_chunk`] must run from it first.
     pub fn needs_chunk(&self, idx: usize) -> bool {
@@ -141,7 +271,7 @@ impl SlidingRangeFn {
     /// a first sample of a counter function, for the evaluator's "not a counter" check.
     pub fn slide_chunk(
         &mut self,
-        fetched: &[FetchedSeries],
+        fetched: &'a [FetchedSeries],
         ms: &MatrixSelector,
         steps: Steps,
         first: usize,
@@ -164,6 +294,10 @@ impl SlidingRangeFn {
                 })
                 .collect();
             self.cursors = vec![Cursor::default(); fetched.len()];
+            self.walks = fetched
+                .iter()
+                .map(|s| (!s.chunks.is_empty()).then(|| ChunkWalk::new(&s.chunks)))
+                .collect();
             self.noted = vec![false; fetched.len()];
             self.initialized = true;
         }
@@ -192,7 +326,35 @@ impl SlidingRangeFn {
         let mut to_note = Vec::new();
         for (i, s) in fetched.iter().enumerate() {
             tick()?;
+            if let Some(walk) = &mut self.walks[i] {
+                let mut produced = false;
+                for (j, &ref_t) in ref_ts.iter().enumerate() {
+                    let wstart = ref_t.saturating_sub(range);
+                    walk.advance(wstart, ref_t).map_err(|e| {
+                        PromqlError::Internal(format!("decoding the chunks of {}: {e}", s.labels))
+                    })?;
+                    let window = walk.window();
+                    if window.is_empty() {
+                        continue;
+                    }
+                    totals[j] += window.len();
+                    if let Some(v) = self.f.value_hinted(window, wstart, ref_t, walk.resets == 0) {
+                        results[j].push(Sample {
+                            metric: Arc::clone(&s.labels),
+                            v,
+                            drop_name,
+                        });
+                        produced = true;
+                    }
+                }
+                if produced && self.f.is_counter_fn() && !self.noted[i] {
+                    self.noted[i] = true;
+                    to_note.push(i);
+                }
+                continue;
+            }
             let samples: &[ModelSample] = self.clean[i].as_deref().unwrap_or(&s.samples);
+
             let mut c = self.cursors[i];
             let is_reset =
                 |k: usize| k >= 1 && k < samples.len() && samples[k].v < samples[k - 1].v;
@@ -230,6 +392,10 @@ impl SlidingRangeFn {
                 self.noted[i] = true;
                 to_note.push(i);
             }
+        }
+        if ref_ts.len() >= steps_left {
+            // The last steps: the windows and decoders are no longer needed.
+            self.walks = Vec::new();
         }
         self.first = first;
         self.results = results

@@ -2,16 +2,79 @@
 
 use std::sync::Arc;
 
-use norn_model::{Label, Labels, METRIC_NAME, Sample as ModelSample, Series};
+use norn_model::{EncodedChunk, Label, Labels, METRIC_NAME, Sample as ModelSample, Series};
 
 /// Label sets are shared between steps and values; cloning one is a reference count bump.
 pub(crate) type Metric = Arc<Labels>;
 
-/// A series fetched from storage for one selector.
+/// A series fetched from storage for one selector: decoded samples, or, for a selector read
+/// only by a range function sliding across a range query's steps, the encoded chunks the
+/// store held (`samples` then empty), decoded series by series as the steps advance.
 #[derive(Debug, Clone)]
 pub(crate) struct FetchedSeries {
     pub labels: Metric,
     pub samples: Vec<ModelSample>,
+    pub chunks: Vec<EncodedChunk>,
+}
+
+impl From<Series> for FetchedSeries {
+    fn from(s: Series) -> Self {
+        Self {
+            labels: Arc::new(s.labels),
+            samples: s.samples,
+            chunks: Vec::new(),
+        }
+    }
+}
+
+impl From<norn_model::ChunkSeries> for FetchedSeries {
+    fn from(s: norn_model::ChunkSeries) -> Self {
+        Self {
+            labels: Arc::new(s.labels),
+            samples: Vec::new(),
+            chunks: s.chunks,
+        }
+    }
+}
+
+impl FetchedSeries {
+    /// The clean (stale markers dropped) samples in `(after, upto]`, decoded from the
+    /// chunks when the series holds chunks, appended to `out` as points.
+    pub fn window_points(
+        &self,
+        after: i64,
+        upto: i64,
+        out: &mut Vec<(i64, f64)>,
+    ) -> std::result::Result<(), String> {
+        let mut scratch = Vec::new();
+        let samples: &[ModelSample] = if self.chunks.is_empty() {
+            &self.samples
+        } else {
+            let lo = after.saturating_add(1);
+            for c in self
+                .chunks
+                .iter()
+                .filter(|c| c.max_t >= lo && c.min_t <= upto)
+            {
+                c.decode_into(lo, upto, &mut scratch)?;
+            }
+            &scratch
+        };
+        let lo = samples.partition_point(|x| x.t <= after);
+        let hi = samples.partition_point(|x| x.t <= upto);
+        out.extend(
+            samples[lo..hi.max(lo)]
+                .iter()
+                .filter(|x| !norn_model::is_stale_nan(x.v))
+                .map(|x| (x.t, x.v)),
+        );
+        Ok(())
+    }
+
+    /// Bytes of encoded chunks the series holds.
+    pub fn chunk_bytes(&self) -> usize {
+        self.chunks.iter().map(|c| c.data.len()).sum()
+    }
 }
 
 /// Labels that describe the metric rather than the series; they go together with the name

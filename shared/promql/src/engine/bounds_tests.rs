@@ -359,3 +359,44 @@ fn the_memory_limit_stops_a_query_naming_itself_and_stats_report_the_peak() {
     assert_eq!(r.stats.samples_fetched, 100);
     assert_eq!(r.stats.peak_samples, 100);
 }
+
+/// A range function sliding over a range query's steps reads its selector as encoded chunks
+/// and holds only the current windows decoded: `max_samples` bounds what is held at once (as
+/// in Prometheus), not the samples fetched, while a plain selector still holds all it fetched.
+#[test]
+fn a_sliding_range_function_holds_its_windows_not_its_fetched_samples() {
+    let s = MemStore::new();
+    // 20 series × 600 samples (every 15 s for 150 minutes): 12,000 samples fetched.
+    for i in 0..20 {
+        let labels = Labels::from_pairs([("__name__", "c_total"), ("i", &i.to_string())]);
+        for k in 0..600i64 {
+            s.add_sample(&labels, k * 15_000, (k * (i + 1)) as f64);
+        }
+    }
+    let e = Engine::new(EngineOptions {
+        max_samples: 5_000,
+        ..Default::default()
+    });
+    let end = 599 * 15_000;
+    let r = run(e.range_query(&s, "sum(rate(c_total[1m]))", 0, end, M))
+        .unwrap_or_else(|err| panic!("sliding over chunks: {err}"));
+    let Value::Matrix(m) = &r.value else {
+        panic!("matrix")
+    };
+    // d/dt of Σ k·(i+1) per 15 s = Σ(i+1)/15 = 210/15 = 14 per second.
+    let last = m[0].samples.last().unwrap();
+    assert!((last.v - 14.0).abs() < 1e-9, "{last:?}");
+    // The chunks (1-2 bytes a sample, counted 16 bytes to a unit) and the windows (20 series
+    // × at most 4 samples) stay far below the 12,000 samples a decoded fetch would hold.
+    assert!(
+        r.stats.peak_samples < 3_000,
+        "peak {} samples held",
+        r.stats.peak_samples
+    );
+    // A plain selector over the same data holds everything it fetched: over the limit.
+    let err = run(e.range_query(&s, "sum(c_total)", 0, end, M)).unwrap_err();
+    assert!(matches!(err, PromqlError::TooManySamples), "{err}");
+    // The same function in an instant query, or under a subquery, reads samples as before.
+    let r = run(e.instant_query(&s, "sum(rate(c_total[1m]))", end)).unwrap();
+    assert!((scalar(&r.value) - 14.0).abs() < 1e-9);
+}

@@ -598,6 +598,7 @@ fn range_query_equals_instant_query_at_every_step() {
     );
     load(&s, &[("__name__", "g"), ("job", "b")], half, &gauge);
     load(&s, &[("__name__", "g"), ("job", "c")], half, &reset);
+    let small = SmallChunks(&s);
     let fns = [
         "rate",
         "increase",
@@ -662,6 +663,21 @@ fn range_query_equals_instant_query_at_every_step() {
         ] {
             let r = run(Engine::default().range_query(&s, q, start, end, step))
                 .unwrap_or_else(|e| panic!("{q}: {e}"));
+            // The same from chunks of a few samples each, so that the sliding walk crosses
+            // chunk boundaries inside its windows.
+            let from_small = run(Engine::default().range_query(&small, q, start, end, step))
+                .unwrap_or_else(|e| panic!("{q} (small chunks): {e}"));
+            // Compared as text: NaN results are equal there.
+            assert_eq!(
+                format!("{:?}", from_small.value),
+                format!("{:?}", r.value),
+                "{q} from small chunks"
+            );
+            assert_eq!(
+                (&from_small.warnings, &from_small.infos),
+                (&r.warnings, &r.infos),
+                "{q} from small chunks"
+            );
             let Value::Matrix(m) = r.value else {
                 panic!("{q}: matrix")
             };
@@ -834,5 +850,59 @@ fn extreme_times_do_not_overflow() {
     ] {
         let _ = run(e.instant_query(&s, q, i64::MIN / 2));
         let _ = run(e.instant_query(&s, q, i64::MAX / 2));
+    }
+}
+
+/// A store that hands its series out as XOR chunks of at most 7 samples.
+struct SmallChunks<'a>(&'a MemStore);
+
+#[async_trait::async_trait]
+impl norn_model::Queryable for SmallChunks<'_> {
+    async fn select(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[norn_model::Matcher],
+    ) -> Result<Vec<norn_model::Series>, norn_model::StorageError> {
+        self.0.select(start_ms, end_ms, matchers).await
+    }
+
+    async fn select_chunks(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[norn_model::Matcher],
+    ) -> Result<Vec<norn_model::ChunkSeries>, norn_model::StorageError> {
+        let got = self.0.select(start_ms, end_ms, matchers).await?;
+        Ok(got
+            .into_iter()
+            .map(|s| norn_model::ChunkSeries {
+                chunks: s
+                    .samples
+                    .chunks(7)
+                    .flat_map(norn_model::query::encode_samples)
+                    .collect(),
+                labels: s.labels,
+            })
+            .collect())
+    }
+
+    async fn label_names(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[norn_model::Matcher],
+    ) -> Result<Vec<String>, norn_model::StorageError> {
+        self.0.label_names(start_ms, end_ms, matchers).await
+    }
+
+    async fn label_values(
+        &self,
+        name: &str,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[norn_model::Matcher],
+    ) -> Result<Vec<String>, norn_model::StorageError> {
+        self.0.label_values(name, start_ms, end_ms, matchers).await
     }
 }
