@@ -35,9 +35,9 @@ fn a_query_over_its_tenants_memory_limit_gets_422_naming_it() {
     }
     let path = format!(
         "/prometheus/api/v1/query_range?query={}&start={}&end={}&step=60",
-        // A plain selector holds every sample it fetched, decoded: 48,000 × 16 bytes. (A
-        // range function sliding over the steps would hold its chunks and windows only.)
-        urlencode("sum(mem_test)"),
+        // A subquery's selector holds every sample it fetched, decoded: 48,000 × 16 bytes.
+        // (A range query's own selectors would hold their chunks and windows only.)
+        urlencode("sum(last_over_time(mem_test[1m:1m]))"),
         (now - 3_600_000) / 1000,
         now / 1000
     );

@@ -380,8 +380,11 @@ fn parse_and_plan(query: &str, span: Span, lookback: i64) -> Result<(Box<Expr>, 
         &expr, span.start, span.end, span.start, span.end, lookback, &mut needs,
     )?;
     if span.range && span.step > 0 {
-        for key in crate::sliding::sliding_selectors(&expr) {
-            if let Some(need) = needs.get_mut(&key) {
+        let mut chunked = crate::sliding::sliding_selectors(&expr);
+        crate::chunk_walk::step_selectors(&expr, &mut chunked);
+        for key in chunked {
+            // A selector pinned by `@` reads one sample per series: cheaper decoded.
+            if let Some(need) = needs.get_mut(&key).filter(|n| !n.last_only) {
                 need.chunked = true;
             }
         }
@@ -650,6 +653,7 @@ fn evaluate_within(
         points_pool: Vec::new(),
         sliding: HashMap::new(),
         selector_cursors: HashMap::new(),
+        selector_walks: HashMap::new(),
         group_caches: HashMap::new(),
     };
     if range && step > 0 {

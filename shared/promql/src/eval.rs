@@ -8,6 +8,7 @@ use norn_model::{Labels, METRIC_NAME, is_stale_nan};
 use promql_parser::parser::{Call, Expr, VectorSelector};
 
 use crate::ast::{at_ms, call_key, dur_ms, matrix_arg, node_key, offset_ms};
+use crate::chunk_walk::LatestWalk;
 use crate::error::{PromqlError, Result, exec_err};
 use crate::group::GroupCache;
 use crate::guard::{CHECK_EVERY, Stop};
@@ -71,11 +72,14 @@ pub(crate) struct Evaluator<'a> {
     /// per fetched series, the index of the first sample after it. Range queries move
     /// forward by one step, which is a few samples, cheaper to walk than to binary-search.
     pub selector_cursors: HashMap<usize, (i64, Vec<usize>)>,
+    /// Per instant-vector selector node fetched as chunks: a walk per series (`None` for a
+    /// series fetched as samples).
+    pub selector_walks: HashMap<usize, Vec<Option<LatestWalk<'a>>>>,
     /// Per aggregation node, its input series' groups (see [`GroupCache`]).
     pub group_caches: HashMap<usize, GroupCache>,
 }
 
-impl Evaluator<'_> {
+impl<'a> Evaluator<'a> {
     /// Position `(1:col)` of the first occurrence of `needle` in the query, as Prometheus
     /// renders annotation positions (the AST carries no positions, so this is a best guess).
     pub fn pos(&self, needle: &str) -> String {
@@ -173,7 +177,7 @@ impl Evaluator<'_> {
                 )),
                 other => exec_err(format!("unary minus on {}", other.type_name())),
             },
-            Expr::VectorSelector(vs) => Ok(Val::Vector(self.eval_vector_selector(vs, t, false))),
+            Expr::VectorSelector(vs) => Ok(Val::Vector(self.eval_vector_selector(vs, t, false)?)),
             Expr::MatrixSelector(ms) => {
                 let range = dur_ms(&ms.range);
                 self.eval_matrix_selector(&ms.vs, range, t).map(Val::Matrix)
@@ -226,12 +230,12 @@ impl Evaluator<'_> {
         vs: &VectorSelector,
         t: i64,
         keep_ts: bool,
-    ) -> Vec<Sample> {
+    ) -> Result<Vec<Sample>> {
         let ref_t = at_ms(&vs.at, self.query_start, self.query_end)
             .unwrap_or(t)
             .saturating_sub(offset_ms(&vs.offset));
-        let data = self.data;
-        let fetched: &[FetchedSeries] = data.get(&node_key(vs)).map_or(&[], Vec::as_slice);
+        let data: &'a Fetched = self.data;
+        let fetched: &'a [FetchedSeries] = data.get(&node_key(vs)).map_or(&[], Vec::as_slice);
         let (prev_ref, mut cursors) = self
             .selector_cursors
             .remove(&node_key(vs))
@@ -241,18 +245,45 @@ impl Evaluator<'_> {
             cursors.clear();
             cursors.resize(fetched.len(), 0);
         }
+        // Series fetched as chunks (a range query's step selectors) are read by a walk each.
+        let mut walks = self
+            .selector_walks
+            .remove(&node_key(vs))
+            .unwrap_or_default();
+        if walks.len() != fetched.len() {
+            walks = fetched
+                .iter()
+                .map(|s| (!s.chunks.is_empty()).then(|| LatestWalk::new(&s.chunks)))
+                .collect();
+        }
         let mut out = Vec::with_capacity(fetched.len());
-        for (s, cursor) in fetched.iter().zip(cursors.iter_mut()) {
-            let hi = if forward {
-                advance_past(&s.samples, *cursor, ref_t)
-            } else {
-                s.samples.partition_point(|x| x.t <= ref_t)
+        let mut failed = None;
+        for ((s, cursor), walk) in fetched.iter().zip(cursors.iter_mut()).zip(&mut walks) {
+            let last = match walk {
+                Some(w) => match w.latest_at(ref_t) {
+                    Ok(Some(last)) => last,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        failed = Some(PromqlError::Internal(format!(
+                            "decoding the chunks of {}: {e}",
+                            s.labels
+                        )));
+                        break;
+                    }
+                },
+                None => {
+                    let hi = if forward {
+                        advance_past(&s.samples, *cursor, ref_t)
+                    } else {
+                        s.samples.partition_point(|x| x.t <= ref_t)
+                    };
+                    *cursor = hi;
+                    if hi == 0 {
+                        continue;
+                    }
+                    s.samples[hi - 1]
+                }
             };
-            *cursor = hi;
-            if hi == 0 {
-                continue;
-            }
-            let last = s.samples[hi - 1];
             if last.t <= ref_t.saturating_sub(self.lookback) || is_stale_nan(last.v) {
                 continue;
             }
@@ -268,7 +299,11 @@ impl Evaluator<'_> {
             });
         }
         self.selector_cursors.insert(node_key(vs), (ref_t, cursors));
-        out
+        self.selector_walks.insert(node_key(vs), walks);
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
     }
 
     pub fn eval_matrix_selector(

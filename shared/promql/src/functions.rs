@@ -330,7 +330,7 @@ impl Evaluator<'_> {
             "timestamp" => {
                 let a = unwrap_parens(arg(0)?);
                 let vec = match a {
-                    Expr::VectorSelector(vs) => self.eval_vector_selector(vs, t, true),
+                    Expr::VectorSelector(vs) => self.eval_vector_selector(vs, t, true)?,
                     other => self
                         .eval_vector(other, t)?
                         .into_iter()

@@ -8,6 +8,7 @@
 mod aggregate;
 mod ast;
 mod binop;
+mod chunk_walk;
 mod engine;
 mod error;
 mod eval;

@@ -14,11 +14,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use norn_chunkenc::{ENCODING_XOR, XorIterator};
-use norn_model::{EncodedChunk, Sample as ModelSample, is_stale_nan};
+use norn_model::{Sample as ModelSample, is_stale_nan};
 use promql_parser::parser::{Call, Expr, MatrixSelector};
 
 use crate::ast::{at_ms, call_key, dur_ms, matrix_arg, node_key, offset_ms};
+use crate::chunk_walk::WindowWalk;
 use crate::error::{PromqlError, Result};
 use crate::range_fn::RangeFn;
 use crate::value::{FetchedSeries, Sample};
@@ -52,7 +52,7 @@ pub(crate) struct SlidingRangeFn<'a> {
     cursors: Vec<Cursor>,
     /// Per fetched series held as encoded chunks: its decoder and window (`None` for the
     /// series fetched as samples).
-    walks: Vec<Option<ChunkWalk<'a>>>,
+    walks: Vec<Option<WindowWalk<'a>>>,
     /// Per fetched series: whether the counter-name check already ran (its outcome does not
     /// change between steps).
     noted: Vec<bool>,
@@ -75,112 +75,6 @@ impl SlidingRangeFn<'_> {
             first: 0,
             results: Vec::new(),
         }
-    }
-}
-
-/// One series held as encoded chunks, decoded as the steps move forward: only the samples
-/// of the current window are held decoded, so a selector over a million series holds about
-/// `range / scrape interval` samples per series, not its whole fetched range.
-#[derive(Debug)]
-struct ChunkWalk<'a> {
-    chunks: &'a [EncodedChunk],
-    /// Index of the next chunk to open.
-    next_chunk: usize,
-    it: Option<XorIterator<'a>>,
-    /// The newest sample read, past the last window's end, not yet in a window.
-    ahead: Option<ModelSample>,
-    /// `window[start..]` is the current window, without stale markers.
-    window: Vec<ModelSample>,
-    start: usize,
-    /// Adjacent pairs in the window whose value drops (counter resets, as `rate` compares).
-    resets: usize,
-}
-
-impl<'a> ChunkWalk<'a> {
-    fn new(chunks: &'a [EncodedChunk]) -> Self {
-        Self {
-            chunks,
-            next_chunk: 0,
-            it: None,
-            ahead: None,
-            window: Vec::new(),
-            start: 0,
-            resets: 0,
-        }
-    }
-
-    /// The next sample that is not a stale marker, in time order.
-    fn next_sample(&mut self) -> std::result::Result<Option<ModelSample>, String> {
-        loop {
-            if let Some(it) = &mut self.it {
-                for (t, v) in it.by_ref() {
-                    if !is_stale_nan(v) {
-                        return Ok(Some(ModelSample::new(t, v)));
-                    }
-                }
-                if let Some(e) = it.error() {
-                    return Err(e.to_string());
-                }
-                self.it = None;
-            }
-            let Some(c) = self.chunks.get(self.next_chunk) else {
-                return Ok(None);
-            };
-            self.next_chunk += 1;
-            if c.encoding != ENCODING_XOR {
-                return Err(format!("unsupported chunk encoding {}", c.encoding));
-            }
-            self.it = Some(XorIterator::new(&c.data));
-        }
-    }
-
-    /// Moves the window to `(wstart, ref_t]`; both only ever grow.
-    fn advance(&mut self, wstart: i64, ref_t: i64) -> std::result::Result<(), String> {
-        while self.start < self.window.len() && self.window[self.start].t <= wstart {
-            if let Some(next) = self.window.get(self.start + 1)
-                && next.v < self.window[self.start].v
-            {
-                self.resets -= 1;
-            }
-            self.start += 1;
-        }
-        loop {
-            let s = match self.ahead.take() {
-                Some(s) => s,
-                None => match self.next_sample()? {
-                    Some(s) => s,
-                    None => break,
-                },
-            };
-            if s.t > ref_t {
-                self.ahead = Some(s);
-                break;
-            }
-            if s.t <= wstart {
-                continue;
-            }
-            if self.start == self.window.len() {
-                self.window.clear();
-                self.start = 0;
-            } else if self.start > 0 && self.window.len() == self.window.capacity() {
-                self.window.drain(..self.start);
-                self.start = 0;
-            }
-            if let Some(last) = self.window[self.start..].last() {
-                // Chunks of one series do not overlap; a sample out of order would be a
-                // broken chunk, skipped rather than trusted.
-                if s.t <= last.t {
-                    continue;
-                }
-                self.resets += usize::from(s.v < last.v);
-            }
-            self.window.push(s);
-        }
-        Ok(())
-    }
-
-    fn window(&self) -> &[ModelSample] {
-        &self.window[self.start..]
     }
 }
 
@@ -296,7 +190,7 @@ impl<'a> SlidingRangeFn<'a> {
             self.cursors = vec![Cursor::default(); fetched.len()];
             self.walks = fetched
                 .iter()
-                .map(|s| (!s.chunks.is_empty()).then(|| ChunkWalk::new(&s.chunks)))
+                .map(|s| (!s.chunks.is_empty()).then(|| WindowWalk::new(&s.chunks)))
                 .collect();
             self.noted = vec![false; fetched.len()];
             self.initialized = true;

@@ -232,18 +232,26 @@ fn subquery_cache_and_results_count_against_max_samples() {
 #[test]
 fn the_range_output_counts_together_with_what_was_fetched() {
     let s = store();
-    // 11 samples fetched plus 11 output points: each fits 15, together they do not.
+    // A selector read as samples (a two-argument range function does not slide over
+    // chunks): 11 samples fetched, a one-sample window, 11 output points. Each fits 15,
+    // together they do not.
+    let q = "quantile_over_time(0.5, up[1s])";
     let e = Engine::new(EngineOptions {
         max_samples: 15,
         ..Default::default()
     });
-    let err = run(e.range_query(&s, "up", 0, 10 * M, M)).unwrap_err();
+    let err = run(e.range_query(&s, q, 0, 10 * M, M)).unwrap_err();
     assert!(matches!(err, PromqlError::TooManySamples), "{err}");
     let e = Engine::new(EngineOptions {
         max_samples: 22,
         ..Default::default()
     });
-    assert!(run(e.range_query(&s, "up", 0, 10 * M, M)).is_ok());
+    let r = run(e.range_query(&s, q, 0, 10 * M, M)).unwrap();
+    assert_eq!(r.stats.peak_samples, 22);
+    // The plain selector is read as chunks: their bytes (16 to a unit) plus the output.
+    let r = run(e.range_query(&s, "up", 0, 10 * M, M)).unwrap();
+    assert!(r.stats.samples_fetched < 11, "{:?}", r.stats);
+    assert_eq!(r.stats.peak_samples, r.stats.samples_fetched + 11);
 }
 
 /// Counts select calls, to see fetching stop at the limit.
@@ -284,10 +292,11 @@ fn fetching_stops_once_the_limit_is_passed() {
         selects: AtomicUsize::new(0),
     });
     let e = Engine::new(EngineOptions {
-        max_samples: 5,
+        max_samples: 1,
         ..Default::default()
     });
-    // Three selectors of 11 samples each: the first alone is over the limit.
+    // Three selectors of 11 samples each, read as chunks (a range query's step selectors),
+    // which may hold 8 × max_samples while they are read: the first alone is over that.
     let err = run(e.range_query(
         s.as_ref(),
         "up + up{job=\"a\"} + up{job=~\"a\"}",
@@ -321,10 +330,12 @@ fn the_memory_limit_stops_a_query_naming_itself_and_stats_report_the_peak() {
     let e = Engine::default();
     // Unlimited: the answer, and what it cost.
     let r = run(e.range_query_within(&s, "sum(m)", 0, 10 * M, M, memory(0))).unwrap();
-    assert_eq!(r.stats.samples_fetched, 1100);
-    // Fetched samples plus the 11 output points.
-    assert_eq!(r.stats.peak_samples, 1100 + 11);
-    let labels = r.stats.estimated_peak_bytes - 16 * 1111;
+    // Read as chunks: their bytes count, 16 to a unit, far fewer than 1,100 samples.
+    let fetched = r.stats.samples_fetched;
+    assert!((100..1100).contains(&fetched), "{:?}", r.stats);
+    // Fetched chunks plus the 11 output points.
+    assert_eq!(r.stats.peak_samples, fetched + 11);
+    let labels = r.stats.estimated_peak_bytes - 16 * (fetched as u64 + 11);
     assert!(
         (100 * 80..100 * 400).contains(&labels),
         "labels of 100 series estimated at {labels} bytes"
@@ -349,7 +360,7 @@ fn the_memory_limit_stops_a_query_naming_itself_and_stats_report_the_peak() {
     }
     // Where max_samples is the lower cap, the error stays the sample limit's.
     let few = Engine::new(EngineOptions {
-        max_samples: 500,
+        max_samples: fetched,
         ..Default::default()
     });
     let err = run(few.range_query_within(&s, "sum(m)", 0, 10 * M, M, memory(peak))).unwrap_err();
@@ -362,7 +373,8 @@ fn the_memory_limit_stops_a_query_naming_itself_and_stats_report_the_peak() {
 
 /// A range function sliding over a range query's steps reads its selector as encoded chunks
 /// and holds only the current windows decoded: `max_samples` bounds what is held at once (as
-/// in Prometheus), not the samples fetched, while a plain selector still holds all it fetched.
+/// in Prometheus), not the samples fetched. A plain selector's series are walked the same way;
+/// a subquery's selector still holds all it fetched.
 #[test]
 fn a_sliding_range_function_holds_its_windows_not_its_fetched_samples() {
     let s = MemStore::new();
@@ -393,8 +405,11 @@ fn a_sliding_range_function_holds_its_windows_not_its_fetched_samples() {
         "peak {} samples held",
         r.stats.peak_samples
     );
-    // A plain selector over the same data holds everything it fetched: over the limit.
-    let err = run(e.range_query(&s, "sum(c_total)", 0, end, M)).unwrap_err();
+    // So does a plain selector, read as chunks with one decoder per series.
+    let r = run(e.range_query(&s, "sum(c_total)", 0, end, M)).unwrap();
+    assert!(r.stats.peak_samples < 3_000, "{:?}", r.stats);
+    // A subquery's selector is read as samples, all of them held: over the limit.
+    let err = run(e.range_query(&s, "sum(last_over_time(c_total[1m:1m]))", 0, end, M)).unwrap_err();
     assert!(matches!(err, PromqlError::TooManySamples), "{err}");
     // The same function in an instant query, or under a subquery, reads samples as before.
     let r = run(e.instant_query(&s, "sum(rate(c_total[1m]))", end)).unwrap();

@@ -1,0 +1,219 @@
+//! Forward walks over a series' encoded chunks, for evaluations whose times only move forward
+//! (the steps of a range query): one XOR decoder per series and the few samples the current
+//! step needs, instead of the series' whole fetched range decoded up front.
+//!
+//! [`WindowWalk`] holds a range function's window; [`LatestWalk`] an instant selector's newest
+//! sample. Both read the chunks in order; chunks of one series do not overlap (every source
+//! promises it, see `norn_model::query::chunks`).
+
+use std::collections::HashSet;
+
+use norn_chunkenc::{ENCODING_XOR, XorIterator};
+use norn_model::{EncodedChunk, Sample, is_stale_nan};
+use promql_parser::parser::Expr;
+
+use crate::ast::node_key;
+
+/// The samples of a series' chunks, in order, decoded one at a time.
+#[derive(Debug, Clone)]
+struct ChunkReader<'a> {
+    chunks: &'a [EncodedChunk],
+    /// Index of the next chunk to open.
+    next_chunk: usize,
+    it: Option<XorIterator<'a>>,
+}
+
+impl<'a> ChunkReader<'a> {
+    fn new(chunks: &'a [EncodedChunk]) -> Self {
+        Self {
+            chunks,
+            next_chunk: 0,
+            it: None,
+        }
+    }
+
+    fn next_sample(&mut self) -> Result<Option<Sample>, String> {
+        loop {
+            if let Some(it) = &mut self.it {
+                if let Some((t, v)) = it.next() {
+                    return Ok(Some(Sample::new(t, v)));
+                }
+                if let Some(e) = it.error() {
+                    return Err(e.to_string());
+                }
+                self.it = None;
+            }
+            let Some(c) = self.chunks.get(self.next_chunk) else {
+                return Ok(None);
+            };
+            self.next_chunk += 1;
+            if c.encoding != ENCODING_XOR {
+                return Err(format!("unsupported chunk encoding {}", c.encoding));
+            }
+            self.it = Some(XorIterator::new(&c.data));
+        }
+    }
+}
+
+/// One series held as encoded chunks, decoded as the steps move forward: only the samples
+/// of the current window are held decoded, so a selector over a million series holds about
+/// `range / scrape interval` samples per series, not its whole fetched range.
+#[derive(Debug)]
+pub(crate) struct WindowWalk<'a> {
+    reader: ChunkReader<'a>,
+    /// The newest sample read, past the last window's end, not yet in a window.
+    ahead: Option<Sample>,
+    /// `window[start..]` is the current window, without stale markers.
+    window: Vec<Sample>,
+    start: usize,
+    /// Adjacent pairs in the window whose value drops (counter resets, as `rate` compares).
+    pub resets: usize,
+}
+
+impl<'a> WindowWalk<'a> {
+    pub fn new(chunks: &'a [EncodedChunk]) -> Self {
+        Self {
+            reader: ChunkReader::new(chunks),
+            ahead: None,
+            window: Vec::new(),
+            start: 0,
+            resets: 0,
+        }
+    }
+
+    /// The next sample that is not a stale marker, in time order.
+    fn next_sample(&mut self) -> Result<Option<Sample>, String> {
+        while let Some(s) = self.reader.next_sample()? {
+            if !is_stale_nan(s.v) {
+                return Ok(Some(s));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Moves the window to `(wstart, ref_t]`; both only ever grow.
+    pub fn advance(&mut self, wstart: i64, ref_t: i64) -> Result<(), String> {
+        while self.start < self.window.len() && self.window[self.start].t <= wstart {
+            if let Some(next) = self.window.get(self.start + 1)
+                && next.v < self.window[self.start].v
+            {
+                self.resets -= 1;
+            }
+            self.start += 1;
+        }
+        loop {
+            let s = match self.ahead.take() {
+                Some(s) => s,
+                None => match self.next_sample()? {
+                    Some(s) => s,
+                    None => break,
+                },
+            };
+            if s.t > ref_t {
+                self.ahead = Some(s);
+                break;
+            }
+            if s.t <= wstart {
+                continue;
+            }
+            if self.start == self.window.len() {
+                self.window.clear();
+                self.start = 0;
+            } else if self.start > 0 && self.window.len() == self.window.capacity() {
+                self.window.drain(..self.start);
+                self.start = 0;
+            }
+            if let Some(last) = self.window[self.start..].last() {
+                // Chunks of one series do not overlap; a sample out of order would be a
+                // broken chunk, skipped rather than trusted.
+                if s.t <= last.t {
+                    continue;
+                }
+                self.resets += usize::from(s.v < last.v);
+            }
+            self.window.push(s);
+        }
+        Ok(())
+    }
+
+    pub fn window(&self) -> &[Sample] {
+        &self.window[self.start..]
+    }
+}
+
+/// An instant selector's view of one series: its newest sample at or before the time asked,
+/// stale markers included (they end the series). Times asked must not go back; if they do,
+/// the walk starts over from the first chunk.
+#[derive(Debug, Clone)]
+pub(crate) struct LatestWalk<'a> {
+    chunks: &'a [EncodedChunk],
+    reader: ChunkReader<'a>,
+    ahead: Option<Sample>,
+    latest: Option<Sample>,
+    at: i64,
+}
+
+impl<'a> LatestWalk<'a> {
+    pub fn new(chunks: &'a [EncodedChunk]) -> Self {
+        Self {
+            chunks,
+            reader: ChunkReader::new(chunks),
+            ahead: None,
+            latest: None,
+            at: i64::MIN,
+        }
+    }
+
+    /// The newest sample with `t <= ref_t`.
+    pub fn latest_at(&mut self, ref_t: i64) -> Result<Option<Sample>, String> {
+        if ref_t < self.at {
+            *self = Self::new(self.chunks);
+        }
+        self.at = ref_t;
+        loop {
+            let s = match self.ahead.take() {
+                Some(s) => s,
+                None => match self.reader.next_sample()? {
+                    Some(s) => s,
+                    None => break,
+                },
+            };
+            if s.t > ref_t {
+                self.ahead = Some(s);
+                break;
+            }
+            self.latest = Some(s);
+        }
+        Ok(self.latest)
+    }
+}
+
+/// The instant selector nodes ([`crate::ast::node_key`]) of a range query's expression that
+/// are evaluated at the query's steps only, in order: every one outside subqueries (whose
+/// inner steps are their own) and outside matrix selectors. The engine fetches them as
+/// chunks and reads them with a [`LatestWalk`] per series.
+pub(crate) fn step_selectors(e: &Expr, out: &mut HashSet<usize>) {
+    match e {
+        Expr::VectorSelector(vs) => {
+            out.insert(node_key(vs));
+        }
+        Expr::Call(c) => c.args.args.iter().for_each(|a| step_selectors(a, out)),
+        Expr::Paren(p) => step_selectors(&p.expr, out),
+        Expr::Unary(u) => step_selectors(&u.expr, out),
+        Expr::Binary(b) => {
+            step_selectors(&b.lhs, out);
+            step_selectors(&b.rhs, out);
+        }
+        Expr::Aggregate(a) => {
+            if let Some(p) = &a.param {
+                step_selectors(p, out);
+            }
+            step_selectors(&a.expr, out);
+        }
+        Expr::Subquery(_)
+        | Expr::MatrixSelector(_)
+        | Expr::NumberLiteral(_)
+        | Expr::StringLiteral(_)
+        | Expr::Extension(_) => {}
+    }
+}
