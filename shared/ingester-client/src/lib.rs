@@ -575,7 +575,7 @@ impl Queryable for RemoteQueryable {
             .query_stream(&self.tenant, start_ms, end_ms, matchers)
             .await?;
         let mut out = chunk_series(raw);
-        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        out.sort_unstable_by(|a, b| a.labels.cmp(&b.labels));
         Ok(out)
     }
 

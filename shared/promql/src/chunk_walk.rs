@@ -32,6 +32,15 @@ impl<'a> ChunkReader<'a> {
         }
     }
 
+    /// The mean interval between the samples of the chunk being read, from its header.
+    fn interval_hint(&self) -> Option<i64> {
+        let c = self.chunks.get(self.next_chunk.checked_sub(1)?)?;
+        let n = i64::from(u16::from_be_bytes([*c.data.first()?, *c.data.get(1)?]));
+        (n > 1)
+            .then(|| (c.max_t - c.min_t) / (n - 1))
+            .filter(|&d| d > 0)
+    }
+
     fn next_sample(&mut self) -> Result<Option<Sample>, String> {
         loop {
             if let Some(it) = &mut self.it {
@@ -115,6 +124,15 @@ impl<'a> WindowWalk<'a> {
             }
             if s.t <= wstart {
                 continue;
+            }
+            if self.window.capacity() == 0 {
+                // Sized once for a window's worth of samples at the chunk's interval, rather
+                // than grown by doubling, series by series.
+                let want = self
+                    .reader
+                    .interval_hint()
+                    .map_or(8, |d| (ref_t.saturating_sub(wstart) / d).saturating_add(2));
+                self.window.reserve_exact(want.clamp(4, 1024) as usize);
             }
             if self.start == self.window.len() {
                 self.window.clear();

@@ -509,8 +509,8 @@ impl<'a> Evaluator<'a> {
                 max_samples: self.max_samples,
             };
             let held = self.held;
-            let to_note =
-                st.slide_chunk(fetched, ms, steps, idx, held, &mut || self.check_deadline())?;
+            let to_note = st.slide_chunk(fetched, ms, steps, idx, held, &self.stop)?;
+            self.work(fetched.len())?;
             for i in to_note {
                 self.note_if_not_counter(&fetched[i].labels);
             }

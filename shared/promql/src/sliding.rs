@@ -20,6 +20,7 @@ use promql_parser::parser::{Call, Expr, MatrixSelector};
 use crate::ast::{at_ms, call_key, dur_ms, matrix_arg, node_key, offset_ms};
 use crate::chunk_walk::WindowWalk;
 use crate::error::{PromqlError, Result};
+use crate::guard::Stop;
 use crate::range_fn::RangeFn;
 use crate::value::{FetchedSeries, Sample};
 
@@ -160,8 +161,8 @@ impl<'a> SlidingRangeFn<'a> {
     /// Evaluates the function for a chunk of steps from step index `first` on: each series
     /// once, its window cursors moving forward from where the previous chunk left them.
     ///
-    /// `held` is what the query holds besides; `tick` is called once per series (the
-    /// evaluator's deadline check). Returns the series (by index in `fetched`) that produced
+    /// `held` is what the query holds besides; `stop` is the query's deadline and
+    /// cancellation, looked at every few hundred series. Returns the series (by index in `fetched`) that produced
     /// a first sample of a counter function, for the evaluator's "not a counter" check.
     pub fn slide_chunk(
         &mut self,
@@ -170,7 +171,7 @@ impl<'a> SlidingRangeFn<'a> {
         steps: Steps,
         first: usize,
         held: usize,
-        tick: &mut dyn FnMut() -> Result<()>,
+        stop: &Stop,
     ) -> Result<Vec<usize>> {
         let vs = &ms.vs;
         let range = dur_ms(&ms.range);
@@ -211,48 +212,170 @@ impl<'a> SlidingRangeFn<'a> {
                     .saturating_sub(off)
             })
             .collect();
-        let mut results: Vec<Vec<Sample>> = ref_ts
-            .iter()
-            .map(|_| Vec::with_capacity(fetched.len()))
+        let f = self.f;
+        let n = fetched.len();
+        let threads = slide_threads(n);
+        let per = n.div_ceil(threads).max(1);
+        let parts: Vec<Part<'_, 'a>> = fetched
+            .chunks(per)
+            .zip(self.clean.chunks(per))
+            .zip(self.cursors.chunks_mut(per))
+            .zip(self.walks.chunks_mut(per))
+            .zip(self.noted.chunks_mut(per))
+            .enumerate()
+            .map(|(k, ((((series, clean), cursors), walks), noted))| Part {
+                offset: k * per,
+                series,
+                clean,
+                cursors,
+                walks,
+                noted,
+            })
             .collect();
+        let outs: Vec<Result<PartOut>> = if parts.len() <= 1 {
+            parts
+                .into_iter()
+                .map(|p| slide_part(f, p, &ref_ts, range, stop))
+                .collect()
+        } else {
+            // Series are independent: big selectors are walked on several threads, each
+            // over a contiguous part, so the parts' outputs join in series order.
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = parts
+                    .into_iter()
+                    .map(|p| {
+                        let ref_ts = &ref_ts;
+                        scope.spawn(move || slide_part(f, p, ref_ts, range, stop))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(PromqlError::Internal(
+                                "a range function thread panicked".into(),
+                            ))
+                        })
+                    })
+                    .collect()
+            })
+        };
+        let mut results: Vec<Vec<Sample>> = Vec::new();
         let mut totals = vec![0usize; ref_ts.len()];
-        let drop_name = !self.f.keeps_name();
         let mut to_note = Vec::new();
-        for (i, s) in fetched.iter().enumerate() {
-            tick()?;
-            if let Some(walk) = &mut self.walks[i] {
-                let mut produced = false;
-                for (j, &ref_t) in ref_ts.iter().enumerate() {
-                    let wstart = ref_t.saturating_sub(range);
-                    walk.advance(wstart, ref_t).map_err(|e| {
-                        PromqlError::Internal(format!("decoding the chunks of {}: {e}", s.labels))
-                    })?;
-                    let window = walk.window();
-                    if window.is_empty() {
-                        continue;
-                    }
-                    totals[j] += window.len();
-                    if let Some(v) = self.f.value_hinted(window, wstart, ref_t, walk.resets == 0) {
-                        results[j].push(Sample {
-                            metric: Arc::clone(&s.labels),
-                            v,
-                            drop_name,
-                        });
-                        produced = true;
-                    }
+        for out in outs {
+            let out = out?;
+            if results.is_empty() {
+                results = out.results;
+            } else {
+                for (r, more) in results.iter_mut().zip(out.results) {
+                    r.extend(more);
                 }
-                if produced && self.f.is_counter_fn() && !self.noted[i] {
-                    self.noted[i] = true;
-                    to_note.push(i);
-                }
-                continue;
             }
-            let samples: &[ModelSample] = self.clean[i].as_deref().unwrap_or(&s.samples);
+            for (t, more) in totals.iter_mut().zip(out.totals) {
+                *t += more;
+            }
+            to_note.extend(out.to_note);
+        }
+        if results.is_empty() {
+            results = ref_ts.iter().map(|_| Vec::new()).collect();
+        }
+        if ref_ts.len() >= steps_left {
+            // The last steps: the windows and decoders are no longer needed. (Were the walk
+            // asked again, it would start over.)
+            self.walks = Vec::new();
+            self.initialized = false;
+        }
+        self.first = first;
+        self.results = results
+            .into_iter()
+            .zip(totals)
+            // A step whose windows hold too many samples is left to the ordinary path,
+            // which fails it the same way (and only once the query gets there).
+            .map(|(r, total)| (held.saturating_add(total) <= max_samples).then_some(r))
+            .collect();
+        Ok(to_note)
+    }
+}
 
-            let mut c = self.cursors[i];
+/// Most threads one range function's walk uses, and the fewest series each must get.
+const MAX_SLIDE_THREADS: usize = 8;
+const MIN_SERIES_PER_THREAD: usize = if cfg!(test) { 2 } else { 8192 };
+
+/// Threads to walk `n` series on: one unless the selector is big, at most the machine's
+/// cores.
+fn slide_threads(n: usize) -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    (n / MIN_SERIES_PER_THREAD).clamp(1, cores.min(MAX_SLIDE_THREADS))
+}
+
+/// A contiguous part of a selector's series and their walk state; `offset` is the index of
+/// its first series in the selector.
+struct Part<'p, 'a> {
+    offset: usize,
+    series: &'a [FetchedSeries],
+    clean: &'p [Option<Vec<ModelSample>>],
+    cursors: &'p mut [Cursor],
+    walks: &'p mut [Option<WindowWalk<'a>>],
+    noted: &'p mut [bool],
+}
+
+/// What a part yields for the chunk's steps: per step its instant vector and window
+/// samples, and the series (by index in the selector) that first produced a counter value.
+struct PartOut {
+    results: Vec<Vec<Sample>>,
+    totals: Vec<usize>,
+    to_note: Vec<usize>,
+}
+
+/// Walks a part's series across the steps `ref_ts` (already offset).
+fn slide_part(
+    f: RangeFn,
+    p: Part<'_, '_>,
+    ref_ts: &[i64],
+    range: i64,
+    stop: &Stop,
+) -> Result<PartOut> {
+    let mut results: Vec<Vec<Sample>> = ref_ts
+        .iter()
+        .map(|_| Vec::with_capacity(p.series.len()))
+        .collect();
+    let mut totals = vec![0usize; ref_ts.len()];
+    let drop_name = !f.keeps_name();
+    let mut to_note = Vec::new();
+    for (i, s) in p.series.iter().enumerate() {
+        if i % CHECK_SERIES == 0 {
+            stop.check()?;
+        }
+        let mut produced = false;
+        if let Some(walk) = &mut p.walks[i] {
+            for (j, &ref_t) in ref_ts.iter().enumerate() {
+                let wstart = ref_t.saturating_sub(range);
+                walk.advance(wstart, ref_t).map_err(|e| {
+                    PromqlError::Internal(format!("decoding the chunks of {}: {e}", s.labels))
+                })?;
+                let window = walk.window();
+                if window.is_empty() {
+                    continue;
+                }
+                totals[j] += window.len();
+                if let Some(v) = f.value_hinted(window, wstart, ref_t, walk.resets == 0) {
+                    results[j].push(Sample {
+                        metric: Arc::clone(&s.labels),
+                        v,
+                        drop_name,
+                    });
+                    produced = true;
+                }
+            }
+        } else {
+            let samples: &[ModelSample] = p.clean[i].as_deref().unwrap_or(&s.samples);
+            let mut c = p.cursors[i];
             let is_reset =
                 |k: usize| k >= 1 && k < samples.len() && samples[k].v < samples[k - 1].v;
-            let mut produced = false;
             for (j, &ref_t) in ref_ts.iter().enumerate() {
                 let wstart = ref_t.saturating_sub(range);
                 while c.lo < samples.len() && samples[c.lo].t <= wstart {
@@ -269,10 +392,7 @@ impl<'a> SlidingRangeFn<'a> {
                 }
                 totals[j] += hi - lo;
                 let no_resets = c.resets_hi == c.resets_lo;
-                if let Some(v) = self
-                    .f
-                    .value_hinted(&samples[lo..hi], wstart, ref_t, no_resets)
-                {
+                if let Some(v) = f.value_hinted(&samples[lo..hi], wstart, ref_t, no_resets) {
                     results[j].push(Sample {
                         metric: Arc::clone(&s.labels),
                         v,
@@ -281,24 +401,19 @@ impl<'a> SlidingRangeFn<'a> {
                     produced = true;
                 }
             }
-            self.cursors[i] = c;
-            if produced && self.f.is_counter_fn() && !self.noted[i] {
-                self.noted[i] = true;
-                to_note.push(i);
-            }
+            p.cursors[i] = c;
         }
-        if ref_ts.len() >= steps_left {
-            // The last steps: the windows and decoders are no longer needed.
-            self.walks = Vec::new();
+        if produced && f.is_counter_fn() && !p.noted[i] {
+            p.noted[i] = true;
+            to_note.push(p.offset + i);
         }
-        self.first = first;
-        self.results = results
-            .into_iter()
-            .zip(totals)
-            // A step whose windows hold too many samples is left to the ordinary path,
-            // which fails it the same way (and only once the query gets there).
-            .map(|(r, total)| (held.saturating_add(total) <= max_samples).then_some(r))
-            .collect();
-        Ok(to_note)
     }
+    Ok(PartOut {
+        results,
+        totals,
+        to_note,
+    })
 }
+
+/// Series walked between two looks at the query's deadline.
+const CHECK_SERIES: usize = 256;

@@ -182,7 +182,7 @@ pub fn decode_chunk_series(
             });
         }
     }
-    out.sort_by(|a, b| a.labels.cmp(&b.labels));
+    out.sort_unstable_by(|a, b| a.labels.cmp(&b.labels));
     Ok(out)
 }
 

@@ -36,21 +36,24 @@ impl Head {
         matchers: &[Matcher],
         budget: &SampleBudget,
     ) -> Vec<Series> {
-        let mut out = Vec::new();
-        for s in self.index.matching(matchers) {
-            let samples = s.state.lock().samples_for_query(mint, maxt, self.store());
-            if !budget.charge(samples.len()) {
-                break;
+        let matched = self.index.matching(matchers);
+        read_in_parts(&matched, |part| {
+            let mut out = Vec::new();
+            for s in part {
+                let samples = s.state.lock().samples_for_query(mint, maxt, self.store());
+                if !budget.charge(samples.len()) {
+                    break;
+                }
+                if !samples.is_empty() {
+                    out.push(Series {
+                        labels: self.index.labels_of(s),
+                        samples,
+                    });
+                }
             }
-            if !samples.is_empty() {
-                out.push(Series {
-                    labels: self.index.labels_of(&s),
-                    samples,
-                });
-            }
-        }
-        out.sort_by(|a, b| a.labels.cmp(&b.labels));
-        out
+            out.sort_unstable_by(|a, b| a.labels.cmp(&b.labels));
+            out
+        })
     }
 
     /// [`select_within`](Self::select_within) keeping each series' newest sample only
@@ -77,7 +80,7 @@ impl Head {
                 samples: vec![last],
             });
         }
-        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        out.sort_unstable_by(|a, b| a.labels.cmp(&b.labels));
         out
     }
 
@@ -99,36 +102,39 @@ impl Head {
         budget: &SampleBudget,
     ) -> Vec<ChunkSeries> {
         let count = !budget.is_unlimited();
-        let mut out = Vec::new();
-        for s in self.index.matching(matchers) {
-            let mut chunks = Vec::new();
-            s.state
-                .lock()
-                .chunks_for_query(mint, maxt, self.store(), |min_t, max_t, data| {
-                    chunks.push(EncodedChunk::xor(
-                        min_t,
-                        max_t,
-                        Bytes::copy_from_slice(data),
-                    ));
-                });
-            if count {
-                let n: usize = chunks.iter().map(|c| c.samples_in(mint, maxt)).sum();
-                if !budget.charge(n) {
-                    break;
+        let matched = self.index.matching(matchers);
+        read_in_parts(&matched, |part| {
+            let mut out = Vec::new();
+            for s in part {
+                let mut chunks = Vec::new();
+                s.state
+                    .lock()
+                    .chunks_for_query(mint, maxt, self.store(), |min_t, max_t, data| {
+                        chunks.push(EncodedChunk::xor(
+                            min_t,
+                            max_t,
+                            Bytes::copy_from_slice(data),
+                        ));
+                    });
+                if count {
+                    let n: usize = chunks.iter().map(|c| c.samples_in(mint, maxt)).sum();
+                    if !budget.charge(n) {
+                        break;
+                    }
+                    if n == 0 {
+                        continue;
+                    }
                 }
-                if n == 0 {
-                    continue;
+                if !chunks.is_empty() {
+                    out.push(ChunkSeries {
+                        labels: self.index.labels_of(s),
+                        chunks,
+                    });
                 }
             }
-            if !chunks.is_empty() {
-                out.push(ChunkSeries {
-                    labels: self.index.labels_of(&s),
-                    chunks,
-                });
-            }
-        }
-        out.sort_by(|a, b| a.labels.cmp(&b.labels));
-        out
+            out.sort_unstable_by(|a, b| a.labels.cmp(&b.labels));
+            out
+        })
     }
 
     /// Whether `[mint, maxt]` overlaps the head's data.
@@ -229,7 +235,7 @@ impl Head {
                 });
             }
         }
-        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        out.sort_unstable_by(|a, b| a.labels.cmp(&b.labels));
         out
     }
 }
@@ -329,4 +335,82 @@ impl Queryable for HeadQueryable {
 fn check_shard(matchers: &[Matcher]) -> Result<(), StorageError> {
     norn_model::ShardSelector::split(matchers)?;
     Ok(())
+}
+
+/// Fewest matched series worth a thread of their own when a selection is read in parts.
+const MIN_SERIES_PER_PART: usize = if cfg!(test) { 2 } else { 8192 };
+/// Most threads one selection is read on.
+const MAX_PARTS: usize = 4;
+
+/// Reads `matched` with `read` (which returns its part's series sorted by labels), on several
+/// threads when there are many, and joins the parts in label order. A selection over a
+/// million series spends most of its time copying chunks and building label sets, series by
+/// series: work that splits evenly.
+fn read_in_parts<T, F>(matched: &[Arc<super::series::MemSeries>], read: F) -> Vec<T>
+where
+    T: Send + Labelled,
+    F: Fn(&[Arc<super::series::MemSeries>]) -> Vec<T> + Sync,
+{
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let parts = (matched.len() / MIN_SERIES_PER_PART).clamp(1, cores.min(MAX_PARTS));
+    if parts == 1 {
+        return read(matched);
+    }
+    let per = matched.len().div_ceil(parts);
+    let read = &read;
+    let lists: Vec<Vec<T>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = matched
+            .chunks(per)
+            .map(|part| scope.spawn(move || read(part)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    merge_sorted(lists)
+}
+
+/// A selection's element, ordered by its labels.
+trait Labelled {
+    fn labels(&self) -> &norn_model::Labels;
+}
+
+impl Labelled for Series {
+    fn labels(&self) -> &norn_model::Labels {
+        &self.labels
+    }
+}
+
+impl Labelled for ChunkSeries {
+    fn labels(&self) -> &norn_model::Labels {
+        &self.labels
+    }
+}
+
+/// Joins lists sorted by labels (of distinct series) into one sorted list.
+fn merge_sorted<T: Labelled>(lists: Vec<Vec<T>>) -> Vec<T> {
+    let mut lists = lists.into_iter();
+    let Some(mut acc) = lists.next() else {
+        return Vec::new();
+    };
+    for list in lists {
+        let mut out = Vec::with_capacity(acc.len() + list.len());
+        let mut a = acc.into_iter().peekable();
+        let mut b = list.into_iter().peekable();
+        loop {
+            let take_a = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) => x.labels() <= y.labels(),
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            out.extend(if take_a { a.next() } else { b.next() });
+        }
+        acc = out;
+    }
+    acc
 }

@@ -1123,9 +1123,10 @@ fn a_select_within_a_sample_budget_stops_reading_once_it_is_spent() {
 
     let budget = norn_model::SampleBudget::new(250);
     let got = head.select_within(i64::MIN, i64::MAX, &[], &budget);
-    // It read 26 series (260 samples) and stopped: not the 1,000 samples of the answer.
+    // It read 26 series (260 samples) and stopped: not the 1,000 samples of the answer. (Read
+    // in parts on several threads, each part may pass the budget by one series.)
     assert!(got.len() <= 25, "{} series kept", got.len());
-    assert_eq!(budget.used(), 260);
+    assert!((260..=270).contains(&budget.used()), "{}", budget.used());
     assert!(budget.exhausted());
 
     // Through the Queryable, the spent budget is an error, never a partial answer.
