@@ -334,59 +334,38 @@ impl<'a> Evaluator<'a> {
                 self.window_cursors.insert(node_key(vs), (start, cursors));
                 return Err(e);
             }
-            if !s.chunks.is_empty() {
-                // Fetched as chunks for the sliding walk, evaluated here only on its rare
-                // fallback (a step it leaves to this path): decoded for this window alone.
-                let mut points = self.points_pool.pop().unwrap_or_default();
-                points.clear();
-                if let Err(e) = s.window_points(start, ref_t, &mut points) {
-                    self.window_cursors.insert(node_key(vs), (start, cursors));
-                    return Err(PromqlError::Internal(format!(
-                        "decoding the chunks of {}: {e}",
-                        s.labels
-                    )));
-                }
-                if points.is_empty() {
-                    self.points_pool.push(points);
-                    continue;
-                }
-                total += points.len();
-                if let Err(e) = self.hold(points.len()) {
-                    self.window_cursors.insert(node_key(vs), (start, cursors));
-                    return Err(e);
-                }
-                series.push(RSeries {
-                    metric: Arc::clone(&s.labels),
-                    points,
-                    drop_name: false,
-                });
-                continue;
-            }
-            let lo = if forward {
-                let mut lo = *cursor;
-                while lo < s.samples.len() && s.samples[lo].t <= start {
-                    lo += 1;
-                }
-                lo
-            } else {
-                s.samples.partition_point(|x| x.t <= start)
-            };
-            *cursor = lo;
-            let mut hi = lo;
-            while hi < s.samples.len() && s.samples[hi].t <= ref_t {
-                hi += 1;
-            }
-            if lo == hi {
-                continue;
-            }
             let mut points = self.points_pool.pop().unwrap_or_default();
             points.clear();
-            points.extend(
-                s.samples[lo..hi]
-                    .iter()
-                    .filter(|x| !is_stale_nan(x.v))
-                    .map(|x| (x.t, x.v)),
-            );
+            if s.chunks.is_empty() {
+                let lo = if forward {
+                    let mut lo = *cursor;
+                    while lo < s.samples.len() && s.samples[lo].t <= start {
+                        lo += 1;
+                    }
+                    lo
+                } else {
+                    s.samples.partition_point(|x| x.t <= start)
+                };
+                *cursor = lo;
+                let mut hi = lo;
+                while hi < s.samples.len() && s.samples[hi].t <= ref_t {
+                    hi += 1;
+                }
+                points.extend(
+                    s.samples[lo..hi]
+                        .iter()
+                        .filter(|x| !is_stale_nan(x.v))
+                        .map(|x| (x.t, x.v)),
+                );
+            } else if let Err(e) = s.window_points(start, ref_t, &mut points) {
+                // Fetched as chunks for the sliding walk, evaluated here only on its rare
+                // fallback (a step it leaves to this path): decoded for this window alone.
+                self.window_cursors.insert(node_key(vs), (start, cursors));
+                return Err(PromqlError::Internal(format!(
+                    "decoding the chunks of {}: {e}",
+                    s.labels
+                )));
+            }
             if points.is_empty() {
                 self.points_pool.push(points);
                 continue;
