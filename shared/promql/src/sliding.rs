@@ -214,7 +214,7 @@ impl<'a> SlidingRangeFn<'a> {
             .collect();
         let f = self.f;
         let n = fetched.len();
-        let threads = slide_threads(n);
+        let threads = slide_threads(n, ref_ts.len());
         let per = n.div_ceil(threads).max(1);
         let parts: Vec<Part<'_, 'a>> = fetched
             .chunks(per)
@@ -225,6 +225,7 @@ impl<'a> SlidingRangeFn<'a> {
             .enumerate()
             .map(|(k, ((((series, clean), cursors), walks), noted))| Part {
                 offset: k * per,
+                total: n,
                 series,
                 clean,
                 cursors,
@@ -298,24 +299,28 @@ impl<'a> SlidingRangeFn<'a> {
     }
 }
 
-/// Most threads one range function's walk uses, and the fewest series each must get.
+/// Most threads one range function's walk uses, and the fewest windows (series × steps) each
+/// must get: about 5 ms of work, against some 20 µs to start a thread.
 const MAX_SLIDE_THREADS: usize = 8;
-const MIN_SERIES_PER_THREAD: usize = if cfg!(test) { 2 } else { 8192 };
+const MIN_WINDOWS_PER_THREAD: usize = if cfg!(test) { 2 } else { 65_536 };
 
-/// Threads to walk `n` series on: one unless the selector is big, at most the machine's
-/// cores.
-fn slide_threads(n: usize) -> usize {
+/// Threads to walk `n` series across `steps` steps on: one unless that is much work, at
+/// most the machine's cores.
+fn slide_threads(n: usize, steps: usize) -> usize {
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     let cores = *CORES.get_or_init(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
-    (n / MIN_SERIES_PER_THREAD).clamp(1, cores.min(MAX_SLIDE_THREADS))
+    (n.saturating_mul(steps) / MIN_WINDOWS_PER_THREAD)
+        .clamp(1, cores.min(MAX_SLIDE_THREADS).min(n.max(1)))
 }
 
 /// A contiguous part of a selector's series and their walk state; `offset` is the index of
 /// its first series in the selector.
 struct Part<'p, 'a> {
     offset: usize,
+    /// Series in the whole selector.
+    total: usize,
     series: &'a [FetchedSeries],
     clean: &'p [Option<Vec<ModelSample>>],
     cursors: &'p mut [Cursor],
@@ -339,10 +344,13 @@ fn slide_part(
     range: i64,
     stop: &Stop,
 ) -> Result<PartOut> {
-    let mut results: Vec<Vec<Sample>> = ref_ts
-        .iter()
-        .map(|_| Vec::with_capacity(p.series.len()))
-        .collect();
+    // The first part's vectors take the others' samples after: room for all up front.
+    let room = if p.offset == 0 {
+        p.total
+    } else {
+        p.series.len()
+    };
+    let mut results: Vec<Vec<Sample>> = ref_ts.iter().map(|_| Vec::with_capacity(room)).collect();
     let mut totals = vec![0usize; ref_ts.len()];
     let drop_name = !f.keeps_name();
     let mut to_note = Vec::new();

@@ -338,7 +338,7 @@ fn check_shard(matchers: &[Matcher]) -> Result<(), StorageError> {
 }
 
 /// Fewest matched series worth a thread of their own when a selection is read in parts.
-const MIN_SERIES_PER_PART: usize = if cfg!(test) { 2 } else { 8192 };
+const MIN_SERIES_PER_PART: usize = if cfg!(test) { 2 } else { 2048 };
 /// Most threads one selection is read on.
 const MAX_PARTS: usize = 4;
 
