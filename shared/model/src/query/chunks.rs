@@ -215,6 +215,16 @@ fn merge_chunks(a: Vec<EncodedChunk>, b: Vec<EncodedChunk>) -> Result<Vec<Encode
     if b_hi < a_lo {
         return Ok(b.into_iter().chain(a).collect());
     }
+    // Replicas that received the same samples cut the same chunks: the chunks both sources
+    // start with alike are kept as they are (what follows them begins after them in both),
+    // and only the rest, usually the open chunk, is decoded and merged.
+    let same = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    if same > 0 {
+        let (mut a, mut b) = (a, b);
+        let (a_rest, b_rest) = (a.split_off(same), b.split_off(same));
+        a.extend(merge_chunks(a_rest, b_rest)?);
+        return Ok(a);
+    }
     let decode = |cs: &[EncodedChunk]| -> Result<Vec<Sample>, String> {
         let mut out = Vec::new();
         for c in cs {
@@ -277,6 +287,28 @@ mod tests {
             labels: Labels::from_pairs([("__name__", name)]),
             chunks: encode_samples(&samples),
         }
+    }
+
+    #[test]
+    fn replicas_with_the_same_chunks_are_not_decoded_and_their_tails_merge() {
+        let s = |t: i64| Sample::new(t, t as f64);
+        let first: Vec<Sample> = (0..120).map(|i| s(i * 10)).collect();
+        let common = encode_samples(&first);
+        // Replica a got two more samples in the open chunk than replica b.
+        let mut a = common.clone();
+        a.extend(encode_samples(&[s(1_200), s(1_210), s(1_220)]));
+        let mut b = common.clone();
+        b.extend(encode_samples(&[s(1_200)]));
+        let merged = merge_chunks(a.clone(), b).unwrap();
+        assert_eq!(merged[0], common[0], "the shared chunk is kept as it is");
+        let mut got = Vec::new();
+        for c in &merged {
+            c.decode_into(i64::MIN, i64::MAX, &mut got).unwrap();
+        }
+        let want: Vec<Sample> = (0..123).map(|i| s(i * 10)).collect();
+        assert_eq!(got, want);
+        // Identical lists come back as they are.
+        assert_eq!(merge_chunks(a.clone(), a.clone()).unwrap(), a);
     }
 
     #[test]
