@@ -14,9 +14,11 @@ pub fn matcher_sets(p: &Params) -> Result<Vec<Vec<Matcher>>, HttpError> {
 
 /// Parses one series selector (`up{job="x"}`) into matchers.
 pub fn parse_selector(s: &str) -> Result<Vec<Matcher>, HttpError> {
-    let expr = promql_parser::parser::parse(s).map_err(|e| {
-        HttpError::bad_data(format!("invalid parameter \"match[]\": {e}")).into_json()
-    })?;
+    let expr = norn_promql::check_duration_literals(s)
+        .and_then(|()| promql_parser::parser::parse(s))
+        .map_err(|e| {
+            HttpError::bad_data(format!("invalid parameter \"match[]\": {e}")).into_json()
+        })?;
     let promql_parser::parser::Expr::VectorSelector(vs) = expr else {
         return Err(HttpError::bad_data(format!(
             "invalid parameter \"match[]\": {s:?} is not a series selector"

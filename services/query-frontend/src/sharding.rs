@@ -184,6 +184,8 @@ pub fn analyse(query: &str, shards: usize) -> Result<ShardPlan, Refusal> {
     if query.contains(SHARD_LABEL) {
         return Err("the query selects a shard itself");
     }
+    // The parser panics on some numbers written as durations; refused before it sees them.
+    norn_promql::check_duration_literals(query).map_err(|_| "does not parse")?;
     let expr = promql_parser::parser::parse(query).map_err(|_| "does not parse")?;
     let mut outer = Vec::new();
     let mut e = unparen(&expr);

@@ -57,7 +57,92 @@ pub fn check_query_text(query: &str, max_bytes: usize, max_depth: usize) -> Resu
             "the query expression nests {depth} levels deep, more than the limit of {max_depth} levels (querier.max-query-expression-depth); nesting counts parentheses, brackets, braces, unary and binary operators"
         )));
     }
+    check_duration_literals(query).map_err(PromqlError::Parse)
+}
+
+/// The largest duration a number may spell in seconds (`[300]`, `[5m:60]`, `offset 1e3`):
+/// Go's `time.Duration` limit, about 292 years, as Prometheus has.
+const MAX_DURATION_SECONDS: f64 = 9_223_372_036.0;
+
+/// Refuses a number written where promql-parser expects a duration (inside `[…]`, after
+/// `offset`) that no duration can hold: too large, negative, infinite or NaN. The parser turns
+/// such numbers into a `Duration` with `Duration::from_secs_f64`, which panics on them
+/// (`max_over_time(up[3m:1e27])`, found by the `promql_eval` fuzzer): every caller of the
+/// parser runs this first. Strings and comments are skipped; anything it cannot read as a
+/// number is left to the parser.
+pub fn check_duration_literals(query: &str) -> std::result::Result<(), String> {
+    let b = query.as_bytes();
+    let mut i = 0;
+    let mut brackets = 0usize;
+    let mut after_offset = false;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'"' | b'\'' | b'`' => {
+                i += 1;
+                while i < b.len() && b[i] != c {
+                    i += if b[i] == b'\\' && c != b'`' { 2 } else { 1 };
+                }
+                i += 1;
+                after_offset = false;
+                continue;
+            }
+            b'#' => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'[' => brackets += 1,
+            b']' => brackets = brackets.saturating_sub(1),
+            _ => {}
+        }
+        if c.is_ascii_alphanumeric() || c == b'.' || c == b'_' {
+            let start = i;
+            while i < b.len()
+                && (b[i].is_ascii_alphanumeric()
+                    || b[i] == b'.'
+                    || b[i] == b'_'
+                    || ((b[i] == b'+' || b[i] == b'-') && matches!(b[i - 1], b'e' | b'E')))
+            {
+                i += 1;
+            }
+            let token = &query[start..i];
+            if token.eq_ignore_ascii_case("offset") {
+                after_offset = true;
+                continue;
+            }
+            if (brackets > 0 || after_offset)
+                && let Some(v) = number_value(token)
+                && !(v.is_finite() && (0.0..=MAX_DURATION_SECONDS).contains(&v))
+            {
+                return Err(format!("duration out of range: {token}"));
+            }
+            after_offset = false;
+            continue;
+        }
+        if !c.is_ascii_whitespace() && c != b'-' && c != b'+' {
+            after_offset = false;
+        }
+        i += 1;
+    }
     Ok(())
+}
+
+/// The value of a number token as PromQL reads one (decimal, `0x` hex, `Inf`, `NaN`), or
+/// `None` when it is no number (a duration with units such as `5m`, a name).
+fn number_value(token: &str) -> Option<f64> {
+    let t = token.to_ascii_lowercase();
+    if let Some(hex) = t.strip_prefix("0x") {
+        return u64::from_str_radix(hex, 16).ok().map(|v| v as f64);
+    }
+    if t == "inf" || t == "nan" {
+        return Some(if t == "inf" { f64::INFINITY } else { f64::NAN });
+    }
+    if !t.starts_with(|ch: char| ch.is_ascii_digit() || ch == '.') {
+        return None;
+    }
+    t.parse::<f64>().ok()
 }
 
 /// One open bracket while scanning: the operators seen in the current argument, the deepest

@@ -30,7 +30,7 @@ pub use engine::{Engine, EngineOptions, QueryContext, SharedEngine};
 pub use error::{PromqlError, Result};
 pub use guard::{
     DEFAULT_MAX_QUERY_BYTES, DEFAULT_MAX_QUERY_DEPTH, MAX_QUERY_DEPTH_CEILING,
-    QUERY_THREAD_STACK_BYTES, check_query_text, nesting_depth,
+    QUERY_THREAD_STACK_BYTES, check_duration_literals, check_query_text, nesting_depth,
 };
 pub use threads::DEFAULT_IDLE_QUERY_THREADS;
 pub use value::{QueryResult, QueryStats, Value, VectorSample};

@@ -415,3 +415,44 @@ fn a_sliding_range_function_holds_its_windows_not_its_fetched_samples() {
     let r = run(e.instant_query(&s, "sum(rate(c_total[1m]))", end)).unwrap();
     assert!((scalar(&r.value) - 14.0).abs() < 1e-9);
 }
+
+/// Numbers written as durations that no duration holds are refused as bad data before the
+/// parser sees them (it panics on them: `Duration::from_secs_f64`); valid ones and numbers
+/// elsewhere (strings, comments, comparisons) pass.
+#[test]
+fn numbers_no_duration_can_hold_are_refused_before_parsing() {
+    let s = store();
+    let e = Engine::default();
+    for q in [
+        "max_over_time(up{instance=~\"_|b\"}[3m:1000000000000000000000000000444422]) #offses",
+        "up[1e30]",
+        "rate(up[inf])",
+        "up[NaN]",
+        "sum_over_time(up[5m:1e300])",
+        "up offset 1e30",
+        "up offset -1e30",
+        "up[0xFFFFFFFFFFFFFFFF]",
+    ] {
+        let err = run(e.instant_query(&s, q, 10 * M)).unwrap_err();
+        assert!(matches!(err, PromqlError::Parse(_)), "{q}: {err}");
+        assert_eq!(err.kind(), ErrorKind::BadData, "{q}");
+        assert!(
+            err.to_string().contains("duration out of range"),
+            "{q}: {err}"
+        );
+        let err = run(e.range_query(&s, q, 0, 10 * M, M)).unwrap_err();
+        assert!(matches!(err, PromqlError::Parse(_)), "{q}: {err}");
+    }
+    for q in [
+        "count_over_time(up[600])",
+        "count_over_time(up[5m:60])",
+        "count_over_time(up[0x258])",
+        "up offset 1",
+        "up offset -5m",
+        "up > 1e300",
+        "up{job!=\"[1e30]\"} # [1e30]",
+        "count_over_time(up[1h] offset 1e3)",
+    ] {
+        assert!(run(e.instant_query(&s, q, 10 * M)).is_ok(), "{q}");
+    }
+}
