@@ -36,6 +36,11 @@ struct Group {
 
 impl Evaluator<'_> {
     pub(crate) fn eval_aggregate(&mut self, a: &AggregateExpr, t: i64) -> Result<Val> {
+        if !self.sliding.is_empty()
+            && let Some(out) = self.fused_aggregate(a, t)?
+        {
+            return Ok(Val::Vector(out));
+        }
         let op = a.op.id();
         let vec = self.eval_vector(&a.expr, t)?;
         let param = match &a.param {

@@ -12,7 +12,7 @@ use crate::chunk_walk::LatestWalk;
 use crate::error::{PromqlError, Result, exec_err};
 use crate::group::GroupCache;
 use crate::guard::{CHECK_EVERY, Stop};
-use crate::sliding::{SlidingRangeFn, Steps};
+use crate::sliding::{SlidingRangeFn, StepValues, Steps};
 use crate::value::{FetchedSeries, MatrixVal, Metric, RSeries, Sample, Val, final_labels};
 
 /// Fetched series per selector node, keyed by the node's address in the (pinned) AST.
@@ -458,17 +458,40 @@ impl<'a> Evaluator<'a> {
         let Some(mut st) = self.sliding.remove(&key) else {
             return Ok(None);
         };
-        let r = self.sliding_step(&mut st, c, t);
+        let r = self.sliding_step(&mut st, c, t).map(|ready| {
+            ready.and_then(|(idx, fetched)| st.take_step(idx, fetched))
+        });
         self.sliding.insert(key, st);
         r
     }
 
+    /// [`Self::sliding_value`] as bare values, (series index, value) in series order, with
+    /// the selector's series they index: for an aggregation over the call, which needs no
+    /// labelled sample per series per step.
+    pub(crate) fn sliding_values(
+        &mut self,
+        c: &Call,
+        t: i64,
+    ) -> Result<Option<(StepValues, &'a [FetchedSeries])>> {
+        let key = call_key(c);
+        let Some(mut st) = self.sliding.remove(&key) else {
+            return Ok(None);
+        };
+        let r = self.sliding_step(&mut st, c, t).map(|ready| {
+            ready.and_then(|(idx, fetched)| st.take_values(idx).map(|v| (v, fetched)))
+        });
+        self.sliding.insert(key, st);
+        r
+    }
+
+    /// Makes step `t` of call `c` ready in `st`, walking the next chunk of steps if needed:
+    /// its step index and the selector's series, or `None` when `t` is not a step.
     fn sliding_step(
         &mut self,
         st: &mut SlidingRangeFn<'a>,
         c: &Call,
         t: i64,
-    ) -> Result<Option<Vec<Sample>>> {
+    ) -> Result<Option<(usize, &'a [FetchedSeries])>> {
         let (start, end, step) = (self.query_start, self.query_end, self.query_step);
         if step <= 0 || t < start || t > end || (t - start) % step != 0 {
             return Ok(None);
@@ -477,10 +500,9 @@ impl<'a> Evaluator<'a> {
             return Ok(None);
         };
         let idx = ((t - start) / step) as usize;
+        let data: &'a Fetched = self.data;
+        let fetched: &'a [FetchedSeries] = data.get(&node_key(&ms.vs)).map_or(&[], Vec::as_slice);
         if st.needs_chunk(idx) {
-            let data: &'a Fetched = self.data;
-            let fetched: &'a [FetchedSeries] =
-                data.get(&node_key(&ms.vs)).map_or(&[], Vec::as_slice);
             let steps = Steps {
                 start,
                 end,
@@ -494,6 +516,6 @@ impl<'a> Evaluator<'a> {
                 self.note_if_not_counter(&fetched[i].labels);
             }
         }
-        Ok(st.take_step(idx))
+        Ok(Some((idx, fetched)))
     }
 }

@@ -30,6 +30,9 @@ pub(crate) struct GroupCache {
     /// selector yields its series in the same order at every step, so most samples find
     /// their group here without hashing.
     by_position: Vec<(usize, usize)>,
+    /// Group id of each series of the selector an aggregation fused with a sliding range
+    /// function reads (see [`Self::series_groups`]), by index in the selector.
+    series_groups: Vec<usize>,
 }
 
 impl GroupCache {
@@ -65,6 +68,26 @@ impl GroupCache {
         self.by_hash.clear();
         self.seen.clear();
         self.by_position.clear();
+        self.series_groups.clear();
+    }
+
+    /// The group id of each of `series`, by index: worked out on the first call of an
+    /// evaluation over the same series, then kept (a selector's series are the same at
+    /// every step).
+    pub fn series_groups(
+        &mut self,
+        series: &[crate::value::FetchedSeries],
+        modifier: Option<&LabelModifier>,
+    ) -> &[usize] {
+        if self.series_groups.len() != series.len() {
+            let groups = series
+                .iter()
+                .enumerate()
+                .map(|(i, s)| self.group_of(i, &s.labels, modifier))
+                .collect();
+            self.series_groups = groups;
+        }
+        &self.series_groups
     }
 
     /// The group id of the input at position `pos` of this evaluation.

@@ -13,6 +13,7 @@ mod engine;
 mod error;
 mod eval;
 mod functions;
+mod fused_aggregate;
 mod group;
 mod guard;
 mod info;

@@ -59,10 +59,17 @@ pub(crate) struct SlidingRangeFn<'a> {
     noted: Vec<bool>,
     /// Step index of `results[0]`.
     first: usize,
-    /// The instant vector of each step of the current chunk; `None` once handed out, or for
-    /// a step that must be evaluated the ordinary way (to report the error it runs into).
-    results: Vec<Option<Vec<Sample>>>,
+    /// The values of each step of the current chunk, as (series index in the selector,
+    /// value) in series order; `None` once handed out, or for a step that must be evaluated
+    /// the ordinary way (to report the error it runs into). Labels are attached only when a
+    /// step is taken as an instant vector: an aggregation over the call takes the bare
+    /// values (see [`Self::take_values`]).
+    results: Vec<Option<StepValues>>,
 }
+
+/// One step's values of a sliding range function: (series index in the selector, value), in
+/// series order.
+pub(crate) type StepValues = Vec<(usize, f64)>;
 
 impl SlidingRangeFn<'_> {
     fn new(f: RangeFn) -> Self {
@@ -151,11 +158,27 @@ impl<'a> SlidingRangeFn<'a> {
         idx >= self.first + self.results.len()
     }
 
-    /// The instant vector of step `idx` if the current chunk holds it ready; `None` for a
-    /// step before the chunk, already handed out, or left to the ordinary path.
-    pub fn take_step(&mut self, idx: usize) -> Option<Vec<Sample>> {
+    /// The values of step `idx` if the current chunk holds them ready; `None` for a step
+    /// before the chunk, already handed out, or left to the ordinary path.
+    pub fn take_values(&mut self, idx: usize) -> Option<StepValues> {
         let i = idx.checked_sub(self.first)?;
         self.results.get_mut(i)?.take()
+    }
+
+    /// [`Self::take_values`] as an instant vector over `fetched`, the selector's series.
+    pub fn take_step(&mut self, idx: usize, fetched: &[FetchedSeries]) -> Option<Vec<Sample>> {
+        let drop_name = !self.f.keeps_name();
+        let values = self.take_values(idx)?;
+        Some(
+            values
+                .into_iter()
+                .map(|(i, v)| Sample {
+                    metric: Arc::clone(&fetched[i].labels),
+                    v,
+                    drop_name,
+                })
+                .collect(),
+        )
     }
 
     /// Evaluates the function for a chunk of steps from step index `first` on: each series
@@ -261,7 +284,7 @@ impl<'a> SlidingRangeFn<'a> {
                     .collect()
             })
         };
-        let mut results: Vec<Vec<Sample>> = Vec::new();
+        let mut results: Vec<StepValues> = Vec::new();
         let mut totals = vec![0usize; ref_ts.len()];
         let mut to_note = Vec::new();
         for out in outs {
@@ -331,7 +354,7 @@ struct Part<'p, 'a> {
 /// What a part yields for the chunk's steps: per step its instant vector and window
 /// samples, and the series (by index in the selector) that first produced a counter value.
 struct PartOut {
-    results: Vec<Vec<Sample>>,
+    results: Vec<StepValues>,
     totals: Vec<usize>,
     to_note: Vec<usize>,
 }
@@ -350,9 +373,8 @@ fn slide_part(
     } else {
         p.series.len()
     };
-    let mut results: Vec<Vec<Sample>> = ref_ts.iter().map(|_| Vec::with_capacity(room)).collect();
+    let mut results: Vec<StepValues> = ref_ts.iter().map(|_| Vec::with_capacity(room)).collect();
     let mut totals = vec![0usize; ref_ts.len()];
-    let drop_name = !f.keeps_name();
     let mut to_note = Vec::new();
     for (i, s) in p.series.iter().enumerate() {
         if i % CHECK_SERIES == 0 {
@@ -371,11 +393,7 @@ fn slide_part(
                 }
                 totals[j] += window.len();
                 if let Some(v) = f.value_hinted(window, wstart, ref_t, walk.resets == 0) {
-                    results[j].push(Sample {
-                        metric: Arc::clone(&s.labels),
-                        v,
-                        drop_name,
-                    });
+                    results[j].push((p.offset + i, v));
                     produced = true;
                 }
             }
@@ -401,11 +419,7 @@ fn slide_part(
                 totals[j] += hi - lo;
                 let no_resets = c.resets_hi == c.resets_lo;
                 if let Some(v) = f.value_hinted(&samples[lo..hi], wstart, ref_t, no_resets) {
-                    results[j].push(Sample {
-                        metric: Arc::clone(&s.labels),
-                        v,
-                        drop_name,
-                    });
+                    results[j].push((p.offset + i, v));
                     produced = true;
                 }
             }

@@ -1,0 +1,164 @@
+//! Aggregations straight over a sliding range function (`sum by (mode) (rate(x[5m]))`) in a
+//! range query: the walk's bare values go into the groups' accumulators, without a labelled
+//! sample per series per step.
+//!
+//! At a dashboard's size (thousands of series, hundreds of steps) building and regrouping
+//! those samples cost about as much as the walk itself. The accumulators are the ones the
+//! ordinary path uses, fed the same values in the same (series) order, so every result is
+//! the same to the last bit, and the groups come out in the same first-seen order.
+
+use std::sync::Arc;
+
+use norn_model::METRIC_NAME;
+use promql_parser::parser::{AggregateExpr, Call, Expr, token};
+
+use crate::ast::{aggregate_key, unwrap_parens};
+use crate::error::Result;
+use crate::eval::Evaluator;
+use crate::math::{AvgAcc, VarAcc, kahan_inc};
+use crate::range_fn::RangeFn;
+use crate::value::Sample;
+
+/// One group's running aggregate at one step.
+enum Acc {
+    Sum { sum: f64, c: f64 },
+    Avg(AvgAcc),
+    Count(f64),
+    Group,
+    Min(f64),
+    Max(f64),
+    Var { acc: VarAcc, sqrt: bool },
+}
+
+impl Acc {
+    /// An empty accumulator for aggregation `op`, `None` for one this module does not fuse.
+    fn new(op: token::TokenId) -> Option<Self> {
+        Some(match op {
+            token::T_SUM => Self::Sum { sum: 0.0, c: 0.0 },
+            token::T_AVG => Self::Avg(AvgAcc::default()),
+            token::T_COUNT => Self::Count(0.0),
+            token::T_GROUP => Self::Group,
+            token::T_MIN => Self::Min(f64::NAN),
+            token::T_MAX => Self::Max(f64::NAN),
+            token::T_STDDEV => Self::Var {
+                acc: VarAcc::default(),
+                sqrt: true,
+            },
+            token::T_STDVAR => Self::Var {
+                acc: VarAcc::default(),
+                sqrt: false,
+            },
+            _ => return None,
+        })
+    }
+
+    #[inline]
+    fn add(&mut self, v: f64) {
+        match self {
+            Self::Sum { sum, c } => (*sum, *c) = kahan_inc(v, *sum, *c),
+            Self::Avg(acc) => acc.add(v),
+            Self::Count(n) => *n += 1.0,
+            Self::Group => {}
+            Self::Min(m) => {
+                if m.is_nan() || v < *m {
+                    *m = v;
+                }
+            }
+            Self::Max(m) => {
+                if m.is_nan() || v > *m {
+                    *m = v;
+                }
+            }
+            Self::Var { acc, .. } => acc.add(v),
+        }
+    }
+
+    fn value(&self) -> f64 {
+        match self {
+            Self::Sum { sum, c } => {
+                if sum.is_infinite() {
+                    *sum
+                } else {
+                    sum + c
+                }
+            }
+            Self::Avg(acc) => acc.value(),
+            Self::Count(n) => *n,
+            Self::Group => 1.0,
+            Self::Min(m) | Self::Max(m) => *m,
+            Self::Var { acc, sqrt } => {
+                let var = acc.variance();
+                if *sqrt { var.sqrt() } else { var }
+            }
+        }
+    }
+}
+
+/// The sliding range function call `a` aggregates directly, if `a` is an aggregation this
+/// module fuses with it (no parameter; `topk`, `quantile` and the like keep the ordinary
+/// path).
+fn fused_call(a: &AggregateExpr) -> Option<&Call> {
+    if a.param.is_some() || Acc::new(a.op.id()).is_none() {
+        return None;
+    }
+    match unwrap_parens(&a.expr) {
+        Expr::Call(c) => Some(c),
+        _ => None,
+    }
+}
+
+impl Evaluator<'_> {
+    /// The value of aggregation `a` at step `t` computed from its sliding range function's
+    /// bare values, or `None` when `a` is not such an aggregation or the step is left to the
+    /// ordinary path (which then reports whatever error the step runs into).
+    pub(crate) fn fused_aggregate(
+        &mut self,
+        a: &AggregateExpr,
+        t: i64,
+    ) -> Result<Option<Vec<Sample>>> {
+        let Some(c) = fused_call(a) else {
+            return Ok(None);
+        };
+        let Some(f) = RangeFn::parse(c.func.name) else {
+            return Ok(None);
+        };
+        let Some((values, fetched)) = self.sliding_values(c, t)? else {
+            return Ok(None);
+        };
+        self.work(values.len())?;
+        let op = a.op.id();
+        let key = aggregate_key(a);
+        let mut cache = self.group_caches.remove(&key).unwrap_or_default();
+        cache.begin(fetched.len());
+        let groups = cache.series_groups(fetched, a.modifier.as_ref()).to_vec();
+        // (group id, accumulator) in the order the groups first appear at this step.
+        let mut accs: Vec<(usize, Acc)> = Vec::new();
+        for (i, v) in values {
+            let g = groups[i];
+            let gi = match cache.output_index(g, accs.len()) {
+                Some(gi) => gi,
+                None => {
+                    let acc = Acc::new(op).expect("fused_call checked the operator");
+                    accs.push((g, acc));
+                    accs.len() - 1
+                }
+            };
+            accs[gi].1.add(v);
+        }
+        // Every input sample of the step had the same name handling: the function's.
+        let drop_name = !f.keeps_name();
+        let out = accs
+            .iter()
+            .map(|(g, acc)| {
+                let labels = cache.labels(*g);
+                Sample {
+                    metric: Arc::clone(labels),
+                    v: acc.value(),
+                    drop_name: drop_name && labels.get(METRIC_NAME).is_some(),
+                }
+            })
+            .collect();
+        self.group_caches.insert(key, cache);
+        Ok(Some(out))
+    }
+}
