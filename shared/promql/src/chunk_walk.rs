@@ -127,12 +127,15 @@ impl<'a> WindowWalk<'a> {
             }
             if self.window.capacity() == 0 {
                 // Sized once for a window's worth of samples at the chunk's interval, rather
-                // than grown by doubling, series by series.
+                // than grown by doubling, series by series, plus a quarter of slack: a full
+                // buffer moves the window to its front, and with no slack that would happen
+                // at nearly every sample (a memmove of the whole window each time).
                 let want = self
                     .reader
                     .interval_hint()
                     .map_or(8, |d| (ref_t.saturating_sub(wstart) / d).saturating_add(2));
-                self.window.reserve_exact(want.clamp(4, 1024) as usize);
+                let want = want.clamp(4, 1024);
+                self.window.reserve_exact((want + want / 4 + 2) as usize);
             }
             if self.start == self.window.len() {
                 self.window.clear();
