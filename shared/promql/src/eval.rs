@@ -458,9 +458,9 @@ impl<'a> Evaluator<'a> {
         let Some(mut st) = self.sliding.remove(&key) else {
             return Ok(None);
         };
-        let r = self.sliding_step(&mut st, c, t).map(|ready| {
-            ready.and_then(|(idx, fetched)| st.take_step(idx, fetched))
-        });
+        let r = self
+            .sliding_step(&mut st, c, t)
+            .map(|ready| ready.and_then(|(idx, fetched)| st.take_step(idx, fetched)));
         self.sliding.insert(key, st);
         r
     }
@@ -482,6 +482,13 @@ impl<'a> Evaluator<'a> {
         });
         self.sliding.insert(key, st);
         r
+    }
+
+    /// Hands back the buffer of a step's values taken with [`Self::sliding_values`].
+    pub(crate) fn sliding_give_back(&mut self, c: &Call, values: StepValues) {
+        if let Some(st) = self.sliding.get_mut(&call_key(c)) {
+            st.give_back(values);
+        }
     }
 
     /// Makes step `t` of call `c` ready in `st`, walking the next chunk of steps if needed:

@@ -133,7 +133,7 @@ impl Evaluator<'_> {
         let groups = cache.series_groups(fetched, a.modifier.as_ref()).to_vec();
         // (group id, accumulator) in the order the groups first appear at this step.
         let mut accs: Vec<(usize, Acc)> = Vec::new();
-        for (i, v) in values {
+        for &(i, v) in &values {
             let g = groups[i];
             let gi = match cache.output_index(g, accs.len()) {
                 Some(gi) => gi,
@@ -145,6 +145,7 @@ impl Evaluator<'_> {
             };
             accs[gi].1.add(v);
         }
+        self.sliding_give_back(c, values);
         // Every input sample of the step had the same name handling: the function's.
         let drop_name = !f.keeps_name();
         let out = accs

@@ -65,6 +65,10 @@ pub(crate) struct SlidingRangeFn<'a> {
     /// step is taken as an instant vector: an aggregation over the call takes the bare
     /// values (see [`Self::take_values`]).
     results: Vec<Option<StepValues>>,
+    /// Emptied step buffers handed back once consumed, refilled by the next chunk of steps:
+    /// at a dashboard's size a chunk's buffers are megabytes, and fresh ones cost a page
+    /// fault per 4 KiB.
+    spare: Vec<StepValues>,
 }
 
 /// One step's values of a sliding range function: (series index in the selector, value), in
@@ -82,6 +86,7 @@ impl SlidingRangeFn<'_> {
             noted: Vec::new(),
             first: 0,
             results: Vec::new(),
+            spare: Vec::new(),
         }
     }
 }
@@ -165,20 +170,28 @@ impl<'a> SlidingRangeFn<'a> {
         self.results.get_mut(i)?.take()
     }
 
+    /// Hands back a step's buffer taken with [`Self::take_values`], for the next chunk.
+    pub fn give_back(&mut self, mut values: StepValues) {
+        if self.spare.len() < MAX_CHUNK_STEPS {
+            values.clear();
+            self.spare.push(values);
+        }
+    }
+
     /// [`Self::take_values`] as an instant vector over `fetched`, the selector's series.
     pub fn take_step(&mut self, idx: usize, fetched: &[FetchedSeries]) -> Option<Vec<Sample>> {
         let drop_name = !self.f.keeps_name();
         let values = self.take_values(idx)?;
-        Some(
-            values
-                .into_iter()
-                .map(|(i, v)| Sample {
-                    metric: Arc::clone(&fetched[i].labels),
-                    v,
-                    drop_name,
-                })
-                .collect(),
-        )
+        let out = values
+            .iter()
+            .map(|&(i, v)| Sample {
+                metric: Arc::clone(&fetched[i].labels),
+                v,
+                drop_name,
+            })
+            .collect();
+        self.give_back(values);
+        Some(out)
     }
 
     /// Evaluates the function for a chunk of steps from step index `first` on: each series
@@ -239,6 +252,16 @@ impl<'a> SlidingRangeFn<'a> {
         let n = fetched.len();
         let threads = slide_threads(n, ref_ts.len());
         let per = n.div_ceil(threads).max(1);
+        // The first part's vectors take the others' samples after: room for all up front.
+        let mut bufs: Vec<StepValues> = ref_ts
+            .iter()
+            .map(|_| {
+                let mut b = self.spare.pop().unwrap_or_default();
+                b.reserve(n);
+                b
+            })
+            .collect();
+        self.spare.clear();
         let parts: Vec<Part<'_, 'a>> = fetched
             .chunks(per)
             .zip(self.clean.chunks(per))
@@ -248,7 +271,11 @@ impl<'a> SlidingRangeFn<'a> {
             .enumerate()
             .map(|(k, ((((series, clean), cursors), walks), noted))| Part {
                 offset: k * per,
-                total: n,
+                bufs: if k == 0 {
+                    std::mem::take(&mut bufs)
+                } else {
+                    Vec::new()
+                },
                 series,
                 clean,
                 cursors,
@@ -342,8 +369,9 @@ fn slide_threads(n: usize, steps: usize) -> usize {
 /// its first series in the selector.
 struct Part<'p, 'a> {
     offset: usize,
-    /// Series in the whole selector.
-    total: usize,
+    /// Empty buffers for the part's step results, one per step (or none: the part makes
+    /// its own).
+    bufs: Vec<StepValues>,
     series: &'a [FetchedSeries],
     clean: &'p [Option<Vec<ModelSample>>],
     cursors: &'p mut [Cursor],
@@ -367,13 +395,14 @@ fn slide_part(
     range: i64,
     stop: &Stop,
 ) -> Result<PartOut> {
-    // The first part's vectors take the others' samples after: room for all up front.
-    let room = if p.offset == 0 {
-        p.total
+    let mut results: Vec<StepValues> = if p.bufs.len() == ref_ts.len() {
+        p.bufs
     } else {
-        p.series.len()
+        ref_ts
+            .iter()
+            .map(|_| Vec::with_capacity(p.series.len()))
+            .collect()
     };
-    let mut results: Vec<StepValues> = ref_ts.iter().map(|_| Vec::with_capacity(room)).collect();
     let mut totals = vec![0usize; ref_ts.len()];
     let mut to_note = Vec::new();
     for (i, s) in p.series.iter().enumerate() {
