@@ -411,6 +411,7 @@ fn slide_part(
         }
         let mut produced = false;
         if let Some(walk) = &mut p.walks[i] {
+            let mut shape = None;
             for (j, &ref_t) in ref_ts.iter().enumerate() {
                 let wstart = ref_t.saturating_sub(range);
                 walk.advance(wstart, ref_t).map_err(|e| {
@@ -421,7 +422,8 @@ fn slide_part(
                     continue;
                 }
                 totals[j] += window.len();
-                if let Some(v) = f.value_hinted(window, wstart, ref_t, walk.resets == 0) {
+                if let Some(v) = f.value_walked(window, wstart, ref_t, walk.resets == 0, &mut shape)
+                {
                     results[j].push((p.offset + i, v));
                     produced = true;
                 }
