@@ -130,7 +130,7 @@ impl Evaluator<'_> {
         let key = aggregate_key(a);
         let mut cache = self.group_caches.remove(&key).unwrap_or_default();
         cache.begin(fetched.len());
-        let groups = cache.series_groups(fetched, a.modifier.as_ref()).to_vec();
+        let groups = cache.take_series_groups(fetched, a.modifier.as_ref());
         // (group id, accumulator) in the order the groups first appear at this step.
         let mut accs: Vec<(usize, Acc)> = Vec::new();
         for &(i, v) in &values {
@@ -145,6 +145,7 @@ impl Evaluator<'_> {
             };
             accs[gi].1.add(v);
         }
+        cache.put_series_groups(groups);
         self.sliding_give_back(c, values);
         // Every input sample of the step had the same name handling: the function's.
         let drop_name = !f.keeps_name();

@@ -90,6 +90,22 @@ impl GroupCache {
         &self.series_groups
     }
 
+    /// [`Self::series_groups`], taken out of the cache so that the caller can look up
+    /// output places while it reads them; [`Self::put_series_groups`] puts them back.
+    pub fn take_series_groups(
+        &mut self,
+        series: &[crate::value::FetchedSeries],
+        modifier: Option<&LabelModifier>,
+    ) -> Vec<usize> {
+        self.series_groups(series, modifier);
+        std::mem::take(&mut self.series_groups)
+    }
+
+    /// Gives back what [`Self::take_series_groups`] took.
+    pub fn put_series_groups(&mut self, groups: Vec<usize>) {
+        self.series_groups = groups;
+    }
+
     /// The group id of the input at position `pos` of this evaluation.
     pub fn group_of(&mut self, pos: usize, m: &Metric, modifier: Option<&LabelModifier>) -> usize {
         let key = Arc::as_ptr(m) as usize;

@@ -105,17 +105,33 @@ impl Head {
         let matched = self.index.matching(matchers);
         read_in_parts(&matched, |part| {
             let mut out = Vec::new();
+            // A series' chunks are copied into one buffer and handed out as slices of it:
+            // one allocation a series, not one a chunk. Sized from the last series of the
+            // part, as a selector's series mostly hold about as many bytes.
+            let mut size_hint = 256;
+            let mut spans: Vec<(i64, i64, usize, usize)> = Vec::new();
             for s in part {
-                let mut chunks = Vec::new();
+                let mut buf: Vec<u8> = Vec::with_capacity(size_hint);
+                spans.clear();
                 s.state
                     .lock()
                     .chunks_for_query(mint, maxt, self.store(), |min_t, max_t, data| {
-                        chunks.push(EncodedChunk::xor(
-                            min_t,
-                            max_t,
-                            Bytes::copy_from_slice(data),
-                        ));
+                        let at = buf.len();
+                        buf.extend_from_slice(data);
+                        spans.push((min_t, max_t, at, buf.len()));
                     });
+                size_hint = (buf.len() + buf.len() / 8).clamp(64, 1 << 16);
+                // The buffer is held as long as the chunks: no more than a little slack.
+                if buf.capacity() > buf.len() + buf.len() / 4 + 64 {
+                    buf.shrink_to_fit();
+                }
+                let all = Bytes::from(buf);
+                let chunks: Vec<EncodedChunk> = spans
+                    .iter()
+                    .map(|&(min_t, max_t, from, to)| {
+                        EncodedChunk::xor(min_t, max_t, all.slice(from..to))
+                    })
+                    .collect();
                 if count {
                     let n: usize = chunks.iter().map(|c| c.samples_in(mint, maxt)).sum();
                     if !budget.charge(n) {
