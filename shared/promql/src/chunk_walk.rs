@@ -90,6 +90,14 @@ impl<'a> WindowWalk<'a> {
         }
     }
 
+    /// A walk whose first window starts after `t`: the leading chunks that end at or
+    /// before `t` are not decoded (a walk of the later steps of a range, on its own thread).
+    pub fn starting_after(chunks: &'a [EncodedChunk], t: i64) -> Self {
+        let mut walk = Self::new(chunks);
+        walk.reader.next_chunk = chunks.iter().take_while(|c| c.max_t <= t).count();
+        walk
+    }
+
     /// The next sample that is not a stale marker, in time order.
     fn next_sample(&mut self) -> Result<Option<Sample>, String> {
         while let Some(s) = self.reader.next_sample()? {

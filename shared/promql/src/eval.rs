@@ -12,7 +12,7 @@ use crate::chunk_walk::LatestWalk;
 use crate::error::{PromqlError, Result, exec_err};
 use crate::group::GroupCache;
 use crate::guard::{CHECK_EVERY, Stop};
-use crate::sliding::{SlidingRangeFn, StepValues, Steps};
+use crate::sliding::{Fusion, SlidingRangeFn, StepGroups, StepValues, Steps};
 use crate::value::{FetchedSeries, MatrixVal, Metric, RSeries, Sample, Val, final_labels};
 
 /// Fetched series per selector node, keyed by the node's address in the (pinned) AST.
@@ -459,7 +459,7 @@ impl<'a> Evaluator<'a> {
             return Ok(None);
         };
         let r = self
-            .sliding_step(&mut st, c, t)
+            .sliding_step(&mut st, c, t, None)
             .map(|ready| ready.and_then(|(idx, fetched)| st.take_step(idx, fetched)));
         self.sliding.insert(key, st);
         r
@@ -477,9 +477,37 @@ impl<'a> Evaluator<'a> {
         let Some(mut st) = self.sliding.remove(&key) else {
             return Ok(None);
         };
-        let r = self.sliding_step(&mut st, c, t).map(|ready| {
+        let r = self.sliding_step(&mut st, c, t, None).map(|ready| {
             ready.and_then(|(idx, fetched)| st.take_values(idx).map(|v| (v, fetched)))
         });
+        self.sliding.insert(key, st);
+        r
+    }
+
+    /// The fetched series of the selector under sliding call `c` (none when it has none).
+    pub(crate) fn sliding_selector_series(&self, c: &Call) -> &'a [FetchedSeries] {
+        let data: &'a Fetched = self.data;
+        matrix_arg(c)
+            .and_then(|ms| data.get(&node_key(&ms.vs)))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The groups of aggregation `fusion` over call `c` at step `t`, accumulated as the
+    /// call's walk went (see [`SlidingRangeFn::slide_fused_chunk`]), or `None` where
+    /// [`Self::sliding_values`] would give none.
+    pub(crate) fn sliding_fused(
+        &mut self,
+        c: &Call,
+        t: i64,
+        fusion: &Fusion<'_>,
+    ) -> Result<Option<StepGroups>> {
+        let key = call_key(c);
+        let Some(mut st) = self.sliding.remove(&key) else {
+            return Ok(None);
+        };
+        let r = self
+            .sliding_step(&mut st, c, t, Some(fusion))
+            .map(|ready| ready.and_then(|(idx, _)| st.take_fused(idx)));
         self.sliding.insert(key, st);
         r
     }
@@ -498,6 +526,7 @@ impl<'a> Evaluator<'a> {
         st: &mut SlidingRangeFn<'a>,
         c: &Call,
         t: i64,
+        fusion: Option<&Fusion<'_>>,
     ) -> Result<Option<(usize, &'a [FetchedSeries])>> {
         let (start, end, step) = (self.query_start, self.query_end, self.query_step);
         if step <= 0 || t < start || t > end || (t - start) % step != 0 {
@@ -509,7 +538,11 @@ impl<'a> Evaluator<'a> {
         let idx = ((t - start) / step) as usize;
         let data: &'a Fetched = self.data;
         let fetched: &'a [FetchedSeries] = data.get(&node_key(&ms.vs)).map_or(&[], Vec::as_slice);
-        if st.needs_chunk(idx) {
+        let needs = match fusion {
+            Some(_) => st.needs_fused_chunk(idx),
+            None => st.needs_chunk(idx),
+        };
+        if needs {
             let steps = Steps {
                 start,
                 end,
@@ -517,7 +550,12 @@ impl<'a> Evaluator<'a> {
                 max_samples: self.max_samples,
             };
             let held = self.held;
-            let to_note = st.slide_chunk(fetched, ms, steps, idx, held, &self.stop)?;
+            let to_note = match fusion {
+                Some(fusion) => {
+                    st.slide_fused_chunk(fetched, ms, steps, idx, held, &self.stop, fusion)?
+                }
+                None => st.slide_chunk(fetched, ms, steps, idx, held, &self.stop)?,
+            };
             self.work(fetched.len())?;
             for i in to_note {
                 self.note_if_not_counter(&fetched[i].labels);

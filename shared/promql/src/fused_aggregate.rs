@@ -17,10 +17,12 @@ use crate::error::Result;
 use crate::eval::Evaluator;
 use crate::math::{AvgAcc, VarAcc, kahan_inc};
 use crate::range_fn::RangeFn;
+use crate::sliding::Fusion;
 use crate::value::Sample;
 
 /// One group's running aggregate at one step.
-enum Acc {
+#[derive(Debug, Clone)]
+pub(crate) enum Acc {
     Sum { sum: f64, c: f64 },
     Avg(AvgAcc),
     Count(f64),
@@ -32,7 +34,7 @@ enum Acc {
 
 impl Acc {
     /// An empty accumulator for aggregation `op`, `None` for one this module does not fuse.
-    fn new(op: token::TokenId) -> Option<Self> {
+    pub(crate) fn new(op: token::TokenId) -> Option<Self> {
         Some(match op {
             token::T_SUM => Self::Sum { sum: 0.0, c: 0.0 },
             token::T_AVG => Self::Avg(AvgAcc::default()),
@@ -53,7 +55,7 @@ impl Acc {
     }
 
     #[inline]
-    fn add(&mut self, v: f64) {
+    pub(crate) fn add(&mut self, v: f64) {
         match self {
             Self::Sum { sum, c } => (*sum, *c) = kahan_inc(v, *sum, *c),
             Self::Avg(acc) => acc.add(v),
@@ -73,7 +75,7 @@ impl Acc {
         }
     }
 
-    fn value(&self) -> f64 {
+    pub(crate) fn value(&self) -> f64 {
         match self {
             Self::Sum { sum, c } => {
                 if sum.is_infinite() {
@@ -93,6 +95,11 @@ impl Acc {
         }
     }
 }
+
+/// Most groups an aggregation accumulates inside the walk: each step of a chunk keeps a
+/// place per group (4 bytes), so a `by` over many groups takes the walk's values instead.
+/// Two in unit tests, so that their queries take both ways.
+const MAX_WALK_GROUPS: usize = if cfg!(test) { 2 } else { 1024 };
 
 /// The sliding range function call `a` aggregates directly, if `a` is an aggregation this
 /// module fuses with it (no parameter; `topk`, `quantile` and the like keep the ordinary
@@ -122,31 +129,54 @@ impl Evaluator<'_> {
         let Some(f) = RangeFn::parse(c.func.name) else {
             return Ok(None);
         };
-        let Some((values, fetched)) = self.sliding_values(c, t)? else {
-            return Ok(None);
-        };
-        self.work(values.len())?;
         let op = a.op.id();
         let key = aggregate_key(a);
         let mut cache = self.group_caches.remove(&key).unwrap_or_default();
+        let fetched = self.sliding_selector_series(c);
         cache.begin(fetched.len());
         let groups = cache.take_series_groups(fetched, a.modifier.as_ref());
-        // (group id, accumulator) in the order the groups first appear at this step.
-        let mut accs: Vec<(usize, Acc)> = Vec::new();
-        for &(i, v) in &values {
-            let g = groups[i];
-            let gi = match cache.output_index(g, accs.len()) {
-                Some(gi) => gi,
-                None => {
-                    let acc = Acc::new(op).expect("fused_call checked the operator");
-                    accs.push((g, acc));
-                    accs.len() - 1
-                }
+        let ngroups = groups.iter().max().map_or(0, |&g| g + 1);
+        let accs = if ngroups <= MAX_WALK_GROUPS {
+            // Few groups: accumulated as the walk goes, on its threads.
+            let fusion = Fusion {
+                groups: &groups,
+                ngroups,
+                empty: Acc::new(op).expect("fused_call checked the operator"),
             };
-            accs[gi].1.add(v);
-        }
-        cache.put_series_groups(groups);
-        self.sliding_give_back(c, values);
+            let step = self.sliding_fused(c, t, &fusion);
+            cache.put_series_groups(groups);
+            let Some(step) = step? else {
+                self.group_caches.insert(key, cache);
+                return Ok(None);
+            };
+            self.work(step.values)?;
+            step.accs
+        } else {
+            let step = self.sliding_values(c, t);
+            let Some((values, _)) = step? else {
+                cache.put_series_groups(groups);
+                self.group_caches.insert(key, cache);
+                return Ok(None);
+            };
+            self.work(values.len())?;
+            // (group id, accumulator) in the order the groups first appear at this step.
+            let mut accs: Vec<(usize, Acc)> = Vec::new();
+            for &(i, v) in &values {
+                let g = groups[i];
+                let gi = match cache.output_index(g, accs.len()) {
+                    Some(gi) => gi,
+                    None => {
+                        let acc = Acc::new(op).expect("fused_call checked the operator");
+                        accs.push((g, acc));
+                        accs.len() - 1
+                    }
+                };
+                accs[gi].1.add(v);
+            }
+            cache.put_series_groups(groups);
+            self.sliding_give_back(c, values);
+            accs
+        };
         // Every input sample of the step had the same name handling: the function's.
         let drop_name = !f.keeps_name();
         let out = accs

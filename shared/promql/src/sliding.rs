@@ -20,6 +20,7 @@ use promql_parser::parser::{Call, Expr, MatrixSelector};
 use crate::ast::{at_ms, call_key, dur_ms, matrix_arg, node_key, offset_ms};
 use crate::chunk_walk::WindowWalk;
 use crate::error::{PromqlError, Result};
+use crate::fused_aggregate::Acc;
 use crate::guard::Stop;
 use crate::range_fn::RangeFn;
 use crate::value::{FetchedSeries, Sample};
@@ -69,6 +70,9 @@ pub(crate) struct SlidingRangeFn<'a> {
     /// at a dashboard's size a chunk's buffers are megabytes, and fresh ones cost a page
     /// fault per 4 KiB.
     spare: Vec<StepValues>,
+    /// The groups of each step of the current chunk when an aggregation is fused with the
+    /// function (see [`Self::slide_fused_chunk`]); `None` as for `results`.
+    fused: Vec<Option<StepGroups>>,
 }
 
 /// One step's values of a sliding range function: (series index in the selector, value), in
@@ -87,6 +91,7 @@ impl SlidingRangeFn<'_> {
             first: 0,
             results: Vec::new(),
             spare: Vec::new(),
+            fused: Vec::new(),
         }
     }
 }
@@ -209,45 +214,10 @@ impl<'a> SlidingRangeFn<'a> {
         held: usize,
         stop: &Stop,
     ) -> Result<Vec<usize>> {
-        let vs = &ms.vs;
         let range = dur_ms(&ms.range);
-        if !self.initialized {
-            self.clean = fetched
-                .iter()
-                .map(|s| {
-                    s.samples.iter().any(|x| is_stale_nan(x.v)).then(|| {
-                        s.samples
-                            .iter()
-                            .filter(|x| !is_stale_nan(x.v))
-                            .copied()
-                            .collect()
-                    })
-                })
-                .collect();
-            self.cursors = vec![Cursor::default(); fetched.len()];
-            self.walks = fetched
-                .iter()
-                .map(|s| (!s.chunks.is_empty()).then(|| WindowWalk::new(&s.chunks)))
-                .collect();
-            self.noted = vec![false; fetched.len()];
-            self.initialized = true;
-        }
-        let Steps {
-            start: qstart,
-            end: qend,
-            step: qstep,
-            max_samples,
-        } = steps;
-        let at = at_ms(&vs.at, qstart, qend);
-        let off = offset_ms(&vs.offset);
-        let steps_left = ((qend - qstart) / qstep) as usize + 1 - first;
-        let chunk = (CHUNK_CELLS / fetched.len().max(1)).clamp(1, MAX_CHUNK_STEPS);
-        let ref_ts: Vec<i64> = (0..chunk.min(steps_left))
-            .map(|i| {
-                at.unwrap_or(qstart + (first + i) as i64 * qstep)
-                    .saturating_sub(off)
-            })
-            .collect();
+        self.init(fetched);
+        let (ref_ts, steps_left) = chunk_steps(fetched.len(), ms, steps, first);
+        let max_samples = steps.max_samples;
         let f = self.f;
         let n = fetched.len();
         let threads = slide_threads(n, ref_ts.len());
@@ -349,6 +319,254 @@ impl<'a> SlidingRangeFn<'a> {
     }
 }
 
+impl<'a> SlidingRangeFn<'a> {
+    /// Sets up the walk state of `fetched` on the first chunk.
+    fn init(&mut self, fetched: &'a [FetchedSeries]) {
+        if self.initialized {
+            return;
+        }
+        self.clean = fetched
+            .iter()
+            .map(|s| {
+                s.samples.iter().any(|x| is_stale_nan(x.v)).then(|| {
+                    s.samples
+                        .iter()
+                        .filter(|x| !is_stale_nan(x.v))
+                        .copied()
+                        .collect()
+                })
+            })
+            .collect();
+        self.cursors = vec![Cursor::default(); fetched.len()];
+        self.walks = fetched
+            .iter()
+            .map(|s| (!s.chunks.is_empty()).then(|| WindowWalk::new(&s.chunks)))
+            .collect();
+        self.noted = vec![false; fetched.len()];
+        self.initialized = true;
+    }
+
+    /// Whether step `idx` lies past the fused chunk evaluated so far (see
+    /// [`Self::slide_fused_chunk`]).
+    pub fn needs_fused_chunk(&self, idx: usize) -> bool {
+        idx >= self.first + self.fused.len()
+    }
+
+    /// The groups of step `idx` if the current fused chunk holds them ready.
+    pub fn take_fused(&mut self, idx: usize) -> Option<StepGroups> {
+        let i = idx.checked_sub(self.first)?;
+        self.fused.get_mut(i)?.take()
+    }
+
+    /// [`Self::slide_chunk`] for an aggregation fused with the function (`sum by (job)
+    /// (rate(x[5m]))`): every value goes straight into its group's accumulator at its step,
+    /// so no step vector of one value per series is built. The steps, not the series, are
+    /// split over threads: each step still takes its values in series order, the order the
+    /// accumulators' float arithmetic follows, so results are the same to the last bit. A
+    /// later thread starts its own walks at its first window (decoding from the chunk that
+    /// holds it), and its walks go on to the next chunk.
+    #[allow(clippy::too_many_arguments)]
+    pub fn slide_fused_chunk(
+        &mut self,
+        fetched: &'a [FetchedSeries],
+        ms: &MatrixSelector,
+        steps: Steps,
+        first: usize,
+        held: usize,
+        stop: &Stop,
+        fusion: &Fusion<'_>,
+    ) -> Result<Vec<usize>> {
+        let range = dur_ms(&ms.range);
+        self.init(fetched);
+        let (ref_ts, steps_left) = chunk_steps(fetched.len(), ms, steps, first);
+        let f = self.f;
+        let n = fetched.len();
+        let threads = slide_threads(n, ref_ts.len()).min(ref_ts.len()).max(1);
+        let per = ref_ts.len().div_ceil(threads).max(1);
+        let spans: Vec<std::ops::Range<usize>> = (0..ref_ts.len())
+            .step_by(per)
+            .map(|a| a..(a + per).min(ref_ts.len()))
+            .collect();
+        type Fresh<'w> = (Vec<Cursor>, Vec<Option<WindowWalk<'w>>>, Vec<bool>);
+        let mut fresh: Vec<Fresh<'a>> = spans
+            .iter()
+            .skip(1)
+            .map(|r| {
+                let after = ref_ts[r.start].saturating_sub(range);
+                let walks = fetched
+                    .iter()
+                    .map(|s| {
+                        (!s.chunks.is_empty()).then(|| WindowWalk::starting_after(&s.chunks, after))
+                    })
+                    .collect();
+                (vec![Cursor::default(); n], walks, self.noted.clone())
+            })
+            .collect();
+        let mut parts: Vec<Part<'_, 'a>> = Vec::with_capacity(spans.len());
+        parts.push(Part {
+            offset: 0,
+            bufs: Vec::new(),
+            series: fetched,
+            clean: &self.clean,
+            cursors: &mut self.cursors,
+            walks: &mut self.walks,
+            noted: &mut self.noted,
+        });
+        for (cursors, walks, noted) in &mut fresh {
+            parts.push(Part {
+                offset: 0,
+                bufs: Vec::new(),
+                series: fetched,
+                clean: &self.clean,
+                cursors,
+                walks,
+                noted,
+            });
+        }
+        type FusedOut = (Vec<usize>, Vec<usize>, Vec<StepGroups>);
+        let run = |p: Part<'_, 'a>, r: std::ops::Range<usize>| -> Result<FusedOut> {
+            let mut sink = GroupSink::new(fusion, r.len());
+            let (totals, to_note) = walk_part(f, p, &ref_ts[r], range, stop, &mut sink)?;
+            Ok((totals, to_note, sink.steps))
+        };
+        let outs: Vec<Result<FusedOut>> = if parts.len() <= 1 {
+            parts
+                .into_iter()
+                .zip(spans.iter().cloned())
+                .map(|(p, r)| run(p, r))
+                .collect()
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = parts
+                    .into_iter()
+                    .zip(spans.iter().cloned())
+                    .map(|(p, r)| {
+                        let run = &run;
+                        scope.spawn(move || run(p, r))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(PromqlError::Internal(
+                                "a range function thread panicked".into(),
+                            ))
+                        })
+                    })
+                    .collect()
+            })
+        };
+        let mut totals = Vec::with_capacity(ref_ts.len());
+        let mut to_note = Vec::new();
+        let mut groups = Vec::with_capacity(ref_ts.len());
+        for out in outs {
+            let (t, notes, g) = out?;
+            totals.extend(t);
+            to_note.extend(notes);
+            groups.extend(g);
+        }
+        to_note.sort_unstable();
+        to_note.dedup();
+        for &i in &to_note {
+            self.noted[i] = true;
+        }
+        // The last thread's walks stand at the chunk's end, where the next chunk goes on.
+        if let Some((cursors, walks, _)) = fresh.pop() {
+            self.cursors = cursors;
+            self.walks = walks;
+        }
+        if ref_ts.len() >= steps_left {
+            self.walks = Vec::new();
+            self.initialized = false;
+        }
+        self.first = first;
+        self.fused = groups
+            .into_iter()
+            .zip(totals)
+            .map(|(g, total)| (held.saturating_add(total) <= steps.max_samples).then_some(g))
+            .collect();
+        Ok(to_note)
+    }
+}
+
+/// The chunk of steps from step index `first` on (the windows' ends, offset applied) and
+/// the steps left from `first` to the query's end.
+fn chunk_steps(n: usize, ms: &MatrixSelector, steps: Steps, first: usize) -> (Vec<i64>, usize) {
+    let Steps {
+        start: qstart,
+        end: qend,
+        step: qstep,
+        ..
+    } = steps;
+    let at = at_ms(&ms.vs.at, qstart, qend);
+    let off = offset_ms(&ms.vs.offset);
+    let steps_left = ((qend - qstart) / qstep) as usize + 1 - first;
+    let chunk = (CHUNK_CELLS / n.max(1)).clamp(1, MAX_CHUNK_STEPS);
+    let ref_ts = (0..chunk.min(steps_left))
+        .map(|i| {
+            at.unwrap_or(qstart + (first + i) as i64 * qstep)
+                .saturating_sub(off)
+        })
+        .collect();
+    (ref_ts, steps_left)
+}
+
+/// An aggregation fused with a sliding range function: each series' group (by index in
+/// the selector), the number of groups, and an empty accumulator of the aggregation.
+pub(crate) struct Fusion<'g> {
+    pub groups: &'g [usize],
+    pub ngroups: usize,
+    pub empty: Acc,
+}
+
+/// One step's groups of a fused aggregation: (group id, accumulator) in the order the
+/// groups first took a value, and how many values they took.
+#[derive(Debug)]
+pub(crate) struct StepGroups {
+    /// Per group id, its place in `accs` (`u32::MAX`: none yet).
+    place: Vec<u32>,
+    pub accs: Vec<(usize, Acc)>,
+    pub values: usize,
+}
+
+/// Accumulates a walk's values into the groups of each step it walks.
+struct GroupSink<'f> {
+    fusion: &'f Fusion<'f>,
+    steps: Vec<StepGroups>,
+}
+
+impl<'f> GroupSink<'f> {
+    fn new(fusion: &'f Fusion<'f>, steps: usize) -> Self {
+        let steps = (0..steps)
+            .map(|_| StepGroups {
+                place: vec![u32::MAX; fusion.ngroups],
+                accs: Vec::new(),
+                values: 0,
+            })
+            .collect();
+        Self { fusion, steps }
+    }
+}
+
+impl StepSink for GroupSink<'_> {
+    #[inline]
+    fn put(&mut self, j: usize, series: usize, v: f64) {
+        let g = self.fusion.groups[series];
+        let st = &mut self.steps[j];
+        st.values += 1;
+        match st.place[g] {
+            u32::MAX => {
+                st.place[g] = st.accs.len() as u32;
+                let mut acc = self.fusion.empty.clone();
+                acc.add(v);
+                st.accs.push((g, acc));
+            }
+            at => st.accs[at as usize].1.add(v),
+        }
+    }
+}
+
 /// Most threads one range function's walk uses, and the fewest windows (series × steps) each
 /// must get: about 5 ms of work, against some 20 µs to start a thread.
 const MAX_SLIDE_THREADS: usize = 8;
@@ -387,22 +605,54 @@ struct PartOut {
     to_note: Vec<usize>,
 }
 
-/// Walks a part's series across the steps `ref_ts` (already offset).
+/// Where a walk puts the value of series `series` (index in the selector) at step `j` of
+/// the steps it walks.
+trait StepSink {
+    fn put(&mut self, j: usize, series: usize, v: f64);
+}
+
+impl StepSink for Vec<StepValues> {
+    #[inline]
+    fn put(&mut self, j: usize, series: usize, v: f64) {
+        self[j].push((series, v));
+    }
+}
+
+/// Walks a part's series across the steps `ref_ts` (already offset) into step vectors.
 fn slide_part(
     f: RangeFn,
-    p: Part<'_, '_>,
+    mut p: Part<'_, '_>,
     ref_ts: &[i64],
     range: i64,
     stop: &Stop,
 ) -> Result<PartOut> {
     let mut results: Vec<StepValues> = if p.bufs.len() == ref_ts.len() {
-        p.bufs
+        std::mem::take(&mut p.bufs)
     } else {
         ref_ts
             .iter()
             .map(|_| Vec::with_capacity(p.series.len()))
             .collect()
     };
+    let (totals, to_note) = walk_part(f, p, ref_ts, range, stop, &mut results)?;
+    Ok(PartOut {
+        results,
+        totals,
+        to_note,
+    })
+}
+
+/// Walks a part's series across the steps `ref_ts` (already offset), each series' values
+/// into `sink` in step order, series by series: the samples each step's windows held, and
+/// the series (by index in the selector) that first produced a counter value.
+fn walk_part(
+    f: RangeFn,
+    p: Part<'_, '_>,
+    ref_ts: &[i64],
+    range: i64,
+    stop: &Stop,
+    sink: &mut impl StepSink,
+) -> Result<(Vec<usize>, Vec<usize>)> {
     let mut totals = vec![0usize; ref_ts.len()];
     let mut to_note = Vec::new();
     for (i, s) in p.series.iter().enumerate() {
@@ -424,7 +674,7 @@ fn slide_part(
                 totals[j] += window.len();
                 if let Some(v) = f.value_walked(window, wstart, ref_t, walk.resets == 0, &mut shape)
                 {
-                    results[j].push((p.offset + i, v));
+                    sink.put(j, p.offset + i, v);
                     produced = true;
                 }
             }
@@ -450,7 +700,7 @@ fn slide_part(
                 totals[j] += hi - lo;
                 let no_resets = c.resets_hi == c.resets_lo;
                 if let Some(v) = f.value_hinted(&samples[lo..hi], wstart, ref_t, no_resets) {
-                    results[j].push((p.offset + i, v));
+                    sink.put(j, p.offset + i, v);
                     produced = true;
                 }
             }
@@ -461,11 +711,7 @@ fn slide_part(
             to_note.push(p.offset + i);
         }
     }
-    Ok(PartOut {
-        results,
-        totals,
-        to_note,
-    })
+    Ok((totals, to_note))
 }
 
 /// Series walked between two looks at the query's deadline.
