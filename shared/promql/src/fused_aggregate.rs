@@ -100,6 +100,10 @@ impl Acc {
 /// place per group (4 bytes), so a `by` over many groups takes the walk's values instead.
 /// Two in unit tests, so that their queries take both ways.
 const MAX_WALK_GROUPS: usize = if cfg!(test) { 2 } else { 1024 };
+/// Most series whose aggregation accumulates inside the walk: each thread after the first
+/// walks every series with windows of its own (some 500 bytes a series), so beyond this
+/// the walk splits the series and hands over their values instead.
+const MAX_WALK_SERIES: usize = 65_536;
 
 /// The sliding range function call `a` aggregates directly, if `a` is an aggregation this
 /// module fuses with it (no parameter; `topk`, `quantile` and the like keep the ordinary
@@ -136,7 +140,7 @@ impl Evaluator<'_> {
         cache.begin(fetched.len());
         let groups = cache.take_series_groups(fetched, a.modifier.as_ref());
         let ngroups = groups.iter().max().map_or(0, |&g| g + 1);
-        let accs = if ngroups <= MAX_WALK_GROUPS {
+        let accs = if ngroups <= MAX_WALK_GROUPS && fetched.len() <= MAX_WALK_SERIES {
             // Few groups: accumulated as the walk goes, on its threads.
             let fusion = Fusion {
                 groups: &groups,

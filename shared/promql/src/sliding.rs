@@ -378,7 +378,8 @@ impl<'a> SlidingRangeFn<'a> {
     ) -> Result<Vec<usize>> {
         let range = dur_ms(&ms.range);
         self.init(fetched);
-        let (ref_ts, steps_left) = chunk_steps(fetched.len(), ms, steps, first);
+        // A chunk holds a place per group per step, not a value per series.
+        let (ref_ts, steps_left) = chunk_steps(fusion.ngroups, ms, steps, first);
         let f = self.f;
         let n = fetched.len();
         let threads = slide_threads(n, ref_ts.len()).min(ref_ts.len()).max(1);
@@ -490,9 +491,9 @@ impl<'a> SlidingRangeFn<'a> {
     }
 }
 
-/// The chunk of steps from step index `first` on (the windows' ends, offset applied) and
-/// the steps left from `first` to the query's end.
-fn chunk_steps(n: usize, ms: &MatrixSelector, steps: Steps, first: usize) -> (Vec<i64>, usize) {
+/// The chunk of steps from step index `first` on (the windows' ends, offset applied), for
+/// `cells` results a step, and the steps left from `first` to the query's end.
+fn chunk_steps(cells: usize, ms: &MatrixSelector, steps: Steps, first: usize) -> (Vec<i64>, usize) {
     let Steps {
         start: qstart,
         end: qend,
@@ -502,7 +503,7 @@ fn chunk_steps(n: usize, ms: &MatrixSelector, steps: Steps, first: usize) -> (Ve
     let at = at_ms(&ms.vs.at, qstart, qend);
     let off = offset_ms(&ms.vs.offset);
     let steps_left = ((qend - qstart) / qstep) as usize + 1 - first;
-    let chunk = (CHUNK_CELLS / n.max(1)).clamp(1, MAX_CHUNK_STEPS);
+    let chunk = (CHUNK_CELLS / cells.max(1)).clamp(1, MAX_CHUNK_STEPS);
     let ref_ts = (0..chunk.min(steps_left))
         .map(|i| {
             at.unwrap_or(qstart + (first + i) as i64 * qstep)
