@@ -557,7 +557,14 @@ impl<'a> Evaluator<'a> {
                 None => st.slide_chunk(fetched, ms, steps, idx, held, &self.stop)?,
             };
             self.work(fetched.len())?;
+            // A selector's series mostly share a few names: each name is looked at once.
+            let mut last_name = None;
             for i in to_note {
+                let name = fetched[i].labels.get(METRIC_NAME);
+                if name.is_some() && name == last_name {
+                    continue;
+                }
+                last_name = name;
                 self.note_if_not_counter(&fetched[i].labels);
             }
         }
