@@ -227,6 +227,33 @@ impl RangeFn {
     }
 }
 
+/// A window's samples less one, its first sample, its last timestamp, and its last less
+/// first value with the value before each counter reset added when `scan_resets`; `None`
+/// for fewer than two samples.
+#[inline]
+fn window_increase<P: Point>(
+    points: &[P],
+    scan_resets: bool,
+) -> Option<(usize, (i64, f64), i64, f64)> {
+    if points.len() < 2 {
+        return None;
+    }
+    let n1 = points.len() - 1;
+    let (first_t, first_v) = (points[0].t(), points[0].v());
+    let (last_t, last_v) = (points[n1].t(), points[n1].v());
+    let mut result = last_v - first_v;
+    if scan_resets {
+        let mut prev = first_v;
+        for v in points[1..].iter().map(Point::v) {
+            if v < prev {
+                result += prev;
+            }
+            prev = v;
+        }
+    }
+    Some((n1, (first_t, first_v), last_t, result))
+}
+
 /// Prometheus' `extrapolatedRate` for `rate`, `increase` and `delta`. `scan_resets` is
 /// false only where the caller knows the window holds no counter reset.
 fn extrapolated_rate<P: Point>(
@@ -237,22 +264,8 @@ fn extrapolated_rate<P: Point>(
     scan_resets: bool,
     is_rate: bool,
 ) -> Option<f64> {
-    if points.len() < 2 {
-        return None;
-    }
-    let n1 = points.len() - 1;
-    let (first_t, first_v) = (points[0].t(), points[0].v());
-    let (last_t, last_v) = (points[n1].t(), points[n1].v());
-    let mut result = last_v - first_v;
-    if is_counter && scan_resets {
-        let mut prev = first_v;
-        for v in points[1..].iter().map(Point::v) {
-            if v < prev {
-                result += prev;
-            }
-            prev = v;
-        }
-    }
+    let (n1, (first_t, first_v), last_t, result) =
+        window_increase(points, is_counter && scan_resets)?;
     let mut to_start = (first_t - range_start) as f64 / 1000.0;
     let mut to_end = (range_end - last_t) as f64 / 1000.0;
     let sampled = (last_t - first_t) as f64 / 1000.0;
@@ -298,22 +311,8 @@ pub(crate) fn extrapolated_rate_cached<P: Point>(
     is_rate: bool,
     cache: &mut Option<RateShape>,
 ) -> Option<f64> {
-    if points.len() < 2 {
-        return None;
-    }
-    let n1 = points.len() - 1;
-    let (first_t, first_v) = (points[0].t(), points[0].v());
-    let (last_t, last_v) = (points[n1].t(), points[n1].v());
-    let mut result = last_v - first_v;
-    if is_counter && scan_resets {
-        let mut prev = first_v;
-        for v in points[1..].iter().map(Point::v) {
-            if v < prev {
-                result += prev;
-            }
-            prev = v;
-        }
-    }
+    let (n1, (first_t, first_v), last_t, result) =
+        window_increase(points, is_counter && scan_resets)?;
     let key = ShapeKey {
         to_start: first_t - range_start,
         to_end: range_end - last_t,

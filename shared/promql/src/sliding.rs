@@ -253,34 +253,9 @@ impl<'a> SlidingRangeFn<'a> {
                 noted,
             })
             .collect();
-        let outs: Vec<Result<PartOut>> = if parts.len() <= 1 {
-            parts
-                .into_iter()
-                .map(|p| slide_part(f, p, &ref_ts, range, stop))
-                .collect()
-        } else {
-            // Series are independent: big selectors are walked on several threads, each
-            // over a contiguous part, so the parts' outputs join in series order.
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = parts
-                    .into_iter()
-                    .map(|p| {
-                        let ref_ts = &ref_ts;
-                        scope.spawn(move || slide_part(f, p, ref_ts, range, stop))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(PromqlError::Internal(
-                                "a range function thread panicked".into(),
-                            ))
-                        })
-                    })
-                    .collect()
-            })
-        };
+        // Series are independent: big selectors are walked on several threads, each over a
+        // contiguous part, so the parts' outputs join in series order.
+        let outs = run_parts(parts, |p| slide_part(f, p, &ref_ts, range, stop));
         let mut results: Vec<StepValues> = Vec::new();
         let mut totals = vec![0usize; ref_ts.len()];
         let mut to_note = Vec::new();
@@ -301,20 +276,14 @@ impl<'a> SlidingRangeFn<'a> {
         if results.is_empty() {
             results = ref_ts.iter().map(|_| Vec::new()).collect();
         }
-        if ref_ts.len() >= steps_left {
-            // The last steps: the windows and decoders are no longer needed. (Were the walk
-            // asked again, it would start over.)
-            self.walks = Vec::new();
-            self.initialized = false;
-        }
-        self.first = first;
-        self.results = results
-            .into_iter()
-            .zip(totals)
-            // A step whose windows hold too many samples is left to the ordinary path,
-            // which fails it the same way (and only once the query gets there).
-            .map(|(r, total)| (held.saturating_add(total) <= max_samples).then_some(r))
-            .collect();
+        self.results = self.end_chunk(
+            first,
+            ref_ts.len() >= steps_left,
+            results,
+            totals,
+            held,
+            max_samples,
+        );
         Ok(to_note)
     }
 }
@@ -437,34 +406,10 @@ impl<'a> SlidingRangeFn<'a> {
             let (totals, to_note) = walk_part(f, p, &ref_ts[r], range, stop, &mut sink)?;
             Ok((totals, to_note, sink.steps))
         };
-        let outs: Vec<Result<FusedOut>> = if parts.len() <= 1 {
-            parts
-                .into_iter()
-                .zip(spans.iter().cloned())
-                .map(|(p, r)| run(p, r))
-                .collect()
-        } else {
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = parts
-                    .into_iter()
-                    .zip(spans.iter().cloned())
-                    .map(|(p, r)| {
-                        let run = &run;
-                        scope.spawn(move || run(p, r))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(PromqlError::Internal(
-                                "a range function thread panicked".into(),
-                            ))
-                        })
-                    })
-                    .collect()
-            })
-        };
+        let outs = run_parts(
+            parts.into_iter().zip(spans.iter().cloned()).collect(),
+            |(p, r)| run(p, r),
+        );
         let mut totals = Vec::with_capacity(ref_ts.len());
         let mut to_note = Vec::new();
         let mut groups = Vec::with_capacity(ref_ts.len());
@@ -484,17 +429,36 @@ impl<'a> SlidingRangeFn<'a> {
             self.cursors = cursors;
             self.walks = walks;
         }
-        if ref_ts.len() >= steps_left {
+        let last = ref_ts.len() >= steps_left;
+        self.fused = self.end_chunk(first, last, groups, totals, held, steps.max_samples);
+        Ok(to_note)
+    }
+
+    /// Ends a chunk of steps from `first` on (`last`: the query's last steps): its outputs,
+    /// one per step, each kept where the step's windows held at most `max_samples` besides
+    /// `held`; a step over it is left to the ordinary path, which fails it the same way (and
+    /// only once the query gets there).
+    fn end_chunk<T>(
+        &mut self,
+        first: usize,
+        last: bool,
+        outputs: Vec<T>,
+        totals: Vec<usize>,
+        held: usize,
+        max_samples: usize,
+    ) -> Vec<Option<T>> {
+        if last {
+            // The windows and decoders are no longer needed. (Were the walk asked again, it
+            // would start over.)
             self.walks = Vec::new();
             self.initialized = false;
         }
         self.first = first;
-        self.fused = groups
+        outputs
             .into_iter()
             .zip(totals)
-            .map(|(g, total)| (held.saturating_add(total) <= steps.max_samples).then_some(g))
-            .collect();
-        Ok(to_note)
+            .map(|(o, total)| (held.saturating_add(total) <= max_samples).then_some(o))
+            .collect()
     }
 }
 
@@ -573,6 +537,34 @@ impl StepSink for GroupSink<'_> {
             at => st.accs[at as usize].1.add(v),
         }
     }
+}
+
+/// `work` over each of `items`: on the calling thread for one, else one scoped thread each;
+/// the outputs in the items' order.
+fn run_parts<I: Send, T: Send>(
+    items: Vec<I>,
+    work: impl Fn(I) -> Result<T> + Sync,
+) -> Vec<Result<T>> {
+    if items.len() <= 1 {
+        return items.into_iter().map(work).collect();
+    }
+    std::thread::scope(|scope| {
+        let work = &work;
+        let handles: Vec<_> = items
+            .into_iter()
+            .map(|item| scope.spawn(move || work(item)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(PromqlError::Internal(
+                        "a range function thread panicked".into(),
+                    ))
+                })
+            })
+            .collect()
+    })
 }
 
 /// Most threads one range function's walk uses, and the fewest windows (series × steps) each
