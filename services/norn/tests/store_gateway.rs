@@ -86,6 +86,8 @@ struct Setup {
     /// Blocks each store-gateway loads (both tenants').
     all_blocks: f64,
     started: Instant,
+    /// When the last block was uploaded.
+    imported: Instant,
     /// Dropped last: the processes above use them.
     _moto: MotoServer,
     _root: tempfile::TempDir,
@@ -101,6 +103,9 @@ impl Setup {
         norn_get(self.c.querier.port, tenant, path)
     }
 }
+
+/// The querier's upload grace in this cluster: three times the harness' sync interval.
+const UPLOAD_GRACE: Duration = Duration::from_secs(3 * 2);
 
 #[test]
 fn store_gateways_serve_prometheus_blocks_like_prometheus_and_survive_kills() {
@@ -164,6 +169,7 @@ fn set_up(promtool: &Path, prom_bin: &Path, moto: MotoServer) -> Setup {
     give_ids(&root.join("blocks-b"), &a_dir);
     assert_eq!(block_dirs(&root.join("blocks-b")), a_blocks);
     import(&s3, TENANT_B, &root.join("blocks-b"));
+    let imported = Instant::now();
     eprintln!(
         "{a_series} series of tenant A in {} blocks ({a_bytes} bytes of index and chunks), imported after {:?}",
         a_blocks.len(),
@@ -248,6 +254,7 @@ fn set_up(promtool: &Path, prom_bin: &Path, moto: MotoServer) -> Setup {
         a_index_bytes,
         all_blocks,
         started,
+        imported,
         _moto: moto,
         _root: root_dir,
     }
@@ -525,6 +532,14 @@ fn kill_one_while_querying(s: &mut Setup, loop_set: &[(String, serde_json::Value
 /// Step 5: No store-gateway left: every read API fails with a 5xx naming the blocks it misses.
 fn kill_both(s: &mut Setup, victim: usize) {
     s.c.gateways[1 - victim].kill9();
+    // A block uploaded within the querier's grace (three sync intervals of the harness' 2 s)
+    // may be missing without failing a query, as the ingesters that shipped it still serve
+    // it: the blocks must be older than that here, or a fast run sees empty answers. A
+    // second more for the bucket's whole-second upload times.
+    let grace = UPLOAD_GRACE + Duration::from_secs(1);
+    if let Some(left) = grace.checked_sub(s.imported.elapsed()) {
+        std::thread::sleep(left);
+    }
     let failed_checks =
         s.c.querier
             .metric("norn_querier_blocks_consistency_checks_failed_total");
