@@ -105,6 +105,29 @@ const MAX_WALK_GROUPS: usize = if cfg!(test) { 2 } else { 1024 };
 /// the walk splits the series and hands over their values instead.
 const MAX_WALK_SERIES: usize = 65_536;
 
+/// Whether a range query at `step` has about as many steps as the series have samples (a
+/// step no longer than 1.5 sample intervals, read from the first chunk's header), where
+/// accumulating inside the walk pays: its later threads first decode from the start of the
+/// chunk holding their first window, work per sample, against the per-step values it
+/// saves, work per window. With fewer steps than samples (a dashboard's step of 1m over
+/// 15s scrapes) that extra decoding costs more than it saves: measured 16-19 against 20 ms
+/// at 10k series, 47-54 against 62-66 ms at 50k.
+fn steps_outnumber_samples(fetched: &[crate::value::FetchedSeries], step: i64) -> bool {
+    let Some(c) = fetched
+        .iter()
+        .flat_map(|s| s.chunks.iter())
+        .find(|c| c.data.len() >= 2)
+    else {
+        return false;
+    };
+    let n = i64::from(u16::from_be_bytes([c.data[0], c.data[1]]));
+    if n < 2 {
+        return false;
+    }
+    let interval = (c.max_t - c.min_t) / (n - 1);
+    interval > 0 && step.saturating_mul(2) <= interval.saturating_mul(3)
+}
+
 /// The sliding range function call `a` aggregates directly, if `a` is an aggregation this
 /// module fuses with it (no parameter; `topk`, `quantile` and the like keep the ordinary
 /// path).
@@ -140,7 +163,10 @@ impl Evaluator<'_> {
         cache.begin(fetched.len());
         let groups = cache.take_series_groups(fetched, a.modifier.as_ref());
         let ngroups = groups.iter().max().map_or(0, |&g| g + 1);
-        let accs = if ngroups <= MAX_WALK_GROUPS && fetched.len() <= MAX_WALK_SERIES {
+        let in_walk = ngroups <= MAX_WALK_GROUPS
+            && fetched.len() <= MAX_WALK_SERIES
+            && steps_outnumber_samples(fetched, self.query_step);
+        let accs = if in_walk {
             // Few groups: accumulated as the walk goes, on its threads.
             let fusion = Fusion {
                 groups: &groups,
