@@ -536,8 +536,7 @@ impl<'a> Evaluator<'a> {
             return Ok(None);
         };
         let idx = ((t - start) / step) as usize;
-        let data: &'a Fetched = self.data;
-        let fetched: &'a [FetchedSeries] = data.get(&node_key(&ms.vs)).map_or(&[], Vec::as_slice);
+        let fetched = self.sliding_selector_series(c);
         let needs = match fusion {
             Some(_) => st.needs_fused_chunk(idx),
             None => st.needs_chunk(idx),

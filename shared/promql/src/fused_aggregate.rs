@@ -162,7 +162,7 @@ impl Evaluator<'_> {
         let fetched = self.sliding_selector_series(c);
         cache.begin(fetched.len());
         let groups = cache.take_series_groups(fetched, a.modifier.as_ref());
-        let ngroups = groups.iter().max().map_or(0, |&g| g + 1);
+        let ngroups = cache.group_count();
         let in_walk = ngroups <= MAX_WALK_GROUPS
             && fetched.len() <= MAX_WALK_SERIES
             && steps_outnumber_samples(fetched, self.query_step);
@@ -173,39 +173,42 @@ impl Evaluator<'_> {
                 ngroups,
                 empty: Acc::new(op).expect("fused_call checked the operator"),
             };
-            let step = self.sliding_fused(c, t, &fusion);
-            cache.put_series_groups(groups);
-            let Some(step) = step? else {
-                self.group_caches.insert(key, cache);
-                return Ok(None);
-            };
-            self.work(step.values)?;
-            step.accs
+            self.sliding_fused(c, t, &fusion).and_then(|step| {
+                step.map(|s| self.work(s.values).map(|()| s.accs))
+                    .transpose()
+            })
         } else {
-            let step = self.sliding_values(c, t);
-            let Some((values, _)) = step? else {
-                cache.put_series_groups(groups);
-                self.group_caches.insert(key, cache);
-                return Ok(None);
-            };
-            self.work(values.len())?;
-            // (group id, accumulator) in the order the groups first appear at this step.
-            let mut accs: Vec<(usize, Acc)> = Vec::new();
-            for &(i, v) in &values {
-                let g = groups[i];
-                let gi = match cache.output_index(g, accs.len()) {
-                    Some(gi) => gi,
-                    None => {
-                        let acc = Acc::new(op).expect("fused_call checked the operator");
-                        accs.push((g, acc));
-                        accs.len() - 1
+            self.sliding_values(c, t).and_then(|step| {
+                step.map(|(values, _)| {
+                    self.work(values.len())?;
+                    // (group id, accumulator) in the order the groups first appear at
+                    // this step.
+                    let mut accs: Vec<(usize, Acc)> = Vec::new();
+                    for &(i, v) in &values {
+                        let g = groups[i];
+                        let gi = match cache.output_index(g, accs.len()) {
+                            Some(gi) => gi,
+                            None => {
+                                let acc = Acc::new(op).expect("fused_call checked the operator");
+                                accs.push((g, acc));
+                                accs.len() - 1
+                            }
+                        };
+                        accs[gi].1.add(v);
                     }
-                };
-                accs[gi].1.add(v);
+                    self.sliding_give_back(c, values);
+                    Ok(accs)
+                })
+                .transpose()
+            })
+        };
+        cache.put_series_groups(groups);
+        let accs = match accs {
+            Ok(Some(accs)) => accs,
+            other => {
+                self.group_caches.insert(key, cache);
+                return other.map(|_| None);
             }
-            cache.put_series_groups(groups);
-            self.sliding_give_back(c, values);
-            accs
         };
         // Every input sample of the step had the same name handling: the function's.
         let drop_name = !f.keeps_name();

@@ -62,6 +62,11 @@ impl GroupCache {
         &self.labels[g]
     }
 
+    /// How many groups there are: every group id is below it.
+    pub fn group_count(&self) -> usize {
+        self.labels.len()
+    }
+
     fn clear(&mut self) {
         self.by_input.clear();
         self.labels.clear();
