@@ -1,5 +1,10 @@
-//! The in-memory backend: a moka cache bounded in bytes (key plus value length), with a TTL
-//! per item.
+//! The in-memory backend: a moka cache bounded in bytes, with a TTL per item.
+//!
+//! An item weighs its key, its value and [`ENTRY_OVERHEAD`], so the bound is close to the
+//! memory the cache really takes: the store-gateway's chunks are a few hundred bytes each, and
+//! counting only their payload let a "1 GiB" cache take several. A value is copied when it is
+//! stored, since the values callers hand in are often slices of a larger buffer (a coalesced
+//! ranged GET of the bucket), which a stored slice would keep alive whole.
 //!
 //! moka's admission policy (TinyLFU) may refuse a new item in favour of items used more often,
 //! and evicts the least useful ones when the bound is passed; both count as evictions. The
@@ -66,12 +71,19 @@ impl std::fmt::Debug for InMemoryCache {
     }
 }
 
+/// Bytes of memory an item takes beyond its key and value: moka's entry (its node in the
+/// access and write orders, the TTL timer, the frequency sketch's share), the key's `String`
+/// and `Bytes` headers, and the allocator's headers. Measured with moka 0.12 on x86_64 by
+/// inserting 1M items of 64, 200 and 1,000 bytes and reading the process' RSS: 488-496 bytes
+/// an item beyond key and value (a plain `HashMap<String, Bytes>` takes 175).
+pub const ENTRY_OVERHEAD: u64 = 488;
+
 fn weight(key: &str, value: &Bytes) -> u64 {
-    (key.len() + value.len()) as u64
+    (key.len() + value.len()) as u64 + ENTRY_OVERHEAD
 }
 
 impl InMemoryCache {
-    /// A cache holding at most `max_size_bytes` of keys and values.
+    /// A cache holding at most `max_size_bytes` of keys, values and their overhead.
     pub fn new(max_size_bytes: u64, metrics: Arc<CacheMetrics>) -> Self {
         let evictions = metrics.evictions.clone();
         let cache = moka::sync::Cache::builder()
@@ -91,7 +103,7 @@ impl InMemoryCache {
         }
     }
 
-    /// The largest item (key plus value bytes) this cache stores.
+    /// The largest item (key, value and [`ENTRY_OVERHEAD`]) this cache stores.
     pub fn max_item_bytes(&self) -> u64 {
         self.max_item_bytes
     }
@@ -103,7 +115,7 @@ impl InMemoryCache {
         self.refresh_gauges();
     }
 
-    /// Bytes held (keys plus values), as of the last maintenance.
+    /// Bytes held (keys, values and [`ENTRY_OVERHEAD`] an item), as of the last maintenance.
     pub fn weighted_size(&self) -> u64 {
         self.cache.weighted_size()
     }
@@ -145,6 +157,7 @@ impl Cache for InMemoryCache {
                 continue;
             }
             self.metrics.items_stored.inc();
+            let value = Bytes::copy_from_slice(&value);
             self.cache.insert(key, Entry { value, ttl });
         }
         self.refresh_gauges();
@@ -210,26 +223,46 @@ mod tests {
                 c.weighted_size()
             );
         }
-        // 2,000 items of ~1 KB were written into 64 KiB.
+        // 2,000 items of ~1 KB were written into 64 KiB; each weighs its key, its 1,000 bytes
+        // and the overhead, so at most this many fit:
+        let fit = max / (1005 + ENTRY_OVERHEAD);
         assert_eq!(m.items_stored.get(), 2000);
-        assert!(m.evictions.get() >= 2000 - 65, "{}", m.evictions.get());
+        assert!(m.evictions.get() >= 2000 - fit, "{}", m.evictions.get());
         assert!(m.stored_bytes.get() as u64 <= max);
         assert!(m.stored_bytes.get() > 0);
-        // ~1,005 bytes an item (key included): at most 65 fit.
-        assert!(m.stored_items.get() <= 65, "{}", m.stored_items.get());
+        assert!(m.stored_items.get() as u64 <= fit, "{}", m.stored_items.get());
     }
 
     #[tokio::test]
     async fn items_over_an_eighth_of_the_bound_are_skipped() {
-        let (c, m) = cache(8000);
-        assert_eq!(c.max_item_bytes(), 1000);
-        c.set_many(vec![item(1, 995), item(2, 996)], Duration::ZERO)
+        let (c, m) = cache(8 * 2000);
+        assert_eq!(c.max_item_bytes(), 2000);
+        let fits = 2000 - 5 - ENTRY_OVERHEAD as usize;
+        c.set_many(vec![item(1, fits), item(2, fits + 1)], Duration::ZERO)
             .await;
-        // "k0001" + 995 bytes = 1000: fits; the other is one byte over.
+        // "k0001", its value and the overhead weigh 2,000: it fits; the other is one byte over.
         let got = c.get_many(&["k0001".into(), "k0002".into()]).await;
         assert_eq!(got.len(), 1);
         assert!(got.contains_key("k0001"));
         assert_eq!(m.items_skipped_too_large.get(), 1);
+    }
+
+    /// A value that is a slice of a larger buffer is stored as a copy of its own bytes, so the
+    /// cache never keeps the rest of that buffer alive.
+    #[tokio::test]
+    async fn a_stored_slice_does_not_keep_its_buffer() {
+        let (c, _) = cache(1 << 20);
+        let big = Bytes::from(vec![9u8; 64 * 1024]);
+        let part = big.slice(1000..1100);
+        c.set_many(vec![("k".into(), part.clone())], Duration::ZERO)
+            .await;
+        let got = c.get_many(&["k".into()]).await.remove("k").unwrap();
+        assert_eq!(got, part);
+        let inside = big.as_ptr_range();
+        assert!(
+            !inside.contains(&got.as_ptr()),
+            "the cached value points into the buffer it was sliced from"
+        );
     }
 
     #[tokio::test]
