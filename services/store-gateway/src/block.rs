@@ -321,10 +321,17 @@ impl LoadedBlock {
                 .collect());
         }
         let wanted: Vec<Vec<_>> = entries.iter().map(overlapping).collect();
-        let mut refs: Vec<(u64, u64)> = wanted.iter().flatten().map(|c| (c.r, 0)).collect();
-        refs.sort_unstable();
-        refs.dedup();
-        let raw = self.fetcher.chunks(&refs, ctx).await?;
+        // One run a series: its chunks lie back to back, so they are read and cached as one.
+        let runs: Vec<Vec<u64>> = wanted
+            .iter()
+            .map(|cs| {
+                let mut run: Vec<u64> = cs.iter().map(|c| c.r).collect();
+                run.sort_unstable();
+                run.dedup();
+                run
+            })
+            .collect();
+        let raw = self.fetcher.chunks(&runs, ctx).await?;
         let mut out = Vec::with_capacity(entries.len());
         let mut skipped = 0u64;
         for (e, cs) in entries.into_iter().zip(wanted) {

@@ -1,5 +1,6 @@
 //! Ranged reads of one block's files in the bucket: postings lists and series entries from
-//! `index`, chunks from `chunks/00000N`, each through its cache. Misses are sorted,
+//! `index`, chunks from `chunks/00000N`, each through its cache (a series' chunks in one
+//! block as one cached run, since the block writer puts them back to back). Misses are sorted,
 //! coalesced by the [partitioner](crate::partition) into few GETs, charged to the query's
 //! byte budget and counted in `norn_storegateway_bucket_bytes_fetched_total`. A series entry
 //! or chunk whose length is only known once its first bytes are read is fetched with an
@@ -364,38 +365,84 @@ impl BlockFetcher {
         Ok(v)
     }
 
-    /// The raw chunk records (`len · encoding · data · CRC`, CRC verified) at `refs`,
-    /// sorted ascending and unique, with the size hint of each (0: unknown).
-    pub async fn chunks(&self, refs: &[(u64, u64)], ctx: &Ctx<'_>) -> Result<HashMap<u64, Bytes>> {
-        let key = |r: u64| format!("C:{}:{}:{r}", self.tenant, self.id);
-        let keys: Vec<String> = refs.iter().map(|&(r, _)| key(r)).collect();
-        let hits = self.cached("chunks", &keys).await;
-        let mut out = HashMap::with_capacity(refs.len());
-        let mut miss = Vec::new();
-        for (&(r, hint), k) in refs.iter().zip(&keys) {
-            match hits
-                .get(k)
-                .filter(|b| decode_chunk(b).is_ok_and(|(_, n)| n == b.len()))
-            {
-                Some(b) => {
-                    out.insert(r, b.clone());
+    /// The raw chunk records (`len · encoding · data · CRC`, CRC verified) of `runs`, by ref.
+    /// A run is one series' wanted chunks in this block, refs ascending. The block writer puts
+    /// a series' chunks back to back in one segment, so a run is read as one range and cached
+    /// as one item: a few hundred bytes a chunk would otherwise each pay the cache's per-item
+    /// overhead and a key. A run whose chunks turn out not to be back to back (another
+    /// writer's block, a damaged one) is read and cached chunk by chunk.
+    pub async fn chunks(&self, runs: &[Vec<u64>], ctx: &Ctx<'_>) -> Result<HashMap<u64, Bytes>> {
+        let mut out = HashMap::with_capacity(runs.iter().map(Vec::len).sum());
+        // A run never crosses a segment or goes back, and never spans more than
+        // MAX_RUN_SPAN bytes (an odd block must not turn a few chunks into a large read).
+        let mut split: Vec<&[u64]> = Vec::with_capacity(runs.len());
+        for run in runs {
+            let mut from = 0;
+            for i in 1..=run.len() {
+                let cut = i == run.len()
+                    || run[i] >> 32 != run[i - 1] >> 32
+                    || run[i] <= run[i - 1]
+                    || (run[i] & OFFSET_MASK) - (run[from] & OFFSET_MASK) > MAX_RUN_SPAN;
+                if cut {
+                    if i > from {
+                        split.push(&run[from..i]);
+                    }
+                    from = i;
                 }
-                None => miss.push((r, hint)),
+            }
+        }
+        let scattered = self.chunk_runs(&split, ctx, &mut out).await?;
+        if !scattered.is_empty() {
+            let singles: Vec<&[u64]> = scattered.iter().flat_map(|r| r.chunks(1)).collect();
+            let left = self.chunk_runs(&singles, ctx, &mut out).await?;
+            if let Some(r) = left.first() {
+                return Err(self.corrupt(
+                    &format!("chunks/{}", segment_name((r[0] >> 32) + 1)),
+                    format!("chunk ref {:#x} could not be read on its own", r[0]),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads `runs` through the chunks cache into `out`; returns the runs whose chunks are
+    /// not back to back (nothing of them is in `out` then).
+    async fn chunk_runs<'r>(
+        &self,
+        runs: &[&'r [u64]],
+        ctx: &Ctx<'_>,
+        out: &mut HashMap<u64, Bytes>,
+    ) -> Result<Vec<&'r [u64]>> {
+        let key = |run: &[u64]| format!("C:{}:{}:{}:{}", self.tenant, self.id, run[0], run.len());
+        let keys: Vec<String> = runs.iter().map(|r| key(r)).collect();
+        let hits = self.cached("chunks", &keys).await;
+        let mut miss = Vec::new();
+        for (i, (run, k)) in runs.iter().zip(&keys).enumerate() {
+            // A cached run that does not walk exactly (damaged in the cache) is a miss.
+            match hits.get(k).map(|b| (b, walk_run(b, run))) {
+                Some((b, RunWalk::Records(rs))) if rs.last().is_some_and(|r| r.end == b.len()) => {
+                    for (&r, range) in run.iter().zip(rs) {
+                        out.insert(r, b.slice(range));
+                    }
+                }
+                _ => miss.push(i),
             }
         }
         if miss.is_empty() {
-            return Ok(out);
+            return Ok(Vec::new());
         }
         let segments = self.segments().await?;
-        let mut by_seg: HashMap<usize, Vec<(u64, u64)>> = HashMap::new();
-        for &(r, hint) in &miss {
+        let mut by_seg: HashMap<usize, Vec<usize>> = HashMap::new();
+        for &i in &miss {
             by_seg
-                .entry((r >> 32) as usize)
+                .entry((runs[i][0] >> 32) as usize)
                 .or_default()
-                .push((r, hint));
+                .push(i);
         }
         let mut store = Vec::new();
-        for (seg, list) in by_seg {
+        let mut scattered = Vec::new();
+        for (seg, mut list) in by_seg {
+            list.sort_unstable_by_key(|&i| runs[i][0]);
             let seg_file = format!("chunks/{}", segment_name(seg as u64 + 1));
             let Some((seg_key, size)) = segments.get(seg) else {
                 return Err(self.corrupt(
@@ -404,42 +451,44 @@ impl BlockFetcher {
                 ));
             };
             let mut ranges = Vec::with_capacity(list.len());
-            for (j, &(r, hint)) in list.iter().enumerate() {
-                let off = r & 0xffff_ffff;
-                if off < SEGMENT_HEADER_SIZE || off >= *size {
-                    return Err(self.corrupt(
-                        &seg_file,
-                        format!("chunk ref {r:#x} outside the segment ({size} bytes)"),
-                    ));
+            for (j, &i) in list.iter().enumerate() {
+                let run = runs[i];
+                for &r in run {
+                    let off = r & OFFSET_MASK;
+                    if off < SEGMENT_HEADER_SIZE || off >= *size {
+                        return Err(self.corrupt(
+                            &seg_file,
+                            format!("chunk ref {r:#x} outside the segment ({size} bytes)"),
+                        ));
+                    }
                 }
-                let next = list.get(j + 1).map(|&(n, _)| n & 0xffff_ffff);
-                let est = if hint > 0 {
-                    hint
-                } else {
-                    next.filter(|&n| n > off)
-                        .map_or(CHUNK_ESTIMATE, |n| (n - off).min(CHUNK_ESTIMATE))
-                };
-                ranges.push(off..(off + est).min(*size));
+                let first = run[0] & OFFSET_MASK;
+                let last = run[run.len() - 1] & OFFSET_MASK;
+                // The next run's start bounds this run's last chunk; else an estimate.
+                let next = list.get(j + 1).map(|&n| runs[n][0] & OFFSET_MASK);
+                let est = next
+                    .filter(|&n| n > last)
+                    .map_or(CHUNK_ESTIMATE, |n| (n - last).min(CHUNK_ESTIMATE));
+                ranges.push(first..(last + est).min(*size));
             }
             let mut bufs = self
                 .get_ranges(seg_key, "chunks", &ranges, CHUNKS_MAX_GAP, ctx)
                 .await?;
+            // A run whose last chunk is longer than its estimate: read again, exactly.
             let mut again = Vec::new();
             for (j, b) in bufs.iter().enumerate() {
-                match chunk_size(b) {
-                    Some(n) if n <= b.len() => {}
-                    Some(n) if ranges[j].start + n as u64 <= *size => {
-                        again.push((j, ranges[j].start..ranges[j].start + n as u64));
-                    }
-                    _ => {
+                if let RunWalk::Short(n) = walk_run(b, runs[list[j]]) {
+                    let r = ranges[j].start..ranges[j].start + n as u64;
+                    if r.end > *size {
                         return Err(self.corrupt(
                             &seg_file,
                             format!(
-                                "chunk ref {:#x}: malformed length or runs past the segment",
-                                list[j].0
+                                "chunk ref {:#x}: runs past the segment",
+                                runs[list[j]][runs[list[j]].len() - 1]
                             ),
                         ));
                     }
+                    again.push((j, r));
                 }
             }
             if !again.is_empty() {
@@ -450,16 +499,279 @@ impl BlockFetcher {
                 }
             }
             for (j, b) in bufs.into_iter().enumerate() {
-                let r = list[j].0;
-                let n = decode_chunk(&b)
-                    .map_err(|m| self.corrupt(&seg_file, format!("chunk ref {r:#x}: {m}")))?
-                    .1;
-                let b = b.slice(..n);
-                store.push((key(r), b.clone()));
-                out.insert(r, b);
+                let run = runs[list[j]];
+                match walk_run(&b, run) {
+                    RunWalk::Records(rs) => {
+                        let end = rs.last().map_or(0, |r| r.end);
+                        for (&r, range) in run.iter().zip(rs) {
+                            out.insert(r, b.slice(range));
+                        }
+                        store.push((keys[list[j]].clone(), b.slice(..end)));
+                    }
+                    RunWalk::Scattered if run.len() > 1 => scattered.push(run),
+                    RunWalk::Scattered | RunWalk::Short(_) => {
+                        return Err(self.corrupt(
+                            &seg_file,
+                            format!(
+                                "chunk ref {:#x}: malformed length or runs past the segment",
+                                run[0]
+                            ),
+                        ));
+                    }
+                    RunWalk::Corrupt(r, m) => {
+                        return Err(self.corrupt(&seg_file, format!("chunk ref {r:#x}: {m}")));
+                    }
+                }
             }
         }
-        self.caches.chunks.set_many(store, CACHE_TTL).await;
-        Ok(out)
+        if !store.is_empty() {
+            self.caches.chunks.set_many(store, CACHE_TTL).await;
+        }
+        Ok(scattered)
+    }
+}
+
+/// The 32-bit offset within its segment that a chunk ref holds.
+const OFFSET_MASK: u64 = 0xffff_ffff;
+/// Most bytes from a run's first chunk to its last one's start; longer runs are split.
+const MAX_RUN_SPAN: u64 = 1 << 20;
+
+/// What reading a run's chunk records out of a buffer that starts at its first chunk gave.
+#[derive(Debug, PartialEq)]
+enum RunWalk {
+    /// Each chunk's record, in run order, CRC verified.
+    Records(Vec<Range<usize>>),
+    /// The last chunk's record ends past the buffer, at this length.
+    Short(usize),
+    /// A chunk does not start where the one before it ends: not back to back.
+    Scattered,
+    /// A chunk's record is damaged.
+    Corrupt(u64, String),
+}
+
+fn walk_run(b: &[u8], run: &[u64]) -> RunWalk {
+    let first = run[0] & OFFSET_MASK;
+    let mut records = Vec::with_capacity(run.len());
+    let mut pos = 0usize;
+    for (i, &r) in run.iter().enumerate() {
+        if (r & OFFSET_MASK) - first != pos as u64 {
+            return RunWalk::Scattered;
+        }
+        let Some(n) = b.get(pos..).and_then(chunk_size) else {
+            return RunWalk::Scattered;
+        };
+        let Some(end) = pos.checked_add(n) else {
+            return RunWalk::Scattered;
+        };
+        if end > b.len() {
+            return if i + 1 == run.len() {
+                RunWalk::Short(end)
+            } else {
+                RunWalk::Scattered
+            };
+        }
+        match decode_chunk(&b[pos..end]) {
+            Ok((_, m)) if m == n => {}
+            Ok(_) => return RunWalk::Corrupt(r, "record length mismatch".into()),
+            Err(m) => return RunWalk::Corrupt(r, m),
+        }
+        records.push(pos..end);
+        pos = end;
+    }
+    RunWalk::Records(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use norn_cache::Cache;
+    use norn_storage::{Bucket, layout};
+    use norn_tsdb::block::chunks::{ChunkWriter, decode_chunk};
+    use parking_lot::Mutex;
+
+    use super::*;
+    use crate::limits::Limiter;
+
+    #[derive(Default)]
+    struct MapCache(Mutex<HashMap<String, Bytes>>);
+
+    #[async_trait::async_trait]
+    impl Cache for MapCache {
+        async fn get_many(&self, keys: &[String]) -> HashMap<String, Bytes> {
+            let m = self.0.lock();
+            keys.iter()
+                .filter_map(|k| m.get(k).map(|v| (k.clone(), v.clone())))
+                .collect()
+        }
+        async fn set_many(&self, items: Vec<(String, Bytes)>, _ttl: Duration) {
+            self.0.lock().extend(items);
+        }
+        fn backend(&self) -> &'static str {
+            "test"
+        }
+    }
+
+    /// Three series of `chunks` chunks each (sizes varying from 20 bytes to 3 KiB, so some
+    /// pass the read estimate), written by the block writer into one segment and uploaded;
+    /// returns the fetcher, its chunks cache and each series' refs.
+    async fn segment(chunks: usize) -> (BlockFetcher, Arc<MapCache>, Vec<Vec<u64>>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = ChunkWriter::new(dir.path(), 512 << 20);
+        let mut series = Vec::new();
+        for s in 0..3u8 {
+            let data: Vec<Vec<u8>> = (0..chunks)
+                .map(|c| vec![s * 16 + c as u8; 20 + (c * 1500 + s as usize * 7) % 3000])
+                .collect();
+            let list: Vec<(u8, &[u8])> = data.iter().map(|d| (1u8, d.as_slice())).collect();
+            series.push(w.write_chunks(&list).unwrap());
+        }
+        w.finish().unwrap();
+        let bucket = Bucket::in_memory();
+        let key = layout::block_file("t", "B", "chunks/000001");
+        bucket
+            .upload_file(&key, &dir.path().join("000001"))
+            .await
+            .unwrap();
+        let cache = Arc::new(MapCache::default());
+        let caches = Caches {
+            index: Arc::new(norn_cache::NoCache),
+            chunks: Arc::clone(&cache) as Arc<dyn Cache>,
+        };
+        let metrics = StoreGatewayMetrics::new(&prometheus::Registry::new()).unwrap();
+        let f = BlockFetcher::new(bucket, "t", "B", caches, metrics);
+        (f, cache, series)
+    }
+
+    async fn fetch(f: &BlockFetcher, runs: &[Vec<u64>]) -> Result<HashMap<u64, Bytes>> {
+        let limiter = Limiter::new(1, 64 << 20, Duration::from_secs(1));
+        let ticket = limiter.admit().await.unwrap();
+        let stats = FetchStats::default();
+        f.chunks(
+            runs,
+            &Ctx {
+                ticket: &ticket,
+                stats: &stats,
+            },
+        )
+        .await
+    }
+
+    fn check(got: &HashMap<u64, Bytes>, runs: &[Vec<u64>]) {
+        let n: usize = runs.iter().map(Vec::len).sum();
+        assert_eq!(got.len(), n);
+        for r in runs.iter().flatten() {
+            let b = &got[r];
+            let (c, size) = decode_chunk(b).unwrap();
+            assert_eq!(
+                size,
+                b.len(),
+                "ref {r:#x}: the record is not exactly its bytes"
+            );
+            assert_eq!(c.encoding, 1);
+        }
+    }
+
+    /// Each series' chunks are read as one run and cached as one item; a repeated read is
+    /// served from the cache alone.
+    #[tokio::test]
+    async fn a_series_chunks_are_read_and_cached_as_one_run() {
+        let (f, cache, series) = segment(5).await;
+        let got = fetch(&f, &series).await.unwrap();
+        check(&got, &series);
+        let keys: Vec<String> = cache.0.lock().keys().cloned().collect();
+        assert_eq!(keys.len(), 3, "one item a series: {keys:?}");
+        assert!(
+            keys.iter()
+                .all(|k| k.starts_with("C:t:B:") && k.ends_with(":5"))
+        );
+        let fetched = f.metrics.fetched("chunks");
+        let again = fetch(&f, &series).await.unwrap();
+        assert_eq!(again, got);
+        assert_eq!(
+            f.metrics.fetched("chunks"),
+            fetched,
+            "a cached run read the bucket"
+        );
+    }
+
+    /// A run whose chunks are not back to back (here every other chunk of a series, and two
+    /// series' chunks interleaved) is read chunk by chunk, with the same answer.
+    #[tokio::test]
+    async fn runs_not_back_to_back_are_read_chunk_by_chunk() {
+        let (f, cache, series) = segment(5).await;
+        let gaps = vec![
+            series[0].iter().step_by(2).copied().collect::<Vec<_>>(),
+            vec![series[1][4], series[2][0]],
+        ];
+        let got = fetch(&f, &gaps).await.unwrap();
+        check(&got, &gaps);
+        let all = fetch(&f, &series).await.unwrap();
+        for (r, b) in &got {
+            assert_eq!(&all[r], b);
+        }
+        // The scattered ones were cached one by one, the back-to-back ones as runs.
+        let m = cache.0.lock();
+        assert!(
+            m.keys()
+                .any(|k| k.ends_with(&format!(":{}:1", series[0][2])))
+        );
+        assert!(
+            m.keys()
+                .any(|k| k.ends_with(&format!(":{}:5", series[1][0])))
+        );
+    }
+
+    /// A damaged cached run is a miss (read again from the bucket); a ref beyond the segment
+    /// is an error, never a panic.
+    #[tokio::test]
+    async fn damaged_cache_items_and_bad_refs() {
+        let (f, cache, series) = segment(3).await;
+        let good = fetch(&f, &series).await.unwrap();
+        for v in cache.0.lock().values_mut() {
+            let mut b = v.to_vec();
+            let n = b.len() / 2;
+            b[n] ^= 0x5a;
+            *v = Bytes::from(b);
+        }
+        let before = f.metrics.fetched("chunks");
+        assert_eq!(fetch(&f, &series).await.unwrap(), good);
+        assert!(f.metrics.fetched("chunks") > before);
+        let beyond = vec![vec![series[2][2] + (1 << 30)]];
+        let e = fetch(&f, &beyond).await.unwrap_err();
+        assert!(e.to_string().contains("outside the segment"), "{e}");
+        let second_segment = vec![vec![(1u64 << 32) | 8]];
+        assert!(fetch(&f, &second_segment).await.is_err());
+    }
+
+    #[test]
+    fn walking_runs() {
+        // Two records back to back: len 3 · enc · "abc" · CRC.
+        let rec = |d: &[u8]| {
+            let mut v = vec![d.len() as u8, 1];
+            v.extend_from_slice(d);
+            let crc = crc32c::crc32c(&v[1..]);
+            v.extend_from_slice(&crc.to_be_bytes());
+            v
+        };
+        let mut b = rec(b"abc");
+        let first = b.len() as u64;
+        b.extend(rec(b"defgh"));
+        let whole = b.len();
+        assert_eq!(
+            walk_run(&b, &[100, 100 + first]),
+            RunWalk::Records(vec![0..first as usize, first as usize..whole])
+        );
+        assert_eq!(
+            walk_run(&b[..whole - 2], &[100, 100 + first]),
+            RunWalk::Short(whole)
+        );
+        assert_eq!(walk_run(&b, &[100, 101 + first]), RunWalk::Scattered);
+        let mut bad = b.clone();
+        bad[3] ^= 1;
+        assert!(matches!(walk_run(&bad, &[100]), RunWalk::Corrupt(100, _)));
+        assert_eq!(walk_run(&[], &[100]), RunWalk::Scattered);
     }
 }

@@ -69,7 +69,7 @@ impl CacheConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InMemoryConfig {
-    /// Bound on the bytes held (keys plus values).
+    /// Bound on the memory held (keys, values and each item's overhead).
     pub max_size_bytes: u64,
 }
 

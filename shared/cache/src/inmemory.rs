@@ -230,7 +230,11 @@ mod tests {
         assert!(m.evictions.get() >= 2000 - fit, "{}", m.evictions.get());
         assert!(m.stored_bytes.get() as u64 <= max);
         assert!(m.stored_bytes.get() > 0);
-        assert!(m.stored_items.get() as u64 <= fit, "{}", m.stored_items.get());
+        assert!(
+            m.stored_items.get() as u64 <= fit,
+            "{}",
+            m.stored_items.get()
+        );
     }
 
     #[tokio::test]

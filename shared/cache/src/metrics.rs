@@ -106,7 +106,7 @@ impl CacheMetrics {
         )?;
         let stored_bytes = gauge(
             "norn_cache_stored_bytes",
-            "Bytes (keys plus values) held by the in-memory cache.",
+            "Memory held by the in-memory cache: keys, values and its per-item overhead (what its size bound counts).",
         )?;
         let stored_items = gauge(
             "norn_cache_stored_items",

@@ -55,7 +55,7 @@ macro_rules! cache_flags {
             #[arg(id = concat!($prefix, ".backend"), long = concat!($prefix, ".backend"),
                 value_name = "BACKEND", env = concat!($env, "_BACKEND"))]
             pub backend: Option<String>,
-            /// Bound on the bytes (keys plus values) the in-memory cache holds.
+            /// Bound on the memory the in-memory cache holds (keys, values and each item's overhead).
             #[arg(
                 id = concat!($prefix, ".inmemory.max-size-bytes"),
                 long = concat!($prefix, ".inmemory.max-size-bytes"),
