@@ -39,26 +39,35 @@ pub fn format_value(v: f64) -> String {
     }
 }
 
-/// Appends a JSON string literal.
+/// Appends a JSON string literal. Runs of bytes that need no escape are copied whole: label
+/// values and the frontend's re-written sample values are almost always such a run.
 pub fn write_str(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
+    let mut from = 0;
+    for (i, &b) in s.as_bytes().iter().enumerate() {
+        let escaped = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
             // Go's encoder escapes these for safe embedding in HTML; clients accept either.
-            '<' => out.push_str("\\u003c"),
-            '>' => out.push_str("\\u003e"),
-            '&' => out.push_str("\\u0026"),
-            c => out.push(c),
+            b'<' => "\\u003c",
+            b'>' => "\\u003e",
+            b'&' => "\\u0026",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        // `b` is ASCII, so `i` is a character boundary.
+        out.push_str(&s[from..i]);
+        if escaped.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(escaped);
         }
+        from = i + 1;
     }
+    out.push_str(&s[from..]);
     out.push('"');
 }
 
@@ -138,6 +147,23 @@ mod tests {
         let mut s = String::new();
         write_str(&mut s, "a\"<b>\n");
         assert_eq!(s, r#""a\"\u003cb\u003e\n""#);
+        // Every kind of character, mixed with runs that need no escape: JSON that reads back
+        // as the same string.
+        for text in [
+            "",
+            "plain",
+            "\u{1}x\u{1f}\u{7f}",
+            "é\"ü\\日本\t<&>\r\n",
+            "ends with a quote\"",
+            "\"starts",
+            "🦀 crab",
+        ] {
+            let mut out = String::new();
+            write_str(&mut out, text);
+            let back: String = serde_json::from_str(&out).unwrap();
+            assert_eq!(back, text, "{out}");
+            assert!(!out[1..out.len() - 1].contains(['<', '>', '&', '\n']), "{out}");
+        }
         assert_eq!(
             success("[]", &["w".into()]),
             r#"{"status":"success","data":[],"warnings":["w"]}"#
