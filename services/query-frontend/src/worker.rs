@@ -153,16 +153,37 @@ async fn one_stream(
             },
             None => error_response(StatusCode::BAD_REQUEST, "bad_data", "not an HTTP request"),
         };
-        let answer = pb::ClientToFrontend {
-            msg: Some(pb::client_to_frontend::Msg::Response(response_to_proto(
-                resp,
-            ))),
-        };
+        let answer = sendable(response_to_proto(resp));
         if tx.send(answer).await.is_err() {
             return Ok(served);
         }
         served = true;
     }
+}
+
+/// The answer to the frontend, or a 413 in its place when the whole message would pass the
+/// gRPC message bound: gRPC would refuse to send it, the stream would break, and the frontend
+/// would re-queue the request for another querier to evaluate again (Mimir's querier checks
+/// the same way, and its frontend does not retry a 413).
+fn sendable(resp: pb::HttpResponse) -> pb::ClientToFrontend {
+    use prost::Message;
+    let wrap = |r| pb::ClientToFrontend {
+        msg: Some(pb::client_to_frontend::Msg::Response(r)),
+    };
+    let answer = wrap(resp);
+    let size = answer.encoded_len();
+    if size <= MAX_MESSAGE_SIZE {
+        return answer;
+    }
+    let msg = format!(
+        "response larger than the max message size ({size} vs {MAX_MESSAGE_SIZE} bytes): \
+         select fewer series, a shorter range or a larger step, or aggregate"
+    );
+    wrap(response_to_proto(error_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "execution",
+        &msg,
+    )))
 }
 
 /// Starts `concurrency` workers in this process, answering the queue's requests with

@@ -162,7 +162,10 @@ mod tests {
             write_str(&mut out, text);
             let back: String = serde_json::from_str(&out).unwrap();
             assert_eq!(back, text, "{out}");
-            assert!(!out[1..out.len() - 1].contains(['<', '>', '&', '\n']), "{out}");
+            assert!(
+                !out[1..out.len() - 1].contains(['<', '>', '&', '\n']),
+                "{out}"
+            );
         }
         assert_eq!(
             success("[]", &["w".into()]),
