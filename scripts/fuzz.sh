@@ -10,6 +10,9 @@
 # Env:   NORN_FUZZ_SANITIZER=address|none (default address)
 #        NORN_FUZZ_JOBS: parallel libFuzzer workers per target (default 1; their stats are
 #        not summed here, read fuzz/fuzz-*.log)
+#        NORN_FUZZ_MAX_LEN: longest input libFuzzer makes (default 65536; a grown corpus of
+#        64 kB inputs slows the fast decoders several times, 4096 keeps them near their rate)
+#        NORN_FUZZ_RUNS: stop a target after this many executions (default: time only)
 #        NORN_FUZZ_KEEP_CORPUS=1: let libFuzzer add what it finds to fuzz/corpus/ (default:
 #        a scratch copy under the target dir, so the committed corpus stays small)
 # Crashing inputs land in fuzz/artifacts/<target>/; reproduce one with
@@ -23,6 +26,9 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export RUSTC_BOOTSTRAP=1
 sanitizer="${NORN_FUZZ_SANITIZER:-address}"
 jobs="${NORN_FUZZ_JOBS:-1}"
+max_len="${NORN_FUZZ_MAX_LEN:-65536}"
+runs=()
+[ -z "${NORN_FUZZ_RUNS:-}" ] || runs=(-runs="$NORN_FUZZ_RUNS")
 targets_all=(remote_write_decode promql_eval wal_replay block_read xor_chunk grpc_messages)
 
 if [ "${1:-}" = "--seeds" ]; then
@@ -73,8 +79,8 @@ for t in "${targets[@]}"; do
     echo "== $t: ${secs}s"
     set +e
     cargo fuzz run -O -a --sanitizer "$sanitizer" "$t" "$work" "${extra[@]}" -- \
-        -max_total_time="$secs" -rss_limit_mb=2048 -timeout=30 -max_len=65536 \
-        -print_final_stats=1 "${flags[@]}" "${par[@]}" >"$log" 2>&1
+        -max_total_time="$secs" -rss_limit_mb=2048 -timeout=30 -max_len="$max_len" \
+        -print_final_stats=1 "${flags[@]}" "${par[@]}" "${runs[@]}" >"$log" 2>&1
     rc=$?
     set -e
     execs=$(grep -Eo 'stat::number_of_executed_units: *[0-9]+' "$log" | awk '{s+=$2} END {print s+0}')
@@ -86,6 +92,6 @@ for t in "${targets[@]}"; do
     fi
     summary+=("$(printf '%-20s %12s execs %8s exec/s  %s' "$t" "$execs" "$rate" "$([ "$rc" -eq 0 ] && echo ok || echo CRASH)")")
 done
-echo "== fuzz summary (${secs}s per target, sanitizer $sanitizer)"
+echo "== fuzz summary (${secs}s per target, sanitizer $sanitizer, max_len $max_len)"
 printf '%s\n' "${summary[@]}"
 exit "$status"
