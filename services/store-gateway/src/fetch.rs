@@ -586,33 +586,13 @@ mod tests {
     use std::collections::HashMap;
     use std::sync::Arc;
 
+    use super::*;
+    use crate::limits::Limiter;
+    use crate::testutil::MapCache;
     use bytes::Bytes;
     use norn_cache::Cache;
     use norn_storage::{Bucket, layout};
     use norn_tsdb::block::chunks::{ChunkWriter, decode_chunk};
-    use parking_lot::Mutex;
-
-    use super::*;
-    use crate::limits::Limiter;
-
-    #[derive(Default)]
-    struct MapCache(Mutex<HashMap<String, Bytes>>);
-
-    #[async_trait::async_trait]
-    impl Cache for MapCache {
-        async fn get_many(&self, keys: &[String]) -> HashMap<String, Bytes> {
-            let m = self.0.lock();
-            keys.iter()
-                .filter_map(|k| m.get(k).map(|v| (k.clone(), v.clone())))
-                .collect()
-        }
-        async fn set_many(&self, items: Vec<(String, Bytes)>, _ttl: Duration) {
-            self.0.lock().extend(items);
-        }
-        fn backend(&self) -> &'static str {
-            "test"
-        }
-    }
 
     /// Three series of `chunks` chunks each (sizes varying from 20 bytes to 3 KiB, so some
     /// pass the read estimate), written by the block writer into one segment and uploaded;

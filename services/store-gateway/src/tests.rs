@@ -632,29 +632,9 @@ async fn long_entries_and_large_chunks_are_read_whole() {
 /// Cached postings, series and chunks serve a repeated query without bucket reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caches_serve_repeated_queries() {
-    use std::collections::HashMap;
-
     use bytes::Bytes;
-    use parking_lot::Mutex;
 
-    #[derive(Default)]
-    struct MapCache(Mutex<HashMap<String, Bytes>>);
-
-    #[async_trait::async_trait]
-    impl norn_cache::Cache for MapCache {
-        async fn get_many(&self, keys: &[String]) -> HashMap<String, Bytes> {
-            let m = self.0.lock();
-            keys.iter()
-                .filter_map(|k| m.get(k).map(|v| (k.clone(), v.clone())))
-                .collect()
-        }
-        async fn set_many(&self, items: Vec<(String, Bytes)>, _ttl: Duration) {
-            self.0.lock().extend(items);
-        }
-        fn backend(&self) -> &'static str {
-            "test"
-        }
-    }
+    use crate::testutil::MapCache;
 
     let bucket = Bucket::in_memory();
     let local = tempfile::tempdir().unwrap();

@@ -1,4 +1,11 @@
-//! Blocks for tests: written with Norn's block writer and uploaded to a bucket.
+//! Blocks for tests: written with Norn's block writer and uploaded to a bucket; and a cache
+//! whose items tests can read and damage.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
 
 use norn_model::{Labels, Sample};
 use norn_storage::{Bucket, layout};
@@ -64,4 +71,24 @@ pub async fn write_test_block_in(
 pub async fn write_test_block(bucket: &Bucket, tenant: &str, t0: i64, n: usize) -> String {
     let dir = tempfile::tempdir().unwrap();
     write_test_block_in(bucket, dir.path(), tenant, t0, n).await
+}
+
+/// A cache that keeps everything, in a map tests can look into and change.
+#[derive(Default)]
+pub struct MapCache(pub Mutex<HashMap<String, Bytes>>);
+
+#[async_trait::async_trait]
+impl norn_cache::Cache for MapCache {
+    async fn get_many(&self, keys: &[String]) -> HashMap<String, Bytes> {
+        let m = self.0.lock();
+        keys.iter()
+            .filter_map(|k| m.get(k).map(|v| (k.clone(), v.clone())))
+            .collect()
+    }
+    async fn set_many(&self, items: Vec<(String, Bytes)>, _ttl: Duration) {
+        self.0.lock().extend(items);
+    }
+    fn backend(&self) -> &'static str {
+        "test"
+    }
 }
