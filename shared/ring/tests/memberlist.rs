@@ -126,27 +126,38 @@ async fn stopped_nodes_are_no_longer_alive() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_joiner_gets_full_state_and_start_order_does_not_matter() {
-    // node-1 starts first, pointing at a seed that is not up yet.
-    let seed_port = {
-        let s = std::net::UdpSocket::bind((LOCALHOST, 0)).unwrap();
-        s.local_addr().unwrap().port()
+    // `early` starts first, pointing at a seed that is not up yet. The seed's port is picked
+    // free and released, so another socket (often a TCP connection's ephemeral port, since
+    // the seed binds TCP too) can take it before the seed binds: then both start over on a
+    // new port.
+    let mut attempt = 0;
+    let (early, seed) = loop {
+        attempt += 1;
+        let seed_port = {
+            let s = std::net::UdpSocket::bind((LOCALHOST, 0)).unwrap();
+            s.local_addr().unwrap().port()
+        };
+        let early = node("early", vec![format!("127.0.0.1:{seed_port}")]).await;
+        early.put("ha-tracker", "t1", Entry::value(3, b"{}".to_vec()));
+        let config = MemberlistConfig {
+            node_name: "seed".to_string(),
+            bind_addr: LOCALHOST,
+            bind_port: seed_port,
+            advertise_addr: None,
+            advertise_port: None,
+            join_members: vec![],
+            gossip_interval: Duration::from_millis(200),
+            pull_push_interval: Duration::from_secs(30),
+            encryption_key: None,
+        };
+        match Memberlist::start(config, &prometheus::Registry::new()).await {
+            Ok(seed) => break (early, seed),
+            Err(err) => {
+                assert!(attempt < 5, "binding the seed, attempt {attempt}: {err}");
+                early.leave().await;
+            }
+        }
     };
-    let early = node("early", vec![format!("127.0.0.1:{seed_port}")]).await;
-    early.put("ha-tracker", "t1", Entry::value(3, b"{}".to_vec()));
-    let config = MemberlistConfig {
-        node_name: "seed".to_string(),
-        bind_addr: LOCALHOST,
-        bind_port: seed_port,
-        advertise_addr: None,
-        advertise_port: None,
-        join_members: vec![],
-        gossip_interval: Duration::from_millis(200),
-        pull_push_interval: Duration::from_secs(30),
-        encryption_key: None,
-    };
-    let seed = Memberlist::start(config, &prometheus::Registry::new())
-        .await
-        .unwrap();
     seed.put("ingester", "x", Entry::value(1, b"1".to_vec()));
     eventually("early joined", Duration::from_secs(10), || {
         alive(&seed, "early") && alive(&early, "seed")
