@@ -144,7 +144,7 @@ mod tests {
         let points = (0..)
             .map(|k| start + k * step)
             .take_while(|t| *t <= end)
-            .map(|t| (t, t.to_string()))
+            .map(|t| (t, t.to_string().into()))
             .collect();
         Extent {
             start,
@@ -167,7 +167,7 @@ mod tests {
         let (cached, gaps) = partition(35, 90, 10, &[ext(25, 45, 10), ext(85, 95, 10)]);
         assert_eq!(gaps, [(55, 75)]);
         assert_eq!(cached[0].series[0].points.first().unwrap().0, 35);
-        assert_eq!(cached[1].series[0].points, [(85, "85".to_string())]);
+        assert_eq!(cached[1].series[0].points, [(85, "85".into())]);
         // Nothing cached, or all of it.
         assert_eq!(partition(0, 30, 10, &[]).1, [(0, 30)]);
         assert!(partition(30, 40, 10, &[ext(0, 100, 10)]).1.is_empty());

@@ -2,7 +2,10 @@
 //! across legs and cached extents, and written back in exactly the querier's format.
 //!
 //! A point's value stays the string the querier wrote (`"0.1"`, `"NaN"`): it is never parsed
-//! to a float and printed again, so nothing can change in the round trip. Timestamps are
+//! to a float and printed again, so nothing can change in the round trip. It is held inline
+//! ([`PointValue`]: up to 24 bytes, longer ones such as `1e300` written out go to the heap),
+//! not as a heap string per point: a merged week of a few hundred series is millions of
+//! points. Timestamps are
 //! integral milliseconds and are written with the querier's own writer
 //! (`norn_server::prom_json`), and series are ordered by labels as the engine orders a matrix,
 //! so a merged answer is byte for byte the answer of the unsplit query.
@@ -16,11 +19,14 @@ use serde::{Deserialize, Serialize};
 /// A series' labels in order of name (as the querier writes them).
 pub type LabelPairs = Vec<(String, String)>;
 
+/// A point's value as the querier wrote it.
+pub type PointValue = compact_str::CompactString;
+
 /// One series of a matrix: its labels and its points `(ms, value as written)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeriesData {
     pub labels: LabelPairs,
-    pub points: Vec<(i64, String)>,
+    pub points: Vec<(i64, PointValue)>,
 }
 
 /// A range query's answer: series sorted by labels, and its annotations.
@@ -92,7 +98,7 @@ pub(crate) fn parse_success<T: DeserializeOwned>(
 struct RawSeries {
     metric: BTreeMap<String, String>,
     #[serde(default)]
-    values: Vec<(f64, String)>,
+    values: Vec<(f64, PointValue)>,
     /// Native histogram points: the engine writes none today; an answer with them is not
     /// merged (it would lose them), see [`parse_matrix`].
     #[serde(default)]
@@ -128,7 +134,7 @@ pub fn parse_matrix(body: &[u8]) -> Result<Matrix, String> {
 /// order (a point at or before one already taken is dropped, so an overlap at a boundary
 /// counts once), series sorted by labels, annotations kept once each in first-seen order.
 pub fn merge(parts: impl IntoIterator<Item = Matrix>) -> Matrix {
-    let mut by_labels: BTreeMap<LabelPairs, Vec<(i64, String)>> = BTreeMap::new();
+    let mut by_labels: BTreeMap<LabelPairs, Vec<(i64, PointValue)>> = BTreeMap::new();
     let mut warnings = Vec::new();
     let mut infos = Vec::new();
     for part in parts {
@@ -227,10 +233,7 @@ mod tests {
     #[test]
     fn round_trips_the_querier_format_byte_for_byte() {
         let m = parse_matrix(BODY.as_bytes()).unwrap();
-        assert_eq!(
-            m.series[0].points[2],
-            (1_435_781_451_781, "+Inf".to_string())
-        );
+        assert_eq!(m.series[0].points[2], (1_435_781_451_781, "+Inf".into()));
         assert_eq!(m.warnings, ["w"]);
         // The querier escapes `<`, `>` and `&` as Go does; so do we.
         assert_eq!(
@@ -254,7 +257,7 @@ mod tests {
     fn s(name: &str, points: &[(i64, &str)]) -> SeriesData {
         SeriesData {
             labels: vec![("__name__".into(), name.into())],
-            points: points.iter().map(|(t, v)| (*t, v.to_string())).collect(),
+            points: points.iter().map(|(t, v)| (*t, (*v).into())).collect(),
         }
     }
 

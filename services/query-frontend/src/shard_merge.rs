@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use norn_server::prom_json::{format_value, write_annotations, write_str, write_timestamp};
 use serde::Deserialize;
 
-use crate::response::{LabelPairs, Matrix, SeriesData, parse_success};
+use crate::response::{LabelPairs, Matrix, PointValue, SeriesData, parse_success};
 use crate::sharding::{AggOp, Combine, Grouping, ShardPlan, Stage};
 
 /// Samples per step: `timestamp → [(labels, value)]`.
@@ -121,10 +121,13 @@ pub fn steps_of_vector(v: Vector, into: &mut Steps) -> Result<(), String> {
 
 /// Steps as a matrix: series ordered by labels, points by time.
 pub fn matrix_of_steps(steps: Steps) -> Matrix {
-    let mut series: BTreeMap<LabelPairs, Vec<(i64, String)>> = BTreeMap::new();
+    let mut series: BTreeMap<LabelPairs, Vec<(i64, PointValue)>> = BTreeMap::new();
     for (t, samples) in steps {
         for (labels, v) in samples {
-            series.entry(labels).or_default().push((t, format_value(v)));
+            series
+                .entry(labels)
+                .or_default()
+                .push((t, format_value(v).into()));
         }
     }
     Matrix {

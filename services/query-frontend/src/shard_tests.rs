@@ -77,7 +77,9 @@ impl Downstream for EngineQuerier {
                                 points: s
                                     .samples
                                     .iter()
-                                    .map(|x| (x.t, norn_server::prom_json::format_value(x.v)))
+                                    .map(|x| {
+                                        (x.t, norn_server::prom_json::format_value(x.v).into())
+                                    })
                                     .collect(),
                             })
                             .collect(),

@@ -20,7 +20,7 @@ use tower::ServiceExt;
 
 use crate::api::{Frontend, routes};
 use crate::metrics::FrontendMetrics;
-use crate::response::{Matrix, SeriesData, write_matrix};
+use crate::response::{Matrix, PointValue, SeriesData, write_matrix};
 use crate::{Config, Downstream, DownstreamError, DownstreamRequest, DownstreamResponse};
 
 /// A querier whose answer is a pure function of the range (plus `version`, to tell old
@@ -45,14 +45,14 @@ impl Synthetic {
         let version = self.version.load(Ordering::SeqCst);
         let mut series = Vec::new();
         for i in 0..3i64 {
-            let points: Vec<(i64, String)> = (0..)
+            let points: Vec<(i64, PointValue)> = (0..)
                 .map(|k| start + k * step)
                 .take_while(|t| *t <= end)
                 .filter(|t| (t.div_euclid(7_000) + i) % 3 != 0)
                 .map(|t| {
                     (
                         t,
-                        format!("{}", (t as f64) / 1000.0 + i as f64 + version as f64 * 0.5),
+                        format!("{}", (t as f64) / 1000.0 + i as f64 + version as f64 * 0.5).into(),
                     )
                 })
                 .collect();

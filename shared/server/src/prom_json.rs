@@ -10,17 +10,21 @@ use std::fmt::Write;
 
 use norn_model::Labels;
 
-/// Appends a millisecond timestamp as Prometheus writes it.
+/// Appends a millisecond timestamp as Prometheus writes it: seconds, then `.` and three
+/// digits when the milliseconds are not zero (`1.5` s is `1.500`). It runs once per point of
+/// every answer, so it formats with `itoa`, not through `fmt`.
 pub fn write_timestamp(out: &mut String, t: i64) {
-    let (sign, t) = if t < 0 {
-        ("-", t.unsigned_abs())
-    } else {
-        ("", t as u64)
-    };
-    let _ = write!(out, "{sign}{}", t / 1000);
-    let frac = t % 1000;
+    if t < 0 {
+        out.push('-');
+    }
+    let t = t.unsigned_abs();
+    out.push_str(itoa::Buffer::new().format(t / 1000));
+    let frac = (t % 1000) as u32;
     if frac != 0 {
-        let _ = write!(out, ".{frac:03}");
+        out.push('.');
+        for d in [frac / 100, frac / 10 % 10, frac % 10] {
+            out.push(char::from(b'0' + d as u8));
+        }
     }
 }
 
@@ -140,6 +144,37 @@ mod tests {
         assert_eq!(f(1000), "1");
         assert_eq!(f(1100), "1.100");
         assert_eq!(f(-1500), "-1.500");
+        assert_eq!(f(7), "0.007");
+        assert_eq!(f(-42), "-0.042");
+        assert_eq!(f(0), "0");
+        assert_eq!(f(i64::MIN), "-9223372036854775.808");
+        assert_eq!(f(i64::MAX), "9223372036854775.807");
+        // Prometheus' `jsonutil.MarshalTimestamp`, written out with `fmt`.
+        let go = |t: i64| {
+            let (sign, u) = if t < 0 {
+                ("-", t.unsigned_abs())
+            } else {
+                ("", t as u64)
+            };
+            match u % 1000 {
+                0 => format!("{sign}{}", u / 1000),
+                frac => format!("{sign}{}.{frac:03}", u / 1000),
+            }
+        };
+        let mut t: i64 = 1;
+        for _ in 0..2_000 {
+            for t in [
+                t,
+                t.wrapping_neg(),
+                t / 7,
+                t.wrapping_mul(31) % 1_000_000_007,
+            ] {
+                assert_eq!(f(t), go(t), "{t}");
+            }
+            t = t
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+        }
     }
 
     #[test]
