@@ -28,8 +28,8 @@ pub use matcher::{MatchType, Matcher, MatcherError};
 pub use query::{
     ChunkSeries, EncodedChunk, FederatedQueryable, MergeQueryable, MergedProvider, MetadataReader,
     ORIGINAL_TENANT_ID_LABEL, Queryable, QueryableProvider, QuorumQueryable, SampleBudget, Series,
-    StorageError, TENANT_ID_LABEL, TOO_MANY_SAMPLES, gather_quorum, keep_last, merge_series,
-    merge_strings,
+    StorageError, TENANT_ID_LABEL, TOO_MANY_SAMPLES, gather_quorum, keep_last, merge_by_labels,
+    merge_series, merge_strings,
 };
 pub use reject::RejectReason;
 pub use sample::{

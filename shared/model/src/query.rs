@@ -337,11 +337,18 @@ pub fn merge_samples(a: Vec<Sample>, b: Vec<Sample>) -> Vec<Sample> {
     out
 }
 
-/// Merges label-sorted series lists into one, joining series with equal labels.
-pub fn merge_series(lists: Vec<Vec<Series>>) -> Vec<Series> {
+/// Joins lists sorted by labels into one sorted list, two lists at a time; an item of each
+/// list with equal labels (one series from two sources) becomes one through `join`, whose
+/// first argument is from the earlier list. The series merges of the query path, over chunks
+/// or samples, and the head's parallel reads all go through it.
+pub fn merge_by_labels<T, E>(
+    lists: Vec<Vec<T>>,
+    labels: impl Fn(&T) -> &Labels,
+    mut join: impl FnMut(T, T) -> Result<T, E>,
+) -> Result<Vec<T>, E> {
     let mut lists = lists.into_iter().filter(|l| !l.is_empty());
     let Some(mut acc) = lists.next() else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
     for list in lists {
         let mut out = Vec::with_capacity(acc.len().max(list.len()));
@@ -349,7 +356,7 @@ pub fn merge_series(lists: Vec<Vec<Series>>) -> Vec<Series> {
         let mut b = list.into_iter().peekable();
         loop {
             let ord = match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) => x.labels.cmp(&y.labels),
+                (Some(x), Some(y)) => labels(x).cmp(labels(y)),
                 (Some(_), None) => std::cmp::Ordering::Less,
                 (None, Some(_)) => std::cmp::Ordering::Greater,
                 (None, None) => break,
@@ -359,16 +366,31 @@ pub fn merge_series(lists: Vec<Vec<Series>>) -> Vec<Series> {
                 std::cmp::Ordering::Greater => out.extend(b.next()),
                 std::cmp::Ordering::Equal => {
                     let (x, y) = (a.next().expect("peeked"), b.next().expect("peeked"));
-                    out.push(Series {
-                        labels: x.labels,
-                        samples: merge_samples(x.samples, y.samples),
-                    });
+                    out.push(join(x, y)?);
                 }
             }
         }
         acc = out;
     }
-    acc
+    Ok(acc)
+}
+
+/// Merges label-sorted series lists into one, joining series with equal labels.
+pub fn merge_series(lists: Vec<Vec<Series>>) -> Vec<Series> {
+    let joined = merge_by_labels(
+        lists,
+        |s| &s.labels,
+        |x, y| {
+            Ok::<_, std::convert::Infallible>(Series {
+                labels: x.labels,
+                samples: merge_samples(x.samples, y.samples),
+            })
+        },
+    );
+    match joined {
+        Ok(series) => series,
+        Err(never) => match never {},
+    }
 }
 
 /// Sorted, unique union of label-name or label-value lists from several sources.

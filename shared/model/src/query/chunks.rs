@@ -16,7 +16,7 @@
 use bytes::Bytes;
 use norn_chunkenc::{ENCODING_XOR, XorChunk, XorIterator};
 
-use super::{SampleBudget, Series, StorageError, merge_samples};
+use super::{SampleBudget, Series, StorageError, merge_by_labels, merge_samples};
 use crate::{Labels, Sample};
 
 /// Samples per chunk when chunks are built from samples (Prometheus' target chunk size).
@@ -238,39 +238,19 @@ fn merge_chunks(a: Vec<EncodedChunk>, b: Vec<EncodedChunk>) -> Result<Vec<Encode
 /// Merges label-sorted chunk-series lists into one, joining series with equal labels (see
 /// the module docs for overlapping chunks).
 pub fn merge_chunk_series(lists: Vec<Vec<ChunkSeries>>) -> Result<Vec<ChunkSeries>, StorageError> {
-    let mut lists = lists.into_iter().filter(|l| !l.is_empty());
-    let Some(mut acc) = lists.next() else {
-        return Ok(Vec::new());
-    };
-    for list in lists {
-        let mut out = Vec::with_capacity(acc.len().max(list.len()));
-        let mut a = acc.into_iter().peekable();
-        let mut b = list.into_iter().peekable();
-        loop {
-            let ord = match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) => x.labels.cmp(&y.labels),
-                (Some(_), None) => std::cmp::Ordering::Less,
-                (None, Some(_)) => std::cmp::Ordering::Greater,
-                (None, None) => break,
-            };
-            match ord {
-                std::cmp::Ordering::Less => out.extend(a.next()),
-                std::cmp::Ordering::Greater => out.extend(b.next()),
-                std::cmp::Ordering::Equal => {
-                    let (x, y) = (a.next().expect("peeked"), b.next().expect("peeked"));
-                    let chunks = merge_chunks(x.chunks, y.chunks).map_err(|e| {
-                        StorageError::Internal(format!("merging chunks of {}: {e}", x.labels))
-                    })?;
-                    out.push(ChunkSeries {
-                        labels: x.labels,
-                        chunks,
-                    });
-                }
-            }
-        }
-        acc = out;
-    }
-    Ok(acc)
+    merge_by_labels(
+        lists,
+        |s| &s.labels,
+        |x, y| {
+            let chunks = merge_chunks(x.chunks, y.chunks).map_err(|e| {
+                StorageError::Internal(format!("merging chunks of {}: {e}", x.labels))
+            })?;
+            Ok(ChunkSeries {
+                labels: x.labels,
+                chunks,
+            })
+        },
+    )
 }
 
 #[cfg(test)]

@@ -387,7 +387,15 @@ where
             .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
             .collect()
     });
-    merge_sorted(lists)
+    // The parts are distinct series of one head, so no two share labels and `join` never
+    // runs.
+    let merged = norn_model::merge_by_labels(lists, Labelled::labels, |first, _| {
+        Ok::<_, std::convert::Infallible>(first)
+    });
+    match merged {
+        Ok(all) => all,
+        Err(never) => match never {},
+    }
 }
 
 /// A selection's element, ordered by its labels.
@@ -405,28 +413,4 @@ impl Labelled for ChunkSeries {
     fn labels(&self) -> &norn_model::Labels {
         &self.labels
     }
-}
-
-/// Joins lists sorted by labels (of distinct series) into one sorted list.
-fn merge_sorted<T: Labelled>(lists: Vec<Vec<T>>) -> Vec<T> {
-    let mut lists = lists.into_iter();
-    let Some(mut acc) = lists.next() else {
-        return Vec::new();
-    };
-    for list in lists {
-        let mut out = Vec::with_capacity(acc.len() + list.len());
-        let mut a = acc.into_iter().peekable();
-        let mut b = list.into_iter().peekable();
-        loop {
-            let take_a = match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) => x.labels() <= y.labels(),
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (None, None) => break,
-            };
-            out.extend(if take_a { a.next() } else { b.next() });
-        }
-        acc = out;
-    }
-    acc
 }
