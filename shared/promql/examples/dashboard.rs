@@ -214,6 +214,23 @@ fn process_cpu_s() -> f64 {
     ticks / 100.0
 }
 
+/// Voluntary context switches of every thread of this process so far (a thread waking
+/// another and waiting for it counts one each time): the hand-offs a query costs.
+fn voluntary_switches() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
 /// The `cpu` mode: CPU and wall time per instant query.
 fn cpu(mut args: impl Iterator<Item = String>) {
     let repeats: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2000);
@@ -228,8 +245,10 @@ fn cpu(mut args: impl Iterator<Item = String>) {
         cache: Mutex::default(),
     };
     let engine = Engine::default();
-    println!("| query | samples | CPU µs per query | wall µs per query |");
-    println!("|---|---|---|---|");
+    println!(
+        "| query | samples | CPU µs per query | wall µs per query | voluntary switches per query |"
+    );
+    println!("|---|---|---|---|---|");
     let all = std::iter::once(("vector1", "vector(1)")).chain(QUERIES);
     for (name, q) in all {
         if only.as_deref().is_some_and(|o| o != name) {
@@ -246,15 +265,17 @@ fn cpu(mut args: impl Iterator<Item = String>) {
         for _ in 0..repeats / 10 {
             run();
         }
-        let (c0, t0) = (process_cpu_s(), Instant::now());
+        let (c0, t0, v0) = (process_cpu_s(), Instant::now(), voluntary_switches());
         for _ in 0..repeats {
             run();
         }
         let (cpu, wall) = (process_cpu_s() - c0, t0.elapsed().as_secs_f64());
+        let switches = voluntary_switches().saturating_sub(v0);
         println!(
-            "| `{name}` | {n} | {:.1} | {:.1} |",
+            "| `{name}` | {n} | {:.1} | {:.1} | {:.1} |",
             cpu * 1e6 / repeats as f64,
-            wall * 1e6 / repeats as f64
+            wall * 1e6 / repeats as f64,
+            switches as f64 / repeats as f64
         );
     }
 }

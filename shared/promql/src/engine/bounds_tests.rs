@@ -456,3 +456,99 @@ fn numbers_no_duration_can_hold_are_refused_before_parsing() {
         assert!(run(e.instant_query(&s, q, 10 * M)).is_ok(), "{q}");
     }
 }
+
+/// Records how many query threads were busy while each select ran.
+struct ThreadWatchingStore {
+    inner: MemStore,
+    engine: Arc<Engine>,
+    busy_at_select: std::sync::Mutex<Vec<usize>>,
+}
+
+#[async_trait]
+impl Queryable for ThreadWatchingStore {
+    async fn select(&self, a: i64, b: i64, m: &[Matcher]) -> Result<Vec<Series>, StorageError> {
+        let busy = self.engine.query_threads();
+        self.busy_at_select.lock().unwrap().push(busy);
+        self.inner.select(a, b, m).await
+    }
+    async fn label_names(
+        &self,
+        a: i64,
+        b: i64,
+        m: &[Matcher],
+    ) -> Result<Vec<String>, StorageError> {
+        self.inner.label_names(a, b, m).await
+    }
+    async fn label_values(
+        &self,
+        n: &str,
+        a: i64,
+        b: i64,
+        m: &[Matcher],
+    ) -> Result<Vec<String>, StorageError> {
+        self.inner.label_values(n, a, b, m).await
+    }
+}
+
+#[test]
+fn a_repeated_shallow_query_is_planned_by_the_caller_and_answers_the_same() {
+    let engine = Arc::new(Engine::default());
+    let s = ThreadWatchingStore {
+        inner: store(),
+        engine: Arc::clone(&engine),
+        busy_at_select: Default::default(),
+    };
+    // Texts no other test parses (the parse cache is the process').
+    let shallow = "sum by (job) (up{job=\"a\", fast_path=\"\"}) * 2";
+    let deep = format!(
+        "{}up{{fast_path=\"deep\"}}{}",
+        "(".repeat(20),
+        ")".repeat(20)
+    );
+    assert!(nesting_depth(&deep) > 16);
+    for q in [shallow, deep.as_str()] {
+        let first = run(engine.range_query(&s, q, 0, 10 * M, M)).unwrap();
+        let second = run(engine.range_query(&s, q, 0, 10 * M, M)).unwrap();
+        assert_eq!(
+            format!("{:?}", first.value),
+            format!("{:?}", second.value),
+            "{q}"
+        );
+    }
+    let busy = s.busy_at_select.lock().unwrap().clone();
+    // The first run of each is parsed on a query thread, which waits there for the data;
+    // the shallow query's second run is planned by the caller, so no thread waits while it
+    // fetches; the deep one always goes to a thread.
+    assert_eq!(busy, [1, 0, 1, 1]);
+    wait_for_threads(&engine, 0);
+}
+
+#[test]
+fn dropping_a_query_planned_by_the_caller_stops_its_evaluation() {
+    let s = store();
+    let e = Engine::default();
+    // Parsed once (and cached) under a deadline, so the next run is planned by the caller.
+    let runaway = format!("{RUNAWAY} + 0 * vector(7)");
+    let ctx = QueryContext {
+        timeout: Some(Duration::from_millis(50)),
+        ..Default::default()
+    };
+    assert!(run(e.instant_query_within(&s, &runaway, 0, ctx)).is_err());
+    wait_for_threads(&e, 0);
+    let slot = Arc::new(());
+    run(async {
+        let ctx = QueryContext {
+            timeout: None,
+            keep_alive: Some(Box::new(Arc::clone(&slot))),
+            ..Default::default()
+        };
+        let q = e.instant_query_within(&s, &runaway, 0, ctx);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), q)
+                .await
+                .is_err()
+        );
+    });
+    wait_for_threads(&e, 0);
+    assert_eq!(Arc::strong_count(&slot), 1, "released with the thread");
+}
