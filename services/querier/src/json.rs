@@ -6,12 +6,10 @@
 //! and `infos` appear only when non-empty — exactly what Grafana's Prometheus data source and
 //! Prometheus' own clients parse.
 
-use std::fmt::Write;
-
 use norn_promql::{QueryResult, Value};
 pub use norn_server::prom_json::{
     format_value, string_array, success, write_annotations, write_labels, write_str,
-    write_timestamp,
+    write_timestamp, write_value,
 };
 
 fn write_point(out: &mut String, t: i64, v: f64) {
@@ -23,19 +21,6 @@ fn write_point(out: &mut String, t: i64, v: f64) {
     out.push('"');
     write_value(out, v);
     out.push_str("\"]");
-}
-
-/// Appends `v` as [`format_value`] renders it.
-fn write_value(out: &mut String, v: f64) {
-    if v.is_nan() {
-        out.push_str("NaN");
-    } else if v == f64::INFINITY {
-        out.push_str("+Inf");
-    } else if v == f64::NEG_INFINITY {
-        out.push_str("-Inf");
-    } else {
-        let _ = write!(out, "{v}");
-    }
 }
 
 /// The whole success envelope of `query` / `query_range`.

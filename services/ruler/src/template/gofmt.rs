@@ -9,7 +9,12 @@ use super::exec::Value;
 fn digits(v: f64, prec: Option<usize>) -> (String, i32) {
     let s = match prec {
         Some(p) => format!("{:.*e}", p.max(1) - 1, v),
-        None => format!("{v:e}"),
+        // Go breaks a tie between two shortest candidates to the even digit; Rust's `{:e}`
+        // does not (see `shortest_digits`).
+        None => match norn_server::prom_json::shortest_digits(v) {
+            Some((d, dp)) => return (d.as_str().to_string(), dp),
+            None => format!("{v:e}"),
+        },
     };
     let (mant, exp) = s.split_once('e').unwrap_or((&s, "0"));
     let exp: i32 = exp.parse().unwrap_or(0);
@@ -291,6 +296,8 @@ mod tests {
             (0.0001, "0.0001"),
             (0.00001, "1e-05"),
             (-2.5, "-2.5"),
+            // Halfway between …4202e+14 and …4203e+14: Go takes the even digit.
+            (581_340_081_208_420.25, "5.813400812084202e+14"),
             (f64::NAN, "NaN"),
             (f64::INFINITY, "+Inf"),
         ] {
