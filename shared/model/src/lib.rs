@@ -8,6 +8,7 @@
 
 pub mod duration;
 pub mod error;
+pub mod float_text;
 pub mod labels;
 pub mod matcher;
 pub mod query;

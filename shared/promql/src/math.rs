@@ -141,17 +141,10 @@ pub(crate) fn variance(values: impl Iterator<Item = f64>) -> f64 {
     (aux + c_aux) / count
 }
 
-/// Go's `strconv.FormatFloat(f, 'f', -1, 64)`.
+/// Go's `strconv.FormatFloat(f, 'f', -1, 64)`, as Prometheus writes label values made from
+/// numbers (`count_values`, the `le` and `quantile` labels).
 pub(crate) fn format_float(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v == f64::INFINITY {
-        "+Inf".into()
-    } else if v == f64::NEG_INFINITY {
-        "-Inf".into()
-    } else {
-        format!("{v}")
-    }
+    norn_model::float_text::format_value(v)
 }
 
 #[cfg(test)]
@@ -188,5 +181,7 @@ mod tests {
         assert_eq!(format_float(1.0), "1");
         assert_eq!(format_float(0.5), "0.5");
         assert_eq!(format_float(f64::INFINITY), "+Inf");
+        // Halfway between two shortest candidates: Go (and Prometheus) take the even one.
+        assert_eq!(format_float(581_340_081_208_420.25), "581340081208420.2");
     }
 }

@@ -11,7 +11,7 @@ fn digits(v: f64, prec: Option<usize>) -> (String, i32) {
         Some(p) => format!("{:.*e}", p.max(1) - 1, v),
         // Go breaks a tie between two shortest candidates to the even digit; Rust's `{:e}`
         // does not (see `shortest_digits`).
-        None => match norn_server::prom_json::shortest_digits(v) {
+        None => match norn_model::float_text::shortest_digits(v) {
             Some((d, dp)) => return (d.as_str().to_string(), dp),
             None => format!("{v:e}"),
         },
