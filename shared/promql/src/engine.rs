@@ -243,7 +243,8 @@ impl Engine {
 
     /// Runs one query: the text check here; parsing, planning and evaluation on a query
     /// thread (see [`crate::guard`]); fetching here, between the two, since storage is async.
-    /// Dropping the returned future cancels the evaluation.
+    /// A shallow query found in the parse cache is planned here too, and only evaluated on
+    /// a thread. Dropping the returned future cancels the evaluation.
     async fn run(
         &self,
         q: &dyn Queryable,

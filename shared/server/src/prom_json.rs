@@ -28,7 +28,7 @@ pub fn write_timestamp(out: &mut String, t: i64) {
     }
 }
 
-pub use norn_model::float_text::{Digits, format_value, shortest_digits, write_value};
+pub use norn_model::float_text::{format_value, write_value};
 
 /// Appends a JSON string literal. Runs of bytes that need no escape are copied whole: label
 /// values and the frontend's re-written sample values are almost always such a run.
