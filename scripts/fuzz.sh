@@ -89,12 +89,19 @@ for t in "${targets[@]}"; do
     set -e
     execs=$(grep -Eo 'stat::number_of_executed_units: *[0-9]+' "$log" | awk '{s+=$2} END {print s+0}')
     rate=$(grep -Eo 'stat::average_exec_per_sec: *[0-9]+' "$log" | awk '{s+=$2} END {print s+0}')
-    if [ "$rc" -ne 0 ]; then
+    result=ok
+    if grep -q 'libFuzzer: run interrupted' "$log"; then
+        # Stopped by a signal (Ctrl-C, kill -INT): libFuzzer exits 72; not a finding.
+        result=interrupted
+        status=1
+        echo "!! $t was interrupted: its figures are up to the signal"
+    elif [ "$rc" -ne 0 ]; then
+        result=CRASH
         status=1
         echo "!! $t failed (exit $rc): see $log and fuzz/artifacts/$t/"
         grep -E 'panicked at|ERROR: AddressSanitizer|ERROR: libFuzzer|SUMMARY' "$log" | head -n 5 || true
     fi
-    summary+=("$(printf '%-20s %12s execs %8s exec/s  %s' "$t" "$execs" "$rate" "$([ "$rc" -eq 0 ] && echo ok || echo CRASH)")")
+    summary+=("$(printf '%-20s %12s execs %8s exec/s  %s' "$t" "$execs" "$rate" "$result")")
 done
 echo "== fuzz summary (${secs}s per target, sanitizer $sanitizer, max_len $max_len)"
 printf '%s\n' "${summary[@]}"
