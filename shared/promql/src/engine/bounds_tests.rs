@@ -254,16 +254,17 @@ fn the_range_output_counts_together_with_what_was_fetched() {
     assert_eq!(r.stats.peak_samples, r.stats.samples_fetched + 11);
 }
 
-/// Counts select calls, to see fetching stop at the limit.
-struct CountingStore {
+/// A [`MemStore`] that runs `on_select` at every select: to count them, or to look at the
+/// engine while one runs.
+struct HookedStore {
     inner: MemStore,
-    selects: AtomicUsize,
+    on_select: Box<dyn Fn() + Send + Sync>,
 }
 
 #[async_trait]
-impl Queryable for CountingStore {
+impl Queryable for HookedStore {
     async fn select(&self, a: i64, b: i64, m: &[Matcher]) -> Result<Vec<Series>, StorageError> {
-        self.selects.fetch_add(1, Ordering::Relaxed);
+        (self.on_select)();
         self.inner.select(a, b, m).await
     }
     async fn label_names(
@@ -287,26 +288,24 @@ impl Queryable for CountingStore {
 
 #[test]
 fn fetching_stops_once_the_limit_is_passed() {
-    let s = Arc::new(CountingStore {
+    let selects = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&selects);
+    let s = HookedStore {
         inner: store(),
-        selects: AtomicUsize::new(0),
-    });
+        on_select: Box::new(move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }),
+    };
     let e = Engine::new(EngineOptions {
         max_samples: 1,
         ..Default::default()
     });
     // Three selectors of 11 samples each, read as chunks (a range query's step selectors),
     // which may hold 8 × max_samples while they are read: the first alone is over that.
-    let err = run(e.range_query(
-        s.as_ref(),
-        "up + up{job=\"a\"} + up{job=~\"a\"}",
-        0,
-        10 * M,
-        M,
-    ))
-    .unwrap_err();
+    let err =
+        run(e.range_query(&s, "up + up{job=\"a\"} + up{job=~\"a\"}", 0, 10 * M, M)).unwrap_err();
     assert!(matches!(err, PromqlError::TooManySamples), "{err}");
-    assert_eq!(s.selects.load(Ordering::Relaxed), 1);
+    assert_eq!(selects.load(Ordering::Relaxed), 1);
 }
 
 /// A context with a memory limit of `bytes`.
@@ -457,46 +456,15 @@ fn numbers_no_duration_can_hold_are_refused_before_parsing() {
     }
 }
 
-/// Records how many query threads were busy while each select ran.
-struct ThreadWatchingStore {
-    inner: MemStore,
-    engine: Arc<Engine>,
-    busy_at_select: std::sync::Mutex<Vec<usize>>,
-}
-
-#[async_trait]
-impl Queryable for ThreadWatchingStore {
-    async fn select(&self, a: i64, b: i64, m: &[Matcher]) -> Result<Vec<Series>, StorageError> {
-        let busy = self.engine.query_threads();
-        self.busy_at_select.lock().unwrap().push(busy);
-        self.inner.select(a, b, m).await
-    }
-    async fn label_names(
-        &self,
-        a: i64,
-        b: i64,
-        m: &[Matcher],
-    ) -> Result<Vec<String>, StorageError> {
-        self.inner.label_names(a, b, m).await
-    }
-    async fn label_values(
-        &self,
-        n: &str,
-        a: i64,
-        b: i64,
-        m: &[Matcher],
-    ) -> Result<Vec<String>, StorageError> {
-        self.inner.label_values(n, a, b, m).await
-    }
-}
-
 #[test]
 fn a_repeated_shallow_query_is_planned_by_the_caller_and_answers_the_same() {
     let engine = Arc::new(Engine::default());
-    let s = ThreadWatchingStore {
+    // How many query threads were busy while each select ran.
+    let busy_at_select = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (watched, record) = (Arc::clone(&engine), Arc::clone(&busy_at_select));
+    let s = HookedStore {
         inner: store(),
-        engine: Arc::clone(&engine),
-        busy_at_select: Default::default(),
+        on_select: Box::new(move || record.lock().unwrap().push(watched.query_threads())),
     };
     // Texts no other test parses (the parse cache is the process').
     let shallow = "sum by (job) (up{job=\"a\", fast_path=\"\"}) * 2";
@@ -515,7 +483,7 @@ fn a_repeated_shallow_query_is_planned_by_the_caller_and_answers_the_same() {
             "{q}"
         );
     }
-    let busy = s.busy_at_select.lock().unwrap().clone();
+    let busy = busy_at_select.lock().unwrap().clone();
     // The first run of each is parsed on a query thread, which waits there for the data;
     // the shallow query's second run is planned by the caller, so no thread waits while it
     // fetches; the deep one always goes to a thread.
