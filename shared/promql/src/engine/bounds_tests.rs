@@ -167,28 +167,32 @@ fn wait_for_threads(e: &Engine, n: usize) {
     }
 }
 
-#[test]
-fn dropping_the_query_future_stops_its_evaluation() {
-    let s = store();
-    let e = Engine::default();
-    // What the caller asks to keep alive lives as long as the thread, not the future.
+/// Drops `query`'s future mid-evaluation, as a client that goes away, and checks that its
+/// evaluation stops and what the caller asked to keep alive is released with the thread.
+fn dropping_stops_the_evaluation(e: &Engine, s: &MemStore, query: &str) {
     let slot = Arc::new(());
     run(async {
-        // A client that goes away: the handler's future is dropped mid-evaluation.
         let ctx = QueryContext {
             timeout: None,
             keep_alive: Some(Box::new(Arc::clone(&slot))),
             ..Default::default()
         };
-        let q = e.instant_query_within(&s, RUNAWAY, 0, ctx);
+        let q = e.instant_query_within(s, query, 0, ctx);
         assert!(
             tokio::time::timeout(Duration::from_millis(300), q)
                 .await
                 .is_err()
         );
     });
-    wait_for_threads(&e, 0);
+    wait_for_threads(e, 0);
     assert_eq!(Arc::strong_count(&slot), 1, "released with the thread");
+}
+
+#[test]
+fn dropping_the_query_future_stops_its_evaluation() {
+    // Nested past what the caller plans, so parsed and planned on the query thread.
+    let deep = format!("{}{RUNAWAY}{}", "(".repeat(20), ")".repeat(20));
+    dropping_stops_the_evaluation(&Engine::default(), &store(), &deep);
 }
 
 #[test]
@@ -503,20 +507,5 @@ fn dropping_a_query_planned_by_the_caller_stops_its_evaluation() {
     };
     assert!(run(e.instant_query_within(&s, &runaway, 0, ctx)).is_err());
     wait_for_threads(&e, 0);
-    let slot = Arc::new(());
-    run(async {
-        let ctx = QueryContext {
-            timeout: None,
-            keep_alive: Some(Box::new(Arc::clone(&slot))),
-            ..Default::default()
-        };
-        let q = e.instant_query_within(&s, &runaway, 0, ctx);
-        assert!(
-            tokio::time::timeout(Duration::from_millis(300), q)
-                .await
-                .is_err()
-        );
-    });
-    wait_for_threads(&e, 0);
-    assert_eq!(Arc::strong_count(&slot), 1, "released with the thread");
+    dropping_stops_the_evaluation(&e, &s, &runaway);
 }
