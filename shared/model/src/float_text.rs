@@ -124,6 +124,9 @@ mod tests {
     /// Texts Prometheus 2.42's API answered for these numbers as PromQL literals. The first
     /// five are ties: halfway between two shortest candidates, where Go takes the even digit
     /// (Rust's `Display` writes `…420.3`, `…658.63`, `…028.13`, `…726563`, `…015.13`).
+    // The ties are spelled exactly (`.25` is the double itself, halfway between `.2` and
+    // `.3`), which is more digits than the shortest form clippy asks for.
+    #[allow(clippy::excessive_precision)]
     const PROMETHEUS_TEXT: [(f64, &str); 17] = [
         (581_340_081_208_420.25, "581340081208420.2"),
         (222_632_738_891_658.625, "222632738891658.62"),

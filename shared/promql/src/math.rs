@@ -182,6 +182,9 @@ mod tests {
         assert_eq!(format_float(0.5), "0.5");
         assert_eq!(format_float(f64::INFINITY), "+Inf");
         // Halfway between two shortest candidates: Go (and Prometheus) take the even one.
-        assert_eq!(format_float(581_340_081_208_420.25), "581340081208420.2");
+        assert_eq!(
+            format_float(581_340_081_208_420.0 + 0.25),
+            "581340081208420.2"
+        );
     }
 }
