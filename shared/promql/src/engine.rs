@@ -252,7 +252,7 @@ impl Engine {
         span: Span,
         ctx: QueryContext,
     ) -> Result<QueryResult> {
-        crate::guard::check_query_text(
+        let depth = crate::guard::checked_depth(
             query,
             self.opts.max_query_bytes,
             self.opts.max_query_depth,
@@ -276,7 +276,9 @@ impl Engine {
         // stack could not take. That saves the query thread's round trip to hand the plan
         // back: two cross-thread wake-ups of a small query's four, each a wait for a core on
         // a busy machine.
-        if let Some(planned) = plan_if_cached_and_shallow(query, span, opts.lookback_delta_ms) {
+        if let Some(planned) =
+            plan_if_cached_and_shallow(query, depth, span, opts.lookback_delta_ms)
+        {
             let (expr, plan) = planned?;
             let fetched = fetch_plan(q, &plan, memory, deadline).await?;
             let (result_tx, result_rx) = tokio::sync::oneshot::channel::<Result<QueryResult>>();

@@ -45,6 +45,12 @@ pub(crate) const CHECK_EVERY: u64 = 256;
 /// Refuses a query text that is longer than `max_bytes` (0 = no limit) or whose expression
 /// could nest deeper than `max_depth`, before any parsing.
 pub fn check_query_text(query: &str, max_bytes: usize, max_depth: usize) -> Result<()> {
+    checked_depth(query, max_bytes, max_depth).map(|_| ())
+}
+
+/// [`check_query_text`], returning the nesting depth it found (the engine decides with it
+/// where a query is planned, without scanning the text again).
+pub(crate) fn checked_depth(query: &str, max_bytes: usize, max_depth: usize) -> Result<usize> {
     if max_bytes > 0 && query.len() > max_bytes {
         return Err(PromqlError::TooComplex(format!(
             "the query expression is {} bytes long, more than the limit of {max_bytes} bytes (querier.max-query-expression-size-bytes)",
@@ -57,7 +63,8 @@ pub fn check_query_text(query: &str, max_bytes: usize, max_depth: usize) -> Resu
             "the query expression nests {depth} levels deep, more than the limit of {max_depth} levels (querier.max-query-expression-depth); nesting counts parentheses, brackets, braces, unary and binary operators"
         )));
     }
-    check_duration_literals(query).map_err(PromqlError::Parse)
+    check_duration_literals(query).map_err(PromqlError::Parse)?;
+    Ok(depth)
 }
 
 /// The largest duration a number may spell in seconds (`[300]`, `[5m:60]`, `offset 1e3`):

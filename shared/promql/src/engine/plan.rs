@@ -61,16 +61,16 @@ pub(super) async fn fetch_plan(
 /// than a kilobyte of it per level.
 const CALLER_PLAN_MAX_DEPTH: usize = 16;
 
-/// The parsed expression and plan of `query` when it is in the parse cache and shallow, worked
-/// out on the calling thread; `None` sends the query to a query thread to be parsed.
+/// The parsed expression and plan of `query` (`depth`: its nesting, from the text check) when
+/// it is in the parse cache and shallow, worked out on the calling thread; `None` sends the
+/// query to a query thread to be parsed.
 pub(super) fn plan_if_cached_and_shallow(
     query: &str,
+    depth: usize,
     span: Span,
     lookback: i64,
 ) -> Option<Result<(Box<Expr>, Plan)>> {
-    if query.len() > PARSED_MAX_QUERY_LEN
-        || crate::guard::nesting_depth(query) > CALLER_PLAN_MAX_DEPTH
-    {
+    if query.len() > PARSED_MAX_QUERY_LEN || depth > CALLER_PLAN_MAX_DEPTH {
         return None;
     }
     let expr = PARSED
