@@ -8,19 +8,23 @@ use norn_ring::{Entry, Memberlist, MemberlistConfig};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-async fn node(name: &str, join: Vec<String>) -> Arc<Memberlist> {
-    let config = MemberlistConfig {
+/// A node's config on 127.0.0.1 (`port` 0: any free one), gossiping every 200 ms.
+fn config(name: &str, port: u16, join: Vec<String>) -> MemberlistConfig {
+    MemberlistConfig {
         node_name: name.to_string(),
         bind_addr: LOCALHOST,
-        bind_port: 0,
+        bind_port: port,
         advertise_addr: None,
         advertise_port: None,
         join_members: join,
         gossip_interval: Duration::from_millis(200),
         pull_push_interval: Duration::from_secs(30),
         encryption_key: None,
-    };
-    Memberlist::start(config, &prometheus::Registry::new())
+    }
+}
+
+async fn node(name: &str, join: Vec<String>) -> Arc<Memberlist> {
+    Memberlist::start(config(name, 0, join), &prometheus::Registry::new())
         .await
         .unwrap()
 }
@@ -139,18 +143,8 @@ async fn late_joiner_gets_full_state_and_start_order_does_not_matter() {
         };
         let early = node("early", vec![format!("127.0.0.1:{seed_port}")]).await;
         early.put("ha-tracker", "t1", Entry::value(3, b"{}".to_vec()));
-        let config = MemberlistConfig {
-            node_name: "seed".to_string(),
-            bind_addr: LOCALHOST,
-            bind_port: seed_port,
-            advertise_addr: None,
-            advertise_port: None,
-            join_members: vec![],
-            gossip_interval: Duration::from_millis(200),
-            pull_push_interval: Duration::from_secs(30),
-            encryption_key: None,
-        };
-        match Memberlist::start(config, &prometheus::Registry::new()).await {
+        let seed = config("seed", seed_port, vec![]);
+        match Memberlist::start(seed, &prometheus::Registry::new()).await {
             Ok(seed) => break (early, seed),
             Err(err) => {
                 assert!(attempt < 5, "binding the seed, attempt {attempt}: {err}");
@@ -217,17 +211,7 @@ async fn restarted_node_with_same_name_and_port_rejoins() {
     })
     .await;
     // Same name, same address: a newer generation supersedes the down identity.
-    let config = MemberlistConfig {
-        node_name: "worker".to_string(),
-        bind_addr: LOCALHOST,
-        bind_port: port,
-        advertise_addr: None,
-        advertise_port: None,
-        join_members: join,
-        gossip_interval: Duration::from_millis(200),
-        pull_push_interval: Duration::from_secs(30),
-        encryption_key: None,
-    };
+    let config = config("worker", port, join);
     let start = Instant::now();
     let again = loop {
         // The old sockets close once the old node's tasks notice the stop.
