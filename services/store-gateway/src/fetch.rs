@@ -44,6 +44,13 @@ const SERIES_ESTIMATE: u64 = 4 << 10;
 /// First guess at a chunk's size when the next chunk does not bound it (a 120-sample XOR
 /// chunk is a few hundred bytes).
 const CHUNK_ESTIMATE: u64 = 2 << 10;
+/// A request for more series than this in one block is a wide read: its series entries and
+/// chunks are cached only into room the cache has to spare ([`Cache::set_many_if_room`]).
+/// Its reads are coalesced into a few GETs, so each value saves little on a later hit, and a
+/// few wide queries over more data than the cache holds (a week of a thousand series) would
+/// otherwise evict, round after round, the values of every narrow query, each of which costs
+/// a GET of its own when missed.
+pub const WIDE_READ_SERIES: usize = 64;
 /// GETs of one fetch in flight at once.
 const GET_CONCURRENCY: usize = 8;
 /// How long cached values live (the caches bound themselves by size; the data never
@@ -176,6 +183,18 @@ impl BlockFetcher {
             }
         }
         Ok(out)
+    }
+
+    /// Stores `items` in `cache`; those of a wide read only into spare room.
+    async fn store(cache: &Arc<dyn Cache>, items: Vec<(String, Bytes)>, wide: bool) {
+        if items.is_empty() {
+            return;
+        }
+        if wide {
+            cache.set_many_if_room(items, CACHE_TTL).await;
+        } else {
+            cache.set_many(items, CACHE_TTL).await;
+        }
     }
 
     async fn cached(&self, cache: &str, keys: &[String]) -> HashMap<String, Bytes> {
@@ -330,9 +349,7 @@ impl BlockFetcher {
             return Err(self.corrupt("index", "series entries missing after the read".into()));
         }
         FetchStats::add(&ctx.stats.series, out.len() as u64);
-        if !store.is_empty() {
-            self.caches.index.set_many(store, CACHE_TTL).await;
-        }
+        Self::store(&self.caches.index, store, refs.len() > WIDE_READ_SERIES).await;
         Ok(out)
     }
 
@@ -391,10 +408,11 @@ impl BlockFetcher {
                 }
             }
         }
-        let scattered = self.chunk_runs(&split, ctx, &mut out).await?;
+        let wide = runs.len() > WIDE_READ_SERIES;
+        let scattered = self.chunk_runs(&split, wide, ctx, &mut out).await?;
         if !scattered.is_empty() {
             let singles: Vec<&[u64]> = scattered.iter().flat_map(|r| r.chunks(1)).collect();
-            let left = self.chunk_runs(&singles, ctx, &mut out).await?;
+            let left = self.chunk_runs(&singles, wide, ctx, &mut out).await?;
             // A run of one chunk is never scattered: a bad record there is an error above.
             debug_assert!(left.is_empty());
         }
@@ -402,10 +420,12 @@ impl BlockFetcher {
     }
 
     /// Reads `runs` through the chunks cache into `out`; returns the runs whose chunks are
-    /// not back to back (nothing of them is in `out` then).
+    /// not back to back (nothing of them is in `out` then). What a `wide` read fetched is
+    /// cached only into spare room.
     async fn chunk_runs<'r>(
         &self,
         runs: &[&'r [u64]],
+        wide: bool,
         ctx: &Ctx<'_>,
         out: &mut HashMap<u64, Bytes>,
     ) -> Result<Vec<&'r [u64]>> {
@@ -520,9 +540,7 @@ impl BlockFetcher {
                 }
             }
         }
-        if !store.is_empty() {
-            self.caches.chunks.set_many(store, CACHE_TTL).await;
-        }
+        Self::store(&self.caches.chunks, store, wide).await;
         Ok(scattered)
     }
 }
@@ -594,12 +612,17 @@ mod tests {
     /// pass the read estimate), written by the block writer into one segment and uploaded;
     /// returns the fetcher, its chunks cache and each series' refs.
     async fn segment(chunks: usize) -> (BlockFetcher, Arc<MapCache>, Vec<Vec<u64>>) {
+        segment_of(3, chunks).await
+    }
+
+    /// [`segment`] with `n` series.
+    async fn segment_of(n: usize, chunks: usize) -> (BlockFetcher, Arc<MapCache>, Vec<Vec<u64>>) {
         let dir = tempfile::tempdir().unwrap();
         let mut w = ChunkWriter::new(dir.path(), 512 << 20);
         let mut series = Vec::new();
-        for s in 0..3u8 {
+        for s in 0..n {
             let data: Vec<Vec<u8>> = (0..chunks)
-                .map(|c| vec![s * 16 + c as u8; 20 + (c * 1500 + s as usize * 7) % 3000])
+                .map(|c| vec![(s * 16 + c) as u8; 20 + (c * 1500 + s * 7) % 3000])
                 .collect();
             let list: Vec<(u8, &[u8])> = data.iter().map(|d| (1u8, d.as_slice())).collect();
             series.push(w.write_chunks(&list).unwrap());
@@ -671,6 +694,24 @@ mod tests {
             fetched,
             "a cached run read the bucket"
         );
+    }
+
+    /// A read of more than [`WIDE_READ_SERIES`] series is cached only into spare room; a
+    /// narrower one as usual. Both are cached whole, one item a series.
+    #[tokio::test]
+    async fn wide_reads_are_cached_only_into_spare_room() {
+        let (f, cache, series) = segment_of(WIDE_READ_SERIES + 1, 2).await;
+        let narrow = &series[..WIDE_READ_SERIES];
+        check(&fetch(&f, narrow).await.unwrap(), narrow);
+        assert_eq!(cache.0.lock().len(), WIDE_READ_SERIES);
+        assert!(
+            cache.1.lock().is_empty(),
+            "a narrow read was offered for spare room only"
+        );
+        cache.0.lock().clear();
+        check(&fetch(&f, &series).await.unwrap(), &series);
+        assert_eq!(cache.0.lock().len(), WIDE_READ_SERIES + 1);
+        assert_eq!(cache.1.lock().len(), WIDE_READ_SERIES + 1);
     }
 
     /// A run whose chunks are not back to back (here every other chunk of a series, and two

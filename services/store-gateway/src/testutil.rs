@@ -73,9 +73,13 @@ pub async fn write_test_block(bucket: &Bucket, tenant: &str, t0: i64, n: usize) 
     write_test_block_in(bucket, dir.path(), tenant, t0, n).await
 }
 
-/// A cache that keeps everything, in a map tests can look into and change.
+/// A cache that keeps everything, in a map tests can look into and change (`.0`), and the
+/// keys it was given through `set_many_if_room` (`.1`).
 #[derive(Default)]
-pub struct MapCache(pub Mutex<HashMap<String, Bytes>>);
+pub struct MapCache(
+    pub Mutex<HashMap<String, Bytes>>,
+    pub Mutex<std::collections::HashSet<String>>,
+);
 
 #[async_trait::async_trait]
 impl norn_cache::Cache for MapCache {
@@ -87,6 +91,10 @@ impl norn_cache::Cache for MapCache {
     }
     async fn set_many(&self, items: Vec<(String, Bytes)>, _ttl: Duration) {
         self.0.lock().extend(items);
+    }
+    async fn set_many_if_room(&self, items: Vec<(String, Bytes)>, ttl: Duration) {
+        self.1.lock().extend(items.iter().map(|(k, _)| k.clone()));
+        self.set_many(items, ttl).await;
     }
     fn backend(&self) -> &'static str {
         "test"

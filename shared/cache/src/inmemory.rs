@@ -11,6 +11,10 @@
 //! bound is kept by moka's maintenance, which runs on writes, so the bytes held can exceed it
 //! briefly between a write and its maintenance, never by more than one batch of writes.
 //!
+//! [`Cache::set_many_if_room`] stores only while the bytes held stay below 7/8 of the bound
+//! (as of moka's last maintenance), and never evicts: what it is offered beyond that is counted
+//! as skipped for `no-room`.
+//!
 //! One item may take at most an eighth of the bound: a single huge value (a postings list of a
 //! label every series has) must not flush everything else. Larger items are skipped and counted.
 
@@ -60,6 +64,8 @@ impl Expiry<String, Entry> for PerEntryTtl {
 pub struct InMemoryCache {
     cache: moka::sync::Cache<String, Entry>,
     max_item_bytes: u64,
+    /// What [`Cache::set_many_if_room`] fills the cache up to.
+    spare_room_bound: u64,
     metrics: Arc<CacheMetrics>,
 }
 
@@ -77,6 +83,11 @@ impl std::fmt::Debug for InMemoryCache {
 /// inserting 1M items of 64, 200 and 1,000 bytes and reading the process' RSS: 488-496 bytes
 /// an item beyond key and value (a plain `HashMap<String, Bytes>` takes 175).
 pub const ENTRY_OVERHEAD: u64 = 488;
+
+/// [`Cache::set_many_if_room`] leaves this fraction (1/n) of the bound free: values stored
+/// with eviction still find room without evicting right away, once values offered only for
+/// room have filled the rest.
+const SPARE_ROOM_RESERVE: u64 = 8;
 
 fn weight(key: &str, value: &Bytes) -> u64 {
     (key.len() + value.len()) as u64 + ENTRY_OVERHEAD
@@ -99,6 +110,7 @@ impl InMemoryCache {
         InMemoryCache {
             cache,
             max_item_bytes: (max_size_bytes / 8).clamp(1, u64::from(u32::MAX)),
+            spare_room_bound: max_size_bytes - max_size_bytes / SPARE_ROOM_RESERVE,
             metrics,
         }
     }
@@ -118,6 +130,37 @@ impl InMemoryCache {
     /// Bytes held (keys, values and [`ENTRY_OVERHEAD`] an item), as of the last maintenance.
     pub fn weighted_size(&self) -> u64 {
         self.cache.weighted_size()
+    }
+
+    /// Stores `items`; with `if_room`, only while the bytes held stay within
+    /// [`Self::spare_room_bound`], so nothing is evicted for them.
+    fn store(&self, items: Vec<(String, Bytes)>, ttl: Duration, if_room: bool) {
+        let start = Instant::now();
+        let ttl = (!ttl.is_zero()).then(|| ttl.min(MAX_TTL));
+        // As of moka's last maintenance, plus what this call adds: concurrent callers may
+        // each see the same room, so the bound can be passed by one batch of writes.
+        let mut held = self.cache.weighted_size();
+        for (key, value) in items {
+            let w = weight(&key, &value);
+            if w > self.max_item_bytes {
+                self.metrics.items_skipped_too_large.inc();
+                continue;
+            }
+            if if_room {
+                if held + w > self.spare_room_bound {
+                    self.metrics.items_skipped_no_room.inc();
+                    continue;
+                }
+                held += w;
+            }
+            self.metrics.items_stored.inc();
+            let value = Bytes::copy_from_slice(&value);
+            self.cache.insert(key, Entry { value, ttl });
+        }
+        self.refresh_gauges();
+        self.metrics
+            .set_duration
+            .observe(start.elapsed().as_secs_f64());
     }
 
     fn refresh_gauges(&self) {
@@ -149,21 +192,11 @@ impl Cache for InMemoryCache {
     }
 
     async fn set_many(&self, items: Vec<(String, Bytes)>, ttl: Duration) {
-        let start = Instant::now();
-        let ttl = (!ttl.is_zero()).then(|| ttl.min(MAX_TTL));
-        for (key, value) in items {
-            if weight(&key, &value) > self.max_item_bytes {
-                self.metrics.items_skipped_too_large.inc();
-                continue;
-            }
-            self.metrics.items_stored.inc();
-            let value = Bytes::copy_from_slice(&value);
-            self.cache.insert(key, Entry { value, ttl });
-        }
-        self.refresh_gauges();
-        self.metrics
-            .set_duration
-            .observe(start.elapsed().as_secs_f64());
+        self.store(items, ttl, false);
+    }
+
+    async fn set_many_if_room(&self, items: Vec<(String, Bytes)>, ttl: Duration) {
+        self.store(items, ttl, true);
     }
 
     fn backend(&self) -> &'static str {
@@ -235,6 +268,48 @@ mod tests {
             "{}",
             m.stored_items.get()
         );
+    }
+
+    /// Values offered only for spare room fill the cache to 7/8 of its bound and then are
+    /// skipped: nothing held is evicted for them, and ordinary writes still get in.
+    #[tokio::test]
+    async fn if_room_never_evicts() {
+        let max = 64 * 1024;
+        let (c, m) = cache(max);
+        let narrow: Vec<_> = (0..8).map(|i| item(i, 1000)).collect();
+        c.set_many(narrow, Duration::ZERO).await;
+        for batch in 1..40 {
+            let wide = (0..10).map(|i| item(batch * 100 + i, 1000)).collect();
+            c.set_many_if_room(wide, Duration::ZERO).await;
+            c.run_pending_tasks();
+        }
+        assert_eq!(m.evictions.get(), 0);
+        assert!(m.items_skipped_no_room.get() > 0);
+        let held = c.weighted_size();
+        let one = 1005 + ENTRY_OVERHEAD;
+        assert_eq!(
+            held,
+            m.items_stored.get() * one,
+            "every stored item is held"
+        );
+        assert!(held <= max - max / 8, "{held} bytes held");
+        // Within one item of the 7/8 bound: the room was used, not left empty.
+        assert!(held + one > max - max / 8, "{held} bytes held");
+        let keys: Vec<String> = (0..8).map(|i| format!("k{i:04}")).collect();
+        assert_eq!(
+            c.get_many(&keys).await.len(),
+            8,
+            "a narrow value was evicted"
+        );
+        // An ordinary write still stores, evicting if it must.
+        c.set_many(
+            (0..20).map(|i| item(9000 + i, 1000)).collect(),
+            Duration::ZERO,
+        )
+        .await;
+        c.run_pending_tasks();
+        assert!(c.weighted_size() <= max);
+        assert_eq!(m.items_stored.get() * one, held + 20 * one);
     }
 
     #[tokio::test]

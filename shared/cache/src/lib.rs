@@ -78,6 +78,14 @@ pub trait Cache: Send + Sync {
     /// Stores `items`, each for at most `ttl` (`Duration::ZERO`: the backend's default).
     /// Best effort: an item may be dropped (too large, evicted, backend down).
     async fn set_many(&self, items: Vec<(String, Bytes)>, ttl: Duration);
+    /// Stores `items` as [`Cache::set_many`] does, but only into room the cache has to spare:
+    /// nothing it holds is evicted for them. For values that are cheap to read again because
+    /// they come many to a request (a wide read's chunks), which must not push out values that
+    /// each cost a request of their own. A backend that cannot tell its free room (memcached,
+    /// whose servers run their own eviction) stores them as `set_many` does.
+    async fn set_many_if_room(&self, items: Vec<(String, Bytes)>, ttl: Duration) {
+        self.set_many(items, ttl).await;
+    }
     /// The backend's name for logs and metrics (`inmemory`, `memcached`, `none`).
     fn backend(&self) -> &'static str;
 }

@@ -14,6 +14,7 @@
 //! | `norn_cache_items_missed_total` | requests − hits |
 //! | `norn_cache_items_stored_total` | `thanos_cache_operations_total{operation="set"}` |
 //! | `norn_cache_items_skipped_total{reason="too-large"}` | `thanos_cache_operation_skipped_total{reason="too-big"}` |
+//! | `norn_cache_items_skipped_total{reason="no-room"}` | (none: a wide read's values offered only for free room) |
 //! | `norn_cache_evictions_total` | `thanos_store_index_cache_items_evicted_total` |
 //! | `norn_cache_stored_bytes`, `norn_cache_stored_items` | `thanos_store_index_cache_items_size_bytes`, `..._items` |
 //! | `norn_cache_failures_total{operation,reason}` | `thanos_cache_operation_failures_total` (`thanos_memcached_…` in older versions) |
@@ -26,6 +27,8 @@ use prometheus::{
 
 /// Why an item was not stored.
 pub const SKIP_TOO_LARGE: &str = "too-large";
+/// Offered to [`crate::Cache::set_many_if_room`] when the cache had no room to spare.
+pub const SKIP_NO_ROOM: &str = "no-room";
 
 /// Why a memcached operation failed.
 pub const FAIL_TIMEOUT: &str = "timeout";
@@ -44,6 +47,8 @@ pub struct CacheMetrics {
     pub items_missed: IntCounter,
     pub items_stored: IntCounter,
     pub items_skipped_too_large: IntCounter,
+    /// In-memory only: offered only for free room, and the cache had none.
+    pub items_skipped_no_room: IntCounter,
     /// In-memory only: items dropped to stay within the byte bound.
     pub evictions: IntCounter,
     /// In-memory only.
@@ -144,6 +149,7 @@ impl CacheMetrics {
             items_missed,
             items_stored,
             items_skipped_too_large: skipped.with_label_values(&[SKIP_TOO_LARGE]),
+            items_skipped_no_room: skipped.with_label_values(&[SKIP_NO_ROOM]),
             evictions,
             stored_bytes,
             stored_items,
