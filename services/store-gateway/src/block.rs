@@ -269,19 +269,27 @@ impl LoadedBlock {
         // shard by label hash, once their labels are read and before any chunk is fetched.
         let (matchers, shard) =
             ShardSelector::split(matchers).map_err(|e| Error::BadRequest(e.to_string()))?;
-        let table = hdr.table();
-        let plan = PostingsPlan::new(&matchers, |n| table.values(n), table.all_postings);
-        if plan.is_empty() {
-            return Ok(Vec::new());
-        }
-        let lists = self.fetcher.postings(hdr, &plan.offsets(), ctx).await?;
-        let refs = plan
-            .resolve(|o| lists.get(&o).map(Vec::as_slice))
-            .map_err(|m| Error::Corrupt {
-                what: format!("{}/{}/index", self.tenant, self.id),
-                msg: m,
-            })?;
-        drop(lists);
+        let key = self.fetcher.expanded_key(&matchers);
+        let refs = match self.fetcher.expanded_postings(&key).await {
+            Some(refs) => refs,
+            None => {
+                let table = hdr.table();
+                let plan = PostingsPlan::new(&matchers, |n| table.values(n), table.all_postings);
+                if plan.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let lists = self.fetcher.postings(hdr, &plan.offsets(), ctx).await?;
+                let refs = plan
+                    .resolve(|o| lists.get(&o).map(Vec::as_slice))
+                    .map_err(|m| Error::Corrupt {
+                        what: format!("{}/{}/index", self.tenant, self.id),
+                        msg: m,
+                    })?;
+                drop(lists);
+                self.fetcher.store_expanded_postings(key, &refs).await;
+                refs
+            }
+        };
         let mut entries = self.fetcher.series(hdr, &refs, ctx).await?;
         if let Some(shard) = shard {
             entries.retain(|e| shard.contains(&e.labels));

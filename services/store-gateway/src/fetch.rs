@@ -91,10 +91,10 @@ pub struct Caches {
 /// Ranged access to one block of one tenant.
 pub struct BlockFetcher {
     bucket: Bucket,
-    tenant: String,
-    id: String,
+    pub(crate) tenant: String,
+    pub(crate) id: String,
     index_key: String,
-    caches: Caches,
+    pub(crate) caches: Caches,
     metrics: StoreGatewayMetrics,
     /// `(key, size)` of each chunk segment, listed on first use.
     segments: OnceCell<Vec<(String, u64)>>,
@@ -186,7 +186,7 @@ impl BlockFetcher {
     }
 
     /// Stores `items` in `cache`; those of a wide read only into spare room.
-    async fn store(cache: &Arc<dyn Cache>, items: Vec<(String, Bytes)>, wide: bool) {
+    pub(crate) async fn store(cache: &Arc<dyn Cache>, items: Vec<(String, Bytes)>, wide: bool) {
         if items.is_empty() {
             return;
         }
@@ -197,7 +197,7 @@ impl BlockFetcher {
         }
     }
 
-    async fn cached(&self, cache: &str, keys: &[String]) -> HashMap<String, Bytes> {
+    pub(crate) async fn cached(&self, cache: &str, keys: &[String]) -> HashMap<String, Bytes> {
         let c = if cache == "index" {
             &self.caches.index
         } else {

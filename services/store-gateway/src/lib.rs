@@ -14,6 +14,7 @@
 
 pub mod block;
 pub mod error;
+pub mod expanded;
 pub mod fetch;
 pub mod grpc;
 pub mod header;

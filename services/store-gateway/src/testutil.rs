@@ -100,3 +100,13 @@ impl norn_cache::Cache for MapCache {
         "test"
     }
 }
+
+/// A fetcher of block `id` of `tenant` over an empty in-memory bucket, without caches.
+pub fn fetcher(tenant: &str, id: &str) -> crate::fetch::BlockFetcher {
+    let caches = crate::fetch::Caches {
+        index: std::sync::Arc::new(norn_cache::NoCache),
+        chunks: std::sync::Arc::new(norn_cache::NoCache),
+    };
+    let metrics = crate::metrics::StoreGatewayMetrics::new(&prometheus::Registry::new()).unwrap();
+    crate::fetch::BlockFetcher::new(Bucket::in_memory(), tenant, id, caches, metrics)
+}
