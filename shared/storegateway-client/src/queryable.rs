@@ -18,6 +18,7 @@ use norn_model::{
     StorageError, TenantId, now_ms,
 };
 use norn_proto::convert::matchers_to_proto;
+use norn_proto::ingester::v1 as ipb;
 use norn_proto::status::error_kind;
 use norn_proto::storegateway::v1 as pb;
 use norn_ring::{BlocksOp, BlocksSharding};
@@ -39,6 +40,11 @@ const MAX_IDS_IN_ERROR: usize = 10;
 /// core: the whole warm cost of a one-series query was a few such trips.
 pub const INLINE_MAX_CHUNKS: usize = 32;
 
+/// How many chunks that only need their headers copied (not decoded) weigh as one decoded
+/// chunk (or one series' labels converted) in [`decode_work`]: a copy is tens of
+/// nanoseconds, a decode a microsecond or two.
+const UNDECODED_CHUNKS_PER_DECODED: usize = 16;
+
 /// Runs `f`, which works through `chunks` chunks: here when they are few, else on the blocking
 /// pool (so a large answer never holds a reactor thread).
 async fn decode_work<T, F>(chunks: usize, f: F) -> Result<T, tokio::task::JoinError>
@@ -50,6 +56,25 @@ where
         Ok(f())
     } else {
         tokio::task::spawn_blocking(f).await
+    }
+}
+
+/// What merging the store-gateways' answers costs, in decoded chunks (for [`decode_work`]).
+/// One answer whose series each hold disjoint chunks (one copy of every sample: compacted
+/// blocks, or one replica's) needs no decoding, only its labels converted and a copy of each
+/// chunk's header: a series and a fraction of its chunks. Anything else may decode every chunk.
+fn merge_work(lists: &[Vec<ipb::StreamSeries>]) -> usize {
+    let chunks: usize = lists.iter().flatten().map(|s| s.chunks.len()).sum();
+    let one_copy = lists.len() <= 1
+        && lists.iter().flatten().all(|s| {
+            s.chunks
+                .windows(2)
+                .all(|w| w[0].max_time_ms < w[1].min_time_ms)
+        });
+    if one_copy {
+        lists.iter().map(Vec::len).sum::<usize>() + chunks / UNDECODED_CHUNKS_PER_DECODED
+    } else {
+        chunks
     }
 }
 
@@ -406,11 +431,11 @@ impl StoreQueryable {
                 }
             })
             .await?;
-        let all: Vec<_> = lists.into_iter().flatten().collect();
         // Merging replicas' overlapping chunks decodes them: CPU work, off the reactor unless
         // it is small.
-        let chunks = all.iter().map(|s| s.chunks.len()).sum();
-        decode_work(chunks, move || to_chunk_series(all))
+        let work = merge_work(&lists);
+        let all: Vec<_> = lists.into_iter().flatten().collect();
+        decode_work(work, move || to_chunk_series(all))
             .await
             .map_err(|e| StorageError::Internal(format!("merging store-gateway series: {e}")))?
             .map_err(|e| StorageError::Internal(format!("store-gateway series: {e}")))
@@ -572,6 +597,34 @@ mod tests {
         assert_eq!(none, here);
         let large = decode_work(INLINE_MAX_CHUNKS + 1, thread).await.unwrap();
         assert_ne!(large, here);
+    }
+
+    /// One answer of disjoint chunks weighs its series and a sixteenth of its chunks (no
+    /// decoding); overlapping chunks or several answers weigh every chunk.
+    #[test]
+    fn merge_work_counts_decoding_only_where_chunks_overlap() {
+        let series = |spans: &[(i64, i64)]| ipb::StreamSeries {
+            labels: Vec::new(),
+            chunks: spans
+                .iter()
+                .map(|&(min_time_ms, max_time_ms)| ipb::Chunk {
+                    min_time_ms,
+                    max_time_ms,
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        let disjoint: Vec<(i64, i64)> = (0..48).map(|i| (i * 10, i * 10 + 9)).collect();
+        assert_eq!(merge_work(&[vec![series(&disjoint)]]), 1 + 3);
+        assert!(merge_work(&[vec![series(&disjoint)]]) <= INLINE_MAX_CHUNKS);
+        let mut overlapping = disjoint.clone();
+        overlapping[5].1 = overlapping[6].0;
+        assert_eq!(merge_work(&[vec![series(&overlapping)]]), 48);
+        assert_eq!(
+            merge_work(&[vec![series(&disjoint)], vec![series(&disjoint)]]),
+            96
+        );
+        assert_eq!(merge_work(&[]), 0);
     }
 
     /// With every blocking thread taken (by a large query's decoding, say), a small answer is
