@@ -244,7 +244,8 @@ impl Engine {
     /// Runs one query: the text check here; parsing, planning and evaluation on a query
     /// thread (see [`crate::guard`]); fetching here, between the two, since storage is async.
     /// A shallow query found in the parse cache is planned here too, and only evaluated on
-    /// a thread. Dropping the returned future cancels the evaluation.
+    /// a thread, or here when it is small ([`evaluates_in_place`]). Dropping the returned
+    /// future cancels the evaluation.
     async fn run(
         &self,
         q: &dyn Queryable,
@@ -281,6 +282,11 @@ impl Engine {
         {
             let (expr, plan) = planned?;
             let fetched = fetch_plan(q, &plan, memory, deadline).await?;
+            if evaluates_in_place(query, depth, span, &fetched) {
+                let _keep_alive = keep_alive;
+                let (data, held) = fetched;
+                return evaluate(&expr, &data, query, &opts, stop.clone(), held, span, memory);
+            }
             let (result_tx, result_rx) = tokio::sync::oneshot::channel::<Result<QueryResult>>();
             let text = query.to_string();
             let thread_stop = stop.clone();
@@ -335,7 +341,50 @@ impl Engine {
     }
 }
 
-/// Evaluates a parsed query over the fetched series; runs on the query thread. `held` is the
+/// Most samples, and most series × steps, a query may hold to be evaluated on the calling
+/// task instead of a query thread (see [`evaluates_in_place`]).
+const IN_PLACE_MAX_SAMPLES: usize = 4096;
+const IN_PLACE_MAX_SERIES_STEPS: usize = 16_384;
+/// Deepest nesting evaluated in place: the evaluator recurses once a level, on the caller's
+/// stack then.
+const IN_PLACE_MAX_DEPTH: usize = 6;
+
+/// Whether a caller-planned query is small enough to evaluate on the calling task: a few
+/// thousand samples and series × steps, no subquery (whose inner steps the fetched data does
+/// not bound) and shallow nesting. That is tens of microseconds, less than the two cross-thread
+/// wake-ups of handing it to a query thread and back, which on a busy machine each wait for a
+/// core. The text check for a subquery is conservative: any `:` between `[` and `]` (a label
+/// value's too) keeps the query on a thread.
+fn evaluates_in_place(query: &str, depth: usize, span: Span, fetched: &(Fetched, usize)) -> bool {
+    let (data, held) = fetched;
+    if *held > IN_PLACE_MAX_SAMPLES || depth > IN_PLACE_MAX_DEPTH {
+        return false;
+    }
+    let steps = if span.range && span.step > 0 {
+        usize::try_from((span.end - span.start) / span.step)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1)
+    } else {
+        1
+    };
+    let series: usize = data.values().map(Vec::len).sum();
+    if series.saturating_add(1).saturating_mul(steps) > IN_PLACE_MAX_SERIES_STEPS {
+        return false;
+    }
+    let mut in_brackets = false;
+    for c in query.bytes() {
+        match c {
+            b'[' => in_brackets = true,
+            b']' => in_brackets = false,
+            b':' if in_brackets => return false,
+            _ => {}
+        }
+    }
+    true
+}
+
+/// Evaluates a parsed query over the fetched series; runs on the query thread (or the
+/// caller's task, for a small query: [`evaluates_in_place`]). `held` is the
 /// number of samples fetched, the start of the query's sample count; `memory` is the query's
 /// memory limit, which the fetched series' labels count against too.
 #[allow(clippy::too_many_arguments)]

@@ -509,3 +509,60 @@ fn dropping_a_query_planned_by_the_caller_stops_its_evaluation() {
     wait_for_threads(&e, 0);
     dropping_stops_the_evaluation(&e, &s, &runaway);
 }
+
+/// A caller-planned query is evaluated on the calling task only when it is small: few
+/// samples, few series × steps, shallow, and no subquery (nor anything that looks like one).
+#[test]
+fn only_small_queries_are_evaluated_in_place() {
+    use super::{Span, evaluates_in_place};
+    use crate::eval::Fetched;
+    use crate::value::FetchedSeries;
+
+    let fetched = |series: usize, held: usize| -> (Fetched, usize) {
+        let one = || {
+            FetchedSeries::from(Series {
+                labels: Labels::from_pairs([("a", "b")]),
+                samples: Vec::new(),
+            })
+        };
+        (
+            Fetched::from([(0, (0..series).map(|_| one()).collect())]),
+            held,
+        )
+    };
+    let instant = Span {
+        start: 0,
+        end: 0,
+        step: 0,
+        range: false,
+    };
+    let range = |steps: i64| Span {
+        start: 0,
+        end: (steps - 1) * M,
+        step: M,
+        range: true,
+    };
+    let q = "sum(rate(up[5m]))";
+    assert!(evaluates_in_place(q, 2, instant, &fetched(10, 4096)));
+    assert!(!evaluates_in_place(q, 2, instant, &fetched(10, 4097)));
+    assert!(!evaluates_in_place(q, 7, instant, &fetched(1, 1)));
+    // (series + 1) × steps: 16 × 1,024 fits, 16 × 1,025 does not.
+    assert!(evaluates_in_place(q, 2, range(1024), &fetched(15, 100)));
+    assert!(!evaluates_in_place(q, 2, range(1025), &fetched(15, 100)));
+    for sub in [
+        "max_over_time(up[1h:1m])",
+        "rate(up[5m:])",
+        "up{a=\"[x:y]\"}",
+    ] {
+        assert!(
+            !evaluates_in_place(sub, 2, instant, &fetched(1, 1)),
+            "{sub}"
+        );
+    }
+    assert!(evaluates_in_place(
+        "up{a=\"x:y\"}[5m]",
+        1,
+        instant,
+        &fetched(1, 1)
+    ));
+}
