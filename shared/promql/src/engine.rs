@@ -285,7 +285,11 @@ impl Engine {
             if evaluates_in_place(query, depth, span, &fetched) {
                 let _keep_alive = keep_alive;
                 let (data, held) = fetched;
-                return evaluate(&expr, &data, query, &opts, stop.clone(), held, span, memory);
+                // A panic ends the query as it would end its thread, not the caller's task.
+                return std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    evaluate(&expr, &data, query, &opts, stop.clone(), held, span, memory)
+                }))
+                .map_err(|_| ended())?;
             }
             let (result_tx, result_rx) = tokio::sync::oneshot::channel::<Result<QueryResult>>();
             let text = query.to_string();
