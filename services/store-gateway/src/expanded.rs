@@ -50,7 +50,7 @@ impl BlockFetcher {
     /// Caches `refs` under `key`; a list of more than a wide read's series only into spare
     /// room, like the series entries it leads to.
     pub async fn store_expanded_postings(&self, key: String, refs: &[u32]) {
-        let wide = refs.len() > crate::fetch::WIDE_READ_SERIES;
+        let wide = crate::fetch::is_wide_read(refs.len());
         Self::store(&self.caches.index, vec![(key, encode(refs))], wide).await;
     }
 }

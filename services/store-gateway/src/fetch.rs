@@ -51,6 +51,11 @@ const CHUNK_ESTIMATE: u64 = 2 << 10;
 /// otherwise evict, round after round, the values of every narrow query, each of which costs
 /// a GET of its own when missed.
 pub const WIDE_READ_SERIES: usize = 64;
+
+/// Whether a read of `series` series of one block is a wide read ([`WIDE_READ_SERIES`]).
+pub fn is_wide_read(series: usize) -> bool {
+    series > WIDE_READ_SERIES
+}
 /// GETs of one fetch in flight at once.
 const GET_CONCURRENCY: usize = 8;
 /// How long cached values live (the caches bound themselves by size; the data never
@@ -349,7 +354,7 @@ impl BlockFetcher {
             return Err(self.corrupt("index", "series entries missing after the read".into()));
         }
         FetchStats::add(&ctx.stats.series, out.len() as u64);
-        Self::store(&self.caches.index, store, refs.len() > WIDE_READ_SERIES).await;
+        Self::store(&self.caches.index, store, is_wide_read(refs.len())).await;
         Ok(out)
     }
 
@@ -408,7 +413,7 @@ impl BlockFetcher {
                 }
             }
         }
-        let wide = runs.len() > WIDE_READ_SERIES;
+        let wide = is_wide_read(runs.len());
         let scattered = self.chunk_runs(&split, wide, ctx, &mut out).await?;
         if !scattered.is_empty() {
             let singles: Vec<&[u64]> = scattered.iter().flat_map(|r| r.chunks(1)).collect();
