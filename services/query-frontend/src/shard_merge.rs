@@ -15,7 +15,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use norn_server::prom_json::{format_value, write_annotations, write_str, write_timestamp};
+use norn_server::prom_json::{
+    format_value, write_annotations, write_str, write_timestamp, write_value,
+};
 use serde::Deserialize;
 
 use crate::response::{LabelPairs, Matrix, PointValue, SeriesData, parse_success};
@@ -122,12 +124,17 @@ pub fn steps_of_vector(v: Vector, into: &mut Steps) -> Result<(), String> {
 /// Steps as a matrix: series ordered by labels, points by time.
 pub fn matrix_of_steps(steps: Steps) -> Matrix {
     let mut series: BTreeMap<LabelPairs, Vec<(i64, PointValue)>> = BTreeMap::new();
+    // One text buffer for every value: a point's value is held inline (`PointValue`), so
+    // a `String` per point would be an allocation per point only to be copied and freed.
+    let mut text = String::with_capacity(32);
     for (t, samples) in steps {
         for (labels, v) in samples {
+            text.clear();
+            write_value(&mut text, v);
             series
                 .entry(labels)
                 .or_default()
-                .push((t, format_value(v).into()));
+                .push((t, PointValue::from(text.as_str())));
         }
     }
     Matrix {
