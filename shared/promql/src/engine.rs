@@ -451,13 +451,13 @@ fn evaluate_within(
         range_mode: range,
         annotations: Default::default(),
         invalid_utf8: invalid_utf8_literals(query),
-        subquery_cache: HashMap::new(),
-        window_cursors: HashMap::new(),
+        subquery_cache: Default::default(),
+        window_cursors: Default::default(),
         points_pool: Vec::new(),
-        sliding: HashMap::new(),
-        selector_cursors: HashMap::new(),
-        selector_walks: HashMap::new(),
-        group_caches: HashMap::new(),
+        sliding: Default::default(),
+        selectors: Default::default(),
+        spare_vector: None,
+        group_caches: Default::default(),
     };
     if range && step > 0 {
         crate::sliding::plan_sliding(expr, &mut ev.sliding);
@@ -576,6 +576,7 @@ fn evaluate_within(
             for (&i, s) in slots.iter().zip(&vec) {
                 series[i].1.push(ModelSample::new(t, s.v));
             }
+            ev.give_back_vector(vec);
             t = match t.checked_add(step) {
                 Some(n) => n,
                 None => break,

@@ -15,8 +15,37 @@ use crate::guard::{CHECK_EVERY, Stop};
 use crate::sliding::{Fusion, SlidingRangeFn, StepGroups, StepValues, Steps};
 use crate::value::{FetchedSeries, MatrixVal, Metric, RSeries, Sample, Val, final_labels};
 
-/// Fetched series per selector node, keyed by the node's address in the (pinned) AST.
-pub(crate) type Fetched = HashMap<usize, Vec<FetchedSeries>>;
+/// A map keyed by an expression node's address in the (pinned) AST ([`node_key`]). Range
+/// queries look nodes up at every step, several times: hashed with SipHash that was a sixth
+/// of a one-series range query's instructions. The keys are addresses the engine's own
+/// allocations chose, not anything a client controls, so a multiplicative hash is enough.
+pub(crate) type NodeMap<V> = rustc_hash::FxHashMap<usize, V>;
+
+/// Fetched series per selector node.
+pub(crate) type Fetched = NodeMap<Vec<FetchedSeries>>;
+
+/// Where an instant-vector selector node's walk stands between steps (see
+/// [`Evaluator::eval_vector_selector`]).
+pub(crate) struct SelectorState<'a> {
+    /// The reference time of the previous evaluation.
+    prev_ref: i64,
+    /// Per fetched series (as samples), the index of the first sample after `prev_ref`.
+    /// Range queries move forward by one step, which is a few samples, cheaper to walk than
+    /// to binary-search.
+    cursors: Vec<usize>,
+    /// Per fetched series, its walk when fetched as chunks (a range query's step selectors).
+    walks: Vec<Option<LatestWalk<'a>>>,
+}
+
+impl Default for SelectorState<'_> {
+    fn default() -> Self {
+        Self {
+            prev_ref: i64::MAX,
+            cursors: Vec::new(),
+            walks: Vec::new(),
+        }
+    }
+}
 
 /// Annotations collected while evaluating, rendered at the end.
 #[derive(Debug, Default)]
@@ -56,27 +85,25 @@ pub(crate) struct Evaluator<'a> {
     /// Inner results of each subquery node by timestamp. The value of the inner expression
     /// at an absolute time does not depend on the outer step, so consecutive outer steps
     /// (whose windows overlap) reuse them instead of re-evaluating.
-    pub subquery_cache: HashMap<usize, BTreeMap<i64, Val>>,
+    pub subquery_cache: NodeMap<BTreeMap<i64, Val>>,
     /// Per matrix selector node: the window start of the previous step and, per fetched
     /// series, the index of the first sample after it. Range queries move every window
     /// forward by one step, so the next start is found by stepping from there instead of a
     /// binary search over each series' whole sample array (which misses the cache).
-    pub window_cursors: HashMap<usize, (i64, Vec<usize>)>,
+    pub window_cursors: NodeMap<(i64, Vec<usize>)>,
     /// Emptied point buffers of range vectors already consumed, reused by the next window
     /// instead of an allocation per series per step.
     pub points_pool: Vec<Vec<(i64, f64)>>,
     /// Range-function calls of a range query evaluated across all steps at once, by call
     /// node address (see [`crate::sliding::plan_sliding`]).
-    pub sliding: HashMap<usize, SlidingRangeFn<'a>>,
-    /// Per instant-vector selector node: the reference time of the previous evaluation and,
-    /// per fetched series, the index of the first sample after it. Range queries move
-    /// forward by one step, which is a few samples, cheaper to walk than to binary-search.
-    pub selector_cursors: HashMap<usize, (i64, Vec<usize>)>,
-    /// Per instant-vector selector node fetched as chunks: a walk per series (`None` for a
-    /// series fetched as samples).
-    pub selector_walks: HashMap<usize, Vec<Option<LatestWalk<'a>>>>,
+    pub sliding: NodeMap<SlidingRangeFn<'a>>,
+    /// Per instant-vector selector node, where its series stand between steps.
+    pub selectors: NodeMap<SelectorState<'a>>,
+    /// A step's vector the range loop has consumed, emptied, for the next step's selector
+    /// (see [`Self::give_back_vector`]).
+    pub spare_vector: Option<Vec<Sample>>,
     /// Per aggregation node, its input series' groups (see [`GroupCache`]).
-    pub group_caches: HashMap<usize, GroupCache>,
+    pub group_caches: NodeMap<GroupCache>,
 }
 
 impl<'a> Evaluator<'a> {
@@ -236,29 +263,26 @@ impl<'a> Evaluator<'a> {
             .saturating_sub(offset_ms(&vs.offset));
         let data: &'a Fetched = self.data;
         let fetched: &'a [FetchedSeries] = data.get(&node_key(vs)).map_or(&[], Vec::as_slice);
-        let (prev_ref, mut cursors) = self
-            .selector_cursors
-            .remove(&node_key(vs))
-            .unwrap_or((i64::MAX, Vec::new()));
-        let forward = ref_t >= prev_ref && cursors.len() == fetched.len();
+        let mut out = self.spare_vector.take().unwrap_or_default();
+        out.reserve(fetched.len());
+        let lookback = self.lookback;
+        // Looked up once and updated in place: this runs at every step of a range query.
+        let state = self.selectors.entry(node_key(vs)).or_default();
+        let forward = ref_t >= state.prev_ref && state.cursors.len() == fetched.len();
         if !forward {
-            cursors.clear();
-            cursors.resize(fetched.len(), 0);
+            state.cursors.clear();
+            state.cursors.resize(fetched.len(), 0);
         }
-        // Series fetched as chunks (a range query's step selectors) are read by a walk each.
-        let mut walks = self
-            .selector_walks
-            .remove(&node_key(vs))
-            .unwrap_or_default();
-        if walks.len() != fetched.len() {
-            walks = fetched
+        state.prev_ref = ref_t;
+        if state.walks.len() != fetched.len() {
+            state.walks = fetched
                 .iter()
                 .map(|s| (!s.chunks.is_empty()).then(|| LatestWalk::new(&s.chunks)))
                 .collect();
         }
-        let mut out = Vec::with_capacity(fetched.len());
         let mut failed = None;
-        for ((s, cursor), walk) in fetched.iter().zip(cursors.iter_mut()).zip(&mut walks) {
+        let SelectorState { cursors, walks, .. } = state;
+        for ((s, cursor), walk) in fetched.iter().zip(cursors.iter_mut()).zip(walks.iter_mut()) {
             let last = match walk {
                 Some(w) => match w.latest_at(ref_t) {
                     Ok(Some(last)) => last,
@@ -284,7 +308,7 @@ impl<'a> Evaluator<'a> {
                     s.samples[hi - 1]
                 }
             };
-            if last.t <= ref_t.saturating_sub(self.lookback) || is_stale_nan(last.v) {
+            if last.t <= ref_t.saturating_sub(lookback) || is_stale_nan(last.v) {
                 continue;
             }
             let v = if keep_ts {
@@ -298,8 +322,6 @@ impl<'a> Evaluator<'a> {
                 drop_name: false,
             });
         }
-        self.selector_cursors.insert(node_key(vs), (ref_t, cursors));
-        self.selector_walks.insert(node_key(vs), walks);
         match failed {
             Some(e) => Err(e),
             None => Ok(out),
@@ -389,6 +411,13 @@ impl<'a> Evaluator<'a> {
             range_start: start,
             range_end: ref_t,
         })
+    }
+
+    /// Hands a consumed step's vector back, so the next step's selector fills it instead of
+    /// allocating one: a range query over a few series otherwise allocates once per step.
+    pub fn give_back_vector(&mut self, mut v: Vec<Sample>) {
+        v.clear();
+        self.spare_vector = Some(v);
     }
 
     /// Hands the point buffers of a consumed range vector back for reuse.

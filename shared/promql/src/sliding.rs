@@ -11,7 +11,7 @@
 //! This module holds the state and the walk; it knows nothing of the evaluator, which hands
 //! it the fetched series and takes the results (see `Evaluator::sliding_value`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use norn_model::{Sample as ModelSample, is_stale_nan};
@@ -110,7 +110,7 @@ struct Cursor {
 /// Finds the calls of a range query that can be evaluated across all steps at once: a range
 /// function directly over a matrix selector, not inside a subquery (whose inner expression
 /// is evaluated at the subquery's own timestamps, not at the query's steps).
-pub(crate) fn plan_sliding(e: &Expr, out: &mut HashMap<usize, SlidingRangeFn<'_>>) {
+pub(crate) fn plan_sliding(e: &Expr, out: &mut crate::eval::NodeMap<SlidingRangeFn<'_>>) {
     visit_sliding(e, &mut |c, f| {
         out.insert(call_key(c), SlidingRangeFn::new(f));
     });

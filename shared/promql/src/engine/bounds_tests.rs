@@ -526,7 +526,7 @@ fn only_small_queries_are_evaluated_in_place() {
             })
         };
         (
-            Fetched::from([(0, (0..series).map(|_| one()).collect())]),
+            Fetched::from_iter([(0, (0..series).map(|_| one()).collect())]),
             held,
         )
     };

@@ -28,7 +28,7 @@ pub(super) async fn fetch_plan(
     deadline: Instant,
 ) -> Result<(Fetched, usize)> {
     let fetch = async {
-        let mut data: Fetched = HashMap::with_capacity(plan.len());
+        let mut data = Fetched::with_capacity_and_hasher(plan.len(), Default::default());
         let budget = SampleBudget::new(memory.sample_cap());
         // Chunks are held encoded (a regular scrape takes 1-2 bytes a sample, not 16): they
         // count by their bytes once fetched, and may hold 8 times the samples the query may
