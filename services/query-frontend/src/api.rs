@@ -87,7 +87,7 @@ impl Frontend {
 
     /// Refuses a query that does not parse, with Prometheus' message and position.
     async fn validate(&self, query: &str) -> Result<(), HttpError> {
-        match self.engine.format_query(query).await {
+        match self.engine.check_query(query).await {
             Ok(_) => Ok(()),
             Err(PromqlError::Parse(msg)) => {
                 let q = query.to_string();

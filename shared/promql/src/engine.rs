@@ -18,7 +18,7 @@ use crate::threads::QueryThreads;
 use crate::value::{
     Metric, QueryResult, QueryStats, SCHEMA_LABELS, Sample, Val, Value, VectorSample, final_labels,
 };
-use plan::{fetch_plan, parse_and_plan, plan_if_cached_and_shallow};
+use plan::{fetch_plan, parse_and_plan, parse_cached, parsed_recently, plan_if_cached_and_shallow};
 
 /// Engine limits and defaults.
 #[derive(Debug, Clone)]
@@ -130,6 +130,12 @@ impl Engine {
         self.threads.busy()
     }
 
+    /// Query threads this engine has started, idle ones included.
+    #[cfg(test)]
+    pub(crate) fn query_threads_started(&self) -> u64 {
+        self.threads.started()
+    }
+
     pub fn options(&self) -> &EngineOptions {
         &self.opts
     }
@@ -219,6 +225,29 @@ impl Engine {
         })?;
         rx.await
             .map_err(|_| PromqlError::Internal("the query thread ended without an answer".into()))
+    }
+
+    /// Checks that `query` parses, under the same text limits as a query. A text in the parse
+    /// cache is answered here, with no thread hand-off: a query-frontend checks every query
+    /// before queueing it, and a dashboard sends the same texts at every refresh. Any other
+    /// text is parsed on a query thread and cached, so the querier's own parse of it (in the
+    /// same process) is a hit.
+    pub async fn check_query(&self, query: &str) -> Result<()> {
+        crate::guard::check_query_text(
+            query,
+            self.opts.max_query_bytes,
+            self.opts.max_query_depth,
+        )?;
+        if parsed_recently(query) {
+            return Ok(());
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let query = query.to_string();
+        self.threads.run(move || {
+            let _ = tx.send(parse_cached(&query).map(drop));
+        })?;
+        rx.await
+            .map_err(|_| PromqlError::Internal("the query thread ended without an answer".into()))?
     }
 
     /// Parses `query` and renders it in Prometheus' canonical layout (`format_query`), under

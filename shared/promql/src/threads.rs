@@ -92,6 +92,12 @@ impl QueryThreads {
         self.busy.load(Ordering::Relaxed)
     }
 
+    /// Query threads started so far (each runs jobs until it idles out).
+    #[cfg(test)]
+    pub(crate) fn started(&self) -> u64 {
+        self.pool.next_id.load(Ordering::Relaxed)
+    }
+
     /// Runs `f` on an idle query thread, or on a new one if none is idle. `f` counts in
     /// [`Self::busy`] from now until it returns (or panics, which ends its thread).
     pub fn run<F>(&self, f: F) -> Result<()>

@@ -65,8 +65,39 @@ fn the_reported_deep_queries_are_refused_before_parsing() {
         assert!(matches!(err, PromqlError::TooComplex(_)), "{err}");
         let err = run(e.format_query(q)).unwrap_err();
         assert!(matches!(err, PromqlError::TooComplex(_)), "{err}");
+        let err = run(e.check_query(q)).unwrap_err();
+        assert!(matches!(err, PromqlError::TooComplex(_)), "{err}");
     }
     assert_eq!(e.query_threads(), 0, "refused before a thread was started");
+}
+
+/// A query-frontend checks every query before queueing it: a text it (or a querier in the
+/// same process) parsed recently is answered without a query thread; anything else is parsed
+/// on one, with the parser's own message for a bad text.
+#[test]
+fn check_query_parses_once_and_then_answers_from_the_cache() {
+    let text = "rate(check_query_cache_test{job=~\"a.+\"}[5m])";
+    let first = Engine::default();
+    run(first.check_query(text)).expect("parses");
+    assert_eq!(first.query_threads_started(), 1, "parsed on a query thread");
+    let second = Engine::default();
+    run(second.check_query(text)).expect("still parses");
+    assert_eq!(
+        second.query_threads_started(),
+        0,
+        "answered from the parse cache"
+    );
+
+    let bad = "sum(rate(check_query_cache_test[5m])";
+    let err = run(second.check_query(bad)).unwrap_err();
+    let formatted = run(second.format_query(bad)).unwrap_err();
+    assert!(matches!(err, PromqlError::Parse(_)), "{err}");
+    assert_eq!(err.to_string(), formatted.to_string());
+    let err = run(second.check_query(bad)).unwrap_err();
+    assert!(
+        matches!(err, PromqlError::Parse(_)),
+        "errors are not cached: {err}"
+    );
 }
 
 /// Queries exactly at a depth limit: the chain, parentheses, unary minus, function calls and

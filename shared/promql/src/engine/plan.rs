@@ -81,7 +81,15 @@ pub(super) fn plan_if_cached_and_shallow(
     Some(plan_expr(Box::new(expr), span, lookback))
 }
 
-/// Parses `query` and works out what to fetch; runs on the query thread.
+/// Whether `query` is in the parse cache: it parsed, recently.
+pub(super) fn parsed_recently(query: &str) -> bool {
+    query.len() <= PARSED_MAX_QUERY_LEN
+        && PARSED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(query)
+}
+
 /// Queries parsed recently, by text. Dashboards send the same texts at every refresh, and
 /// parsing compiles each regex matcher (tens of microseconds each, more than a small query's
 /// evaluation). Bounded in entries (cleared when full) and in query length.
@@ -91,7 +99,7 @@ const PARSED_MAX_ENTRIES: usize = 512;
 const PARSED_MAX_QUERY_LEN: usize = 8192;
 
 /// Parses `query`, from [`PARSED`] when it was parsed recently. Errors are not cached.
-fn parse_cached(query: &str) -> Result<Expr> {
+pub(super) fn parse_cached(query: &str) -> Result<Expr> {
     let cache = || PARSED.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(expr) = cache().get(query) {
         return Ok(expr.clone());
