@@ -217,3 +217,45 @@ pub fn spawn_local(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(body: Vec<u8>) -> pb::HttpResponse {
+        pb::HttpResponse {
+            status: 200,
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
+    fn answered(m: pb::ClientToFrontend) -> pb::HttpResponse {
+        match m.msg {
+            Some(pb::client_to_frontend::Msg::Response(r)) => r,
+            other => panic!("not a response: {other:?}"),
+        }
+    }
+
+    /// An answer the gRPC stream could not carry (a 1M-series `rate` over an hour is ~200 MB
+    /// of JSON) reaches the frontend as a 413 naming the bound, not as a broken stream that
+    /// would re-queue the request to be evaluated again.
+    #[test]
+    fn an_answer_over_the_message_bound_becomes_a_413_naming_it() {
+        let small = answered(sendable(response(b"{\"status\":\"success\"}".to_vec())));
+        assert_eq!(small.status, 200);
+        assert_eq!(&small.body[..], b"{\"status\":\"success\"}");
+
+        let huge = answered(sendable(response(vec![b' '; MAX_MESSAGE_SIZE])));
+        assert_eq!(huge.status, 413);
+        let body: serde_json::Value = serde_json::from_slice(&huge.body).expect("JSON");
+        assert_eq!(body["status"], "error");
+        assert_eq!(body["errorType"], "execution");
+        let msg = body["error"].as_str().expect("message");
+        assert!(
+            msg.contains("larger than the max message size")
+                && msg.contains(&MAX_MESSAGE_SIZE.to_string()),
+            "{msg}"
+        );
+    }
+}
