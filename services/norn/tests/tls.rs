@@ -633,7 +633,16 @@ fn microservices_with_grpc_mtls_and_a_gossip_key() {
             .matches("<td>alive</td>")
             .count()
     };
-    let members_before = rows(&distributor);
+    // The querier and the frontend joined last: on a loaded machine the distributor may not
+    // have heard of them yet when the query above answered.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let members_before = loop {
+        let n = rows(&distributor);
+        if n == 4 || Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(
         members_before,
         4,
