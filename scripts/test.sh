@@ -2,9 +2,10 @@
 # Runs Norn's whole test suite on a fresh machine: installs the real peers the end-to-end
 # tests use (Debian's prometheus, prometheus-alertmanager and memcached), then formatting, lints, every test in the
 # workspace, and the docker compose test when a Docker engine is present.
+# The fuzz targets (scripts/fuzz.sh) are built and each run for NORN_FUZZ_SECONDS (default 60)
+# after the tests; every target counts as one test.
 # Usage: ./scripts/test.sh            (CI runs exactly this via .ci/run)
-#        NORN_FUZZ=1 ./scripts/test.sh also builds and runs the fuzz targets (scripts/fuzz.sh,
-#        NORN_FUZZ_SECONDS per target, default 30)
+#        NORN_FUZZ=0 ./scripts/test.sh leaves the fuzz step out (a quicker local run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -86,14 +87,28 @@ if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
 else
     echo "compose test: skipped (no Docker engine)"
 fi
-echo "tests: ${passed} passed, ${failed} failed"
-
-# The fuzz targets (fuzz/, own workspace) only with NORN_FUZZ=1: building them with the address
-# sanitizer took 15.6 minutes (cold) on the 2-core development machine shared with other builds,
-# far over the ~8 minutes a test run may add; running them adds 30 s a target on top.
-if [ "${NORN_FUZZ:-0}" = 1 ]; then
-    echo "== fuzz (${NORN_FUZZ_SECONDS:-30} s per target)"
+# The fuzz targets (fuzz/, own workspace, address sanitizer): about a minute each, as issue 21
+# asks. Their own target dir, since their flags differ from the workspace's. A cold build of the
+# six took 15.6 min on the 2-core development machine beside other builds; the runs add 6 min.
+if [ "${NORN_FUZZ:-1}" != 0 ]; then
+    fuzz_secs="${NORN_FUZZ_SECONDS:-60}"
+    echo "== fuzz (${fuzz_secs} s per target)"
+    set +e
     CARGO_TARGET_DIR="${NORN_FUZZ_TARGET_DIR:-$HOME/.cache/norn-target-fuzz}" \
-        ./scripts/fuzz.sh "${NORN_FUZZ_SECONDS:-30}" || status=1
+        ./scripts/fuzz.sh "$fuzz_secs" 2>&1 | tee "${CARGO_TARGET_DIR}/last-fuzz-run.log"
+    fuzz_status=${PIPESTATUS[0]}
+    set -e
+    # One test per target: its summary line says ok, or what went wrong.
+    fuzz_ok=$(grep -Ec ' exec/s  ok$' "${CARGO_TARGET_DIR}/last-fuzz-run.log" || true)
+    fuzz_bad=$(grep -Ec ' exec/s  (CRASH|interrupted)$' "${CARGO_TARGET_DIR}/last-fuzz-run.log" || true)
+    if [ "$fuzz_status" != 0 ] && [ "$fuzz_bad" = 0 ]; then
+        fuzz_bad=1 # the build or cargo-fuzz's install failed before any target ran
+    fi
+    passed=$((passed + fuzz_ok))
+    failed=$((failed + fuzz_bad))
+    [ "$fuzz_status" = 0 ] || status=1
+else
+    echo "fuzz: skipped (NORN_FUZZ=0)"
 fi
+echo "tests: ${passed} passed, ${failed} failed"
 exit "$status"
