@@ -63,6 +63,20 @@ pub fn write_index<W: Write>(
     symbols: &[impl AsRef<[u8]>],
     series: &[IndexSeries],
 ) -> Result<Toc> {
+    let mut it = series.iter();
+    write_index_with(w, symbols, |out| {
+        Ok(it.next().map(|s| out.clone_from(s)).is_some())
+    })
+}
+
+/// [`write_index`] with the series given one at a time: `next` fills the reused
+/// [`IndexSeries`] and returns false after the last, so the caller needs to hold only its own
+/// compact form of them (the block writer's [`SeriesArena`](super::series_arena::SeriesArena)).
+pub fn write_index_with<W: Write>(
+    w: &mut PosWriter<W>,
+    symbols: &[impl AsRef<[u8]>],
+    mut next: impl FnMut(&mut IndexSeries) -> Result<bool>,
+) -> Result<Toc> {
     let invalid = |m: String| TsdbError::InvalidOption(format!("index writer: {m}"));
     if symbols.first().map(|s| s.as_ref().is_empty()) != Some(true) {
         return Err(invalid(
@@ -90,10 +104,12 @@ pub fn write_index<W: Write>(
 
     // Series, each 16-byte aligned; the TOC records the position before the padding.
     toc.series = w.pos;
-    let mut refs = Vec::with_capacity(series.len());
+    let mut refs = Vec::new();
     // (name, value, series index) of every label pair, for postings and label indices.
     let mut pairs: Vec<(u32, u32, u32)> = Vec::new();
-    for (i, s) in series.iter().enumerate() {
+    let mut s = IndexSeries::default();
+    let mut i = 0usize;
+    while next(&mut s)? {
         w.pad(16)?;
         let r = u32::try_from(w.pos / 16)
             .map_err(|_| invalid("index exceeds 64 GiB of series".into()))?;
@@ -135,6 +151,7 @@ pub fn write_index<W: Write>(
         w.write(&len)?;
         w.write(&buf)?;
         w.write(&crc(&buf).to_be_bytes())?;
+        i += 1;
     }
     pairs.sort_unstable();
 

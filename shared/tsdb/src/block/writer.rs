@@ -1,8 +1,9 @@
 //! Writes a block directory in Prometheus' layout (spec §1–8).
 //!
 //! Chunks stream straight into the segment files as series arrive; only the index-side data
-//! (label pairs as interned symbol ids, chunk refs) is kept in memory, because the index must
-//! start with the symbol table of every string the series use. Everything is written into
+//! (label pairs as interned symbol ids, chunk refs, encoded compactly in a [`SeriesArena`]) is
+//! kept in memory, because the index must start with the symbol table of every string the
+//! series use. Everything is written into
 //! `<ULID>.tmp-for-creation`, fsynced, and renamed into place, so a crash leaves either no
 //! block or a complete one (a leftover tmp directory is garbage, as in Prometheus).
 
@@ -13,12 +14,13 @@ use std::path::{Path, PathBuf};
 use norn_model::{Labels, Sample};
 
 use super::chunks::{ChunkWriter, DEFAULT_SEGMENT_SIZE};
-use super::index::{ChunkRef, IndexSeries, write_index};
+use super::index::{ChunkRef, IndexSeries, write_index_with};
 use super::io::{PosWriter, sync_dir, write_file_synced};
 use super::meta::{
     BlockDesc, BlockMeta, BlockStats, Compaction, META_VERSION, THANOS_VERSION, ThanosDownsample,
     ThanosFile, ThanosMeta,
 };
+use super::series_arena::SeriesArena;
 use super::tombstones::Tombstones;
 use super::ulid::Ulid;
 use super::{CHUNKS_DIRNAME, INDEX_FILENAME, META_FILENAME, TMP_SUFFIX, TOMBSTONES_FILENAME};
@@ -108,7 +110,7 @@ pub struct BlockWriter {
     /// Interned strings → provisional ids (final ids are positions after sorting).
     symbol_ids: HashMap<Box<str>, u32>,
     symbols: Vec<Box<str>>,
-    series: Vec<IndexSeries>,
+    series: SeriesArena,
     last_labels: Option<Labels>,
     stats: BlockStats,
     min_t: i64,
@@ -143,7 +145,7 @@ impl BlockWriter {
             opts,
             symbol_ids: HashMap::new(),
             symbols: Vec::new(),
-            series: Vec::new(),
+            series: SeriesArena::default(),
             last_labels: None,
             stats: BlockStats::default(),
             min_t: i64::MAX,
@@ -251,10 +253,7 @@ impl BlockWriter {
         self.stats.num_chunks += chunks.len() as u64;
         self.min_t = self.min_t.min(chunks[0].min_t);
         self.max_t = self.max_t.max(chunks[chunks.len() - 1].max_t);
-        self.series.push(IndexSeries {
-            labels: pairs,
-            chunks: refs,
-        });
+        self.series.push(&pairs, &refs);
         self.last_labels = Some(labels.clone());
         Ok(())
     }
@@ -298,17 +297,21 @@ impl BlockWriter {
             .iter()
             .map(|&i| self.symbols[i as usize].as_bytes())
             .collect();
-        for s in &mut self.series {
+        let index_path = self.tmp.join(INDEX_FILENAME);
+        let mut iw = PosWriter::create(&index_path)?;
+        let mut series = self.series.reader();
+        write_index_with(&mut iw, &sorted, |s: &mut IndexSeries| {
+            if !series.next_into(s) {
+                return Ok(false);
+            }
             for p in &mut s.labels {
                 *p = (remap[p.0 as usize], remap[p.1 as usize]);
             }
-        }
-        let index_path = self.tmp.join(INDEX_FILENAME);
-        let mut iw = PosWriter::create(&index_path)?;
-        write_index(&mut iw, &sorted, &self.series)?;
+            Ok(true)
+        })?;
         let index_size = iw.finish()?;
         drop(sorted);
-        self.series = Vec::new();
+        self.series = SeriesArena::default();
 
         write_file_synced(
             &self.tmp.join(TOMBSTONES_FILENAME),
