@@ -11,7 +11,8 @@
 //! ```sh
 //! cargo run --release -p norn-loadtests --example gen_blocks -- \
 //!     --out /work/benchdata/bucket/anonymous --series 100000 --hours 168 \
-//!     --end 1796428800 [--replicas 1] [--range 2h] [--tenant anonymous] [--seed 1] [--threads 2]
+//!     --end 1796428800 [--replicas 1] [--range 2h] [--tenant anonymous] [--seed 1] [--threads 2] \
+//!     [--link-replicas true]
 //! ```
 //!
 //! The series and values are exactly those of `norn-loadgen write --seed <seed> --interval 15s`
@@ -21,15 +22,22 @@
 //! block's end time (a cut happens after the range closes), so age-based checks (the compactor's
 //! first-level wait, the store-gateway's ignore-blocks-within) see old blocks as old. Prints one
 //! JSON line: blocks, samples, bytes, elapsed seconds.
+//!
+//! `--link-replicas true` writes each range once and gives the other replicas hard links to its
+//! `index` and `chunks/` under their own ULID and `meta.json`. The replicas' files would be
+//! byte-identical anyway (same samples, same writer), so a reader sees exactly what independent
+//! writes would have left; only the disk holds one copy. That is what lets a 1M-series RF-3
+//! day (about 65 GB written out three times) fit on the benchmark machine. `bytes` in the JSON
+//! line still counts every replica's files.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use norn_loadtests::series::{Generator, GeneratorConfig, splitmix64};
 use norn_model::{Labels, Sample};
-use norn_tsdb::block::{BlockOptions, BlockWriter, Ulid, chunks_from_samples};
+use norn_tsdb::block::{BlockMeta, BlockOptions, BlockWriter, Ulid, chunks_from_samples};
 
 const STEP_MS: i64 = 15_000;
 
@@ -43,6 +51,7 @@ struct Args {
     range_ms: i64,
     seed: u64,
     threads: usize,
+    link_replicas: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -56,6 +65,7 @@ fn parse_args() -> Result<Args, String> {
         range_ms: 2 * 3_600_000,
         seed: 1,
         threads: 2,
+        link_replicas: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -75,6 +85,11 @@ fn parse_args() -> Result<Args, String> {
             }
             "--seed" => a.seed = int(&value)? as u64,
             "--threads" => a.threads = int(&value)?.max(1) as usize,
+            "--link-replicas" => {
+                a.link_replicas = value
+                    .parse()
+                    .map_err(|_| format!("{flag}: want true or false"))?
+            }
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -116,8 +131,10 @@ fn main() -> Result<(), String> {
     series.sort();
 
     let ranges = (a.hours * 3_600_000 / a.range_ms) as usize;
+    // With linked replicas only replica 0 is written; the others follow it as links.
+    let written = if a.link_replicas { 1 } else { a.replicas };
     let jobs: Vec<(usize, usize)> = (0..ranges)
-        .flat_map(|r| (0..a.replicas).map(move |rep| (r, rep)))
+        .flat_map(|r| (0..written).map(move |rep| (r, rep)))
         .collect();
     let next = AtomicUsize::new(0);
     let totals = Mutex::new((0u64, 0u64, Vec::<String>::new()));
@@ -139,10 +156,13 @@ fn main() -> Result<(), String> {
                     // What an ingester's shipper writes: Thanos labels {__org_id__: tenant}.
                     let mut opts = BlockOptions::for_tenant(&a.tenant, "receive", [])
                         .with_range(from, to);
-                    opts.ulid = Some(Ulid::from_parts(
-                        to as u64,
-                        u128::from(splitmix64((r as u64) << 8 | rep as u64)),
-                    ));
+                    let ulid_of = |rep: usize| {
+                        Ulid::from_parts(
+                            to as u64,
+                            u128::from(splitmix64((r as u64) << 8 | rep as u64)),
+                        )
+                    };
+                    opts.ulid = Some(ulid_of(rep));
                     let mut w = BlockWriter::create(&a.out, opts).map_err(|e| e.to_string())?;
                     let k0 = ((from - start_ms) / STEP_MS) as u64;
                     for (labels, slot) in &series {
@@ -155,19 +175,27 @@ fn main() -> Result<(), String> {
                         w.add_series(labels, &chunks).map_err(|e| e.to_string())?;
                     }
                     let meta = w.finish().map_err(|e| e.to_string())?;
-                    let bytes = dir_bytes(&a.out.join(&meta.ulid));
-                    let mut t = totals.lock().unwrap_or_else(|e| e.into_inner());
-                    t.0 += meta.stats.num_samples;
-                    t.1 += bytes;
-                    t.2.push(meta.ulid.clone());
-                    eprintln!(
-                        "gen_blocks: {}/{} {} [{from}, {to}) replica {rep}: {} samples, {bytes} bytes, {:.0} s",
-                        t.2.len(),
-                        jobs.len(),
-                        meta.ulid,
-                        meta.stats.num_samples,
-                        t0.elapsed().as_secs_f64()
-                    );
+                    let mut blocks = vec![meta.clone()];
+                    if a.link_replicas {
+                        for other in 1..a.replicas {
+                            blocks.push(link_replica(&a.out, &meta, &ulid_of(other).to_string())?);
+                        }
+                    }
+                    for meta in blocks {
+                        let bytes = dir_bytes(&a.out.join(&meta.ulid));
+                        let mut t = totals.lock().unwrap_or_else(|e| e.into_inner());
+                        t.0 += meta.stats.num_samples;
+                        t.1 += bytes;
+                        t.2.push(meta.ulid.clone());
+                        eprintln!(
+                            "gen_blocks: {}/{} {} [{from}, {to}): {} samples, {bytes} bytes, {:.0} s",
+                            t.2.len(),
+                            ranges * a.replicas,
+                            meta.ulid,
+                            meta.stats.num_samples,
+                            t0.elapsed().as_secs_f64()
+                        );
+                    }
                 }
             })
         }).collect();
@@ -178,11 +206,11 @@ fn main() -> Result<(), String> {
         Ok(())
     })?;
     let t = totals.into_inner().unwrap_or_else(|e| e.into_inner());
-    if t.2.len() != jobs.len() {
+    if t.2.len() != ranges * a.replicas {
         return Err(format!(
             "only {} of {} blocks written",
             t.2.len(),
-            jobs.len()
+            ranges * a.replicas
         ));
     }
     println!(
@@ -193,6 +221,38 @@ fn main() -> Result<(), String> {
         t0.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Another replica of the block `meta` under `ulid`: its `index` and `chunks/` hard-linked, its
+/// own `meta.json`; built in a temporary directory and renamed into place, as a writer would.
+fn link_replica(out: &Path, meta: &BlockMeta, ulid: &str) -> Result<BlockMeta, String> {
+    let err = |what: &Path| {
+        let what = what.display().to_string();
+        move |e: std::io::Error| format!("{what}: {e}")
+    };
+    let src = out.join(&meta.ulid);
+    let tmp = out.join(format!("{ulid}.tmp-for-link"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(tmp.join("chunks")).map_err(err(&tmp))?;
+    // Every file but meta.json (index, tombstones if any, chunks/<segments>).
+    for dir in [PathBuf::new(), PathBuf::from("chunks")] {
+        for entry in std::fs::read_dir(src.join(&dir)).map_err(err(&src))? {
+            let entry = entry.map_err(err(&src))?;
+            let name = dir.join(entry.file_name());
+            if entry.file_type().map_err(err(&entry.path()))?.is_file()
+                && name != Path::new("meta.json")
+            {
+                std::fs::hard_link(entry.path(), tmp.join(&name)).map_err(err(&entry.path()))?;
+            }
+        }
+    }
+    let mut copy = meta.clone();
+    copy.ulid = ulid.to_string();
+    copy.compaction.sources = vec![ulid.to_string()];
+    let json = copy.to_json().map_err(|e| e.to_string())?;
+    std::fs::write(tmp.join("meta.json"), json).map_err(err(&tmp))?;
+    std::fs::rename(&tmp, out.join(ulid)).map_err(err(&tmp))?;
+    Ok(copy)
 }
 
 fn dir_bytes(dir: &std::path::Path) -> u64 {
