@@ -20,7 +20,7 @@ pub mod io;
 pub mod meta;
 pub mod postings;
 pub mod reader;
-pub mod series_arena;
+pub mod series_spill;
 pub mod tombstones;
 pub mod ulid;
 pub mod writer;

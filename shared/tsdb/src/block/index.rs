@@ -71,7 +71,7 @@ pub fn write_index<W: Write>(
 
 /// [`write_index`] with the series given one at a time: `next` fills the reused
 /// [`IndexSeries`] and returns false after the last, so the caller needs to hold only its own
-/// compact form of them (the block writer's [`SeriesArena`](super::series_arena::SeriesArena)).
+/// compact form of them (the block writer's [`SeriesSpill`](super::series_spill::SeriesSpill)).
 pub fn write_index_with<W: Write>(
     w: &mut PosWriter<W>,
     symbols: &[impl AsRef<[u8]>],

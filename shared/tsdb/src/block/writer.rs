@@ -1,9 +1,9 @@
 //! Writes a block directory in Prometheus' layout (spec §1–8).
 //!
-//! Chunks stream straight into the segment files as series arrive; only the index-side data
-//! (label pairs as interned symbol ids, chunk refs, encoded compactly in a [`SeriesArena`]) is
-//! kept in memory, because the index must start with the symbol table of every string the
-//! series use. Everything is written into
+//! Chunks stream straight into the segment files as series arrive. The index must start with
+//! the symbol table of every string the series use, so the index side of each series (label
+//! pairs as interned symbol ids, chunk refs) waits in a [`SeriesSpill`] file until
+//! [`BlockWriter::finish`] knows every symbol; memory holds only the symbols. Everything is written into
 //! `<ULID>.tmp-for-creation`, fsynced, and renamed into place, so a crash leaves either no
 //! block or a complete one (a leftover tmp directory is garbage, as in Prometheus).
 
@@ -20,7 +20,7 @@ use super::meta::{
     BlockDesc, BlockMeta, BlockStats, Compaction, META_VERSION, THANOS_VERSION, ThanosDownsample,
     ThanosFile, ThanosMeta,
 };
-use super::series_arena::SeriesArena;
+use super::series_spill::SeriesSpill;
 use super::tombstones::Tombstones;
 use super::ulid::Ulid;
 use super::{CHUNKS_DIRNAME, INDEX_FILENAME, META_FILENAME, TMP_SUFFIX, TOMBSTONES_FILENAME};
@@ -28,6 +28,10 @@ use crate::chunkenc::{ENCODING_XOR, XorChunk};
 use crate::error::{Result, TsdbError};
 use crate::fault;
 use crate::head::{ChunkMeta, SeriesChunks};
+
+/// The series spill inside the block's temporary directory; removed before the rename, so a
+/// finished block never holds it.
+const SERIES_SPILL_FILENAME: &str = "series.spill";
 
 /// The external label Cortex/Mimir-style tooling uses for the tenant.
 pub const ORG_ID_LABEL: &str = "__org_id__";
@@ -110,7 +114,8 @@ pub struct BlockWriter {
     /// Interned strings → provisional ids (final ids are positions after sorting).
     symbol_ids: HashMap<Box<str>, u32>,
     symbols: Vec<Box<str>>,
-    series: SeriesArena,
+    /// `None` once finished.
+    series: Option<SeriesSpill>,
     last_labels: Option<Labels>,
     stats: BlockStats,
     min_t: i64,
@@ -137,6 +142,7 @@ impl BlockWriter {
         let chunks_dir = tmp.join(CHUNKS_DIRNAME);
         fault::step(&chunks_dir)?;
         fs::create_dir_all(&chunks_dir).map_err(|e| TsdbError::io(&chunks_dir, e))?;
+        let series = SeriesSpill::create(&tmp.join(SERIES_SPILL_FILENAME))?;
         let mut w = Self {
             chunks: Some(ChunkWriter::new(&chunks_dir, opts.segment_size)),
             parent,
@@ -145,7 +151,7 @@ impl BlockWriter {
             opts,
             symbol_ids: HashMap::new(),
             symbols: Vec::new(),
-            series: SeriesArena::default(),
+            series: Some(series),
             last_labels: None,
             stats: BlockStats::default(),
             min_t: i64::MAX,
@@ -253,7 +259,10 @@ impl BlockWriter {
         self.stats.num_chunks += chunks.len() as u64;
         self.min_t = self.min_t.min(chunks[0].min_t);
         self.max_t = self.max_t.max(chunks[chunks.len() - 1].max_t);
-        self.series.push(&pairs, &refs);
+        self.series
+            .as_mut()
+            .ok_or_else(|| TsdbError::InvalidOption("block writer already finished".into()))?
+            .push(&pairs, &refs)?;
         self.last_labels = Some(labels.clone());
         Ok(())
     }
@@ -299,9 +308,13 @@ impl BlockWriter {
             .collect();
         let index_path = self.tmp.join(INDEX_FILENAME);
         let mut iw = PosWriter::create(&index_path)?;
-        let mut series = self.series.reader();
+        let spill = self
+            .series
+            .take()
+            .ok_or_else(|| TsdbError::InvalidOption("block writer already finished".into()))?;
+        let mut series = spill.into_reader()?;
         write_index_with(&mut iw, &sorted, |s: &mut IndexSeries| {
-            if !series.next_into(s) {
+            if !series.next_into(s)? {
                 return Ok(false);
             }
             for p in &mut s.labels {
@@ -310,8 +323,9 @@ impl BlockWriter {
             Ok(true)
         })?;
         let index_size = iw.finish()?;
-        drop(sorted);
-        self.series = SeriesArena::default();
+        drop((sorted, series));
+        let spill_path = self.tmp.join(SERIES_SPILL_FILENAME);
+        fs::remove_file(&spill_path).map_err(|e| TsdbError::io(&spill_path, e))?;
 
         write_file_synced(
             &self.tmp.join(TOMBSTONES_FILENAME),
