@@ -3,8 +3,9 @@
 //!
 //! Series flow in label order through a k-way merge of the inputs' indexes; one series of each
 //! input is in memory at a time, its chunks read straight from the memory-mapped segments. The
-//! output [`BlockWriter`] writes chunks as they come and keeps only the index side (symbol ids,
-//! chunk refs), so a compaction's memory grows with the number of output series, never with the
+//! output [`BlockWriter`] writes chunks as they come and spills each series' index side (symbol
+//! ids, chunk refs) to a file until the index is written, so a compaction's memory is the
+//! symbols, the inputs' series refs and one output block's postings work at a time, never the
 //! samples.
 //!
 //! Per series (see [`merge`]): chunks that overlap no other chunk are copied as they are (when
