@@ -3,7 +3,8 @@
 //! Chunks stream straight into the segment files as series arrive. The index must start with
 //! the symbol table of every string the series use, so the index side of each series (label
 //! pairs as interned symbol ids, chunk refs) waits in a [`SeriesSpill`] file until
-//! [`BlockWriter::finish`] knows every symbol; memory holds only the symbols. Everything is written into
+//! [`BlockWriter::finish`] knows every symbol: while series arrive, memory holds the symbols
+//! only; the postings are built as the index is written. Everything is written into
 //! `<ULID>.tmp-for-creation`, fsynced, and renamed into place, so a crash leaves either no
 //! block or a complete one (a leftover tmp directory is garbage, as in Prometheus).
 
