@@ -19,6 +19,7 @@ use super::io::{Decbuf, FileBytes, put_uvarint, put_varint};
 use crate::error::{Result, TsdbError};
 
 /// Series appended in order to a file, read back in the same order.
+#[derive(Debug)]
 pub struct SeriesSpill {
     path: PathBuf,
     out: BufWriter<File>,
@@ -26,16 +27,6 @@ pub struct SeriesSpill {
     buf: Vec<u8>,
     len: usize,
     bytes: u64,
-}
-
-impl std::fmt::Debug for SeriesSpill {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SeriesSpill")
-            .field("path", &self.path)
-            .field("len", &self.len)
-            .field("bytes", &self.bytes)
-            .finish()
-    }
 }
 
 impl SeriesSpill {
