@@ -3,6 +3,9 @@
 //! `append_5000` appends batches of 1,000 series × 5 samples (the shape of a Prometheus
 //! remote-write request) to existing series, with the WAL fsync policy `never` (CPU cost) and
 //! `always` (group commit on this disk). `select` reads one metric's series over an hour.
+//! `select_chunks_100k` reads 100,000 series of one metric as chunks, whole and as the 16
+//! legs of a sharded query (`__query_shard__`), to show what sharding adds to the head's
+//! side of a query.
 //!
 //! Run: `cargo bench -p norn-tsdb --bench head_append`.
 
@@ -164,5 +167,60 @@ fn bench_append(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_append);
+/// One metric's 100,000 series over 5 minutes at 15 s, read as chunks: the whole selection
+/// at once, and the same selection as the 16 legs of a sharded query one after the other.
+/// The two differ by what each leg repeats: the postings lookup and keeping its shard's
+/// series by label hash.
+fn bench_sharded_select(c: &mut Criterion) {
+    const SERIES: usize = 100_000;
+    let series: Vec<Labels> = (0..SERIES)
+        .map(|i| {
+            Labels::from_pairs([
+                ("__name__", "node_cpu_seconds_total".to_string()),
+                ("cpu", format!("{}", i % 16)),
+                ("env", "prod".to_string()),
+                ("instance", format!("host-{:05}.example.com:9100", i / 128)),
+                ("job", "node".to_string()),
+                ("mode", format!("mode{}", (i / 16) % 8)),
+                ("region", "eu-west-1".to_string()),
+            ])
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = HeadOptions::new(dir.path());
+    opts.fsync = FsyncPolicy::Never;
+    opts.metrics = Arc::new(TsdbMetrics::unregistered());
+    let (head, _) = Head::open(opts).unwrap();
+    for round in 0..4 {
+        for part in series.chunks(10_000) {
+            head.append(&make_batch(part, round), &AppendLimits::default())
+                .unwrap();
+        }
+    }
+    let metric = Matcher::equal("__name__", "node_cpu_seconds_total");
+    let legs: Vec<[Matcher; 2]> = (1..=16)
+        .map(|i| {
+            [
+                metric.clone(),
+                Matcher::equal("__query_shard__", format!("{i}_of_16")),
+            ]
+        })
+        .collect();
+    let mut group = c.benchmark_group("head");
+    group.sample_size(20);
+    group.throughput(Throughput::Elements(SERIES as u64));
+    group.bench_function("select_chunks_100k_unsharded", |b| {
+        b.iter(|| black_box(head.select_chunks(0, 300_000, std::slice::from_ref(&metric))))
+    });
+    group.bench_function("select_chunks_100k_as_16_shards", |b| {
+        b.iter(|| {
+            for leg in &legs {
+                black_box(head.select_chunks(0, 300_000, leg));
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_append, bench_sharded_select);
 criterion_main!(benches);

@@ -1,7 +1,8 @@
 //! `__query_shard__` in the head and in blocks: the N shards' selections are disjoint, add
 //! up to the unsharded selection, and each is exactly the series whose label hash falls in
 //! it (`ShardSelector::contains`) — for samples, chunks, newest samples and label values;
-//! a malformed shard matcher is `bad_data`.
+//! a malformed shard matcher is `bad_data`. The head is checked as written and as replayed
+//! from its WAL.
 
 use std::sync::Arc;
 
@@ -46,7 +47,8 @@ async fn check(q: &dyn Queryable, all: &[(Labels, Vec<Sample>)]) {
     ] {
         let whole = q.select(0, 30_000, &base).await.unwrap();
         assert!(!whole.is_empty());
-        for n in [1u64, 3, 16] {
+        // Powers of two read the hash bits kept in the head's id table; 3 hashes the labels.
+        for n in [1u64, 2, 3, 16] {
             let mut union = Vec::new();
             for i in 0..n {
                 let s = ShardSelector::new(i, n).unwrap();
@@ -105,6 +107,25 @@ async fn head_and_blocks_honour_the_shard_matcher() {
     .unwrap();
     let head = Arc::new(head);
     check(&HeadQueryable(Arc::clone(&head)), &all).await;
+
+    // A head replayed from its WAL keeps the same hash bits for its series.
+    {
+        let dir2 = tempfile::tempdir().unwrap();
+        let opts = || HeadOptions::new(dir2.path().join("head"));
+        let (first, _) = Head::open(opts()).unwrap();
+        first
+            .append(
+                &WriteBatch::from_series(&all),
+                &AppendLimits {
+                    max_series: 0,
+                    max_series_per_metric: 0,
+                },
+            )
+            .unwrap();
+        drop(first);
+        let (replayed, _) = Head::open(opts()).unwrap();
+        check(&HeadQueryable(Arc::new(replayed)), &all).await;
+    }
 
     let blocks = dir.path().join("blocks");
     std::fs::create_dir_all(&blocks).unwrap();

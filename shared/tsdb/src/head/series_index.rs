@@ -79,7 +79,18 @@ fn hash_shard(hash: u64) -> usize {
 }
 
 /// One shard of the id table: series `id` lives in shard `id % SHARDS` at `id / SHARDS`.
-type IdShard = RwLock<Vec<Option<Arc<MemSeries>>>>;
+#[derive(Default)]
+struct IdTable {
+    series: Vec<Option<Arc<MemSeries>>>,
+    /// The low 32 bits of each series' label hash, beside it. A sharded query's legs each
+    /// walk every series of their selection to keep their shard's: with a power-of-two
+    /// shard count (Mimir's 16, say) the shard is in these bits, so a leg reads 4 bytes a
+    /// series here instead of the series itself and its label strings (which cost each leg as
+    /// much as reading the chunks of its series did). 4 bytes a series.
+    hash_low: Vec<u32>,
+}
+
+type IdShard = RwLock<IdTable>;
 
 /// Every series of a head and the ways to find them.
 pub(crate) struct SeriesIndex {
@@ -101,7 +112,9 @@ impl SeriesIndex {
             hashes: (0..SHARDS)
                 .map(|_| RwLock::new(HashShard::default()))
                 .collect(),
-            ids: (0..SHARDS).map(|_| RwLock::new(Vec::new())).collect(),
+            ids: (0..SHARDS)
+                .map(|_| RwLock::new(IdTable::default()))
+                .collect(),
             postings: RwLock::new(MemPostings::default()),
             next_id: AtomicU32::new(0),
             num_series: AtomicUsize::new(0),
@@ -119,14 +132,26 @@ impl SeriesIndex {
     pub(crate) fn shards(&self) -> impl Iterator<Item = Vec<Arc<MemSeries>>> + '_ {
         self.ids
             .iter()
-            .map(|shard| shard.read().iter().flatten().cloned().collect())
+            .map(|shard| shard.read().series.iter().flatten().cloned().collect())
     }
 
     pub(crate) fn by_id(&self, id: u32) -> Option<Arc<MemSeries>> {
         let shard = self.ids[id as usize % SHARDS].read();
         shard
+            .series
             .get(id as usize / SHARDS)
             .and_then(|s| s.as_ref().map(Arc::clone))
+    }
+
+    /// The series `id` when the low bits of its label hash, under `mask`, are `low`: a
+    /// power-of-two shard's test, without touching the series unless it is in the shard.
+    fn by_id_with_hash_low(&self, id: u32, mask: u32, low: u32) -> Option<Arc<MemSeries>> {
+        let shard = self.ids[id as usize % SHARDS].read();
+        let i = id as usize / SHARDS;
+        if shard.hash_low.get(i)? & mask != low {
+            return None;
+        }
+        shard.series.get(i)?.as_ref().map(Arc::clone)
     }
 
     /// Series matching every matcher (all series when empty), in id order.
@@ -139,12 +164,23 @@ impl SeriesIndex {
             return Vec::new();
         };
         let ids = self.postings.read().select(&self.symbols, &matchers);
-        let all = ids.into_iter().filter_map(|id| self.by_id(id));
         match shard {
-            None => all.collect(),
-            Some(shard) => all
-                .filter(|s| shard.contains_hash(self.labels_hash_of(s)))
-                .collect(),
+            // hash % 2^k is in the hash's low k bits (k ≤ 16: `MAX_SHARDS`).
+            Some(shard) if shard.count.is_power_of_two() && shard.count <= 1 << 32 => {
+                let (mask, low) = ((shard.count - 1) as u32, shard.index as u32);
+                ids.into_iter()
+                    .filter_map(|id| self.by_id_with_hash_low(id, mask, low))
+                    .collect()
+            }
+            None => ids.into_iter().filter_map(|id| self.by_id(id)).collect(),
+            Some(shard) => {
+                let all = ids.into_iter().filter_map(|id| self.by_id(id));
+                // Each leg of a sharded query hashes every series of its selection: the
+                // one-shot hash over one reused buffer, not the streaming hasher.
+                let mut buf = Vec::with_capacity(256);
+                all.filter(|s| shard.contains_hash(self.stored_labels_hash(s, &mut buf)))
+                    .collect()
+            }
         }
     }
 
@@ -188,9 +224,17 @@ impl SeriesIndex {
         })
     }
 
-    /// The label hash of a stored series (the same value the write path computes).
-    fn labels_hash_of(&self, s: &MemSeries) -> u64 {
-        norn_model::hash_label_pairs(self.label_bytes(s))
+    /// The label hash of a stored series (the same value the write path computes), as
+    /// [`labels_hash`] computes it: in one shot over `buf`.
+    pub(crate) fn stored_labels_hash(&self, s: &MemSeries, buf: &mut Vec<u8>) -> u64 {
+        buf.clear();
+        for (n, v) in self.label_bytes(s) {
+            buf.extend_from_slice(n);
+            buf.push(0xff);
+            buf.extend_from_slice(v);
+            buf.push(0xff);
+        }
+        xxhash_rust::xxh3::xxh3_64(buf)
     }
 
     fn labels_eq(&self, s: &MemSeries, sv: &SeriesView<'_>) -> bool {
@@ -272,7 +316,7 @@ impl SeriesIndex {
         let series = Arc::new(MemSeries::new(id, flat));
         insert_hash(&mut shard, hash, &series);
         drop(shard);
-        self.insert_id_and_postings(&series);
+        self.insert_id_and_postings(&series, hash);
         Ok((series, true))
     }
 
@@ -286,20 +330,23 @@ impl SeriesIndex {
         {
             *self.per_metric.lock().entry(p[1]).or_insert(0) += 1;
         }
-        self.insert_id_and_postings(series);
+        self.insert_id_and_postings(series, hash);
         self.next_id
             .fetch_max(series.id.saturating_add(1), Ordering::AcqRel);
     }
 
-    fn insert_id_and_postings(&self, series: &Arc<MemSeries>) {
+    fn insert_id_and_postings(&self, series: &Arc<MemSeries>, hash: u64) {
         let id = series.id as usize;
         {
             let mut shard = self.ids[id % SHARDS].write();
             let idx = id / SHARDS;
-            if shard.len() <= idx {
-                shard.resize(idx + 1, None);
+            if shard.series.len() <= idx {
+                shard.series.resize(idx + 1, None);
+                shard.hash_low.resize(idx + 1, 0);
             }
-            shard[idx] = Some(Arc::clone(series));
+            shard.series[idx] = Some(Arc::clone(series));
+            // Truncation on purpose: the low bits are what a power-of-two shard reads.
+            shard.hash_low[idx] = hash as u32;
         }
         self.postings.write().add(series.id, series.labels());
     }
@@ -307,7 +354,7 @@ impl SeriesIndex {
     /// Takes a series out of the hash and id tables and the counters (postings are done in
     /// bulk by the caller, see [`remove_postings`](Self::remove_postings)).
     pub(crate) fn remove(&self, s: &Arc<MemSeries>, name_sym: Option<u32>) {
-        let hash = self.labels_hash_of(s);
+        let hash = self.stored_labels_hash(s, &mut Vec::with_capacity(256));
         {
             let mut shard = self.hashes[hash_shard(hash)].write();
             if shard.main.get(&hash).is_some_and(|m| Arc::ptr_eq(m, s)) {
@@ -328,7 +375,7 @@ impl SeriesIndex {
             }
         }
         let id = s.id as usize;
-        if let Some(slot) = self.ids[id % SHARDS].write().get_mut(id / SHARDS) {
+        if let Some(slot) = self.ids[id % SHARDS].write().series.get_mut(id / SHARDS) {
             *slot = None;
         }
         self.num_series.fetch_sub(1, Ordering::AcqRel);

@@ -607,6 +607,20 @@ proptest! {
         let mut buf = Vec::new();
         prop_assert_eq!(labels_hash(&sv, &mut buf), sv.labels_hash());
     }
+
+    /// The shard contract: a stored series' hash, as a sharded selection computes it, is the
+    /// labels' stable hash every other store (blocks, store-gateway, engine) shards by.
+    #[test]
+    fn stored_series_hash_equals_stable_hash(pairs in proptest::collection::btree_map("[a-z_]{1,8}", ".{0,12}", 1..12)) {
+        let dir = tempfile::tempdir().unwrap();
+        let (head, _) = Head::open(opts(dir.path())).unwrap();
+        let l = Labels::from_pairs(pairs);
+        head.append(&batch(&[(l.clone(), vec![(1, 1.0)])]), &NO_LIMITS).unwrap();
+        let stored = head.index.matching(&[]);
+        prop_assert_eq!(stored.len(), 1);
+        let mut buf = Vec::new();
+        prop_assert_eq!(head.index.stored_labels_hash(&stored[0], &mut buf), l.stable_hash());
+    }
 }
 
 /// Two series over [0, 3 h] at 15 s, one of them ending after 40 minutes.
