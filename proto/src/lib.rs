@@ -73,4 +73,4 @@ pub use remote_write::{
     encode_write_request, encode_write_request_parts,
 };
 pub use remote_write_v2::{V2_MESSAGE, decode_write_request_v2};
-pub use status::MAX_MESSAGE_SIZE;
+pub use status::{MAX_MESSAGE_SIZE, MessageLimits};

@@ -15,6 +15,24 @@ use tonic::{Code, Status};
 /// be large.
 pub const MAX_MESSAGE_SIZE: usize = 100 << 20;
 
+/// The largest message a gRPC server accepts and sends (Mimir's
+/// `-server.grpc-max-recv-msg-size-bytes` and `-server.grpc-max-send-msg-size-bytes`), both
+/// [`MAX_MESSAGE_SIZE`] unless configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageLimits {
+    pub max_recv: usize,
+    pub max_send: usize,
+}
+
+impl Default for MessageLimits {
+    fn default() -> Self {
+        Self {
+            max_recv: MAX_MESSAGE_SIZE,
+            max_send: MAX_MESSAGE_SIZE,
+        }
+    }
+}
+
 /// The status a server answers an error of `kind` with.
 pub fn status(kind: ErrorKind, message: impl Into<String>) -> Status {
     Status::new(Code::from(kind.grpc_code()), message)

@@ -39,7 +39,7 @@ use norn_proto::health::v1::health_server::{Health, HealthServer};
 use norn_proto::health::v1::{HealthCheckRequest, HealthCheckResponse};
 use norn_proto::ingester::v1 as pb;
 use norn_proto::ingester::v1::ingester_server::{Ingester as IngesterRpc, IngesterServer};
-use norn_proto::status::{MAX_MESSAGE_SIZE, status};
+use norn_proto::status::{MessageLimits, status};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use tonic::{Request, Response, Status};
 
@@ -69,7 +69,7 @@ pub async fn serve(
     metrics: GrpcMetrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let (ingester_svc, health_svc) = services(ingester, metrics);
+    let (ingester_svc, health_svc) = services(ingester, metrics, MessageLimits::default());
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_service(ingester_svc)
@@ -82,10 +82,11 @@ pub async fn serve(
 pub fn services(
     ingester: Arc<Ingester>,
     metrics: GrpcMetrics,
+    limits: MessageLimits,
 ) -> (IngesterServer<IngesterGrpc>, HealthServer<HealthGrpc>) {
     let ingester_svc = IngesterServer::new(IngesterGrpc::new(Arc::clone(&ingester), metrics))
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        .max_decoding_message_size(limits.max_recv)
+        .max_encoding_message_size(limits.max_send);
     let health_svc = HealthServer::new(HealthGrpc { ingester });
     (ingester_svc, health_svc)
 }

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::grpc::GrpcMetrics;
 use crate::lifecycle::{RingLife, RingMembership};
 use crate::{Config, Ingester};
+use norn_proto::MessageLimits;
 
 /// Shortest head-compaction interval honoured (a zero setting must not spin a core).
 const MIN_COMPACTION_INTERVAL: Duration = Duration::from_millis(100);
@@ -32,6 +33,8 @@ pub struct Deps {
     pub ring: Option<RingMembership>,
     /// Cancelled when the process stops: ends the background loops.
     pub stop: CancellationToken,
+    /// The gRPC server's message bounds (`--server.grpc-max-*-msg-size-bytes`).
+    pub grpc_limits: MessageLimits,
 }
 
 /// Why the ingester did not start.
@@ -63,6 +66,7 @@ pub async fn build(config: Config, deps: Deps) -> Result<Arc<IngesterService>, B
         ingester,
         ring,
         grpc_metrics,
+        grpc_limits: deps.grpc_limits,
     }))
 }
 
@@ -91,6 +95,7 @@ pub struct IngesterService {
     ingester: Arc<Ingester>,
     ring: Option<RingLife>,
     grpc_metrics: Option<GrpcMetrics>,
+    grpc_limits: MessageLimits,
 }
 
 impl IngesterService {
@@ -121,8 +126,11 @@ impl Service for IngesterService {
 
     fn grpc_services(&self, routes: &mut tonic::service::RoutesBuilder) {
         if let Some(metrics) = &self.grpc_metrics {
-            let (ingester, health) =
-                crate::grpc::services(Arc::clone(&self.ingester), metrics.clone());
+            let (ingester, health) = crate::grpc::services(
+                Arc::clone(&self.ingester),
+                metrics.clone(),
+                self.grpc_limits,
+            );
             routes.add_service(ingester).add_service(health);
         }
     }

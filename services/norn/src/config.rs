@@ -276,7 +276,7 @@ impl Config {
             .apply(&mut self.querier.store_gateway_client);
         a.client_tls
             .frontend
-            .apply(&mut self.frontend_worker.grpc_client_config);
+            .apply(&mut self.frontend_worker.grpc_client_config.tls);
         a.client_tls
             .alertmanager
             .apply(&mut self.ruler.alertmanager_client);
@@ -341,6 +341,7 @@ impl Config {
             );
         }
         self.frontend_worker.validate()?;
+        self.server.validate()?;
         let bs = &self.blocks_storage.bucket_store;
         cache::validate("blocks_storage.bucket_store.index_cache", &bs.index_cache)?;
         cache::validate("blocks_storage.bucket_store.chunks_cache", &bs.chunks_cache)?;

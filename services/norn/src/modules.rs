@@ -162,6 +162,7 @@ async fn ingester(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
             bucket: Some(c.bucket.clone()),
             ring: c.wiring.ingester_ring_membership(cfg, c.grpc_addr)?,
             stop: c.stop.clone(),
+            grpc_limits: cfg.server.grpc_limits(),
         },
     )
     .await?;
@@ -221,6 +222,7 @@ async fn querier(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
                     concurrency: c.cfg.querier.max_concurrent,
                     querier_id: querier_id(c),
                     tls: c.tls.frontend_client.clone(),
+                    max_send_msg_size: c.cfg.frontend_worker.grpc_client_config.max_send_msg_size,
                 },
                 Arc::new(norn_query_frontend::RouterDownstream(service.routes())),
                 c.stop.clone(),
@@ -288,6 +290,7 @@ async fn query_frontend(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
                     queue,
                     Workers::Remote {
                         answer_timeout: querier_timeout,
+                        limits: cfg.server.grpc_limits(),
                     },
                 )),
             )
@@ -373,6 +376,7 @@ async fn store_gateway(c: &mut Context) -> anyhow::Result<Arc<dyn Service>> {
             chunks_cache,
             metrics: Arc::clone(&c.metrics),
             stop: c.stop.clone(),
+            grpc_limits: c.cfg.server.grpc_limits(),
         },
     )
     .context("starting the store-gateway")?;

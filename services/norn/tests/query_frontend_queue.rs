@@ -10,7 +10,9 @@
 //!   stays below one A query's latency (asserted) and near B's median alone (the ratio is
 //!   printed; the target is 2x);
 //! * `--query-frontend.max-outstanding-requests-per-tenant` refuses the flooding tenant with
-//!   429 naming the limit, and only that tenant.
+//!   429 naming the limit, and only that tenant;
+//! * an answer larger than the queriers' `--querier.frontend-client.grpc-max-send-msg-size`
+//!   is a 413 naming the flag, and the queriers go on answering.
 
 mod common;
 
@@ -46,6 +48,11 @@ struct Cluster {
 }
 
 fn start(root: &Path, frontend_extra: &[&str]) -> Cluster {
+    start_with(root, frontend_extra, &[])
+}
+
+/// [`start`] with more flags for both queriers.
+fn start_with(root: &Path, frontend_extra: &[&str], querier_extra: &[&str]) -> Cluster {
     let bucket = root.join("bucket");
     let gossip: Vec<u16> = (0..4).map(|_| free_port()).collect();
     let seeds = &gossip[..1];
@@ -120,14 +127,13 @@ fn start(root: &Path, frontend_extra: &[&str]) -> Cluster {
 
     let queriers: Vec<Norn> = (0..2)
         .map(|i| {
-            let a = args(
-                2 + i,
-                &[
-                    "--target=querier".into(),
-                    format!("--querier.frontend-address=127.0.0.1:{fe_grpc}"),
-                    "--querier.max-concurrent=2".into(),
-                ],
-            );
+            let mut own = vec![
+                "--target=querier".to_string(),
+                format!("--querier.frontend-address=127.0.0.1:{fe_grpc}"),
+                "--querier.max-concurrent=2".into(),
+            ];
+            own.extend(querier_extra.iter().map(|s| s.to_string()));
+            let a = args(2 + i, &own);
             let a: Vec<&str> = a.iter().map(String::as_str).collect();
             Norn::start_with_bucket(&root.join(format!("querier-{i}")), &bucket, &a)
         })
@@ -391,4 +397,37 @@ fn the_outstanding_limit_refuses_only_the_flooding_tenant() {
             "norn_query_frontend_discarded_requests_total{reason=\"too_many_outstanding\"}"
         ) >= refused.len() as f64
     );
+}
+
+#[test]
+fn an_answer_over_the_queriers_send_bound_is_a_413_naming_the_flag() {
+    let _one = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let c = start_with(
+        tmp.path(),
+        &[],
+        &["--querier.frontend-client.grpc-max-send-msg-size=1048576"],
+    );
+    // A's 400 series unaggregated, ~225 points each: a few MB of JSON.
+    let legs_before = c
+        .frontend
+        .metric("norn_query_frontend_queue_duration_seconds_count");
+    let (status, body) = c.query(A, "rate(load[5m])");
+    assert_eq!(status, 413, "{body}");
+    assert!(
+        body.contains("querier.frontend-client.grpc-max-send-msg-size")
+            && body.contains("1048576")
+            && body.contains("\"errorType\":\"execution\""),
+        "{body}"
+    );
+    // Refused once: the request was not re-queued for another querier to evaluate again.
+    let legs = c
+        .frontend
+        .metric("norn_query_frontend_queue_duration_seconds_count")
+        - legs_before;
+    assert_eq!(legs, 1.0, "the request was queued {legs} times");
+    // The workers are still there: an aggregate of the same series answers.
+    let (status, body) = c.query(A, CHEAP);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"values\""), "{body}");
 }

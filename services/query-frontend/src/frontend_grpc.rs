@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use futures::Stream;
-use norn_proto::MAX_MESSAGE_SIZE;
+use norn_proto::MessageLimits;
 use norn_proto::frontend::v1 as pb;
 use pb::client_to_frontend::Msg;
 use pb::frontend_server::{Frontend, FrontendServer};
@@ -54,11 +54,12 @@ impl FrontendGrpc {
         }
     }
 
-    /// The tonic service, with the message size limit every Norn service uses.
-    pub fn into_service(self) -> FrontendServer<Self> {
+    /// The tonic service with the server's message bounds: `limits.max_recv` bounds the
+    /// queriers' answers (`--server.grpc-max-recv-msg-size-bytes`).
+    pub fn into_service(self, limits: MessageLimits) -> FrontendServer<Self> {
         FrontendServer::new(self)
-            .max_decoding_message_size(MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(MAX_MESSAGE_SIZE)
+            .max_decoding_message_size(limits.max_recv)
+            .max_encoding_message_size(limits.max_send)
     }
 }
 

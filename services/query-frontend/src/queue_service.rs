@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::Router;
+use norn_proto::MessageLimits;
 use norn_server::Service;
 use tokio_util::sync::CancellationToken;
 
@@ -19,8 +20,11 @@ use crate::queue::Queue;
 /// How the queue's workers reach it.
 pub enum Workers {
     /// Queriers in other processes connect over gRPC; `answer_timeout` bounds how long a
-    /// stream may hold a request unanswered.
-    Remote { answer_timeout: Duration },
+    /// stream may hold a request unanswered, `limits` the messages of the gRPC service.
+    Remote {
+        answer_timeout: Duration,
+        limits: MessageLimits,
+    },
     /// Workers in this process (started with [`crate::worker::spawn_local`]).
     Local,
 }
@@ -63,10 +67,14 @@ impl Service for QueuedFrontend {
 
     fn grpc_services(&self, routes: &mut tonic::service::RoutesBuilder) {
         self.inner.grpc_services(routes);
-        if let Workers::Remote { answer_timeout } = self.workers {
+        if let Workers::Remote {
+            answer_timeout,
+            limits,
+        } = self.workers
+        {
             routes.add_service(
                 FrontendGrpc::new(Arc::clone(&self.queue), answer_timeout, self.stop.clone())
-                    .into_service(),
+                    .into_service(limits),
             );
         }
     }

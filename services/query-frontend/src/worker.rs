@@ -44,6 +44,9 @@ pub struct RemoteWorkers {
     pub querier_id: String,
     /// TLS to the frontend (`--querier.frontend-client.tls-*`); plain text when `None`.
     pub tls: Option<Arc<norn_server::tls::ClientTls>>,
+    /// Largest answer sent to the frontend
+    /// (`--querier.frontend-client.grpc-max-send-msg-size`); a larger one is a 413.
+    pub max_send_msg_size: usize,
 }
 
 /// Why the workers did not start.
@@ -82,7 +85,13 @@ pub fn spawn_remote(
                 stop.clone(),
                 cfg.querier_id.clone(),
             );
-            tokio::spawn(remote_worker(channel, querier, stop, id))
+            tokio::spawn(remote_worker(
+                channel,
+                querier,
+                stop,
+                id,
+                cfg.max_send_msg_size,
+            ))
         })
         .collect())
 }
@@ -92,10 +101,11 @@ async fn remote_worker(
     querier: Arc<dyn Downstream>,
     stop: CancellationToken,
     querier_id: String,
+    max_send: usize,
 ) {
     let mut backoff = MIN_BACKOFF;
     while !stop.is_cancelled() {
-        match one_stream(&channel, querier.as_ref(), &stop, &querier_id).await {
+        match one_stream(&channel, querier.as_ref(), &stop, &querier_id, max_send).await {
             // Served at least one request: the frontend was there, start backoff afresh.
             Ok(true) => backoff = MIN_BACKOFF,
             Ok(false) => {}
@@ -115,10 +125,11 @@ async fn one_stream(
     querier: &dyn Downstream,
     stop: &CancellationToken,
     querier_id: &str,
+    max_send: usize,
 ) -> Result<bool, tonic::Status> {
     let mut client = FrontendClient::new(channel.clone())
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        .max_encoding_message_size(max_send);
     let (tx, rx) = mpsc::channel(1);
     let hello = pb::ClientToFrontend {
         msg: Some(pb::client_to_frontend::Msg::Hello(pb::Hello {
@@ -153,7 +164,7 @@ async fn one_stream(
             },
             None => error_response(StatusCode::BAD_REQUEST, "bad_data", "not an HTTP request"),
         };
-        let answer = sendable(response_to_proto(resp));
+        let answer = sendable(response_to_proto(resp), max_send);
         if tx.send(answer).await.is_err() {
             return Ok(served);
         }
@@ -162,22 +173,23 @@ async fn one_stream(
 }
 
 /// The answer to the frontend, or a 413 in its place when the whole message would pass the
-/// gRPC message bound: gRPC would refuse to send it, the stream would break, and the frontend
-/// would re-queue the request for another querier to evaluate again (Mimir's querier checks
-/// the same way, and its frontend does not retry a 413).
-fn sendable(resp: pb::HttpResponse) -> pb::ClientToFrontend {
+/// gRPC message bound `max`: gRPC would refuse to send it, the stream would break, and the
+/// frontend would re-queue the request for another querier to evaluate again (Mimir's querier
+/// checks the same way, and its frontend does not retry a 413).
+fn sendable(resp: pb::HttpResponse, max: usize) -> pb::ClientToFrontend {
     use prost::Message;
     let wrap = |r| pb::ClientToFrontend {
         msg: Some(pb::client_to_frontend::Msg::Response(r)),
     };
     let answer = wrap(resp);
     let size = answer.encoded_len();
-    if size <= MAX_MESSAGE_SIZE {
+    if size <= max {
         return answer;
     }
     let msg = format!(
-        "response larger than the max message size ({size} vs {MAX_MESSAGE_SIZE} bytes): \
-         select fewer series, a shorter range or a larger step, or aggregate"
+        "response larger than the max message size ({size} vs {max} bytes, \
+         querier.frontend-client.grpc-max-send-msg-size): select fewer series, a shorter range \
+         or a larger step, or aggregate"
     );
     wrap(response_to_proto(error_response(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -242,11 +254,17 @@ mod tests {
     /// would re-queue the request to be evaluated again.
     #[test]
     fn an_answer_over_the_message_bound_becomes_a_413_naming_it() {
-        let small = answered(sendable(response(b"{\"status\":\"success\"}".to_vec())));
+        let small = answered(sendable(
+            response(b"{\"status\":\"success\"}".to_vec()),
+            MAX_MESSAGE_SIZE,
+        ));
         assert_eq!(small.status, 200);
         assert_eq!(&small.body[..], b"{\"status\":\"success\"}");
 
-        let huge = answered(sendable(response(vec![b' '; MAX_MESSAGE_SIZE])));
+        let huge = answered(sendable(
+            response(vec![b' '; MAX_MESSAGE_SIZE]),
+            MAX_MESSAGE_SIZE,
+        ));
         assert_eq!(huge.status, 413);
         let body: serde_json::Value = serde_json::from_slice(&huge.body).expect("JSON");
         assert_eq!(body["status"], "error");
@@ -254,8 +272,24 @@ mod tests {
         let msg = body["error"].as_str().expect("message");
         assert!(
             msg.contains("larger than the max message size")
-                && msg.contains(&MAX_MESSAGE_SIZE.to_string()),
+                && msg.contains(&MAX_MESSAGE_SIZE.to_string())
+                && msg.contains("querier.frontend-client.grpc-max-send-msg-size"),
             "{msg}"
         );
+    }
+
+    /// The bound is the configured one: the same answer passes a raised bound and is a 413
+    /// under a lowered one.
+    #[test]
+    fn the_bound_is_the_configured_send_size() {
+        let body = vec![b' '; 2 << 20];
+        assert_eq!(
+            answered(sendable(response(body.clone()), 4 << 20)).status,
+            200
+        );
+        let refused = answered(sendable(response(body), 1 << 20));
+        assert_eq!(refused.status, 413);
+        let msg = String::from_utf8_lossy(&refused.body).into_owned();
+        assert!(msg.contains(&(1usize << 20).to_string()), "{msg}");
     }
 }

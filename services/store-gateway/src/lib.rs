@@ -36,7 +36,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use norn_cache::Cache;
 use norn_model::duration::serde_duration;
-use norn_proto::status::MAX_MESSAGE_SIZE;
+use norn_proto::MessageLimits;
 use norn_proto::storegateway::v1::store_gateway_server::StoreGatewayServer;
 use norn_server::periodic::{FirstRun, Periodic};
 use norn_server::{Metrics, Service};
@@ -161,6 +161,8 @@ pub struct Deps {
     pub metrics: Arc<Metrics>,
     /// Cancelled when the process stops: ends the sync loop.
     pub stop: CancellationToken,
+    /// The gRPC server's message bounds (`--server.grpc-max-*-msg-size-bytes`).
+    pub grpc_limits: MessageLimits,
 }
 
 /// Why the store-gateway did not start.
@@ -180,6 +182,7 @@ pub struct StoreGatewayService {
     store: Arc<BlockStore>,
     api: Arc<StoreGatewayApi>,
     stop: CancellationToken,
+    grpc_limits: MessageLimits,
 }
 
 impl StoreGatewayService {
@@ -282,15 +285,20 @@ fn build_inner(
             },
         );
     }
-    Ok(Arc::new(StoreGatewayService { store, api, stop }))
+    Ok(Arc::new(StoreGatewayService {
+        store,
+        api,
+        stop,
+        grpc_limits: deps.grpc_limits,
+    }))
 }
 
 impl StoreGatewayService {
     /// The tonic service for a gRPC server (what `grpc_services` registers).
     pub fn grpc_server(&self) -> StoreGatewayServer<StoreGatewayApi> {
         StoreGatewayServer::from_arc(Arc::clone(&self.api))
-            .max_decoding_message_size(MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(MAX_MESSAGE_SIZE)
+            .max_decoding_message_size(self.grpc_limits.max_recv)
+            .max_encoding_message_size(self.grpc_limits.max_send)
     }
 }
 

@@ -38,6 +38,10 @@ pub struct ServerConfig {
     pub admin_listen_port: u16,
     pub http_tls_config: ServerTlsSettings,
     pub grpc_tls_config: ServerTlsSettings,
+    /// Largest gRPC message the process's gRPC server accepts (bytes).
+    pub grpc_server_max_recv_msg_size: usize,
+    /// Largest gRPC message the process's gRPC server sends (bytes).
+    pub grpc_server_max_send_msg_size: usize,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +63,8 @@ impl Default for ServerConfig {
             admin_listen_port: 8081,
             http_tls_config: ServerTlsSettings::default(),
             grpc_tls_config: ServerTlsSettings::default(),
+            grpc_server_max_recv_msg_size: norn_proto::MAX_MESSAGE_SIZE,
+            grpc_server_max_send_msg_size: norn_proto::MAX_MESSAGE_SIZE,
         }
     }
 }
@@ -74,6 +80,41 @@ impl ServerConfig {
             conn_limit: self.http_listen_conn_limit,
         }
     }
+
+    /// The gRPC services' message bounds.
+    pub fn grpc_limits(&self) -> norn_proto::MessageLimits {
+        norn_proto::MessageLimits {
+            max_recv: self.grpc_server_max_recv_msg_size,
+            max_send: self.grpc_server_max_send_msg_size,
+        }
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        check_message_size(
+            "server.grpc_server_max_recv_msg_size (--server.grpc-max-recv-msg-size-bytes)",
+            self.grpc_server_max_recv_msg_size,
+        )?;
+        check_message_size(
+            "server.grpc_server_max_send_msg_size (--server.grpc-max-send-msg-size-bytes)",
+            self.grpc_server_max_send_msg_size,
+        )
+    }
+}
+
+/// Smallest gRPC message bound accepted: below it ordinary requests (a remote-write batch, a
+/// page of series) would not fit.
+const MIN_MESSAGE_SIZE: usize = 1 << 20;
+/// Largest: a gRPC message's length is a 32-bit field, and Go clients stop at `i32::MAX`.
+const MAX_MESSAGE_SIZE_BOUND: usize = i32::MAX as usize;
+
+/// Refuses a gRPC message bound outside 1 MiB..2 GiB, naming the key.
+pub fn check_message_size(name: &str, bytes: usize) -> anyhow::Result<()> {
+    if !(MIN_MESSAGE_SIZE..=MAX_MESSAGE_SIZE_BOUND).contains(&bytes) {
+        bail!(
+            "{name} must be between {MIN_MESSAGE_SIZE} and {MAX_MESSAGE_SIZE_BOUND} bytes, got {bytes}"
+        );
+    }
+    Ok(())
 }
 
 /// Refuses a listen or advertise address that is not an IP address (names are not resolved
@@ -148,6 +189,18 @@ pub struct ServerFlags {
         env = "NORN_SERVER_ADMIN_LISTEN_PORT"
     )]
     pub admin_listen_port: Option<u16>,
+    /// Largest gRPC message (bytes) the gRPC server accepts: pushes to an ingester, a querier's answer to the query-frontend (default 104857600).
+    #[arg(
+        long = "server.grpc-max-recv-msg-size-bytes",
+        env = "NORN_SERVER_GRPC_MAX_RECV_MSG_SIZE_BYTES"
+    )]
+    pub grpc_max_recv_msg_size: Option<usize>,
+    /// Largest gRPC message (bytes) the gRPC server sends (default 104857600).
+    #[arg(
+        long = "server.grpc-max-send-msg-size-bytes",
+        env = "NORN_SERVER_GRPC_MAX_SEND_MSG_SIZE_BYTES"
+    )]
+    pub grpc_max_send_msg_size: Option<usize>,
     #[command(flatten)]
     pub tls: ServerTlsFlags,
 }
@@ -178,6 +231,14 @@ impl ServerFlags {
             &self.http_server_idle_timeout,
         )?;
         set(&mut c.http_listen_conn_limit, &self.http_conn_limit);
+        set(
+            &mut c.grpc_server_max_recv_msg_size,
+            &self.grpc_max_recv_msg_size,
+        );
+        set(
+            &mut c.grpc_server_max_send_msg_size,
+            &self.grpc_max_send_msg_size,
+        );
         self.tls
             .apply(&mut c.http_tls_config, &mut c.grpc_tls_config);
         Ok(())

@@ -255,7 +255,7 @@ impl Tls {
                 "querier.store_gateway_client",
             )?,
             frontend_client: client(
-                &cfg.frontend_worker.grpc_client_config,
+                &cfg.frontend_worker.grpc_client_config.tls,
                 "frontend-client",
                 "frontend_worker.grpc_client_config",
             )?,
@@ -318,7 +318,7 @@ mod tests {
             c.querier.store_gateway_client.tls_server_name,
             "sg.internal"
         );
-        let fw = &c.frontend_worker.grpc_client_config;
+        let fw = &c.frontend_worker.grpc_client_config.tls;
         assert!(fw.tls_enabled && fw.tls_insecure_skip_verify);
         assert_eq!(c.memberlist.encryption_key_path, "/gossip.key");
 
