@@ -209,6 +209,7 @@ impl Head {
         let mut removed: Vec<(u32, Box<[u32]>)> = Vec::new();
         let mut new_min = i64::MAX;
         let name_sym = self.index.symbols.lookup(METRIC_NAME);
+        let mut hash_buf = Vec::with_capacity(256);
         for series in self.index.shards() {
             for s in series {
                 let mut st = s.state.lock();
@@ -222,7 +223,7 @@ impl Head {
                 // Under the series lock, so an appender holding this series sees the flag
                 // once it gets the lock, and looks the series up afresh.
                 st.mark_removed();
-                self.index.remove(&s, name_sym);
+                self.index.remove(&s, name_sym, &mut hash_buf);
                 drop(st);
                 removed.push((s.id, s.labels().into()));
             }

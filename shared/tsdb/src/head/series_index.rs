@@ -62,8 +62,13 @@ impl std::hash::Hasher for IdentityHasher {
 /// computed in one shot over a reused buffer: the streaming hasher behind `labels_hash` pays
 /// per call for the ~24 small pieces of a typical series, several times the one-shot cost.
 pub(crate) fn labels_hash(sv: &SeriesView<'_>, buf: &mut Vec<u8>) -> u64 {
+    hash_pairs(sv.label_bytes(), buf)
+}
+
+/// xxh3-64 of `name 0xff value 0xff …` over `pairs`, written into `buf` first.
+fn hash_pairs<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>, buf: &mut Vec<u8>) -> u64 {
     buf.clear();
-    for (n, v) in sv.label_bytes() {
+    for (n, v) in pairs {
         buf.extend_from_slice(n);
         buf.push(0xff);
         buf.extend_from_slice(v);
@@ -227,14 +232,7 @@ impl SeriesIndex {
     /// The label hash of a stored series (the same value the write path computes), as
     /// [`labels_hash`] computes it: in one shot over `buf`.
     pub(crate) fn stored_labels_hash(&self, s: &MemSeries, buf: &mut Vec<u8>) -> u64 {
-        buf.clear();
-        for (n, v) in self.label_bytes(s) {
-            buf.extend_from_slice(n);
-            buf.push(0xff);
-            buf.extend_from_slice(v);
-            buf.push(0xff);
-        }
-        xxhash_rust::xxh3::xxh3_64(buf)
+        hash_pairs(self.label_bytes(s), buf)
     }
 
     fn labels_eq(&self, s: &MemSeries, sv: &SeriesView<'_>) -> bool {
@@ -353,8 +351,9 @@ impl SeriesIndex {
 
     /// Takes a series out of the hash and id tables and the counters (postings are done in
     /// bulk by the caller, see [`remove_postings`](Self::remove_postings)).
-    pub(crate) fn remove(&self, s: &Arc<MemSeries>, name_sym: Option<u32>) {
-        let hash = self.stored_labels_hash(s, &mut Vec::with_capacity(256));
+    /// `buf` is scratch for the label hash, reused across a truncation's removals.
+    pub(crate) fn remove(&self, s: &Arc<MemSeries>, name_sym: Option<u32>, buf: &mut Vec<u8>) {
+        let hash = self.stored_labels_hash(s, buf);
         {
             let mut shard = self.hashes[hash_shard(hash)].write();
             if shard.main.get(&hash).is_some_and(|m| Arc::ptr_eq(m, s)) {
