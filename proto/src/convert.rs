@@ -1,7 +1,9 @@
 //! Conversions between the ingester service's messages and `norn_model` types, so the server
 //! and the client speak the model and the generated types stay at the edge.
 
-use norn_model::{Label, Labels, MatchType, Matcher, MatcherError, MetricMetadata, MetricType};
+use norn_model::{
+    ChunkSeries, Label, Labels, MatchType, Matcher, MatcherError, MetricMetadata, MetricType,
+};
 
 use crate::ingester::v1 as pb;
 
@@ -59,6 +61,38 @@ pub fn labels_to_proto(labels: &Labels) -> Vec<pb::Label> {
             value: l.value.clone(),
         })
         .collect()
+}
+
+/// A label set into its message form, moving the strings: the streaming read paths build one
+/// message per series and own their labels, so copying each name and value again only fed the
+/// allocator.
+pub fn labels_into_proto(labels: Labels) -> Vec<pb::Label> {
+    labels
+        .into_vec()
+        .into_iter()
+        .map(|l| pb::Label {
+            name: l.name,
+            value: l.value,
+        })
+        .collect()
+}
+
+/// One series of a chunk stream (`QueryStream`, the store-gateway's `Series`) as its message,
+/// moving labels and chunk bytes rather than copying them.
+pub fn chunk_series_into_proto(s: ChunkSeries) -> pb::StreamSeries {
+    pb::StreamSeries {
+        labels: labels_into_proto(s.labels),
+        chunks: s
+            .chunks
+            .into_iter()
+            .map(|c| pb::Chunk {
+                min_time_ms: c.min_t,
+                max_time_ms: c.max_t,
+                encoding: i32::from(c.encoding),
+                data: c.data,
+            })
+            .collect(),
+    }
 }
 
 /// Labels from a message; sorted here rather than trusted to arrive sorted.
@@ -161,5 +195,6 @@ mod tests {
         ]);
         assert_eq!(l, Labels::from_pairs([("a", "2"), ("z", "1")]));
         assert_eq!(labels_from_proto(labels_to_proto(&l)), l);
+        assert_eq!(labels_into_proto(l.clone()), labels_to_proto(&l));
     }
 }

@@ -32,7 +32,8 @@ use norn_model::{
     TenantError, TenantId, TimeWindow, WriteBatch,
 };
 use norn_proto::convert::{
-    TENANT_METADATA_KEY, labels_to_proto, matchers_from_proto, metadata_to_proto,
+    TENANT_METADATA_KEY, chunk_series_into_proto, labels_into_proto, matchers_from_proto,
+    metadata_to_proto,
 };
 use norn_proto::health::v1::health_check_response::ServingStatus;
 use norn_proto::health::v1::health_server::{Health, HealthServer};
@@ -244,22 +245,6 @@ fn matchers(m: Vec<pb::LabelMatcher>) -> Result<Vec<norn_model::Matcher>, Status
 }
 
 /// One series with its chunks, for the wire: the chunk bytes are handed on, not copied.
-fn stream_series(s: ChunkSeries) -> pb::StreamSeries {
-    pb::StreamSeries {
-        labels: labels_to_proto(&s.labels),
-        chunks: s
-            .chunks
-            .into_iter()
-            .map(|c| pb::Chunk {
-                min_time_ms: c.min_t,
-                max_time_ms: c.max_t,
-                encoding: i32::from(c.encoding),
-                data: c.data,
-            })
-            .collect(),
-    }
-}
-
 type QueryStream = Pin<Box<dyn Stream<Item = Result<pb::QueryStreamResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -333,7 +318,7 @@ impl IngesterRpc for IngesterGrpc {
                         series: series
                             .by_ref()
                             .take(SERIES_PER_MESSAGE)
-                            .map(stream_series)
+                            .map(chunk_series_into_proto)
                             .collect(),
                     };
                     if tx.blocking_send(Ok(msg)).is_err() {
@@ -404,9 +389,9 @@ impl IngesterRpc for IngesterGrpc {
                 .map_err(storage_status)?;
             Ok(pb::SeriesResponse {
                 series: series
-                    .iter()
+                    .into_iter()
                     .map(|s| pb::SeriesLabels {
-                        labels: labels_to_proto(&s.labels),
+                        labels: labels_into_proto(s.labels),
                     })
                     .collect(),
             })
@@ -530,7 +515,7 @@ mod tests {
             labels: Labels::from_pairs([("__name__", "up")]),
             chunks: norn_model::query::encode_samples(&samples),
         };
-        let enc = stream_series(s.clone());
+        let enc = chunk_series_into_proto(s.clone());
         assert_eq!(enc.chunks.len(), 3);
         for (wire, chunk) in enc.chunks.iter().zip(&s.chunks) {
             assert_eq!(wire.min_time_ms, chunk.min_t);

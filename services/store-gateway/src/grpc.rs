@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use futures::Stream;
 use norn_model::{ChunkSeries, ErrorKind, Labels, Matcher, TenantError, TenantId};
-use norn_proto::convert::{TENANT_METADATA_KEY, labels_to_proto, matchers_from_proto};
+use norn_proto::convert::{TENANT_METADATA_KEY, chunk_series_into_proto, matchers_from_proto};
 use norn_proto::ingester::v1 as ipb;
 use norn_proto::status::status;
 use norn_proto::storegateway::v1 as pb;
@@ -144,22 +144,6 @@ fn merge(lists: Vec<Vec<ChunkSeries>>) -> Vec<ChunkSeries> {
         .collect()
 }
 
-fn stream_series(s: ChunkSeries) -> ipb::StreamSeries {
-    ipb::StreamSeries {
-        labels: labels_to_proto(&s.labels),
-        chunks: s
-            .chunks
-            .into_iter()
-            .map(|c| ipb::Chunk {
-                min_time_ms: c.min_t,
-                max_time_ms: c.max_t,
-                encoding: i32::from(c.encoding),
-                data: c.data,
-            })
-            .collect(),
-    }
-}
-
 /// Splits the answer into batches bounded in series and bytes.
 fn batches(series: Vec<ChunkSeries>) -> Vec<pb::SeriesResponse> {
     let mut out = Vec::new();
@@ -167,7 +151,7 @@ fn batches(series: Vec<ChunkSeries>) -> Vec<pb::SeriesResponse> {
     let mut bytes = 0usize;
     for s in series {
         bytes += s.chunks.iter().map(|c| c.data.len()).sum::<usize>();
-        cur.push(stream_series(s));
+        cur.push(chunk_series_into_proto(s));
         if cur.len() >= SERIES_PER_BATCH || bytes >= BATCH_BYTES {
             out.push(batch(std::mem::take(&mut cur)));
             bytes = 0;
