@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use futures::Stream;
 use norn_model::validation::check_batch;
 use norn_model::{
-    ChunkSeries, ErrorKind, MetadataReader, PushError, Pusher, QueryableProvider, StorageError,
-    TenantError, TenantId, TimeWindow, WriteBatch,
+    ErrorKind, MetadataReader, PushError, Pusher, QueryableProvider, StorageError, TenantError,
+    TenantId, TimeWindow, WriteBatch,
 };
 use norn_proto::convert::{
     TENANT_METADATA_KEY, chunk_series_into_proto, labels_into_proto, matchers_from_proto,
@@ -503,7 +503,7 @@ impl Health for HealthGrpc {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use norn_model::{Labels, Sample};
+    use norn_model::{ChunkSeries, Labels, Sample};
     use norn_tsdb::chunkenc::XorIterator;
 
     #[test]
