@@ -208,17 +208,11 @@ fn main() {
     let resp = pb::QueryStreamResponse {
         series: all
             .iter()
-            .map(|(l, s)| pb::StreamSeries {
-                labels: norn_proto::convert::labels_to_proto(l),
-                chunks: norn_model::query::encode_samples(s)
-                    .into_iter()
-                    .map(|c| pb::Chunk {
-                        min_time_ms: c.min_t,
-                        max_time_ms: c.max_t,
-                        encoding: i32::from(c.encoding),
-                        data: c.data,
-                    })
-                    .collect(),
+            .map(|(l, s)| {
+                norn_proto::convert::chunk_series_into_proto(norn_model::ChunkSeries {
+                    labels: l.clone(),
+                    chunks: norn_model::query::encode_samples(s),
+                })
             })
             .collect(),
     };
