@@ -488,7 +488,8 @@ fn evaluate_within(
         spare_vector: None,
         group_caches: Default::default(),
     };
-    if range && step > 0 {
+    // An instant query walks its range functions as one step.
+    if !range || step > 0 {
         crate::sliding::plan_sliding(expr, &mut ev.sliding);
     }
     let value = if !range {

@@ -696,6 +696,20 @@ fn range_query_equals_instant_query_at_every_step() {
             let mut t = start;
             while t <= end {
                 let i = instant(&s, q, t).unwrap_or_else(|e| panic!("{q} @ {t}: {e}"));
+                // An instant query walks its range functions from the chunks too, as one
+                // step: across small chunks' boundaries it answers the same.
+                let i_small = run(Engine::default().instant_query(&small, q, t))
+                    .unwrap_or_else(|e| panic!("{q} @ {t} (small chunks): {e}"));
+                assert_eq!(
+                    format!("{:?}", i_small.value),
+                    format!("{:?}", i.value),
+                    "{q} @ {t} from small chunks"
+                );
+                assert_eq!(
+                    (&i_small.warnings, &i_small.infos),
+                    (&i.warnings, &i.infos),
+                    "{q} @ {t} from small chunks"
+                );
                 let Value::Vector(v) = i.value else {
                     panic!("{q}: vector")
                 };
@@ -861,6 +875,75 @@ fn extreme_times_do_not_overflow() {
     ] {
         let _ = run(e.instant_query(&s, q, i64::MIN / 2));
         let _ = run(e.instant_query(&s, q, i64::MAX / 2));
+    }
+}
+
+#[test]
+fn instant_range_functions_read_chunks_not_samples() {
+    let s = counters();
+    let chunks_only = ChunksOnly(&s);
+    for (q, want) in [
+        ("rate(req_total[5m])", vec![1.0 / 6.0, 1.0 / 3.0]),
+        ("sum by (job) (increase(req_total[5m]))", vec![50.0, 100.0]),
+        ("sum(rate(req_total[5m]))", vec![0.5]),
+        ("max_over_time(req_total[3m] offset 1m)", vec![80.0, 160.0]),
+    ] {
+        let r = run(Engine::default().instant_query(&chunks_only, q, 9 * M))
+            .unwrap_or_else(|e| panic!("{q}: {e}"));
+        let Value::Vector(v) = r.value else {
+            panic!("{q}: vector")
+        };
+        let mut got: Vec<f64> = v.iter().map(|x| x.v).collect();
+        got.sort_by(f64::total_cmp);
+        assert_eq!(got.len(), want.len(), "{q}: {got:?}");
+        for (g, w) in got.iter().zip(&want) {
+            assert!(close(*g, *w), "{q}: {got:?} want {want:?}");
+        }
+    }
+}
+
+/// A store whose decoded reads fail: only what is read as chunks answers.
+struct ChunksOnly<'a>(&'a MemStore);
+
+#[async_trait::async_trait]
+impl norn_model::Queryable for ChunksOnly<'_> {
+    async fn select(
+        &self,
+        _start_ms: i64,
+        _end_ms: i64,
+        _matchers: &[norn_model::Matcher],
+    ) -> Result<Vec<norn_model::Series>, norn_model::StorageError> {
+        Err(norn_model::StorageError::Internal(
+            "read as decoded samples".into(),
+        ))
+    }
+
+    async fn select_chunks(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[norn_model::Matcher],
+    ) -> Result<Vec<norn_model::ChunkSeries>, norn_model::StorageError> {
+        self.0.select_chunks(start_ms, end_ms, matchers).await
+    }
+
+    async fn label_names(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[norn_model::Matcher],
+    ) -> Result<Vec<String>, norn_model::StorageError> {
+        self.0.label_names(start_ms, end_ms, matchers).await
+    }
+
+    async fn label_values(
+        &self,
+        name: &str,
+        start_ms: i64,
+        end_ms: i64,
+        matchers: &[norn_model::Matcher],
+    ) -> Result<Vec<String>, norn_model::StorageError> {
+        self.0.label_values(name, start_ms, end_ms, matchers).await
     }
 }
 
