@@ -598,7 +598,7 @@ fn range_query_equals_instant_query_at_every_step() {
     );
     load(&s, &[("__name__", "g"), ("job", "b")], half, &gauge);
     load(&s, &[("__name__", "g"), ("job", "c")], half, &reset);
-    let small = SmallChunks(&s);
+    let small = Lens::small_chunks(&s);
     let fns = [
         "rate",
         "increase",
@@ -881,7 +881,7 @@ fn extreme_times_do_not_overflow() {
 #[test]
 fn instant_range_functions_read_chunks_not_samples() {
     let s = counters();
-    let chunks_only = ChunksOnly(&s);
+    let chunks_only = Lens::chunks_only(&s);
     for (q, want) in [
         ("rate(req_total[5m])", vec![1.0 / 6.0, 1.0 / 3.0]),
         ("sum by (job) (increase(req_total[5m]))", vec![50.0, 100.0]),
@@ -902,63 +902,50 @@ fn instant_range_functions_read_chunks_not_samples() {
     }
 }
 
-/// A store whose decoded reads fail: only what is read as chunks answers.
-struct ChunksOnly<'a>(&'a MemStore);
+/// A [`MemStore`] seen through one of two test lenses.
+struct Lens<'a> {
+    store: &'a MemStore,
+    kind: LensKind,
+}
 
-#[async_trait::async_trait]
-impl norn_model::Queryable for ChunksOnly<'_> {
-    async fn select(
-        &self,
-        _start_ms: i64,
-        _end_ms: i64,
-        _matchers: &[norn_model::Matcher],
-    ) -> Result<Vec<norn_model::Series>, norn_model::StorageError> {
-        Err(norn_model::StorageError::Internal(
-            "read as decoded samples".into(),
-        ))
+#[derive(Clone, Copy, PartialEq)]
+enum LensKind {
+    /// Series handed out as XOR chunks of at most 7 samples.
+    SmallChunks,
+    /// Decoded reads fail: only what is read as chunks answers.
+    ChunksOnly,
+}
+
+impl<'a> Lens<'a> {
+    fn small_chunks(store: &'a MemStore) -> Self {
+        Self {
+            store,
+            kind: LensKind::SmallChunks,
+        }
     }
 
-    async fn select_chunks(
-        &self,
-        start_ms: i64,
-        end_ms: i64,
-        matchers: &[norn_model::Matcher],
-    ) -> Result<Vec<norn_model::ChunkSeries>, norn_model::StorageError> {
-        self.0.select_chunks(start_ms, end_ms, matchers).await
-    }
-
-    async fn label_names(
-        &self,
-        start_ms: i64,
-        end_ms: i64,
-        matchers: &[norn_model::Matcher],
-    ) -> Result<Vec<String>, norn_model::StorageError> {
-        self.0.label_names(start_ms, end_ms, matchers).await
-    }
-
-    async fn label_values(
-        &self,
-        name: &str,
-        start_ms: i64,
-        end_ms: i64,
-        matchers: &[norn_model::Matcher],
-    ) -> Result<Vec<String>, norn_model::StorageError> {
-        self.0.label_values(name, start_ms, end_ms, matchers).await
+    fn chunks_only(store: &'a MemStore) -> Self {
+        Self {
+            store,
+            kind: LensKind::ChunksOnly,
+        }
     }
 }
 
-/// A store that hands its series out as XOR chunks of at most 7 samples.
-struct SmallChunks<'a>(&'a MemStore);
-
 #[async_trait::async_trait]
-impl norn_model::Queryable for SmallChunks<'_> {
+impl norn_model::Queryable for Lens<'_> {
     async fn select(
         &self,
         start_ms: i64,
         end_ms: i64,
         matchers: &[norn_model::Matcher],
     ) -> Result<Vec<norn_model::Series>, norn_model::StorageError> {
-        self.0.select(start_ms, end_ms, matchers).await
+        if self.kind == LensKind::ChunksOnly {
+            return Err(norn_model::StorageError::Internal(
+                "read as decoded samples".into(),
+            ));
+        }
+        self.store.select(start_ms, end_ms, matchers).await
     }
 
     async fn select_chunks(
@@ -967,7 +954,10 @@ impl norn_model::Queryable for SmallChunks<'_> {
         end_ms: i64,
         matchers: &[norn_model::Matcher],
     ) -> Result<Vec<norn_model::ChunkSeries>, norn_model::StorageError> {
-        let got = self.0.select(start_ms, end_ms, matchers).await?;
+        if self.kind == LensKind::ChunksOnly {
+            return self.store.select_chunks(start_ms, end_ms, matchers).await;
+        }
+        let got = self.store.select(start_ms, end_ms, matchers).await?;
         Ok(got
             .into_iter()
             .map(|s| norn_model::ChunkSeries {
@@ -987,7 +977,7 @@ impl norn_model::Queryable for SmallChunks<'_> {
         end_ms: i64,
         matchers: &[norn_model::Matcher],
     ) -> Result<Vec<String>, norn_model::StorageError> {
-        self.0.label_names(start_ms, end_ms, matchers).await
+        self.store.label_names(start_ms, end_ms, matchers).await
     }
 
     async fn label_values(
@@ -997,6 +987,8 @@ impl norn_model::Queryable for SmallChunks<'_> {
         end_ms: i64,
         matchers: &[norn_model::Matcher],
     ) -> Result<Vec<String>, norn_model::StorageError> {
-        self.0.label_values(name, start_ms, end_ms, matchers).await
+        self.store
+            .label_values(name, start_ms, end_ms, matchers)
+            .await
     }
 }
