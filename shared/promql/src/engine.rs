@@ -507,8 +507,7 @@ fn evaluate_within(
         spare_vector: None,
         group_caches: Default::default(),
     };
-    // An instant query walks its range functions as one step.
-    if !range || step > 0 {
+    if range && step > 0 {
         crate::sliding::plan_sliding(expr, &mut ev.sliding);
     }
     let value = if !range {

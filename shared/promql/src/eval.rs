@@ -557,9 +557,7 @@ impl<'a> Evaluator<'a> {
         t: i64,
         fusion: Option<&Fusion<'_>>,
     ) -> Result<Option<(usize, &'a [FetchedSeries])>> {
-        let (start, end) = (self.query_start, self.query_end);
-        // An instant query is one step (its start is its end): any positive step walks it.
-        let step = if self.range_mode { self.query_step } else { 1 };
+        let (start, end, step) = (self.query_start, self.query_end, self.query_step);
         if step <= 0 || t < start || t > end || (t - start) % step != 0 {
             return Ok(None);
         }

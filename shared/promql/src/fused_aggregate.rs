@@ -163,9 +163,7 @@ impl Evaluator<'_> {
         cache.begin(fetched.len());
         let groups = cache.take_series_groups(fetched, a.modifier.as_ref());
         let ngroups = cache.group_count();
-        // One step (an instant query) has no steps to split over threads: its series are.
-        let in_walk = self.range_mode
-            && ngroups <= MAX_WALK_GROUPS
+        let in_walk = ngroups <= MAX_WALK_GROUPS
             && fetched.len() <= MAX_WALK_SERIES
             && steps_outnumber_samples(fetched, self.query_step);
         let accs = if in_walk {

@@ -135,14 +135,9 @@ fn plan_expr(expr: Box<Expr>, span: Span, lookback: i64) -> Result<(Box<Expr>, P
     plan(
         &expr, span.start, span.end, span.start, span.end, lookback, &mut needs,
     )?;
-    // Range functions outside subqueries are walked from the chunks in an instant query
-    // too (one step); instant selectors there read each series' newest sample only, which
-    // is cheaper decoded.
-    if !span.range || span.step > 0 {
+    if span.range && span.step > 0 {
         let mut chunked = crate::sliding::sliding_selectors(&expr);
-        if span.range {
-            crate::chunk_walk::step_selectors(&expr, &mut chunked);
-        }
+        crate::chunk_walk::step_selectors(&expr, &mut chunked);
         for key in chunked {
             // A selector pinned by `@` reads one sample per series: cheaper decoded.
             if let Some(need) = needs.get_mut(&key).filter(|n| !n.last_only) {

@@ -598,7 +598,7 @@ fn range_query_equals_instant_query_at_every_step() {
     );
     load(&s, &[("__name__", "g"), ("job", "b")], half, &gauge);
     load(&s, &[("__name__", "g"), ("job", "c")], half, &reset);
-    let small = Lens::small_chunks(&s);
+    let small = SmallChunks(&s);
     let fns = [
         "rate",
         "increase",
@@ -696,20 +696,6 @@ fn range_query_equals_instant_query_at_every_step() {
             let mut t = start;
             while t <= end {
                 let i = instant(&s, q, t).unwrap_or_else(|e| panic!("{q} @ {t}: {e}"));
-                // An instant query walks its range functions from the chunks too, as one
-                // step: across small chunks' boundaries it answers the same.
-                let i_small = run(Engine::default().instant_query(&small, q, t))
-                    .unwrap_or_else(|e| panic!("{q} @ {t} (small chunks): {e}"));
-                assert_eq!(
-                    format!("{:?}", i_small.value),
-                    format!("{:?}", i.value),
-                    "{q} @ {t} from small chunks"
-                );
-                assert_eq!(
-                    (&i_small.warnings, &i_small.infos),
-                    (&i.warnings, &i.infos),
-                    "{q} @ {t} from small chunks"
-                );
                 let Value::Vector(v) = i.value else {
                     panic!("{q}: vector")
                 };
@@ -878,74 +864,18 @@ fn extreme_times_do_not_overflow() {
     }
 }
 
-#[test]
-fn instant_range_functions_read_chunks_not_samples() {
-    let s = counters();
-    let chunks_only = Lens::chunks_only(&s);
-    for (q, want) in [
-        ("rate(req_total[5m])", vec![1.0 / 6.0, 1.0 / 3.0]),
-        ("sum by (job) (increase(req_total[5m]))", vec![50.0, 100.0]),
-        ("sum(rate(req_total[5m]))", vec![0.5]),
-        ("max_over_time(req_total[3m] offset 1m)", vec![80.0, 160.0]),
-    ] {
-        let r = run(Engine::default().instant_query(&chunks_only, q, 9 * M))
-            .unwrap_or_else(|e| panic!("{q}: {e}"));
-        let Value::Vector(v) = r.value else {
-            panic!("{q}: vector")
-        };
-        let mut got: Vec<f64> = v.iter().map(|x| x.v).collect();
-        got.sort_by(f64::total_cmp);
-        assert_eq!(got.len(), want.len(), "{q}: {got:?}");
-        for (g, w) in got.iter().zip(&want) {
-            assert!(close(*g, *w), "{q}: {got:?} want {want:?}");
-        }
-    }
-}
-
-/// A [`MemStore`] seen through one of two test lenses.
-struct Lens<'a> {
-    store: &'a MemStore,
-    kind: LensKind,
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum LensKind {
-    /// Series handed out as XOR chunks of at most 7 samples.
-    SmallChunks,
-    /// Decoded reads fail: only what is read as chunks answers.
-    ChunksOnly,
-}
-
-impl<'a> Lens<'a> {
-    fn small_chunks(store: &'a MemStore) -> Self {
-        Self {
-            store,
-            kind: LensKind::SmallChunks,
-        }
-    }
-
-    fn chunks_only(store: &'a MemStore) -> Self {
-        Self {
-            store,
-            kind: LensKind::ChunksOnly,
-        }
-    }
-}
+/// A store that hands its series out as XOR chunks of at most 7 samples.
+struct SmallChunks<'a>(&'a MemStore);
 
 #[async_trait::async_trait]
-impl norn_model::Queryable for Lens<'_> {
+impl norn_model::Queryable for SmallChunks<'_> {
     async fn select(
         &self,
         start_ms: i64,
         end_ms: i64,
         matchers: &[norn_model::Matcher],
     ) -> Result<Vec<norn_model::Series>, norn_model::StorageError> {
-        if self.kind == LensKind::ChunksOnly {
-            return Err(norn_model::StorageError::Internal(
-                "read as decoded samples".into(),
-            ));
-        }
-        self.store.select(start_ms, end_ms, matchers).await
+        self.0.select(start_ms, end_ms, matchers).await
     }
 
     async fn select_chunks(
@@ -954,10 +884,7 @@ impl norn_model::Queryable for Lens<'_> {
         end_ms: i64,
         matchers: &[norn_model::Matcher],
     ) -> Result<Vec<norn_model::ChunkSeries>, norn_model::StorageError> {
-        if self.kind == LensKind::ChunksOnly {
-            return self.store.select_chunks(start_ms, end_ms, matchers).await;
-        }
-        let got = self.store.select(start_ms, end_ms, matchers).await?;
+        let got = self.0.select(start_ms, end_ms, matchers).await?;
         Ok(got
             .into_iter()
             .map(|s| norn_model::ChunkSeries {
@@ -977,7 +904,7 @@ impl norn_model::Queryable for Lens<'_> {
         end_ms: i64,
         matchers: &[norn_model::Matcher],
     ) -> Result<Vec<String>, norn_model::StorageError> {
-        self.store.label_names(start_ms, end_ms, matchers).await
+        self.0.label_names(start_ms, end_ms, matchers).await
     }
 
     async fn label_values(
@@ -987,8 +914,6 @@ impl norn_model::Queryable for Lens<'_> {
         end_ms: i64,
         matchers: &[norn_model::Matcher],
     ) -> Result<Vec<String>, norn_model::StorageError> {
-        self.store
-            .label_values(name, start_ms, end_ms, matchers)
-            .await
+        self.0.label_values(name, start_ms, end_ms, matchers).await
     }
 }
