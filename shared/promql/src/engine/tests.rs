@@ -527,6 +527,34 @@ fn sort_orders_instant_vectors() {
 }
 
 #[test]
+fn queries_over_many_series_answer_then_free() {
+    // More series than the engine frees before answering (FREE_AFTER_ANSWER_SERIES): the
+    // answer goes first, the fetched data is freed after, and nothing of it is lost.
+    let s = MemStore::new();
+    let n = super::FREE_AFTER_ANSWER_SERIES + 3_616;
+    for i in 0..n {
+        let id = i.to_string();
+        load(
+            &s,
+            &[("__name__", "x"), ("i", &id)],
+            M,
+            &vals(&[i as f64, i as f64]),
+        );
+    }
+    let total = (n * (n - 1) / 2) as f64;
+    assert_eq!(one(&s, "sum(x)", M), total);
+    assert_eq!(one(&s, "count(x)", M), n as f64);
+    let r = run(Engine::default().range_query(&s, "sum(x)", 0, M, M)).unwrap();
+    let Value::Matrix(m) = r.value else {
+        panic!("matrix")
+    };
+    let got: Vec<f64> = m[0].samples.iter().map(|x| x.v).collect();
+    assert_eq!(got, vec![total, total]);
+    // The same process answers the next query as before.
+    assert_eq!(one(&s, "count(x{i=\"7\"})", M), 1.0);
+}
+
+#[test]
 fn range_query_is_sorted_matrix() {
     let s = counters();
     let r = run(Engine::default().range_query(&s, "req_total", 0, 2 * M, M)).unwrap();
