@@ -244,7 +244,7 @@ fn matchers(m: Vec<pb::LabelMatcher>) -> Result<Vec<norn_model::Matcher>, Status
     matchers_from_proto(m).map_err(|e| status(ErrorKind::BadData, e.to_string()))
 }
 
-/// One series with its chunks, for the wire: the chunk bytes are handed on, not copied.
+/// The messages of a `QueryStream` answer, each a batch of series with their chunks.
 type QueryStream = Pin<Box<dyn Stream<Item = Result<pb::QueryStreamResponse, Status>> + Send>>;
 
 #[tonic::async_trait]

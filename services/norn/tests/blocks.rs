@@ -424,7 +424,10 @@ fn s3_shipping_survives_outages_and_kills() {
         "upload after the restart",
         &n,
         Duration::from_secs(90),
-        || complete(&bucket) == block_dirs(&local_dir) && recorded() == block_dirs(&local_dir),
+        || {
+            let local = block_dirs(&local_dir);
+            complete(&bucket) == local && recorded() == local
+        },
     );
     assert!(partial(&bucket).is_empty());
     assert_eq!(
